@@ -1,0 +1,23 @@
+//! Compiles `proto/anima/v1/*.proto` with a pure-Rust compiler (protox): no
+//! system `protoc` needed. Clients are generated without tonic's plaintext
+//! `connect(url)` helper; every channel comes from `transport::ClientTls`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = PathBuf::from("proto/anima/v1");
+    let mut protos: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    protos.retain(|p| p.extension().is_some_and(|e| e == "proto"));
+    protos.sort();
+    println!("cargo:rerun-if-changed={}", dir.display());
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
+    let fds = protox::compile(&protos, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! `anima certs …` end to end: the real binary, a scratch directory, and the
+//! files it leaves behind.
+
+// The helpers below are outside `#[test]` functions, where clippy's
+// allow-unwrap-in-tests does not reach; in a test binary a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use anima_certs::{CertAuthority, LeafSpec};
+use anima_protocol::{Urn, UrnKind};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The files `anima certs init` writes, in the order it prints them.
+const INIT_FILES: [&str; 12] = [
+    "ca.pem",
+    "ca.key",
+    "core-dev.pem",
+    "core-dev.key",
+    "module-hasher.pem",
+    "module-hasher.key",
+    "module-kvstore.pem",
+    "module-kvstore.key",
+    "module-tally.pem",
+    "module-tally.key",
+    "user-dev.pem",
+    "user-dev.key",
+];
+
+/// What one run of the binary did.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn succeeded(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Asserts a failure reported as exactly one `error: …` line; returns it.
+    fn one_line_error(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "expected exit 1, got {:?}\n{}",
+            self.code,
+            self.stderr
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one stderr line, got:\n{}",
+            self.stderr
+        );
+        assert!(lines[0].starts_with("error: "), "{}", lines[0]);
+        lines[0]
+    }
+}
+
+/// Runs `anima ARGS` in `cwd`.
+fn anima(cwd: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_anima"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run anima");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    }
+}
+
+/// Runs `anima certs init --dir DIR EXTRA…` and asserts success.
+fn init(cwd: &Path, dir: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["certs", "init", "--dir", dir];
+    args.extend_from_slice(extra);
+    let run = anima(cwd, &args);
+    assert!(run.succeeded(), "init failed: {}", run.stderr);
+    run
+}
+
+/// Every file under `dir` (recursively) and its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    if !dir.exists() {
+        return files;
+    }
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(snapshot(&path));
+        } else {
+            files.insert(path.clone(), fs::read(&path).unwrap());
+        }
+    }
+    files
+}
+
+fn field<'a>(report: &'a str, name: &str) -> &'a str {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {name:?} line in\n{report}"))
+}
+
+#[test]
+fn init_creates_the_ca_and_dev_identities_and_prints_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = init(tmp.path(), "certs/dev", &[]);
+    let dir = tmp.path().join("certs/dev");
+    let printed: Vec<&str> = run.stdout.lines().collect();
+    let expected: Vec<String> = INIT_FILES
+        .iter()
+        .map(|f| format!("certs/dev/{f}"))
+        .collect();
+    assert_eq!(printed, expected);
+    assert!(
+        run.stderr.contains("anima certs inspect"),
+        "hint: {}",
+        run.stderr
+    );
+
+    let on_disk: Vec<PathBuf> = snapshot(&dir).into_keys().collect();
+    let mut want: Vec<PathBuf> = INIT_FILES.iter().map(|f| dir.join(f)).collect();
+    want.sort();
+    assert_eq!(on_disk, want, "exactly the printed files, no scratch files");
+}
+
+#[cfg(unix)]
+#[test]
+fn init_creates_private_keys_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path(), "dev", &[]);
+    let mode = |name: &str| {
+        fs::metadata(tmp.path().join("dev").join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(".") & 0o077, 0, "directory readable by others");
+    for name in INIT_FILES.iter().filter(|f| f.ends_with(".key")) {
+        assert_eq!(mode(name), 0o600, "{name}");
+    }
+}
+
+#[test]
+fn init_default_dir_is_certs_dev() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = anima(tmp.path(), &["certs", "init"]);
+    assert!(run.succeeded(), "{}", run.stderr);
+    assert!(tmp.path().join("certs/dev/ca.pem").is_file());
+}
+
+#[test]
+fn second_init_without_force_fails_in_one_line_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path(), "dev", &[]);
+    let before = snapshot(tmp.path());
+
+    let run = anima(tmp.path(), &["certs", "init", "--dir", "dev"]);
+    let line = run.one_line_error();
+    assert!(
+        line.contains("dev/ca.pem") && line.contains("already exists"),
+        "{line}"
+    );
+    assert!(line.contains("--force"), "{line}");
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert_eq!(snapshot(tmp.path()), before, "a refused init changed files");
+}
+
+#[test]
+fn init_with_force_replaces_every_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path(), "dev", &[]);
+    let before = snapshot(tmp.path());
+    init(tmp.path(), "dev", &["--force"]);
+    let after = snapshot(tmp.path());
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    for (path, bytes) in &after {
+        assert_ne!(bytes, &before[path], "{} was not replaced", path.display());
+    }
+}
+
+#[test]
+fn init_refuses_a_ca_over_a_year_and_leaves_longer_than_the_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = anima(
+        tmp.path(),
+        &["certs", "init", "--dir", "dev", "--ca-days", "366"],
+    );
+    assert!(run.one_line_error().contains("365"), "{}", run.stderr);
+    let run = anima(
+        tmp.path(),
+        &[
+            "certs",
+            "init",
+            "--dir",
+            "dev",
+            "--ca-days",
+            "30",
+            "--days",
+            "31",
+        ],
+    );
+    assert!(run.one_line_error().contains("outlive"), "{}", run.stderr);
+    assert!(!tmp.path().join("dev").exists());
+}
+
+#[test]
+fn issue_without_a_ca_fails_clearly_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = anima(
+        tmp.path(),
+        &[
+            "certs", "issue", "--kind", "module", "--name", "echo", "--dir", "dev",
+        ],
+    );
+    let line = run.one_line_error();
+    assert!(
+        line.contains("no CA") && line.contains("anima certs init"),
+        "{line}"
+    );
+    assert!(snapshot(tmp.path()).is_empty());
+    assert!(!tmp.path().join("dev").exists());
+}
+
+#[test]
+fn issue_with_an_invalid_name_fails_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path(), "dev", &[]);
+    let before = snapshot(tmp.path());
+    for bad in ["Echo", "../echo", "echo/x", "-echo", ""] {
+        let name = format!("--name={bad}");
+        let run = anima(
+            tmp.path(),
+            &["certs", "issue", "--kind", "module", &name, "--dir", "dev"],
+        );
+        let line = run.one_line_error();
+        assert!(line.contains("invalid name"), "{bad}: {line}");
+    }
+    // An unknown kind is a usage error, reported by the argument parser.
+    let run = anima(
+        tmp.path(),
+        &[
+            "certs", "issue", "--kind", "robot", "--name", "x", "--dir", "dev",
+        ],
+    );
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_eq!(snapshot(tmp.path()), before);
+}
+
+#[test]
+fn issue_signs_one_more_pair_and_refuses_to_replace_it_without_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path(), "dev", &[]);
+    let args = [
+        "certs", "issue", "--kind", "user", "--name", "alice", "--dir", "dev", "--days", "7",
+    ];
+    let run = anima(tmp.path(), &args);
+    assert!(run.succeeded(), "{}", run.stderr);
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        ["dev/user-alice.pem", "dev/user-alice.key"]
+    );
+    let report = anima(tmp.path(), &["certs", "inspect", "dev/user-alice.pem"]);
+    assert_eq!(field(&report.stdout, "identity"), "urn:anima:user:alice");
+    assert_eq!(field(&report.stdout, "issuer CN"), anima_certs::DEV_CA_NAME);
+    assert_eq!(field(&report.stdout, "status"), "valid, expires in 6 days");
+
+    let before = snapshot(tmp.path());
+    let line = anima(tmp.path(), &args).one_line_error().to_owned();
+    assert!(
+        line.contains("user-alice.pem") && line.contains("already exists"),
+        "{line}"
+    );
+    assert_eq!(snapshot(tmp.path()), before);
+
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    assert!(anima(tmp.path(), &forced).succeeded());
+    assert_ne!(snapshot(tmp.path()), before);
+}
+
+#[test]
+fn inspect_shows_identity_validity_and_time_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path(), "dev", &[]);
+    let run = anima(tmp.path(), &["certs", "inspect", "dev/module-hasher.pem"]);
+    assert!(run.succeeded(), "{}", run.stderr);
+    let report = &run.stdout;
+    assert_eq!(field(report, "identity"), "urn:anima:module:hasher");
+    assert_eq!(field(report, "subject CN"), "urn:anima:module:hasher");
+    assert_eq!(field(report, "key"), "Ed25519");
+    assert_eq!(field(report, "CA"), "no");
+    assert_eq!(field(report, "sha-256").len(), 64);
+    // 90 days from a moment ago, as days rounded down.
+    assert_eq!(field(report, "status"), "valid, expires in 89 days");
+    for bound in ["not before", "not after"] {
+        let value = field(report, bound);
+        assert!(
+            value.len() == 20 && value.ends_with('Z'),
+            "{bound}: {value}"
+        );
+    }
+
+    let ca = anima(tmp.path(), &["certs", "inspect", "dev/ca.pem"]);
+    assert_eq!(field(&ca.stdout, "CA"), "yes");
+    assert_eq!(field(&ca.stdout, "identity"), "none");
+}
+
+#[test]
+fn inspect_of_an_expired_certificate_says_expired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = CertAuthority::generate("expired test CA", 30 * DAY).unwrap();
+    let now = SystemTime::now();
+    let spec = LeafSpec::new(Urn::new(UrnKind::Module, "stale").unwrap())
+        .valid_between(now - 10 * DAY, now - 3 * DAY);
+    let leaf = ca.issue(&spec).unwrap();
+    fs::write(tmp.path().join("stale.pem"), leaf.cert_pem()).unwrap();
+
+    let run = anima(tmp.path(), &["certs", "inspect", "stale.pem"]);
+    assert!(run.succeeded(), "{}", run.stderr);
+    assert_eq!(field(&run.stdout, "identity"), "urn:anima:module:stale");
+    assert_eq!(field(&run.stdout, "status"), "EXPIRED 3 days ago");
+}
+
+#[test]
+fn inspect_of_garbage_a_key_or_nothing_fails_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path(), "dev", &[]);
+    fs::write(tmp.path().join("garbage.pem"), "not a certificate at all\n").unwrap();
+    for (file, expect) in [
+        ("garbage.pem", "not a certificate"),
+        ("dev/core-dev.key", "private key"),
+        ("missing.pem", "cannot read"),
+    ] {
+        let run = anima(tmp.path(), &["certs", "inspect", file]);
+        let line = run.one_line_error();
+        assert!(line.contains(file) && line.contains(expect), "{line}");
+        assert!(run.stdout.is_empty());
+    }
+}

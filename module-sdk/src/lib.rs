@@ -1,0 +1,1 @@
+//! The Anima module SDK (in progress).

@@ -1,0 +1,33 @@
+//! The Anima protocol crate: what a Core and its modules share.
+//!
+//! - [`pb`]: the generated gRPC code for `proto/anima/v1`.
+//! - [`identity`]: the URNs that name Cores, modules and users.
+//! - [`transport`]: gRPC over mutually authenticated TLS 1.3 — the one place
+//!   that builds TLS.
+//!
+//! ```
+//! use anima_protocol::{PeerPolicy, Urn, UrnKind};
+//!
+//! let core: Urn = "urn:anima:core:dev".parse()?;
+//! assert!(PeerPolicy::kind(UrnKind::Core).check(&core).is_ok());
+//! assert!(PeerPolicy::kind(UrnKind::Module).check(&core).is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod identity;
+pub mod transport;
+
+/// Generated protobuf and gRPC code for `proto/anima/v1`.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("anima.v1");
+}
+
+pub use identity::{IdentityError, Urn, UrnKind};
+pub use transport::{
+    ClientTls, Connection, ConnectionId, Fingerprint, PeerInfo, PeerPolicy, Refusal, RefusalReason,
+    ServerTls, TlsConn, TlsIdentity, TransportError, TrustRoot,
+};

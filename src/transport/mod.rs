@@ -1,0 +1,36 @@
+//! The transport: gRPC over mutually authenticated TLS 1.3, and nothing else.
+//!
+//! This module is the only code in Anima that builds TLS. Servers wrap a
+//! [`TcpListener`](tokio::net::TcpListener) with [`ServerTls::incoming`];
+//! clients open connections with [`ClientTls::dial`]. Both sides:
+//!
+//! - speak TLS 1.3 only, ALPN `h2`, with the `ring` provider;
+//! - require the peer's certificate to chain to the configured [`TrustRoot`]
+//!   and to carry exactly one `urn:anima:` URI SAN (its identity);
+//! - can require a particular identity ([`PeerPolicy`]), checked inside the
+//!   handshake so a wrong peer never reaches request handling;
+//! - give every connection its own [`ConnectionId`] and expose the
+//!   authenticated peer as [`PeerInfo`] (request extension on servers,
+//!   [`Connection::peer`] on clients).
+//!
+//! There is no plaintext path: no function here listens or dials without TLS,
+//! and the generated clients have no `connect(url)` helper.
+
+mod cert;
+mod client;
+mod error;
+mod peer;
+mod refusal;
+mod server;
+mod tls;
+
+pub use cert::{CertIdentityError, Fingerprint, ed25519_public_key, identity_of, not_after};
+pub use client::{
+    ClientTls, Connection, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+};
+pub use error::TransportError;
+pub use peer::{ConnectionId, PeerInfo};
+pub use refusal::{Refusal, RefusalReason};
+pub use server::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_HANDSHAKES, ServerTls, TlsConn};
+pub use tls::{PeerPolicy, TlsIdentity, TrustRoot};

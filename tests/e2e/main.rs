@@ -1,0 +1,8 @@
+//! End-to-end tests: one binary, real sockets, real certificates.
+//!
+//! Test names carry the CONFORMANCE.md row they exercise (`t1_…`, `a3_…`).
+
+// Tests and their helpers: a failed step is a failed test, reported by panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod transport;

@@ -1,0 +1,92 @@
+//! Project automation. `cargo xtask test` runs every check CI runs, in order,
+//! and stops at the first failure:
+//!
+//! 1. `cargo fmt --all -- --check`
+//! 2. `cargo clippy --workspace --all-targets --locked -- -D warnings`
+//! 3. `cargo doc --workspace --no-deps --locked` with `RUSTDOCFLAGS=-D warnings`
+//! 4. `cargo build --workspace --bins --locked` (the end-to-end tests start
+//!    these binaries as real processes)
+//! 5. the doc tests, then `cargo nextest run --workspace` (falls back to
+//!    `cargo test` when nextest is not installed).
+
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => match test(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!("usage: cargo xtask test [-- TEST-FILTER…]");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn test(filter: &[String]) -> Result<(), String> {
+    cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    cargo(
+        &["doc", "--workspace", "--no-deps", "--locked"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    cargo(&["build", "--workspace", "--bins", "--locked"], &[])?;
+    let filter: Vec<&str> = filter.iter().map(String::as_str).collect();
+    if has_nextest() {
+        // Doc tests first, so the run closes on nextest's summary.
+        cargo(&["test", "--workspace", "--doc", "--locked"], &[])?;
+        let mut args = vec![
+            "nextest",
+            "run",
+            "--workspace",
+            "--locked",
+            "--no-fail-fast",
+        ];
+        args.extend(&filter);
+        cargo(&args, &[])?;
+    } else {
+        let mut args = vec!["test", "--workspace", "--locked", "--no-fail-fast"];
+        args.extend(&filter);
+        cargo(&args, &[])?;
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+fn has_nextest() -> bool {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    Command::new(cargo)
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
