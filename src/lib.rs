@@ -2,6 +2,8 @@
 //!
 //! - [`pb`]: the generated gRPC code for `proto/anima/v1`.
 //! - [`identity`]: the URNs that name Cores, modules and users.
+//! - [`lease`]: the lease format, handshake, per-call proofs and control
+//!   steps — pure logic with time passed in.
 //! - [`transport`]: gRPC over mutually authenticated TLS 1.3 — the one place
 //!   that builds TLS.
 //!
@@ -18,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod identity;
+pub mod lease;
 pub mod transport;
 
 /// Generated protobuf and gRPC code for `proto/anima/v1`.

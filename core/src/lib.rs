@@ -1,9 +1,15 @@
 //! The Anima Core engine and the `anima` command-line tool.
 //!
+//! - [`lease`]: opening, renewing and revoking leases on module connections.
+//! - [`audit`]: the append-only audit log of lease events.
+//!
 //! The binary (`src/main.rs`) is thin: it parses the command line with
 //! [`cli::Cli`] and calls [`cli::run`].
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod cli;
+pub mod lease;
+mod status;

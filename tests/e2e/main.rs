@@ -5,4 +5,5 @@
 // Tests and their helpers: a failed step is a failed test, reported by panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod lease;
 mod transport;

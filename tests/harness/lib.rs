@@ -13,10 +13,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::time::SystemTime;
+
 use anima_certs::{CertAuthority, LeafSpec};
-use anima_protocol::{PeerInfo, ServerTls, TlsIdentity, TrustRoot, Urn};
+use anima_module_sdk::{Contract, LeaseEvent, ModuleHandle, ModuleServer};
+use anima_protocol::lease::{
+    self, Entropy, Lease, LeaseRequest, LeaseSigner, PROOF_HEADER, PeerBinding, PendingLease,
+    Reason, Scope,
+};
+use anima_protocol::pb::lease_control_client::LeaseControlClient;
+use anima_protocol::pb::{ControlFrame, SignedToken, control_frame::Frame};
+use anima_protocol::{
+    ClientTls, Connection, PeerInfo, PeerPolicy, ServerTls, TlsIdentity, TrustRoot, Urn,
+};
 use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
 /// Generated code for `tests/proto/echo.proto`.
@@ -114,7 +128,23 @@ impl Default for TestCa {
 /// The echo service: counts how often its handler body ran.
 #[derive(Clone, Default)]
 pub struct EchoService {
+    /// Handler bodies entered.
     pub calls: Arc<AtomicUsize>,
+    /// `Slow` handlers that ran to completion.
+    pub completed: Arc<AtomicUsize>,
+}
+
+impl EchoService {
+    fn reply(request: &Request<echo::SayRequest>, text: String) -> Result<echo::SayReply, Status> {
+        let peer = PeerInfo::of(request)
+            .cloned()
+            .ok_or_else(|| Status::internal("no peer info"))?;
+        Ok(echo::SayReply {
+            text,
+            caller: peer.urn().to_string(),
+            connection: peer.connection().get(),
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -124,13 +154,30 @@ impl echo::echo_server::Echo for EchoService {
         request: Request<echo::SayRequest>,
     ) -> Result<Response<echo::SayReply>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let peer = PeerInfo::of(&request)
-            .cloned()
-            .ok_or_else(|| Status::internal("no peer info"))?;
+        let text = request.get_ref().text.clone();
+        Ok(Response::new(Self::reply(&request, text)?))
+    }
+
+    async fn shout(
+        &self,
+        request: Request<echo::SayRequest>,
+    ) -> Result<Response<echo::SayReply>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let text = request.get_ref().text.to_uppercase();
+        Ok(Response::new(Self::reply(&request, text)?))
+    }
+
+    async fn slow(
+        &self,
+        request: Request<echo::SlowRequest>,
+    ) -> Result<Response<echo::SayReply>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(request.get_ref().millis)).await;
+        self.completed.fetch_add(1, Ordering::SeqCst);
         Ok(Response::new(echo::SayReply {
-            text: request.into_inner().text,
-            caller: peer.urn().to_string(),
-            connection: peer.connection().get(),
+            text: "done".into(),
+            caller: String::new(),
+            connection: 0,
         }))
     }
 }
@@ -209,4 +256,300 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The echo module's contract, with `max_lease`.
+pub fn echo_contract(urn: &str, max_lease: &str) -> Contract {
+    Contract::from_toml(&format!(
+        r#"
+        urn = "{urn}"
+        version = "0.1.0"
+        methods = ["{SAY}", "{SHOUT}", "{SLOW}"]
+        max_lease = "{max_lease}"
+        "#
+    ))
+    .expect("contract")
+}
+
+/// `/anima.test.v1.Echo/Say`
+pub const SAY: &str = "/anima.test.v1.Echo/Say";
+/// `/anima.test.v1.Echo/Shout`
+pub const SHOUT: &str = "/anima.test.v1.Echo/Shout";
+/// `/anima.test.v1.Echo/Slow`
+pub const SLOW: &str = "/anima.test.v1.Echo/Slow";
+
+/// The echo service served in-process as a leased module (SDK).
+pub struct TestModule {
+    pub addr: SocketAddr,
+    pub service: EchoService,
+    pub handle: ModuleHandle,
+    pub urn: Urn,
+    stop: CancellationToken,
+}
+
+impl TestModule {
+    /// Serves `contract` as its URN, with certificates from `ca`.
+    pub async fn start(ca: &TestCa, contract: Contract) -> Self {
+        let urn = contract.urn.clone();
+        let server = ModuleServer::new(contract, &ca.identity(urn.as_str()), &ca.trust())
+            .expect("module server");
+        let handle = server.handle();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let service = EchoService::default();
+        let routes = Routes::new(echo::echo_server::EchoServer::new(service.clone()));
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            let _ = server.serve(routes, listener, shutdown).await;
+        });
+        TestModule {
+            addr,
+            service,
+            handle,
+            urn,
+            stop,
+        }
+    }
+
+    /// Handler bodies entered so far.
+    pub fn calls(&self) -> usize {
+        self.service.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestModule {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A Core built by hand from the protocol crate, able to misbehave: it
+/// exposes the lease (and so the proof key) and the raw control stream.
+pub struct RawCore {
+    pub conn: Connection,
+    pub signer: LeaseSigner,
+    pub lease: Lease,
+    pub tx: mpsc::Sender<ControlFrame>,
+    pub inbound: tonic::Streaming<ControlFrame>,
+}
+
+impl RawCore {
+    /// Dials `module` at `addr` as `core` and sends `offer` (built by the
+    /// caller, possibly tampered); returns the module's first answer.
+    pub async fn offer_raw(
+        ca: &TestCa,
+        core: &str,
+        module: &TestModule,
+        build_offer: impl FnOnce(&LeaseSigner, &PeerBinding) -> (String, Option<PendingLease>),
+    ) -> (
+        Connection,
+        LeaseSigner,
+        Option<PendingLease>,
+        String,
+        ControlFrame,
+        mpsc::Sender<ControlFrame>,
+        tonic::Streaming<ControlFrame>,
+    ) {
+        let identity = ca.identity(core);
+        let signer = LeaseSigner::from_identity(&identity).expect("signer");
+        let conn = ClientTls::new(identity, ca.trust())
+            .dial_addr(module.addr, PeerPolicy::exactly(module.urn.clone()))
+            .await
+            .expect("dial");
+        let peer = PeerBinding::from_peer(conn.peer()).expect("binding");
+        let (offer, pending) = build_offer(&signer, &peer);
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(ControlFrame {
+            frame: Some(Frame::Offer(SignedToken { jws: offer.clone() })),
+        })
+        .await
+        .expect("queue offer");
+        let mut inbound = LeaseControlClient::new(conn.channel())
+            .control(ReceiverStream::new(rx))
+            .await
+            .expect("control stream")
+            .into_inner();
+        let first = tokio::time::timeout(PATIENCE, inbound.message())
+            .await
+            .expect("answer in time")
+            .expect("stream ok")
+            .expect("a frame");
+        (conn, signer, pending, offer, first, tx, inbound)
+    }
+
+    /// Opens a lease honestly for `scope` and `ttl`.
+    pub async fn open(
+        ca: &TestCa,
+        core: &str,
+        module: &TestModule,
+        scope: &[&str],
+        ttl: Duration,
+    ) -> RawCore {
+        let scope = Scope::new(scope.iter().copied()).expect("scope");
+        let (conn, signer, pending, _offer, first, tx, inbound) =
+            Self::offer_raw(ca, core, module, |signer, peer| {
+                let (offer, pending) = lease::offer(
+                    signer,
+                    peer,
+                    LeaseRequest { scope, ttl },
+                    Entropy::system().expect("entropy"),
+                    tokio::time::Instant::now().into_std(),
+                    SystemTime::now(),
+                )
+                .expect("offer");
+                (offer, Some(pending))
+            })
+            .await;
+        let grant = match first.frame {
+            Some(Frame::Grant(SignedToken { jws })) => jws,
+            other => panic!("expected a grant, got {other:?}"),
+        };
+        let lease = pending
+            .expect("pending")
+            .accept(&signer, &grant, SystemTime::now())
+            .expect("accept grant");
+        RawCore {
+            conn,
+            signer,
+            lease,
+            tx,
+            inbound,
+        }
+    }
+
+    /// The proof for call `seq` of `method` under this lease.
+    pub fn proof(&self, seq: u64, method: &str) -> String {
+        self.lease.proof_key().proof(seq, method)
+    }
+
+    /// Calls `Say` on the raw connection with `proof` (or none).
+    pub async fn say(&self, proof: Option<String>) -> Result<echo::SayReply, Status> {
+        let mut request = Request::new(echo::SayRequest { text: "hi".into() });
+        if let Some(p) = proof {
+            request
+                .metadata_mut()
+                .insert(PROOF_HEADER, p.parse().expect("ascii proof"));
+        }
+        echo::echo_client::EchoClient::new(self.conn.channel())
+            .say(request)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Calls `Shout` on the raw connection with `proof`.
+    pub async fn shout(&self, proof: String) -> Result<echo::SayReply, Status> {
+        let mut request = Request::new(echo::SayRequest { text: "hi".into() });
+        request
+            .metadata_mut()
+            .insert(PROOF_HEADER, proof.parse().expect("ascii proof"));
+        echo::echo_client::EchoClient::new(self.conn.channel())
+            .shout(request)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Sends a control frame.
+    pub async fn send(&self, frame: Frame) {
+        self.tx
+            .send(ControlFrame { frame: Some(frame) })
+            .await
+            .expect("control stream open");
+    }
+
+    /// The next control frame from the module (panics after `PATIENCE`).
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        tokio::time::timeout(PATIENCE, self.inbound.message())
+            .await
+            .expect("a frame in time")
+            .ok()
+            .flatten()
+            .and_then(|f| f.frame)
+    }
+}
+
+/// The `anima` reason of a refused call.
+pub fn reason(status: &Status) -> Option<Reason> {
+    anima_protocol::lease::reason_of(status)
+}
+
+/// Waits for the first event matching `pick`.
+pub async fn wait_event<T>(
+    events: &mut broadcast::Receiver<LeaseEvent>,
+    mut pick: impl FnMut(&LeaseEvent) -> Option<T>,
+) -> T {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let Some(t) = pick(&e) {
+                        return t;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("event channel closed"),
+            }
+        }
+    })
+    .await
+    .expect("the event in time")
+}
+
+/// A child process that is killed when dropped.
+pub struct Child {
+    pub child: tokio::process::Child,
+    pub stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Child {
+    /// Starts `bin` with `args`, stdout piped, killed on drop.
+    pub fn spawn(bin: &std::path::Path, args: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(bin)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Child { child, stdout }
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns the rest.
+    pub async fn line(&mut self, prefix: &str) -> String {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let line = self
+                    .stdout
+                    .next_line()
+                    .await
+                    .expect("read stdout")
+                    .expect("process ended before printing");
+                if let Some(rest) = line.strip_prefix(prefix) {
+                    return rest.trim().to_owned();
+                }
+            }
+        })
+        .await
+        .expect("the line in time")
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    pub async fn kill9(&mut self) {
+        self.child.kill().await.expect("kill");
+    }
+}
+
+/// Writes `identity`'s certificate and key and the CA to a fresh directory.
+pub fn write_identity(ca: &TestCa, urn: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let issued = ca
+        .authority()
+        .issue(&LeafSpec::new(urn.parse().expect("urn")))
+        .expect("issue");
+    std::fs::write(dir.path().join("cert.pem"), issued.cert_pem()).expect("write cert");
+    std::fs::write(dir.path().join("key.pem"), issued.key_pem()).expect("write key");
+    std::fs::write(dir.path().join("ca.pem"), ca.authority().cert_pem()).expect("write ca");
+    dir
 }

@@ -1,0 +1,70 @@
+//! What a handler knows about the lease it runs under.
+
+use std::sync::Arc;
+
+use anima_protocol::Urn;
+use anima_protocol::lease::LeaseId;
+use tonic::Status;
+
+use crate::clock::now;
+use crate::leases::LeaseSlot;
+use crate::status::refusal;
+
+/// The lease a call was admitted under. The gate puts it in every admitted
+/// request's extensions: read it with [`LeaseContext::of`].
+#[derive(Clone)]
+pub struct LeaseContext {
+    slot: Arc<LeaseSlot>,
+}
+
+impl LeaseContext {
+    pub(crate) fn new(slot: Arc<LeaseSlot>) -> Self {
+        LeaseContext { slot }
+    }
+
+    /// The lease of an admitted request.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<&LeaseContext> {
+        request.extensions().get::<LeaseContext>()
+    }
+
+    /// The lease id.
+    pub fn lease_id(&self) -> LeaseId {
+        self.slot.id
+    }
+
+    /// The Core the lease belongs to.
+    pub fn consumer(&self) -> &Urn {
+        &self.slot.consumer
+    }
+
+    /// Whether the lease is still valid now.
+    pub fn is_valid(&self) -> bool {
+        self.slot.lock().check_valid(now()).is_ok()
+    }
+
+    /// Completes when the lease ends (expiry, revocation, connection loss).
+    pub async fn ended(&self) {
+        self.slot.ended.cancelled().await
+    }
+
+    /// Runs `apply` only while the lease is valid, atomically with respect
+    /// to its ending: the lease cannot end between the check and `apply`.
+    /// Stage side effects, then make them visible here, so partial work is
+    /// dropped when the lease ends first. Keep `apply` short and non-blocking.
+    pub fn commit<R>(&self, apply: impl FnOnce() -> R) -> Result<R, Status> {
+        let lease = self.slot.lock();
+        match lease.check_valid(now()) {
+            Ok(()) => Ok(apply()),
+            Err(e) => Err(refusal(&e, Some(self.slot.id))),
+        }
+    }
+}
+
+impl std::fmt::Debug for LeaseContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseContext")
+            .field("lease_id", &self.slot.id)
+            .field("consumer", &self.slot.consumer)
+            .finish()
+    }
+}

@@ -1,0 +1,275 @@
+//! The capability contract: what a module declares about itself.
+//!
+//! Written as `module.toml` next to the module (or built in code):
+//!
+//! ```toml
+//! urn = "urn:anima:module:hasher"
+//! version = "0.1.0"
+//! type = "ephemeral"            # or "resident-private" / "resident-shared"
+//! # init = "core-started"       # resident-private only: or "pre-started"
+//! methods = ["/anima.sample.v1.Hasher/Digest"]
+//! max_lease = "30s"
+//! startup_grace = "10s"
+//! expired_grace = "0s"
+//! termination_window = "2s"
+//! ```
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use anima_protocol::Urn;
+use anima_protocol::lease::Scope;
+use serde::Deserialize;
+
+use crate::error::SdkError;
+
+/// The module type (ADR-0003 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleType {
+    /// Type I: started by a Core, dies with its lease.
+    Ephemeral,
+    /// Type II: one Core; standby without a lease.
+    ResidentPrivate(InitMode),
+    /// Type III: many Cores, state isolated per lease; standby when none.
+    ResidentShared,
+}
+
+/// How a resident private module is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitMode {
+    /// The Core starts it.
+    CoreStarted,
+    /// Infrastructure starts it; the Core dials it.
+    PreStarted,
+}
+
+impl fmt::Display for ModuleType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModuleType::Ephemeral => "ephemeral",
+            ModuleType::ResidentPrivate(InitMode::CoreStarted) => "resident-private (core-started)",
+            ModuleType::ResidentPrivate(InitMode::PreStarted) => "resident-private (pre-started)",
+            ModuleType::ResidentShared => "resident-shared",
+        })
+    }
+}
+
+/// A module's capability contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contract {
+    /// The module's identity (must equal its certificate's URN).
+    pub urn: Urn,
+    /// The module's version.
+    pub version: String,
+    /// The module type.
+    pub module_type: ModuleType,
+    /// The exact capability methods offered.
+    pub methods: Scope,
+    /// The longest lease the module grants.
+    pub max_lease: Duration,
+    /// How long to wait for a first lease before giving up (Type I exits).
+    pub startup_grace: Duration,
+    /// After a Type I lease ends: how long the same Core may re-lease.
+    pub expired_grace: Duration,
+    /// After zero-lease, how long cleanup may take before a Type I exits.
+    pub termination_window: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct RawContract {
+    urn: String,
+    version: String,
+    #[serde(rename = "type", default)]
+    module_type: Option<String>,
+    init: Option<String>,
+    methods: Vec<String>,
+    max_lease: String,
+    startup_grace: Option<String>,
+    expired_grace: Option<String>,
+    termination_window: Option<String>,
+}
+
+/// Default startup grace.
+pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(10);
+/// Default termination window.
+pub const DEFAULT_TERMINATION_WINDOW: Duration = Duration::from_secs(2);
+
+impl Contract {
+    /// Parses a `module.toml`.
+    pub fn from_toml(text: &str) -> Result<Self, SdkError> {
+        let raw: RawContract =
+            toml::from_str(text).map_err(|e| SdkError::Contract(e.to_string()))?;
+        let bad = |what: String| SdkError::Contract(what);
+        let urn: Urn = raw.urn.parse().map_err(|e| bad(format!("urn: {e}")))?;
+        if urn.kind() != anima_protocol::UrnKind::Module {
+            return Err(bad(format!("urn: {urn} is not a module URN")));
+        }
+        let module_type = match (raw.module_type.as_deref(), raw.init.as_deref()) {
+            (None | Some("ephemeral"), None) => ModuleType::Ephemeral,
+            (Some("resident-private"), Some("core-started")) => {
+                ModuleType::ResidentPrivate(InitMode::CoreStarted)
+            }
+            (Some("resident-private"), Some("pre-started")) => {
+                ModuleType::ResidentPrivate(InitMode::PreStarted)
+            }
+            (Some("resident-private"), None) => {
+                return Err(bad(
+                    "init: a resident-private module must declare init = \"core-started\" or \"pre-started\"".into(),
+                ));
+            }
+            (Some("resident-shared"), None) => ModuleType::ResidentShared,
+            (Some(t @ ("ephemeral" | "resident-shared")), Some(_)) => {
+                return Err(bad(format!(
+                    "init: only resident-private modules declare init (type is {t})"
+                )));
+            }
+            (Some("resident-private"), Some(other)) => {
+                return Err(bad(format!(
+                    "init: {other:?} is not \"core-started\" or \"pre-started\""
+                )));
+            }
+            (Some(other), _) => {
+                return Err(bad(format!(
+                    "type: {other:?} is not \"ephemeral\", \"resident-private\" or \"resident-shared\""
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "init: only resident-private modules declare init".into()
+                ));
+            }
+        };
+        if raw.methods.is_empty() {
+            return Err(bad("methods: a module declares at least one method".into()));
+        }
+        let methods = Scope::new(raw.methods).map_err(|e| bad(format!("methods: {e}")))?;
+        let dur = |name: &str, v: Option<&str>, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => parse_duration(v).map_err(|e| bad(format!("{name}: {e}"))),
+        };
+        let max_lease = dur("max_lease", Some(&raw.max_lease), Duration::ZERO)?;
+        if max_lease < anima_protocol::lease::MIN_TTL {
+            return Err(bad(format!(
+                "max_lease: must be at least {:?}",
+                anima_protocol::lease::MIN_TTL
+            )));
+        }
+        Ok(Contract {
+            urn,
+            version: raw.version,
+            module_type,
+            methods,
+            max_lease,
+            startup_grace: dur(
+                "startup_grace",
+                raw.startup_grace.as_deref(),
+                DEFAULT_STARTUP_GRACE,
+            )?,
+            expired_grace: dur(
+                "expired_grace",
+                raw.expired_grace.as_deref(),
+                Duration::ZERO,
+            )?,
+            termination_window: dur(
+                "termination_window",
+                raw.termination_window.as_deref(),
+                DEFAULT_TERMINATION_WINDOW,
+            )?,
+        })
+    }
+
+    /// Reads and parses a `module.toml` file.
+    pub fn from_file(path: &Path) -> Result<Self, SdkError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SdkError::Contract(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| SdkError::Contract(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m, h)"))?;
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    }
+    .ok_or_else(|| format!("{text:?} is too long"))?;
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        urn = "urn:anima:module:x"
+        version = "1.0.0"
+        methods = ["/x.v1.X/Do"]
+        max_lease = "30s"
+    "#;
+
+    #[test]
+    fn e7_type_defaults_to_ephemeral() {
+        let c = Contract::from_toml(BASE).unwrap();
+        assert_eq!(c.module_type, ModuleType::Ephemeral);
+        assert_eq!(c.max_lease, Duration::from_secs(30));
+        assert_eq!(c.startup_grace, DEFAULT_STARTUP_GRACE);
+    }
+
+    #[test]
+    fn r1_resident_private_needs_an_init_mode() {
+        let no_init = format!("{BASE}\ntype = \"resident-private\"");
+        assert!(
+            Contract::from_toml(&no_init)
+                .unwrap_err()
+                .to_string()
+                .contains("init")
+        );
+        let ok = format!("{BASE}\ntype = \"resident-private\"\ninit = \"pre-started\"");
+        assert_eq!(
+            Contract::from_toml(&ok).unwrap().module_type,
+            ModuleType::ResidentPrivate(InitMode::PreStarted)
+        );
+    }
+
+    #[test]
+    fn s1_resident_shared_is_declared() {
+        let c = Contract::from_toml(&format!("{BASE}\ntype = \"resident-shared\"")).unwrap();
+        assert_eq!(c.module_type, ModuleType::ResidentShared);
+    }
+
+    #[test]
+    fn bad_contracts_name_the_field() {
+        for (text, field) in [
+            (format!("{BASE}\nbogus = 1"), "bogus"),
+            (BASE.replace("30s", "30"), "max_lease"),
+            (BASE.replace("/x.v1.X/Do", "Do"), "methods"),
+            (BASE.replace("module:x", "core:x"), "urn"),
+            (format!("{BASE}\ntype = \"weird\""), "type"),
+        ] {
+            let err = Contract::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(field), "{err} should name {field}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        for bad in ["", "s", "5", "5 s", "-5s", "5d", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

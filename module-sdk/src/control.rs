@@ -1,0 +1,249 @@
+//! The module's side of the lease control stream (`anima.v1.LeaseControl`).
+//!
+//! One stream per connection: the Core's offer must arrive within
+//! [`HANDSHAKE_TIMEOUT`]; the module verifies it and answers with its grant
+//! (or a refusal, which ends the stream). Afterwards it answers renewals and
+//! scope changes, applies revocations, and revokes by itself on refusal. The
+//! lease ends when the stream ends (connection loss) and the stream ends when
+//! the lease does.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anima_protocol::PeerInfo;
+use anima_protocol::lease::{self, EndedBy, Entropy, GrantPolicy, LeaseError, PeerBinding, Reason};
+use anima_protocol::pb::lease_control_server::LeaseControl;
+use anima_protocol::pb::{ControlFrame, Refusal, SignedToken, control_frame::Frame};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::clock::now;
+use crate::leases::{LeaseEvent, LeaseSlot, ModuleState};
+
+/// How long the Core has to send its offer after opening the stream.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `LeaseControl` service.
+#[derive(Clone)]
+pub(crate) struct ControlService {
+    pub(crate) state: Arc<ModuleState>,
+}
+
+type Outbound = mpsc::Sender<Result<ControlFrame, Status>>;
+
+fn frame(f: Frame) -> Result<ControlFrame, Status> {
+    Ok(ControlFrame { frame: Some(f) })
+}
+
+fn refusal(err: &LeaseError) -> Frame {
+    Frame::Refuse(Refusal {
+        reason: err.reason().as_str().into(),
+        detail: format!("{err:.300}"),
+    })
+}
+
+#[tonic::async_trait]
+impl LeaseControl for ControlService {
+    type ControlStream = ReceiverStream<Result<ControlFrame, Status>>;
+
+    async fn control(
+        &self,
+        request: Request<Streaming<ControlFrame>>,
+    ) -> Result<Response<Self::ControlStream>, Status> {
+        let peer = PeerInfo::of(&request)
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("not an Anima connection"))?;
+        let binding = PeerBinding::from_peer(&peer)
+            .map_err(|e| lease::status_for(e.reason(), e.to_string(), []))?;
+        let (tx, rx) = mpsc::channel(32);
+        let inbound = request.into_inner();
+        tokio::spawn(run(self.state.clone(), binding, inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn run(
+    state: Arc<ModuleState>,
+    peer: PeerBinding,
+    mut inbound: Streaming<ControlFrame>,
+    tx: Outbound,
+) {
+    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message()).await;
+    let offer = match first {
+        Ok(Ok(Some(ControlFrame {
+            frame: Some(Frame::Offer(SignedToken { jws })),
+        }))) => jws,
+        Ok(Ok(Some(_))) => {
+            let err = LeaseError::Protocol("the first control frame must be an offer".into());
+            let _ = tx.send(frame(refusal(&err))).await;
+            return;
+        }
+        Ok(Ok(None)) | Ok(Err(_)) => return,
+        Err(_) => {
+            let err = LeaseError::Protocol("no offer within the handshake timeout".into());
+            let _ = tx.send(frame(refusal(&err))).await;
+            return;
+        }
+    };
+    let slot = match open(&state, &peer, &offer, tx.clone()) {
+        Ok((slot, grant)) => {
+            let _ = tx
+                .send(frame(Frame::Grant(SignedToken { jws: grant })))
+                .await;
+            slot
+        }
+        Err(err) => {
+            tracing::warn!(core = %peer.urn, connection = %peer.connection, reason = %err.reason(), error = %err, "lease offer refused");
+            state.publish(LeaseEvent::Refused {
+                consumer: peer.urn.clone(),
+                reason: err.reason(),
+            });
+            let _ = tx.send(frame(refusal(&err))).await;
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = slot.ended.cancelled() => break,
+            m = inbound.message() => m,
+        };
+        match message {
+            Ok(Some(ControlFrame { frame: Some(f) })) => {
+                if let Err(err) = step(&state, &slot, f) {
+                    // An explicit refusal: this side revokes, and tells the
+                    // Core, which must revoke too (A7).
+                    tracing::warn!(lease_id = %slot.id, core = %slot.consumer, error = %err, "control step refused; revoking");
+                    slot.send(refusal(&err));
+                    state.end(&slot, err.reason(), EndedBy::Local, &err.to_string());
+                }
+            }
+            Ok(Some(ControlFrame { frame: None })) => {}
+            Ok(None) | Err(_) => {
+                state.end(
+                    &slot,
+                    Reason::ConnectionLost,
+                    EndedBy::Circumstance,
+                    "control stream closed",
+                );
+                state.forget(&slot);
+                return;
+            }
+        }
+    }
+    // The lease is over: nothing more is answered on this stream. Close our
+    // side (queued frames still flush) and keep the slot, which refuses calls
+    // with the reason the lease ended, until the Core closes its side.
+    slot.close_outbound();
+    drop(tx);
+    let close = async { while let Ok(Some(_)) = inbound.message().await {} };
+    let _ = tokio::time::timeout(LINGER, close).await;
+    state.forget(&slot);
+}
+
+/// How long an ended lease's slot waits for the Core to close the stream.
+const LINGER: Duration = Duration::from_secs(60);
+
+fn open(
+    state: &Arc<ModuleState>,
+    peer: &PeerBinding,
+    offer: &str,
+    tx: Outbound,
+) -> Result<(Arc<LeaseSlot>, String), LeaseError> {
+    if let Some(existing) = state.slot(peer.connection) {
+        return Err(LeaseError::LeaseExists {
+            lease_id: existing.id.to_string(),
+        });
+    }
+    let policy = GrantPolicy {
+        declared: state.contract.methods.clone(),
+        max_ttl: state.contract.max_lease,
+    };
+    let (grant, lease) = lease::grant(
+        &state.signer,
+        peer,
+        offer,
+        &policy,
+        Entropy::system()?,
+        now(),
+        SystemTime::now(),
+    )?;
+    let (id, ttl) = (lease.id(), lease.ttl());
+    let slot = state.install(lease, tx)?;
+    tracing::info!(lease_id = %id, core = %peer.urn, ttl_ms = ttl.as_millis() as u64, "lease granted");
+    state.publish(LeaseEvent::Granted {
+        lease_id: id,
+        consumer: peer.urn.clone(),
+        ttl,
+    });
+    Ok((slot, grant))
+}
+
+/// Handles one control frame after the handshake.
+fn step(state: &ModuleState, slot: &LeaseSlot, f: Frame) -> Result<(), LeaseError> {
+    let wall = SystemTime::now();
+    match f {
+        Frame::Renew(SignedToken { jws }) => {
+            let (answer, ttl) = {
+                let mut lease = slot.lock();
+                let claims = lease.receive(&jws)?;
+                let answer = lease.answer_renew(&state.signer, &claims, now(), wall)?;
+                (answer, lease.ttl())
+            };
+            slot.send(Frame::Renewed(SignedToken { jws: answer }));
+            tracing::debug!(lease_id = %slot.id, ttl_ms = ttl.as_millis() as u64, "lease renewed");
+            state.publish(LeaseEvent::Renewed {
+                lease_id: slot.id,
+                ttl,
+            });
+            Ok(())
+        }
+        Frame::Rescope(SignedToken { jws }) => {
+            let (answer, scope) = {
+                let mut lease = slot.lock();
+                let claims = lease.receive(&jws)?;
+                let answer = lease.answer_rescope(
+                    &state.signer,
+                    &claims,
+                    &state.contract.methods,
+                    now(),
+                    wall,
+                )?;
+                (answer, lease.scope().clone())
+            };
+            slot.send(Frame::Rescoped(SignedToken { jws: answer }));
+            tracing::info!(lease_id = %slot.id, scope = %scope, "lease scope changed");
+            state.publish(LeaseEvent::Rescoped {
+                lease_id: slot.id,
+                scope,
+            });
+            Ok(())
+        }
+        Frame::Revoke(SignedToken { jws }) => {
+            {
+                let mut lease = slot.lock();
+                let claims = lease.receive(&jws)?;
+                lease.apply_revoke(&claims, now())?;
+            }
+            state.finish(slot);
+            Ok(())
+        }
+        Frame::Refuse(Refusal { reason, detail }) => {
+            let reason = Reason::parse(&reason).unwrap_or(Reason::LeaseRevoked);
+            state.end(
+                slot,
+                reason,
+                EndedBy::Peer,
+                &format!("refused by the Core: {detail:.200}"),
+            );
+            Ok(())
+        }
+        Frame::Offer(_) => Err(LeaseError::LeaseExists {
+            lease_id: slot.id.to_string(),
+        }),
+        Frame::Grant(_) | Frame::Renewed(_) | Frame::Rescoped(_) => Err(LeaseError::Protocol(
+            "the module does not accept module-side frames".into(),
+        )),
+    }
+}

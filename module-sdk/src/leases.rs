@@ -1,0 +1,317 @@
+//! The module's lease table: one slot per leased connection.
+//!
+//! Locks here are `std` mutexes held for a few field updates, never across
+//! an `.await`. Each slot owns a cancellation token that fires the moment
+//! its lease ends (expiry, revocation, refusal, connection loss); handlers
+//! race against it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use crate::clock::now;
+
+use anima_protocol::lease::{
+    EndedBy, Lease, LeaseError, LeaseId, LeaseSigner, LeaseState, Reason, Scope,
+};
+use anima_protocol::pb::{ControlFrame, SignedToken, control_frame::Frame};
+use anima_protocol::{ConnectionId, PeerInfo, Urn};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::contract::Contract;
+
+/// Something that happened to a lease, as the module saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseEvent {
+    /// A Core's offer was verified and a lease granted.
+    Granted {
+        /// The lease.
+        lease_id: LeaseId,
+        /// The Core.
+        consumer: Urn,
+        /// The granted TTL.
+        ttl: Duration,
+    },
+    /// A renewal was granted.
+    Renewed {
+        /// The lease.
+        lease_id: LeaseId,
+        /// The granted TTL.
+        ttl: Duration,
+    },
+    /// The scope changed.
+    Rescoped {
+        /// The lease.
+        lease_id: LeaseId,
+        /// The new scope.
+        scope: Scope,
+    },
+    /// A handshake was refused (no lease was opened).
+    Refused {
+        /// The Core that asked.
+        consumer: Urn,
+        /// Why.
+        reason: Reason,
+    },
+    /// The lease ended.
+    Ended {
+        /// The lease.
+        lease_id: LeaseId,
+        /// The Core.
+        consumer: Urn,
+        /// Why.
+        reason: Reason,
+        /// Who ended it.
+        by: EndedBy,
+    },
+}
+
+/// One leased connection.
+pub(crate) struct LeaseSlot {
+    pub(crate) id: LeaseId,
+    pub(crate) consumer: Urn,
+    pub(crate) connection: ConnectionId,
+    lease: Mutex<Lease>,
+    pub(crate) ended: CancellationToken,
+    outbound: Mutex<Option<mpsc::Sender<Result<ControlFrame, Status>>>>,
+}
+
+impl LeaseSlot {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Lease> {
+        // A panic while holding this lock cannot leave the lease half-updated
+        // in a way that grants more than it should: every mutation is a single
+        // field assignment after its checks.
+        self.lease.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn send(&self, frame: Frame) {
+        // Bounded: a Core that stops reading loses control frames, and its
+        // lease expires by itself.
+        let outbound = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = outbound.as_ref() {
+            let _ = tx.try_send(Ok(ControlFrame { frame: Some(frame) }));
+        }
+    }
+
+    /// Closes this side of the control stream (frames already queued flush).
+    pub(crate) fn close_outbound(&self) {
+        self.outbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// The error a call under this lease gets now, if the lease is over.
+    pub(crate) fn end_error(&self) -> Option<LeaseError> {
+        self.lock().check_valid(now()).err()
+    }
+}
+
+/// The module's shared state.
+pub(crate) struct ModuleState {
+    pub(crate) contract: Contract,
+    pub(crate) signer: LeaseSigner,
+    slots: Mutex<HashMap<ConnectionId, Arc<LeaseSlot>>>,
+    events: broadcast::Sender<LeaseEvent>,
+    active: watch::Sender<usize>,
+}
+
+impl ModuleState {
+    pub(crate) fn new(contract: Contract, signer: LeaseSigner) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        ModuleState {
+            contract,
+            signer,
+            slots: Mutex::new(HashMap::new()),
+            events,
+            active: watch::Sender::new(0),
+        }
+    }
+
+    fn slots(&self) -> MutexGuard<'_, HashMap<ConnectionId, Arc<LeaseSlot>>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn publish(&self, event: LeaseEvent) {
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<LeaseEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn active(&self) -> watch::Receiver<usize> {
+        self.active.subscribe()
+    }
+
+    pub(crate) fn slot(&self, connection: ConnectionId) -> Option<Arc<LeaseSlot>> {
+        self.slots().get(&connection).cloned()
+    }
+
+    pub(crate) fn slots_snapshot(&self) -> Vec<Arc<LeaseSlot>> {
+        self.slots().values().cloned().collect()
+    }
+
+    /// Installs a freshly granted lease; refuses a second lease on one
+    /// connection.
+    pub(crate) fn install(
+        self: &Arc<Self>,
+        lease: Lease,
+        outbound: mpsc::Sender<Result<ControlFrame, Status>>,
+    ) -> Result<Arc<LeaseSlot>, LeaseError> {
+        let slot = Arc::new(LeaseSlot {
+            id: lease.id(),
+            consumer: lease.consumer().clone(),
+            connection: lease.connection(),
+            lease: Mutex::new(lease),
+            ended: CancellationToken::new(),
+            outbound: Mutex::new(Some(outbound)),
+        });
+        {
+            let mut slots = self.slots();
+            if let Some(existing) = slots.get(&slot.connection) {
+                return Err(LeaseError::LeaseExists {
+                    lease_id: existing.id.to_string(),
+                });
+            }
+            slots.insert(slot.connection, slot.clone());
+        }
+        self.count_active();
+        tokio::spawn(expiry_watch(self.clone(), slot.clone()));
+        Ok(slot)
+    }
+
+    /// Ends `slot`'s lease (if still open) and tells the Core with a signed
+    /// revocation.
+    pub(crate) fn revoke(&self, slot: &LeaseSlot, reason: Reason, detail: &str) {
+        let token = {
+            let mut lease = slot.lock();
+            if lease.ended().is_some() {
+                None
+            } else {
+                lease
+                    .revoke(&self.signer, reason, detail, now(), SystemTime::now())
+                    .ok()
+            }
+        };
+        if let Some(jws) = token {
+            slot.send(Frame::Revoke(SignedToken { jws }));
+        }
+        self.finish(slot);
+    }
+
+    /// Ends `slot`'s lease for `reason` without telling the Core (it told us,
+    /// or the connection is gone).
+    pub(crate) fn end(&self, slot: &LeaseSlot, reason: Reason, by: EndedBy, detail: &str) {
+        slot.lock().end(reason, by, detail, now());
+        self.finish(slot);
+    }
+
+    /// Fires the slot's token and reports how it ended. The slot stays in the
+    /// table, refusing calls on its connection with the reason it ended,
+    /// until the control stream closes ([`ModuleState::forget`]).
+    pub(crate) fn finish(&self, slot: &LeaseSlot) {
+        if slot.ended.is_cancelled() {
+            return;
+        }
+        slot.ended.cancel();
+        self.count_active();
+        let now = now();
+        let (reason, by) = {
+            let lease = slot.lock();
+            match lease.state(now) {
+                LeaseState::Ended(e) => (e.reason, e.by),
+                LeaseState::Expired => (Reason::LeaseExpired, EndedBy::Circumstance),
+                LeaseState::Active => (Reason::LeaseRevoked, EndedBy::Local),
+            }
+        };
+        tracing::info!(lease_id = %slot.id, core = %slot.consumer, reason = %reason, by = %by, "lease ended");
+        self.publish(LeaseEvent::Ended {
+            lease_id: slot.id,
+            consumer: slot.consumer.clone(),
+            reason,
+            by,
+        });
+    }
+
+    /// Drops an ended slot once its control stream has closed.
+    pub(crate) fn forget(&self, slot: &LeaseSlot) {
+        {
+            let mut slots = self.slots();
+            if slots.get(&slot.connection).is_some_and(|s| s.id == slot.id) {
+                slots.remove(&slot.connection);
+            }
+        }
+        self.count_active();
+    }
+
+    fn count_active(&self) {
+        let active = self
+            .slots()
+            .values()
+            .filter(|s| !s.ended.is_cancelled())
+            .count();
+        self.active.send_replace(active);
+    }
+
+    /// Admits one call: declared method, a lease on this connection, a
+    /// genuine fresh proof, in scope. A bad or replayed proof also revokes
+    /// the lease: only the Core can send on this connection, so it is
+    /// misbehaving.
+    pub(crate) fn admit(
+        &self,
+        peer: Option<&PeerInfo>,
+        method: &str,
+        proof: Option<&str>,
+    ) -> Result<Arc<LeaseSlot>, (LeaseError, Option<LeaseId>)> {
+        if !self.contract.methods.contains(method) {
+            return Err((
+                LeaseError::UnknownMethod {
+                    method: format!("{method:.256}"),
+                },
+                None,
+            ));
+        }
+        let peer = peer.ok_or((LeaseError::NoLease("not an Anima connection"), None))?;
+        let slot = self
+            .slot(peer.connection())
+            .ok_or((LeaseError::NoLease("this connection holds no lease"), None))?;
+        let admitted = slot.lock().admit(method, proof, now());
+        match admitted {
+            Ok(()) => Ok(slot),
+            Err(e) => {
+                if matches!(e.reason(), Reason::BadProof | Reason::ProofReplayed) {
+                    tracing::warn!(lease_id = %slot.id, core = %slot.consumer, error = %e, "refused call; revoking lease");
+                    self.revoke(&slot, e.reason(), &e.to_string());
+                }
+                Err((e, Some(slot.id)))
+            }
+        }
+    }
+}
+
+/// Ends the lease at its expiry instant unless a renewal moved it.
+async fn expiry_watch(state: Arc<ModuleState>, slot: Arc<LeaseSlot>) {
+    loop {
+        let at = slot.lock().expires_at();
+        tokio::select! {
+            biased;
+            _ = slot.ended.cancelled() => return,
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+        }
+        let now = now();
+        let expired = matches!(slot.lock().state(now), LeaseState::Expired);
+        if expired {
+            state.end(
+                &slot,
+                Reason::LeaseExpired,
+                EndedBy::Circumstance,
+                "expired",
+            );
+            return;
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The claims inside lease tokens (see PROTOCOL.md for the normative text).
+
+use serde::{Deserialize, Serialize};
+
+/// `typ` of the Core's lease (the offer).
+pub const TYP_OFFER: &str = "anima-offer+v1";
+/// `typ` of the module's lease (the grant).
+pub const TYP_GRANT: &str = "anima-grant+v1";
+/// `typ` of a renewal request.
+pub const TYP_RENEW: &str = "anima-renew+v1";
+/// `typ` of a renewal answer.
+pub const TYP_RENEWED: &str = "anima-renewed+v1";
+/// `typ` of a scope change request.
+pub const TYP_RESCOPE: &str = "anima-rescope+v1";
+/// `typ` of a scope change answer.
+pub const TYP_RESCOPED: &str = "anima-rescoped+v1";
+/// `typ` of a revocation.
+pub const TYP_REVOKE: &str = "anima-revoke+v1";
+
+/// The revocation conditions every v1 lease carries.
+pub const REVOCATION_CONDITIONS: [&str; 4] = [
+    "explicit-revocation",
+    "explicit-refusal",
+    "connection-loss",
+    "certificate-expiry",
+];
+
+/// Certificate binding (after RFC 8705 `x5t#S256`): base64url SHA-256 of the
+/// issuer's and of the audience's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirmation {
+    /// The signer's certificate.
+    #[serde(rename = "iss_x5t#S256")]
+    pub issuer: String,
+    /// The receiver's certificate.
+    #[serde(rename = "aud_x5t#S256")]
+    pub audience: String,
+}
+
+/// A lease, as the Core offers it or the module grants it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseClaims {
+    /// [`TYP_OFFER`] or [`TYP_GRANT`].
+    pub typ: String,
+    /// Lease id: base64url of 16 random bytes.
+    pub lid: String,
+    /// Consumer: the Core's URN.
+    pub con: String,
+    /// Provider: the module's URN.
+    pub pro: String,
+    /// Permitted methods.
+    pub scope: Vec<String>,
+    /// Time to live in milliseconds, counted by each side's monotonic clock
+    /// from the moment it sent (Core) or received (module) the offer.
+    pub ttl_ms: u64,
+    /// Issued at (Unix seconds; audit only).
+    pub iat: u64,
+    /// Expires (Unix seconds; audit and sanity bound only).
+    pub exp: u64,
+    /// Certificate binding.
+    pub cnf: Confirmation,
+    /// The signer's ephemeral X25519 public key (base64url, 32 bytes).
+    pub kx: String,
+    /// Grant only: base64url SHA-256 of the offer's JWS text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<String>,
+    /// Revocation conditions.
+    pub rev: Vec<String>,
+}
+
+/// A step on the control stream after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlClaims {
+    /// One of the control `TYP_*` values.
+    pub typ: String,
+    /// The lease id.
+    pub lid: String,
+    /// The sender's control sequence number (1, 2, …; strictly increasing).
+    pub seq: u64,
+    /// Issued at (Unix seconds; audit only).
+    pub iat: u64,
+    /// Requests: the sequence number answered. Answers: the request's `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub re: Option<u64>,
+    /// Renew: requested TTL. Renewed/rescoped: granted (remaining) TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// Answers: the granted expiry (Unix seconds; audit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    /// Rescope/rescoped: the scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Vec<String>>,
+    /// Revoke: the reason (a wire reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Revoke: human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}

@@ -1,0 +1,158 @@
+//! JWS compact serialization (RFC 7515) with EdDSA (RFC 8037), the one token
+//! format of the lease protocol.
+//!
+//! The header is always `{"alg":"EdDSA","typ":"JWT"}`; a token with any other
+//! header is refused. Signing and verifying are done by `ed25519-dalek`; this
+//! module only encodes.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::error::LeaseError;
+
+/// The only header this protocol writes or accepts.
+pub const HEADER: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
+
+/// The largest token accepted (bytes). Real tokens are well under 2 KiB.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Signs `claims` with `key` and returns the compact serialization.
+pub fn sign<T: Serialize>(claims: &T, key: &SigningKey) -> Result<String, LeaseError> {
+    let payload = serde_json::to_vec(claims).map_err(|e| LeaseError::Encode(e.to_string()))?;
+    let mut out = String::with_capacity(64 + payload.len() * 4 / 3 + 90);
+    B64.encode_string(HEADER, &mut out);
+    out.push('.');
+    B64.encode_string(&payload, &mut out);
+    let signature = key.sign(out.as_bytes());
+    out.push('.');
+    B64.encode_string(signature.to_bytes(), &mut out);
+    Ok(out)
+}
+
+/// Verifies `token` with `key` and decodes its claims.
+///
+/// Everything here is peer input: sizes are bounded, and every failure is a
+/// [`LeaseError::BadToken`] or [`LeaseError::BadSignature`], never a panic.
+pub fn verify<T: DeserializeOwned>(token: &str, key: &VerifyingKey) -> Result<T, LeaseError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(LeaseError::BadToken("token too long".into()));
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(LeaseError::BadToken(
+            "not a JWS compact serialization".into(),
+        ));
+    };
+    let header = B64
+        .decode(header_b64)
+        .map_err(|_| LeaseError::BadToken("header is not base64url".into()))?;
+    if header != HEADER.as_bytes() {
+        return Err(LeaseError::BadToken(
+            "unsupported JWS header (only EdDSA JWT)".into(),
+        ));
+    }
+    let signature: [u8; 64] = B64
+        .decode(signature)
+        .ok()
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| LeaseError::BadToken("signature is not 64 base64url bytes".into()))?;
+    // The signing input is `header "." payload`, exactly as received.
+    let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
+    key.verify_strict(signed.as_bytes(), &Signature::from_bytes(&signature))
+        .map_err(|_| LeaseError::BadSignature)?;
+    let payload = B64
+        .decode(payload_b64)
+        .map_err(|_| LeaseError::BadToken("payload is not base64url".into()))?;
+    serde_json::from_slice(&payload).map_err(|e| LeaseError::BadToken(format!("claims: {e}")))
+}
+
+/// Base64url without padding, as used throughout the protocol.
+pub fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+/// Decodes base64url without padding into exactly `N` bytes.
+pub fn b64_array<const N: usize>(text: &str, what: &'static str) -> Result<[u8; N], LeaseError> {
+    B64.decode(text)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| LeaseError::BadToken(format!("{what} is not {N} base64url bytes")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Claims {
+        a: String,
+        n: u64,
+    }
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn round_trip() {
+        let claims = Claims {
+            a: "x".into(),
+            n: 7,
+        };
+        let token = sign(&claims, &key(1)).unwrap();
+        assert_eq!(token.split('.').count(), 3);
+        let back: Claims = verify(&token, &key(1).verifying_key()).unwrap();
+        assert_eq!(back, claims);
+    }
+
+    #[test]
+    fn wrong_key_or_tampered_payload_is_refused() {
+        let token = sign(
+            &Claims {
+                a: "x".into(),
+                n: 7,
+            },
+            &key(1),
+        )
+        .unwrap();
+        assert!(matches!(
+            verify::<Claims>(&token, &key(2).verifying_key()),
+            Err(LeaseError::BadSignature)
+        ));
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        parts[1] = b64(br#"{"a":"y","n":7}"#);
+        let tampered = parts.join(".");
+        assert!(matches!(
+            verify::<Claims>(&tampered, &key(1).verifying_key()),
+            Err(LeaseError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn other_headers_and_garbage_are_refused() {
+        let k = key(1);
+        let vk = k.verifying_key();
+        // alg "none"
+        let none = format!(
+            "{}.{}.",
+            b64(br#"{"alg":"none","typ":"JWT"}"#),
+            b64(br#"{"a":"x","n":1}"#)
+        );
+        assert!(verify::<Claims>(&none, &vk).is_err());
+        for garbage in [
+            "",
+            ".",
+            "..",
+            "a.b.c",
+            "a.b.c.d",
+            &"x".repeat(MAX_TOKEN_LEN + 1),
+        ] {
+            assert!(verify::<Claims>(garbage, &vk).is_err(), "{garbage:.20}");
+        }
+    }
+}

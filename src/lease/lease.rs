@@ -1,0 +1,579 @@
+//! An open lease as one side holds it: verified, bound to one connection,
+//! with its own expiry on this side's monotonic clock.
+//!
+//! Pure state: callers pass the current [`Instant`] in, so timing logic is
+//! exact under test clocks. Not thread-safe by itself; hosts wrap it.
+
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::claims::{ControlClaims, TYP_RENEW, TYP_RENEWED, TYP_RESCOPE, TYP_RESCOPED, TYP_REVOKE};
+use super::error::LeaseError;
+use super::handshake::{MIN_TTL, unix};
+use super::jws::{self, b64};
+use super::keys::{LeaseSigner, PeerBinding};
+use super::proof::{ProofKey, ReplayWindow};
+use super::reason::Reason;
+use super::scope::Scope;
+use crate::identity::Urn;
+use crate::transport::ConnectionId;
+
+/// A lease id: 16 random bytes, written as 22 characters of base64url.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseId(pub [u8; 16]);
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&b64(&self.0))
+    }
+}
+
+impl fmt::Debug for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LeaseId({self})")
+    }
+}
+
+impl std::str::FromStr for LeaseId {
+    type Err = LeaseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        super::jws::b64_array(s, "lease id").map(LeaseId)
+    }
+}
+
+/// Which side holds this copy of the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The consumer.
+    Core,
+    /// The provider.
+    Module,
+}
+
+/// Who ended a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndedBy {
+    /// This side.
+    Local,
+    /// The peer (a revocation or refusal it sent).
+    Peer,
+    /// Time (expiry) or the connection (loss).
+    Circumstance,
+}
+
+impl fmt::Display for EndedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EndedBy::Local => "local",
+            EndedBy::Peer => "peer",
+            EndedBy::Circumstance => "circumstance",
+        })
+    }
+}
+
+/// How a lease ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// Why (e.g. `LEASE_REVOKED`, `CONNECTION_LOST`, `LEASE_EXPIRED`).
+    pub reason: Reason,
+    /// Who ended it.
+    pub by: EndedBy,
+    /// Human-readable detail.
+    pub detail: String,
+    /// When, on this side's monotonic clock.
+    pub at: Instant,
+}
+
+/// The state of a lease at an instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Valid until `expires_at`.
+    Active,
+    /// Past its expiry, never renewed.
+    Expired,
+    /// Ended before expiry.
+    Ended(Ended),
+}
+
+/// An open lease (the `VerifiedLease` of the protocol): only a verified
+/// handshake creates one.
+pub struct Lease {
+    id: LeaseId,
+    side: Side,
+    consumer: Urn,
+    provider: Urn,
+    scope: Scope,
+    ttl: Duration,
+    max_ttl: Duration,
+    issued_at: Instant,
+    expires_at: Instant,
+    wall_issued: SystemTime,
+    proof: ProofKey,
+    replay: ReplayWindow,
+    peer: PeerBinding,
+    sent_seq: u64,
+    received_seq: u64,
+    pending: Option<Pending>,
+    renewals: u64,
+    ended: Option<Ended>,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    seq: u64,
+    sent_at: Instant,
+    kind: &'static str,
+    /// Renewals: the TTL asked for; the answer may grant less, never more.
+    asked: Duration,
+}
+
+impl Lease {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: LeaseId,
+        side: Side,
+        consumer: Urn,
+        provider: Urn,
+        scope: Scope,
+        ttl: Duration,
+        start: Instant,
+        wall: SystemTime,
+        max_ttl: Duration,
+        proof: ProofKey,
+        peer: PeerBinding,
+    ) -> Self {
+        Lease {
+            id,
+            side,
+            consumer,
+            provider,
+            scope,
+            ttl,
+            max_ttl,
+            issued_at: start,
+            expires_at: start + ttl,
+            wall_issued: wall,
+            proof,
+            replay: ReplayWindow::default(),
+            peer,
+            sent_seq: 0,
+            received_seq: 0,
+            pending: None,
+            renewals: 0,
+            ended: None,
+        }
+    }
+
+    /// The lease id.
+    pub fn id(&self) -> LeaseId {
+        self.id
+    }
+
+    /// Which side holds this copy.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The Core.
+    pub fn consumer(&self) -> &Urn {
+        &self.consumer
+    }
+
+    /// The module.
+    pub fn provider(&self) -> &Urn {
+        &self.provider
+    }
+
+    /// The permitted methods.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// The TTL last granted.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// When the lease was opened (this side's clock).
+    pub fn issued_at(&self) -> Instant {
+        self.issued_at
+    }
+
+    /// When the lease was opened (wall clock; audit).
+    pub fn wall_issued(&self) -> SystemTime {
+        self.wall_issued
+    }
+
+    /// When the lease expires unless renewed (this side's clock).
+    pub fn expires_at(&self) -> Instant {
+        self.expires_at
+    }
+
+    /// How many renewals were granted.
+    pub fn renewals(&self) -> u64 {
+        self.renewals
+    }
+
+    /// The connection the lease is bound to.
+    pub fn connection(&self) -> ConnectionId {
+        self.peer.connection
+    }
+
+    /// The other side's identity.
+    pub fn peer(&self) -> &Urn {
+        &self.peer.urn
+    }
+
+    /// The per-lease proof key (the Core signs calls with it).
+    pub fn proof_key(&self) -> &ProofKey {
+        &self.proof
+    }
+
+    /// How the lease ended, if it did (expiry is not recorded here).
+    pub fn ended(&self) -> Option<&Ended> {
+        self.ended.as_ref()
+    }
+
+    /// The state at `now`.
+    pub fn state(&self, now: Instant) -> LeaseState {
+        match &self.ended {
+            Some(e) => LeaseState::Ended(e.clone()),
+            None if now >= self.expires_at => LeaseState::Expired,
+            None => LeaseState::Active,
+        }
+    }
+
+    /// `Ok` while the lease is valid at `now`; otherwise the refusal.
+    pub fn check_valid(&self, now: Instant) -> Result<(), LeaseError> {
+        match self.state(now) {
+            LeaseState::Active => Ok(()),
+            LeaseState::Expired => Err(LeaseError::Expired {
+                lease_id: self.id.to_string(),
+                ago: now.saturating_duration_since(self.expires_at),
+            }),
+            LeaseState::Ended(e) if e.reason == Reason::LeaseExpired => Err(LeaseError::Expired {
+                lease_id: self.id.to_string(),
+                ago: now.saturating_duration_since(self.expires_at),
+            }),
+            LeaseState::Ended(e) => Err(LeaseError::Revoked {
+                lease_id: self.id.to_string(),
+                by: e.by.to_string(),
+                reason: e.reason,
+            }),
+        }
+    }
+
+    /// Module side: admits one call of `method` carrying `proof` (the
+    /// `anima-proof` metadata value), in this order: lease valid, proof
+    /// present and genuine, not replayed, method in scope.
+    pub fn admit(
+        &mut self,
+        method: &str,
+        proof: Option<&str>,
+        now: Instant,
+    ) -> Result<(), LeaseError> {
+        self.check_valid(now)?;
+        let proof = proof.ok_or(LeaseError::NoLease("the call carries no lease proof"))?;
+        let seq = self.proof.check(proof, method)?;
+        if !self.replay.accept(seq) {
+            return Err(LeaseError::ProofReplayed { seq });
+        }
+        if !self.scope.contains(method) {
+            return Err(LeaseError::ScopeDenied {
+                method: format!("{method:.256}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends the lease (first end wins).
+    pub fn end(&mut self, reason: Reason, by: EndedBy, detail: impl Into<String>, now: Instant) {
+        if self.ended.is_none() {
+            self.ended = Some(Ended {
+                reason,
+                by,
+                detail: detail.into(),
+                at: now,
+            });
+        }
+    }
+
+    fn control(
+        &mut self,
+        signer: &LeaseSigner,
+        mut claims: ControlClaims,
+    ) -> Result<String, LeaseError> {
+        self.sent_seq += 1;
+        claims.seq = self.sent_seq;
+        jws::sign(&claims, signer.key())
+    }
+
+    fn blank(&self, typ: &str, wall: SystemTime) -> ControlClaims {
+        ControlClaims {
+            typ: typ.into(),
+            lid: self.id.to_string(),
+            seq: 0,
+            iat: unix(wall),
+            re: None,
+            ttl_ms: None,
+            exp: None,
+            scope: None,
+            reason: None,
+            detail: None,
+        }
+    }
+
+    /// Verifies a control token from the peer: signature, lease id, order.
+    pub fn receive(&mut self, token: &str) -> Result<ControlClaims, LeaseError> {
+        let claims: ControlClaims = jws::verify(token, &self.peer.key)?;
+        if claims.lid != self.id.to_string() {
+            return Err(LeaseError::Protocol(
+                "control token for another lease".into(),
+            ));
+        }
+        if claims.seq <= self.received_seq {
+            return Err(LeaseError::Protocol(format!(
+                "control sequence {} not after {}",
+                claims.seq, self.received_seq
+            )));
+        }
+        self.received_seq = claims.seq;
+        Ok(claims)
+    }
+
+    fn start_request(
+        &mut self,
+        kind: &'static str,
+        asked: Duration,
+        now: Instant,
+    ) -> Result<(), LeaseError> {
+        if self.side != Side::Core {
+            return Err(LeaseError::Protocol(format!("only the Core sends {kind}")));
+        }
+        if let Some(p) = &self.pending {
+            return Err(LeaseError::Protocol(format!(
+                "{} {} still unanswered",
+                p.kind, p.seq
+            )));
+        }
+        self.check_valid(now)?;
+        self.pending = Some(Pending {
+            seq: self.sent_seq + 1,
+            sent_at: now,
+            kind,
+            asked,
+        });
+        Ok(())
+    }
+
+    /// Forgets an unanswered request (its answer timed out); a late answer
+    /// is then a protocol violation.
+    pub fn abandon_request(&mut self) {
+        self.pending = None;
+    }
+
+    fn finish_request(
+        &mut self,
+        kind: &'static str,
+        re: Option<u64>,
+    ) -> Result<Pending, LeaseError> {
+        match self.pending.take() {
+            Some(p) if p.kind == kind && re == Some(p.seq) => Ok(p),
+            other => {
+                self.pending = other;
+                Err(LeaseError::Protocol(format!("unexpected {kind} answer")))
+            }
+        }
+    }
+
+    /// Core side: a signed renewal request for `ttl`.
+    pub fn renew_request(
+        &mut self,
+        signer: &LeaseSigner,
+        ttl: Duration,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<String, LeaseError> {
+        self.start_request(TYP_RENEW, ttl, now)?;
+        let mut claims = self.blank(TYP_RENEW, wall);
+        claims.ttl_ms = Some(ms(ttl));
+        self.control(signer, claims)
+    }
+
+    /// Module side: answers a verified renewal request. The lease then runs
+    /// `granted` from `now`, where `granted` is the request capped at the
+    /// contract maximum.
+    pub fn answer_renew(
+        &mut self,
+        signer: &LeaseSigner,
+        request: &ControlClaims,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<String, LeaseError> {
+        if request.typ != TYP_RENEW {
+            return Err(LeaseError::Protocol("not a renewal".into()));
+        }
+        self.check_valid(now)?;
+        let asked = Duration::from_millis(request.ttl_ms.unwrap_or(0));
+        if asked < MIN_TTL {
+            return Err(LeaseError::BadToken(format!(
+                "renewal ttl below {MIN_TTL:?}"
+            )));
+        }
+        let granted = asked.min(self.max_ttl);
+        self.ttl = granted;
+        self.expires_at = now + granted;
+        self.renewals += 1;
+        let mut claims = self.blank(TYP_RENEWED, wall);
+        claims.re = Some(request.seq);
+        claims.ttl_ms = Some(ms(granted));
+        claims.exp = Some(unix(wall) + granted.as_secs().max(1));
+        self.control(signer, claims)
+    }
+
+    /// Core side: applies a verified renewal answer. The Core's lease runs
+    /// the granted TTL from when it *sent* the request, so it never outlasts
+    /// the module's.
+    pub fn apply_renewed(
+        &mut self,
+        answer: &ControlClaims,
+        now: Instant,
+    ) -> Result<Duration, LeaseError> {
+        if answer.typ != TYP_RENEWED {
+            return Err(LeaseError::Protocol("not a renewal answer".into()));
+        }
+        let pending = self.finish_request(TYP_RENEW, answer.re)?;
+        self.check_valid(now)?;
+        let granted = Duration::from_millis(answer.ttl_ms.unwrap_or(0));
+        if granted < MIN_TTL || granted > pending.asked {
+            return Err(LeaseError::BadToken(format!(
+                "renewal granted {granted:?}, outside {MIN_TTL:?}..={:?}",
+                pending.asked
+            )));
+        }
+        self.ttl = granted;
+        self.expires_at = self.expires_at.max(pending.sent_at + granted);
+        self.renewals += 1;
+        Ok(granted)
+    }
+
+    /// Core side: a signed request to change the scope to `scope`.
+    pub fn rescope_request(
+        &mut self,
+        signer: &LeaseSigner,
+        scope: &Scope,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<String, LeaseError> {
+        self.start_request(TYP_RESCOPE, Duration::ZERO, now)?;
+        let mut claims = self.blank(TYP_RESCOPE, wall);
+        claims.scope = Some(scope.to_vec());
+        self.control(signer, claims)
+    }
+
+    /// Module side: answers a verified scope change, which must lie within
+    /// the `declared` methods (a promotion beyond them is refused).
+    pub fn answer_rescope(
+        &mut self,
+        signer: &LeaseSigner,
+        request: &ControlClaims,
+        declared: &Scope,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<String, LeaseError> {
+        if request.typ != TYP_RESCOPE {
+            return Err(LeaseError::Protocol("not a scope change".into()));
+        }
+        self.check_valid(now)?;
+        let scope = Scope::new(request.scope.clone().unwrap_or_default())?;
+        if let Some(extra) = scope.difference(declared).next() {
+            return Err(LeaseError::ScopeDenied {
+                method: extra.to_owned(),
+            });
+        }
+        self.scope = scope;
+        let mut claims = self.blank(TYP_RESCOPED, wall);
+        claims.re = Some(request.seq);
+        claims.scope = Some(self.scope.to_vec());
+        let left = self.expires_at.saturating_duration_since(now);
+        claims.ttl_ms = Some(ms(left));
+        claims.exp = Some(unix(wall) + left.as_secs());
+        self.control(signer, claims)
+    }
+
+    /// Core side: applies a verified scope answer.
+    pub fn apply_rescoped(
+        &mut self,
+        answer: &ControlClaims,
+        now: Instant,
+    ) -> Result<(), LeaseError> {
+        if answer.typ != TYP_RESCOPED {
+            return Err(LeaseError::Protocol("not a scope answer".into()));
+        }
+        self.finish_request(TYP_RESCOPE, answer.re)?;
+        self.check_valid(now)?;
+        self.scope = Scope::new(answer.scope.clone().unwrap_or_default())?;
+        Ok(())
+    }
+
+    /// Either side: ends the lease here and returns the signed revocation
+    /// to send.
+    pub fn revoke(
+        &mut self,
+        signer: &LeaseSigner,
+        reason: Reason,
+        detail: &str,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<String, LeaseError> {
+        self.end(reason, EndedBy::Local, detail, now);
+        let mut claims = self.blank(TYP_REVOKE, wall);
+        claims.reason = Some(reason.as_str().into());
+        claims.detail = Some(format!("{detail:.200}"));
+        self.control(signer, claims)
+    }
+
+    /// Either side: applies a verified revocation from the peer.
+    pub fn apply_revoke(
+        &mut self,
+        notice: &ControlClaims,
+        now: Instant,
+    ) -> Result<Reason, LeaseError> {
+        if notice.typ != TYP_REVOKE {
+            return Err(LeaseError::Protocol("not a revocation".into()));
+        }
+        let reason = notice
+            .reason
+            .as_deref()
+            .and_then(Reason::parse)
+            .unwrap_or(Reason::LeaseRevoked);
+        let detail = notice.detail.clone().unwrap_or_default();
+        self.end(reason, EndedBy::Peer, format!("{detail:.200}"), now);
+        Ok(reason)
+    }
+
+    /// The time of the pending request, if one is unanswered.
+    pub fn pending_since(&self) -> Option<Instant> {
+        self.pending.as_ref().map(|p| p.sent_at)
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("id", &self.id)
+            .field("side", &self.side)
+            .field("consumer", &self.consumer)
+            .field("provider", &self.provider)
+            .field("scope", &self.scope)
+            .field("ttl", &self.ttl)
+            .field("renewals", &self.renewals)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}

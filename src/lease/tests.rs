@@ -1,0 +1,469 @@
+//! Handshake and lease-state tests with explicit instants (exact, instant).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use super::doc_support::pair;
+use super::jws::{self, b64};
+use super::*;
+
+const SAY: &str = "/echo.v1.Echo/Say";
+const OTHER: &str = "/echo.v1.Echo/Other";
+
+struct World {
+    core: LeaseSigner,
+    module: LeaseSigner,
+    core_sees: PeerBinding,
+    module_sees: PeerBinding,
+    declared: Scope,
+    now: Instant,
+    wall: SystemTime,
+}
+
+fn world() -> World {
+    let (core, module, core_sees, module_sees) = pair();
+    World {
+        core,
+        module,
+        core_sees,
+        module_sees,
+        declared: Scope::new([SAY, OTHER]).unwrap(),
+        now: Instant::now(),
+        wall: SystemTime::now(),
+    }
+}
+
+impl World {
+    fn policy(&self, max: Duration) -> GrantPolicy {
+        GrantPolicy {
+            declared: self.declared.clone(),
+            max_ttl: max,
+        }
+    }
+
+    fn open(&self, ttl: Duration, max: Duration) -> (Lease, Lease) {
+        let request = LeaseRequest {
+            scope: self.declared.clone(),
+            ttl,
+        };
+        let (offer_jws, pending) = offer(
+            &self.core,
+            &self.core_sees,
+            request,
+            Entropy::system().unwrap(),
+            self.now,
+            self.wall,
+        )
+        .unwrap();
+        let (grant_jws, module_lease) = grant(
+            &self.module,
+            &self.module_sees,
+            &offer_jws,
+            &self.policy(max),
+            Entropy::system().unwrap(),
+            self.now,
+            self.wall,
+        )
+        .unwrap();
+        let core_lease = pending.accept(&self.core, &grant_jws, self.wall).unwrap();
+        (core_lease, module_lease)
+    }
+
+    fn offer_jws(&self, scope: Scope, ttl: Duration) -> String {
+        offer(
+            &self.core,
+            &self.core_sees,
+            LeaseRequest { scope, ttl },
+            Entropy::system().unwrap(),
+            self.now,
+            self.wall,
+        )
+        .unwrap()
+        .0
+    }
+
+    fn grant_err(&self, offer_jws: &str) -> LeaseError {
+        grant(
+            &self.module,
+            &self.module_sees,
+            offer_jws,
+            &self.policy(Duration::from_secs(60)),
+            Entropy::system().unwrap(),
+            self.now,
+            self.wall,
+        )
+        .unwrap_err()
+    }
+}
+
+/// Re-signs an offer's claims after `edit`, with `key` (the real Core's
+/// when `None`), or keeps the original signature when `keep_signature`.
+fn edit_offer(
+    w: &World,
+    offer_jws: &str,
+    keep_signature: bool,
+    edit: impl FnOnce(&mut LeaseClaims),
+) -> String {
+    let mut claims: LeaseClaims = jws::verify(offer_jws, &w.core.verifying_key()).unwrap();
+    edit(&mut claims);
+    let resigned = jws::sign(&claims, w.core.key()).unwrap();
+    if keep_signature {
+        let sig = offer_jws.rsplit('.').next().unwrap();
+        let mut parts: Vec<&str> = resigned.split('.').collect();
+        parts[2] = sig;
+        parts.join(".")
+    } else {
+        resigned
+    }
+}
+
+#[test]
+fn a3_both_sides_issue_and_validate_and_agree() {
+    let w = world();
+    let (core, module) = w.open(Duration::from_secs(30), Duration::from_secs(60));
+    assert_eq!(core.id(), module.id());
+    assert_eq!(core.scope(), module.scope());
+    assert_eq!(core.ttl(), Duration::from_secs(30));
+    assert_eq!(module.ttl(), Duration::from_secs(30));
+    assert_eq!(core.consumer().as_str(), "urn:anima:core:dev");
+    assert_eq!(module.provider().as_str(), "urn:anima:module:echo");
+    assert_eq!(core.side(), Side::Core);
+    assert_eq!(module.side(), Side::Module);
+}
+
+#[test]
+fn a2_lease_holds_every_required_field() {
+    let w = world();
+    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
+    let claims: LeaseClaims = jws::verify(&offer_jws, &w.core.verifying_key()).unwrap();
+    assert_eq!(claims.lid.len(), 22, "128-bit id in base64url");
+    assert_eq!(claims.con, "urn:anima:core:dev");
+    assert_eq!(claims.pro, "urn:anima:module:echo");
+    assert_eq!(
+        claims.scope,
+        vec![SAY.to_owned(), OTHER.to_owned()]
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(claims.ttl_ms, 30_000);
+    assert!(claims.exp >= claims.iat + 30);
+    assert_eq!(
+        claims.rev,
+        REVOCATION_CONDITIONS
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(claims.cnf.issuer, b64(&w.core.fingerprint().0));
+    assert_eq!(claims.cnf.audience, b64(&w.module.fingerprint().0));
+}
+
+#[test]
+fn a9_ttl_above_contract_maximum_is_capped_and_both_hold_the_cap() {
+    let w = world();
+    let (core, module) = w.open(Duration::from_secs(3600), Duration::from_secs(5));
+    assert_eq!(core.ttl(), Duration::from_secs(5));
+    assert_eq!(module.ttl(), Duration::from_secs(5));
+    assert_eq!(core.expires_at(), w.now + Duration::from_secs(5));
+}
+
+#[test]
+fn a3_tampered_offer_is_refused() {
+    let w = world();
+    let offer_jws = w.offer_jws(Scope::new([SAY]).unwrap(), Duration::from_secs(30));
+    // Scope edited after signing.
+    let tampered = edit_offer(&w, &offer_jws, true, |c| c.scope.push(OTHER.into()));
+    assert_eq!(w.grant_err(&tampered).reason(), Reason::BadSignature);
+    // TTL edited after signing.
+    let tampered = edit_offer(&w, &offer_jws, true, |c| c.ttl_ms = 1);
+    assert_eq!(w.grant_err(&tampered).reason(), Reason::BadSignature);
+}
+
+#[test]
+fn a3_offer_signed_by_another_key_is_refused() {
+    let w = world();
+    let forger = LeaseSigner::from_parts([9; 32], w.core.urn().clone(), w.core.fingerprint());
+    let (forged, _) = offer(
+        &forger,
+        &w.core_sees,
+        LeaseRequest {
+            scope: w.declared.clone(),
+            ttl: Duration::from_secs(30),
+        },
+        Entropy::system().unwrap(),
+        w.now,
+        w.wall,
+    )
+    .unwrap();
+    assert_eq!(w.grant_err(&forged).reason(), Reason::BadSignature);
+}
+
+#[test]
+fn a3_identities_must_equal_the_mtls_peers() {
+    let w = world();
+    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
+    let other_core = edit_offer(&w, &offer_jws, false, |c| {
+        c.con = "urn:anima:core:other".into()
+    });
+    assert_eq!(w.grant_err(&other_core).reason(), Reason::IdentityMismatch);
+    let other_module = edit_offer(&w, &offer_jws, false, |c| {
+        c.pro = "urn:anima:module:other".into()
+    });
+    assert_eq!(
+        w.grant_err(&other_module).reason(),
+        Reason::IdentityMismatch
+    );
+}
+
+#[test]
+fn a3_certificate_binding_is_checked() {
+    let w = world();
+    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
+    let lifted = edit_offer(&w, &offer_jws, false, |c| c.cnf.audience = b64(&[0; 32]));
+    assert_eq!(w.grant_err(&lifted).reason(), Reason::BindingMismatch);
+    let lifted = edit_offer(&w, &offer_jws, false, |c| c.cnf.issuer = b64(&[0; 32]));
+    assert_eq!(w.grant_err(&lifted).reason(), Reason::BindingMismatch);
+}
+
+#[test]
+fn a3_scope_beyond_declared_is_refused() {
+    let w = world();
+    let offer_jws = w.offer_jws(
+        Scope::new([SAY, "/echo.v1.Echo/Undeclared"]).unwrap(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(w.grant_err(&offer_jws).reason(), Reason::ScopeDenied);
+}
+
+#[test]
+fn a3_skewed_clock_or_tiny_ttl_is_refused() {
+    let w = world();
+    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
+    let old = edit_offer(&w, &offer_jws, false, |c| {
+        c.iat -= 3600;
+        c.exp -= 3600;
+    });
+    assert_eq!(w.grant_err(&old).reason(), Reason::BadToken);
+    let tiny = edit_offer(&w, &offer_jws, false, |c| c.ttl_ms = 1);
+    assert_eq!(w.grant_err(&tiny).reason(), Reason::BadToken);
+}
+
+#[test]
+fn a3_core_refuses_a_grant_for_another_offer_or_wider_scope() {
+    let w = world();
+    let request = LeaseRequest {
+        scope: Scope::new([SAY]).unwrap(),
+        ttl: Duration::from_secs(30),
+    };
+    let (offer_a, pending_a) = offer(
+        &w.core,
+        &w.core_sees,
+        request.clone(),
+        Entropy::system().unwrap(),
+        w.now,
+        w.wall,
+    )
+    .unwrap();
+    let (offer_b, _pending_b) = offer(
+        &w.core,
+        &w.core_sees,
+        request,
+        Entropy::system().unwrap(),
+        w.now,
+        w.wall,
+    )
+    .unwrap();
+    let policy = w.policy(Duration::from_secs(60));
+    let (grant_b, _) = grant(
+        &w.module,
+        &w.module_sees,
+        &offer_b,
+        &policy,
+        Entropy::system().unwrap(),
+        w.now,
+        w.wall,
+    )
+    .unwrap();
+    assert!(pending_a.accept(&w.core, &grant_b, w.wall).is_err());
+    let _ = offer_a;
+}
+
+#[test]
+fn a4_calls_carry_only_a_proof_bound_to_method_and_lease() {
+    let w = world();
+    let (core, mut module) = w.open(Duration::from_secs(30), Duration::from_secs(60));
+    let p1 = core.proof_key().proof(1, SAY);
+    assert!(p1.len() < 40, "compact: {p1}");
+    module.admit(SAY, Some(&p1), w.now).unwrap();
+    // Replay.
+    assert_eq!(
+        module.admit(SAY, Some(&p1), w.now).unwrap_err().reason(),
+        Reason::ProofReplayed
+    );
+    // Another method with this proof.
+    let p2 = core.proof_key().proof(2, SAY);
+    assert_eq!(
+        module.admit(OTHER, Some(&p2), w.now).unwrap_err().reason(),
+        Reason::BadProof
+    );
+    // No proof.
+    assert_eq!(
+        module.admit(SAY, None, w.now).unwrap_err().reason(),
+        Reason::NoLease
+    );
+    // Out of order arrivals are fine.
+    for seq in [10, 7, 9, 8] {
+        module
+            .admit(SAY, Some(&core.proof_key().proof(seq, SAY)), w.now)
+            .unwrap();
+    }
+}
+
+#[test]
+fn a4_proof_from_another_lease_is_refused() {
+    let w = world();
+    let (core_a, _module_a) = w.open(Duration::from_secs(30), Duration::from_secs(60));
+    let (_core_b, mut module_b) = w.open(Duration::from_secs(30), Duration::from_secs(60));
+    let lifted = core_a.proof_key().proof(1, SAY);
+    assert_eq!(
+        module_b
+            .admit(SAY, Some(&lifted), w.now)
+            .unwrap_err()
+            .reason(),
+        Reason::BadProof
+    );
+}
+
+#[test]
+fn a6_expired_lease_refuses_from_the_expiry_instant() {
+    let w = world();
+    let (core, mut module) = w.open(Duration::from_millis(500), Duration::from_secs(60));
+    let just_before = w.now + Duration::from_millis(499);
+    module
+        .admit(SAY, Some(&core.proof_key().proof(1, SAY)), just_before)
+        .unwrap();
+    let at = w.now + Duration::from_millis(500);
+    let err = module
+        .admit(SAY, Some(&core.proof_key().proof(2, SAY)), at)
+        .unwrap_err();
+    assert_eq!(err.reason(), Reason::LeaseExpired);
+    assert_eq!(core.state(at), LeaseState::Expired);
+}
+
+#[test]
+fn a8_renewal_extends_both_sides_and_states_the_grant() {
+    let w = world();
+    let (mut core, mut module) = w.open(Duration::from_millis(500), Duration::from_secs(1));
+    let t = w.now + Duration::from_millis(300);
+    let req = core
+        .renew_request(&w.core, Duration::from_secs(5), t, w.wall)
+        .unwrap();
+    let req = module.receive(&req).unwrap();
+    let t2 = t + Duration::from_millis(2);
+    let ans = module.answer_renew(&w.module, &req, t2, w.wall).unwrap();
+    let ans = core.receive(&ans).unwrap();
+    assert_eq!(ans.ttl_ms, Some(1000), "capped at the contract maximum");
+    let granted = core.apply_renewed(&ans, t2).unwrap();
+    assert_eq!(granted, Duration::from_secs(1));
+    // The Core counts from sending; the module from receiving: Core first.
+    assert_eq!(core.expires_at(), t + Duration::from_secs(1));
+    assert_eq!(module.expires_at(), t2 + Duration::from_secs(1));
+    assert!(core.expires_at() <= module.expires_at());
+    assert_eq!(core.renewals(), 1);
+    assert_eq!(module.renewals(), 1);
+    // Valid past the original expiry.
+    let later = w.now + Duration::from_millis(900);
+    module
+        .admit(SAY, Some(&core.proof_key().proof(1, SAY)), later)
+        .unwrap();
+}
+
+#[test]
+fn a8_control_tokens_are_verified_and_ordered() {
+    let w = world();
+    let (mut core, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(5));
+    let req = core
+        .renew_request(&w.core, Duration::from_secs(5), w.now, w.wall)
+        .unwrap();
+    let claims = module.receive(&req).unwrap();
+    // The same token again is out of order.
+    assert_eq!(
+        module.receive(&req).unwrap_err().reason(),
+        Reason::ProtocolViolation
+    );
+    // A token signed by someone else does not verify.
+    let forged = jws::sign(&claims, w.module.key()).unwrap();
+    assert_eq!(
+        module.receive(&forged).unwrap_err().reason(),
+        Reason::BadSignature
+    );
+    // Only one request at a time.
+    assert!(
+        core.renew_request(&w.core, Duration::from_secs(5), w.now, w.wall)
+            .is_err()
+    );
+}
+
+#[test]
+fn rescope_demotion_applies_and_promotion_beyond_declared_is_refused() {
+    let w = world();
+    let (mut core, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(5));
+    let only_say = Scope::new([SAY]).unwrap();
+    let req = core
+        .rescope_request(&w.core, &only_say, w.now, w.wall)
+        .unwrap();
+    let req = module.receive(&req).unwrap();
+    let ans = module
+        .answer_rescope(&w.module, &req, &w.declared, w.now, w.wall)
+        .unwrap();
+    let ans = core.receive(&ans).unwrap();
+    core.apply_rescoped(&ans, w.now).unwrap();
+    assert_eq!(module.scope(), &only_say);
+    assert_eq!(core.scope(), &only_say);
+    let err = module
+        .admit(OTHER, Some(&core.proof_key().proof(1, OTHER)), w.now)
+        .unwrap_err();
+    assert_eq!(err.reason(), Reason::ScopeDenied);
+    // Promotion within the declared methods works; beyond them it does not.
+    let beyond = Scope::new([SAY, "/echo.v1.Echo/Undeclared"]).unwrap();
+    let req = core
+        .rescope_request(&w.core, &beyond, w.now, w.wall)
+        .unwrap();
+    let req = module.receive(&req).unwrap();
+    let err = module
+        .answer_rescope(&w.module, &req, &w.declared, w.now, w.wall)
+        .unwrap_err();
+    assert_eq!(err.reason(), Reason::ScopeDenied);
+}
+
+#[test]
+fn a6_revocation_ends_both_sides() {
+    let w = world();
+    let (mut core, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(5));
+    let notice = core
+        .revoke(&w.core, Reason::LeaseRevoked, "operator", w.now, w.wall)
+        .unwrap();
+    let claims = module.receive(&notice).unwrap();
+    assert_eq!(
+        module.apply_revoke(&claims, w.now).unwrap(),
+        Reason::LeaseRevoked
+    );
+    let err = module
+        .admit(SAY, Some(&core.proof_key().proof(1, SAY)), w.now)
+        .unwrap_err();
+    assert_eq!(err.reason(), Reason::LeaseRevoked);
+    assert!(matches!(
+        core.state(w.now),
+        LeaseState::Ended(Ended {
+            by: EndedBy::Local,
+            ..
+        })
+    ));
+    assert!(matches!(
+        module.state(w.now),
+        LeaseState::Ended(Ended {
+            by: EndedBy::Peer,
+            ..
+        })
+    ));
+}

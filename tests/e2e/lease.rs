@@ -1,0 +1,690 @@
+//! Leases over real sockets: the SDK's module side, the Core's lease links,
+//! and a hand-built misbehaving Core (A1–A9).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anima_core::audit::AuditLog;
+use anima_core::lease::{CoreLeaseError, LeaseLink, LeaseTable, RenewalPolicy};
+use anima_module_sdk::LeaseEvent;
+use anima_protocol::lease::{
+    self, EndedBy, Entropy, LeaseRequest, LeaseSigner, LeaseState, Reason, Scope,
+};
+use anima_protocol::pb::{Refusal, SignedToken, control_frame::Frame};
+use anima_protocol::{ClientTls, PeerPolicy};
+use anima_tests::echo::SayRequest;
+use anima_tests::echo::echo_client::EchoClient;
+use anima_tests::{
+    PATIENCE, RawCore, SAY, SHOUT, SLOW, TestCa, TestModule, echo_contract, reason, wait_event,
+};
+
+const CORE: &str = "urn:anima:core:dev";
+const MODULE: &str = "urn:anima:module:echo";
+
+struct Core {
+    link: LeaseLink,
+    audit: AuditLog,
+    table: LeaseTable,
+}
+
+async fn core_link(ca: &TestCa, module: &TestModule, ttl: Duration, scope: &[&str]) -> Core {
+    try_core_link(ca, module, ttl, scope).await.unwrap()
+}
+
+async fn try_core_link(
+    ca: &TestCa,
+    module: &TestModule,
+    ttl: Duration,
+    scope: &[&str],
+) -> Result<Core, CoreLeaseError> {
+    let identity = ca.identity(CORE);
+    let signer = Arc::new(LeaseSigner::from_identity(&identity).unwrap());
+    let conn = ClientTls::new(identity, ca.trust())
+        .dial_addr(module.addr, PeerPolicy::exactly(module.urn.clone()))
+        .await?;
+    let audit = AuditLog::memory();
+    let table = LeaseTable::new();
+    let link = LeaseLink::open(
+        conn,
+        signer,
+        Scope::new(scope.iter().copied()).unwrap(),
+        RenewalPolicy::new(ttl),
+        audit.clone(),
+        table.clone(),
+    )
+    .await?;
+    Ok(Core { link, audit, table })
+}
+
+async fn say(core: &Core) -> Result<String, tonic::Status> {
+    EchoClient::new(core.link.channel())
+        .say(SayRequest { text: "hi".into() })
+        .await
+        .map(|r| r.into_inner().text)
+}
+
+async fn echo_module(max_lease: &str) -> (TestCa, TestModule) {
+    let ca = TestCa::new();
+    let module = TestModule::start(&ca, echo_contract(MODULE, max_lease)).await;
+    (ca, module)
+}
+
+#[tokio::test]
+async fn a3_call_under_a_valid_mutual_lease_succeeds() {
+    let (ca, module) = echo_module("30s").await;
+    let mut events = module.handle.events();
+    let core = core_link(&ca, &module, Duration::from_secs(10), &[SAY]).await;
+    let (id, consumer) = wait_event(&mut events, |e| match e {
+        LeaseEvent::Granted {
+            lease_id, consumer, ..
+        } => Some((*lease_id, consumer.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(id, core.link.id(), "both sides hold the same lease");
+    assert_eq!(consumer.as_str(), CORE);
+    assert_eq!(say(&core).await.unwrap(), "hi");
+    assert_eq!(module.calls(), 1);
+}
+
+#[tokio::test]
+async fn a1_mtls_alone_or_a_static_token_never_authorizes() {
+    let (ca, module) = echo_module("30s").await;
+    // A fully authenticated mTLS connection with no lease, presenting the
+    // kind of static credential other systems accept.
+    let conn = ClientTls::new(ca.identity(CORE), ca.trust())
+        .dial_addr(module.addr, PeerPolicy::exactly(module.urn.clone()))
+        .await
+        .unwrap();
+    for header in ["authorization", "x-api-key"] {
+        let mut request = tonic::Request::new(SayRequest { text: "hi".into() });
+        request
+            .metadata_mut()
+            .insert(header, "Bearer secret".parse().unwrap());
+        let status = EchoClient::new(conn.channel())
+            .say(request)
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&status), Some(Reason::NoLease), "{status:?}");
+    }
+    assert_eq!(module.calls(), 0);
+}
+
+#[tokio::test]
+async fn a4_call_without_proof_is_refused() {
+    let (ca, module) = echo_module("30s").await;
+    let core = RawCore::open(&ca, CORE, &module, &[SAY], Duration::from_secs(10)).await;
+    let status = core.say(None).await.unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::NoLease));
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert_eq!(module.calls(), 0);
+    // The lease itself is fine: a proper call goes through.
+    core.say(Some(core.proof(1, SAY))).await.unwrap();
+    assert_eq!(module.calls(), 1);
+}
+
+#[tokio::test]
+async fn a4_forged_proof_is_refused_and_revokes() {
+    let (ca, module) = echo_module("30s").await;
+    let mut core = RawCore::open(&ca, CORE, &module, &[SAY], Duration::from_secs(10)).await;
+    let status = core
+        .say(Some("v1.1.AAAAAAAAAAAAAAAAAAAAAA".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::BadProof));
+    assert_eq!(module.calls(), 0);
+    // The module revoked the lease and said so on the control stream.
+    match core.next_frame().await {
+        Some(Frame::Revoke(SignedToken { jws })) => {
+            let claims = core.lease.receive(&jws).unwrap();
+            assert_eq!(claims.reason.as_deref(), Some("BAD_PROOF"));
+        }
+        other => panic!("expected a revocation, got {other:?}"),
+    }
+    let status = core.say(Some(core.proof(2, SAY))).await.unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::LeaseRevoked));
+    assert_eq!(module.calls(), 0);
+}
+
+#[tokio::test]
+async fn a4_replayed_proof_is_refused() {
+    let (ca, module) = echo_module("30s").await;
+    let core = RawCore::open(&ca, CORE, &module, &[SAY], Duration::from_secs(10)).await;
+    let proof = core.proof(1, SAY);
+    core.say(Some(proof.clone())).await.unwrap();
+    let status = core.say(Some(proof)).await.unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::ProofReplayed));
+    assert_eq!(module.calls(), 1);
+}
+
+#[tokio::test]
+async fn a4_proof_from_another_connection_is_worthless() {
+    let (ca, module) = echo_module("30s").await;
+    let a = RawCore::open(&ca, CORE, &module, &[SAY], Duration::from_secs(10)).await;
+    let b = RawCore::open(&ca, CORE, &module, &[SAY], Duration::from_secs(10)).await;
+    // A's valid proof, presented on B's connection.
+    let status = b.say(Some(a.proof(1, SAY))).await.unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::BadProof));
+    assert_eq!(module.calls(), 0);
+    // And on a connection with no lease at all.
+    let bare = ClientTls::new(ca.identity(CORE), ca.trust())
+        .dial_addr(module.addr, PeerPolicy::AnyIdentity)
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(SayRequest { text: "hi".into() });
+    request
+        .metadata_mut()
+        .insert("anima-proof", a.proof(2, SAY).parse().unwrap());
+    let status = EchoClient::new(bare.channel())
+        .say(request)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::NoLease));
+    assert_eq!(module.calls(), 0);
+}
+
+#[tokio::test]
+async fn a3_tampered_offer_gets_no_lease() {
+    let (ca, module) = echo_module("30s").await;
+    let (conn, _signer, _pending, _offer, first, _tx, _inbound) =
+        RawCore::offer_raw(&ca, CORE, &module, |signer, peer| {
+            let (offer, _) = lease::offer(
+                signer,
+                peer,
+                LeaseRequest {
+                    scope: Scope::new([SAY]).unwrap(),
+                    ttl: Duration::from_secs(10),
+                },
+                Entropy::system().unwrap(),
+                tokio::time::Instant::now().into_std(),
+                SystemTime::now(),
+            )
+            .unwrap();
+            // Widen the scope after signing.
+            let mut parts: Vec<String> = offer.split('.').map(str::to_owned).collect();
+            let claims = String::from_utf8(base64_decode(&parts[1]))
+                .unwrap()
+                .replace(SAY, &format!("{SAY}\",\"{SHOUT}"));
+            parts[1] = base64_encode(claims.as_bytes());
+            (parts.join("."), None)
+        })
+        .await;
+    match first.frame {
+        Some(Frame::Refuse(Refusal { reason, .. })) => assert_eq!(reason, "BAD_SIGNATURE"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let status = EchoClient::new(conn.channel())
+        .say(SayRequest { text: "hi".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::NoLease));
+    assert_eq!(module.calls(), 0);
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+#[tokio::test]
+async fn a6_expired_lease_is_refused_by_the_module() {
+    let (ca, module) = echo_module("30s").await;
+    let mut events = module.handle.events();
+    // A raw Core that never renews.
+    let core = RawCore::open(&ca, CORE, &module, &[SAY], Duration::from_millis(200)).await;
+    core.say(Some(core.proof(1, SAY))).await.unwrap();
+    let why = wait_event(&mut events, |e| match e {
+        LeaseEvent::Ended { reason, .. } => Some(*reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(why, Reason::LeaseExpired);
+    let status = core.say(Some(core.proof(2, SAY))).await.unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::LeaseExpired));
+    assert_eq!(module.calls(), 1);
+}
+
+#[tokio::test]
+async fn a6_core_side_revocation_is_refused_by_the_module_at_once() {
+    let (ca, module) = echo_module("30s").await;
+    let mut events = module.handle.events();
+    let mut core = RawCore::open(&ca, CORE, &module, &[SAY], Duration::from_secs(10)).await;
+    core.say(Some(core.proof(1, SAY))).await.unwrap();
+    let notice = core
+        .lease
+        .revoke(
+            &core.signer,
+            Reason::LeaseRevoked,
+            "test",
+            tokio::time::Instant::now().into_std(),
+            SystemTime::now(),
+        )
+        .unwrap();
+    core.send(Frame::Revoke(SignedToken { jws: notice })).await;
+    // The very next request: refused (the control frame and the call share
+    // one connection, and the module handles the frame as it arrives; allow
+    // the few microseconds between them by retrying on success only).
+    let mut outcome = core.say(Some(core.proof(2, SAY))).await;
+    let mut seq = 3;
+    while outcome.is_ok() && seq < 50 {
+        outcome = core.say(Some(core.proof(seq, SAY))).await;
+        seq += 1;
+    }
+    let status = outcome.unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::LeaseRevoked));
+    // Revoked by the Core, for the Core's reason (not refused as forged).
+    let ended = wait_event(&mut events, |e| match e {
+        LeaseEvent::Ended { reason, by, .. } => Some((*reason, *by)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(ended, (Reason::LeaseRevoked, EndedBy::Peer));
+}
+
+#[tokio::test]
+async fn a6_core_link_revocation_stops_the_core_and_the_module() {
+    let (ca, module) = echo_module("30s").await;
+    let mut events = module.handle.events();
+    let core = core_link(&ca, &module, Duration::from_secs(10), &[SAY]).await;
+    say(&core).await.unwrap();
+    assert!(core.link.revoke("operator asked", "operator"));
+    // The Core sends nothing more under the lease.
+    let status = say(&core).await.unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::LeaseRevoked));
+    let (why, by) = wait_event(&mut events, |e| match e {
+        LeaseEvent::Ended { reason, by, .. } => Some((*reason, *by)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((why, by), (Reason::LeaseRevoked, EndedBy::Peer));
+    assert_eq!(module.calls(), 1);
+    let records = core.audit.records();
+    let revoked = records.iter().find(|r| r.event == "revoked").unwrap();
+    assert_eq!(revoked.actor, "operator");
+    assert_eq!(revoked.reason.as_deref(), Some("LEASE_REVOKED"));
+    assert_eq!(revoked.lease_id, Some(core.link.id().to_string()));
+}
+
+#[tokio::test]
+async fn a5_module_side_revocation_makes_the_core_stop() {
+    let (ca, module) = echo_module("30s").await;
+    let core = core_link(&ca, &module, Duration::from_secs(10), &[SAY]).await;
+    say(&core).await.unwrap();
+    assert!(
+        module
+            .handle
+            .revoke(core.link.id(), "module shutting down a tenant")
+    );
+    tokio::time::timeout(PATIENCE, core.link.ended())
+        .await
+        .unwrap();
+    match core.link.state() {
+        LeaseState::Ended(e) => {
+            assert_eq!(e.reason, Reason::LeaseRevoked);
+            assert_eq!(e.by, EndedBy::Peer);
+        }
+        other => panic!("expected ended, got {other:?}"),
+    }
+    // The Core refuses locally: nothing reaches the module.
+    let status = say(&core).await.unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::LeaseRevoked));
+    assert_eq!(module.calls(), 1);
+    let record = core.table.get(core.link.id()).unwrap();
+    assert!(matches!(record.state, LeaseState::Ended(_)));
+}
+
+#[tokio::test]
+async fn a7_refused_scope_promotion_revokes_on_both_sides() {
+    let (ca, module) = echo_module("30s").await;
+    let mut events = module.handle.events();
+    let core = core_link(&ca, &module, Duration::from_secs(10), &[SAY]).await;
+    let err = core
+        .link
+        .rescope(Scope::new([SAY, "/anima.test.v1.Echo/Undeclared"]).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Some(Reason::ScopeDenied), "{err}");
+    let (why, by) = wait_event(&mut events, |e| match e {
+        LeaseEvent::Ended { reason, by, .. } => Some((*reason, *by)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((why, by), (Reason::ScopeDenied, EndedBy::Local));
+    tokio::time::timeout(PATIENCE, core.link.ended())
+        .await
+        .unwrap();
+    assert!(matches!(core.link.state(), LeaseState::Ended(e) if e.by == EndedBy::Peer));
+    assert!(say(&core).await.is_err());
+    assert_eq!(module.calls(), 0);
+}
+
+#[tokio::test]
+async fn a7_module_refusal_of_a_call_makes_the_core_revoke() {
+    let (ca, module) = echo_module("30s").await;
+    let core = core_link(&ca, &module, Duration::from_secs(10), &[SAY]).await;
+    say(&core).await.unwrap();
+    // The module ends its side silently (as if its clock ran out first); the
+    // Core learns it from the next refused call and revokes at once.
+    let mut handle_events = module.handle.events();
+    module.handle.revoke(core.link.id(), "quiet");
+    wait_event(&mut handle_events, |e| {
+        matches!(e, LeaseEvent::Ended { .. }).then_some(())
+    })
+    .await;
+    tokio::time::timeout(PATIENCE, core.link.ended())
+        .await
+        .unwrap();
+    assert!(matches!(core.link.state(), LeaseState::Ended(_)));
+}
+
+#[tokio::test]
+async fn a8_renewals_keep_a_500ms_lease_alive_through_5s_of_calls() {
+    let (ca, module) = echo_module("30s").await;
+    let core = core_link(&ca, &module, Duration::from_millis(500), &[SAY]).await;
+    let start = tokio::time::Instant::now();
+    let mut calls = 0u32;
+    while start.elapsed() < Duration::from_secs(5) {
+        say(&core)
+            .await
+            .unwrap_or_else(|s| panic!("call {calls} refused: {s:?}"));
+        calls += 1;
+    }
+    assert!(calls > 100, "continuous calls: {calls}");
+    assert!(
+        core.link.renewals() >= 8,
+        "renewed {} times",
+        core.link.renewals()
+    );
+    assert_eq!(core.link.state(), LeaseState::Active);
+    let renewed = core
+        .audit
+        .records()
+        .iter()
+        .filter(|r| r.event == "renewed")
+        .count();
+    assert!(renewed >= 8);
+    assert_eq!(module.calls() as u32, calls);
+}
+
+#[tokio::test]
+async fn serial_a8_when_renewals_stop_refusals_begin_within_50ms_of_expiry() {
+    let (ca, module) = echo_module("30s").await;
+    let mut events = module.handle.events();
+    let core = core_link(&ca, &module, Duration::from_millis(500), &[SAY]).await;
+    say(&core).await.unwrap();
+    core.link.stop_renewing().await;
+    let expiry = tokio::time::Instant::now() + core_left(&core);
+    // Call continuously; the first refusal comes at the Core's own expiry.
+    let first_refusal = loop {
+        if say(&core).await.is_err() {
+            break tokio::time::Instant::now();
+        }
+        assert!(tokio::time::Instant::now() < expiry + Duration::from_secs(2));
+    };
+    let module_end = wait_event(&mut events, |e| match e {
+        LeaseEvent::Ended { reason, .. } => Some((*reason, tokio::time::Instant::now())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(module_end.0, Reason::LeaseExpired);
+    let late = first_refusal.saturating_duration_since(expiry);
+    assert!(
+        late < Duration::from_millis(50),
+        "first refusal {late:?} after expiry"
+    );
+    let module_late = module_end.1.saturating_duration_since(expiry);
+    assert!(
+        module_late < Duration::from_millis(50),
+        "module ended {module_late:?} after expiry"
+    );
+}
+
+/// How long the Core's lease has left (from its table's wall-clock estimate).
+fn core_left(core: &Core) -> Duration {
+    let record = core.table.get(core.link.id()).unwrap();
+    record
+        .expires
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a9_ttl_above_contract_maximum_is_capped_on_both_sides() {
+    let (ca, module) = echo_module("1s").await;
+    let mut events = module.handle.events();
+    let core = core_link(&ca, &module, Duration::from_secs(3600), &[SAY]).await;
+    let granted = wait_event(&mut events, |e| match e {
+        LeaseEvent::Granted { ttl, .. } => Some(*ttl),
+        _ => None,
+    })
+    .await;
+    assert_eq!(granted, Duration::from_secs(1));
+    assert_eq!(core.link.ttl(), Duration::from_secs(1));
+    let accepted = core
+        .audit
+        .records()
+        .into_iter()
+        .find(|r| r.event == "accepted")
+        .unwrap();
+    assert_eq!(accepted.ttl_ms, Some(1000));
+}
+
+#[tokio::test]
+async fn a2_scope_demotion_applies_to_the_next_request() {
+    let (ca, module) = echo_module("30s").await;
+    let mut core = RawCore::open(&ca, CORE, &module, &[SAY, SHOUT], Duration::from_secs(10)).await;
+    core.shout(core.proof(1, SHOUT)).await.unwrap();
+    let request = core
+        .lease
+        .rescope_request(
+            &core.signer,
+            &Scope::new([SAY]).unwrap(),
+            tokio::time::Instant::now().into_std(),
+            SystemTime::now(),
+        )
+        .unwrap();
+    core.send(Frame::Rescope(SignedToken { jws: request }))
+        .await;
+    match core.next_frame().await {
+        Some(Frame::Rescoped(SignedToken { jws })) => {
+            let claims = core.lease.receive(&jws).unwrap();
+            assert_eq!(claims.scope, Some(vec![SAY.to_owned()]));
+            assert!(
+                claims.ttl_ms.is_some() && claims.exp.is_some(),
+                "states the expiry"
+            );
+        }
+        other => panic!("expected rescoped, got {other:?}"),
+    }
+    let status = core.shout(core.proof(2, SHOUT)).await.unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::ScopeDenied));
+    core.say(Some(core.proof(3, SAY))).await.unwrap();
+    assert_eq!(module.calls(), 2);
+}
+
+#[tokio::test]
+async fn a2_core_link_demotion_refuses_locally_without_touching_the_module() {
+    let (ca, module) = echo_module("30s").await;
+    let core = core_link(&ca, &module, Duration::from_secs(10), &[SAY, SHOUT]).await;
+    let granted = core.link.rescope(Scope::new([SAY]).unwrap()).await.unwrap();
+    assert_eq!(granted, Scope::new([SAY]).unwrap());
+    let status = EchoClient::new(core.link.channel())
+        .shout(SayRequest { text: "x".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::ScopeDenied));
+    assert_eq!(module.calls(), 0);
+    // Promotion back within the declared methods is granted.
+    core.link
+        .rescope(Scope::new([SAY, SHOUT]).unwrap())
+        .await
+        .unwrap();
+    EchoClient::new(core.link.channel())
+        .shout(SayRequest { text: "x".into() })
+        .await
+        .unwrap();
+    let events: Vec<_> = core.audit.records().iter().map(|r| r.event).collect();
+    assert_eq!(
+        events.iter().filter(|e| **e == "rescoped").count(),
+        2,
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a3_offer_for_undeclared_methods_is_refused() {
+    let (ca, module) = echo_module("30s").await;
+    let err = try_core_link(
+        &ca,
+        &module,
+        Duration::from_secs(10),
+        &[SAY, "/anima.test.v1.Echo/Nope"],
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(err.reason(), Some(Reason::ScopeDenied), "{err}");
+}
+
+#[tokio::test]
+async fn a5_expiry_mid_call_halts_the_handler_on_both_sides() {
+    let (ca, module) = echo_module("30s").await;
+    let core = core_link(&ca, &module, Duration::from_millis(300), &[SAY, SLOW]).await;
+    core.link.stop_renewing().await;
+    let status = EchoClient::new(core.link.channel())
+        .slow(anima_tests::echo::SlowRequest { millis: 2_000 })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::LeaseExpired));
+    // The handler started but never completed.
+    assert_eq!(module.calls(), 1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        module
+            .service
+            .completed
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a6_audit_log_has_one_line_per_event_with_id_actor_reason() {
+    let (ca, module) = echo_module("30s").await;
+    let core = core_link(&ca, &module, Duration::from_millis(300), &[SAY]).await;
+    // Wait for a renewal, then revoke.
+    tokio::time::timeout(PATIENCE, async {
+        while core.link.renewals() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    core.link.revoke("done", "operator");
+    let records = core.audit.records();
+    let kinds: Vec<&str> = records.iter().map(|r| r.event).collect();
+    assert_eq!(kinds[..2], ["issued", "accepted"], "{kinds:?}");
+    assert!(kinds.contains(&"renewed"));
+    assert_eq!(*kinds.last().unwrap(), "revoked");
+    let id = core.link.id().to_string();
+    for r in &records {
+        assert_eq!(r.lease_id.as_deref(), Some(id.as_str()));
+        assert_eq!(r.module, MODULE);
+        assert_eq!(r.core, CORE);
+        assert!(!r.actor.is_empty());
+    }
+    assert_eq!(
+        records.last().unwrap().reason.as_deref(),
+        Some("LEASE_REVOKED")
+    );
+}
+
+#[tokio::test]
+async fn a5_killing_the_module_process_puts_the_core_in_zero_lease() {
+    let ca = TestCa::new();
+    let dir = anima_tests::write_identity(&ca, MODULE);
+    let mut module = anima_tests::Child::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_anima-fixture-module")),
+        &[dir.path().to_str().unwrap(), MODULE, "30s"],
+    );
+    let addr: std::net::SocketAddr = module.line("READY").await.parse().unwrap();
+    let identity = ca.identity(CORE);
+    let signer = Arc::new(LeaseSigner::from_identity(&identity).unwrap());
+    let conn = ClientTls::new(identity, ca.trust())
+        .dial_addr(addr, PeerPolicy::exactly(MODULE.parse().unwrap()))
+        .await
+        .unwrap();
+    let link = LeaseLink::open(
+        conn,
+        signer,
+        Scope::new([SAY]).unwrap(),
+        RenewalPolicy::new(Duration::from_secs(30)),
+        AuditLog::discard(),
+        LeaseTable::new(),
+    )
+    .await
+    .unwrap();
+    EchoClient::new(link.channel())
+        .say(SayRequest { text: "hi".into() })
+        .await
+        .unwrap();
+    let killed = tokio::time::Instant::now();
+    module.kill9().await;
+    // The kernel closes a dead process's sockets: no keepalive round needed.
+    tokio::time::timeout(Duration::from_secs(2), link.ended())
+        .await
+        .expect("zero-lease within 2 s of the module's death");
+    let took = killed.elapsed();
+    match link.state() {
+        LeaseState::Ended(e) => assert_eq!(e.reason, Reason::ConnectionLost),
+        other => panic!("expected connection loss, got {other:?} after {took:?}"),
+    }
+    let status = EchoClient::new(link.channel())
+        .say(SayRequest { text: "hi".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::ConnectionLost));
+}
+
+#[tokio::test]
+async fn a5_killing_the_core_process_puts_the_module_in_zero_lease() {
+    let (ca, module) = echo_module("30s").await;
+    let mut events = module.handle.events();
+    let dir = anima_tests::write_identity(&ca, CORE);
+    let mut core = anima_tests::Child::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_anima-fixture-core")),
+        &[
+            dir.path().to_str().unwrap(),
+            &module.addr.to_string(),
+            MODULE,
+            "30000",
+        ],
+    );
+    let id = core.line("LEASED").await;
+    anima_tests::eventually("the core process calls", || module.calls() > 0).await;
+    assert_eq!(*module.handle.active_leases().borrow(), 1);
+    let killed = tokio::time::Instant::now();
+    core.kill9().await;
+    let (ended, why) = wait_event(&mut events, |e| match e {
+        LeaseEvent::Ended {
+            lease_id, reason, ..
+        } => Some((lease_id.to_string(), *reason)),
+        _ => None,
+    })
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(ended, id);
+    assert_eq!(why, Reason::ConnectionLost);
+    assert_eq!(*module.handle.active_leases().borrow(), 0);
+}
