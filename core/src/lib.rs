@@ -9,7 +9,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod audit;
 pub mod cli;
+pub mod config;
+pub mod events;
+pub mod launcher;
 pub mod lease;
+pub mod registry;
+pub mod service;
 mod status;
+pub mod supervisor;

@@ -60,6 +60,21 @@ impl LeaseContext {
     }
 }
 
+impl LeaseContext {
+    /// Runs `f` on this lease's private `T` (the tenant state; created with
+    /// `T::default()` on first use), only while the lease is valid. Each
+    /// lease has its own `T`, unreachable from any other lease, and it is
+    /// dropped the moment the lease ends.
+    pub fn with_state<T: Default + Send + 'static, R>(
+        &self,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, Status> {
+        self.slot
+            .with_tenant(f)
+            .map_err(|e| refusal(&e, Some(self.slot.id)))
+    }
+}
+
 impl std::fmt::Debug for LeaseContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeaseContext")

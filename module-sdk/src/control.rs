@@ -151,6 +151,7 @@ fn open(
     offer: &str,
     tx: Outbound,
 ) -> Result<(Arc<LeaseSlot>, String), LeaseError> {
+    state.admit_core(&peer.urn)?;
     if let Some(existing) = state.slot(peer.connection) {
         return Err(LeaseError::LeaseExists {
             lease_id: existing.id.to_string(),
@@ -169,13 +170,15 @@ fn open(
         now(),
         SystemTime::now(),
     )?;
-    let (id, ttl) = (lease.id(), lease.ttl());
+    state.bind(&peer.urn)?;
+    let (id, ttl, expires_at) = (lease.id(), lease.ttl(), lease.expires_at());
     let slot = state.install(lease, tx)?;
     tracing::info!(lease_id = %id, core = %peer.urn, ttl_ms = ttl.as_millis() as u64, "lease granted");
     state.publish(LeaseEvent::Granted {
         lease_id: id,
         consumer: peer.urn.clone(),
         ttl,
+        expires_at,
     });
     Ok((slot, grant))
 }
@@ -185,17 +188,18 @@ fn step(state: &ModuleState, slot: &LeaseSlot, f: Frame) -> Result<(), LeaseErro
     let wall = SystemTime::now();
     match f {
         Frame::Renew(SignedToken { jws }) => {
-            let (answer, ttl) = {
+            let (answer, ttl, expires_at) = {
                 let mut lease = slot.lock();
                 let claims = lease.receive(&jws)?;
                 let answer = lease.answer_renew(&state.signer, &claims, now(), wall)?;
-                (answer, lease.ttl())
+                (answer, lease.ttl(), lease.expires_at())
             };
             slot.send(Frame::Renewed(SignedToken { jws: answer }));
             tracing::debug!(lease_id = %slot.id, ttl_ms = ttl.as_millis() as u64, "lease renewed");
             state.publish(LeaseEvent::Renewed {
                 lease_id: slot.id,
                 ttl,
+                expires_at,
             });
             Ok(())
         }

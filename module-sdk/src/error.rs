@@ -29,6 +29,9 @@ pub enum SdkError {
     /// The gRPC server failed.
     #[error("server: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// The launch environment is incomplete or malformed.
+    #[error("launch: {0}")]
+    Launch(String),
     /// An I/O failure (binding, the launch handshake).
     #[error("{0}")]
     Io(#[from] std::io::Error),

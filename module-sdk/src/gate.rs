@@ -1,7 +1,8 @@
 //! The lease gate: a tower layer every capability call passes before its
 //! handler runs.
 //!
-//! Infrastructure services (the lease control stream, `grpc.health.v1`) pass
+//! Infrastructure services (the lease control stream, `ModuleAdmin`,
+//! `grpc.health.v1`) pass
 //! through. Every other call must name a declared method, arrive on a
 //! connection holding a valid lease, and carry a genuine, fresh proof for
 //! that method; otherwise it is refused with an `anima` reason and the
@@ -23,7 +24,13 @@ use crate::leases::ModuleState;
 use crate::status::refusal;
 
 /// Paths that are not capabilities and need no lease.
-const INFRASTRUCTURE: [&str; 2] = ["/anima.v1.LeaseControl/", "/grpc.health.v1.Health/"];
+/// `ModuleAdmin` authorizes by identity itself (shutdown: the module's Core
+/// or an operator).
+const INFRASTRUCTURE: [&str; 3] = [
+    "/anima.v1.LeaseControl/",
+    "/anima.v1.ModuleAdmin/",
+    "/grpc.health.v1.Health/",
+];
 
 /// Applies the gate to a service.
 #[derive(Clone)]

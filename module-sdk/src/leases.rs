@@ -5,6 +5,7 @@
 //! its lease ends (expiry, revocation, refusal, connection loss); handlers
 //! race against it.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -20,7 +21,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::contract::Contract;
+use crate::contract::{Contract, ModuleType};
+use crate::lifecycle::{Exit, Phase};
 
 /// Something that happened to a lease, as the module saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,8 @@ pub enum LeaseEvent {
         consumer: Urn,
         /// The granted TTL.
         ttl: Duration,
+        /// When it expires unless renewed (this process's monotonic clock).
+        expires_at: std::time::Instant,
     },
     /// A renewal was granted.
     Renewed {
@@ -41,6 +45,8 @@ pub enum LeaseEvent {
         lease_id: LeaseId,
         /// The granted TTL.
         ttl: Duration,
+        /// The new expiry (this process's monotonic clock).
+        expires_at: std::time::Instant,
     },
     /// The scope changed.
     Rescoped {
@@ -69,12 +75,16 @@ pub enum LeaseEvent {
     },
 }
 
+/// Per-lease handler state, by type; emptied when the lease ends.
+type TenantMap = HashMap<TypeId, Box<dyn Any + Send>>;
+
 /// One leased connection.
 pub(crate) struct LeaseSlot {
     pub(crate) id: LeaseId,
     pub(crate) consumer: Urn,
     pub(crate) connection: ConnectionId,
     lease: Mutex<Lease>,
+    tenant: Mutex<TenantMap>,
     pub(crate) ended: CancellationToken,
     outbound: Mutex<Option<mpsc::Sender<Result<ControlFrame, Status>>>>,
 }
@@ -104,6 +114,27 @@ impl LeaseSlot {
             .take();
     }
 
+    /// Runs `f` on this lease's `T` (created on first use), only while the
+    /// lease is valid; the lease cannot end during `f`.
+    pub(crate) fn with_tenant<T: Default + Send + 'static, R>(
+        &self,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, LeaseError> {
+        let lease = self.lock();
+        lease.check_valid(now())?;
+        let mut tenant = self.tenant.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = tenant
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Box::new(T::default()));
+        let value = entry
+            .downcast_mut::<T>()
+            .ok_or(LeaseError::Protocol("tenant state type confusion".into()))?;
+        let out = f(value);
+        drop(tenant);
+        drop(lease);
+        Ok(out)
+    }
+
     /// The error a call under this lease gets now, if the lease is over.
     pub(crate) fn end_error(&self) -> Option<LeaseError> {
         self.lock().check_valid(now()).err()
@@ -114,20 +145,134 @@ impl LeaseSlot {
 pub(crate) struct ModuleState {
     pub(crate) contract: Contract,
     pub(crate) signer: LeaseSigner,
+    /// Identities allowed to shut the module down besides its Core.
+    operators: Mutex<Vec<Urn>>,
     slots: Mutex<HashMap<ConnectionId, Arc<LeaseSlot>>>,
     events: broadcast::Sender<LeaseEvent>,
     active: watch::Sender<usize>,
+    phase: watch::Sender<Phase>,
+    bound_core: Mutex<Option<Urn>>,
+    exit: Mutex<Option<Exit>>,
 }
 
 impl ModuleState {
-    pub(crate) fn new(contract: Contract, signer: LeaseSigner) -> Self {
+    pub(crate) fn new(
+        contract: Contract,
+        signer: LeaseSigner,
+        bound_core: Option<Urn>,
+        operators: Vec<Urn>,
+    ) -> Self {
         let (events, _) = broadcast::channel(1024);
         ModuleState {
             contract,
             signer,
+            operators: Mutex::new(operators),
             slots: Mutex::new(HashMap::new()),
             events,
             active: watch::Sender::new(0),
+            phase: watch::Sender::new(Phase::AwaitingLease),
+            bound_core: Mutex::new(bound_core),
+            exit: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    pub(crate) fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.phase.send_if_modified(|p| {
+            let changed = *p != phase;
+            *p = phase;
+            changed
+        });
+    }
+
+    pub(crate) fn bound_core(&self) -> Option<Urn> {
+        self.bound_core
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_bound_core(&self, core: Urn) {
+        *self.bound_core.lock().unwrap_or_else(|p| p.into_inner()) = Some(core);
+    }
+
+    pub(crate) fn set_operators(&self, operators: Vec<Urn>) {
+        *self.operators.lock().unwrap_or_else(|p| p.into_inner()) = operators;
+    }
+
+    pub(crate) fn is_operator(&self, urn: &Urn) -> bool {
+        self.operators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(urn)
+    }
+
+    pub(crate) fn set_exit(&self, exit: Exit) {
+        let mut slot = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(exit);
+        }
+    }
+
+    pub(crate) fn take_exit(&self) -> Option<Exit> {
+        self.exit.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Whether `core` may open a lease now (ADR-0003 §6): only Cores; Type I
+    /// and II only their bound Core (Type II binds to its first lessee when
+    /// none was configured); nothing while terminating.
+    pub(crate) fn admit_core(&self, core: &Urn) -> Result<(), LeaseError> {
+        if core.kind() != anima_protocol::UrnKind::Core {
+            return Err(LeaseError::IdentityMismatch {
+                role: "consumer",
+                claimed: core.to_string(),
+                actual: core.clone(),
+            });
+        }
+        if self.phase() == Phase::Terminating {
+            return Err(LeaseError::Revoked {
+                lease_id: String::new(),
+                by: "module".into(),
+                reason: Reason::Shutdown,
+            });
+        }
+        if matches!(self.contract.module_type, ModuleType::ResidentShared) {
+            return Ok(());
+        }
+        match self.bound_core() {
+            Some(b) if &b != core => Err(LeaseError::WrongCore {
+                bound: b,
+                got: core.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// After a successful grant: binds a private module to `core` if it is
+    /// not bound yet (the first Core to lease it), or checks the binding.
+    pub(crate) fn bind(&self, core: &Urn) -> Result<(), LeaseError> {
+        if matches!(self.contract.module_type, ModuleType::ResidentShared) {
+            return Ok(());
+        }
+        let mut bound = self.bound_core.lock().unwrap_or_else(|p| p.into_inner());
+        match &*bound {
+            Some(b) if b != core => Err(LeaseError::WrongCore {
+                bound: b.clone(),
+                got: core.clone(),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                tracing::info!(core = %core, "bound to the first Core to lease this module");
+                *bound = Some(core.clone());
+                Ok(())
+            }
         }
     }
 
@@ -167,6 +312,7 @@ impl ModuleState {
             consumer: lease.consumer().clone(),
             connection: lease.connection(),
             lease: Mutex::new(lease),
+            tenant: Mutex::new(HashMap::new()),
             ended: CancellationToken::new(),
             outbound: Mutex::new(Some(outbound)),
         });
@@ -203,6 +349,13 @@ impl ModuleState {
         self.finish(slot);
     }
 
+    /// Revokes every open lease, telling each Core.
+    pub(crate) fn revoke_all(&self, reason: Reason, detail: &str) {
+        for slot in self.slots_snapshot() {
+            self.revoke(&slot, reason, detail);
+        }
+    }
+
     /// Ends `slot`'s lease for `reason` without telling the Core (it told us,
     /// or the connection is gone).
     pub(crate) fn end(&self, slot: &LeaseSlot, reason: Reason, by: EndedBy, detail: &str) {
@@ -218,6 +371,11 @@ impl ModuleState {
             return;
         }
         slot.ended.cancel();
+        // Per-lease state dies with the lease (ADR-0003 §6.3, §7).
+        slot.tenant
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.count_active();
         let now = now();
         let (reason, by) = {
@@ -248,6 +406,11 @@ impl ModuleState {
         self.count_active();
     }
 
+    #[cfg(test)]
+    pub(crate) fn set_active_for_test(&self, n: usize) {
+        self.active.send_replace(n);
+    }
+
     fn count_active(&self) {
         let active = self
             .slots()
@@ -276,9 +439,16 @@ impl ModuleState {
             ));
         }
         let peer = peer.ok_or((LeaseError::NoLease("not an Anima connection"), None))?;
-        let slot = self
-            .slot(peer.connection())
-            .ok_or((LeaseError::NoLease("this connection holds no lease"), None))?;
+        let Some(slot) = self.slot(peer.connection()) else {
+            // Resident modules with no lease at all are in standby.
+            let resident = !matches!(self.contract.module_type, ModuleType::Ephemeral);
+            let error = if resident && *self.active.borrow() == 0 {
+                LeaseError::Standby
+            } else {
+                LeaseError::NoLease("this connection holds no lease")
+            };
+            return Err((error, None));
+        };
         let admitted = slot.lock().admit(method, proof, now());
         match admitted {
             Ok(()) => Ok(slot),

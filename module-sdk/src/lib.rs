@@ -1,30 +1,84 @@
 //! The Anima module SDK: serve an ordinary tonic service under leases.
 //!
-//! A module author writes a tonic service and a capability [`Contract`], and
-//! serves it with [`ModuleServer::serve`]. The SDK serves the lease control
-//! stream (the Core's offer, the module's grant, renewals, scope changes,
-//! revocations) and puts a lease gate in front of every capability call:
+//! A complete module — this is `sample-modules/hasher`, trimmed:
+//!
+//! ```text
+//! use std::process::ExitCode;
+//! use anima_module_sdk::{Contract, LeaseContext, launch};
+//!
+//! #[tokio::main]
+//! async fn main() -> ExitCode {
+//!     // module.toml: urn, version, type, methods, max_lease, graces.
+//!     let contract = Contract::from_toml(include_str!("../module.toml")).expect("valid contract");
+//!     launch(contract, |module| {
+//!         module
+//!             .file_descriptor_set(pb::DESCRIPTORS) // the SDK checks served == declared
+//!             .service(pb::hasher_server::HasherServer::new(Hasher::default()))
+//!             .on_cleanup(|| async { /* release resources (Type I) */ })
+//!     })
+//!     .await
+//! }
+//! ```
+//!
+//! [`launch()`] reads the launch environment (PROTOCOL.md §6), prints the ready
+//! line, and serves until the module's lifecycle says stop. Around the
+//! author's services the SDK serves the lease control stream (the Core's
+//! offer, the module's grant, renewals, scope changes, revocations) and
+//! `ModuleAdmin`, and puts a lease gate in front of every capability call:
 //! undeclared methods, calls without a valid lease on their connection, and
 //! calls with a missing, forged or replayed proof are refused before the
 //! handler runs; an admitted call is halted the moment its lease ends.
-//! Handlers see their lease as a [`LeaseContext`].
+//!
+//! Handlers see their lease as a [`LeaseContext`]: stage side effects and
+//! apply them with [`LeaseContext::commit`], which runs only while the lease
+//! is valid; keep per-Core data in [`LeaseContext::with_state`], which is
+//! private to the lease and dropped when it ends.
+//!
+//! The lifecycle of each module type (ADR-0003 §6) is enforced here, not by
+//! the author: Type I exits by itself after zero-lease (running the cleanup
+//! hook in its termination window), Type II and III go to standby. Contracts
+//! parse from TOML:
+//!
+//! ```
+//! use anima_module_sdk::{Contract, ModuleType};
+//!
+//! let contract = Contract::from_toml(r#"
+//!     urn = "urn:anima:module:hasher"
+//!     version = "0.1.0"
+//!     methods = ["/anima.sample.v1.Hasher/Digest"]
+//!     max_lease = "30s"
+//! "#)?;
+//! assert_eq!(contract.module_type, ModuleType::Ephemeral); // the default
+//! # Ok::<(), anima_module_sdk::SdkError>(())
+//! ```
+//!
+//! With the `testing` feature, `testing::TestBed` and `testing::FakeCore`
+//! let module tests lease, renew, revoke and expire on command, with no Core
+//! binary.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod admin;
 mod clock;
 mod context;
 pub mod contract;
 mod control;
+mod descriptors;
 mod error;
 mod gate;
+pub mod launch;
 mod leases;
+mod lifecycle;
 mod serve;
 mod status;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use context::LeaseContext;
 pub use contract::{Contract, InitMode, ModuleType};
 pub use control::HANDSHAKE_TIMEOUT;
 pub use error::SdkError;
 pub use leases::LeaseEvent;
-pub use serve::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, ModuleHandle, ModuleServer};
+pub use lifecycle::{Exit, Phase};
+pub use serve::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, ModuleHandle, ModuleServer, launch};

@@ -1,21 +1,31 @@
 //! Serving a module: the one entry point module authors call.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anima_protocol::lease::{LeaseId, LeaseSigner, Reason};
+use anima_protocol::lease::{LeaseId, LeaseSigner, Reason, Scope};
 use anima_protocol::pb::lease_control_server::LeaseControlServer;
-use anima_protocol::{PeerPolicy, ServerTls, TlsIdentity, TrustRoot, UrnKind};
+use anima_protocol::pb::module_admin_server::ModuleAdminServer;
+use anima_protocol::{PeerPolicy, ServerTls, TlsIdentity, TrustRoot, Urn, UrnKind};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::server::NamedService;
 use tonic::service::Routes;
 
+use crate::admin::AdminService;
 use crate::contract::Contract;
 use crate::control::ControlService;
+use crate::descriptors;
 use crate::error::SdkError;
 use crate::gate::GateLayer;
+use crate::launch::{LaunchEnv, ready_line};
 use crate::leases::{LeaseEvent, ModuleState};
+use crate::lifecycle::{self, CleanupHook, Exit, Phase, SharedCleanup, cleanup_once};
 
 /// HTTP/2 keepalive: a ping every interval, answered within the timeout, or
 /// the connection (and its lease) is dead. A silent Core is detected within
@@ -24,16 +34,39 @@ use crate::leases::{LeaseEvent, ModuleState};
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// See [`KEEPALIVE_INTERVAL`].
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long in-flight work may drain once the module stops.
+const DRAIN: Duration = Duration::from_millis(250);
 
-/// A module ready to serve: its contract, its identity and the lease state.
+/// A module: its contract, identity and services, ready to serve.
+///
+/// ```no_run
+/// # use anima_module_sdk::{Contract, ModuleServer};
+/// # async fn demo(contract: Contract, identity: anima_protocol::TlsIdentity,
+/// #     trust: anima_protocol::TrustRoot, descriptors: &[u8],
+/// #     service: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>)
+/// # -> Result<(), anima_module_sdk::SdkError> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let exit = ModuleServer::new(contract, &identity, &trust)?
+///     .file_descriptor_set(descriptors)
+///     .service(service)
+///     .serve(listener, std::future::pending())
+///     .await?;
+/// std::process::exit(exit.code().into());
+/// # }
+/// ```
 pub struct ModuleServer {
     state: Arc<ModuleState>,
     tls: ServerTls,
+    routes: Option<Routes>,
+    services: Vec<&'static str>,
+    descriptors: Vec<u8>,
+    cleanup: Option<CleanupHook>,
 }
 
 impl ModuleServer {
     /// Prepares to serve as `identity` (whose URN must be the contract's),
-    /// accepting Cores whose certificates chain to `trust`.
+    /// accepting Cores (and operators, for `ModuleAdmin`) whose certificates
+    /// chain to `trust`.
     pub fn new(
         contract: Contract,
         identity: &TlsIdentity,
@@ -46,11 +79,68 @@ impl ModuleServer {
             });
         }
         let signer = LeaseSigner::from_identity(identity)?;
-        let tls = ServerTls::new(identity, trust, PeerPolicy::kind(UrnKind::Core))?;
+        let tls = ServerTls::new(
+            identity,
+            trust,
+            PeerPolicy::Kinds(vec![UrnKind::Core, UrnKind::User]),
+        )?;
         Ok(ModuleServer {
-            state: Arc::new(ModuleState::new(contract, signer)),
+            state: Arc::new(ModuleState::new(contract, signer, None, Vec::new())),
             tls,
+            routes: None,
+            services: Vec::new(),
+            descriptors: Vec::new(),
+            cleanup: None,
         })
+    }
+
+    /// Binds a Type I/II module to the Core `core` (its launching Core).
+    /// Without it, a Type II module binds to the first Core that leases it.
+    pub fn bind_core(self, core: Urn) -> Self {
+        self.state.set_bound_core(core);
+        self
+    }
+
+    /// Identities (besides the module's own Core) that may shut it down.
+    pub fn operators(self, operators: Vec<Urn>) -> Self {
+        self.state.set_operators(operators);
+        self
+    }
+
+    /// The module's encoded `FileDescriptorSet`, from which the SDK lists the
+    /// served methods to check them against the contract.
+    pub fn file_descriptor_set(mut self, bytes: &[u8]) -> Self {
+        self.descriptors = bytes.to_vec();
+        self
+    }
+
+    /// Adds a capability service (a tonic generated server).
+    pub fn service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.services.push(S::NAME);
+        self.routes = Some(match self.routes.take() {
+            None => Routes::new(service),
+            Some(routes) => routes.add_service(service),
+        });
+        self
+    }
+
+    /// The cleanup hook a Type I module runs in its termination window.
+    pub fn on_cleanup<F, Fut>(mut self, cleanup: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.cleanup = Some(Box::new(move || Box::pin(cleanup())));
+        self
     }
 
     /// A handle to watch and act on leases while serving.
@@ -65,35 +155,203 @@ impl ModuleServer {
         &self.tls
     }
 
-    /// Serves `routes` (the module's capability services) under leases on
-    /// `listener` until `shutdown` completes. The lease control service and
-    /// `grpc.health.v1` are added; every other call passes the lease gate.
+    /// Checks the served methods against the contract, then serves on
+    /// `listener` until the lifecycle ends (Type I), an authorized shutdown
+    /// arrives, or `shutdown` completes. The lease control service,
+    /// `ModuleAdmin` and `grpc.health.v1` are added; every other call passes
+    /// the lease gate.
     pub async fn serve(
         self,
-        routes: Routes,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), SdkError> {
+    ) -> Result<Exit, SdkError> {
+        let routes = self.routes.ok_or_else(|| {
+            SdkError::MethodMismatch(
+                "no capability service was added (ModuleServer::service)".into(),
+            )
+        })?;
+        if self.descriptors.is_empty() {
+            return Err(SdkError::MethodMismatch(
+                "no file descriptor set was given (ModuleServer::file_descriptor_set): \
+                 the served methods cannot be checked against the contract"
+                    .into(),
+            ));
+        }
+        let served = descriptors::served_methods(&self.descriptors, &self.services)?;
+        descriptors::check(&served, &self.state.contract.methods)?;
+
+        let state = self.state;
+        let stop = CancellationToken::new();
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         let routes = routes
             .add_service(LeaseControlServer::new(ControlService {
-                state: self.state.clone(),
+                state: state.clone(),
+            }))
+            .add_service(ModuleAdminServer::new(AdminService {
+                state: state.clone(),
+                stop: stop.clone(),
             }))
             .add_service(health);
+        tracing::info!(
+            module = %state.contract.urn,
+            module_type = %state.contract.module_type,
+            addr = %listener.local_addr()?,
+            "serving"
+        );
+        let cleanup: SharedCleanup = Arc::new(std::sync::Mutex::new(self.cleanup));
+        let lifecycle = tokio::spawn(lifecycle::run(state.clone(), stop.clone(), cleanup.clone()));
         let incoming = self.tls.incoming(listener);
-        tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .layer(GateLayer {
-                state: self.state.clone(),
+                state: state.clone(),
             })
             .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
-        Ok(())
+            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+        tokio::pin!(server);
+        let outside = async {
+            shutdown.await;
+            // Leaving: revoke every lease, telling each Core.
+            state.revoke_all(Reason::Shutdown, "module shutting down");
+            state.set_exit(Exit::Stopped);
+            stop.cancel();
+            std::future::pending::<()>().await;
+        };
+        let drained = async {
+            stop.cancelled().await;
+            tokio::time::sleep(DRAIN).await;
+        };
+        tokio::select! {
+            result = &mut server => result?,
+            _ = outside => {}
+            _ = drained => {}
+        }
+        lifecycle.abort();
+        // Stopped from outside (signal, shutdown request): the cleanup hook
+        // still runs once, within the termination window.
+        cleanup_once(&cleanup, state.contract.termination_window).await;
+        Ok(state.take_exit().unwrap_or(Exit::Stopped))
+    }
+}
+
+/// The whole `main` of a module started under the launch protocol: reads
+/// the environment ([`crate::launch`](mod@crate::launch)), lets `configure` add services and
+/// hooks, prints the ready line, serves until the lifecycle ends or
+/// SIGINT/SIGTERM, and returns the exit status. Startup failures (a method
+/// mismatch, a missing variable, an unreadable certificate) are one line on
+/// stderr and status 1.
+pub async fn launch(
+    contract: Contract,
+    configure: impl FnOnce(ModuleServer) -> ModuleServer,
+) -> ExitCode {
+    match launch_inner(contract, configure).await {
+        Ok(exit) => {
+            tracing::info!(?exit, "module exiting");
+            ExitCode::from(exit.code())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn launch_inner(
+    contract: Contract,
+    configure: impl FnOnce(ModuleServer) -> ModuleServer,
+) -> Result<Exit, SdkError> {
+    let env = LaunchEnv::from_env()?;
+    if !die_with_parent() {
+        return Ok(Exit::Stopped);
+    }
+    let identity = TlsIdentity::from_pem_files(&env.cert, &env.key)?;
+    let trust = TrustRoot::from_pem_file(&env.ca)?;
+    let mut server = ModuleServer::new(contract, &identity, &trust)?.operators(env.operators);
+    if let Some(core) = env.core {
+        server = server.bind_core(core);
+    }
+    let server = configure(server);
+    let listener = TcpListener::bind(env.listen).await?;
+    let addr = listener.local_addr()?;
+    // Check everything before announcing readiness.
+    let urn = identity.urn().clone();
+    let ready = ready_line(&urn, addr);
+    let announce = async move {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{ready}");
+        let _ = out.flush();
+    };
+    let serve = server.serve_announced(listener, signal(), announce);
+    serve.await
+}
+
+impl ModuleServer {
+    async fn serve_announced(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+        announce: impl Future<Output = ()>,
+    ) -> Result<Exit, SdkError> {
+        let served = descriptors::served_methods(&self.descriptors, &self.services)?;
+        descriptors::check(&served, &self.state.contract.methods)?;
+        announce.await;
+        self.serve(listener, shutdown).await
+    }
+}
+
+/// With `ANIMA_PARENT_PID` set (a Core launched us), asks the kernel for
+/// SIGTERM when that parent dies, so a killed Core leaves no orphan. False
+/// when the parent is already gone.
+fn die_with_parent() -> bool {
+    let Some(parent) = std::env::var("ANIMA_PARENT_PID")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return true;
+    };
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{Signal, getppid, set_parent_process_death_signal};
+        if let Err(e) = set_parent_process_death_signal(Some(Signal::TERM)) {
+            tracing::warn!(error = %e, "cannot ask for the parent-death signal");
+        }
+        // The parent may have died before the request took effect.
+        if getppid().map(|p| p.as_raw_pid()) != Some(parent) {
+            tracing::warn!(parent, "the launching Core is already gone; exiting");
+            return false;
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = parent;
+    true
+}
+
+/// SIGINT or SIGTERM.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -114,14 +372,34 @@ impl ModuleHandle {
         self.state.active()
     }
 
+    /// The lifecycle phase, updated as it changes.
+    pub fn phase(&self) -> watch::Receiver<Phase> {
+        self.state.watch_phase()
+    }
+
     /// The ids of the open leases.
     pub fn lease_ids(&self) -> Vec<LeaseId> {
-        self.state.slots_snapshot().iter().map(|s| s.id).collect()
+        self.state
+            .slots_snapshot()
+            .iter()
+            .filter(|s| !s.ended.is_cancelled())
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// The declared methods.
+    pub fn methods(&self) -> &Scope {
+        &self.state.contract.methods
     }
 
     /// Revokes lease `id` and tells its Core; false when no such lease is open.
     pub fn revoke(&self, id: LeaseId, detail: &str) -> bool {
-        match self.state.slots_snapshot().into_iter().find(|s| s.id == id) {
+        match self
+            .state
+            .slots_snapshot()
+            .into_iter()
+            .find(|s| s.id == id && !s.ended.is_cancelled())
+        {
             Some(slot) => {
                 self.state.revoke(&slot, Reason::LeaseRevoked, detail);
                 true
@@ -132,8 +410,6 @@ impl ModuleHandle {
 
     /// Revokes every open lease (e.g. on shutdown).
     pub fn revoke_all(&self, reason: Reason, detail: &str) {
-        for slot in self.state.slots_snapshot() {
-            self.state.revoke(&slot, reason, detail);
-        }
+        self.state.revoke_all(reason, detail);
     }
 }

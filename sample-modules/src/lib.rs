@@ -1,1 +1,101 @@
-//! placeholder
+//! Sample Anima modules, one per module type, each short enough to read as
+//! documentation for [`anima_module_sdk`].
+//!
+//! | sample | type | what it shows |
+//! | --- | --- | --- |
+//! | [`hasher`] | I, ephemeral | a stateless service; a resource released by the cleanup hook; the process exiting by itself when its lease ends |
+//! | [`kvstore`] | II, resident private | expensive state built once and kept through standby; an all-or-nothing write committed with [`LeaseContext::commit`] |
+//! | [`tally`] | III, resident shared | per-lease tenant state with [`LeaseContext::with_state`], invisible to other Cores and gone with the lease |
+//!
+//! Each sample is a folder (`hasher/`, `kvstore/`, `tally/`) holding its
+//! capability contract (`module.toml`), its binary (`main.rs`) and a README;
+//! its service lives in this library so the tests can serve it in-process
+//! with the SDK's `testing` harness (`anima_module_sdk::testing`, behind
+//! its `testing` feature).
+//!
+//! A module's `main` is one call to [`anima_module_sdk::launch()`], which reads
+//! the launch environment (`ANIMA_CERT`, `ANIMA_KEY`, `ANIMA_CA`,
+//! `ANIMA_CORE_URN`, `ANIMA_LISTEN`, `ANIMA_OPERATORS`), checks the served
+//! methods against the contract, prints the ready line on stdout and runs the
+//! module's lifecycle:
+//!
+//! ```no_run
+//! use std::process::ExitCode;
+//!
+//! use anima_sample_modules::pb::hasher_server::HasherServer;
+//! use anima_sample_modules::{DESCRIPTORS, hasher};
+//!
+//! #[tokio::main]
+//! async fn main() -> ExitCode {
+//!     anima_sample_modules::log_to_stderr(); // stdout carries the ready line only
+//!     let hasher = match hasher::Hasher::new(hasher::default_scratch_dir()) {
+//!         Ok(hasher) => hasher,
+//!         Err(e) => {
+//!             eprintln!("error: {e}");
+//!             return ExitCode::FAILURE;
+//!         }
+//!     };
+//!     let cleanup = hasher.cleanup();
+//!     anima_module_sdk::launch(hasher::contract(), |module| {
+//!         module
+//!             .file_descriptor_set(DESCRIPTORS)
+//!             .service(HasherServer::new(hasher))
+//!             .on_cleanup(move || cleanup.run())
+//!     })
+//!     .await
+//! }
+//! ```
+//!
+//! [`LeaseContext::commit`]: anima_module_sdk::LeaseContext::commit
+//! [`LeaseContext::with_state`]: anima_module_sdk::LeaseContext::with_state
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use anima_module_sdk::LeaseContext;
+use anima_protocol::lease::{Reason, status_for};
+use tonic::Status;
+
+pub mod hasher;
+pub mod kvstore;
+pub mod tally;
+
+/// The generated messages, servers and clients of `anima.sample.v1`
+/// (`proto/anima/sample/v1/*.proto`). The clients have no plaintext
+/// `connect` helper: dial through `anima_protocol::ClientTls` and a lease.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("anima.sample.v1");
+}
+
+/// The encoded `FileDescriptorSet` of the three sample services, which
+/// [`anima_module_sdk::ModuleServer::file_descriptor_set`] reads to check the
+/// served methods against each contract.
+pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sample_descriptor.bin"));
+
+/// Sends `tracing` output to stderr, filtered by `RUST_LOG` (default
+/// `info`; colours only on a terminal). Every sample's `main` calls it
+/// first: stdout belongs to the launch protocol's ready line.
+pub fn log_to_stderr() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A second initialisation (none in these binaries) would keep the first.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// The lease a call was admitted under. Every call that reaches a handler
+/// through the SDK's lease gate has one; a service served some other way
+/// refuses every call (`NO_LEASE`) rather than run without a lease.
+pub(crate) fn lease_of<T>(request: &tonic::Request<T>) -> Result<&LeaseContext, Status> {
+    LeaseContext::of(request).ok_or_else(|| {
+        status_for(
+            Reason::NoLease,
+            "no lease context: the service is not behind the Anima lease gate",
+            std::iter::empty(),
+        )
+    })
+}

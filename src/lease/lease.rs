@@ -287,16 +287,28 @@ impl Lease {
         Ok(())
     }
 
-    /// Ends the lease (first end wins).
+    /// Ends the lease (first end wins). A lease already past its expiry
+    /// ends as expired, whatever else happened after that instant.
     pub fn end(&mut self, reason: Reason, by: EndedBy, detail: impl Into<String>, now: Instant) {
-        if self.ended.is_none() {
-            self.ended = Some(Ended {
+        if self.ended.is_some() {
+            return;
+        }
+        let ended = if now >= self.expires_at && reason != Reason::LeaseExpired {
+            Ended {
+                reason: Reason::LeaseExpired,
+                by: EndedBy::Circumstance,
+                detail: "expired".into(),
+                at: self.expires_at,
+            }
+        } else {
+            Ended {
                 reason,
                 by,
                 detail: detail.into(),
                 at: now,
-            });
-        }
+            }
+        };
+        self.ended = Some(ended);
     }
 
     fn control(

@@ -78,6 +78,10 @@ reasons! {
     ConnectionLost = "CONNECTION_LOST" => Unavailable,
     /// The side is shutting down.
     Shutdown = "SHUTDOWN" => Unavailable,
+    /// The caller is not an operator of this Core.
+    NotOperator = "NOT_OPERATOR" => PermissionDenied,
+    /// No such module or lease.
+    NotFound = "NOT_FOUND" => NotFound,
 }
 
 impl fmt::Display for Reason {

@@ -467,3 +467,22 @@ fn a6_revocation_ends_both_sides() {
         })
     ));
 }
+
+#[test]
+fn a6_an_end_after_expiry_is_recorded_as_expiry() {
+    let w = world();
+    let (_core, mut module) = w.open(Duration::from_millis(100), Duration::from_secs(5));
+    let later = w.now + Duration::from_millis(150);
+    module.end(
+        Reason::ConnectionLost,
+        EndedBy::Circumstance,
+        "stream closed",
+        later,
+    );
+    let ended = module.ended().unwrap();
+    assert_eq!(ended.reason, Reason::LeaseExpired);
+    assert_eq!(
+        module.check_valid(later).unwrap_err().reason(),
+        Reason::LeaseExpired
+    );
+}

@@ -15,7 +15,8 @@ use anima_protocol::{ClientTls, PeerPolicy};
 use anima_tests::echo::SayRequest;
 use anima_tests::echo::echo_client::EchoClient;
 use anima_tests::{
-    PATIENCE, RawCore, SAY, SHOUT, SLOW, TestCa, TestModule, echo_contract, reason, wait_event,
+    PATIENCE, RawCore, SAY, SHOUT, SLOW, TestCa, TestModule, echo_contract, echo_contract_with,
+    reason, wait_event,
 };
 
 const CORE: &str = "urn:anima:core:dev";
@@ -63,9 +64,20 @@ async fn say(core: &Core) -> Result<String, tonic::Status> {
         .map(|r| r.into_inner().text)
 }
 
+/// A resident shared echo module: it outlives its leases and takes any Core,
+/// so these tests see the lease protocol alone (lifecycles have their own).
 async fn echo_module(max_lease: &str) -> (TestCa, TestModule) {
     let ca = TestCa::new();
-    let module = TestModule::start(&ca, echo_contract(MODULE, max_lease)).await;
+    let contract = echo_contract_with(MODULE, max_lease, r#"type = "resident-shared""#);
+    let module = TestModule::start(&ca, contract).await;
+    (ca, module)
+}
+
+/// A Type I echo module: with no lease at all it answers `NO_LEASE` (a
+/// resident one would answer `STANDBY`).
+async fn ephemeral_echo_module() -> (TestCa, TestModule) {
+    let ca = TestCa::new();
+    let module = TestModule::start(&ca, echo_contract(MODULE, "30s")).await;
     (ca, module)
 }
 
@@ -89,7 +101,7 @@ async fn a3_call_under_a_valid_mutual_lease_succeeds() {
 
 #[tokio::test]
 async fn a1_mtls_alone_or_a_static_token_never_authorizes() {
-    let (ca, module) = echo_module("30s").await;
+    let (ca, module) = ephemeral_echo_module().await;
     // A fully authenticated mTLS connection with no lease, presenting the
     // kind of static credential other systems accept.
     let conn = ClientTls::new(ca.identity(CORE), ca.trust())
@@ -185,7 +197,7 @@ async fn a4_proof_from_another_connection_is_worthless() {
 
 #[tokio::test]
 async fn a3_tampered_offer_gets_no_lease() {
-    let (ca, module) = echo_module("30s").await;
+    let (ca, module) = ephemeral_echo_module().await;
     let (conn, _signer, _pending, _offer, first, _tx, _inbound) =
         RawCore::offer_raw(&ca, CORE, &module, |signer, peer| {
             let (offer, _) = lease::offer(
@@ -609,12 +621,18 @@ async fn a6_audit_log_has_one_line_per_event_with_id_actor_reason() {
 #[tokio::test]
 async fn a5_killing_the_module_process_puts_the_core_in_zero_lease() {
     let ca = TestCa::new();
-    let dir = anima_tests::write_identity(&ca, MODULE);
-    let mut module = anima_tests::Child::spawn(
-        std::path::Path::new(env!("CARGO_BIN_EXE_anima-fixture-module")),
-        &[dir.path().to_str().unwrap(), MODULE, "30s"],
-    );
-    let addr: std::net::SocketAddr = module.line("READY").await.parse().unwrap();
+    let mut module = anima_tests::ModuleProcess::start(
+        &ca,
+        MODULE,
+        &format!(
+            "version = \"1\"\nmax_lease = \"30s\"\nmethods = [\"{SAY}\", \"{SHOUT}\", \"{SLOW}\", \"{}\"]",
+            anima_tests::COUNT
+        ),
+        Some(CORE),
+        &[],
+    )
+    .await;
+    let addr = module.addr;
     let identity = ca.identity(CORE);
     let signer = Arc::new(LeaseSigner::from_identity(&identity).unwrap());
     let conn = ClientTls::new(identity, ca.trust())
@@ -636,7 +654,7 @@ async fn a5_killing_the_module_process_puts_the_core_in_zero_lease() {
         .await
         .unwrap();
     let killed = tokio::time::Instant::now();
-    module.kill9().await;
+    module.child.kill9().await;
     // The kernel closes a dead process's sockets: no keepalive round needed.
     tokio::time::timeout(Duration::from_secs(2), link.ended())
         .await
@@ -687,4 +705,46 @@ async fn a5_killing_the_core_process_puts_the_module_in_zero_lease() {
     assert_eq!(ended, id);
     assert_eq!(why, Reason::ConnectionLost);
     assert_eq!(*module.handle.active_leases().borrow(), 0);
+}
+
+#[tokio::test]
+async fn serial_e6_expiry_halts_a_running_handler_within_10ms() {
+    let (ca, module) = echo_module("30s").await;
+    let mut events = module.handle.events();
+    // A Core that never renews: the lease runs out mid-call.
+    let core = RawCore::open(&ca, CORE, &module, &[SLOW], Duration::from_millis(300)).await;
+    let expires_at = wait_event(&mut events, |e| match e {
+        LeaseEvent::Granted { expires_at, .. } => Some(*expires_at),
+        _ => None,
+    })
+    .await;
+    let mut request = tonic::Request::new(anima_tests::echo::SlowRequest { millis: 3_000 });
+    request
+        .metadata_mut()
+        .insert("anima-proof", core.proof(1, SLOW).parse().unwrap());
+    let status = EchoClient::new(core.conn.channel())
+        .slow(request)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::LeaseExpired));
+    let halted = module
+        .service
+        .halted_at
+        .lock()
+        .unwrap()
+        .expect("the handler was dropped mid-call");
+    let late = halted.saturating_duration_since(expires_at);
+    eprintln!("expiry to halt: {late:?}");
+    assert!(halted >= expires_at, "halted before expiry");
+    assert!(
+        late <= Duration::from_millis(10),
+        "halted {late:?} after expiry"
+    );
+    assert_eq!(
+        module
+            .service
+            .completed
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }

@@ -6,4 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod lease;
+mod lifecycle;
+mod serve;
 mod transport;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use std::time::SystemTime;
 
 use anima_certs::{CertAuthority, LeafSpec};
-use anima_module_sdk::{Contract, LeaseEvent, ModuleHandle, ModuleServer};
+use anima_module_sdk::{Contract, LeaseContext, LeaseEvent, ModuleHandle, ModuleServer};
 use anima_protocol::lease::{
     self, Entropy, Lease, LeaseRequest, LeaseSigner, PROOF_HEADER, PeerBinding, PendingLease,
     Reason, Scope,
@@ -30,7 +30,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
 /// Generated code for `tests/proto/echo.proto`.
@@ -38,6 +37,10 @@ pub mod echo {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("anima.test.v1");
 }
+
+/// The encoded descriptor set of `tests/proto/echo.proto`.
+pub const ECHO_DESCRIPTORS: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/echo_descriptor.bin"));
 
 /// How long tests wait for something that should happen promptly.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -132,6 +135,22 @@ pub struct EchoService {
     pub calls: Arc<AtomicUsize>,
     /// `Slow` handlers that ran to completion.
     pub completed: Arc<AtomicUsize>,
+    /// When a `Slow` handler was last dropped before completing (halted).
+    pub halted_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+/// Records when a handler future is dropped before it completes.
+struct HaltGuard {
+    halted_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    done: bool,
+}
+
+impl Drop for HaltGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            *self.halted_at.lock().unwrap() = Some(std::time::Instant::now());
+        }
+    }
 }
 
 impl EchoService {
@@ -139,10 +158,19 @@ impl EchoService {
         let peer = PeerInfo::of(request)
             .cloned()
             .ok_or_else(|| Status::internal("no peer info"))?;
+        // Per-lease tenant state: how many Say/Shout calls this lease made.
+        let tenant_count = match LeaseContext::of(request) {
+            Some(ctx) => ctx.with_state(|n: &mut u64| {
+                *n += 1;
+                *n
+            })?,
+            None => 0,
+        };
         Ok(echo::SayReply {
             text,
             caller: peer.urn().to_string(),
             connection: peer.connection().get(),
+            tenant_count,
         })
     }
 }
@@ -172,12 +200,26 @@ impl echo::echo_server::Echo for EchoService {
         request: Request<echo::SlowRequest>,
     ) -> Result<Response<echo::SayReply>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut guard = HaltGuard {
+            halted_at: self.halted_at.clone(),
+            done: false,
+        };
         tokio::time::sleep(Duration::from_millis(request.get_ref().millis)).await;
+        guard.done = true;
         self.completed.fetch_add(1, Ordering::SeqCst);
         Ok(Response::new(echo::SayReply {
             text: "done".into(),
-            caller: String::new(),
-            connection: 0,
+            ..Default::default()
+        }))
+    }
+
+    async fn count(
+        &self,
+        _request: Request<echo::CountRequest>,
+    ) -> Result<Response<echo::CountReply>, Status> {
+        Ok(Response::new(echo::CountReply {
+            calls: self.calls.load(Ordering::SeqCst) as u64,
+            completed: self.completed.load(Ordering::SeqCst) as u64,
         }))
     }
 }
@@ -258,14 +300,20 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// The echo module's contract, with `max_lease`.
+/// The echo module's contract (Type I), with `max_lease`.
 pub fn echo_contract(urn: &str, max_lease: &str) -> Contract {
+    echo_contract_with(urn, max_lease, "")
+}
+
+/// The echo module's contract with extra TOML lines (`type = …`, graces).
+pub fn echo_contract_with(urn: &str, max_lease: &str, extra: &str) -> Contract {
     Contract::from_toml(&format!(
         r#"
         urn = "{urn}"
         version = "0.1.0"
-        methods = ["{SAY}", "{SHOUT}", "{SLOW}"]
+        methods = ["{SAY}", "{SHOUT}", "{SLOW}", "{COUNT}"]
         max_lease = "{max_lease}"
+        {extra}
         "#
     ))
     .expect("contract")
@@ -277,6 +325,8 @@ pub const SAY: &str = "/anima.test.v1.Echo/Say";
 pub const SHOUT: &str = "/anima.test.v1.Echo/Shout";
 /// `/anima.test.v1.Echo/Slow`
 pub const SLOW: &str = "/anima.test.v1.Echo/Slow";
+/// `/anima.test.v1.Echo/Count`
+pub const COUNT: &str = "/anima.test.v1.Echo/Count";
 
 /// The echo service served in-process as a leased module (SDK).
 pub struct TestModule {
@@ -297,11 +347,15 @@ impl TestModule {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let service = EchoService::default();
-        let routes = Routes::new(echo::echo_server::EchoServer::new(service.clone()));
+        let server = server
+            .file_descriptor_set(ECHO_DESCRIPTORS)
+            .service(echo::echo_server::EchoServer::new(service.clone()));
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
         tokio::spawn(async move {
-            let _ = server.serve(routes, listener, shutdown).await;
+            if let Err(e) = server.serve(listener, shutdown).await {
+                panic!("module failed: {e}");
+            }
         });
         TestModule {
             addr,
@@ -504,9 +558,33 @@ pub struct Child {
 impl Child {
     /// Starts `bin` with `args`, stdout piped, killed on drop.
     pub fn spawn(bin: &std::path::Path, args: &[&str]) -> Self {
+        Self::spawn_env(bin, args, &[])
+    }
+
+    /// Like [`Child::spawn`], with extra environment variables.
+    pub fn spawn_env(bin: &std::path::Path, args: &[&str], env: &[(String, String)]) -> Self {
+        Self::spawn_with(bin, args, env, None)
+    }
+
+    /// Like [`Child::spawn`], in directory `cwd`.
+    pub fn spawn_in(bin: &std::path::Path, args: &[&str], cwd: &std::path::Path) -> Self {
+        Self::spawn_with(bin, args, &[], Some(cwd))
+    }
+
+    fn spawn_with(
+        bin: &std::path::Path,
+        args: &[&str],
+        env: &[(String, String)],
+        cwd: Option<&std::path::Path>,
+    ) -> Self {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(bin)
+        let mut command = tokio::process::Command::new(bin);
+        if let Some(dir) = cwd {
+            command.current_dir(dir);
+        }
+        let mut child = command
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true)
@@ -552,4 +630,74 @@ pub fn write_identity(ca: &TestCa, urn: &str) -> tempfile::TempDir {
     std::fs::write(dir.path().join("key.pem"), issued.key_pem()).expect("write key");
     std::fs::write(dir.path().join("ca.pem"), ca.authority().cert_pem()).expect("write ca");
     dir
+}
+
+/// A module process started with the launch protocol.
+pub struct ModuleProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub urn: Urn,
+    pub dir: tempfile::TempDir,
+}
+
+impl ModuleProcess {
+    /// Starts the echo fixture as `urn` with `contract_toml` (the `urn` line
+    /// is added), bound to `core` if given, with `operators`.
+    pub async fn start(
+        ca: &TestCa,
+        urn: &str,
+        contract_toml: &str,
+        core: Option<&str>,
+        operators: &[&str],
+    ) -> Self {
+        let dir = write_identity(ca, urn);
+        let contract = format!("urn = \"{urn}\"\n{contract_toml}");
+        let mut env: Vec<(String, String)> = vec![
+            ("ANIMA_CERT".into(), path(&dir, "cert.pem")),
+            ("ANIMA_KEY".into(), path(&dir, "key.pem")),
+            ("ANIMA_CA".into(), path(&dir, "ca.pem")),
+            ("ANIMA_OPERATORS".into(), operators.join(",")),
+            ("FIXTURE_CONTRACT".into(), contract),
+            ("FIXTURE_CLEANUP_MARKER".into(), path(&dir, "cleaned-up")),
+        ];
+        if let Some(core) = core {
+            env.push(("ANIMA_CORE_URN".into(), core.into()));
+        }
+        let mut child = Child::spawn_env(&bin_path("anima-fixture-module"), &[], &env);
+        let line = child.line("ANIMA/1 READY").await;
+        let (got, addr) = anima_module_sdk::launch::parse_ready_line(&format!(
+            "{} {line}",
+            anima_module_sdk::launch::READY_PREFIX
+        ))
+        .expect("a valid ready line");
+        assert_eq!(got.as_str(), urn);
+        ModuleProcess {
+            child,
+            addr,
+            urn: got,
+            dir,
+        }
+    }
+
+    /// Whether the cleanup hook ran.
+    pub fn cleaned_up(&self) -> bool {
+        self.dir.path().join("cleaned-up").exists()
+    }
+
+    /// Waits (at most `limit`) for the process to exit by itself.
+    pub async fn exit_status(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.child.id().unwrap_or(0)
+    }
+}
+
+fn path(dir: &tempfile::TempDir, name: &str) -> String {
+    dir.path().join(name).to_string_lossy().into_owned()
 }

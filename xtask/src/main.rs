@@ -1,5 +1,10 @@
-//! Project automation. `cargo xtask test` runs every check CI runs, in order,
-//! and stops at the first failure:
+//! Project automation.
+//!
+//! `cargo xtask serve [ARGS…]` builds every binary in release mode (the Core
+//! and the sample modules it hosts) and runs `anima serve [ARGS…]`.
+//!
+//! `cargo xtask test` runs every check CI runs, in order, and stops at the
+//! first failure:
 //!
 //! 1. `cargo fmt --all -- --check`
 //! 2. `cargo clippy --workspace --all-targets --locked -- -D warnings`
@@ -21,8 +26,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("serve") => match serve(&args[1..]) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                ExitCode::FAILURE
+            }
+        },
         _ => {
-            eprintln!("usage: cargo xtask test [-- TEST-FILTER…]");
+            eprintln!(
+                "usage: cargo xtask test [TEST-FILTER…] | cargo xtask serve [ANIMA-SERVE-ARGS…]"
+            );
             ExitCode::from(2)
         }
     }
@@ -66,6 +80,31 @@ fn test(filter: &[String]) -> Result<(), String> {
         cargo(&args, &[])?;
     }
     Ok(())
+}
+
+fn serve(args: &[String]) -> Result<ExitCode, String> {
+    cargo(
+        &["build", "--release", "--workspace", "--bins", "--locked"],
+        &[],
+    )?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("xtask is not inside the workspace")?;
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let anima = target.join("release").join("anima");
+    eprintln!("xtask: {} serve {}", anima.display(), args.join(" "));
+    let status = Command::new(&anima)
+        .arg("serve")
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", anima.display()))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }
 
 fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {

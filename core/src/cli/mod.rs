@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod certs;
+pub mod config;
 pub mod demo;
+pub mod ops;
+pub mod serve;
 
 /// Anima: a capability host for leased modules.
 #[derive(Debug, Parser)]
@@ -22,6 +25,44 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the Core: host the configured modules (or the embedded default).
+    Serve(serve::ServeArgs),
+    /// List the Core's modules and their state.
+    Modules(ops::AdminTarget),
+    /// List the Core's leases.
+    Leases(ops::AdminTarget),
+    /// Revoke a lease.
+    Revoke {
+        /// Which lease.
+        #[command(flatten)]
+        args: ops::RevokeArgs,
+        /// Where the Core is.
+        #[command(flatten)]
+        target: ops::AdminTarget,
+    },
+    /// Restart a module.
+    Restart {
+        /// Which module.
+        #[command(flatten)]
+        args: ops::ModuleArg,
+        /// Where the Core is.
+        #[command(flatten)]
+        target: ops::AdminTarget,
+    },
+    /// Stop a module (until restarted).
+    Stop {
+        /// Which module.
+        #[command(flatten)]
+        args: ops::ModuleArg,
+        /// Where the Core is.
+        #[command(flatten)]
+        target: ops::AdminTarget,
+    },
+    /// Follow the Core's lifecycle events.
+    Events(ops::AdminTarget),
+    /// Check a configuration file without starting anything.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Mint and inspect development certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -36,6 +77,14 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     init_tracing();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Modules(target) => ops::modules(target),
+        Command::Leases(target) => ops::leases(target),
+        Command::Revoke { args, target } => ops::revoke(target, args),
+        Command::Restart { args, target } => ops::module_command(target, args, true),
+        Command::Stop { args, target } => ops::module_command(target, args, false),
+        Command::Events(target) => ops::events(target),
+        Command::Config(cmd) => config::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::DemoServer(args) => demo::run_server(args),

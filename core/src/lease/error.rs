@@ -35,6 +35,14 @@ pub enum CoreLeaseError {
     /// The lease has ended.
     #[error("the lease has ended")]
     Ended,
+    /// The module is blacklisted by this Core.
+    #[error("module {module} is blacklisted: {why}")]
+    Blacklisted {
+        /// The module.
+        module: anima_protocol::Urn,
+        /// Why.
+        why: String,
+    },
     /// A request went unanswered and was abandoned.
     #[error("the module did not answer in time")]
     Unanswered,

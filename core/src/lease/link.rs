@@ -189,6 +189,13 @@ impl LeaseLink {
     ) -> Result<Self, CoreLeaseError> {
         let peer = PeerBinding::from_peer(connection.peer())?;
         let module = peer.urn.clone();
+        if let Some(why) = table.blacklisted(&module) {
+            let mut r = AuditRecord::now("refused", module.as_str(), signer.urn().as_str(), "core");
+            r.reason = Some("BLACKLISTED".into());
+            r.detail = Some(why.clone());
+            audit.record(r);
+            return Err(CoreLeaseError::Blacklisted { module, why });
+        }
         let (tx, rx) = mpsc::channel::<ControlFrame>(32);
         let request = LeaseRequest {
             scope,

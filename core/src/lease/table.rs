@@ -43,9 +43,16 @@ impl LeaseRecord {
     }
 }
 
-/// All leases this Core opened. Cloning shares the table.
+/// All leases this Core opened, and the modules it refuses to lease.
+/// Cloning shares the table.
 #[derive(Clone, Default)]
-pub struct LeaseTable(Arc<Mutex<BTreeMap<LeaseId, LeaseRecord>>>);
+pub struct LeaseTable(Arc<Mutex<Tables>>);
+
+#[derive(Default)]
+struct Tables {
+    leases: BTreeMap<LeaseId, LeaseRecord>,
+    blacklist: BTreeMap<Urn, String>,
+}
 
 impl LeaseTable {
     /// An empty table.
@@ -53,35 +60,51 @@ impl LeaseTable {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<LeaseId, LeaseRecord>> {
+    fn lock(&self) -> MutexGuard<'_, Tables> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn insert(&self, record: LeaseRecord) {
-        self.lock().insert(record.lease_id, record);
+        self.lock().leases.insert(record.lease_id, record);
     }
 
     pub(crate) fn update(&self, id: LeaseId, f: impl FnOnce(&mut LeaseRecord)) {
-        if let Some(r) = self.lock().get_mut(&id) {
+        if let Some(r) = self.lock().leases.get_mut(&id) {
             f(r);
         }
     }
 
     /// A snapshot of every lease.
     pub fn list(&self) -> Vec<LeaseRecord> {
-        self.lock().values().cloned().collect()
+        self.lock().leases.values().cloned().collect()
     }
 
     /// One lease.
     pub fn get(&self, id: LeaseId) -> Option<LeaseRecord> {
-        self.lock().get(&id).cloned()
+        self.lock().leases.get(&id).cloned()
+    }
+
+    /// Blacklists `module` (ADR-0003 §7: a Type III module that let one
+    /// Core's state affect another's is compromised): no lease is opened to
+    /// it again, and every refusal says `why`.
+    pub fn blacklist(&self, module: Urn, why: impl Into<String>) {
+        let why = why.into();
+        tracing::warn!(module = %module, reason = %why, "module blacklisted");
+        self.lock().blacklist.insert(module, why);
+    }
+
+    /// Why `module` is blacklisted, if it is.
+    pub fn blacklisted(&self, module: &Urn) -> Option<String> {
+        self.lock().blacklist.get(module).cloned()
     }
 }
 
 impl std::fmt::Debug for LeaseTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.lock();
         f.debug_struct("LeaseTable")
-            .field("leases", &self.lock().len())
+            .field("leases", &t.leases.len())
+            .field("blacklisted", &t.blacklist.len())
             .finish()
     }
 }

@@ -1,0 +1,219 @@
+//! The admin API (`anima.v1.CoreAdmin`), callable only by the operator
+//! identities in the Core's configuration.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anima_protocol::lease::{LeaseId, LeaseState, Reason, status_for};
+use anima_protocol::pb::core_admin_server::CoreAdmin;
+use anima_protocol::pb::{
+    Event, LeaseInfo, ListLeasesReply, ListLeasesRequest, ListModulesReply, ListModulesRequest,
+    ModuleInfo, ModuleReply, ModuleRequest, RevokeLeaseReply, RevokeLeaseRequest,
+    WatchEventsRequest,
+};
+use anima_protocol::{PeerInfo, Urn};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::registry::ModuleCommand;
+use crate::supervisor::CoreContext;
+
+/// The admin service.
+pub struct AdminService {
+    ctx: Arc<CoreContext>,
+    operators: Vec<Urn>,
+}
+
+impl AdminService {
+    /// Serves `ctx` to `operators`.
+    pub fn new(ctx: Arc<CoreContext>, operators: Vec<Urn>) -> Self {
+        AdminService { ctx, operators }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<Urn, Status> {
+        let peer = PeerInfo::of(request)
+            .ok_or_else(|| Status::unauthenticated("not an Anima connection"))?;
+        if self.operators.contains(peer.urn()) {
+            Ok(peer.urn().clone())
+        } else {
+            tracing::warn!(caller = %peer.urn(), "admin call refused: not an operator");
+            Err(status_for(
+                Reason::NotOperator,
+                format!("{} is not an operator of this Core", peer.urn()),
+                [],
+            ))
+        }
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn not_found(what: String) -> Status {
+    status_for(Reason::NotFound, what, [])
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl CoreAdmin for AdminService {
+    async fn list_modules(
+        &self,
+        request: Request<ListModulesRequest>,
+    ) -> Result<Response<ListModulesReply>, Status> {
+        self.authorize(&request)?;
+        let modules = self
+            .ctx
+            .registry
+            .list()
+            .into_iter()
+            .map(|m| ModuleInfo {
+                urn: m.urn.to_string(),
+                module_type: m.module_type.into(),
+                state: m.state.as_str().into(),
+                detail: m.detail,
+                pid: m.pid.unwrap_or(0),
+                endpoint: m.endpoint,
+                restarts: m.restarts,
+                lease_id: m.lease_id.map(|l| l.to_string()).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(ListModulesReply { modules }))
+    }
+
+    async fn list_leases(
+        &self,
+        request: Request<ListLeasesRequest>,
+    ) -> Result<Response<ListLeasesReply>, Status> {
+        self.authorize(&request)?;
+        let leases = self
+            .ctx
+            .leases
+            .list()
+            .into_iter()
+            .map(|r| {
+                let (state, reason) = match &r.state {
+                    LeaseState::Active if r.expires < SystemTime::now() => {
+                        ("expired", String::new())
+                    }
+                    LeaseState::Active => ("active", String::new()),
+                    LeaseState::Expired => ("expired", "LEASE_EXPIRED".into()),
+                    LeaseState::Ended(e) => ("ended", e.reason.to_string()),
+                };
+                LeaseInfo {
+                    lease_id: r.lease_id.to_string(),
+                    module: r.module.to_string(),
+                    scope: r.scope.iter().map(str::to_owned).collect(),
+                    issued_ms: unix_ms(r.issued),
+                    expires_ms: unix_ms(r.expires),
+                    ttl_ms: u64::try_from(r.ttl.as_millis()).unwrap_or(u64::MAX),
+                    renewals: r.renewals,
+                    state: state.into(),
+                    reason,
+                }
+            })
+            .collect();
+        Ok(Response::new(ListLeasesReply { leases }))
+    }
+
+    async fn revoke_lease(
+        &self,
+        request: Request<RevokeLeaseRequest>,
+    ) -> Result<Response<RevokeLeaseReply>, Status> {
+        let by = self.authorize(&request)?;
+        let req = request.into_inner();
+        let id: LeaseId = req
+            .lease_id
+            .parse()
+            .map_err(|_| not_found(format!("{:.64} is not a lease id", req.lease_id)))?;
+        let record = self
+            .ctx
+            .leases
+            .get(id)
+            .ok_or_else(|| not_found(format!("no lease {id}")))?;
+        let link = self
+            .ctx
+            .link(&record.module)
+            .filter(|l| l.id() == id)
+            .ok_or_else(|| not_found(format!("lease {id} is not open")))?;
+        let detail = if req.reason.is_empty() {
+            format!("revoked by {by}")
+        } else {
+            format!("{:.200} (by {by})", req.reason)
+        };
+        link.revoke(&detail, "operator");
+        Ok(Response::new(RevokeLeaseReply {}))
+    }
+
+    async fn restart_module(
+        &self,
+        request: Request<ModuleRequest>,
+    ) -> Result<Response<ModuleReply>, Status> {
+        self.authorize(&request)?;
+        self.command(&request.into_inner().urn, ModuleCommand::Restart)
+    }
+
+    async fn stop_module(
+        &self,
+        request: Request<ModuleRequest>,
+    ) -> Result<Response<ModuleReply>, Status> {
+        self.authorize(&request)?;
+        self.command(&request.into_inner().urn, ModuleCommand::Stop)
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.authorize(&request)?;
+        let mut rx = self.ctx.events.subscribe();
+        let stream = async_stream(move |tx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => {
+                        let event = Event {
+                            ts_ms: e.ts_ms,
+                            kind: e.kind.into(),
+                            module: e.module,
+                            lease_id: e.lease_id,
+                            detail: e.detail,
+                        };
+                        if tx.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+impl AdminService {
+    fn command(&self, urn: &str, command: ModuleCommand) -> Result<Response<ModuleReply>, Status> {
+        let urn: Urn = urn.parse().map_err(|e| not_found(format!("{e}")))?;
+        if self.ctx.registry.command(&urn, command) {
+            Ok(Response::new(ModuleReply {}))
+        } else {
+            Err(not_found(format!("no module {urn}")))
+        }
+    }
+}
+
+/// A stream fed by a task; the task ends when the receiver is dropped.
+fn async_stream<F, Fut>(f: F) -> EventStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Event, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

@@ -1,0 +1,577 @@
+//! What a configuration's values mean, checked: identities of the right kind,
+//! files that exist, certificates that carry the right URN, contracts that
+//! agree with their entries, dependencies that resolve without cycles, and
+//! numbers in range.
+//!
+//! The checks read files but start nothing and open no socket. They run on
+//! what [`super::parse`] could read (so one bad key does not hide the
+//! problems of the rest) and on built configurations ([`super::check`]).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anima_module_sdk::{InitMode, ModuleType};
+use anima_protocol::lease::MIN_TTL;
+use anima_protocol::transport::not_after;
+use anima_protocol::{TlsIdentity, TrustRoot, Urn, UrnKind};
+
+use super::model::{
+    CoreSection, LeaseDefaults, ModuleConfig, RENEW_WHEN_LEFT_RANGE, RestartPolicy, StartMode,
+};
+use super::problem::{Report, join};
+
+/// A module as the dependency checks see it.
+#[derive(Debug)]
+pub(crate) struct Node<'a> {
+    /// Its position in the file's `[[module]]` list.
+    pub(crate) index: usize,
+    /// Its URN.
+    pub(crate) urn: &'a Urn,
+    /// Its `requires` items, with their positions in that list.
+    pub(crate) requires: Vec<(usize, &'a Urn)>,
+}
+
+/// `[core]`: a Core URN, its certificate and key (carrying that URN), a CA.
+pub(crate) fn core(core: &CoreSection, report: &mut Report) {
+    if core.urn.kind() != UrnKind::Core {
+        report.problem(
+            "core.urn",
+            format!("{} is not a Core URN (urn:anima:core:NAME)", core.urn),
+        );
+    }
+    let cert = file(report, "core.cert", &core.cert);
+    let key = file(report, "core.key", &core.key);
+    if cert && key {
+        identity(report, "core.cert", &core.cert, &core.key, &core.urn);
+    }
+    if file(report, "core.ca", &core.ca)
+        && let Err(e) = TrustRoot::from_pem_file(&core.ca)
+    {
+        report.problem("core.ca", format!("not a usable CA certificate: {e}"));
+    }
+}
+
+/// `[leases]`: a TTL a lease can have, a renewal point in range.
+pub(crate) fn leases(leases: &LeaseDefaults, report: &mut Report) {
+    if leases.ttl < MIN_TTL {
+        report.problem(
+            "leases.ttl",
+            format!(
+                "{:?} is shorter than the shortest lease, {MIN_TTL:?}",
+                leases.ttl
+            ),
+        );
+    }
+    if !RENEW_WHEN_LEFT_RANGE.contains(&leases.renew_when_left) {
+        report.problem(
+            "leases.renew_when_left",
+            format!(
+                "{} is outside {}..{} (the fraction of the TTL left when the Core renews)",
+                leases.renew_when_left,
+                RENEW_WHEN_LEFT_RANGE.start(),
+                RENEW_WHEN_LEFT_RANGE.end()
+            ),
+        );
+    }
+}
+
+/// One `[[module]]` entry, on its own (see [`graph`] for the relations).
+pub(crate) fn module(index: usize, module: &ModuleConfig, report: &mut Report) {
+    let p = format!("module[{index}]");
+    let at = |key: &str| join(&p, key);
+    report.label_module(index, &module.urn);
+    let is_module = module.urn.kind() == UrnKind::Module;
+    if !is_module {
+        report.problem(
+            &at("urn"),
+            format!("{} is not a module URN (urn:anima:module:NAME)", module.urn),
+        );
+    }
+    match &module.start {
+        StartMode::Command {
+            program, cert, key, ..
+        } => {
+            if let Err(message) = program_problem(program) {
+                report.problem(&at("command"), message);
+            }
+            let cert_ok = file(report, &at("cert"), cert);
+            let key_ok = file(report, &at("key"), key);
+            if cert_ok && key_ok && is_module {
+                identity(report, &at("cert"), cert, key, &module.urn);
+            }
+            if module.module_type == ModuleType::ResidentPrivate(InitMode::PreStarted) {
+                report.problem(
+                    &at("command"),
+                    "a pre-started resident-private module is started by infrastructure: \
+                     give its endpoint",
+                );
+            }
+        }
+        StartMode::Endpoint(endpoint) => {
+            match module.module_type {
+                ModuleType::Ephemeral => report.problem(
+                    &at("endpoint"),
+                    "an ephemeral (Type I) module is always started by its Core: \
+                     give command, cert and key instead of endpoint (or declare \
+                     type = \"resident-private\" or \"resident-shared\")",
+                ),
+                ModuleType::ResidentPrivate(InitMode::CoreStarted) => report.problem(
+                    &at("endpoint"),
+                    "a core-started resident-private module is started by the Core: give command",
+                ),
+                _ => {}
+            }
+            if let Err(message) = endpoint_problem(endpoint) {
+                report.problem(&at("endpoint"), message);
+            }
+        }
+    }
+    if module.lease_ttl < MIN_TTL {
+        report.problem(
+            &at("lease_ttl"),
+            format!(
+                "{:?} is shorter than the shortest lease, {MIN_TTL:?}",
+                module.lease_ttl
+            ),
+        );
+    }
+    if let Some(contract) = &module.contract {
+        if contract.urn != module.urn {
+            report.problem(
+                &at("contract"),
+                format!("the contract is for {}, not {}", contract.urn, module.urn),
+            );
+        }
+        if contract.module_type != module.module_type {
+            let hint = match (contract.module_type, module.module_type) {
+                (ModuleType::ResidentPrivate(_), ModuleType::ResidentPrivate(_)) => {
+                    " (an entry with command is core-started, one with endpoint pre-started)"
+                }
+                _ => "",
+            };
+            report.problem(
+                &at("contract"),
+                format!(
+                    "the contract declares type {}, but this entry is {}{hint}",
+                    contract.module_type, module.module_type
+                ),
+            );
+        }
+        if module.lease_ttl > contract.max_lease {
+            if report.has_site(&at("lease_ttl")) {
+                report.problem(
+                    &at("lease_ttl"),
+                    format!(
+                        "{:?} is longer than the contract's max_lease {:?}",
+                        module.lease_ttl, contract.max_lease
+                    ),
+                );
+            } else {
+                report.problem(
+                    &at("contract"),
+                    format!(
+                        "the lease TTL {:?} (from [leases].ttl) is longer than the contract's \
+                         max_lease {:?}: set lease_ttl for this module",
+                        module.lease_ttl, contract.max_lease
+                    ),
+                );
+            }
+        }
+    }
+    restart(&at("restart"), &module.restart, report);
+}
+
+/// `[module.restart]`: a window, a backoff that can double up to its maximum.
+fn restart(p: &str, policy: &RestartPolicy, report: &mut Report) {
+    if policy.window.is_zero() {
+        report.problem(&join(p, "window"), "must be longer than zero");
+    }
+    if policy.backoff.is_zero() {
+        report.problem(&join(p, "backoff"), "must be longer than zero");
+    }
+    if policy.backoff > policy.backoff_max {
+        report.problem(
+            &join(p, "backoff"),
+            format!(
+                "{:?} is longer than backoff_max {:?}",
+                policy.backoff, policy.backoff_max
+            ),
+        );
+    }
+}
+
+/// The relations between modules: unique URNs, `requires` naming modules of
+/// this configuration (each once), and no dependency cycle.
+pub(crate) fn graph(nodes: &[Node<'_>], report: &mut Report) {
+    let mut first: HashMap<&Urn, usize> = HashMap::new();
+    for (position, node) in nodes.iter().enumerate() {
+        if let Some(&earlier) = first.get(node.urn) {
+            report.problem(
+                &format!("module[{}].urn", node.index),
+                format!(
+                    "duplicate: module[{}] has the same URN",
+                    nodes[earlier].index
+                ),
+            );
+        } else {
+            first.insert(node.urn, position);
+        }
+    }
+
+    // Edges between first occurrences, by position in `nodes`; each with the
+    // `requires` item it comes from.
+    let mut edges: Vec<Vec<(usize, usize)>> = vec![Vec::new(); nodes.len()];
+    for (position, node) in nodes.iter().enumerate() {
+        let mut seen = HashSet::new();
+        for &(item, required) in &node.requires {
+            let path = format!("module[{}].requires[{item}]", node.index);
+            if !seen.insert(required) {
+                report.problem(&path, format!("{required} is listed twice"));
+                continue;
+            }
+            if required.kind() != UrnKind::Module {
+                report.problem(&path, format!("{required} is not a module URN"));
+            } else if let Some(&target) = first.get(required) {
+                if first.get(node.urn) == Some(&position) {
+                    edges[position].push((target, item));
+                }
+            } else {
+                report.problem(&path, format!("no module {required} in this configuration"));
+            }
+        }
+    }
+    for cycle in cycles(&edges) {
+        let from = &nodes[cycle[0]];
+        let item = edges[cycle[0]]
+            .iter()
+            .find(|(target, _)| *target == cycle[1 % cycle.len()])
+            .map_or(0, |(_, item)| *item);
+        let names: Vec<String> = cycle
+            .iter()
+            .chain(std::iter::once(&cycle[0]))
+            .map(|&n| nodes[n].urn.to_string())
+            .collect();
+        report.problem(
+            &format!("module[{}].requires[{item}]", from.index),
+            format!("dependency cycle: {}", names.join(" -> ")),
+        );
+    }
+}
+
+/// The cycles a depth-first search meets, each once, as node lists starting
+/// at their lowest node.
+fn cycles(edges: &[Vec<(usize, usize)>]) -> Vec<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    fn visit(
+        node: usize,
+        edges: &[Vec<(usize, usize)>],
+        marks: &mut [Mark],
+        path: &mut Vec<usize>,
+        found: &mut Vec<Vec<usize>>,
+    ) {
+        marks[node] = Mark::OnPath;
+        path.push(node);
+        for &(next, _) in &edges[node] {
+            match marks[next] {
+                Mark::New => visit(next, edges, marks, path, found),
+                Mark::OnPath => {
+                    let start = path.iter().rposition(|&n| n == next).unwrap_or(0);
+                    let mut cycle = path[start..].to_vec();
+                    let lowest = cycle
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|&(_, &n)| n)
+                        .map_or(0, |(i, _)| i);
+                    cycle.rotate_left(lowest);
+                    if !found.contains(&cycle) {
+                        found.push(cycle);
+                    }
+                }
+                Mark::Done => {}
+            }
+        }
+        path.pop();
+        marks[node] = Mark::Done;
+    }
+    let mut marks = vec![Mark::New; edges.len()];
+    let mut found = Vec::new();
+    for node in 0..edges.len() {
+        if marks[node] == Mark::New {
+            visit(node, edges, &mut marks, &mut Vec::new(), &mut found);
+        }
+    }
+    found
+}
+
+/// Indices of `modules`, each module after the modules it requires, otherwise
+/// in file order (a depth-first walk in file order). Requirements naming no
+/// module here are ignored; a cycle (which the checks refuse) is broken
+/// where the walk meets it.
+pub fn start_order(modules: &[ModuleConfig]) -> Vec<usize> {
+    fn visit(
+        i: usize,
+        modules: &[ModuleConfig],
+        index: &HashMap<&Urn, usize>,
+        visited: &mut [bool],
+        order: &mut Vec<usize>,
+    ) {
+        visited[i] = true;
+        for required in &modules[i].requires {
+            if let Some(&j) = index.get(required)
+                && !visited[j]
+            {
+                visit(j, modules, index, visited, order);
+            }
+        }
+        order.push(i);
+    }
+    let mut index = HashMap::new();
+    for (i, module) in modules.iter().enumerate() {
+        index.entry(&module.urn).or_insert(i);
+    }
+    let mut visited = vec![false; modules.len()];
+    let mut order = Vec::with_capacity(modules.len());
+    for i in 0..modules.len() {
+        if !visited[i] {
+            visit(i, modules, &index, &mut visited, &mut order);
+        }
+    }
+    order
+}
+
+/// Why `path` is not a readable regular file, if it is not.
+pub(crate) fn file_problem(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(format!("{} is not a file", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("no such file: {}", path.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Reports at `key` when `path` is not a file; whether it is one.
+fn file(report: &mut Report, key: &str, path: &Path) -> bool {
+    match file_problem(path) {
+        Ok(()) => true,
+        Err(message) => {
+            report.problem(key, message);
+            false
+        }
+    }
+}
+
+/// Loads a certificate and key as the Core will, and checks the URN and expiry.
+fn identity(report: &mut Report, key: &str, cert: &Path, private_key: &Path, urn: &Urn) {
+    let identity = match TlsIdentity::from_pem_files(cert, private_key) {
+        Ok(identity) => identity,
+        Err(e) => {
+            report.problem(key, format!("cannot use this certificate and key: {e}"));
+            return;
+        }
+    };
+    if identity.urn() != urn {
+        report.problem(
+            key,
+            format!(
+                "the certificate {} is for {}, not {urn}",
+                cert.display(),
+                identity.urn()
+            ),
+        );
+    }
+    if let Some(end) = not_after(identity.certificate())
+        && let Ok(ago) = SystemTime::now().duration_since(end)
+    {
+        report.problem(
+            key,
+            format!(
+                "the certificate {} expired {} ago",
+                cert.display(),
+                roughly(ago)
+            ),
+        );
+    }
+}
+
+/// A program the Core can spawn: a path to an executable file, or a bare
+/// name found on `PATH`. Returns where it is.
+pub(crate) fn program_problem(program: &Path) -> Result<PathBuf, String> {
+    let bare = program.is_relative() && program.components().count() == 1;
+    if !bare {
+        file_problem(program)?;
+        return if is_executable(program) {
+            Ok(program.to_path_buf())
+        } else {
+            Err(format!("{} is not executable", program.display()))
+        };
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file() && is_executable(candidate))
+        .ok_or_else(|| {
+            format!(
+                "no program {} on PATH (write a path, relative to this file, to use another)",
+                program.display()
+            )
+        })
+}
+
+#[cfg(unix)]
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(path: &Path) -> bool {
+    path.is_file()
+}
+
+/// `host:port` with a non-zero port.
+fn endpoint_problem(endpoint: &str) -> Result<(), String> {
+    let ok = endpoint
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{endpoint:?} is not host:port, like 127.0.0.1:7801"
+        ))
+    }
+}
+
+/// `3 days`, `5 hours`, `12 minutes`, `40 seconds`.
+fn roughly(d: Duration) -> String {
+    let s = d.as_secs();
+    let (n, unit) = match s {
+        0..120 => (s, "second"),
+        120..7_200 => (s / 60, "minute"),
+        7_200..172_800 => (s / 3_600, "hour"),
+        _ => (s / 86_400, "day"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::RestartPolicy;
+
+    fn urn(name: &str) -> Urn {
+        Urn::new(UrnKind::Module, name).unwrap()
+    }
+
+    fn module(name: &str, requires: &[&str]) -> ModuleConfig {
+        ModuleConfig {
+            urn: urn(name),
+            module_type: ModuleType::ResidentShared,
+            start: StartMode::Endpoint("127.0.0.1:1".into()),
+            contract: None,
+            lease_ttl: Duration::from_secs(30),
+            restart: RestartPolicy::default(),
+            requires: requires.iter().map(|r| urn(r)).collect(),
+        }
+    }
+
+    #[test]
+    fn start_order_puts_dependencies_first_and_keeps_file_order() {
+        let modules = [
+            module("a", &["c"]),
+            module("b", &[]),
+            module("c", &["d"]),
+            module("d", &[]),
+        ];
+        assert_eq!(start_order(&modules), [3, 2, 0, 1]);
+        let independent = [module("a", &[]), module("b", &[]), module("c", &[])];
+        assert_eq!(start_order(&independent), [0, 1, 2]);
+        assert!(start_order(&[]).is_empty());
+    }
+
+    #[test]
+    fn start_order_ignores_unknown_requirements_and_terminates_on_a_cycle() {
+        assert_eq!(
+            start_order(&[module("a", &["zzz"]), module("b", &["a"])]),
+            [0, 1]
+        );
+        let mut order = start_order(&[module("a", &["b"]), module("b", &["a"])]);
+        order.sort_unstable();
+        assert_eq!(order, [0, 1]);
+    }
+
+    fn graph_problems(modules: &[ModuleConfig]) -> Vec<String> {
+        let nodes: Vec<Node<'_>> = modules
+            .iter()
+            .enumerate()
+            .map(|(index, m)| Node {
+                index,
+                urn: &m.urn,
+                requires: m.requires.iter().enumerate().collect(),
+            })
+            .collect();
+        let mut report = Report::new("t");
+        graph(&nodes, &mut report);
+        report
+            .into_problems()
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn cycles_are_named_once_each() {
+        let problems = graph_problems(&[
+            module("a", &["b"]),
+            module("b", &["c"]),
+            module("c", &["a"]),
+            module("d", &["d"]),
+        ]);
+        assert_eq!(
+            problems,
+            [
+                "t: module[0].requires[0]: dependency cycle: urn:anima:module:a -> \
+                 urn:anima:module:b -> urn:anima:module:c -> urn:anima:module:a",
+                "t: module[3].requires[0]: dependency cycle: urn:anima:module:d -> urn:anima:module:d",
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicates_and_unknown_requirements_are_reported() {
+        let problems = graph_problems(&[
+            module("a", &["x", "b", "b"]),
+            module("b", &[]),
+            module("a", &[]),
+        ]);
+        assert_eq!(
+            problems,
+            [
+                "t: module[2].urn: duplicate: module[0] has the same URN",
+                "t: module[0].requires[0]: no module urn:anima:module:x in this configuration",
+                "t: module[0].requires[2]: urn:anima:module:b is listed twice",
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoints_and_durations() {
+        assert!(endpoint_problem("127.0.0.1:7801").is_ok());
+        assert!(endpoint_problem("tally.local:7801").is_ok());
+        assert!(endpoint_problem("[::1]:7801").is_ok());
+        for bad in ["127.0.0.1", ":7801", "host:0", "host:99999", "host:x"] {
+            assert!(endpoint_problem(bad).is_err(), "{bad}");
+        }
+        assert_eq!(roughly(Duration::from_secs(1)), "1 second");
+        assert_eq!(roughly(Duration::from_secs(3 * 86_400 + 5)), "3 days");
+    }
+}

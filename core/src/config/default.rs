@@ -1,0 +1,152 @@
+//! The configuration `anima serve` runs with when given no file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anima_certs::{CA_CERT_FILE, DEFAULT_DIR, leaf_cert_file, leaf_key_file};
+use anima_module_sdk::{InitMode, ModuleType};
+use anima_protocol::{Urn, UrnKind};
+
+use super::model::{
+    AdminSection, Config, CoreSection, DEFAULT_LEASE_TTL, LeaseDefaults, ModuleConfig, RestartMode,
+    RestartPolicy, StartMode, default_admin_listen,
+};
+
+/// The development setup: Core `urn:anima:core:dev` with the certificates
+/// `anima certs init` writes to `base/certs/dev/`, the admin endpoint on
+/// [`DEFAULT_ADMIN_LISTEN`](super::DEFAULT_ADMIN_LISTEN) for
+/// `urn:anima:user:dev`, 30 s leases renewed with a third left, and the three
+/// sample modules, each started by the Core from the directory of the running
+/// executable: `anima-hasher` (ephemeral), `anima-kvstore` (resident private,
+/// core-started) and `anima-tally` (resident shared). No contracts, no
+/// dependencies; the default restart policy, except that the ephemeral
+/// hasher restarts `always` (a Type I module exits whenever its lease ends).
+///
+/// Nothing is read here; [`check`](super::check) tells whether the files exist.
+pub fn embedded_default(base: &Path) -> Config {
+    let certs = base.join(DEFAULT_DIR);
+    let core = dev_urn(UrnKind::Core, "dev");
+    let module = |name: &str, module_type: ModuleType| {
+        let urn = dev_urn(UrnKind::Module, name);
+        ModuleConfig {
+            start: StartMode::Command {
+                program: sibling_program(&format!("anima-{name}")),
+                args: Vec::new(),
+                env: Vec::new(),
+                cert: certs.join(leaf_cert_file(&urn)),
+                key: certs.join(leaf_key_file(&urn)),
+            },
+            urn,
+            module_type,
+            contract: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            restart: if module_type == ModuleType::Ephemeral {
+                RestartPolicy {
+                    mode: RestartMode::Always,
+                    ..RestartPolicy::default()
+                }
+            } else {
+                RestartPolicy::default()
+            },
+            requires: Vec::new(),
+        }
+    };
+    Config {
+        core: CoreSection {
+            cert: certs.join(leaf_cert_file(&core)),
+            key: certs.join(leaf_key_file(&core)),
+            ca: certs.join(CA_CERT_FILE),
+            urn: core,
+            audit_log: None,
+        },
+        admin: AdminSection {
+            listen: default_admin_listen(),
+            operators: vec![dev_urn(UrnKind::User, "dev")],
+        },
+        leases: LeaseDefaults {
+            ttl: Duration::from_secs(30),
+            renew_when_left: 1.0 / 3.0,
+        },
+        modules: vec![
+            module("hasher", ModuleType::Ephemeral),
+            module(
+                "kvstore",
+                ModuleType::ResidentPrivate(InitMode::CoreStarted),
+            ),
+            module("tally", ModuleType::ResidentShared),
+        ],
+        source: None,
+    }
+}
+
+/// `name` next to the running executable, or the bare name (found on `PATH`
+/// at spawn) when the executable's place is unknown.
+fn sibling_program(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// A URN from constant parts.
+fn dev_urn(kind: UrnKind, name: &str) -> Urn {
+    // Invariant: called only with the constant names above, which are valid
+    // (the test below builds every one).
+    #[allow(clippy::expect_used)]
+    Urn::new(kind, name).expect("constant dev URN names are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DEFAULT_ADMIN_LISTEN;
+
+    #[test]
+    fn the_default_names_the_dev_identities_and_files() {
+        let config = embedded_default(Path::new("/srv/anima"));
+        assert_eq!(config.core.urn.as_str(), "urn:anima:core:dev");
+        assert_eq!(
+            config.core.cert,
+            Path::new("/srv/anima/certs/dev/core-dev.pem")
+        );
+        assert_eq!(
+            config.core.key,
+            Path::new("/srv/anima/certs/dev/core-dev.key")
+        );
+        assert_eq!(config.core.ca, Path::new("/srv/anima/certs/dev/ca.pem"));
+        assert_eq!(config.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(config.admin.operators[0].as_str(), "urn:anima:user:dev");
+        assert_eq!(config.leases, LeaseDefaults::default());
+        assert_eq!(config.source, None);
+        let names: Vec<&str> = config.modules.iter().map(|m| m.urn.name()).collect();
+        assert_eq!(names, ["hasher", "kvstore", "tally"]);
+        let exe_dir = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        for m in &config.modules {
+            let StartMode::Command {
+                program, cert, key, ..
+            } = &m.start
+            else {
+                panic!("{} is not core-started", m.urn);
+            };
+            assert_eq!(*program, exe_dir.join(format!("anima-{}", m.urn.name())));
+            assert_eq!(
+                *cert,
+                Path::new(&format!("/srv/anima/certs/dev/module-{}.pem", m.urn.name()))
+            );
+            assert_eq!(
+                *key,
+                Path::new(&format!("/srv/anima/certs/dev/module-{}.key", m.urn.name()))
+            );
+            assert_eq!(m.lease_ttl, Duration::from_secs(30));
+            assert!(m.requires.is_empty() && m.contract.is_none());
+        }
+        assert_eq!(
+            config.modules[1].module_type,
+            ModuleType::ResidentPrivate(InitMode::CoreStarted)
+        );
+    }
+}

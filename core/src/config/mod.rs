@@ -1,0 +1,361 @@
+//! The Core's configuration: `anima.toml`, read and checked before anything
+//! starts.
+//!
+//! ```toml
+//! [core]
+//! urn = "urn:anima:core:dev"
+//! cert = "certs/dev/core-dev.pem"       # paths are relative to this file
+//! key = "certs/dev/core-dev.key"
+//! ca = "certs/dev/ca.pem"
+//!
+//! [admin]
+//! listen = "127.0.0.1:7700"
+//! operators = ["urn:anima:user:dev"]
+//!
+//! [leases]
+//! ttl = "30s"
+//! renew_when_left = 0.33
+//!
+//! [[module]]
+//! urn = "urn:anima:module:hasher"
+//! command = "target/release/anima-hasher"   # or: endpoint = "127.0.0.1:7801"
+//! cert = "certs/dev/module-hasher.pem"
+//! key = "certs/dev/module-hasher.key"
+//! contract = "sample-modules/hasher/module.toml"
+//! ```
+//!
+//! [`load`] reads a file, [`parse_str`] text; both check everything (URNs of
+//! the right kind, files that exist, certificates carrying the right URN,
+//! contracts agreeing with their entries, lease TTLs within `max_lease`,
+//! dependencies without cycles, numbers in range) and return *every*
+//! [`Problem`], each with its line and key. They read files but start nothing.
+//! [`embedded_default`] is what `anima serve` runs without a file;
+//! [`check`] runs the same checks on a configuration built in code.
+//!
+//! ```
+//! use std::path::Path;
+//! use anima_core::config;
+//!
+//! let problems = config::parse_str(
+//!     r#"
+//!     [core]
+//!     urn = "urn:anima:module:oops"
+//!     cert = "core.pem"
+//!     key = "core.key"
+//!     ca = "ca.pem"
+//!     [leases]
+//!     ttl = "30"
+//!     "#,
+//!     Path::new("/nowhere/anima.toml"),
+//! )
+//! .unwrap_err();
+//! // Every problem, in file order, each with its line and key:
+//! let locations: Vec<&str> = problems.iter().map(|p| p.location.as_str()).collect();
+//! assert_eq!(locations, [
+//!     "/nowhere/anima.toml:3: core.urn",  // not a Core URN
+//!     "/nowhere/anima.toml:4: core.cert", // no such file
+//!     "/nowhere/anima.toml:5: core.key",
+//!     "/nowhere/anima.toml:6: core.ca",
+//!     "/nowhere/anima.toml:8: leases.ttl", // no unit
+//! ]);
+//! assert_eq!(problems[4].message,
+//!     "\"30\" has no unit (ms, s, m, h) (write a whole number and ms, s, m or h, like \"30s\")");
+//! ```
+
+use std::path::Path;
+
+mod check;
+mod default;
+mod model;
+mod parse;
+mod problem;
+
+pub use check::start_order;
+pub use default::embedded_default;
+pub use model::{
+    AdminSection, Config, CoreSection, DEFAULT_ADMIN_LISTEN, DEFAULT_LEASE_TTL,
+    DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, ModuleConfig, RENEW_WHEN_LEFT_RANGE, RestartMode,
+    RestartPolicy, StartMode,
+};
+pub use problem::Problem;
+
+use problem::Report;
+
+/// Reads and checks the configuration file at `path`.
+///
+/// Relative paths in it are taken from the file's directory. On failure,
+/// returns every problem found, in file order.
+pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Problem {
+            location: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        }]
+    })?;
+    parse_str(&text, path)
+}
+
+/// Parses and checks `text` as if read from `origin`: problems name `origin`,
+/// and relative paths are taken from its directory.
+pub fn parse_str(text: &str, origin: &Path) -> Result<Config, Vec<Problem>> {
+    parse::parse(text, origin)
+}
+
+/// Runs the checks of [`load`] on a configuration built in code (such as the
+/// [`embedded_default`]): files, certificates, contracts, dependencies,
+/// ranges. Problems carry key paths but no lines.
+pub fn check(config: &Config) -> Result<(), Vec<Problem>> {
+    let origin = match &config.source {
+        Some(path) => path.display().to_string(),
+        None => "embedded default".to_owned(),
+    };
+    let mut report = Report::new(origin);
+    check::core(&config.core, &mut report);
+    check::leases(&config.leases, &mut report);
+    for (index, module) in config.modules.iter().enumerate() {
+        check::module(index, module, &mut report);
+    }
+    let nodes: Vec<check::Node<'_>> = config
+        .modules
+        .iter()
+        .enumerate()
+        .map(|(index, m)| check::Node {
+            index,
+            urn: &m.urn,
+            requires: m.requires.iter().enumerate().collect(),
+        })
+        .collect();
+    check::graph(&nodes, &mut report);
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(report.into_problems())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use anima_certs::InitOptions;
+    use anima_module_sdk::{InitMode, ModuleType};
+
+    use super::*;
+
+    /// A directory with dev certificates in `certs/dev` and an executable
+    /// `bin/module`.
+    fn scratch() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        anima_certs::init_dir(&dir.path().join("certs/dev"), &InitOptions::default()).unwrap();
+        let bin = dir.path().join("bin/module");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        dir
+    }
+
+    const CORE: &str = r#"
+        [core]
+        urn = "urn:anima:core:dev"
+        cert = "certs/dev/core-dev.pem"
+        key = "certs/dev/core-dev.key"
+        ca = "certs/dev/ca.pem"
+    "#;
+
+    fn messages(result: Result<Config, Vec<Problem>>) -> Vec<String> {
+        result.unwrap_err().iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn a_minimal_file_takes_the_defaults_and_resolves_paths() {
+        let dir = scratch();
+        let text = format!(
+            r#"{CORE}
+            [[module]]
+            urn = "urn:anima:module:hasher"
+            command = "bin/module"
+            args = ["-v"]
+            env = {{ B = "2", A = "1" }}
+            cert = "certs/dev/module-hasher.pem"
+            key = "certs/dev/module-hasher.key"
+
+            [[module]]
+            urn = "urn:anima:module:kvstore"
+            type = "resident-private"
+            endpoint = "127.0.0.1:7802"
+            lease_ttl = "5s"
+            requires = ["urn:anima:module:hasher"]
+            restart = {{ policy = "never", backoff = "1s" }}
+            "#
+        );
+        let config = parse_str(&text, &dir.path().join("anima.toml")).unwrap();
+        let certs = dir.path().join("certs/dev");
+        assert_eq!(config.core.cert, certs.join("core-dev.pem"));
+        assert_eq!(config.core.audit_log, None);
+        assert_eq!(config.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert!(config.admin.operators.is_empty());
+        assert_eq!(config.leases, LeaseDefaults::default());
+        assert_eq!(
+            config.source.as_deref(),
+            Some(dir.path().join("anima.toml").as_path())
+        );
+
+        let hasher = &config.modules[0];
+        assert_eq!(hasher.module_type, ModuleType::Ephemeral);
+        assert_eq!(hasher.lease_ttl, DEFAULT_LEASE_TTL);
+        assert_eq!(hasher.restart, RestartPolicy::default());
+        assert_eq!(
+            hasher.start,
+            StartMode::Command {
+                program: dir.path().join("bin/module"),
+                args: vec!["-v".into()],
+                env: vec![("A".into(), "1".into()), ("B".into(), "2".into())],
+                cert: certs.join("module-hasher.pem"),
+                key: certs.join("module-hasher.key"),
+            }
+        );
+
+        let kvstore = &config.modules[1];
+        assert_eq!(
+            kvstore.module_type,
+            ModuleType::ResidentPrivate(InitMode::PreStarted)
+        );
+        assert_eq!(kvstore.start, StartMode::Endpoint("127.0.0.1:7802".into()));
+        assert_eq!(kvstore.lease_ttl, Duration::from_secs(5));
+        assert_eq!(kvstore.requires, std::slice::from_ref(&hasher.urn));
+        assert_eq!(kvstore.restart.mode, RestartMode::Never);
+        assert_eq!(kvstore.restart.backoff, Duration::from_secs(1));
+        assert_eq!(
+            kvstore.restart.backoff_max,
+            RestartPolicy::default().backoff_max
+        );
+        assert_eq!(start_order(&config.modules), [0, 1]);
+    }
+
+    #[test]
+    fn paths_resolve_against_the_files_directory() {
+        let dir = scratch();
+        let text = r#"
+            [core]
+            urn = "urn:anima:core:dev"
+            cert = "../core-dev.pem"
+            key = "../core-dev.key"
+            ca = "../ca.pem"
+        "#;
+        std::fs::create_dir(dir.path().join("certs/dev/sub")).unwrap();
+        let config = parse_str(text, &dir.path().join("certs/dev/sub/anima.toml")).unwrap();
+        assert_eq!(config.core.ca, dir.path().join("certs/dev/sub/../ca.pem"));
+        // A file named without a directory: relative to the working
+        // directory, made absolute.
+        let absolute = CORE.replace(
+            "certs/dev",
+            &dir.path().join("certs/dev").display().to_string(),
+        );
+        let config = parse_str(&absolute, Path::new("anima.toml")).unwrap();
+        assert!(config.core.cert.is_absolute());
+    }
+
+    #[test]
+    fn wrong_types_and_shapes_are_each_reported() {
+        let dir = scratch();
+        let text = format!(
+            r#"{CORE}
+            [admin]
+            operators = "urn:anima:user:dev"
+            [leases]
+            renew_when_left = "a third"
+            [module]
+            urn = "urn:anima:module:x"
+            "#
+        );
+        let problems = messages(parse_str(&text, &dir.path().join("anima.toml")));
+        assert_eq!(
+            problems,
+            [
+                format!(
+                    "{}:9: admin.operators: must be an array of strings, not string",
+                    dir.path().join("anima.toml").display()
+                ),
+                format!(
+                    "{}:11: leases.renew_when_left: must be a number, not string",
+                    dir.path().join("anima.toml").display()
+                ),
+                format!(
+                    "{}:12: module: modules are an array of tables: write [[module]], not [module]",
+                    dir.path().join("anima.toml").display()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_core_section_and_missing_keys_are_reported() {
+        let problems = messages(parse_str("[admin]\n", Path::new("a.toml")));
+        assert_eq!(problems, ["a.toml: core: missing (required)"]);
+        let problems = messages(parse_str("\n[core]\nurn = 1\n", Path::new("a.toml")));
+        assert_eq!(
+            problems,
+            [
+                "a.toml:2: core.cert: missing (required)",
+                "a.toml:2: core.key: missing (required)",
+                "a.toml:2: core.ca: missing (required)",
+                "a.toml:3: core.urn: must be a string, not integer",
+            ]
+        );
+    }
+
+    #[test]
+    fn renew_when_left_takes_integers_and_floats_in_range_only() {
+        let dir = scratch();
+        let origin = dir.path().join("anima.toml");
+        for (value, ok) in [
+            ("0.05", true),
+            ("0.95", true),
+            ("0.5", true),
+            ("0.04", false),
+            ("1", false),
+            ("nan", false),
+            ("inf", false),
+        ] {
+            let text = format!("{CORE}\n[leases]\nrenew_when_left = {value}\n");
+            assert_eq!(parse_str(&text, &origin).is_ok(), ok, "{value}");
+        }
+    }
+
+    #[test]
+    fn the_embedded_default_is_checked_like_a_file() {
+        let dir = scratch();
+        let config = embedded_default(dir.path());
+        // The certificates are there; the sample programs (siblings of the
+        // test binary) may not be built: only they can be missing.
+        match check(&config) {
+            Ok(()) => {}
+            Err(problems) => {
+                for p in &problems {
+                    assert!(p.location.starts_with("embedded default: module["), "{p}");
+                    assert!(p.location.ends_with(".command"), "{p}");
+                }
+            }
+        }
+        let empty = tempfile::tempdir().unwrap();
+        let problems = check(&embedded_default(empty.path())).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.location == "embedded default: core.cert"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn load_reports_an_unreadable_file() {
+        let problems = load(Path::new("/nonexistent/anima.toml")).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].location, "/nonexistent/anima.toml");
+        assert!(problems[0].message.starts_with("cannot read"));
+    }
+}

@@ -1,0 +1,191 @@
+//! The checked configuration: what `anima serve` runs.
+//!
+//! Every value here has passed the checks of [`super::load`] (or was built by
+//! [`super::embedded_default`]); paths are already resolved against the
+//! configuration file's directory.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anima_module_sdk::{Contract, ModuleType};
+use anima_protocol::Urn;
+
+/// The address of the admin endpoint when the configuration names none.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7700";
+
+/// [`DEFAULT_ADMIN_LISTEN`] as an address.
+pub(crate) fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 7700))
+}
+
+/// The lease TTL when `[leases].ttl` is not given.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// The fraction of the TTL left at which a lease is renewed, when
+/// `[leases].renew_when_left` is not given.
+pub const DEFAULT_RENEW_WHEN_LEFT: f64 = 1.0 / 3.0;
+
+/// The allowed values of `[leases].renew_when_left`.
+pub const RENEW_WHEN_LEFT_RANGE: RangeInclusive<f64> = 0.05..=0.95;
+
+/// A whole Core configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The Core's identity and certificates.
+    pub core: CoreSection,
+    /// The admin (and user) endpoint.
+    pub admin: AdminSection,
+    /// Lease defaults for every module.
+    pub leases: LeaseDefaults,
+    /// The modules, in the order the file lists them.
+    pub modules: Vec<ModuleConfig>,
+    /// The file this came from; `None` for the embedded default.
+    pub source: Option<PathBuf>,
+}
+
+/// `[core]`: who the Core is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreSection {
+    /// The Core's URN (kind `core`); its certificate carries the same.
+    pub urn: Urn,
+    /// The Core's certificate (PEM).
+    pub cert: PathBuf,
+    /// The Core's private key (PEM).
+    pub key: PathBuf,
+    /// The CA every peer's certificate must chain to (PEM).
+    pub ca: PathBuf,
+    /// The audit log; `None` means the default place in the state directory.
+    pub audit_log: Option<PathBuf>,
+}
+
+/// `[admin]`: the admin and user endpoint (mTLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSection {
+    /// Where it listens ([`DEFAULT_ADMIN_LISTEN`] unless given).
+    pub listen: SocketAddr,
+    /// The identities allowed to use the admin API (any kind).
+    pub operators: Vec<Urn>,
+}
+
+/// `[leases]`: defaults for every module's leases.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseDefaults {
+    /// The lease TTL of a module that sets no `lease_ttl`.
+    pub ttl: Duration,
+    /// The fraction of the TTL left when the Core renews, in
+    /// [`RENEW_WHEN_LEFT_RANGE`].
+    pub renew_when_left: f64,
+}
+
+impl Default for LeaseDefaults {
+    /// [`DEFAULT_LEASE_TTL`] and [`DEFAULT_RENEW_WHEN_LEFT`].
+    fn default() -> Self {
+        LeaseDefaults {
+            ttl: DEFAULT_LEASE_TTL,
+            renew_when_left: DEFAULT_RENEW_WHEN_LEFT,
+        }
+    }
+}
+
+/// One `[[module]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleConfig {
+    /// The module's URN (kind `module`).
+    pub urn: Urn,
+    /// Its type. A resident private module is
+    /// [`InitMode::CoreStarted`](anima_module_sdk::InitMode::CoreStarted)
+    /// when it has a `command`, `PreStarted` when it has an `endpoint`.
+    pub module_type: ModuleType,
+    /// How the Core reaches it.
+    pub start: StartMode,
+    /// The module's contract, when the entry names one.
+    pub contract: Option<Contract>,
+    /// The TTL of its leases: its `lease_ttl`, else `[leases].ttl`.
+    pub lease_ttl: Duration,
+    /// What to do when it exits.
+    pub restart: RestartPolicy,
+    /// Modules to start before this one.
+    pub requires: Vec<Urn>,
+}
+
+/// How the Core reaches a module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartMode {
+    /// The Core spawns the program (Type I, Type II core-started, or a Type
+    /// III module for which the Core plays infrastructure) and hands it its
+    /// certificate and key through the launch environment.
+    Command {
+        /// The program: a path, or a bare name looked up on `PATH`.
+        program: PathBuf,
+        /// Its arguments.
+        args: Vec<String>,
+        /// Extra environment variables, on top of the launch environment.
+        env: Vec<(String, String)>,
+        /// The module's certificate (PEM).
+        cert: PathBuf,
+        /// The module's private key (PEM).
+        key: PathBuf,
+    },
+    /// The module is already running (pre-started or shared); the Core dials
+    /// this `host:port`.
+    Endpoint(String),
+}
+
+/// `[module.restart]`: what the Core does when a module it started exits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// When to restart.
+    pub mode: RestartMode,
+    /// How many restarts are allowed within `window` before giving up.
+    pub max_restarts: u32,
+    /// The sliding window `max_restarts` counts in (not zero).
+    pub window: Duration,
+    /// The first delay before a restart (not zero, at most `backoff_max`).
+    pub backoff: Duration,
+    /// The longest delay: `backoff` doubles up to this.
+    pub backoff_max: Duration,
+}
+
+impl Default for RestartPolicy {
+    /// On failure, 5 restarts in 60 s, backoff 200 ms doubling to 10 s.
+    fn default() -> Self {
+        RestartPolicy {
+            mode: RestartMode::OnFailure,
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+            backoff: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// When a module is restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartMode {
+    /// Never: an exit is final.
+    Never,
+    /// When it exits with a non-zero status or a signal.
+    #[default]
+    OnFailure,
+    /// Whenever it exits.
+    Always,
+}
+
+impl RestartMode {
+    /// The word used in the file: `never`, `on-failure`, `always`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartMode::Never => "never",
+            RestartMode::OnFailure => "on-failure",
+            RestartMode::Always => "always",
+        }
+    }
+}
+
+impl std::fmt::Display for RestartMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

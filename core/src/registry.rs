@@ -1,0 +1,170 @@
+//! What the Core knows about each configured module, for operators.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anima_protocol::Urn;
+use anima_protocol::lease::LeaseId;
+use tokio::sync::{mpsc, watch};
+
+/// A module's state as the Core tracks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleState {
+    /// Being started, dialled or leased.
+    Starting,
+    /// Holding a valid lease.
+    Leased,
+    /// Alive without a lease (Type II/III).
+    Standby,
+    /// Waiting to start again after an exit or failure.
+    Restarting,
+    /// Past its restart limit (or unrecoverable); says why.
+    Failed,
+    /// Stopped by an operator, or exited and not to be restarted.
+    Stopped,
+}
+
+impl ModuleState {
+    /// The state's name (admin API, CLI).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModuleState::Starting => "starting",
+            ModuleState::Leased => "leased",
+            ModuleState::Standby => "standby",
+            ModuleState::Restarting => "restarting",
+            ModuleState::Failed => "failed",
+            ModuleState::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for ModuleState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One module's row.
+#[derive(Debug, Clone)]
+pub struct ModuleView {
+    /// The module.
+    pub urn: Urn,
+    /// `ephemeral`, `resident-private` or `resident-shared`.
+    pub module_type: &'static str,
+    /// Its state.
+    pub state: ModuleState,
+    /// Why, where there is something to say.
+    pub detail: String,
+    /// Its process id, when the Core started it and it runs.
+    pub pid: Option<u32>,
+    /// Where it listens, once known.
+    pub endpoint: String,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// The current lease.
+    pub lease_id: Option<LeaseId>,
+}
+
+/// An operator's command to one module's supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleCommand {
+    /// Stop it and start it again.
+    Restart,
+    /// Stop it (until a restart).
+    Stop,
+}
+
+struct Entry {
+    view: ModuleView,
+    state: watch::Sender<ModuleState>,
+    commands: mpsc::Sender<ModuleCommand>,
+}
+
+/// Every configured module. Cloning shares it.
+#[derive(Clone, Default)]
+pub struct Registry(Arc<Mutex<BTreeMap<Urn, Entry>>>);
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<Urn, Entry>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a module; returns the receiver for its commands.
+    pub(crate) fn add(&self, urn: Urn, module_type: &'static str) -> mpsc::Receiver<ModuleCommand> {
+        let (tx, rx) = mpsc::channel(8);
+        let view = ModuleView {
+            urn: urn.clone(),
+            module_type,
+            state: ModuleState::Starting,
+            detail: String::new(),
+            pid: None,
+            endpoint: String::new(),
+            restarts: 0,
+            lease_id: None,
+        };
+        self.lock().insert(
+            urn,
+            Entry {
+                view,
+                state: watch::Sender::new(ModuleState::Starting),
+                commands: tx,
+            },
+        );
+        rx
+    }
+
+    /// Updates a module's row.
+    pub(crate) fn update(&self, urn: &Urn, f: impl FnOnce(&mut ModuleView)) {
+        if let Some(e) = self.lock().get_mut(urn) {
+            f(&mut e.view);
+            let state = e.view.state;
+            e.state.send_if_modified(|s| {
+                let changed = *s != state;
+                *s = state;
+                changed
+            });
+        }
+    }
+
+    /// Sets a module's state and detail.
+    pub(crate) fn set_state(&self, urn: &Urn, state: ModuleState, detail: impl Into<String>) {
+        let detail = detail.into();
+        self.update(urn, |v| {
+            v.state = state;
+            v.detail = detail;
+        });
+    }
+
+    /// Watches a module's state.
+    pub fn watch(&self, urn: &Urn) -> Option<watch::Receiver<ModuleState>> {
+        self.lock().get(urn).map(|e| e.state.subscribe())
+    }
+
+    /// Every module's row.
+    pub fn list(&self) -> Vec<ModuleView> {
+        self.lock().values().map(|e| e.view.clone()).collect()
+    }
+
+    /// One module's row.
+    pub fn get(&self, urn: &Urn) -> Option<ModuleView> {
+        self.lock().get(urn).map(|e| e.view.clone())
+    }
+
+    /// Sends `command` to the module's supervisor; false if unknown.
+    pub fn command(&self, urn: &Urn, command: ModuleCommand) -> bool {
+        let tx = self.lock().get(urn).map(|e| e.commands.clone());
+        match tx {
+            Some(tx) => tx.try_send(command).is_ok(),
+            None => false,
+        }
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("modules", &self.lock().len())
+            .finish()
+    }
+}

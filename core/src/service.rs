@@ -1,0 +1,160 @@
+//! `anima serve`: the Core as a service.
+//!
+//! Loads the identity, opens the audit log, serves the admin API over mTLS,
+//! and runs one supervisor per module in dependency order. On shutdown it
+//! revokes its leases, stops the modules it started (each within a bounded
+//! grace), and returns.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anima_protocol::lease::LeaseSigner;
+use anima_protocol::pb::core_admin_server::CoreAdminServer;
+use anima_protocol::{ClientTls, PeerPolicy, ServerTls, TlsIdentity, TrustRoot};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::AdminService;
+use crate::audit::AuditLog;
+use crate::config::{Config, start_order};
+use crate::events::Events;
+use crate::lease::LeaseTable;
+use crate::registry::Registry;
+use crate::supervisor::{CoreContext, supervise};
+
+/// The line `anima serve` prints on stdout once its admin endpoint listens.
+pub const READY_PREFIX: &str = "ANIMA-CORE READY";
+
+/// How long module supervisors may take to stop everything on shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the Core could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The Core's certificate or CA.
+    #[error("Core identity: {0}")]
+    Identity(#[from] anima_protocol::TransportError),
+    /// The certificate names another identity than the configuration.
+    #[error("the Core certificate is {cert}, but the configuration says {config}")]
+    WrongIdentity {
+        /// The certificate's URN.
+        cert: String,
+        /// The configured URN.
+        config: String,
+    },
+    /// The lease signer.
+    #[error("lease signer: {0}")]
+    Signer(#[from] anima_protocol::lease::LeaseError),
+    /// Files and sockets.
+    #[error("{what}: {source}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The admin server failed.
+    #[error("admin server: {0}")]
+    Server(#[from] tonic::transport::Error),
+}
+
+/// A running Core's shared state, for embedding and tests.
+pub struct Running {
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
+    /// The shared context (registry, leases, events).
+    pub ctx: Arc<CoreContext>,
+}
+
+/// Runs the Core described by `config` until `shutdown` completes.
+/// `on_ready` is called once the admin endpoint listens.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+    on_ready: impl FnOnce(&Running),
+) -> Result<(), ServeError> {
+    let identity = TlsIdentity::from_pem_files(&config.core.cert, &config.core.key)?;
+    if identity.urn() != &config.core.urn {
+        return Err(ServeError::WrongIdentity {
+            cert: identity.urn().to_string(),
+            config: config.core.urn.to_string(),
+        });
+    }
+    let trust = TrustRoot::from_pem_file(&config.core.ca)?;
+    let signer = Arc::new(LeaseSigner::from_identity(&identity)?);
+    let audit_path = config
+        .core
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| "anima-audit.jsonl".into());
+    let audit = AuditLog::open(&audit_path).map_err(|source| ServeError::Io {
+        what: format!("audit log {}", audit_path.display()),
+        source,
+    })?;
+    let ctx = Arc::new(CoreContext {
+        urn: config.core.urn.clone(),
+        client: ClientTls::new(identity.clone(), trust.clone()),
+        signer,
+        ca_file: config.core.ca.clone(),
+        leases: LeaseTable::new(),
+        audit,
+        registry: Registry::default(),
+        events: Events::default(),
+        renew_when_left: config.leases.renew_when_left,
+        links: Mutex::new(HashMap::new()),
+    });
+
+    let listener = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| ServeError::Io {
+            what: format!("admin listen {}", config.admin.listen),
+            source,
+        })?;
+    let admin_addr = listener.local_addr().map_err(|source| ServeError::Io {
+        what: "admin address".into(),
+        source,
+    })?;
+    let stop = CancellationToken::new();
+    let admin_tls = ServerTls::new(&identity, &trust, PeerPolicy::AnyIdentity)?;
+    let admin = AdminService::new(ctx.clone(), config.admin.operators.clone());
+    let admin_stop = stop.clone();
+    let admin_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CoreAdminServer::new(admin))
+            .serve_with_incoming_shutdown(
+                admin_tls.incoming(listener),
+                admin_stop.cancelled_owned(),
+            ),
+    );
+    tracing::info!(core = %config.core.urn, admin = %admin_addr, modules = config.modules.len(), "Core serving");
+    on_ready(&Running {
+        admin_addr,
+        ctx: ctx.clone(),
+    });
+
+    let mut supervisors = JoinSet::new();
+    for index in start_order(&config.modules) {
+        let module = config.modules[index].clone();
+        supervisors.spawn(supervise(ctx.clone(), module, stop.child_token()));
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: revoking leases and stopping modules");
+    stop.cancel();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while supervisors.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("modules did not stop within {SHUTDOWN_GRACE:?}; abandoning them");
+        supervisors.abort_all();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_server).await;
+    tracing::info!("Core stopped");
+    Ok(())
+}

@@ -1,0 +1,519 @@
+//! One supervisor task per configured module: start (or dial) it, lease it,
+//! watch it, re-lease it, restart it within its policy, stop it.
+//!
+//! Restart policy, after systemd's `Restart=` / `StartLimitBurst=`: `never`,
+//! `on-failure` (a non-zero exit, a crash, a failed start) or `always`; at
+//! most `max_restarts` within `window`, waiting `backoff` doubling up to
+//! `backoff_max` between attempts; past the limit the module is `failed` and
+//! says why.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anima_module_sdk::ModuleType;
+use anima_protocol::lease::{LeaseSigner, LeaseState, Scope};
+use anima_protocol::pb::ShutdownRequest;
+use anima_protocol::pb::module_admin_client::ModuleAdminClient;
+use anima_protocol::{ClientTls, Connection, PeerPolicy, Urn};
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::AuditLog;
+use crate::config::{ModuleConfig, RestartMode, StartMode};
+use crate::events::Events;
+use crate::launcher::{LaunchSpec, launch};
+use crate::lease::{LeaseLink, LeaseTable, RenewalPolicy};
+use crate::registry::{ModuleCommand, ModuleState, Registry};
+
+/// How long a stopped module may take to exit before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a resident module in standby waits before being leased again.
+const RELEASE_DELAY: Duration = Duration::from_millis(200);
+
+/// What every supervisor shares.
+pub struct CoreContext {
+    /// The Core's identity.
+    pub urn: Urn,
+    /// Dials modules as the Core.
+    pub client: ClientTls,
+    /// Signs the Core's leases.
+    pub signer: Arc<LeaseSigner>,
+    /// The CA file handed to children.
+    pub ca_file: std::path::PathBuf,
+    /// The lease table.
+    pub leases: LeaseTable,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// Module rows and commands.
+    pub registry: Registry,
+    /// Lifecycle events.
+    pub events: Events,
+    /// How leases renew (fraction of the TTL left).
+    pub renew_when_left: f64,
+    /// The open lease of each module, for callers (gateway) and shutdown.
+    pub links: std::sync::Mutex<std::collections::HashMap<Urn, LeaseLink>>,
+}
+
+impl CoreContext {
+    /// The module's current lease link, if leased.
+    pub fn link(&self, module: &Urn) -> Option<LeaseLink> {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(module)
+            .cloned()
+    }
+
+    fn set_link(&self, module: &Urn, link: Option<LeaseLink>) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        match link {
+            Some(l) => links.insert(module.clone(), l),
+            None => links.remove(module),
+        };
+    }
+}
+
+/// How one run of the module ended.
+enum Outcome {
+    /// The process exited (core-started) with success or not.
+    Exited { success: bool, status: String },
+    /// Could not start / dial / lease.
+    StartFailed(String),
+    /// An operator asked to stop it.
+    Stop,
+    /// An operator asked to restart it.
+    Restart,
+    /// The Core is shutting down.
+    Shutdown,
+}
+
+fn type_name(t: ModuleType) -> &'static str {
+    match t {
+        ModuleType::Ephemeral => "ephemeral",
+        ModuleType::ResidentPrivate(_) => "resident-private",
+        ModuleType::ResidentShared => "resident-shared",
+    }
+}
+
+/// Registers `module` and returns its supervisor future.
+pub fn supervise(
+    ctx: Arc<CoreContext>,
+    module: ModuleConfig,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send {
+    let commands = ctx
+        .registry
+        .add(module.urn.clone(), type_name(module.module_type));
+    run(ctx, module, commands, shutdown)
+}
+
+async fn run(
+    ctx: Arc<CoreContext>,
+    module: ModuleConfig,
+    mut commands: mpsc::Receiver<ModuleCommand>,
+    shutdown: CancellationToken,
+) {
+    let urn = module.urn.clone();
+    // Dependency order: wait until every required module is leased.
+    for required in &module.requires {
+        ctx.registry.set_state(
+            &urn,
+            ModuleState::Starting,
+            format!("waiting for {required}"),
+        );
+        let Some(mut watch) = ctx.registry.watch(required) else {
+            continue;
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = watch.wait_for(|s| *s == ModuleState::Leased) => {}
+        }
+    }
+    let mut restarts_at: VecDeque<Instant> = VecDeque::new();
+    let mut backoff = module.restart.backoff;
+    loop {
+        ctx.registry.set_state(&urn, ModuleState::Starting, "");
+        let outcome = run_once(&ctx, &module, &mut commands, &shutdown).await;
+        ctx.set_link(&urn, None);
+        ctx.registry.update(&urn, |v| {
+            v.pid = None;
+            v.lease_id = None;
+        });
+        let (failure, why) = match outcome {
+            Outcome::Shutdown => {
+                ctx.registry
+                    .set_state(&urn, ModuleState::Stopped, "Core shut down");
+                return;
+            }
+            Outcome::Stop => {
+                ctx.registry
+                    .set_state(&urn, ModuleState::Stopped, "stopped by an operator");
+                ctx.events
+                    .emit("module_stopped", urn.as_str(), "", "stopped by an operator");
+                // Wait for a restart command (or shutdown).
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        cmd = commands.recv() => match cmd {
+                            Some(ModuleCommand::Restart) => break,
+                            Some(ModuleCommand::Stop) => {}
+                            None => return,
+                        },
+                    }
+                }
+                restarts_at.clear();
+                backoff = module.restart.backoff;
+                continue;
+            }
+            Outcome::Restart => {
+                ctx.events
+                    .emit("module_restarting", urn.as_str(), "", "restart requested");
+                restarts_at.clear();
+                backoff = module.restart.backoff;
+                continue;
+            }
+            Outcome::Exited { success, status } => (!success, format!("exited: {status}")),
+            Outcome::StartFailed(why) => (true, why),
+        };
+        let restart = match module.restart.mode {
+            RestartMode::Never => false,
+            RestartMode::OnFailure => failure,
+            RestartMode::Always => true,
+        };
+        if !restart {
+            let state = if failure {
+                ModuleState::Failed
+            } else {
+                ModuleState::Stopped
+            };
+            let kind = if failure {
+                "module_failed"
+            } else {
+                "module_stopped"
+            };
+            ctx.registry.set_state(&urn, state, why.clone());
+            ctx.events.emit(kind, urn.as_str(), "", why);
+            if !wait_restart_command(&mut commands, &shutdown).await {
+                return;
+            }
+            continue;
+        }
+        // Rate limit.
+        let now = Instant::now();
+        restarts_at.push_back(now);
+        while restarts_at
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > module.restart.window)
+        {
+            restarts_at.pop_front();
+        }
+        if restarts_at.len() > module.restart.max_restarts as usize {
+            let detail = format!(
+                "restarted {} times within {:?}; last: {why}",
+                module.restart.max_restarts, module.restart.window
+            );
+            tracing::error!(module = %urn, detail = %detail, "module failed");
+            ctx.registry
+                .set_state(&urn, ModuleState::Failed, detail.clone());
+            ctx.events.emit("module_failed", urn.as_str(), "", detail);
+            if !wait_restart_command(&mut commands, &shutdown).await {
+                return;
+            }
+            restarts_at.clear();
+            backoff = module.restart.backoff;
+            continue;
+        }
+        ctx.registry.update(&urn, |v| v.restarts += 1);
+        ctx.registry.set_state(
+            &urn,
+            ModuleState::Restarting,
+            format!("{why}; restarting in {backoff:?}"),
+        );
+        ctx.events.emit("module_restarting", urn.as_str(), "", why);
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                ctx.registry.set_state(&urn, ModuleState::Stopped, "Core shut down");
+                return;
+            }
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(module.restart.backoff_max);
+    }
+}
+
+/// Waits for an operator's restart; false on shutdown.
+async fn wait_restart_command(
+    commands: &mut mpsc::Receiver<ModuleCommand>,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            cmd = commands.recv() => match cmd {
+                Some(ModuleCommand::Restart) => return true,
+                Some(ModuleCommand::Stop) => {}
+                None => return false,
+            },
+        }
+    }
+}
+
+/// Starts (or dials) the module once and keeps it leased until its process
+/// exits, a command arrives, or the Core shuts down.
+async fn run_once(
+    ctx: &Arc<CoreContext>,
+    module: &ModuleConfig,
+    commands: &mut mpsc::Receiver<ModuleCommand>,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let urn = &module.urn;
+    let mut child: Option<Child> = None;
+    let addr: SocketAddr = match &module.start {
+        StartMode::Command {
+            program,
+            args,
+            env,
+            cert,
+            key,
+        } => {
+            let shared = matches!(module.module_type, ModuleType::ResidentShared);
+            let spec = LaunchSpec {
+                urn: urn.clone(),
+                program: program.clone(),
+                args: args.clone(),
+                env: env.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ctx.ca_file.clone(),
+                core: ctx.urn.clone(),
+                // The Core hosts shared modules as infrastructure: it may stop them.
+                operators: if shared {
+                    vec![ctx.urn.clone()]
+                } else {
+                    Vec::new()
+                },
+            };
+            match launch(&spec).await {
+                Ok(launched) => {
+                    ctx.registry.update(urn, |v| {
+                        v.pid = launched.pid;
+                        v.endpoint = launched.addr.to_string();
+                    });
+                    ctx.events.emit(
+                        "module_started",
+                        urn.as_str(),
+                        "",
+                        format!("pid {} at {}", launched.pid.unwrap_or(0), launched.addr),
+                    );
+                    child = Some(launched.child);
+                    launched.addr
+                }
+                Err(e) => return Outcome::StartFailed(format!("start failed: {e}")),
+            }
+        }
+        StartMode::Endpoint(endpoint) => match tokio::net::lookup_host(endpoint.as_str()).await {
+            Ok(mut addrs) => match addrs.next() {
+                Some(a) => {
+                    ctx.registry.update(urn, |v| v.endpoint = a.to_string());
+                    a
+                }
+                None => return Outcome::StartFailed(format!("{endpoint} resolves to nothing")),
+            },
+            Err(e) => return Outcome::StartFailed(format!("cannot resolve {endpoint}: {e}")),
+        },
+    };
+
+    // Lease it; lease it again whenever a resident module's lease ends.
+    loop {
+        let leased = open_lease(ctx, module, addr).await;
+        let link = match leased {
+            Ok(link) => link,
+            Err(e) => {
+                // A dead child explains itself; otherwise report the lease failure.
+                if let Some(c) = child.as_mut() {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        return Outcome::Exited {
+                            success: status.success(),
+                            status: status.to_string(),
+                        };
+                    }
+                    stop_child(ctx, module, c, addr).await;
+                }
+                return Outcome::StartFailed(format!("lease failed: {e}"));
+            }
+        };
+        ctx.registry.update(urn, |v| {
+            v.state = ModuleState::Leased;
+            v.detail = String::new();
+            v.lease_id = Some(link.id());
+        });
+        ctx.events.emit(
+            "lease_issued",
+            urn.as_str(),
+            &link.id().to_string(),
+            format!("ttl {:?}", link.ttl()),
+        );
+        ctx.set_link(urn, Some(link.clone()));
+
+        let exited = async {
+            match child.as_mut() {
+                Some(c) => c.wait().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                link.revoke("Core shutting down", "core");
+                ctx.events.emit("lease_revoked", urn.as_str(), &link.id().to_string(), "Core shutting down");
+                if let Some(c) = child.as_mut() {
+                    stop_child(ctx, module, c, addr).await;
+                }
+                return Outcome::Shutdown;
+            }
+            cmd = commands.recv() => {
+                link.revoke("operator command", "operator");
+                if let Some(c) = child.as_mut() {
+                    stop_child(ctx, module, c, addr).await;
+                }
+                return match cmd {
+                    Some(ModuleCommand::Restart) => Outcome::Restart,
+                    Some(ModuleCommand::Stop) | None => Outcome::Stop,
+                };
+            }
+            status = exited => {
+                let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
+                let success = status == "exit status: 0";
+                ctx.events.emit("lease_lost", urn.as_str(), &link.id().to_string(), format!("process {status}"));
+                return Outcome::Exited { success, status };
+            }
+            _ = link.ended() => {}
+        }
+        // The lease ended while the module lives on.
+        let why = match link.state() {
+            LeaseState::Ended(e) => e.reason.to_string(),
+            LeaseState::Expired => "LEASE_EXPIRED".to_owned(),
+            LeaseState::Active => "ended".to_owned(),
+        };
+        let kind = if why == "LEASE_EXPIRED" {
+            "lease_expired"
+        } else {
+            "lease_revoked"
+        };
+        ctx.events
+            .emit(kind, urn.as_str(), &link.id().to_string(), why.clone());
+        ctx.set_link(urn, None);
+        ctx.registry.update(urn, |v| v.lease_id = None);
+        match module.module_type {
+            ModuleType::Ephemeral => {
+                // A Type I module exits by itself after its termination
+                // window; wait for that (and restart per policy).
+                ctx.registry.set_state(
+                    urn,
+                    ModuleState::Restarting,
+                    format!("lease ended ({why}); module terminating"),
+                );
+                if let Some(c) = child.as_mut() {
+                    let status = tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            stop_child(ctx, module, c, addr).await;
+                            return Outcome::Shutdown;
+                        }
+                        s = c.wait() => s.ok(),
+                    };
+                    let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
+                    let success = status == "exit status: 0";
+                    return Outcome::Exited { success, status };
+                }
+                return Outcome::StartFailed(format!("lease ended ({why})"));
+            }
+            ModuleType::ResidentPrivate(_) | ModuleType::ResidentShared => {
+                ctx.registry
+                    .set_state(urn, ModuleState::Standby, format!("lease ended ({why})"));
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        if let Some(c) = child.as_mut() {
+                            stop_child(ctx, module, c, addr).await;
+                        }
+                        return Outcome::Shutdown;
+                    }
+                    _ = tokio::time::sleep(RELEASE_DELAY) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn open_lease(
+    ctx: &Arc<CoreContext>,
+    module: &ModuleConfig,
+    addr: SocketAddr,
+) -> Result<LeaseLink, String> {
+    let conn: Connection = ctx
+        .client
+        .dial_addr(addr, PeerPolicy::exactly(module.urn.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let scope = match &module.contract {
+        Some(c) => c.methods.clone(),
+        None => declared_scope(&conn).await.map_err(|e| e.to_string())?,
+    };
+    let mut policy = RenewalPolicy::new(module.lease_ttl);
+    policy.renew_when_left = ctx.renew_when_left;
+    LeaseLink::open(
+        conn,
+        ctx.signer.clone(),
+        scope,
+        policy,
+        ctx.audit.clone(),
+        ctx.leases.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Without a contract file, the Core asks the module for its declared
+/// methods (`ModuleAdmin/Status`, which needs no lease) and leases them all.
+async fn declared_scope(conn: &Connection) -> Result<Scope, String> {
+    let status = ModuleAdminClient::new(conn.channel())
+        .status(anima_protocol::pb::StatusRequest {})
+        .await
+        .map_err(|e| e.message().to_owned())?
+        .into_inner();
+    Scope::new(status.methods).map_err(|e| e.to_string())
+}
+
+/// Asks the module to shut down (its Core may), then kills it if it lingers.
+async fn stop_child(
+    ctx: &Arc<CoreContext>,
+    module: &ModuleConfig,
+    child: &mut Child,
+    addr: SocketAddr,
+) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let asked = async {
+        let conn = ctx
+            .client
+            .dial_addr(addr, PeerPolicy::exactly(module.urn.clone()))
+            .await
+            .ok()?;
+        ModuleAdminClient::new(conn.channel())
+            .shutdown(ShutdownRequest {
+                reason: "stopped by its Core".into(),
+            })
+            .await
+            .ok()
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), asked).await;
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(module = %module.urn, "did not exit within {STOP_GRACE:?}; killing");
+        let _ = child.kill().await;
+    }
+}

@@ -1,0 +1,39 @@
+//! `anima-kvstore`: the Type II sample module (see `README.md` beside this
+//! file). Builds its warm cache, then serves its one Core; in standby
+//! between leases; stops on its Core's or an operator's shutdown, or a
+//! signal.
+
+use std::process::ExitCode;
+
+use anima_sample_modules::pb::kv_store_server::KvStoreServer;
+use anima_sample_modules::{DESCRIPTORS, kvstore};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    anima_sample_modules::log_to_stderr();
+    let limit = match kvstore::cache_limit_from_env() {
+        Ok(limit) => limit,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Warm before announcing readiness: the ready line means "warm".
+    let cache = match tokio::task::spawn_blocking(move || kvstore::WarmCache::build(limit)).await {
+        Ok(Ok(cache)) => cache,
+        Ok(Err(e)) => {
+            eprintln!("error: warm cache: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: warm cache: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    anima_module_sdk::launch(kvstore::contract(), |module| {
+        module
+            .file_descriptor_set(DESCRIPTORS)
+            .service(KvStoreServer::new(kvstore::KvStore::new(cache)))
+    })
+    .await
+}

@@ -1,0 +1,728 @@
+//! Module lifecycles with real module processes started by the launch
+//! protocol (I1–I4, Z1–Z3, E1–E7, R1–R6, S1–S10).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anima_core::audit::AuditLog;
+use anima_core::lease::{CoreLeaseError, LeaseLink, LeaseTable, RenewalPolicy};
+use anima_protocol::lease::{LeaseSigner, LeaseState, Reason, Scope};
+use anima_protocol::pb::ModuleStatus;
+use anima_protocol::pb::module_admin_client::ModuleAdminClient;
+use anima_protocol::pb::{ShutdownRequest, StatusRequest};
+use anima_protocol::{ClientTls, Connection, PeerPolicy};
+use anima_tests::echo::echo_client::EchoClient;
+use anima_tests::echo::{CountReply, CountRequest, SayReply, SayRequest, SlowRequest};
+use anima_tests::{COUNT, ModuleProcess, PATIENCE, SAY, SHOUT, SLOW, TestCa, bin_path, reason};
+
+const CORE: &str = "urn:anima:core:dev";
+const OTHER_CORE: &str = "urn:anima:core:other";
+const OPERATOR: &str = "urn:anima:user:ops";
+const MODULE: &str = "urn:anima:module:echo";
+
+/// A contract body (the harness adds the `urn` line).
+fn contract(extra: &str) -> String {
+    format!(
+        "version = \"1.0.0\"\nmax_lease = \"30s\"\nmethods = [\"{SAY}\", \"{SHOUT}\", \"{SLOW}\", \"{COUNT}\"]\n{extra}"
+    )
+}
+
+const TYPE_I: &str = "startup_grace = \"5s\"\nexpired_grace = \"0s\"\ntermination_window = \"1s\"";
+const TYPE_II: &str = "type = \"resident-private\"\ninit = \"core-started\"";
+const TYPE_III: &str = "type = \"resident-shared\"";
+
+async fn dial(ca: &TestCa, who: &str, module: &ModuleProcess) -> Connection {
+    ClientTls::new(ca.identity(who), ca.trust())
+        .dial_addr(module.addr, PeerPolicy::exactly(module.urn.clone()))
+        .await
+        .unwrap()
+}
+
+struct Lessee {
+    link: LeaseLink,
+    table: LeaseTable,
+    audit: AuditLog,
+}
+
+async fn try_lease(
+    ca: &TestCa,
+    core: &str,
+    module: &ModuleProcess,
+    ttl: Duration,
+    scope: &[&str],
+    table: LeaseTable,
+) -> Result<Lessee, CoreLeaseError> {
+    let identity = ca.identity(core);
+    let signer = Arc::new(LeaseSigner::from_identity(&identity).unwrap());
+    let conn = ClientTls::new(identity, ca.trust())
+        .dial_addr(module.addr, PeerPolicy::exactly(module.urn.clone()))
+        .await?;
+    let audit = AuditLog::memory();
+    let link = LeaseLink::open(
+        conn,
+        signer,
+        Scope::new(scope.iter().copied()).unwrap(),
+        RenewalPolicy::new(ttl),
+        audit.clone(),
+        table.clone(),
+    )
+    .await?;
+    Ok(Lessee { link, table, audit })
+}
+
+async fn lease(ca: &TestCa, core: &str, module: &ModuleProcess, ttl: Duration) -> Lessee {
+    try_lease(
+        ca,
+        core,
+        module,
+        ttl,
+        &[SAY, SHOUT, SLOW, COUNT],
+        LeaseTable::new(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn say(l: &Lessee) -> Result<SayReply, tonic::Status> {
+    EchoClient::new(l.link.channel())
+        .say(SayRequest { text: "hi".into() })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn count(l: &Lessee) -> CountReply {
+    EchoClient::new(l.link.channel())
+        .count(CountRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// `ModuleAdmin/Status`, asked by an operator identity (needs no lease).
+async fn status(ca: &TestCa, module: &ModuleProcess) -> ModuleStatus {
+    let conn = dial(ca, OPERATOR, module).await;
+    ModuleAdminClient::new(conn.channel())
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn wait_phase(ca: &TestCa, module: &ModuleProcess, phase: &str) -> ModuleStatus {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let s = status(ca, module).await;
+        if s.phase == phase {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "phase stayed {} (wanted {phase})",
+            s.phase
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn refused_with(result: Result<Lessee, CoreLeaseError>) -> Reason {
+    match result {
+        Err(e) => e.reason().unwrap_or_else(|| panic!("no reason in {e}")),
+        Ok(_) => panic!("the lease was granted"),
+    }
+}
+
+/// Starts the fixture expecting it to refuse to start; returns its stderr.
+async fn fails_to_start(ca: &TestCa, contract_body: &str) -> String {
+    let dir = anima_tests::write_identity(ca, MODULE);
+    let out = tokio::process::Command::new(bin_path("anima-fixture-module"))
+        .env("ANIMA_CERT", dir.path().join("cert.pem"))
+        .env("ANIMA_KEY", dir.path().join("key.pem"))
+        .env("ANIMA_CA", dir.path().join("ca.pem"))
+        .env(
+            "FIXTURE_CONTRACT",
+            format!("urn = \"{MODULE}\"\n{contract_body}"),
+        )
+        .output();
+    let out = tokio::time::timeout(PATIENCE, out).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(1), "refused to start");
+    assert!(out.stdout.is_empty(), "no ready line on refusal");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A raw unary call to `path` (any method, declared or not) on `conn`.
+async fn raw_call(conn: &Connection, path: &'static str) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(conn.channel());
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<SayRequest, SayReply>::default();
+    grpc.unary(
+        tonic::Request::new(SayRequest { text: "x".into() }),
+        http::uri::PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .unwrap_err()
+}
+
+// ---------------------------------------------------------------- I: interface
+
+#[tokio::test]
+async fn i1_module_serves_its_strict_grpc_interface() {
+    let ca = TestCa::new();
+    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[]).await;
+    let core = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
+    assert_eq!(say(&core).await.unwrap().text, "hi");
+    let conn = dial(&ca, CORE, &module).await;
+    let status = raw_call(&conn, "/anima.test.v1.Echo/Undeclared").await;
+    assert_eq!(reason(&status), Some(Reason::UnknownMethod));
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn i2_module_whose_methods_differ_from_its_contract_refuses_to_start() {
+    let ca = TestCa::new();
+    // Count is served but not declared.
+    let body = format!(
+        "version = \"1\"\nmax_lease = \"30s\"\nmethods = [\"{SAY}\", \"{SHOUT}\", \"{SLOW}\"]"
+    );
+    let stderr = fails_to_start(&ca, &body).await;
+    assert!(
+        stderr.contains("served but not declared: /anima.test.v1.Echo/Count"),
+        "{stderr}"
+    );
+    // A declared method that is not served.
+    let body = contract("").replace("methods = [", "methods = [\"/anima.test.v1.Echo/Extra\", ");
+    let stderr = fails_to_start(&ca, &body).await;
+    assert!(
+        stderr.contains("declared but not served: /anima.test.v1.Echo/Extra"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn i3_core_calls_only_declared_methods_within_its_scope() {
+    let ca = TestCa::new();
+    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[]).await;
+    let core = try_lease(
+        &ca,
+        CORE,
+        &module,
+        Duration::from_secs(10),
+        &[SAY, COUNT],
+        LeaseTable::new(),
+    )
+    .await
+    .unwrap();
+    let status = EchoClient::new(core.link.channel())
+        .shout(SayRequest { text: "x".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::ScopeDenied));
+    assert_eq!(count(&core).await.calls, 0, "nothing reached the module");
+    assert_eq!(
+        core.link.state(),
+        LeaseState::Active,
+        "a local refusal keeps the lease"
+    );
+}
+
+#[tokio::test]
+async fn i4_no_reflection_and_no_undeclared_invocation() {
+    let ca = TestCa::new();
+    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[]).await;
+    let core = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
+    let conn = dial(&ca, CORE, &module).await;
+    for path in [
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/anima.test.v1.Echo/say",
+    ] {
+        let status = raw_call(&conn, path).await;
+        assert_eq!(reason(&status), Some(Reason::UnknownMethod), "{path}");
+    }
+    assert_eq!(count(&core).await.calls, 0);
+}
+
+// ---------------------------------------------------------------- Z: zero-lease
+
+#[tokio::test]
+async fn z1_zero_lease_on_expiry_revocation_and_connection_loss() {
+    let ca = TestCa::new();
+    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_II), Some(CORE), &[]).await;
+    // Expiry.
+    let a = lease(&ca, CORE, &module, Duration::from_millis(300)).await;
+    wait_phase(&ca, &module, "leased").await;
+    a.link.stop_renewing().await;
+    wait_phase(&ca, &module, "standby").await;
+    // Revocation.
+    let b = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
+    wait_phase(&ca, &module, "leased").await;
+    b.link.revoke("test", "operator");
+    wait_phase(&ca, &module, "standby").await;
+    // Connection loss: a Core process holding the lease is killed.
+    let dir = anima_tests::write_identity(&ca, CORE);
+    let mut core = anima_tests::Child::spawn(
+        &bin_path("anima-fixture-core"),
+        &[
+            dir.path().to_str().unwrap(),
+            &module.addr.to_string(),
+            MODULE,
+            "30000",
+        ],
+    );
+    core.line("LEASED").await;
+    wait_phase(&ca, &module, "leased").await;
+    core.kill9().await;
+    wait_phase(&ca, &module, "standby").await;
+}
+
+#[tokio::test]
+async fn z2_without_a_valid_lease_no_handler_runs() {
+    let ca = TestCa::new();
+    for body in [contract(TYPE_I), contract(TYPE_II)] {
+        let module = ModuleProcess::start(&ca, MODULE, &body, Some(CORE), &[]).await;
+        let conn = dial(&ca, CORE, &module).await;
+        let client = EchoClient::new(conn.channel());
+        let status = client
+            .clone()
+            .say(SayRequest { text: "x".into() })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(reason(&status), Some(Reason::NoLease | Reason::Standby)),
+            "{status:?}"
+        );
+        let status = client
+            .clone()
+            .slow(SlowRequest { millis: 1 })
+            .await
+            .unwrap_err();
+        assert!(reason(&status).is_some());
+        let core = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
+        assert_eq!(
+            count(&core).await,
+            CountReply {
+                calls: 0,
+                completed: 0
+            }
+        );
+    }
+}
+
+#[tokio::test]
+async fn z3_zero_lease_kills_type1_but_only_freezes_type2_and_type3() {
+    let ca = TestCa::new();
+    let mut one = ModuleProcess::start(&ca, MODULE, &contract(TYPE_I), Some(CORE), &[]).await;
+    let two = ModuleProcess::start(&ca, MODULE, &contract(TYPE_II), Some(CORE), &[]).await;
+    let three = ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[]).await;
+    for m in [&one, &two, &three] {
+        let l = lease(&ca, CORE, m, Duration::from_secs(10)).await;
+        say(&l).await.unwrap();
+        l.link.revoke("zero-lease", "operator");
+    }
+    let exit = one
+        .exit_status(PATIENCE)
+        .await
+        .expect("Type I exits by itself");
+    assert!(exit.success());
+    let pid_two = two.pid();
+    assert_eq!(wait_phase(&ca, &two, "standby").await.pid, pid_two);
+    wait_phase(&ca, &three, "standby").await;
+}
+
+// ---------------------------------------------------------------- E: Type I
+
+#[tokio::test]
+async fn e1_type1_with_no_core_exits_after_its_startup_grace() {
+    let ca = TestCa::new();
+    let body = contract("startup_grace = \"300ms\"\ntermination_window = \"1s\"");
+    let mut module = ModuleProcess::start(&ca, MODULE, &body, Some(CORE), &[]).await;
+    let started = tokio::time::Instant::now();
+    let exit = module.exit_status(PATIENCE).await.expect("exits by itself");
+    assert_eq!(exit.code(), Some(3), "exit status says nobody came");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn e2_type1_accepts_only_its_launching_core() {
+    let ca = TestCa::new();
+    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_I), Some(CORE), &[]).await;
+    let refused = try_lease(
+        &ca,
+        OTHER_CORE,
+        &module,
+        Duration::from_secs(5),
+        &[SAY],
+        LeaseTable::new(),
+    )
+    .await;
+    assert_eq!(refused_with(refused), Reason::WrongCore);
+    let ok = lease(&ca, CORE, &module, Duration::from_secs(5)).await;
+    say(&ok).await.unwrap();
+}
+
+#[tokio::test]
+async fn e3_expired_grace_lets_only_the_same_core_lease_again() {
+    let ca = TestCa::new();
+    let body = contract("expired_grace = \"3s\"\ntermination_window = \"1s\"");
+    let module = ModuleProcess::start(&ca, MODULE, &body, Some(CORE), &[]).await;
+    let first = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
+    first.link.revoke("transient", "operator");
+    wait_phase(&ca, &module, "expired-grace").await;
+    let other = try_lease(
+        &ca,
+        OTHER_CORE,
+        &module,
+        Duration::from_secs(5),
+        &[SAY],
+        LeaseTable::new(),
+    )
+    .await;
+    assert_eq!(refused_with(other), Reason::WrongCore);
+    let again = lease(&ca, CORE, &module, Duration::from_secs(5)).await;
+    say(&again).await.unwrap();
+    wait_phase(&ca, &module, "leased").await;
+}
+
+#[tokio::test]
+async fn e4_e5_type1_cleans_up_and_exits_by_itself_after_zero_lease() {
+    let ca = TestCa::new();
+    let mut module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_I), Some(CORE), &[]).await;
+    let core = lease(&ca, CORE, &module, Duration::from_millis(300)).await;
+    say(&core).await.unwrap();
+    core.link.stop_renewing().await;
+    // No kill: the process ends on its own after its termination window.
+    let exit = module
+        .exit_status(PATIENCE)
+        .await
+        .expect("the module exits by itself");
+    assert!(exit.success(), "{exit:?}");
+    assert!(module.cleaned_up(), "the cleanup hook ran");
+}
+
+#[tokio::test]
+async fn e6_type1_mid_execution_expiry_halts_without_side_effects() {
+    let ca = TestCa::new();
+    let body = contract("expired_grace = \"5s\"");
+    let module = ModuleProcess::start(&ca, MODULE, &body, Some(CORE), &[]).await;
+    let core = lease(&ca, CORE, &module, Duration::from_millis(300)).await;
+    core.link.stop_renewing().await;
+    let status = EchoClient::new(core.link.channel())
+        .slow(SlowRequest { millis: 1_500 })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::LeaseExpired));
+    // Within the expired grace the same Core leases again and looks: the
+    // handler started and never completed, even after its sleep would end.
+    let again = lease(&ca, CORE, &module, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        count(&again).await,
+        CountReply {
+            calls: 1,
+            completed: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn e7_type1_is_the_default_type() {
+    let ca = TestCa::new();
+    let module = ModuleProcess::start(&ca, MODULE, &contract(""), Some(CORE), &[]).await;
+    let s = status(&ca, &module).await;
+    assert_eq!(s.module_type, "ephemeral");
+    assert_eq!(s.phase, "awaiting-lease");
+}
+
+// ---------------------------------------------------------------- R: Type II
+
+#[tokio::test]
+async fn r1_type2_is_declared_with_its_init_mode() {
+    let ca = TestCa::new();
+    let stderr = fails_to_start(&ca, &contract("type = \"resident-private\"")).await;
+    assert!(stderr.contains("init"), "{stderr}");
+    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_II), Some(CORE), &[]).await;
+    assert_eq!(status(&ca, &module).await.module_type, "resident-private");
+}
+
+#[tokio::test]
+async fn r2_type2_binds_to_one_core() {
+    let ca = TestCa::new();
+    // Not configured: the first Core to lease it owns it.
+    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_II), None, &[]).await;
+    let first = lease(&ca, CORE, &module, Duration::from_secs(5)).await;
+    assert_eq!(status(&ca, &module).await.bound_core, CORE);
+    let other = try_lease(
+        &ca,
+        OTHER_CORE,
+        &module,
+        Duration::from_secs(5),
+        &[SAY],
+        LeaseTable::new(),
+    )
+    .await;
+    assert_eq!(refused_with(other), Reason::WrongCore);
+    // Still bound once its lease is gone.
+    first.link.revoke("done", "operator");
+    wait_phase(&ca, &module, "standby").await;
+    let other = try_lease(
+        &ca,
+        OTHER_CORE,
+        &module,
+        Duration::from_secs(5),
+        &[SAY],
+        LeaseTable::new(),
+    )
+    .await;
+    assert_eq!(refused_with(other), Reason::WrongCore);
+}
+
+#[tokio::test]
+async fn r3_r4_type2_standby_keeps_process_refuses_calls_and_resumes() {
+    let ca = TestCa::new();
+    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_II), Some(CORE), &[]).await;
+    let first = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
+    say(&first).await.unwrap();
+    let pid = status(&ca, &module).await.pid;
+    first.link.revoke("standby please", "operator");
+    let s = wait_phase(&ca, &module, "standby").await;
+    assert_eq!(s.pid, pid, "same process");
+    assert_eq!(s.pid, module.pid());
+    // Every capability call is refused with STANDBY, with no side effect.
+    let conn = dial(&ca, CORE, &module).await;
+    for _ in 0..3 {
+        let status = EchoClient::new(conn.channel())
+            .say(SayRequest { text: "x".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&status), Some(Reason::Standby));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+    // A new lease from the same Core resumes service on the same process,
+    // and the refused calls left no trace.
+    let again = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
+    assert_eq!(count(&again).await.calls, 1);
+    say(&again).await.unwrap();
+    assert_eq!(status(&ca, &module).await.pid, pid);
+}
+
+#[tokio::test]
+async fn r5_type2_ends_only_by_explicit_shutdown() {
+    let ca = TestCa::new();
+    let mut module =
+        ModuleProcess::start(&ca, MODULE, &contract(TYPE_II), Some(CORE), &[OPERATOR]).await;
+    let core = lease(&ca, CORE, &module, Duration::from_millis(300)).await;
+    core.link.stop_renewing().await;
+    wait_phase(&ca, &module, "standby").await;
+    assert!(
+        module
+            .exit_status(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "lease expiry does not end a Type II module"
+    );
+    // Another Core may not shut it down.
+    let other = dial(&ca, OTHER_CORE, &module).await;
+    let status = ModuleAdminClient::new(other.channel())
+        .shutdown(ShutdownRequest {
+            reason: "no".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::WrongCore));
+    // Its own Core may.
+    let own = dial(&ca, CORE, &module).await;
+    ModuleAdminClient::new(own.channel())
+        .shutdown(ShutdownRequest {
+            reason: "maintenance".into(),
+        })
+        .await
+        .unwrap();
+    let exit = module
+        .exit_status(PATIENCE)
+        .await
+        .expect("exits on shutdown");
+    assert!(exit.success());
+}
+
+#[tokio::test]
+async fn r6_type2_mid_execution_expiry_halts_with_lease_expired() {
+    let ca = TestCa::new();
+    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_II), Some(CORE), &[]).await;
+    let core = lease(&ca, CORE, &module, Duration::from_millis(300)).await;
+    core.link.stop_renewing().await;
+    let status = EchoClient::new(core.link.channel())
+        .slow(SlowRequest { millis: 1_500 })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::LeaseExpired));
+    let again = lease(&ca, CORE, &module, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        count(&again).await,
+        CountReply {
+            calls: 1,
+            completed: 0
+        }
+    );
+}
+
+// ---------------------------------------------------------------- S: Type III
+
+#[tokio::test]
+async fn s1_s2_type3_is_declared_and_runs_without_any_core() {
+    let ca = TestCa::new();
+    let body = contract("type = \"resident-shared\"\nstartup_grace = \"200ms\"");
+    let mut module = ModuleProcess::start(&ca, MODULE, &body, None, &[]).await;
+    let s = status(&ca, &module).await;
+    assert_eq!(s.module_type, "resident-shared");
+    assert!(
+        module
+            .exit_status(Duration::from_millis(600))
+            .await
+            .is_none(),
+        "no startup grace applies to infrastructure-started modules"
+    );
+    assert_eq!(status(&ca, &module).await.phase, "awaiting-lease");
+}
+
+#[tokio::test]
+async fn s3_s5_s8_type3_serves_cores_concurrently_and_one_expiry_touches_only_that_core() {
+    let ca = TestCa::new();
+    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[]).await;
+    let a = lease(&ca, CORE, &module, Duration::from_millis(400)).await;
+    let b = lease(&ca, OTHER_CORE, &module, Duration::from_millis(400)).await;
+    // Both call at once.
+    let (ra, rb) = tokio::join!(say(&a), say(&b));
+    assert_eq!(ra.unwrap().caller, CORE);
+    assert_eq!(rb.unwrap().caller, OTHER_CORE);
+    // A stops renewing; B keeps calling through A's expiry without a refusal.
+    a.link.stop_renewing().await;
+    let mut b_calls = 0;
+    while !matches!(a.link.state(), LeaseState::Expired | LeaseState::Ended(_)) || b_calls < 50 {
+        let reply = say(&b).await.unwrap_or_else(|s| panic!("B refused: {s:?}"));
+        b_calls += 1;
+        // S8: B's results do not depend on A: its own count, its own identity.
+        assert_eq!(reply.tenant_count, b_calls + 1);
+        assert_eq!(reply.caller, OTHER_CORE);
+    }
+    let status = say(&a).await.unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::LeaseExpired));
+    assert_eq!(b.link.state(), LeaseState::Active);
+}
+
+#[tokio::test]
+async fn s4_s9_type3_state_is_per_lease_and_deleted_when_the_lease_ends() {
+    let ca = TestCa::new();
+    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[]).await;
+    let a = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
+    let b = lease(&ca, OTHER_CORE, &module, Duration::from_secs(10)).await;
+    for n in 1..=3 {
+        assert_eq!(say(&a).await.unwrap().tenant_count, n);
+    }
+    assert_eq!(
+        say(&b).await.unwrap().tenant_count,
+        1,
+        "B never sees A's state"
+    );
+    a.link.revoke("done", "operator");
+    let a2 = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
+    assert_eq!(
+        say(&a2).await.unwrap().tenant_count,
+        1,
+        "A's old state is gone"
+    );
+    assert_eq!(
+        say(&b).await.unwrap().tenant_count,
+        2,
+        "B's state is untouched"
+    );
+}
+
+#[tokio::test]
+async fn s6_type3_enters_standby_when_all_leases_are_gone() {
+    let ca = TestCa::new();
+    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[]).await;
+    let a = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
+    let b = lease(&ca, OTHER_CORE, &module, Duration::from_secs(10)).await;
+    a.link.revoke("done", "operator");
+    assert_eq!(wait_phase(&ca, &module, "leased").await.active_leases, 1);
+    b.link.revoke("done", "operator");
+    let s = wait_phase(&ca, &module, "standby").await;
+    assert_eq!(s.active_leases, 0);
+    let conn = dial(&ca, CORE, &module).await;
+    let status = EchoClient::new(conn.channel())
+        .say(SayRequest { text: "x".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::Standby));
+}
+
+#[tokio::test]
+async fn s7_type3_is_terminated_only_by_an_administrator() {
+    let ca = TestCa::new();
+    let mut module =
+        ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[OPERATOR]).await;
+    let a = lease(&ca, CORE, &module, Duration::from_millis(300)).await;
+    a.link.stop_renewing().await;
+    wait_phase(&ca, &module, "standby").await;
+    // Not even a Core that leased it may stop a shared module.
+    let core = dial(&ca, CORE, &module).await;
+    let status = ModuleAdminClient::new(core.channel())
+        .shutdown(ShutdownRequest {
+            reason: "mine".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::WrongCore));
+    assert!(
+        module
+            .exit_status(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    let ops = dial(&ca, OPERATOR, &module).await;
+    ModuleAdminClient::new(ops.channel())
+        .shutdown(ShutdownRequest {
+            reason: "maintenance".into(),
+        })
+        .await
+        .unwrap();
+    assert!(module.exit_status(PATIENCE).await.expect("exits").success());
+}
+
+#[tokio::test]
+async fn s10_core_blacklists_a_compromised_module_and_says_why() {
+    let ca = TestCa::new();
+    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[]).await;
+    let table = LeaseTable::new();
+    let first = try_lease(
+        &ca,
+        CORE,
+        &module,
+        Duration::from_secs(5),
+        &[SAY],
+        table.clone(),
+    )
+    .await
+    .unwrap();
+    say(&first).await.unwrap();
+    table.blacklist(module.urn.clone(), "state of one Core leaked into another");
+    let refused = try_lease(
+        &ca,
+        CORE,
+        &module,
+        Duration::from_secs(5),
+        &[SAY],
+        table.clone(),
+    )
+    .await;
+    match refused {
+        Err(CoreLeaseError::Blacklisted { module: m, why }) => {
+            assert_eq!(m.as_str(), MODULE);
+            assert!(why.contains("leaked"), "{why}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a blacklisted module was leased"),
+    }
+    let _ = (&first.table, &first.audit);
+}

@@ -1,0 +1,397 @@
+//! `anima serve` and the operator CLI, as an operator uses them: the real
+//! `anima` binary, the real sample module binaries, real signals.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anima_tests::{Child, PATIENCE, bin_path};
+use serde_json::Value;
+
+/// A Core process started with `anima serve` in its own directory.
+struct CoreProcess {
+    child: Child,
+    admin: String,
+    dir: tempfile::TempDir,
+}
+
+impl CoreProcess {
+    /// Starts `anima serve` in a fresh directory; `config` (TOML) is written
+    /// there as anima.toml when given, else the embedded default runs.
+    async fn start(config: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Dev certificates, as `anima certs init` makes them.
+        anima_certs::init_dir(
+            &dir.path().join("certs/dev"),
+            &anima_certs::InitOptions::default(),
+        )
+        .unwrap();
+        let mut args = vec![
+            "serve".to_owned(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        if let Some(text) = config {
+            std::fs::write(dir.path().join("anima.toml"), text).unwrap();
+            args.push("--config".into());
+            args.push(dir.path().join("anima.toml").to_string_lossy().into_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = Child::spawn_in(&bin_path("anima"), &args, dir.path());
+        let admin = child.line("ANIMA-CORE READY").await;
+        CoreProcess { child, admin, dir }
+    }
+
+    /// Runs an operator command against this Core; returns (exit code, stdout).
+    async fn cli(&self, args: &[&str]) -> (i32, String) {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--admin", &self.admin]);
+        let out = tokio::process::Command::new(bin_path("anima"))
+            .args(&full)
+            .current_dir(self.dir.path())
+            .output();
+        let out = tokio::time::timeout(PATIENCE, out).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            eprintln!("anima {args:?} failed: {stderr}");
+        }
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    async fn json(&self, what: &str) -> Vec<Value> {
+        let (code, out) = self.cli(&[what, "--json"]).await;
+        assert_eq!(code, 0, "anima {what} --json");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    async fn module(&self, name: &str) -> Value {
+        let urn = format!("urn:anima:module:{name}");
+        self.json("modules")
+            .await
+            .into_iter()
+            .find(|m| m["urn"] == urn.as_str())
+            .unwrap_or_else(|| panic!("{urn} is not listed"))
+    }
+
+    /// Polls until `name`'s row satisfies `ok`.
+    async fn wait_module(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+        loop {
+            let m = self.module(name).await;
+            if ok(&m) {
+                return m;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name}: waited for {what}; last {m}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn lease_of(&self, name: &str) -> Value {
+        let urn = format!("urn:anima:module:{name}");
+        self.json("leases")
+            .await
+            .into_iter()
+            .find(|l| l["module"] == urn.as_str() && l["state"] == "active")
+            .unwrap_or_else(|| panic!("no active lease for {urn}"))
+    }
+}
+
+fn pid_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+fn sample(name: &str) -> String {
+    bin_path(&format!("anima-{name}"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The three samples with short leases and the restart policy under test.
+fn config(ttl: &str, hasher_restart: &str) -> String {
+    format!(
+        r#"
+[core]
+urn = "urn:anima:core:dev"
+cert = "certs/dev/core-dev.pem"
+key = "certs/dev/core-dev.key"
+ca = "certs/dev/ca.pem"
+audit_log = "audit.jsonl"
+
+[admin]
+listen = "127.0.0.1:0"
+operators = ["urn:anima:user:dev"]
+
+[leases]
+ttl = "{ttl}"
+
+[[module]]
+urn = "urn:anima:module:hasher"
+type = "ephemeral"
+command = "{hasher}"
+cert = "certs/dev/module-hasher.pem"
+key = "certs/dev/module-hasher.key"
+[module.restart]
+policy = "{hasher_restart}"
+backoff = "50ms"
+
+[[module]]
+urn = "urn:anima:module:kvstore"
+type = "resident-private"
+command = "{kvstore}"
+cert = "certs/dev/module-kvstore.pem"
+key = "certs/dev/module-kvstore.key"
+
+[[module]]
+urn = "urn:anima:module:tally"
+type = "resident-shared"
+command = "{tally}"
+cert = "certs/dev/module-tally.pem"
+key = "certs/dev/module-tally.key"
+requires = ["urn:anima:module:kvstore"]
+"#,
+        hasher = sample("hasher"),
+        kvstore = sample("kvstore"),
+        tally = sample("tally"),
+    )
+}
+
+#[tokio::test]
+async fn serve_embedded_default_hosts_and_leases_the_three_samples() {
+    let core = CoreProcess::start(None).await;
+    for name in ["hasher", "kvstore", "tally"] {
+        let m = core
+            .wait_module(name, "leased", |m| m["state"] == "leased")
+            .await;
+        assert!(m["pid"].as_u64().is_some(), "{m}");
+    }
+    let leases = core.json("leases").await;
+    assert!(leases.iter().filter(|l| l["state"] == "active").count() >= 3);
+    // A human table too.
+    let (code, table) = core.cli(&["modules"]).await;
+    assert_eq!(code, 0);
+    assert!(table.starts_with("MODULE"), "{table}");
+    assert!(table.contains("urn:anima:module:kvstore") && table.contains("leased"));
+}
+
+#[tokio::test]
+async fn serve_renewal_counts_rise() {
+    let core = CoreProcess::start(Some(&config("600ms", "always"))).await;
+    core.wait_module("tally", "leased", |m| m["state"] == "leased")
+        .await;
+    let first = core.lease_of("tally").await["renewals"].as_u64().unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let now = core.lease_of("tally").await["renewals"].as_u64().unwrap();
+        if now >= first + 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "renewals stuck at {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The audit log has the renewals.
+    let audit = std::fs::read_to_string(core.dir.path().join("audit.jsonl")).unwrap();
+    assert!(audit.lines().any(|l| l.contains("\"renewed\"")));
+}
+
+#[tokio::test]
+async fn serve_revoking_the_type1_lease_ends_that_process_and_starts_a_new_one() {
+    let core = CoreProcess::start(Some(&config("30s", "always"))).await;
+    let before = core
+        .wait_module("hasher", "leased", |m| m["state"] == "leased")
+        .await;
+    let pid = before["pid"].as_u64().unwrap();
+    let lease = core.lease_of("hasher").await["lease_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, out) = core.cli(&["revoke", &lease, "--reason", "test"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains(&lease));
+    // The old process exits by itself (termination window 2 s), and the
+    // policy (always) starts a new one, which gets a new lease.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while pid_alive(pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the Type I process lingers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = core
+        .wait_module("hasher", "a new leased process", |m| {
+            m["state"] == "leased" && m["pid"].as_u64().is_some_and(|p| p != pid)
+        })
+        .await;
+    assert_ne!(after["lease_id"].as_str(), Some(lease.as_str()));
+    assert!(after["restarts"].as_u64().unwrap() >= 1);
+}
+
+#[tokio::test]
+async fn serve_revoking_the_type2_lease_leaves_it_in_standby_and_leases_it_again() {
+    let core = CoreProcess::start(Some(&config("30s", "always"))).await;
+    let before = core
+        .wait_module("kvstore", "leased", |m| m["state"] == "leased")
+        .await;
+    let pid = before["pid"].as_u64().unwrap();
+    let lease = core.lease_of("kvstore").await["lease_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, _) = core.cli(&["revoke", &lease]).await;
+    assert_eq!(code, 0);
+    let after = core
+        .wait_module("kvstore", "leased again", |m| {
+            m["state"] == "leased" && m["lease_id"].as_str().is_some_and(|l| l != lease)
+        })
+        .await;
+    assert_eq!(
+        after["pid"].as_u64(),
+        Some(pid),
+        "same process: standby, not restart"
+    );
+    let revoked: Vec<Value> = core
+        .json("leases")
+        .await
+        .into_iter()
+        .filter(|l| l["lease_id"] == lease.as_str())
+        .collect();
+    assert_eq!(revoked[0]["state"], "ended");
+    assert_eq!(revoked[0]["reason"], "LEASE_REVOKED");
+}
+
+#[tokio::test]
+async fn serve_kill_9_of_the_core_leaves_no_type1_process_behind() {
+    let mut core = CoreProcess::start(Some(&config("30s", "always"))).await;
+    let hasher = core
+        .wait_module("hasher", "leased", |m| m["state"] == "leased")
+        .await;
+    let kvstore = core
+        .wait_module("kvstore", "leased", |m| m["state"] == "leased")
+        .await;
+    let pids = [
+        hasher["pid"].as_u64().unwrap(),
+        kvstore["pid"].as_u64().unwrap(),
+    ];
+    core.child.kill9().await;
+    // Type I: loses its lease, then its termination window (2 s) passes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while pids.iter().any(|p| pid_alive(*p)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "orphans remain: {:?}",
+            pids.iter().filter(|p| pid_alive(**p)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn serve_a_crashing_module_is_restarted_within_its_policy_then_failed() {
+    let crash = format!(
+        r#"
+[core]
+urn = "urn:anima:core:dev"
+cert = "certs/dev/core-dev.pem"
+key = "certs/dev/core-dev.key"
+ca = "certs/dev/ca.pem"
+audit_log = "audit.jsonl"
+
+[admin]
+listen = "127.0.0.1:0"
+operators = ["urn:anima:user:dev"]
+
+[[module]]
+urn = "urn:anima:module:hasher"
+command = "{false_bin}"
+cert = "certs/dev/module-hasher.pem"
+key = "certs/dev/module-hasher.key"
+[module.restart]
+policy = "on-failure"
+max_restarts = 3
+window = "60s"
+backoff = "20ms"
+backoff_max = "100ms"
+"#,
+        false_bin = which("false"),
+    );
+    let core = CoreProcess::start(Some(&crash)).await;
+    let m = core
+        .wait_module("hasher", "failed", |m| m["state"] == "failed")
+        .await;
+    assert_eq!(m["restarts"].as_u64(), Some(3), "{m}");
+    assert!(
+        m["detail"].as_str().unwrap().contains("restarted 3 times"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn serve_sigterm_revokes_stops_modules_and_exits_0() {
+    let mut core = CoreProcess::start(Some(&config("30s", "always"))).await;
+    let mut pids = Vec::new();
+    for name in ["hasher", "kvstore", "tally"] {
+        let m = core
+            .wait_module(name, "leased", |m| m["state"] == "leased")
+            .await;
+        pids.push(m["pid"].as_u64().unwrap());
+    }
+    let pid = core.child.child.id().unwrap();
+    let status = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(PATIENCE * 2, core.child.child.wait())
+        .await
+        .expect("the Core exits")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    for p in pids {
+        assert!(!pid_alive(p), "module {p} was not stopped");
+    }
+    let audit = std::fs::read_to_string(core.dir.path().join("audit.jsonl")).unwrap();
+    assert!(
+        audit.lines().filter(|l| l.contains("\"revoked\"")).count() >= 3,
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn serve_cli_refuses_non_operators_with_a_clear_exit_code() {
+    let core = CoreProcess::start(Some(&config("30s", "always"))).await;
+    // A module's certificate is not an operator.
+    let (code, _) = core
+        .cli(&[
+            "modules",
+            "--cert",
+            "certs/dev/module-hasher.pem",
+            "--key",
+            "certs/dev/module-hasher.key",
+        ])
+        .await;
+    assert_eq!(code, 1);
+    let (code, _) = core.cli(&["revoke", "AAAAAAAAAAAAAAAAAAAAAA"]).await;
+    assert_eq!(code, 1, "unknown lease");
+}
+
+fn which(name: &str) -> String {
+    for dir in ["/usr/bin", "/bin"] {
+        let p = PathBuf::from(dir).join(name);
+        if p.exists() {
+            return p.to_string_lossy().into_owned();
+        }
+    }
+    panic!("{name} not found");
+}
