@@ -182,14 +182,20 @@ impl CertAuthority {
             .subject_alt_names
             .extend(spec.ip_addresses.iter().copied().map(SanType::IpAddress));
 
-        let key = KeyPair::generate_for(&PKCS_ED25519).map_err(mint)?;
+        let algorithm = if spec.ecdsa {
+            &rcgen::PKCS_ECDSA_P256_SHA256
+        } else {
+            &PKCS_ED25519
+        };
+        let key = KeyPair::generate_for(algorithm).map_err(mint)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(mint)?;
+        let key_der = crate::pkcs8::ed25519_v1(&key.serialize_der());
         Ok(IssuedCert {
             urns: spec.urns.clone(),
             cert_der: cert.der().to_vec(),
             cert_pem: cert.pem(),
-            key_der: key.serialize_der(),
-            key_pem: key.serialize_pem(),
+            key_pem: crate::pkcs8::pem("PRIVATE KEY", &key_der),
+            key_der,
             not_before,
             not_after,
         })

@@ -68,6 +68,17 @@ pub fn leaf_cert_file(urn: &Urn) -> String {
     format!("{}-{}.pem", urn.kind(), urn.name())
 }
 
+/// The Core's user-endpoint (ECDSA P-256) certificate file for `urn`:
+/// `<kind>-<name>.endpoint.pem`.
+pub fn endpoint_cert_file(urn: &Urn) -> String {
+    format!("{}-{}.endpoint.pem", urn.kind(), urn.name())
+}
+
+/// The key file beside [`endpoint_cert_file`].
+pub fn endpoint_key_file(urn: &Urn) -> String {
+    format!("{}-{}.endpoint.key", urn.kind(), urn.name())
+}
+
 /// The private key file name for `urn`: `<kind>-<name>.key`.
 pub fn leaf_key_file(urn: &Urn) -> String {
     format!("{}-{}.key", urn.kind(), urn.name())
@@ -96,6 +107,8 @@ pub fn init_dir(dir: &Path, options: &InitOptions) -> Result<Vec<PathBuf>, Certs
     for urn in &urns {
         names.extend([leaf_cert_file(urn), leaf_key_file(urn)]);
     }
+    let core = Urn::new(UrnKind::Core, "dev")?;
+    names.extend([endpoint_cert_file(&core), endpoint_key_file(&core)]);
     refuse_existing(dir, &names, options.force)?;
 
     let ca = CertAuthority::generate(DEV_CA_NAME, validity::days(options.ca_days))?;
@@ -116,6 +129,22 @@ pub fn init_dir(dir: &Path, options: &InitOptions) -> Result<Vec<PathBuf>, Certs
         let leaf = ca.issue(&LeafSpec::new(urn.clone()).valid_for(validity::days(options.days)))?;
         files.extend(leaf_files(&urn, &leaf));
     }
+    // The Core's user endpoint also presents an ECDSA certificate (same
+    // identity) for clients that cannot verify Ed25519.
+    let endpoint = ca.issue(
+        &LeafSpec::new(core.clone())
+            .ecdsa_p256()
+            .valid_for(validity::days(options.days)),
+    )?;
+    let [cert, key] = leaf_files(&core, &endpoint);
+    files.push(NewFile {
+        name: endpoint_cert_file(&core),
+        ..cert
+    });
+    files.push(NewFile {
+        name: endpoint_key_file(&core),
+        ..key
+    });
     write_batch::write_all(dir, &files, options.force)
 }
 
@@ -213,7 +242,7 @@ mod tests {
     use crate::pem_file;
     use crate::test_support::verify_both_roles;
 
-    const EXPECTED: [&str; 12] = [
+    const EXPECTED: [&str; 14] = [
         "ca.pem",
         "ca.key",
         "core-dev.pem",
@@ -226,6 +255,8 @@ mod tests {
         "module-tally.key",
         "user-dev.pem",
         "user-dev.key",
+        "core-dev.endpoint.pem",
+        "core-dev.endpoint.key",
     ];
 
     /// Every file in `dir` and its bytes.

@@ -39,6 +39,7 @@ pub struct LeafSpec {
     pub(crate) dns_names: Vec<String>,
     pub(crate) ip_addresses: Vec<IpAddr>,
     pub(crate) validity: Validity,
+    pub(crate) ecdsa: bool,
 }
 
 impl LeafSpec {
@@ -57,7 +58,17 @@ impl LeafSpec {
             dns_names: vec!["localhost".to_owned()],
             ip_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             validity: Validity::For(DEFAULT_LEAF_VALIDITY),
+            ecdsa: false,
         }
+    }
+
+    /// An ECDSA P-256 key instead of Ed25519. Such a certificate cannot sign
+    /// leases; the Core presents one on its user endpoint, beside its Ed25519
+    /// certificate, for TLS stacks that do not verify Ed25519 (BoringSSL, so
+    /// Python's `grpcio`).
+    pub fn ecdsa_p256(mut self) -> Self {
+        self.ecdsa = true;
+        self
     }
 
     /// Adds another URN SAN (a certificate with two is refused by peers).

@@ -58,6 +58,7 @@ mod error;
 mod inspect;
 mod leaf;
 mod pem_file;
+mod pkcs8;
 mod validity;
 mod write_batch;
 
@@ -66,8 +67,8 @@ mod test_support;
 
 pub use authority::{CA_CERT_FILE, CA_KEY_FILE, CertAuthority, MAX_CA_VALIDITY};
 pub use dev_dir::{
-    DEFAULT_DIR, DEV_CA_NAME, DEV_IDENTITIES, InitOptions, init_dir, issue_into_dir,
-    leaf_cert_file, leaf_key_file,
+    DEFAULT_DIR, DEV_CA_NAME, DEV_IDENTITIES, InitOptions, endpoint_cert_file, endpoint_key_file,
+    init_dir, issue_into_dir, leaf_cert_file, leaf_key_file,
 };
 pub use error::CertsError;
 pub use inspect::{CertReport, inspect};

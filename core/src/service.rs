@@ -22,7 +22,9 @@ use crate::admin::AdminService;
 use crate::audit::AuditLog;
 use crate::config::{Config, start_order};
 use crate::events::Events;
+use crate::gateway::Gateway;
 use crate::lease::LeaseTable;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::supervisor::{CoreContext, supervise};
 
@@ -61,6 +63,46 @@ pub enum ServeError {
     /// The admin server failed.
     #[error("admin server: {0}")]
     Server(#[from] tonic::transport::Error),
+}
+
+/// The Core's endpoint: the admin API, `GET /metrics` (operators), and the
+/// gateway for every other path.
+fn endpoint_routes(
+    admin: CoreAdminServer<AdminService>,
+    gateway: Gateway,
+    metrics: Arc<Metrics>,
+    ctx: Arc<CoreContext>,
+    operators: Vec<anima_protocol::Urn>,
+) -> tonic::service::Routes {
+    use std::convert::Infallible;
+    let metrics_service = tower::service_fn(move |request: http::Request<axum::body::Body>| {
+        let allowed = request
+            .extensions()
+            .get::<anima_protocol::PeerInfo>()
+            .is_some_and(|p| operators.contains(p.urn()));
+        let response = if allowed {
+            http::Response::builder()
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(axum::body::Body::from(metrics.render(&ctx)))
+        } else {
+            http::Response::builder()
+                .status(http::StatusCode::FORBIDDEN)
+                .body(axum::body::Body::from(
+                    "metrics are for the Core's operators\n",
+                ))
+        };
+        let response = response.unwrap_or_else(|_| http::Response::new(axum::body::Body::empty()));
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let gateway_service = tower::service_fn(move |request: http::Request<axum::body::Body>| {
+        let gateway = gateway.clone();
+        async move { Ok::<_, Infallible>(gateway.call(request).await) }
+    });
+    let router = tonic::service::Routes::new(admin)
+        .into_axum_router()
+        .route_service("/metrics", metrics_service)
+        .fallback_service(gateway_service);
+    tonic::service::Routes::from(router)
 }
 
 /// A running Core's shared state, for embedding and tests.
@@ -107,6 +149,18 @@ pub async fn serve(
         events: Events::default(),
         renew_when_left: config.leases.renew_when_left,
         links: Mutex::new(HashMap::new()),
+        routes: Mutex::new(
+            config
+                .modules
+                .iter()
+                .filter_map(|m| Some((m, m.contract.as_ref()?)))
+                .flat_map(|(m, c)| {
+                    c.methods
+                        .iter()
+                        .map(|method| (method.to_owned(), m.urn.clone()))
+                })
+                .collect(),
+        ),
     });
 
     let listener = TcpListener::bind(config.admin.listen)
@@ -120,12 +174,29 @@ pub async fn serve(
         source,
     })?;
     let stop = CancellationToken::new();
-    let admin_tls = ServerTls::new(&identity, &trust, PeerPolicy::AnyIdentity)?;
+    let admin_tls = match &config.core.endpoint_cert {
+        Some((cert, key)) => {
+            let fallback = TlsIdentity::from_pem_files(cert, key)?;
+            ServerTls::with_fallback(&identity, &fallback, &trust, PeerPolicy::AnyIdentity)?
+        }
+        None => ServerTls::new(&identity, &trust, PeerPolicy::AnyIdentity)?,
+    };
     let admin = AdminService::new(ctx.clone(), config.admin.operators.clone());
+    let metrics = Arc::new(Metrics::default());
+    let gateway = Gateway::new(ctx.clone(), config.policies.clone(), metrics.clone());
+    let routes = endpoint_routes(
+        CoreAdminServer::new(admin),
+        gateway,
+        metrics,
+        ctx.clone(),
+        config.admin.operators.clone(),
+    );
     let admin_stop = stop.clone();
     let admin_server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(CoreAdminServer::new(admin))
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(
                 admin_tls.incoming(listener),
                 admin_stop.cancelled_owned(),

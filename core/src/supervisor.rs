@@ -55,6 +55,8 @@ pub struct CoreContext {
     pub renew_when_left: f64,
     /// The open lease of each module, for callers (gateway) and shutdown.
     pub links: std::sync::Mutex<std::collections::HashMap<Urn, LeaseLink>>,
+    /// Which module declares each method (learned from contracts and leases).
+    pub routes: std::sync::Mutex<std::collections::HashMap<String, Urn>>,
 }
 
 impl CoreContext {
@@ -65,6 +67,22 @@ impl CoreContext {
             .unwrap_or_else(|p| p.into_inner())
             .get(module)
             .cloned()
+    }
+
+    /// The module that declares `method`, if any.
+    pub fn route(&self, method: &str) -> Option<Urn> {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(method)
+            .cloned()
+    }
+
+    fn learn_routes(&self, module: &Urn, scope: &Scope) {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        for method in scope.iter() {
+            routes.insert(method.to_owned(), module.clone());
+        }
     }
 
     fn set_link(&self, module: &Urn, link: Option<LeaseLink>) {
@@ -356,6 +374,7 @@ async fn run_once(
             &link.id().to_string(),
             format!("ttl {:?}", link.ttl()),
         );
+        ctx.learn_routes(urn, &link.scope());
         ctx.set_link(urn, Some(link.clone()));
 
         let exited = async {

@@ -17,7 +17,7 @@ use anima_protocol::{Urn, UrnKind};
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// The files `anima certs init` writes, in the order it prints them.
-const INIT_FILES: [&str; 12] = [
+const INIT_FILES: [&str; 14] = [
     "ca.pem",
     "ca.key",
     "core-dev.pem",
@@ -30,6 +30,8 @@ const INIT_FILES: [&str; 12] = [
     "module-tally.key",
     "user-dev.pem",
     "user-dev.key",
+    "core-dev.endpoint.pem",
+    "core-dev.endpoint.key",
 ];
 
 /// What one run of the binary did.

@@ -95,6 +95,14 @@ where
                 return Box::pin(async move { Ok(response) });
             }
         };
+        if let Some(trace) = request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+        {
+            let trace_id = trace.split('-').nth(1).unwrap_or("");
+            tracing::info!(target: "anima::call", trace_id, lease_id = %slot.id, core = %slot.consumer, method = %path, "call admitted");
+        }
         request
             .extensions_mut()
             .insert(LeaseContext::new(slot.clone()));

@@ -82,6 +82,14 @@ reasons! {
     NotOperator = "NOT_OPERATOR" => PermissionDenied,
     /// No such module or lease.
     NotFound = "NOT_FOUND" => NotFound,
+    /// The gateway's policy does not let this user call this method.
+    PolicyDenied = "POLICY_DENIED" => PermissionDenied,
+    /// The module is in standby (no lease held by the Core right now).
+    ModuleStandby = "MODULE_STANDBY" => Unavailable,
+    /// The module failed (past its restart limit).
+    ModuleFailed = "MODULE_FAILED" => Unavailable,
+    /// The module is starting, restarting, stopped or unreachable.
+    ModuleUnavailable = "MODULE_UNAVAILABLE" => Unavailable,
 }
 
 impl fmt::Display for Reason {

@@ -70,9 +70,30 @@ impl ServerTls {
         trust: &TrustRoot,
         policy: PeerPolicy,
     ) -> Result<Self, TransportError> {
+        Self::build(identity, None, trust, policy)
+    }
+
+    /// Like [`ServerTls::new`], also presenting `fallback` (the same identity
+    /// with another key type, e.g. ECDSA P-256) to clients that do not offer
+    /// Ed25519 signatures, such as BoringSSL-based gRPC stacks.
+    pub fn with_fallback(
+        identity: &TlsIdentity,
+        fallback: &TlsIdentity,
+        trust: &TrustRoot,
+        policy: PeerPolicy,
+    ) -> Result<Self, TransportError> {
+        Self::build(identity, Some(fallback), trust, policy)
+    }
+
+    fn build(
+        identity: &TlsIdentity,
+        fallback: Option<&TlsIdentity>,
+        trust: &TrustRoot,
+        policy: PeerPolicy,
+    ) -> Result<Self, TransportError> {
         let (refusals, _) = broadcast::channel(64);
         Ok(ServerTls {
-            config: server_config(identity, trust, policy)?,
+            config: server_config(identity, fallback, trust, policy)?,
             local_fingerprint: identity.fingerprint(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,

@@ -15,7 +15,11 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{NoServerSessionStorage, ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ParsedCertificate, ResolvesServerCert,
+    WebPkiClientVerifier,
+};
+use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
     RootCertStore, ServerConfig, SignatureScheme,
@@ -334,10 +338,44 @@ impl ServerCertVerifier for IdentityServerVerifier {
     }
 }
 
+/// Presents the primary (Ed25519) certificate to clients that can verify
+/// Ed25519, and the fallback (same identity, another key type) to the rest.
+#[derive(Debug)]
+struct BySignatureScheme {
+    primary: Arc<CertifiedKey>,
+    fallback: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for BySignatureScheme {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if hello
+            .signature_schemes()
+            .contains(&SignatureScheme::ED25519)
+        {
+            Some(self.primary.clone())
+        } else {
+            Some(self.fallback.clone())
+        }
+    }
+}
+
+fn certified(
+    provider: &CryptoProvider,
+    identity: &TlsIdentity,
+) -> Result<Arc<CertifiedKey>, TransportError> {
+    let key = provider
+        .key_provider
+        .load_private_key(identity.key.clone_key())
+        .map_err(TransportError::Config)?;
+    Ok(Arc::new(CertifiedKey::new(identity.chain.clone(), key)))
+}
+
 /// Builds the server configuration: client certificates required, verified
-/// against `trust`, identities filtered by `policy`.
+/// against `trust`, identities filtered by `policy`. With a `fallback`
+/// identity, clients that do not offer Ed25519 get that certificate instead.
 pub(crate) fn server_config(
     identity: &TlsIdentity,
+    fallback: Option<&TlsIdentity>,
     trust: &TrustRoot,
     policy: PeerPolicy,
 ) -> Result<Arc<ServerConfig>, TransportError> {
@@ -346,12 +384,27 @@ pub(crate) fn server_config(
         .build()
         .map_err(|e| TransportError::Verifier(e.to_string()))?;
     let verifier = Arc::new(IdentityClientVerifier { inner, policy });
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TransportError::Config)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(TransportError::Config)?;
+        .with_client_cert_verifier(verifier);
+    let mut config = match fallback {
+        None => builder
+            .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+            .map_err(TransportError::Config)?,
+        Some(fallback) => {
+            if fallback.urn() != identity.urn() {
+                return Err(TransportError::UnexpectedPeer {
+                    got: fallback.urn().clone(),
+                    wanted: identity.urn().to_string(),
+                });
+            }
+            builder.with_cert_resolver(Arc::new(BySignatureScheme {
+                primary: certified(&provider, identity)?,
+                fallback: certified(&provider, fallback)?,
+            }))
+        }
+    };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;

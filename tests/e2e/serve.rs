@@ -8,16 +8,16 @@ use anima_tests::{Child, PATIENCE, bin_path};
 use serde_json::Value;
 
 /// A Core process started with `anima serve` in its own directory.
-struct CoreProcess {
-    child: Child,
-    admin: String,
-    dir: tempfile::TempDir,
+pub(crate) struct CoreProcess {
+    pub(crate) child: Child,
+    pub(crate) admin: String,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl CoreProcess {
     /// Starts `anima serve` in a fresh directory; `config` (TOML) is written
     /// there as anima.toml when given, else the embedded default runs.
-    async fn start(config: Option<&str>) -> Self {
+    pub(crate) async fn start(config: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // Dev certificates, as `anima certs init` makes them.
         anima_certs::init_dir(
@@ -42,7 +42,7 @@ impl CoreProcess {
     }
 
     /// Runs an operator command against this Core; returns (exit code, stdout).
-    async fn cli(&self, args: &[&str]) -> (i32, String) {
+    pub(crate) async fn cli(&self, args: &[&str]) -> (i32, String) {
         let mut full: Vec<&str> = args.to_vec();
         full.extend(["--admin", &self.admin]);
         let out = tokio::process::Command::new(bin_path("anima"))
@@ -76,7 +76,12 @@ impl CoreProcess {
     }
 
     /// Polls until `name`'s row satisfies `ok`.
-    async fn wait_module(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait_module(
+        &self,
+        name: &str,
+        what: &str,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + PATIENCE * 2;
         loop {
             let m = self.module(name).await;
@@ -115,7 +120,7 @@ fn sample(name: &str) -> String {
 }
 
 /// The three samples with short leases and the restart policy under test.
-fn config(ttl: &str, hasher_restart: &str) -> String {
+pub(crate) fn config(ttl: &str, hasher_restart: &str) -> String {
     format!(
         r#"
 [core]
@@ -124,6 +129,8 @@ cert = "certs/dev/core-dev.pem"
 key = "certs/dev/core-dev.key"
 ca = "certs/dev/ca.pem"
 audit_log = "audit.jsonl"
+endpoint_cert = "certs/dev/core-dev.endpoint.pem"
+endpoint_key = "certs/dev/core-dev.endpoint.key"
 
 [admin]
 listen = "127.0.0.1:0"
@@ -156,6 +163,10 @@ command = "{tally}"
 cert = "certs/dev/module-tally.pem"
 key = "certs/dev/module-tally.key"
 requires = ["urn:anima:module:kvstore"]
+
+[[policy]]
+user = "urn:anima:user:dev"
+allow = ["urn:anima:module:hasher", "urn:anima:module:kvstore", "urn:anima:module:tally"]
 "#,
         hasher = sample("hasher"),
         kvstore = sample("kvstore"),

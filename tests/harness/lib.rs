@@ -566,7 +566,7 @@ impl Child {
         Self::spawn_with(bin, args, env, None)
     }
 
-    /// Like [`Child::spawn`], in directory `cwd`.
+    /// Like [`Child::spawn`], in directory `cwd`, stderr into `cwd/stderr.log`.
     pub fn spawn_in(bin: &std::path::Path, args: &[&str], cwd: &std::path::Path) -> Self {
         Self::spawn_with(bin, args, &[], Some(cwd))
     }
@@ -577,6 +577,12 @@ impl Child {
         env: &[(String, String)],
         cwd: Option<&std::path::Path>,
     ) -> Self {
+        let stderr = match cwd {
+            Some(dir) => std::process::Stdio::from(
+                std::fs::File::create(dir.join("stderr.log")).expect("stderr log"),
+            ),
+            None => std::process::Stdio::inherit(),
+        };
         use tokio::io::AsyncBufReadExt;
         let mut command = tokio::process::Command::new(bin);
         if let Some(dir) = cwd {
@@ -586,7 +592,7 @@ impl Child {
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("spawn");

@@ -3,8 +3,13 @@
 //! `cargo xtask serve [ARGS…]` builds every binary in release mode (the Core
 //! and the sample modules it hosts) and runs `anima serve [ARGS…]`.
 //!
+//! `cargo xtask bench [ARGS…]` builds every binary in release mode and runs
+//! the benchmarks, `anima-bench [ARGS…]` (`--quick` for a smoke run; see
+//! BENCHMARKS.md).
+//!
 //! `cargo xtask test` runs every check CI runs, in order, and stops at the
-//! first failure:
+//! first failure (installing Python's `grpcio` first when it is missing — the
+//! gateway tests use it as a client we did not write):
 //!
 //! 1. `cargo fmt --all -- --check`
 //! 2. `cargo clippy --workspace --all-targets --locked -- -D warnings`
@@ -26,6 +31,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("bench") => match bench(&args[1..]) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("serve") => match serve(&args[1..]) {
             Ok(code) => code,
             Err(e) => {
@@ -35,7 +47,8 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask test [TEST-FILTER…] | cargo xtask serve [ANIMA-SERVE-ARGS…]"
+                "usage: cargo xtask test [TEST-FILTER…] | cargo xtask serve [ANIMA-SERVE-ARGS…] \
+                 | cargo xtask bench [--quick] [ANIMA-BENCH-ARGS…]"
             );
             ExitCode::from(2)
         }
@@ -43,6 +56,7 @@ fn main() -> ExitCode {
 }
 
 fn test(filter: &[String]) -> Result<(), String> {
+    ensure_python_grpcio()?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
     cargo(
         &[
@@ -83,6 +97,17 @@ fn test(filter: &[String]) -> Result<(), String> {
 }
 
 fn serve(args: &[String]) -> Result<ExitCode, String> {
+    let mut full = vec!["serve".to_owned()];
+    full.extend_from_slice(args);
+    run_release("anima", &full)
+}
+
+fn bench(args: &[String]) -> Result<ExitCode, String> {
+    run_release("anima-bench", args)
+}
+
+/// Builds every binary in release mode, then runs `target/release/BIN ARGS`.
+fn run_release(bin: &str, args: &[String]) -> Result<ExitCode, String> {
     cargo(
         &["build", "--release", "--workspace", "--bins", "--locked"],
         &[],
@@ -93,18 +118,41 @@ fn serve(args: &[String]) -> Result<ExitCode, String> {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    let anima = target.join("release").join("anima");
-    eprintln!("xtask: {} serve {}", anima.display(), args.join(" "));
-    let status = Command::new(&anima)
-        .arg("serve")
+    let path = target.join("release").join(bin);
+    eprintln!("xtask: {} {}", path.display(), args.join(" "));
+    let status = Command::new(&path)
         .args(args)
         .status()
-        .map_err(|e| format!("cannot run {}: {e}", anima.display()))?;
+        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
     Ok(match status.code() {
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE,
     })
+}
+
+/// The gateway tests drive the Core with Python's `grpcio` (a gRPC stack we
+/// did not write); install it from PyPI when it is missing.
+fn ensure_python_grpcio() -> Result<(), String> {
+    let has = |args: &[&str]| {
+        Command::new("python3")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has(&["-c", "import grpc"]) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Python grpcio for the gateway tests");
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "grpcio"])
+        .status()
+        .map_err(|e| format!("cannot run python3 -m pip: {e}"))?;
+    if status.success() && has(&["-c", "import grpc"]) {
+        Ok(())
+    } else {
+        Err("cannot install Python grpcio (python3 -m pip install grpcio)".into())
+    }
 }
 
 fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {

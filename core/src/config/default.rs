@@ -3,13 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anima_certs::{CA_CERT_FILE, DEFAULT_DIR, leaf_cert_file, leaf_key_file};
+use anima_certs::{
+    CA_CERT_FILE, DEFAULT_DIR, endpoint_cert_file, endpoint_key_file, leaf_cert_file, leaf_key_file,
+};
 use anima_module_sdk::{InitMode, ModuleType};
 use anima_protocol::{Urn, UrnKind};
 
 use super::model::{
-    AdminSection, Config, CoreSection, DEFAULT_LEASE_TTL, LeaseDefaults, ModuleConfig, RestartMode,
-    RestartPolicy, StartMode, default_admin_listen,
+    AdminSection, Config, CoreSection, DEFAULT_LEASE_TTL, LeaseDefaults, ModuleConfig, Policy,
+    PolicyTarget, RestartMode, RestartPolicy, StartMode, default_admin_listen,
 };
 
 /// The development setup: Core `urn:anima:core:dev` with the certificates
@@ -56,6 +58,10 @@ pub fn embedded_default(base: &Path) -> Config {
             cert: certs.join(leaf_cert_file(&core)),
             key: certs.join(leaf_key_file(&core)),
             ca: certs.join(CA_CERT_FILE),
+            endpoint_cert: Some((
+                certs.join(endpoint_cert_file(&core)),
+                certs.join(endpoint_key_file(&core)),
+            )),
             urn: core,
             audit_log: None,
         },
@@ -75,6 +81,14 @@ pub fn embedded_default(base: &Path) -> Config {
             ),
             module("tally", ModuleType::ResidentShared),
         ],
+        // The dev user may call every sample module through the gateway.
+        policies: vec![Policy {
+            user: dev_urn(UrnKind::User, "dev"),
+            allow: ["hasher", "kvstore", "tally"]
+                .into_iter()
+                .map(|m| PolicyTarget::Module(dev_urn(UrnKind::Module, m)))
+                .collect(),
+        }],
         source: None,
     }
 }

@@ -74,8 +74,8 @@ pub use check::start_order;
 pub use default::embedded_default;
 pub use model::{
     AdminSection, Config, CoreSection, DEFAULT_ADMIN_LISTEN, DEFAULT_LEASE_TTL,
-    DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, ModuleConfig, RENEW_WHEN_LEFT_RANGE, RestartMode,
-    RestartPolicy, StartMode,
+    DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, ModuleConfig, Policy, PolicyTarget,
+    RENEW_WHEN_LEFT_RANGE, RestartMode, RestartPolicy, StartMode,
 };
 pub use problem::Problem;
 

@@ -41,8 +41,41 @@ pub struct Config {
     pub leases: LeaseDefaults,
     /// The modules, in the order the file lists them.
     pub modules: Vec<ModuleConfig>,
+    /// Who may call what through the gateway (default: nobody).
+    pub policies: Vec<Policy>,
     /// The file this came from; `None` for the embedded default.
     pub source: Option<PathBuf>,
+}
+
+/// `[[policy]]`: a user and what it may call through the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The application's identity.
+    pub user: Urn,
+    /// Modules (every declared method) or single methods.
+    pub allow: Vec<PolicyTarget>,
+}
+
+/// One thing a policy allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyTarget {
+    /// Every declared method of this module.
+    Module(Urn),
+    /// This method (`/package.Service/Method`).
+    Method(String),
+}
+
+impl Policy {
+    /// Whether `user` may call `method` of `module` under `policies`
+    /// (default deny).
+    pub fn allows(policies: &[Policy], user: &Urn, module: &Urn, method: &str) -> bool {
+        policies.iter().filter(|p| &p.user == user).any(|p| {
+            p.allow.iter().any(|t| match t {
+                PolicyTarget::Module(m) => m == module,
+                PolicyTarget::Method(m) => m == method,
+            })
+        })
+    }
 }
 
 /// `[core]`: who the Core is.
@@ -58,6 +91,9 @@ pub struct CoreSection {
     pub ca: PathBuf,
     /// The audit log; `None` means the default place in the state directory.
     pub audit_log: Option<PathBuf>,
+    /// A second certificate and key for the user endpoint (same URN, e.g.
+    /// ECDSA P-256), presented to clients that cannot verify Ed25519.
+    pub endpoint_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[admin]`: the admin and user endpoint (mTLS).

@@ -21,8 +21,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::check::{self, Node};
 use super::model::{
-    AdminSection, Config, CoreSection, DEFAULT_ADMIN_LISTEN, LeaseDefaults, ModuleConfig,
-    RestartMode, RestartPolicy, StartMode, default_admin_listen,
+    AdminSection, Config, CoreSection, DEFAULT_ADMIN_LISTEN, LeaseDefaults, ModuleConfig, Policy,
+    PolicyTarget, RestartMode, RestartPolicy, StartMode, default_admin_listen,
 };
 use super::problem::{Problem, Report, join};
 
@@ -42,8 +42,17 @@ enum Need {
     Optional,
 }
 
-const TOP_KEYS: &[&str] = &["core", "admin", "leases", "module"];
-const CORE_KEYS: &[&str] = &["urn", "cert", "key", "ca", "audit_log"];
+const TOP_KEYS: &[&str] = &["core", "admin", "leases", "module", "policy"];
+const POLICY_KEYS: &[&str] = &["user", "allow"];
+const CORE_KEYS: &[&str] = &[
+    "urn",
+    "cert",
+    "key",
+    "ca",
+    "audit_log",
+    "endpoint_cert",
+    "endpoint_key",
+];
 const ADMIN_KEYS: &[&str] = &["listen", "operators"];
 const LEASES_KEYS: &[&str] = &["ttl", "renew_when_left"];
 const MODULE_KEYS: &[&str] = &[
@@ -97,6 +106,7 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<Config, Vec<Problem>> {
         Err(Bad) => None,
     };
     let entries = reader.modules(root, &leases.clone().unwrap_or_default());
+    let policies = reader.policies(root);
 
     let mut report = reader.report;
     if let Some(core) = &core {
@@ -133,6 +143,7 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<Config, Vec<Problem>> {
             admin,
             leases,
             modules,
+            policies,
             source: Some(origin.to_path_buf()),
         }),
         // Every `None` above was reported; this is a reader bug, not the file's.
@@ -191,12 +202,26 @@ impl Reader<'_> {
         let key = required(self.path(t, p, "key", Need::Required));
         let ca = required(self.path(t, p, "ca", Need::Required));
         let audit_log = self.path(t, p, "audit_log", Need::Optional);
+        let endpoint_cert = self.path(t, p, "endpoint_cert", Need::Optional);
+        let endpoint_key = self.path(t, p, "endpoint_key", Need::Optional);
+        let endpoint = match (endpoint_cert.ok()?, endpoint_key.ok()?) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                self.report.problem(
+                    &join(p, "endpoint_cert"),
+                    "endpoint_cert and endpoint_key go together",
+                );
+                return None;
+            }
+        };
         Some(CoreSection {
             urn: urn.ok()?,
             cert: cert.ok()?,
             key: key.ok()?,
             ca: ca.ok()?,
             audit_log: audit_log.ok().flatten(),
+            endpoint_cert: endpoint,
         })
     }
 
@@ -234,6 +259,58 @@ impl Reader<'_> {
             ttl: ttl.ok()?.unwrap_or(defaults.ttl),
             renew_when_left: renew.ok()?.unwrap_or(defaults.renew_when_left),
         })
+    }
+
+    /// Every `[[policy]]` entry: which user may call which modules/methods.
+    fn policies(&mut self, root: &DeTable<'_>) -> Vec<Policy> {
+        let Ok(Some(value)) = self.value(root, "", "policy", Need::Optional) else {
+            return Vec::new();
+        };
+        let DeValue::Array(items) = value.get_ref() else {
+            self.report.problem(
+                "policy",
+                "policies are an array of tables: write [[policy]]",
+            );
+            return Vec::new();
+        };
+        let mut policies = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let p = format!("policy[{index}]");
+            self.mark(&p, item.span());
+            let DeValue::Table(t) = item.get_ref() else {
+                let _ = self.wrong::<()>(&p, "a table", item);
+                continue;
+            };
+            self.known(t, &p, POLICY_KEYS);
+            let user = required(self.urn(t, &p, "user", Need::Required));
+            let allow = self.strings(t, &p, "allow").and_then(every);
+            let mut targets = Vec::new();
+            for text in allow.ok().flatten().unwrap_or_default() {
+                if let Ok(urn) = text.parse::<Urn>()
+                    && urn.kind() == anima_protocol::UrnKind::Module
+                {
+                    targets.push(PolicyTarget::Module(urn));
+                    continue;
+                }
+                if anima_protocol::lease::check_method(&text).is_ok() {
+                    targets.push(PolicyTarget::Method(text));
+                } else {
+                    self.report.problem(
+                        &join(&p, "allow"),
+                        format!(
+                            "{text:?} is neither a module URN nor a /package.Service/Method path"
+                        ),
+                    );
+                }
+            }
+            if let Ok(user) = user {
+                policies.push(Policy {
+                    user,
+                    allow: targets,
+                });
+            }
+        }
+        policies
     }
 
     /// Every `[[module]]` entry, in order.

@@ -1,0 +1,400 @@
+//! Calls: unary latency, throughput, connection setup and the gateway, each
+//! against its baseline in the same run, interleaved.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anima_core::audit::AuditLog;
+use anima_core::lease::{LeaseLink, LeaseTable, LeasedChannel, RenewalPolicy};
+use anima_protocol::PeerPolicy;
+use anima_protocol::lease::Scope;
+use anima_tests::SAY;
+use anima_tests::echo::SayRequest;
+use anima_tests::echo::echo_client::EchoClient;
+use tonic::transport::Channel;
+
+use crate::Opts;
+use crate::procs::{
+    CORE, MODULE, OPERATOR, Proc, Res, Setup, USER, core_process, module_process, plain_process,
+    urn,
+};
+use crate::report::{Figure, Report};
+use crate::stats::{Samples, rss_kib};
+
+/// The request text: 64 bytes.
+const TEXT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Calls `Say` one way or another.
+#[derive(Clone)]
+enum Caller {
+    /// Through a lease (the proof is added per call).
+    Leased(EchoClient<LeasedChannel>),
+    /// Over a plain mTLS channel (to the plain server, or the gateway).
+    Plain(EchoClient<Channel>),
+}
+
+impl Caller {
+    async fn say(&mut self) -> Result<(), tonic::Status> {
+        let request = SayRequest { text: TEXT.into() };
+        match self {
+            Caller::Leased(c) => c.say(request).await.map(drop),
+            Caller::Plain(c) => c.say(request).await.map(drop),
+        }
+    }
+
+    /// `n` sequential calls, each timed into `samples`.
+    async fn timed(&mut self, n: usize, samples: Option<&mut Samples>) -> Res<()> {
+        match samples {
+            Some(s) => {
+                for _ in 0..n {
+                    let t = Instant::now();
+                    self.say().await?;
+                    s.push(t.elapsed());
+                }
+            }
+            None => {
+                for _ in 0..n {
+                    self.say().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sequential calls on `subject` and `baseline` in alternating blocks
+/// (the order flips every round), `n` timed calls each after a warm-up.
+async fn interleaved(
+    subject: &mut Caller,
+    baseline: &mut Caller,
+    n: usize,
+    block: usize,
+    warmup: usize,
+) -> Res<(Samples, Samples)> {
+    subject.timed(warmup, None).await?;
+    baseline.timed(warmup, None).await?;
+    let mut s = Samples::with_capacity(n);
+    let mut b = Samples::with_capacity(n);
+    let mut round = 0usize;
+    while s.len() < n {
+        let k = block.min(n - s.len());
+        if round.is_multiple_of(2) {
+            subject.timed(k, Some(&mut s)).await?;
+            baseline.timed(k, Some(&mut b)).await?;
+        } else {
+            baseline.timed(k, Some(&mut b)).await?;
+            subject.timed(k, Some(&mut s)).await?;
+        }
+        round += 1;
+    }
+    Ok((s, b))
+}
+
+/// Calls completed by `tasks` concurrent callers sharing `caller`'s
+/// connection during `window`; returns (calls, elapsed).
+async fn throughput(caller: &Caller, tasks: usize, window: Duration) -> Res<(u64, Duration)> {
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + window;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let mut c = caller.clone();
+        let done = done.clone();
+        set.spawn(async move {
+            while Instant::now() < deadline {
+                c.say().await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, tonic::Status>(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok((done.load(Ordering::Relaxed), start.elapsed()))
+}
+
+/// Opens a lease on a fresh connection to the module at `proc`.
+async fn open_link(
+    setup: &Setup,
+    proc: &Proc,
+    ttl: Duration,
+    table: &LeaseTable,
+) -> Res<LeaseLink> {
+    let conn = setup
+        .client()
+        .dial_addr(proc.addr, PeerPolicy::exactly(urn(MODULE)?))
+        .await?;
+    Ok(LeaseLink::open(
+        conn,
+        setup.signer.clone(),
+        Scope::new([SAY])?,
+        RenewalPolicy::new(ttl),
+        AuditLog::discard(),
+        table.clone(),
+    )
+    .await?)
+}
+
+/// `unary_p50_us`, `unary_p99_us`, `unary_rps_c16`, `handshake_ms`, and
+/// `via_core_p50_us` (which needs the leased module as its baseline).
+pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
+    let module = module_process(setup, MODULE, "type = \"resident-shared\"", false).await?;
+    let plain = plain_process(setup).await?;
+    let table = LeaseTable::new();
+    let link = open_link(setup, &module, Duration::from_secs(60), &table).await?;
+    let plain_conn = setup
+        .client()
+        .dial_addr(plain.addr, PeerPolicy::exactly(urn(crate::procs::PLAIN)?))
+        .await?;
+    let mut leased = Caller::Leased(EchoClient::new(link.channel()));
+    let mut direct = Caller::Plain(EchoClient::new(plain_conn.channel()));
+
+    if opts.wants("unary") {
+        let n = if opts.quick { 1_000 } else { 20_000 };
+        let warmup = if opts.quick { 200 } else { 2_000 };
+        let (mut s, mut b) = interleaved(&mut leased, &mut direct, n, 500, warmup).await?;
+        for (name, p, target) in [("unary_p50_us", 50.0, true), ("unary_p99_us", 99.0, true)] {
+            let (v, base) = (s.pct(p), b.pct(p));
+            let mut f = Figure::new(name).vs(v, base, 1).i("n", n as u64);
+            if target {
+                f = f.target("ratio<=1.05", v <= 1.05 * base);
+            }
+            report.add(f);
+        }
+    }
+
+    if opts.wants("rps") {
+        let (windows, window) = if opts.quick {
+            (1, Duration::from_millis(500))
+        } else {
+            (6, Duration::from_secs(1))
+        };
+        // Warm both connections up with the same concurrency.
+        throughput(&leased, 16, Duration::from_millis(200)).await?;
+        throughput(&direct, 16, Duration::from_millis(200)).await?;
+        let (mut sc, mut st, mut bc, mut bt) = (0u64, Duration::ZERO, 0u64, Duration::ZERO);
+        for w in 0..windows {
+            let order: [bool; 2] = if w % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for is_subject in order {
+                if is_subject {
+                    let (c, t) = throughput(&leased, 16, window).await?;
+                    sc += c;
+                    st += t;
+                } else {
+                    let (c, t) = throughput(&direct, 16, window).await?;
+                    bc += c;
+                    bt += t;
+                }
+            }
+        }
+        let v = sc as f64 / st.as_secs_f64();
+        let base = bc as f64 / bt.as_secs_f64();
+        report.add(
+            Figure::new("unary_rps_c16")
+                .vs(v, base, 0)
+                .i("callers", 16)
+                .f("seconds", st.as_secs_f64(), 1)
+                .i("calls", sc)
+                .target("ratio>=0.95", v >= 0.95 * base),
+        );
+    }
+
+    if opts.wants("handshake") {
+        let n = if opts.quick { 30 } else { 600 };
+        let client = setup.client();
+        let module_urn = urn(MODULE)?;
+        let plain_urn = urn(crate::procs::PLAIN)?;
+        let hs_table = LeaseTable::new();
+        let mut s = Samples::with_capacity(n);
+        let mut b = Samples::with_capacity(n);
+        for i in 0..n + 5 {
+            for is_subject in [i % 2 == 0, i % 2 != 0] {
+                if is_subject {
+                    let t = Instant::now();
+                    let conn = client
+                        .dial_addr(module.addr, PeerPolicy::exactly(module_urn.clone()))
+                        .await?;
+                    let link = LeaseLink::open(
+                        conn,
+                        setup.signer.clone(),
+                        Scope::new([SAY])?,
+                        RenewalPolicy::new(Duration::from_secs(60)),
+                        AuditLog::discard(),
+                        hs_table.clone(),
+                    )
+                    .await?;
+                    EchoClient::new(link.channel())
+                        .say(SayRequest { text: TEXT.into() })
+                        .await?;
+                    let took = t.elapsed();
+                    // A dropped link keeps its control task: end it first.
+                    link.revoke("benchmark sample done", "core");
+                    if i >= 5 {
+                        s.push(took);
+                    }
+                } else {
+                    let t = Instant::now();
+                    let conn = client
+                        .dial_addr(plain.addr, PeerPolicy::exactly(plain_urn.clone()))
+                        .await?;
+                    EchoClient::new(conn.channel())
+                        .say(SayRequest { text: TEXT.into() })
+                        .await?;
+                    let took = t.elapsed();
+                    if i >= 5 {
+                        b.push(took);
+                    }
+                }
+            }
+        }
+        let (v50, b50) = (s.pct(50.0) / 1e3, b.pct(50.0) / 1e3);
+        let (v99, b99) = (s.pct(99.0) / 1e3, b.pct(99.0) / 1e3);
+        report.add(
+            Figure::new("handshake_ms")
+                .f("p50", v50, 3)
+                .f("p99", v99, 3)
+                .f("baseline_p50", b50, 3)
+                .f("baseline_p99", b99, 3)
+                .f("ratio", v50 / b50, 3)
+                .f("ratio_p99", v99 / b99, 3)
+                .i("n", n as u64),
+        );
+    }
+
+    if opts.wants("via_core") {
+        match via_core(setup, opts, &mut leased).await {
+            Ok(figures) => figures.into_iter().for_each(|f| report.add(f)),
+            Err(e) => report.add(
+                Figure::new("via_core_p50_us")
+                    .s("skipped", "error")
+                    .s("detail", &e.to_string()),
+            ),
+        }
+    }
+
+    link.revoke("benchmark done", "core");
+    drop((module, plain));
+    Ok(())
+}
+
+/// Writes the Core's configuration: identity, admin endpoint on an
+/// ephemeral port, and optionally the echo fixture as a Core-started Type
+/// III module with a gateway policy for [`USER`].
+pub fn core_config(setup: &Setup, name: &str, with_module: bool) -> Res<std::path::PathBuf> {
+    let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let p = |p: &std::path::Path| q(&p.display().to_string());
+    let (cert, key) = setup.files(CORE)?;
+    let dir = setup.dir.path();
+    let mut text = format!(
+        "[core]\nurn = {}\ncert = {}\nkey = {}\nca = {}\naudit_log = {}\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\noperators = [{}]\n",
+        q(CORE),
+        p(&cert),
+        p(&key),
+        p(&setup.ca_file()),
+        p(&dir.join(format!("{name}-audit.jsonl"))),
+        q(OPERATOR),
+    );
+    if with_module {
+        let (mcert, mkey) = setup.files(MODULE)?;
+        let contract = format!(
+            "urn = \"{MODULE}\"\n{}",
+            crate::procs::echo_contract("type = \"resident-shared\"")
+        );
+        text.push_str(&format!(
+            "\n[[module]]\nurn = {}\ntype = \"resident-shared\"\ncommand = {}\ncert = {}\nkey = {}\n\
+             lease_ttl = \"60s\"\n\n[module.env]\nFIXTURE_CONTRACT = {}\nRUST_LOG = {}\n\n\
+             [[policy]]\nuser = {}\nallow = [{}]\n",
+            q(MODULE),
+            p(&setup.bin("anima-fixture-module")?),
+            p(&mcert),
+            p(&mkey),
+            q(&contract),
+            q(&crate::procs::child_log()),
+            q(USER),
+            q(MODULE),
+        ));
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// `via_core_p50_us`: the same call through the Core's gateway, against the
+/// direct leased call.
+async fn via_core(setup: &Setup, opts: &Opts, direct: &mut Caller) -> Res<Vec<Figure>> {
+    let skipped = |why: &str| {
+        vec![
+            Figure::new("via_core_p50_us")
+                .s("skipped", why)
+                .s("detail", "the Core's user gateway answered UNIMPLEMENTED"),
+        ]
+    };
+    let config = core_config(setup, "via-core", true)?;
+    let mut core = core_process(setup, &config).await?;
+    let conn = setup
+        .client_as(USER)
+        .dial_addr(core.addr, PeerPolicy::exactly(urn(CORE)?))
+        .await?;
+    let mut gateway = Caller::Plain(EchoClient::new(conn.channel()));
+    // The Core starts and leases its module after announcing readiness.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match gateway.say().await {
+            Ok(()) => break,
+            // A gateway refuses with an `anima` reason (UNKNOWN_METHOD until
+            // it has leased the module and learned its methods); a Core
+            // without one answers a bare UNIMPLEMENTED.
+            Err(s)
+                if s.code() == tonic::Code::Unimplemented
+                    && anima_protocol::lease::reason_of(&s).is_none() =>
+            {
+                core.stop().await;
+                return Ok(skipped("gateway-missing"));
+            }
+            Err(s) if Instant::now() > deadline => {
+                core.stop().await;
+                return Err(format!("the gateway never answered: {s}").into());
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let n = if opts.quick { 500 } else { 10_000 };
+    let warmup = if opts.quick { 100 } else { 1_000 };
+    let (mut s, mut b) = interleaved(&mut gateway, direct, n, 500, warmup).await?;
+    let core_rss = rss_kib(core.pid).unwrap_or(0);
+    let (v50, b50) = (s.pct(50.0), b.pct(50.0));
+    let (v99, b99) = (s.pct(99.0), b.pct(99.0));
+    core.stop().await;
+    Ok(vec![
+        Figure::new("via_core_p50_us")
+            .vs(v50, b50, 1)
+            .f("p99", v99, 1)
+            .f("baseline_p99", b99, 1)
+            .i("n", n as u64)
+            .f("core_rss_mb", core_rss as f64 * 1024.0 / 1e6, 1)
+            .target("ratio<=1.6", v50 <= 1.6 * b50),
+    ])
+}
+
+/// `core_idle_rss_mb`: `anima serve` with no modules, after settling.
+pub async fn core_idle(setup: &Setup, opts: &Opts) -> Res<Figure> {
+    let config = core_config(setup, "idle", false)?;
+    let mut core = core_process(setup, &config).await?;
+    let settle = Duration::from_secs(if opts.quick { 1 } else { 3 });
+    tokio::time::sleep(settle).await;
+    let rss = rss_kib(core.pid).ok_or("cannot read the Core's RSS")?;
+    core.stop().await;
+    // MB = 10^6 bytes, as the target is written.
+    let mb = rss as f64 * 1024.0 / 1e6;
+    Ok(Figure::new("core_idle_rss_mb")
+        .f("value", mb, 1)
+        .f("settled_s", settle.as_secs_f64(), 0)
+        .target("<=20", mb <= 20.0))
+}

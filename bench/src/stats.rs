@@ -1,0 +1,119 @@
+//! Percentiles from sorted samples, and process CPU time and RSS from `/proc`.
+
+use std::time::{Duration, Instant};
+
+/// Latency samples in microseconds.
+#[derive(Debug, Default, Clone)]
+pub struct Samples {
+    us: Vec<f64>,
+    sorted: bool,
+}
+
+impl Samples {
+    /// Room for `n` samples.
+    pub fn with_capacity(n: usize) -> Self {
+        Samples {
+            us: Vec::with_capacity(n),
+            sorted: false,
+        }
+    }
+
+    /// Adds one duration.
+    pub fn push(&mut self, d: Duration) {
+        self.push_us(d.as_secs_f64() * 1e6);
+    }
+
+    /// Adds one value in microseconds (may be negative for signed offsets).
+    pub fn push_us(&mut self, us: f64) {
+        self.us.push(us);
+        self.sorted = false;
+    }
+
+    /// How many samples.
+    pub fn len(&self) -> usize {
+        self.us.len()
+    }
+
+    /// The `p`-th percentile (nearest rank), in microseconds; 0 when empty.
+    pub fn pct(&mut self, p: f64) -> f64 {
+        if self.us.is_empty() {
+            return 0.0;
+        }
+        if !self.sorted {
+            self.us.sort_by(f64::total_cmp);
+            self.sorted = true;
+        }
+        let n = self.us.len();
+        let rank = ((p / 100.0) * n as f64).ceil() as usize;
+        self.us[rank.clamp(1, n) - 1]
+    }
+
+    /// The largest sample.
+    pub fn max(&mut self) -> f64 {
+        self.pct(100.0)
+    }
+}
+
+/// A process's CPU time (user + system) so far, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let path = if pid == 0 {
+        "/proc/self/stat".to_owned()
+    } else {
+        format!("/proc/{pid}/stat")
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Some(Duration::from_nanos((utime + stime) * 1_000_000_000 / hz))
+}
+
+/// A process's resident set size in KiB (`VmRSS`), `pid` 0 for this one.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let path = if pid == 0 {
+        "/proc/self/status".to_owned()
+    } else {
+        format!("/proc/{pid}/status")
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// CPU use of one process over an interval, as a percentage of one core.
+pub struct CpuMeter {
+    pid: u32,
+    cpu: Option<Duration>,
+    at: Instant,
+}
+
+impl CpuMeter {
+    /// Starts measuring `pid` (0: this process).
+    pub fn start(pid: u32) -> Self {
+        CpuMeter {
+            pid,
+            cpu: cpu_time(pid),
+            at: Instant::now(),
+        }
+    }
+
+    /// CPU time used since [`CpuMeter::start`], and that as % of one core.
+    pub fn read(&self) -> (Duration, f64) {
+        let used = match (self.cpu, cpu_time(self.pid)) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => Duration::ZERO,
+        };
+        let wall = self.at.elapsed().as_secs_f64();
+        let pct = if wall > 0.0 {
+            used.as_secs_f64() / wall * 100.0
+        } else {
+            0.0
+        };
+        (used, pct)
+    }
+}

@@ -1,0 +1,269 @@
+//! Calling capabilities through the Core's gateway: a Python `grpcio` client,
+//! policy, load with metrics, deadlines, and trace ids (O1).
+
+use std::time::Duration;
+
+use anima_protocol::lease::Reason;
+use anima_protocol::{ClientTls, Connection, PeerPolicy, TlsIdentity, TrustRoot, UrnKind};
+use anima_sample_modules::pb::hasher_client::HasherClient;
+use anima_sample_modules::pb::kv_store_client::KvStoreClient;
+use anima_sample_modules::pb::{DigestRequest, GetRequest};
+use anima_tests::{PATIENCE, reason};
+
+use super::serve::{CoreProcess, config};
+
+async fn started() -> CoreProcess {
+    let core = CoreProcess::start(Some(&config("30s", "always"))).await;
+    for name in ["hasher", "kvstore", "tally"] {
+        core.wait_module(name, "leased", |m| m["state"] == "leased")
+            .await;
+    }
+    core
+}
+
+/// Connects to the Core's endpoint as the identity in `certs/dev/<stem>`.
+async fn user(core: &CoreProcess, stem: &str) -> Connection {
+    let dir = core.dir.path().join("certs/dev");
+    let identity = TlsIdentity::from_pem_files(
+        &dir.join(format!("{stem}.pem")),
+        &dir.join(format!("{stem}.key")),
+    )
+    .unwrap();
+    let trust = TrustRoot::from_pem_file(&dir.join("ca.pem")).unwrap();
+    ClientTls::new(identity, trust)
+        .dial(&core.admin, PeerPolicy::kind(UrnKind::Core))
+        .await
+        .unwrap()
+}
+
+fn python(args: &[&str]) -> std::process::Output {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/gateway_client.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'grpc'"),
+        "Python grpcio is missing: `pip install grpcio` (.ci/run installs it)"
+    );
+    out
+}
+
+#[tokio::test]
+async fn o1_python_grpcio_client_calls_every_sample_through_the_core() {
+    let core = started().await;
+    let dir = core.dir.path().join("certs/dev");
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let ok = python(&[
+        "ok",
+        &core.admin,
+        &path("ca.pem"),
+        &path("user-dev.pem"),
+        &path("user-dev.key"),
+    ]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for line in ["hasher ok", "kvstore ok", "tally ok"] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
+    // A user the policy does not name.
+    anima_certs::issue_into_dir(&dir, UrnKind::User, "intruder", 30, false).unwrap();
+    let denied = python(&[
+        "denied",
+        &core.admin,
+        &path("ca.pem"),
+        &path("user-intruder.pem"),
+        &path("user-intruder.key"),
+    ]);
+    assert!(
+        denied.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&denied.stdout),
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    // No certificate: the TLS handshake fails.
+    let nocert = python(&["nocert", &core.admin, &path("ca.pem")]);
+    assert!(
+        nocert.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&nocert.stdout),
+        String::from_utf8_lossy(&nocert.stderr)
+    );
+    let audit = std::fs::read_to_string(core.dir.path().join("audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("call_refused") && l.contains("POLICY_DENIED")),
+        "the refusal is audited"
+    );
+}
+
+#[tokio::test]
+async fn o1_ten_thousand_calls_with_zero_errors_and_matching_metrics() {
+    let core = started().await;
+    let conn = user(&core, "user-dev").await;
+    let client = HasherClient::new(conn.channel());
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut errors = 0u32;
+                for i in 0..625 {
+                    let text = format!("{t}-{i}");
+                    match client.digest(DigestRequest { text }).await {
+                        Ok(r) if r.get_ref().sha256_hex.len() == 64 => {}
+                        _ => errors += 1,
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    let mut errors = 0;
+    for t in tasks {
+        errors += t.await.unwrap();
+    }
+    assert_eq!(errors, 0, "10,000 calls, zero errors");
+    let text = metrics(&conn).await;
+    assert!(
+        text.lines().any(|l| l
+            == "anima_calls_total{method=\"/anima.sample.v1.Hasher/Digest\",code=\"0\"} 10000"),
+        "{text}"
+    );
+    assert!(text.contains(
+        "anima_call_duration_seconds_count{method=\"/anima.sample.v1.Hasher/Digest\"} 10000"
+    ));
+    assert!(
+        text.contains("anima_leases{module=\"urn:anima:module:hasher\",state=\"active\"} 1"),
+        "{text}"
+    );
+}
+
+/// `GET /metrics` over the same mutual-TLS connection.
+async fn metrics(conn: &Connection) -> String {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let request = http::Request::get("/metrics")
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    let response = conn.channel().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn o1_a_50ms_deadline_ends_the_module_work() {
+    let core = started().await;
+    let dir = core.dir.path().join("certs/dev");
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    // A caller we did not write sets the deadline (grpc-timeout on the wire).
+    let out = python(&[
+        "deadline",
+        &core.admin,
+        &path("ca.pem"),
+        &path("user-dev.pem"),
+        &path("user-dev.key"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The module's handler was cancelled: the write never lands, even after
+    // its 1 s delay would have passed.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let conn = user(&core, "user-dev").await;
+    let got = KvStoreClient::new(conn.channel())
+        .get(GetRequest { key: "late".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!got.found, "the cancelled Put did not commit");
+    let text = metrics(&conn).await;
+    assert!(
+        text.contains("anima_calls_total{method=\"/anima.sample.v1.KvStore/Put\",code=\"4\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn o1_the_callers_trace_id_is_logged_by_the_core_and_the_module() {
+    let core = started().await;
+    let conn = user(&core, "user-dev").await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(DigestRequest {
+        text: "traced".into(),
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    HasherClient::new(conn.channel())
+        .digest(request)
+        .await
+        .unwrap();
+    let log = core.dir.path().join("stderr.log");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let core_line = text.lines().any(|l| {
+            l.contains("anima::gateway") && l.contains(trace_id) && l.contains("lease_id")
+        });
+        // Module lines come through the Core's log tagged with the module.
+        let module_line = text.lines().any(|l| {
+            l.contains("anima::call")
+                && l.contains(trace_id)
+                && l.contains("urn:anima:module:hasher")
+        });
+        if core_line && module_line {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "trace id not in both logs:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn o1_undeclared_methods_and_unavailable_modules_get_distinct_refusals() {
+    let core = started().await;
+    let conn = user(&core, "user-dev").await;
+    // Not declared by any module: refused without touching one.
+    let mut grpc = tonic::client::Grpc::new(conn.channel());
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary(
+            tonic::Request::new(DigestRequest { text: "x".into() }),
+            http::uri::PathAndQuery::from_static("/anima.sample.v1.Hasher/Nope"),
+            tonic_prost::ProstCodec::<DigestRequest, DigestRequest>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), Some(Reason::UnknownMethod));
+    // A stopped module: a clear UNAVAILABLE, not a hang.
+    let (code, _) = core.cli(&["stop", "kvstore"]).await;
+    assert_eq!(code, 0);
+    core.wait_module("kvstore", "stopped", |m| m["state"] == "stopped")
+        .await;
+    let status = tokio::time::timeout(
+        PATIENCE,
+        KvStoreClient::new(conn.channel()).get(GetRequest { key: "k".into() }),
+    )
+    .await
+    .expect("no hang")
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(reason(&status), Some(Reason::ModuleUnavailable));
+}
