@@ -409,6 +409,13 @@ async fn run_once(
                 return Outcome::Exited { success, status };
             }
             _ = link.ended() => {}
+            unhealthy = watch_health(&link) => {
+                // The module stopped answering grpc.health.v1 on its own
+                // connection: end the lease; it is leased again (or restarted)
+                // like after any other loss.
+                tracing::warn!(module = %urn, reason = %unhealthy, "health check failed; revoking the lease");
+                link.revoke(&format!("health check failed: {unhealthy}"), "core");
+            }
         }
         // The lease ended while the module lives on.
         let why = match link.state() {
@@ -461,6 +468,40 @@ async fn run_once(
                     _ = tokio::time::sleep(RELEASE_DELAY) => {}
                 }
             }
+        }
+    }
+}
+
+/// How often the Core checks a leased module's health, and how many checks
+/// in a row may fail before it gives up on the connection.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const HEALTH_FAILURES: u32 = 2;
+
+/// Polls `grpc.health.v1` over the lease's connection; returns why once the
+/// module has failed `HEALTH_FAILURES` checks in a row (never otherwise).
+async fn watch_health(link: &LeaseLink) -> String {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut client = HealthClient::new(link.connection().channel());
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+        let check = client.check(HealthCheckRequest {
+            service: String::new(),
+        });
+        let why = match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(Ok(r)) if r.get_ref().status() == ServingStatus::Serving => {
+                failures = 0;
+                continue;
+            }
+            Ok(Ok(r)) => format!("status {:?}", r.get_ref().status()),
+            Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+            Err(_) => "no answer within 2 s".to_owned(),
+        };
+        failures += 1;
+        if failures >= HEALTH_FAILURES {
+            return why;
         }
     }
 }

@@ -40,7 +40,9 @@ pub struct AdminTarget {
 /// `anima revoke LEASE_ID`
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
-    /// The lease id (from `anima leases`).
+    /// The lease id (from `anima leases`). Ids are base64url and may start
+    /// with `-`, so a leading dash is taken as part of the id.
+    #[arg(allow_hyphen_values = true)]
     pub lease_id: String,
     /// Why (recorded in the audit log).
     #[arg(long, default_value = "")]
@@ -278,4 +280,27 @@ pub fn events(target: AdminTarget) -> CliResult {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn lease_ids_may_start_with_a_dash() {
+        let cli = Cli::try_parse_from([
+            "anima",
+            "revoke",
+            "-AbCdEfGhIjKlMnOpQrStUv",
+            "--reason",
+            "x",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Revoke { args, .. } => assert_eq!(args.lease_id, "-AbCdEfGhIjKlMnOpQrStUv"),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
 }
