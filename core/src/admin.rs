@@ -96,9 +96,6 @@ impl CoreAdmin for AdminService {
             .into_iter()
             .map(|r| {
                 let (state, reason) = match &r.state {
-                    LeaseState::Active if r.expires < SystemTime::now() => {
-                        ("expired", String::new())
-                    }
                     LeaseState::Active => ("active", String::new()),
                     LeaseState::Expired => ("expired", "LEASE_EXPIRED".into()),
                     LeaseState::Ended(e) => ("ended", e.reason.to_string()),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anima_protocol::lease::LeaseState;
 
@@ -68,10 +68,8 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE anima_leases gauge");
         let mut leases: BTreeMap<(String, &str), u64> = BTreeMap::new();
         let mut renewals: BTreeMap<String, u64> = BTreeMap::new();
-        let now = SystemTime::now();
         for r in ctx.leases.list() {
             let state = match r.state {
-                LeaseState::Active if r.expires < now => "expired",
                 LeaseState::Active => "active",
                 LeaseState::Expired => "expired",
                 LeaseState::Ended(_) => "ended",

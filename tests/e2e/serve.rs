@@ -96,13 +96,24 @@ impl CoreProcess {
         }
     }
 
+    /// The module's active lease (waiting for one, e.g. across a re-lease).
     async fn lease_of(&self, name: &str) -> Value {
         let urn = format!("urn:anima:module:{name}");
-        self.json("leases")
-            .await
-            .into_iter()
-            .find(|l| l["module"] == urn.as_str() && l["state"] == "active")
-            .unwrap_or_else(|| panic!("no active lease for {urn}"))
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let leases = self.json("leases").await;
+            if let Some(l) = leases
+                .into_iter()
+                .find(|l| l["module"] == urn.as_str() && l["state"] == "active")
+            {
+                return l;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no active lease for {urn}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
