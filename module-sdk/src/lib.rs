@@ -81,4 +81,6 @@ pub use control::HANDSHAKE_TIMEOUT;
 pub use error::SdkError;
 pub use leases::LeaseEvent;
 pub use lifecycle::{Exit, Phase};
-pub use serve::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, ModuleHandle, ModuleServer, launch};
+pub use serve::{
+    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, ModuleHandle, ModuleServer, launch, shutdown_signal,
+};

@@ -286,7 +286,7 @@ async fn launch_inner(
         let _ = writeln!(out, "{ready}");
         let _ = out.flush();
     };
-    let serve = server.serve_announced(listener, signal(), announce);
+    let serve = server.serve_announced(listener, shutdown_signal(), announce);
     serve.await
 }
 
@@ -331,8 +331,8 @@ fn die_with_parent() -> bool {
     true
 }
 
-/// SIGINT or SIGTERM.
-async fn signal() {
+/// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere).
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

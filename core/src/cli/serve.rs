@@ -53,11 +53,15 @@ pub fn run(args: ServeArgs) -> CliResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(config, signal(), |running| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{READY_PREFIX} {}", running.admin_addr);
-        let _ = out.flush();
-    }))?;
+    runtime.block_on(serve(
+        config,
+        anima_module_sdk::shutdown_signal(),
+        |running| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{READY_PREFIX} {}", running.admin_addr);
+            let _ = out.flush();
+        },
+    ))?;
     Ok(())
 }
 
@@ -69,28 +73,4 @@ fn ensure_dev_certs(base: &Path) -> CliResult {
     let created = anima_certs::init_dir(&dir, &anima_certs::InitOptions::default())?;
     tracing::info!(dir = %dir.display(), files = created.len(), "created dev certificates");
     Ok(())
-}
-
-/// SIGINT or SIGTERM.
-async fn signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => std::future::pending().await,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
