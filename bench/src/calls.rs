@@ -20,7 +20,7 @@ use crate::procs::{
     urn,
 };
 use crate::report::{Figure, Report};
-use crate::stats::{Samples, rss_kib};
+use crate::stats::{CpuMeter, Samples, rss_kib};
 
 /// The request text: 64 bytes.
 const TEXT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -115,6 +115,25 @@ async fn throughput(caller: &Caller, tasks: usize, window: Duration) -> Res<(u64
     Ok((done.load(Ordering::Relaxed), start.elapsed()))
 }
 
+/// One side of the throughput comparison.
+#[derive(Default)]
+struct Side {
+    calls: u64,
+    time: Duration,
+    server: Duration,
+    client: Duration,
+}
+
+impl Side {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.time.as_secs_f64().max(1e-9)
+    }
+
+    fn per_call(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.calls.max(1) as f64
+    }
+}
+
 /// Opens a lease on a fresh connection to the module at `proc`.
 async fn open_link(
     setup: &Setup,
@@ -174,33 +193,38 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
         // Warm both connections up with the same concurrency.
         throughput(&leased, 16, Duration::from_millis(200)).await?;
         throughput(&direct, 16, Duration::from_millis(200)).await?;
-        let (mut sc, mut st, mut bc, mut bt) = (0u64, Duration::ZERO, 0u64, Duration::ZERO);
+        // Per side: calls, seconds, server CPU, client (this process) CPU.
+        let mut sides = [Side::default(), Side::default()];
         for w in 0..windows {
-            let order: [bool; 2] = if w % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            };
-            for is_subject in order {
-                if is_subject {
-                    let (c, t) = throughput(&leased, 16, window).await?;
-                    sc += c;
-                    st += t;
+            let order: [usize; 2] = if w % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let (caller, pid) = if i == 0 {
+                    (&leased, module.pid)
                 } else {
-                    let (c, t) = throughput(&direct, 16, window).await?;
-                    bc += c;
-                    bt += t;
-                }
+                    (&direct, plain.pid)
+                };
+                let server = CpuMeter::start(pid);
+                let client = CpuMeter::start(0);
+                let (c, t) = throughput(caller, 16, window).await?;
+                let side = &mut sides[i];
+                side.calls += c;
+                side.time += t;
+                side.server += server.read().0;
+                side.client += client.read().0;
             }
         }
-        let v = sc as f64 / st.as_secs_f64();
-        let base = bc as f64 / bt.as_secs_f64();
+        let [s, b] = sides;
+        let (v, base) = (s.rate(), b.rate());
         report.add(
             Figure::new("unary_rps_c16")
                 .vs(v, base, 0)
                 .i("callers", 16)
-                .f("seconds", st.as_secs_f64(), 1)
-                .i("calls", sc)
+                .f("seconds", s.time.as_secs_f64(), 1)
+                .i("calls", s.calls)
+                .f("server_cpu_us_per_call", s.per_call(s.server), 1)
+                .f("baseline_server_cpu_us_per_call", b.per_call(b.server), 1)
+                .f("client_cpu_us_per_call", s.per_call(s.client), 1)
+                .f("baseline_client_cpu_us_per_call", b.per_call(b.client), 1)
                 .target("ratio>=0.95", v >= 0.95 * base),
         );
     }
@@ -279,7 +303,9 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     }
 
     link.revoke("benchmark done", "core");
-    drop((module, plain));
+    let (mut module, mut plain) = (module, plain);
+    module.stop().await;
+    plain.stop().await;
     Ok(())
 }
 

@@ -75,6 +75,19 @@ enum Command {
     },
 }
 
+/// The groups `--only` can name.
+const GROUPS: &[&str] = &[
+    "unary",
+    "rps",
+    "handshake",
+    "via_core",
+    "renewals",
+    "revoke",
+    "expiry",
+    "cold_start",
+    "core_idle",
+];
+
 /// What to run, and how much.
 #[derive(Debug)]
 pub struct Opts {
@@ -130,11 +143,19 @@ fn main() -> ExitCode {
 
 /// Runs every wanted group; false when one of them failed.
 async fn run(cli: Cli) -> Res<bool> {
+    if let Some(unknown) = cli.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+        return Err(format!(
+            "unknown group {unknown:?}; the groups are {}",
+            GROUPS.join(", ")
+        )
+        .into());
+    }
     let opts = Opts {
         quick: cli.quick,
         only: cli.only,
     };
     let started = Instant::now();
+    let machine_meter = stats::MachineMeter::start();
     let nofile = procs::raise_nofile();
     let mut report = Report::default();
     report.add(report::machine().i("open_files", nofile));
@@ -187,9 +208,13 @@ async fn run(cli: Cli) -> Res<bool> {
     }
 
     let seconds = started.elapsed().as_secs_f64();
+    let (other_cpu, steal) = machine_meter.read();
     report.add(
         Figure::new("run")
             .f("seconds", seconds, 1)
+            .f("other_cpu_pct", other_cpu, 1)
+            .f("steal_pct", steal, 1)
+            .f("load_1m", report::loadavg(), 2)
             .s("mode", if opts.quick { "quick" } else { "full" }),
     );
     let path = match cli.json {

@@ -124,6 +124,14 @@ impl Report {
     }
 }
 
+/// The 1-minute load average (other work on the machine), from `/proc`.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// What the run ran on: CPUs, CPU model, memory, kernel.
 pub fn machine() -> Figure {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -147,4 +155,5 @@ pub fn machine() -> Figure {
         .s("cpu_model", &model)
         .i("mem_mib", mem_kib / 1024)
         .s("kernel", kernel.trim())
+        .f("load_1m", loadavg(), 2)
 }

@@ -117,3 +117,61 @@ impl CpuMeter {
         (used, pct)
     }
 }
+
+/// Busy and steal clock ticks of the whole machine, from `/proc/stat`.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)?;
+    Some((busy, *v.get(7)?))
+}
+
+/// This process's clock ticks, with those of the children it has reaped.
+fn own_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (11..=14).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
+}
+
+/// How much of the machine other work used while the benchmark ran: busy
+/// CPU time not spent by this process or its reaped children, and steal.
+pub struct MachineMeter {
+    busy: Option<(u64, u64)>,
+    own: Option<u64>,
+    at: Instant,
+}
+
+impl MachineMeter {
+    /// Starts measuring.
+    pub fn start() -> Self {
+        MachineMeter {
+            busy: machine_ticks(),
+            own: own_ticks(),
+            at: Instant::now(),
+        }
+    }
+
+    /// `(other, steal)` as % of all CPUs over the interval (approximate:
+    /// children killed but not yet reaped count as other work).
+    pub fn read(&self) -> (f64, f64) {
+        let (Some((b0, s0)), Some(o0), Some((b1, s1)), Some(o1)) =
+            (self.busy, self.own, machine_ticks(), own_ticks())
+        else {
+            return (0.0, 0.0);
+        };
+        let hz = rustix::param::clock_ticks_per_second().max(1) as f64;
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let wall = self.at.elapsed().as_secs_f64().max(1e-3);
+        let pct = |ticks: u64| ticks as f64 / hz / (wall * cpus) * 100.0;
+        let busy = b1.saturating_sub(b0);
+        let own = o1.saturating_sub(o0);
+        (pct(busy.saturating_sub(own)), pct(s1.saturating_sub(s0)))
+    }
+}

@@ -565,6 +565,13 @@ impl Lease {
         Ok(reason)
     }
 
+    /// Whether `answer` answers a request this side abandoned (it asked
+    /// again since): such an answer is ignored, not a violation.
+    pub fn is_stale_answer(&self, answer: &ControlClaims) -> bool {
+        let current = self.pending.as_ref().map(|p| p.seq);
+        matches!(answer.re, Some(re) if re < self.sent_seq && Some(re) != current)
+    }
+
     /// The time of the pending request, if one is unanswered.
     pub fn pending_since(&self) -> Option<Instant> {
         self.pending.as_ref().map(|p| p.sent_at)

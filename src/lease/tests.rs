@@ -486,3 +486,26 @@ fn a6_an_end_after_expiry_is_recorded_as_expiry() {
         Reason::LeaseExpired
     );
 }
+
+#[test]
+fn a8_a_late_answer_to_an_abandoned_renewal_is_stale_not_a_violation() {
+    let w = world();
+    let (mut core, mut module) = w.open(Duration::from_secs(1), Duration::from_secs(1));
+    let first = core
+        .renew_request(&w.core, Duration::from_secs(1), w.now, w.wall)
+        .unwrap();
+    // No answer in time: the Core gives up and asks again.
+    core.abandon_request();
+    let second = core
+        .renew_request(&w.core, Duration::from_secs(1), w.now, w.wall)
+        .unwrap();
+    let r1 = module.receive(&first).unwrap();
+    let late = module.answer_renew(&w.module, &r1, w.now, w.wall).unwrap();
+    let r2 = module.receive(&second).unwrap();
+    let fresh = module.answer_renew(&w.module, &r2, w.now, w.wall).unwrap();
+    let late = core.receive(&late).unwrap();
+    assert!(core.is_stale_answer(&late));
+    let fresh = core.receive(&fresh).unwrap();
+    assert!(!core.is_stale_answer(&fresh));
+    core.apply_renewed(&fresh, w.now).unwrap();
+}

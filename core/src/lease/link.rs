@@ -168,7 +168,8 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// An open lease on one module connection.
+/// An open lease on one module connection. Dropping every clone of it
+/// revokes the lease (a channel alone does not keep it).
 #[derive(Clone)]
 pub struct LeaseLink {
     shared: Arc<LinkShared>,
@@ -433,9 +434,14 @@ async fn control_task(
                 }
                 Ok(Some(ControlFrame { frame: None })) => {}
                 Ok(None) | Err(_) => {
-                    tracing::warn!(lease_id = %shared.id, module = %shared.module, "control stream lost");
-                    shared.audit("connection_lost", "connection", Some(Reason::ConnectionLost), None);
-                    shared.end(Reason::ConnectionLost, EndedBy::Circumstance, "control stream lost");
+                    if shared.lock().ended().is_none() {
+                        tracing::warn!(lease_id = %shared.id, module = %shared.module, "control stream lost");
+                        shared.audit("connection_lost", "connection", Some(Reason::ConnectionLost), None);
+                        shared.end(Reason::ConnectionLost, EndedBy::Circumstance, "control stream lost");
+                    }
+                    // The stream is gone: nothing more can arrive on it.
+                    shared.ended.cancel();
+                    break;
                 }
             },
             command = commands.recv() => match command {
@@ -455,7 +461,11 @@ async fn control_task(
                     }
                 }
                 Some(Command::StopRenewing) => renewing = false,
-                None => {}
+                None => {
+                    // Every handle was dropped: nobody can use the lease.
+                    shared.revoke(Reason::LeaseRevoked, "lease handle dropped", "core");
+                    break;
+                }
             },
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 let t = now();
@@ -531,6 +541,12 @@ fn on_frame(
             let ttl = {
                 let mut lease = shared.lock();
                 let claims = lease.receive(&jws)?;
+                if lease.is_stale_answer(&claims) {
+                    // The answer to a renewal this side already gave up on
+                    // and asked again: harmless, the newer one counts.
+                    tracing::debug!(lease_id = %shared.id, "late renewal answer ignored");
+                    return Ok(());
+                }
                 lease.apply_renewed(&claims, now())?
             };
             let renewals = shared.lock().renewals();
