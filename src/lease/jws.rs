@@ -1,34 +1,38 @@
-//! JWS compact serialization (RFC 7515) with EdDSA (RFC 8037), the one token
-//! format of the lease protocol.
+//! JWS compact serialization (RFC 7515), the one token format of the lease
+//! protocol, signed with EdDSA (RFC 8037, Ed25519 certificate keys) or ES256
+//! (RFC 7518, P-256 certificate keys).
 //!
-//! The header is always `{"alg":"EdDSA","typ":"JWT"}`; a token with any other
-//! header is refused. Signing and verifying are done by `ed25519-dalek`; this
-//! module only encodes.
+//! The header is exactly `{"alg":"EdDSA","typ":"JWT"}` or
+//! `{"alg":"ES256","typ":"JWT"}`, and it must match the key of the signer's
+//! certificate; a token with any other header is refused. Signing and
+//! verifying are done by `ed25519-dalek` and `ring`; this module only encodes.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::error::LeaseError;
+use super::keys::{PeerKey, SignKey};
 
-/// The only header this protocol writes or accepts.
+/// The header of tokens signed with an Ed25519 certificate key.
 pub const HEADER: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
+/// The header of tokens signed with an ECDSA P-256 certificate key.
+pub const HEADER_ES256: &str = r#"{"alg":"ES256","typ":"JWT"}"#;
 
 /// The largest token accepted (bytes). Real tokens are well under 2 KiB.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// Signs `claims` with `key` and returns the compact serialization.
-pub fn sign<T: Serialize>(claims: &T, key: &SigningKey) -> Result<String, LeaseError> {
+pub(crate) fn sign<T: Serialize>(claims: &T, key: &SignKey) -> Result<String, LeaseError> {
     let payload = serde_json::to_vec(claims).map_err(|e| LeaseError::Encode(e.to_string()))?;
     let mut out = String::with_capacity(64 + payload.len() * 4 / 3 + 90);
-    B64.encode_string(HEADER, &mut out);
+    B64.encode_string(key.header(), &mut out);
     out.push('.');
     B64.encode_string(&payload, &mut out);
-    let signature = key.sign(out.as_bytes());
+    let signature = key.sign(out.as_bytes())?;
     out.push('.');
-    B64.encode_string(signature.to_bytes(), &mut out);
+    B64.encode_string(signature, &mut out);
     Ok(out)
 }
 
@@ -36,7 +40,7 @@ pub fn sign<T: Serialize>(claims: &T, key: &SigningKey) -> Result<String, LeaseE
 ///
 /// Everything here is peer input: sizes are bounded, and every failure is a
 /// [`LeaseError::BadToken`] or [`LeaseError::BadSignature`], never a panic.
-pub fn verify<T: DeserializeOwned>(token: &str, key: &VerifyingKey) -> Result<T, LeaseError> {
+pub(crate) fn verify<T: DeserializeOwned>(token: &str, key: &PeerKey) -> Result<T, LeaseError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(LeaseError::BadToken("token too long".into()));
     }
@@ -51,10 +55,11 @@ pub fn verify<T: DeserializeOwned>(token: &str, key: &VerifyingKey) -> Result<T,
     let header = B64
         .decode(header_b64)
         .map_err(|_| LeaseError::BadToken("header is not base64url".into()))?;
-    if header != HEADER.as_bytes() {
-        return Err(LeaseError::BadToken(
-            "unsupported JWS header (only EdDSA JWT)".into(),
-        ));
+    if header != key.header().as_bytes() {
+        return Err(LeaseError::BadToken(format!(
+            "unsupported JWS header (the signer's certificate key needs exactly {})",
+            key.header()
+        )));
     }
     let signature: [u8; 64] = B64
         .decode(signature)
@@ -63,8 +68,7 @@ pub fn verify<T: DeserializeOwned>(token: &str, key: &VerifyingKey) -> Result<T,
         .ok_or_else(|| LeaseError::BadToken("signature is not 64 base64url bytes".into()))?;
     // The signing input is `header "." payload`, exactly as received.
     let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
-    key.verify_strict(signed.as_bytes(), &Signature::from_bytes(&signature))
-        .map_err(|_| LeaseError::BadSignature)?;
+    key.verify(signed.as_bytes(), &signature)?;
     let payload = B64
         .decode(payload_b64)
         .map_err(|_| LeaseError::BadToken("payload is not base64url".into()))?;
@@ -94,8 +98,8 @@ mod tests {
         n: u64,
     }
 
-    fn key(seed: u8) -> SigningKey {
-        SigningKey::from_bytes(&[seed; 32])
+    fn key(seed: u8) -> SignKey {
+        SignKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[seed; 32]))
     }
 
     #[test]
@@ -106,7 +110,7 @@ mod tests {
         };
         let token = sign(&claims, &key(1)).unwrap();
         assert_eq!(token.split('.').count(), 3);
-        let back: Claims = verify(&token, &key(1).verifying_key()).unwrap();
+        let back: Claims = verify(&token, &key(1).public_key()).unwrap();
         assert_eq!(back, claims);
     }
 
@@ -121,14 +125,14 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            verify::<Claims>(&token, &key(2).verifying_key()),
+            verify::<Claims>(&token, &key(2).public_key()),
             Err(LeaseError::BadSignature)
         ));
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         parts[1] = b64(br#"{"a":"y","n":7}"#);
         let tampered = parts.join(".");
         assert!(matches!(
-            verify::<Claims>(&tampered, &key(1).verifying_key()),
+            verify::<Claims>(&tampered, &key(1).public_key()),
             Err(LeaseError::BadSignature)
         ));
     }
@@ -136,7 +140,7 @@ mod tests {
     #[test]
     fn other_headers_and_garbage_are_refused() {
         let k = key(1);
-        let vk = k.verifying_key();
+        let vk = k.public_key();
         // alg "none"
         let none = format!(
             "{}.{}.",

@@ -58,8 +58,8 @@ pub use error::LeaseError;
 pub use handshake::{
     Entropy, GrantPolicy, LeaseRequest, MAX_CLOCK_SKEW, MIN_TTL, PendingLease, grant, offer,
 };
-pub use jws::{HEADER as JWS_HEADER, MAX_TOKEN_LEN};
-pub use keys::{LeaseSigner, PeerBinding};
+pub use jws::{HEADER as JWS_HEADER, HEADER_ES256 as JWS_HEADER_ES256, MAX_TOKEN_LEN};
+pub use keys::{LeaseSigner, PeerBinding, PeerKey};
 pub use lease::{Ended, EndedBy, Lease, LeaseId, LeaseState, Side};
 pub use proof::{PROOF_HEADER, ProofKey, ReplayWindow};
 pub use reason::{DOMAIN, Reason, reason_of, status_for};

@@ -509,3 +509,72 @@ fn a8_a_late_answer_to_an_abandoned_renewal_is_stale_not_a_violation() {
     assert!(!core.is_stale_answer(&fresh));
     core.apply_renewed(&fresh, w.now).unwrap();
 }
+
+/// A Core with a P-256 certificate signs `ES256`; a module with an Ed25519
+/// one signs `EdDSA`; each verifies the other (PROTOCOL.md §1, §3).
+#[test]
+fn a3_es256_core_and_eddsa_module_agree_on_a_lease() {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let mut w = world();
+    w.core =
+        LeaseSigner::from_p256_pkcs8(pkcs8.as_ref(), w.core.urn().clone(), w.core.fingerprint())
+            .unwrap();
+    w.module_sees.key = w.core.verifying_key();
+    let (mut core_lease, mut module_lease) =
+        w.open(Duration::from_secs(5), Duration::from_secs(60));
+    let offer_header = b64(JWS_HEADER_ES256.as_bytes());
+    assert!(matches!(w.module_sees.key, PeerKey::P256(_)));
+    let proof = core_lease.proof_key().proof(1, SAY);
+    module_lease.admit(SAY, Some(&proof), w.now).unwrap();
+    // Control steps are ES256 too, and verify on the module.
+    let renew = core_lease
+        .renew_request(&w.core, Duration::from_secs(5), w.now, w.wall)
+        .unwrap();
+    assert!(renew.starts_with(&offer_header), "{renew}");
+    let claims = module_lease.receive(&renew).unwrap();
+    module_lease
+        .answer_renew(&w.module, &claims, w.now, w.wall)
+        .unwrap();
+}
+
+/// The header must match the certificate's key: an ES256 token checked
+/// against an Ed25519 certificate (or the reverse) is refused, whatever its
+/// signature.
+#[test]
+fn a3_alg_must_match_the_certificate_key() {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let w = world();
+    let p256 =
+        LeaseSigner::from_p256_pkcs8(pkcs8.as_ref(), w.core.urn().clone(), w.core.fingerprint())
+            .unwrap();
+    let claims = serde_json::json!({"a": 1});
+    let es = jws::sign(&claims, p256.key()).unwrap();
+    let ed = jws::sign(&claims, w.core.key()).unwrap();
+    assert!(jws::verify::<serde_json::Value>(&es, &p256.verifying_key()).is_ok());
+    assert!(matches!(
+        jws::verify::<serde_json::Value>(&es, &w.core.verifying_key()),
+        Err(LeaseError::BadToken(_))
+    ));
+    assert!(matches!(
+        jws::verify::<serde_json::Value>(&ed, &p256.verifying_key()),
+        Err(LeaseError::BadToken(_))
+    ));
+    // An ES256 signature over other bytes does not verify.
+    let mut parts: Vec<&str> = es.split('.').collect();
+    let other = b64(br#"{"a":2}"#);
+    parts[1] = &other;
+    assert!(matches!(
+        jws::verify::<serde_json::Value>(&parts.join("."), &p256.verifying_key()),
+        Err(LeaseError::BadSignature)
+    ));
+}

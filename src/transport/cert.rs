@@ -10,6 +10,8 @@ use crate::identity::Urn;
 
 /// The OID of Ed25519 keys (RFC 8410).
 const ED25519_OID: &str = "1.3.101.112";
+const EC_PUBLIC_KEY_OID: &str = "1.2.840.10045.2.1";
+const P256_CURVE_OID: &str = "1.2.840.10045.3.1.7";
 
 /// SHA-256 of a certificate's DER encoding, as RFC 8705 binds tokens to certificates.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,6 +98,25 @@ pub fn ed25519_public_key(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
         return None;
     }
     spki.subject_public_key.data.as_ref().try_into().ok()
+}
+
+/// The ECDSA P-256 public key of a certificate (the 65-byte uncompressed
+/// point, SEC 1), if it has one.
+///
+/// P-256 certificates sign leases with ES256; they exist for gRPC stacks
+/// built on BoringSSL, which do not accept Ed25519 client certificates.
+pub fn p256_public_key(cert: &CertificateDer<'_>) -> Option<[u8; 65]> {
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let spki = parsed.public_key();
+    if spki.algorithm.algorithm.to_id_string() != EC_PUBLIC_KEY_OID {
+        return None;
+    }
+    let curve = spki.algorithm.parameters.as_ref()?.as_oid().ok()?;
+    if curve.to_id_string() != P256_CURVE_OID {
+        return None;
+    }
+    let point: [u8; 65] = spki.subject_public_key.data.as_ref().try_into().ok()?;
+    (point[0] == 0x04).then_some(point)
 }
 
 /// When a certificate stops being valid, if it parses.
