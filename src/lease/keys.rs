@@ -21,6 +21,8 @@ use crate::transport::{
 };
 
 /// A certificate's private key, as lease tokens are signed with it.
+// One per identity, long-lived: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum SignKey {
     /// Ed25519: tokens are `EdDSA`.
     Ed25519(SigningKey),
