@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::{PublicKey, SharedSecret, StaticSecret};
 use zeroize::Zeroizing;
 
 use super::claims::{Confirmation, LeaseClaims, REVOCATION_CONDITIONS, TYP_GRANT, TYP_OFFER};
@@ -170,6 +170,50 @@ fn check_common(
     check_skew(claims.iat, wall)
 }
 
+/// The X25519 shared secret of `secret` and the peer's `kx` claim
+/// (PROTOCOL.md §3.3); an all-zero result is refused.
+pub(crate) fn shared_secret(
+    secret: &StaticSecret,
+    peer_kx: &str,
+) -> Result<SharedSecret, LeaseError> {
+    let peer: [u8; 32] = b64_array(peer_kx, "kx")?;
+    let shared = secret.diffie_hellman(&PublicKey::from(peer));
+    if !shared.was_contributory() {
+        return Err(LeaseError::BadToken("kx is a low-order point".into()));
+    }
+    Ok(shared)
+}
+
+/// The HKDF salt: SHA-256 of the offer's JWS text, then of the grant's.
+pub(crate) fn hkdf_salt(offer_jws: &str, grant_jws: &str) -> [u8; 64] {
+    let mut salt = [0u8; 64];
+    salt[..32].copy_from_slice(&Fingerprint::of(offer_jws.as_bytes()).0);
+    salt[32..].copy_from_slice(&Fingerprint::of(grant_jws.as_bytes()).0);
+    salt
+}
+
+/// The HKDF info: `"anima/v1 proof key "` followed by the 16 lease id bytes.
+pub(crate) fn hkdf_info(lease_id: &LeaseId) -> Vec<u8> {
+    let mut info = b"anima/v1 proof key ".to_vec();
+    info.extend_from_slice(&lease_id.0);
+    info
+}
+
+/// The 32 bytes of the per-call key: HKDF-SHA256 of the shared secret.
+pub(crate) fn proof_key_bytes(
+    shared: &SharedSecret,
+    salt: &[u8; 64],
+    info: &[u8],
+) -> Result<Zeroizing<[u8; 32]>, LeaseError> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, salt)
+        .extract(shared.as_bytes())
+        .expand(&[info], ring::hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(out.as_mut()))
+        .map_err(|_| LeaseError::Key("key derivation failed".into()))?;
+    Ok(out)
+}
+
 fn derive_key(
     secret: &StaticSecret,
     peer_kx: &str,
@@ -177,23 +221,13 @@ fn derive_key(
     offer_jws: &str,
     grant_jws: &str,
 ) -> Result<ProofKey, LeaseError> {
-    let peer: [u8; 32] = b64_array(peer_kx, "kx")?;
-    let shared = secret.diffie_hellman(&PublicKey::from(peer));
-    if !shared.was_contributory() {
-        return Err(LeaseError::BadToken("kx is a low-order point".into()));
-    }
-    let mut salt = Vec::with_capacity(64);
-    salt.extend_from_slice(&Fingerprint::of(offer_jws.as_bytes()).0);
-    salt.extend_from_slice(&Fingerprint::of(grant_jws.as_bytes()).0);
-    let mut info = b"anima/v1 proof key ".to_vec();
-    info.extend_from_slice(&lease_id.0);
-    let mut out = Zeroizing::new([0u8; 32]);
-    ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &salt)
-        .extract(shared.as_bytes())
-        .expand(&[&info], ring::hkdf::HKDF_SHA256)
-        .and_then(|okm| okm.fill(out.as_mut()))
-        .map_err(|_| LeaseError::Key("key derivation failed".into()))?;
-    Ok(ProofKey::new(&out))
+    let shared = shared_secret(secret, peer_kx)?;
+    let key = proof_key_bytes(
+        &shared,
+        &hkdf_salt(offer_jws, grant_jws),
+        &hkdf_info(lease_id),
+    )?;
+    Ok(ProofKey::new(&key))
 }
 
 /// Core side: signs an offer for the module at the other end of `peer`.

@@ -67,6 +67,8 @@ pub use scope::{Scope, check_method};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vectors;
 
 /// Support for this module's doc examples: two signers and their bindings.
 #[doc(hidden)]
