@@ -465,7 +465,10 @@ impl Lease {
             )));
         }
         self.ttl = granted;
-        self.expires_at = self.expires_at.max(pending.sent_at + granted);
+        // The module's lease now runs `granted` from when it received the
+        // request (it may be shorter than before); ours from when we sent
+        // it, so ours never outlasts the module's.
+        self.expires_at = pending.sent_at + granted;
         self.renewals += 1;
         Ok(granted)
     }

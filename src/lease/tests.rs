@@ -578,3 +578,31 @@ fn a3_alg_must_match_the_certificate_key() {
         Err(LeaseError::BadSignature)
     ));
 }
+
+/// A renewal to a shorter TTL shortens both copies: the Core's lease never
+/// outlasts the module's (found by `anima conformance`, A8).
+#[test]
+fn a8_renewal_to_a_shorter_ttl_shortens_the_cores_copy_too() {
+    let w = world();
+    let (mut core_lease, mut module_lease) =
+        w.open(Duration::from_secs(30), Duration::from_secs(60));
+    let sent = w.now + Duration::from_secs(1);
+    let renew = core_lease
+        .renew_request(&w.core, Duration::from_millis(600), sent, w.wall)
+        .unwrap();
+    let received = sent + Duration::from_millis(5);
+    let claims = module_lease.receive(&renew).unwrap();
+    let answer = module_lease
+        .answer_renew(&w.module, &claims, received, w.wall)
+        .unwrap();
+    let claims = core_lease.receive(&answer).unwrap();
+    core_lease
+        .apply_renewed(&claims, received + Duration::from_millis(5))
+        .unwrap();
+    assert_eq!(
+        module_lease.expires_at(),
+        received + Duration::from_millis(600)
+    );
+    assert_eq!(core_lease.expires_at(), sent + Duration::from_millis(600));
+    assert!(core_lease.expires_at() <= module_lease.expires_at());
+}
