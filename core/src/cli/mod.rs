@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 pub mod certs;
 pub mod config;
+pub mod conformance;
 pub mod demo;
 pub mod ops;
 pub mod serve;
@@ -66,6 +67,8 @@ pub enum Command {
     /// Mint and inspect development certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Check that a module obeys ADR-0003 (every CONFORMANCE.md row).
+    Conformance(conformance::ConformanceArgs),
     /// Two-process demo: one mutually authenticated gRPC call, both identities printed.
     Demo(demo::DemoArgs),
     /// The server half of `anima demo` (started by it).
@@ -77,6 +80,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     init_tracing();
     let result = match cli.command {
+        Command::Conformance(args) => return conformance::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Modules(target) => ops::modules(target),
         Command::Leases(target) => ops::leases(target),

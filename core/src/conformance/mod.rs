@@ -1,0 +1,120 @@
+//! `anima conformance`: checks, black-box, that a module obeys ADR-0003.
+//!
+//! The tool acts as a Core — an honest one, and on purpose a misbehaving one
+//! (forged and replayed proofs, refusals, scopes beyond the contract, a
+//! second Core, plaintext and wrong certificates) — against a module it does
+//! not trust, and reports every row of CONFORMANCE.md as pass, fail or n/a
+//! with the evidence for each verdict. It starts the module itself with the
+//! launch protocol (PROTOCOL.md §6.1) when given a command, which is required
+//! for Type I and core-started Type II, or connects to a running module
+//! (pre-started Type II, Type III) when given an endpoint.
+//!
+//! Rules about what a handler *did* are observed through the conformance
+//! probe (PROTOCOL.md §8), when the contract declares it.
+//!
+//! The tool mints its own identities (two Cores, an operator, and
+//! certificates a module must refuse) with the deployment's CA, so it needs
+//! a CA directory it can sign with — `anima certs init` makes one.
+
+mod checks;
+pub mod rawtls;
+pub mod report;
+pub mod session;
+pub mod target;
+
+use std::path::{Path, PathBuf};
+
+use anima_module_sdk::Contract;
+pub use checks::Target;
+pub use report::{Report, RowResult, Verdict};
+pub use target::{KeyType, LaunchCommand};
+
+/// What to check, and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The module's contract (`module.toml`).
+    pub contract: PathBuf,
+    /// The CA directory (`ca.pem`, `ca.key`).
+    pub certs: PathBuf,
+    /// The key type of the tool's Core certificates.
+    pub key_type: KeyType,
+    /// The module's certificate and key (minted when absent).
+    pub module_files: Option<(PathBuf, PathBuf)>,
+    /// Core A's certificate and key, for a module bound to an existing Core.
+    pub core_files: Option<(PathBuf, PathBuf)>,
+    /// Where the module is.
+    pub target: Target,
+    /// Where to keep module logs and minted files (a fresh directory when
+    /// absent, removed after a passing run).
+    pub workdir: Option<PathBuf>,
+}
+
+/// Runs the checks. `Err` when the run could not happen at all (bad
+/// contract, no CA); a module that fails rows is an `Ok` report with
+/// failures.
+pub async fn run(options: &Options) -> Result<Report, String> {
+    let text = std::fs::read_to_string(&options.contract)
+        .map_err(|e| format!("{}: {e}", options.contract.display()))?;
+    let contract =
+        Contract::from_toml(&text).map_err(|e| format!("{}: {e}", options.contract.display()))?;
+    let type_declared = toml::from_str::<toml::Table>(&text)
+        .map(|t| t.contains_key("type"))
+        .unwrap_or(true);
+    let (workdir, temporary) = match &options.workdir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            (dir.clone(), false)
+        }
+        None => (fresh_dir()?, true),
+    };
+    let mut ids = target::Identities::mint(
+        &options.certs,
+        options.key_type,
+        &contract.urn,
+        options.module_files.clone(),
+        &workdir,
+    )?;
+    if let Some((cert, key)) = &options.core_files {
+        let identity = anima_protocol::TlsIdentity::from_pem_files(cert, key)
+            .map_err(|e| format!("{}: {e}", cert.display()))?;
+        ids.set_core_a(identity);
+    }
+    tracing::info!(module = %contract.urn, workdir = %workdir.display(), "conformance run starts");
+    let plan = checks::Plan {
+        contract,
+        type_declared,
+        ids,
+        target: options.target.clone(),
+        workdir: workdir.clone(),
+    };
+    let report = checks::run(&plan).await;
+    if temporary && !report.failed() {
+        let _ = std::fs::remove_dir_all(&workdir);
+    } else {
+        tracing::info!(workdir = %workdir.display(), "module logs kept");
+    }
+    Ok(report)
+}
+
+fn fresh_dir() -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let base = std::env::temp_dir();
+    for n in 0..1000u32 {
+        let dir = base.join(format!("anima-conformance-{}-{n}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        }
+    }
+    Err(format!(
+        "cannot create a work directory in {}",
+        base.display()
+    ))
+}
+
+/// The module URN a contract names (for reports).
+pub fn contract_urn(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Contract::from_toml(&text).ok().map(|c| c.urn.to_string())
+}

@@ -1,0 +1,387 @@
+//! A Core built by hand from the protocol crate, able to misbehave on
+//! purpose: it holds its copy of the lease (and so the proof key) and the raw
+//! control stream, so the tool can forge, replay, refuse and go silent.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use anima_protocol::lease::{
+    self, Entropy, Lease, LeaseClaims, LeaseRequest, LeaseSigner, PROOF_HEADER, PeerBinding,
+    Reason, Scope, reason_of,
+};
+use anima_protocol::pb::control_frame::Frame;
+use anima_protocol::pb::lease_control_client::LeaseControlClient;
+use anima_protocol::pb::module_admin_client::ModuleAdminClient;
+use anima_protocol::pb::probe_client::ProbeClient;
+use anima_protocol::pb::{
+    ControlFrame, ModuleStatus, ProbeReading, ReadRequest, Refusal, ShutdownRequest, SignedToken,
+    StatusRequest, TouchRequest,
+};
+use anima_protocol::{ClientTls, Connection, PeerPolicy, TlsIdentity, TrustRoot, Urn};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+/// How long the tool waits for any single answer from the module.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// The probe's method paths (PROTOCOL.md §8).
+pub const TOUCH: &str = "/anima.v1.Probe/Touch";
+/// See [`TOUCH`].
+pub const READ: &str = "/anima.v1.Probe/Read";
+
+/// Who the tool is on one connection.
+#[derive(Clone)]
+pub struct Actor {
+    /// The certificate and key presented.
+    pub identity: TlsIdentity,
+    /// The CA the module's certificate must chain to.
+    pub trust: TrustRoot,
+}
+
+impl Actor {
+    /// Dials the module, which must present `module`'s URN.
+    pub async fn dial(&self, addr: SocketAddr, module: &Urn) -> Result<Connection, String> {
+        ClientTls::new(self.identity.clone(), self.trust.clone())
+            .connect_timeout(PATIENCE)
+            .handshake_timeout(PATIENCE)
+            .dial_addr(addr, PeerPolicy::exactly(module.clone()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// What the module answered to an offer.
+pub enum Answer {
+    /// A grant that verified: the lease is open.
+    Granted(Box<Session>),
+    /// A `refuse` frame.
+    Refused(Refusal),
+    /// Anything else (a grant that did not verify, another frame, silence,
+    /// a broken stream), described.
+    Other(String),
+}
+
+/// One connection with its control stream and, once granted, the Core's
+/// copy of the lease.
+pub struct Session {
+    /// The connection.
+    pub conn: Connection,
+    signer: LeaseSigner,
+    /// The Core's copy of the lease.
+    pub lease: Lease,
+    /// The module's grant, decoded (unverified view for reporting).
+    pub grant: LeaseClaims,
+    tx: mpsc::Sender<ControlFrame>,
+    inbound: tonic::Streaming<ControlFrame>,
+    seq: u64,
+}
+
+/// How an offer is built.
+pub enum OfferKind {
+    /// An honest offer.
+    Honest,
+    /// Signed by another key than the certificate's.
+    ForgedSignature,
+}
+
+/// Opens the control stream on `conn` and sends an offer for `scope`/`ttl`.
+pub async fn offer(
+    conn: Connection,
+    identity: &TlsIdentity,
+    scope: &Scope,
+    ttl: Duration,
+    kind: OfferKind,
+) -> Result<Answer, String> {
+    let signer = LeaseSigner::from_identity(identity).map_err(|e| e.to_string())?;
+    let peer = PeerBinding::from_peer(conn.peer()).map_err(|e| e.to_string())?;
+    let request = LeaseRequest {
+        scope: scope.clone(),
+        ttl,
+    };
+    let entropy = Entropy::system().map_err(|e| e.to_string())?;
+    let now = Instant::now();
+    let (jws, pending) = match kind {
+        OfferKind::Honest => lease::offer(&signer, &peer, request, entropy, now, SystemTime::now())
+            .map_err(|e| e.to_string())?,
+        OfferKind::ForgedSignature => {
+            // Same claims, signed by a key the certificate does not hold.
+            let forger =
+                LeaseSigner::from_parts([7; 32], signer.urn().clone(), signer.fingerprint());
+            lease::offer(&forger, &peer, request, entropy, now, SystemTime::now())
+                .map_err(|e| e.to_string())?
+        }
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let _ = tx
+        .send(ControlFrame {
+            frame: Some(Frame::Offer(SignedToken { jws })),
+        })
+        .await;
+    let mut inbound = match tokio::time::timeout(
+        PATIENCE,
+        LeaseControlClient::new(conn.channel()).control(ReceiverStream::new(rx)),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(status)) => {
+            return Ok(Answer::Other(format!(
+                "control stream refused: {}",
+                describe(&status)
+            )));
+        }
+        Err(_) => return Ok(Answer::Other("control stream not answered in 5 s".into())),
+    };
+    let first = match tokio::time::timeout(PATIENCE, inbound.message()).await {
+        Err(_) => return Ok(Answer::Other("no answer to the offer within 5 s".into())),
+        Ok(Err(status)) => {
+            return Ok(Answer::Other(format!(
+                "control stream broke: {}",
+                describe(&status)
+            )));
+        }
+        Ok(Ok(None)) => {
+            return Ok(Answer::Other(
+                "control stream closed without an answer".into(),
+            ));
+        }
+        Ok(Ok(Some(frame))) => frame.frame,
+    };
+    match first {
+        Some(Frame::Grant(SignedToken { jws })) => {
+            let grant = decode_claims(&jws).ok_or("grant claims do not decode")?;
+            match pending.accept(&signer, &jws, SystemTime::now()) {
+                Ok(lease) => Ok(Answer::Granted(Box::new(Session {
+                    conn,
+                    signer,
+                    lease,
+                    grant,
+                    tx,
+                    inbound,
+                    seq: 0,
+                }))),
+                Err(e) => Ok(Answer::Other(format!("the grant does not verify: {e}"))),
+            }
+        }
+        Some(Frame::Refuse(r)) => Ok(Answer::Refused(r)),
+        other => Ok(Answer::Other(format!("unexpected first frame {other:?}"))),
+    }
+}
+
+/// The claims of a JWS, without verifying it (for reports only).
+pub fn decode_claims(jws: &str) -> Option<LeaseClaims> {
+    use base64::Engine as _;
+    let payload = jws.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// A status as `CODE REASON: message` for evidence.
+pub fn describe(status: &Status) -> String {
+    let reason = reason_of(status).map_or("-", |r| r.as_str());
+    format!("{:?} {reason}: {}", status.code(), status.message())
+}
+
+/// Whether `status` carries `reason`.
+pub fn has_reason(status: &Status, reason: Reason) -> bool {
+    reason_of(status) == Some(reason)
+}
+
+impl Session {
+    /// The next proof sequence number.
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// A genuine proof for `method` with a fresh sequence number.
+    pub fn proof(&mut self, method: &str) -> String {
+        let seq = self.next_seq();
+        self.lease.proof_key().proof(seq, method)
+    }
+
+    /// A proof for `method` with sequence number `seq`.
+    pub fn proof_at(&self, seq: u64, method: &str) -> String {
+        self.lease.proof_key().proof(seq, method)
+    }
+
+    /// `Probe/Touch` with a fresh proof.
+    pub async fn touch(&mut self, hold_ms: u32) -> Result<ProbeReading, Status> {
+        let proof = self.proof(TOUCH);
+        touch(&self.conn, Some(proof), hold_ms).await
+    }
+
+    /// `Probe/Read` with a fresh proof.
+    pub async fn read(&mut self) -> Result<ProbeReading, Status> {
+        let proof = self.proof(READ);
+        read(&self.conn, Some(proof)).await
+    }
+
+    /// Sends a control frame (false if the stream is gone).
+    pub async fn send(&self, frame: Frame) -> bool {
+        self.tx
+            .send(ControlFrame { frame: Some(frame) })
+            .await
+            .is_ok()
+    }
+
+    /// The next control frame within `wait`: `Ok(Some)` a frame, `Ok(None)`
+    /// the module closed the stream, `Err` nothing in time.
+    pub async fn next_frame(&mut self, wait: Duration) -> Result<Option<Frame>, ()> {
+        match tokio::time::timeout(wait, self.inbound.message()).await {
+            Err(_) => Err(()),
+            Ok(Ok(Some(frame))) => Ok(frame.frame),
+            Ok(Ok(None)) | Ok(Err(_)) => Ok(None),
+        }
+    }
+
+    /// Asks for a renewal of `ttl` and waits for the answer.
+    pub async fn renew(&mut self, ttl: Duration) -> Result<Duration, String> {
+        let jws = self
+            .lease
+            .renew_request(&self.signer, ttl, Instant::now(), SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        self.send(Frame::Renew(SignedToken { jws })).await;
+        match self.next_frame(PATIENCE).await {
+            Ok(Some(Frame::Renewed(SignedToken { jws }))) => {
+                let claims = self.lease.receive(&jws).map_err(|e| e.to_string())?;
+                self.lease
+                    .apply_renewed(&claims, Instant::now())
+                    .map_err(|e| e.to_string())
+            }
+            Ok(Some(Frame::Refuse(r))) => Err(format!("refused: {} {}", r.reason, r.detail)),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(()) => Err("no answer within 5 s".into()),
+        }
+    }
+
+    /// Sends a rescope request for `scope` and returns the module's answer.
+    pub async fn rescope(&mut self, scope: &Scope) -> Result<Option<Frame>, String> {
+        let jws = self
+            .lease
+            .rescope_request(&self.signer, scope, Instant::now(), SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        self.send(Frame::Rescope(SignedToken { jws })).await;
+        let answer = self
+            .next_frame(PATIENCE)
+            .await
+            .map_err(|()| "no answer within 5 s")?;
+        if let Some(Frame::Rescoped(SignedToken { jws })) = &answer {
+            let claims = self.lease.receive(jws).map_err(|e| e.to_string())?;
+            self.lease
+                .apply_rescoped(&claims, Instant::now())
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(answer)
+    }
+
+    /// Revokes the lease from the Core's side.
+    pub async fn revoke(&mut self, detail: &str) {
+        if let Ok(jws) = self.lease.revoke(
+            &self.signer,
+            Reason::LeaseRevoked,
+            detail,
+            Instant::now(),
+            SystemTime::now(),
+        ) {
+            self.send(Frame::Revoke(SignedToken { jws })).await;
+        }
+    }
+
+    /// Waits until the module closes its half of the control stream (after a
+    /// lease ended); `Err` with what arrived instead, or on timeout.
+    pub async fn await_close(&mut self, wait: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        loop {
+            let left = wait.saturating_sub(start.elapsed());
+            match self.next_frame(left).await {
+                Ok(None) => return Ok(start.elapsed()),
+                Ok(Some(Frame::Revoke(_) | Frame::Refuse(_))) => continue,
+                Ok(Some(other)) => return Err(format!("sent {other:?} after the lease ended")),
+                Err(()) => return Err(format!("still open after {wait:?}")),
+            }
+        }
+    }
+}
+
+/// `Probe/Touch` on `conn` with `proof` (or none).
+pub async fn touch(
+    conn: &Connection,
+    proof: Option<String>,
+    hold_ms: u32,
+) -> Result<ProbeReading, Status> {
+    let mut request = tonic::Request::new(TouchRequest { hold_ms });
+    add_proof(&mut request, proof);
+    request.set_timeout(PATIENCE + Duration::from_millis(u64::from(hold_ms)));
+    ProbeClient::new(conn.channel())
+        .touch(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// `Probe/Read` on `conn` with `proof` (or none).
+pub async fn read(conn: &Connection, proof: Option<String>) -> Result<ProbeReading, Status> {
+    let mut request = tonic::Request::new(ReadRequest {});
+    add_proof(&mut request, proof);
+    request.set_timeout(PATIENCE);
+    ProbeClient::new(conn.channel())
+        .read(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Calls `path` with an empty message (valid for any proto3 request type),
+/// with `metadata` added.
+pub async fn call_empty(
+    conn: &Connection,
+    path: &str,
+    metadata: &[(&'static str, String)],
+) -> Result<(), Status> {
+    let mut grpc = tonic::client::Grpc::new(conn.channel());
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::try_from(path)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mut request = tonic::Request::new(());
+    for (k, v) in metadata {
+        if let Ok(v) = v.parse() {
+            request.metadata_mut().insert(*k, v);
+        }
+    }
+    request.set_timeout(PATIENCE);
+    grpc.unary(request, path, tonic_prost::ProstCodec::<(), ()>::default())
+        .await
+        .map(|_| ())
+}
+
+fn add_proof<T>(request: &mut tonic::Request<T>, proof: Option<String>) {
+    if let Some(p) = proof.and_then(|p| p.parse().ok()) {
+        request.metadata_mut().insert(PROOF_HEADER, p);
+    }
+}
+
+/// `ModuleAdmin/Status` on `conn`.
+pub async fn status(conn: &Connection) -> Result<ModuleStatus, Status> {
+    let mut request = tonic::Request::new(StatusRequest {});
+    request.set_timeout(PATIENCE);
+    ModuleAdminClient::new(conn.channel())
+        .status(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// `ModuleAdmin/Shutdown` on `conn`.
+pub async fn shutdown(conn: &Connection, reason: &str) -> Result<(), Status> {
+    let mut request = tonic::Request::new(ShutdownRequest {
+        reason: reason.into(),
+    });
+    request.set_timeout(PATIENCE);
+    ModuleAdminClient::new(conn.channel())
+        .shutdown(request)
+        .await
+        .map(|_| ())
+}
