@@ -82,7 +82,7 @@ pub struct ControlClaims {
     pub seq: u64,
     /// Issued at (Unix seconds; audit only).
     pub iat: u64,
-    /// Requests: the sequence number answered. Answers: the request's `seq`.
+    /// Answers only: the `seq` of the request answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub re: Option<u64>,
     /// Renew: requested TTL. Renewed/rescoped: granted (remaining) TTL.

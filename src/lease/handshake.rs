@@ -102,7 +102,11 @@ fn sha256_b64(text: &str) -> String {
 }
 
 /// Time left before either certificate expires (a lease never outlives one).
-fn cert_bound(wall: SystemTime, a: Option<SystemTime>, b: Option<SystemTime>) -> Duration {
+pub(crate) fn cert_bound(
+    wall: SystemTime,
+    a: Option<SystemTime>,
+    b: Option<SystemTime>,
+) -> Duration {
     [a, b]
         .into_iter()
         .flatten()

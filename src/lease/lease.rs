@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::claims::{ControlClaims, TYP_RENEW, TYP_RENEWED, TYP_RESCOPE, TYP_RESCOPED, TYP_REVOKE};
 use super::error::LeaseError;
-use super::handshake::{MIN_TTL, unix};
+use super::handshake::{MIN_TTL, cert_bound, unix};
 use super::jws::{self, b64};
 use super::keys::{LeaseSigner, PeerBinding};
 use super::proof::{ProofKey, ReplayWindow};
@@ -433,7 +433,17 @@ impl Lease {
                 "renewal ttl below {MIN_TTL:?}"
             )));
         }
-        let granted = asked.min(self.max_ttl);
+        // Capped like the handshake: the contract maximum, and neither
+        // certificate may expire while the lease runs (`certificate-expiry`).
+        let granted =
+            asked
+                .min(self.max_ttl)
+                .min(cert_bound(wall, signer.not_after(), self.peer.not_after));
+        if granted < MIN_TTL {
+            return Err(LeaseError::BadToken(
+                "a certificate expires before a renewed lease could run".into(),
+            ));
+        }
         self.ttl = granted;
         self.expires_at = now + granted;
         self.renewals += 1;

@@ -606,3 +606,36 @@ fn a8_renewal_to_a_shorter_ttl_shortens_the_cores_copy_too() {
     assert_eq!(core_lease.expires_at(), sent + Duration::from_millis(600));
     assert!(core_lease.expires_at() <= module_lease.expires_at());
 }
+
+/// A renewal never runs past either certificate's expiry (the handshake's
+/// cap applies to renewals too), and is refused when too little is left.
+#[test]
+fn a9_renewal_is_capped_by_certificate_expiry() {
+    let mut w = world();
+    w.module_sees.not_after = Some(w.wall + Duration::from_secs(20));
+    let (mut core_lease, mut module_lease) =
+        w.open(Duration::from_secs(10), Duration::from_secs(60));
+    let renew = core_lease
+        .renew_request(&w.core, Duration::from_secs(60), w.now, w.wall)
+        .unwrap();
+    let claims = module_lease.receive(&renew).unwrap();
+    let answer = module_lease
+        .answer_renew(&w.module, &claims, w.now, w.wall)
+        .unwrap();
+    assert_eq!(module_lease.ttl(), Duration::from_secs(20));
+    let claims = core_lease.receive(&answer).unwrap();
+    assert_eq!(
+        core_lease.apply_renewed(&claims, w.now).unwrap(),
+        Duration::from_secs(20)
+    );
+    // With the Core's certificate about to expire, no renewal is granted.
+    let late = w.wall + Duration::from_secs(20);
+    let renew = core_lease
+        .renew_request(&w.core, Duration::from_secs(60), w.now, late)
+        .unwrap();
+    let claims = module_lease.receive(&renew).unwrap();
+    assert!(matches!(
+        module_lease.answer_renew(&w.module, &claims, w.now, late),
+        Err(LeaseError::BadToken(_))
+    ));
+}
