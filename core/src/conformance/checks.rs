@@ -310,21 +310,32 @@ impl Run<'_> {
         // T3: certificates the module must refuse. The control case (a
         // valid certificate, same probe) must be served, or the probe proves
         // nothing.
-        match rawtls::served(addr, Some(&self.ids().valid)).await {
-            Ok(true) => {
+        match rawtls::admission(addr, Some(&self.ids().valid)).await {
+            Ok(rawtls::Admission::Served) => {
                 for (what, cert) in &self.ids().refused {
-                    match rawtls::served(addr, cert.as_ref()).await {
-                        Ok(false) => r.pass("T3", format!("{what}: refused")),
-                        Ok(true) => {
-                            r.fail("T3", format!("{what}: ACCEPTED (the module served HTTP/2)"))
+                    match rawtls::admission(addr, cert.as_ref()).await {
+                        Ok(rawtls::Admission::HandshakeRefused(e)) => {
+                            r.pass("T3", format!("{what}: refused at the handshake ({e})"));
+                        }
+                        Ok(rawtls::Admission::CallRefused(e)) => r.pass(
+                            "T3",
+                            format!("{what}: handshake completed, but the call was refused ({e})"),
+                        ),
+                        Ok(rawtls::Admission::Served) => {
+                            r.fail(
+                                "T3",
+                                format!("{what}: ACCEPTED (ModuleAdmin/Status answered)"),
+                            );
                         }
                         Err(e) => r.fail("T3", format!("{what}: probe failed: {e}")),
                     }
                 }
             }
-            Ok(false) => r.fail(
+            Ok(other) => r.fail(
                 "T3",
-                "a valid operator certificate was not served by the raw TLS probe",
+                format!(
+                    "a valid operator certificate was not served by the raw TLS probe: {other:?}"
+                ),
             ),
             Err(e) => r.fail("T3", format!("raw TLS probe: {e}")),
         }

@@ -1,6 +1,6 @@
 //! A bare TLS 1.3 client for the certificate checks (T3): it presents any
 //! certificate at all — none, expired, from another CA, without a URN — and
-//! reports whether the module then serves HTTP/2 on the connection.
+//! reports whether the module then answers a call on that connection.
 //!
 //! It does not judge the module's certificate (the other checks do); it only
 //! asks whether the module let *this* client in.
@@ -14,7 +14,6 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A client certificate and key, PEM.
 pub struct ClientCert {
@@ -24,10 +23,20 @@ pub struct ClientCert {
     pub key_pem: String,
 }
 
-/// Connects to `addr` presenting `client` (or no certificate), sends an
-/// HTTP/2 preface and reports whether the module answered with HTTP/2
-/// frames (`Ok(true)`: it let the client in).
-pub async fn served(addr: SocketAddr, client: Option<&ClientCert>) -> Result<bool, String> {
+/// What the module did with a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// The TLS handshake (or the first bytes after it) failed.
+    HandshakeRefused(String),
+    /// The handshake completed but the call was refused (how).
+    CallRefused(String),
+    /// `ModuleAdmin/Status` was answered: the client was let in.
+    Served,
+}
+
+/// Connects to `addr` presenting `client` (or no certificate) and calls
+/// `ModuleAdmin/Status`, which needs no lease, on that one connection.
+pub async fn admission(addr: SocketAddr, client: Option<&ClientCert>) -> Result<Admission, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -55,22 +64,44 @@ pub async fn served(addr: SocketAddr, client: Option<&ClientCert>) -> Result<boo
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;
     let name = ServerName::IpAddress(addr.ip().into());
-    let mut tls = match tokio::time::timeout(wait, connector.connect(name, tcp)).await {
-        Err(_) => return Ok(false),
-        Ok(Err(_)) => return Ok(false),
+    let tls = match tokio::time::timeout(wait, connector.connect(name, tcp)).await {
+        Err(_) => return Ok(Admission::HandshakeRefused("handshake timed out".into())),
+        Ok(Err(e)) => return Ok(Admission::HandshakeRefused(e.to_string())),
         Ok(Ok(tls)) => tls,
     };
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-    if tls.write_all(&hello).await.is_err() || tls.flush().await.is_err() {
-        return Ok(false);
-    }
-    // A server that refused the certificate sends an alert (read error) or
-    // closes; one that accepted it sends its SETTINGS frame.
-    let mut header = [0u8; 9];
-    match tokio::time::timeout(wait, tls.read_exact(&mut header)).await {
-        Ok(Ok(_)) => Ok(header[3] == 4),
-        Ok(Err(_)) | Err(_) => Ok(false),
+    // One gRPC channel over exactly this TLS stream.
+    let slot = Arc::new(std::sync::Mutex::new(Some(tls)));
+    let channel = tonic::transport::Endpoint::from_static("http://anima.conformance")
+        .connect_timeout(wait)
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            async move {
+                taken
+                    .map(hyper_util::rt::TokioIo::new)
+                    .ok_or(std::io::Error::from(std::io::ErrorKind::NotConnected))
+            }
+        }))
+        .await;
+    let channel = match channel {
+        Ok(c) => c,
+        Err(e) => return Ok(Admission::HandshakeRefused(format!("HTTP/2: {e}"))),
+    };
+    let mut request = tonic::Request::new(anima_protocol::pb::StatusRequest {});
+    request.set_timeout(wait);
+    match anima_protocol::pb::module_admin_client::ModuleAdminClient::new(channel)
+        .status(request)
+        .await
+    {
+        Ok(_) => Ok(Admission::Served),
+        Err(status) => {
+            let described = super::session::describe(&status);
+            // A TLS alert surfaces as a transport error on the first call.
+            if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown {
+                Ok(Admission::HandshakeRefused(described))
+            } else {
+                Ok(Admission::CallRefused(described))
+            }
+        }
     }
 }
 
