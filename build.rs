@@ -1,8 +1,12 @@
 //! Compiles `proto/anima/v1/*.proto` with a pure-Rust compiler (protox): no
 //! system `protoc` needed. Clients are generated without tonic's plaintext
 //! `connect(url)` helper; every channel comes from `transport::ClientTls`.
+//! The encoded descriptor set is written to `OUT_DIR` too and exported as
+//! `pb::FILE_DESCRIPTOR_SET` (the module SDK lists the probe's methods from it).
 
 use std::path::PathBuf;
+
+use protox::prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = PathBuf::from("proto/anima/v1");
@@ -16,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", proto.display());
     }
     let fds = protox::compile(&protos, ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("anima_v1_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         .build_transport(false)
         .compile_fds(fds)?;

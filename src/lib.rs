@@ -27,6 +27,14 @@ pub mod transport;
 pub mod pb {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("anima.v1");
+
+    /// The encoded `google.protobuf.FileDescriptorSet` of `proto/anima/v1`
+    /// (lease control, module admin, Core admin, the conformance probe), for
+    /// tools that list a service's methods from its descriptors — the module
+    /// SDK checks a module serving `anima.v1.Probe` against its contract with
+    /// it.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/anima_v1_descriptor.bin"));
 }
 
 pub use identity::{IdentityError, Urn, UrnKind};

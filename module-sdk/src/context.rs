@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anima_protocol::Urn;
-use anima_protocol::lease::LeaseId;
+use anima_protocol::lease::{LeaseError, LeaseId};
 use tonic::Status;
 
 use crate::clock::now;
@@ -50,7 +50,11 @@ impl LeaseContext {
     /// Runs `apply` only while the lease is valid, atomically with respect
     /// to its ending: the lease cannot end between the check and `apply`.
     /// Stage side effects, then make them visible here, so partial work is
-    /// dropped when the lease ends first. Keep `apply` short and non-blocking.
+    /// dropped when the lease ends first. Keep `apply` short and non-blocking,
+    /// and do not call back into this lease from it (`commit`, `with_state`,
+    /// `is_valid` would wait on the lock `commit` holds): `with_state` is
+    /// itself atomic with the lease's validity, so changes to tenant state
+    /// need no `commit` around them.
     pub fn commit<R>(&self, apply: impl FnOnce() -> R) -> Result<R, Status> {
         let lease = self.slot.lock();
         match lease.check_valid(now()) {
@@ -72,6 +76,18 @@ impl LeaseContext {
         self.slot
             .with_tenant(f)
             .map_err(|e| refusal(&e, Some(self.slot.id)))
+    }
+}
+
+impl LeaseContext {
+    /// The refusal a call under this lease gets once the lease has ended
+    /// (`LEASE_EXPIRED` / `LEASE_REVOKED`, …).
+    pub(crate) fn end_status(&self) -> Status {
+        let err = self
+            .slot
+            .end_error()
+            .unwrap_or(LeaseError::NoLease("the lease ended"));
+        refusal(&err, Some(self.slot.id))
     }
 }
 

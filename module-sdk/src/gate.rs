@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anima_protocol::PeerInfo;
+#[cfg(feature = "fault-injection")]
+use anima_protocol::lease::Reason;
 use anima_protocol::lease::{LeaseError, PROOF_HEADER};
 use tower::{Layer, Service};
 
@@ -91,6 +93,19 @@ where
             Ok(slot) => slot,
             Err((err, lease)) => {
                 tracing::debug!(method = %path, reason = %err.reason(), error = %err, "call refused");
+                #[cfg(feature = "fault-injection")]
+                if self.state.faults.is(crate::fault::Fault::UnleasedExec)
+                    && matches!(
+                        err.reason(),
+                        Reason::NoLease
+                            | Reason::Standby
+                            | Reason::LeaseExpired
+                            | Reason::LeaseRevoked
+                    )
+                {
+                    tracing::warn!(method = %path, reason = %err.reason(), "FAULT INJECTION (unleased-exec): running a call without a valid lease");
+                    return Box::pin(inner.call(request));
+                }
                 let response = refusal(&err, lease).into_http();
                 return Box::pin(async move { Ok(response) });
             }

@@ -76,7 +76,7 @@ pub enum LeaseEvent {
 }
 
 /// Per-lease handler state, by type; emptied when the lease ends.
-type TenantMap = HashMap<TypeId, Box<dyn Any + Send>>;
+pub(crate) type TenantMap = HashMap<TypeId, Box<dyn Any + Send>>;
 
 /// One leased connection.
 pub(crate) struct LeaseSlot {
@@ -87,6 +87,9 @@ pub(crate) struct LeaseSlot {
     tenant: Mutex<TenantMap>,
     pub(crate) ended: CancellationToken,
     outbound: Mutex<Option<mpsc::Sender<Result<ControlFrame, Status>>>>,
+    /// Fault `shared-tenant`: one map for every lease, never cleared.
+    #[cfg(feature = "fault-injection")]
+    shared_tenant: Option<Arc<Mutex<TenantMap>>>,
 }
 
 impl LeaseSlot {
@@ -122,7 +125,10 @@ impl LeaseSlot {
     ) -> Result<R, LeaseError> {
         let lease = self.lock();
         lease.check_valid(now())?;
-        let mut tenant = self.tenant.lock().unwrap_or_else(|p| p.into_inner());
+        let tenant = &self.tenant;
+        #[cfg(feature = "fault-injection")]
+        let tenant = self.shared_tenant.as_deref().unwrap_or(tenant);
+        let mut tenant = tenant.lock().unwrap_or_else(|p| p.into_inner());
         let entry = tenant
             .entry(TypeId::of::<T>())
             .or_insert_with(|| Box::new(T::default()));
@@ -153,6 +159,9 @@ pub(crate) struct ModuleState {
     phase: watch::Sender<Phase>,
     bound_core: Mutex<Option<Urn>>,
     exit: Mutex<Option<Exit>>,
+    /// Injected faults (tests of conformance tools only).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) faults: crate::fault::Faults,
 }
 
 impl ModuleState {
@@ -173,6 +182,8 @@ impl ModuleState {
             phase: watch::Sender::new(Phase::AwaitingLease),
             bound_core: Mutex::new(bound_core),
             exit: Mutex::new(None),
+            #[cfg(feature = "fault-injection")]
+            faults: crate::fault::Faults::default(),
         }
     }
 
@@ -225,6 +236,17 @@ impl ModuleState {
         self.exit.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    /// Whether leases come from one Core only (Type I and II; E2, R2).
+    fn binds_to_one_core(&self) -> bool {
+        let private = !matches!(self.contract.module_type, ModuleType::ResidentShared);
+        #[cfg(feature = "fault-injection")]
+        if private && self.faults.is(crate::fault::Fault::SecondCore) {
+            tracing::warn!("FAULT INJECTION (second-core): not bound to one Core");
+            return false;
+        }
+        private
+    }
+
     /// Whether `core` may open a lease now (ADR-0003 §6): only Cores; Type I
     /// and II only their bound Core (Type II binds to its first lessee when
     /// none was configured); nothing while terminating.
@@ -243,7 +265,7 @@ impl ModuleState {
                 reason: Reason::Shutdown,
             });
         }
-        if matches!(self.contract.module_type, ModuleType::ResidentShared) {
+        if !self.binds_to_one_core() {
             return Ok(());
         }
         match self.bound_core() {
@@ -258,7 +280,7 @@ impl ModuleState {
     /// After a successful grant: binds a private module to `core` if it is
     /// not bound yet (the first Core to lease it), or checks the binding.
     pub(crate) fn bind(&self, core: &Urn) -> Result<(), LeaseError> {
-        if matches!(self.contract.module_type, ModuleType::ResidentShared) {
+        if !self.binds_to_one_core() {
             return Ok(());
         }
         let mut bound = self.bound_core.lock().unwrap_or_else(|p| p.into_inner());
@@ -315,6 +337,8 @@ impl ModuleState {
             tenant: Mutex::new(HashMap::new()),
             ended: CancellationToken::new(),
             outbound: Mutex::new(Some(outbound)),
+            #[cfg(feature = "fault-injection")]
+            shared_tenant: self.faults.shared_tenant(),
         });
         {
             let mut slots = self.slots();

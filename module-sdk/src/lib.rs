@@ -52,9 +52,23 @@
 //! # Ok::<(), anima_module_sdk::SdkError>(())
 //! ```
 //!
+//! [`ModuleServer::probe`] adds the conformance probe (`anima.v1.Probe`,
+//! PROTOCOL.md §8), through which a conformance tool observes from outside
+//! whether handlers ran without a lease, committed after their lease ended,
+//! or shared state between leases.
+//!
 //! With the `testing` feature, `testing::TestBed` and `testing::FakeCore`
 //! let module tests lease, renew, revoke and expire on command, with no Core
 //! binary.
+//!
+//! The `fault-injection` feature exists **only to test conformance tools and
+//! must never be enabled in a release build**: it compiles in deliberate
+//! ADR-0003 violations (a Type I module that never exits, handlers running
+//! without a lease, tenant state shared between leases, a private module
+//! accepting a second Core), each dormant unless the process runs with
+//! `ANIMA_TEST_FAULT` set to its name (see `fault`, documented when the
+//! feature is on). With the variable unset the SDK behaves exactly as without
+//! the feature.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -66,13 +80,16 @@ pub mod contract;
 mod control;
 mod descriptors;
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod gate;
 pub mod launch;
 mod leases;
 mod lifecycle;
+mod probe;
 mod serve;
 mod status;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use context::LeaseContext;

@@ -170,6 +170,12 @@ async fn ephemeral(
         {
             continue;
         }
+        #[cfg(feature = "fault-injection")]
+        if state.faults.is(crate::fault::Fault::Linger) {
+            tracing::warn!("FAULT INJECTION (linger): zero-lease, but not terminating");
+            wait_for(&mut active, stop, None, |n| n > 0).await?;
+            continue;
+        }
         break;
     }
     state.set_phase(Phase::Terminating);

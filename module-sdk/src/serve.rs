@@ -9,6 +9,7 @@ use std::time::Duration;
 use anima_protocol::lease::{LeaseId, LeaseSigner, Reason, Scope};
 use anima_protocol::pb::lease_control_server::LeaseControlServer;
 use anima_protocol::pb::module_admin_server::ModuleAdminServer;
+use anima_protocol::pb::probe_server::ProbeServer;
 use anima_protocol::{PeerPolicy, ServerTls, TlsIdentity, TrustRoot, Urn, UrnKind};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
@@ -26,6 +27,7 @@ use crate::gate::GateLayer;
 use crate::launch::{LaunchEnv, ready_line};
 use crate::leases::{LeaseEvent, ModuleState};
 use crate::lifecycle::{self, CleanupHook, Exit, Phase, SharedCleanup, cleanup_once};
+use crate::probe::ProbeService;
 
 /// HTTP/2 keepalive: a ping every interval, answered within the timeout, or
 /// the connection (and its lease) is dead. A silent Core is detected within
@@ -84,8 +86,12 @@ impl ModuleServer {
             trust,
             PeerPolicy::Kinds(vec![UrnKind::Core, UrnKind::User]),
         )?;
+        let state = ModuleState::new(contract, signer, None, Vec::new());
+        // Test builds only (feature `fault-injection`): ANIMA_TEST_FAULT.
+        #[cfg(feature = "fault-injection")]
+        state.faults.load_env(&state.contract)?;
         Ok(ModuleServer {
-            state: Arc::new(ModuleState::new(contract, signer, None, Vec::new())),
+            state: Arc::new(state),
             tls,
             routes: None,
             services: Vec::new(),
@@ -133,6 +139,69 @@ impl ModuleServer {
         self
     }
 
+    /// Serves the conformance probe, `anima.v1.Probe` (PROTOCOL.md §8), beside
+    /// the module's own services, so a conformance tool (`anima
+    /// conformance`) can observe from outside what handlers did: whether one
+    /// ran without a lease, committed after its lease ended, or let one
+    /// lease see another's state.
+    ///
+    /// - `Touch { hold_ms }` counts the handler's execution first, waits
+    ///   `hold_ms` (at most 60 000, else `INVALID_ARGUMENT`) unless the lease
+    ///   ends first (then `LEASE_EXPIRED` / `LEASE_REVOKED`, nothing
+    ///   committed), then commits one touch to the lease's tenant state and
+    ///   the module's `committed` count, atomically with the lease being
+    ///   valid;
+    /// - `Read {}` answers `{touches, executions, committed}`: the calling
+    ///   lease's touches and the module's two counters (since the process
+    ///   started).
+    ///
+    /// Declare both methods in the contract like any capability — `methods
+    /// = [..., "/anima.v1.Probe/Touch", "/anima.v1.Probe/Read"]` — or the
+    /// module refuses to start (served but not declared); leases, proofs and
+    /// scope apply to them as to the module's own methods. The SDK knows
+    /// the probe's descriptors, so [`ModuleServer::file_descriptor_set`]
+    /// needs only the module's own. Calling this twice serves one probe.
+    pub fn probe(self) -> Self {
+        if self
+            .services
+            .contains(&<ProbeServer<ProbeService> as NamedService>::NAME)
+        {
+            return self;
+        }
+        self.service(ProbeServer::new(ProbeService::default()))
+    }
+
+    /// Injects a test fault without the environment (the SDK's own tests).
+    #[cfg(all(test, feature = "fault-injection"))]
+    pub(crate) fn inject_fault(self, fault: crate::fault::Fault) -> Self {
+        self.state.faults.inject(fault, &self.state.contract);
+        self
+    }
+
+    /// Checks the served methods against the contract's `methods` (I2),
+    /// reading each served service's methods from the module's descriptor
+    /// set or, for the services the SDK itself can add (the probe), the
+    /// protocol's.
+    fn check_methods(&self) -> Result<(), SdkError> {
+        if self.descriptors.is_empty()
+            && self
+                .services
+                .iter()
+                .any(|s| *s != <ProbeServer<ProbeService> as NamedService>::NAME)
+        {
+            return Err(SdkError::MethodMismatch(
+                "no file descriptor set was given (ModuleServer::file_descriptor_set): \
+                 the served methods cannot be checked against the contract"
+                    .into(),
+            ));
+        }
+        let served = descriptors::served_methods(
+            &[&self.descriptors, anima_protocol::pb::FILE_DESCRIPTOR_SET],
+            &self.services,
+        )?;
+        descriptors::check(&served, &self.state.contract.methods)
+    }
+
     /// The cleanup hook a Type I module runs in its termination window.
     pub fn on_cleanup<F, Fut>(mut self, cleanup: F) -> Self
     where
@@ -161,24 +230,16 @@ impl ModuleServer {
     /// `ModuleAdmin` and `grpc.health.v1` are added; every other call passes
     /// the lease gate.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Exit, SdkError> {
-        let routes = self.routes.ok_or_else(|| {
+        let routes = self.routes.take().ok_or_else(|| {
             SdkError::MethodMismatch(
                 "no capability service was added (ModuleServer::service)".into(),
             )
         })?;
-        if self.descriptors.is_empty() {
-            return Err(SdkError::MethodMismatch(
-                "no file descriptor set was given (ModuleServer::file_descriptor_set): \
-                 the served methods cannot be checked against the contract"
-                    .into(),
-            ));
-        }
-        let served = descriptors::served_methods(&self.descriptors, &self.services)?;
-        descriptors::check(&served, &self.state.contract.methods)?;
+        self.check_methods()?;
 
         let state = self.state;
         let stop = CancellationToken::new();
@@ -297,8 +358,7 @@ impl ModuleServer {
         shutdown: impl Future<Output = ()> + Send,
         announce: impl Future<Output = ()>,
     ) -> Result<Exit, SdkError> {
-        let served = descriptors::served_methods(&self.descriptors, &self.services)?;
-        descriptors::check(&served, &self.state.contract.methods)?;
+        self.check_methods()?;
         announce.await;
         self.serve(listener, shutdown).await
     }

@@ -23,6 +23,7 @@ async fn main() -> ExitCode {
         module
             .file_descriptor_set(DESCRIPTORS)
             .service(HasherServer::new(hasher))
+            .probe()
             .on_cleanup(move || hook.run())
     })
     .await;

@@ -34,6 +34,7 @@ async fn main() -> ExitCode {
         module
             .file_descriptor_set(DESCRIPTORS)
             .service(KvStoreServer::new(kvstore::KvStore::new(cache)))
+            .probe()
     })
     .await
 }

@@ -20,6 +20,7 @@
 //! let code = anima_module_sdk::launch(hasher::contract(), |m| {
 //!     m.file_descriptor_set(DESCRIPTORS)
 //!         .service(HasherServer::new(hasher))
+//!         .probe()
 //!         .on_cleanup(move || cleanup.run())
 //! })
 //! .await;

@@ -27,6 +27,7 @@
 //! let code = anima_module_sdk::launch(kvstore::contract(), |m| {
 //!     m.file_descriptor_set(DESCRIPTORS)
 //!         .service(KvStoreServer::new(kvstore::KvStore::new(cache)))
+//!         .probe()
 //! })
 //! .await;
 //! # Ok(()) }

@@ -40,6 +40,7 @@
 //!         module
 //!             .file_descriptor_set(DESCRIPTORS)
 //!             .service(HasherServer::new(hasher))
+//!             .probe() // the conformance probe, declared in module.toml
 //!             .on_cleanup(move || cleanup.run())
 //!     })
 //!     .await

@@ -15,7 +15,9 @@
 //! use anima_sample_modules::{DESCRIPTORS, pb::tally_server::TallyServer, tally};
 //!
 //! let code = anima_module_sdk::launch(tally::contract(), |m| {
-//!     m.file_descriptor_set(DESCRIPTORS).service(TallyServer::new(tally::Tally))
+//!     m.file_descriptor_set(DESCRIPTORS)
+//!         .service(TallyServer::new(tally::Tally))
+//!         .probe()
 //! })
 //! .await;
 //! # }

@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
         module
             .file_descriptor_set(DESCRIPTORS)
             .service(TallyServer::new(tally::Tally))
+            .probe()
     })
     .await
 }

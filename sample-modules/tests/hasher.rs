@@ -26,6 +26,7 @@ async fn serve(bed: &TestBed, scratch: &Path) -> ServedModule {
     bed.serve(|m| {
         m.file_descriptor_set(anima_sample_modules::DESCRIPTORS)
             .service(HasherServer::new(hasher))
+            .probe()
             .on_cleanup(move || cleanup.run())
     })
     .await

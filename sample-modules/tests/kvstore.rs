@@ -40,6 +40,7 @@ async fn serve(bed: &TestBed) -> (ServedModule, Arc<KvStore>) {
         .serve(|m| {
             m.file_descriptor_set(anima_sample_modules::DESCRIPTORS)
                 .service(service)
+                .probe()
         })
         .await
         .unwrap();

@@ -16,6 +16,8 @@ use anima_module_sdk::testing::{FakeCore, FakeLease};
 use anima_module_sdk::{Contract, SdkError};
 use anima_protocol::Urn;
 use anima_protocol::lease::{LeaseError, Reason};
+use anima_protocol::pb::probe_client::ProbeClient;
+use anima_protocol::pb::{ProbeReading, ReadRequest, TouchRequest};
 use anima_sample_modules::pb::hasher_client::HasherClient;
 use anima_sample_modules::pb::kv_store_client::KvStoreClient;
 use anima_sample_modules::pb::tally_client::TallyClient;
@@ -261,4 +263,44 @@ async fn s3_s4_tally_process_serves_two_cores_apart() {
         counter: "hits".into(),
     };
     assert_eq!(client_b.get(get).await.unwrap().into_inner().value, 1);
+}
+
+#[tokio::test]
+async fn i2_every_sample_process_serves_the_conformance_probe() {
+    let pki = Pki::new();
+    let scratch = pki.dir.path().join("hasher-scratch");
+    /// A binary, its contract, and the extra environment it needs.
+    type Sample<'a> = (&'a str, Contract, &'a [(&'a str, &'a Path)]);
+    let samples: [Sample; 3] = [
+        (
+            env!("CARGO_BIN_EXE_anima-hasher"),
+            hasher::contract(),
+            &[(hasher::SCRATCH_DIR_ENV, &scratch)],
+        ),
+        (
+            env!("CARGO_BIN_EXE_anima-kvstore"),
+            kvstore::contract(),
+            &[(kvstore::CACHE_LIMIT_ENV, Path::new("65536"))],
+        ),
+        (env!("CARGO_BIN_EXE_anima-tally"), tally::contract(), &[]),
+    ];
+    for (bin, contract, env) in samples {
+        let urn = contract.urn.clone();
+        let module = Process::start(&pki, bin, contract, env).await;
+        let lease = module.lease(&pki.core(CORE)).await.unwrap();
+        let mut probe = ProbeClient::new(lease.channel());
+        let touched = probe
+            .touch(TouchRequest { hold_ms: 1 })
+            .await
+            .unwrap()
+            .into_inner();
+        let one = ProbeReading {
+            touches: 1,
+            executions: 1,
+            committed: 1,
+        };
+        assert_eq!(touched, one, "{urn}");
+        let read = probe.read(ReadRequest {}).await.unwrap().into_inner();
+        assert_eq!(read, one, "{urn}");
+    }
 }

@@ -31,6 +31,7 @@ async fn serve(bed: &TestBed) -> ServedModule {
     bed.serve(|m| {
         m.file_descriptor_set(anima_sample_modules::DESCRIPTORS)
             .service(TallyServer::new(Tally))
+            .probe()
     })
     .await
     .unwrap()

@@ -1,0 +1,206 @@
+//! Fault injection — **for testing conformance tools only; never in a
+//! release.**
+//!
+//! Compiled in only with the SDK's `fault-injection` cargo feature. Even
+//! then nothing changes unless the module process runs with
+//! [`FAULT_ENV`] (`ANIMA_TEST_FAULT`) set to one of the [`Fault`] names: the
+//! variable is the only trigger, because cargo's feature unification may
+//! compile this code into every module binary built alongside a package that
+//! enables the feature. [`crate::ModuleServer::new`] (and so
+//! [`crate::launch()`]) reads the variable, logs a `warn!` naming the fault,
+//! and refuses to start on an unknown name.
+//!
+//! Each fault breaks exactly one ADR-0003 rule, in the one place the SDK
+//! enforces it, the way a buggy module would:
+//!
+//! | `ANIMA_TEST_FAULT` | what the module does | breaks |
+//! | --- | --- | --- |
+//! | `linger` | Type I: after its last lease ends (and the expired grace), it neither runs the termination window nor exits; it waits for another lease | E5 |
+//! | `unleased-exec` | the lease gate passes a capability call with no lease on its connection, or whose lease ended, to the handler (with no [`crate::LeaseContext`]) | Z2 |
+//! | `shared-tenant` | [`crate::LeaseContext::with_state`] keeps one state for every lease, never deleted | S4, S9 |
+//! | `second-core` | Type I/II: accepts leases from any Core, not only its bound one, and binds to none | E2, R2 |
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::contract::{Contract, ModuleType};
+use crate::error::SdkError;
+use crate::leases::TenantMap;
+
+/// The environment variable naming the fault to inject.
+pub const FAULT_ENV: &str = "ANIMA_TEST_FAULT";
+
+/// A deliberate protocol violation (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fault {
+    /// `linger`: a Type I module does not exit after zero-lease (E5).
+    Linger,
+    /// `unleased-exec`: handlers run without a valid lease (Z2).
+    UnleasedExec,
+    /// `shared-tenant`: one tenant state for all leases, never deleted (S4, S9).
+    SharedTenant,
+    /// `second-core`: a Type I/II module accepts any Core (E2, R2).
+    SecondCore,
+}
+
+impl Fault {
+    /// Every fault.
+    pub const ALL: [Fault; 4] = [
+        Fault::Linger,
+        Fault::UnleasedExec,
+        Fault::SharedTenant,
+        Fault::SecondCore,
+    ];
+
+    /// The fault's name, as `ANIMA_TEST_FAULT` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Linger => "linger",
+            Fault::UnleasedExec => "unleased-exec",
+            Fault::SharedTenant => "shared-tenant",
+            Fault::SecondCore => "second-core",
+        }
+    }
+
+    /// The CONFORMANCE.md rows the fault breaks.
+    pub fn breaks(self) -> &'static [&'static str] {
+        match self {
+            Fault::Linger => &["E5"],
+            Fault::UnleasedExec => &["Z2"],
+            Fault::SharedTenant => &["S4", "S9"],
+            Fault::SecondCore => &["E2", "R2"],
+        }
+    }
+
+    /// Whether the fault changes anything for a module of type `ty`.
+    fn applies_to(self, ty: ModuleType) -> bool {
+        match self {
+            Fault::Linger => ty == ModuleType::Ephemeral,
+            Fault::SecondCore => ty != ModuleType::ResidentShared,
+            Fault::UnleasedExec | Fault::SharedTenant => true,
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Fault {
+    type Err = SdkError;
+
+    fn from_str(s: &str) -> Result<Self, SdkError> {
+        Fault::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Fault::ALL.iter().map(|f| f.as_str()).collect();
+                SdkError::Launch(format!(
+                    "{FAULT_ENV}={s:.64?} names no fault (known: {})",
+                    known.join(", ")
+                ))
+            })
+    }
+}
+
+/// The fault one module server runs with: none until [`Faults::load`].
+#[derive(Default)]
+pub(crate) struct Faults {
+    active: OnceLock<Fault>,
+    /// `shared-tenant`: the one tenant map every lease uses.
+    shared_tenant: Arc<Mutex<TenantMap>>,
+}
+
+impl Faults {
+    /// Reads [`FAULT_ENV`]: unset or empty changes nothing.
+    pub(crate) fn load_env(&self, contract: &Contract) -> Result<(), SdkError> {
+        let value = std::env::var(FAULT_ENV).ok();
+        self.load(value.as_deref(), contract)
+    }
+
+    pub(crate) fn load(&self, value: Option<&str>, contract: &Contract) -> Result<(), SdkError> {
+        let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Ok(());
+        };
+        let fault: Fault = value.parse()?;
+        self.inject(fault, contract);
+        Ok(())
+    }
+
+    pub(crate) fn inject(&self, fault: Fault, contract: &Contract) {
+        let _ = self.active.set(fault);
+        let breaks = fault.breaks().join(", ");
+        if fault.applies_to(contract.module_type) {
+            tracing::warn!(
+                fault = fault.as_str(),
+                breaks,
+                module = %contract.urn,
+                "FAULT INJECTION ACTIVE ({FAULT_ENV}={fault}): this module deliberately breaks \
+                 ADR-0003 ({breaks}); a test build for conformance tools; never deploy it"
+            );
+        } else {
+            tracing::warn!(
+                fault = fault.as_str(),
+                module = %contract.urn,
+                module_type = %contract.module_type,
+                "FAULT INJECTION requested ({FAULT_ENV}={fault}) but it does not apply to this \
+                 module type; behaving normally"
+            );
+        }
+    }
+
+    /// Whether `fault` is injected.
+    pub(crate) fn is(&self, fault: Fault) -> bool {
+        self.active.get() == Some(&fault)
+    }
+
+    /// `shared-tenant`: the map to use instead of each lease's own.
+    pub(crate) fn shared_tenant(&self) -> Option<Arc<Mutex<TenantMap>>> {
+        self.is(Fault::SharedTenant)
+            .then(|| self.shared_tenant.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contract(ty: &str) -> Contract {
+        Contract::from_toml(&format!(
+            "urn = \"urn:anima:module:m\"\nversion = \"1\"\nmethods = [\"/m.M/X\"]\nmax_lease = \"30s\"\n{ty}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_refused() {
+        for fault in Fault::ALL {
+            assert_eq!(fault.as_str().parse::<Fault>().unwrap(), fault);
+        }
+        let err = "lingr".parse::<Fault>().unwrap_err().to_string();
+        assert!(
+            err.contains("ANIMA_TEST_FAULT") && err.contains("linger"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unset_or_empty_injects_nothing() {
+        let c = contract("");
+        for value in [None, Some(""), Some("  ")] {
+            let faults = Faults::default();
+            faults.load(value, &c).unwrap();
+            assert!(Fault::ALL.iter().all(|f| !faults.is(*f)));
+            assert!(faults.shared_tenant().is_none());
+        }
+        let faults = Faults::default();
+        assert!(faults.load(Some("nope"), &c).is_err());
+        faults.load(Some("shared-tenant"), &c).unwrap();
+        assert!(faults.is(Fault::SharedTenant) && !faults.is(Fault::Linger));
+        assert!(faults.shared_tenant().is_some());
+    }
+}
