@@ -5,6 +5,7 @@
 // Tests and their helpers: a failed step is a failed test, reported by panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod conformance;
 mod gateway;
 mod lease;
 mod lifecycle;

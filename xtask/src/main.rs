@@ -8,8 +8,9 @@
 //! BENCHMARKS.md).
 //!
 //! `cargo xtask test` runs every check CI runs, in order, and stops at the
-//! first failure (installing Python's `grpcio` first when it is missing — the
-//! gateway tests use it as a client we did not write):
+//! first failure (installing Python's `grpcio` and `cryptography` first when
+//! missing — the gateway and conformance tests use a client and a module
+//! written with them, not with our code):
 //!
 //! 1. `cargo fmt --all -- --check`
 //! 2. `cargo clippy --workspace --all-targets --locked -- -D warnings`
@@ -132,7 +133,8 @@ fn run_release(bin: &str, args: &[String]) -> Result<ExitCode, String> {
 }
 
 /// The gateway tests drive the Core with Python's `grpcio` (a gRPC stack we
-/// did not write); install it from PyPI when it is missing.
+/// did not write), and the conformance tests run a module written with it and
+/// `cryptography`; install them from PyPI when they are missing.
 fn ensure_python_grpcio() -> Result<(), String> {
     let has = |args: &[&str]| {
         Command::new("python3")
@@ -140,18 +142,22 @@ fn ensure_python_grpcio() -> Result<(), String> {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if has(&["-c", "import grpc"]) {
+    let check = ["-c", "import grpc, cryptography"];
+    if has(&check) {
         return Ok(());
     }
-    eprintln!("xtask: installing Python grpcio for the gateway tests");
+    eprintln!("xtask: installing Python grpcio and cryptography for the cross-language tests");
     let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "grpcio"])
+        .args(["-m", "pip", "install", "--quiet", "grpcio", "cryptography"])
         .status()
         .map_err(|e| format!("cannot run python3 -m pip: {e}"))?;
-    if status.success() && has(&["-c", "import grpc"]) {
+    if status.success() && has(&check) {
         Ok(())
     } else {
-        Err("cannot install Python grpcio (python3 -m pip install grpcio)".into())
+        Err(
+            "cannot install Python grpcio and cryptography (python3 -m pip install grpcio cryptography)"
+                .into(),
+        )
     }
 }
 

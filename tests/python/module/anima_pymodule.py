@@ -455,9 +455,9 @@ def jws_sign(key: SigningKey, claims: dict) -> str:
 
 def jws_verify(key: VerifyKey, jws) -> bytes:
     """Checks size, envelope, header and signature (§3); returns the claims' bytes.
-    An envelope that cannot be split and decoded is BAD_TOKEN (there is nothing to
-    verify); a header other than the one of the peer's key, or a signature that does
-    not verify, is BAD_SIGNATURE."""
+    An envelope that cannot be split and decoded, or a header other than the one the
+    peer's key requires, is BAD_TOKEN; a signature that does not verify is
+    BAD_SIGNATURE."""
     if not isinstance(jws, str) or len(jws.encode("utf-8")) > MAX_TOKEN_BYTES:
         raise Refused("BAD_TOKEN", f"a token is longer than {MAX_TOKEN_BYTES} bytes")
     parts = jws.split(".")
@@ -470,7 +470,7 @@ def jws_verify(key: VerifyKey, jws) -> bytes:
     if key.alg is None:
         raise Refused("BAD_SIGNATURE", "the peer's certificate key is neither Ed25519 nor ECDSA P-256")
     if header != HEADERS[key.alg]:
-        raise Refused("BAD_SIGNATURE", f"the token header is not {HEADERS[key.alg].decode()}")
+        raise Refused("BAD_TOKEN", f"the token header is not {HEADERS[key.alg].decode()}")
     if not key.verify(f"{parts[0]}.{parts[1]}".encode("ascii"), sig):
         raise Refused("BAD_SIGNATURE", "the token signature does not verify with the peer's certificate key")
     return body
@@ -1586,7 +1586,7 @@ def self_test(protocol_md: str) -> int:
     der = p256.sign(b"m", ec.ECDSA(hashes.SHA256()))
     check("ES256: DER signature refused", not verifier.verify(b"m", der))
     ed_signer = SigningKey(ed25519.Ed25519PrivateKey.generate())
-    check("JWS: alg not matching the key is BAD_SIGNATURE", refused(lambda: jws_verify(verifier, jws_sign(ed_signer, {})), "BAD_SIGNATURE"))
+    check("JWS: alg not matching the key is BAD_TOKEN", refused(lambda: jws_verify(verifier, jws_sign(ed_signer, {})), "BAD_TOKEN"))
     check("JWS: oversized token is BAD_TOKEN", refused(lambda: jws_verify(verifier, "a" * 8193), "BAD_TOKEN"))
     check("claims: unknown claim is BAD_TOKEN", refused(lambda: parse_claims(b'{"typ":"t","x":1}', "t", {"typ"}), "BAD_TOKEN"))
     check("claims: duplicate claim is BAD_TOKEN", refused(lambda: parse_claims(b'{"typ":"t","typ":"t"}', "t", {"typ"}), "BAD_TOKEN"))

@@ -1,0 +1,328 @@
+//! `anima conformance` against real module processes: the sample modules
+//! pass every applicable row; deliberately broken modules (the fixture with
+//! the SDK's test-only `fault-injection` switch) are caught by the row that
+//! names the rule they break; a Python `grpcio` module written from
+//! PROTOCOL.md alone passes the rows for its type.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anima_tests::bin_path;
+use serde_json::Value;
+
+/// One run of the tool: its JSON report and exit status.
+struct Run {
+    report: Value,
+    status: std::process::ExitStatus,
+    stderr: String,
+}
+
+impl Run {
+    fn verdict(&self, id: &str) -> &str {
+        self.row(id)["verdict"].as_str().unwrap_or("?")
+    }
+
+    fn row(&self, id: &str) -> &Value {
+        self.report["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("no row {id}"))
+    }
+
+    fn failed_rows(&self) -> Vec<String> {
+        self.report["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .filter(|r| r["verdict"] == "fail")
+            .map(|r| format!("{}: {}", r["id"], r["evidence"]))
+            .collect()
+    }
+
+    /// Every applicable row passed, and the listed rows were applicable.
+    fn assert_passes(&self, must_pass: &[&str]) {
+        assert!(
+            self.failed_rows().is_empty(),
+            "failed rows: {:#?}\nstderr tail: {}",
+            self.failed_rows(),
+            tail(&self.stderr)
+        );
+        assert!(self.status.success(), "exit status {}", self.status);
+        assert_eq!(self.report["failed"], false);
+        for id in must_pass {
+            assert_eq!(self.verdict(id), "pass", "{id}: {}", self.row(id));
+        }
+    }
+
+    /// The tool caught the fault: `id` failed, and the exit status says so.
+    fn assert_caught(&self, id: &str) {
+        assert_eq!(
+            self.verdict(id),
+            "fail",
+            "{id} should fail: {}\nall failures: {:#?}",
+            self.row(id),
+            self.failed_rows()
+        );
+        assert_eq!(self.status.code(), Some(1), "exit status {}", self.status);
+        assert_eq!(self.report["failed"], true);
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// A dev CA the tool can mint its identities with.
+fn ca_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(bin_path("anima"))
+        .args(["certs", "init", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("anima certs init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// Runs `anima conformance` with `args` (the module's command after `--`).
+fn conformance(contract: &Path, certs: &Path, extra: &[&str], command: &[&str]) -> Run {
+    let out = Command::new(bin_path("anima"))
+        .arg("conformance")
+        .arg("--contract")
+        .arg(contract)
+        .arg("--certs")
+        .arg(certs)
+        .arg("--json")
+        .args(extra)
+        .arg("--")
+        .args(command)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("anima conformance runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Run {
+        report,
+        status: out.status,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn sample(name: &str) -> Run {
+    let certs = ca_dir();
+    let contract = repo().join(format!("sample-modules/{name}/module.toml"));
+    let program = bin_path(&format!("anima-{name}"));
+    conformance(
+        &contract,
+        certs.path(),
+        &[],
+        &[program.to_str().expect("utf-8 path")],
+    )
+}
+
+#[test]
+fn o1_conformance_hasher_type1_passes_every_applicable_row() {
+    let run = sample("hasher");
+    run.assert_passes(&[
+        "T1", "T2", "T3", "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "I1", "I2", "I4",
+        "Z1", "Z2", "Z3", "E1", "E2", "E3", "E4", "E5", "E6", "E7",
+    ]);
+}
+
+#[test]
+fn o1_conformance_kvstore_type2_passes_every_applicable_row() {
+    let run = sample("kvstore");
+    run.assert_passes(&[
+        "T1", "T2", "T3", "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "I1", "I2", "I4",
+        "Z1", "Z2", "Z3", "R1", "R2", "R3", "R4", "R5", "R6",
+    ]);
+}
+
+#[test]
+fn o1_conformance_tally_type3_passes_every_applicable_row() {
+    let run = sample("tally");
+    run.assert_passes(&[
+        "T1", "T2", "T3", "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "I1", "I2", "I4",
+        "Z1", "Z2", "Z3", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9",
+    ]);
+}
+
+/// The Python module (`tests/python/module/`), written from PROTOCOL.md with
+/// `grpcio` and `cryptography` and no code of ours, under `contract`.
+fn python_module(contract: &Path) -> Run {
+    let certs = ca_dir();
+    let script = repo().join("tests/python/module/anima_pymodule.py");
+    conformance(
+        contract,
+        certs.path(),
+        // BoringSSL (grpcio) refuses Ed25519 client certificates.
+        &["--core-key-type", "p256"],
+        &[
+            "python3",
+            script.to_str().expect("utf-8 path"),
+            contract.to_str().expect("utf-8 path"),
+        ],
+    )
+}
+
+fn python_contract(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("module.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "urn = \"urn:anima:module:pyprobe\"\nversion = \"0.1.0\"\n\
+             methods = [\"/anima.v1.Probe/Touch\", \"/anima.v1.Probe/Read\"]\n\
+             max_lease = \"30s\"\n{body}"
+        ),
+    )
+    .expect("write contract");
+    path
+}
+
+#[test]
+fn o1_conformance_python_module_type3_passes_every_applicable_row() {
+    let run = python_module(&repo().join("tests/python/module/module.toml"));
+    run.assert_passes(&[
+        "T1", "T2", "T3", "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "I1", "I2", "I4",
+        "Z1", "Z2", "Z3", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9",
+    ]);
+}
+
+#[test]
+fn o1_conformance_python_module_type1_passes_every_applicable_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let contract = python_contract(
+        dir.path(),
+        "startup_grace = \"2s\"\nexpired_grace = \"500ms\"\ntermination_window = \"1s\"\n",
+    );
+    let run = python_module(&contract);
+    run.assert_passes(&[
+        "T1", "T2", "T3", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "Z1", "Z2", "Z3", "E1",
+        "E2", "E3", "E4", "E5", "E6", "E7",
+    ]);
+}
+
+#[test]
+fn o1_conformance_python_module_type2_passes_every_applicable_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let contract = python_contract(
+        dir.path(),
+        "type = \"resident-private\"\ninit = \"core-started\"\n",
+    );
+    let run = python_module(&contract);
+    run.assert_passes(&[
+        "T1", "T2", "T3", "A2", "A3", "A4", "A6", "A7", "A8", "A9", "Z2", "Z3", "R1", "R2", "R3",
+        "R4", "R5", "R6",
+    ]);
+}
+
+/// The Python module reproduces PROTOCOL.md's test vectors (Appendix A)
+/// byte for byte from the document's own inputs.
+#[test]
+fn a3_python_module_reproduces_the_protocol_test_vectors() {
+    let script = repo().join("tests/python/module/anima_pymodule.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg("--self-test")
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The fixture module (echo + probe) under a contract of `type_lines`,
+/// broken on purpose with `fault` (`ANIMA_TEST_FAULT`, the SDK's test-only
+/// `fault-injection` switch).
+fn broken(type_lines: &str, fault: &str) -> Run {
+    use anima_tests::{COUNT, SAY, SHOUT, SLOW};
+    let certs = ca_dir();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = format!(
+        "urn = \"urn:anima:module:echo\"\nversion = \"1.0.0\"\nmax_lease = \"30s\"\n\
+         methods = [\"{SAY}\", \"{SHOUT}\", \"{SLOW}\", \"{COUNT}\", \
+         \"/anima.v1.Probe/Touch\", \"/anima.v1.Probe/Read\"]\n{type_lines}\n"
+    );
+    let contract = dir.path().join("module.toml");
+    std::fs::write(&contract, &body).expect("write contract");
+    let program = bin_path("anima-fixture-module");
+    let contract_env = format!("FIXTURE_CONTRACT={body}");
+    let fault_env = format!("ANIMA_TEST_FAULT={fault}");
+    let mut extra = vec!["--env", contract_env.as_str()];
+    if !fault.is_empty() {
+        extra.extend(["--env", fault_env.as_str()]);
+    }
+    conformance(
+        &contract,
+        certs.path(),
+        &extra,
+        &[program.to_str().expect("utf-8 path")],
+    )
+}
+
+const FIXTURE_TYPE_I: &str =
+    "startup_grace = \"1s\"\nexpired_grace = \"0s\"\ntermination_window = \"500ms\"";
+const FIXTURE_TYPE_II: &str = "type = \"resident-private\"\ninit = \"core-started\"";
+const FIXTURE_TYPE_III: &str = "type = \"resident-shared\"";
+
+/// Control: the same fixture without a fault passes, so each failure below
+/// is the fault's doing.
+#[test]
+fn o1_conformance_fixture_without_a_fault_passes() {
+    for lines in [FIXTURE_TYPE_I, FIXTURE_TYPE_II, FIXTURE_TYPE_III] {
+        broken(lines, "").assert_passes(&["Z2", "Z3"]);
+    }
+}
+
+#[test]
+fn e5_conformance_catches_a_type1_module_that_keeps_running_after_its_lease() {
+    let run = broken(FIXTURE_TYPE_I, "linger");
+    run.assert_caught("E5");
+    run.assert_caught("Z3");
+}
+
+#[test]
+fn z2_conformance_catches_a_module_that_runs_handlers_without_a_lease() {
+    for lines in [FIXTURE_TYPE_I, FIXTURE_TYPE_II, FIXTURE_TYPE_III] {
+        broken(lines, "unleased-exec").assert_caught("Z2");
+    }
+}
+
+#[test]
+fn s4_conformance_catches_a_module_that_leaks_state_across_tenants() {
+    let run = broken(FIXTURE_TYPE_III, "shared-tenant");
+    run.assert_caught("S4");
+    run.assert_caught("S9");
+}
+
+#[test]
+fn r2_conformance_catches_a_type2_module_that_accepts_a_second_core() {
+    broken(FIXTURE_TYPE_II, "second-core").assert_caught("R2");
+}
+
+#[test]
+fn e2_conformance_catches_a_type1_module_that_accepts_a_second_core() {
+    broken(FIXTURE_TYPE_I, "second-core").assert_caught("E2");
+}
