@@ -100,7 +100,7 @@ impl Gateway {
             tracing::info!(target: "anima::gateway", user = %user, method = %method, outcome = "UNKNOWN_METHOD", "call refused");
             return self.refuse(
                 Reason::UnknownMethod,
-                format!("no module declares {method:.200}"),
+                format!("no single module declares {method:.200} (none does, or several do)"),
             );
         };
         if !Policy::allows(&self.policies, &user, &module, &method) {

@@ -149,18 +149,15 @@ pub async fn serve(
         events: Events::default(),
         renew_when_left: config.leases.renew_when_left,
         links: Mutex::new(HashMap::new()),
-        routes: Mutex::new(
-            config
-                .modules
-                .iter()
-                .filter_map(|m| Some((m, m.contract.as_ref()?)))
-                .flat_map(|(m, c)| {
-                    c.methods
-                        .iter()
-                        .map(|method| (method.to_owned(), m.urn.clone()))
-                })
-                .collect(),
-        ),
+        routes: Mutex::new({
+            let mut routes = HashMap::new();
+            for m in &config.modules {
+                for method in m.contract.iter().flat_map(|c| c.methods.iter()) {
+                    crate::supervisor::add_route(&mut routes, method, &m.urn);
+                }
+            }
+            routes
+        }),
     });
 
     let listener = TcpListener::bind(config.admin.listen)

@@ -55,8 +55,10 @@ pub struct CoreContext {
     pub renew_when_left: f64,
     /// The open lease of each module, for callers (gateway) and shutdown.
     pub links: std::sync::Mutex<std::collections::HashMap<Urn, LeaseLink>>,
-    /// Which module declares each method (learned from contracts and leases).
-    pub routes: std::sync::Mutex<std::collections::HashMap<String, Urn>>,
+    /// Which modules declare each method (learned from contracts and
+    /// leases). A method declared by several modules (the conformance probe,
+    /// say) is not routed: the gateway cannot tell which one is meant.
+    pub routes: std::sync::Mutex<std::collections::HashMap<String, Vec<Urn>>>,
 }
 
 impl CoreContext {
@@ -69,19 +71,18 @@ impl CoreContext {
             .cloned()
     }
 
-    /// The module that declares `method`, if any.
+    /// The one module that declares `method`, if exactly one does.
     pub fn route(&self, method: &str) -> Option<Urn> {
-        self.routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(method)
-            .cloned()
+        single_route(
+            &self.routes.lock().unwrap_or_else(|p| p.into_inner()),
+            method,
+        )
     }
 
     fn learn_routes(&self, module: &Urn, scope: &Scope) {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         for method in scope.iter() {
-            routes.insert(method.to_owned(), module.clone());
+            add_route(&mut routes, method, module);
         }
     }
 
@@ -91,6 +92,29 @@ impl CoreContext {
             Some(l) => links.insert(module.clone(), l),
             None => links.remove(module),
         };
+    }
+}
+
+/// Records that `module` declares `method`.
+pub fn add_route(
+    routes: &mut std::collections::HashMap<String, Vec<Urn>>,
+    method: &str,
+    module: &Urn,
+) {
+    let declared = routes.entry(method.to_owned()).or_default();
+    if !declared.contains(module) {
+        declared.push(module.clone());
+    }
+}
+
+/// The one module declaring `method`: none when no module or several do.
+pub fn single_route(
+    routes: &std::collections::HashMap<String, Vec<Urn>>,
+    method: &str,
+) -> Option<Urn> {
+    match routes.get(method).map(Vec::as_slice) {
+        Some([only]) => Some(only.clone()),
+        _ => None,
     }
 }
 
@@ -575,5 +599,24 @@ async fn stop_child(
     {
         tracing::warn!(module = %module.urn, "did not exit within {STOP_GRACE:?}; killing");
         let _ = child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn o1_a_method_declared_by_several_modules_is_not_routed() {
+        let a: Urn = "urn:anima:module:a".parse().unwrap();
+        let b: Urn = "urn:anima:module:b".parse().unwrap();
+        let mut routes = std::collections::HashMap::new();
+        add_route(&mut routes, "/x.v1.X/Only", &a);
+        add_route(&mut routes, "/anima.v1.Probe/Read", &a);
+        add_route(&mut routes, "/anima.v1.Probe/Read", &b);
+        add_route(&mut routes, "/anima.v1.Probe/Read", &b);
+        assert_eq!(single_route(&routes, "/x.v1.X/Only"), Some(a));
+        assert_eq!(single_route(&routes, "/anima.v1.Probe/Read"), None);
+        assert_eq!(single_route(&routes, "/nobody.v1.X/Y"), None);
     }
 }

@@ -1,7 +1,8 @@
 //! Project automation.
 //!
-//! `cargo xtask serve [ARGS…]` builds every binary in release mode (the Core
-//! and the sample modules it hosts) and runs `anima serve [ARGS…]`.
+//! `cargo xtask serve [ARGS…]` builds the binaries in release mode (the Core
+//! and the sample modules it hosts; not the test package, whose fixtures
+//! carry the SDK's test-only fault injection) and runs `anima serve [ARGS…]`.
 //!
 //! `cargo xtask bench [ARGS…]` builds every binary in release mode and runs
 //! the benchmarks, `anima-bench [ARGS…]` (`--quick` for a smoke run; see
@@ -100,19 +101,22 @@ fn test(filter: &[String]) -> Result<(), String> {
 fn serve(args: &[String]) -> Result<ExitCode, String> {
     let mut full = vec!["serve".to_owned()];
     full.extend_from_slice(args);
-    run_release("anima", &full)
+    // Without the test package, so the SDK's test-only `fault-injection`
+    // feature is not compiled into the modules the Core hosts.
+    run_release("anima", &full, &["--exclude", "anima-tests"])
 }
 
 fn bench(args: &[String]) -> Result<ExitCode, String> {
-    run_release("anima-bench", args)
+    // The benchmarks drive the test package's echo fixture.
+    run_release("anima-bench", args, &[])
 }
 
-/// Builds every binary in release mode, then runs `target/release/BIN ARGS`.
-fn run_release(bin: &str, args: &[String]) -> Result<ExitCode, String> {
-    cargo(
-        &["build", "--release", "--workspace", "--bins", "--locked"],
-        &[],
-    )?;
+/// Builds the workspace's binaries in release mode (less `exclude`), then
+/// runs `target/release/BIN ARGS`.
+fn run_release(bin: &str, args: &[String], exclude: &[&str]) -> Result<ExitCode, String> {
+    let mut build = vec!["build", "--release", "--workspace", "--bins", "--locked"];
+    build.extend_from_slice(exclude);
+    cargo(&build, &[])?;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("xtask is not inside the workspace")?;
