@@ -326,3 +326,39 @@ fn r2_conformance_catches_a_type2_module_that_accepts_a_second_core() {
 fn e2_conformance_catches_a_type1_module_that_accepts_a_second_core() {
     broken(FIXTURE_TYPE_I, "second-core").assert_caught("E2");
 }
+
+/// Endpoint mode: a Type III module started by infrastructure (here, this
+/// test) is checked where it runs; the tool neither starts nor stops it.
+#[tokio::test(flavor = "multi_thread")]
+async fn s2_conformance_checks_a_running_type3_module_at_its_endpoint() {
+    let certs = ca_dir();
+    let file = |f: &str| certs.path().join(f).to_string_lossy().into_owned();
+    let env = vec![
+        ("ANIMA_CERT".to_owned(), file("module-tally.pem")),
+        ("ANIMA_KEY".to_owned(), file("module-tally.key")),
+        ("ANIMA_CA".to_owned(), file("ca.pem")),
+    ];
+    let mut tally = anima_tests::Child::spawn_env(&bin_path("anima-tally"), &[], &env);
+    let ready = tally.line("ANIMA/1 READY").await;
+    let addr = ready
+        .split_whitespace()
+        .nth(1)
+        .expect("ready line: urn addr")
+        .to_owned();
+    let contract = repo().join("sample-modules/tally/module.toml");
+    let dir = certs.path().to_owned();
+    let run = tokio::task::spawn_blocking(move || {
+        conformance(&contract, &dir, &["--endpoint", &addr], &[])
+    })
+    .await
+    .expect("conformance run");
+    run.assert_passes(&[
+        "T1", "T2", "T3", "A2", "A3", "A4", "A6", "A7", "A8", "A9", "I2", "I4", "Z2", "S2", "S3",
+        "S4", "S5", "S6", "S7", "S8", "S9",
+    ]);
+    // The tool left the module running (it did not start it).
+    assert!(
+        tally.child.try_wait().expect("try_wait").is_none(),
+        "the tool stopped a module it did not start"
+    );
+}

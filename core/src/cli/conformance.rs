@@ -38,7 +38,8 @@ pub struct ConformanceArgs {
     /// The key of `--core-cert`.
     #[arg(long, requires = "core_cert")]
     pub core_key: Option<PathBuf>,
-    /// A running module's address (ip:port).
+    /// A running module's address (ip:port). The probe's counters are
+    /// process-wide: keep other traffic away from it during the run.
     #[arg(long, conflicts_with = "command")]
     pub endpoint: Option<SocketAddr>,
     /// Extra environment for the started module, NAME=value (repeatable).
