@@ -129,6 +129,28 @@ pub async fn serve(
     }
     let trust = TrustRoot::from_pem_file(&config.core.ca)?;
     let signer = Arc::new(LeaseSigner::from_identity(&identity)?);
+    // The endpoint certificate (same URN, e.g. P-256): a fallback on the
+    // user endpoint, and the identity for modules with core_cert = "endpoint".
+    let endpoint_identity = match &config.core.endpoint_cert {
+        Some((cert, key)) => {
+            let fallback = TlsIdentity::from_pem_files(cert, key)?;
+            if fallback.urn() != &config.core.urn {
+                return Err(ServeError::WrongIdentity {
+                    cert: fallback.urn().to_string(),
+                    config: config.core.urn.to_string(),
+                });
+            }
+            Some(fallback)
+        }
+        None => None,
+    };
+    let endpoint_dialer = match &endpoint_identity {
+        Some(id) => Some((
+            ClientTls::new(id.clone(), trust.clone()),
+            Arc::new(LeaseSigner::from_identity(id)?),
+        )),
+        None => None,
+    };
     let audit_path = config
         .core
         .audit_log
@@ -149,6 +171,7 @@ pub async fn serve(
         events: Events::default(),
         renew_when_left: config.leases.renew_when_left,
         links: Mutex::new(HashMap::new()),
+        endpoint_dialer,
         routes: Mutex::new({
             let mut routes = HashMap::new();
             for m in &config.modules {
@@ -171,10 +194,9 @@ pub async fn serve(
         source,
     })?;
     let stop = CancellationToken::new();
-    let admin_tls = match &config.core.endpoint_cert {
-        Some((cert, key)) => {
-            let fallback = TlsIdentity::from_pem_files(cert, key)?;
-            ServerTls::with_fallback(&identity, &fallback, &trust, PeerPolicy::AnyIdentity)?
+    let admin_tls = match &endpoint_identity {
+        Some(fallback) => {
+            ServerTls::with_fallback(&identity, fallback, &trust, PeerPolicy::AnyIdentity)?
         }
         None => ServerTls::new(&identity, &trust, PeerPolicy::AnyIdentity)?,
     };

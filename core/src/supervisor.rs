@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
-use crate::config::{ModuleConfig, RestartMode, StartMode};
+use crate::config::{CoreCert, ModuleConfig, RestartMode, StartMode};
 use crate::events::Events;
 use crate::launcher::{LaunchSpec, launch};
 use crate::lease::{LeaseLink, LeaseTable, RenewalPolicy};
@@ -55,6 +55,9 @@ pub struct CoreContext {
     pub renew_when_left: f64,
     /// The open lease of each module, for callers (gateway) and shutdown.
     pub links: std::sync::Mutex<std::collections::HashMap<Urn, LeaseLink>>,
+    /// The Core's endpoint certificate (e.g. P-256) as a dialler and lease
+    /// signer, for modules whose entry says `core_cert = "endpoint"`.
+    pub endpoint_dialer: Option<(ClientTls, Arc<LeaseSigner>)>,
     /// Which modules declare each method (learned from contracts and
     /// leases). A method declared by several modules (the conformance probe,
     /// say) is not routed: the gateway cannot tell which one is meant.
@@ -62,6 +65,15 @@ pub struct CoreContext {
 }
 
 impl CoreContext {
+    /// The certificate (as a dialler) and lease signer `module` is reached
+    /// with: `[core] cert`, or `endpoint_cert` when its entry says so.
+    pub fn dialer(&self, module: &ModuleConfig) -> (&ClientTls, Arc<LeaseSigner>) {
+        match (module.core_cert, &self.endpoint_dialer) {
+            (CoreCert::Endpoint, Some((client, signer))) => (client, signer.clone()),
+            _ => (&self.client, self.signer.clone()),
+        }
+    }
+
     /// The module's current lease link, if leased.
     pub fn link(&self, module: &Urn) -> Option<LeaseLink> {
         self.links
@@ -535,8 +547,8 @@ async fn open_lease(
     module: &ModuleConfig,
     addr: SocketAddr,
 ) -> Result<LeaseLink, String> {
-    let conn: Connection = ctx
-        .client
+    let (client, signer) = ctx.dialer(module);
+    let conn: Connection = client
         .dial_addr(addr, PeerPolicy::exactly(module.urn.clone()))
         .await
         .map_err(|e| e.to_string())?;
@@ -548,7 +560,7 @@ async fn open_lease(
     policy.renew_when_left = ctx.renew_when_left;
     LeaseLink::open(
         conn,
-        ctx.signer.clone(),
+        signer,
         scope,
         policy,
         ctx.audit.clone(),
@@ -581,7 +593,8 @@ async fn stop_child(
     }
     let asked = async {
         let conn = ctx
-            .client
+            .dialer(module)
+            .0
             .dial_addr(addr, PeerPolicy::exactly(module.urn.clone()))
             .await
             .ok()?;

@@ -712,3 +712,44 @@ fn several_problems_are_all_reported_in_file_order() {
         run.stderr
     );
 }
+
+#[test]
+fn core_cert_names_a_certificate_the_core_has() {
+    let scratch = Scratch::new();
+    // Not a known value.
+    let config = valid_with(
+        "endpoint = \"127.0.0.1:7801\"",
+        "endpoint = \"127.0.0.1:7801\"\ncore_cert = \"p256\"",
+    );
+    scratch.check(&config).assert_problem(
+        &format!(
+            "{}: module[2] (urn:anima:module:tally).core_cert",
+            at(&config, "core_cert")
+        ),
+        "\"p256\" is not \"default\" or \"endpoint\"",
+    );
+    // "endpoint" without [core] endpoint_cert.
+    let config = valid_with(
+        "endpoint = \"127.0.0.1:7801\"",
+        "endpoint = \"127.0.0.1:7801\"\ncore_cert = \"endpoint\"",
+    );
+    scratch.check(&config).assert_problem(
+        &format!(
+            "{}: module[2] (urn:anima:module:tally).core_cert",
+            at(&config, "core_cert")
+        ),
+        "needs [core] endpoint_cert",
+    );
+    // With the endpoint certificate configured, it is accepted.
+    let config = valid_with(
+        "audit_log = \"audit.jsonl\"",
+        "audit_log = \"audit.jsonl\"\nendpoint_cert = \"certs/dev/core-dev.endpoint.pem\"\n\
+         endpoint_key = \"certs/dev/core-dev.endpoint.key\"",
+    )
+    .replacen(
+        "endpoint = \"127.0.0.1:7801\"",
+        "endpoint = \"127.0.0.1:7801\"\ncore_cert = \"endpoint\"",
+        1,
+    );
+    scratch.check(&config).assert_ok();
+}

@@ -18,6 +18,12 @@ impl CoreProcess {
     /// Starts `anima serve` in a fresh directory; `config` (TOML) is written
     /// there as anima.toml when given, else the embedded default runs.
     pub(crate) async fn start(config: Option<&str>) -> Self {
+        Self::start_with(config, |_| {}).await
+    }
+
+    /// Like [`CoreProcess::start`], calling `prepare` with the dev
+    /// certificate directory first (to mint more certificates).
+    pub(crate) async fn start_with(config: Option<&str>, prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // Dev certificates, as `anima certs init` makes them.
         anima_certs::init_dir(
@@ -25,6 +31,7 @@ impl CoreProcess {
             &anima_certs::InitOptions::default(),
         )
         .unwrap();
+        prepare(&dir.path().join("certs/dev"));
         let mut args = vec![
             "serve".to_owned(),
             "--admin-listen".into(),
@@ -416,4 +423,65 @@ fn which(name: &str) -> String {
         }
     }
     panic!("{name} not found");
+}
+
+/// `core_cert = "endpoint"`: the Core dials a module with its P-256
+/// endpoint certificate and signs that module's leases ES256, so a module
+/// on a BoringSSL-based stack (here the Python `grpcio` module, which refuses
+/// Ed25519 client certificates) is hosted, leased and renewed like any other.
+#[tokio::test]
+async fn serve_hosts_a_python_grpcio_module_with_its_p256_certificate() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/module");
+    let script = repo.join("anima_pymodule.py");
+    let contract = repo.join("module.toml");
+    let config = format!(
+        r#"
+[core]
+urn = "urn:anima:core:dev"
+cert = "certs/dev/core-dev.pem"
+key = "certs/dev/core-dev.key"
+ca = "certs/dev/ca.pem"
+audit_log = "audit.jsonl"
+endpoint_cert = "certs/dev/core-dev.endpoint.pem"
+endpoint_key = "certs/dev/core-dev.endpoint.key"
+
+[admin]
+listen = "127.0.0.1:0"
+operators = ["urn:anima:user:dev"]
+
+[leases]
+ttl = "600ms"
+
+[[module]]
+urn = "urn:anima:module:pyprobe"
+type = "resident-shared"
+command = "python3"
+args = ["{script}", "{contract}"]
+cert = "certs/dev/module-pyprobe.pem"
+key = "certs/dev/module-pyprobe.key"
+core_cert = "endpoint"
+"#,
+        script = script.display(),
+        contract = contract.display(),
+    );
+    let core = CoreProcess::start_with(Some(&config), |certs| {
+        anima_certs::issue_into_dir(certs, anima_protocol::UrnKind::Module, "pyprobe", 1, false)
+            .unwrap();
+    })
+    .await;
+    core.wait_module("pyprobe", "leased", |m| m["state"] == "leased")
+        .await;
+    let first = core.lease_of("pyprobe").await["renewals"].as_u64().unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let now = core.lease_of("pyprobe").await["renewals"].as_u64().unwrap();
+        if now >= first + 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "renewals stuck at {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -17,7 +17,8 @@ use anima_protocol::transport::not_after;
 use anima_protocol::{TlsIdentity, TrustRoot, Urn, UrnKind};
 
 use super::model::{
-    CoreSection, LeaseDefaults, ModuleConfig, RENEW_WHEN_LEFT_RANGE, RestartPolicy, StartMode,
+    CoreCert, CoreSection, LeaseDefaults, ModuleConfig, RENEW_WHEN_LEFT_RANGE, RestartPolicy,
+    StartMode,
 };
 use super::problem::{Report, join};
 
@@ -77,7 +78,12 @@ pub(crate) fn leases(leases: &LeaseDefaults, report: &mut Report) {
 }
 
 /// One `[[module]]` entry, on its own (see [`graph`] for the relations).
-pub(crate) fn module(index: usize, module: &ModuleConfig, report: &mut Report) {
+pub(crate) fn module(
+    index: usize,
+    module: &ModuleConfig,
+    core: Option<&CoreSection>,
+    report: &mut Report,
+) {
     let p = format!("module[{index}]");
     let at = |key: &str| join(&p, key);
     report.label_module(index, &module.urn);
@@ -178,6 +184,13 @@ pub(crate) fn module(index: usize, module: &ModuleConfig, report: &mut Report) {
                 );
             }
         }
+    }
+    if module.core_cert == CoreCert::Endpoint && core.is_some_and(|c| c.endpoint_cert.is_none()) {
+        report.problem(
+            &at("core_cert"),
+            "\"endpoint\" needs [core] endpoint_cert and endpoint_key (a P-256 certificate \
+             for the same Core URN)",
+        );
     }
     restart(&at("restart"), &module.restart, report);
 }
@@ -481,6 +494,7 @@ mod tests {
             lease_ttl: Duration::from_secs(30),
             restart: RestartPolicy::default(),
             requires: requires.iter().map(|r| urn(r)).collect(),
+            core_cert: super::super::CoreCert::Default,
         }
     }
 

@@ -10,8 +10,8 @@ use anima_module_sdk::{InitMode, ModuleType};
 use anima_protocol::{Urn, UrnKind};
 
 use super::model::{
-    AdminSection, Config, CoreSection, DEFAULT_LEASE_TTL, LeaseDefaults, ModuleConfig, Policy,
-    PolicyTarget, RestartMode, RestartPolicy, StartMode, default_admin_listen,
+    AdminSection, Config, CoreCert, CoreSection, DEFAULT_LEASE_TTL, LeaseDefaults, ModuleConfig,
+    Policy, PolicyTarget, RestartMode, RestartPolicy, StartMode, default_admin_listen,
 };
 
 /// The development setup: Core `urn:anima:core:dev` with the certificates
@@ -51,6 +51,7 @@ pub fn embedded_default(base: &Path) -> Config {
                 RestartPolicy::default()
             },
             requires: Vec::new(),
+            core_cert: CoreCert::Default,
         }
     };
     Config {

@@ -22,6 +22,8 @@
 //! cert = "certs/dev/module-hasher.pem"
 //! key = "certs/dev/module-hasher.key"
 //! contract = "sample-modules/hasher/module.toml"
+//! # core_cert = "endpoint"  # dial it with [core] endpoint_cert (P-256, ES256
+//! #                         # leases): for modules on grpcio/BoringSSL stacks
 //! ```
 //!
 //! [`load`] reads a file, [`parse_str`] text; both check everything (URNs of
@@ -73,7 +75,7 @@ mod problem;
 pub use check::start_order;
 pub use default::embedded_default;
 pub use model::{
-    AdminSection, Config, CoreSection, DEFAULT_ADMIN_LISTEN, DEFAULT_LEASE_TTL,
+    AdminSection, Config, CoreCert, CoreSection, DEFAULT_ADMIN_LISTEN, DEFAULT_LEASE_TTL,
     DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, ModuleConfig, Policy, PolicyTarget,
     RENEW_WHEN_LEFT_RANGE, RestartMode, RestartPolicy, StartMode,
 };
@@ -113,7 +115,7 @@ pub fn check(config: &Config) -> Result<(), Vec<Problem>> {
     check::core(&config.core, &mut report);
     check::leases(&config.leases, &mut report);
     for (index, module) in config.modules.iter().enumerate() {
-        check::module(index, module, &mut report);
+        check::module(index, module, Some(&config.core), &mut report);
     }
     let nodes: Vec<check::Node<'_>> = config
         .modules

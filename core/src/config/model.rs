@@ -144,6 +144,21 @@ pub struct ModuleConfig {
     pub restart: RestartPolicy,
     /// Modules to start before this one.
     pub requires: Vec<Urn>,
+    /// Which of the Core's certificates dials this module and signs its
+    /// leases (`core_cert`).
+    pub core_cert: CoreCert,
+}
+
+/// `core_cert`: which certificate the Core presents to a module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CoreCert {
+    /// `"default"`: `[core] cert` (Ed25519; leases `EdDSA`).
+    #[default]
+    Default,
+    /// `"endpoint"`: `[core] endpoint_cert` (P-256; leases `ES256`), for
+    /// modules on BoringSSL-based gRPC stacks (Python `grpcio`, C++), which
+    /// refuse Ed25519 client certificates (PROTOCOL.md §1).
+    Endpoint,
 }
 
 /// How the Core reaches a module.

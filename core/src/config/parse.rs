@@ -21,8 +21,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::check::{self, Node};
 use super::model::{
-    AdminSection, Config, CoreSection, DEFAULT_ADMIN_LISTEN, LeaseDefaults, ModuleConfig, Policy,
-    PolicyTarget, RestartMode, RestartPolicy, StartMode, default_admin_listen,
+    AdminSection, Config, CoreCert, CoreSection, DEFAULT_ADMIN_LISTEN, LeaseDefaults, ModuleConfig,
+    Policy, PolicyTarget, RestartMode, RestartPolicy, StartMode, default_admin_listen,
 };
 use super::problem::{Problem, Report, join};
 
@@ -67,6 +67,7 @@ const MODULE_KEYS: &[&str] = &[
     "contract",
     "lease_ttl",
     "requires",
+    "core_cert",
     "restart",
 ];
 const RESTART_KEYS: &[&str] = &["policy", "max_restarts", "window", "backoff", "backoff_max"];
@@ -117,7 +118,7 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<Config, Vec<Problem>> {
     }
     for (index, entry) in entries.iter().enumerate() {
         if let Some(module) = &entry.config {
-            check::module(index, module, &mut report);
+            check::module(index, module, core.as_ref(), &mut report);
         }
     }
     let nodes: Vec<Node<'_>> = entries
@@ -362,6 +363,19 @@ impl Reader<'_> {
         let key = self.path(t, p, "key", Need::Optional);
         let contract = self.contract(t, p);
         let lease_ttl = self.duration(t, p, "lease_ttl");
+        let core_cert = match self.string(t, p, "core_cert", Need::Optional) {
+            Ok(None) => CoreCert::Default,
+            Ok(Some(word)) if word == "default" => CoreCert::Default,
+            Ok(Some(word)) if word == "endpoint" => CoreCert::Endpoint,
+            Ok(Some(other)) => {
+                self.report.problem(
+                    &join(p, "core_cert"),
+                    format!("{other:?} is not \"default\" or \"endpoint\""),
+                );
+                CoreCert::Default
+            }
+            Err(Bad) => CoreCert::Default,
+        };
         let requires = self
             .urns(t, p, "requires")
             .ok()
@@ -411,6 +425,7 @@ impl Reader<'_> {
                 lease_ttl: lease_ttl.ok().flatten().unwrap_or(leases.ttl),
                 restart,
                 requires: readable.iter().map(|(_, urn)| urn.clone()).collect(),
+                core_cert,
             }),
             _ => None,
         };
