@@ -720,16 +720,7 @@ impl Run<'_> {
     /// Ends `s` by revocation and checks the module stops (A5, A6, Z1).
     async fn revoke_checks(&mut self, r: &mut Report, mut s: Session) {
         s.revoke("conformance: revocation").await;
-        match s.await_close(PATIENCE).await {
-            Ok(t) => r.pass(
-                "A5",
-                format!(
-                    "after revoke the module closed its control stream in {} ms",
-                    t.as_millis()
-                ),
-            ),
-            Err(e) => r.fail("A5", format!("after revoke: {e}")),
-        }
+        stream_closed(r, &mut s, "revocation").await;
         self.refused_after_end(
             r,
             &mut s,
@@ -856,16 +847,7 @@ impl Run<'_> {
             "expired",
         )
         .await;
-        match s.await_close(PATIENCE).await {
-            Ok(t) => r.pass(
-                "A5",
-                format!(
-                    "after expiry the module closed its control stream ({} ms later)",
-                    t.as_millis()
-                ),
-            ),
-            Err(e) => r.fail("A5", format!("after expiry: {e}")),
-        }
+        stream_closed(r, &mut s, "expiry").await;
         r.pass("Z1", "expiry ended the lease (calls refused)");
     }
 
@@ -1683,6 +1665,21 @@ impl Run<'_> {
             }
             Err(e) => r.fail("S3", format!("the second Core could not lease again: {e}")),
         }
+    }
+}
+
+/// A5: once a lease ended by `what`, the module closes its half of the
+/// control stream and sends nothing more for it.
+async fn stream_closed(r: &mut Report, s: &mut Session, what: &str) {
+    match s.await_close(PATIENCE).await {
+        Ok(t) => r.pass(
+            "A5",
+            format!(
+                "after {what} the module closed its control stream within {} ms",
+                t.as_millis()
+            ),
+        ),
+        Err(e) => r.fail("A5", format!("after {what}: {e}")),
     }
 }
 
