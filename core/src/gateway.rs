@@ -14,6 +14,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -26,6 +27,7 @@ use tower::ServiceExt;
 
 use crate::audit::AuditRecord;
 use crate::config::Policy;
+use crate::message_cap::{MAX_MESSAGE_BYTES, MessageCap, too_large};
 use crate::metrics::Metrics;
 use crate::registry::ModuleState;
 use crate::supervisor::CoreContext;
@@ -137,7 +139,15 @@ impl Gateway {
         };
         let (trace_id, traceparent) = trace_context(request.headers().get("traceparent"));
         let lease_id = link.id().to_string();
-        let mut request = request.map(Body::new);
+        // Each message the caller streams is capped as it passes.
+        let tripped = Arc::new(AtomicU64::new(0));
+        let mut request = request.map(|b| {
+            Body::new(MessageCap::new(
+                Body::new(b),
+                MAX_MESSAGE_BYTES,
+                tripped.clone(),
+            ))
+        });
         request.headers_mut().insert("traceparent", traceparent);
         let deadline = request
             .headers()
@@ -172,6 +182,13 @@ impl Gateway {
                 }
             },
         };
+        let oversized = tripped.load(Ordering::SeqCst);
+        if oversized > 0 {
+            // The forwarded call was reset before the message's body left.
+            tracing::warn!(target: "anima::gateway", user = %call.user, method = %call.method, bytes = oversized, outcome = "RESOURCE_EXHAUSTED", "call refused: message too large");
+            call.finish("8");
+            return too_large(oversized, MAX_MESSAGE_BYTES).into_http();
+        }
         let response = match outcome {
             Ok(r) => r,
             Err(e) => {

@@ -18,6 +18,7 @@ pub mod events;
 pub mod gateway;
 pub mod launcher;
 pub mod lease;
+pub mod message_cap;
 pub mod metrics;
 pub mod registry;
 pub mod service;

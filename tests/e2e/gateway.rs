@@ -273,3 +273,29 @@ async fn o1_undeclared_methods_and_unavailable_modules_get_distinct_refusals() {
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(reason(&status), Some(Reason::ModuleUnavailable));
 }
+
+/// Each message a caller sends through the gateway is capped at 4 MiB, read
+/// from its length prefix: a larger one is refused by the Core itself
+/// (RESOURCE_EXHAUSTED, naming the gateway) before its body reaches the
+/// module, and the connection keeps serving.
+#[tokio::test]
+async fn o1_the_gateway_refuses_a_message_over_its_size_limit() {
+    let core = started().await;
+    let conn = user(&core, "user-dev").await;
+    let mut client = HasherClient::new(conn.channel());
+    let huge = "x".repeat(5 * 1024 * 1024);
+    let err = tokio::time::timeout(PATIENCE, client.digest(DigestRequest { text: huge }))
+        .await
+        .expect("answered in time")
+        .expect_err("a 5 MiB message is refused");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("gateway's limit"), "{err:?}");
+    // A message under the limit still goes through on the same connection.
+    let ok = client
+        .digest(DigestRequest {
+            text: "small".into(),
+        })
+        .await
+        .expect("a small message is served");
+    assert_eq!(ok.get_ref().sha256_hex.len(), 64);
+}
