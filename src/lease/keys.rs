@@ -16,8 +16,7 @@ use super::error::LeaseError;
 use super::jws::{HEADER, HEADER_ES256};
 use crate::identity::Urn;
 use crate::transport::{
-    ConnectionId, Fingerprint, PeerInfo, TlsIdentity, ed25519_public_key, not_after,
-    p256_public_key,
+    CertPublicKey, ConnectionId, Fingerprint, PeerInfo, TlsIdentity, not_after, public_key,
 };
 
 /// A certificate's private key, as lease tokens are signed with it.
@@ -75,16 +74,15 @@ impl PeerKey {
     pub fn of_certificate(
         cert: &rustls::pki_types::CertificateDer<'_>,
     ) -> Result<Self, LeaseError> {
-        if let Some(raw) = ed25519_public_key(cert) {
-            return VerifyingKey::from_bytes(&raw)
+        match public_key(cert) {
+            Some(CertPublicKey::Ed25519(raw)) => VerifyingKey::from_bytes(&raw)
                 .map(PeerKey::Ed25519)
-                .map_err(|_| LeaseError::Key("the certificate's Ed25519 key is invalid".into()));
-        }
-        p256_public_key(cert).map(PeerKey::P256).ok_or_else(|| {
-            LeaseError::Key(
+                .map_err(|_| LeaseError::Key("the certificate's Ed25519 key is invalid".into())),
+            Some(CertPublicKey::P256(point)) => Ok(PeerKey::P256(point)),
+            None => Err(LeaseError::Key(
                 "lease keys are Ed25519 or ECDSA P-256; this certificate's is neither".into(),
-            )
-        })
+            )),
+        }
     }
 
     /// The JWS header this key's tokens carry.

@@ -87,36 +87,37 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Urn, CertIdentityError> 
     }
 }
 
-/// The raw 32-byte Ed25519 public key of a certificate, if it has one.
+/// A certificate's public key, when it is one leases can be signed with.
 ///
 /// Leases are signed with the key of the signer's TLS certificate, so the
-/// peer verifies them with what the handshake already proved.
-pub fn ed25519_public_key(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
-    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
-    let spki = parsed.public_key();
-    if spki.algorithm.algorithm.to_id_string() != ED25519_OID {
-        return None;
-    }
-    spki.subject_public_key.data.as_ref().try_into().ok()
+/// peer verifies them with what the handshake already proved. P-256 keys
+/// exist for gRPC stacks built on BoringSSL, which do not accept Ed25519
+/// client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertPublicKey {
+    /// The raw 32-byte Ed25519 key.
+    Ed25519([u8; 32]),
+    /// The 65-byte uncompressed ECDSA P-256 point (SEC 1).
+    P256([u8; 65]),
 }
 
-/// The ECDSA P-256 public key of a certificate (the 65-byte uncompressed
-/// point, SEC 1), if it has one.
-///
-/// P-256 certificates sign leases with ES256; they exist for gRPC stacks
-/// built on BoringSSL, which do not accept Ed25519 client certificates.
-pub fn p256_public_key(cert: &CertificateDer<'_>) -> Option<[u8; 65]> {
+/// The certificate's public key if it is Ed25519 or P-256 (one parse).
+pub fn public_key(cert: &CertificateDer<'_>) -> Option<CertPublicKey> {
     let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
     let spki = parsed.public_key();
-    if spki.algorithm.algorithm.to_id_string() != EC_PUBLIC_KEY_OID {
-        return None;
+    let key = spki.subject_public_key.data.as_ref();
+    match spki.algorithm.algorithm.to_id_string().as_str() {
+        ED25519_OID => key.try_into().ok().map(CertPublicKey::Ed25519),
+        EC_PUBLIC_KEY_OID => {
+            let curve = spki.algorithm.parameters.as_ref()?.as_oid().ok()?;
+            if curve.to_id_string() != P256_CURVE_OID {
+                return None;
+            }
+            let point: [u8; 65] = key.try_into().ok()?;
+            (point[0] == 0x04).then_some(CertPublicKey::P256(point))
+        }
+        _ => None,
     }
-    let curve = spki.algorithm.parameters.as_ref()?.as_oid().ok()?;
-    if curve.to_id_string() != P256_CURVE_OID {
-        return None;
-    }
-    let point: [u8; 65] = spki.subject_public_key.data.as_ref().try_into().ok()?;
-    (point[0] == 0x04).then_some(point)
 }
 
 /// When a certificate stops being valid, if it parses.

@@ -24,9 +24,7 @@ mod refusal;
 mod server;
 mod tls;
 
-pub use cert::{
-    CertIdentityError, Fingerprint, ed25519_public_key, identity_of, not_after, p256_public_key,
-};
+pub use cert::{CertIdentityError, CertPublicKey, Fingerprint, identity_of, not_after, public_key};
 pub use client::{
     ClientTls, Connection, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
