@@ -137,8 +137,9 @@ fn sample(name: &str) -> String {
         .into_owned()
 }
 
-/// The three samples with short leases and the restart policy under test.
-pub(crate) fn config(ttl: &str, hasher_restart: &str) -> String {
+/// `[core]` (with the P-256 endpoint certificate), `[admin]` and
+/// `[leases]` for a Core in a [`CoreProcess`] directory.
+fn core_sections(ttl: &str) -> String {
     format!(
         r#"
 [core]
@@ -156,6 +157,14 @@ operators = ["urn:anima:user:dev"]
 
 [leases]
 ttl = "{ttl}"
+"#
+    )
+}
+
+/// The three samples with short leases and the restart policy under test.
+pub(crate) fn config(ttl: &str, hasher_restart: &str) -> String {
+    format!(
+        r#"{core}
 
 [[module]]
 urn = "urn:anima:module:hasher"
@@ -186,6 +195,7 @@ requires = ["urn:anima:module:kvstore"]
 user = "urn:anima:user:dev"
 allow = ["urn:anima:module:hasher", "urn:anima:module:kvstore", "urn:anima:module:tally"]
 "#,
+        core = core_sections(ttl),
         hasher = sample("hasher"),
         kvstore = sample("kvstore"),
         tally = sample("tally"),
@@ -435,22 +445,7 @@ async fn serve_hosts_a_python_grpcio_module_with_its_p256_certificate() {
     let script = repo.join("anima_pymodule.py");
     let contract = repo.join("module.toml");
     let config = format!(
-        r#"
-[core]
-urn = "urn:anima:core:dev"
-cert = "certs/dev/core-dev.pem"
-key = "certs/dev/core-dev.key"
-ca = "certs/dev/ca.pem"
-audit_log = "audit.jsonl"
-endpoint_cert = "certs/dev/core-dev.endpoint.pem"
-endpoint_key = "certs/dev/core-dev.endpoint.key"
-
-[admin]
-listen = "127.0.0.1:0"
-operators = ["urn:anima:user:dev"]
-
-[leases]
-ttl = "600ms"
+        r#"{core}
 
 [[module]]
 urn = "urn:anima:module:pyprobe"
@@ -461,6 +456,7 @@ cert = "certs/dev/module-pyprobe.pem"
 key = "certs/dev/module-pyprobe.key"
 core_cert = "endpoint"
 "#,
+        core = core_sections("600ms"),
         script = script.display(),
         contract = contract.display(),
     );
