@@ -22,11 +22,8 @@ use anima_tests::{
 const CORE: &str = "urn:anima:core:dev";
 const MODULE: &str = "urn:anima:module:echo";
 
-struct Core {
-    link: LeaseLink,
-    audit: AuditLog,
-    table: LeaseTable,
-}
+/// The Core's side of a lease opened by its own `LeaseLink`.
+type Core = anima_tests::Lessee;
 
 async fn core_link(ca: &TestCa, module: &TestModule, ttl: Duration, scope: &[&str]) -> Core {
     try_core_link(ca, module, ttl, scope).await.unwrap()
@@ -38,23 +35,16 @@ async fn try_core_link(
     ttl: Duration,
     scope: &[&str],
 ) -> Result<Core, CoreLeaseError> {
-    let identity = ca.identity(CORE);
-    let signer = Arc::new(LeaseSigner::from_identity(&identity).unwrap());
-    let conn = ClientTls::new(identity, ca.trust())
-        .dial_addr(module.addr, PeerPolicy::exactly(module.urn.clone()))
-        .await?;
-    let audit = AuditLog::memory();
-    let table = LeaseTable::new();
-    let link = LeaseLink::open(
-        conn,
-        signer,
-        Scope::new(scope.iter().copied()).unwrap(),
-        RenewalPolicy::new(ttl),
-        audit.clone(),
-        table.clone(),
+    anima_tests::open_lease(
+        ca,
+        CORE,
+        module.addr,
+        &module.urn,
+        ttl,
+        scope,
+        LeaseTable::new(),
     )
-    .await?;
-    Ok(Core { link, audit, table })
+    .await
 }
 
 async fn say(core: &Core) -> Result<String, tonic::Status> {

@@ -1,19 +1,19 @@
 //! Module lifecycles with real module processes started by the launch
 //! protocol (I1–I4, Z1–Z3, E1–E7, R1–R6, S1–S10).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use anima_core::audit::AuditLog;
-use anima_core::lease::{CoreLeaseError, LeaseLink, LeaseTable, RenewalPolicy};
-use anima_protocol::lease::{LeaseSigner, LeaseState, Reason, Scope};
+use anima_core::lease::{CoreLeaseError, LeaseTable};
+use anima_protocol::lease::{LeaseState, Reason};
 use anima_protocol::pb::ModuleStatus;
 use anima_protocol::pb::module_admin_client::ModuleAdminClient;
 use anima_protocol::pb::{ShutdownRequest, StatusRequest};
 use anima_protocol::{ClientTls, Connection, PeerPolicy};
 use anima_tests::echo::echo_client::EchoClient;
 use anima_tests::echo::{CountReply, CountRequest, SayReply, SayRequest, SlowRequest};
-use anima_tests::{COUNT, ModuleProcess, PATIENCE, SAY, SHOUT, SLOW, TestCa, bin_path, reason};
+use anima_tests::{
+    COUNT, Lessee, ModuleProcess, PATIENCE, SAY, SHOUT, SLOW, TestCa, bin_path, open_lease, reason,
+};
 
 const CORE: &str = "urn:anima:core:dev";
 const OTHER_CORE: &str = "urn:anima:core:other";
@@ -38,12 +38,6 @@ async fn dial(ca: &TestCa, who: &str, module: &ModuleProcess) -> Connection {
         .unwrap()
 }
 
-struct Lessee {
-    link: LeaseLink,
-    table: LeaseTable,
-    audit: AuditLog,
-}
-
 async fn try_lease(
     ca: &TestCa,
     core: &str,
@@ -52,22 +46,7 @@ async fn try_lease(
     scope: &[&str],
     table: LeaseTable,
 ) -> Result<Lessee, CoreLeaseError> {
-    let identity = ca.identity(core);
-    let signer = Arc::new(LeaseSigner::from_identity(&identity).unwrap());
-    let conn = ClientTls::new(identity, ca.trust())
-        .dial_addr(module.addr, PeerPolicy::exactly(module.urn.clone()))
-        .await?;
-    let audit = AuditLog::memory();
-    let link = LeaseLink::open(
-        conn,
-        signer,
-        Scope::new(scope.iter().copied()).unwrap(),
-        RenewalPolicy::new(ttl),
-        audit.clone(),
-        table.clone(),
-    )
-    .await?;
-    Ok(Lessee { link, table, audit })
+    open_lease(ca, core, module.addr, &module.urn, ttl, scope, table).await
 }
 
 async fn lease(ca: &TestCa, core: &str, module: &ModuleProcess, ttl: Duration) -> Lessee {

@@ -707,3 +707,43 @@ impl ModuleProcess {
 fn path(dir: &tempfile::TempDir, name: &str) -> String {
     dir.path().join(name).to_string_lossy().into_owned()
 }
+
+/// A Core's side of one lease opened with the Core's own `LeaseLink`, with
+/// the audit log and lease table it writes to.
+pub struct Lessee {
+    /// The lease link.
+    pub link: anima_core::lease::LeaseLink,
+    /// The lease table the link reports to.
+    pub table: anima_core::lease::LeaseTable,
+    /// The link's (in-memory) audit log.
+    pub audit: anima_core::audit::AuditLog,
+}
+
+/// Dials the module `urn` at `addr` as `core` (minted by `ca`) and opens a
+/// lease for `scope` with TTL `ttl`, as the Core's supervisor does.
+pub async fn open_lease(
+    ca: &TestCa,
+    core: &str,
+    addr: SocketAddr,
+    urn: &Urn,
+    ttl: Duration,
+    scope: &[&str],
+    table: anima_core::lease::LeaseTable,
+) -> Result<Lessee, anima_core::lease::CoreLeaseError> {
+    let identity = ca.identity(core);
+    let signer = Arc::new(LeaseSigner::from_identity(&identity).expect("signer"));
+    let conn = ClientTls::new(identity, ca.trust())
+        .dial_addr(addr, PeerPolicy::exactly(urn.clone()))
+        .await?;
+    let audit = anima_core::audit::AuditLog::memory();
+    let link = anima_core::lease::LeaseLink::open(
+        conn,
+        signer,
+        Scope::new(scope.iter().copied()).expect("scope"),
+        anima_core::lease::RenewalPolicy::new(ttl),
+        audit.clone(),
+        table.clone(),
+    )
+    .await?;
+    Ok(Lessee { link, table, audit })
+}

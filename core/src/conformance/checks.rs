@@ -721,15 +721,19 @@ impl Run<'_> {
     async fn revoke_checks(&mut self, r: &mut Report, mut s: Session) {
         s.revoke("conformance: revocation").await;
         stream_closed(r, &mut s, "revocation").await;
-        self.refused_after_end(
-            r,
-            &mut s,
-            "A6",
-            &[Reason::LeaseRevoked, Reason::NoLease, Reason::Standby],
-            "revoked",
-        )
-        .await;
-        r.pass("Z1", "revocation ended the lease (calls refused)");
+        self.ended(r, &mut s, Reason::LeaseRevoked, "revoked").await;
+    }
+
+    /// A6 and Z1 for a lease that ended (`why`): a further call under it is
+    /// refused with `why` (or as if no lease were left).
+    async fn ended(&mut self, r: &mut Report, s: &mut Session, why: Reason, what: &str) {
+        let want = [why, Reason::NoLease, Reason::Standby];
+        if self.refused_after_end(r, s, "A6", &want, what).await {
+            r.pass(
+                "Z1",
+                format!("the {what} lease is over: calls under it are refused"),
+            );
+        }
     }
 
     /// A call under an ended lease must be refused with one of `want`.
@@ -839,16 +843,8 @@ impl Run<'_> {
             tokio::time::sleep_until((s.lease.expires_at() + Duration::from_millis(100)).into())
                 .await;
         }
-        self.refused_after_end(
-            r,
-            &mut s,
-            "A6",
-            &[Reason::LeaseExpired, Reason::NoLease, Reason::Standby],
-            "expired",
-        )
-        .await;
+        self.ended(r, &mut s, Reason::LeaseExpired, "expired").await;
         stream_closed(r, &mut s, "expiry").await;
-        r.pass("Z1", "expiry ended the lease (calls refused)");
     }
 
     /// The Core refuses (A7): the module must end the lease at once. Then a
