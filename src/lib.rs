@@ -39,6 +39,6 @@ pub mod pb {
 
 pub use identity::{IdentityError, Urn, UrnKind};
 pub use transport::{
-    ClientTls, Connection, ConnectionId, Fingerprint, PeerInfo, PeerPolicy, Refusal, RefusalReason,
-    ServerTls, TlsConn, TlsIdentity, TransportError, TrustRoot,
+    ClientTls, Connection, ConnectionId, Fingerprint, PeerInfo, PeerPolicy, Refusal, RefusalCount,
+    RefusalReason, ServerTls, TlsConn, TlsIdentity, TransportError, TrustRoot,
 };

@@ -10,8 +10,8 @@ use anima_protocol::PeerPolicy;
 use anima_protocol::lease::{LeaseState, Reason, Scope};
 use anima_protocol::pb::{ControlFrame, SignedToken, control_frame::Frame};
 use anima_tests::echo::echo_client::EchoClient;
-use anima_tests::echo::{SayRequest, SlowRequest};
-use anima_tests::{RawCore, SAY, SLOW, TestModule};
+use anima_tests::echo::{SayRequest, SlowRequest, WatchRequest};
+use anima_tests::{RawCore, SAY, SLOW, TestModule, WATCH};
 use tokio::sync::{Semaphore, broadcast};
 
 use crate::Opts;
@@ -407,6 +407,84 @@ pub async fn expiry_to_halt(setup: &Setup, opts: &Opts) -> Res<Figure> {
         .i("n", n as u64)
         .i("ttl_ms", ttl.as_millis() as u64)
         .target("p99<=2000", p99 <= 2000.0))
+}
+
+/// `stream_expiry_to_end_us`: a Core that never renews; a server stream
+/// emitting every 1 ms runs across the module's nominal expiry instant (from
+/// its `Granted` event) under an 80 ms lease; measured to the moment the
+/// client has the stream's `LEASE_EXPIRED` end. Signed: negative means early.
+/// Also counts messages that were produced after the lease ended (want 0).
+pub async fn stream_expiry_to_end(setup: &Setup, opts: &Opts) -> Res<Figure> {
+    let n = if opts.quick { 10 } else { 200 };
+    let ttl = Duration::from_millis(80);
+    let local = LocalModule::start(setup, shared_contract()?).await?;
+    let module = local.get()?;
+    let mut events = module.handle.events();
+    let mut samples = Samples::with_capacity(n);
+    let mut late_messages = 0u64;
+    for i in 0..n + 3 {
+        while events.try_recv().is_ok() {}
+        let core = RawCore::open(&setup.ca, CORE, module, &[WATCH], ttl).await;
+        let expires_at = next_event(&mut events, |e| match e {
+            LeaseEvent::Granted { expires_at, .. } => Some(*expires_at),
+            _ => None,
+        })
+        .await?;
+        let mut request = tonic::Request::new(WatchRequest {
+            every_ms: 1,
+            count: 0,
+        });
+        request.metadata_mut().insert(
+            anima_protocol::lease::PROOF_HEADER,
+            core.proof(1, WATCH).parse()?,
+        );
+        let mut stream = EchoClient::new(core.conn.channel())
+            .watch(request)
+            .await?
+            .into_inner();
+        let status = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(tick)) => {
+                        // Produced with no lease left (arrival may trail the
+                        // expiry: it was on the wire already).
+                        if tick.lease_left_us == 0 {
+                            late_messages += 1;
+                        }
+                    }
+                    Ok(None) => return Err("the stream ended OK"),
+                    Err(status) => return Ok(status),
+                }
+            }
+        })
+        .await
+        .map_err(|_| "the stream outlived its lease by 5 s")??;
+        let ended = Instant::now();
+        let reason = anima_protocol::lease::reason_of(&status);
+        if reason != Some(Reason::LeaseExpired) {
+            return Err(format!("the stream ended {reason:?}: {status}").into());
+        }
+        let us = match ended.checked_duration_since(expires_at) {
+            Some(late) => late.as_secs_f64() * 1e6,
+            None => -(expires_at.duration_since(ended).as_secs_f64() * 1e6),
+        };
+        if i >= 3 {
+            samples.push_us(us);
+        }
+    }
+    let (p50, p99) = (samples.pct(50.0), samples.pct(99.0));
+    Ok(Figure::new("stream_expiry_to_end_us")
+        .f("p50", p50, 1)
+        .f("p99", p99, 1)
+        .f("max", samples.max(), 1)
+        .f("min", samples.pct(0.0), 1)
+        .i("n", n as u64)
+        .i("ttl_ms", ttl.as_millis() as u64)
+        .i("produced_after_expiry", late_messages)
+        .target(
+            "max<=10000,produced_after_expiry=0",
+            samples.max() <= 10_000.0 && late_messages == 0,
+        ))
 }
 
 /// `cold_start_ms`: spawn a Type I module process → ready line → dial →

@@ -18,6 +18,7 @@
 //! | `rss_per_lease_kib`, `renewals_default_per_s`, `renewals_per_s` | one Core holding 1,000 leases on one Type III module process | — |
 //! | `revoke_to_refusal_us` | revoke returning on the Core → the module refuses a call | — |
 //! | `expiry_to_halt_us` | nominal expiry instant → running handler halted | — |
+//! | `stream_expiry_to_end_us` | nominal expiry instant → a 1 ms server stream's `LEASE_EXPIRED` end at the client | — |
 //! | `cold_start_ms` | Type I: spawn → first successful leased call | — |
 //! | `core_idle_rss_mb` | `anima serve` with no modules, settled | — |
 //!
@@ -192,6 +193,12 @@ async fn run(cli: Cli) -> Res<bool> {
         match leases::expiry_to_halt(&setup, &opts).await {
             Ok(f) => report.add(f),
             Err(e) => failed(&mut report, "expiry_to_halt_us", e),
+        }
+    }
+    if opts.wants("expiry") {
+        match leases::stream_expiry_to_end(&setup, &opts).await {
+            Ok(f) => report.add(f),
+            Err(e) => failed(&mut report, "stream_expiry_to_end_us", e),
         }
     }
     if opts.wants("cold_start") {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anima_certs::LeafSpec;
 use anima_protocol::lease::LeaseSigner;
 use anima_protocol::{ClientTls, PeerPolicy, ServerTls, TlsIdentity, TrustRoot, Urn, UrnKind};
-use anima_tests::{COUNT, SAY, SHOUT, SLOW, TestCa};
+use anima_tests::TestCa;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -37,8 +37,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// The echo fixture's contract, without its `urn` line.
 pub fn echo_contract(extra: &str) -> String {
     format!(
-        "version = \"0.1.0\"\nmethods = [\"{SAY}\", \"{SHOUT}\", \"{SLOW}\", \"{COUNT}\"]\n\
-         max_lease = \"60s\"\n{extra}\n"
+        "version = \"0.1.0\"\nmethods = [{}]\n\
+         max_lease = \"60s\"\n{extra}\n",
+        anima_tests::echo_methods_toml()
     )
 }
 

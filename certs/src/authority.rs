@@ -9,10 +9,11 @@ use anima_protocol::{Fingerprint, TrustRoot};
 use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 use crate::error::CertsError;
+use crate::key_type::KeyType;
 use crate::leaf::{IssuedCert, LeafSpec, Validity};
 use crate::pem_file;
 use crate::validity::{self, CLOCK_SKEW, DAY};
@@ -27,7 +28,8 @@ pub const CA_CERT_FILE: &str = "ca.pem";
 /// The file name of the CA private key in a certificate directory.
 pub const CA_KEY_FILE: &str = "ca.key";
 
-/// A certificate authority: a self-signed Ed25519 CA certificate and its key.
+/// A certificate authority: a self-signed CA certificate (Ed25519 or P-256)
+/// and its key.
 ///
 /// `Debug` never prints the key.
 pub struct CertAuthority {
@@ -42,6 +44,16 @@ impl CertAuthority {
     /// Generates a self-signed Ed25519 CA named `common_name`, valid from
     /// [`CLOCK_SKEW`] ago for `validity` (at most [`MAX_CA_VALIDITY`]).
     pub fn generate(common_name: &str, validity: Duration) -> Result<Self, CertsError> {
+        Self::generate_with_key_type(common_name, validity, KeyType::Ed25519)
+    }
+
+    /// [`generate`](Self::generate) with a key of `key_type`. The CA's key
+    /// type only decides how it signs; it signs leaves of either type.
+    pub fn generate_with_key_type(
+        common_name: &str,
+        validity: Duration,
+        key_type: KeyType,
+    ) -> Result<Self, CertsError> {
         if validity.is_zero() || validity > MAX_CA_VALIDITY {
             return Err(CertsError::ValidityOutOfRange {
                 what: "CA",
@@ -60,7 +72,7 @@ impl CertAuthority {
         params.not_before = validity::to_datetime(not_before)?;
         params.not_after = validity::to_datetime(not_after)?;
 
-        let key = KeyPair::generate_for(&PKCS_ED25519).map_err(mint_error("a CA key"))?;
+        let key = key_type.generate().map_err(mint_error("a CA key"))?;
         let cert = params
             .self_signed(&key)
             .map_err(mint_error("a CA certificate"))?;
@@ -77,6 +89,8 @@ impl CertAuthority {
     /// Loads the CA in `dir`: [`CA_CERT_FILE`] and [`CA_KEY_FILE`].
     ///
     /// Checks that the certificate is a CA and that the key belongs to it.
+    /// The key may be PKCS#8 v1 (what this crate writes) or v2 (what it
+    /// wrote for Ed25519 before), Ed25519 or P-256.
     pub fn load(dir: &Path) -> Result<Self, CertsError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
@@ -120,7 +134,7 @@ impl CertAuthority {
         })
     }
 
-    /// Signs a fresh Ed25519 leaf as `spec` describes.
+    /// Signs a leaf with a fresh key as `spec` describes.
     pub fn issue(&self, spec: &LeafSpec) -> Result<IssuedCert, CertsError> {
         self.issue_at(spec, SystemTime::now())
     }
@@ -182,20 +196,16 @@ impl CertAuthority {
             .subject_alt_names
             .extend(spec.ip_addresses.iter().copied().map(SanType::IpAddress));
 
-        let algorithm = if spec.ecdsa {
-            &rcgen::PKCS_ECDSA_P256_SHA256
-        } else {
-            &PKCS_ED25519
-        };
-        let key = KeyPair::generate_for(algorithm).map_err(mint)?;
+        let key = spec.key_type.generate().map_err(mint)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(mint)?;
-        let key_der = crate::pkcs8::ed25519_v1(&key.serialize_der());
+        let key_der = crate::pkcs8::private_key_der(&key);
         Ok(IssuedCert {
             urns: spec.urns.clone(),
             cert_der: cert.der().to_vec(),
             cert_pem: cert.pem(),
             key_pem: crate::pkcs8::pem("PRIVATE KEY", &key_der),
             key_der,
+            key_type: spec.key_type,
             not_before,
             not_after,
         })
@@ -231,9 +241,12 @@ impl CertAuthority {
         TrustRoot::from_pem(self.cert_pem.as_bytes()).map_err(CertsError::Tls)
     }
 
-    /// The private key, PKCS#8 PEM, for writing `ca.key`.
+    /// The private key, PKCS#8 v1 PEM, for writing `ca.key`.
     pub(crate) fn key_pem(&self) -> String {
-        self.issuer.key().serialize_pem()
+        crate::pkcs8::pem(
+            "PRIVATE KEY",
+            &crate::pkcs8::private_key_der(self.issuer.key()),
+        )
     }
 
     /// Whole days of validity left at `now` (rounded up), or why none are.
@@ -291,16 +304,24 @@ mod tests {
     use std::fs;
 
     use anima_protocol::transport::{CertIdentityError, identity_of};
-    use anima_protocol::{Urn, UrnKind};
+    use anima_protocol::{TlsIdentity, Urn, UrnKind};
     use rustls::pki_types::CertificateDer;
     use x509_parser::prelude::{FromDer, X509Certificate};
 
     use super::*;
-    use crate::test_support::verify_both_roles;
+    use crate::test_support::{pem_der, pkcs8_version, verify_both_roles};
 
     fn ca() -> CertAuthority {
         CertAuthority::generate("test CA", 30 * DAY).unwrap()
     }
+
+    fn key_oid(cert_der: &[u8]) -> String {
+        let (_, cert) = X509Certificate::from_der(cert_der).unwrap();
+        cert.public_key().algorithm.algorithm.to_id_string()
+    }
+
+    const ED25519_OID: &str = "1.3.101.112";
+    const EC_PUBLIC_KEY_OID: &str = "1.2.840.10045.2.1";
 
     fn urn(kind: UrnKind, name: &str) -> Urn {
         Urn::new(kind, name).unwrap()
@@ -333,6 +354,95 @@ mod tests {
             cert.validity().not_after.timestamp()
         );
         ca.trust_root().unwrap();
+    }
+
+    #[test]
+    fn a_ca_of_either_key_type_signs_leaves_of_either_key_type() {
+        for ca_type in KeyType::ALL {
+            let ca = CertAuthority::generate_with_key_type("typed CA", 30 * DAY, ca_type).unwrap();
+            let want_ca = match ca_type {
+                KeyType::Ed25519 => ED25519_OID,
+                KeyType::P256 => EC_PUBLIC_KEY_OID,
+            };
+            assert_eq!(key_oid(ca.cert_der()), want_ca, "{ca_type}");
+            for leaf_type in KeyType::ALL {
+                let m = urn(UrnKind::Module, "m");
+                let leaf = ca
+                    .issue(&LeafSpec::new(m.clone()).key_type(leaf_type))
+                    .unwrap();
+                assert_eq!(leaf.key_type(), leaf_type);
+                let want_leaf = match leaf_type {
+                    KeyType::Ed25519 => ED25519_OID,
+                    KeyType::P256 => EC_PUBLIC_KEY_OID,
+                };
+                assert_eq!(key_oid(leaf.cert_der()), want_leaf, "{leaf_type}");
+                verify_both_roles(ca.cert_der(), leaf.cert_der(), SystemTime::now())
+                    .unwrap_or_else(|e| panic!("{ca_type} CA, {leaf_type} leaf: {e}"));
+                assert_eq!(leaf.identity().unwrap().urn(), &m);
+            }
+        }
+        assert_eq!(
+            LeafSpec::without_urn().ecdsa_p256(),
+            LeafSpec::without_urn().key_type(KeyType::P256)
+        );
+    }
+
+    #[test]
+    fn every_key_minted_is_pkcs8_v1_and_serves_tls_and_leases() {
+        for ca_type in KeyType::ALL {
+            let ca = CertAuthority::generate_with_key_type("v1 CA", 30 * DAY, ca_type).unwrap();
+            let ca_key = ca.key_pem();
+            assert!(ca_key.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+            assert_eq!(pkcs8_version(&pem_der(&ca_key)), 0, "{ca_type} CA key");
+            // rcgen reads it back to the key in the certificate.
+            let reread = KeyPair::from_pem(&ca_key).unwrap();
+            assert_eq!(reread.public_key_raw(), ca.issuer.key().public_key_raw());
+            for leaf_type in KeyType::ALL {
+                let leaf = ca
+                    .issue(&LeafSpec::new(urn(UrnKind::Core, "c")).key_type(leaf_type))
+                    .unwrap();
+                assert_eq!(pem_der(leaf.key_pem()), leaf.key_der());
+                assert_eq!(pkcs8_version(leaf.key_der()), 0, "{leaf_type} leaf key");
+                let identity = leaf.identity().unwrap();
+                anima_protocol::lease::LeaseSigner::from_identity(&identity)
+                    .unwrap_or_else(|e| panic!("{leaf_type} leaf as a lease key: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_ca_key_written_as_pkcs8_v2_still_loads() {
+        // What `anima certs init` wrote for Ed25519 before keys became v1.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca();
+        let v2 = ca.issuer.key().serialize_pem();
+        assert_eq!(pkcs8_version(&pem_der(&v2)), 1);
+        fs::write(dir.path().join(CA_CERT_FILE), ca.cert_pem()).unwrap();
+        fs::write(dir.path().join(CA_KEY_FILE), &v2).unwrap();
+
+        let loaded = CertAuthority::load(dir.path()).unwrap();
+        assert_eq!(pkcs8_version(&pem_der(&loaded.key_pem())), 0);
+        assert_eq!(loaded.key_pem(), ca.key_pem());
+        let leaf = loaded
+            .issue(&LeafSpec::new(urn(UrnKind::Module, "m")))
+            .unwrap();
+        verify_both_roles(ca.cert_der(), leaf.cert_der(), SystemTime::now()).unwrap();
+    }
+
+    #[test]
+    fn a_leaf_key_in_pkcs8_v2_still_serves_tls_and_leases() {
+        let ca = ca();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        assert_eq!(pkcs8_version(key.serialized_der()), 1);
+        let mut params = CertificateParams::new(["localhost".to_owned()]).unwrap();
+        let uri = Ia5String::try_from("urn:anima:module:old").unwrap();
+        params.subject_alt_names.push(SanType::URI(uri));
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+
+        let identity =
+            TlsIdentity::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
+        assert_eq!(identity.urn(), &urn(UrnKind::Module, "old"));
+        anima_protocol::lease::LeaseSigner::from_identity(&identity).unwrap();
     }
 
     #[test]

@@ -8,7 +8,13 @@
 //! module-kvstore.pem …                urn:anima:module:kvstore
 //! module-tally.pem …                  urn:anima:module:tally
 //! user-dev.pem  user-dev.key          urn:anima:user:dev
+//! core-dev.endpoint.pem …             urn:anima:core:dev, always P-256
 //! ```
+//!
+//! Every key is of the chosen [`KeyType`] (Ed25519 by default), but the
+//! Core's endpoint pair, which exists for clients that verify no Ed25519, is
+//! P-256 either way. Keys are PKCS#8 v1, which OpenSSL, Python's
+//! `cryptography`, BoringSSL and rustls all read.
 //!
 //! Keys are `0600`, certificates `0644`, a directory created here `0700`.
 //! Existing files are never replaced unless asked (`force`), and a call that
@@ -21,6 +27,7 @@ use anima_protocol::{Urn, UrnKind};
 
 use crate::authority::{CA_CERT_FILE, CA_KEY_FILE, CertAuthority, MAX_CA_VALIDITY};
 use crate::error::CertsError;
+use crate::key_type::KeyType;
 use crate::leaf::{IssuedCert, LeafSpec};
 use crate::validity::{self, DAY};
 use crate::write_batch::{self, NewFile};
@@ -48,16 +55,42 @@ pub struct InitOptions {
     pub days: u32,
     /// Validity of the CA, in days (1 to 365).
     pub ca_days: u32,
+    /// The key type of the CA and of every leaf but the Core's endpoint
+    /// certificate (always P-256).
+    pub key_type: KeyType,
     /// Replace existing files.
     pub force: bool,
 }
 
 impl Default for InitOptions {
-    /// 90-day leaves, a 365-day CA, never replace.
+    /// 90-day leaves, a 365-day CA, Ed25519, never replace.
     fn default() -> Self {
         InitOptions {
             days: 90,
             ca_days: 365,
+            key_type: KeyType::Ed25519,
+            force: false,
+        }
+    }
+}
+
+/// What [`issue_into_dir_with`] should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssueOptions {
+    /// Validity in days (at most what the CA has left).
+    pub days: u32,
+    /// The key type of the new certificate (the CA's may differ).
+    pub key_type: KeyType,
+    /// Replace an existing certificate and key of that identity.
+    pub force: bool,
+}
+
+impl Default for IssueOptions {
+    /// 90 days, Ed25519, never replace.
+    fn default() -> Self {
+        IssueOptions {
+            days: InitOptions::default().days,
+            key_type: KeyType::Ed25519,
             force: false,
         }
     }
@@ -111,7 +144,11 @@ pub fn init_dir(dir: &Path, options: &InitOptions) -> Result<Vec<PathBuf>, Certs
     names.extend([endpoint_cert_file(&core), endpoint_key_file(&core)]);
     refuse_existing(dir, &names, options.force)?;
 
-    let ca = CertAuthority::generate(DEV_CA_NAME, validity::days(options.ca_days))?;
+    let ca = CertAuthority::generate_with_key_type(
+        DEV_CA_NAME,
+        validity::days(options.ca_days),
+        options.key_type,
+    )?;
     check_leaf_days_fit(&ca, options.days, SystemTime::now())?;
     let mut files = vec![
         NewFile {
@@ -126,7 +163,11 @@ pub fn init_dir(dir: &Path, options: &InitOptions) -> Result<Vec<PathBuf>, Certs
         },
     ];
     for urn in urns {
-        let leaf = ca.issue(&LeafSpec::new(urn.clone()).valid_for(validity::days(options.days)))?;
+        let leaf = ca.issue(
+            &LeafSpec::new(urn.clone())
+                .key_type(options.key_type)
+                .valid_for(validity::days(options.days)),
+        )?;
         files.extend(leaf_files(&urn, &leaf));
     }
     // The Core's user endpoint also presents an ECDSA certificate (same
@@ -148,12 +189,12 @@ pub fn init_dir(dir: &Path, options: &InitOptions) -> Result<Vec<PathBuf>, Certs
     write_batch::write_all(dir, &files, options.force)
 }
 
-/// Signs a certificate for `urn:anima:<kind>:<name>` with the CA in `dir`,
-/// valid for `days` (at most what the CA has left); returns the files
-/// written (`<kind>-<name>.pem` and `.key`).
+/// Signs an Ed25519 certificate for `urn:anima:<kind>:<name>` with the CA
+/// in `dir`, valid for `days` (at most what the CA has left); returns the
+/// files written (`<kind>-<name>.pem` and `.key`).
 ///
 /// Without `force`, fails naming the first file that already exists, having
-/// changed nothing.
+/// changed nothing. [`issue_into_dir_with`] chooses the key type too.
 pub fn issue_into_dir(
     dir: &Path,
     kind: UrnKind,
@@ -161,12 +202,36 @@ pub fn issue_into_dir(
     days: u32,
     force: bool,
 ) -> Result<Vec<PathBuf>, CertsError> {
+    let options = IssueOptions {
+        days,
+        force,
+        ..IssueOptions::default()
+    };
+    issue_into_dir_with(dir, kind, name, &options)
+}
+
+/// [`issue_into_dir`] as `options` say: validity, key type, replacing.
+pub fn issue_into_dir_with(
+    dir: &Path,
+    kind: UrnKind,
+    name: &str,
+    options: &IssueOptions,
+) -> Result<Vec<PathBuf>, CertsError> {
+    let IssueOptions {
+        days,
+        key_type,
+        force,
+    } = *options;
     let urn = Urn::new(kind, name)?;
     check_leaf_days_given(days)?;
     let ca = CertAuthority::load(dir)?;
     refuse_existing(dir, &[leaf_cert_file(&urn), leaf_key_file(&urn)], force)?;
     check_leaf_days_fit(&ca, days, SystemTime::now())?;
-    let leaf = ca.issue(&LeafSpec::new(urn.clone()).valid_for(validity::days(days)))?;
+    let leaf = ca.issue(
+        &LeafSpec::new(urn.clone())
+            .key_type(key_type)
+            .valid_for(validity::days(days)),
+    )?;
     write_batch::write_all(dir, &leaf_files(&urn, &leaf), force)
 }
 
@@ -240,7 +305,7 @@ mod tests {
 
     use super::*;
     use crate::pem_file;
-    use crate::test_support::verify_both_roles;
+    use crate::test_support::{pem_der, pkcs8_version, verify_both_roles};
 
     const EXPECTED: [&str; 14] = [
         "ca.pem",
@@ -380,7 +445,7 @@ mod tests {
             let options = InitOptions {
                 days,
                 ca_days,
-                force: false,
+                ..InitOptions::default()
             };
             let err = init_dir(&dir, &options).unwrap_err();
             assert!(
@@ -395,7 +460,7 @@ mod tests {
         let options = InitOptions {
             days: 30,
             ca_days: 30,
-            force: false,
+            ..InitOptions::default()
         };
         init_dir(&dir, &options).unwrap();
     }
@@ -434,6 +499,79 @@ mod tests {
     }
 
     #[test]
+    fn init_with_p256_makes_every_key_p256_and_pkcs8_v1() {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = InitOptions {
+            key_type: KeyType::P256,
+            ..InitOptions::default()
+        };
+        let written = init_dir(tmp.path(), &options).unwrap();
+        let names: Vec<PathBuf> = EXPECTED.iter().map(|n| tmp.path().join(n)).collect();
+        assert_eq!(written, names, "the same files as for Ed25519");
+        for path in written {
+            let text = fs::read_to_string(&path).unwrap();
+            if path.extension().is_some_and(|e| e == "key") {
+                assert_eq!(pkcs8_version(&pem_der(&text)), 0, "{}", path.display());
+            } else {
+                let report = crate::inspect(&path).unwrap();
+                assert_eq!(report.key_type(), "ECDSA P-256", "{}", path.display());
+            }
+        }
+        let ca_der = cert_der(&tmp.path().join("ca.pem"));
+        for (kind, name) in DEV_IDENTITIES {
+            let urn = Urn::new(kind, name).unwrap();
+            let cert = tmp.path().join(leaf_cert_file(&urn));
+            verify_both_roles(&ca_der, &cert_der(&cert), SystemTime::now()).unwrap();
+            let tls = anima_protocol::TlsIdentity::from_pem_files(
+                &cert,
+                &tmp.path().join(leaf_key_file(&urn)),
+            )
+            .unwrap();
+            anima_protocol::lease::LeaseSigner::from_identity(&tls).unwrap();
+        }
+        CertAuthority::load(tmp.path()).unwrap();
+    }
+
+    #[test]
+    fn issue_with_a_key_type_under_a_ca_of_either_type() {
+        for ca_type in KeyType::ALL {
+            let tmp = tempfile::tempdir().unwrap();
+            let options = InitOptions {
+                key_type: ca_type,
+                ..InitOptions::default()
+            };
+            init_dir(tmp.path(), &options).unwrap();
+            for (n, leaf_type) in KeyType::ALL.into_iter().enumerate() {
+                let name = format!("m{n}");
+                let options = IssueOptions {
+                    days: 7,
+                    key_type: leaf_type,
+                    force: false,
+                };
+                let written =
+                    issue_into_dir_with(tmp.path(), UrnKind::Module, &name, &options).unwrap();
+                let report = crate::inspect(&written[0]).unwrap();
+                let want = match leaf_type {
+                    KeyType::Ed25519 => "Ed25519",
+                    KeyType::P256 => "ECDSA P-256",
+                };
+                assert_eq!(report.key_type(), want, "{ca_type} CA, {leaf_type} leaf");
+                let key = fs::read_to_string(&written[1]).unwrap();
+                assert_eq!(pkcs8_version(&pem_der(&key)), 0);
+                verify_both_roles(
+                    &cert_der(&tmp.path().join("ca.pem")),
+                    &cert_der(&written[0]),
+                    SystemTime::now(),
+                )
+                .unwrap();
+            }
+            // The shorthand issues Ed25519.
+            let written = issue_into_dir(tmp.path(), UrnKind::User, "u", 7, false).unwrap();
+            assert_eq!(crate::inspect(&written[0]).unwrap().key_type(), "Ed25519");
+        }
+    }
+
+    #[test]
     fn issue_without_a_ca_fails_and_creates_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("dev");
@@ -453,7 +591,7 @@ mod tests {
         let options = InitOptions {
             days: 10,
             ca_days: 20,
-            force: false,
+            ..InitOptions::default()
         };
         init_dir(tmp.path(), &options).unwrap();
         let before = snapshot(tmp.path());

@@ -137,6 +137,12 @@ pub enum CertsError {
         /// When the CA expires (RFC 3339).
         ca_expires: String,
     },
+    /// A key type other than those [`KeyType`](crate::KeyType) names.
+    #[error("unknown key type {given:?} (expected ed25519 or p256)")]
+    UnknownKeyType {
+        /// What was given.
+        given: String,
+    },
     /// An identity kind or name breaks the naming rules.
     #[error(transparent)]
     Identity(#[from] IdentityError),

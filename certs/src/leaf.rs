@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use anima_protocol::{Fingerprint, TlsIdentity, Urn};
 
 use crate::error::CertsError;
+use crate::key_type::KeyType;
 use crate::validity;
 
 /// How long a leaf is valid by default: 90 days.
@@ -28,7 +29,7 @@ pub(crate) const ANONYMOUS_CN: &str = "anima-test";
 ///   [`DEFAULT_LEAF_VALIDITY`] (90 days), cut at the CA's expiry;
 /// - has both extended key usages, `serverAuth` and `clientAuth` (modules
 ///   serve, Cores dial, and either may do both);
-/// - has a fresh Ed25519 key.
+/// - has a fresh Ed25519 key ([`LeafSpec::key_type`] chooses another).
 ///
 /// Tests can mint what a real deployment never should: no URN
 /// ([`LeafSpec::without_urn`]), several ([`LeafSpec::with_urn`]), or an
@@ -39,7 +40,7 @@ pub struct LeafSpec {
     pub(crate) dns_names: Vec<String>,
     pub(crate) ip_addresses: Vec<IpAddr>,
     pub(crate) validity: Validity,
-    pub(crate) ecdsa: bool,
+    pub(crate) key_type: KeyType,
 }
 
 impl LeafSpec {
@@ -58,17 +59,21 @@ impl LeafSpec {
             dns_names: vec!["localhost".to_owned()],
             ip_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             validity: Validity::For(DEFAULT_LEAF_VALIDITY),
-            ecdsa: false,
+            key_type: KeyType::Ed25519,
         }
     }
 
-    /// An ECDSA P-256 key instead of Ed25519. Such a certificate cannot sign
-    /// leases; the Core presents one on its user endpoint, beside its Ed25519
-    /// certificate, for TLS stacks that do not verify Ed25519 (BoringSSL, so
-    /// Python's `grpcio`).
-    pub fn ecdsa_p256(mut self) -> Self {
-        self.ecdsa = true;
+    /// A fresh key of `key_type` (default: Ed25519).
+    pub fn key_type(mut self, key_type: KeyType) -> Self {
+        self.key_type = key_type;
         self
+    }
+
+    /// An ECDSA P-256 key instead of Ed25519: `key_type(KeyType::P256)`. For
+    /// TLS stacks that do not verify Ed25519 (BoringSSL, so Python's
+    /// `grpcio`); its leases are signed `ES256`.
+    pub fn ecdsa_p256(self) -> Self {
+        self.key_type(KeyType::P256)
     }
 
     /// Adds another URN SAN (a certificate with two is refused by peers).
@@ -138,6 +143,7 @@ pub struct IssuedCert {
     pub(crate) cert_pem: String,
     pub(crate) key_der: Vec<u8>,
     pub(crate) key_pem: String,
+    pub(crate) key_type: KeyType,
     pub(crate) not_before: SystemTime,
     pub(crate) not_after: SystemTime,
 }
@@ -168,6 +174,11 @@ impl IssuedCert {
         &self.key_der
     }
 
+    /// The type of the certificate's key.
+    pub fn key_type(&self) -> KeyType {
+        self.key_type
+    }
+
     /// The start of the validity window (whole seconds).
     pub fn not_before(&self) -> SystemTime {
         self.not_before
@@ -196,6 +207,7 @@ impl fmt::Debug for IssuedCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IssuedCert")
             .field("urns", &self.urns)
+            .field("key_type", &self.key_type)
             .field("fingerprint", &self.fingerprint())
             .field("not_before", &validity::rfc3339(self.not_before))
             .field("not_after", &validity::rfc3339(self.not_after))

@@ -2,11 +2,12 @@
 //!
 //! Anima names every party by one URN in the URI SAN of its certificate
 //! (`urn:anima:core:NAME`, `urn:anima:module:NAME`, `urn:anima:user:NAME`) and
-//! trusts one CA. This crate makes both: a self-signed Ed25519
-//! [`CertAuthority`], and Ed25519 leaf certificates it signs from a
-//! [`LeafSpec`]. Tests mint their certificates here at run time (no private
-//! keys in git); the `anima certs` command is a thin layer over
-//! [`init_dir`], [`issue_into_dir`] and [`inspect`].
+//! trusts one CA. This crate makes both: a self-signed [`CertAuthority`], and
+//! leaf certificates it signs from a [`LeafSpec`], each with an Ed25519 key
+//! (the default) or an ECDSA P-256 one ([`KeyType`]). Tests mint their
+//! certificates here at run time (no private keys in git); the `anima certs`
+//! command is a thin layer over [`init_dir`], [`issue_into_dir_with`] and
+//! [`inspect`].
 //!
 //! ```
 //! use std::time::Duration;
@@ -46,8 +47,10 @@
 //!
 //! [`init_dir`] writes a CA and certificates for the dev Core, the sample
 //! modules and a user (see [`DEV_IDENTITIES`]) as `ca.pem`/`ca.key` and
-//! `<kind>-<name>.pem`/`.key`. Keys are created `0600`, never replaced without
-//! `force`, and a failed call removes whatever it wrote.
+//! `<kind>-<name>.pem`/`.key`. Keys are PKCS#8 v1 (which OpenSSL 3.0, Python's
+//! `cryptography` and BoringSSL read, as well as rustls), created `0600`,
+//! never replaced without `force`, and a failed call removes whatever it
+//! wrote.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -56,6 +59,7 @@ mod authority;
 mod dev_dir;
 mod error;
 mod inspect;
+mod key_type;
 mod leaf;
 mod pem_file;
 mod pkcs8;
@@ -67,10 +71,12 @@ mod test_support;
 
 pub use authority::{CA_CERT_FILE, CA_KEY_FILE, CertAuthority, MAX_CA_VALIDITY};
 pub use dev_dir::{
-    DEFAULT_DIR, DEV_CA_NAME, DEV_IDENTITIES, InitOptions, endpoint_cert_file, endpoint_key_file,
-    init_dir, issue_into_dir, leaf_cert_file, leaf_key_file,
+    DEFAULT_DIR, DEV_CA_NAME, DEV_IDENTITIES, InitOptions, IssueOptions, endpoint_cert_file,
+    endpoint_key_file, init_dir, issue_into_dir, issue_into_dir_with, leaf_cert_file,
+    leaf_key_file,
 };
 pub use error::CertsError;
 pub use inspect::{CertReport, inspect};
+pub use key_type::KeyType;
 pub use leaf::{DEFAULT_LEAF_VALIDITY, IssuedCert, LeafSpec};
 pub use validity::CLOCK_SKEW;

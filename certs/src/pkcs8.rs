@@ -1,9 +1,16 @@
-//! Ed25519 private keys as PKCS#8 v1 (RFC 8410 §7, the plain form).
+//! Private keys as PKCS#8 v1 (RFC 5208; RFC 8410 §7 for Ed25519), the plain
+//! form every stack reads.
 //!
-//! rcgen (through ring) writes PKCS#8 v2 with the public key attached.
-//! BoringSSL — and so Python's `grpcio` and other C-core gRPC stacks —
-//! refuses that form, so leaf keys are written as v1, which every stack
-//! (rustls, OpenSSL, BoringSSL, Go, ed25519-dalek) reads.
+//! rcgen (through ring) writes Ed25519 keys as PKCS#8 v2 (RFC 5958) with the
+//! public key attached. OpenSSL 3.0 (`openssl pkey`), Python's
+//! `cryptography` and BoringSSL (so Python's `grpcio` and other C-core gRPC
+//! stacks) refuse that form as "unsupported", so every Ed25519 key written
+//! here — CA and leaves — is v1, which all of them and rustls, Go and
+//! ed25519-dalek read. ring's P-256 keys are already v1 (the public key sits
+//! inside the SEC 1 `ECPrivateKey`, where every stack expects it).
+//!
+//! Loading stays lenient: rustls, rcgen and ed25519-dalek read v1 and v2
+//! alike, so key files written before this change keep working.
 
 use base64::Engine as _;
 
@@ -27,6 +34,11 @@ pub(crate) fn ed25519_v1(der: &[u8]) -> Vec<u8> {
     let mut out = V1_PREFIX.to_vec();
     out.extend_from_slice(&der[16..48]);
     out
+}
+
+/// `key` as the PKCS#8 DER this crate writes: v1 for every key type.
+pub(crate) fn private_key_der(key: &rcgen::KeyPair) -> Vec<u8> {
+    ed25519_v1(key.serialized_der())
 }
 
 /// PEM with 64-column lines.

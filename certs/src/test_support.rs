@@ -37,3 +37,25 @@ pub(crate) fn verify_both_roles(
     client.verify_client_cert(&leaf, &[], now)?;
     Ok(())
 }
+
+/// The DER inside the first PEM block of `pem`.
+pub(crate) fn pem_der(pem: &str) -> Vec<u8> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .next()
+        .expect("a PEM block")
+        .expect("well-formed PEM")
+        .contents
+}
+
+/// The version field of a PKCS#8 private key: 0 is v1 (RFC 5208), 1 is v2
+/// (RFC 5958, with the public key attached).
+pub(crate) fn pkcs8_version(der: &[u8]) -> u8 {
+    assert_eq!(der[0], 0x30, "a SEQUENCE");
+    // Short or long form length, then `INTEGER` of one byte.
+    let start = match der[1] {
+        short if short < 0x80 => 2,
+        long => 2 + usize::from(long & 0x7f),
+    };
+    assert_eq!(der[start..start + 2], [0x02, 0x01], "a one-byte version");
+    der[start + 2]
+}

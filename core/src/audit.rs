@@ -5,17 +5,27 @@
 //!  "core":"urn:anima:core:dev","actor":"module","reason":null,"detail":null,"ttl_ms":500}
 //! ```
 //!
-//! The file is opened for appending only and created 0600. A write that
-//! fails is logged and never stops the Core; the in-memory lease table stays
-//! authoritative.
+//! The file is opened for appending only and created 0600. Records are
+//! written by one writer thread, off the runtime's worker threads: a caller
+//! only queues its record, never waits for the disk. When the queue is full
+//! (the disk stalls, or a flood of refused calls outruns it), the record is
+//! dropped, counted ([`AuditLog::dropped`], `anima_audit_records_dropped_total`
+//! in `/metrics`) and logged, and the Core goes on; the in-memory lease table
+//! stays authoritative. A write that fails is logged and never stops the Core.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+/// How many records may wait for the writer; past it, new records are
+/// dropped (and counted) rather than making their caller wait.
+pub const AUDIT_QUEUE_CAPACITY: usize = 8_192;
 
 /// One lease event.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -63,17 +73,28 @@ impl AuditRecord {
 /// Where audit records go. Cloning shares the destination.
 #[derive(Clone)]
 pub struct AuditLog {
-    sink: Arc<Mutex<Sink>>,
+    sink: Arc<Sink>,
 }
 
 enum Sink {
-    File { file: File, path: PathBuf },
-    Memory(Vec<AuditRecord>),
+    File {
+        queue: SyncSender<Message>,
+        dropped: AtomicU64,
+        path: PathBuf,
+    },
+    Memory(Mutex<Vec<AuditRecord>>),
     Discard,
 }
 
+enum Message {
+    Record(Box<AuditRecord>),
+    /// Answered once every record queued before it is written and flushed.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
 impl AuditLog {
-    /// Appends to `path`, creating it (mode 0600) if needed.
+    /// Appends to `path`, creating it (mode 0600) if needed, through a
+    /// writer thread of its own.
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let mut options = OpenOptions::new();
         options.create(true).append(true);
@@ -83,56 +104,102 @@ impl AuditLog {
             options.mode(0o600);
         }
         let file = options.open(path)?;
+        let (queue, rx) = std::sync::mpsc::sync_channel(AUDIT_QUEUE_CAPACITY);
+        let writer_path = path.to_owned();
+        std::thread::Builder::new()
+            .name("anima-audit".into())
+            .spawn(move || write_records(file, &writer_path, &rx))?;
         Ok(AuditLog {
-            sink: Arc::new(Mutex::new(Sink::File {
-                file,
+            sink: Arc::new(Sink::File {
+                queue,
+                dropped: AtomicU64::new(0),
                 path: path.to_owned(),
-            })),
+            }),
         })
     }
 
     /// Keeps records in memory (tests, embedding).
     pub fn memory() -> Self {
         AuditLog {
-            sink: Arc::new(Mutex::new(Sink::Memory(Vec::new()))),
+            sink: Arc::new(Sink::Memory(Mutex::new(Vec::new()))),
         }
     }
 
     /// Drops records.
     pub fn discard() -> Self {
         AuditLog {
-            sink: Arc::new(Mutex::new(Sink::Discard)),
+            sink: Arc::new(Sink::Discard),
         }
     }
 
-    /// Writes one record.
+    /// Queues one record; never waits for the disk.
     pub fn record(&self, record: AuditRecord) {
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        match &mut *sink {
-            Sink::File { file, path } => {
-                let line = match serde_json::to_string(&record) {
-                    Ok(mut l) => {
-                        l.push('\n');
-                        l
+        match &*self.sink {
+            Sink::File {
+                queue,
+                dropped,
+                path,
+            } => {
+                if let Err(e) = queue.try_send(Message::Record(Box::new(record))) {
+                    let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    // 1, 2, 4, 8, …: a stalled disk does not flood the log.
+                    if n.is_power_of_two() {
+                        let why = match e {
+                            TrySendError::Full(_) => "the writer is behind",
+                            TrySendError::Disconnected(_) => "the writer stopped",
+                        };
+                        tracing::error!(path = %path.display(), dropped = n, "audit record dropped: {why}");
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot encode audit record");
-                        return;
-                    }
-                };
-                if let Err(e) = file.write_all(line.as_bytes()) {
-                    tracing::error!(path = %path.display(), error = %e, "audit log write failed");
                 }
             }
-            Sink::Memory(records) => records.push(record),
+            Sink::Memory(records) => records
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(record),
             Sink::Discard => {}
         }
     }
 
+    /// Records dropped so far because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        match &*self.sink {
+            Sink::File { dropped, .. } => dropped.load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
+    /// Waits (blocking, at most `limit`) until every record queued so far is
+    /// written and flushed; false if that did not happen in time. Call it
+    /// from a blocking context (e.g. `spawn_blocking`), as on shutdown.
+    pub fn flush(&self, limit: Duration) -> bool {
+        let Sink::File { queue, .. } = &*self.sink else {
+            return true;
+        };
+        let deadline = Instant::now() + limit;
+        let (done, flushed) = std::sync::mpsc::channel();
+        let mut message = Message::Flush(done);
+        loop {
+            match queue.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(m)) => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    message = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        flushed
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+
     /// The records kept by a [`AuditLog::memory`] log.
     pub fn records(&self) -> Vec<AuditRecord> {
-        match &*self.sink.lock().unwrap_or_else(|p| p.into_inner()) {
-            Sink::Memory(records) => records.clone(),
+        match &*self.sink {
+            Sink::Memory(records) => records.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             _ => Vec::new(),
         }
     }
@@ -141,6 +208,44 @@ impl AuditLog {
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AuditLog")
+    }
+}
+
+/// The writer thread: writes records as they come, flushing whenever the
+/// queue is momentarily empty; ends when every [`AuditLog`] is gone.
+fn write_records(file: File, path: &Path, queue: &Receiver<Message>) {
+    let mut out = BufWriter::new(file);
+    let mut failing_since: Option<Instant> = None;
+    let mut check = |result: std::io::Result<()>| match result {
+        Ok(()) => failing_since = None,
+        // One line per failing spell, and again every minute of it.
+        Err(e) => {
+            if failing_since.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                failing_since = Some(Instant::now());
+                tracing::error!(path = %path.display(), error = %e, "audit log write failed");
+            }
+        }
+    };
+    while let Ok(first) = queue.recv() {
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Record(record) => match serde_json::to_string(&record) {
+                    Ok(mut line) => {
+                        line.push('\n');
+                        check(out.write_all(line.as_bytes()));
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot encode audit record"),
+                },
+                Message::Flush(done) => {
+                    check(out.flush());
+                    let _ = done.send(());
+                }
+            }
+            next = queue.try_recv().ok();
+        }
+        // Nothing more waiting: put what was written on disk.
+        check(out.flush());
     }
 }
 
@@ -163,6 +268,7 @@ mod tests {
             r.lease_id = Some(format!("id{i}"));
             r.reason = Some("LEASE_REVOKED".into());
             log.record(r);
+            assert!(log.flush(Duration::from_secs(10)), "written in time");
         }
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text

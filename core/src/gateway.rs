@@ -11,15 +11,22 @@
 //! Every call gets a W3C `traceparent` (the caller's, or a new one), passed to
 //! the module and logged with lease id, user, module, method, latency and
 //! outcome.
+//!
+//! One user has at most [`DEFAULT_MAX_CALLS_PER_USER`] calls in flight
+//! through the gateway, all its connections together (a call is in flight
+//! until its response ends); past it, calls are refused `TOO_MANY_CALLS` at
+//! once, so a caller that opens streams and never finishes them holds a
+//! bounded share of the Core and of the module.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use anima_protocol::PeerInfo;
 use anima_protocol::lease::{Reason, status_for};
+use anima_protocol::{PeerInfo, Urn};
 use http::HeaderValue;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tonic::body::Body;
@@ -32,12 +39,60 @@ use crate::metrics::Metrics;
 use crate::registry::ModuleState;
 use crate::supervisor::CoreContext;
 
+/// How many calls one user may have in flight through the gateway at once.
+pub const DEFAULT_MAX_CALLS_PER_USER: usize = 256;
+
 /// The gateway's shared state.
 #[derive(Clone)]
 pub struct Gateway {
     ctx: Arc<CoreContext>,
     policies: Arc<Vec<Policy>>,
     metrics: Arc<Metrics>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Calls in flight per user.
+struct InFlight {
+    max: usize,
+    calls: Mutex<HashMap<Urn, usize>>,
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Urn, usize>> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One more call for `user`, or `None` when it has the maximum.
+    fn enter(self: &Arc<Self>, user: &Urn) -> Option<CallSlot> {
+        let mut calls = self.lock();
+        let n = calls.entry(user.clone()).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(CallSlot {
+            owner: self.clone(),
+            user: user.clone(),
+        })
+    }
+}
+
+/// One call in flight; dropping it (when the call ends) frees its place.
+struct CallSlot {
+    owner: Arc<InFlight>,
+    user: Urn,
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        let mut calls = self.owner.lock();
+        if let Some(n) = calls.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                calls.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// A W3C trace context: the trace id to log and the header to send on.
@@ -69,12 +124,32 @@ fn trace_context(header: Option<&HeaderValue>) -> (String, HeaderValue) {
 
 impl Gateway {
     /// A gateway over `ctx`'s modules under `policies`.
+    ///
+    /// # Default
+    /// At most [`DEFAULT_MAX_CALLS_PER_USER`] calls in flight per user.
     pub fn new(ctx: Arc<CoreContext>, policies: Vec<Policy>, metrics: Arc<Metrics>) -> Self {
         Gateway {
             ctx,
             policies: Arc::new(policies),
             metrics,
+            in_flight: Arc::new(InFlight {
+                max: DEFAULT_MAX_CALLS_PER_USER,
+                calls: Mutex::new(HashMap::new()),
+            }),
         }
+    }
+
+    /// Sets how many calls one user may have in flight at once (at least
+    /// 1); past it, calls are refused `TOO_MANY_CALLS`.
+    ///
+    /// # Default
+    /// [`DEFAULT_MAX_CALLS_PER_USER`].
+    pub fn max_calls_per_user(mut self, n: usize) -> Self {
+        self.in_flight = Arc::new(InFlight {
+            max: n.max(1),
+            calls: Mutex::new(HashMap::new()),
+        });
+        self
     }
 
     fn refuse(&self, reason: Reason, message: String) -> http::Response<Body> {
@@ -137,6 +212,16 @@ impl Gateway {
                 ),
             );
         };
+        let Some(slot) = self.in_flight.enter(&user) else {
+            tracing::debug!(target: "anima::gateway", user = %user, method = %method, outcome = "TOO_MANY_CALLS", "call refused");
+            return self.refuse(
+                Reason::TooManyCalls,
+                format!(
+                    "{user} already has {} calls in flight through this Core",
+                    self.in_flight.max
+                ),
+            );
+        };
         let (trace_id, traceparent) = trace_context(request.headers().get("traceparent"));
         let lease_id = link.id().to_string();
         // Each message the caller streams is capped as it passes.
@@ -165,6 +250,7 @@ impl Gateway {
             started,
             deadline: deadline.map(|d| started + d),
             done: false,
+            _slot: slot,
         };
         let forward = link.channel().oneshot(request);
         let outcome = match deadline {
@@ -229,6 +315,8 @@ struct CallLog {
     started: Instant,
     deadline: Option<Instant>,
     done: bool,
+    /// The user's place among its calls in flight, freed with the log.
+    _slot: CallSlot,
 }
 
 impl CallLog {

@@ -155,7 +155,10 @@ pub async fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     Ok(Launched { child, pid, addr })
 }
 
-fn parse_ready(line: &str, urn: &Urn) -> Option<SocketAddr> {
+/// The address in a ready line that names `urn`; `None` for any other line.
+/// Public only for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_ready(line: &str, urn: &Urn) -> Option<SocketAddr> {
     let rest = line.strip_prefix(READY_PREFIX)?.trim();
     let (got, addr) = rest.split_once(' ')?;
     (got == urn.as_str()).then_some(())?;

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use anima_protocol::ServerTls;
 use anima_protocol::lease::LeaseState;
 
 use crate::supervisor::CoreContext;
@@ -29,13 +30,21 @@ struct Inner {
     refusals: BTreeMap<String, u64>,
 }
 
-/// The gateway's counters.
+/// The gateway's counters, and what the endpoint's listener refused.
 #[derive(Default)]
-pub struct Metrics(Mutex<Inner>);
+pub struct Metrics {
+    inner: Mutex<Inner>,
+    listener: Mutex<Option<ServerTls>>,
+}
 
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reports the connections `tls` refuses (the Core's endpoint).
+    pub fn watch_listener(&self, tls: &ServerTls) {
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(tls.clone());
     }
 
     /// One finished call.
@@ -112,6 +121,50 @@ impl Metrics {
                 m.urn, m.state
             );
         }
+        let refused = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(ServerTls::refusal_counts)
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "# HELP anima_connection_refusals_total Connections the Core's endpoint refused before any call, by reason."
+        );
+        let _ = writeln!(out, "# TYPE anima_connection_refusals_total counter");
+        for r in &refused {
+            let _ = writeln!(
+                out,
+                "anima_connection_refusals_total{{reason=\"{}\"}} {}",
+                r.reason, r.refused
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP anima_connection_refusal_logs_suppressed_total Refused connections left out of the log (rate limit), by reason."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE anima_connection_refusal_logs_suppressed_total counter"
+        );
+        for r in &refused {
+            let _ = writeln!(
+                out,
+                "anima_connection_refusal_logs_suppressed_total{{reason=\"{}\"}} {}",
+                r.reason, r.logs_suppressed
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP anima_audit_records_dropped_total Audit records dropped because the audit log could not keep up."
+        );
+        let _ = writeln!(out, "# TYPE anima_audit_records_dropped_total counter");
+        let _ = writeln!(
+            out,
+            "anima_audit_records_dropped_total {}",
+            ctx.audit.dropped()
+        );
         let inner = self.lock();
         let _ = writeln!(
             out,

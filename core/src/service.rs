@@ -3,19 +3,26 @@
 //! Loads the identity, opens the audit log, serves the admin API over mTLS,
 //! and runs one supervisor per module in dependency order. On shutdown it
 //! revokes its leases, stops the modules it started (each within a bounded
-//! grace), and returns.
+//! grace), and returns. If its endpoint stops serving first (the listening
+//! socket is lost, the server task fails), it logs why, stops the same way,
+//! and returns [`ServeError::EndpointStopped`]: a Core without its admin API
+//! and gateway does not go on silently.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anima_protocol::lease::LeaseSigner;
 use anima_protocol::pb::core_admin_server::CoreAdminServer;
-use anima_protocol::{ClientTls, PeerPolicy, ServerTls, TlsIdentity, TrustRoot};
+use anima_protocol::{ClientTls, PeerPolicy, ServerTls, TlsConn, TlsIdentity, TrustRoot};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminService;
@@ -33,6 +40,18 @@ pub const READY_PREFIX: &str = "ANIMA-CORE READY";
 
 /// How long module supervisors may take to stop everything on shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How many streams (calls) one connection to the Core's endpoint may have
+/// open at once: announced as HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`, and
+/// streams past it are refused (`REFUSED_STREAM`). What one user holds in
+/// all is bounded by the gateway
+/// ([`DEFAULT_MAX_CALLS_PER_USER`](crate::gateway::DEFAULT_MAX_CALLS_PER_USER))
+/// and by the connections one identity may keep
+/// ([`anima_protocol::transport::DEFAULT_MAX_CONNECTIONS_PER_IDENTITY`]).
+pub const ENDPOINT_MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// How long the audit log may take to write what is queued on shutdown.
+const AUDIT_FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 /// Why the Core could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +82,41 @@ pub enum ServeError {
     /// The admin server failed.
     #[error("admin server: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// The Core's endpoint stopped serving while the Core ran.
+    #[error("the Core's endpoint {addr} stopped: {why}")]
+    EndpointStopped {
+        /// Where it listened.
+        addr: SocketAddr,
+        /// Why it stopped.
+        why: String,
+    },
+}
+
+/// The endpoint's accepted connections, passed through; tells `stopped`
+/// why, when accepting stops for good.
+struct Watched<S> {
+    inner: S,
+    stopped: Option<oneshot::Sender<String>>,
+}
+
+impl<S> Stream for Watched<S>
+where
+    S: Stream<Item = Result<TlsConn, std::io::Error>> + Unpin,
+{
+    type Item = Result<TlsConn, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let why = match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(conn))) => return Poll::Ready(Some(Ok(conn))),
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Err(e))) => format!("accepting connections failed: {e}"),
+            Poll::Ready(None) => "the listener stopped accepting connections".to_owned(),
+        };
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.send(why);
+        }
+        Poll::Ready(None)
+    }
 }
 
 /// The Core's endpoint: the admin API, `GET /metrics` (operators), and the
@@ -202,6 +256,7 @@ pub async fn serve(
     };
     let admin = AdminService::new(ctx.clone(), config.admin.operators.clone());
     let metrics = Arc::new(Metrics::default());
+    metrics.watch_listener(&admin_tls);
     let gateway = Gateway::new(ctx.clone(), config.policies.clone(), metrics.clone());
     let routes = endpoint_routes(
         CoreAdminServer::new(admin),
@@ -211,30 +266,57 @@ pub async fn serve(
         config.admin.operators.clone(),
     );
     let admin_stop = stop.clone();
-    let admin_server = tokio::spawn(
+    let (stopped, mut endpoint_stopped) = oneshot::channel();
+    let incoming = Watched {
+        inner: admin_tls.incoming(listener),
+        stopped: Some(stopped),
+    };
+    let mut admin_server = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .max_concurrent_streams(ENDPOINT_MAX_CONCURRENT_STREAMS)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                admin_tls.incoming(listener),
-                admin_stop.cancelled_owned(),
-            ),
+            .serve_with_incoming_shutdown(incoming, admin_stop.cancelled_owned()),
     );
+    // Every module is registered (listed as starting) before the Core says
+    // it is ready, so `anima modules` right after READY lists them all.
+    let mut supervisors = JoinSet::new();
+    for index in start_order(&config.modules) {
+        let module = config.modules[index].clone();
+        supervisors.spawn(supervise(ctx.clone(), module, stop.child_token()));
+    }
     tracing::info!(core = %config.core.urn, admin = %admin_addr, modules = config.modules.len(), "Core serving");
     on_ready(&Running {
         admin_addr,
         ctx: ctx.clone(),
     });
 
-    let mut supervisors = JoinSet::new();
-    for index in start_order(&config.modules) {
-        let module = config.modules[index].clone();
-        supervisors.spawn(supervise(ctx.clone(), module, stop.child_token()));
+    // Until asked to stop, or until the endpoint stops by itself.
+    tokio::pin!(shutdown);
+    let mut server_done = false;
+    let failure = tokio::select! {
+        _ = &mut shutdown => None,
+        why = &mut endpoint_stopped => Some(why.unwrap_or_else(|_| {
+            "the endpoint server stopped accepting connections".to_owned()
+        })),
+        result = &mut admin_server => {
+            server_done = true;
+            Some(match result {
+                Ok(Ok(())) => "the endpoint server ended".to_owned(),
+                Ok(Err(e)) => format!("the endpoint server failed: {e}"),
+                Err(e) => format!("the endpoint server task failed: {e}"),
+            })
+        }
+    };
+    match &failure {
+        None => tracing::info!("shutting down: revoking leases and stopping modules"),
+        Some(why) => tracing::error!(
+            admin = %admin_addr,
+            error = %why,
+            "the Core's endpoint stopped (no admin API, no gateway); shutting down: revoking leases and stopping modules"
+        ),
     }
-
-    shutdown.await;
-    tracing::info!("shutting down: revoking leases and stopping modules");
     stop.cancel();
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while supervisors.join_next().await.is_some() {}
@@ -244,7 +326,23 @@ pub async fn serve(
         tracing::warn!("modules did not stop within {SHUTDOWN_GRACE:?}; abandoning them");
         supervisors.abort_all();
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), admin_server).await;
+    if !server_done {
+        let _ = tokio::time::timeout(Duration::from_secs(2), admin_server).await;
+    }
+    // What the audit writer still holds goes to disk before we return.
+    let audit = ctx.audit.clone();
+    let flushed = tokio::task::spawn_blocking(move || audit.flush(AUDIT_FLUSH_GRACE)).await;
+    if !matches!(flushed, Ok(true)) {
+        tracing::error!(
+            "the audit log did not write its last records within {AUDIT_FLUSH_GRACE:?}"
+        );
+    }
     tracing::info!("Core stopped");
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(why) => Err(ServeError::EndpointStopped {
+            addr: admin_addr,
+            why,
+        }),
+    }
 }

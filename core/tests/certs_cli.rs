@@ -358,3 +358,252 @@ fn inspect_of_garbage_a_key_or_nothing_fails_in_one_line() {
         assert!(run.stdout.is_empty());
     }
 }
+
+/// Runs `openssl ARGS`; returns its stdout, failing the test with its stderr
+/// when it exits non-zero.
+fn openssl(args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs (these tests check our files with OpenSSL's CLI)");
+    assert!(
+        out.status.success(),
+        "openssl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 openssl output")
+}
+
+/// Loads every `(certificate, key)` pair with Python's `cryptography`: the key
+/// with `load_pem_private_key`, of `key_type`, and matching the certificate.
+fn python_loads(pairs: &[(PathBuf, PathBuf)], key_type: &str) {
+    const SCRIPT: &str = r#"
+import sys
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import (
+    Encoding, PublicFormat, load_pem_private_key)
+
+want = sys.argv[1]
+files = sys.argv[2:]
+for cert_path, key_path in zip(files[::2], files[1::2]):
+    with open(key_path, "rb") as f:
+        key = load_pem_private_key(f.read(), password=None)
+    with open(cert_path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    if want == "ed25519":
+        assert isinstance(key, ed25519.Ed25519PrivateKey), (key_path, type(key))
+    else:
+        assert isinstance(key, ec.EllipticCurvePrivateKey), (key_path, type(key))
+        assert key.curve.name == "secp256r1", (key_path, key.curve.name)
+    der = lambda k: k.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    assert der(key.public_key()) == der(cert.public_key()), (key_path, "does not fit", cert_path)
+    print("ok", key_path)
+"#;
+    let mut args = vec!["-c".to_owned(), SCRIPT.to_owned(), key_type.to_owned()];
+    for (cert, key) in pairs {
+        args.push(cert.to_string_lossy().into_owned());
+        args.push(key.to_string_lossy().into_owned());
+    }
+    let out = Command::new("python3")
+        .args(&args)
+        .output()
+        .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'cryptography'"),
+        "Python cryptography is missing: `pip install cryptography` (.ci/run installs it)"
+    );
+    assert!(
+        out.status.success(),
+        "cryptography refused a file: {stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), pairs.len(), "{stdout}");
+}
+
+/// `init --key-type T`, then `issue --key-type T` for every kind (and the other
+/// type once): every key loads in `openssl pkey` and Python's `cryptography`
+/// as PKCS#8 v1 and fits its certificate, every certificate in `openssl x509`
+/// and chains to the CA in `openssl verify`.
+fn every_minted_file_loads_in_openssl_and_python(key_type: &str, other: &str, oid_name: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path(), "dev", &["--key-type", key_type]);
+    for kind in ["core", "module", "user"] {
+        let name = format!("{kind}-{key_type}");
+        let run = anima(
+            tmp.path(),
+            &[
+                "certs",
+                "issue",
+                "--kind",
+                kind,
+                "--name",
+                &name,
+                "--dir",
+                "dev",
+                "--key-type",
+                key_type,
+            ],
+        );
+        assert!(run.succeeded(), "issue {kind}: {}", run.stderr);
+    }
+    let args = [
+        "certs",
+        "issue",
+        "--kind",
+        "module",
+        "--name",
+        "mixed",
+        "--dir",
+        "dev",
+        "--key-type",
+        other,
+    ];
+    assert!(anima(tmp.path(), &args).succeeded());
+
+    let dir = tmp.path().join("dev");
+    let files: Vec<PathBuf> = snapshot(&dir).into_keys().collect();
+    // 14 from init, 3 issued of the type, 1 of the other.
+    assert_eq!(files.len(), INIT_FILES.len() + 8, "{files:?}");
+    let ca = dir.join("ca.pem");
+    let ca_str = ca.to_str().unwrap();
+    let mut pairs = Vec::new();
+    for key in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "key"))
+    {
+        let cert = key.with_extension("pem");
+        let (key_str, cert_str) = (key.to_str().unwrap(), cert.to_str().unwrap());
+        openssl(&["pkey", "-in", key_str, "-noout"]);
+        // PKCS#8 v1: the first field, the version, is 0.
+        let asn1 = openssl(&["asn1parse", "-in", key_str]);
+        let version = asn1.lines().nth(1).unwrap_or_default();
+        assert!(
+            version.contains("INTEGER") && version.ends_with(":00"),
+            "{key_str}: {asn1}"
+        );
+        // The key fits the certificate, as OpenSSL sees both.
+        assert_eq!(
+            openssl(&["pkey", "-in", key_str, "-pubout"]),
+            openssl(&["x509", "-in", cert_str, "-noout", "-pubkey"]),
+            "{key_str}"
+        );
+        openssl(&["x509", "-in", cert_str, "-noout", "-subject", "-dates"]);
+        if cert != ca {
+            let verified = openssl(&["verify", "-CAfile", ca_str, cert_str]);
+            assert!(verified.trim_end().ends_with(": OK"), "{verified}");
+        }
+        pairs.push((cert, key.clone()));
+    }
+    assert_eq!(
+        pairs.len(),
+        files.len() / 2,
+        "every certificate has its key"
+    );
+
+    // The key types, as OpenSSL and `anima certs inspect` name them.
+    let (endpoint, mixed): (Vec<_>, Vec<_>) = pairs
+        .iter()
+        .cloned()
+        .partition(|(cert, _)| cert.ends_with("core-dev.endpoint.pem"));
+    let (mixed, typed): (Vec<_>, Vec<_>) = mixed
+        .into_iter()
+        .partition(|(cert, _)| cert.ends_with("module-mixed.pem"));
+    let inspected_key = |cert: &Path| {
+        let run = anima(tmp.path(), &["certs", "inspect", cert.to_str().unwrap()]);
+        assert!(run.succeeded(), "{}", run.stderr);
+        field(&run.stdout, "key").to_owned()
+    };
+    let x509_text = openssl(&["x509", "-in", ca_str, "-noout", "-text"]);
+    assert!(x509_text.contains(oid_name), "CA key: {x509_text}");
+    for (cert, _) in &typed {
+        let want = if key_type == "p256" {
+            "ECDSA P-256"
+        } else {
+            "Ed25519"
+        };
+        assert_eq!(inspected_key(cert), want, "{}", cert.display());
+    }
+    assert_eq!(inspected_key(&endpoint[0].0), "ECDSA P-256");
+    python_loads(&typed, key_type);
+    python_loads(&endpoint, "p256");
+    python_loads(&mixed, other);
+}
+
+#[test]
+fn ed25519_files_load_in_openssl_and_python_cryptography() {
+    every_minted_file_loads_in_openssl_and_python("ed25519", "p256", "ED25519");
+}
+
+#[test]
+fn p256_files_load_in_openssl_and_python_cryptography() {
+    every_minted_file_loads_in_openssl_and_python("p256", "ed25519", "prime256v1");
+}
+
+#[test]
+fn an_unknown_key_type_is_a_usage_error_naming_the_choices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |run: Run| {
+        assert_eq!(run.code, Some(2), "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("invalid value 'rsa' for '--key-type <KEY_TYPE>'"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("[possible values: ed25519, p256]"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty());
+    };
+    check(anima(
+        tmp.path(),
+        &["certs", "init", "--dir", "dev", "--key-type", "rsa"],
+    ));
+    assert!(!tmp.path().join("dev").exists());
+    init(tmp.path(), "dev", &[]);
+    let before = snapshot(tmp.path());
+    check(anima(
+        tmp.path(),
+        &[
+            "certs",
+            "issue",
+            "--kind",
+            "module",
+            "--name",
+            "x",
+            "--dir",
+            "dev",
+            "--key-type",
+            "rsa",
+        ],
+    ));
+    assert_eq!(snapshot(tmp.path()), before);
+}
+
+#[test]
+fn inspect_of_a_not_yet_valid_certificate_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = CertAuthority::generate("future test CA", 30 * DAY).unwrap();
+    let now = SystemTime::now();
+    let starts = now + 3 * DAY + Duration::from_secs(3_600);
+    let spec = LeafSpec::new(Urn::new(UrnKind::Module, "early").unwrap())
+        .valid_between(starts, starts + DAY);
+    fs::write(
+        tmp.path().join("early.pem"),
+        ca.issue(&spec).unwrap().cert_pem(),
+    )
+    .unwrap();
+
+    let run = anima(tmp.path(), &["certs", "inspect", "early.pem"]);
+    assert!(run.succeeded(), "{}", run.stderr);
+    assert_eq!(field(&run.stdout, "identity"), "urn:anima:module:early");
+    assert_eq!(
+        field(&run.stdout, "status"),
+        "NOT YET VALID (starts in 3 days)"
+    );
+}

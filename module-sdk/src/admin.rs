@@ -1,5 +1,7 @@
-//! `anima.v1.ModuleAdmin`: status for anyone authenticated, shutdown for the
-//! module's own Core (Type I/II) or a configured operator identity.
+//! `anima.v1.ModuleAdmin`: status for any peer the module lets in (Cores and
+//! its operators: `access.rs` refuses everyone else right after the
+//! handshake), shutdown for the module's own Core (Type I/II) or a
+//! configured operator identity.
 
 use std::sync::Arc;
 

@@ -42,6 +42,19 @@ impl LeaseContext {
         self.slot.lock().check_valid(now()).is_ok()
     }
 
+    /// How long the lease has left now unless renewed (zero once it has
+    /// ended), on this process's monotonic clock. A handler can use it to
+    /// decide whether long work is worth starting; correctness never depends
+    /// on it: the SDK halts the call when the lease ends.
+    pub fn remaining(&self) -> std::time::Duration {
+        let lease = self.slot.lock();
+        let now = now();
+        match lease.check_valid(now) {
+            Ok(()) => lease.expires_at().saturating_duration_since(now),
+            Err(_) => std::time::Duration::ZERO,
+        }
+    }
+
     /// Completes when the lease ends (expiry, revocation, connection loss).
     pub async fn ended(&self) {
         self.slot.ended.cancelled().await
@@ -59,7 +72,7 @@ impl LeaseContext {
         let lease = self.slot.lock();
         match lease.check_valid(now()) {
             Ok(()) => Ok(apply()),
-            Err(e) => Err(refusal(&e, Some(self.slot.id))),
+            Err(e) => Err(refusal(&crate::leases::call_refusal(e), Some(self.slot.id))),
         }
     }
 }

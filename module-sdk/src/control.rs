@@ -120,30 +120,48 @@ async fn run(
                 }
             }
             Ok(Some(ControlFrame { frame: None })) => {}
-            Ok(None) | Err(_) => {
+            Ok(None) => {
+                // A clean half-close with no revoke or refuse before it: an
+                // honest Core does that only when its own copy expired
+                // (§2.6), a moment before ours (§3.2).
+                state.end(
+                    &slot,
+                    Reason::LeaseExpired,
+                    EndedBy::Peer,
+                    "the Core closed its half of the control stream: its copy expired",
+                );
+                break;
+            }
+            Err(_) => {
                 state.end(
                     &slot,
                     Reason::ConnectionLost,
                     EndedBy::Circumstance,
-                    "control stream closed",
+                    "control stream broken",
                 );
-                state.forget(&slot);
-                return;
+                break;
             }
         }
     }
     // The lease is over: nothing more is answered on this stream. Close our
-    // side (queued frames still flush) and keep the slot, which refuses calls
-    // with the reason the lease ended, until the Core closes its side.
+    // side (queued frames still flush) and keep the ended lease attached to
+    // its connection for ENDED_LEASE_RETENTION, so calls on it are refused
+    // with the reason it ended, whatever the Core does with its side.
     slot.close_outbound();
     drop(tx);
-    let close = async { while let Ok(Some(_)) = inbound.message().await {} };
-    let _ = tokio::time::timeout(LINGER, close).await;
+    let drain = async {
+        while let Ok(Some(_)) = inbound.message().await {}
+        std::future::pending::<()>().await
+    };
+    let _ = tokio::time::timeout(ENDED_LEASE_RETENTION, drain).await;
     state.forget(&slot);
 }
 
-/// How long an ended lease's slot waits for the Core to close the stream.
-const LINGER: Duration = Duration::from_secs(60);
+/// How long an ended lease stays attached to its connection (PROTOCOL.md
+/// §2): calls on that connection are refused with the reason it ended
+/// (`LEASE_EXPIRED` / `LEASE_REVOKED`) rather than `NO_LEASE` / `STANDBY`,
+/// unless a new lease is granted on it first.
+pub const ENDED_LEASE_RETENTION: Duration = Duration::from_secs(60);
 
 fn open(
     state: &Arc<ModuleState>,
@@ -152,7 +170,9 @@ fn open(
     tx: Outbound,
 ) -> Result<(Arc<LeaseSlot>, String), LeaseError> {
     state.admit_core(&peer.urn)?;
-    if let Some(existing) = state.slot(peer.connection) {
+    if let Some(existing) = state.slot(peer.connection)
+        && !existing.ended.is_cancelled()
+    {
         return Err(LeaseError::LeaseExists {
             lease_id: existing.id.to_string(),
         });
@@ -195,6 +215,7 @@ fn step(state: &ModuleState, slot: &LeaseSlot, f: Frame) -> Result<(), LeaseErro
                 (answer, lease.ttl(), lease.expires_at())
             };
             slot.send(Frame::Renewed(SignedToken { jws: answer }));
+            slot.expiry_moved();
             tracing::debug!(lease_id = %slot.id, ttl_ms = ttl.as_millis() as u64, "lease renewed");
             state.publish(LeaseEvent::Renewed {
                 lease_id: slot.id,

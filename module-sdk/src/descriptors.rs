@@ -94,7 +94,12 @@ mod tests {
     fn i2_probe_methods_come_from_the_protocol_descriptors() {
         use anima_protocol::pb::FILE_DESCRIPTOR_SET;
         let served = served_methods(&[&[], FILE_DESCRIPTOR_SET], &["anima.v1.Probe"]).unwrap();
-        let want = Scope::new(["/anima.v1.Probe/Touch", "/anima.v1.Probe/Read"]).unwrap();
+        let want = Scope::new([
+            "/anima.v1.Probe/Touch",
+            "/anima.v1.Probe/Read",
+            "/anima.v1.Probe/Watch",
+        ])
+        .unwrap();
         assert!(check(&served, &want).is_ok(), "{served}");
         // Described twice (the module's own set holds anima/v1 too): once.
         let twice = served_methods(

@@ -1,14 +1,14 @@
-//! Fault injection — **for testing conformance tools only; never in a
-//! release.**
+//! Fault injection — **test only; never in anything shipped.**
 //!
-//! Compiled in only with the SDK's `fault-injection` cargo feature. Even
-//! then nothing changes unless the module process runs with
-//! [`FAULT_ENV`] (`ANIMA_TEST_FAULT`) set to one of the [`Fault`] names: the
-//! variable is the only trigger, because cargo's feature unification may
-//! compile this code into every module binary built alongside a package that
-//! enables the feature. [`crate::ModuleServer::new`] (and so
-//! [`crate::launch()`]) reads the variable, logs a `warn!` naming the fault,
-//! and refuses to start on an unknown name.
+//! This module exists only in the test-only copy of the SDK
+//! (`tests/faulty`, package `anima-faulty-fixtures`), whose build script
+//! sets the `anima_test_faults` cfg for that package alone; the real
+//! `anima-module-sdk` refuses to compile with it, and has no cargo feature
+//! for it. Even in the copy nothing changes unless the module process runs
+//! with [`FAULT_ENV`] (`ANIMA_TEST_FAULT`) set to one of the [`Fault`] names.
+//! [`crate::ModuleServer::new`] (and so [`crate::launch()`]) reads the
+//! variable, logs a `warn!` naming the fault, and refuses to start on an
+//! unknown name.
 //!
 //! Each fault breaks exactly one ADR-0003 rule, in the one place the SDK
 //! enforces it, the way a buggy module would:
@@ -19,6 +19,7 @@
 //! | `unleased-exec` | the lease gate passes a capability call with no lease on its connection, or whose lease ended, to the handler (with no [`crate::LeaseContext`]) | Z2 |
 //! | `shared-tenant` | [`crate::LeaseContext::with_state`] keeps one state for every lease, never deleted | S4, S9 |
 //! | `second-core` | Type I/II: accepts leases from any Core, not only its bound one, and binds to none | E2, R2 |
+//! | `ungated-streams` | the lease gate races only a call's response head: a stream's body goes on after its lease ends (the gate before issue 12) | Z1, E6, R6 |
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,6 +28,24 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::contract::{Contract, ModuleType};
 use crate::error::SdkError;
 use crate::leases::TenantMap;
+
+/// Whether `package` is the test-only copy of the SDK, the one crate allowed
+/// to compile this module (checked at compile time in `lib.rs`).
+pub(crate) const fn is_test_copy(package: &str) -> bool {
+    const COPY: &[u8] = b"anima-faulty-fixtures";
+    let package = package.as_bytes();
+    if package.len() != COPY.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < COPY.len() {
+        if package[i] != COPY[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 /// The environment variable naming the fault to inject.
 pub const FAULT_ENV: &str = "ANIMA_TEST_FAULT";
@@ -43,15 +62,18 @@ pub enum Fault {
     SharedTenant,
     /// `second-core`: a Type I/II module accepts any Core (E2, R2).
     SecondCore,
+    /// `ungated-streams`: a stream outlives its lease (Z1, E6, R6).
+    UngatedStreams,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 4] = [
+    pub const ALL: [Fault; 5] = [
         Fault::Linger,
         Fault::UnleasedExec,
         Fault::SharedTenant,
         Fault::SecondCore,
+        Fault::UngatedStreams,
     ];
 
     /// The fault's name, as `ANIMA_TEST_FAULT` spells it.
@@ -61,6 +83,7 @@ impl Fault {
             Fault::UnleasedExec => "unleased-exec",
             Fault::SharedTenant => "shared-tenant",
             Fault::SecondCore => "second-core",
+            Fault::UngatedStreams => "ungated-streams",
         }
     }
 
@@ -71,6 +94,7 @@ impl Fault {
             Fault::UnleasedExec => &["Z2"],
             Fault::SharedTenant => &["S4", "S9"],
             Fault::SecondCore => &["E2", "R2"],
+            Fault::UngatedStreams => &["Z1", "E6", "R6"],
         }
     }
 
@@ -79,7 +103,7 @@ impl Fault {
         match self {
             Fault::Linger => ty == ModuleType::Ephemeral,
             Fault::SecondCore => ty != ModuleType::ResidentShared,
-            Fault::UnleasedExec | Fault::SharedTenant => true,
+            Fault::UnleasedExec | Fault::SharedTenant | Fault::UngatedStreams => true,
         }
     }
 }

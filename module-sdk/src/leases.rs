@@ -86,9 +86,12 @@ pub(crate) struct LeaseSlot {
     lease: Mutex<Lease>,
     tenant: Mutex<TenantMap>,
     pub(crate) ended: CancellationToken,
+    /// Wakes the expiry watch when a renewal moved the expiry (earlier or
+    /// later), so every end-of-lease action follows the new expiry.
+    expiry_moved: tokio::sync::Notify,
     outbound: Mutex<Option<mpsc::Sender<Result<ControlFrame, Status>>>>,
     /// Fault `shared-tenant`: one map for every lease, never cleared.
-    #[cfg(feature = "fault-injection")]
+    #[cfg(anima_test_faults)]
     shared_tenant: Option<Arc<Mutex<TenantMap>>>,
 }
 
@@ -109,6 +112,11 @@ impl LeaseSlot {
         }
     }
 
+    /// Tells the expiry watch that a renewal moved the expiry.
+    pub(crate) fn expiry_moved(&self) {
+        self.expiry_moved.notify_one();
+    }
+
     /// Closes this side of the control stream (frames already queued flush).
     pub(crate) fn close_outbound(&self) {
         self.outbound
@@ -124,9 +132,9 @@ impl LeaseSlot {
         f: impl FnOnce(&mut T) -> R,
     ) -> Result<R, LeaseError> {
         let lease = self.lock();
-        lease.check_valid(now())?;
+        lease.check_valid(now()).map_err(call_refusal)?;
         let tenant = &self.tenant;
-        #[cfg(feature = "fault-injection")]
+        #[cfg(anima_test_faults)]
         let tenant = self.shared_tenant.as_deref().unwrap_or(tenant);
         let mut tenant = tenant.lock().unwrap_or_else(|p| p.into_inner());
         let entry = tenant
@@ -143,7 +151,26 @@ impl LeaseSlot {
 
     /// The error a call under this lease gets now, if the lease is over.
     pub(crate) fn end_error(&self) -> Option<LeaseError> {
-        self.lock().check_valid(now()).err()
+        self.lock().check_valid(now()).err().map(call_refusal)
+    }
+}
+
+/// How a call under an ended lease is refused (PROTOCOL.md §4):
+/// `LEASE_EXPIRED` for a lease that ran out on the clock, `LEASE_REVOKED`
+/// for every other ending — a broken connection or the module's shutdown
+/// included, whose own reasons belong to the lease's record, not to calls.
+pub(crate) fn call_refusal(error: LeaseError) -> LeaseError {
+    match error {
+        LeaseError::Revoked {
+            lease_id,
+            by,
+            reason: Reason::ConnectionLost | Reason::Shutdown,
+        } => LeaseError::Revoked {
+            lease_id,
+            by,
+            reason: Reason::LeaseRevoked,
+        },
+        other => other,
     }
 }
 
@@ -160,7 +187,7 @@ pub(crate) struct ModuleState {
     bound_core: Mutex<Option<Urn>>,
     exit: Mutex<Option<Exit>>,
     /// Injected faults (tests of conformance tools only).
-    #[cfg(feature = "fault-injection")]
+    #[cfg(anima_test_faults)]
     pub(crate) faults: crate::fault::Faults,
 }
 
@@ -182,7 +209,7 @@ impl ModuleState {
             phase: watch::Sender::new(Phase::AwaitingLease),
             bound_core: Mutex::new(bound_core),
             exit: Mutex::new(None),
-            #[cfg(feature = "fault-injection")]
+            #[cfg(anima_test_faults)]
             faults: crate::fault::Faults::default(),
         }
     }
@@ -239,7 +266,7 @@ impl ModuleState {
     /// Whether leases come from one Core only (Type I and II; E2, R2).
     fn binds_to_one_core(&self) -> bool {
         let private = !matches!(self.contract.module_type, ModuleType::ResidentShared);
-        #[cfg(feature = "fault-injection")]
+        #[cfg(anima_test_faults)]
         if private && self.faults.is(crate::fault::Fault::SecondCore) {
             tracing::warn!("FAULT INJECTION (second-core): not bound to one Core");
             return false;
@@ -323,7 +350,7 @@ impl ModuleState {
     }
 
     /// Installs a freshly granted lease; refuses a second lease on one
-    /// connection.
+    /// connection while the first is live (an ended one is replaced).
     pub(crate) fn install(
         self: &Arc<Self>,
         lease: Lease,
@@ -336,13 +363,16 @@ impl ModuleState {
             lease: Mutex::new(lease),
             tenant: Mutex::new(HashMap::new()),
             ended: CancellationToken::new(),
+            expiry_moved: tokio::sync::Notify::new(),
             outbound: Mutex::new(Some(outbound)),
-            #[cfg(feature = "fault-injection")]
+            #[cfg(anima_test_faults)]
             shared_tenant: self.faults.shared_tenant(),
         });
         {
             let mut slots = self.slots();
-            if let Some(existing) = slots.get(&slot.connection) {
+            if let Some(existing) = slots.get(&slot.connection)
+                && !existing.ended.is_cancelled()
+            {
                 return Err(LeaseError::LeaseExists {
                     lease_id: existing.id.to_string(),
                 });
@@ -473,7 +503,10 @@ impl ModuleState {
             };
             return Err((error, None));
         };
-        let admitted = slot.lock().admit(method, proof, now());
+        let admitted = slot
+            .lock()
+            .admit(method, proof, now())
+            .map_err(call_refusal);
         match admitted {
             Ok(()) => Ok(slot),
             Err(e) => {
@@ -487,7 +520,8 @@ impl ModuleState {
     }
 }
 
-/// Ends the lease at its expiry instant unless a renewal moved it.
+/// Ends the lease at its expiry instant; a renewal that moves the expiry,
+/// earlier or later, moves the end with it.
 async fn expiry_watch(state: Arc<ModuleState>, slot: Arc<LeaseSlot>) {
     loop {
         let at = slot.lock().expires_at();
@@ -495,6 +529,7 @@ async fn expiry_watch(state: Arc<ModuleState>, slot: Arc<LeaseSlot>) {
             biased;
             _ = slot.ended.cancelled() => return,
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+            _ = slot.expiry_moved.notified() => continue,
         }
         let now = now();
         let expired = matches!(slot.lock().state(now), LeaseState::Expired);

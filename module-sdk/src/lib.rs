@@ -61,18 +61,16 @@
 //! let module tests lease, renew, revoke and expire on command, with no Core
 //! binary.
 //!
-//! The `fault-injection` feature exists **only to test conformance tools and
-//! must never be enabled in a release build**: it compiles in deliberate
-//! ADR-0003 violations (a Type I module that never exits, handlers running
-//! without a lease, tenant state shared between leases, a private module
-//! accepting a second Core), each dormant unless the process runs with
-//! `ANIMA_TEST_FAULT` set to its name (see `fault`, documented when the
-//! feature is on). With the variable unset the SDK behaves exactly as without
-//! the feature.
+//! No feature, setting or environment variable of this crate turns a rule
+//! off. The deliberate violations that prove a conformance tool catches a
+//! broken module live in a test-only copy of this source
+//! (`tests/faulty`, compiled with the `anima_test_faults` cfg that only that
+//! package's build script sets); this crate refuses to compile with the cfg.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod access;
 mod admin;
 mod clock;
 mod context;
@@ -80,8 +78,14 @@ pub mod contract;
 mod control;
 mod descriptors;
 mod error;
-#[cfg(feature = "fault-injection")]
+#[cfg(anima_test_faults)]
 pub mod fault;
+#[cfg(anima_test_faults)]
+const _: () = assert!(
+    fault::is_test_copy(env!("CARGO_PKG_NAME")),
+    "the anima_test_faults cfg is for the test-only copy of the SDK (tests/faulty); \
+     anima-module-sdk itself never compiles fault hooks"
+);
 mod gate;
 pub mod launch;
 mod leases;
@@ -92,9 +96,10 @@ mod status;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use access::MAX_CONCURRENT_STREAMS;
 pub use context::LeaseContext;
 pub use contract::{Contract, InitMode, ModuleType};
-pub use control::HANDSHAKE_TIMEOUT;
+pub use control::{ENDED_LEASE_RETENTION, HANDSHAKE_TIMEOUT};
 pub use error::SdkError;
 pub use leases::LeaseEvent;
 pub use lifecycle::{Exit, Phase};

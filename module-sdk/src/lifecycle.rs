@@ -170,7 +170,7 @@ async fn ephemeral(
         {
             continue;
         }
-        #[cfg(feature = "fault-injection")]
+        #[cfg(anima_test_faults)]
         if state.faults.is(crate::fault::Fault::Linger) {
             tracing::warn!("FAULT INJECTION (linger): zero-lease, but not terminating");
             wait_for(&mut active, stop, None, |n| n > 0).await?;

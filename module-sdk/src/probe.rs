@@ -12,20 +12,30 @@
 //! - a `Touch` whose lease ends while it holds is answered `LEASE_EXPIRED` /
 //!   `LEASE_REVOKED` and never moves `committed` (E6, R6);
 //! - `touches` belong to one lease: invisible to the others, gone with it
-//!   (S4, S9).
+//!   (S4, S9);
+//! - `Watch`, a server stream committing one touch per reading, ends with the
+//!   lease's reason when its lease ends and commits nothing afterwards
+//!   (Z1, E6, R6 for streams).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anima_protocol::pb::probe_server::Probe;
-use anima_protocol::pb::{ProbeReading, ReadRequest, TouchRequest};
+use anima_protocol::pb::{ProbeReading, ReadRequest, TouchRequest, WatchRequest};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::context::LeaseContext;
 
 /// The longest `Touch` hold, in milliseconds.
 pub(crate) const MAX_HOLD_MS: u32 = 60_000;
+/// The longest `Watch` interval, in milliseconds.
+pub(crate) const MAX_EVERY_MS: u32 = 60_000;
+/// The `Watch` interval when the request names none.
+const DEFAULT_EVERY: Duration = Duration::from_millis(100);
 
 /// The module-wide counters. One probe is served per module server, which
 /// is one per module process: these count since the process started.
@@ -58,8 +68,75 @@ impl ProbeService {
     }
 }
 
+/// `Watch`'s response stream: one committed touch per reading, produced
+/// only when polled.
+struct Watcher {
+    probe: ProbeService,
+    lease: Option<LeaseContext>,
+    interval: tokio::time::Interval,
+    left: Option<u32>,
+}
+
+impl Stream for Watcher {
+    type Item = Result<ProbeReading, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.left == Some(0) {
+            return Poll::Ready(None);
+        }
+        if self.interval.poll_tick(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if let Some(left) = self.left.as_mut() {
+            *left -= 1;
+        }
+        let Some(lease) = self.lease.as_ref() else {
+            // No lease to commit to (the `unleased-exec` test fault).
+            return Poll::Ready(Some(Ok(self.probe.reading(0))));
+        };
+        // Commit only under a valid lease; send the reading either way, so a
+        // stream the gate fails to cut off shows up on the wire.
+        let committed = &self.probe.counters.committed;
+        let touches = lease
+            .with_state(|touches: &mut Touches| {
+                touches.0 += 1;
+                committed.fetch_add(1, Ordering::SeqCst);
+                touches.0
+            })
+            .unwrap_or(0);
+        Poll::Ready(Some(Ok(self.probe.reading(touches))))
+    }
+}
+
 #[tonic::async_trait]
 impl Probe for ProbeService {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<ProbeReading, Status>> + Send + 'static>>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.counters.executions.fetch_add(1, Ordering::SeqCst);
+        let WatchRequest { every_ms, count } = *request.get_ref();
+        let every = match every_ms {
+            0 => DEFAULT_EVERY,
+            ms if ms > MAX_EVERY_MS => {
+                return Err(Status::invalid_argument(format!(
+                    "every_ms is {ms}; the limit is {MAX_EVERY_MS}"
+                )));
+            }
+            ms => Duration::from_millis(ms.into()),
+        };
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Response::new(Box::pin(Watcher {
+            probe: self.clone(),
+            lease: LeaseContext::of(&request).cloned(),
+            interval,
+            left: (count > 0).then_some(count),
+        })))
+    }
+
     async fn touch(
         &self,
         request: Request<TouchRequest>,
@@ -115,12 +192,13 @@ mod tests {
     use anima_protocol::pb::{ProbeReading, ReadRequest, TouchRequest};
     use tokio::sync::broadcast;
 
-    use super::MAX_HOLD_MS;
+    use super::{MAX_EVERY_MS, MAX_HOLD_MS};
     use crate::testing::{FakeLease, ServedModule, TestBed};
     use crate::{Contract, Exit, LeaseEvent, ModuleServer, SdkError};
 
     const TOUCH: &str = "/anima.v1.Probe/Touch";
     const READ: &str = "/anima.v1.Probe/Read";
+    const WATCH: &str = "/anima.v1.Probe/Watch";
     const CORE_A: &str = "urn:anima:core:a";
     const CORE_B: &str = "urn:anima:core:b";
     const TTL: Duration = Duration::from_secs(10);
@@ -165,6 +243,55 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn z1_watch_commits_one_touch_per_reading_and_ends_with_its_lease() {
+        let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], SHARED)).unwrap();
+        let served = serve(&bed, |m| m).await;
+        let a = bed.core(CORE_A).unwrap().lease(&served, TTL).await.unwrap();
+        let mut stream = ProbeClient::new(a.channel())
+            .watch(anima_protocol::pb::WatchRequest {
+                every_ms: 5,
+                count: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for n in 1..=3 {
+            let r = stream.message().await.unwrap().unwrap();
+            assert_eq!((r.touches, r.executions), (n, 1));
+        }
+        a.revoke().await.unwrap();
+        let mut seen = 3;
+        let status = loop {
+            match tokio::time::timeout(PATIENCE, stream.message())
+                .await
+                .unwrap()
+            {
+                Ok(Some(_)) => seen += 1,
+                Ok(None) => panic!("the stream ended OK after its lease was revoked"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(reason_of(&status), Some(Reason::LeaseRevoked));
+        let b = bed.core(CORE_B).unwrap().lease(&served, TTL).await.unwrap();
+        let after = read(&b).await;
+        assert_eq!(after.executions, 1);
+        // One reading may have been committed, then dropped with its lease.
+        assert!(
+            (seen..=seen + 1).contains(&after.committed),
+            "{} committed, {seen} readings seen",
+            after.committed
+        );
+        let c = ProbeClient::new(b.channel())
+            .watch(anima_protocol::pb::WatchRequest {
+                every_ms: MAX_EVERY_MS + 1,
+                count: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(c.code(), tonic::Code::InvalidArgument);
+    }
+
     /// Waits until the module reports `lease` ended.
     async fn ended(events: &mut broadcast::Receiver<LeaseEvent>, lease: &FakeLease) {
         let id = lease.id();
@@ -190,7 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn s4_touches_are_per_lease_and_the_counters_per_process() {
-        let bed = TestBed::new(contract(&[TOUCH, READ], SHARED)).unwrap();
+        let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], SHARED)).unwrap();
         // A module serving only the probe needs no descriptor set of its own;
         // asking for the probe twice serves it once.
         let served = serve(&bed, ModuleServer::probe).await;
@@ -217,7 +344,7 @@ mod tests {
 
     #[tokio::test]
     async fn e6_z2_a_touch_halted_by_its_lease_ending_commits_nothing() {
-        let bed = TestBed::new(contract(&[TOUCH, READ], SHARED)).unwrap();
+        let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], SHARED)).unwrap();
         let served = serve(&bed, |m| m).await;
         let mut events = served.handle.events();
         let core = bed.core(CORE_A).unwrap();
@@ -268,7 +395,7 @@ mod tests {
         );
 
         // Declared but not served.
-        let bed = TestBed::new(contract(&[TOUCH, READ, "/x.y.Z/Call"], SHARED)).unwrap();
+        let bed = TestBed::new(contract(&[TOUCH, READ, WATCH, "/x.y.Z/Call"], SHARED)).unwrap();
         let served = serve(&bed, |m| m).await;
         let err = served.exited(PATIENCE).await.unwrap_err();
         assert!(matches!(err, SdkError::MethodMismatch(_)), "{err}");
@@ -279,14 +406,18 @@ mod tests {
         );
 
         // Declared, and not served at all.
-        let bed = TestBed::new(contract(&[TOUCH, READ], SHARED)).unwrap();
+        let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], SHARED)).unwrap();
         let served = bed.serve(|m| m).await.unwrap();
         assert!(served.exited(PATIENCE).await.is_err());
     }
 
     #[tokio::test]
     async fn e2_type_i_probe_module_takes_only_its_core_and_exits() {
-        let bed = TestBed::new(contract(&[TOUCH, READ], "termination_window = \"100ms\"")).unwrap();
+        let bed = TestBed::new(contract(
+            &[TOUCH, READ, WATCH],
+            "termination_window = \"100ms\"",
+        ))
+        .unwrap();
         let served = serve(&bed, |m| m.bind_core(CORE_A.parse().unwrap())).await;
         let refused = bed.core(CORE_B).unwrap().lease(&served, TTL).await;
         assert!(
@@ -306,9 +437,9 @@ mod tests {
         assert_eq!(served.exited(PATIENCE).await.unwrap(), Exit::LeaseEnded);
     }
 
-    /// The test-only faults (feature `fault-injection`): each one is seen
+    /// The test-only faults (the `tests/faulty` copy): each one is seen
     /// through the probe exactly where the rule it breaks is checked.
-    #[cfg(feature = "fault-injection")]
+    #[cfg(anima_test_faults)]
     mod faults {
         use super::*;
         use crate::fault::Fault;
@@ -320,7 +451,7 @@ mod tests {
 
         #[tokio::test]
         async fn z2_fault_unleased_exec_runs_touch_without_a_lease() {
-            let bed = TestBed::new(contract(&[TOUCH, READ], SHARED)).unwrap();
+            let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], SHARED)).unwrap();
             let served = bed.serve(inject(Fault::UnleasedExec)).await.unwrap();
             let mut events = served.handle.events();
             let core = bed.core(CORE_A).unwrap();
@@ -339,7 +470,7 @@ mod tests {
 
         #[tokio::test]
         async fn s4_s9_fault_shared_tenant_leaks_and_keeps_touches() {
-            let bed = TestBed::new(contract(&[TOUCH, READ], SHARED)).unwrap();
+            let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], SHARED)).unwrap();
             let served = bed.serve(inject(Fault::SharedTenant)).await.unwrap();
             let mut events = served.handle.events();
             let a = bed.core(CORE_A).unwrap().lease(&served, TTL).await.unwrap();
@@ -357,7 +488,7 @@ mod tests {
         #[tokio::test]
         async fn e2_r2_fault_second_core_accepts_another_core() {
             for ty in ["", "type = \"resident-private\"\ninit = \"pre-started\""] {
-                let bed = TestBed::new(contract(&[TOUCH, READ], ty)).unwrap();
+                let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], ty)).unwrap();
                 let served = bed
                     .serve(|m| inject(Fault::SecondCore)(m).bind_core(CORE_A.parse().unwrap()))
                     .await
@@ -371,8 +502,11 @@ mod tests {
 
         #[tokio::test]
         async fn e5_fault_linger_keeps_a_type_i_module_running() {
-            let bed =
-                TestBed::new(contract(&[TOUCH, READ], "termination_window = \"100ms\"")).unwrap();
+            let bed = TestBed::new(contract(
+                &[TOUCH, READ, WATCH],
+                "termination_window = \"100ms\"",
+            ))
+            .unwrap();
             let served = bed.serve(inject(Fault::Linger)).await.unwrap();
             let mut events = served.handle.events();
             let a = bed.core(CORE_A).unwrap().lease(&served, TTL).await.unwrap();

@@ -87,8 +87,8 @@ impl ModuleServer {
             PeerPolicy::Kinds(vec![UrnKind::Core, UrnKind::User]),
         )?;
         let state = ModuleState::new(contract, signer, None, Vec::new());
-        // Test builds only (feature `fault-injection`): ANIMA_TEST_FAULT.
-        #[cfg(feature = "fault-injection")]
+        // Only in the test-only copy of the SDK (tests/faulty): ANIMA_TEST_FAULT.
+        #[cfg(anima_test_faults)]
         state.faults.load_env(&state.contract)?;
         Ok(ModuleServer {
             state: Arc::new(state),
@@ -155,8 +155,13 @@ impl ModuleServer {
     ///   lease's touches and the module's two counters (since the process
     ///   started).
     ///
-    /// Declare both methods in the contract like any capability — `methods
-    /// = [..., "/anima.v1.Probe/Touch", "/anima.v1.Probe/Read"]` — or the
+    /// - `Watch {every_ms, count}` is a server stream: it counts one
+    ///   execution, then commits one touch per reading while the lease is
+    ///   valid; it ends with the lease's reason when the lease ends.
+    ///
+    /// Declare the three methods in the contract like any capability —
+    /// `methods = [..., "/anima.v1.Probe/Touch", "/anima.v1.Probe/Read",
+    /// "/anima.v1.Probe/Watch"]` — or the
     /// module refuses to start (served but not declared); leases, proofs and
     /// scope apply to them as to the module's own methods. The SDK knows
     /// the probe's descriptors, so [`ModuleServer::file_descriptor_set`]
@@ -172,7 +177,7 @@ impl ModuleServer {
     }
 
     /// Injects a test fault without the environment (the SDK's own tests).
-    #[cfg(all(test, feature = "fault-injection"))]
+    #[cfg(all(test, anima_test_faults))]
     pub(crate) fn inject_fault(self, fault: crate::fault::Fault) -> Self {
         self.state.faults.inject(fault, &self.state.contract);
         self
@@ -264,10 +269,17 @@ impl ModuleServer {
         );
         let cleanup: SharedCleanup = Arc::new(std::sync::Mutex::new(self.cleanup));
         let lifecycle = tokio::spawn(lifecycle::run(state.clone(), stop.clone(), cleanup.clone()));
-        let incoming = self.tls.incoming(listener);
+        // Cores and operators only (PROTOCOL.md §1), a bounded number of
+        // streams per connection.
+        let incoming = self
+            .tls
+            .clone()
+            .admit(crate::access::admits(state.clone()))
+            .incoming(listener);
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(crate::access::MAX_CONCURRENT_STREAMS)
             .layer(GateLayer {
                 state: state.clone(),
             })

@@ -26,19 +26,28 @@
 //! [`LeaseContext::with_state`]: anima_module_sdk::LeaseContext::with_state
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use anima_module_sdk::Contract;
+use anima_module_sdk::{Contract, LeaseContext};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::lease_of;
 use crate::pb::{
     CounterValue, GetCounterRequest, IncrementRequest, ListCountersReply, ListCountersRequest,
+    WatchCounterRequest,
 };
 
 /// The longest counter name, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
 /// The most counters one lease may hold.
 pub const MAX_COUNTERS: usize = 10_000;
+/// The longest `Watch` interval, in milliseconds.
+pub const MAX_WATCH_EVERY_MS: u32 = 60_000;
+/// The `Watch` interval when the request names none.
+pub const DEFAULT_WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// The tally's capability contract (`tally/module.toml`).
 pub fn contract() -> Contract {
@@ -94,8 +103,58 @@ impl Counters {
     }
 }
 
+/// `Watch`'s response stream: the counter's value, read from the lease's
+/// tenant state at each tick. The SDK ends it when the lease ends.
+struct CounterWatch {
+    lease: LeaseContext,
+    counter: String,
+    interval: tokio::time::Interval,
+}
+
+impl Stream for CounterWatch {
+    type Item = Result<CounterValue, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.interval.poll_tick(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let counter = self.counter.clone();
+        let value = self
+            .lease
+            .with_state(|counters: &mut Counters| counters.value(&counter));
+        Poll::Ready(Some(value.map(|value| CounterValue { counter, value })))
+    }
+}
+
 #[tonic::async_trait]
 impl crate::pb::tally_server::Tally for Tally {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<CounterValue, Status>> + Send + 'static>>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchCounterRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let lease = lease_of(&request)?.clone();
+        let WatchCounterRequest { counter, every_ms } = request.into_inner();
+        check_name(&counter)?;
+        let every = match every_ms {
+            0 => DEFAULT_WATCH_EVERY,
+            ms if ms > MAX_WATCH_EVERY_MS => {
+                return Err(Status::invalid_argument(format!(
+                    "every_ms is {ms}; the limit is {MAX_WATCH_EVERY_MS}"
+                )));
+            }
+            ms => Duration::from_millis(ms.into()),
+        };
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Response::new(Box::pin(CounterWatch {
+            lease,
+            counter,
+            interval,
+        })))
+    }
+
     async fn increment(
         &self,
         request: Request<IncrementRequest>,

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use anima_module_sdk::testing::{FakeLease, ServedModule, TestBed};
 use anima_module_sdk::{LeaseEvent, Phase};
+use anima_protocol::lease::{Reason, reason_of};
 use anima_sample_modules::pb::tally_client::TallyClient;
 use anima_sample_modules::pb::tally_server::TallyServer;
 use anima_sample_modules::pb::{
-    CounterValue, GetCounterRequest, IncrementRequest, ListCountersRequest,
+    CounterValue, GetCounterRequest, IncrementRequest, ListCountersRequest, WatchCounterRequest,
 };
 use anima_sample_modules::tally::{self, Tally};
 
@@ -190,4 +191,56 @@ async fn tally_refuses_bad_input() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange);
     assert_eq!(value(&lease, "big").await, i64::MAX);
+}
+
+/// A server stream under the lease: `Watch` follows the counter while the
+/// lease lasts and ends with the lease's reason the moment it is revoked.
+#[tokio::test]
+async fn z1_watch_streams_a_counter_until_its_lease_is_revoked() {
+    let bed = TestBed::new(tally::contract()).unwrap();
+    let served = serve(&bed).await;
+    let a = bed.core(CORE_A).unwrap().lease(&served, TTL).await.unwrap();
+    increment(&a, "hits", 2).await;
+    let mut stream = TallyClient::new(a.channel())
+        .watch(WatchCounterRequest {
+            counter: "hits".into(),
+            every_ms: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = within(stream.message()).await.unwrap().unwrap();
+    assert_eq!(first.value, 2);
+    increment(&a, "hits", 3).await;
+    loop {
+        let next = within(stream.message()).await.unwrap().unwrap();
+        if next.value == 5 {
+            break;
+        }
+        assert_eq!(next.value, 2, "only the lease's own values");
+    }
+    a.revoke().await.unwrap();
+    let status = loop {
+        match within(stream.message()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended OK after its lease was revoked"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(reason_of(&status), Some(Reason::LeaseRevoked), "{status:?}");
+}
+
+#[tokio::test]
+async fn watch_refuses_a_bad_interval() {
+    let bed = TestBed::new(tally::contract()).unwrap();
+    let served = serve(&bed).await;
+    let a = bed.core(CORE_A).unwrap().lease(&served, TTL).await.unwrap();
+    let status = TallyClient::new(a.channel())
+        .watch(WatchCounterRequest {
+            counter: "hits".into(),
+            every_ms: tally::MAX_WATCH_EVERY_MS + 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
 }

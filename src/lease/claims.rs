@@ -1,6 +1,8 @@
 //! The claims inside lease tokens (see PROTOCOL.md for the normative text).
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::error::LeaseError;
 
 /// `typ` of the Core's lease (the offer).
 pub const TYP_OFFER: &str = "anima-offer+v1";
@@ -24,6 +26,12 @@ pub const REVOCATION_CONDITIONS: [&str; 4] = [
     "connection-loss",
     "certificate-expiry",
 ];
+
+/// An optional claim is absent or holds a value of its type; `null` is not
+/// a value (PROTOCOL.md §3).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
 
 /// Certificate binding (after RFC 8705 `x5t#S256`): base64url SHA-256 of the
 /// issuer's and of the audience's certificate.
@@ -64,7 +72,11 @@ pub struct LeaseClaims {
     /// The signer's ephemeral X25519 public key (base64url, 32 bytes).
     pub kx: String,
     /// Grant only: base64url SHA-256 of the offer's JWS text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub offer: Option<String>,
     /// Revocation conditions.
     pub rev: Vec<String>,
@@ -83,21 +95,116 @@ pub struct ControlClaims {
     /// Issued at (Unix seconds; audit only).
     pub iat: u64,
     /// Answers only: the `seq` of the request answered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub re: Option<u64>,
     /// Renew: requested TTL. Renewed/rescoped: granted (remaining) TTL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl_ms: Option<u64>,
     /// Answers: the granted expiry (Unix seconds; audit).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub exp: Option<u64>,
     /// Rescope/rescoped: the scope.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub scope: Option<Vec<String>>,
     /// Revoke: the reason (a wire reason).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reason: Option<String>,
     /// Revoke: human-readable detail.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub detail: Option<String>,
+}
+
+impl LeaseClaims {
+    /// Checks the claim set of a lease token of type `typ` (PROTOCOL.md §3):
+    /// the `typ` itself, `offer` present in a grant and absent from an offer,
+    /// and `rev` exactly [`REVOCATION_CONDITIONS`], in that order.
+    pub(crate) fn check_claim_set(&self, typ: &str) -> Result<(), LeaseError> {
+        if self.typ != typ {
+            return Err(LeaseError::BadToken(format!(
+                "expected a {typ} token, got {:.40?}",
+                self.typ
+            )));
+        }
+        if self.offer.is_some() != (typ == TYP_GRANT) {
+            return Err(LeaseError::BadToken(format!(
+                "a {typ} token {} `offer`",
+                if typ == TYP_GRANT {
+                    "needs"
+                } else {
+                    "carries no"
+                }
+            )));
+        }
+        if self.rev != REVOCATION_CONDITIONS {
+            return Err(LeaseError::BadToken(format!(
+                "`rev` must be exactly {REVOCATION_CONDITIONS:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl ControlClaims {
+    /// Checks that a control token carries exactly the claims of its `typ`
+    /// (PROTOCOL.md §3): besides `typ`, `lid`, `seq` and `iat`, each of
+    /// `re`, `ttl_ms`, `exp`, `scope`, `reason` and `detail` is required by
+    /// some types and refused in the others; an unknown `typ` is refused.
+    pub(crate) fn check_claim_set(&self) -> Result<(), LeaseError> {
+        // Whether the type carries `re`, `ttl_ms`, `exp`, `scope`, and
+        // `reason` with `detail`.
+        let [re, ttl_ms, exp, scope, revoke] = match self.typ.as_str() {
+            TYP_RENEW => [false, true, false, false, false],
+            TYP_RENEWED => [true, true, true, false, false],
+            TYP_RESCOPE => [false, false, false, true, false],
+            TYP_RESCOPED => [true, true, true, true, false],
+            TYP_REVOKE => [false, false, false, false, true],
+            other => {
+                return Err(LeaseError::BadToken(format!(
+                    "{other:.40?} is not a control step type"
+                )));
+            }
+        };
+        let claims = [
+            ("re", self.re.is_some(), re),
+            ("ttl_ms", self.ttl_ms.is_some(), ttl_ms),
+            ("exp", self.exp.is_some(), exp),
+            ("scope", self.scope.is_some(), scope),
+            ("reason", self.reason.is_some(), revoke),
+            ("detail", self.detail.is_some(), revoke),
+        ];
+        for (name, present, wanted) in claims {
+            if present != wanted {
+                return Err(LeaseError::BadToken(format!(
+                    "a {} token {} `{name}`",
+                    self.typ,
+                    if wanted { "needs" } else { "carries no" }
+                )));
+            }
+        }
+        Ok(())
+    }
 }

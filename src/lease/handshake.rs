@@ -136,12 +136,7 @@ fn check_common(
     audience_fp: Fingerprint,
     wall: SystemTime,
 ) -> Result<(), LeaseError> {
-    if claims.typ != typ {
-        return Err(LeaseError::BadToken(format!(
-            "expected a {typ} token, got {:.40?}",
-            claims.typ
-        )));
-    }
+    claims.check_claim_set(typ)?;
     let actual = |role| {
         if role == "consumer" {
             consumer

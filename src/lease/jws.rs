@@ -52,6 +52,9 @@ pub(crate) fn verify<T: DeserializeOwned>(token: &str, key: &PeerKey) -> Result<
             "not a JWS compact serialization".into(),
         ));
     };
+    if header_b64.is_empty() || payload_b64.is_empty() || signature.is_empty() {
+        return Err(LeaseError::BadToken("a JWS segment is empty".into()));
+    }
     let header = B64
         .decode(header_b64)
         .map_err(|_| LeaseError::BadToken("header is not base64url".into()))?;
@@ -61,6 +64,11 @@ pub(crate) fn verify<T: DeserializeOwned>(token: &str, key: &PeerKey) -> Result<
             key.header()
         )));
     }
+    // Form before signature: every segment is canonical unpadded base64url
+    // (trailing bits zero) before the signature is checked.
+    let payload = B64
+        .decode(payload_b64)
+        .map_err(|_| LeaseError::BadToken("payload is not base64url".into()))?;
     let signature: [u8; 64] = B64
         .decode(signature)
         .ok()
@@ -69,9 +77,6 @@ pub(crate) fn verify<T: DeserializeOwned>(token: &str, key: &PeerKey) -> Result<
     // The signing input is `header "." payload`, exactly as received.
     let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
     key.verify(signed.as_bytes(), &signature)?;
-    let payload = B64
-        .decode(payload_b64)
-        .map_err(|_| LeaseError::BadToken("payload is not base64url".into()))?;
     serde_json::from_slice(&payload).map_err(|e| LeaseError::BadToken(format!("claims: {e}")))
 }
 
@@ -135,6 +140,126 @@ mod tests {
             verify::<Claims>(&tampered, &key(1).public_key()),
             Err(LeaseError::BadSignature)
         ));
+    }
+
+    /// A token over `payload` (raw claims bytes), validly signed by `key(1)`.
+    fn signed_raw(payload: &[u8]) -> String {
+        let k = key(1);
+        let input = format!("{}.{}", b64(k.header().as_bytes()), b64(payload));
+        let signature = k.sign(input.as_bytes()).unwrap();
+        format!("{input}.{}", b64(&signature))
+    }
+
+    fn reason_of(token: &str) -> Result<Claims, crate::lease::Reason> {
+        verify::<Claims>(token, &key(1).public_key()).map_err(|e| e.reason())
+    }
+
+    use crate::lease::Reason::{BadSignature, BadToken};
+
+    #[test]
+    fn jws_checks_form_before_signature() {
+        // A payload that is not base64url under a signature that does not
+        // verify: the form is refused first.
+        let header = b64(key(1).header().as_bytes());
+        let token = format!("{header}.!!!.{}", b64(&[0; 64]));
+        assert_eq!(reason_of(&token).unwrap_err(), BadToken);
+        // Well-formed, wrong signature.
+        let token = format!("{header}.{}.{}", b64(br#"{"a":"x","n":1}"#), b64(&[0; 64]));
+        assert_eq!(reason_of(&token).unwrap_err(), BadSignature);
+    }
+
+    #[test]
+    fn jws_rejects_non_canonical_base64() {
+        let token = signed_raw(br#"{"a":"x","n":7}"#);
+        assert!(reason_of(&token).is_ok());
+        let parts: Vec<&str> = token.split('.').collect();
+        // Padding, the standard alphabet, whitespace: not unpadded base64url.
+        for bad in [
+            format!("{}.{}.{}=", parts[0], parts[1], parts[2]),
+            format!("{}=.{}.{}", parts[0], parts[1], parts[2]),
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                parts[1].replacen('e', "+", 1),
+                parts[2]
+            ),
+            format!("{}.{} .{}", parts[0], parts[1], parts[2]),
+        ] {
+            assert_eq!(reason_of(&bad).unwrap_err(), BadToken, "{bad}");
+        }
+        // The same bytes with non-zero trailing bits in a segment's last
+        // character (86 characters carry 64 bytes and 4 spare bits).
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let sig = parts[2];
+        let last = alphabet.find(&sig[sig.len() - 1..]).unwrap();
+        assert_eq!(last & 0b1111, 0, "canonical: the spare bits are zero");
+        let spare = &alphabet[last | 1..=last | 1];
+        let bad = format!("{}.{}.{}{spare}", parts[0], parts[1], &sig[..sig.len() - 1]);
+        assert_eq!(reason_of(&bad).unwrap_err(), BadToken, "{bad}");
+    }
+
+    #[test]
+    fn jws_rejects_empty_segments_and_wrong_length_signatures() {
+        let token = signed_raw(br#"{"a":"x","n":7}"#);
+        let parts: Vec<&str> = token.split('.').collect();
+        for bad in [
+            format!(".{}.{}", parts[1], parts[2]),
+            format!("{}..{}", parts[0], parts[2]),
+            format!("{}.{}.", parts[0], parts[1]),
+            format!("{}.{}.{}", parts[0], parts[1], b64(&[0; 63])),
+            format!("{}.{}.{}", parts[0], parts[1], b64(&[0; 65])),
+        ] {
+            assert_eq!(reason_of(&bad).unwrap_err(), BadToken, "{bad}");
+        }
+        // An empty payload, validly signed, is no JSON object.
+        assert_eq!(reason_of(&signed_raw(b"")).unwrap_err(), BadToken);
+    }
+
+    #[test]
+    fn jws_size_limit_is_8192_bytes_inclusive() {
+        // Start a little short of the limit (base64url grows text by 4/3).
+        let mut text = "x".repeat((MAX_TOKEN_LEN - 200) * 3 / 4);
+        let token = loop {
+            let t = signed_raw(format!(r#"{{"a":"{text}","n":1}}"#).as_bytes());
+            if t.len() >= MAX_TOKEN_LEN {
+                break t;
+            }
+            text.push('x');
+        };
+        assert_eq!(token.len(), MAX_TOKEN_LEN);
+        assert!(reason_of(&token).is_ok());
+        text.push('x');
+        let over = signed_raw(format!(r#"{{"a":"{text}","n":1}}"#).as_bytes());
+        assert!(over.len() > MAX_TOKEN_LEN);
+        assert_eq!(reason_of(&over).unwrap_err(), BadToken);
+    }
+
+    #[test]
+    fn jws_rejects_duplicate_json_members() {
+        for claims in [r#"{"a":"x","a":"x","n":1}"#, r#"{"a":"x","n":1,"n":1}"#] {
+            let token = signed_raw(claims.as_bytes());
+            assert_eq!(reason_of(&token).unwrap_err(), BadToken, "{claims}");
+        }
+    }
+
+    #[test]
+    fn jws_rejects_non_integer_numbers() {
+        for n in [
+            "1.0",
+            "1e0",
+            "-1",
+            "-0",
+            "01",
+            "\"1\"",
+            "18446744073709551616",
+            "null",
+        ] {
+            let claims = format!(r#"{{"a":"x","n":{n}}}"#);
+            let token = signed_raw(claims.as_bytes());
+            assert_eq!(reason_of(&token).unwrap_err(), BadToken, "{claims}");
+        }
+        let max = signed_raw(br#"{"a":"x","n":18446744073709551615}"#);
+        assert_eq!(reason_of(&max).unwrap().n, u64::MAX);
     }
 
     #[test]

@@ -126,6 +126,9 @@ struct Pending {
     kind: &'static str,
     /// Renewals: the TTL asked for; the answer may grant less, never more.
     asked: Duration,
+    /// Scope changes: the scope asked for; the answer may grant no method
+    /// outside it.
+    scope: Option<Scope>,
 }
 
 impl Lease {
@@ -336,9 +339,11 @@ impl Lease {
         }
     }
 
-    /// Verifies a control token from the peer: signature, lease id, order.
+    /// Verifies a control token from the peer: signature, claim set, lease
+    /// id, order.
     pub fn receive(&mut self, token: &str) -> Result<ControlClaims, LeaseError> {
         let claims: ControlClaims = jws::verify(token, &self.peer.key)?;
+        claims.check_claim_set()?;
         if claims.lid != self.id.to_string() {
             return Err(LeaseError::Protocol(
                 "control token for another lease".into(),
@@ -358,6 +363,7 @@ impl Lease {
         &mut self,
         kind: &'static str,
         asked: Duration,
+        scope: Option<Scope>,
         now: Instant,
     ) -> Result<(), LeaseError> {
         if self.side != Side::Core {
@@ -375,6 +381,7 @@ impl Lease {
             sent_at: now,
             kind,
             asked,
+            scope,
         });
         Ok(())
     }
@@ -407,7 +414,7 @@ impl Lease {
         now: Instant,
         wall: SystemTime,
     ) -> Result<String, LeaseError> {
-        self.start_request(TYP_RENEW, ttl, now)?;
+        self.start_request(TYP_RENEW, ttl, None, now)?;
         let mut claims = self.blank(TYP_RENEW, wall);
         claims.ttl_ms = Some(ms(ttl));
         self.control(signer, claims)
@@ -491,7 +498,7 @@ impl Lease {
         now: Instant,
         wall: SystemTime,
     ) -> Result<String, LeaseError> {
-        self.start_request(TYP_RESCOPE, Duration::ZERO, now)?;
+        self.start_request(TYP_RESCOPE, Duration::ZERO, Some(scope.clone()), now)?;
         let mut claims = self.blank(TYP_RESCOPE, wall);
         claims.scope = Some(scope.to_vec());
         self.control(signer, claims)
@@ -527,7 +534,8 @@ impl Lease {
         self.control(signer, claims)
     }
 
-    /// Core side: applies a verified scope answer.
+    /// Core side: applies a verified scope answer, whose scope must lie
+    /// within the scope asked for (compared as sets).
     pub fn apply_rescoped(
         &mut self,
         answer: &ControlClaims,
@@ -536,9 +544,16 @@ impl Lease {
         if answer.typ != TYP_RESCOPED {
             return Err(LeaseError::Protocol("not a scope answer".into()));
         }
-        self.finish_request(TYP_RESCOPE, answer.re)?;
+        let pending = self.finish_request(TYP_RESCOPE, answer.re)?;
         self.check_valid(now)?;
-        self.scope = Scope::new(answer.scope.clone().unwrap_or_default())?;
+        let scope = Scope::new(answer.scope.clone().unwrap_or_default())?;
+        let asked = pending.scope.unwrap_or_default();
+        if let Some(extra) = scope.difference(&asked).next() {
+            return Err(LeaseError::ScopeDenied {
+                method: extra.to_owned(),
+            });
+        }
+        self.scope = scope;
         Ok(())
     }
 

@@ -60,7 +60,13 @@ impl ProofKey {
                 "malformed proof (expected v1.SEQ.TAG)",
             ));
         };
-        if seq.is_empty() || seq.len() > 20 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        // Canonical decimal: digits only, no sign, no leading zero (one
+        // sequence number has one spelling).
+        if seq.is_empty()
+            || seq.len() > 20
+            || !seq.bytes().all(|b| b.is_ascii_digit())
+            || (seq.len() > 1 && seq.starts_with('0'))
+        {
             return Err(LeaseError::BadProof("malformed sequence number"));
         }
         let seq: u64 = seq
@@ -176,6 +182,44 @@ mod tests {
         ] {
             assert!(key.check(bad, "/a.B/C").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn proof_seq_is_canonical_decimal() {
+        let key = ProofKey::new(&[7; 32]);
+        let genuine = key.proof(1, "/a.B/C");
+        let tag = genuine.rsplit('.').next().unwrap();
+        assert_eq!(key.check(&genuine, "/a.B/C").unwrap(), 1);
+        // The same number with a leading zero: the MAC would verify, the
+        // spelling does not.
+        for spelling in ["01", "001", "+1", " 1"] {
+            let bad = format!("v1.{spelling}.{tag}");
+            assert_eq!(
+                key.check(&bad, "/a.B/C").unwrap_err(),
+                LeaseError::BadProof("malformed sequence number"),
+                "{bad}"
+            );
+        }
+        // 0 is well-formed; the replay window never accepts it.
+        assert_eq!(key.check(&key.proof(0, "/a.B/C"), "/a.B/C").unwrap(), 0);
+        assert!(!ReplayWindow::default().accept(0));
+        // The largest sequence number.
+        let max = key.proof(u64::MAX, "/a.B/C");
+        assert_eq!(key.check(&max, "/a.B/C").unwrap(), u64::MAX);
+    }
+
+    #[test]
+    fn replay_window_boundary_is_1023_below_the_highest() {
+        let mut w = ReplayWindow::default();
+        assert!(w.accept(5000));
+        // Accepted iff highest - seq <= 1023 (and unseen).
+        assert!(w.accept(5000 - 1023));
+        assert!(!w.accept(5000 - 1024));
+        assert!(!w.accept(5000 - 1023), "each once");
+        // A seq above the highest always passes and moves the window.
+        assert!(w.accept(5001));
+        assert!(w.accept(5001 - 1023));
+        assert!(!w.accept(5001 - 1025), "unseen, but now 1025 below");
     }
 
     #[test]

@@ -90,6 +90,9 @@ reasons! {
     ModuleFailed = "MODULE_FAILED" => Unavailable,
     /// The module is starting, restarting, stopped or unreachable.
     ModuleUnavailable = "MODULE_UNAVAILABLE" => Unavailable,
+    /// The caller already has as many calls in flight through the gateway
+    /// as one identity may.
+    TooManyCalls = "TOO_MANY_CALLS" => ResourceExhausted,
 }
 
 impl fmt::Display for Reason {

@@ -639,3 +639,526 @@ fn a9_renewal_is_capped_by_certificate_expiry() {
         Err(LeaseError::BadToken(_))
     ));
 }
+
+// PROTOCOL.md §3: the exact claim set of each token, its encoding, and the
+// order and reasons of the checks.
+
+/// Signs hand-written claims `json` with `signer`'s certificate key.
+fn sign_raw(signer: &LeaseSigner, json: &str) -> String {
+    let key = signer.key();
+    let input = format!("{}.{}", b64(key.header().as_bytes()), b64(json.as_bytes()));
+    let signature = key.sign(input.as_bytes()).unwrap();
+    format!("{input}.{}", b64(&signature))
+}
+
+/// The claims of `jws` as the JSON text that was signed.
+fn claims_text(jws: &str) -> String {
+    use base64::Engine as _;
+    let payload = jws.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+impl World {
+    /// An offer, the Core's pending lease, and the module's grant.
+    fn handshake_parts(&self) -> (String, PendingLease, String) {
+        let (offer_jws, pending) = offer(
+            &self.core,
+            &self.core_sees,
+            LeaseRequest {
+                scope: self.declared.clone(),
+                ttl: Duration::from_secs(30),
+            },
+            Entropy::system().unwrap(),
+            self.now,
+            self.wall,
+        )
+        .unwrap();
+        let (grant_jws, _) = grant(
+            &self.module,
+            &self.module_sees,
+            &offer_jws,
+            &self.policy(Duration::from_secs(60)),
+            Entropy::system().unwrap(),
+            self.now,
+            self.wall,
+        )
+        .unwrap();
+        (offer_jws, pending, grant_jws)
+    }
+
+    fn grant_ok(&self, offer_jws: &str) -> (String, Lease) {
+        grant(
+            &self.module,
+            &self.module_sees,
+            offer_jws,
+            &self.policy(Duration::from_secs(60)),
+            Entropy::system().unwrap(),
+            self.now,
+            self.wall,
+        )
+        .unwrap()
+    }
+}
+
+/// Re-signs a grant's claims after `edit`, with the module's key.
+fn edit_grant(w: &World, grant_jws: &str, edit: impl FnOnce(&mut LeaseClaims)) -> String {
+    let mut claims: LeaseClaims = jws::verify(grant_jws, &w.module.verifying_key()).unwrap();
+    edit(&mut claims);
+    jws::sign(&claims, w.module.key()).unwrap()
+}
+
+/// A control token of type `typ` for lease `lid`, seq 1, with no optional claim.
+fn bare_step(typ: &str, lid: LeaseId) -> ControlClaims {
+    ControlClaims {
+        typ: typ.into(),
+        lid: lid.to_string(),
+        seq: 1,
+        iat: 0,
+        re: None,
+        ttl_ms: None,
+        exp: None,
+        scope: None,
+        reason: None,
+        detail: None,
+    }
+}
+
+#[test]
+fn grant_for_another_lid_or_offer_is_bad_token() {
+    let w = world();
+    let edits: [fn(&mut LeaseClaims); 2] = [
+        |c| c.lid = b64(&[0xee; 16]),
+        |c| c.offer = Some(b64(&[0; 32])),
+    ];
+    for edit in edits {
+        let (_, pending, grant_jws) = w.handshake_parts();
+        let forged = edit_grant(&w, &grant_jws, edit);
+        let err = pending.accept(&w.core, &forged, w.wall).unwrap_err();
+        assert_eq!(err.reason(), Reason::BadToken, "{err}");
+    }
+}
+
+#[test]
+fn an_all_zero_x25519_secret_is_bad_token() {
+    let w = world();
+    // Low-order `kx` values (0 and 1) make the shared secret all zero.
+    for low in [[0u8; 32], {
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        one
+    }] {
+        let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
+        let offer_jws = edit_offer(&w, &offer_jws, false, |c| c.kx = b64(&low));
+        let err = w.grant_err(&offer_jws);
+        assert_eq!(err.reason(), Reason::BadToken, "{err}");
+        let (_, pending, grant_jws) = w.handshake_parts();
+        let grant_jws = edit_grant(&w, &grant_jws, |c| c.kx = b64(&low));
+        let err = pending.accept(&w.core, &grant_jws, w.wall).unwrap_err();
+        assert_eq!(err.reason(), Reason::BadToken, "{err}");
+    }
+}
+
+#[test]
+fn a_grant_cap_under_50ms_is_bad_token() {
+    let mut w = world();
+    // The Core's certificate expires 40 ms from now: no 50 ms lease fits.
+    w.module_sees.not_after = Some(w.wall + Duration::from_millis(40));
+    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
+    assert_eq!(w.grant_err(&offer_jws).reason(), Reason::BadToken);
+    // 50 ms fits exactly.
+    w.module_sees.not_after = Some(w.wall + Duration::from_millis(50));
+    let (_, lease) = w.grant_ok(&offer_jws);
+    assert_eq!(lease.ttl(), Duration::from_millis(50));
+}
+
+#[test]
+fn offer_carries_no_offer_claim_and_grant_carries_one() {
+    let w = world();
+    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
+    let with = edit_offer(&w, &offer_jws, false, |c| c.offer = Some(b64(&[0; 32])));
+    assert_eq!(w.grant_err(&with).reason(), Reason::BadToken);
+    let (_, pending, grant_jws) = w.handshake_parts();
+    let without = edit_grant(&w, &grant_jws, |c| c.offer = None);
+    let err = pending.accept(&w.core, &without, w.wall).unwrap_err();
+    assert_eq!(err.reason(), Reason::BadToken, "{err}");
+}
+
+#[test]
+fn lease_tokens_carry_exactly_the_four_revocation_conditions_in_order() {
+    let w = world();
+    let four: Vec<String> = REVOCATION_CONDITIONS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut reversed = four.clone();
+    reversed.reverse();
+    let mut extra = four.clone();
+    extra.push("lease-expiry".into());
+    let mut twice = four.clone();
+    twice.push(four[0].clone());
+    for rev in [vec![], four[..3].to_vec(), reversed, extra, twice] {
+        let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
+        let edited = edit_offer(&w, &offer_jws, false, |c| c.rev = rev.clone());
+        assert_eq!(w.grant_err(&edited).reason(), Reason::BadToken, "{rev:?}");
+    }
+    let (_, pending, grant_jws) = w.handshake_parts();
+    let edited = edit_grant(&w, &grant_jws, |c| c.rev.truncate(2));
+    let err = pending.accept(&w.core, &edited, w.wall).unwrap_err();
+    assert_eq!(err.reason(), Reason::BadToken, "{err}");
+}
+
+#[test]
+fn control_tokens_carry_exactly_their_claim_set() {
+    let w = world();
+    let (mut core, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(5));
+    let lid = module.id();
+    let to_module = |c: &ControlClaims| jws::sign(c, w.core.key()).unwrap();
+    let renew = || ControlClaims {
+        ttl_ms: Some(1000),
+        ..bare_step(TYP_RENEW, lid)
+    };
+    let mut wrong: Vec<ControlClaims> = vec![
+        bare_step(TYP_RENEW, lid),
+        ControlClaims {
+            scope: Some(vec![SAY.into()]),
+            ..renew()
+        },
+        ControlClaims {
+            re: Some(1),
+            ..renew()
+        },
+        ControlClaims {
+            exp: Some(1),
+            ..renew()
+        },
+        bare_step(TYP_RESCOPE, lid),
+        ControlClaims {
+            reason: Some("LEASE_REVOKED".into()),
+            ..bare_step(TYP_REVOKE, lid)
+        },
+        ControlClaims {
+            detail: Some(String::new()),
+            ..bare_step(TYP_REVOKE, lid)
+        },
+        ControlClaims {
+            typ: TYP_OFFER.into(),
+            ..renew()
+        },
+        ControlClaims {
+            typ: "anima-renew+v2".into(),
+            ..renew()
+        },
+    ];
+    // The claim set is checked before the lease id.
+    wrong.push(ControlClaims {
+        lid: b64(&[0; 16]),
+        ..bare_step(TYP_RENEW, lid)
+    });
+    for claims in &wrong {
+        let err = module.receive(&to_module(claims)).unwrap_err();
+        assert_eq!(err.reason(), Reason::BadToken, "{claims:?}: {err}");
+    }
+    let other_lease = ControlClaims {
+        lid: b64(&[0; 16]),
+        ..renew()
+    };
+    assert_eq!(
+        module
+            .receive(&to_module(&other_lease))
+            .unwrap_err()
+            .reason(),
+        Reason::ProtocolViolation
+    );
+    // The exact sets pass: renew, rescope, revoke …
+    for (seq, claims) in [
+        renew(),
+        ControlClaims {
+            scope: Some(vec![]),
+            ..bare_step(TYP_RESCOPE, lid)
+        },
+        ControlClaims {
+            reason: Some("LEASE_REVOKED".into()),
+            detail: Some(String::new()),
+            ..bare_step(TYP_REVOKE, lid)
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let claims = ControlClaims {
+            seq: seq as u64 + 1,
+            ..claims
+        };
+        module.receive(&to_module(&claims)).unwrap();
+    }
+    // … and the answers need `re`, `ttl_ms` and `exp` (`rescoped`: and `scope`).
+    let to_core = |c: &ControlClaims| jws::sign(c, w.module.key()).unwrap();
+    for claims in [
+        ControlClaims {
+            re: Some(1),
+            ttl_ms: Some(1000),
+            ..bare_step(TYP_RENEWED, lid)
+        },
+        ControlClaims {
+            re: Some(1),
+            ttl_ms: Some(1000),
+            exp: Some(1),
+            ..bare_step(TYP_RESCOPED, lid)
+        },
+    ] {
+        let err = core.receive(&to_core(&claims)).unwrap_err();
+        assert_eq!(err.reason(), Reason::BadToken, "{claims:?}: {err}");
+    }
+}
+
+#[test]
+fn claims_reject_null_members() {
+    let w = world();
+    let (_, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(5));
+    let lid = module.id();
+    let renew = sign_raw(
+        &w.core,
+        &format!(
+            r#"{{"typ":"anima-renew+v1","lid":"{lid}","seq":1,"iat":0,"ttl_ms":1000,"re":null}}"#
+        ),
+    );
+    assert_eq!(
+        module.receive(&renew).unwrap_err().reason(),
+        Reason::BadToken
+    );
+    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
+    let text = claims_text(&offer_jws).replacen(r#","rev":"#, r#","offer":null,"rev":"#, 1);
+    assert!(text.contains(r#""offer":null"#));
+    let err = w.grant_err(&sign_raw(&w.core, &text));
+    assert_eq!(err.reason(), Reason::BadToken, "{err}");
+}
+
+#[test]
+fn lease_claims_reject_duplicate_members_at_any_depth() {
+    let w = world();
+    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
+    let text = claims_text(&offer_jws);
+    // The unchanged text, re-signed, is accepted.
+    w.grant_ok(&sign_raw(&w.core, &text));
+    let issuer = b64(&w.core.fingerprint().0);
+    for dup in [
+        text.replacen(r#""ttl_ms":"#, r#""ttl_ms":30000,"ttl_ms":"#, 1),
+        text.replacen(
+            r#""cnf":{"#,
+            &format!(r#""cnf":{{"iss_x5t#S256":"{issuer}","#),
+            1,
+        ),
+    ] {
+        assert_ne!(dup, text);
+        let err = w.grant_err(&sign_raw(&w.core, &dup));
+        assert_eq!(err.reason(), Reason::BadToken, "{dup}: {err}");
+    }
+}
+
+#[test]
+fn rescoped_scope_must_lie_within_the_request() {
+    let w = world();
+    let only_say = Scope::new([SAY]).unwrap();
+    // An answer naming a method not asked for is refused.
+    let (mut core, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(5));
+    let request = core
+        .rescope_request(&w.core, &only_say, w.now, w.wall)
+        .unwrap();
+    let request = module.receive(&request).unwrap();
+    let lid = module.id();
+    let wider = ControlClaims {
+        re: Some(request.seq),
+        ttl_ms: Some(5000),
+        exp: Some(5),
+        scope: Some(vec![OTHER.into(), SAY.into()]),
+        ..bare_step(TYP_RESCOPED, lid)
+    };
+    let answer = core
+        .receive(&jws::sign(&wider, w.module.key()).unwrap())
+        .unwrap();
+    assert_eq!(
+        core.apply_rescoped(&answer, w.now).unwrap_err().reason(),
+        Reason::ScopeDenied
+    );
+    // The same set, written twice, is the granted scope (compared as sets).
+    let (mut core, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(5));
+    let request = core
+        .rescope_request(&w.core, &only_say, w.now, w.wall)
+        .unwrap();
+    let request = module.receive(&request).unwrap();
+    let lid = module.id();
+    let same = ControlClaims {
+        re: Some(request.seq),
+        ttl_ms: Some(5000),
+        exp: Some(5),
+        scope: Some(vec![SAY.into(), SAY.into()]),
+        ..bare_step(TYP_RESCOPED, lid)
+    };
+    let answer = core
+        .receive(&jws::sign(&same, w.module.key()).unwrap())
+        .unwrap();
+    core.apply_rescoped(&answer, w.now).unwrap();
+    assert_eq!(core.scope(), &only_say);
+}
+
+#[test]
+fn exp_is_iat_plus_whole_seconds_rounded_down() {
+    let mut w = world();
+    // `iat` is the wall clock's Unix seconds, rounded down.
+    w.wall = std::time::UNIX_EPOCH + Duration::from_millis(1_767_225_600_999);
+    for (ttl_ms, whole) in [
+        (50, 1),
+        (999, 1),
+        (1000, 1),
+        (1999, 1),
+        (2000, 2),
+        (60_999, 60),
+    ] {
+        let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_millis(ttl_ms));
+        let offered: LeaseClaims = jws::verify(&offer_jws, &w.core.verifying_key()).unwrap();
+        assert_eq!(offered.iat, 1_767_225_600);
+        assert_eq!(offered.exp - offered.iat, whole, "offer of {ttl_ms} ms");
+        let (grant_jws, _) = w.grant_ok(&offer_jws);
+        let granted: LeaseClaims = jws::verify(&grant_jws, &w.module.verifying_key()).unwrap();
+        assert_eq!(granted.exp - granted.iat, whole, "grant of {ttl_ms} ms");
+    }
+    let (mut core, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(5));
+    // `renewed`: the granted TTL, at least 1.
+    for (ttl_ms, whole) in [(50, 1), (2500, 2)] {
+        let request = core
+            .renew_request(&w.core, Duration::from_millis(ttl_ms), w.now, w.wall)
+            .unwrap();
+        let request = module.receive(&request).unwrap();
+        let answer = module
+            .answer_renew(&w.module, &request, w.now, w.wall)
+            .unwrap();
+        let answer = core.receive(&answer).unwrap();
+        assert_eq!(
+            answer.exp.unwrap() - answer.iat,
+            whole,
+            "renewed {ttl_ms} ms"
+        );
+        core.apply_renewed(&answer, w.now).unwrap();
+    }
+    // `rescoped`: the time left, which may round to 0.
+    let request = core
+        .rescope_request(&w.core, &w.declared, w.now, w.wall)
+        .unwrap();
+    let request = module.receive(&request).unwrap();
+    let answer = module
+        .answer_rescope(
+            &w.module,
+            &request,
+            &w.declared,
+            w.now + Duration::from_millis(1600),
+            w.wall,
+        )
+        .unwrap();
+    let answer = core.receive(&answer).unwrap();
+    assert_eq!(answer.ttl_ms, Some(900));
+    assert_eq!(answer.exp, Some(answer.iat));
+}
+
+#[test]
+fn lease_exp_is_checked_only_against_iat_and_iat_within_300s() {
+    let w = world();
+    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
+    // Any exp ≥ iat passes, whatever the TTL says.
+    for exp in [0, 1_000_000] {
+        w.grant_ok(&edit_offer(&w, &offer_jws, false, |c| c.exp = c.iat + exp));
+    }
+    let before = edit_offer(&w, &offer_jws, false, |c| c.exp = c.iat - 1);
+    assert_eq!(w.grant_err(&before).reason(), Reason::BadToken);
+    // iat at most 300 s from the receiver's clock (in Unix seconds).
+    for (delta, ok) in [(300i64, true), (-300, true), (301, false), (-301, false)] {
+        let edited = edit_offer(&w, &offer_jws, false, |c| {
+            c.iat = c.iat.checked_add_signed(delta).unwrap();
+            c.exp = c.iat + 30;
+        });
+        match grant(
+            &w.module,
+            &w.module_sees,
+            &edited,
+            &w.policy(Duration::from_secs(60)),
+            Entropy::system().unwrap(),
+            w.now,
+            w.wall,
+        ) {
+            Ok(_) => assert!(ok, "iat {delta:+} s accepted"),
+            Err(e) => {
+                assert!(!ok, "iat {delta:+} s refused: {e}");
+                assert_eq!(e.reason(), Reason::BadToken);
+            }
+        }
+    }
+}
+
+/// The module's checks of an offer (PROTOCOL.md §3.1, steps 2–9): with
+/// every defect from a step on, the refusal names that step.
+#[test]
+fn offer_checks_run_in_the_documented_order() {
+    let w = world();
+    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
+    type Edit = fn(&mut LeaseClaims);
+    let steps: [(Edit, Reason, &str); 8] = [
+        (|c| c.typ = TYP_GRANT.into(), Reason::BadToken, "expected a"),
+        (
+            |c| c.con = "urn:anima:core:other".into(),
+            Reason::IdentityMismatch,
+            "",
+        ),
+        (
+            |c| c.cnf.audience = b64(&[0; 32]),
+            Reason::BindingMismatch,
+            "",
+        ),
+        (|c| c.iat -= 3600, Reason::BadToken, "issued-at"),
+        (|c| c.lid = "AAAA".into(), Reason::BadToken, "lid"),
+        (
+            |c| c.scope = vec!["/echo.v1.Echo/Undeclared".into()],
+            Reason::ScopeDenied,
+            "",
+        ),
+        (|c| c.ttl_ms = 1, Reason::BadToken, "ttl"),
+        (|c| c.kx = b64(&[0; 32]), Reason::BadToken, "kx"),
+    ];
+    for from in (0..steps.len()).rev() {
+        let edited = edit_offer(&w, &offer_jws, false, |c| {
+            for (edit, _, _) in &steps[from..] {
+                edit(c);
+            }
+        });
+        let err = w.grant_err(&edited);
+        let (_, reason, words) = steps[from];
+        assert_eq!(err.reason(), reason, "step {from}: {err}");
+        assert!(err.to_string().contains(words), "step {from}: {err}");
+    }
+}
+
+#[test]
+fn granted_scope_is_sorted_deduplicated_and_may_be_empty() {
+    let w = world();
+    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
+    let messy = edit_offer(&w, &offer_jws, false, |c| {
+        c.scope = vec![SAY.into(), OTHER.into(), SAY.into()]
+    });
+    let (grant_jws, _) = w.grant_ok(&messy);
+    let granted: LeaseClaims = jws::verify(&grant_jws, &w.module.verifying_key()).unwrap();
+    assert_eq!(granted.scope, [OTHER, SAY], "byte order, each once");
+    let empty = edit_offer(&w, &offer_jws, false, |c| c.scope = vec![]);
+    let (grant_jws, mut lease) = w.grant_ok(&empty);
+    let granted: LeaseClaims = jws::verify(&grant_jws, &w.module.verifying_key()).unwrap();
+    assert!(granted.scope.is_empty());
+    let proof = ProofKey::new(&[0; 32]).proof(1, SAY);
+    assert_ne!(
+        lease.admit(SAY, Some(&proof), w.now).unwrap_err().reason(),
+        Reason::NoLease
+    );
+    for bad in ["", "/echo.v1.Echo/Say/", "echo.v1.Echo/Say"] {
+        let edited = edit_offer(&w, &offer_jws, false, |c| c.scope = vec![bad.into()]);
+        assert_eq!(w.grant_err(&edited).reason(), Reason::BadToken, "{bad:?}");
+    }
+}

@@ -160,6 +160,10 @@ struct Setup {
     wall: SystemTime,
     renew_wall: SystemTime,
     renew_ttl: Duration,
+    /// How long after the handshake the scope change happens (both clocks).
+    rescope_at: Duration,
+    revoke_wall: SystemTime,
+    revoke_detail: String,
     proof_method: String,
     /// The instant of the handshake on both monotonic clocks.
     t0: Instant,
@@ -209,6 +213,9 @@ impl Setup {
             wall: secs("iat"),
             renew_wall: secs("renew_iat"),
             renew_ttl: Duration::from_millis(a.number("renew_ttl_ms")),
+            rescope_at: Duration::from_millis(a.number("rescope_at_ms")),
+            revoke_wall: secs("revoke_iat"),
+            revoke_detail: a.get("revoke_detail").to_owned(),
             proof_method: a.get("proof_method").to_owned(),
             t0: Instant::now(),
         }
@@ -267,6 +274,55 @@ impl Setup {
                 .duration_since(self.wall)
                 .expect("renew_iat is not before iat")
     }
+
+    /// The wall clock of the scope change (not a whole second).
+    fn rescope_wall(&self) -> SystemTime {
+        self.wall + self.rescope_at
+    }
+
+    /// The instant of the scope change.
+    fn rescope_instant(&self) -> Instant {
+        self.t0 + self.rescope_at
+    }
+
+    /// The instant of the revocation: as long after the handshake as on the wall clock.
+    fn revoke_instant(&self) -> Instant {
+        self.t0
+            + self
+                .revoke_wall
+                .duration_since(self.wall)
+                .expect("revoke_iat is not before iat")
+    }
+
+    /// Both sides' leases after the stated handshake and renewal, each having
+    /// received the stated tokens, at the renewal's instant.
+    fn renewed_leases(&self, a: &Appendix) -> (Lease, Lease) {
+        let (offer_jws, pending) = self.offer();
+        let (_, mut module_lease) = self
+            .grant(&offer_jws)
+            .unwrap_or_else(|e| panic!("the module refuses the offer: {e}"));
+        let mut core_lease = pending
+            .accept(&self.core, a.get("grant_jws"), self.wall)
+            .unwrap_or_else(|e| panic!("the Core refuses `grant_jws`: {e}"));
+        let at = self.renew_instant();
+        let renew_jws = core_lease
+            .renew_request(&self.core, self.renew_ttl, at, self.renew_wall)
+            .unwrap_or_else(|e| panic!("the Core cannot renew: {e}"));
+        assert_eq!(renew_jws, a.get("renew_jws"), "`renew_jws`");
+        let request = module_lease
+            .receive(&renew_jws)
+            .unwrap_or_else(|e| panic!("the module refuses `renew_jws`: {e}"));
+        module_lease
+            .answer_renew(&self.module, &request, at, self.renew_wall)
+            .unwrap_or_else(|e| panic!("the module cannot answer `renew_jws`: {e}"));
+        let answer = core_lease
+            .receive(a.get("renewed_jws"))
+            .unwrap_or_else(|e| panic!("the Core refuses `renewed_jws`: {e}"));
+        core_lease
+            .apply_renewed(&answer, at)
+            .unwrap_or_else(|e| panic!("the Core refuses `renewed_jws`: {e}"));
+        (core_lease, module_lease)
+    }
 }
 
 /// Every value of the appendix, computed from its inputs by the lease code.
@@ -297,6 +353,9 @@ fn computed(a: &Appendix) -> BTreeMap<&'static str, String> {
     v.insert("proof_method", s.proof_method.clone());
     v.insert("renew_iat", a.number("renew_iat").to_string());
     v.insert("renew_ttl_ms", a.number("renew_ttl_ms").to_string());
+    v.insert("rescope_at_ms", a.number("rescope_at_ms").to_string());
+    v.insert("revoke_iat", a.number("revoke_iat").to_string());
+    v.insert("revoke_detail", s.revoke_detail.clone());
 
     // Public keys and encodings.
     for (seed, name) in [
@@ -405,6 +464,56 @@ fn computed(a: &Appendix) -> BTreeMap<&'static str, String> {
     v.insert("renew_jws", renew_jws);
     v.insert("renewed_claims", claims_json(&renewed_jws));
     v.insert("renewed_jws", renewed_jws);
+
+    // A scope change (the Core's step 2, the module's step 2), at an instant
+    // that is not a whole second.
+    let (at, wall) = (s.rescope_instant(), s.rescope_wall());
+    let rescope_jws = core_lease
+        .rescope_request(&s.core, &s.scope, at, wall)
+        .unwrap_or_else(|e| panic!("the Core cannot change the scope: {e}"));
+    let request = module_lease
+        .receive(&rescope_jws)
+        .unwrap_or_else(|e| panic!("the module refuses `rescope_jws`: {e}"));
+    let rescoped_jws = module_lease
+        .answer_rescope(&s.module, &request, &s.policy.declared, at, wall)
+        .unwrap_or_else(|e| panic!("the module cannot answer the scope change: {e}"));
+    let answer = core_lease
+        .receive(&rescoped_jws)
+        .unwrap_or_else(|e| panic!("the Core refuses `rescoped_jws`: {e}"));
+    core_lease
+        .apply_rescoped(&answer, at)
+        .unwrap_or_else(|e| panic!("the Core refuses the scope answer: {e}"));
+    assert_eq!(
+        core_lease.scope(),
+        module_lease.scope(),
+        "both sides' scope"
+    );
+    v.insert("rescope_claims", claims_json(&rescope_jws));
+    v.insert("rescope_jws", rescope_jws);
+    v.insert("rescoped_claims", claims_json(&rescoped_jws));
+    v.insert("rescoped_jws", rescoped_jws);
+
+    // An ordinary revocation by the Core (its step 3).
+    let at = s.revoke_instant();
+    let revoke_jws = core_lease
+        .revoke(
+            &s.core,
+            Reason::LeaseRevoked,
+            &s.revoke_detail,
+            at,
+            s.revoke_wall,
+        )
+        .unwrap_or_else(|e| panic!("the Core cannot revoke: {e}"));
+    let notice = module_lease
+        .receive(&revoke_jws)
+        .unwrap_or_else(|e| panic!("the module refuses `revoke_jws`: {e}"));
+    assert_eq!(
+        module_lease.apply_revoke(&notice, at),
+        Ok(Reason::LeaseRevoked),
+        "the module ends its copy"
+    );
+    v.insert("revoke_claims", claims_json(&revoke_jws));
+    v.insert("revoke_jws", revoke_jws);
     v
 }
 
@@ -539,4 +648,55 @@ fn vectors_the_stated_renewal_is_accepted() {
         .apply_renewed(&answer, at)
         .unwrap_or_else(|e| panic!("the Core refuses `renewed_jws`: {e}"));
     assert_eq!(granted, module_lease.ttl(), "the renewed ttl");
+}
+
+#[test]
+fn vectors_the_stated_scope_change_and_revocation_are_accepted() {
+    let a = appendix();
+    let s = Setup::new(&a);
+    let (mut core_lease, mut module_lease) = s.renewed_leases(&a);
+    let (at, wall) = (s.rescope_instant(), s.rescope_wall());
+    // The module answers the stated request as stated.
+    let request = module_lease
+        .receive(a.get("rescope_jws"))
+        .unwrap_or_else(|e| panic!("the module refuses `rescope_jws`: {e}"));
+    assert_eq!(request.seq, 2, "`rescope_jws` seq");
+    let rescoped = module_lease
+        .answer_rescope(&s.module, &request, &s.policy.declared, at, wall)
+        .unwrap_or_else(|e| panic!("the module cannot answer `rescope_jws`: {e}"));
+    assert_eq!(rescoped, a.get("rescoped_jws"), "`rescoped_jws`");
+    // The Core sends the stated request and accepts the stated answer.
+    let rescope = core_lease
+        .rescope_request(&s.core, &s.scope, at, wall)
+        .unwrap_or_else(|e| panic!("the Core cannot change the scope: {e}"));
+    assert_eq!(rescope, a.get("rescope_jws"), "`rescope_jws`");
+    let answer = core_lease
+        .receive(a.get("rescoped_jws"))
+        .unwrap_or_else(|e| panic!("the Core refuses `rescoped_jws`: {e}"));
+    assert_eq!(answer.re, Some(2), "`rescoped_jws` answers seq 2");
+    core_lease
+        .apply_rescoped(&answer, at)
+        .unwrap_or_else(|e| panic!("the Core refuses `rescoped_jws`: {e}"));
+    // The stated revocation ends the module's copy as LEASE_REVOKED.
+    let at = s.revoke_instant();
+    let notice = module_lease
+        .receive(a.get("revoke_jws"))
+        .unwrap_or_else(|e| panic!("the module refuses `revoke_jws`: {e}"));
+    assert_eq!(notice.seq, 3, "`revoke_jws` seq");
+    assert_eq!(
+        module_lease.apply_revoke(&notice, at),
+        Ok(Reason::LeaseRevoked)
+    );
+    assert!(module_lease.check_valid(at).is_err());
+    // And the Core's own revocation is the stated one.
+    let revoke = core_lease
+        .revoke(
+            &s.core,
+            Reason::LeaseRevoked,
+            &s.revoke_detail,
+            at,
+            s.revoke_wall,
+        )
+        .unwrap_or_else(|e| panic!("the Core cannot revoke: {e}"));
+    assert_eq!(revoke, a.get("revoke_jws"), "`revoke_jws`");
 }

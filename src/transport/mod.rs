@@ -16,11 +16,13 @@
 //! There is no plaintext path: no function here listens or dials without TLS,
 //! and the generated clients have no `connect(url)` helper.
 
+mod admission;
 mod cert;
 mod client;
 mod error;
 mod peer;
 mod refusal;
+mod refusal_log;
 mod server;
 mod tls;
 
@@ -32,5 +34,10 @@ pub use client::{
 pub use error::TransportError;
 pub use peer::{ConnectionId, PeerInfo};
 pub use refusal::{Refusal, RefusalReason};
-pub use server::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_HANDSHAKES, ServerTls, TlsConn};
+pub use refusal_log::{DEFAULT_REFUSAL_LOG_BURST, DEFAULT_REFUSAL_LOG_INTERVAL, RefusalCount};
+pub use server::{
+    DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LISTEN_BACKLOG,
+    DEFAULT_MAX_CONNECTIONS_PER_IDENTITY, DEFAULT_MAX_PENDING_HANDSHAKES,
+    DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS, ServerTls, TlsConn,
+};
 pub use tls::{PeerPolicy, TlsIdentity, TrustRoot};

@@ -31,7 +31,8 @@ pub enum RefusalReason {
     UnknownIssuer,
     /// The certificate has expired.
     Expired,
-    /// The certificate is not valid yet.
+    /// The certificate is not valid yet: its `notBefore` is in the future
+    /// (a clock is wrong, or it was minted to start later).
     NotYetValid,
     /// The certificate carries no `urn:anima:` identity.
     NoIdentity,
@@ -53,6 +54,12 @@ pub enum RefusalReason {
     Tls(String),
     /// An I/O failure (e.g. the client closed the socket mid-handshake).
     Io(String),
+    /// The handshake was dropped to make room for a newer one: too many
+    /// handshakes were pending, from this address or in all.
+    Crowded,
+    /// The identity already holds as many connections as the listener
+    /// allows one identity.
+    TooManyConnections(Urn),
 }
 
 impl RefusalReason {
@@ -116,7 +123,9 @@ impl fmt::Display for RefusalReason {
             RefusalReason::NoClientCertificate => f.write_str("no client certificate"),
             RefusalReason::UnknownIssuer => f.write_str("certificate not issued by the trusted CA"),
             RefusalReason::Expired => f.write_str("certificate expired"),
-            RefusalReason::NotYetValid => f.write_str("certificate not valid yet"),
+            RefusalReason::NotYetValid => {
+                f.write_str("certificate not valid yet (its notBefore is in the future)")
+            }
             RefusalReason::NoIdentity => f.write_str("certificate has no urn:anima identity"),
             RefusalReason::SeveralIdentities => {
                 f.write_str("certificate has more than one urn:anima identity")
@@ -131,6 +140,78 @@ impl fmt::Display for RefusalReason {
             RefusalReason::NoAlpn => f.write_str("client did not negotiate HTTP/2 (ALPN h2)"),
             RefusalReason::Tls(why) => write!(f, "TLS error: {why}"),
             RefusalReason::Io(why) => write!(f, "I/O error during handshake: {why}"),
+            RefusalReason::Crowded => {
+                f.write_str("handshake dropped for a newer one (too many pending handshakes)")
+            }
+            RefusalReason::TooManyConnections(urn) => {
+                write!(
+                    f,
+                    "identity {urn} already holds the most connections allowed"
+                )
+            }
         }
+    }
+}
+
+impl RefusalReason {
+    /// A short, stable name for the kind of refusal (`plaintext`,
+    /// `no_client_certificate`, …), for metrics labels and log grouping.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RefusalReason::Plaintext => "plaintext",
+            RefusalReason::NoClientCertificate => "no_client_certificate",
+            RefusalReason::UnknownIssuer => "unknown_issuer",
+            RefusalReason::Expired => "expired",
+            RefusalReason::NotYetValid => "not_yet_valid",
+            RefusalReason::NoIdentity => "no_identity",
+            RefusalReason::SeveralIdentities => "several_identities",
+            RefusalReason::InvalidIdentity(_) => "invalid_identity",
+            RefusalReason::UnexpectedIdentity(_) => "unexpected_identity",
+            RefusalReason::Incompatible(_) => "incompatible",
+            RefusalReason::PeerAlert(_) => "peer_alert",
+            RefusalReason::HandshakeTimeout => "handshake_timeout",
+            RefusalReason::NoAlpn => "no_alpn",
+            RefusalReason::Tls(_) => "tls",
+            RefusalReason::Io(_) => "io",
+            RefusalReason::Crowded => "crowded",
+            RefusalReason::TooManyConnections(_) => "too_many_connections",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rustls::pki_types::UnixTime;
+
+    use super::*;
+
+    fn refused_for(cert: CertificateError) -> RefusalReason {
+        // As tokio-rustls reports a failed handshake: an I/O error around it.
+        let e = rustls::Error::InvalidCertificate(cert);
+        RefusalReason::from_io(&std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    #[test]
+    fn a_certificate_from_the_future_is_not_yet_valid_not_expired() {
+        let at = |secs| UnixTime::since_unix_epoch(Duration::from_secs(secs));
+        let early = CertificateError::NotValidYetContext {
+            time: at(1_000),
+            not_before: at(5_000),
+        };
+        for cert in [early, CertificateError::NotValidYet] {
+            assert_eq!(refused_for(cert), RefusalReason::NotYetValid);
+        }
+        let late = CertificateError::ExpiredContext {
+            time: at(5_000),
+            not_after: at(1_000),
+        };
+        assert_eq!(refused_for(late), RefusalReason::Expired);
+        assert_eq!(
+            RefusalReason::NotYetValid.to_string(),
+            "certificate not valid yet (its notBefore is in the future)"
+        );
+        assert_eq!(RefusalReason::Expired.to_string(), "certificate expired");
     }
 }

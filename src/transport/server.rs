@@ -8,35 +8,74 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::ServerConfig;
+use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, broadcast, mpsc};
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use super::admission::{ConnectionSlot, IdentityConnections, PendingHandshakes, PendingSlot};
 use super::cert::{Fingerprint, identity_of};
 use super::error::TransportError;
 use super::peer::PeerInfo;
 use super::refusal::{Refusal, RefusalReason};
+use super::refusal_log::{
+    DEFAULT_REFUSAL_LOG_BURST, DEFAULT_REFUSAL_LOG_INTERVAL, RefusalCount, RefusalLog,
+};
 use super::tls::{PeerPolicy, TlsIdentity, TrustRoot, server_config};
+use crate::identity::Urn;
 
 /// How long a client may take to complete the TLS handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How many handshakes may be in progress at once; further connections wait
-/// in the kernel's backlog.
-pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 256;
+/// How long a client may take, from connecting, to send its whole
+/// ClientHello (a real TLS stack sends it at once, in one round trip).
+pub const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How many handshakes may be pending at once on one listener. A new
+/// connection is never kept waiting for a place: when the table is full,
+/// the handshake that has waited longest for its ClientHello is dropped
+/// (else the oldest of all).
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1024;
+
+/// How many handshakes may be pending at once from one IP address; past
+/// it, that address's longest-waiting handshake is dropped, not another
+/// address's.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS: usize = 128;
+
+/// How many connections one identity (one certificate URN) may hold open
+/// on one listener at once; further ones are refused after the handshake.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IDENTITY: usize = 64;
+
+/// The listen backlog [`ServerTls::incoming`] sets on its listener: how
+/// many connections the kernel holds for the accept loop (capped by the
+/// system, `net.core.somaxconn` on Linux). Tokio binds with 1024; a burst of
+/// abusive connects beyond it makes the kernel drop handshakes, real
+/// clients' too, which then retry only after a second.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+
+/// Which authenticated identities a listener keeps (see [`ServerTls::admit`]).
+type Admit = Arc<dyn Fn(&Urn) -> bool + Send + Sync>;
 
 /// Server-side TLS: turns a [`TcpListener`] into a stream of authenticated
 /// connections for `tonic::transport::Server::serve_with_incoming`.
 ///
 /// Every connection is TLS 1.3 with a client certificate that chains to the
 /// trust root and names exactly one identity accepted by the policy; anything
-/// else is refused during the handshake, logged once (reason and peer
-/// address), reported to [`ServerTls::refusals`] subscribers, and never
-/// reaches the server. Handlers read the peer with [`PeerInfo::of`].
+/// else is refused during the handshake, counted
+/// ([`ServerTls::refusal_counts`]), logged at a bounded rate per reason,
+/// reported to [`ServerTls::refusals`] subscribers, and never reaches the
+/// server. Handlers read the peer with [`PeerInfo::of`].
+///
+/// Hostile clients are bounded: the accept loop never waits for slow
+/// handshakes (each has its own task, a ClientHello deadline and a
+/// handshake deadline, and the longest-waiting is dropped when too many are
+/// pending, per address and in all), and one identity holds a bounded
+/// number of connections.
 ///
 /// ```no_run
 /// # async fn demo(identity: anima_protocol::TlsIdentity, trust: anima_protocol::TrustRoot)
@@ -54,8 +93,14 @@ pub struct ServerTls {
     config: Arc<ServerConfig>,
     local_fingerprint: Fingerprint,
     handshake_timeout: Duration,
+    client_hello_timeout: Duration,
     max_pending: usize,
+    max_pending_per_address: usize,
+    max_connections_per_identity: usize,
+    listen_backlog: u32,
+    admit: Option<Admit>,
     refusals: broadcast::Sender<Refusal>,
+    log: Arc<RefusalLog>,
 }
 
 impl ServerTls {
@@ -63,8 +108,15 @@ impl ServerTls {
     /// satisfy `policy`.
     ///
     /// # Default
-    /// Handshake timeout [`DEFAULT_HANDSHAKE_TIMEOUT`], at most
-    /// [`DEFAULT_MAX_PENDING_HANDSHAKES`] handshakes in progress.
+    /// Handshake timeout [`DEFAULT_HANDSHAKE_TIMEOUT`], ClientHello timeout
+    /// [`DEFAULT_CLIENT_HELLO_TIMEOUT`], at most
+    /// [`DEFAULT_MAX_PENDING_HANDSHAKES`] handshakes pending
+    /// ([`DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS`] from one address),
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_IDENTITY`] connections per identity,
+    /// a listen backlog of [`DEFAULT_LISTEN_BACKLOG`],
+    /// every identity the policy accepts kept, refusal lines limited to
+    /// [`DEFAULT_REFUSAL_LOG_BURST`] then one per
+    /// [`DEFAULT_REFUSAL_LOG_INTERVAL`] per reason.
     pub fn new(
         identity: &TlsIdentity,
         trust: &TrustRoot,
@@ -96,40 +148,136 @@ impl ServerTls {
             config: server_config(identity, fallback, trust, policy)?,
             local_fingerprint: identity.fingerprint(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            client_hello_timeout: DEFAULT_CLIENT_HELLO_TIMEOUT,
             max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
+            max_pending_per_address: DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
+            max_connections_per_identity: DEFAULT_MAX_CONNECTIONS_PER_IDENTITY,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            admit: None,
             refusals,
+            log: Arc::new(RefusalLog::new(
+                DEFAULT_REFUSAL_LOG_BURST,
+                DEFAULT_REFUSAL_LOG_INTERVAL,
+            )),
         })
     }
 
     /// Sets how long a client may take to complete the handshake.
+    ///
+    /// # Default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`].
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
     }
 
-    /// Sets how many handshakes may run at once.
+    /// Sets how long a client may take to send its whole ClientHello; the
+    /// handshake timeout still bounds the handshake as a whole.
+    ///
+    /// # Default
+    /// [`DEFAULT_CLIENT_HELLO_TIMEOUT`].
+    pub fn client_hello_timeout(mut self, timeout: Duration) -> Self {
+        self.client_hello_timeout = timeout;
+        self
+    }
+
+    /// Sets how many handshakes may be pending at once (at least 1); past
+    /// it, the longest-waiting one is dropped for the new one.
+    ///
+    /// # Default
+    /// [`DEFAULT_MAX_PENDING_HANDSHAKES`].
     pub fn max_pending_handshakes(mut self, n: usize) -> Self {
         self.max_pending = n.max(1);
         self
     }
 
-    /// Subscribes to refused connections (each is also logged once).
+    /// Sets how many handshakes may be pending at once from one IP address
+    /// (at least 1); past it, that address's longest-waiting one is dropped.
+    ///
+    /// # Default
+    /// [`DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS`].
+    pub fn max_pending_handshakes_per_address(mut self, n: usize) -> Self {
+        self.max_pending_per_address = n.max(1);
+        self
+    }
+
+    /// Sets how many connections one identity may hold open at once (at
+    /// least 1); further ones are refused
+    /// ([`RefusalReason::TooManyConnections`]) until one closes.
+    ///
+    /// # Default
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_IDENTITY`].
+    pub fn max_connections_per_identity(mut self, n: usize) -> Self {
+        self.max_connections_per_identity = n.max(1);
+        self
+    }
+
+    /// Sets the listen backlog [`ServerTls::incoming`] gives its listener.
+    ///
+    /// # Default
+    /// [`DEFAULT_LISTEN_BACKLOG`].
+    pub fn listen_backlog(mut self, n: u32) -> Self {
+        self.listen_backlog = n.max(1);
+        self
+    }
+
+    /// Keeps only the authenticated identities for which `rule` is true;
+    /// a connection from any other is closed right after its handshake and
+    /// refused as [`RefusalReason::UnexpectedIdentity`]. Unlike the
+    /// [`PeerPolicy`], the rule is asked for every connection, so it may
+    /// follow state that changes.
+    ///
+    /// # Default
+    /// Every identity the policy accepts.
+    pub fn admit(mut self, rule: impl Fn(&Urn) -> bool + Send + Sync + 'static) -> Self {
+        self.admit = Some(Arc::new(rule));
+        self
+    }
+
+    /// Sets the refusal log's rate: per kind of refusal, `burst` lines at
+    /// once, then one per `interval`; the refusals left out are counted and
+    /// the next line says how many.
+    ///
+    /// # Default
+    /// [`DEFAULT_REFUSAL_LOG_BURST`] and [`DEFAULT_REFUSAL_LOG_INTERVAL`].
+    pub fn refusal_log(mut self, burst: u32, interval: Duration) -> Self {
+        self.log = Arc::new(RefusalLog::new(burst, interval));
+        self
+    }
+
+    /// Subscribes to refused connections (each is also counted, and logged
+    /// unless its kind is over the log's rate).
     pub fn refusals(&self) -> broadcast::Receiver<Refusal> {
         self.refusals.subscribe()
     }
 
+    /// Refused connections by kind since this listener configuration was
+    /// built (shared by its clones), with how many were not logged.
+    pub fn refusal_counts(&self) -> Vec<RefusalCount> {
+        self.log.counts()
+    }
+
     /// Accepts on `listener` until the returned stream is dropped.
     ///
-    /// Each handshake runs in its own task under the timeout, so a slow or
-    /// silent client never stalls the others.
+    /// Each handshake runs in its own task under the timeouts, so a slow or
+    /// silent client never stalls the others, and the loop accepts at once
+    /// whatever the number of pending handshakes. When accepting fails for
+    /// good (the listening socket was closed or shut down), the stream
+    /// yields that error and ends; passing errors (no file descriptors left,
+    /// a connection reset before it was accepted) are logged and retried.
     pub fn incoming(&self, listener: TcpListener) -> ReceiverStream<Result<TlsConn, io::Error>> {
+        // Listening again on a listening socket only sets its backlog.
+        let backlog = i32::try_from(self.listen_backlog).unwrap_or(i32::MAX);
+        if let Err(e) = socket2::SockRef::from(&listener).listen(backlog) {
+            tracing::warn!(error = %e, backlog, "cannot set the listen backlog");
+        }
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(accept_loop(self.clone(), listener, tx));
         ReceiverStream::new(rx)
     }
 
     fn refuse(&self, peer: SocketAddr, reason: RefusalReason) {
-        tracing::warn!(peer = %peer, reason = %reason, "connection refused");
+        self.log.refuse(peer, &reason);
         let _ = self.refusals.send(Refusal { peer, reason });
     }
 }
@@ -139,6 +287,15 @@ impl std::fmt::Debug for ServerTls {
         f.debug_struct("ServerTls")
             .field("local_fingerprint", &self.local_fingerprint)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("client_hello_timeout", &self.client_hello_timeout)
+            .field("max_pending", &self.max_pending)
+            .field("max_pending_per_address", &self.max_pending_per_address)
+            .field(
+                "max_connections_per_identity",
+                &self.max_connections_per_identity,
+            )
+            .field("listen_backlog", &self.listen_backlog)
+            .field("admit", &self.admit.as_ref().map(|_| "custom"))
             .finish_non_exhaustive()
     }
 }
@@ -148,20 +305,25 @@ async fn accept_loop(
     listener: TcpListener,
     tx: mpsc::Sender<Result<TlsConn, io::Error>>,
 ) {
-    let acceptor = TlsAcceptor::from(tls.config.clone());
-    let pending = Arc::new(Semaphore::new(tls.max_pending));
+    let pending = PendingHandshakes::new(tls.max_pending, tls.max_pending_per_address);
+    let connections = IdentityConnections::new(tls.max_connections_per_identity);
+    let every = tls.log.interval();
+    let mut summary = tokio::time::interval_at(Instant::now() + every, every);
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let permit = tokio::select! {
-            _ = tx.closed() => return,
-            permit = pending.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let (tcp, peer) = tokio::select! {
             _ = tx.closed() => return,
+            _ = summary.tick() => {
+                tls.log.report_suppressed();
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
+                Err(e) if accept_failed_for_good(&e, &listener) => {
+                    tracing::error!(error = %e, "accepting failed for good; no more connections");
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
                     tracing::error!(error = %e, "accept failed");
@@ -170,21 +332,30 @@ async fn accept_loop(
                 }
             },
         };
+        // Never waits: a full table makes room by dropping an older handshake.
+        let slot = pending.admit(peer.ip());
         let tls = tls.clone();
-        let acceptor = acceptor.clone();
+        let connections = connections.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(conn) = handshake(&tls, &acceptor, tcp, peer).await {
+            if let Some(conn) = handshake(&tls, &connections, slot, tcp, peer).await {
                 let _ = tx.send(Ok(conn)).await;
             }
         });
     }
 }
 
+/// Whether an accept error means the listening socket is gone (closed, shut
+/// down, not listening) rather than one connection or a passing shortage.
+fn accept_failed_for_good(e: &io::Error, listener: &TcpListener) -> bool {
+    // EINVAL: the socket is not listening (any more), e.g. shut down.
+    e.kind() == io::ErrorKind::InvalidInput || listener.local_addr().is_err()
+}
+
 async fn handshake(
     tls: &ServerTls,
-    acceptor: &TlsAcceptor,
+    connections: &Arc<IdentityConnections>,
+    mut slot: PendingSlot,
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Option<TlsConn> {
@@ -196,17 +367,48 @@ async fn handshake(
             return None;
         }
     };
-    let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(tcp)).await {
-        Err(_) => {
-            tls.refuse(peer, RefusalReason::HandshakeTimeout);
+    let deadline = Instant::now() + tls.handshake_timeout;
+    let hello_deadline = deadline.min(Instant::now() + tls.client_hello_timeout);
+    // First the ClientHello, under its own short deadline.
+    let hello = LazyConfigAcceptor::new(Acceptor::default(), tcp);
+    let started = tokio::select! {
+        biased;
+        _ = &mut slot.evicted => {
+            tls.refuse(peer, RefusalReason::Crowded);
             return None;
         }
-        Ok(Err(e)) => {
-            tls.refuse(peer, RefusalReason::from_io(&e));
-            return None;
-        }
-        Ok(Ok(s)) => s,
+        started = tokio::time::timeout_at(hello_deadline, hello) => match started {
+            Err(_) => {
+                tls.refuse(peer, RefusalReason::HandshakeTimeout);
+                return None;
+            }
+            Ok(Err(e)) => {
+                tls.refuse(peer, RefusalReason::from_io(&e));
+                return None;
+            }
+            Ok(Ok(s)) => s,
+        },
     };
+    slot.progressing();
+    let stream = tokio::select! {
+        biased;
+        _ = &mut slot.evicted => {
+            tls.refuse(peer, RefusalReason::Crowded);
+            return None;
+        }
+        stream = tokio::time::timeout_at(deadline, started.into_stream(tls.config.clone())) => match stream {
+            Err(_) => {
+                tls.refuse(peer, RefusalReason::HandshakeTimeout);
+                return None;
+            }
+            Ok(Err(e)) => {
+                tls.refuse(peer, RefusalReason::from_io(&e));
+                return None;
+            }
+            Ok(Ok(s)) => s,
+        },
+    };
+    drop(slot);
     let (_, conn) = stream.get_ref();
     if conn.alpn_protocol() != Some(b"h2") {
         tls.refuse(peer, RefusalReason::NoAlpn);
@@ -222,11 +424,22 @@ async fn handshake(
             return None;
         }
     };
+    if let Some(admit) = &tls.admit
+        && !admit(&urn)
+    {
+        tls.refuse(peer, RefusalReason::UnexpectedIdentity(urn));
+        return None;
+    }
+    let Some(held) = connections.hold(&urn) else {
+        tls.refuse(peer, RefusalReason::TooManyConnections(urn));
+        return None;
+    };
     tracing::debug!(peer = %peer, identity = %urn, "connection accepted");
     let info = PeerInfo::new(urn, peer, local, leaf, tls.local_fingerprint);
     Some(TlsConn {
         inner: stream,
         info,
+        _held: held,
     })
 }
 
@@ -234,6 +447,8 @@ async fn handshake(
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
+    /// The identity's place among its connections, given back on drop.
+    _held: ConnectionSlot,
 }
 
 impl TlsConn {

@@ -1,7 +1,7 @@
 //! `anima conformance` against real module processes: the sample modules
-//! pass every applicable row; deliberately broken modules (the fixture with
-//! the SDK's test-only `fault-injection` switch) are caught by the row that
-//! names the rule they break; a Python `grpcio` module written from
+//! pass every applicable row; deliberately broken modules (the echo fixture
+//! built on the SDK's test-only fault-injecting copy, `anima-faulty-module`)
+//! are caught by the row that names the rule they break; a Python `grpcio` module written from
 //! PROTOCOL.md alone passes the rows for its type.
 
 use std::path::{Path, PathBuf};
@@ -254,20 +254,24 @@ fn a3_python_module_reproduces_the_protocol_test_vectors() {
 }
 
 /// The fixture module (echo + probe) under a contract of `type_lines`,
-/// broken on purpose with `fault` (`ANIMA_TEST_FAULT`, the SDK's test-only
-/// `fault-injection` switch).
+/// broken on purpose with `fault` (`ANIMA_TEST_FAULT`, read only by the
+/// test-only `anima-faulty-module`); with no fault, the fixture built on the
+/// real SDK.
 fn broken(type_lines: &str, fault: &str) -> Run {
-    use anima_tests::{COUNT, SAY, SHOUT, SLOW};
     let certs = ca_dir();
     let dir = tempfile::tempdir().expect("tempdir");
     let body = format!(
         "urn = \"urn:anima:module:echo\"\nversion = \"1.0.0\"\nmax_lease = \"30s\"\n\
-         methods = [\"{SAY}\", \"{SHOUT}\", \"{SLOW}\", \"{COUNT}\", \
-         \"/anima.v1.Probe/Touch\", \"/anima.v1.Probe/Read\"]\n{type_lines}\n"
+         methods = [{}, \"/anima.v1.Probe/Touch\", \"/anima.v1.Probe/Read\", \"/anima.v1.Probe/Watch\"]\n{type_lines}\n",
+        anima_tests::echo_methods_toml()
     );
     let contract = dir.path().join("module.toml");
     std::fs::write(&contract, &body).expect("write contract");
-    let program = bin_path("anima-fixture-module");
+    let program = bin_path(if fault.is_empty() {
+        "anima-fixture-module"
+    } else {
+        "anima-faulty-module"
+    });
     let contract_env = format!("FIXTURE_CONTRACT={body}");
     let fault_env = format!("ANIMA_TEST_FAULT={fault}");
     let mut extra = vec!["--env", contract_env.as_str()];
@@ -320,6 +324,15 @@ fn s4_conformance_catches_a_module_that_leaks_state_across_tenants() {
 #[test]
 fn r2_conformance_catches_a_type2_module_that_accepts_a_second_core() {
     broken(FIXTURE_TYPE_II, "second-core").assert_caught("R2");
+}
+
+#[test]
+fn z1_conformance_catches_a_module_whose_streams_outlive_their_lease() {
+    let run = broken(FIXTURE_TYPE_III, "ungated-streams");
+    run.assert_caught("Z1");
+    run.assert_caught("A6");
+    broken(FIXTURE_TYPE_II, "ungated-streams").assert_caught("R6");
+    broken(FIXTURE_TYPE_I, "ungated-streams").assert_caught("E6");
 }
 
 #[test]

@@ -12,7 +12,8 @@ use anima_tests::{PATIENCE, reason};
 
 use super::serve::{CoreProcess, config};
 
-async fn started() -> CoreProcess {
+/// A Core hosting the three samples, each leased.
+pub(crate) async fn started() -> CoreProcess {
     let core = CoreProcess::start(Some(&config("30s", "always"))).await;
     for name in ["hasher", "kvstore", "tally"] {
         core.wait_module(name, "leased", |m| m["state"] == "leased")
@@ -22,7 +23,7 @@ async fn started() -> CoreProcess {
 }
 
 /// Connects to the Core's endpoint as the identity in `certs/dev/<stem>`.
-async fn user(core: &CoreProcess, stem: &str) -> Connection {
+pub(crate) async fn user(core: &CoreProcess, stem: &str) -> Connection {
     let dir = core.dir.path().join("certs/dev");
     let identity = TlsIdentity::from_pem_files(
         &dir.join(format!("{stem}.pem")),
@@ -146,7 +147,7 @@ async fn o1_ten_thousand_calls_with_zero_errors_and_matching_metrics() {
 }
 
 /// `GET /metrics` over the same mutual-TLS connection.
-async fn metrics(conn: &Connection) -> String {
+pub(crate) async fn metrics(conn: &Connection) -> String {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
     let request = http::Request::get("/metrics")

@@ -560,20 +560,44 @@ async fn a5_expiry_mid_call_halts_the_handler_on_both_sides() {
     let (ca, module) = echo_module("30s").await;
     let core = core_link(&ca, &module, Duration::from_millis(300), &[SAY, SLOW]).await;
     core.link.stop_renewing().await;
+    // The handler would run for 2 s; the lease has 300 ms left.
+    let handler = Duration::from_millis(2_000);
+    let started = std::time::Instant::now();
     let status = EchoClient::new(core.link.channel())
-        .slow(anima_tests::echo::SlowRequest { millis: 2_000 })
+        .slow(anima_tests::echo::SlowRequest {
+            millis: handler.as_millis() as u64,
+        })
         .await
         .unwrap_err();
+    let answered = started.elapsed();
+    // The Core's side: the call is answered LEASE_EXPIRED at expiry, not
+    // when the handler would have finished.
     assert_eq!(reason(&status), Some(Reason::LeaseExpired));
-    // The handler started but never completed.
-    assert_eq!(module.calls(), 1);
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(
+    assert!(
+        answered < handler,
+        "answered after {answered:?}: the call was not cut at expiry"
+    );
+    assert_eq!(module.calls(), 1, "the handler started");
+    // The module's side: the handler is dropped mid-call (its halt guard
+    // fires), so it can never complete. Wait for whichever happens first,
+    // the halt or a completion.
+    let completed = || {
         module
             .service
             .completed
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let halted_at = || *module.service.halted_at.lock().unwrap();
+    anima_tests::eventually("the handler halted or completed", || {
+        halted_at().is_some() || completed() > 0
+    })
+    .await;
+    assert_eq!(completed(), 0, "the handler ran to completion");
+    let halted_at = halted_at().expect("the module dropped the handler");
+    assert!(
+        halted_at < started + handler,
+        "halted {:?} after the call began, when it would have finished anyway",
+        halted_at - started
     );
 }
 
@@ -615,8 +639,8 @@ async fn a5_killing_the_module_process_puts_the_core_in_zero_lease() {
         &ca,
         MODULE,
         &format!(
-            "version = \"1\"\nmax_lease = \"30s\"\nmethods = [\"{SAY}\", \"{SHOUT}\", \"{SLOW}\", \"{}\"]",
-            anima_tests::COUNT
+            "version = \"1\"\nmax_lease = \"30s\"\nmethods = [{}]",
+            anima_tests::echo_methods_toml()
         ),
         Some(CORE),
         &[],

@@ -12,18 +12,22 @@ use anima_protocol::{ClientTls, Connection, PeerPolicy};
 use anima_tests::echo::echo_client::EchoClient;
 use anima_tests::echo::{CountReply, CountRequest, SayReply, SayRequest, SlowRequest};
 use anima_tests::{
-    COUNT, Lessee, ModuleProcess, PATIENCE, SAY, SHOUT, SLOW, TestCa, bin_path, open_lease, reason,
+    CHAT, COLLECT, COUNT, Lessee, ModuleProcess, PATIENCE, SAY, SHOUT, SLOW, TestCa, WATCH,
+    bin_path, open_lease, reason,
 };
 
 const CORE: &str = "urn:anima:core:dev";
 const OTHER_CORE: &str = "urn:anima:core:other";
 const OPERATOR: &str = "urn:anima:user:ops";
+/// A Core that only reads `Status`.
+const OBSERVER: &str = "urn:anima:core:observer";
 const MODULE: &str = "urn:anima:module:echo";
 
 /// A contract body (the harness adds the `urn` line).
 fn contract(extra: &str) -> String {
     format!(
-        "version = \"1.0.0\"\nmax_lease = \"30s\"\nmethods = [\"{SAY}\", \"{SHOUT}\", \"{SLOW}\", \"{COUNT}\"]\n{extra}"
+        "version = \"1.0.0\"\nmax_lease = \"30s\"\nmethods = [{}]\n{extra}",
+        anima_tests::echo_methods_toml()
     )
 }
 
@@ -77,9 +81,11 @@ async fn count(l: &Lessee) -> CountReply {
         .into_inner()
 }
 
-/// `ModuleAdmin/Status`, asked by an operator identity (needs no lease).
+/// `ModuleAdmin/Status` (needs no lease), asked by a Core that holds none:
+/// a module lets in only Cores and its own operators (PROTOCOL.md §1), and
+/// most modules here have no operator.
 async fn status(ca: &TestCa, module: &ModuleProcess) -> ModuleStatus {
-    let conn = dial(ca, OPERATOR, module).await;
+    let conn = dial(ca, OBSERVER, module).await;
     ModuleAdminClient::new(conn.channel())
         .status(StatusRequest {})
         .await
@@ -161,7 +167,7 @@ async fn i2_module_whose_methods_differ_from_its_contract_refuses_to_start() {
     let ca = TestCa::new();
     // Count is served but not declared.
     let body = format!(
-        "version = \"1\"\nmax_lease = \"30s\"\nmethods = [\"{SAY}\", \"{SHOUT}\", \"{SLOW}\"]"
+        "version = \"1\"\nmax_lease = \"30s\"\nmethods = [\"{SAY}\", \"{SHOUT}\", \"{SLOW}\", \"{WATCH}\", \"{COLLECT}\", \"{CHAT}\"]"
     );
     let stderr = fails_to_start(&ca, &body).await;
     assert!(
@@ -281,7 +287,8 @@ async fn z2_without_a_valid_lease_no_handler_runs() {
             count(&core).await,
             CountReply {
                 calls: 0,
-                completed: 0
+                completed: 0,
+                ..Default::default()
             }
         );
     }
@@ -398,7 +405,8 @@ async fn e6_type1_mid_execution_expiry_halts_without_side_effects() {
         count(&again).await,
         CountReply {
             calls: 1,
-            completed: 0
+            completed: 0,
+            ..Default::default()
         }
     );
 }
@@ -540,7 +548,8 @@ async fn r6_type2_mid_execution_expiry_halts_with_lease_expired() {
         count(&again).await,
         CountReply {
             calls: 1,
-            completed: 0
+            completed: 0,
+            ..Default::default()
         }
     );
 }

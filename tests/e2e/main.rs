@@ -5,9 +5,14 @@
 // Tests and their helpers: a failed step is a failed test, reported by panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod conformance;
+mod endings;
 mod gateway;
 mod lease;
 mod lifecycle;
+mod loud;
 mod serve;
+mod shipped;
+mod streams;
 mod transport;

@@ -24,6 +24,16 @@ impl CoreProcess {
     /// Like [`CoreProcess::start`], calling `prepare` with the dev
     /// certificate directory first (to mint more certificates).
     pub(crate) async fn start_with(config: Option<&str>, prepare: impl FnOnce(&Path)) -> Self {
+        Self::start_env(config, prepare, &[]).await
+    }
+
+    /// Like [`CoreProcess::start_with`], with extra environment variables for
+    /// the Core (and so for the modules it launches).
+    pub(crate) async fn start_env(
+        config: Option<&str>,
+        prepare: impl FnOnce(&Path),
+        env: &[(String, String)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // Dev certificates, as `anima certs init` makes them.
         anima_certs::init_dir(
@@ -43,7 +53,7 @@ impl CoreProcess {
             args.push(dir.path().join("anima.toml").to_string_lossy().into_owned());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = Child::spawn_in(&bin_path("anima"), &args, dir.path());
+        let mut child = Child::spawn_env_in(&bin_path("anima"), &args, env, dir.path());
         let admin = child.line("ANIMA-CORE READY").await;
         CoreProcess { child, admin, dir }
     }
@@ -73,7 +83,7 @@ impl CoreProcess {
         serde_json::from_str(&out).unwrap()
     }
 
-    async fn module(&self, name: &str) -> Value {
+    pub(crate) async fn module(&self, name: &str) -> Value {
         let urn = format!("urn:anima:module:{name}");
         self.json("modules")
             .await

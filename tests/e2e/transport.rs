@@ -1,8 +1,9 @@
 //! Transport: mutual TLS 1.3, identities, and every refusal (T1–T3).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use anima_certs::{CertAuthority, KeyType, LeafSpec};
 use anima_protocol::{
     ClientTls, PeerPolicy, RefusalReason, ServerTls, TransportError, TrustRoot, Urn, UrnKind,
 };
@@ -240,6 +241,95 @@ async fn t3_expired_client_certificate_is_refused() {
     assert!(outcome.is_err());
     assert_eq!(expect_refusal(&mut refusals).await, RefusalReason::Expired);
     assert_eq!(server.calls(), 0);
+}
+
+/// A certificate for `urn` whose validity starts in a day.
+fn not_yet_valid_spec(urn: &str) -> LeafSpec {
+    let start = SystemTime::now() + Duration::from_secs(86_400);
+    LeafSpec::new(urn.parse().unwrap()).valid_between(start, start + Duration::from_secs(86_400))
+}
+
+#[tokio::test]
+async fn t3_not_yet_valid_client_certificate_is_refused_as_such() {
+    let ca = TestCa::new();
+    let server = module_server(&ca).await;
+    let mut refusals = server.tls.refusals();
+    let client = ClientTls::new(ca.issue(not_yet_valid_spec(CORE)), ca.trust());
+    let outcome = match client.dial_addr(server.addr, PeerPolicy::AnyIdentity).await {
+        Ok(conn) => say(conn.channel())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(outcome.is_err());
+    let reason = expect_refusal(&mut refusals).await;
+    assert_eq!(reason, RefusalReason::NotYetValid);
+    // What the refusal log line says.
+    assert!(reason.to_string().contains("not valid yet"), "{reason}");
+    assert_eq!(server.calls(), 0);
+}
+
+#[tokio::test]
+async fn t3_client_refuses_a_not_yet_valid_server_certificate_saying_so() {
+    let ca = TestCa::new();
+    let tls = ServerTls::new(
+        &ca.issue(not_yet_valid_spec(MODULE)),
+        &ca.trust(),
+        PeerPolicy::AnyIdentity,
+    )
+    .unwrap();
+    let server = EchoServer::start(tls).await;
+    let client = ClientTls::new(ca.identity(CORE), ca.trust());
+    let err = client
+        .dial_addr(server.addr, PeerPolicy::exactly(urn(MODULE)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
+    assert!(err.to_string().contains("not valid yet"), "{err}");
+    assert_eq!(server.calls(), 0);
+}
+
+#[tokio::test]
+async fn t1_p256_certificates_serve_and_dial_mutual_tls() {
+    // A P-256 module certificate (what a Core on BoringSSL can verify), from
+    // an Ed25519 CA and from a P-256 one, dialled by an Ed25519 and a P-256 Core.
+    for ca_type in KeyType::ALL {
+        let ca = CertAuthority::generate_with_key_type(
+            "p256 test CA",
+            Duration::from_secs(86_400),
+            ca_type,
+        )
+        .unwrap();
+        let trust = ca.trust_root().unwrap();
+        let mint = |urn: &str, key_type| {
+            ca.issue(&LeafSpec::new(self::urn(urn)).key_type(key_type))
+                .unwrap()
+                .identity()
+                .unwrap()
+        };
+        let module = mint(MODULE, KeyType::P256);
+        let tls = ServerTls::new(&module, &trust, PeerPolicy::kind(UrnKind::Core)).unwrap();
+        let server = EchoServer::start(tls).await;
+        for core_type in KeyType::ALL {
+            let client = ClientTls::new(mint(CORE, core_type), trust.clone());
+            let conn = client
+                .dial_addr(server.addr, PeerPolicy::exactly(urn(MODULE)))
+                .await
+                .unwrap_or_else(|e| panic!("{ca_type} CA, {core_type} Core: {e}"));
+            assert_eq!(conn.peer().urn(), &urn(MODULE));
+            assert_eq!(conn.peer().fingerprint(), module.fingerprint());
+            // The key the handshake proved is the one its leases verify with.
+            let key = anima_protocol::lease::PeerKey::of_certificate(conn.peer().certificate());
+            assert!(
+                matches!(key, Ok(anima_protocol::lease::PeerKey::P256(_))),
+                "{key:?}"
+            );
+            let reply = say(conn.channel()).await.unwrap();
+            assert_eq!(reply.caller, CORE, "the handler sees the Core");
+        }
+        assert_eq!(server.calls(), 2);
+    }
 }
 
 async fn refused_with_urns(urns: &[&str]) -> RefusalReason {

@@ -16,31 +16,28 @@ use std::time::Duration;
 use std::time::SystemTime;
 
 use anima_certs::{CertAuthority, LeafSpec};
-use anima_module_sdk::{Contract, LeaseContext, LeaseEvent, ModuleHandle, ModuleServer};
+use anima_module_sdk::{Contract, LeaseEvent, ModuleHandle, ModuleServer};
 use anima_protocol::lease::{
     self, Entropy, Lease, LeaseRequest, LeaseSigner, PROOF_HEADER, PeerBinding, PendingLease,
     Reason, Scope,
 };
 use anima_protocol::pb::lease_control_client::LeaseControlClient;
 use anima_protocol::pb::{ControlFrame, SignedToken, control_frame::Frame};
-use anima_protocol::{
-    ClientTls, Connection, PeerInfo, PeerPolicy, ServerTls, TlsIdentity, TrustRoot, Urn,
-};
+use anima_protocol::{ClientTls, Connection, PeerPolicy, ServerTls, TlsIdentity, TrustRoot, Urn};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
 
-/// Generated code for `tests/proto/echo.proto`.
-pub mod echo {
-    #![allow(missing_docs, clippy::all, clippy::pedantic)]
-    tonic::include_proto!("anima.test.v1");
-}
+#[path = "../echo/mod.rs"]
+mod echo_service;
 
 /// The encoded descriptor set of `tests/proto/echo.proto`.
-pub const ECHO_DESCRIPTORS: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/echo_descriptor.bin"));
+pub use echo_service::DESCRIPTORS as ECHO_DESCRIPTORS;
+pub use echo_service::EchoService;
+/// Generated code for `tests/proto/echo.proto`.
+pub use echo_service::pb as echo;
 
 /// How long tests wait for something that should happen promptly.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -128,102 +125,6 @@ impl Default for TestCa {
     }
 }
 
-/// The echo service: counts how often its handler body ran.
-#[derive(Clone, Default)]
-pub struct EchoService {
-    /// Handler bodies entered.
-    pub calls: Arc<AtomicUsize>,
-    /// `Slow` handlers that ran to completion.
-    pub completed: Arc<AtomicUsize>,
-    /// When a `Slow` handler was last dropped before completing (halted).
-    pub halted_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
-}
-
-/// Records when a handler future is dropped before it completes.
-struct HaltGuard {
-    halted_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
-    done: bool,
-}
-
-impl Drop for HaltGuard {
-    fn drop(&mut self) {
-        if !self.done {
-            *self.halted_at.lock().unwrap() = Some(std::time::Instant::now());
-        }
-    }
-}
-
-impl EchoService {
-    fn reply(request: &Request<echo::SayRequest>, text: String) -> Result<echo::SayReply, Status> {
-        let peer = PeerInfo::of(request)
-            .cloned()
-            .ok_or_else(|| Status::internal("no peer info"))?;
-        // Per-lease tenant state: how many Say/Shout calls this lease made.
-        let tenant_count = match LeaseContext::of(request) {
-            Some(ctx) => ctx.with_state(|n: &mut u64| {
-                *n += 1;
-                *n
-            })?,
-            None => 0,
-        };
-        Ok(echo::SayReply {
-            text,
-            caller: peer.urn().to_string(),
-            connection: peer.connection().get(),
-            tenant_count,
-        })
-    }
-}
-
-#[tonic::async_trait]
-impl echo::echo_server::Echo for EchoService {
-    async fn say(
-        &self,
-        request: Request<echo::SayRequest>,
-    ) -> Result<Response<echo::SayReply>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let text = request.get_ref().text.clone();
-        Ok(Response::new(Self::reply(&request, text)?))
-    }
-
-    async fn shout(
-        &self,
-        request: Request<echo::SayRequest>,
-    ) -> Result<Response<echo::SayReply>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let text = request.get_ref().text.to_uppercase();
-        Ok(Response::new(Self::reply(&request, text)?))
-    }
-
-    async fn slow(
-        &self,
-        request: Request<echo::SlowRequest>,
-    ) -> Result<Response<echo::SayReply>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let mut guard = HaltGuard {
-            halted_at: self.halted_at.clone(),
-            done: false,
-        };
-        tokio::time::sleep(Duration::from_millis(request.get_ref().millis)).await;
-        guard.done = true;
-        self.completed.fetch_add(1, Ordering::SeqCst);
-        Ok(Response::new(echo::SayReply {
-            text: "done".into(),
-            ..Default::default()
-        }))
-    }
-
-    async fn count(
-        &self,
-        _request: Request<echo::CountRequest>,
-    ) -> Result<Response<echo::CountReply>, Status> {
-        Ok(Response::new(echo::CountReply {
-            calls: self.calls.load(Ordering::SeqCst) as u64,
-            completed: self.completed.load(Ordering::SeqCst) as u64,
-        }))
-    }
-}
-
 /// An echo server listening on 127.0.0.1 until dropped.
 pub struct EchoServer {
     pub addr: SocketAddr,
@@ -307,11 +208,12 @@ pub fn echo_contract(urn: &str, max_lease: &str) -> Contract {
 
 /// The echo module's contract with extra TOML lines (`type = …`, graces).
 pub fn echo_contract_with(urn: &str, max_lease: &str, extra: &str) -> Contract {
+    let methods = echo_methods_toml();
     Contract::from_toml(&format!(
         r#"
         urn = "{urn}"
         version = "0.1.0"
-        methods = ["{SAY}", "{SHOUT}", "{SLOW}", "{COUNT}"]
+        methods = [{methods}]
         max_lease = "{max_lease}"
         {extra}
         "#
@@ -327,6 +229,19 @@ pub const SHOUT: &str = "/anima.test.v1.Echo/Shout";
 pub const SLOW: &str = "/anima.test.v1.Echo/Slow";
 /// `/anima.test.v1.Echo/Count`
 pub const COUNT: &str = "/anima.test.v1.Echo/Count";
+/// `/anima.test.v1.Echo/Watch` (server streaming)
+pub const WATCH: &str = "/anima.test.v1.Echo/Watch";
+/// `/anima.test.v1.Echo/Collect` (client streaming)
+pub const COLLECT: &str = "/anima.test.v1.Echo/Collect";
+/// `/anima.test.v1.Echo/Chat` (bidirectional streaming)
+pub const CHAT: &str = "/anima.test.v1.Echo/Chat";
+/// Every method the echo service serves.
+pub const ECHO_METHODS: [&str; 7] = [SAY, SHOUT, SLOW, COUNT, WATCH, COLLECT, CHAT];
+
+/// [`ECHO_METHODS`] as the items of a TOML array: `"/a", "/b", …`.
+pub fn echo_methods_toml() -> String {
+    ECHO_METHODS.map(|m| format!("\"{m}\"")).join(", ")
+}
 
 /// The echo service served in-process as a leased module (SDK).
 pub struct TestModule {
@@ -569,6 +484,16 @@ impl Child {
     /// Like [`Child::spawn`], in directory `cwd`, stderr into `cwd/stderr.log`.
     pub fn spawn_in(bin: &std::path::Path, args: &[&str], cwd: &std::path::Path) -> Self {
         Self::spawn_with(bin, args, &[], Some(cwd))
+    }
+
+    /// Like [`Child::spawn_in`], with extra environment variables.
+    pub fn spawn_env_in(
+        bin: &std::path::Path,
+        args: &[&str],
+        env: &[(String, String)],
+        cwd: &std::path::Path,
+    ) -> Self {
+        Self::spawn_with(bin, args, env, Some(cwd))
     }
 
     fn spawn_with(

@@ -1,8 +1,8 @@
 //! Project automation.
 //!
 //! `cargo xtask serve [ARGS…]` builds the binaries in release mode (the Core
-//! and the sample modules it hosts; not the test package, whose fixtures
-//! carry the SDK's test-only fault injection) and runs `anima serve [ARGS…]`.
+//! and the sample modules it hosts; not the test packages, which serving does
+//! not need) and runs `anima serve [ARGS…]`.
 //!
 //! `cargo xtask bench [ARGS…]` builds every binary in release mode and runs
 //! the benchmarks, `anima-bench [ARGS…]` (`--quick` for a smoke run; see
@@ -13,15 +13,27 @@
 //! missing — the gateway and conformance tests use a client and a module
 //! written with them, not with our code):
 //!
-//! 1. `cargo fmt --all -- --check`
+//! 1. `cargo fmt --all -- --check`, then the release feature graph: no
+//!    test-only fault hook in a shipped crate (see `shipped.rs`)
 //! 2. `cargo clippy --workspace --all-targets --locked -- -D warnings`
 //! 3. `cargo doc --workspace --no-deps --locked` with `RUSTDOCFLAGS=-D warnings`
 //! 4. `cargo build --workspace --bins --locked` (the end-to-end tests start
 //!    these binaries as real processes)
 //! 5. the doc tests, then `cargo nextest run --workspace` (falls back to
 //!    `cargo test` when nextest is not installed).
+//!
+//! `cargo xtask abuse [ARGS…]` runs the hostile-peer tests at full scale in
+//! release mode and prints what they measure (see `abuse.rs`).
+//!
+//! `cargo xtask fuzz [--seconds N] [TARGET…]` builds the fuzz targets in
+//! `fuzz/` and runs each for N seconds (default 10) from its seed corpus
+//! (see `fuzz.rs`).
 
 use std::process::{Command, ExitCode};
+
+mod abuse;
+mod fuzz;
+mod shipped;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,6 +52,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("abuse") => match abuse::abuse(&args[1..]) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("fuzz") => match fuzz::fuzz(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("serve") => match serve(&args[1..]) {
             Ok(code) => code,
             Err(e) => {
@@ -50,7 +76,8 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask test [TEST-FILTER…] | cargo xtask serve [ANIMA-SERVE-ARGS…] \
-                 | cargo xtask bench [--quick] [ANIMA-BENCH-ARGS…]"
+                 | cargo xtask bench [--quick] [ANIMA-BENCH-ARGS…] \
+                 | cargo xtask fuzz [--seconds N] [TARGET…] | cargo xtask abuse [ARGS…]"
             );
             ExitCode::from(2)
         }
@@ -60,6 +87,7 @@ fn main() -> ExitCode {
 fn test(filter: &[String]) -> Result<(), String> {
     ensure_python_grpcio()?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    shipped::check_feature_graph()?;
     cargo(
         &[
             "clippy",
@@ -101,9 +129,17 @@ fn test(filter: &[String]) -> Result<(), String> {
 fn serve(args: &[String]) -> Result<ExitCode, String> {
     let mut full = vec!["serve".to_owned()];
     full.extend_from_slice(args);
-    // Without the test package, so the SDK's test-only `fault-injection`
-    // feature is not compiled into the modules the Core hosts.
-    run_release("anima", &full, &["--exclude", "anima-tests"])
+    // Without the test packages: serving does not need them.
+    run_release(
+        "anima",
+        &full,
+        &[
+            "--exclude",
+            "anima-tests",
+            "--exclude",
+            "anima-faulty-fixtures",
+        ],
+    )
 }
 
 fn bench(args: &[String]) -> Result<ExitCode, String> {

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anima_certs::InitOptions;
+use anima_certs::{InitOptions, IssueOptions, KeyType};
 use anima_protocol::UrnKind;
 use clap::Subcommand;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
@@ -18,7 +18,10 @@ pub enum CertsCommand {
     /// Create a dev CA and certificates for a Core, the sample modules and a user.
     ///
     /// Writes `ca.pem`/`ca.key` and `<kind>-<name>.pem`/`.key` for core dev, modules
-    /// hasher, kvstore and tally, and user dev. Keys are created 0600.
+    /// hasher, kvstore and tally, and user dev, all with keys of --key-type, plus the
+    /// Core's P-256 endpoint pair `core-dev.endpoint.pem`/`.key` for clients that
+    /// verify no Ed25519. Keys are PKCS#8 v1 (OpenSSL, Python cryptography and
+    /// BoringSSL read them), created 0600.
     Init {
         /// Directory to write into (created 0700 when missing).
         #[arg(long, default_value = anima_certs::DEFAULT_DIR)]
@@ -29,11 +32,18 @@ pub enum CertsCommand {
         /// Validity of the CA, in days (at most 365).
         #[arg(long, default_value_t = InitOptions::default().ca_days)]
         ca_days: u32,
+        /// Key type of the CA and the certificates: p256 for gRPC stacks built on
+        /// BoringSSL (Python grpcio, C++), which verify no Ed25519.
+        #[arg(long, default_value_t = KeyType::default(), value_parser = key_type_parser())]
+        key_type: KeyType,
         /// Replace existing files (all of them, or none on failure).
         #[arg(long)]
         force: bool,
     },
     /// Sign one more certificate with the CA in the directory.
+    ///
+    /// Writes `<kind>-<name>.pem` and `.key` (PKCS#8 v1, 0600). The key type may
+    /// differ from the CA's.
     Issue {
         /// Kind of identity: core, module or user.
         #[arg(
@@ -49,8 +59,12 @@ pub enum CertsCommand {
         #[arg(long, default_value = anima_certs::DEFAULT_DIR)]
         dir: PathBuf,
         /// Validity in days (at most what the CA has left).
-        #[arg(long, default_value_t = InitOptions::default().days)]
+        #[arg(long, default_value_t = IssueOptions::default().days)]
         days: u32,
+        /// Key type: p256 for a module served to, or a Core endpoint called by, a
+        /// gRPC stack built on BoringSSL (Python grpcio, C++).
+        #[arg(long, default_value_t = KeyType::default(), value_parser = key_type_parser())]
+        key_type: KeyType,
         /// Replace an existing certificate and key of that identity.
         #[arg(long)]
         force: bool,
@@ -69,6 +83,7 @@ pub fn run(cmd: CertsCommand) -> CliResult {
             dir,
             days,
             ca_days,
+            key_type,
             force,
         } => {
             let written = anima_certs::init_dir(
@@ -76,6 +91,7 @@ pub fn run(cmd: CertsCommand) -> CliResult {
                 &InitOptions {
                     days,
                     ca_days,
+                    key_type,
                     force,
                 },
             )?;
@@ -92,9 +108,15 @@ pub fn run(cmd: CertsCommand) -> CliResult {
             name,
             dir,
             days,
+            key_type,
             force,
         } => {
-            let written = anima_certs::issue_into_dir(&dir, kind, &name, days, force)?;
+            let options = IssueOptions {
+                days,
+                key_type,
+                force,
+            };
+            let written = anima_certs::issue_into_dir_with(&dir, kind, &name, &options)?;
             print_written(&written);
             Ok(())
         }
@@ -104,6 +126,11 @@ pub fn run(cmd: CertsCommand) -> CliResult {
             Ok(())
         }
     }
+}
+
+/// `ed25519` or `p256`; anything else is a usage error listing both.
+fn key_type_parser() -> impl TypedValueParser<Value = KeyType> {
+    PossibleValuesParser::new(KeyType::ALL.map(KeyType::as_str)).try_map(|s| s.parse::<KeyType>())
 }
 
 /// One written file per line on stdout, so scripts can read them.

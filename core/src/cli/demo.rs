@@ -175,6 +175,7 @@ async fn child(dir: &Path) -> CliResult {
         while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
     };
     tonic::transport::Server::builder()
+        .max_concurrent_streams(crate::service::ENDPOINT_MAX_CONCURRENT_STREAMS)
         .add_service(health)
         .serve_with_incoming_shutdown(tls.incoming(listener), stop)
         .await?;

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use super::rawtls;
 use super::report::Report;
 use super::session::{
-    self, Actor, Answer, OfferKind, PATIENCE, READ, Session, TOUCH, call_empty, describe,
+    self, Actor, Answer, OfferKind, PATIENCE, READ, Session, TOUCH, WATCH, call_empty, describe,
     has_reason,
 };
 use super::target::{Identities, LaunchCommand, Running, listening_ports, start};
@@ -64,6 +64,9 @@ struct Ledger {
     /// just as its lease expires).
     maybe: u64,
     committed: u64,
+    /// Touches that may have been committed without the tool seeing them (a
+    /// `Watch` reading committed as its lease ended, then dropped).
+    maybe_committed: u64,
 }
 
 impl Ledger {
@@ -89,16 +92,22 @@ impl Ledger {
                 if self.maybe > 0 { format!(" (+ up to {} sent as their lease expired)", self.maybe) } else { String::new() }
             ),
         );
-        if commit != self.committed {
+        let commit_ok = commit >= self.committed && commit <= self.committed + self.maybe_committed;
+        if !commit_ok {
             r.fail(
                 "Z2",
                 format!(
-                    "{when}: {commit} touches committed; only {} were committed under a valid lease",
-                    self.committed
+                    "{when}: {commit} touches committed; {} were committed under a valid lease{}",
+                    self.committed,
+                    if self.maybe_committed > 0 {
+                        format!(" (+ up to {} as their lease ended)", self.maybe_committed)
+                    } else {
+                        String::new()
+                    }
                 ),
             );
         }
-        (exec_ok, commit == self.committed)
+        (exec_ok, commit_ok)
     }
 }
 
@@ -108,6 +117,8 @@ struct Run<'a> {
     module: Urn,
     declared: Scope,
     probe: bool,
+    /// The contract declares the probe's stream (`Probe/Watch`).
+    watch: bool,
     ledger: Ledger,
     launches: usize,
 }
@@ -117,11 +128,13 @@ pub async fn run(plan: &Plan) -> Report {
     let mut r = Report::default();
     let declared = plan.contract.methods.clone();
     let probe = declared.contains(TOUCH) && declared.contains(READ);
+    let watch = probe && declared.contains(WATCH);
     let mut run = Run {
         plan,
         module: plan.contract.urn.clone(),
         declared,
         probe,
+        watch,
         ledger: Ledger::default(),
         launches: 0,
     };
@@ -800,6 +813,117 @@ impl Run<'_> {
         }
     }
 
+    /// Streams are gated for their whole life: a `Probe/Watch` stream whose
+    /// lease runs out (`LeaseExpired`, row `halt_row`) or is revoked
+    /// (`LeaseRevoked`, Z1) ends with that reason within [`REACTION`] of the
+    /// end, and commits nothing afterwards (the ledger checks that later).
+    async fn stream_checks(
+        &mut self,
+        r: &mut Report,
+        addr: SocketAddr,
+        actor: &Actor,
+        why: Reason,
+        row: &'static str,
+    ) {
+        let expiry = why == Reason::LeaseExpired;
+        let what = if expiry { "expired" } else { "revoked" };
+        if !self.watch {
+            r.pass(
+                row,
+                format!("(streams not checked: the contract does not declare {WATCH})"),
+            );
+            return;
+        }
+        let ttl = if expiry {
+            Duration::from_millis(800).min(self.plan.contract.max_lease)
+        } else {
+            self.ttl()
+        };
+        let mut s = match self.open(actor, addr, &self.declared.clone(), ttl).await {
+            Ok(s) => s,
+            Err(e) => {
+                r.fail("A3", format!("a lease for a stream was not granted: {e}"));
+                return;
+            }
+        };
+        let mut stream = match s.watch(20, 0).await {
+            Ok(stream) => stream,
+            Err(st) => {
+                r.fail("A3", format!("a leased Watch failed: {}", describe(&st)));
+                return;
+            }
+        };
+        self.ledger.admitted += 1;
+        // Readings received, and the most touches one of them reported: each
+        // reading under a valid lease committed one touch.
+        let (mut readings, mut touches) = (0u64, 0u64);
+        let mut end = s.lease.expires_at();
+        if !expiry {
+            match tokio::time::timeout(PATIENCE, stream.message()).await {
+                Ok(Ok(Some(first))) => {
+                    readings += 1;
+                    touches = first.touches;
+                }
+                other => {
+                    r.fail(
+                        "A3",
+                        format!("a leased Watch sent no first reading: {other:?}"),
+                    );
+                    return;
+                }
+            }
+            end = Instant::now();
+            s.revoke("conformance: revoking a lease with a stream open")
+                .await;
+        }
+        let limit = end.saturating_duration_since(Instant::now()) + PATIENCE;
+        let outcome = tokio::time::timeout(limit, async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(reading)) => {
+                        readings += 1;
+                        touches = touches.max(reading.touches);
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(st) => return Err(st),
+                }
+            }
+        })
+        .await;
+        let late = Instant::now().saturating_duration_since(end);
+        // One more touch may have been committed, then dropped with its
+        // reading as the lease ended.
+        self.ledger.committed += touches;
+        self.ledger.maybe_committed += 1;
+        let detail = format!("a Watch stream under a {what} lease ({readings} readings)");
+        match outcome {
+            Ok(Err(st)) if has_reason(&st, why) => r.check(
+                row,
+                late <= REACTION,
+                format!(
+                    "{detail} ended {} ms after the end, {}",
+                    late.as_millis(),
+                    why.as_str()
+                ),
+            ),
+            Ok(Err(st)) => r.fail(
+                row,
+                format!("{detail} ended {} (want {})", describe(&st), why.as_str()),
+            ),
+            Ok(Ok(())) => r.fail(
+                row,
+                format!("{detail} ended OK, {} ms after the end", late.as_millis()),
+            ),
+            Err(_) => r.fail(
+                row,
+                format!(
+                    "{detail} was still streaming {} ms after the end",
+                    late.as_millis()
+                ),
+            ),
+        }
+    }
+
     /// A lease that is not renewed runs out: refused after expiry (A6, Z1);
     /// with the probe, a Touch holding across the expiry is halted and
     /// commits nothing (E6 / R6).
@@ -1218,7 +1342,9 @@ impl Run<'_> {
         }
 
         // E6 and the remaining destructive checks, one process each.
-        for step in 0..5 {
+        // Steps 5 and 6 need the probe's stream.
+        let steps = if self.watch { 7 } else { 5 };
+        for step in 0..steps {
             let Ok((addr, Some(mut p))) = self.start(Some(&core_urn)).await else {
                 r.fail("T1", "cannot start the module again");
                 continue;
@@ -1228,8 +1354,14 @@ impl Run<'_> {
                 1 => self.refusal_checks(r, addr, &core_a, 0).await,
                 2 => self.refusal_checks(r, addr, &core_a, 1).await,
                 3 => self.proof_checks(r, addr, &core_a, false).await,
+                4 => self.proof_checks(r, addr, &core_a, true).await,
+                5 => {
+                    self.stream_checks(r, addr, &core_a, Reason::LeaseExpired, "E6")
+                        .await;
+                }
                 _ => {
-                    self.proof_checks(r, addr, &core_a, true).await;
+                    self.stream_checks(r, addr, &core_a, Reason::LeaseRevoked, "Z1")
+                        .await;
                 }
             }
             self.await_exit(
@@ -1242,6 +1374,8 @@ impl Run<'_> {
                     "after a refused scope",
                     "after a forged proof",
                     "after a replayed proof",
+                    "after a stream's lease expired",
+                    "after a stream's lease was revoked",
                 ][step],
             )
             .await;
@@ -1405,6 +1539,10 @@ impl Run<'_> {
         self.leased_checks(r, addr, &mut a, Reason::NoLease).await;
         let halt_row = if shared { "A6" } else { "R6" };
         self.expiry_checks(r, addr, &core_a, halt_row).await;
+        self.stream_checks(r, addr, &core_a, Reason::LeaseExpired, halt_row)
+            .await;
+        self.stream_checks(r, addr, &core_a, Reason::LeaseRevoked, "Z1")
+            .await;
         if self.probe {
             // Nothing the halted call staged was applied.
             self.keep(&mut a).await;

@@ -73,6 +73,7 @@ pub async fn run(options: &Options) -> Result<Report, String> {
         &contract.urn,
         options.module_files.clone(),
         &workdir,
+        matches!(options.target, Target::Endpoint(_)),
     )?;
     if let Some((cert, key)) = &options.core_files {
         let identity = anima_protocol::TlsIdentity::from_pem_files(cert, key)

@@ -15,7 +15,7 @@ use anima_protocol::pb::module_admin_client::ModuleAdminClient;
 use anima_protocol::pb::probe_client::ProbeClient;
 use anima_protocol::pb::{
     ControlFrame, ModuleStatus, ProbeReading, ReadRequest, Refusal, ShutdownRequest, SignedToken,
-    StatusRequest, TouchRequest,
+    StatusRequest, TouchRequest, WatchRequest,
 };
 use anima_protocol::{ClientTls, Connection, PeerPolicy, TlsIdentity, TrustRoot, Urn};
 use tokio::sync::mpsc;
@@ -29,6 +29,8 @@ pub const PATIENCE: Duration = Duration::from_secs(5);
 pub const TOUCH: &str = "/anima.v1.Probe/Touch";
 /// See [`TOUCH`].
 pub const READ: &str = "/anima.v1.Probe/Read";
+/// See [`TOUCH`]: the probe's server stream (optional).
+pub const WATCH: &str = "/anima.v1.Probe/Watch";
 
 /// Who the tool is on one connection.
 #[derive(Clone)]
@@ -214,6 +216,21 @@ impl Session {
         touch(&self.conn, Some(proof), hold_ms).await
     }
 
+    /// `Probe/Watch` with a fresh proof: the stream of readings.
+    pub async fn watch(
+        &mut self,
+        every_ms: u32,
+        count: u32,
+    ) -> Result<tonic::Streaming<ProbeReading>, Status> {
+        let mut request = tonic::Request::new(WatchRequest { every_ms, count });
+        add_proof(&mut request, Some(self.proof(WATCH)));
+        let mut client = ProbeClient::new(self.conn.channel());
+        tokio::time::timeout(PATIENCE, client.watch(request))
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer in time")))
+            .map(tonic::Response::into_inner)
+    }
+
     /// `Probe/Read` with a fresh proof.
     pub async fn read(&mut self) -> Result<ProbeReading, Status> {
         let proof = self.proof(READ);
@@ -334,8 +351,26 @@ pub async fn read(conn: &Connection, proof: Option<String>) -> Result<ProbeReadi
 }
 
 /// Calls `path` with an empty message (valid for any proto3 request type),
-/// with `metadata` added.
+/// with `metadata` added: `Ok` once the call is answered with a message or
+/// ends OK. Works for every RPC shape: the request is one message then a
+/// half-close, and only the first response message is awaited (a server
+/// stream may never end); the call is then cancelled. Gives up after
+/// `PATIENCE` (`DEADLINE_EXCEEDED`), whatever the module does.
 pub async fn call_empty(
+    conn: &Connection,
+    path: &str,
+    metadata: &[(&'static str, String)],
+) -> Result<(), Status> {
+    tokio::time::timeout(PATIENCE, call_empty_once(conn, path, metadata))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(
+                "the module did not answer in time",
+            ))
+        })
+}
+
+async fn call_empty_once(
     conn: &Connection,
     path: &str,
     metadata: &[(&'static str, String)],
@@ -353,9 +388,11 @@ pub async fn call_empty(
         }
     }
     request.set_timeout(PATIENCE);
-    grpc.unary(request, path, tonic_prost::ProstCodec::<(), ()>::default())
-        .await
-        .map(|_| ())
+    let mut answers = grpc
+        .server_streaming(request, path, tonic_prost::ProstCodec::<(), ()>::default())
+        .await?
+        .into_inner();
+    answers.message().await.map(|_| ())
 }
 
 fn add_proof<T>(request: &mut tonic::Request<T>, proof: Option<String>) {

@@ -41,7 +41,10 @@ pub struct Identities {
     pub core_a: Actor,
     /// A second, different Core.
     pub core_b: Actor,
-    /// An operator identity (`ANIMA_OPERATORS` of started modules).
+    /// An operator identity (`ANIMA_OPERATORS` of started modules). For a
+    /// module running at an endpoint, whose operators the tool cannot name,
+    /// a third Core instead: a module lets in only Cores and its own
+    /// operators (PROTOCOL.md §1), and the lease-free checks need in.
     pub operator: Actor,
     /// Certificates a module must refuse, with what is wrong with each.
     pub refused: Vec<(&'static str, Option<ClientCert>)>,
@@ -56,13 +59,16 @@ pub struct Identities {
 impl Identities {
     /// Mints the tool's identities with the CA in `certs` (`ca.pem` and
     /// `ca.key`, as `anima certs init` writes them), and a certificate for
-    /// `module` in `workdir` unless one is given.
+    /// `module` in `workdir` unless one is given. `at_endpoint`: the module
+    /// runs already, so the tool cannot make its operator one of the
+    /// module's (see [`Identities::operator`]).
     pub fn mint(
         certs: &Path,
         key_type: KeyType,
         module: &Urn,
         module_files: Option<(PathBuf, PathBuf)>,
         workdir: &Path,
+        at_endpoint: bool,
     ) -> Result<Self, String> {
         let ca = CertAuthority::load(certs).map_err(|e| {
             format!(
@@ -87,7 +93,11 @@ impl Identities {
         };
         let core_a = leaf("urn:anima:core:conformance-a", p256)?;
         let core_b = leaf("urn:anima:core:conformance-b", p256)?;
-        let operator = leaf("urn:anima:user:conformance-operator", p256)?;
+        let operator = if at_endpoint {
+            leaf("urn:anima:core:conformance-observer", p256)?
+        } else {
+            leaf("urn:anima:user:conformance-operator", p256)?
+        };
         let a_urn: Urn = core_a.urn().clone();
         let now = SystemTime::now();
         let day = Duration::from_secs(86_400);

@@ -76,13 +76,31 @@ pub(crate) struct LinkShared {
     lease: Mutex<Lease>,
     seq: AtomicU64,
     pub(crate) ended: CancellationToken,
-    outbound: mpsc::Sender<ControlFrame>,
+    /// The request half of the control stream; taken (closing the half
+    /// cleanly, PROTOCOL.md §2) when the lease is over.
+    outbound: Mutex<Option<mpsc::Sender<ControlFrame>>>,
     signer: Arc<LeaseSigner>,
     audit: AuditLog,
     table: LeaseTable,
 }
 
 impl LinkShared {
+    /// The control stream's request half, while it is open.
+    fn outbound(&self) -> Option<mpsc::Sender<ControlFrame>> {
+        self.outbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Closes the request half (frames already queued still go out).
+    fn close_outbound(&self) {
+        self.outbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Lease> {
         // Mutations are single assignments after their checks; a poisoned
         // lock still holds a consistent lease.
@@ -133,8 +151,8 @@ impl LinkShared {
             }
             lease.revoke(&self.signer, reason, detail, now(), SystemTime::now())
         };
-        if let Ok(jws) = token {
-            let _ = self.outbound.try_send(ControlFrame {
+        if let (Ok(jws), Some(outbound)) = (token, self.outbound()) {
+            let _ = outbound.try_send(ControlFrame {
                 frame: Some(Frame::Revoke(SignedToken { jws })),
             });
         }
@@ -251,7 +269,8 @@ impl LeaseLink {
             Some(ControlFrame {
                 frame: Some(Frame::Refuse(Refusal { reason, detail })),
             }) => {
-                let reason = Reason::parse(&reason).unwrap_or(Reason::ProtocolViolation);
+                // An unknown reason is a revocation, as the module reads one.
+                let reason = Reason::parse(&reason).unwrap_or(Reason::LeaseRevoked);
                 return Err(refused(reason, format!("{detail:.300}")));
             }
             Some(_) => {
@@ -287,7 +306,7 @@ impl LeaseLink {
             core: signer.urn().clone(),
             seq: AtomicU64::new(1),
             ended: CancellationToken::new(),
-            outbound: tx.clone(),
+            outbound: Mutex::new(Some(tx.clone())),
             signer,
             audit,
             table: table.clone(),
@@ -499,13 +518,27 @@ async fn control_task(
     }
     let final_state = shared.lock().state(now());
     state.send_replace(final_state);
-    // Dropping the outbound sender closes the stream towards the module.
+    // Close our half cleanly (END_STREAM once queued frames are sent), then
+    // let the module close its own: dropping `inbound` early would cancel
+    // the stream, which the module must read as a broken connection.
+    shared.close_outbound();
+    let _ = tokio::time::timeout(HALF_CLOSE_WAIT, async {
+        while let Ok(Some(_)) = inbound.message().await {}
+    })
+    .await;
 }
 
+/// How long the Core waits for the module to close its half of an ended
+/// lease's control stream before dropping it.
+const HALF_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 async fn send(shared: &LinkShared, frame: Frame) {
+    let Some(outbound) = shared.outbound() else {
+        return;
+    };
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
-        shared.outbound.send(ControlFrame { frame: Some(frame) }),
+        outbound.send(ControlFrame { frame: Some(frame) }),
     )
     .await;
 }
@@ -563,6 +596,12 @@ fn on_frame(
             let result = {
                 let mut lease = shared.lock();
                 let claims = lease.receive(&jws)?;
+                if lease.is_stale_answer(&claims) {
+                    // As for renewals: an answer to a request this side gave
+                    // up on is ignored (PROTOCOL.md §3.4).
+                    tracing::debug!(lease_id = %shared.id, "late rescope answer ignored");
+                    return Ok(());
+                }
                 lease.apply_rescoped(&claims, now())?;
                 lease.scope().clone()
             };
@@ -586,7 +625,8 @@ fn on_frame(
         }
         Frame::Refuse(Refusal { reason, detail }) => {
             // The module refused our last step and has revoked; so do we (A7).
-            let reason = Reason::parse(&reason).unwrap_or(Reason::ProtocolViolation);
+            // An unknown reason is a revocation, as the module reads one.
+            let reason = Reason::parse(&reason).unwrap_or(Reason::LeaseRevoked);
             tracing::warn!(lease_id = %shared.id, module = %shared.module, reason = %reason, detail = %detail, "module refused; lease ended");
             shared.audit(
                 "refused",
