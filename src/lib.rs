@@ -19,6 +19,29 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+// `fault_on!(Name)`: whether a test-only fault is on. Outside the test-only
+// copy of this crate (`tests/faulty-protocol`) it is the constant `false`.
+#[cfg(anima_test_faults)]
+macro_rules! fault_on {
+    ($fault:ident) => {
+        crate::fault::on(crate::fault::ProtocolFault::$fault)
+    };
+}
+#[cfg(not(anima_test_faults))]
+macro_rules! fault_on {
+    ($fault:ident) => {
+        false
+    };
+}
+
+#[cfg(anima_test_faults)]
+pub mod fault;
+#[cfg(anima_test_faults)]
+const _: () = assert!(
+    fault::is_test_copy(env!("CARGO_PKG_NAME")),
+    "the anima_test_faults cfg is for the test-only copy of this crate \
+     (tests/faulty-protocol); anima-protocol itself never compiles fault hooks"
+);
 pub mod identity;
 pub mod lease;
 pub mod transport;

@@ -69,7 +69,15 @@ async fn run(
     mut inbound: Streaming<ControlFrame>,
     tx: Outbound,
 ) {
-    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message()).await;
+    #[cfg(anima_test_faults)]
+    let deadline = if state.faults.is(crate::fault::Fault::NoOfferDeadline) {
+        Duration::from_secs(86_400)
+    } else {
+        HANDSHAKE_TIMEOUT
+    };
+    #[cfg(not(anima_test_faults))]
+    let deadline = HANDSHAKE_TIMEOUT;
+    let first = tokio::time::timeout(deadline, inbound.message()).await;
     let offer = match first {
         Ok(Ok(Some(ControlFrame {
             frame: Some(Frame::Offer(SignedToken { jws })),
@@ -170,8 +178,13 @@ fn open(
     tx: Outbound,
 ) -> Result<(Arc<LeaseSlot>, String), LeaseError> {
     state.admit_core(&peer.urn)?;
+    #[cfg(anima_test_faults)]
+    let second_lease = state.faults.is(crate::fault::Fault::NoLeaseExists);
+    #[cfg(not(anima_test_faults))]
+    let second_lease = false;
     if let Some(existing) = state.slot(peer.connection)
         && !existing.ended.is_cancelled()
+        && !second_lease
     {
         return Err(LeaseError::LeaseExists {
             lease_id: existing.id.to_string(),

@@ -20,10 +20,22 @@
 //! | `shared-tenant` | [`crate::LeaseContext::with_state`] keeps one state for every lease, never deleted | S4, S9 |
 //! | `second-core` | Type I/II: accepts leases from any Core, not only its bound one, and binds to none | E2, R2 |
 //! | `ungated-streams` | the lease gate races only a call's response head: a stream's body goes on after its lease ends (the gate before issue 12) | Z1, E6, R6 |
+//! | `user-lease` | a user identity (one its operators list lets in) may open a lease, as if it were a Core | T3 |
+//! | `no-offer-deadline` | waits for the Core's offer forever instead of refusing after 5 s | A3 |
+//! | `no-lease-exists` | grants an offer on a second control stream of a connection whose lease is live | A3 |
+//! | `no-revoke-on-bad-proof` | refuses a call with a bad or replayed proof but leaves the lease open | A7 |
+//! | `unknown-method-bare` | refuses an undeclared method `UNIMPLEMENTED` without the `UNKNOWN_METHOD` reason | I2 |
+//!
+//! The test-only copy of the SDK builds on the test-only copy of the protocol
+//! crate (`tests/faulty-protocol`), whose faults ([`ProtocolFault`]: the
+//! offer, control-token, renewal, grant, ALPN and proof checks) are named the
+//! same way and break A3, A4, A6, A2 and T1.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock};
+
+use anima_protocol::fault::ProtocolFault;
 
 use crate::contract::{Contract, ModuleType};
 use crate::error::SdkError;
@@ -32,19 +44,7 @@ use crate::leases::TenantMap;
 /// Whether `package` is the test-only copy of the SDK, the one crate allowed
 /// to compile this module (checked at compile time in `lib.rs`).
 pub(crate) const fn is_test_copy(package: &str) -> bool {
-    const COPY: &[u8] = b"anima-faulty-fixtures";
-    let package = package.as_bytes();
-    if package.len() != COPY.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < COPY.len() {
-        if package[i] != COPY[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
+    anima_protocol::fault::same(package, "anima-faulty-fixtures")
 }
 
 /// The environment variable naming the fault to inject.
@@ -64,16 +64,46 @@ pub enum Fault {
     SecondCore,
     /// `ungated-streams`: a stream outlives its lease (Z1, E6, R6).
     UngatedStreams,
+    /// `user-lease`: a user identity may open a lease (T3).
+    UserLease,
+    /// `no-offer-deadline`: no deadline for the Core's offer (A3).
+    NoOfferDeadline,
+    /// `no-lease-exists`: a second live lease on one connection (A3).
+    NoLeaseExists,
+    /// `no-revoke-on-bad-proof`: a bad proof leaves the lease open (A7).
+    NoRevokeOnBadProof,
+    /// `unknown-method-bare`: no `UNKNOWN_METHOD` reason (I2).
+    UnknownMethodBare,
+    /// A check of the protocol crate removed (its test-only copy).
+    Protocol(ProtocolFault),
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 23] = [
         Fault::Linger,
         Fault::UnleasedExec,
         Fault::SharedTenant,
         Fault::SecondCore,
         Fault::UngatedStreams,
+        Fault::UserLease,
+        Fault::NoOfferDeadline,
+        Fault::NoLeaseExists,
+        Fault::NoRevokeOnBadProof,
+        Fault::UnknownMethodBare,
+        Fault::Protocol(ProtocolFault::OfferSignature),
+        Fault::Protocol(ProtocolFault::OfferIdentities),
+        Fault::Protocol(ProtocolFault::OfferBinding),
+        Fault::Protocol(ProtocolFault::OfferIat),
+        Fault::Protocol(ProtocolFault::OfferTtl),
+        Fault::Protocol(ProtocolFault::OfferScope),
+        Fault::Protocol(ProtocolFault::ControlSignature),
+        Fault::Protocol(ProtocolFault::ControlLid),
+        Fault::Protocol(ProtocolFault::ControlSeq),
+        Fault::Protocol(ProtocolFault::RenewExtends),
+        Fault::Protocol(ProtocolFault::GrantExpIat),
+        Fault::Protocol(ProtocolFault::AlpnUnchecked),
+        Fault::Protocol(ProtocolFault::ProofAnyMethod),
     ];
 
     /// The fault's name, as `ANIMA_TEST_FAULT` spells it.
@@ -84,6 +114,12 @@ impl Fault {
             Fault::SharedTenant => "shared-tenant",
             Fault::SecondCore => "second-core",
             Fault::UngatedStreams => "ungated-streams",
+            Fault::UserLease => "user-lease",
+            Fault::NoOfferDeadline => "no-offer-deadline",
+            Fault::NoLeaseExists => "no-lease-exists",
+            Fault::NoRevokeOnBadProof => "no-revoke-on-bad-proof",
+            Fault::UnknownMethodBare => "unknown-method-bare",
+            Fault::Protocol(p) => p.as_str(),
         }
     }
 
@@ -95,6 +131,25 @@ impl Fault {
             Fault::SharedTenant => &["S4", "S9"],
             Fault::SecondCore => &["E2", "R2"],
             Fault::UngatedStreams => &["Z1", "E6", "R6"],
+            Fault::UserLease => &["T3"],
+            Fault::NoOfferDeadline | Fault::NoLeaseExists => &["A3"],
+            Fault::NoRevokeOnBadProof => &["A7"],
+            Fault::UnknownMethodBare => &["I2"],
+            Fault::Protocol(p) => match p {
+                ProtocolFault::OfferSignature
+                | ProtocolFault::OfferIdentities
+                | ProtocolFault::OfferBinding
+                | ProtocolFault::OfferIat
+                | ProtocolFault::OfferTtl
+                | ProtocolFault::OfferScope => &["A3"],
+                ProtocolFault::ControlSignature
+                | ProtocolFault::ControlLid
+                | ProtocolFault::ControlSeq
+                | ProtocolFault::ProofAnyMethod => &["A4"],
+                ProtocolFault::RenewExtends => &["A6"],
+                ProtocolFault::GrantExpIat => &["A2"],
+                ProtocolFault::AlpnUnchecked => &["T1"],
+            },
         }
     }
 
@@ -103,7 +158,7 @@ impl Fault {
         match self {
             Fault::Linger => ty == ModuleType::Ephemeral,
             Fault::SecondCore => ty != ModuleType::ResidentShared,
-            Fault::UnleasedExec | Fault::SharedTenant | Fault::UngatedStreams => true,
+            _ => true,
         }
     }
 }
@@ -157,6 +212,9 @@ impl Faults {
 
     pub(crate) fn inject(&self, fault: Fault, contract: &Contract) {
         let _ = self.active.set(fault);
+        if let Fault::Protocol(p) = fault {
+            anima_protocol::fault::inject(p);
+        }
         let breaks = fault.breaks().join(", ");
         if fault.applies_to(contract.module_type) {
             tracing::warn!(

@@ -120,6 +120,13 @@ where
                     tracing::warn!(method = %path, reason = %err.reason(), "FAULT INJECTION (unleased-exec): running a call without a valid lease");
                     return Box::pin(inner.call(request.map(LeasedRequest::ungated)));
                 }
+                #[cfg(anima_test_faults)]
+                if self.state.faults.is(crate::fault::Fault::UnknownMethodBare)
+                    && err.reason() == Reason::UnknownMethod
+                {
+                    let response = Status::unimplemented("no such method").into_http();
+                    return Box::pin(async move { Ok(response) });
+                }
                 let response = refusal(&err, lease).into_http();
                 return Box::pin(async move { Ok(response) });
             }

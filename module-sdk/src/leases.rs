@@ -278,7 +278,11 @@ impl ModuleState {
     /// and II only their bound Core (Type II binds to its first lessee when
     /// none was configured); nothing while terminating.
     pub(crate) fn admit_core(&self, core: &Urn) -> Result<(), LeaseError> {
-        if core.kind() != anima_protocol::UrnKind::Core {
+        #[cfg(anima_test_faults)]
+        let any_kind = self.faults.is(crate::fault::Fault::UserLease);
+        #[cfg(not(anima_test_faults))]
+        let any_kind = false;
+        if core.kind() != anima_protocol::UrnKind::Core && !any_kind {
             return Err(LeaseError::IdentityMismatch {
                 role: "consumer",
                 claimed: core.to_string(),
@@ -370,8 +374,13 @@ impl ModuleState {
         });
         {
             let mut slots = self.slots();
+            #[cfg(anima_test_faults)]
+            let replaces_live = self.faults.is(crate::fault::Fault::NoLeaseExists);
+            #[cfg(not(anima_test_faults))]
+            let replaces_live = false;
             if let Some(existing) = slots.get(&slot.connection)
                 && !existing.ended.is_cancelled()
+                && !replaces_live
             {
                 return Err(LeaseError::LeaseExists {
                     lease_id: existing.id.to_string(),
@@ -510,7 +519,11 @@ impl ModuleState {
         match admitted {
             Ok(()) => Ok(slot),
             Err(e) => {
-                if matches!(e.reason(), Reason::BadProof | Reason::ProofReplayed) {
+                #[cfg(anima_test_faults)]
+                let keeps_lease = self.faults.is(crate::fault::Fault::NoRevokeOnBadProof);
+                #[cfg(not(anima_test_faults))]
+                let keeps_lease = false;
+                if matches!(e.reason(), Reason::BadProof | Reason::ProofReplayed) && !keeps_lease {
                     tracing::warn!(lease_id = %slot.id, core = %slot.consumer, error = %e, "refused call; revoking lease");
                     self.revoke(&slot, e.reason(), &e.to_string());
                 }

@@ -67,16 +67,20 @@ impl TestBed {
 
     /// The trust root.
     pub fn trust(&self) -> Result<TrustRoot, SdkError> {
-        self.ca.trust_root().map_err(err)
+        // Through PEM, not `CertAuthority::trust_root`: the test-only copy of
+        // this crate builds on a copy of the protocol crate (tests/faulty),
+        // whose types are not anima-certs'.
+        TrustRoot::from_pem(self.ca.cert_pem().as_bytes()).map_err(err)
     }
 
     /// A certificate for `urn` from this bed's CA.
     pub fn identity(&self, urn: &str) -> Result<TlsIdentity, SdkError> {
-        let urn: Urn = urn.parse().map_err(err)?;
-        self.ca
-            .issue(&LeafSpec::new(urn))
-            .and_then(|c| c.identity())
-            .map_err(err)
+        // Parsed as anima-certs' own `Urn` (see `trust`).
+        let cert = self
+            .ca
+            .issue(&LeafSpec::new(urn.parse().map_err(err)?))
+            .map_err(err)?;
+        TlsIdentity::from_pem(cert.cert_pem().as_bytes(), cert.key_pem().as_bytes()).map_err(err)
     }
 
     /// Serves the module in-process on 127.0.0.1; `configure` adds its

@@ -145,7 +145,7 @@ fn check_common(
         }
     };
     for (role, claimed) in [("consumer", &claims.con), ("provider", &claims.pro)] {
-        if claimed != actual(role).as_str() {
+        if claimed != actual(role).as_str() && !fault_on!(OfferIdentities) {
             return Err(LeaseError::IdentityMismatch {
                 role,
                 claimed: format!("{claimed:.100}"),
@@ -153,15 +153,21 @@ fn check_common(
             });
         }
     }
-    if claims.cnf.issuer != b64(&issuer_fp.0) {
+    if fault_on!(OfferBinding) {
+        tracing::warn!("FAULT INJECTION (offer-binding): cnf unchecked");
+    } else if claims.cnf.issuer != b64(&issuer_fp.0) {
         return Err(LeaseError::BindingMismatch {
             which: "issuer certificate",
         });
     }
-    if claims.cnf.audience != b64(&audience_fp.0) {
+    if claims.cnf.audience != b64(&audience_fp.0) && !fault_on!(OfferBinding) {
         return Err(LeaseError::BindingMismatch {
             which: "audience certificate",
         });
+    }
+    if fault_on!(OfferIat) {
+        tracing::warn!("FAULT INJECTION (offer-iat): iat and exp unchecked");
+        return Ok(());
     }
     if claims.exp < claims.iat {
         return Err(LeaseError::BadToken("exp is before iat".into()));
@@ -365,7 +371,14 @@ pub fn grant(
     now: Instant,
     wall: SystemTime,
 ) -> Result<(String, Lease), LeaseError> {
+    #[cfg(not(anima_test_faults))]
     let claims: LeaseClaims = jws::verify(offer_jws, &peer.key)?;
+    #[cfg(anima_test_faults)]
+    let claims: LeaseClaims = crate::fault::verify_token(
+        offer_jws,
+        &peer.key,
+        crate::fault::ProtocolFault::OfferSignature,
+    )?;
     check_common(
         &claims,
         TYP_OFFER,
@@ -377,13 +390,15 @@ pub fn grant(
     )?;
     let id = LeaseId(b64_array(&claims.lid, "lid")?);
     let scope = Scope::new(claims.scope.iter().cloned())?;
-    if let Some(extra) = scope.difference(&policy.declared).next() {
+    if let Some(extra) = scope.difference(&policy.declared).next()
+        && !fault_on!(OfferScope)
+    {
         return Err(LeaseError::ScopeDenied {
             method: extra.to_owned(),
         });
     }
     let requested = Duration::from_millis(claims.ttl_ms);
-    if requested < MIN_TTL {
+    if requested < MIN_TTL && !fault_on!(OfferTtl) {
         return Err(LeaseError::BadToken(format!(
             "requested ttl {requested:?} is below {MIN_TTL:?}"
         )));
@@ -392,13 +407,18 @@ pub fn grant(
         requested
             .min(policy.max_ttl)
             .min(cert_bound(wall, signer.not_after(), peer.not_after));
-    if ttl < MIN_TTL {
+    if ttl < MIN_TTL && !fault_on!(OfferTtl) {
         return Err(LeaseError::BadToken(
             "a certificate expires before a lease could run".into(),
         ));
     }
     let kx = StaticSecret::from(*entropy.kx_secret);
     let iat = unix(wall);
+    let whole_seconds = if fault_on!(GrantExpIat) {
+        ttl.as_secs()
+    } else {
+        ttl.as_secs().max(1)
+    };
     let grant_claims = LeaseClaims {
         typ: TYP_GRANT.into(),
         lid: claims.lid.clone(),
@@ -407,7 +427,7 @@ pub fn grant(
         scope: scope.to_vec(),
         ttl_ms: ms(ttl),
         iat,
-        exp: iat + ttl.as_secs().max(1),
+        exp: iat + whole_seconds,
         cnf: Confirmation {
             issuer: b64(&signer.fingerprint().0),
             audience: b64(&peer.fingerprint.0),

@@ -36,6 +36,20 @@ pub(crate) fn sign<T: Serialize>(claims: &T, key: &SignKey) -> Result<String, Le
     Ok(out)
 }
 
+/// Signs `claims` exactly as given with `signer`'s certificate key.
+///
+/// For tools that test a peer with tokens an honest side never sends (`anima
+/// conformance` tampers with one claim at a time and expects the refusal
+/// PROTOCOL.md names); an honest side uses [`super::offer`],
+/// [`super::Lease::renew_request`] and the like. It grants nothing: the
+/// token carries only what its signer could sign anyway.
+pub fn sign_claims<T: Serialize>(
+    signer: &super::LeaseSigner,
+    claims: &T,
+) -> Result<String, LeaseError> {
+    sign(claims, signer.key())
+}
+
 /// Verifies `token` with `key` and decodes its claims.
 ///
 /// Everything here is peer input: sizes are bounded, and every failure is a
@@ -77,6 +91,20 @@ pub(crate) fn verify<T: DeserializeOwned>(token: &str, key: &PeerKey) -> Result<
     // The signing input is `header "." payload`, exactly as received.
     let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
     key.verify(signed.as_bytes(), &signature)?;
+    serde_json::from_slice(&payload).map_err(|e| LeaseError::BadToken(format!("claims: {e}")))
+}
+
+/// The claims of `token`, its signature unchecked: the test-only fault
+/// hooks only (`src/fault.rs`).
+#[cfg(anima_test_faults)]
+pub(crate) fn decode_unverified<T: DeserializeOwned>(token: &str) -> Result<T, LeaseError> {
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| LeaseError::BadToken("not a JWS compact serialization".into()))?;
+    let payload = B64
+        .decode(payload)
+        .map_err(|_| LeaseError::BadToken("payload is not base64url".into()))?;
     serde_json::from_slice(&payload).map_err(|e| LeaseError::BadToken(format!("claims: {e}")))
 }
 

@@ -171,6 +171,39 @@ impl LeaseSigner {
         }
     }
 
+    /// A signer claiming this one's identity and certificate with a fresh
+    /// random key of the same algorithm: its tokens have the right form and
+    /// a signature that does not verify (`BAD_SIGNATURE`). For tools that
+    /// test a peer's signature check (`anima conformance`).
+    pub fn impostor(&self) -> Result<Self, LeaseError> {
+        let rng = SystemRandom::new();
+        let key = match &self.key {
+            SignKey::Ed25519(_) => {
+                let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+                ring::rand::SecureRandom::fill(&rng, seed.as_mut())
+                    .map_err(|_| LeaseError::Key("no randomness available".into()))?;
+                SignKey::Ed25519(SigningKey::from_bytes(&seed))
+            }
+            SignKey::P256(_) => {
+                let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(|_| LeaseError::Key("cannot generate a P-256 key".into()))?;
+                let key = EcdsaKeyPair::from_pkcs8(
+                    &ECDSA_P256_SHA256_FIXED_SIGNING,
+                    pkcs8.as_ref(),
+                    &rng,
+                )
+                .map_err(|_| LeaseError::Key("cannot generate a P-256 key".into()))?;
+                SignKey::P256(Box::new(key))
+            }
+        };
+        Ok(LeaseSigner {
+            key,
+            urn: self.urn.clone(),
+            fingerprint: self.fingerprint,
+            not_after: self.not_after,
+        })
+    }
+
     /// Builds an ECDSA P-256 signer (`ES256` tokens) from a PKCS#8 key.
     pub fn from_p256_pkcs8(
         pkcs8: &[u8],

@@ -278,7 +278,14 @@ impl Lease {
     ) -> Result<(), LeaseError> {
         self.check_valid(now)?;
         let proof = proof.ok_or(LeaseError::NoLease("the call carries no lease proof"))?;
-        let seq = self.proof.check(proof, method)?;
+        let seq = match self.proof.check(proof, method) {
+            Err(e) if fault_on!(ProofAnyMethod) => self
+                .scope
+                .iter()
+                .find_map(|m| self.proof.check(proof, m).ok())
+                .ok_or(e)?,
+            checked => checked?,
+        };
         if !self.replay.accept(seq) {
             return Err(LeaseError::ProofReplayed { seq });
         }
@@ -342,14 +349,21 @@ impl Lease {
     /// Verifies a control token from the peer: signature, claim set, lease
     /// id, order.
     pub fn receive(&mut self, token: &str) -> Result<ControlClaims, LeaseError> {
+        #[cfg(not(anima_test_faults))]
         let claims: ControlClaims = jws::verify(token, &self.peer.key)?;
+        #[cfg(anima_test_faults)]
+        let claims: ControlClaims = crate::fault::verify_token(
+            token,
+            &self.peer.key,
+            crate::fault::ProtocolFault::ControlSignature,
+        )?;
         claims.check_claim_set()?;
-        if claims.lid != self.id.to_string() {
+        if claims.lid != self.id.to_string() && !fault_on!(ControlLid) {
             return Err(LeaseError::Protocol(
                 "control token for another lease".into(),
             ));
         }
-        if claims.seq <= self.received_seq {
+        if claims.seq <= self.received_seq && !fault_on!(ControlSeq) {
             return Err(LeaseError::Protocol(format!(
                 "control sequence {} not after {}",
                 claims.seq, self.received_seq
@@ -452,7 +466,11 @@ impl Lease {
             ));
         }
         self.ttl = granted;
-        self.expires_at = now + granted;
+        self.expires_at = if fault_on!(RenewExtends) {
+            self.expires_at + granted
+        } else {
+            now + granted
+        };
         self.renewals += 1;
         let mut claims = self.blank(TYP_RENEWED, wall);
         claims.re = Some(request.seq);

@@ -51,14 +51,14 @@ mod reason;
 mod scope;
 
 pub use claims::{
-    ControlClaims, LeaseClaims, REVOCATION_CONDITIONS, TYP_GRANT, TYP_OFFER, TYP_RENEW,
-    TYP_RENEWED, TYP_RESCOPE, TYP_RESCOPED, TYP_REVOKE,
+    Confirmation, ControlClaims, LeaseClaims, REVOCATION_CONDITIONS, TYP_GRANT, TYP_OFFER,
+    TYP_RENEW, TYP_RENEWED, TYP_RESCOPE, TYP_RESCOPED, TYP_REVOKE,
 };
 pub use error::LeaseError;
 pub use handshake::{
     Entropy, GrantPolicy, LeaseRequest, MAX_CLOCK_SKEW, MIN_TTL, PendingLease, grant, offer,
 };
-pub use jws::{HEADER as JWS_HEADER, HEADER_ES256 as JWS_HEADER_ES256, MAX_TOKEN_LEN};
+pub use jws::{HEADER as JWS_HEADER, HEADER_ES256 as JWS_HEADER_ES256, MAX_TOKEN_LEN, sign_claims};
 pub use keys::{LeaseSigner, PeerBinding, PeerKey};
 pub use lease::{Ended, EndedBy, Lease, LeaseId, LeaseState, Side};
 pub use proof::{PROOF_HEADER, ProofKey, ReplayWindow};
@@ -67,6 +67,8 @@ pub use scope::{Scope, check_method};
 
 #[cfg(test)]
 mod tests;
+#[cfg(anima_test_faults)]
+pub(crate) use jws::{decode_unverified as decode_jws_unverified, verify as verify_jws};
 #[cfg(test)]
 mod vectors;
 

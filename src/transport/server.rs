@@ -410,7 +410,7 @@ async fn handshake(
     };
     drop(slot);
     let (_, conn) = stream.get_ref();
-    if conn.alpn_protocol() != Some(b"h2") {
+    if conn.alpn_protocol() != Some(b"h2") && !fault_on!(AlpnUnchecked) {
         tls.refuse(peer, RefusalReason::NoAlpn);
         return None;
     }

@@ -107,16 +107,19 @@ fn test(filter: &[String]) -> Result<(), String> {
     cargo(&["build", "--workspace", "--bins", "--locked"], &[])?;
     let filter: Vec<&str> = filter.iter().map(String::as_str).collect();
     if has_nextest() {
-        // Doc tests first, so the run closes on nextest's summary. The faulty
-        // fixtures recompile the SDK's source under another crate name, so
-        // its examples (which name `anima_module_sdk`) run once, in the SDK;
-        // `--doc` ignores the `doctest = false` in that package's manifest.
+        // Doc tests first, so the run closes on nextest's summary. The test
+        // copies of the SDK and the protocol crate recompile their sources
+        // under other crate names, so the examples (which name the real
+        // crates) run once, in the real crates; `--doc` ignores the
+        // `doctest = false` in those packages' manifests.
         cargo(
             &[
                 "test",
                 "--workspace",
                 "--exclude",
                 "anima-faulty-fixtures",
+                "--exclude",
+                "anima-protocol-faulty",
                 "--doc",
                 "--locked",
             ],

@@ -1,11 +1,12 @@
 //! The release feature graph check: no test-only fault hook reaches a
 //! shipped crate.
 //!
-//! The SDK's deliberate ADR-0003 violations live only in the test-only
-//! package `anima-faulty-fixtures` (the SDK's source compiled again with the
+//! The SDK's and the protocol crate's deliberate ADR-0003 violations live
+//! only in the test-only packages `anima-faulty-fixtures` and
+//! `anima-protocol-faulty` (their sources compiled again with the
 //! `anima_test_faults` cfg). This check reads `cargo tree -e features` for
 //! every crate we ship (and the benchmark, which hosts modules) and fails if
-//! that package, or any feature whose name mentions a fault, is in its
+//! either package, or any feature whose name mentions a fault, is in its
 //! normal or build dependency graph.
 
 use std::process::Command;
@@ -75,13 +76,15 @@ mod tests {
     fn finds_the_test_copy_and_fault_features_only() {
         let tree = "anima-core v0.1.0\nanima-module-sdk feature \"testing\"\n\
                     anima-module-sdk feature \"fault-injection\"\n\
-                    anima-faulty-fixtures v0.1.0 (/w/tests/faulty)\ntokio feature \"default\"\n";
+                    anima-faulty-fixtures v0.1.0 (/w/tests/faulty)\ntokio feature \"default\"\n\
+                    anima-protocol-faulty v0.1.0 (/w/tests/faulty-protocol)\n";
         let found: Vec<&str> = offending(tree).collect();
         assert_eq!(
             found,
             [
                 "anima-module-sdk feature \"fault-injection\"",
-                "anima-faulty-fixtures v0.1.0 (/w/tests/faulty)"
+                "anima-faulty-fixtures v0.1.0 (/w/tests/faulty)",
+                "anima-protocol-faulty v0.1.0 (/w/tests/faulty-protocol)"
             ]
         );
     }

@@ -19,6 +19,8 @@ use super::session::{
 };
 use super::target::{Identities, LaunchCommand, Running, listening_ports, start};
 
+mod hostile;
+
 /// A method no module declares.
 const UNDECLARED: &str = "/anima.conformance.v1.Undeclared/Call";
 /// The reflection services a module must not serve.
@@ -461,10 +463,18 @@ impl Run<'_> {
                 Ok(()) => r.fail("I4", format!("{path}: answered")),
             }
         }
-        if let Err(s) = call_empty(&conn, UNDECLARED, &[]).await
-            && has_reason(&s, Reason::UnknownMethod)
-        {
-            r.pass("I2", "an undeclared method is refused UNKNOWN_METHOD");
+        match call_empty(&conn, UNDECLARED, &[]).await {
+            Err(s) if has_reason(&s, Reason::UnknownMethod) => {
+                r.pass("I2", "an undeclared method is refused UNKNOWN_METHOD");
+            }
+            Err(s) => r.fail(
+                "I2",
+                format!(
+                    "an undeclared method: {} (want the UNKNOWN_METHOD reason, PROTOCOL.md §4)",
+                    describe(&s)
+                ),
+            ),
+            Ok(()) => r.fail("I2", "an undeclared method was answered"),
         }
         // O1: the health service answers without a lease.
         match call_empty(&conn, "/grpc.health.v1.Health/Check", &[]).await {
@@ -1281,6 +1291,7 @@ impl Run<'_> {
             .await;
         if let Some(mut s) = self.first_lease(r, addr).await {
             self.wrong_core(r, addr, &core_b, "E2").await;
+            self.hostile_checks(r, addr, &mut s).await;
             self.leased_checks(r, addr, &mut s, Reason::NoLease).await;
             let admin = self.dial(&self.ids().operator, addr).await.ok();
             self.revoke_checks(r, s).await;
@@ -1536,6 +1547,7 @@ impl Run<'_> {
         } else {
             self.wrong_core(r, addr, &core_b, "R2").await;
         }
+        self.hostile_checks(r, addr, &mut a).await;
         self.leased_checks(r, addr, &mut a, Reason::NoLease).await;
         let halt_row = if shared { "A6" } else { "R6" };
         self.expiry_checks(r, addr, &core_a, halt_row).await;
@@ -1663,6 +1675,18 @@ impl Run<'_> {
         let stranger = if shared { &core_a } else { &core_b };
         if let Ok(conn) = self.dial(stranger, addr).await {
             match session::shutdown(&conn, "conformance: not allowed").await {
+                // At an endpoint the tool neither sees the process nor acts as
+                // its operator: one refused Shutdown is not enough to pass.
+                Err(st) if has_reason(&st, Reason::WrongCore) && process.is_none() => r
+                    .not_applicable(
+                        row_stay,
+                        format!(
+                            "endpoint mode: the tool cannot watch the process or shut it down as its \
+                             operator, so it cannot tell what terminates it (a Shutdown from {} was \
+                             refused WRONG_CORE)",
+                            stranger.identity.urn()
+                        ),
+                    ),
                 Err(st) if has_reason(&st, Reason::WrongCore) => r.pass(
                     row_stay,
                     format!(

@@ -37,6 +37,16 @@ pub enum Admission {
 /// Connects to `addr` presenting `client` (or no certificate) and calls
 /// `ModuleAdmin/Status`, which needs no lease, on that one connection.
 pub async fn admission(addr: SocketAddr, client: Option<&ClientCert>) -> Result<Admission, String> {
+    admission_alpn(addr, client, true).await
+}
+
+/// [`admission`], offering ALPN `h2` only when `alpn` (a module must refuse
+/// a client that did not negotiate it, PROTOCOL.md §1).
+pub async fn admission_alpn(
+    addr: SocketAddr,
+    client: Option<&ClientCert>,
+    alpn: bool,
+) -> Result<Admission, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -56,7 +66,9 @@ pub async fn admission(addr: SocketAddr, client: Option<&ClientCert>) -> Result<
                 .map_err(|e| e.to_string())?
         }
     };
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    if alpn {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+    }
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let wait = Duration::from_secs(5);
     let tcp = tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr))
@@ -146,5 +158,179 @@ impl ServerCertVerifier for AnyServer {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Whether a server at `addr` negotiates TLS 1.2: sends a ClientHello that
+/// offers only TLS 1.2 (no `supported_versions` extension, TLS 1.2 ECDHE
+/// suites) and reads the first record back. A TLS 1.3-only server answers
+/// with an alert or closes; a `ServerHello` means TLS 1.2 was accepted.
+pub async fn negotiates_tls12(addr: SocketAddr) -> Result<bool, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let wait = Duration::from_secs(5);
+    let mut tcp = tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    tcp.write_all(&tls12_client_hello())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 6];
+    match tokio::time::timeout(wait, tcp.read_exact(&mut head)).await {
+        Err(_) => Err("no answer to a TLS 1.2 ClientHello within 5 s".into()),
+        // Closed, or reset: refused.
+        Ok(Err(_)) => Ok(false),
+        // A handshake record whose first message is a ServerHello.
+        Ok(Ok(_)) => Ok(head[0] == 0x16 && head[5] == 0x02),
+    }
+}
+
+/// A TLS 1.2 ClientHello (RFC 5246 §7.4.1.2) with the extensions an ECDHE
+/// server needs, and no `supported_versions`: it can only be answered in
+/// TLS 1.2 or refused.
+fn tls12_client_hello() -> Vec<u8> {
+    fn ext(out: &mut Vec<u8>, kind: u16, body: &[u8]) {
+        out.extend_from_slice(&kind.to_be_bytes());
+        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    let mut extensions = Vec::new();
+    // supported_groups: x25519, secp256r1, secp384r1.
+    ext(
+        &mut extensions,
+        0x000a,
+        &[0, 6, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x18],
+    );
+    // ec_point_formats: uncompressed.
+    ext(&mut extensions, 0x000b, &[1, 0]);
+    // signature_algorithms: ed25519, ecdsa_secp256r1_sha256,
+    // rsa_pss_rsae_sha256, rsa_pkcs1_sha256.
+    ext(
+        &mut extensions,
+        0x000d,
+        &[0, 8, 0x08, 0x07, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01],
+    );
+    // application_layer_protocol_negotiation: h2.
+    ext(&mut extensions, 0x0010, &[0, 3, 2, b'h', b'2']);
+    let mut hello = vec![0x03, 0x03];
+    hello.extend_from_slice(&[0x5a; 32]); // random
+    hello.push(0); // no session id
+    // ECDHE-ECDSA/RSA with AES-GCM and ChaCha20-Poly1305.
+    let suites: [u16; 6] = [0xc02b, 0xc02c, 0xc02f, 0xc030, 0xcca9, 0xcca8];
+    hello.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        hello.extend_from_slice(&s.to_be_bytes());
+    }
+    hello.extend_from_slice(&[1, 0]); // compression: null
+    hello.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    hello.extend_from_slice(&extensions);
+    let mut handshake = vec![0x01];
+    handshake.extend_from_slice(&(hello.len() as u32).to_be_bytes()[1..]);
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The probe's verdict against a server that does speak TLS 1.2 (OpenSSL,
+    /// a foreign peer) and one that does not (rustls, TLS 1.3 only): so a
+    /// module that accepted TLS 1.2 would fail T1.
+    #[tokio::test]
+    async fn t1_the_tls12_probe_tells_a_tls12_server_from_a_tls13_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.pem");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=tls12",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output();
+        let Ok(made) = made else {
+            panic!("openssl is needed for this test (a TLS 1.2 server we did not write)");
+        };
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = tokio::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-tls1_2", "-accept"])
+            .arg(port.to_string())
+            .arg("-key")
+            .arg(&key)
+            .arg("-cert")
+            .arg(&cert)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        // Wait for it to listen (an event, bounded).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "openssl s_server did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            negotiates_tls12(addr).await.unwrap(),
+            "OpenSSL's TLS 1.2 server answered with no ServerHello"
+        );
+        let _ = server.kill().await;
+
+        // A rustls TLS 1.3-only server (as every Anima listener builds it).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let certs = CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        tokio::spawn(async move {
+            if let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        assert!(
+            !negotiates_tls12(addr).await.unwrap(),
+            "a TLS 1.3-only server was taken for TLS 1.2"
+        );
     }
 }

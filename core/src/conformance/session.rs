@@ -85,6 +85,9 @@ pub enum OfferKind {
     Honest,
     /// Signed by another key than the certificate's.
     ForgedSignature,
+    /// An honest offer with its claims changed by the function, then signed
+    /// with the certificate's key.
+    Tampered(fn(&mut LeaseClaims)),
 }
 
 /// Opens the control stream on `conn` and sends an offer for `scope`/`ttl`.
@@ -108,10 +111,19 @@ pub async fn offer(
             .map_err(|e| e.to_string())?,
         OfferKind::ForgedSignature => {
             // Same claims, signed by a key the certificate does not hold.
-            let forger =
-                LeaseSigner::from_parts([7; 32], signer.urn().clone(), signer.fingerprint());
+            let forger = signer.impostor().map_err(|e| e.to_string())?;
             lease::offer(&forger, &peer, request, entropy, now, SystemTime::now())
                 .map_err(|e| e.to_string())?
+        }
+        OfferKind::Tampered(tamper) => {
+            let (jws, pending) =
+                lease::offer(&signer, &peer, request, entropy, now, SystemTime::now())
+                    .map_err(|e| e.to_string())?;
+            let mut claims: LeaseClaims =
+                decode_token(&jws).ok_or("an offer's claims do not decode")?;
+            tamper(&mut claims);
+            let jws = lease::sign_claims(&signer, &claims).map_err(|e| e.to_string())?;
+            (jws, pending)
         }
     };
     let (tx, rx) = mpsc::channel(16);
@@ -163,7 +175,9 @@ pub async fn offer(
                     inbound,
                     seq: 0,
                 }))),
-                Err(e) => Ok(Answer::Other(format!("the grant does not verify: {e}"))),
+                Err(e) => Ok(Answer::Other(format!(
+                    "the module answered with a grant, which does not verify: {e}"
+                ))),
             }
         }
         Some(Frame::Refuse(r)) => Ok(Answer::Refused(r)),
@@ -173,6 +187,12 @@ pub async fn offer(
 
 /// The claims of a JWS, without verifying it (for reports only).
 pub fn decode_claims(jws: &str) -> Option<LeaseClaims> {
+    decode_token(jws)
+}
+
+/// The claims of any JWS, without verifying it (for reports and for
+/// tampering with the tool's own tokens).
+pub fn decode_token<T: serde::de::DeserializeOwned>(jws: &str) -> Option<T> {
     use base64::Engine as _;
     let payload = jws.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -235,6 +255,18 @@ impl Session {
     pub async fn read(&mut self) -> Result<ProbeReading, Status> {
         let proof = self.proof(READ);
         read(&self.conn, Some(proof)).await
+    }
+
+    /// The Core certificate key this session signs with.
+    pub fn signer(&self) -> &LeaseSigner {
+        &self.signer
+    }
+
+    /// A signed renewal request for `ttl`, not sent.
+    pub fn renew_token(&mut self, ttl: Duration) -> Result<String, String> {
+        self.lease
+            .renew_request(&self.signer, ttl, Instant::now(), SystemTime::now())
+            .map_err(|e| e.to_string())
     }
 
     /// Sends a control frame (false if the stream is gone).
@@ -421,4 +453,33 @@ pub async fn shutdown(conn: &Connection, reason: &str) -> Result<(), Status> {
         .shutdown(request)
         .await
         .map(|_| ())
+}
+
+/// Opens a control stream on `conn` and sends nothing: what the module
+/// sends first, and when, within `wait` (`Err` if nothing came).
+pub async fn silent_stream(
+    conn: Connection,
+    wait: Duration,
+) -> Result<(Option<Frame>, Duration), String> {
+    let (tx, rx) = mpsc::channel::<ControlFrame>(1);
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(wait, async {
+        let mut inbound = LeaseControlClient::new(conn.channel())
+            .control(ReceiverStream::new(rx))
+            .await
+            .map_err(|st| format!("control stream refused: {}", describe(&st)))?
+            .into_inner();
+        match inbound.message().await {
+            Ok(Some(frame)) => Ok(frame.frame),
+            Ok(None) => Ok(None),
+            Err(st) => Err(format!("control stream broke: {}", describe(&st))),
+        }
+    })
+    .await;
+    drop(tx);
+    match outcome {
+        Err(_) => Err(format!("nothing within {} ms", wait.as_millis())),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(frame)) => Ok((frame, started.elapsed())),
+    }
 }

@@ -39,7 +39,15 @@ import time
 import tomllib
 from concurrent import futures
 
-import grpc
+# PROTOCOL.md §1: TLS 1.3 only. grpcio's server credentials take no TLS version,
+# and BoringSSL's TLS 1.3 suites are not configurable, so the module leaves TLS
+# 1.2 exactly one cipher suite, one that needs an RSA certificate: Anima
+# certificates are Ed25519 or P-256, so every TLS 1.2 handshake fails
+# (NO_SHARED_CIPHER) while TLS 1.3 is untouched. Read by gRPC C-core when it
+# loads, so it is set before the import.
+os.environ["GRPC_SSL_CIPHER_SUITES"] = "ECDHE-RSA-AES128-GCM-SHA256"
+
+import grpc  # noqa: E402  (after GRPC_SSL_CIPHER_SUITES)
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -608,10 +616,11 @@ def grant_token(signer: SigningKey, offer: str, claims: dict, core, own, ttl_ms:
             "lid": claims["lid"],
             "con": core.urn,  # the consumer is the Core, the provider the module, whoever signs
             "pro": own.urn,
-            "scope": claims["scope"],  # the granted scope equals the requested one
+            "scope": sorted(set(claims["scope"])),  # the requested set, sorted (§3.1)
             "ttl_ms": ttl_ms,
             "iat": now_ms // 1000,
-            "exp": (now_ms + ttl_ms) // 1000,
+            # §3.2: iat plus the TTL in whole seconds, rounded down, at least 1.
+            "exp": now_ms // 1000 + max(1, ttl_ms // 1000),
             "cnf": {"iss_x5t#S256": own.fingerprint, "aud_x5t#S256": core.fingerprint},
             "kx": b64url(kx_secret.public_key().public_bytes_raw()),
             "offer": b64url(hashlib.sha256(offer.encode("ascii")).digest()),
@@ -627,7 +636,7 @@ def check_step_token(jws: str, core_key: VerifyKey, typ: str, lid: str, required
     body = jws_verify(core_key, jws)
     claims = parse_claims(body, typ, {"typ", "lid", "seq", "iat"} | set(required), frozenset(optional))
     if claims["lid"] != lid:
-        raise Refused("BAD_TOKEN", "the token names another lease")
+        raise Refused("PROTOCOL_VIOLATION", "the token names another lease")
     claim_int(claims, "seq", 1)
     if abs(claim_int(claims, "iat") - now) > IAT_SKEW_S:
         raise Refused("BAD_TOKEN", "iat is not within 300 s of our clock")
@@ -643,7 +652,7 @@ def renewed_token(signer: SigningKey, lid: str, seq: int, re: int, granted_ms: i
         "iat": now_ms // 1000,
         "re": re,
         "ttl_ms": granted_ms,
-        "exp": (now_ms + granted_ms) // 1000,
+        "exp": now_ms // 1000 + max(1, granted_ms // 1000),
     }
     return jws_sign(signer, claims)
 
@@ -1286,7 +1295,7 @@ class Module:
                 "iat": now_ms // 1000,
                 "re": claims["seq"],
                 "ttl_ms": left_ms,
-                "exp": (now_ms + left_ms) // 1000,
+                "exp": now_ms // 1000 + left_ms // 1000,
                 "scope": lease.scope,
             }
             lease.session.send(frame_token("rescoped", jws_sign(self.signer, claims)))
