@@ -47,29 +47,7 @@ pub async fn admission_alpn(
     client: Option<&ClientCert>,
     alpn: bool,
 ) -> Result<Admission, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
-    let mut config = match client {
-        None => builder.with_no_client_auth(),
-        Some(c) => {
-            let chain = CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            let key =
-                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).map_err(|e| e.to_string())?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| e.to_string())?
-        }
-    };
-    if alpn {
-        config.alpn_protocols = vec![b"h2".to_vec()];
-    }
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(any_server_config(client, alpn)?));
     let wait = Duration::from_secs(5);
     let tcp = tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr))
         .await
@@ -115,6 +93,40 @@ pub async fn admission_alpn(
             }
         }
     }
+}
+
+/// A TLS 1.3 client configuration that presents `client` (or no
+/// certificate), offers ALPN `h2` when `alpn`, and accepts any server
+/// certificate whose handshake signature verifies: for tools that test a
+/// server's admission (this one, and the hostile HTTP/2 client of the
+/// end-to-end tests), never for talking to a peer one trusts.
+pub fn any_server_config(
+    client: Option<&ClientCert>,
+    alpn: bool,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let chain = CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let key =
+                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).map_err(|e| e.to_string())?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?
+        }
+    };
+    if alpn {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+    }
+    Ok(config)
 }
 
 /// Accepts any server certificate whose handshake signature verifies.

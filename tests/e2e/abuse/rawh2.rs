@@ -5,18 +5,16 @@
 //! queue streams beyond the limit instead, so it could not show whether the
 //! server enforces it.
 //!
-//! It builds its own raw rustls client (a misbehaving peer), presenting the
-//! given certificate and accepting any server certificate.
+//! It dials with the conformance tool's raw TLS client configuration
+//! (`anima_core::conformance::rawtls`): the given certificate, any server
+//! certificate accepted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use anima_core::conformance::rawtls;
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -92,24 +90,11 @@ pub async fn tls(
     addr: SocketAddr,
     cert: Option<&ClientCert>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
-    let mut config = match cert {
-        None => builder.with_no_client_auth(),
-        Some(cert) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(&cert.cert)
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(&cert.key).unwrap(),
-            )
-            .unwrap(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let pem = cert.map(|c| rawtls::ClientCert {
+        cert_pem: String::from_utf8_lossy(&c.cert).into_owned(),
+        key_pem: String::from_utf8_lossy(&c.key).into_owned(),
+    });
+    let config = rawtls::any_server_config(pem.as_ref(), true).map_err(std::io::Error::other)?;
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -280,49 +265,4 @@ fn request_headers(path: &str) -> Vec<u8> {
     string(&mut out, "te");
     string(&mut out, "trailers");
     out
-}
-
-/// Accepts any server certificate whose handshake signature verifies: the
-/// abuser does not care whom it abuses.
-#[derive(Debug)]
-struct AnyServer(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not used".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
