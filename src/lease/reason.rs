@@ -72,7 +72,9 @@ reasons! {
     LeaseExists = "LEASE_EXISTS" => AlreadyExists,
     /// A control-stream step came out of order or too late.
     ProtocolViolation = "PROTOCOL_VIOLATION" => FailedPrecondition,
-    /// A renewal was refused.
+    /// Reserved: no side sends it in version 1 (a renewal the module cannot
+    /// grant is refused [`Reason::BadToken`], PROTOCOL.md §3.4); received,
+    /// it ends the lease like any other refusal.
     RenewalRefused = "RENEWAL_REFUSED" => PermissionDenied,
     /// The connection (or its control stream) was lost.
     ConnectionLost = "CONNECTION_LOST" => Unavailable,

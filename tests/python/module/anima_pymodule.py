@@ -630,16 +630,16 @@ def grant_token(signer: SigningKey, offer: str, claims: dict, core, own, ttl_ms:
     return grant, proof_key(shared, offer, grant, b64url_decode(claims["lid"]))
 
 
-def check_step_token(jws: str, core_key: VerifyKey, typ: str, lid: str, required, optional, now: float) -> dict:
+def check_step_token(jws: str, core_key: VerifyKey, typ: str, lid: str, required, optional) -> dict:
     """A Core control step (§3.4): signature, claims (`typ`, `lid`, `seq`, `iat` and the
-    step's own), the lease id, `iat` within 300 s. The caller checks `seq` ordering."""
+    step's own), the lease id. A control step's `iat` is audit only (§3.2: never
+    checked against the clock). The caller checks `seq` ordering."""
     body = jws_verify(core_key, jws)
     claims = parse_claims(body, typ, {"typ", "lid", "seq", "iat"} | set(required), frozenset(optional))
     if claims["lid"] != lid:
         raise Refused("PROTOCOL_VIOLATION", "the token names another lease")
     claim_int(claims, "seq", 1)
-    if abs(claim_int(claims, "iat") - now) > IAT_SKEW_S:
-        raise Refused("BAD_TOKEN", "iat is not within 300 s of our clock")
+    claim_int(claims, "iat")
     return claims
 
 
@@ -1223,7 +1223,7 @@ class Module:
     def verify_step(self, lease: Lease, jws: str, typ: str, required: set[str], optional=frozenset()) -> dict:
         """A Core control token (§3.4): signature, claims, lease id, iat; then its `seq`
         must be above every earlier one from the Core."""
-        claims = check_step_token(jws, lease.core.key, typ, lease.lid, required, optional, time.time())
+        claims = check_step_token(jws, lease.core.key, typ, lease.lid, required, optional)
         with self.lock:
             if claims["seq"] <= lease.core_seq:
                 raise Refused("PROTOCOL_VIOLATION", f"control seq {claims['seq']} is not above {lease.core_seq}")
@@ -1266,7 +1266,7 @@ class Module:
         # min(requested, max_lease), and never past either certificate (`certificate-expiry`).
         granted = min(requested, self.contract.max_lease_ms, self.identity.ms_left(), lease.core.ms_left())
         if granted < MIN_TTL_MS:
-            raise Refused("RENEWAL_REFUSED", "a certificate expires too soon")
+            raise Refused("BAD_TOKEN", "a certificate expires too soon for a renewed lease")  # §3.4
         with self.lock:
             if not self._valid(lease):
                 return  # it ended first (the Core gives up at expiry); the stream is closing
@@ -1737,7 +1737,7 @@ def check_appendix_a(v: dict[str, str], check) -> None:
 
     # A.7: the renewal and its answer.
     renew_iat = int(v["renew_iat"])
-    renew = check_step_token(v["renew_jws"], core.key, "anima-renew+v1", claims["lid"], {"ttl_ms"}, (), float(renew_iat))
+    renew = check_step_token(v["renew_jws"], core.key, "anima-renew+v1", claims["lid"], {"ttl_ms"}, ())
     check("A.7 renew_claims", b64url_decode(v["renew_jws"].split(".")[1]) == v["renew_claims"].encode())
     granted = min(renew["ttl_ms"], int(v["max_lease_ms"]))
     renewed = renewed_token(SigningKey(module_sk), claims["lid"], 1, renew["seq"], granted, renew_iat * 1000)
