@@ -630,11 +630,33 @@ def grant_token(signer: SigningKey, offer: str, claims: dict, core, own, ttl_ms:
     return grant, proof_key(shared, offer, grant, b64url_decode(claims["lid"]))
 
 
+# The claims of each step a Core sends (§3.4), beyond typ, lid, seq and iat: required, optional.
+CORE_STEPS = {
+    "anima-renew+v1": ({"ttl_ms"}, frozenset()),
+    "anima-rescope+v1": ({"scope"}, frozenset()),
+    "anima-revoke+v1": ({"reason"}, frozenset({"detail"})),
+}
+
+
+def _token_typ(body: bytes):
+    """The `typ` a token's claims name, if they are a JSON object with one (else None)."""
+    try:
+        claims = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    return claims.get("typ") if isinstance(claims, dict) else None
+
+
 def check_step_token(jws: str, core_key: VerifyKey, typ: str, lid: str, required, optional) -> dict:
     """A Core control step (§3.4): signature, claims (`typ`, `lid`, `seq`, `iat` and the
-    step's own), the lease id. A control step's `iat` is audit only (§3.2: never
-    checked against the clock). The caller checks `seq` ordering."""
+    claim set of the token's own `typ`), the lease id. A control step's `iat` is audit
+    only (§3.2: never checked against the clock). The caller checks `seq` ordering,
+    then that the token's `typ` is its frame's (`typ`: PROTOCOL_VIOLATION if not)."""
     body = jws_verify(core_key, jws)
+    own = _token_typ(body)
+    if own in CORE_STEPS and own != typ:
+        required, optional = CORE_STEPS[own]
+        typ = own
     claims = parse_claims(body, typ, {"typ", "lid", "seq", "iat"} | set(required), frozenset(optional))
     if claims["lid"] != lid:
         raise Refused("PROTOCOL_VIOLATION", "the token names another lease")
@@ -1228,6 +1250,8 @@ class Module:
             if claims["seq"] <= lease.core_seq:
                 raise Refused("PROTOCOL_VIOLATION", f"control seq {claims['seq']} is not above {lease.core_seq}")
             lease.core_seq = claims["seq"]
+        if claims["typ"] != typ:
+            raise Refused("PROTOCOL_VIOLATION", f"a {claims['typ']} token in a {typ} frame")
         return claims
 
     def on_control_step(self, session: Session, lease: Lease, kind: str, value, received: float) -> None:

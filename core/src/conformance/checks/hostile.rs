@@ -304,78 +304,45 @@ impl Run<'_> {
     /// A4: control tokens that are forged, for another lease, or replayed
     /// are refused, never answered.
     async fn control_checks(&mut self, r: &mut Report, addr: SocketAddr) {
-        type Tamper = fn(&mut ControlClaims);
-        let cases: [(&str, Reason, bool, Option<Tamper>); 3] = [
+        let cases = [
             (
+                Misstep::Forged,
                 "a renewal signed with another key",
                 Reason::BadSignature,
-                true,
-                None,
             ),
             (
+                Misstep::OtherLease,
                 "a renewal for another lease id",
                 Reason::ProtocolViolation,
-                false,
-                Some(|c| c.lid = "AAAAAAAAAAAAAAAAAAAAAA".into()),
             ),
             (
+                Misstep::Replayed,
                 "a renewal replayed (the same token twice)",
                 Reason::ProtocolViolation,
-                false,
-                None,
+            ),
+            (
+                Misstep::WrongFrame,
+                "a renewal token in a revoke frame",
+                Reason::ProtocolViolation,
+            ),
+            (
+                Misstep::GrantFrame,
+                "a grant frame from the Core",
+                Reason::ProtocolViolation,
             ),
         ];
-        for (what, want, forge, tamper) in cases {
+        for (misstep, what, want) in cases {
             let Some(mut s) = self.lease_of_a(r, addr, self.ttl()).await else {
                 continue;
             };
-            let ttl = self.ttl();
-            let jws = match s.renew_token(ttl) {
-                Ok(jws) => jws,
+            let frame = match misstep_frame(&mut s, misstep).await {
+                Ok(frame) => frame,
                 Err(e) => {
-                    r.fail("A4", format!("cannot build a renewal: {e}"));
+                    r.fail("A4", format!("{what}: {e}"));
                     continue;
                 }
             };
-            let sent = if forge || tamper.is_some() {
-                let Some(mut claims) = decode_token::<ControlClaims>(&jws) else {
-                    r.fail("A4", "a renewal's claims do not decode");
-                    continue;
-                };
-                if let Some(tamper) = tamper {
-                    tamper(&mut claims);
-                }
-                let signed = if forge {
-                    s.signer()
-                        .impostor()
-                        .and_then(|forger| sign_claims(&forger, &claims))
-                } else {
-                    sign_claims(s.signer(), &claims)
-                };
-                match signed {
-                    Ok(jws) => jws,
-                    Err(e) => {
-                        r.fail("A4", format!("cannot sign a renewal: {e}"));
-                        continue;
-                    }
-                }
-            } else {
-                // Replay: the honest renewal first, answered…
-                s.send(Frame::Renew(SignedToken { jws: jws.clone() })).await;
-                match s.next_frame(PATIENCE).await {
-                    Ok(Some(Frame::Renewed(_))) => {}
-                    other => {
-                        r.fail(
-                            "A8",
-                            format!("an honest renewal was not answered renewed: {other:?}"),
-                        );
-                        continue;
-                    }
-                }
-                // …then the same token again.
-                jws
-            };
-            s.send(Frame::Renew(SignedToken { jws: sent })).await;
+            s.send(frame).await;
             match s.next_frame(PATIENCE).await {
                 Ok(Some(Frame::Refuse(Refusal { reason, detail }))) if reason == want.as_str() => {
                     r.pass("A4", format!("{what}: refused {reason} ({detail:.80})"));
@@ -454,6 +421,62 @@ impl Run<'_> {
         )
         .await;
     }
+}
+
+/// A control step an honest Core never sends.
+#[derive(Debug, Clone, Copy)]
+enum Misstep {
+    /// A renewal signed with a key other than the Core certificate's.
+    Forged,
+    /// A renewal whose `lid` names another lease.
+    OtherLease,
+    /// A renewal the module already answered, sent again.
+    Replayed,
+    /// A genuine renewal token in a `revoke` frame.
+    WrongFrame,
+    /// A `grant` frame, which only a module sends.
+    GrantFrame,
+}
+
+/// The frame that makes `misstep` on `s` (a replay first sends the honest
+/// renewal and awaits its answer).
+async fn misstep_frame(s: &mut Session, misstep: Misstep) -> Result<Frame, String> {
+    let jws = s.renew_token(s.lease.ttl())?;
+    let resigned = |s: &Session, tamper: fn(&mut ControlClaims), forge: bool| {
+        let mut claims: ControlClaims =
+            decode_token(&jws).ok_or("a renewal's claims do not decode")?;
+        tamper(&mut claims);
+        let signed = if forge {
+            s.signer()
+                .impostor()
+                .and_then(|forger| sign_claims(&forger, &claims))
+        } else {
+            sign_claims(s.signer(), &claims)
+        };
+        signed.map_err(|e| format!("cannot sign a renewal: {e}"))
+    };
+    Ok(match misstep {
+        Misstep::Forged => Frame::Renew(SignedToken {
+            jws: resigned(s, |_| {}, true)?,
+        }),
+        Misstep::OtherLease => Frame::Renew(SignedToken {
+            jws: resigned(s, |c| c.lid = "AAAAAAAAAAAAAAAAAAAAAA".into(), false)?,
+        }),
+        Misstep::Replayed => {
+            s.send(Frame::Renew(SignedToken { jws: jws.clone() })).await;
+            match s.next_frame(PATIENCE).await {
+                Ok(Some(Frame::Renewed(_))) => Frame::Renew(SignedToken { jws }),
+                other => {
+                    return Err(format!(
+                        "the honest renewal before the replay: {}",
+                        frame_text(&other)
+                    ));
+                }
+            }
+        }
+        Misstep::WrongFrame => Frame::Revoke(SignedToken { jws }),
+        Misstep::GrantFrame => Frame::Grant(SignedToken { jws }),
+    })
 }
 
 /// A capability call of `method` carrying `proof`.
