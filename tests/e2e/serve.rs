@@ -105,10 +105,14 @@ impl CoreProcess {
             if ok(&m) {
                 return m;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name}: waited for {what}; last {m}"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                // What the Core said about the module, for the failure.
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains(name)).collect();
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                panic!("{name}: waited for {what}; last {m}\nthe Core's log about it:\n{tail}");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
