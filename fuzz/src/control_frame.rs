@@ -66,7 +66,7 @@ pub fn run(data: &[u8]) {
 fn session(data: &[u8]) -> Session {
     let p = fixtures::ed25519();
     let now = fixtures::start();
-    let (core, module) = fixtures::handshake(p, now);
+    let (core, module) = fixtures::ed25519_leases();
     let mut s = Session {
         p,
         now,

@@ -175,6 +175,20 @@ pub fn grant(p: &Parties, offer: &str, now: Instant) -> Result<(String, Lease), 
     )
 }
 
+/// [`handshake`] of the Ed25519 parties at [`start`], done once per
+/// process: every call returns a fresh copy of that pair (`Lease` is `Clone`
+/// in fuzz builds only), so an input pays for no signature it did not send.
+/// (Outside fuzz builds, as under `cargo test`, it runs the handshake.)
+pub fn ed25519_leases() -> (Lease, Lease) {
+    #[cfg(fuzzing)]
+    {
+        static PAIR: OnceLock<(Lease, Lease)> = OnceLock::new();
+        PAIR.get_or_init(|| handshake(ed25519(), start())).clone()
+    }
+    #[cfg(not(fuzzing))]
+    handshake(ed25519(), start())
+}
+
 /// An honest handshake at `now`: the Core's copy of the lease, then the
 /// module's.
 pub fn handshake(p: &Parties, now: Instant) -> (Lease, Lease) {

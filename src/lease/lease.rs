@@ -98,6 +98,11 @@ pub enum LeaseState {
 
 /// An open lease (the `VerifiedLease` of the protocol): only a verified
 /// handshake creates one.
+///
+/// Not `Clone`: two copies of one side's lease would each accept the same
+/// proof once. Fuzz builds (`cfg(fuzzing)`, set by cargo-fuzz) clone one
+/// honest handshake's leases for every input instead of redoing it.
+#[cfg_attr(fuzzing, derive(Clone))]
 pub struct Lease {
     id: LeaseId,
     side: Side,
