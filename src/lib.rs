@@ -2,6 +2,8 @@
 //!
 //! - [`pb`]: the generated gRPC code for `proto/anima/v1`.
 //! - [`identity`]: the URNs that name Cores, modules and users.
+//! - [`contract`]: the module contract (`module.toml`) and module types.
+//! - [`launch`]: the launch protocol (`ANIMA_*` variables, the ready line).
 //! - [`lease`]: the lease format, handshake, per-call proofs and control
 //!   steps — pure logic with time passed in.
 //! - [`transport`]: gRPC over mutually authenticated TLS 1.3 — the one place
@@ -42,7 +44,9 @@ const _: () = assert!(
     "the anima_test_faults cfg is for the test-only copy of this crate \
      (tests/faulty-protocol); anima-protocol itself never compiles fault hooks"
 );
+pub mod contract;
 pub mod identity;
+pub mod launch;
 pub mod lease;
 pub mod transport;
 
@@ -60,6 +64,7 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/anima_v1_descriptor.bin"));
 }
 
+pub use contract::{Contract, ContractError, InitMode, ModuleType};
 pub use identity::{IdentityError, Urn, UrnKind};
 pub use transport::{
     ClientTls, Connection, ConnectionId, Fingerprint, PeerInfo, PeerPolicy, Refusal, RefusalCount,

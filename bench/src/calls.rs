@@ -258,7 +258,7 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
                         .await?;
                     let took = t.elapsed();
                     // A dropped link keeps its control task: end it first.
-                    link.revoke("benchmark sample done", "core");
+                    link.revoke("benchmark sample done", anima_core::audit::Actor::Core);
                     if i >= 5 {
                         s.push(took);
                     }
@@ -302,7 +302,7 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
         }
     }
 
-    link.revoke("benchmark done", "core");
+    link.revoke("benchmark done", anima_core::audit::Actor::Core);
     let (mut module, mut plain) = (module, plain);
     module.stop().await;
     plain.stop().await;

@@ -99,7 +99,7 @@ async fn open_many(
 
 fn revoke_all(links: &[LeaseLink]) {
     for l in links {
-        l.revoke("benchmark done", "core");
+        l.revoke("benchmark done", anima_core::audit::Actor::Core);
     }
 }
 
@@ -506,12 +506,8 @@ pub async fn cold_start(setup: &Setup, opts: &Opts) -> Res<Figure> {
             true,
         )?;
         let t0 = Instant::now();
-        let mut proc = Proc::start(
-            command,
-            anima_module_sdk::launch::READY_PREFIX,
-            module_ready,
-        )
-        .await?;
+        let mut proc =
+            Proc::start(command, anima_protocol::launch::READY_PREFIX, module_ready).await?;
         let t_ready = t0.elapsed();
         let conn = client
             .dial_addr(proc.addr, PeerPolicy::exactly(cold_urn.clone()))
@@ -531,7 +527,7 @@ pub async fn cold_start(setup: &Setup, opts: &Opts) -> Res<Figure> {
             })
             .await?;
         let took = t0.elapsed();
-        link.revoke("benchmark sample done", "core");
+        link.revoke("benchmark sample done", anima_core::audit::Actor::Core);
         // A Type I module exits by itself once its lease ends.
         proc.wait_or_kill(Duration::from_secs(3)).await;
         if i >= 2 {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anima_certs::LeafSpec;
+use anima_protocol::launch::{DEFAULT_LISTEN, LaunchEnv, READY_PREFIX, parse_ready_line};
 use anima_protocol::lease::LeaseSigner;
 use anima_protocol::{ClientTls, PeerPolicy, ServerTls, TlsIdentity, TrustRoot, Urn, UrnKind};
 use anima_tests::TestCa;
@@ -127,16 +128,17 @@ impl Setup {
     }
 
     /// The launch environment of a module with identity `urn`.
-    pub fn launch_env(&self, urn: &str) -> Res<Vec<(String, String)>> {
+    pub fn launch_env(&self, urn: &str, core: Option<&str>) -> Res<LaunchEnv> {
         let (cert, key) = self.files(urn)?;
-        Ok(vec![
-            ("ANIMA_CERT".into(), cert.display().to_string()),
-            ("ANIMA_KEY".into(), key.display().to_string()),
-            ("ANIMA_CA".into(), self.ca_file().display().to_string()),
-            ("ANIMA_OPERATORS".into(), OPERATOR.into()),
-            ("ANIMA_PARENT_PID".into(), std::process::id().to_string()),
-            ("RUST_LOG".into(), child_log()),
-        ])
+        Ok(LaunchEnv {
+            cert,
+            key,
+            ca: self.ca_file(),
+            core: core.map(str::parse).transpose()?,
+            listen: DEFAULT_LISTEN,
+            operators: vec![OPERATOR.parse()?],
+            parent_pid: Some(std::process::id()),
+        })
     }
 }
 
@@ -216,34 +218,25 @@ impl Proc {
 /// lines (`type = …`), bound to the bench Core when `bound`.
 pub fn module_command(setup: &Setup, urn: &str, extra: &str, bound: bool) -> Res<Command> {
     let mut command = Command::new(setup.bin("anima-fixture-module")?);
-    command
-        .envs(setup.launch_env(urn)?)
-        .env(
-            "FIXTURE_CONTRACT",
-            format!("urn = \"{urn}\"\n{}", echo_contract(extra)),
-        )
-        .env_remove("ANIMA_CORE_URN")
-        .env_remove("ANIMA_LISTEN");
-    if bound {
-        command.env("ANIMA_CORE_URN", CORE);
-    }
+    setup
+        .launch_env(urn, bound.then_some(CORE))?
+        .apply(&mut command);
+    command.env("RUST_LOG", child_log()).env(
+        "FIXTURE_CONTRACT",
+        format!("urn = \"{urn}\"\n{}", echo_contract(extra)),
+    );
     Ok(command)
 }
 
 /// Parses the launch protocol's ready line.
 pub fn module_ready(line: &str) -> Option<SocketAddr> {
-    anima_module_sdk::launch::parse_ready_line(line).map(|(_, addr)| addr)
+    parse_ready_line(line).ok().map(|(_, addr)| addr)
 }
 
 /// Starts the echo fixture as a module process (see [`module_command`]).
 pub async fn module_process(setup: &Setup, urn: &str, extra: &str, bound: bool) -> Res<Proc> {
     let command = module_command(setup, urn, extra, bound)?;
-    Proc::start(
-        command,
-        anima_module_sdk::launch::READY_PREFIX,
-        module_ready,
-    )
-    .await
+    Proc::start(command, READY_PREFIX, module_ready).await
 }
 
 const PLAIN_READY: &str = "BENCH-PLAIN READY";

@@ -141,7 +141,7 @@ impl CoreAdmin for AdminService {
         } else {
             format!("{:.200} (by {by})", req.reason)
         };
-        link.revoke(&detail, "operator");
+        link.revoke(&detail, crate::audit::Actor::Operator);
         Ok(Response::new(RevokeLeaseReply {}))
     }
 
@@ -175,7 +175,7 @@ impl CoreAdmin for AdminService {
                     Ok(e) => {
                         let event = Event {
                             ts_ms: e.ts_ms,
-                            kind: e.kind.into(),
+                            kind: e.kind.as_str().into(),
                             module: e.module,
                             lease_id: e.lease_id,
                             detail: e.detail,

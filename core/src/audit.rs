@@ -21,30 +21,154 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use anima_protocol::lease::Reason;
+use serde::{Serialize, Serializer};
 
 /// How many records may wait for the writer; past it, new records are
 /// dropped (and counted) rather than making their caller wait.
 pub const AUDIT_QUEUE_CAPACITY: usize = 8_192;
+
+/// What an audit record records: its `event` (PROTOCOL.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuditEvent {
+    /// The Core offered a lease and the module granted it (the Core's side).
+    Issued,
+    /// The Core accepted the module's grant.
+    Accepted,
+    /// A renewal was granted.
+    Renewed,
+    /// A scope change was granted.
+    Rescoped,
+    /// A handshake or renewal was refused.
+    Refused,
+    /// The lease was revoked.
+    Revoked,
+    /// The lease ran out.
+    Expired,
+    /// The lease's connection went away.
+    ConnectionLost,
+    /// The gateway refused a user's call by policy.
+    CallRefused,
+}
+
+impl AuditEvent {
+    /// Every event, in PROTOCOL.md §7's order.
+    pub const ALL: [AuditEvent; 9] = [
+        AuditEvent::Issued,
+        AuditEvent::Accepted,
+        AuditEvent::Renewed,
+        AuditEvent::Rescoped,
+        AuditEvent::Refused,
+        AuditEvent::Revoked,
+        AuditEvent::Expired,
+        AuditEvent::ConnectionLost,
+        AuditEvent::CallRefused,
+    ];
+
+    /// The name in the log.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuditEvent::Issued => "issued",
+            AuditEvent::Accepted => "accepted",
+            AuditEvent::Renewed => "renewed",
+            AuditEvent::Rescoped => "rescoped",
+            AuditEvent::Refused => "refused",
+            AuditEvent::Revoked => "revoked",
+            AuditEvent::Expired => "expired",
+            AuditEvent::ConnectionLost => "connection_lost",
+            AuditEvent::CallRefused => "call_refused",
+        }
+    }
+}
+
+/// Who caused an audited event: its `actor` (PROTOCOL.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Actor {
+    /// The Core.
+    Core,
+    /// The module.
+    Module,
+    /// An operator (`anima` admin commands).
+    Operator,
+    /// Time: the lease ran out.
+    Clock,
+    /// The network: the connection went away.
+    Connection,
+    /// A user calling through the gateway.
+    User,
+}
+
+impl Actor {
+    /// Every actor, in PROTOCOL.md §7's order.
+    pub const ALL: [Actor; 6] = [
+        Actor::Core,
+        Actor::Module,
+        Actor::Operator,
+        Actor::Clock,
+        Actor::Connection,
+        Actor::User,
+    ];
+
+    /// The name in the log.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Actor::Core => "core",
+            Actor::Module => "module",
+            Actor::Operator => "operator",
+            Actor::Clock => "clock",
+            Actor::Connection => "connection",
+            Actor::User => "user",
+        }
+    }
+}
+
+impl PartialEq<&str> for AuditEvent {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<&str> for Actor {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn reason_name<S: Serializer>(reason: &Option<Reason>, s: S) -> Result<S::Ok, S::Error> {
+    match reason {
+        Some(reason) => s.serialize_str(reason.as_str()),
+        None => s.serialize_none(),
+    }
+}
 
 /// One lease event.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AuditRecord {
     /// Wall-clock time, Unix milliseconds.
     pub ts_ms: u64,
-    /// `issued`, `accepted`, `renewed`, `rescoped`, `refused`, `revoked`,
-    /// `expired` or `connection_lost`.
-    pub event: &'static str,
+    /// What happened.
+    pub event: AuditEvent,
     /// The lease id (absent for a refused handshake before any id was agreed).
     pub lease_id: Option<String>,
     /// The module.
     pub module: String,
     /// The Core.
     pub core: String,
-    /// Who caused it: `core`, `module`, `operator`, `clock` or `connection`.
-    pub actor: &'static str,
+    /// Who caused it.
+    pub actor: Actor,
     /// The wire reason, when there is one.
-    pub reason: Option<String>,
+    #[serde(serialize_with = "reason_name")]
+    pub reason: Option<Reason>,
     /// Human-readable detail.
     pub detail: Option<String>,
     /// The TTL granted, for issue/accept/renew.
@@ -53,7 +177,7 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// A record stamped now.
-    pub fn now(event: &'static str, module: &str, core: &str, actor: &'static str) -> Self {
+    pub fn now(event: AuditEvent, module: &str, core: &str, actor: Actor) -> Self {
         AuditRecord {
             ts_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -260,13 +384,13 @@ mod tests {
         for i in 0..2 {
             let log = AuditLog::open(&path).unwrap();
             let mut r = AuditRecord::now(
-                "revoked",
+                AuditEvent::Revoked,
                 "urn:anima:module:m",
                 "urn:anima:core:c",
-                "operator",
+                Actor::Operator,
             );
             r.lease_id = Some(format!("id{i}"));
-            r.reason = Some("LEASE_REVOKED".into());
+            r.reason = Some(Reason::LeaseRevoked);
             log.record(r);
             assert!(log.flush(Duration::from_secs(10)), "written in time");
         }

@@ -4,15 +4,72 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 
+/// What happened: the `kind` of an `anima.v1.Event` (README's table of
+/// `anima events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A core-started module's process printed its ready line.
+    ModuleStarted,
+    /// A module stopped (an operator's command, or it exited cleanly and is
+    /// not restarted).
+    ModuleStopped,
+    /// A module failed and is not restarted (its policy, or too many
+    /// restarts within the window).
+    ModuleFailed,
+    /// A module is about to be restarted.
+    ModuleRestarting,
+    /// A lease was granted.
+    LeaseIssued,
+    /// A lease was revoked (by the Core, an operator or the module).
+    LeaseRevoked,
+    /// A lease ran out.
+    LeaseExpired,
+    /// The lease's connection (or the module's process) went away.
+    ConnectionLost,
+}
+
+impl EventKind {
+    /// Every kind, in README's order.
+    pub const ALL: [EventKind; 8] = [
+        EventKind::ModuleStarted,
+        EventKind::ModuleStopped,
+        EventKind::ModuleFailed,
+        EventKind::ModuleRestarting,
+        EventKind::LeaseIssued,
+        EventKind::LeaseRevoked,
+        EventKind::LeaseExpired,
+        EventKind::ConnectionLost,
+    ];
+
+    /// The name on the wire and in the log.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ModuleStarted => "module_started",
+            EventKind::ModuleStopped => "module_stopped",
+            EventKind::ModuleFailed => "module_failed",
+            EventKind::ModuleRestarting => "module_restarting",
+            EventKind::LeaseIssued => "lease_issued",
+            EventKind::LeaseRevoked => "lease_revoked",
+            EventKind::LeaseExpired => "lease_expired",
+            EventKind::ConnectionLost => "connection_lost",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One lifecycle event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoreEvent {
     /// Unix milliseconds.
     pub ts_ms: u64,
-    /// `module_started`, `module_stopped`, `module_failed`,
-    /// `module_restarting`, `lease_issued`, `lease_renewed`, `lease_revoked`,
-    /// `lease_expired`, `lease_lost`.
-    pub kind: &'static str,
+    /// What happened.
+    pub kind: EventKind,
     /// The module.
     pub module: String,
     /// The lease, when the event concerns one.
@@ -33,15 +90,9 @@ impl Default for Events {
 
 impl Events {
     /// Publishes an event (and logs it).
-    pub fn emit(
-        &self,
-        kind: &'static str,
-        module: &str,
-        lease_id: &str,
-        detail: impl Into<String>,
-    ) {
+    pub fn emit(&self, kind: EventKind, module: &str, lease_id: &str, detail: impl Into<String>) {
         let detail = detail.into();
-        tracing::info!(event = kind, module, lease_id, detail = %detail, "event");
+        tracing::info!(event = kind.as_str(), module, lease_id, detail = %detail, "event");
         let ts_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));

@@ -29,10 +29,11 @@ use anima_protocol::lease::{Reason, status_for};
 use anima_protocol::{PeerInfo, Urn};
 use http::HeaderValue;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use tonic::Code;
 use tonic::body::Body;
 use tower::ServiceExt;
 
-use crate::audit::AuditRecord;
+use crate::audit::{Actor, AuditEvent, AuditRecord};
 use crate::config::Policy;
 use crate::message_cap::{MAX_MESSAGE_BYTES, MessageCap, too_large};
 use crate::metrics::Metrics;
@@ -183,12 +184,12 @@ impl Gateway {
         if !Policy::allows(&self.policies, &user, &module, &method) {
             tracing::warn!(target: "anima::gateway", user = %user, module = %module, method = %method, outcome = "POLICY_DENIED", "call refused");
             let mut record = AuditRecord::now(
-                "call_refused",
+                AuditEvent::CallRefused,
                 module.as_str(),
                 self.ctx.urn.as_str(),
-                "user",
+                Actor::User,
             );
-            record.reason = Some(Reason::PolicyDenied.as_str().into());
+            record.reason = Some(Reason::PolicyDenied);
             record.detail = Some(format!("{user} may not call {method:.200}"));
             self.ctx.audit.record(record);
             return self.refuse(
@@ -260,7 +261,7 @@ impl Gateway {
                 Err(_) => {
                     // Dropping the forwarded call resets its stream: the
                     // module's handler is cancelled.
-                    call.finish("4");
+                    call.finish(Code::DeadlineExceeded);
                     return tonic::Status::deadline_exceeded(format!(
                         "deadline of {limit:?} exceeded"
                     ))
@@ -272,7 +273,7 @@ impl Gateway {
         if oversized > 0 {
             // The forwarded call was reset before the message's body left.
             tracing::warn!(target: "anima::gateway", user = %call.user, method = %call.method, bytes = oversized, outcome = "RESOURCE_EXHAUSTED", "call refused: message too large");
-            call.finish("8");
+            call.finish(Code::ResourceExhausted);
             return too_large(oversized, MAX_MESSAGE_BYTES).into_http();
         }
         let response = match outcome {
@@ -281,10 +282,10 @@ impl Gateway {
                 // The caller reset the call at its deadline (its request
                 // body ended abruptly), or the module is unreachable.
                 if call.deadline.is_some_and(|d| Instant::now() >= d) {
-                    call.finish("4");
+                    call.finish(Code::DeadlineExceeded);
                     return tonic::Status::deadline_exceeded("deadline exceeded").into_http();
                 }
-                call.finish("14");
+                call.finish(Code::Unavailable);
                 return self.refuse(Reason::ModuleUnavailable, format!("{module}: {e}"));
             }
         };
@@ -292,8 +293,7 @@ impl Gateway {
         let header_code = response
             .headers()
             .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+            .map(|v| Code::from_bytes(v.as_bytes()));
         let (parts, body) = response.into_parts();
         let body = Observed {
             inner: body,
@@ -320,7 +320,7 @@ struct CallLog {
 }
 
 impl CallLog {
-    fn finish(&mut self, code: &str) {
+    fn finish(&mut self, code: Code) {
         if self.done {
             return;
         }
@@ -335,7 +335,7 @@ impl CallLog {
             module = %self.module,
             method = %self.method,
             latency_us = latency.as_micros() as u64,
-            outcome = %code,
+            outcome = code as i32,
             "call"
         );
     }
@@ -346,8 +346,8 @@ impl Drop for CallLog {
         // Dropped before its end: the caller went away — at its deadline
         // (DEADLINE_EXCEEDED) or before (CANCELLED).
         let code = match self.deadline {
-            Some(d) if Instant::now() >= d => "4",
-            _ => "1",
+            Some(d) if Instant::now() >= d => Code::DeadlineExceeded,
+            _ => Code::Cancelled,
         };
         self.finish(code);
     }
@@ -357,7 +357,7 @@ impl Drop for CallLog {
 struct Observed {
     inner: Body,
     call: Option<CallLog>,
-    header_code: Option<String>,
+    header_code: Option<Code>,
 }
 
 impl HttpBody for Observed {
@@ -374,23 +374,21 @@ impl HttpBody for Observed {
                 if let Some(trailers) = frame.trailers_ref() {
                     let code = trailers
                         .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("2")
-                        .to_owned();
+                        .map_or(Code::Unknown, |v| Code::from_bytes(v.as_bytes()));
                     if let Some(mut call) = self.call.take() {
-                        call.finish(&code);
+                        call.finish(code);
                     }
                 }
             }
             Poll::Ready(None) => {
-                let code = self.header_code.clone().unwrap_or_else(|| "0".into());
+                let code = self.header_code.unwrap_or(Code::Ok);
                 if let Some(mut call) = self.call.take() {
-                    call.finish(&code);
+                    call.finish(code);
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(mut call) = self.call.take() {
-                    call.finish("14");
+                    call.finish(Code::Unavailable);
                 }
             }
             Poll::Pending => {}

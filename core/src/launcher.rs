@@ -12,13 +12,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anima_protocol::Urn;
+use anima_protocol::launch::{
+    DEFAULT_LISTEN, LaunchEnv, READY_PREFIX, READY_TIMEOUT, ReadyLineError, expect_ready_line,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-/// How long a child has to print its ready line.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
-
-const READY_PREFIX: &str = "ANIMA/1 READY";
 
 /// What is needed to start one module.
 #[derive(Debug, Clone)]
@@ -65,9 +63,12 @@ pub enum LaunchError {
     /// No ready line in time.
     #[error("no ready line within {0:?}")]
     Timeout(Duration),
+    /// The child's stdout could not be read.
+    #[error("no stdout to read its ready line from")]
+    NoStdout,
     /// The ready line named another module or was malformed.
-    #[error("bad ready line {0:?}")]
-    BadReadyLine(String),
+    #[error("bad ready line: {0}")]
+    BadReadyLine(#[from] ReadyLineError),
 }
 
 /// A started module process.
@@ -83,17 +84,21 @@ pub struct Launched {
 
 /// Starts `spec` and waits for its ready line.
 pub async fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
-    let operators: Vec<String> = spec.operators.iter().map(|u| u.to_string()).collect();
-    let mut child = Command::new(&spec.program)
+    let env = LaunchEnv {
+        cert: spec.cert.clone(),
+        key: spec.key.clone(),
+        ca: spec.ca.clone(),
+        core: Some(spec.core.clone()),
+        listen: DEFAULT_LISTEN,
+        operators: spec.operators.clone(),
+        parent_pid: Some(std::process::id()),
+    };
+    let mut command = Command::new(&spec.program);
+    command
         .args(&spec.args)
-        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("ANIMA_CERT", &spec.cert)
-        .env("ANIMA_KEY", &spec.key)
-        .env("ANIMA_CA", &spec.ca)
-        .env("ANIMA_CORE_URN", spec.core.as_str())
-        .env("ANIMA_LISTEN", "127.0.0.1:0")
-        .env("ANIMA_OPERATORS", operators.join(","))
-        .env("ANIMA_PARENT_PID", std::process::id().to_string())
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    env.apply(&mut command);
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -115,7 +120,7 @@ pub async fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         });
     }
     let Some(stdout) = child.stdout.take() else {
-        return Err(LaunchError::BadReadyLine("no stdout".into()));
+        return Err(LaunchError::NoStdout);
     };
     let mut lines = BufReader::new(stdout).lines();
     let ready = tokio::time::timeout(READY_TIMEOUT, async {
@@ -145,44 +150,11 @@ pub async fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         }
         Ok(Ok(line)) => line,
     };
-    let addr =
-        parse_ready(&line, &spec.urn).ok_or_else(|| LaunchError::BadReadyLine(line.clone()))?;
+    let addr = expect_ready_line(&line, &spec.urn)?;
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             tracing::info!(target: "anima::module", module = %module, "{line}");
         }
     });
     Ok(Launched { child, pid, addr })
-}
-
-/// The address in a ready line that names `urn`; `None` for any other line.
-/// Public only for the fuzz targets (`fuzz/`).
-#[doc(hidden)]
-pub fn parse_ready(line: &str, urn: &Urn) -> Option<SocketAddr> {
-    let rest = line.strip_prefix(READY_PREFIX)?.trim();
-    let (got, addr) = rest.split_once(' ')?;
-    (got == urn.as_str()).then_some(())?;
-    addr.trim().parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ready_line_must_name_the_module() {
-        let urn: Urn = "urn:anima:module:x".parse().unwrap();
-        assert_eq!(
-            parse_ready("ANIMA/1 READY urn:anima:module:x 127.0.0.1:5", &urn),
-            Some("127.0.0.1:5".parse().unwrap())
-        );
-        assert_eq!(
-            parse_ready("ANIMA/1 READY urn:anima:module:y 127.0.0.1:5", &urn),
-            None
-        );
-        assert_eq!(
-            parse_ready("ANIMA/1 READY urn:anima:module:x nowhere", &urn),
-            None
-        );
-    }
 }

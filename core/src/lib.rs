@@ -13,7 +13,6 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
-pub mod conformance;
 pub mod events;
 pub mod gateway;
 pub mod launcher;

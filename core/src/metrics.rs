@@ -1,13 +1,23 @@
 //! Prometheus text metrics, served at `GET /metrics` on the Core's endpoint
-//! (mTLS; operators only).
+//! (mTLS; operators only), encoded by `prometheus-client` (which escapes
+//! label values).
+//!
+//! The gateway's counters and latency histogram live here, each family
+//! behind its own lock; what the Core already keeps elsewhere (leases,
+//! modules, refused connections, dropped audit records) is read at each
+//! scrape.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anima_protocol::ServerTls;
 use anima_protocol::lease::LeaseState;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::supervisor::CoreContext;
 
@@ -16,111 +26,125 @@ const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
+/// The `Content-Type` of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: String,
+    code: i32,
 }
 
-#[derive(Default)]
-struct Inner {
-    calls: BTreeMap<(String, String), u64>,
-    latency: BTreeMap<String, Histogram>,
-    refusals: BTreeMap<String, u64>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModuleLabels {
+    module: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModuleStateLabels {
+    module: String,
+    state: String,
+}
+
+type LatencyFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
 /// The gateway's counters, and what the endpoint's listener refused.
-#[derive(Default)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    calls: Family<CallLabels, Counter>,
+    latency: LatencyFamily,
+    refusals: Family<ReasonLabels, Counter>,
     listener: Mutex<Option<ServerTls>>,
 }
 
-impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            calls: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            refusals: Family::default(),
+            listener: Mutex::new(None),
+        }
     }
+}
 
+impl Metrics {
     /// Reports the connections `tls` refuses (the Core's endpoint).
     pub fn watch_listener(&self, tls: &ServerTls) {
         *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(tls.clone());
     }
 
     /// One finished call.
-    pub fn call(&self, method: &str, code: &str, latency: Duration) {
-        let mut inner = self.lock();
-        *inner
-            .calls
-            .entry((method.to_owned(), code.to_owned()))
-            .or_default() += 1;
-        let h = inner.latency.entry(method.to_owned()).or_default();
-        let secs = latency.as_secs_f64();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += secs;
-        h.count += 1;
+    pub fn call(&self, method: &str, code: tonic::Code, latency: Duration) {
+        let method = method.to_owned();
+        self.calls
+            .get_or_create(&CallLabels {
+                method: method.clone(),
+                code: code as i32,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&MethodLabels { method })
+            .observe(latency.as_secs_f64());
     }
 
     /// One refused call, by reason.
     pub fn refusal(&self, reason: &str) {
-        *self.lock().refusals.entry(reason.to_owned()).or_default() += 1;
+        self.refusals
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
-    /// The exposition text.
+    /// The exposition text (Prometheus text format, [`CONTENT_TYPE`]).
     pub fn render(&self, ctx: &CoreContext) -> String {
+        let mut registry = Registry::default();
+        register_leases(&mut registry, ctx);
+        register_modules(&mut registry, ctx);
+        self.register_listener(&mut registry);
+        let dropped = Counter::<u64>::default();
+        dropped.inc_by(ctx.audit.dropped());
+        registry.register(
+            "anima_audit_records_dropped",
+            "Audit records dropped because the audit log could not keep up.",
+            dropped,
+        );
+        registry.register(
+            "anima_refusals",
+            "Calls refused by the gateway, by reason.",
+            self.refusals.clone(),
+        );
+        registry.register(
+            "anima_calls",
+            "Calls through the gateway by method and gRPC status code.",
+            self.calls.clone(),
+        );
+        registry.register(
+            "anima_call_duration_seconds",
+            "Gateway call latency.",
+            self.latency.clone(),
+        );
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP anima_leases Leases by module and state.");
-        let _ = writeln!(out, "# TYPE anima_leases gauge");
-        let mut leases: BTreeMap<(String, &str), u64> = BTreeMap::new();
-        let mut renewals: BTreeMap<String, u64> = BTreeMap::new();
-        for r in ctx.leases.list() {
-            let state = match r.state {
-                LeaseState::Active => "active",
-                LeaseState::Expired => "expired",
-                LeaseState::Ended(_) => "ended",
-            };
-            *leases.entry((r.module.to_string(), state)).or_default() += 1;
-            *renewals.entry(r.module.to_string()).or_default() += r.renewals;
-        }
-        for ((module, state), n) in &leases {
-            let _ = writeln!(
-                out,
-                "anima_leases{{module=\"{module}\",state=\"{state}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP anima_lease_renewals_total Renewals granted, by module."
-        );
-        let _ = writeln!(out, "# TYPE anima_lease_renewals_total counter");
-        for (module, n) in &renewals {
-            let _ = writeln!(out, "anima_lease_renewals_total{{module=\"{module}\"}} {n}");
-        }
-        let _ = writeln!(out, "# HELP anima_module_restarts_total Module restarts.");
-        let _ = writeln!(out, "# TYPE anima_module_restarts_total counter");
-        for m in ctx.registry.list() {
-            let _ = writeln!(
-                out,
-                "anima_module_restarts_total{{module=\"{}\"}} {}",
-                m.urn, m.restarts
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP anima_module_state Module state (1 for the current one)."
-        );
-        let _ = writeln!(out, "# TYPE anima_module_state gauge");
-        for m in ctx.registry.list() {
-            let _ = writeln!(
-                out,
-                "anima_module_state{{module=\"{}\",state=\"{}\"}} 1",
-                m.urn, m.state
-            );
-        }
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        out
+    }
+
+    fn register_listener(&self, registry: &mut Registry) {
         let refused = self
             .listener
             .lock()
@@ -128,91 +152,146 @@ impl Metrics {
             .as_ref()
             .map(ServerTls::refusal_counts)
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "# HELP anima_connection_refusals_total Connections the Core's endpoint refused before any call, by reason."
-        );
-        let _ = writeln!(out, "# TYPE anima_connection_refusals_total counter");
+        let refusals = Family::<ReasonLabels, Counter>::default();
+        let suppressed = Family::<ReasonLabels, Counter>::default();
         for r in &refused {
-            let _ = writeln!(
-                out,
-                "anima_connection_refusals_total{{reason=\"{}\"}} {}",
-                r.reason, r.refused
-            );
+            let labels = ReasonLabels {
+                reason: r.reason.to_string(),
+            };
+            refusals.get_or_create(&labels).inc_by(r.refused);
+            suppressed.get_or_create(&labels).inc_by(r.logs_suppressed);
         }
-        let _ = writeln!(
-            out,
-            "# HELP anima_connection_refusal_logs_suppressed_total Refused connections left out of the log (rate limit), by reason."
+        registry.register(
+            "anima_connection_refusals",
+            "Connections the Core's endpoint refused before any call, by reason.",
+            refusals,
         );
-        let _ = writeln!(
-            out,
-            "# TYPE anima_connection_refusal_logs_suppressed_total counter"
+        registry.register(
+            "anima_connection_refusal_logs_suppressed",
+            "Refused connections left out of the log (rate limit), by reason.",
+            suppressed,
         );
-        for r in &refused {
-            let _ = writeln!(
-                out,
-                "anima_connection_refusal_logs_suppressed_total{{reason=\"{}\"}} {}",
-                r.reason, r.logs_suppressed
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP anima_audit_records_dropped_total Audit records dropped because the audit log could not keep up."
-        );
-        let _ = writeln!(out, "# TYPE anima_audit_records_dropped_total counter");
-        let _ = writeln!(
-            out,
-            "anima_audit_records_dropped_total {}",
-            ctx.audit.dropped()
-        );
-        let inner = self.lock();
-        let _ = writeln!(
-            out,
-            "# HELP anima_refusals_total Calls refused by the gateway, by reason."
-        );
-        let _ = writeln!(out, "# TYPE anima_refusals_total counter");
-        for (reason, n) in &inner.refusals {
-            let _ = writeln!(out, "anima_refusals_total{{reason=\"{reason}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP anima_calls_total Calls through the gateway by method and gRPC status code."
-        );
-        let _ = writeln!(out, "# TYPE anima_calls_total counter");
-        for ((method, code), n) in &inner.calls {
-            let _ = writeln!(
-                out,
-                "anima_calls_total{{method=\"{method}\",code=\"{code}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP anima_call_duration_seconds Gateway call latency."
-        );
-        let _ = writeln!(out, "# TYPE anima_call_duration_seconds histogram");
-        for (method, h) in &inner.latency {
-            for (le, n) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(
-                    out,
-                    "anima_call_duration_seconds_bucket{{method=\"{method}\",le=\"{le}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "anima_call_duration_seconds_bucket{{method=\"{method}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "anima_call_duration_seconds_sum{{method=\"{method}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "anima_call_duration_seconds_count{{method=\"{method}\"}} {}",
-                h.count
-            );
-        }
+    }
+}
+
+fn register_leases(registry: &mut Registry, ctx: &CoreContext) {
+    let leases = Family::<ModuleStateLabels, Gauge>::default();
+    let renewals = Family::<ModuleLabels, Counter>::default();
+    for r in ctx.leases.list() {
+        let state = match r.state {
+            LeaseState::Active => "active",
+            LeaseState::Expired => "expired",
+            LeaseState::Ended(_) => "ended",
+        };
+        let module = r.module.to_string();
+        leases
+            .get_or_create(&ModuleStateLabels {
+                module: module.clone(),
+                state: state.to_owned(),
+            })
+            .inc();
+        renewals
+            .get_or_create(&ModuleLabels { module })
+            .inc_by(r.renewals);
+    }
+    registry.register("anima_leases", "Leases by module and state.", leases);
+    registry.register(
+        "anima_lease_renewals",
+        "Renewals granted, by module.",
+        renewals,
+    );
+}
+
+fn register_modules(registry: &mut Registry, ctx: &CoreContext) {
+    let restarts = Family::<ModuleLabels, Counter>::default();
+    let states = Family::<ModuleStateLabels, Gauge>::default();
+    for m in ctx.registry.list() {
+        let module = m.urn.to_string();
+        restarts
+            .get_or_create(&ModuleLabels {
+                module: module.clone(),
+            })
+            .inc_by(u64::from(m.restarts));
+        states
+            .get_or_create(&ModuleStateLabels {
+                module,
+                state: m.state.to_string(),
+            })
+            .set(1);
+    }
+    registry.register("anima_module_restarts", "Module restarts.", restarts);
+    registry.register(
+        "anima_module_state",
+        "Module state (1 for the current one).",
+        states,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway_text(metrics: &Metrics) -> String {
+        let mut registry = Registry::default();
+        registry.register("anima_refusals", "r", metrics.refusals.clone());
+        registry.register("anima_calls", "c", metrics.calls.clone());
+        registry.register("anima_call_duration_seconds", "d", metrics.latency.clone());
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
         out
+    }
+
+    #[test]
+    fn calls_are_counted_by_method_and_code_with_their_latency() {
+        let metrics = Metrics::default();
+        for _ in 0..3 {
+            metrics.call("/x.v1.X/Do", tonic::Code::Ok, Duration::from_micros(300));
+        }
+        metrics.call(
+            "/x.v1.X/Do",
+            tonic::Code::DeadlineExceeded,
+            Duration::from_secs(2),
+        );
+        metrics.refusal("POLICY_DENIED");
+        let text = gateway_text(&metrics);
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(
+            has(r#"anima_calls_total{method="/x.v1.X/Do",code="0"} 3"#),
+            "{text}"
+        );
+        assert!(
+            has(r#"anima_calls_total{method="/x.v1.X/Do",code="4"} 1"#),
+            "{text}"
+        );
+        assert!(
+            has(r#"anima_refusals_total{reason="POLICY_DENIED"} 1"#),
+            "{text}"
+        );
+        assert!(
+            has(r#"anima_call_duration_seconds_count{method="/x.v1.X/Do"} 4"#),
+            "{text}"
+        );
+        // 300 µs falls in the 0.0005 s bucket and above; 2 s only in 5 s.
+        assert!(
+            has(r#"anima_call_duration_seconds_bucket{le="0.0005",method="/x.v1.X/Do"} 3"#)
+                || has(r#"anima_call_duration_seconds_bucket{method="/x.v1.X/Do",le="0.0005"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE anima_call_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let metrics = Metrics::default();
+        metrics.call("/x\"} 1\nevil{a=\"", tonic::Code::Ok, Duration::ZERO);
+        let text = gateway_text(&metrics);
+        assert!(
+            !text.lines().any(|l| l.starts_with("evil")),
+            "a label value broke out of its line: {text}"
+        );
+        assert!(text.contains(r#"method="/x\"} 1\nevil{a=\""#), "{text}");
     }
 }

@@ -136,7 +136,7 @@ fn endpoint_routes(
             .is_some_and(|p| operators.contains(p.urn()));
         let response = if allowed {
             http::Response::builder()
-                .header("content-type", "text/plain; version=0.0.4")
+                .header("content-type", crate::metrics::CONTENT_TYPE)
                 .body(axum::body::Body::from(metrics.render(&ctx)))
         } else {
             http::Response::builder()

@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anima_module_sdk::ModuleType;
-use anima_protocol::lease::{LeaseSigner, LeaseState, Scope};
+use anima_protocol::contract::ModuleType;
+use anima_protocol::lease::{LeaseSigner, LeaseState, Reason, Scope};
 use anima_protocol::pb::ShutdownRequest;
 use anima_protocol::pb::module_admin_client::ModuleAdminClient;
 use anima_protocol::{ClientTls, Connection, PeerPolicy, Urn};
@@ -21,11 +21,11 @@ use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::AuditLog;
+use crate::audit::{Actor, AuditLog};
 use crate::config::{CoreCert, ModuleConfig, RestartMode, StartMode};
-use crate::events::Events;
+use crate::events::{EventKind, Events};
 use crate::launcher::{LaunchSpec, launch};
-use crate::lease::{LeaseLink, LeaseTable, RenewalPolicy};
+use crate::lease::{CoreLeaseError, LeaseLink, LeaseTable, RenewalPolicy};
 use crate::registry::{ModuleCommand, ModuleState, Registry};
 
 /// How long a stopped module may take to exit before it is killed.
@@ -205,8 +205,12 @@ async fn run(
             Outcome::Stop => {
                 ctx.registry
                     .set_state(&urn, ModuleState::Stopped, "stopped by an operator");
-                ctx.events
-                    .emit("module_stopped", urn.as_str(), "", "stopped by an operator");
+                ctx.events.emit(
+                    EventKind::ModuleStopped,
+                    urn.as_str(),
+                    "",
+                    "stopped by an operator",
+                );
                 // Wait for a restart command (or shutdown).
                 loop {
                     tokio::select! {
@@ -223,8 +227,12 @@ async fn run(
                 continue;
             }
             Outcome::Restart => {
-                ctx.events
-                    .emit("module_restarting", urn.as_str(), "", "restart requested");
+                ctx.events.emit(
+                    EventKind::ModuleRestarting,
+                    urn.as_str(),
+                    "",
+                    "restart requested",
+                );
                 restarts_at.clear();
                 backoff = module.restart.backoff;
                 continue;
@@ -244,9 +252,9 @@ async fn run(
                 ModuleState::Stopped
             };
             let kind = if failure {
-                "module_failed"
+                EventKind::ModuleFailed
             } else {
-                "module_stopped"
+                EventKind::ModuleStopped
             };
             ctx.registry.set_state(&urn, state, why.clone());
             ctx.events.emit(kind, urn.as_str(), "", why);
@@ -272,7 +280,8 @@ async fn run(
             tracing::error!(module = %urn, detail = %detail, "module failed");
             ctx.registry
                 .set_state(&urn, ModuleState::Failed, detail.clone());
-            ctx.events.emit("module_failed", urn.as_str(), "", detail);
+            ctx.events
+                .emit(EventKind::ModuleFailed, urn.as_str(), "", detail);
             if !wait_restart_command(&mut commands, &shutdown).await {
                 return;
             }
@@ -286,7 +295,8 @@ async fn run(
             ModuleState::Restarting,
             format!("{why}; restarting in {backoff:?}"),
         );
-        ctx.events.emit("module_restarting", urn.as_str(), "", why);
+        ctx.events
+            .emit(EventKind::ModuleRestarting, urn.as_str(), "", why);
         tokio::select! {
             _ = shutdown.cancelled() => {
                 ctx.registry.set_state(&urn, ModuleState::Stopped, "Core shut down");
@@ -357,7 +367,7 @@ async fn run_once(
                         v.endpoint = launched.addr.to_string();
                     });
                     ctx.events.emit(
-                        "module_started",
+                        EventKind::ModuleStarted,
                         urn.as_str(),
                         "",
                         format!("pid {} at {}", launched.pid.unwrap_or(0), launched.addr),
@@ -405,7 +415,7 @@ async fn run_once(
             v.lease_id = Some(link.id());
         });
         ctx.events.emit(
-            "lease_issued",
+            EventKind::LeaseIssued,
             urn.as_str(),
             &link.id().to_string(),
             format!("ttl {:?}", link.ttl()),
@@ -421,15 +431,15 @@ async fn run_once(
         };
         tokio::select! {
             _ = shutdown.cancelled() => {
-                link.revoke("Core shutting down", "core");
-                ctx.events.emit("lease_revoked", urn.as_str(), &link.id().to_string(), "Core shutting down");
+                link.revoke("Core shutting down", Actor::Core);
+                ctx.events.emit(EventKind::LeaseRevoked, urn.as_str(), &link.id().to_string(), "Core shutting down");
                 if let Some(c) = child.as_mut() {
                     stop_child(ctx, module, c, addr).await;
                 }
                 return Outcome::Shutdown;
             }
             cmd = commands.recv() => {
-                link.revoke("operator command", "operator");
+                link.revoke("operator command", Actor::Operator);
                 if let Some(c) = child.as_mut() {
                     stop_child(ctx, module, c, addr).await;
                 }
@@ -439,9 +449,9 @@ async fn run_once(
                 };
             }
             status = exited => {
+                let success = status.is_some_and(|s| s.success());
                 let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
-                let success = status == "exit status: 0";
-                ctx.events.emit("lease_lost", urn.as_str(), &link.id().to_string(), format!("process {status}"));
+                ctx.events.emit(EventKind::ConnectionLost, urn.as_str(), &link.id().to_string(), format!("process {status}"));
                 return Outcome::Exited { success, status };
             }
             _ = link.ended() => {}
@@ -450,19 +460,21 @@ async fn run_once(
                 // connection: end the lease; it is leased again (or restarted)
                 // like after any other loss.
                 tracing::warn!(module = %urn, reason = %unhealthy, "health check failed; revoking the lease");
-                link.revoke(&format!("health check failed: {unhealthy}"), "core");
+                link.revoke(&format!("health check failed: {unhealthy}"), Actor::Core);
             }
         }
         // The lease ended while the module lives on.
-        let why = match link.state() {
-            LeaseState::Ended(e) => e.reason.to_string(),
-            LeaseState::Expired => "LEASE_EXPIRED".to_owned(),
-            LeaseState::Active => "ended".to_owned(),
-        };
-        let kind = if why == "LEASE_EXPIRED" {
-            "lease_expired"
-        } else {
-            "lease_revoked"
+        let (kind, why) = match link.state() {
+            LeaseState::Ended(e) => (
+                match e.reason {
+                    Reason::LeaseExpired => EventKind::LeaseExpired,
+                    Reason::ConnectionLost => EventKind::ConnectionLost,
+                    _ => EventKind::LeaseRevoked,
+                },
+                e.reason.to_string(),
+            ),
+            LeaseState::Expired => (EventKind::LeaseExpired, Reason::LeaseExpired.to_string()),
+            LeaseState::Active => (EventKind::LeaseRevoked, "ended".to_owned()),
         };
         ctx.events
             .emit(kind, urn.as_str(), &link.id().to_string(), why.clone());
@@ -485,8 +497,8 @@ async fn run_once(
                         }
                         s = c.wait() => s.ok(),
                     };
+                    let success = status.is_some_and(|s| s.success());
                     let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
-                    let success = status == "exit status: 0";
                     return Outcome::Exited { success, status };
                 }
                 return Outcome::StartFailed(format!("lease ended ({why})"));
@@ -546,15 +558,14 @@ async fn open_lease(
     ctx: &Arc<CoreContext>,
     module: &ModuleConfig,
     addr: SocketAddr,
-) -> Result<LeaseLink, String> {
+) -> Result<LeaseLink, CoreLeaseError> {
     let (client, signer) = ctx.dialer(module);
     let conn: Connection = client
         .dial_addr(addr, PeerPolicy::exactly(module.urn.clone()))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let scope = match &module.contract {
         Some(c) => c.methods.clone(),
-        None => declared_scope(&conn).await.map_err(|e| e.to_string())?,
+        None => declared_scope(&conn).await?,
     };
     let mut policy = RenewalPolicy::new(module.lease_ttl);
     policy.renew_when_left = ctx.renew_when_left;
@@ -567,18 +578,17 @@ async fn open_lease(
         ctx.leases.clone(),
     )
     .await
-    .map_err(|e| e.to_string())
 }
 
 /// Without a contract file, the Core asks the module for its declared
 /// methods (`ModuleAdmin/Status`, which needs no lease) and leases them all.
-async fn declared_scope(conn: &Connection) -> Result<Scope, String> {
+async fn declared_scope(conn: &Connection) -> Result<Scope, CoreLeaseError> {
     let status = ModuleAdminClient::new(conn.channel())
         .status(anima_protocol::pb::StatusRequest {})
         .await
-        .map_err(|e| e.message().to_owned())?
+        .map_err(|e| CoreLeaseError::Declared(e.message().to_owned()))?
         .into_inner();
-    Scope::new(status.methods).map_err(|e| e.to_string())
+    Ok(Scope::new(status.methods)?)
 }
 
 /// Asks the module to shut down (its Core may), then kills it if it lingers.

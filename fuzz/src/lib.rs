@@ -14,7 +14,7 @@
 //! | [`control_frame`] | prost decoding of `ControlFrame`, then the module's and the Core's control steps on live leases |
 //! | [`module_toml`] | `Contract::from_toml` |
 //! | [`anima_toml`] | `config::parse_str` (with real certificates and contracts to find), `config::check`, `config::start_order` |
-//! | [`ready_line`] | the Core's `launcher::parse_ready` and the SDK's `launch::parse_ready_line`, against each other |
+//! | [`ready_line`] | `launch::parse_ready_line` and `launch::expect_ready_line`, against a model of the grammar |
 //! | [`message_cap`] | the gateway's `MessageCap` body, polled over fuzzed chunking, against a model |
 
 pub mod anima_toml;

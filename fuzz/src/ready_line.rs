@@ -1,16 +1,17 @@
 //! The ready line a started module prints (`ANIMA/1 READY <urn> <addr>`,
-//! PROTOCOL.md §6.1), as the Core reads it (`launcher::parse_ready`, on the
-//! first stdout line with the prefix) and as the SDK and the conformance
-//! tool read it (`launch::parse_ready_line`).
+//! PROTOCOL.md §6.1), as everyone reads it: `anima_protocol::launch`'s
+//! `parse_ready_line` (the SDK's tests, the bench) and `expect_ready_line`
+//! (the Core's launcher, on the first stdout line with the prefix; the
+//! conformance tool).
 //!
-//! Input: the module's stdout. The two parsers must agree: the Core takes a
-//! line exactly when the SDK reads the module's URN from it, with the same
-//! address; and whatever the SDK reads, the line the SDK writes for it must
-//! read back the same.
+//! Input: the module's stdout. The parser must agree with a model of the
+//! grammar (the prefix, one space, a URN, one space, `ip:port`, nothing
+//! else); `expect_ready_line` must take a line exactly when it names the
+//! expected module; and the line written for whatever is read must read back
+//! the same.
 
-use anima_core::launcher::parse_ready;
-use anima_module_sdk::launch::{READY_PREFIX, parse_ready_line, ready_line};
 use anima_protocol::Urn;
+use anima_protocol::launch::{READY_PREFIX, expect_ready_line, parse_ready_line, ready_line};
 
 const MODULE: &str = "urn:anima:module:fz";
 
@@ -34,22 +35,27 @@ pub fn run(data: &[u8]) {
     }
 }
 
+/// The grammar, written independently of the parser.
+fn model(line: &str) -> Option<(Urn, std::net::SocketAddr)> {
+    let words: Vec<&str> = line.split(' ').collect();
+    match words.as_slice() {
+        ["ANIMA/1", "READY", urn, addr] => Some((urn.parse().ok()?, addr.parse().ok()?)),
+        _ => None,
+    }
+}
+
 fn check(line: &str, expected: &Urn) {
-    let sdk = parse_ready_line(line);
-    let core = parse_ready(line, expected);
-    let sdk_for_expected = sdk
+    let parsed = parse_ready_line(line).ok();
+    assert_eq!(parsed, model(line), "the parser and the model disagree on {line:?}");
+    let for_expected = parsed
         .as_ref()
         .filter(|(urn, _)| urn == expected)
         .map(|&(_, addr)| addr);
-    assert_eq!(
-        core, sdk_for_expected,
-        "the Core and the SDK disagree on {line:?}"
-    );
-    if let Some((urn, addr)) = sdk {
-        assert_eq!(parse_ready(line, &urn), Some(addr), "{line:?}");
+    assert_eq!(expect_ready_line(line, expected).ok(), for_expected, "{line:?}");
+    if let Some((urn, addr)) = parsed {
+        assert_eq!(expect_ready_line(line, &urn), Ok(addr), "{line:?}");
         let written = ready_line(&urn, addr);
-        assert_eq!(parse_ready_line(&written), Some((urn.clone(), addr)));
-        assert_eq!(parse_ready(&written, &urn), Some(addr));
+        assert_eq!(parse_ready_line(&written), Ok((urn.clone(), addr)));
     }
 }
 

@@ -12,9 +12,9 @@ use anima_protocol::pb::{ModuleStatus, ShutdownReply, ShutdownRequest, StatusReq
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::contract::ModuleType;
 use crate::leases::ModuleState;
 use crate::lifecycle::Exit;
+use anima_protocol::contract::ModuleType;
 
 /// The `ModuleAdmin` service.
 pub(crate) struct AdminService {

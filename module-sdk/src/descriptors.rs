@@ -24,7 +24,7 @@ pub(crate) fn served_methods(
         .filter(|bytes| !bytes.is_empty())
         .map(|bytes| {
             FileDescriptorSet::decode(*bytes).map_err(|e| {
-                SdkError::Contract(format!("the file descriptor set does not decode: {e}"))
+                SdkError::Descriptors(format!("the file descriptor set does not decode: {e}"))
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -55,7 +55,7 @@ pub(crate) fn served_methods(
             methods.push(format!("/{full}/{}", method.name.as_deref().unwrap_or("")));
         }
     }
-    Scope::new(methods).map_err(|e| SdkError::Contract(e.to_string()))
+    Scope::new(methods).map_err(|e| SdkError::Descriptors(e.to_string()))
 }
 
 /// Refuses any difference between what is served and what is declared.

@@ -8,7 +8,10 @@ use anima_protocol::TransportError;
 pub enum SdkError {
     /// The capability contract is invalid.
     #[error("contract: {0}")]
-    Contract(String),
+    Contract(#[from] anima_protocol::ContractError),
+    /// The file descriptor set describing the served services is unusable.
+    #[error("contract: {0}")]
+    Descriptors(String),
     /// The served methods differ from the declared ones.
     #[error("the served methods differ from the contract: {0}")]
     MethodMismatch(String),
@@ -32,6 +35,9 @@ pub enum SdkError {
     /// The launch environment is incomplete or malformed.
     #[error("launch: {0}")]
     Launch(String),
+    /// The launch environment (`ANIMA_*`) is incomplete or malformed.
+    #[error("launch: {0}")]
+    LaunchEnv(#[from] anima_protocol::launch::LaunchEnvError),
     /// An I/O failure (binding, the launch handshake).
     #[error("{0}")]
     Io(#[from] std::io::Error),

@@ -37,9 +37,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use anima_protocol::fault::ProtocolFault;
 
-use crate::contract::{Contract, ModuleType};
 use crate::error::SdkError;
 use crate::leases::TenantMap;
+use anima_protocol::contract::{Contract, ModuleType};
 
 /// Whether `package` is the test-only copy of the SDK, the one crate allowed
 /// to compile this module (checked at compile time in `lib.rs`).

@@ -21,8 +21,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::contract::{Contract, ModuleType};
 use crate::lifecycle::{Exit, Phase};
+use anima_protocol::contract::{Contract, ModuleType};
 
 /// Something that happened to a lease, as the module saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]

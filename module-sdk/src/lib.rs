@@ -74,7 +74,6 @@ mod access;
 mod admin;
 mod clock;
 mod context;
-pub mod contract;
 mod control;
 mod descriptors;
 mod error;
@@ -87,7 +86,6 @@ const _: () = assert!(
      anima-module-sdk itself never compiles fault hooks"
 );
 mod gate;
-pub mod launch;
 mod leases;
 mod lifecycle;
 mod probe;
@@ -97,12 +95,14 @@ mod status;
 pub mod testing;
 
 pub use access::MAX_CONCURRENT_STREAMS;
+/// The module contract (`module.toml`), defined in the protocol crate.
+pub use anima_protocol::contract::{self, Contract, ContractError, InitMode, ModuleType};
+/// The launch protocol (`ANIMA_*` variables, the ready line), defined in the
+/// protocol crate.
+pub use anima_protocol::launch::{self, shutdown_signal};
 pub use context::LeaseContext;
-pub use contract::{Contract, InitMode, ModuleType};
 pub use control::{ENDED_LEASE_RETENTION, HANDSHAKE_TIMEOUT};
 pub use error::SdkError;
 pub use leases::LeaseEvent;
 pub use lifecycle::{Exit, Phase};
-pub use serve::{
-    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, ModuleHandle, ModuleServer, launch, shutdown_signal,
-};
+pub use serve::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, ModuleHandle, ModuleServer, launch};

@@ -20,8 +20,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::contract::ModuleType;
 use crate::leases::ModuleState;
+use anima_protocol::contract::ModuleType;
 
 /// Where a module is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +218,7 @@ mod tests {
     use anima_protocol::transport::Fingerprint;
 
     use super::*;
-    use crate::contract::Contract;
+    use anima_protocol::contract::Contract;
 
     fn state(extra: &str) -> Arc<ModuleState> {
         let contract = Contract::from_toml(&format!(

@@ -19,15 +19,15 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 
 use crate::admin::AdminService;
-use crate::contract::Contract;
 use crate::control::ControlService;
 use crate::descriptors;
 use crate::error::SdkError;
 use crate::gate::GateLayer;
-use crate::launch::{LaunchEnv, ready_line};
 use crate::leases::{LeaseEvent, ModuleState};
 use crate::lifecycle::{self, CleanupHook, Exit, Phase, SharedCleanup, cleanup_once};
 use crate::probe::ProbeService;
+use anima_protocol::contract::Contract;
+use anima_protocol::launch::{LaunchEnv, ready_line, shutdown_signal};
 
 /// HTTP/2 keepalive: a ping every interval, answered within the timeout, or
 /// the connection (and its lease) is dead. A silent Core is detected within
@@ -312,7 +312,7 @@ impl ModuleServer {
 }
 
 /// The whole `main` of a module started under the launch protocol: reads
-/// the environment ([`crate::launch`](mod@crate::launch)), lets `configure` add services and
+/// the environment ([`anima_protocol::launch`](mod@anima_protocol::launch)), lets `configure` add services and
 /// hooks, prints the ready line, serves until the lifecycle ends or
 /// SIGINT/SIGTERM, and returns the exit status. Startup failures (a method
 /// mismatch, a missing variable, an unreadable certificate) are one line on
@@ -338,7 +338,7 @@ async fn launch_inner(
     configure: impl FnOnce(ModuleServer) -> ModuleServer,
 ) -> Result<Exit, SdkError> {
     let env = LaunchEnv::from_env()?;
-    if !die_with_parent() {
+    if !die_with_parent(env.parent_pid) {
         return Ok(Exit::Stopped);
     }
     let identity = TlsIdentity::from_pem_files(&env.cert, &env.key)?;
@@ -379,11 +379,8 @@ impl ModuleServer {
 /// With `ANIMA_PARENT_PID` set (a Core launched us), asks the kernel for
 /// SIGTERM when that parent dies, so a killed Core leaves no orphan. False
 /// when the parent is already gone.
-fn die_with_parent() -> bool {
-    let Some(parent) = std::env::var("ANIMA_PARENT_PID")
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-    else {
+fn die_with_parent(parent_pid: Option<u32>) -> bool {
+    let Some(parent) = parent_pid.and_then(|pid| i32::try_from(pid).ok()) else {
         return true;
     };
     #[cfg(target_os = "linux")]
@@ -401,30 +398,6 @@ fn die_with_parent() -> bool {
     #[cfg(not(target_os = "linux"))]
     let _ = parent;
     true
-}
-
-/// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere).
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => std::future::pending().await,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Watches and acts on a serving module's leases.

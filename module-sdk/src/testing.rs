@@ -39,10 +39,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::transport::Channel;
 
-use crate::contract::Contract;
 use crate::error::SdkError;
 use crate::lifecycle::Exit;
 use crate::serve::{ModuleHandle, ModuleServer};
+use anima_protocol::contract::Contract;
 
 /// How long the fake Core waits for any answer.
 const PATIENCE: Duration = Duration::from_secs(10);

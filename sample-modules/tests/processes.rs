@@ -111,7 +111,7 @@ impl Process {
             .await
             .unwrap()
             .expect("a ready line");
-        let (urn, addr) = anima_module_sdk::launch::parse_ready_line(&line).expect(&line);
+        let (urn, addr) = anima_protocol::launch::parse_ready_line(&line).expect(&line);
         assert_eq!(urn, contract.urn);
         // Anything printed after the ready line, collected until exit.
         let stdout = tokio::spawn(async move {

@@ -4,8 +4,13 @@
 //!
 //! The header is exactly `{"alg":"EdDSA","typ":"JWT"}` or
 //! `{"alg":"ES256","typ":"JWT"}`, and it must match the key of the signer's
-//! certificate; a token with any other header is refused. Signing and
-//! verifying are done by `ed25519-dalek` and `ring`; this module only encodes.
+//! certificate; a token with any other header is refused. This module
+//! encodes and checks the form; the signature itself is made and checked by
+//! `jsonwebtoken` (its aws-lc-rs backend, `super::keys`) over the signing
+//! input exactly as sent or received, with the algorithm of the certificate
+//! key. `jsonwebtoken`'s own `encode`/`decode` are not used: they would
+//! reorder the header, and take the algorithm and claims checks from the
+//! token and their `Validation` rather than from PROTOCOL.md.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -13,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::error::LeaseError;
-use super::keys::{PeerKey, SignKey};
+use super::keys::{PeerKey, SIGNATURE_LEN, SignKey};
 
 /// The header of tokens signed with an Ed25519 certificate key.
 pub const HEADER: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
@@ -83,12 +88,13 @@ pub(crate) fn verify<T: DeserializeOwned>(token: &str, key: &PeerKey) -> Result<
     let payload = B64
         .decode(payload_b64)
         .map_err(|_| LeaseError::BadToken("payload is not base64url".into()))?;
-    let signature: [u8; 64] = B64
+    let signature: [u8; SIGNATURE_LEN] = B64
         .decode(signature)
         .ok()
         .and_then(|s| s.try_into().ok())
         .ok_or_else(|| LeaseError::BadToken("signature is not 64 base64url bytes".into()))?;
-    // The signing input is `header "." payload`, exactly as received.
+    // The signing input is `header "." payload`, exactly as received; the
+    // algorithm is the certificate key's (the header was checked to match).
     let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
     key.verify(signed.as_bytes(), &signature)?;
     serde_json::from_slice(&payload).map_err(|e| LeaseError::BadToken(format!("claims: {e}")))
@@ -132,7 +138,7 @@ mod tests {
     }
 
     fn key(seed: u8) -> SignKey {
-        SignKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[seed; 32]))
+        SignKey::ed25519(&[seed; 32])
     }
 
     #[test]
@@ -288,6 +294,93 @@ mod tests {
         }
         let max = signed_raw(br#"{"a":"x","n":18446744073709551615}"#);
         assert_eq!(reason_of(&max).unwrap().n, u64::MAX);
+    }
+
+    #[test]
+    fn ed25519_is_verified_strictly() {
+        // Non-canonical `S` (S + L, still under 2^253): refused.
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let token = signed_raw(br#"{"a":"x","n":7}"#);
+        assert!(reason_of(&token).is_ok());
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let mut sig: [u8; 64] = b64_array(sig, "signature").unwrap();
+        let mut carry = 0u16;
+        for (s, l) in sig[32..].iter_mut().zip(L) {
+            let sum = u16::from(*s) + u16::from(l) + carry;
+            *s = sum as u8;
+            carry = sum >> 8;
+        }
+        assert_eq!((carry, sig[63] & 0xe0), (0, 0));
+        assert_eq!(
+            reason_of(&format!("{input}.{}", b64(&sig))).unwrap_err(),
+            BadSignature
+        );
+
+        // A small-order key: with it, `R` = identity and `S` = 0 satisfy the
+        // (cofactorless) equation for any message. Refused, as is that `R`
+        // under an honest key.
+        let identity = {
+            let mut p = [0u8; 32];
+            p[0] = 1;
+            p
+        };
+        let weak = PeerKey::Ed25519(ed25519_dalek::VerifyingKey::from_bytes(&identity).unwrap());
+        let header = b64(HEADER.as_bytes());
+        let payload = b64(br#"{"a":"x","n":1}"#);
+        let mut forged = [0u8; 64];
+        forged[..32].copy_from_slice(&identity);
+        let forged = format!("{header}.{payload}.{}", b64(&forged));
+        assert!(matches!(
+            verify::<Claims>(&forged, &weak),
+            Err(LeaseError::BadSignature)
+        ));
+        assert_eq!(reason_of(&forged).unwrap_err(), BadSignature);
+    }
+
+    #[test]
+    fn es256_round_trip_and_refusals() {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        let urn: crate::identity::Urn = "urn:anima:core:main".parse().unwrap();
+        let signer = crate::lease::LeaseSigner::from_p256_pkcs8(
+            pkcs8.as_ref(),
+            urn,
+            crate::transport::Fingerprint([7; 32]),
+        )
+        .unwrap();
+        let claims = Claims {
+            a: "x".into(),
+            n: 7,
+        };
+        let token = sign_claims(&signer, &claims).unwrap();
+        assert!(token.starts_with(&format!("{}.", b64(HEADER_ES256.as_bytes()))));
+        let vk = signer.verifying_key();
+        assert_eq!(verify::<Claims>(&token, &vk).unwrap(), claims);
+        // Another P-256 key: a bad signature. An Ed25519 key: a bad header.
+        assert!(matches!(
+            verify::<Claims>(&token, &signer.impostor().unwrap().verifying_key()),
+            Err(LeaseError::BadSignature)
+        ));
+        assert!(matches!(
+            verify::<Claims>(&token, &key(1).public_key()),
+            Err(LeaseError::BadToken(_))
+        ));
+        // r = s = 0, and r, s out of range (over n): well-formed, refused.
+        let (input, _) = token.rsplit_once('.').unwrap();
+        for sig in [[0u8; 64], [0xff; 64]] {
+            let bad = format!("{input}.{}", b64(&sig));
+            assert!(matches!(
+                verify::<Claims>(&bad, &vk),
+                Err(LeaseError::BadSignature)
+            ));
+        }
     }
 
     #[test]

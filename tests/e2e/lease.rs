@@ -296,7 +296,10 @@ async fn a6_core_link_revocation_stops_the_core_and_the_module() {
     let mut events = module.handle.events();
     let core = core_link(&ca, &module, Duration::from_secs(10), &[SAY]).await;
     say(&core).await.unwrap();
-    assert!(core.link.revoke("operator asked", "operator"));
+    assert!(
+        core.link
+            .revoke("operator asked", anima_core::audit::Actor::Operator)
+    );
     // The Core sends nothing more under the lease.
     let status = say(&core).await.unwrap_err();
     assert_eq!(reason(&status), Some(Reason::LeaseRevoked));
@@ -310,7 +313,7 @@ async fn a6_core_link_revocation_stops_the_core_and_the_module() {
     let records = core.audit.records();
     let revoked = records.iter().find(|r| r.event == "revoked").unwrap();
     assert_eq!(revoked.actor, "operator");
-    assert_eq!(revoked.reason.as_deref(), Some("LEASE_REVOKED"));
+    assert_eq!(revoked.reason.map(Reason::as_str), Some("LEASE_REVOKED"));
     assert_eq!(revoked.lease_id, Some(core.link.id().to_string()));
 }
 
@@ -613,9 +616,9 @@ async fn a6_audit_log_has_one_line_per_event_with_id_actor_reason() {
     })
     .await
     .unwrap();
-    core.link.revoke("done", "operator");
+    core.link.revoke("done", anima_core::audit::Actor::Operator);
     let records = core.audit.records();
-    let kinds: Vec<&str> = records.iter().map(|r| r.event).collect();
+    let kinds: Vec<&str> = records.iter().map(|r| r.event.as_str()).collect();
     assert_eq!(kinds[..2], ["issued", "accepted"], "{kinds:?}");
     assert!(kinds.contains(&"renewed"));
     assert_eq!(*kinds.last().unwrap(), "revoked");
@@ -624,10 +627,10 @@ async fn a6_audit_log_has_one_line_per_event_with_id_actor_reason() {
         assert_eq!(r.lease_id.as_deref(), Some(id.as_str()));
         assert_eq!(r.module, MODULE);
         assert_eq!(r.core, CORE);
-        assert!(!r.actor.is_empty());
+        assert!(!r.actor.as_str().is_empty());
     }
     assert_eq!(
-        records.last().unwrap().reason.as_deref(),
+        records.last().unwrap().reason.map(Reason::as_str),
         Some("LEASE_REVOKED")
     );
 }

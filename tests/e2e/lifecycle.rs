@@ -241,7 +241,7 @@ async fn z1_zero_lease_on_expiry_revocation_and_connection_loss() {
     // Revocation.
     let b = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
     wait_phase(&ca, &module, "leased").await;
-    b.link.revoke("test", "operator");
+    b.link.revoke("test", anima_core::audit::Actor::Operator);
     wait_phase(&ca, &module, "standby").await;
     // Connection loss: a Core process holding the lease is killed.
     let dir = anima_tests::write_identity(&ca, CORE);
@@ -303,7 +303,8 @@ async fn z3_zero_lease_kills_type1_but_only_freezes_type2_and_type3() {
     for m in [&one, &two, &three] {
         let l = lease(&ca, CORE, m, Duration::from_secs(10)).await;
         say(&l).await.unwrap();
-        l.link.revoke("zero-lease", "operator");
+        l.link
+            .revoke("zero-lease", anima_core::audit::Actor::Operator);
     }
     let exit = one
         .exit_status(PATIENCE)
@@ -352,7 +353,9 @@ async fn e3_expired_grace_lets_only_the_same_core_lease_again() {
     let body = contract("expired_grace = \"3s\"\ntermination_window = \"1s\"");
     let module = ModuleProcess::start(&ca, MODULE, &body, Some(CORE), &[]).await;
     let first = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
-    first.link.revoke("transient", "operator");
+    first
+        .link
+        .revoke("transient", anima_core::audit::Actor::Operator);
     wait_phase(&ca, &module, "expired-grace").await;
     let other = try_lease(
         &ca,
@@ -385,11 +388,12 @@ async fn e4_e5_type1_cleans_up_and_exits_by_itself_after_zero_lease() {
     assert!(module.cleaned_up(), "the cleanup hook ran");
 }
 
-#[tokio::test]
-async fn e6_type1_mid_execution_expiry_halts_without_side_effects() {
+/// A call still running when its lease expires ends `LEASE_EXPIRED`, and
+/// its handler never completes: the same Core leases `contract_body`'s module
+/// again (a Type I module within its expired grace) and looks.
+async fn mid_execution_expiry_halts_the_handler(contract_body: &str) {
     let ca = TestCa::new();
-    let body = contract("expired_grace = \"5s\"");
-    let module = ModuleProcess::start(&ca, MODULE, &body, Some(CORE), &[]).await;
+    let module = ModuleProcess::start(&ca, MODULE, contract_body, Some(CORE), &[]).await;
     let core = lease(&ca, CORE, &module, Duration::from_millis(300)).await;
     core.link.stop_renewing().await;
     let status = EchoClient::new(core.link.channel())
@@ -397,8 +401,7 @@ async fn e6_type1_mid_execution_expiry_halts_without_side_effects() {
         .await
         .unwrap_err();
     assert_eq!(reason(&status), Some(Reason::LeaseExpired));
-    // Within the expired grace the same Core leases again and looks: the
-    // handler started and never completed, even after its sleep would end.
+    // The handler started and never completed, even after its sleep would end.
     let again = lease(&ca, CORE, &module, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(
@@ -409,6 +412,11 @@ async fn e6_type1_mid_execution_expiry_halts_without_side_effects() {
             ..Default::default()
         }
     );
+}
+
+#[tokio::test]
+async fn e6_type1_mid_execution_expiry_halts_without_side_effects() {
+    mid_execution_expiry_halts_the_handler(&contract("expired_grace = \"5s\"")).await;
 }
 
 #[tokio::test]
@@ -449,7 +457,9 @@ async fn r2_type2_binds_to_one_core() {
     .await;
     assert_eq!(refused_with(other), Reason::WrongCore);
     // Still bound once its lease is gone.
-    first.link.revoke("done", "operator");
+    first
+        .link
+        .revoke("done", anima_core::audit::Actor::Operator);
     wait_phase(&ca, &module, "standby").await;
     let other = try_lease(
         &ca,
@@ -470,7 +480,9 @@ async fn r3_r4_type2_standby_keeps_process_refuses_calls_and_resumes() {
     let first = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
     say(&first).await.unwrap();
     let pid = status(&ca, &module).await.pid;
-    first.link.revoke("standby please", "operator");
+    first
+        .link
+        .revoke("standby please", anima_core::audit::Actor::Operator);
     let s = wait_phase(&ca, &module, "standby").await;
     assert_eq!(s.pid, pid, "same process");
     assert_eq!(s.pid, module.pid());
@@ -533,25 +545,7 @@ async fn r5_type2_ends_only_by_explicit_shutdown() {
 
 #[tokio::test]
 async fn r6_type2_mid_execution_expiry_halts_with_lease_expired() {
-    let ca = TestCa::new();
-    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_II), Some(CORE), &[]).await;
-    let core = lease(&ca, CORE, &module, Duration::from_millis(300)).await;
-    core.link.stop_renewing().await;
-    let status = EchoClient::new(core.link.channel())
-        .slow(SlowRequest { millis: 1_500 })
-        .await
-        .unwrap_err();
-    assert_eq!(reason(&status), Some(Reason::LeaseExpired));
-    let again = lease(&ca, CORE, &module, Duration::from_secs(5)).await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(
-        count(&again).await,
-        CountReply {
-            calls: 1,
-            completed: 0,
-            ..Default::default()
-        }
-    );
+    mid_execution_expiry_halts_the_handler(&contract(TYPE_II)).await;
 }
 
 // ---------------------------------------------------------------- S: Type III
@@ -612,7 +606,7 @@ async fn s4_s9_type3_state_is_per_lease_and_deleted_when_the_lease_ends() {
         1,
         "B never sees A's state"
     );
-    a.link.revoke("done", "operator");
+    a.link.revoke("done", anima_core::audit::Actor::Operator);
     let a2 = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
     assert_eq!(
         say(&a2).await.unwrap().tenant_count,
@@ -632,9 +626,9 @@ async fn s6_type3_enters_standby_when_all_leases_are_gone() {
     let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[]).await;
     let a = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
     let b = lease(&ca, OTHER_CORE, &module, Duration::from_secs(10)).await;
-    a.link.revoke("done", "operator");
+    a.link.revoke("done", anima_core::audit::Actor::Operator);
     assert_eq!(wait_phase(&ca, &module, "leased").await.active_leases, 1);
-    b.link.revoke("done", "operator");
+    b.link.revoke("done", anima_core::audit::Actor::Operator);
     let s = wait_phase(&ca, &module, "standby").await;
     assert_eq!(s.active_leases, 0);
     let conn = dial(&ca, CORE, &module).await;

@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod abuse;
+mod architecture;
 mod conformance;
+mod docs;
 mod endings;
 mod gateway;
 mod lease;

@@ -154,7 +154,8 @@ async fn serial_z1_server_stream_ends_lease_revoked_within_10ms_of_revocation() 
         stream.message().await.expect("a tick").expect("not over");
     }
     let revoked_at = Instant::now();
-    core.link.revoke("test revokes", "operator");
+    core.link
+        .revoke("test revokes", anima_core::audit::Actor::Operator);
     let (_, status, ended_at) = drain(stream).await;
     let status = status.expect("the stream ends with an error, not OK");
     assert_eq!(reason(&status), Some(Reason::LeaseRevoked), "{status:?}");
@@ -213,7 +214,8 @@ async fn z1_client_stream_messages_after_the_lease_ends_never_reach_the_handler(
         module.service.received.load(Ordering::SeqCst) == 5
     })
     .await;
-    core.link.revoke("test revokes", "operator");
+    core.link
+        .revoke("test revokes", anima_core::audit::Actor::Operator);
     wait_event(&mut events, |e| {
         matches!(e, LeaseEvent::Ended { .. }).then_some(())
     })

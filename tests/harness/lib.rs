@@ -17,6 +17,7 @@ use std::time::SystemTime;
 
 use anima_certs::{CertAuthority, LeafSpec};
 use anima_module_sdk::{Contract, LeaseEvent, ModuleHandle, ModuleServer};
+use anima_protocol::launch;
 use anima_protocol::lease::{
     self, Entropy, Lease, LeaseRequest, LeaseSigner, PROOF_HEADER, PeerBinding, PendingLease,
     Reason, Scope,
@@ -584,23 +585,20 @@ impl ModuleProcess {
         let dir = write_identity(ca, urn);
         let contract = format!("urn = \"{urn}\"\n{contract_toml}");
         let mut env: Vec<(String, String)> = vec![
-            ("ANIMA_CERT".into(), path(&dir, "cert.pem")),
-            ("ANIMA_KEY".into(), path(&dir, "key.pem")),
-            ("ANIMA_CA".into(), path(&dir, "ca.pem")),
-            ("ANIMA_OPERATORS".into(), operators.join(",")),
+            (launch::ENV_CERT.into(), path(&dir, "cert.pem")),
+            (launch::ENV_KEY.into(), path(&dir, "key.pem")),
+            (launch::ENV_CA.into(), path(&dir, "ca.pem")),
+            (launch::ENV_OPERATORS.into(), operators.join(",")),
             ("FIXTURE_CONTRACT".into(), contract),
             ("FIXTURE_CLEANUP_MARKER".into(), path(&dir, "cleaned-up")),
         ];
         if let Some(core) = core {
-            env.push(("ANIMA_CORE_URN".into(), core.into()));
+            env.push((launch::ENV_CORE_URN.into(), core.into()));
         }
         let mut child = Child::spawn_env(&bin_path("anima-fixture-module"), &[], &env);
-        let line = child.line("ANIMA/1 READY").await;
-        let (got, addr) = anima_module_sdk::launch::parse_ready_line(&format!(
-            "{} {line}",
-            anima_module_sdk::launch::READY_PREFIX
-        ))
-        .expect("a valid ready line");
+        let line = child.line(launch::READY_PREFIX).await;
+        let (got, addr) = launch::parse_ready_line(&format!("{} {line}", launch::READY_PREFIX))
+            .expect("a valid ready line");
         assert_eq!(got.as_str(), urn);
         ModuleProcess {
             child,

@@ -188,32 +188,36 @@ fn run_release(bin: &str, args: &[String], exclude: &[&str]) -> Result<ExitCode,
     })
 }
 
+/// The pinned Python packages of the cross-language tests.
+const PYTHON_REQUIREMENTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/python/requirements.txt"
+);
+
 /// The gateway tests drive the Core with Python's `grpcio` (a gRPC stack we
 /// did not write), and the conformance tests run a module written with it and
-/// `cryptography`; install them from PyPI when they are missing.
+/// `cryptography`; install the pinned versions (pip does nothing when they
+/// are installed already).
 fn ensure_python_grpcio() -> Result<(), String> {
-    let has = |args: &[&str]| {
-        Command::new("python3")
-            .args(args)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let check = ["-c", "import grpc, cryptography"];
-    if has(&check) {
-        return Ok(());
-    }
-    eprintln!("xtask: installing Python grpcio and cryptography for the cross-language tests");
+    eprintln!("xtask: python3 -m pip install -r {PYTHON_REQUIREMENTS}");
     let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "grpcio", "cryptography"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            PYTHON_REQUIREMENTS,
+        ])
         .status()
         .map_err(|e| format!("cannot run python3 -m pip: {e}"))?;
-    if status.success() && has(&check) {
+    if status.success() {
         Ok(())
     } else {
-        Err(
-            "cannot install Python grpcio and cryptography (python3 -m pip install grpcio cryptography)"
-                .into(),
-        )
+        Err(format!(
+            "cannot install the Python test packages (python3 -m pip install -r {PYTHON_REQUIREMENTS})"
+        ))
     }
 }
 

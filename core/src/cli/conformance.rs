@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anima_conformance::{self as conformance, KeyType, LaunchCommand, Options, Target};
 use clap::Args;
-
-use crate::conformance::{self, KeyType, LaunchCommand, Options, Target};
 
 /// Check that a module obeys ADR-0003, black-box.
 ///

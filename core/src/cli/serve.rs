@@ -55,7 +55,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         .build()?;
     runtime.block_on(serve(
         config,
-        anima_module_sdk::shutdown_signal(),
+        anima_protocol::launch::shutdown_signal(),
         |running| {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{READY_PREFIX} {}", running.admin_addr);

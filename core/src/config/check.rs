@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use anima_module_sdk::{InitMode, ModuleType};
+use anima_protocol::contract::{InitMode, ModuleType};
 use anima_protocol::lease::MIN_TTL;
 use anima_protocol::transport::not_after;
 use anima_protocol::{TlsIdentity, TrustRoot, Urn, UrnKind};

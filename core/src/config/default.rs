@@ -6,7 +6,7 @@ use std::time::Duration;
 use anima_certs::{
     CA_CERT_FILE, DEFAULT_DIR, endpoint_cert_file, endpoint_key_file, leaf_cert_file, leaf_key_file,
 };
-use anima_module_sdk::{InitMode, ModuleType};
+use anima_protocol::contract::{InitMode, ModuleType};
 use anima_protocol::{Urn, UrnKind};
 
 use super::model::{

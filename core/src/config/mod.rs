@@ -140,7 +140,7 @@ mod tests {
     use std::time::Duration;
 
     use anima_certs::InitOptions;
-    use anima_module_sdk::{InitMode, ModuleType};
+    use anima_protocol::contract::{InitMode, ModuleType};
 
     use super::*;
 

@@ -9,8 +9,8 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anima_module_sdk::{Contract, ModuleType};
 use anima_protocol::Urn;
+use anima_protocol::contract::{Contract, ModuleType};
 
 /// The address of the admin endpoint when the configuration names none.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7700";
@@ -131,7 +131,7 @@ pub struct ModuleConfig {
     /// The module's URN (kind `module`).
     pub urn: Urn,
     /// Its type. A resident private module is
-    /// [`InitMode::CoreStarted`](anima_module_sdk::InitMode::CoreStarted)
+    /// [`InitMode::CoreStarted`](anima_protocol::contract::InitMode::CoreStarted)
     /// when it has a `command`, `PreStarted` when it has an `endpoint`.
     pub module_type: ModuleType,
     /// How the Core reaches it.

@@ -13,9 +13,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anima_module_sdk::contract::parse_duration;
-use anima_module_sdk::{Contract, InitMode, ModuleType, SdkError};
 use anima_protocol::Urn;
+use anima_protocol::contract::parse_duration;
+use anima_protocol::contract::{Contract, InitMode, ModuleType};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -575,11 +575,11 @@ impl Reader<'_> {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
             .and_then(|text| {
                 Contract::from_toml(&text).map_err(|e| {
-                    let why = match e {
-                        SdkError::Contract(why) => why,
-                        other => other.to_string(),
-                    };
-                    format!("invalid contract {}: {}", path.display(), one_line(&why))
+                    format!(
+                        "invalid contract {}: {}",
+                        path.display(),
+                        one_line(&e.to_string())
+                    )
                 })
             });
         match parsed {

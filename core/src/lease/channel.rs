@@ -98,7 +98,7 @@ fn observe(link: &LinkShared, response: &http::Response<Body>) {
         link.revoke(
             reason,
             &format!("module refused a call: {:.200}", status.message()),
-            "module",
+            crate::audit::Actor::Module,
         );
     }
 }

@@ -43,6 +43,10 @@ pub enum CoreLeaseError {
         /// Why.
         why: String,
     },
+    /// The module's declared methods could not be read (`ModuleAdmin/Status`,
+    /// for a module configured without a contract file).
+    #[error("cannot read the module's declared methods: {0}")]
+    Declared(String),
     /// A request went unanswered and was abandoned.
     #[error("the module did not answer in time")]
     Unanswered,

@@ -26,7 +26,7 @@ use tonic::Streaming;
 use super::channel::LeasedChannel;
 use super::error::CoreLeaseError;
 use super::table::{LeaseRecord, LeaseTable};
-use crate::audit::{AuditLog, AuditRecord};
+use crate::audit::{Actor, AuditEvent, AuditLog, AuditRecord};
 
 /// How the Core renews.
 #[derive(Debug, Clone)]
@@ -127,23 +127,23 @@ impl LinkShared {
 
     fn audit(
         &self,
-        event: &'static str,
-        actor: &'static str,
+        event: AuditEvent,
+        actor: Actor,
         reason: Option<Reason>,
         detail: Option<String>,
     ) {
         let mut r = AuditRecord::now(event, self.module.as_str(), self.core.as_str(), actor);
         r.lease_id = Some(self.id.to_string());
-        r.reason = reason.map(|r| r.as_str().to_owned());
+        r.reason = reason;
         r.detail = detail;
-        if matches!(event, "accepted" | "renewed") {
+        if matches!(event, AuditEvent::Accepted | AuditEvent::Renewed) {
             r.ttl_ms = Some(u64::try_from(self.lock().ttl().as_millis()).unwrap_or(u64::MAX));
         }
         self.audit.record(r);
     }
 
     /// Revokes here and tells the module; `actor` is who asked.
-    pub(crate) fn revoke(&self, reason: Reason, detail: &str, actor: &'static str) -> bool {
+    pub(crate) fn revoke(&self, reason: Reason, detail: &str, actor: Actor) -> bool {
         let token = {
             let mut lease = self.lock();
             if lease.ended().is_some() {
@@ -156,8 +156,13 @@ impl LinkShared {
                 frame: Some(Frame::Revoke(SignedToken { jws })),
             });
         }
-        tracing::info!(lease_id = %self.id, module = %self.module, reason = %reason, actor, "lease revoked");
-        self.audit("revoked", actor, Some(reason), Some(detail.to_owned()));
+        tracing::info!(lease_id = %self.id, module = %self.module, reason = %reason, actor = actor.as_str(), "lease revoked");
+        self.audit(
+            AuditEvent::Revoked,
+            actor,
+            Some(reason),
+            Some(detail.to_owned()),
+        );
         self.finish();
         true
     }
@@ -209,9 +214,13 @@ impl LeaseLink {
         let peer = PeerBinding::from_peer(connection.peer())?;
         let module = peer.urn.clone();
         if let Some(why) = table.blacklisted(&module) {
-            let mut r = AuditRecord::now("refused", module.as_str(), signer.urn().as_str(), "core");
-            r.reason = Some("BLACKLISTED".into());
-            r.detail = Some(why.clone());
+            let mut r = AuditRecord::now(
+                AuditEvent::Refused,
+                module.as_str(),
+                signer.urn().as_str(),
+                Actor::Core,
+            );
+            r.detail = Some(format!("blacklisted: {why}"));
             audit.record(r);
             return Err(CoreLeaseError::Blacklisted { module, why });
         }
@@ -230,7 +239,12 @@ impl LeaseLink {
             SystemTime::now(),
         )?;
         let id = *pending.id();
-        let mut record = AuditRecord::now("issued", module.as_str(), signer.urn().as_str(), "core");
+        let mut record = AuditRecord::now(
+            AuditEvent::Issued,
+            module.as_str(),
+            signer.urn().as_str(),
+            Actor::Core,
+        );
         record.lease_id = Some(id.to_string());
         record.ttl_ms = Some(u64::try_from(policy.ttl.as_millis()).unwrap_or(u64::MAX));
         audit.record(record);
@@ -254,10 +268,14 @@ impl LeaseLink {
             .await
             .map_err(|_| CoreLeaseError::HandshakeTimeout(policy.handshake_timeout))??;
         let refused = |reason: Reason, detail: String| {
-            let mut r =
-                AuditRecord::now("refused", module.as_str(), signer.urn().as_str(), "module");
+            let mut r = AuditRecord::now(
+                AuditEvent::Refused,
+                module.as_str(),
+                signer.urn().as_str(),
+                Actor::Module,
+            );
             r.lease_id = Some(id.to_string());
-            r.reason = Some(reason.as_str().into());
+            r.reason = Some(reason);
             r.detail = Some(detail.clone());
             audit.record(r);
             CoreLeaseError::Refused { reason, detail }
@@ -291,10 +309,14 @@ impl LeaseLink {
                         detail: format!("{e:.300}"),
                     })),
                 });
-                let mut r =
-                    AuditRecord::now("refused", module.as_str(), signer.urn().as_str(), "core");
+                let mut r = AuditRecord::now(
+                    AuditEvent::Refused,
+                    module.as_str(),
+                    signer.urn().as_str(),
+                    Actor::Core,
+                );
                 r.lease_id = Some(id.to_string());
-                r.reason = Some(e.reason().as_str().into());
+                r.reason = Some(e.reason());
                 r.detail = Some(e.to_string());
                 audit.record(r);
                 return Err(CoreLeaseError::Lease(e));
@@ -313,7 +335,7 @@ impl LeaseLink {
             lease: Mutex::new(lease),
         });
         table.insert(LeaseRecord::of(&shared.lock()));
-        shared.audit("accepted", "module", None, None);
+        shared.audit(AuditEvent::Accepted, Actor::Module, None, None);
         tracing::info!(lease_id = %id, module = %module, ttl_ms = shared.lock().ttl().as_millis() as u64, "lease open");
         let (commands, command_rx) = mpsc::channel(8);
         let (state_tx, state) = watch::channel(LeaseState::Active);
@@ -386,7 +408,7 @@ impl LeaseLink {
     }
 
     /// Revokes the lease now and tells the module (`actor` is recorded).
-    pub fn revoke(&self, detail: &str, actor: &'static str) -> bool {
+    pub fn revoke(&self, detail: &str, actor: Actor) -> bool {
         self.shared.revoke(Reason::LeaseRevoked, detail, actor)
     }
 
@@ -447,7 +469,7 @@ async fn control_task(
                         // This side refuses the step: revoke (the module
                         // learns it from the revocation).
                         tracing::warn!(lease_id = %shared.id, error = %e, "control step from module refused");
-                        shared.revoke(e.reason(), &e.to_string(), "core");
+                        shared.revoke(e.reason(), &e.to_string(), Actor::Core);
                     }
                     renew_at = next_renewal(&shared, &policy);
                 }
@@ -455,7 +477,7 @@ async fn control_task(
                 Ok(None) | Err(_) => {
                     if shared.lock().ended().is_none() {
                         tracing::warn!(lease_id = %shared.id, module = %shared.module, "control stream lost");
-                        shared.audit("connection_lost", "connection", Some(Reason::ConnectionLost), None);
+                        shared.audit(AuditEvent::ConnectionLost, Actor::Connection, Some(Reason::ConnectionLost), None);
                         shared.end(Reason::ConnectionLost, EndedBy::Circumstance, "control stream lost");
                     }
                     // The stream is gone: nothing more can arrive on it.
@@ -482,7 +504,7 @@ async fn control_task(
                 Some(Command::StopRenewing) => renewing = false,
                 None => {
                     // Every handle was dropped: nobody can use the lease.
-                    shared.revoke(Reason::LeaseRevoked, "lease handle dropped", "core");
+                    shared.revoke(Reason::LeaseRevoked, "lease handle dropped", Actor::Core);
                     break;
                 }
             },
@@ -490,7 +512,7 @@ async fn control_task(
                 let t = now();
                 if t >= expires_at {
                     tracing::info!(lease_id = %shared.id, module = %shared.module, "lease expired");
-                    shared.audit("expired", "clock", Some(Reason::LeaseExpired), None);
+                    shared.audit(AuditEvent::Expired, Actor::Clock, Some(Reason::LeaseExpired), None);
                     shared.end(Reason::LeaseExpired, EndedBy::Circumstance, "expired");
                     continue;
                 }
@@ -589,7 +611,7 @@ fn on_frame(
                 r.expires = SystemTime::now() + ttl;
             });
             tracing::debug!(lease_id = %shared.id, ttl_ms = ttl.as_millis() as u64, "lease renewed");
-            shared.audit("renewed", "module", None, None);
+            shared.audit(AuditEvent::Renewed, Actor::Module, None, None);
             Ok(())
         }
         Frame::Rescoped(SignedToken { jws }) => {
@@ -606,7 +628,12 @@ fn on_frame(
                 lease.scope().clone()
             };
             shared.table.update(shared.id, |r| r.scope = result.clone());
-            shared.audit("rescoped", "module", None, Some(result.to_string()));
+            shared.audit(
+                AuditEvent::Rescoped,
+                Actor::Module,
+                None,
+                Some(result.to_string()),
+            );
             if let Some(reply) = rescope_reply.take() {
                 let _ = reply.send(Ok(result));
             }
@@ -619,7 +646,7 @@ fn on_frame(
                 lease.apply_revoke(&claims, now())?
             };
             tracing::info!(lease_id = %shared.id, module = %shared.module, reason = %reason, "lease revoked by the module");
-            shared.audit("revoked", "module", Some(reason), None);
+            shared.audit(AuditEvent::Revoked, Actor::Module, Some(reason), None);
             shared.finish();
             Ok(())
         }
@@ -629,8 +656,8 @@ fn on_frame(
             let reason = Reason::parse(&reason).unwrap_or(Reason::LeaseRevoked);
             tracing::warn!(lease_id = %shared.id, module = %shared.module, reason = %reason, detail = %detail, "module refused; lease ended");
             shared.audit(
-                "refused",
-                "module",
+                AuditEvent::Refused,
+                Actor::Module,
                 Some(reason),
                 Some(format!("{detail:.300}")),
             );

@@ -483,7 +483,9 @@ async fn serial_abuse_slow_handshakes_do_not_delay_a_modules_next_lease() {
         samples.push(match lease {
             Ok(Ok(lessee)) => {
                 let took = started.elapsed();
-                lessee.link.revoke("next", "operator");
+                lessee
+                    .link
+                    .revoke("next", anima_core::audit::Actor::Operator);
                 took
             }
             Ok(Err(e)) => panic!("lease refused: {e}"),

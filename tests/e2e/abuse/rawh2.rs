@@ -6,14 +6,14 @@
 //! server enforces it.
 //!
 //! It dials with the conformance tool's raw TLS client configuration
-//! (`anima_core::conformance::rawtls`): the given certificate, any server
+//! (`anima_conformance::rawtls`): the given certificate, any server
 //! certificate accepted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use anima_core::conformance::rawtls;
+use anima_conformance::rawtls;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;

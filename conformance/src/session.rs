@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anima_protocol::lease::{
     self, Entropy, Lease, LeaseClaims, LeaseRequest, LeaseSigner, PROOF_HEADER, PeerBinding,
-    Reason, Scope, reason_of,
+    PendingLease, Reason, Scope, reason_of,
 };
 use anima_protocol::pb::control_frame::Frame;
 use anima_protocol::pb::lease_control_client::LeaseControlClient;
@@ -104,28 +104,7 @@ pub async fn offer(
         scope: scope.clone(),
         ttl,
     };
-    let entropy = Entropy::system().map_err(|e| e.to_string())?;
-    let now = Instant::now();
-    let (jws, pending) = match kind {
-        OfferKind::Honest => lease::offer(&signer, &peer, request, entropy, now, SystemTime::now())
-            .map_err(|e| e.to_string())?,
-        OfferKind::ForgedSignature => {
-            // Same claims, signed by a key the certificate does not hold.
-            let forger = signer.impostor().map_err(|e| e.to_string())?;
-            lease::offer(&forger, &peer, request, entropy, now, SystemTime::now())
-                .map_err(|e| e.to_string())?
-        }
-        OfferKind::Tampered(tamper) => {
-            let (jws, pending) =
-                lease::offer(&signer, &peer, request, entropy, now, SystemTime::now())
-                    .map_err(|e| e.to_string())?;
-            let mut claims: LeaseClaims =
-                decode_token(&jws).ok_or("an offer's claims do not decode")?;
-            tamper(&mut claims);
-            let jws = lease::sign_claims(&signer, &claims).map_err(|e| e.to_string())?;
-            (jws, pending)
-        }
-    };
+    let (jws, pending) = offer_token(&signer, &peer, request, kind)?;
     let (tx, rx) = mpsc::channel(16);
     let _ = tx
         .send(ControlFrame {
@@ -183,6 +162,38 @@ pub async fn offer(
         Some(Frame::Refuse(r)) => Ok(Answer::Refused(r)),
         other => Ok(Answer::Other(format!("unexpected first frame {other:?}"))),
     }
+}
+
+/// The offer token `kind` makes, signed for `peer`, and the Core's side of
+/// the pending lease.
+fn offer_token(
+    signer: &LeaseSigner,
+    peer: &PeerBinding,
+    request: LeaseRequest,
+    kind: OfferKind,
+) -> Result<(String, PendingLease), String> {
+    let entropy = Entropy::system().map_err(|e| e.to_string())?;
+    let now = Instant::now();
+    Ok(match kind {
+        OfferKind::Honest => lease::offer(signer, peer, request, entropy, now, SystemTime::now())
+            .map_err(|e| e.to_string())?,
+        OfferKind::ForgedSignature => {
+            // Same claims, signed by a key the certificate does not hold.
+            let forger = signer.impostor().map_err(|e| e.to_string())?;
+            lease::offer(&forger, peer, request, entropy, now, SystemTime::now())
+                .map_err(|e| e.to_string())?
+        }
+        OfferKind::Tampered(tamper) => {
+            let (jws, pending) =
+                lease::offer(signer, peer, request, entropy, now, SystemTime::now())
+                    .map_err(|e| e.to_string())?;
+            let mut claims: LeaseClaims =
+                decode_token(&jws).ok_or("an offer's claims do not decode")?;
+            tamper(&mut claims);
+            let jws = lease::sign_claims(signer, &claims).map_err(|e| e.to_string())?;
+            (jws, pending)
+        }
+    })
 }
 
 /// The claims of a JWS, without verifying it (for reports only).

@@ -319,13 +319,23 @@ mod tests {
         let _ = server.kill().await;
 
         // A rustls TLS 1.3-only server (as every Anima listener builds it).
+        let addr = tls13_server(&cert, &key).await;
+        assert!(
+            !negotiates_tls12(addr).await.unwrap(),
+            "a TLS 1.3-only server was taken for TLS 1.2"
+        );
+    }
+
+    /// A rustls server that speaks TLS 1.3 only, with `cert` and `key`,
+    /// accepting one connection: where it listens.
+    async fn tls13_server(cert: &std::path::Path, key: &std::path::Path) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let certs = CertificateDer::pem_file_iter(&cert)
+        let certs = CertificateDer::pem_file_iter(cert)
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
-        let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -340,9 +350,6 @@ mod tests {
                 let _ = acceptor.accept(tcp).await;
             }
         });
-        assert!(
-            !negotiates_tls12(addr).await.unwrap(),
-            "a TLS 1.3-only server was taken for TLS 1.2"
-        );
+        addr
     }
 }

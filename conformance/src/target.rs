@@ -10,15 +10,13 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, SystemTime};
 
 use anima_certs::{CertAuthority, LeafSpec};
+use anima_protocol::launch::{DEFAULT_LISTEN, LaunchEnv, READY_TIMEOUT, expect_ready_line};
 use anima_protocol::{TlsIdentity, TrustRoot, Urn};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 use super::rawtls::ClientCert;
 use super::session::Actor;
-
-/// How long a started module may take to print its ready line.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which key the tool's Core certificates carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -99,59 +97,13 @@ impl Identities {
             leaf("urn:anima:user:conformance-operator", p256)?
         };
         let a_urn: Urn = core_a.urn().clone();
-        let now = SystemTime::now();
-        let day = Duration::from_secs(86_400);
-        let expired_spec = LeafSpec::new(a_urn.clone()).valid_between(now - 2 * day, now - day);
-        let expired_spec = if p256 {
-            expired_spec.ecdsa_p256()
-        } else {
-            expired_spec
-        };
-        let foreign =
-            CertAuthority::generate("conformance foreign CA", day).map_err(|e| e.to_string())?;
-        let foreign_spec = if p256 {
-            LeafSpec::new(a_urn.clone()).ecdsa_p256()
-        } else {
-            LeafSpec::new(a_urn.clone())
-        };
-        let no_urn = if p256 {
-            LeafSpec::without_urn().ecdsa_p256()
-        } else {
-            LeafSpec::without_urn()
-        };
-        let pem = |ca: &CertAuthority, spec: &LeafSpec| -> Result<Option<ClientCert>, String> {
-            let issued = ca.issue(spec).map_err(|e| e.to_string())?;
-            Ok(Some(ClientCert {
-                cert_pem: issued.cert_pem().to_owned(),
-                key_pem: issued.key_pem().to_owned(),
-            }))
-        };
-        let impostor_spec = LeafSpec::new(
-            "urn:anima:module:conformance-impostor"
-                .parse()
-                .map_err(|e| format!("{e}"))?,
-        );
-        let impostor_spec = if p256 {
-            impostor_spec.ecdsa_p256()
-        } else {
-            impostor_spec
-        };
+        let refused = refused_certs(&ca, &a_urn, p256)?;
         let valid_spec = LeafSpec::new(operator.urn().clone());
         let valid_spec = if p256 {
             valid_spec.ecdsa_p256()
         } else {
             valid_spec
         };
-        let refused = vec![
-            ("no client certificate", None),
-            ("expired certificate", pem(&ca, &expired_spec)?),
-            ("certificate from another CA", pem(&foreign, &foreign_spec)?),
-            ("certificate without a URN", pem(&ca, &no_urn)?),
-            (
-                "a module's identity as the client",
-                pem(&ca, &impostor_spec)?,
-            ),
-        ];
         let valid = pem(&ca, &valid_spec)?.ok_or("no certificate")?;
         let (module_cert, module_key) = match module_files {
             Some(files) => files,
@@ -185,6 +137,65 @@ impl Identities {
     pub fn set_core_a(&mut self, identity: TlsIdentity) {
         self.core_a.identity = identity;
     }
+}
+
+/// The client certificates a module must refuse, with what is wrong with
+/// each (the T3 probe): none, expired, from another CA, without a URN, and a
+/// module's identity. `a_urn` is Core A's.
+fn refused_certs(
+    ca: &CertAuthority,
+    a_urn: &Urn,
+    p256: bool,
+) -> Result<Vec<(&'static str, Option<ClientCert>)>, String> {
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let expired_spec = LeafSpec::new(a_urn.clone()).valid_between(now - 2 * day, now - day);
+    let expired_spec = if p256 {
+        expired_spec.ecdsa_p256()
+    } else {
+        expired_spec
+    };
+    let foreign =
+        CertAuthority::generate("conformance foreign CA", day).map_err(|e| e.to_string())?;
+    let foreign_spec = if p256 {
+        LeafSpec::new(a_urn.clone()).ecdsa_p256()
+    } else {
+        LeafSpec::new(a_urn.clone())
+    };
+    let no_urn = if p256 {
+        LeafSpec::without_urn().ecdsa_p256()
+    } else {
+        LeafSpec::without_urn()
+    };
+    let impostor_spec = LeafSpec::new(
+        "urn:anima:module:conformance-impostor"
+            .parse()
+            .map_err(|e| format!("{e}"))?,
+    );
+    let impostor_spec = if p256 {
+        impostor_spec.ecdsa_p256()
+    } else {
+        impostor_spec
+    };
+    Ok(vec![
+        ("no client certificate", None),
+        ("expired certificate", pem(ca, &expired_spec)?),
+        ("certificate from another CA", pem(&foreign, &foreign_spec)?),
+        ("certificate without a URN", pem(ca, &no_urn)?),
+        (
+            "a module's identity as the client",
+            pem(ca, &impostor_spec)?,
+        ),
+    ])
+}
+
+/// A certificate and key issued by `ca` for `spec`, as PEM.
+fn pem(ca: &CertAuthority, spec: &LeafSpec) -> Result<Option<ClientCert>, String> {
+    let issued = ca.issue(spec).map_err(|e| e.to_string())?;
+    Ok(Some(ClientCert {
+        cert_pem: issued.cert_pem().to_owned(),
+        key_pem: issued.key_pem().to_owned(),
+    }))
 }
 
 fn identity(ca: &CertAuthority, spec: &LeafSpec) -> Result<TlsIdentity, String> {
@@ -241,21 +252,21 @@ pub async fn start(
     let stderr = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .envs(command.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("ANIMA_CERT", &ids.module_cert)
-        .env("ANIMA_KEY", &ids.module_key)
-        .env("ANIMA_CA", &ids.ca_file)
-        .env("ANIMA_LISTEN", "127.0.0.1:0")
-        .env("ANIMA_OPERATORS", ids.operator.identity.urn().as_str())
-        .env("ANIMA_PARENT_PID", std::process::id().to_string())
-        .env_remove("ANIMA_CORE_URN")
-        .stdin(Stdio::null())
+        .envs(command.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    LaunchEnv {
+        cert: ids.module_cert.clone(),
+        key: ids.module_key.clone(),
+        ca: ids.ca_file.clone(),
+        core: core.cloned(),
+        listen: DEFAULT_LISTEN,
+        operators: vec![ids.operator.identity.urn().clone()],
+        parent_pid: Some(std::process::id()),
+    }
+    .apply(&mut cmd);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr))
         .kill_on_drop(true);
-    if let Some(core) = core {
-        cmd.env("ANIMA_CORE_URN", core.as_str());
-    }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
@@ -280,7 +291,7 @@ pub async fn start(
     };
     // Nothing may follow on stdout; drain it so the module never blocks.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let addr = parse_ready(&line, module)?;
+    let addr = expect_ready_line(&line, module).map_err(|e| e.to_string())?;
     Ok(Running {
         child,
         pid,
@@ -288,27 +299,6 @@ pub async fn start(
         log,
         exited: None,
     })
-}
-
-/// Parses `ANIMA/1 READY <urn> <ip:port>`.
-pub fn parse_ready(line: &str, module: &Urn) -> Result<SocketAddr, String> {
-    let mut words = line.split(' ');
-    match (
-        words.next(),
-        words.next(),
-        words.next(),
-        words.next(),
-        words.next(),
-    ) {
-        (Some("ANIMA/1"), Some("READY"), Some(urn), Some(addr), None) => {
-            if urn != module.as_str() {
-                return Err(format!("ready line names {urn}, the contract {module}"));
-            }
-            addr.parse()
-                .map_err(|_| format!("ready line address {addr:?} is not ip:port"))
-        }
-        _ => Err(format!("not a ready line: {line:?}")),
-    }
 }
 
 impl Running {

@@ -15,6 +15,20 @@
 //! The tool mints its own identities (two Cores, an operator, and
 //! certificates a module must refuse) with the deployment's CA, so it needs
 //! a CA directory it can sign with — `anima certs init` makes one.
+//!
+//! This crate is the library behind the `anima conformance` subcommand of
+//! `anima-core`: [`run`] takes [`Options`] and returns a [`Report`]. It
+//! uses only the protocol crate (`anima-protocol`) and the certificate
+//! tooling (`anima-certs`), never the Core itself.
+//!
+//! - [`target`]: the identities the tool presents and the module process.
+//! - [`session`]: a Core built by hand, able to misbehave on purpose.
+//! - [`rawtls`]: TLS probes below gRPC (certificates, TLS 1.2, ALPN).
+//! - [`report`]: one verdict per CONFORMANCE.md row, with its evidence.
+//! - `checks`: the scenarios, one file per row family, deciding the rows.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod checks;
 pub mod rawtls;
@@ -24,7 +38,7 @@ pub mod target;
 
 use std::path::{Path, PathBuf};
 
-use anima_module_sdk::Contract;
+use anima_protocol::contract::Contract;
 pub use checks::Target;
 pub use report::{Report, RowResult, Verdict};
 pub use target::{KeyType, LaunchCommand};

@@ -18,11 +18,10 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use anima_protocol::Urn;
-use anima_protocol::lease::Scope;
 use serde::Deserialize;
 
-use crate::error::SdkError;
+use crate::identity::{Urn, UrnKind};
+use crate::lease::{MIN_TTL, Scope};
 
 /// The module type (ADR-0003 §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +51,50 @@ impl fmt::Display for ModuleType {
             ModuleType::ResidentPrivate(InitMode::PreStarted) => "resident-private (pre-started)",
             ModuleType::ResidentShared => "resident-shared",
         })
+    }
+}
+
+/// Why a contract is invalid or cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContractError {
+    /// The text is not TOML of the contract's shape (an unknown or missing
+    /// key, a wrong type).
+    #[error("{0}")]
+    Syntax(String),
+    /// A field's value breaks a rule.
+    #[error("{field}: {message}")]
+    Field {
+        /// The field, as `module.toml` spells it.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file's contract is invalid.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        source: Box<ContractError>,
+    },
+}
+
+impl ContractError {
+    /// What is wrong, without the file name [`ContractError::InFile`] adds.
+    pub fn without_path(&self) -> &ContractError {
+        match self {
+            ContractError::InFile { source, .. } => source.without_path(),
+            other => other,
+        }
     }
 }
 
@@ -98,13 +141,16 @@ pub const DEFAULT_TERMINATION_WINDOW: Duration = Duration::from_secs(2);
 
 impl Contract {
     /// Parses a `module.toml`.
-    pub fn from_toml(text: &str) -> Result<Self, SdkError> {
+    pub fn from_toml(text: &str) -> Result<Self, ContractError> {
         let raw: RawContract =
-            toml::from_str(text).map_err(|e| SdkError::Contract(e.to_string()))?;
-        let bad = |what: String| SdkError::Contract(what);
-        let urn: Urn = raw.urn.parse().map_err(|e| bad(format!("urn: {e}")))?;
-        if urn.kind() != anima_protocol::UrnKind::Module {
-            return Err(bad(format!("urn: {urn} is not a module URN")));
+            toml::from_str(text).map_err(|e| ContractError::Syntax(e.to_string()))?;
+        let bad = |field: &'static str, message: String| ContractError::Field { field, message };
+        let urn: Urn = raw
+            .urn
+            .parse()
+            .map_err(|e: crate::IdentityError| bad("urn", e.to_string()))?;
+        if urn.kind() != UrnKind::Module {
+            return Err(bad("urn", format!("{urn} is not a module URN")));
         }
         let module_type = match (raw.module_type.as_deref(), raw.init.as_deref()) {
             (None | Some("ephemeral"), None) => ModuleType::Ephemeral,
@@ -116,45 +162,52 @@ impl Contract {
             }
             (Some("resident-private"), None) => {
                 return Err(bad(
-                    "init: a resident-private module must declare init = \"core-started\" or \"pre-started\"".into(),
+                    "init",
+                    "a resident-private module must declare init = \"core-started\" or \"pre-started\"".into(),
                 ));
             }
             (Some("resident-shared"), None) => ModuleType::ResidentShared,
             (Some(t @ ("ephemeral" | "resident-shared")), Some(_)) => {
-                return Err(bad(format!(
-                    "init: only resident-private modules declare init (type is {t})"
-                )));
+                return Err(bad(
+                    "init",
+                    format!("only resident-private modules declare init (type is {t})"),
+                ));
             }
             (Some("resident-private"), Some(other)) => {
-                return Err(bad(format!(
-                    "init: {other:?} is not \"core-started\" or \"pre-started\""
-                )));
+                return Err(bad(
+                    "init",
+                    format!("{other:?} is not \"core-started\" or \"pre-started\""),
+                ));
             }
             (Some(other), _) => {
-                return Err(bad(format!(
-                    "type: {other:?} is not \"ephemeral\", \"resident-private\" or \"resident-shared\""
-                )));
+                return Err(bad(
+                    "type",
+                    format!(
+                        "{other:?} is not \"ephemeral\", \"resident-private\" or \"resident-shared\""
+                    ),
+                ));
             }
             (None, Some(_)) => {
                 return Err(bad(
-                    "init: only resident-private modules declare init".into()
+                    "init",
+                    "only resident-private modules declare init".into(),
                 ));
             }
         };
         if raw.methods.is_empty() {
-            return Err(bad("methods: a module declares at least one method".into()));
+            return Err(bad(
+                "methods",
+                "a module declares at least one method".into(),
+            ));
         }
-        let methods = Scope::new(raw.methods).map_err(|e| bad(format!("methods: {e}")))?;
-        let dur = |name: &str, v: Option<&str>, default: Duration| match v {
+        let methods = Scope::new(raw.methods).map_err(|e| bad("methods", e.to_string()))?;
+        let dur = |name: &'static str, v: Option<&str>, default: Duration| match v {
             None => Ok(default),
-            Some(v) => parse_duration(v).map_err(|e| bad(format!("{name}: {e}"))),
+            Some(v) => parse_duration(v).map_err(|e| bad(name, e.0)),
         };
         let max_lease = dur("max_lease", Some(&raw.max_lease), Duration::ZERO)?;
-        if max_lease < anima_protocol::lease::MIN_TTL {
-            return Err(bad(format!(
-                "max_lease: must be at least {:?}",
-                anima_protocol::lease::MIN_TTL
-            )));
+        if max_lease < MIN_TTL {
+            return Err(bad("max_lease", format!("must be at least {MIN_TTL:?}")));
         }
         Ok(Contract {
             urn,
@@ -181,15 +234,29 @@ impl Contract {
     }
 
     /// Reads and parses a `module.toml` file.
-    pub fn from_file(path: &Path) -> Result<Self, SdkError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SdkError::Contract(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_toml(&text).map_err(|e| SdkError::Contract(format!("{}: {e}", path.display())))
+    pub fn from_file(path: &Path) -> Result<Self, ContractError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ContractError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| ContractError::InFile {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })
     }
 }
 
+/// A duration that [`parse_duration`] does not read; says why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DurationError(String);
+
 /// Parses `250ms`, `30s`, `5m`, `1h` (a whole number and a unit).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    parse_duration_text(text).map_err(DurationError)
+}
+
+fn parse_duration_text(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

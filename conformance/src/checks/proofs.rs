@@ -1,0 +1,264 @@
+//! Proof rows: A4 (after the handshake only proofs, renewals and scope
+//! changes: forged and replayed proofs, a proof made for another method, and
+//! control steps an honest Core never sends are refused) and A7 (the module
+//! revokes the lease on a bad proof; A6 for calls under it afterwards).
+
+use std::net::SocketAddr;
+
+use anima_protocol::Connection;
+use anima_protocol::lease::{ControlClaims, PROOF_HEADER, ProofKey, Reason, sign_claims};
+use anima_protocol::pb::control_frame::Frame;
+use anima_protocol::pb::{Refusal, SignedToken};
+
+use super::{READ, Run, TOUCH, UNDECLARED};
+use crate::report::Report;
+use crate::session::{
+    self, Actor, PATIENCE, Session, call_empty, decode_token, describe, has_reason,
+};
+
+impl Run<'_> {
+    /// Forged and replayed proofs (A4): refused, and the module revokes.
+    pub(crate) async fn proof_checks(
+        &mut self,
+        r: &mut Report,
+        addr: SocketAddr,
+        actor: &Actor,
+        replay: bool,
+    ) {
+        let mut s = match self
+            .open(actor, addr, &self.declared.clone(), self.ttl())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                r.fail("A3", format!("a lease was not granted: {e}"));
+                return;
+            }
+        };
+        let method = if self.probe {
+            READ.to_owned()
+        } else {
+            self.declared.iter().next().unwrap_or(UNDECLARED).to_owned()
+        };
+        let call = |conn: &Connection, proof: String| {
+            let conn = conn.clone();
+            let method = method.clone();
+            async move {
+                if method == READ {
+                    session::read(&conn, Some(proof)).await.map(|_| ())
+                } else {
+                    call_empty(
+                        &conn,
+                        &method,
+                        &[(anima_protocol::lease::PROOF_HEADER, proof)],
+                    )
+                    .await
+                }
+            }
+        };
+        let (proof, want, what) = if replay {
+            let proof = s.proof(&method);
+            // The first use is genuine (whatever the handler answers).
+            let _ = call(&s.conn, proof.clone()).await;
+            (proof, Reason::ProofReplayed, "replayed")
+        } else {
+            let forged = ProofKey::new(&[0x5a; 32]).proof(s.next_seq(), &method);
+            (forged, Reason::BadProof, "forged")
+        };
+        match call(&s.conn, proof).await {
+            Err(st) if has_reason(&st, want) => {
+                r.pass("A4", format!("a {what} proof is refused {}", want.as_str()))
+            }
+            Err(st) => r.fail(
+                "A4",
+                format!("a {what} proof: {} (want {})", describe(&st), want.as_str()),
+            ),
+            Ok(()) => r.fail("A4", format!("a call with a {what} proof was answered")),
+        }
+        // The module revokes the lease on a bad proof (PROTOCOL.md §4).
+        match s.next_frame(PATIENCE).await {
+            Ok(Some(Frame::Revoke(_) | Frame::Refuse(_))) | Ok(None) => {
+                r.pass(
+                    "A7",
+                    format!("after a {what} proof the module revoked the lease"),
+                );
+            }
+            other => r.fail(
+                "A7",
+                format!("after a {what} proof the module did not revoke: {other:?}"),
+            ),
+        }
+        self.refused_after_end(
+            r,
+            &mut s,
+            "A6",
+            &[Reason::LeaseRevoked, Reason::NoLease, Reason::Standby],
+            "revoked",
+        )
+        .await;
+    }
+
+    /// A4: control steps that are forged, for another lease, replayed or in
+    /// the wrong frame are refused, never answered.
+    pub(crate) async fn control_checks(&mut self, r: &mut Report, addr: SocketAddr) {
+        let cases = [
+            (
+                Misstep::Forged,
+                "a renewal signed with another key",
+                Reason::BadSignature,
+            ),
+            (
+                Misstep::OtherLease,
+                "a renewal for another lease id",
+                Reason::ProtocolViolation,
+            ),
+            (
+                Misstep::Replayed,
+                "a renewal replayed (the same token twice)",
+                Reason::ProtocolViolation,
+            ),
+            (
+                Misstep::WrongFrame,
+                "a renewal token in a revoke frame",
+                Reason::ProtocolViolation,
+            ),
+            (
+                Misstep::GrantFrame,
+                "a grant frame from the Core",
+                Reason::ProtocolViolation,
+            ),
+        ];
+        for (misstep, what, want) in cases {
+            let Some(mut s) = self.lease_of_a(r, addr, self.ttl()).await else {
+                continue;
+            };
+            let frame = match misstep_frame(&mut s, misstep).await {
+                Ok(frame) => frame,
+                Err(e) => {
+                    r.fail("A4", format!("{what}: {e}"));
+                    continue;
+                }
+            };
+            s.send(frame).await;
+            match s.next_frame(PATIENCE).await {
+                Ok(Some(Frame::Refuse(Refusal { reason, detail }))) if reason == want.as_str() => {
+                    r.pass("A4", format!("{what}: refused {reason} ({detail:.80})"));
+                }
+                other => r.fail(
+                    "A4",
+                    format!(
+                        "{what}: {} (want refuse {})",
+                        frame_text(&other),
+                        want.as_str()
+                    ),
+                ),
+            }
+        }
+    }
+
+    /// A4: a proof made for one method does not admit a call of another.
+    pub(crate) async fn other_method_proof(&mut self, r: &mut Report, addr: SocketAddr) {
+        let (method, other) = if self.probe {
+            (READ.to_owned(), TOUCH.to_owned())
+        } else {
+            let mut methods = self.declared.iter();
+            match (methods.next(), methods.next()) {
+                (Some(a), Some(b)) => (a.to_owned(), b.to_owned()),
+                _ => return, // One method: nothing to confuse it with.
+            }
+        };
+        let Some(mut s) = self.lease_of_a(r, addr, self.ttl()).await else {
+            return;
+        };
+        let proof = s.proof(&other);
+        let answer = call_with_proof(&s.conn, &method, proof).await;
+        let what = format!("a call of {method} with a proof made for {other}");
+        match answer {
+            Err(st) if has_reason(&st, Reason::BadProof) => {
+                r.pass("A4", format!("{what}: refused BAD_PROOF"));
+            }
+            Err(st) if anima_protocol::lease::reason_of(&st).is_some() => {
+                r.fail("A4", format!("{what}: {} (want BAD_PROOF)", describe(&st)));
+            }
+            _ => r.fail("A4", format!("{what}: answered")),
+        }
+    }
+}
+
+/// A control step an honest Core never sends.
+#[derive(Debug, Clone, Copy)]
+enum Misstep {
+    /// A renewal signed with a key other than the Core certificate's.
+    Forged,
+    /// A renewal whose `lid` names another lease.
+    OtherLease,
+    /// A renewal the module already answered, sent again.
+    Replayed,
+    /// A genuine renewal token in a `revoke` frame.
+    WrongFrame,
+    /// A `grant` frame, which only a module sends.
+    GrantFrame,
+}
+
+/// The frame that makes `misstep` on `s` (a replay first sends the honest
+/// renewal and awaits its answer).
+async fn misstep_frame(s: &mut Session, misstep: Misstep) -> Result<Frame, String> {
+    let jws = s.renew_token(s.lease.ttl())?;
+    let resigned = |s: &Session, tamper: fn(&mut ControlClaims), forge: bool| {
+        let mut claims: ControlClaims =
+            decode_token(&jws).ok_or("a renewal's claims do not decode")?;
+        tamper(&mut claims);
+        let signed = if forge {
+            s.signer()
+                .impostor()
+                .and_then(|forger| sign_claims(&forger, &claims))
+        } else {
+            sign_claims(s.signer(), &claims)
+        };
+        signed.map_err(|e| format!("cannot sign a renewal: {e}"))
+    };
+    Ok(match misstep {
+        Misstep::Forged => Frame::Renew(SignedToken {
+            jws: resigned(s, |_| {}, true)?,
+        }),
+        Misstep::OtherLease => Frame::Renew(SignedToken {
+            jws: resigned(s, |c| c.lid = "AAAAAAAAAAAAAAAAAAAAAA".into(), false)?,
+        }),
+        Misstep::Replayed => {
+            s.send(Frame::Renew(SignedToken { jws: jws.clone() })).await;
+            match s.next_frame(PATIENCE).await {
+                Ok(Some(Frame::Renewed(_))) => Frame::Renew(SignedToken { jws }),
+                other => {
+                    return Err(format!(
+                        "the honest renewal before the replay: {}",
+                        frame_text(&other)
+                    ));
+                }
+            }
+        }
+        Misstep::WrongFrame => Frame::Revoke(SignedToken { jws }),
+        Misstep::GrantFrame => Frame::Grant(SignedToken { jws }),
+    })
+}
+
+/// A capability call of `method` carrying `proof`.
+async fn call_with_proof(
+    conn: &Connection,
+    method: &str,
+    proof: String,
+) -> Result<(), tonic::Status> {
+    if method == READ {
+        session::read(conn, Some(proof)).await.map(|_| ())
+    } else {
+        call_empty(conn, method, &[(PROOF_HEADER, proof)]).await
+    }
+}
+
+fn frame_text(frame: &Result<Option<Frame>, ()>) -> String {
+    match frame {
+        Ok(Some(Frame::Renewed(_))) => "answered renewed".into(),
+        Ok(Some(f)) => format!("{f:?}"),
+        Ok(None) => "the stream closed".into(),
+        Err(()) => "no answer within 5 s".into(),
+    }
+}

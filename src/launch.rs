@@ -1,0 +1,410 @@
+//! The launch protocol (PROTOCOL.md §6.1): how a started module learns who it
+//! is and who its Core is, and tells whoever started it where it listens.
+//!
+//! One definition for every side: the SDK reads [`LaunchEnv::from_env`] and
+//! prints [`ready_line`]; the Core's launcher and the conformance tool set the
+//! variables with [`LaunchEnv::apply`] and read the line with
+//! [`parse_ready_line`].
+//!
+//! | variable | meaning |
+//! | --- | --- |
+//! | `ANIMA_CERT`, `ANIMA_KEY`, `ANIMA_CA` | the module's certificate, key and the CA (PEM files) |
+//! | `ANIMA_CORE_URN` | the launching Core: the only Core a Type I/II module accepts (optional for Type II: unset binds to the first Core to lease it; ignored by Type III) |
+//! | `ANIMA_LISTEN` | the address to listen on (default `127.0.0.1:0`) |
+//! | `ANIMA_OPERATORS` | comma-separated identities that may shut the module down |
+//! | `ANIMA_PARENT_PID` | the launching Core's process id: the module dies with it |
+//!
+//! Once listening, the module prints one line on stdout and nothing else
+//! there afterwards:
+//!
+//! ```text
+//! ANIMA/1 READY urn:anima:module:NAME 127.0.0.1:PORT
+//! ```
+//!
+//! ```
+//! use anima_protocol::Urn;
+//! use anima_protocol::launch::{parse_ready_line, ready_line};
+//!
+//! let urn: Urn = "urn:anima:module:hasher".parse()?;
+//! let line = ready_line(&urn, "127.0.0.1:4000".parse()?);
+//! assert_eq!(line, "ANIMA/1 READY urn:anima:module:hasher 127.0.0.1:4000");
+//! assert_eq!(parse_ready_line(&line)?, (urn, "127.0.0.1:4000".parse()?));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::identity::Urn;
+
+/// The ready line's prefix; the protocol version is its `1`.
+pub const READY_PREFIX: &str = "ANIMA/1 READY";
+
+/// How long a launching Core waits for the ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The module's certificate (PEM file).
+pub const ENV_CERT: &str = "ANIMA_CERT";
+/// The module's private key (PEM file).
+pub const ENV_KEY: &str = "ANIMA_KEY";
+/// The CA (PEM file).
+pub const ENV_CA: &str = "ANIMA_CA";
+/// The launching Core's URN.
+pub const ENV_CORE_URN: &str = "ANIMA_CORE_URN";
+/// The address to listen on.
+pub const ENV_LISTEN: &str = "ANIMA_LISTEN";
+/// Comma-separated operator identities.
+pub const ENV_OPERATORS: &str = "ANIMA_OPERATORS";
+/// The launching Core's process id.
+pub const ENV_PARENT_PID: &str = "ANIMA_PARENT_PID";
+
+/// Every variable of the launch protocol, in PROTOCOL.md §6.1's order.
+pub const VARIABLES: [&str; 7] = [
+    ENV_CERT,
+    ENV_KEY,
+    ENV_CA,
+    ENV_CORE_URN,
+    ENV_LISTEN,
+    ENV_OPERATORS,
+    ENV_PARENT_PID,
+];
+
+/// Where a module listens when `ANIMA_LISTEN` is unset, and where a
+/// launching Core tells it to.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// Why the launch environment cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LaunchEnvError {
+    /// A required variable is unset or empty.
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    /// A variable's value does not parse.
+    #[error("{variable}: {message}")]
+    Invalid {
+        /// The variable.
+        variable: &'static str,
+        /// Why its value is refused.
+        message: String,
+    },
+}
+
+/// The launch environment: what a launcher sets and a module reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchEnv {
+    /// Certificate file.
+    pub cert: PathBuf,
+    /// Key file.
+    pub key: PathBuf,
+    /// CA file.
+    pub ca: PathBuf,
+    /// The launching Core, if given.
+    pub core: Option<Urn>,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Operator identities.
+    pub operators: Vec<Urn>,
+    /// The launching process, if a Core started the module.
+    pub parent_pid: Option<u32>,
+}
+
+impl LaunchEnv {
+    /// Reads the process's variables; a missing or malformed one is an error
+    /// naming it.
+    pub fn from_env() -> Result<Self, LaunchEnvError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the variables from `lookup` (a variable's value by name).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, LaunchEnvError> {
+        let var = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        let required = |name: &'static str| var(name).ok_or(LaunchEnvError::Missing(name));
+        let invalid = |variable: &'static str| {
+            move |e: &dyn std::fmt::Display| LaunchEnvError::Invalid {
+                variable,
+                message: e.to_string(),
+            }
+        };
+        let core = var(ENV_CORE_URN)
+            .map(|v| v.parse::<Urn>())
+            .transpose()
+            .map_err(|e| invalid(ENV_CORE_URN)(&e))?;
+        let listen = var(ENV_LISTEN)
+            .map(|v| v.parse())
+            .transpose()
+            .map_err(|e| invalid(ENV_LISTEN)(&e))?
+            .unwrap_or(DEFAULT_LISTEN);
+        let operators = var(ENV_OPERATORS)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse::<Urn>())
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|e| invalid(ENV_OPERATORS)(&e))?
+            .unwrap_or_default();
+        let parent_pid = var(ENV_PARENT_PID)
+            .map(|v| v.parse::<u32>())
+            .transpose()
+            .map_err(|e| invalid(ENV_PARENT_PID)(&e))?;
+        Ok(LaunchEnv {
+            cert: required(ENV_CERT)?.into(),
+            key: required(ENV_KEY)?.into(),
+            ca: required(ENV_CA)?.into(),
+            core,
+            listen,
+            operators,
+            parent_pid,
+        })
+    }
+
+    /// The variables as a launcher sets them; `None` for one it must remove
+    /// from what the child would inherit.
+    pub fn vars(&self) -> Vec<(&'static str, Option<OsString>)> {
+        let operators: Vec<&str> = self.operators.iter().map(Urn::as_str).collect();
+        vec![
+            (ENV_CERT, Some(self.cert.clone().into_os_string())),
+            (ENV_KEY, Some(self.key.clone().into_os_string())),
+            (ENV_CA, Some(self.ca.clone().into_os_string())),
+            (ENV_CORE_URN, self.core.as_ref().map(|u| u.as_str().into())),
+            (ENV_LISTEN, Some(self.listen.to_string().into())),
+            (ENV_OPERATORS, Some(operators.join(",").into())),
+            (
+                ENV_PARENT_PID,
+                self.parent_pid.map(|pid| pid.to_string().into()),
+            ),
+        ]
+    }
+
+    /// Sets (and removes) the variables on a command about to start a module.
+    pub fn apply(&self, command: &mut tokio::process::Command) {
+        for (name, value) in self.vars() {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+    }
+}
+
+/// Why a line is not the ready line expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadyLineError {
+    /// Not `ANIMA/1 READY <urn> <ip:port>` with single spaces.
+    #[error("not a ready line: {0:?}")]
+    Malformed(String),
+    /// The URN does not parse.
+    #[error("ready line URN {urn:?}: {message}")]
+    BadUrn {
+        /// The word where the URN belongs.
+        urn: String,
+        /// Why it is not a URN.
+        message: String,
+    },
+    /// The address is not `ip:port`.
+    #[error("ready line address {0:?} is not ip:port")]
+    BadAddress(String),
+    /// The line names another module.
+    #[error("ready line names {got}, the contract {expected}")]
+    WrongModule {
+        /// The URN the line names.
+        got: Urn,
+        /// The URN expected.
+        expected: Urn,
+    },
+}
+
+/// The ready line for `urn` listening on `addr`.
+pub fn ready_line(urn: &Urn, addr: SocketAddr) -> String {
+    format!("{READY_PREFIX} {urn} {addr}")
+}
+
+/// Parses `ANIMA/1 READY <urn> <ip:port>` (single spaces, nothing else) into
+/// the module's identity and address.
+pub fn parse_ready_line(line: &str) -> Result<(Urn, SocketAddr), ReadyLineError> {
+    let malformed = || ReadyLineError::Malformed(line.to_owned());
+    let rest = line
+        .strip_prefix(READY_PREFIX)
+        .and_then(|rest| rest.strip_prefix(' '))
+        .ok_or_else(malformed)?;
+    let mut words = rest.split(' ');
+    let (Some(urn), Some(addr), None) = (words.next(), words.next(), words.next()) else {
+        return Err(malformed());
+    };
+    let urn = urn.parse::<Urn>().map_err(|e| ReadyLineError::BadUrn {
+        urn: urn.to_owned(),
+        message: e.to_string(),
+    })?;
+    let addr = addr
+        .parse()
+        .map_err(|_| ReadyLineError::BadAddress(addr.to_owned()))?;
+    Ok((urn, addr))
+}
+
+/// The address in a ready line, which must name `expected`.
+pub fn expect_ready_line(line: &str, expected: &Urn) -> Result<SocketAddr, ReadyLineError> {
+    let (got, addr) = parse_ready_line(line)?;
+    if &got != expected {
+        return Err(ReadyLineError::WrongModule {
+            got,
+            expected: expected.clone(),
+        });
+    }
+    Ok(addr)
+}
+
+/// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere): how a Core tells a
+/// module it started to stop, and how an operator stops either.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urn(s: &str) -> Urn {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ready_line_round_trips() {
+        let x = urn("urn:anima:module:x");
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let line = ready_line(&x, addr);
+        assert_eq!(line, "ANIMA/1 READY urn:anima:module:x 127.0.0.1:4000");
+        assert_eq!(parse_ready_line(&line), Ok((x.clone(), addr)));
+        assert_eq!(expect_ready_line(&line, &x), Ok(addr));
+        let v6: SocketAddr = "[::1]:65535".parse().unwrap();
+        assert_eq!(parse_ready_line(&ready_line(&x, v6)), Ok((x, v6)));
+    }
+
+    #[test]
+    fn ready_line_is_exact() {
+        let x = urn("urn:anima:module:x");
+        for line in [
+            "ANIMA/2 READY urn:anima:module:x 127.0.0.1:5",
+            "ANIMA/1 READYurn:anima:module:x 127.0.0.1:5",
+            "ANIMA/1 READY  urn:anima:module:x 127.0.0.1:5",
+            "ANIMA/1 READY urn:anima:module:x  127.0.0.1:5",
+            "ANIMA/1 READY urn:anima:module:x 127.0.0.1:5 ",
+            "ANIMA/1 READY urn:anima:module:x\t127.0.0.1:5",
+            "ANIMA/1 READY urn:anima:module:x 127.0.0.1:5 extra",
+            "ANIMA/1 READY urn:anima:module:x",
+        ] {
+            assert!(
+                matches!(parse_ready_line(line), Err(ReadyLineError::Malformed(_))),
+                "{line:?}"
+            );
+        }
+        assert!(matches!(
+            parse_ready_line("ANIMA/1 READY urn:anima:module:x nowhere"),
+            Err(ReadyLineError::BadAddress(_))
+        ));
+        assert!(matches!(
+            parse_ready_line("ANIMA/1 READY bogus 127.0.0.1:5"),
+            Err(ReadyLineError::BadUrn { .. })
+        ));
+        assert!(matches!(
+            expect_ready_line("ANIMA/1 READY urn:anima:module:y 127.0.0.1:5", &x),
+            Err(ReadyLineError::WrongModule { .. })
+        ));
+    }
+
+    #[test]
+    fn the_environment_round_trips_through_its_variables() {
+        let env = LaunchEnv {
+            cert: "/c/cert.pem".into(),
+            key: "/c/key.pem".into(),
+            ca: "/c/ca.pem".into(),
+            core: Some(urn("urn:anima:core:a")),
+            listen: DEFAULT_LISTEN,
+            operators: vec![urn("urn:anima:user:op"), urn("urn:anima:core:a")],
+            parent_pid: Some(42),
+        };
+        let vars: std::collections::HashMap<&str, String> = env
+            .vars()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?.into_string().ok()?)))
+            .collect();
+        assert_eq!(
+            vars.keys()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>(),
+            VARIABLES.into_iter().collect()
+        );
+        let read = LaunchEnv::from_lookup(|name| vars.get(name).cloned()).unwrap();
+        assert_eq!(read, env);
+        let unset = LaunchEnv {
+            core: None,
+            parent_pid: None,
+            ..env
+        };
+        let removed: Vec<&str> = unset
+            .vars()
+            .into_iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(removed, [ENV_CORE_URN, ENV_PARENT_PID]);
+    }
+
+    #[test]
+    fn a_bad_variable_is_named() {
+        let lookup = |bad: &'static str, value: &'static str| {
+            move |name: &str| {
+                if name == bad {
+                    Some(value.to_owned())
+                } else {
+                    match name {
+                        ENV_CERT | ENV_KEY | ENV_CA => Some("/x.pem".to_owned()),
+                        _ => None,
+                    }
+                }
+            }
+        };
+        assert_eq!(
+            LaunchEnv::from_lookup(lookup(ENV_KEY, "")).unwrap_err(),
+            LaunchEnvError::Missing(ENV_KEY)
+        );
+        for (variable, value) in [
+            (ENV_CORE_URN, "core"),
+            (ENV_LISTEN, "nowhere"),
+            (ENV_OPERATORS, "urn:anima:user:a,bogus"),
+            (ENV_PARENT_PID, "-1"),
+        ] {
+            let err = LaunchEnv::from_lookup(lookup(variable, value)).unwrap_err();
+            assert!(
+                matches!(&err, LaunchEnvError::Invalid { variable: v, .. } if *v == variable),
+                "{err}"
+            );
+            assert!(err.to_string().starts_with(variable), "{err}");
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! ARCHITECTURE.md's invariants, each a check that fails when it is broken.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// Each workspace package's workspace dependencies (normal and build; not
+/// dev), by package name, from `cargo metadata`.
+fn workspace_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    let packages = metadata["packages"].as_array().expect("packages");
+    let names: BTreeSet<String> = packages
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    packages
+        .iter()
+        .map(|p| {
+            let deps = p["dependencies"]
+                .as_array()
+                .expect("dependencies")
+                .iter()
+                .filter(|d| d["kind"].as_str() != Some("dev"))
+                .filter_map(|d| d["name"].as_str())
+                .filter(|name| names.contains(*name))
+                .map(str::to_owned)
+                .collect();
+            (p["name"].as_str().expect("name").to_owned(), deps)
+        })
+        .collect()
+}
+
+/// Every package `from` depends on, directly or not.
+fn reachable(graph: &BTreeMap<String, BTreeSet<String>>, from: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![from.to_owned()];
+    while let Some(name) = todo.pop() {
+        for dep in graph.get(&name).into_iter().flatten() {
+            if seen.insert(dep.clone()) {
+                todo.push(dep.clone());
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn the_sdk_the_core_and_the_conformance_tool_stay_apart() {
+    let graph = workspace_graph();
+    for (from, to) in [
+        ("anima-module-sdk", "anima-core"),
+        ("anima-core", "anima-module-sdk"),
+        ("anima-protocol", "anima-core"),
+        ("anima-protocol", "anima-module-sdk"),
+        ("anima-conformance", "anima-core"),
+        ("anima-conformance", "anima-module-sdk"),
+    ] {
+        assert!(graph.contains_key(from), "no package {from}");
+        assert!(graph.contains_key(to), "no package {to}");
+        assert!(
+            !reachable(&graph, from).contains(to),
+            "{from} depends on {to} (ARCHITECTURE.md, invariants)"
+        );
+    }
+}
+
+/// The non-comment lines of every `.rs` file under `dir`, with their paths.
+fn source_lines(dir: &Path) -> Vec<(PathBuf, usize, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).expect("readable source folder") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("readable source");
+                for (i, line) in text.lines().enumerate() {
+                    let code = line.trim_start();
+                    if !code.starts_with("//") {
+                        out.push((path.clone(), i + 1, line.to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn lease_logic_is_pure() {
+    let lease = root().join("src/lease");
+    // The appendix vectors and the unit tests are test-only files.
+    let test_only = ["tests.rs", "vectors.rs"];
+    let forbidden = [
+        "tokio",
+        "std::net",
+        "std::fs",
+        "std::thread",
+        "SystemTime::now",
+        "Instant::now",
+        "TcpStream",
+    ];
+    let mut found = Vec::new();
+    for (path, n, line) in source_lines(&lease) {
+        if path
+            .file_name()
+            .is_some_and(|f| test_only.iter().any(|t| f == *t))
+        {
+            continue;
+        }
+        for word in forbidden {
+            if line.contains(word) {
+                found.push(format!("{}:{n}: {word}", path.display()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "src/lease/ must take time and I/O from its callers: {found:#?}"
+    );
+}
+
+#[test]
+fn only_the_transport_builds_tls_configurations() {
+    let root = root();
+    let shipped = [
+        "src",
+        "core/src",
+        "module-sdk/src",
+        "certs/src",
+        "sample-modules",
+        "conformance/src",
+    ];
+    let builders = [
+        "ServerConfig::builder",
+        "ClientConfig::builder",
+        "ServerConfig {",
+        "ClientConfig {",
+    ];
+    let mut found = Vec::new();
+    for dir in shipped {
+        let dir = root.join(dir);
+        if !dir.exists() {
+            continue;
+        }
+        for (path, n, line) in source_lines(&dir) {
+            let relative = path.strip_prefix(&root).unwrap_or(&path);
+            // The one place, and the conformance tool's raw client that
+            // presents any certificate at all on purpose (it says so).
+            let allowed = relative.starts_with("src/transport")
+                || relative.ends_with("rawtls.rs")
+                    && relative.to_string_lossy().contains("conformance");
+            if !allowed && builders.iter().any(|b| line.contains(b)) {
+                found.push(format!("{}:{n}", relative.display()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "TLS configurations are built only in src/transport/: {found:#?}"
+    );
+}
