@@ -30,6 +30,7 @@ use crate::audit::AuditLog;
 use crate::config::{Config, start_order};
 use crate::events::Events;
 use crate::gateway::Gateway;
+use crate::gateway::route::Routes;
 use crate::lease::LeaseTable;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -226,15 +227,13 @@ pub async fn serve(
         renew_when_left: config.leases.renew_when_left,
         links: Mutex::new(HashMap::new()),
         endpoint_dialer,
-        routes: Mutex::new({
-            let mut routes = HashMap::new();
+        routes: {
+            let routes = Routes::default();
             for m in &config.modules {
-                for method in m.contract.iter().flat_map(|c| c.methods.iter()) {
-                    crate::supervisor::add_route(&mut routes, method, &m.urn);
-                }
+                routes.learn(&m.urn, m.contract.iter().flat_map(|c| c.methods.iter()));
             }
             routes
-        }),
+        },
     });
 
     let listener = TcpListener::bind(config.admin.listen)

@@ -7,7 +7,6 @@
 //! `backoff_max` between attempts; past the limit the module is `failed` and
 //! says why.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,11 +21,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Actor, AuditLog};
-use crate::config::{CoreCert, ModuleConfig, RestartMode, StartMode};
+use crate::config::{CoreCert, ModuleConfig, StartMode};
 use crate::events::{EventKind, Events};
+use crate::gateway::route::Routes;
 use crate::launcher::{LaunchSpec, launch};
 use crate::lease::{CoreLeaseError, LeaseLink, LeaseTable, RenewalPolicy};
 use crate::registry::{ModuleCommand, ModuleState, Registry};
+use crate::restart::{Decision, RestartBudget};
 
 /// How long a stopped module may take to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -59,9 +60,8 @@ pub struct CoreContext {
     /// signer, for modules whose entry says `core_cert = "endpoint"`.
     pub endpoint_dialer: Option<(ClientTls, Arc<LeaseSigner>)>,
     /// Which modules declare each method (learned from contracts and
-    /// leases). A method declared by several modules (the conformance probe,
-    /// say) is not routed: the gateway cannot tell which one is meant.
-    pub routes: std::sync::Mutex<std::collections::HashMap<String, Vec<Urn>>>,
+    /// leases), for the gateway.
+    pub routes: Routes,
 }
 
 impl CoreContext {
@@ -83,50 +83,12 @@ impl CoreContext {
             .cloned()
     }
 
-    /// The one module that declares `method`, if exactly one does.
-    pub fn route(&self, method: &str) -> Option<Urn> {
-        single_route(
-            &self.routes.lock().unwrap_or_else(|p| p.into_inner()),
-            method,
-        )
-    }
-
-    fn learn_routes(&self, module: &Urn, scope: &Scope) {
-        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        for method in scope.iter() {
-            add_route(&mut routes, method, module);
-        }
-    }
-
     fn set_link(&self, module: &Urn, link: Option<LeaseLink>) {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         match link {
             Some(l) => links.insert(module.clone(), l),
             None => links.remove(module),
         };
-    }
-}
-
-/// Records that `module` declares `method`.
-pub fn add_route(
-    routes: &mut std::collections::HashMap<String, Vec<Urn>>,
-    method: &str,
-    module: &Urn,
-) {
-    let declared = routes.entry(method.to_owned()).or_default();
-    if !declared.contains(module) {
-        declared.push(module.clone());
-    }
-}
-
-/// The one module declaring `method`: none when no module or several do.
-pub fn single_route(
-    routes: &std::collections::HashMap<String, Vec<Urn>>,
-    method: &str,
-) -> Option<Urn> {
-    match routes.get(method).map(Vec::as_slice) {
-        Some([only]) => Some(only.clone()),
-        _ => None,
     }
 }
 
@@ -171,23 +133,10 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let urn = module.urn.clone();
-    // Dependency order: wait until every required module is leased.
-    for required in &module.requires {
-        ctx.registry.set_state(
-            &urn,
-            ModuleState::Starting,
-            format!("waiting for {required}"),
-        );
-        let Some(mut watch) = ctx.registry.watch(required) else {
-            continue;
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = watch.wait_for(|s| *s == ModuleState::Leased) => {}
-        }
+    if !wait_for_requirements(&ctx, &module, &shutdown).await {
+        return;
     }
-    let mut restarts_at: VecDeque<Instant> = VecDeque::new();
-    let mut backoff = module.restart.backoff;
+    let mut budget = RestartBudget::new(&module.restart);
     loop {
         ctx.registry.set_state(&urn, ModuleState::Starting, "");
         let outcome = run_once(&ctx, &module, &mut commands, &shutdown).await;
@@ -211,19 +160,10 @@ async fn run(
                     "",
                     "stopped by an operator",
                 );
-                // Wait for a restart command (or shutdown).
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        cmd = commands.recv() => match cmd {
-                            Some(ModuleCommand::Restart) => break,
-                            Some(ModuleCommand::Stop) => {}
-                            None => return,
-                        },
-                    }
+                if !wait_restart_command(&mut commands, &shutdown).await {
+                    return;
                 }
-                restarts_at.clear();
-                backoff = module.restart.backoff;
+                budget.reset();
                 continue;
             }
             Outcome::Restart => {
@@ -233,62 +173,43 @@ async fn run(
                     "",
                     "restart requested",
                 );
-                restarts_at.clear();
-                backoff = module.restart.backoff;
+                budget.reset();
                 continue;
             }
             Outcome::Exited { success, status } => (!success, format!("exited: {status}")),
             Outcome::StartFailed(why) => (true, why),
         };
-        let restart = match module.restart.mode {
-            RestartMode::Never => false,
-            RestartMode::OnFailure => failure,
-            RestartMode::Always => true,
+        let backoff = match budget.decide(failure, Instant::now()) {
+            Decision::Restart { after } => after,
+            Decision::Stay { failure } => {
+                let (state, kind) = if failure {
+                    (ModuleState::Failed, EventKind::ModuleFailed)
+                } else {
+                    (ModuleState::Stopped, EventKind::ModuleStopped)
+                };
+                ctx.registry.set_state(&urn, state, why.clone());
+                ctx.events.emit(kind, urn.as_str(), "", why);
+                if !wait_restart_command(&mut commands, &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            Decision::GiveUp => {
+                let detail = format!(
+                    "restarted {} times within {:?}; last: {why}",
+                    module.restart.max_restarts, module.restart.window
+                );
+                tracing::error!(module = %urn, detail = %detail, "module failed");
+                ctx.registry
+                    .set_state(&urn, ModuleState::Failed, detail.clone());
+                ctx.events
+                    .emit(EventKind::ModuleFailed, urn.as_str(), "", detail);
+                if !wait_restart_command(&mut commands, &shutdown).await {
+                    return;
+                }
+                continue;
+            }
         };
-        if !restart {
-            let state = if failure {
-                ModuleState::Failed
-            } else {
-                ModuleState::Stopped
-            };
-            let kind = if failure {
-                EventKind::ModuleFailed
-            } else {
-                EventKind::ModuleStopped
-            };
-            ctx.registry.set_state(&urn, state, why.clone());
-            ctx.events.emit(kind, urn.as_str(), "", why);
-            if !wait_restart_command(&mut commands, &shutdown).await {
-                return;
-            }
-            continue;
-        }
-        // Rate limit.
-        let now = Instant::now();
-        restarts_at.push_back(now);
-        while restarts_at
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > module.restart.window)
-        {
-            restarts_at.pop_front();
-        }
-        if restarts_at.len() > module.restart.max_restarts as usize {
-            let detail = format!(
-                "restarted {} times within {:?}; last: {why}",
-                module.restart.max_restarts, module.restart.window
-            );
-            tracing::error!(module = %urn, detail = %detail, "module failed");
-            ctx.registry
-                .set_state(&urn, ModuleState::Failed, detail.clone());
-            ctx.events
-                .emit(EventKind::ModuleFailed, urn.as_str(), "", detail);
-            if !wait_restart_command(&mut commands, &shutdown).await {
-                return;
-            }
-            restarts_at.clear();
-            backoff = module.restart.backoff;
-            continue;
-        }
         ctx.registry.update(&urn, |v| v.restarts += 1);
         ctx.registry.set_state(
             &urn,
@@ -304,8 +225,31 @@ async fn run(
             }
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(module.restart.backoff_max);
     }
+}
+
+/// Dependency order: waits until every module `module` requires is leased;
+/// false on shutdown.
+async fn wait_for_requirements(
+    ctx: &CoreContext,
+    module: &ModuleConfig,
+    shutdown: &CancellationToken,
+) -> bool {
+    for required in &module.requires {
+        ctx.registry.set_state(
+            &module.urn,
+            ModuleState::Starting,
+            format!("waiting for {required}"),
+        );
+        let Some(mut watch) = ctx.registry.watch(required) else {
+            continue;
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = watch.wait_for(|s| *s == ModuleState::Leased) => {}
+        }
+    }
+    true
 }
 
 /// Waits for an operator's restart; false on shutdown.
@@ -325,17 +269,14 @@ async fn wait_restart_command(
     }
 }
 
-/// Starts (or dials) the module once and keeps it leased until its process
-/// exits, a command arrives, or the Core shuts down.
-async fn run_once(
-    ctx: &Arc<CoreContext>,
+/// Starts a core-started module (its address and process) or resolves a
+/// pre-started one's endpoint; the error says why not.
+async fn start(
+    ctx: &CoreContext,
     module: &ModuleConfig,
-    commands: &mut mpsc::Receiver<ModuleCommand>,
-    shutdown: &CancellationToken,
-) -> Outcome {
+) -> Result<(SocketAddr, Option<Child>), String> {
     let urn = &module.urn;
-    let mut child: Option<Child> = None;
-    let addr: SocketAddr = match &module.start {
+    match &module.start {
         StartMode::Command {
             program,
             args,
@@ -372,22 +313,36 @@ async fn run_once(
                         "",
                         format!("pid {} at {}", launched.pid.unwrap_or(0), launched.addr),
                     );
-                    child = Some(launched.child);
-                    launched.addr
+                    Ok((launched.addr, Some(launched.child)))
                 }
-                Err(e) => return Outcome::StartFailed(format!("start failed: {e}")),
+                Err(e) => Err(format!("start failed: {e}")),
             }
         }
         StartMode::Endpoint(endpoint) => match tokio::net::lookup_host(endpoint.as_str()).await {
             Ok(mut addrs) => match addrs.next() {
                 Some(a) => {
                     ctx.registry.update(urn, |v| v.endpoint = a.to_string());
-                    a
+                    Ok((a, None))
                 }
-                None => return Outcome::StartFailed(format!("{endpoint} resolves to nothing")),
+                None => Err(format!("{endpoint} resolves to nothing")),
             },
-            Err(e) => return Outcome::StartFailed(format!("cannot resolve {endpoint}: {e}")),
+            Err(e) => Err(format!("cannot resolve {endpoint}: {e}")),
         },
+    }
+}
+
+/// Starts (or dials) the module once and keeps it leased until its process
+/// exits, a command arrives, or the Core shuts down.
+async fn run_once(
+    ctx: &Arc<CoreContext>,
+    module: &ModuleConfig,
+    commands: &mut mpsc::Receiver<ModuleCommand>,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let urn = &module.urn;
+    let (addr, mut child) = match start(ctx, module).await {
+        Ok(started) => started,
+        Err(why) => return Outcome::StartFailed(why),
     };
 
     // Lease it; lease it again whenever a resident module's lease ends.
@@ -420,7 +375,7 @@ async fn run_once(
             &link.id().to_string(),
             format!("ttl {:?}", link.ttl()),
         );
-        ctx.learn_routes(urn, &link.scope());
+        ctx.routes.learn(urn, link.scope().iter());
         ctx.set_link(urn, Some(link.clone()));
 
         let exited = async {
@@ -622,24 +577,5 @@ async fn stop_child(
     {
         tracing::warn!(module = %module.urn, "did not exit within {STOP_GRACE:?}; killing");
         let _ = child.kill().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn o1_a_method_declared_by_several_modules_is_not_routed() {
-        let a: Urn = "urn:anima:module:a".parse().unwrap();
-        let b: Urn = "urn:anima:module:b".parse().unwrap();
-        let mut routes = std::collections::HashMap::new();
-        add_route(&mut routes, "/x.v1.X/Only", &a);
-        add_route(&mut routes, "/anima.v1.Probe/Read", &a);
-        add_route(&mut routes, "/anima.v1.Probe/Read", &b);
-        add_route(&mut routes, "/anima.v1.Probe/Read", &b);
-        assert_eq!(single_route(&routes, "/x.v1.X/Only"), Some(a));
-        assert_eq!(single_route(&routes, "/anima.v1.Probe/Read"), None);
-        assert_eq!(single_route(&routes, "/nobody.v1.X/Y"), None);
     }
 }

@@ -1,4 +1,4 @@
-//! The gateway's length-prefix reader (`message_cap::MessageCap`): a caller's
+//! The gateway's length-prefix reader (`gateway::cap::MessageCap`): a caller's
 //! request body, as HTTP/2 DATA frames cut anywhere, read through the cap
 //! the gateway puts on every forwarded call.
 //!
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
-use anima_core::message_cap::{MAX_MESSAGE_BYTES, MessageCap};
+use anima_core::gateway::cap::{MAX_MESSAGE_BYTES, MessageCap};
 use bytes::Bytes;
 use http_body::{Body as _, Frame};
 

@@ -107,15 +107,8 @@ impl Run<'_> {
         actor: &Actor,
         which: u8,
     ) {
-        let mut s = match self
-            .open(actor, addr, &self.declared.clone(), self.ttl())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                r.fail("A3", format!("a lease was not granted: {e}"));
-                return;
-            }
+        let Some(mut s) = self.lease_declared(r, actor, addr, self.ttl()).await else {
+            return;
         };
         if which == 0 {
             s.send(Frame::Refuse(Refusal {

@@ -17,7 +17,7 @@ use anima_protocol::pb::control_frame::Frame;
 
 use super::{REACTION, Run};
 use crate::report::Report;
-use crate::session::{self, Session};
+use crate::session::{self, Actor, Session};
 
 /// How long a module waits for the offer on a new control stream
 /// (PROTOCOL.md §2, step 1).
@@ -96,7 +96,19 @@ impl Run<'_> {
         ttl: Duration,
     ) -> Option<Session> {
         let core_a = self.ids().core_a.clone();
-        match self.open(&core_a, addr, &self.declared.clone(), ttl).await {
+        self.lease_declared(r, &core_a, addr, ttl).await
+    }
+
+    /// A lease of `actor` for every declared method, or a failed A3 saying
+    /// why not.
+    pub(crate) async fn lease_declared(
+        &self,
+        r: &mut Report,
+        actor: &Actor,
+        addr: SocketAddr,
+        ttl: Duration,
+    ) -> Option<Session> {
+        match self.open(actor, addr, &self.declared.clone(), ttl).await {
             Ok(s) => Some(s),
             Err(e) => {
                 r.fail("A3", format!("a lease was not granted: {e}"));

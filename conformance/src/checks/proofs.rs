@@ -25,15 +25,8 @@ impl Run<'_> {
         actor: &Actor,
         replay: bool,
     ) {
-        let mut s = match self
-            .open(actor, addr, &self.declared.clone(), self.ttl())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                r.fail("A3", format!("a lease was not granted: {e}"));
-                return;
-            }
+        let Some(mut s) = self.lease_declared(r, actor, addr, self.ttl()).await else {
+            return;
         };
         let method = if self.probe {
             READ.to_owned()

@@ -162,19 +162,10 @@ impl Run<'_> {
         addr: SocketAddr,
         actor: &Actor,
     ) -> bool {
-        match self
-            .open(actor, addr, &self.declared.clone(), self.ttl())
+        // The session (and its connection) is dropped at once.
+        self.lease_declared(r, actor, addr, self.ttl())
             .await
-        {
-            Ok(s) => {
-                drop(s);
-                true
-            }
-            Err(e) => {
-                r.fail("A3", format!("a lease was not granted: {e}"));
-                false
-            }
-        }
+            .is_some()
     }
 
     /// A resident module's lease ends with its connection (Z1): the open
@@ -195,15 +186,8 @@ impl Run<'_> {
             r.fail("Z1", "ModuleAdmin/Status failed");
             return;
         };
-        let s = match self
-            .open(actor, addr, &self.declared.clone(), self.ttl())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                r.fail("A3", format!("a lease was not granted: {e}"));
-                return;
-            }
+        let Some(s) = self.lease_declared(r, actor, addr, self.ttl()).await else {
+            return;
         };
         let during = count(admin.clone()).await.unwrap_or(before);
         drop(s);

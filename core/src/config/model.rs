@@ -65,19 +65,6 @@ pub enum PolicyTarget {
     Method(String),
 }
 
-impl Policy {
-    /// Whether `user` may call `method` of `module` under `policies`
-    /// (default deny).
-    pub fn allows(policies: &[Policy], user: &Urn, module: &Urn, method: &str) -> bool {
-        policies.iter().filter(|p| &p.user == user).any(|p| {
-            p.allow.iter().any(|t| match t {
-                PolicyTarget::Module(m) => m == module,
-                PolicyTarget::Method(m) => m == method,
-            })
-        })
-    }
-}
-
 /// `[core]`: who the Core is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoreSection {

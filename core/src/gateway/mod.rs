@@ -1,0 +1,306 @@
+//! The user gateway: applications call a module's methods through the Core.
+//!
+//! An application connects to the Core's endpoint with its own certificate
+//! and calls the module's method path unchanged (`/pkg.v1.Service/Method`).
+//! The gateway routes the call to the module whose contract declares that
+//! method, under that module's lease (the lease proof is added), after the
+//! policy allows it (default deny). Bodies stream through untouched, so
+//! unary and streaming methods both pass; deadlines (`grpc-timeout`) and
+//! cancellation pass both ways (a cancelled call drops the module call).
+//!
+//! Every call gets a W3C `traceparent` (the caller's, or a new one), passed to
+//! the module and logged with lease id, user, module, method, latency and
+//! outcome.
+//!
+//! One user has at most [`DEFAULT_MAX_CALLS_PER_USER`] calls in flight
+//! through the gateway, all its connections together (a call is in flight
+//! until its response ends); past it, calls are refused `TOO_MANY_CALLS` at
+//! once, so a caller that opens streams and never finishes them holds a
+//! bounded share of the Core and of the module.
+//!
+//! - `route.rs`: which module declares each method;
+//! - `policy.rs`: who may call what (default deny);
+//! - `in_flight.rs`: the per-user bound on calls in flight;
+//! - `cap.rs`: the per-message size cap, read from the length prefixes;
+//! - `observe.rs`: trace context, deadline, and the log and metrics of each
+//!   call's end.
+
+pub mod cap;
+mod in_flight;
+mod observe;
+mod policy;
+pub mod route;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anima_protocol::lease::{Reason, status_for};
+use anima_protocol::{PeerInfo, Urn};
+use http_body::Body as HttpBody;
+use tonic::Code;
+use tonic::body::Body;
+use tower::ServiceExt;
+
+use self::cap::{MAX_MESSAGE_BYTES, MessageCap, too_large};
+use self::in_flight::{CallSlot, InFlight};
+use self::observe::{CallLog, Observed, parse_grpc_timeout, trace_context};
+use self::policy::Policies;
+use crate::audit::{Actor, AuditEvent, AuditRecord};
+use crate::config::Policy;
+use crate::lease::LeaseLink;
+use crate::metrics::Metrics;
+use crate::registry::ModuleState;
+use crate::supervisor::CoreContext;
+
+/// How many calls one user may have in flight through the gateway at once.
+pub const DEFAULT_MAX_CALLS_PER_USER: usize = 256;
+
+/// The gateway's shared state.
+#[derive(Clone)]
+pub struct Gateway {
+    ctx: Arc<CoreContext>,
+    policies: Arc<Policies>,
+    metrics: Arc<Metrics>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Why a call is refused before it reaches a module, and the message.
+struct Refused(Reason, String);
+
+/// A call let through: where it goes, under which lease, in which slot.
+struct Admitted {
+    user: Urn,
+    module: Urn,
+    method: String,
+    link: LeaseLink,
+    slot: CallSlot,
+}
+
+impl Gateway {
+    /// A gateway over `ctx`'s modules under `policies`.
+    ///
+    /// # Default
+    /// At most [`DEFAULT_MAX_CALLS_PER_USER`] calls in flight per user.
+    pub fn new(ctx: Arc<CoreContext>, policies: Vec<Policy>, metrics: Arc<Metrics>) -> Self {
+        Gateway {
+            ctx,
+            policies: Arc::new(Policies::new(policies)),
+            metrics,
+            in_flight: Arc::new(InFlight::new(DEFAULT_MAX_CALLS_PER_USER)),
+        }
+    }
+
+    /// Sets how many calls one user may have in flight at once (at least
+    /// 1); past it, calls are refused `TOO_MANY_CALLS`.
+    ///
+    /// # Default
+    /// [`DEFAULT_MAX_CALLS_PER_USER`].
+    pub fn max_calls_per_user(mut self, n: usize) -> Self {
+        self.in_flight = Arc::new(InFlight::new(n.max(1)));
+        self
+    }
+
+    fn refuse(&self, reason: Reason, message: String) -> http::Response<Body> {
+        self.metrics.refusal(reason.as_str());
+        status_for(reason, message, []).into_http()
+    }
+
+    /// Handles one call.
+    pub async fn call<B>(&self, request: http::Request<B>) -> http::Response<Body>
+    where
+        B: HttpBody<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        match self.admit(&request) {
+            Ok(admitted) => self.forward(request, admitted, started).await,
+            Err(Refused(reason, message)) => self.refuse(reason, message),
+        }
+    }
+
+    /// Who calls, where the call goes, whether the policy lets it, whether
+    /// the module is leased, whether the user has a free slot: the first
+    /// that fails refuses the call.
+    fn admit<B>(&self, request: &http::Request<B>) -> Result<Admitted, Refused> {
+        let method = request.uri().path().to_owned();
+        let Some(user) = request
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|p| p.urn().clone())
+        else {
+            return Err(Refused(Reason::NoLease, "not an Anima connection".into()));
+        };
+        // Only declared methods route; nothing else touches a module.
+        let Some(module) = self.ctx.routes.route(&method) else {
+            tracing::info!(target: "anima::gateway", user = %user, method = %method, outcome = "UNKNOWN_METHOD", "call refused");
+            return Err(Refused(
+                Reason::UnknownMethod,
+                format!("no single module declares {method:.200} (none does, or several do)"),
+            ));
+        };
+        if !self.policies.allows(&user, &module, &method) {
+            return Err(self.policy_denied(&user, &module, &method));
+        }
+        let Some(link) = self.ctx.link(&module) else {
+            return Err(self.not_leased(&user, &module, &method));
+        };
+        let Some(slot) = self.in_flight.enter(&user) else {
+            tracing::debug!(target: "anima::gateway", user = %user, method = %method, outcome = "TOO_MANY_CALLS", "call refused");
+            return Err(Refused(
+                Reason::TooManyCalls,
+                format!(
+                    "{user} already has {} calls in flight through this Core",
+                    self.in_flight.max
+                ),
+            ));
+        };
+        Ok(Admitted {
+            user,
+            module,
+            method,
+            link,
+            slot,
+        })
+    }
+
+    /// Refuses a call the policy does not allow, and audits it.
+    fn policy_denied(&self, user: &Urn, module: &Urn, method: &str) -> Refused {
+        tracing::warn!(target: "anima::gateway", user = %user, module = %module, method = %method, outcome = "POLICY_DENIED", "call refused");
+        let mut record = AuditRecord::now(
+            AuditEvent::CallRefused,
+            module.as_str(),
+            self.ctx.urn.as_str(),
+            Actor::User,
+        );
+        record.reason = Some(Reason::PolicyDenied);
+        record.detail = Some(format!("{user} may not call {method:.200}"));
+        self.ctx.audit.record(record);
+        Refused(
+            Reason::PolicyDenied,
+            format!("{user} may not call {method:.200}"),
+        )
+    }
+
+    /// Refuses a call to a module with no lease now, saying why.
+    fn not_leased(&self, user: &Urn, module: &Urn, method: &str) -> Refused {
+        let state = self.ctx.registry.get(module).map(|m| m.state);
+        let reason = match state {
+            Some(ModuleState::Failed) => Reason::ModuleFailed,
+            Some(ModuleState::Standby) => Reason::ModuleStandby,
+            _ => Reason::ModuleUnavailable,
+        };
+        tracing::info!(target: "anima::gateway", user = %user, module = %module, method = %method, outcome = %reason, "call refused");
+        Refused(
+            reason,
+            format!(
+                "{module} is not leased now ({})",
+                state.map_or("unknown", ModuleState::as_str)
+            ),
+        )
+    }
+
+    /// Forwards an admitted call under its module's lease: the caller's
+    /// messages capped as they pass, its trace context and deadline kept,
+    /// its end logged and counted however it comes.
+    async fn forward<B>(
+        &self,
+        request: http::Request<B>,
+        admitted: Admitted,
+        started: Instant,
+    ) -> http::Response<Body>
+    where
+        B: HttpBody<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Admitted {
+            user,
+            module,
+            method,
+            link,
+            slot,
+        } = admitted;
+        let (trace_id, traceparent) = trace_context(request.headers().get("traceparent"));
+        // Each message the caller streams is capped as it passes.
+        let tripped = Arc::new(AtomicU64::new(0));
+        let mut request = request.map(|b| {
+            Body::new(MessageCap::new(
+                Body::new(b),
+                MAX_MESSAGE_BYTES,
+                tripped.clone(),
+            ))
+        });
+        request.headers_mut().insert("traceparent", traceparent);
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        // Logged however the call ends, even if the caller goes away first.
+        let mut call = CallLog {
+            metrics: self.metrics.clone(),
+            trace_id,
+            lease_id: link.id().to_string(),
+            user: user.to_string(),
+            module: module.to_string(),
+            method,
+            started,
+            deadline: deadline.map(|d| started + d),
+            done: false,
+            _slot: slot,
+        };
+        let forward = link.channel().oneshot(request);
+        let outcome = match deadline {
+            None => forward.await,
+            Some(limit) => match tokio::time::timeout(limit, forward).await {
+                Ok(outcome) => outcome,
+                // Dropping the forwarded call resets its stream: the
+                // module's handler is cancelled.
+                Err(_) => return deadline_exceeded(&mut call, limit),
+            },
+        };
+        let oversized = tripped.load(Ordering::SeqCst);
+        if oversized > 0 {
+            // The forwarded call was reset before the message's body left.
+            tracing::warn!(target: "anima::gateway", user = %call.user, method = %call.method, bytes = oversized, outcome = "RESOURCE_EXHAUSTED", "call refused: message too large");
+            call.finish(Code::ResourceExhausted);
+            return too_large(oversized, MAX_MESSAGE_BYTES).into_http();
+        }
+        let response = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                // The caller reset the call at its deadline (its request
+                // body ended abruptly), or the module is unreachable.
+                if call.deadline.is_some_and(|d| Instant::now() >= d) {
+                    call.finish(Code::DeadlineExceeded);
+                    return tonic::Status::deadline_exceeded("deadline exceeded").into_http();
+                }
+                call.finish(Code::Unavailable);
+                return self.refuse(Reason::ModuleUnavailable, format!("{module}: {e}"));
+            }
+        };
+        observed(response, call)
+    }
+}
+
+/// The module's response, its end logged and counted when its body ends.
+fn observed(response: http::Response<Body>, call: CallLog) -> http::Response<Body> {
+    // Trailers-only responses (errors) carry the status in the headers.
+    let header_code = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| Code::from_bytes(v.as_bytes()));
+    let (parts, body) = response.into_parts();
+    let body = Observed {
+        inner: body,
+        call: Some(call),
+        header_code,
+    };
+    http::Response::from_parts(parts, Body::new(body))
+}
+
+/// The Core's own timer for the caller's deadline fired first.
+fn deadline_exceeded(call: &mut CallLog, limit: Duration) -> http::Response<Body> {
+    call.finish(Code::DeadlineExceeded);
+    tonic::Status::deadline_exceeded(format!("deadline of {limit:?} exceeded")).into_http()
+}
