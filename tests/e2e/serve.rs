@@ -257,20 +257,30 @@ async fn serve_renewal_counts_rise() {
     assert!(audit.lines().any(|l| l.contains("\"renewed\"")));
 }
 
-#[tokio::test]
-async fn serve_revoking_the_type1_lease_ends_that_process_and_starts_a_new_one() {
-    let core = CoreProcess::start(Some(&config("30s", "always"))).await;
+/// Waits until `module` is leased, then revokes its lease with `anima revoke`
+/// (and `extra` arguments), which must succeed and name the lease; returns
+/// the module's pid and the revoked lease's id.
+async fn revoke_the_lease_of(core: &CoreProcess, module: &str, extra: &[&str]) -> (u64, String) {
     let before = core
-        .wait_module("hasher", "leased", |m| m["state"] == "leased")
+        .wait_module(module, "leased", |m| m["state"] == "leased")
         .await;
     let pid = before["pid"].as_u64().unwrap();
-    let lease = core.lease_of("hasher").await["lease_id"]
+    let lease = core.lease_of(module).await["lease_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let (code, out) = core.cli(&["revoke", &lease, "--reason", "test"]).await;
+    let mut args = vec!["revoke", lease.as_str()];
+    args.extend_from_slice(extra);
+    let (code, out) = core.cli(&args).await;
     assert_eq!(code, 0);
     assert!(out.contains(&lease));
+    (pid, lease)
+}
+
+#[tokio::test]
+async fn serve_revoking_the_type1_lease_ends_that_process_and_starts_a_new_one() {
+    let core = CoreProcess::start(Some(&config("30s", "always"))).await;
+    let (pid, lease) = revoke_the_lease_of(&core, "hasher", &["--reason", "test"]).await;
     // The old process exits by itself (termination window 2 s), and the
     // policy (always) starts a new one, which gets a new lease.
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -293,16 +303,7 @@ async fn serve_revoking_the_type1_lease_ends_that_process_and_starts_a_new_one()
 #[tokio::test]
 async fn serve_revoking_the_type2_lease_leaves_it_in_standby_and_leases_it_again() {
     let core = CoreProcess::start(Some(&config("30s", "always"))).await;
-    let before = core
-        .wait_module("kvstore", "leased", |m| m["state"] == "leased")
-        .await;
-    let pid = before["pid"].as_u64().unwrap();
-    let lease = core.lease_of("kvstore").await["lease_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (code, _) = core.cli(&["revoke", &lease]).await;
-    assert_eq!(code, 0);
+    let (pid, lease) = revoke_the_lease_of(&core, "kvstore", &[]).await;
     let after = core
         .wait_module("kvstore", "leased again", |m| {
             m["state"] == "leased" && m["lease_id"].as_str().is_some_and(|l| l != lease)
