@@ -279,6 +279,17 @@ impl Gateway {
                 return self.refuse(Reason::ModuleUnavailable, format!("{module}: {e}"));
             }
         };
+        // The module's own timer for the forwarded `grpc-timeout` can answer
+        // first (tonic ends such a call CANCELLED); once the caller's deadline
+        // has passed, an error there is the deadline's.
+        let failed = response
+            .headers()
+            .get("grpc-status")
+            .is_some_and(|v| Code::from_bytes(v.as_bytes()) != Code::Ok);
+        if failed && call.deadline.is_some_and(|d| Instant::now() >= d) {
+            call.finish(Code::DeadlineExceeded);
+            return tonic::Status::deadline_exceeded("deadline exceeded").into_http();
+        }
         observed(response, call)
     }
 }
