@@ -139,16 +139,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn more_than_max_restarts_within_the_window_gives_up() {
+    /// An on-failure budget (3 restarts per 10 s) that restarted at `t`,
+    /// `t` + 1 ms and `t` + 2 ms.
+    fn restarted_three_times(t: Instant) -> RestartBudget {
         let mut budget = RestartBudget::new(&policy(RestartMode::OnFailure));
-        let t = Instant::now();
         for i in 0..3 {
             assert!(matches!(
                 budget.decide(true, t + ms(i)),
                 Decision::Restart { .. }
             ));
         }
+        budget
+    }
+
+    #[test]
+    fn more_than_max_restarts_within_the_window_gives_up() {
+        let t = Instant::now();
+        let mut budget = restarted_three_times(t);
         assert_eq!(budget.decide(true, t + ms(3)), Decision::GiveUp);
         // Giving up starts afresh: an operator's restart gets a new budget.
         assert_eq!(
@@ -159,14 +166,8 @@ mod tests {
 
     #[test]
     fn restarts_older_than_the_window_no_longer_count() {
-        let mut budget = RestartBudget::new(&policy(RestartMode::OnFailure));
         let t = Instant::now();
-        for i in 0..3 {
-            assert!(matches!(
-                budget.decide(true, t + ms(i)),
-                Decision::Restart { .. }
-            ));
-        }
+        let mut budget = restarted_three_times(t);
         // 10 s after the first three (the window), they have slid out.
         let later = t + Duration::from_secs(10) + ms(3);
         assert!(matches!(
