@@ -753,3 +753,72 @@ fn core_cert_names_a_certificate_the_core_has() {
     );
     scratch.check(&config).assert_ok();
 }
+
+#[test]
+fn the_reference_in_docs_is_the_generated_one() {
+    let scratch = Scratch::new();
+    let run = scratch.anima(&["config", "reference"]);
+    run.assert_ok();
+    assert_eq!(run.stderr, "");
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.md");
+    let committed = fs::read_to_string(&docs).expect("docs/config.md");
+    assert!(
+        committed == run.stdout,
+        "docs/config.md differs from `anima config reference`; regenerate it with\n  \
+         cargo run -p anima-core -- config reference > docs/config.md"
+    );
+    // Every key of the reference is in it, under its section.
+    for key in [
+        "| `urn` |",
+        "| `renew_when_left` |",
+        "| `backoff_max` |",
+        "| `allow` |",
+    ] {
+        assert!(run.stdout.contains(key), "{key} missing");
+    }
+    assert!(run.stdout.contains("## `[module.restart]`"));
+}
+
+#[test]
+fn unknown_keys_wrong_types_and_meanings_are_reported_in_one_run() {
+    let scratch = Scratch::new();
+    let config = valid_with("ttl = \"20s\"", "ttl = 20")
+        .replacen("type = \"resident-private\"", "type = \"resident\"", 1)
+        .replacen("max_restarts = 3", "max_restarts = 3\nmax_restart = 4", 1)
+        .replacen("certs/dev/ca.pem", "certs/dev/no-ca.pem", 1)
+        .replacen(
+            "endpoint = \"127.0.0.1:7801\"",
+            "endpoint = \"127.0.0.1:7801\"\ncore_cert = 1",
+            1,
+        );
+    let run = scratch.check(&config);
+    let problems = run.problems();
+    let kv = "module[1] (urn:anima:module:kvstore)";
+    let expected = [
+        format!(
+            "{}: core.ca: no such file: {}",
+            at(&config, "no-ca.pem"),
+            scratch.path().join("certs/dev/no-ca.pem").display()
+        ),
+        format!(
+            "{}: leases.ttl: must be a string, not integer",
+            at(&config, "ttl = 20")
+        ),
+        format!(
+            "{}: {kv}.type: \"resident\" is not \"ephemeral\", \"resident-private\" or \
+             \"resident-shared\"",
+            at(&config, "\"resident\"")
+        ),
+        format!(
+            "{}: {kv}.restart.max_restart: unknown key (expected one of: policy, max_restarts, \
+             window, backoff, backoff_max)",
+            at(&config, "max_restart =")
+        ),
+        format!(
+            "{}: module[2] (urn:anima:module:tally).core_cert: must be \"default\" or \
+             \"endpoint\", not integer",
+            at(&config, "core_cert")
+        ),
+    ];
+    assert_eq!(problems, expected, "{}", run.stderr);
+}

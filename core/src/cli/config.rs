@@ -1,8 +1,11 @@
-//! `anima config`: check a Core configuration before serving it.
+//! `anima config`: check a Core configuration before serving it, or print
+//! the reference of its keys.
 //!
 //! `anima config check [FILE]` reads and checks like `anima serve --config`
 //! does, and starts nothing: every problem is printed on its own line to
 //! stderr (`FILE:LINE: key: message`), followed by the `error:` summary.
+//! `anima config reference` prints every key of `anima.toml` (type, default,
+//! meaning) as Markdown: `docs/config.md`.
 
 use std::path::{Path, PathBuf};
 
@@ -27,12 +30,19 @@ pub enum ConfigCommand {
         /// The configuration file (paths in it are relative to its directory).
         file: Option<PathBuf>,
     },
+    /// Print every key of anima.toml (type, default, meaning) as Markdown:
+    /// docs/config.md.
+    Reference,
 }
 
 /// Runs `anima config …`.
 pub fn run(cmd: ConfigCommand) -> CliResult {
     match cmd {
         ConfigCommand::Check { file } => check(file),
+        ConfigCommand::Reference => {
+            print!("{}", config::reference_markdown());
+            Ok(())
+        }
     }
 }
 

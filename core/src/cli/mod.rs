@@ -61,7 +61,7 @@ pub enum Command {
     },
     /// Follow the Core's lifecycle events.
     Events(ops::AdminTarget),
-    /// Check a configuration file without starting anything.
+    /// Check a configuration file, or print the reference of its keys.
     #[command(subcommand)]
     Config(config::ConfigCommand),
     /// Mint and inspect development certificates.

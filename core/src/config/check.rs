@@ -6,12 +6,14 @@
 //! The checks read files but start nothing and open no socket. They run on
 //! what [`super::parse`] could read (so one bad key does not hide the
 //! problems of the rest) and on built configurations ([`super::check`]).
+//! Keys, types and unreadable values are [`super::parse`]'s and
+//! [`super::resolve`]'s problems; these are about what the values mean.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use anima_protocol::contract::{InitMode, ModuleType};
+use anima_protocol::contract::{Contract, InitMode, ModuleType};
 use anima_protocol::lease::MIN_TTL;
 use anima_protocol::transport::not_after;
 use anima_protocol::{TlsIdentity, TrustRoot, Urn, UrnKind};
@@ -114,24 +116,7 @@ pub(crate) fn module(
                 );
             }
         }
-        StartMode::Endpoint(endpoint) => {
-            match module.module_type {
-                ModuleType::Ephemeral => report.problem(
-                    &at("endpoint"),
-                    "an ephemeral (Type I) module is always started by its Core: \
-                     give command, cert and key instead of endpoint (or declare \
-                     type = \"resident-private\" or \"resident-shared\")",
-                ),
-                ModuleType::ResidentPrivate(InitMode::CoreStarted) => report.problem(
-                    &at("endpoint"),
-                    "a core-started resident-private module is started by the Core: give command",
-                ),
-                _ => {}
-            }
-            if let Err(message) = endpoint_problem(endpoint) {
-                report.problem(&at("endpoint"), message);
-            }
-        }
+        StartMode::Endpoint(endpoint) => dialled(&p, module.module_type, endpoint, report),
     }
     if module.lease_ttl < MIN_TTL {
         report.problem(
@@ -143,47 +128,7 @@ pub(crate) fn module(
         );
     }
     if let Some(contract) = &module.contract {
-        if contract.urn != module.urn {
-            report.problem(
-                &at("contract"),
-                format!("the contract is for {}, not {}", contract.urn, module.urn),
-            );
-        }
-        if contract.module_type != module.module_type {
-            let hint = match (contract.module_type, module.module_type) {
-                (ModuleType::ResidentPrivate(_), ModuleType::ResidentPrivate(_)) => {
-                    " (an entry with command is core-started, one with endpoint pre-started)"
-                }
-                _ => "",
-            };
-            report.problem(
-                &at("contract"),
-                format!(
-                    "the contract declares type {}, but this entry is {}{hint}",
-                    contract.module_type, module.module_type
-                ),
-            );
-        }
-        if module.lease_ttl > contract.max_lease {
-            if report.has_site(&at("lease_ttl")) {
-                report.problem(
-                    &at("lease_ttl"),
-                    format!(
-                        "{:?} is longer than the contract's max_lease {:?}",
-                        module.lease_ttl, contract.max_lease
-                    ),
-                );
-            } else {
-                report.problem(
-                    &at("contract"),
-                    format!(
-                        "the lease TTL {:?} (from [leases].ttl) is longer than the contract's \
-                         max_lease {:?}: set lease_ttl for this module",
-                        module.lease_ttl, contract.max_lease
-                    ),
-                );
-            }
-        }
+        agrees_with_contract(&p, module, contract, report);
     }
     if module.core_cert == CoreCert::Endpoint && core.is_some_and(|c| c.endpoint_cert.is_none()) {
         report.problem(
@@ -193,6 +138,74 @@ pub(crate) fn module(
         );
     }
     restart(&at("restart"), &module.restart, report);
+}
+
+/// A module the Core dials at `endpoint`: one of a type it does not start.
+fn dialled(p: &str, module_type: ModuleType, endpoint: &str, report: &mut Report) {
+    let at = join(p, "endpoint");
+    match module_type {
+        ModuleType::Ephemeral => report.problem(
+            &at,
+            "an ephemeral (Type I) module is always started by its Core: \
+             give command, cert and key instead of endpoint (or declare \
+             type = \"resident-private\" or \"resident-shared\")",
+        ),
+        ModuleType::ResidentPrivate(InitMode::CoreStarted) => report.problem(
+            &at,
+            "a core-started resident-private module is started by the Core: give command",
+        ),
+        _ => {}
+    }
+    if let Err(message) = endpoint_problem(endpoint) {
+        report.problem(&at, message);
+    }
+}
+
+/// The contract names this module, its type, and a `max_lease` its lease
+/// TTL fits in.
+fn agrees_with_contract(p: &str, module: &ModuleConfig, contract: &Contract, report: &mut Report) {
+    let at = |key: &str| join(p, key);
+    if contract.urn != module.urn {
+        report.problem(
+            &at("contract"),
+            format!("the contract is for {}, not {}", contract.urn, module.urn),
+        );
+    }
+    if contract.module_type != module.module_type {
+        let hint = match (contract.module_type, module.module_type) {
+            (ModuleType::ResidentPrivate(_), ModuleType::ResidentPrivate(_)) => {
+                " (an entry with command is core-started, one with endpoint pre-started)"
+            }
+            _ => "",
+        };
+        report.problem(
+            &at("contract"),
+            format!(
+                "the contract declares type {}, but this entry is {}{hint}",
+                contract.module_type, module.module_type
+            ),
+        );
+    }
+    if module.lease_ttl > contract.max_lease {
+        if report.has_site(&at("lease_ttl")) {
+            report.problem(
+                &at("lease_ttl"),
+                format!(
+                    "{:?} is longer than the contract's max_lease {:?}",
+                    module.lease_ttl, contract.max_lease
+                ),
+            );
+        } else {
+            report.problem(
+                &at("contract"),
+                format!(
+                    "the lease TTL {:?} (from [leases].ttl) is longer than the contract's \
+                     max_lease {:?}: set lease_ttl for this module",
+                    module.lease_ttl, contract.max_lease
+                ),
+            );
+        }
+    }
 }
 
 /// `[module.restart]`: a window, a backoff that can double up to its maximum.

@@ -26,13 +26,23 @@
 //! #                         # leases): for modules on grpcio/BoringSSL stacks
 //! ```
 //!
-//! [`load`] reads a file, [`parse_str`] text; both check everything (URNs of
-//! the right kind, files that exist, certificates carrying the right URN,
-//! contracts agreeing with their entries, lease TTLs within `max_lease`,
-//! dependencies without cycles, numbers in range) and return *every*
-//! [`Problem`], each with its line and key. They read files but start nothing.
-//! [`embedded_default`] is what `anima serve` runs without a file;
-//! [`check`] runs the same checks on a configuration built in code.
+//! [`load`] reads a file, [`parse_str`] text; both check everything (known
+//! keys of the right types, URNs of the right kind, files that exist,
+//! certificates carrying the right URN, contracts agreeing with their
+//! entries, lease TTLs within `max_lease`, dependencies without cycles,
+//! numbers in range) and return *every* [`Problem`], each with its line and
+//! key. They read files but start nothing. [`embedded_default`] is what
+//! `anima serve` runs without a file; [`check`] runs the same checks on a
+//! configuration built in code. Every key, its type, default and meaning:
+//! `docs/config.md`, which `anima config reference` prints.
+//!
+//! Inside: `raw` is the file's shape as serde reads it (unknown keys
+//! refused, enums for closed vocabularies, spans kept for lines);
+//! `reference` describes each of its keys once (a test keeps the two in
+//! step); `parse` reads the text (every unknown key and wrong type, with what
+//! the reference expects there); `resolve` turns raw values into the model
+//! (`model`); `check` checks what the model means; `problem` formats
+//! `FILE:LINE: key: message`.
 //!
 //! ```
 //! use std::path::Path;
@@ -71,15 +81,19 @@ mod default;
 mod model;
 mod parse;
 mod problem;
+mod raw;
+mod reference;
+mod resolve;
 
 pub use check::start_order;
 pub use default::embedded_default;
 pub use model::{
-    AdminSection, Config, CoreCert, CoreSection, DEFAULT_ADMIN_LISTEN, DEFAULT_LEASE_TTL,
-    DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, ModuleConfig, Policy, PolicyTarget,
+    AdminSection, Config, CoreCert, CoreSection, DEFAULT_ADMIN_LISTEN, DEFAULT_AUDIT_LOG,
+    DEFAULT_LEASE_TTL, DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, ModuleConfig, Policy, PolicyTarget,
     RENEW_WHEN_LEFT_RANGE, RestartMode, RestartPolicy, StartMode,
 };
 pub use problem::Problem;
+pub(crate) use reference::markdown as reference_markdown;
 
 use problem::Report;
 

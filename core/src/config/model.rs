@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anima_protocol::Urn;
 use anima_protocol::contract::{Contract, ModuleType};
+use serde::Deserialize;
 
 /// The address of the admin endpoint when the configuration names none.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7700";
@@ -29,6 +30,10 @@ pub const DEFAULT_RENEW_WHEN_LEFT: f64 = 1.0 / 3.0;
 
 /// The allowed values of `[leases].renew_when_left`.
 pub const RENEW_WHEN_LEFT_RANGE: RangeInclusive<f64> = 0.05..=0.95;
+
+/// The audit log when `[core].audit_log` is not given (relative to the
+/// working directory of `anima serve`).
+pub const DEFAULT_AUDIT_LOG: &str = "anima-audit.jsonl";
 
 /// A whole Core configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,7 +142,8 @@ pub struct ModuleConfig {
 }
 
 /// `core_cert`: which certificate the Core presents to a module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CoreCert {
     /// `"default"`: `[core] cert` (Ed25519; leases `EdDSA`).
     #[default]
@@ -186,21 +192,25 @@ pub struct RestartPolicy {
     pub backoff_max: Duration,
 }
 
+/// [`RestartPolicy::default`], as a constant for the reference table.
+pub(crate) const DEFAULT_RESTART: RestartPolicy = RestartPolicy {
+    mode: RestartMode::OnFailure,
+    max_restarts: 5,
+    window: Duration::from_secs(60),
+    backoff: Duration::from_millis(200),
+    backoff_max: Duration::from_secs(10),
+};
+
 impl Default for RestartPolicy {
     /// On failure, 5 restarts in 60 s, backoff 200 ms doubling to 10 s.
     fn default() -> Self {
-        RestartPolicy {
-            mode: RestartMode::OnFailure,
-            max_restarts: 5,
-            window: Duration::from_secs(60),
-            backoff: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(10),
-        }
+        DEFAULT_RESTART
     }
 }
 
 /// When a module is restarted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RestartMode {
     /// Never: an exit is final.
     Never,
@@ -213,7 +223,7 @@ pub enum RestartMode {
 
 impl RestartMode {
     /// The word used in the file: `never`, `on-failure`, `always`.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             RestartMode::Never => "never",
             RestartMode::OnFailure => "on-failure",

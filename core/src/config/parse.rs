@@ -1,127 +1,67 @@
-//! Reading `anima.toml`: TOML text to the typed [`Config`], noting the line of
-//! every key so that each problem can point at it.
+//! Reading `anima.toml`: TOML text to the typed [`Config`], every problem
+//! with its line.
 //!
-//! The document is parsed into a spanned tree first (every syntax error, with
-//! its line); the reader then walks it section by section and key by key,
-//! reporting every unknown key, wrong type and unparsable value instead of
-//! stopping at the first. What the values *mean* (identities, files,
-//! certificates, contracts, dependencies, ranges) is checked afterwards by
-//! [`super::check`].
+//! Three steps. The text is parsed into a spanned tree (every syntax error,
+//! with its line). Serde reads the tree into [`raw::File`]; it stops at the
+//! first key that does not fit, so that key is reported (at its line, saying
+//! what the [reference](super::reference) expects there), taken out of the
+//! tree, and the tree read again, until it fits: one run names every unknown
+//! key and wrong type. Then [`Resolver`] interprets the values (URNs, paths,
+//! durations, how each module starts) and [`super::check`] what they mean.
 
-use std::net::SocketAddr;
+use std::collections::HashSet;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anima_protocol::Urn;
-use anima_protocol::contract::parse_duration;
-use anima_protocol::contract::{Contract, InitMode, ModuleType};
+use serde::Deserialize;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::check::{self, Node};
-use super::model::{
-    AdminSection, Config, CoreCert, CoreSection, DEFAULT_ADMIN_LISTEN, LeaseDefaults, ModuleConfig,
-    Policy, PolicyTarget, RestartMode, RestartPolicy, StartMode, default_admin_listen,
-};
-use super::problem::{Problem, Report, join};
-
-type Value<'i> = Spanned<DeValue<'i>>;
-
-/// A value that was wrong; the problem is already reported.
-#[derive(Debug, Clone, Copy)]
-struct Bad;
-
-/// A key's value: absent (`Ok(None)`), present, or reported wrong.
-type Got<T> = Result<Option<T>, Bad>;
-
-/// Whether a missing key is a problem.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Need {
-    Required,
-    Optional,
-}
-
-const TOP_KEYS: &[&str] = &["core", "admin", "leases", "module", "policy"];
-const POLICY_KEYS: &[&str] = &["user", "allow"];
-const CORE_KEYS: &[&str] = &[
-    "urn",
-    "cert",
-    "key",
-    "ca",
-    "audit_log",
-    "endpoint_cert",
-    "endpoint_key",
-];
-const ADMIN_KEYS: &[&str] = &["listen", "operators"];
-const LEASES_KEYS: &[&str] = &["ttl", "renew_when_left"];
-const MODULE_KEYS: &[&str] = &[
-    "urn",
-    "type",
-    "command",
-    "args",
-    "env",
-    "cert",
-    "key",
-    "endpoint",
-    "contract",
-    "lease_ttl",
-    "requires",
-    "core_cert",
-    "restart",
-];
-const RESTART_KEYS: &[&str] = &["policy", "max_restarts", "window", "backoff", "backoff_max"];
+use super::model::Config;
+use super::problem::{Problem, Report, line_at};
+use super::raw;
+use super::reference::{self, Kind, one_of};
+use super::resolve::{Parts, Resolver};
 
 /// Parses and checks `text`, read from `origin`.
 pub(super) fn parse(text: &str, origin: &Path) -> Result<Config, Vec<Problem>> {
-    let mut reader = Reader {
-        text,
-        base: base_dir(origin),
-        report: Report::new(origin.display().to_string()),
+    let mut report = Report::new(origin.display().to_string());
+    let Some((file, refused)) = read(text, &mut report) else {
+        return Err(report.into_problems());
     };
-    let (doc, errors) = DeTable::parse_recoverable(text);
-    if !errors.is_empty() {
-        for error in errors {
-            let line = reader.line(error.span().unwrap_or(0..0));
-            reader.report.problem_on_line(line, error.message());
-        }
-        return Err(reader.report.into_problems());
+    let mut resolver = Resolver::new(text, base_dir(origin), refused, report);
+    let parts = resolver.file(&file);
+    let mut report = resolver.into_report();
+    check_parts(&parts, &mut report);
+    if !report.is_clean() {
+        return Err(report.into_problems());
     }
-    let root = doc.get_ref();
-    reader.known(root, "", TOP_KEYS);
-    let core = match reader.table(root, "", "core", Need::Required) {
-        Ok(Some(table)) => reader.core(table),
-        _ => None,
-    };
-    let admin = match reader.table(root, "", "admin", Need::Optional) {
-        Ok(Some(table)) => reader.admin(table),
-        Ok(None) => Some(AdminSection {
-            listen: default_admin_listen(),
-            operators: Vec::new(),
-        }),
-        Err(Bad) => None,
-    };
-    let leases = match reader.table(root, "", "leases", Need::Optional) {
-        Ok(Some(table)) => reader.leases(table),
-        Ok(None) => Some(LeaseDefaults::default()),
-        Err(Bad) => None,
-    };
-    let entries = reader.modules(root, &leases.clone().unwrap_or_default());
-    let policies = reader.policies(root);
+    parts.into_config(origin).ok_or_else(|| {
+        // Every part left out was reported; this is a reader bug, not the file's.
+        vec![Problem {
+            location: origin.display().to_string(),
+            message: "internal error: a section was refused without a reason".into(),
+        }]
+    })
+}
 
-    let mut report = reader.report;
-    if let Some(core) = &core {
-        check::core(core, &mut report);
+/// Runs [`super::check`] on whatever could be read, so that one bad key does
+/// not hide the problems of the rest.
+fn check_parts(parts: &Parts, report: &mut Report) {
+    if let Some(core) = &parts.core {
+        check::core(core, report);
     }
-    if let Some(leases) = &leases {
-        check::leases(leases, &mut report);
+    if let Some(leases) = &parts.leases {
+        check::leases(leases, report);
     }
-    for (index, entry) in entries.iter().enumerate() {
+    for (index, entry) in parts.entries.iter().enumerate() {
         if let Some(module) = &entry.config {
-            check::module(index, module, core.as_ref(), &mut report);
+            check::module(index, module, parts.core.as_ref(), report);
         }
     }
-    let nodes: Vec<Node<'_>> = entries
+    let nodes: Vec<Node<'_>> = parts
+        .entries
         .iter()
         .enumerate()
         .filter_map(|(index, entry)| {
@@ -132,27 +72,7 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<Config, Vec<Problem>> {
             })
         })
         .collect();
-    check::graph(&nodes, &mut report);
-
-    if !report.is_clean() {
-        return Err(report.into_problems());
-    }
-    let modules: Option<Vec<ModuleConfig>> = entries.into_iter().map(|e| e.config).collect();
-    match (core, admin, leases, modules) {
-        (Some(core), Some(admin), Some(leases), Some(modules)) => Ok(Config {
-            core,
-            admin,
-            leases,
-            modules,
-            policies,
-            source: Some(origin.to_path_buf()),
-        }),
-        // Every `None` above was reported; this is a reader bug, not the file's.
-        _ => Err(vec![Problem {
-            location: origin.display().to_string(),
-            message: "internal error: a section was refused without a reason".into(),
-        }]),
-    }
+    check::graph(&nodes, report);
 }
 
 /// The directory relative paths are resolved against: the file's own,
@@ -165,731 +85,353 @@ fn base_dir(origin: &Path) -> PathBuf {
     std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
-/// One `[[module]]` as far as it could be read.
-#[derive(Debug, Default)]
-struct Entry {
-    /// The whole entry, when every key of it was readable.
-    config: Option<ModuleConfig>,
-    /// Its URN, when readable (for the duplicate and dependency checks).
-    urn: Option<Urn>,
-    /// Its readable `requires` items, with their positions.
-    requires: Vec<(usize, Urn)>,
+/// One step of a key path: a key, or an array index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
 }
 
-/// The module types a `[[module]]` entry can declare; a resident private
-/// module's init mode follows from `command` or `endpoint`.
-#[derive(Debug, Clone, Copy)]
-enum TypeWord {
-    Ephemeral,
-    ResidentPrivate,
-    ResidentShared,
+/// Where serde stopped: the value there, and whether on its key (unknown
+/// there) rather than on the value itself.
+struct Spot<'d, 'i> {
+    on_key: bool,
+    value: &'d DeValue<'i>,
 }
 
-/// Walks the parsed document, reporting into `report`.
-struct Reader<'t> {
-    text: &'t str,
-    base: PathBuf,
-    report: Report,
-}
-
-impl Reader<'_> {
-    // ---- sections ----
-
-    fn core(&mut self, t: &DeTable<'_>) -> Option<CoreSection> {
-        let p = "core";
-        self.known(t, p, CORE_KEYS);
-        let urn = required(self.urn(t, p, "urn", Need::Required));
-        let cert = required(self.path(t, p, "cert", Need::Required));
-        let key = required(self.path(t, p, "key", Need::Required));
-        let ca = required(self.path(t, p, "ca", Need::Required));
-        let audit_log = self.path(t, p, "audit_log", Need::Optional);
-        let endpoint_cert = self.path(t, p, "endpoint_cert", Need::Optional);
-        let endpoint_key = self.path(t, p, "endpoint_key", Need::Optional);
-        let endpoint = match (endpoint_cert.ok()?, endpoint_key.ok()?) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            _ => {
-                self.report.problem(
-                    &join(p, "endpoint_cert"),
-                    "endpoint_cert and endpoint_key go together",
-                );
-                return None;
-            }
-        };
-        Some(CoreSection {
-            urn: urn.ok()?,
-            cert: cert.ok()?,
-            key: key.ok()?,
-            ca: ca.ok()?,
-            audit_log: audit_log.ok().flatten(),
-            endpoint_cert: endpoint,
-        })
-    }
-
-    fn admin(&mut self, t: &DeTable<'_>) -> Option<AdminSection> {
-        let p = "admin";
-        self.known(t, p, ADMIN_KEYS);
-        let listen = match self.string(t, p, "listen", Need::Optional) {
-            Ok(Some(text)) => text.parse::<SocketAddr>().map_err(|_| {
-                self.report.problem(
-                    &join(p, "listen"),
-                    format!("{text:?} is not an IP address and port, like {DEFAULT_ADMIN_LISTEN}"),
-                );
-                Bad
-            }),
-            Ok(None) => Ok(default_admin_listen()),
-            Err(Bad) => Err(Bad),
-        };
-        let operators = self
-            .urns(t, p, "operators")
-            .and_then(every)
-            .map(Option::unwrap_or_default);
-        Some(AdminSection {
-            listen: listen.ok()?,
-            operators: operators.ok()?,
-        })
-    }
-
-    fn leases(&mut self, t: &DeTable<'_>) -> Option<LeaseDefaults> {
-        let p = "leases";
-        self.known(t, p, LEASES_KEYS);
-        let defaults = LeaseDefaults::default();
-        let ttl = self.duration(t, p, "ttl");
-        let renew = self.float(t, p, "renew_when_left");
-        Some(LeaseDefaults {
-            ttl: ttl.ok()?.unwrap_or(defaults.ttl),
-            renew_when_left: renew.ok()?.unwrap_or(defaults.renew_when_left),
-        })
-    }
-
-    /// Every `[[policy]]` entry: which user may call which modules/methods.
-    fn policies(&mut self, root: &DeTable<'_>) -> Vec<Policy> {
-        let Ok(Some(value)) = self.value(root, "", "policy", Need::Optional) else {
-            return Vec::new();
-        };
-        let DeValue::Array(items) = value.get_ref() else {
-            self.report.problem(
-                "policy",
-                "policies are an array of tables: write [[policy]]",
-            );
-            return Vec::new();
-        };
-        let mut policies = Vec::new();
-        for (index, item) in items.iter().enumerate() {
-            let p = format!("policy[{index}]");
-            self.mark(&p, item.span());
-            let DeValue::Table(t) = item.get_ref() else {
-                let _ = self.wrong::<()>(&p, "a table", item);
-                continue;
-            };
-            self.known(t, &p, POLICY_KEYS);
-            let user = required(self.urn(t, &p, "user", Need::Required));
-            let allow = self.strings(t, &p, "allow").and_then(every);
-            let mut targets = Vec::new();
-            for text in allow.ok().flatten().unwrap_or_default() {
-                if let Ok(urn) = text.parse::<Urn>()
-                    && urn.kind() == anima_protocol::UrnKind::Module
-                {
-                    targets.push(PolicyTarget::Module(urn));
-                    continue;
-                }
-                if anima_protocol::lease::check_method(&text).is_ok() {
-                    targets.push(PolicyTarget::Method(text));
-                } else {
-                    self.report.problem(
-                        &join(&p, "allow"),
-                        format!(
-                            "{text:?} is neither a module URN nor a /package.Service/Method path"
-                        ),
-                    );
-                }
-            }
-            if let Ok(user) = user {
-                policies.push(Policy {
-                    user,
-                    allow: targets,
-                });
-            }
+/// Reads `text` into the raw shape, reporting every syntax error, unknown
+/// key and wrong type. Returns `None` after a syntax error; else the file,
+/// with the paths of the keys that were reported and taken out of it.
+fn read(text: &str, report: &mut Report) -> Option<(raw::File, HashSet<String>)> {
+    let (doc, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        for error in errors {
+            let start = error.span().map_or(0, |span| span.start);
+            report.problem_on_line(line_at(text, start), error.message());
         }
-        policies
+        return None;
     }
-
-    /// Every `[[module]]` entry, in order.
-    fn modules(&mut self, root: &DeTable<'_>, leases: &LeaseDefaults) -> Vec<Entry> {
-        let Ok(Some(value)) = self.value(root, "", "module", Need::Optional) else {
-            return Vec::new();
+    let root_span = doc.span();
+    let mut root = DeValue::Table(doc.into_inner());
+    let mut refused = HashSet::new();
+    loop {
+        let whole = Spanned::new(root_span.clone(), root.clone());
+        let error = match raw::File::deserialize(ValueDeserializer::from(whole)) {
+            Ok(file) => return Some((file, refused)),
+            Err(error) => error,
         };
-        let items = match value.get_ref() {
-            DeValue::Array(items) => items,
-            DeValue::Table(_) => {
-                self.report.problem(
-                    "module",
-                    "modules are an array of tables: write [[module]], not [module]",
-                );
-                return Vec::new();
-            }
-            _ => {
-                let _ = self.wrong::<()>("module", "an array of [[module]] tables", value);
-                return Vec::new();
-            }
-        };
-        let mut entries = Vec::with_capacity(items.len());
-        for (index, item) in items.iter().enumerate() {
-            let p = format!("module[{index}]");
-            self.mark(&p, item.span());
-            entries.push(match item.get_ref() {
-                DeValue::Table(t) => self.module(index, &p, t, leases),
-                _ => {
-                    let _ = self.wrong::<()>(&p, "a table", item);
-                    Entry::default()
-                }
-            });
-        }
-        entries
-    }
-
-    fn module(&mut self, index: usize, p: &str, t: &DeTable<'_>, leases: &LeaseDefaults) -> Entry {
-        self.known(t, p, MODULE_KEYS);
-        let urn = required(self.urn(t, p, "urn", Need::Required));
-        if let Ok(urn) = &urn {
-            self.report.label_module(index, urn);
-        }
-        let type_word = self.type_word(t, p);
-        let command = self.string(t, p, "command", Need::Optional);
-        let endpoint = self.string(t, p, "endpoint", Need::Optional);
-        let args = self.strings(t, p, "args").and_then(every);
-        let env = self.env(t, p);
-        let cert = self.path(t, p, "cert", Need::Optional);
-        let key = self.path(t, p, "key", Need::Optional);
-        let contract = self.contract(t, p);
-        let lease_ttl = self.duration(t, p, "lease_ttl");
-        let core_cert = match self.string(t, p, "core_cert", Need::Optional) {
-            Ok(None) => CoreCert::Default,
-            Ok(Some(word)) if word == "default" => CoreCert::Default,
-            Ok(Some(word)) if word == "endpoint" => CoreCert::Endpoint,
-            Ok(Some(other)) => {
-                self.report.problem(
-                    &join(p, "core_cert"),
-                    format!("{other:?} is not \"default\" or \"endpoint\""),
-                );
-                CoreCert::Default
-            }
-            Err(Bad) => CoreCert::Default,
-        };
-        let requires = self
-            .urns(t, p, "requires")
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let restart = match self.table(t, p, "restart", Need::Optional) {
-            Ok(Some(rt)) => self.restart(rt, &join(p, "restart")),
-            Ok(None) | Err(Bad) => RestartPolicy::default(),
-        };
-        let start = self.start_mode(
-            p,
-            Given {
-                command,
-                endpoint,
-                args,
-                env,
-                cert,
-                key,
-            },
-        );
-        let module_type = match (type_word, &start) {
-            (Ok(TypeWord::Ephemeral), _) => Ok(ModuleType::Ephemeral),
-            (Ok(TypeWord::ResidentPrivate), Ok(StartMode::Command { .. })) => {
-                Ok(ModuleType::ResidentPrivate(InitMode::CoreStarted))
-            }
-            (Ok(TypeWord::ResidentPrivate), Ok(StartMode::Endpoint(_))) => {
-                Ok(ModuleType::ResidentPrivate(InitMode::PreStarted))
-            }
-            (Ok(TypeWord::ResidentShared), _) => Ok(ModuleType::ResidentShared),
-            _ => Err(Bad),
-        };
-
-        // Built whenever the entry says what the module is and how to reach
-        // it, so that its other checks still run; a key that was wrong (and
-        // reported) gives way to its default, and the file is refused anyway.
-        let readable: Vec<(usize, Urn)> = requires
-            .iter()
-            .enumerate()
-            .filter_map(|(j, r)| Some((j, r.as_ref().ok()?.clone())))
-            .collect();
-        let config = match (urn.clone(), module_type, start) {
-            (Ok(urn), Ok(module_type), Ok(start)) => Some(ModuleConfig {
-                urn,
-                module_type,
-                start,
-                contract: contract.ok().flatten(),
-                lease_ttl: lease_ttl.ok().flatten().unwrap_or(leases.ttl),
-                restart,
-                requires: readable.iter().map(|(_, urn)| urn.clone()).collect(),
-                core_cert,
-            }),
+        let mut steps = Vec::new();
+        let found = match (&root, error.span()) {
+            (DeValue::Table(table), Some(span)) => find(table, &span, &mut steps)
+                .map(|spot| (span, structural(&steps, spot, error.message()))),
             _ => None,
         };
-        Entry {
-            config,
-            urn: urn.ok(),
-            requires: readable,
+        let Some((span, message)) = found else {
+            // Nothing to take out: the file stops here.
+            match error.span() {
+                Some(span) => report.problem_on_line(line_at(text, span.start), error.message()),
+                None => report.problem_in_file(error.message()),
+            }
+            return None;
+        };
+        let path = render(&steps);
+        report.site(&path, line_at(text, span.start));
+        report.problem(&path, message);
+        // A placeholder that serde refused again would loop: stop instead.
+        if !refused.insert(take_out(&mut root, &steps)?) {
+            return None;
         }
     }
+}
 
-    fn type_word(&mut self, t: &DeTable<'_>, p: &str) -> Result<TypeWord, Bad> {
-        match self.string(t, p, "type", Need::Optional)?.as_deref() {
-            None | Some("ephemeral") => Ok(TypeWord::Ephemeral),
-            Some("resident-private") => Ok(TypeWord::ResidentPrivate),
-            Some("resident-shared") => Ok(TypeWord::ResidentShared),
-            Some(other) => {
-                self.report.problem(
-                    &join(p, "type"),
-                    format!(
-                        "{other:?} is not \"ephemeral\", \"resident-private\" or \"resident-shared\""
-                    ),
-                );
-                Err(Bad)
-            }
-        }
-    }
-
-    /// `command` (with `args`, `env`, `cert`, `key`) or `endpoint`.
-    fn start_mode(&mut self, p: &str, given: Given) -> Result<StartMode, Bad> {
-        match (given.command?, given.endpoint?) {
-            (Some(_), Some(_)) => {
-                self.report.problem(
-                    &join(p, "endpoint"),
-                    "give either command (the Core starts the module) or endpoint \
-                     (the Core dials it), not both",
-                );
-                Err(Bad)
-            }
-            (None, None) => {
-                self.report.problem(
-                    p,
-                    "needs either command (the Core starts the module) or endpoint \
-                     (the Core dials it)",
-                );
-                Err(Bad)
-            }
-            (Some(command), None) => {
-                let program = if command.is_empty() {
-                    self.report
-                        .problem(&join(p, "command"), "must not be empty");
-                    Err(Bad)
-                } else if command.contains('/') || command.contains(std::path::MAIN_SEPARATOR) {
-                    Ok(self.base.join(&command))
-                } else {
-                    // A bare name: looked up on PATH, by the check and at spawn.
-                    Ok(PathBuf::from(&command))
-                };
-                let mut need = |name: &str, got: Got<PathBuf>| match got {
-                    Ok(Some(path)) => Ok(path),
-                    Ok(None) => {
-                        self.report.problem(
-                            &join(p, name),
-                            format!(
-                                "required with command: the module's own {}, handed to it at launch",
-                                if name == "cert" { "certificate" } else { "private key" }
-                            ),
-                        );
-                        Err(Bad)
-                    }
-                    Err(Bad) => Err(Bad),
-                };
-                let cert = need("cert", given.cert);
-                let key = need("key", given.key);
-                Ok(StartMode::Command {
-                    program: program?,
-                    args: given.args.ok().flatten().unwrap_or_default(),
-                    env: given.env.ok().flatten().unwrap_or_default(),
-                    cert: cert?,
-                    key: key?,
-                })
-            }
-            (None, Some(endpoint)) => {
-                let mut clean = true;
-                for (name, present) in [
-                    ("args", matches!(given.args, Ok(Some(_)))),
-                    ("env", matches!(given.env, Ok(Some(_)))),
-                    ("cert", matches!(given.cert, Ok(Some(_)))),
-                    ("key", matches!(given.key, Ok(Some(_)))),
-                ] {
-                    if present {
-                        self.report.problem(
-                            &join(p, name),
-                            "only for a module the Core starts (with command); \
-                             this one has an endpoint",
-                        );
-                        clean = false;
-                    }
-                }
-                if clean {
-                    Ok(StartMode::Endpoint(endpoint))
-                } else {
-                    Err(Bad)
-                }
-            }
-        }
-    }
-
-    fn env(&mut self, t: &DeTable<'_>, p: &str) -> Got<Vec<(String, String)>> {
-        let Some(table) = self.table(t, p, "env", Need::Optional)? else {
-            return Ok(None);
-        };
-        let env_path = join(p, "env");
-        let mut vars = Vec::with_capacity(table.len());
-        let mut clean = true;
-        for (name, value) in table.iter() {
-            let name = name.get_ref().as_ref();
-            let var_path = join(&env_path, name);
-            self.mark(&var_path, value.span());
-            if name.is_empty() || name.contains(['=', '\0']) {
-                self.report.problem(
-                    &var_path,
-                    "not a usable variable name (empty, or with '=' or NUL)",
-                );
-                clean = false;
-            }
-            match value.get_ref().as_str() {
-                Some(v) => vars.push((name.to_owned(), v.to_owned())),
-                None => {
-                    let _ = self.wrong::<()>(&var_path, "a string", value);
-                    clean = false;
-                }
-            }
-        }
-        if clean { Ok(Some(vars)) } else { Err(Bad) }
-    }
-
-    fn contract(&mut self, t: &DeTable<'_>, p: &str) -> Got<Contract> {
-        let Some(path) = self.path(t, p, "contract", Need::Optional)? else {
-            return Ok(None);
-        };
-        let key = join(p, "contract");
-        if let Err(message) = check::file_problem(&path) {
-            self.report.problem(&key, message);
-            return Err(Bad);
-        }
-        let parsed = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))
-            .and_then(|text| {
-                Contract::from_toml(&text).map_err(|e| {
-                    format!(
-                        "invalid contract {}: {}",
-                        path.display(),
-                        one_line(&e.to_string())
-                    )
-                })
-            });
-        match parsed {
-            Ok(contract) => Ok(Some(contract)),
-            Err(message) => {
-                self.report.problem(&key, message);
-                Err(Bad)
-            }
-        }
-    }
-
-    /// `[module.restart]`; a wrong key (reported) gives way to a value that
-    /// triggers no further problem.
-    fn restart(&mut self, t: &DeTable<'_>, p: &str) -> RestartPolicy {
-        self.known(t, p, RESTART_KEYS);
-        let defaults = RestartPolicy::default();
-        let mode = match self.string(t, p, "policy", Need::Optional) {
-            Ok(Some(word)) => match word.as_str() {
-                "never" => RestartMode::Never,
-                "on-failure" => RestartMode::OnFailure,
-                "always" => RestartMode::Always,
-                _ => {
-                    self.report.problem(
-                        &join(p, "policy"),
-                        format!("{word:?} is not \"never\", \"on-failure\" or \"always\""),
-                    );
-                    defaults.mode
-                }
-            },
-            Ok(None) | Err(Bad) => defaults.mode,
-        };
-        let max_restarts = match self.integer(t, p, "max_restarts") {
-            Ok(Some(n)) => u32::try_from(n).unwrap_or_else(|_| {
-                self.report.problem(
-                    &join(p, "max_restarts"),
-                    format!("{n} is out of range (0 to {})", u32::MAX),
-                );
-                defaults.max_restarts
-            }),
-            Ok(None) | Err(Bad) => defaults.max_restarts,
-        };
-        let window = match self.duration(t, p, "window") {
-            Ok(window) => window.unwrap_or(defaults.window),
-            Err(Bad) => defaults.window,
-        };
-        let backoff = self.duration(t, p, "backoff");
-        let backoff_max = match self.duration(t, p, "backoff_max") {
-            Ok(max) => max.unwrap_or(defaults.backoff_max),
-            Err(Bad) => Duration::MAX,
-        };
-        let backoff = match backoff {
-            Ok(backoff) => backoff.unwrap_or(defaults.backoff),
-            Err(Bad) => defaults.backoff.min(backoff_max),
-        };
-        RestartPolicy {
-            mode,
-            max_restarts,
-            window,
-            backoff,
-            backoff_max,
-        }
-    }
-
-    // ---- typed values ----
-
-    /// The value at `key`, its line noted.
-    fn value<'v, 'i>(
-        &mut self,
-        t: &'v DeTable<'i>,
-        parent: &str,
-        key: &str,
-        need: Need,
-    ) -> Got<&'v Value<'i>> {
-        let path = join(parent, key);
-        match t.get(key) {
-            Some(value) => {
-                self.mark(&path, value.span());
-                Ok(Some(value))
-            }
-            None if need == Need::Required => {
-                self.report.problem(&path, "missing (required)");
-                Err(Bad)
-            }
-            None => Ok(None),
-        }
-    }
-
-    fn table<'v, 'i>(
-        &mut self,
-        t: &'v DeTable<'i>,
-        parent: &str,
-        key: &str,
-        need: Need,
-    ) -> Got<&'v DeTable<'i>> {
-        let Some(value) = self.value(t, parent, key, need)? else {
-            return Ok(None);
-        };
-        match value.get_ref() {
-            DeValue::Table(table) => Ok(Some(table)),
-            _ => self.wrong(&join(parent, key), "a table", value),
-        }
-    }
-
-    fn string(&mut self, t: &DeTable<'_>, parent: &str, key: &str, need: Need) -> Got<String> {
-        let Some(value) = self.value(t, parent, key, need)? else {
-            return Ok(None);
-        };
-        match value.get_ref().as_str() {
-            Some(s) => Ok(Some(s.to_owned())),
-            None => self.wrong(&join(parent, key), "a string", value),
-        }
-    }
-
-    /// An array of strings; each item reported on its own.
-    fn strings(
-        &mut self,
-        t: &DeTable<'_>,
-        parent: &str,
-        key: &str,
-    ) -> Got<Vec<Result<String, Bad>>> {
-        let Some(value) = self.value(t, parent, key, Need::Optional)? else {
-            return Ok(None);
-        };
-        let path = join(parent, key);
-        let DeValue::Array(items) = value.get_ref() else {
-            return self.wrong(&path, "an array of strings", value);
-        };
-        let mut out = Vec::with_capacity(items.len());
-        for (j, item) in items.iter().enumerate() {
-            let item_path = format!("{path}[{j}]");
-            self.mark(&item_path, item.span());
-            out.push(match item.get_ref().as_str() {
-                Some(s) => Ok(s.to_owned()),
-                None => self.wrong(&item_path, "a string", item),
+/// The key or value of `table` (at any depth) at exactly `span`, the
+/// shallowest first; its path is left in `steps`.
+fn find<'d, 'i>(
+    table: &'d DeTable<'i>,
+    span: &Range<usize>,
+    steps: &mut Vec<Step>,
+) -> Option<Spot<'d, 'i>> {
+    for (key, value) in table.iter() {
+        steps.push(Step::Key(key.get_ref().to_string()));
+        if key.span() == *span {
+            return Some(Spot {
+                on_key: true,
+                value: value.get_ref(),
             });
         }
-        Ok(Some(out))
+        if let Some(spot) = find_in(value, span, steps) {
+            return Some(spot);
+        }
+        steps.pop();
     }
+    None
+}
 
-    /// An array of URNs (of any kind; kinds are checked later).
-    fn urns(&mut self, t: &DeTable<'_>, parent: &str, key: &str) -> Got<Vec<Result<Urn, Bad>>> {
-        let Some(items) = self.strings(t, parent, key)? else {
-            return Ok(None);
-        };
-        let path = join(parent, key);
-        Ok(Some(
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(j, item)| {
-                    let text = item?;
-                    Urn::parse(&text).map_err(|e| {
-                        self.report.problem(&format!("{path}[{j}]"), e.to_string());
-                        Bad
-                    })
-                })
-                .collect(),
-        ))
+/// [`find`] in a value and what it holds.
+fn find_in<'d, 'i>(
+    value: &'d Spanned<DeValue<'i>>,
+    span: &Range<usize>,
+    steps: &mut Vec<Step>,
+) -> Option<Spot<'d, 'i>> {
+    if value.span() == *span {
+        return Some(Spot {
+            on_key: false,
+            value: value.get_ref(),
+        });
     }
-
-    /// A URN (of any kind; kinds are checked later).
-    fn urn(&mut self, t: &DeTable<'_>, parent: &str, key: &str, need: Need) -> Got<Urn> {
-        let Some(text) = self.string(t, parent, key, need)? else {
-            return Ok(None);
-        };
-        match Urn::parse(&text) {
-            Ok(urn) => Ok(Some(urn)),
-            Err(e) => {
-                self.report.problem(&join(parent, key), e.to_string());
-                Err(Bad)
+    match value.get_ref() {
+        DeValue::Table(table) => find(table, span, steps),
+        DeValue::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                steps.push(Step::Index(index));
+                if let Some(spot) = find_in(item, span, steps) {
+                    return Some(spot);
+                }
+                steps.pop();
             }
+            None
         }
+        _ => None,
     }
+}
 
-    /// A path, resolved against the configuration file's directory.
-    fn path(&mut self, t: &DeTable<'_>, parent: &str, key: &str, need: Need) -> Got<PathBuf> {
-        let Some(text) = self.string(t, parent, key, need)? else {
-            return Ok(None);
-        };
-        if text.is_empty() {
-            self.report.problem(&join(parent, key), "must not be empty");
-            return Err(Bad);
+/// What is wrong at `steps`, said with what the reference expects there;
+/// serde's own words when the reference has nothing better.
+fn structural(steps: &[Step], spot: Spot<'_, '_>, serde_message: &str) -> String {
+    let parent = &steps[..steps.len().saturating_sub(1)];
+    let value = spot.value;
+    // (An implicit table's key and value have the same span: a known key
+    // there is about its value.)
+    if spot.on_key && expected(parent) == Some(Kind::Table) && expected(steps).is_none() {
+        let known: Vec<&str> = reference::children(&key_path(parent))
+            .map(|key| key.path.rsplit('.').next().unwrap_or(key.path))
+            .collect();
+        return format!("unknown key (expected one of: {})", known.join(", "));
+    }
+    match (expected(steps), steps.last()) {
+        (Some(Kind::Tables(plural)), Some(Step::Key(name))) if value.is_table() => {
+            format!("{plural} are an array of tables: write [[{name}]], not [{name}]")
         }
-        Ok(Some(self.base.join(text)))
+        (Some(Kind::Tables(_)), Some(Step::Key(name))) if !value.is_array() => {
+            format!(
+                "must be an array of [[{name}]] tables, not {}",
+                value.type_str()
+            )
+        }
+        (Some(kind), _) if !kind.fits(value) => {
+            format!("must be {}, not {}", kind.expected(), value.type_str())
+        }
+        (Some(Kind::Word(words)), _) => match value.as_str() {
+            Some(word) => format!("{word:?} is not {}", one_of(words, '"')),
+            None => serde_message.to_owned(),
+        },
+        (Some(Kind::Integer), _) => match value.as_integer() {
+            Some(int) => format!("{} is out of range", int.as_str()),
+            None => serde_message.to_owned(),
+        },
+        _ => serde_message.to_owned(),
     }
+}
 
-    /// A duration written `250ms`, `30s`, `5m` or `1h`.
-    fn duration(&mut self, t: &DeTable<'_>, parent: &str, key: &str) -> Got<Duration> {
-        let Some(text) = self.string(t, parent, key, Need::Optional)? else {
-            return Ok(None);
-        };
-        match parse_duration(&text) {
-            Ok(d) => Ok(Some(d)),
-            Err(e) => {
-                self.report.problem(
-                    &join(parent, key),
-                    format!("{e} (write a whole number and ms, s, m or h, like \"30s\")"),
-                );
-                Err(Bad)
+/// The reference's path for `steps`: `module.restart`.
+fn key_path(steps: &[Step]) -> String {
+    let keys: Vec<&str> = steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Key(key) => Some(key.as_str()),
+            Step::Index(_) => None,
+        })
+        .collect();
+    keys.join(".")
+}
+
+/// What the reference expects at `steps`.
+fn expected(steps: &[Step]) -> Option<Kind> {
+    let mut kind = Kind::Table;
+    let mut path = String::new();
+    for step in steps {
+        kind = match (step, kind) {
+            (Step::Index(_), kind) | (Step::Key(_), kind @ Kind::StrTable) => kind.item()?,
+            (Step::Key(name), Kind::Table) => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(name);
+                reference::row(&path)?.kind
             }
-        }
+            _ => return None,
+        };
     }
+    Some(kind)
+}
 
-    fn integer(&mut self, t: &DeTable<'_>, parent: &str, key: &str) -> Got<i64> {
-        let Some(value) = self.value(t, parent, key, Need::Optional)? else {
-            return Ok(None);
-        };
-        let path = join(parent, key);
-        let Some(int) = value.get_ref().as_integer() else {
-            return self.wrong(&path, "an integer", value);
-        };
-        match i64::from_str_radix(int.as_str(), int.radix()) {
-            Ok(n) => Ok(Some(n)),
-            Err(_) => {
-                self.report.problem(&path, format!("{int} is out of range"));
-                Err(Bad)
+/// `module[1].restart.policy`.
+fn render(steps: &[Step]) -> String {
+    let mut path = String::new();
+    for step in steps {
+        match step {
+            Step::Key(key) => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
             }
+            Step::Index(index) => path.push_str(&format!("[{index}]")),
         }
     }
+    path
+}
 
-    /// A number (an integer is taken as a float).
-    fn float(&mut self, t: &DeTable<'_>, parent: &str, key: &str) -> Got<f64> {
-        let Some(value) = self.value(t, parent, key, Need::Optional)? else {
-            return Ok(None);
-        };
-        let text = match value.get_ref() {
-            DeValue::Float(f) => f.as_str().to_owned(),
-            DeValue::Integer(i) if i.radix() == 10 => i.as_str().to_owned(),
-            _ => return self.wrong(&join(parent, key), "a number", value),
-        };
-        match text.parse::<f64>() {
-            Ok(n) => Ok(Some(n)),
-            Err(_) => {
-                self.report
-                    .problem(&join(parent, key), format!("{text} is not a number"));
-                Err(Bad)
-            }
-        }
+/// Takes the value at `steps` out of the tree, so that serde reads on; returns
+/// the path of what was taken out. An array item, or an entry of a table of
+/// strings, becomes an empty placeholder of its kind, so that the items
+/// after it keep their numbers; any other value goes with the field (the key
+/// of a struct) it is in.
+fn take_out(root: &mut DeValue<'_>, steps: &[Step]) -> Option<String> {
+    if let Some(placeholder) = placeholder(steps)
+        && let Some(slot) = value_at(root, steps)
+    {
+        *slot = placeholder;
+        return Some(render(steps));
+    }
+    let is_field = |end: usize| {
+        matches!(steps[end], Step::Key(_)) && expected(&steps[..end]) == Some(Kind::Table)
+    };
+    let end = (0..steps.len())
+        .rev()
+        .find(|&end| is_field(end))
+        .or_else(|| steps.iter().rposition(|s| matches!(s, Step::Key(_))))?;
+    let (Step::Key(key), parent) = steps[..=end].split_last()? else {
+        return None;
+    };
+    match value_at(root, parent)? {
+        DeValue::Table(table) => table.remove(key.as_str()).map(|_| render(&steps[..=end])),
+        _ => None,
+    }
+}
+
+/// What stands in for the item at `steps`, when it is an item.
+fn placeholder<'i>(steps: &[Step]) -> Option<DeValue<'i>> {
+    let (last, parent) = steps.split_last()?;
+    if !matches!(last, Step::Index(_)) && expected(parent) != Some(Kind::StrTable) {
+        return None;
+    }
+    match expected(steps)? {
+        Kind::Str(_) => Some(DeValue::String("".into())),
+        Kind::Table => Some(DeValue::Table(DeTable::new())),
+        _ => None,
+    }
+}
+
+/// The value at `steps` under `value`.
+fn value_at<'v, 'i>(value: &'v mut DeValue<'i>, steps: &[Step]) -> Option<&'v mut DeValue<'i>> {
+    let Some((first, rest)) = steps.split_first() else {
+        return Some(value);
+    };
+    let next = match (value, first) {
+        (DeValue::Table(table), Step::Key(key)) => table.get_mut(key.as_str())?.get_mut(),
+        (DeValue::Array(items), Step::Index(index)) => items.get_mut(*index)?.get_mut(),
+        _ => return None,
+    };
+    value_at(next, rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        let mut report = Report::new("t");
+        let _ = read(text, &mut report);
+        let problems = report.into_problems();
+        problems.iter().map(|p| p.to_string()).collect()
     }
 
-    // ---- reporting ----
-
-    /// Reports every key of `t` not in `known`, at the key's line.
-    fn known(&mut self, t: &DeTable<'_>, parent: &str, known: &[&str]) {
-        for key in t.keys() {
-            let name: &str = key.get_ref().as_ref();
-            if !known.contains(&name) {
-                let path = join(parent, name);
-                self.mark(&path, key.span());
-                self.report.problem(
-                    &path,
-                    format!("unknown key (expected one of: {})", known.join(", ")),
-                );
-            }
-        }
-    }
-
-    /// Reports that `value` at `path` is not `want`.
-    fn wrong<T>(&mut self, path: &str, want: &str, value: &Value<'_>) -> Result<T, Bad> {
-        self.report.problem(
-            path,
-            format!("must be {want}, not {}", value.get_ref().type_str()),
+    #[test]
+    fn every_structural_problem_is_reported_and_taken_out() {
+        let text = "nope = 1\n[core]\nurn = 1\ntypo = \"x\"\n[admin]\noperators = [\"a\", 2]\n\
+                    [[module]]\ntype = \"ephemral\"\nenv = { A = 1 }\nmax_restarts = 1\n\
+                    [module.restart]\npolicy = 3\nwindow = 1\n";
+        assert_eq!(
+            problems(text),
+            [
+                "t:1: nope: unknown key (expected one of: core, admin, leases, module, policy)",
+                "t:3: core.urn: must be a string, not integer",
+                "t:4: core.typo: unknown key (expected one of: urn, cert, key, ca, audit_log, \
+                 endpoint_cert, endpoint_key)",
+                "t:6: admin.operators[1]: must be a string, not integer",
+                "t:8: module[0].type: \"ephemral\" is not \"ephemeral\", \"resident-private\" \
+                 or \"resident-shared\"",
+                "t:9: module[0].env.A: must be a string, not integer",
+                "t:10: module[0].max_restarts: unknown key (expected one of: urn, type, command, \
+                 args, env, cert, key, endpoint, contract, lease_ttl, requires, core_cert, restart)",
+                "t:12: module[0].restart.policy: must be \"never\", \"on-failure\" or \"always\", \
+                 not integer",
+                "t:13: module[0].restart.window: must be a string, not integer",
+            ]
         );
-        Err(Bad)
     }
 
-    /// Notes that `path` is written at `span`.
-    fn mark(&mut self, path: &str, span: Range<usize>) {
-        let line = self.line(span);
-        self.report.site(path, line);
-    }
-
-    /// The 1-based line of a byte span's start.
-    fn line(&self, span: Range<usize>) -> usize {
-        let end = span.start.min(self.text.len());
-        self.text.as_bytes()[..end]
+    #[test]
+    fn sections_of_the_wrong_shape_say_how_to_write_them() {
+        assert_eq!(
+            problems("[[core]]\n[policy]\nuser = \"x\"\n[[module]]\n"),
+            [
+                "t:1: core: must be a table, not array",
+                "t:2: policy: policies are an array of tables: write [[policy]], not [policy]",
+            ]
+        );
+        assert_eq!(
+            problems("module = [1]\npolicy = [{}, 2, 3]\n"),
+            [
+                "t:1: module[0]: must be a table, not integer",
+                "t:2: policy[1]: must be a table, not integer",
+                "t:2: policy[2]: must be a table, not integer",
+            ]
+        );
+        // Dotted keys make implicit tables, whose key and value share a span.
+        assert_eq!(
+            problems("a.b = 1\n[[module]]\nenv.A.B = \"x\"\nrestart.max_restarts = 1e3\n"),
+            [
+                "t:1: a: unknown key (expected one of: core, admin, leases, module, policy)",
+                "t:3: module[0].env.A: must be a string, not table",
+                "t:4: module[0].restart.max_restarts: must be an integer, not float",
+            ]
+        );
+        // Each wrong item is reported and stands in for itself, so that the
+        // next keep their numbers; a wrong field is taken out.
+        let mut report = Report::new("t");
+        let text = "[[module]]\nargs = [1, \"x\", 2]\nenv = { A = 1, B = 2 }\nurn = 3\n\
+                    [[policy]]\n[[policy]]\n";
+        let (file, refused) = read(text, &mut report).unwrap();
+        let mut refused: Vec<String> = refused.into_iter().collect();
+        refused.sort();
+        assert_eq!(
+            refused,
+            [
+                "module[0].args[0]",
+                "module[0].args[2]",
+                "module[0].env.A",
+                "module[0].env.B",
+                "module[0].urn",
+            ]
+        );
+        assert_eq!(report.into_problems().len(), 5);
+        let module = file.module[0].get_ref();
+        let args: Vec<&str> = module
+            .args
+            .as_ref()
+            .unwrap()
+            .get_ref()
             .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
-    }
-}
-
-/// The keys that decide how the Core reaches a module, as read.
-struct Given {
-    command: Got<String>,
-    endpoint: Got<String>,
-    args: Got<Vec<String>>,
-    env: Got<Vec<(String, String)>>,
-    cert: Got<PathBuf>,
-    key: Got<PathBuf>,
-}
-
-/// A required value: present, or already reported missing or wrong.
-fn required<T>(got: Got<T>) -> Result<T, Bad> {
-    got?.ok_or(Bad)
-}
-
-/// A list, when every item of it was readable.
-fn every<T>(items: Option<Vec<Result<T, Bad>>>) -> Got<Vec<T>> {
-    items.map(|items| items.into_iter().collect()).transpose()
-}
-
-/// A multi-line TOML error (position, snippet, message) as one line:
-/// `TOML parse error at line 1, column 1: missing field `version``.
-fn one_line(message: &str) -> String {
-    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.next().unwrap_or_default();
-    match lines.next_back() {
-        Some(last) => format!("{first}: {last}"),
-        None => first.to_owned(),
+            .map(|a| a.get_ref().as_str())
+            .collect();
+        assert_eq!(args, ["", "x", ""]);
+        assert!(module.urn.is_none());
+        assert_eq!(file.policy.len(), 2);
+        assert_eq!(
+            problems("[[module]]\n[module.restart]\nmax_restarts = 18446744073709551615\n"),
+            ["t:3: module[0].restart.max_restarts: 18446744073709551615 is out of range"]
+        );
     }
 }

@@ -91,6 +91,15 @@ impl Report {
         });
     }
 
+    /// Reports a problem with the file as a whole: no line, no key.
+    pub(crate) fn problem_in_file(&mut self, message: impl Into<String>) {
+        self.found.push(Found {
+            line: None,
+            path: None,
+            message: message.into(),
+        });
+    }
+
     /// Whether nothing was reported.
     pub(crate) fn is_clean(&self) -> bool {
         self.found.is_empty()
@@ -146,6 +155,16 @@ impl Report {
 fn parent(path: &str) -> Option<&str> {
     let cut = path.rfind(['.', '['])?;
     Some(&path[..cut])
+}
+
+/// The 1-based line of the byte `offset` of `text`.
+pub(crate) fn line_at(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// `parent.key`, or `key` at the top level.

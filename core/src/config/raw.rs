@@ -1,0 +1,127 @@
+//! The shape of `anima.toml` as written: what serde reads before any value is
+//! interpreted.
+//!
+//! Every struct refuses unknown keys, closed vocabularies are enums, and each
+//! key is kept with its span (`toml::Spanned`) so that a problem found later
+//! can name its line. Every key is optional here, required ones included:
+//! [`super::resolve`] reports each missing one, so that one run names them
+//! all. What the strings mean (URNs, paths, durations, addresses) is read
+//! there too. The reference table ([`super::reference::KEYS`]) describes
+//! exactly these keys; a test walks these types to keep the two in step.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::model::{CoreCert, RestartMode};
+
+/// A key as written: absent, or its value and where it is.
+pub(super) type Field<T> = Option<Spanned<T>>;
+
+/// An array of strings, each item with where it is.
+pub(super) type Strings = Field<Vec<Spanned<String>>>;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct File {
+    /// `[core]`.
+    pub(super) core: Field<Core>,
+    /// `[admin]`.
+    pub(super) admin: Field<Admin>,
+    /// `[leases]`.
+    pub(super) leases: Field<Leases>,
+    /// `[[module]]`, in file order.
+    #[serde(default)]
+    pub(super) module: Vec<Spanned<Module>>,
+    /// `[[policy]]`, in file order.
+    #[serde(default)]
+    pub(super) policy: Vec<Spanned<Policy>>,
+}
+
+/// `[core]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Core {
+    pub(super) urn: Field<String>,
+    pub(super) cert: Field<String>,
+    pub(super) key: Field<String>,
+    pub(super) ca: Field<String>,
+    pub(super) audit_log: Field<String>,
+    pub(super) endpoint_cert: Field<String>,
+    pub(super) endpoint_key: Field<String>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Admin {
+    pub(super) listen: Field<String>,
+    pub(super) operators: Strings,
+}
+
+/// `[leases]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Leases {
+    pub(super) ttl: Field<String>,
+    /// An integer is taken as a float.
+    pub(super) renew_when_left: Field<f64>,
+}
+
+/// One `[[module]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Module {
+    pub(super) urn: Field<String>,
+    #[serde(rename = "type")]
+    pub(super) module_type: Field<TypeWord>,
+    pub(super) command: Field<String>,
+    pub(super) args: Strings,
+    /// Sorted by name.
+    pub(super) env: Field<BTreeMap<String, Spanned<String>>>,
+    pub(super) cert: Field<String>,
+    pub(super) key: Field<String>,
+    pub(super) endpoint: Field<String>,
+    pub(super) contract: Field<String>,
+    pub(super) lease_ttl: Field<String>,
+    pub(super) requires: Strings,
+    pub(super) core_cert: Field<CoreCert>,
+    pub(super) restart: Field<Restart>,
+}
+
+/// `[module.restart]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Restart {
+    pub(super) policy: Field<RestartMode>,
+    /// Any integer: the range (a `u32`) is checked with the other values, so
+    /// that `-1` is "out of range" rather than a type error.
+    pub(super) max_restarts: Field<i64>,
+    pub(super) window: Field<String>,
+    pub(super) backoff: Field<String>,
+    pub(super) backoff_max: Field<String>,
+}
+
+/// One `[[policy]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Policy {
+    pub(super) user: Field<String>,
+    pub(super) allow: Strings,
+}
+
+/// The module types an entry can declare (`type`); a resident private
+/// module's init mode follows from `command` or `endpoint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum TypeWord {
+    /// Type I.
+    #[default]
+    Ephemeral,
+    /// Type II.
+    ResidentPrivate,
+    /// Type III.
+    ResidentShared,
+}

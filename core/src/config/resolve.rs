@@ -1,0 +1,627 @@
+//! From the raw shape ([`super::raw`]) to the model: URNs parsed, paths
+//! resolved against the file's directory, durations and addresses read, and
+//! how each module starts decided.
+//!
+//! Every value that cannot be read is reported at its key (and line); a key
+//! the first pass refused counts as present but unreadable, so it triggers no
+//! second problem (a refused `urn` is not also "missing"). The rest is still
+//! read, so that [`super::check`] can check it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anima_protocol::contract::{Contract, InitMode, ModuleType, parse_duration};
+use anima_protocol::{Urn, UrnKind};
+use toml::Spanned;
+
+use super::check;
+use super::model::{
+    AdminSection, Config, CoreSection, DEFAULT_ADMIN_LISTEN, LeaseDefaults, ModuleConfig, Policy,
+    PolicyTarget, RestartPolicy, StartMode, default_admin_listen,
+};
+use super::problem::{Report, join, line_at};
+use super::raw::{self, Field, Strings, TypeWord};
+
+/// A value that was wrong; the problem is already reported.
+#[derive(Debug, Clone, Copy)]
+struct Bad;
+
+/// A key's value: absent (`Ok(None)`), present, or reported wrong.
+type Got<T> = Result<Option<T>, Bad>;
+
+/// Whether a missing key is a problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Required,
+    Optional,
+}
+
+/// What could be read of a file: each part, or `None` when a problem in it
+/// was reported.
+#[derive(Debug)]
+pub(super) struct Parts {
+    pub(super) core: Option<CoreSection>,
+    pub(super) admin: Option<AdminSection>,
+    pub(super) leases: Option<LeaseDefaults>,
+    pub(super) entries: Vec<Entry>,
+    pub(super) policies: Vec<Policy>,
+}
+
+impl Parts {
+    /// The configuration, when every part of it was read.
+    pub(super) fn into_config(self, origin: &Path) -> Option<Config> {
+        let modules: Option<Vec<ModuleConfig>> =
+            self.entries.into_iter().map(|e| e.config).collect();
+        Some(Config {
+            core: self.core?,
+            admin: self.admin?,
+            leases: self.leases?,
+            modules: modules?,
+            policies: self.policies,
+            source: Some(origin.to_path_buf()),
+        })
+    }
+}
+
+/// One `[[module]]` as far as it could be read.
+#[derive(Debug, Default)]
+pub(super) struct Entry {
+    /// The whole entry, when it says what the module is and how to reach it.
+    pub(super) config: Option<ModuleConfig>,
+    /// Its URN, when readable (for the duplicate and dependency checks).
+    pub(super) urn: Option<Urn>,
+    /// Its readable `requires` items, with their positions.
+    pub(super) requires: Vec<(usize, Urn)>,
+}
+
+/// Reads the raw file's values, reporting into its report.
+pub(super) struct Resolver<'t> {
+    text: &'t str,
+    base: PathBuf,
+    refused: HashSet<String>,
+    report: Report,
+}
+
+impl<'t> Resolver<'t> {
+    /// A resolver of `text`'s values; `refused` are the key paths the first
+    /// pass reported and took out; paths are resolved against `base`.
+    pub(super) fn new(
+        text: &'t str,
+        base: PathBuf,
+        refused: HashSet<String>,
+        report: Report,
+    ) -> Self {
+        Resolver {
+            text,
+            base,
+            refused,
+            report,
+        }
+    }
+
+    /// The report, with what the resolver found.
+    pub(super) fn into_report(self) -> Report {
+        self.report
+    }
+
+    /// Every section.
+    pub(super) fn file(&mut self, file: &raw::File) -> Parts {
+        let core = match self.value("core", &file.core, Need::Required) {
+            Ok(Some(core)) => self.core(core),
+            _ => None,
+        };
+        let admin = match self.value("admin", &file.admin, Need::Optional) {
+            Ok(Some(admin)) => self.admin(admin),
+            Ok(None) => Some(AdminSection {
+                listen: default_admin_listen(),
+                operators: Vec::new(),
+            }),
+            Err(Bad) => None,
+        };
+        let leases = match self.value("leases", &file.leases, Need::Optional) {
+            Ok(Some(leases)) => self.leases(leases),
+            Ok(None) => Some(LeaseDefaults::default()),
+            Err(Bad) => None,
+        };
+        let defaults = leases.clone().unwrap_or_default();
+        let mut entries = Vec::with_capacity(file.module.len());
+        for (index, module) in file.module.iter().enumerate() {
+            let p = format!("module[{index}]");
+            self.mark(&p, module.span());
+            entries.push(if self.refused.contains(&p) {
+                Entry::default()
+            } else {
+                self.module(index, &p, module.get_ref(), &defaults)
+            });
+        }
+        let policies = self.policies(&file.policy);
+        Parts {
+            core,
+            admin,
+            leases,
+            entries,
+            policies,
+        }
+    }
+
+    // ---- sections ----
+
+    fn core(&mut self, c: &raw::Core) -> Option<CoreSection> {
+        let urn = required(self.urn("core.urn", &c.urn, Need::Required));
+        let cert = required(self.path("core.cert", &c.cert, Need::Required));
+        let key = required(self.path("core.key", &c.key, Need::Required));
+        let ca = required(self.path("core.ca", &c.ca, Need::Required));
+        let audit_log = self.path("core.audit_log", &c.audit_log, Need::Optional);
+        let endpoint_cert = self.path("core.endpoint_cert", &c.endpoint_cert, Need::Optional);
+        let endpoint_key = self.path("core.endpoint_key", &c.endpoint_key, Need::Optional);
+        let endpoint = match (endpoint_cert.ok()?, endpoint_key.ok()?) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                self.report.problem(
+                    "core.endpoint_cert",
+                    "endpoint_cert and endpoint_key go together",
+                );
+                return None;
+            }
+        };
+        Some(CoreSection {
+            urn: urn.ok()?,
+            cert: cert.ok()?,
+            key: key.ok()?,
+            ca: ca.ok()?,
+            audit_log: audit_log.ok().flatten(),
+            endpoint_cert: endpoint,
+        })
+    }
+
+    fn admin(&mut self, a: &raw::Admin) -> Option<AdminSection> {
+        let listen = match self.value("admin.listen", &a.listen, Need::Optional) {
+            Ok(Some(text)) => text.parse::<SocketAddr>().map_err(|_| {
+                self.report.problem(
+                    "admin.listen",
+                    format!("{text:?} is not an IP address and port, like {DEFAULT_ADMIN_LISTEN}"),
+                );
+                Bad
+            }),
+            Ok(None) => Ok(default_admin_listen()),
+            Err(Bad) => Err(Bad),
+        };
+        let operators = self
+            .urns("admin.operators", &a.operators)
+            .and_then(every)
+            .map(Option::unwrap_or_default);
+        Some(AdminSection {
+            listen: listen.ok()?,
+            operators: operators.ok()?,
+        })
+    }
+
+    fn leases(&mut self, l: &raw::Leases) -> Option<LeaseDefaults> {
+        let defaults = LeaseDefaults::default();
+        let ttl = self.duration("leases.ttl", &l.ttl);
+        let renew = self.value("leases.renew_when_left", &l.renew_when_left, Need::Optional);
+        Some(LeaseDefaults {
+            ttl: ttl.ok()?.unwrap_or(defaults.ttl),
+            renew_when_left: renew.ok()?.copied().unwrap_or(defaults.renew_when_left),
+        })
+    }
+
+    /// Every `[[policy]]` entry: which user may call which modules/methods.
+    fn policies(&mut self, policies: &[Spanned<raw::Policy>]) -> Vec<Policy> {
+        let mut read = Vec::with_capacity(policies.len());
+        for (index, policy) in policies.iter().enumerate() {
+            let p = format!("policy[{index}]");
+            self.mark(&p, policy.span());
+            if self.refused.contains(&p) {
+                continue;
+            }
+            let user =
+                required(self.urn(&join(&p, "user"), &policy.get_ref().user, Need::Required));
+            let allow = self
+                .strings(&join(&p, "allow"), &policy.get_ref().allow)
+                .and_then(every);
+            let mut targets = Vec::new();
+            for text in allow.ok().flatten().unwrap_or_default() {
+                if let Ok(urn) = text.parse::<Urn>()
+                    && urn.kind() == UrnKind::Module
+                {
+                    targets.push(PolicyTarget::Module(urn));
+                } else if anima_protocol::lease::check_method(&text).is_ok() {
+                    targets.push(PolicyTarget::Method(text));
+                } else {
+                    self.report.problem(
+                        &join(&p, "allow"),
+                        format!(
+                            "{text:?} is neither a module URN nor a /package.Service/Method path"
+                        ),
+                    );
+                }
+            }
+            if let Ok(user) = user {
+                read.push(Policy {
+                    user,
+                    allow: targets,
+                });
+            }
+        }
+        read
+    }
+
+    // ---- modules ----
+
+    fn module(&mut self, index: usize, p: &str, m: &raw::Module, leases: &LeaseDefaults) -> Entry {
+        let urn = required(self.urn(&join(p, "urn"), &m.urn, Need::Required));
+        if let Ok(urn) = &urn {
+            self.report.label_module(index, urn);
+        }
+        let type_word = self.value(&join(p, "type"), &m.module_type, Need::Optional);
+        let start = self.start_mode(p, m);
+        let contract = self.contract(&join(p, "contract"), &m.contract);
+        let lease_ttl = self.duration(&join(p, "lease_ttl"), &m.lease_ttl);
+        let core_cert = self.value(&join(p, "core_cert"), &m.core_cert, Need::Optional);
+        let requires: Vec<(usize, Urn)> = self
+            .urns(&join(p, "requires"), &m.requires)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, urn)| Some((j, urn.ok()?)))
+            .collect();
+        let restart = self.restart(&join(p, "restart"), &m.restart);
+        let module_type = match (type_word.map(|w| w.copied().unwrap_or_default()), &start) {
+            (Ok(TypeWord::Ephemeral), _) => Ok(ModuleType::Ephemeral),
+            (Ok(TypeWord::ResidentPrivate), Ok(StartMode::Command { .. })) => {
+                Ok(ModuleType::ResidentPrivate(InitMode::CoreStarted))
+            }
+            (Ok(TypeWord::ResidentPrivate), Ok(StartMode::Endpoint(_))) => {
+                Ok(ModuleType::ResidentPrivate(InitMode::PreStarted))
+            }
+            (Ok(TypeWord::ResidentShared), _) => Ok(ModuleType::ResidentShared),
+            _ => Err(Bad),
+        };
+        // Built whenever the entry says what the module is and how to reach
+        // it, so that its other checks still run; a key that was wrong (and
+        // reported) gives way to its default, and the file is refused anyway.
+        let config = match (urn.clone(), module_type, start) {
+            (Ok(urn), Ok(module_type), Ok(start)) => Some(ModuleConfig {
+                urn,
+                module_type,
+                start,
+                contract: contract.ok().flatten(),
+                lease_ttl: lease_ttl.ok().flatten().unwrap_or(leases.ttl),
+                restart,
+                requires: requires.iter().map(|(_, urn)| urn.clone()).collect(),
+                core_cert: core_cert.ok().flatten().copied().unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        Entry {
+            config,
+            urn: urn.ok(),
+            requires,
+        }
+    }
+
+    /// `command` (with `args`, `env`, `cert`, `key`) or `endpoint`.
+    fn start_mode(&mut self, p: &str, m: &raw::Module) -> Result<StartMode, Bad> {
+        let command = self.value(&join(p, "command"), &m.command, Need::Optional);
+        let endpoint = self.value(&join(p, "endpoint"), &m.endpoint, Need::Optional);
+        let args = self.strings(&join(p, "args"), &m.args).and_then(every);
+        let env = self.env(&join(p, "env"), &m.env);
+        let cert = self.path(&join(p, "cert"), &m.cert, Need::Optional);
+        let key = self.path(&join(p, "key"), &m.key, Need::Optional);
+        match (command?, endpoint?) {
+            (Some(_), Some(_)) => {
+                self.report.problem(
+                    &join(p, "endpoint"),
+                    "give either command (the Core starts the module) or endpoint \
+                     (the Core dials it), not both",
+                );
+                Err(Bad)
+            }
+            (None, None) => {
+                self.report.problem(
+                    p,
+                    "needs either command (the Core starts the module) or endpoint \
+                     (the Core dials it)",
+                );
+                Err(Bad)
+            }
+            (Some(command), None) => {
+                let program = self.program(&join(p, "command"), command);
+                let cert = self.launch_file(p, "cert", cert);
+                let key = self.launch_file(p, "key", key);
+                Ok(StartMode::Command {
+                    program: program?,
+                    args: args.ok().flatten().unwrap_or_default(),
+                    env: env.ok().flatten().unwrap_or_default(),
+                    cert: cert?,
+                    key: key?,
+                })
+            }
+            (None, Some(endpoint)) => {
+                let mut clean = true;
+                for (name, present) in [
+                    ("args", matches!(args, Ok(Some(_)))),
+                    ("env", matches!(env, Ok(Some(_)))),
+                    ("cert", matches!(cert, Ok(Some(_)))),
+                    ("key", matches!(key, Ok(Some(_)))),
+                ] {
+                    if present {
+                        self.report.problem(
+                            &join(p, name),
+                            "only for a module the Core starts (with command); \
+                             this one has an endpoint",
+                        );
+                        clean = false;
+                    }
+                }
+                if clean {
+                    Ok(StartMode::Endpoint(endpoint.clone()))
+                } else {
+                    Err(Bad)
+                }
+            }
+        }
+    }
+
+    /// `command`: a path relative to the file, or a bare name looked up on
+    /// `PATH` (by the check and at spawn).
+    fn program(&mut self, path: &str, command: &str) -> Result<PathBuf, Bad> {
+        if command.is_empty() {
+            self.report.problem(path, "must not be empty");
+            Err(Bad)
+        } else if command.contains('/') || command.contains(std::path::MAIN_SEPARATOR) {
+            Ok(self.base.join(command))
+        } else {
+            Ok(PathBuf::from(command))
+        }
+    }
+
+    /// The module's `cert` or `key`, which a `command` needs.
+    fn launch_file(&mut self, p: &str, name: &str, got: Got<PathBuf>) -> Result<PathBuf, Bad> {
+        match got {
+            Ok(Some(path)) => Ok(path),
+            Ok(None) => {
+                let what = if name == "cert" {
+                    "certificate"
+                } else {
+                    "private key"
+                };
+                self.report.problem(
+                    &join(p, name),
+                    format!(
+                        "required with command: the module's own {what}, handed to it at launch"
+                    ),
+                );
+                Err(Bad)
+            }
+            Err(Bad) => Err(Bad),
+        }
+    }
+
+    fn env(
+        &mut self,
+        path: &str,
+        field: &Field<BTreeMap<String, Spanned<String>>>,
+    ) -> Got<Vec<(String, String)>> {
+        let Some(table) = self.value(path, field, Need::Optional)? else {
+            return Ok(None);
+        };
+        let mut vars = Vec::with_capacity(table.len());
+        let mut clean = true;
+        for (name, value) in table {
+            let var_path = join(path, name);
+            self.mark(&var_path, value.span());
+            if self.refused.contains(&var_path) {
+                clean = false;
+                continue;
+            }
+            if name.is_empty() || name.contains(['=', '\0']) {
+                self.report.problem(
+                    &var_path,
+                    "not a usable variable name (empty, or with '=' or NUL)",
+                );
+                clean = false;
+            }
+            vars.push((name.clone(), value.get_ref().clone()));
+        }
+        if clean { Ok(Some(vars)) } else { Err(Bad) }
+    }
+
+    fn contract(&mut self, key: &str, field: &Field<String>) -> Got<Contract> {
+        let Some(path) = self.path(key, field, Need::Optional)? else {
+            return Ok(None);
+        };
+        if let Err(message) = check::file_problem(&path) {
+            self.report.problem(key, message);
+            return Err(Bad);
+        }
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|text| {
+                Contract::from_toml(&text).map_err(|e| {
+                    format!(
+                        "invalid contract {}: {}",
+                        path.display(),
+                        one_line(&e.to_string())
+                    )
+                })
+            });
+        match parsed {
+            Ok(contract) => Ok(Some(contract)),
+            Err(message) => {
+                self.report.problem(key, message);
+                Err(Bad)
+            }
+        }
+    }
+
+    /// `[module.restart]`; a wrong key (reported) gives way to a value that
+    /// triggers no further problem.
+    fn restart(&mut self, p: &str, field: &Field<raw::Restart>) -> RestartPolicy {
+        let defaults = RestartPolicy::default();
+        let Ok(Some(r)) = self.value(p, field, Need::Optional) else {
+            return defaults;
+        };
+        let mode = self.value(&join(p, "policy"), &r.policy, Need::Optional);
+        let max_restarts =
+            match self.value(&join(p, "max_restarts"), &r.max_restarts, Need::Optional) {
+                Ok(Some(&n)) => u32::try_from(n).unwrap_or_else(|_| {
+                    self.report.problem(
+                        &join(p, "max_restarts"),
+                        format!("{n} is out of range (0 to {})", u32::MAX),
+                    );
+                    defaults.max_restarts
+                }),
+                Ok(None) | Err(Bad) => defaults.max_restarts,
+            };
+        let window = self.duration(&join(p, "window"), &r.window);
+        let backoff = self.duration(&join(p, "backoff"), &r.backoff);
+        let backoff_max = match self.duration(&join(p, "backoff_max"), &r.backoff_max) {
+            Ok(max) => max.unwrap_or(defaults.backoff_max),
+            Err(Bad) => Duration::MAX,
+        };
+        RestartPolicy {
+            mode: mode.ok().flatten().copied().unwrap_or(defaults.mode),
+            max_restarts,
+            window: window.ok().flatten().unwrap_or(defaults.window),
+            backoff: match backoff {
+                Ok(backoff) => backoff.unwrap_or(defaults.backoff),
+                Err(Bad) => defaults.backoff.min(backoff_max),
+            },
+            backoff_max,
+        }
+    }
+
+    // ---- values ----
+
+    /// The value of `field`, at `path`, its line noted. A key the first pass
+    /// refused is `Err(Bad)`: reported already, neither present nor missing.
+    fn value<'v, T>(&mut self, path: &str, field: &'v Field<T>, need: Need) -> Got<&'v T> {
+        match field {
+            Some(value) => {
+                self.mark(path, value.span());
+                Ok(Some(value.get_ref()))
+            }
+            None if self.refused.contains(path) => Err(Bad),
+            None if need == Need::Required => {
+                self.report.problem(path, "missing (required)");
+                Err(Bad)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// An array of strings, each item's line noted; an item the first pass
+    /// refused is `Err(Bad)`.
+    fn strings(&mut self, path: &str, field: &Strings) -> Got<Vec<Result<String, Bad>>> {
+        let Some(items) = self.value(path, field, Need::Optional)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (j, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{j}]");
+            self.mark(&item_path, item.span());
+            out.push(if self.refused.contains(&item_path) {
+                Err(Bad)
+            } else {
+                Ok(item.get_ref().clone())
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// An array of URNs (of any kind; kinds are checked later); each item
+    /// reported on its own.
+    fn urns(&mut self, path: &str, field: &Strings) -> Got<Vec<Result<Urn, Bad>>> {
+        let Some(items) = self.strings(path, field)? else {
+            return Ok(None);
+        };
+        let mut urns = Vec::with_capacity(items.len());
+        for (j, item) in items.into_iter().enumerate() {
+            urns.push(item.and_then(|text| {
+                Urn::parse(&text).map_err(|e| {
+                    self.report.problem(&format!("{path}[{j}]"), e.to_string());
+                    Bad
+                })
+            }));
+        }
+        Ok(Some(urns))
+    }
+
+    /// A URN (of any kind; kinds are checked later).
+    fn urn(&mut self, path: &str, field: &Field<String>, need: Need) -> Got<Urn> {
+        let Some(text) = self.value(path, field, need)? else {
+            return Ok(None);
+        };
+        match Urn::parse(text) {
+            Ok(urn) => Ok(Some(urn)),
+            Err(e) => {
+                self.report.problem(path, e.to_string());
+                Err(Bad)
+            }
+        }
+    }
+
+    /// A path, resolved against the configuration file's directory.
+    fn path(&mut self, path: &str, field: &Field<String>, need: Need) -> Got<PathBuf> {
+        let Some(text) = self.value(path, field, need)? else {
+            return Ok(None);
+        };
+        if text.is_empty() {
+            self.report.problem(path, "must not be empty");
+            return Err(Bad);
+        }
+        Ok(Some(self.base.join(text)))
+    }
+
+    /// A duration written `250ms`, `30s`, `5m` or `1h`.
+    fn duration(&mut self, path: &str, field: &Field<String>) -> Got<Duration> {
+        let Some(text) = self.value(path, field, Need::Optional)? else {
+            return Ok(None);
+        };
+        match parse_duration(text) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) => {
+                self.report.problem(
+                    path,
+                    format!("{e} (write a whole number and ms, s, m or h, like \"30s\")"),
+                );
+                Err(Bad)
+            }
+        }
+    }
+
+    /// Notes that `path` is written at `span`.
+    fn mark(&mut self, path: &str, span: Range<usize>) {
+        let line = line_at(self.text, span.start);
+        self.report.site(path, line);
+    }
+}
+
+/// A required value: present, or already reported missing or wrong.
+fn required<T>(got: Got<T>) -> Result<T, Bad> {
+    got?.ok_or(Bad)
+}
+
+/// A list, when every item of it was readable.
+fn every<T>(items: Option<Vec<Result<T, Bad>>>) -> Got<Vec<T>> {
+    items.map(|items| items.into_iter().collect()).transpose()
+}
+
+/// A multi-line TOML error (position, snippet, message) as one line:
+/// `TOML parse error at line 1, column 1: missing field `version``.
+fn one_line(message: &str) -> String {
+    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    match lines.next_back() {
+        Some(last) => format!("{first}: {last}"),
+        None => first.to_owned(),
+    }
+}
