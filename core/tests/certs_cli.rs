@@ -16,23 +16,25 @@ use anima_protocol::{Urn, UrnKind};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// The files `anima certs init` writes, in the order it prints them.
-const INIT_FILES: [&str; 14] = [
-    "ca.pem",
-    "ca.key",
-    "core-dev.pem",
-    "core-dev.key",
-    "module-hasher.pem",
-    "module-hasher.key",
-    "module-kvstore.pem",
-    "module-kvstore.key",
-    "module-tally.pem",
-    "module-tally.key",
-    "user-dev.pem",
-    "user-dev.key",
-    "core-dev.endpoint.pem",
-    "core-dev.endpoint.key",
+/// The identities `anima certs init` writes, in the order it prints them.
+const INIT_IDENTITIES: [&str; 7] = [
+    "ca",
+    "core-dev",
+    "module-hasher",
+    "module-kvstore",
+    "module-tally",
+    "user-dev",
+    "core-dev.endpoint",
 ];
+
+/// The files `anima certs init` writes, in the order it prints them: each
+/// identity's certificate, then its key.
+fn init_files() -> Vec<String> {
+    INIT_IDENTITIES
+        .iter()
+        .flat_map(|name| [format!("{name}.pem"), format!("{name}.key")])
+        .collect()
+}
 
 /// What one run of the binary did.
 struct Run {
@@ -122,7 +124,7 @@ fn init_creates_the_ca_and_dev_identities_and_prints_them() {
     let run = init(tmp.path(), "certs/dev", &[]);
     let dir = tmp.path().join("certs/dev");
     let printed: Vec<&str> = run.stdout.lines().collect();
-    let expected: Vec<String> = INIT_FILES
+    let expected: Vec<String> = init_files()
         .iter()
         .map(|f| format!("certs/dev/{f}"))
         .collect();
@@ -134,7 +136,7 @@ fn init_creates_the_ca_and_dev_identities_and_prints_them() {
     );
 
     let on_disk: Vec<PathBuf> = snapshot(&dir).into_keys().collect();
-    let mut want: Vec<PathBuf> = INIT_FILES.iter().map(|f| dir.join(f)).collect();
+    let mut want: Vec<PathBuf> = init_files().iter().map(|f| dir.join(f)).collect();
     want.sort();
     assert_eq!(on_disk, want, "exactly the printed files, no scratch files");
 }
@@ -153,7 +155,7 @@ fn init_creates_private_keys_0600() {
             & 0o777
     };
     assert_eq!(mode(".") & 0o077, 0, "directory readable by others");
-    for name in INIT_FILES.iter().filter(|f| f.ends_with(".key")) {
+    for name in init_files().iter().filter(|f| f.ends_with(".key")) {
         assert_eq!(mode(name), 0o600, "{name}");
     }
 }
@@ -466,7 +468,7 @@ fn every_minted_file_loads_in_openssl_and_python(key_type: &str, other: &str, oi
     let dir = tmp.path().join("dev");
     let files: Vec<PathBuf> = snapshot(&dir).into_keys().collect();
     // 14 from init, 3 issued of the type, 1 of the other.
-    assert_eq!(files.len(), INIT_FILES.len() + 8, "{files:?}");
+    assert_eq!(files.len(), init_files().len() + 8, "{files:?}");
     let ca = dir.join("ca.pem");
     let ca_str = ca.to_str().unwrap();
     let mut pairs = Vec::new();

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anima_module_sdk::Exit;
-use anima_module_sdk::testing::{ServedModule, TestBed};
+use anima_module_sdk::testing::{FakeLease, ProofChannel, ServedModule, TestBed};
 use anima_sample_modules::hasher::{self, Hasher};
 use anima_sample_modules::pb::hasher_client::HasherClient;
 use anima_sample_modules::pb::hasher_server::HasherServer;
@@ -33,6 +33,18 @@ async fn serve(bed: &TestBed, scratch: &Path) -> ServedModule {
     .unwrap()
 }
 
+/// A fake Core's ten-second lease on `served`, and a client calling under it.
+async fn leased(bed: &TestBed, served: &ServedModule) -> (FakeLease, HasherClient<ProofChannel>) {
+    let lease = bed
+        .core(CORE)
+        .unwrap()
+        .lease(served, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let client = HasherClient::new(lease.channel());
+    (lease, client)
+}
+
 #[tokio::test]
 async fn e4_e5_hasher_digests_then_cleans_up_and_exits_by_itself() {
     let parent = tempfile::tempdir().unwrap();
@@ -41,13 +53,7 @@ async fn e4_e5_hasher_digests_then_cleans_up_and_exits_by_itself() {
     let served = serve(&bed, &scratch).await;
     assert!(scratch.join(hasher::PID_FILE).is_file());
 
-    let lease = bed
-        .core(CORE)
-        .unwrap()
-        .lease(&served, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let mut client = HasherClient::new(lease.channel());
+    let (lease, mut client) = leased(&bed, &served).await;
     let reply = client
         .digest(DigestRequest { text: "abc".into() })
         .await
@@ -76,13 +82,7 @@ async fn hasher_refuses_oversized_text_and_keeps_serving() {
     let parent = tempfile::tempdir().unwrap();
     let bed = TestBed::new(hasher::contract()).unwrap();
     let served = serve(&bed, &parent.path().join("scratch")).await;
-    let lease = bed
-        .core(CORE)
-        .unwrap()
-        .lease(&served, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let mut client = HasherClient::new(lease.channel());
+    let (_lease, mut client) = leased(&bed, &served).await;
 
     let text = "x".repeat(hasher::MAX_TEXT_BYTES + 1);
     let err = client.digest(DigestRequest { text }).await.unwrap_err();

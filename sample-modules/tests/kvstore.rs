@@ -5,18 +5,20 @@
 // Tests: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod harness;
+
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anima_module_sdk::Phase;
 use anima_module_sdk::testing::{FakeLease, ServedModule, TestBed};
-use anima_module_sdk::{Phase, SdkError};
-use anima_protocol::lease::{LeaseError, Reason, reason_of};
+use anima_protocol::lease::{Reason, reason_of};
 use anima_sample_modules::kvstore::{self, KvStore, WarmCache};
 use anima_sample_modules::pb::kv_store_client::KvStoreClient;
 use anima_sample_modules::pb::kv_store_server::KvStoreServer;
-use anima_sample_modules::pb::{CacheInfoRequest, GetReply, GetRequest, PutRequest};
+use anima_sample_modules::pb::{GetReply, GetRequest, PutRequest};
+use harness::{cache_info, refused_wrong_core, within};
 
 const CORE: &str = "urn:anima:core:owner";
 const OTHER_CORE: &str = "urn:anima:core:intruder";
@@ -24,13 +26,6 @@ const TTL: Duration = Duration::from_secs(10);
 
 /// A small cache: the binary's 2^25 sieve is needlessly slow in debug tests.
 const TEST_CACHE_LIMIT: u32 = 1 << 16;
-
-/// Waits for `f`, failing the test after a generous bound.
-async fn within<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("timed out")
-}
 
 /// Serves a kvstore as `main` does; also returns the service, to watch it.
 async fn serve(bed: &TestBed) -> (ServedModule, Arc<KvStore>) {
@@ -45,6 +40,13 @@ async fn serve(bed: &TestBed) -> (ServedModule, Arc<KvStore>) {
         .await
         .unwrap();
     (served, store)
+}
+
+/// A kvstore served on `bed` and leased by `CORE`.
+async fn leased(bed: &TestBed) -> (ServedModule, FakeLease) {
+    let (served, _) = serve(bed).await;
+    let lease = bed.core(CORE).unwrap().lease(&served, TTL).await.unwrap();
+    (served, lease)
 }
 
 fn put(entries: &[(&str, &str)], delay_ms: u64) -> PutRequest {
@@ -65,27 +67,23 @@ async fn get(lease: &FakeLease, key: &str) -> GetReply {
         .into_inner()
 }
 
+/// Puts `entries` under `lease`; returns the version the store gave them.
+async fn put_version(lease: &FakeLease, entries: &[(&str, &str)]) -> u64 {
+    KvStoreClient::new(lease.channel())
+        .put(put(entries, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+}
+
 #[tokio::test]
 async fn kvstore_put_then_get() {
     let bed = TestBed::new(kvstore::contract()).unwrap();
-    let (served, _) = serve(&bed).await;
-    let lease = bed.core(CORE).unwrap().lease(&served, TTL).await.unwrap();
-    let mut client = KvStoreClient::new(lease.channel());
+    let (_served, lease) = leased(&bed).await;
 
-    let v1 = client
-        .put(put(&[("a", "1"), ("b", "2")], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
-    assert_eq!(v1, 1);
-    let v2 = client
-        .put(put(&[("a", "3")], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
-    assert_eq!(v2, 2);
+    assert_eq!(put_version(&lease, &[("a", "1"), ("b", "2")]).await, 1);
+    assert_eq!(put_version(&lease, &[("a", "3")]).await, 2);
 
     let a = get(&lease, "a").await;
     assert_eq!((a.found, a.value.as_str(), a.version), (true, "3", 2));
@@ -97,8 +95,7 @@ async fn kvstore_put_then_get() {
 #[tokio::test]
 async fn kvstore_refuses_bad_input_without_writing() {
     let bed = TestBed::new(kvstore::contract()).unwrap();
-    let (served, _) = serve(&bed).await;
-    let lease = bed.core(CORE).unwrap().lease(&served, TTL).await.unwrap();
+    let (_served, lease) = leased(&bed).await;
     let mut client = KvStoreClient::new(lease.channel());
 
     let big = "v".repeat(kvstore::MAX_VALUE_BYTES + 1);
@@ -146,13 +143,7 @@ async fn r6_put_interrupted_by_lease_end_writes_nothing() {
     // Nothing was written, not even a version.
     let again = core.lease(&served, TTL).await.unwrap();
     assert!(!get(&again, "k").await.found);
-    let version = KvStoreClient::new(again.channel())
-        .put(put(&[("k", "later")], 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
-    assert_eq!(version, 1);
+    assert_eq!(put_version(&again, &[("k", "later")]).await, 1);
 }
 
 #[tokio::test]
@@ -183,11 +174,7 @@ async fn r3_standby_keeps_the_cache_the_store_and_the_process() {
 
     let first = core.lease(&served, TTL).await.unwrap();
     let mut client = KvStoreClient::new(first.channel());
-    let before = client
-        .cache_info(CacheInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let before = cache_info(&first).await;
     assert_eq!(before.cache_id, store.cache().id());
     assert_eq!(before.entries, 6542); // primes below 2^16
     assert_eq!(before.pid, std::process::id());
@@ -215,12 +202,7 @@ async fn r3_standby_keeps_the_cache_the_store_and_the_process() {
     within(phase.wait_for(|p| *p == Phase::Leased))
         .await
         .unwrap();
-    let after = KvStoreClient::new(second.channel())
-        .cache_info(CacheInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(after, before);
+    assert_eq!(cache_info(&second).await, before);
     let kept = get(&second, "kept").await;
     assert_eq!((kept.found, kept.value.as_str()), (true, "yes"));
 }
@@ -231,15 +213,10 @@ async fn r2_only_its_own_core_may_lease_it() {
     let (served, _) = serve(&bed).await;
     let owner = bed.core(CORE).unwrap();
     let intruder = bed.core(OTHER_CORE).unwrap();
-    let wrong_core = |result: Result<FakeLease, SdkError>| match result {
-        Err(SdkError::Signer(LeaseError::Refused { reason, .. })) => reason == Reason::WrongCore,
-        Err(_) => false,
-        Ok(_) => false,
-    };
 
     // The first Core to lease it becomes its Core.
     let lease = owner.lease(&served, TTL).await.unwrap();
-    assert!(wrong_core(intruder.lease(&served, TTL).await));
+    assert!(refused_wrong_core(&intruder.lease(&served, TTL).await));
 
     // In standby it still waits for that same Core.
     let mut phase = served.handle.phase();
@@ -247,7 +224,7 @@ async fn r2_only_its_own_core_may_lease_it() {
     within(phase.wait_for(|p| *p == Phase::Standby))
         .await
         .unwrap();
-    assert!(wrong_core(intruder.lease(&served, TTL).await));
+    assert!(refused_wrong_core(&intruder.lease(&served, TTL).await));
     let again = owner.lease(&served, TTL).await.unwrap();
     assert!(!get(&again, "anything").await.found);
 }

@@ -5,6 +5,8 @@
 // Tests: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod harness;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,28 +17,25 @@ use anima_certs::{CertAuthority, LeafSpec};
 use anima_module_sdk::testing::{FakeCore, FakeLease};
 use anima_module_sdk::{Contract, SdkError};
 use anima_protocol::Urn;
-use anima_protocol::lease::{LeaseError, Reason};
 use anima_protocol::pb::probe_client::ProbeClient;
 use anima_protocol::pb::{ProbeReading, ReadRequest, TouchRequest};
 use anima_sample_modules::pb::hasher_client::HasherClient;
-use anima_sample_modules::pb::kv_store_client::KvStoreClient;
 use anima_sample_modules::pb::tally_client::TallyClient;
-use anima_sample_modules::pb::{
-    CacheInfoRequest, DigestRequest, GetCounterRequest, IncrementRequest,
-};
+use anima_sample_modules::pb::{DigestRequest, GetCounterRequest, IncrementRequest};
 use anima_sample_modules::{hasher, kvstore, tally};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+use harness::{cache_info, refused_wrong_core};
 
 const CORE: &str = "urn:anima:core:launcher";
 const OTHER_CORE: &str = "urn:anima:core:other";
 const TTL: Duration = Duration::from_secs(10);
 
-/// Waits for `f`, failing the test after a generous bound.
+/// Waits for `f`, failing the test after a bound generous enough for real
+/// processes.
 async fn within<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(20), f)
-        .await
-        .expect("timed out")
+    harness::within_for(Duration::from_secs(20), f).await
 }
 
 /// A CA and its PEM files, as a deployment would hand them out.
@@ -62,6 +61,11 @@ impl Pki {
         std::fs::write(&cert, leaf.cert_pem()).unwrap();
         std::fs::write(&key, leaf.key_pem()).unwrap();
         (cert, key)
+    }
+
+    /// Where a hasher started by [`Process::sample`] keeps its scratch files.
+    fn hasher_scratch(&self) -> PathBuf {
+        self.dir.path().join("hasher-scratch")
     }
 
     fn core(&self, urn: &str) -> FakeCore {
@@ -130,6 +134,26 @@ impl Process {
         }
     }
 
+    /// Starts the sample binary `name` with the environment it needs.
+    async fn sample(pki: &Pki, name: &str) -> Self {
+        let scratch = pki.hasher_scratch();
+        let (bin, contract, env): (&str, Contract, &[(&str, &Path)]) = match name {
+            "hasher" => (
+                env!("CARGO_BIN_EXE_anima-hasher"),
+                hasher::contract(),
+                &[(hasher::SCRATCH_DIR_ENV, &scratch)],
+            ),
+            "kvstore" => (
+                env!("CARGO_BIN_EXE_anima-kvstore"),
+                kvstore::contract(),
+                &[(kvstore::CACHE_LIMIT_ENV, Path::new("65536"))],
+            ),
+            "tally" => (env!("CARGO_BIN_EXE_anima-tally"), tally::contract(), &[]),
+            _ => panic!("no sample {name}"),
+        };
+        Self::start(pki, bin, contract, env).await
+    }
+
     async fn lease(&self, core: &FakeCore) -> Result<FakeLease, SdkError> {
         core.lease_at(
             self.addr,
@@ -144,14 +168,8 @@ impl Process {
 #[tokio::test]
 async fn e4_e5_hasher_process_cleans_up_and_exits_by_itself() {
     let pki = Pki::new();
-    let scratch = pki.dir.path().join("hasher-scratch");
-    let mut module = Process::start(
-        &pki,
-        env!("CARGO_BIN_EXE_anima-hasher"),
-        hasher::contract(),
-        &[(hasher::SCRATCH_DIR_ENV, &scratch)],
-    )
-    .await;
+    let scratch = pki.hasher_scratch();
+    let mut module = Process::sample(&pki, "hasher").await;
     let pid = std::fs::read_to_string(scratch.join(hasher::PID_FILE)).unwrap();
     assert_eq!(pid.trim(), module.child.id().unwrap().to_string());
 
@@ -179,59 +197,28 @@ async fn e4_e5_hasher_process_cleans_up_and_exits_by_itself() {
 #[tokio::test]
 async fn r2_r3_kvstore_process_keeps_its_cache_for_its_core_only() {
     let pki = Pki::new();
-    let module = Process::start(
-        &pki,
-        env!("CARGO_BIN_EXE_anima-kvstore"),
-        kvstore::contract(),
-        &[(kvstore::CACHE_LIMIT_ENV, Path::new("65536"))],
-    )
-    .await;
+    let module = Process::sample(&pki, "kvstore").await;
     let core = pki.core(CORE);
 
     // The launching Core only, from the start.
     let refused = module.lease(&pki.core(OTHER_CORE)).await;
-    assert!(
-        matches!(
-            refused,
-            Err(SdkError::Signer(LeaseError::Refused {
-                reason: Reason::WrongCore,
-                ..
-            }))
-        ),
-        "{:?}",
-        refused.err()
-    );
+    assert!(refused_wrong_core(&refused), "{:?}", refused.err());
 
     let first = module.lease(&core).await.unwrap();
-    let before = KvStoreClient::new(first.channel())
-        .cache_info(CacheInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let before = cache_info(&first).await;
     assert_eq!(before.pid, module.child.id().unwrap());
     assert_eq!(before.entries, 6542);
     first.expire().await.unwrap();
 
     // Standby, then a new lease from the same Core: same process, same cache.
     let second = module.lease(&core).await.unwrap();
-    let after = KvStoreClient::new(second.channel())
-        .cache_info(CacheInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(after, before);
+    assert_eq!(cache_info(&second).await, before);
 }
 
 #[tokio::test]
 async fn s3_s4_tally_process_serves_two_cores_apart() {
     let pki = Pki::new();
-    let module = Process::start(
-        &pki,
-        env!("CARGO_BIN_EXE_anima-tally"),
-        tally::contract(),
-        &[],
-    )
-    .await;
+    let module = Process::sample(&pki, "tally").await;
     let a = module.lease(&pki.core(CORE)).await.unwrap();
     let b = module.lease(&pki.core(OTHER_CORE)).await.unwrap();
     let mut client_a = TallyClient::new(a.channel());
@@ -268,25 +255,9 @@ async fn s3_s4_tally_process_serves_two_cores_apart() {
 #[tokio::test]
 async fn i2_every_sample_process_serves_the_conformance_probe() {
     let pki = Pki::new();
-    let scratch = pki.dir.path().join("hasher-scratch");
-    /// A binary, its contract, and the extra environment it needs.
-    type Sample<'a> = (&'a str, Contract, &'a [(&'a str, &'a Path)]);
-    let samples: [Sample; 3] = [
-        (
-            env!("CARGO_BIN_EXE_anima-hasher"),
-            hasher::contract(),
-            &[(hasher::SCRATCH_DIR_ENV, &scratch)],
-        ),
-        (
-            env!("CARGO_BIN_EXE_anima-kvstore"),
-            kvstore::contract(),
-            &[(kvstore::CACHE_LIMIT_ENV, Path::new("65536"))],
-        ),
-        (env!("CARGO_BIN_EXE_anima-tally"), tally::contract(), &[]),
-    ];
-    for (bin, contract, env) in samples {
-        let urn = contract.urn.clone();
-        let module = Process::start(&pki, bin, contract, env).await;
+    for name in ["hasher", "kvstore", "tally"] {
+        let module = Process::sample(&pki, name).await;
+        let urn = &module.contract.urn;
         let lease = module.lease(&pki.core(CORE)).await.unwrap();
         let mut probe = ProbeClient::new(lease.channel());
         let touched = probe

@@ -4,7 +4,8 @@
 // Tests: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
+mod harness;
+
 use std::time::Duration;
 
 use anima_module_sdk::testing::{FakeLease, ServedModule, TestBed};
@@ -16,17 +17,11 @@ use anima_sample_modules::pb::{
     CounterValue, GetCounterRequest, IncrementRequest, ListCountersRequest, WatchCounterRequest,
 };
 use anima_sample_modules::tally::{self, Tally};
+use harness::within;
 
 const CORE_A: &str = "urn:anima:core:a";
 const CORE_B: &str = "urn:anima:core:b";
 const TTL: Duration = Duration::from_secs(10);
-
-/// Waits for `f`, failing the test after a generous bound.
-async fn within<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("timed out")
-}
 
 async fn serve(bed: &TestBed) -> ServedModule {
     bed.serve(|m| {

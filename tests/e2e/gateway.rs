@@ -11,14 +11,12 @@ use anima_sample_modules::pb::{DigestRequest, GetRequest};
 use anima_tests::{PATIENCE, reason};
 
 use super::serve::{CoreProcess, config};
+use super::wait::{self, in_time};
 
 /// A Core hosting the three samples, each leased.
 pub(crate) async fn started() -> CoreProcess {
     let core = CoreProcess::start(Some(&config("30s", "always"))).await;
-    for name in ["hasher", "kvstore", "tally"] {
-        core.wait_module(name, "leased", |m| m["state"] == "leased")
-            .await;
-    }
+    core.wait_samples_leased().await;
     core
 }
 
@@ -37,65 +35,43 @@ pub(crate) async fn user(core: &CoreProcess, stem: &str) -> Connection {
         .unwrap()
 }
 
-fn python(args: &[&str]) -> std::process::Output {
+/// Runs the Python `grpcio` client's `mode` against `core`'s endpoint as the
+/// identity in `certs/dev/<stem>` (`None`: with no certificate); the client
+/// checks what it gets and must exit 0. Returns what it printed.
+fn python(core: &CoreProcess, mode: &str, stem: Option<&str>) -> String {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/gateway_client.py");
-    let out = std::process::Command::new("python3")
+    let dir = core.dir.path().join("certs/dev");
+    let mut client = std::process::Command::new("python3");
+    client
         .arg(&script)
-        .args(args)
-        .output()
-        .expect("python3 runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .args([mode, &core.admin])
+        .arg(dir.join("ca.pem"));
+    if let Some(stem) = stem {
+        client.arg(dir.join(format!("{stem}.pem")));
+        client.arg(dir.join(format!("{stem}.key")));
+    }
+    let out = wait::output(&mut client, "python3");
     assert!(
-        !stderr.contains("No module named 'grpc'"),
+        !String::from_utf8_lossy(&out.stderr).contains("No module named 'grpc'"),
         "Python grpcio is missing: `pip install grpcio` (.ci/run installs it)"
     );
-    out
+    wait::assert_succeeded(&out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]
 async fn o1_python_grpcio_client_calls_every_sample_through_the_core() {
     let core = started().await;
-    let dir = core.dir.path().join("certs/dev");
-    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    let ok = python(&[
-        "ok",
-        &core.admin,
-        &path("ca.pem"),
-        &path("user-dev.pem"),
-        &path("user-dev.key"),
-    ]);
-    let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert!(
-        ok.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let stdout = python(&core, "ok", Some("user-dev"));
     for line in ["hasher ok", "kvstore ok", "tally ok"] {
         assert!(stdout.contains(line), "{stdout}");
     }
     // A user the policy does not name.
+    let dir = core.dir.path().join("certs/dev");
     anima_certs::issue_into_dir(&dir, UrnKind::User, "intruder", 30, false).unwrap();
-    let denied = python(&[
-        "denied",
-        &core.admin,
-        &path("ca.pem"),
-        &path("user-intruder.pem"),
-        &path("user-intruder.key"),
-    ]);
-    assert!(
-        denied.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&denied.stdout),
-        String::from_utf8_lossy(&denied.stderr)
-    );
+    python(&core, "denied", Some("user-intruder"));
     // No certificate: the TLS handshake fails.
-    let nocert = python(&["nocert", &core.admin, &path("ca.pem")]);
-    assert!(
-        nocert.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&nocert.stdout),
-        String::from_utf8_lossy(&nocert.stderr)
-    );
+    python(&core, "nocert", None);
     let audit = std::fs::read_to_string(core.dir.path().join("audit.jsonl")).unwrap();
     assert!(
         audit
@@ -162,22 +138,8 @@ pub(crate) async fn metrics(conn: &Connection) -> String {
 #[tokio::test]
 async fn o1_a_50ms_deadline_ends_the_module_work() {
     let core = started().await;
-    let dir = core.dir.path().join("certs/dev");
-    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
     // A caller we did not write sets the deadline (grpc-timeout on the wire).
-    let out = python(&[
-        "deadline",
-        &core.admin,
-        &path("ca.pem"),
-        &path("user-dev.pem"),
-        &path("user-dev.key"),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python(&core, "deadline", Some("user-dev"));
     // The module's handler was cancelled: the write never lands, even after
     // its 1 s delay would have passed.
     tokio::time::sleep(Duration::from_millis(1_300)).await;
@@ -260,17 +222,12 @@ async fn o1_undeclared_methods_and_unavailable_modules_get_distinct_refusals() {
         .unwrap_err();
     assert_eq!(reason(&status), Some(Reason::UnknownMethod));
     // A stopped module: a clear UNAVAILABLE, not a hang.
-    let (code, _) = core.cli(&["stop", "kvstore"]).await;
-    assert_eq!(code, 0);
+    core.cli_ok(&["stop", "kvstore"]).await;
     core.wait_module("kvstore", "stopped", |m| m["state"] == "stopped")
         .await;
-    let status = tokio::time::timeout(
-        PATIENCE,
-        KvStoreClient::new(conn.channel()).get(GetRequest { key: "k".into() }),
-    )
-    .await
-    .expect("no hang")
-    .unwrap_err();
+    let mut kvstore = KvStoreClient::new(conn.channel());
+    let get = kvstore.get(GetRequest { key: "k".into() });
+    let status = in_time(get, "no hang").await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(reason(&status), Some(Reason::ModuleUnavailable));
 }
@@ -285,10 +242,12 @@ async fn o1_the_gateway_refuses_a_message_over_its_size_limit() {
     let conn = user(&core, "user-dev").await;
     let mut client = HasherClient::new(conn.channel());
     let huge = "x".repeat(5 * 1024 * 1024);
-    let err = tokio::time::timeout(PATIENCE, client.digest(DigestRequest { text: huge }))
-        .await
-        .expect("answered in time")
-        .expect_err("a 5 MiB message is refused");
+    let err = in_time(
+        client.digest(DigestRequest { text: huge }),
+        "answered in time",
+    )
+    .await
+    .expect_err("a 5 MiB message is refused");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("gateway's limit"), "{err:?}");
     // A message under the limit still goes through on the same connection.

@@ -66,11 +66,47 @@ async fn lease(ca: &TestCa, core: &str, module: &ModuleProcess, ttl: Duration) -
     .unwrap()
 }
 
+/// A Type III module leased by two Cores, `CORE` then `OTHER_CORE`, for `ttl`.
+async fn two_tenants(ca: &TestCa, ttl: Duration) -> (ModuleProcess, Lessee, Lessee) {
+    let module = ModuleProcess::start(ca, MODULE, &contract(TYPE_III), None, &[]).await;
+    let a = lease(ca, CORE, &module, ttl).await;
+    let b = lease(ca, OTHER_CORE, &module, ttl).await;
+    (module, a, b)
+}
+
+/// A lease `core` asks for with `table`: five seconds, `Say` only.
+async fn say_lease(
+    ca: &TestCa,
+    core: &str,
+    module: &ModuleProcess,
+    table: LeaseTable,
+) -> Result<Lessee, CoreLeaseError> {
+    try_lease(ca, core, module, Duration::from_secs(5), &[SAY], table).await
+}
+
+/// Why the module refuses `OTHER_CORE` a lease.
+async fn other_core_refused(ca: &TestCa, module: &ModuleProcess) -> Reason {
+    refused_with(say_lease(ca, OTHER_CORE, module, LeaseTable::new()).await)
+}
+
+/// The Core's operator revokes `l`.
+fn revoke(l: &Lessee, why: &str) {
+    l.link.revoke(why, anima_core::audit::Actor::Operator);
+}
+
 async fn say(l: &Lessee) -> Result<SayReply, tonic::Status> {
     EchoClient::new(l.link.channel())
         .say(SayRequest { text: "hi".into() })
         .await
         .map(|r| r.into_inner())
+}
+
+/// `Echo/Say` on `conn`, which carries no lease: always refused.
+async fn say_unleased(conn: &Connection) -> tonic::Status {
+    EchoClient::new(conn.channel())
+        .say(SayRequest { text: "x".into() })
+        .await
+        .unwrap_err()
 }
 
 async fn count(l: &Lessee) -> CountReply {
@@ -79,6 +115,29 @@ async fn count(l: &Lessee) -> CountReply {
         .await
         .unwrap()
         .into_inner()
+}
+
+/// The `Count` a module answers after `calls` calls of which `completed` completed.
+fn counted(calls: u64, completed: u64) -> CountReply {
+    CountReply {
+        calls,
+        completed,
+        ..Default::default()
+    }
+}
+
+/// `ModuleAdmin/Shutdown`, asked by `who`.
+async fn shutdown(
+    ca: &TestCa,
+    who: &str,
+    module: &ModuleProcess,
+    why: &str,
+) -> Result<(), tonic::Status> {
+    let conn = dial(ca, who, module).await;
+    ModuleAdminClient::new(conn.channel())
+        .shutdown(ShutdownRequest { reason: why.into() })
+        .await
+        .map(|_| ())
 }
 
 /// `ModuleAdmin/Status` (needs no lease), asked by a Core that holds none:
@@ -241,7 +300,7 @@ async fn z1_zero_lease_on_expiry_revocation_and_connection_loss() {
     // Revocation.
     let b = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
     wait_phase(&ca, &module, "leased").await;
-    b.link.revoke("test", anima_core::audit::Actor::Operator);
+    revoke(&b, "test");
     wait_phase(&ca, &module, "standby").await;
     // Connection loss: a Core process holding the lease is killed.
     let dir = anima_tests::write_identity(&ca, CORE);
@@ -266,31 +325,18 @@ async fn z2_without_a_valid_lease_no_handler_runs() {
     for body in [contract(TYPE_I), contract(TYPE_II)] {
         let module = ModuleProcess::start(&ca, MODULE, &body, Some(CORE), &[]).await;
         let conn = dial(&ca, CORE, &module).await;
-        let client = EchoClient::new(conn.channel());
-        let status = client
-            .clone()
-            .say(SayRequest { text: "x".into() })
-            .await
-            .unwrap_err();
+        let status = say_unleased(&conn).await;
         assert!(
             matches!(reason(&status), Some(Reason::NoLease | Reason::Standby)),
             "{status:?}"
         );
-        let status = client
-            .clone()
+        let status = EchoClient::new(conn.channel())
             .slow(SlowRequest { millis: 1 })
             .await
             .unwrap_err();
         assert!(reason(&status).is_some());
         let core = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
-        assert_eq!(
-            count(&core).await,
-            CountReply {
-                calls: 0,
-                completed: 0,
-                ..Default::default()
-            }
-        );
+        assert_eq!(count(&core).await, counted(0, 0));
     }
 }
 
@@ -303,8 +349,7 @@ async fn z3_zero_lease_kills_type1_but_only_freezes_type2_and_type3() {
     for m in [&one, &two, &three] {
         let l = lease(&ca, CORE, m, Duration::from_secs(10)).await;
         say(&l).await.unwrap();
-        l.link
-            .revoke("zero-lease", anima_core::audit::Actor::Operator);
+        revoke(&l, "zero-lease");
     }
     let exit = one
         .exit_status(PATIENCE)
@@ -333,16 +378,7 @@ async fn e1_type1_with_no_core_exits_after_its_startup_grace() {
 async fn e2_type1_accepts_only_its_launching_core() {
     let ca = TestCa::new();
     let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_I), Some(CORE), &[]).await;
-    let refused = try_lease(
-        &ca,
-        OTHER_CORE,
-        &module,
-        Duration::from_secs(5),
-        &[SAY],
-        LeaseTable::new(),
-    )
-    .await;
-    assert_eq!(refused_with(refused), Reason::WrongCore);
+    assert_eq!(other_core_refused(&ca, &module).await, Reason::WrongCore);
     let ok = lease(&ca, CORE, &module, Duration::from_secs(5)).await;
     say(&ok).await.unwrap();
 }
@@ -353,20 +389,9 @@ async fn e3_expired_grace_lets_only_the_same_core_lease_again() {
     let body = contract("expired_grace = \"3s\"\ntermination_window = \"1s\"");
     let module = ModuleProcess::start(&ca, MODULE, &body, Some(CORE), &[]).await;
     let first = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
-    first
-        .link
-        .revoke("transient", anima_core::audit::Actor::Operator);
+    revoke(&first, "transient");
     wait_phase(&ca, &module, "expired-grace").await;
-    let other = try_lease(
-        &ca,
-        OTHER_CORE,
-        &module,
-        Duration::from_secs(5),
-        &[SAY],
-        LeaseTable::new(),
-    )
-    .await;
-    assert_eq!(refused_with(other), Reason::WrongCore);
+    assert_eq!(other_core_refused(&ca, &module).await, Reason::WrongCore);
     let again = lease(&ca, CORE, &module, Duration::from_secs(5)).await;
     say(&again).await.unwrap();
     wait_phase(&ca, &module, "leased").await;
@@ -404,14 +429,7 @@ async fn mid_execution_expiry_halts_the_handler(contract_body: &str) {
     // The handler started and never completed, even after its sleep would end.
     let again = lease(&ca, CORE, &module, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(
-        count(&again).await,
-        CountReply {
-            calls: 1,
-            completed: 0,
-            ..Default::default()
-        }
-    );
+    assert_eq!(count(&again).await, counted(1, 0));
 }
 
 #[tokio::test]
@@ -446,31 +464,11 @@ async fn r2_type2_binds_to_one_core() {
     let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_II), None, &[]).await;
     let first = lease(&ca, CORE, &module, Duration::from_secs(5)).await;
     assert_eq!(status(&ca, &module).await.bound_core, CORE);
-    let other = try_lease(
-        &ca,
-        OTHER_CORE,
-        &module,
-        Duration::from_secs(5),
-        &[SAY],
-        LeaseTable::new(),
-    )
-    .await;
-    assert_eq!(refused_with(other), Reason::WrongCore);
+    assert_eq!(other_core_refused(&ca, &module).await, Reason::WrongCore);
     // Still bound once its lease is gone.
-    first
-        .link
-        .revoke("done", anima_core::audit::Actor::Operator);
+    revoke(&first, "done");
     wait_phase(&ca, &module, "standby").await;
-    let other = try_lease(
-        &ca,
-        OTHER_CORE,
-        &module,
-        Duration::from_secs(5),
-        &[SAY],
-        LeaseTable::new(),
-    )
-    .await;
-    assert_eq!(refused_with(other), Reason::WrongCore);
+    assert_eq!(other_core_refused(&ca, &module).await, Reason::WrongCore);
 }
 
 #[tokio::test]
@@ -480,19 +478,14 @@ async fn r3_r4_type2_standby_keeps_process_refuses_calls_and_resumes() {
     let first = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
     say(&first).await.unwrap();
     let pid = status(&ca, &module).await.pid;
-    first
-        .link
-        .revoke("standby please", anima_core::audit::Actor::Operator);
+    revoke(&first, "standby please");
     let s = wait_phase(&ca, &module, "standby").await;
     assert_eq!(s.pid, pid, "same process");
     assert_eq!(s.pid, module.pid());
     // Every capability call is refused with STANDBY, with no side effect.
     let conn = dial(&ca, CORE, &module).await;
     for _ in 0..3 {
-        let status = EchoClient::new(conn.channel())
-            .say(SayRequest { text: "x".into() })
-            .await
-            .unwrap_err();
+        let status = say_unleased(&conn).await;
         assert_eq!(reason(&status), Some(Reason::Standby));
         assert_eq!(status.code(), tonic::Code::Unavailable);
     }
@@ -520,22 +513,10 @@ async fn r5_type2_ends_only_by_explicit_shutdown() {
         "lease expiry does not end a Type II module"
     );
     // Another Core may not shut it down.
-    let other = dial(&ca, OTHER_CORE, &module).await;
-    let status = ModuleAdminClient::new(other.channel())
-        .shutdown(ShutdownRequest {
-            reason: "no".into(),
-        })
-        .await
-        .unwrap_err();
+    let status = shutdown(&ca, OTHER_CORE, &module, "no").await.unwrap_err();
     assert_eq!(reason(&status), Some(Reason::WrongCore));
     // Its own Core may.
-    let own = dial(&ca, CORE, &module).await;
-    ModuleAdminClient::new(own.channel())
-        .shutdown(ShutdownRequest {
-            reason: "maintenance".into(),
-        })
-        .await
-        .unwrap();
+    shutdown(&ca, CORE, &module, "maintenance").await.unwrap();
     let exit = module
         .exit_status(PATIENCE)
         .await
@@ -570,9 +551,7 @@ async fn s1_s2_type3_is_declared_and_runs_without_any_core() {
 #[tokio::test]
 async fn s3_s5_s8_type3_serves_cores_concurrently_and_one_expiry_touches_only_that_core() {
     let ca = TestCa::new();
-    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[]).await;
-    let a = lease(&ca, CORE, &module, Duration::from_millis(400)).await;
-    let b = lease(&ca, OTHER_CORE, &module, Duration::from_millis(400)).await;
+    let (_module, a, b) = two_tenants(&ca, Duration::from_millis(400)).await;
     // Both call at once.
     let (ra, rb) = tokio::join!(say(&a), say(&b));
     assert_eq!(ra.unwrap().caller, CORE);
@@ -595,9 +574,7 @@ async fn s3_s5_s8_type3_serves_cores_concurrently_and_one_expiry_touches_only_th
 #[tokio::test]
 async fn s4_s9_type3_state_is_per_lease_and_deleted_when_the_lease_ends() {
     let ca = TestCa::new();
-    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[]).await;
-    let a = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
-    let b = lease(&ca, OTHER_CORE, &module, Duration::from_secs(10)).await;
+    let (module, a, b) = two_tenants(&ca, Duration::from_secs(10)).await;
     for n in 1..=3 {
         assert_eq!(say(&a).await.unwrap().tenant_count, n);
     }
@@ -606,7 +583,7 @@ async fn s4_s9_type3_state_is_per_lease_and_deleted_when_the_lease_ends() {
         1,
         "B never sees A's state"
     );
-    a.link.revoke("done", anima_core::audit::Actor::Operator);
+    revoke(&a, "done");
     let a2 = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
     assert_eq!(
         say(&a2).await.unwrap().tenant_count,
@@ -623,19 +600,14 @@ async fn s4_s9_type3_state_is_per_lease_and_deleted_when_the_lease_ends() {
 #[tokio::test]
 async fn s6_type3_enters_standby_when_all_leases_are_gone() {
     let ca = TestCa::new();
-    let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[]).await;
-    let a = lease(&ca, CORE, &module, Duration::from_secs(10)).await;
-    let b = lease(&ca, OTHER_CORE, &module, Duration::from_secs(10)).await;
-    a.link.revoke("done", anima_core::audit::Actor::Operator);
+    let (module, a, b) = two_tenants(&ca, Duration::from_secs(10)).await;
+    revoke(&a, "done");
     assert_eq!(wait_phase(&ca, &module, "leased").await.active_leases, 1);
-    b.link.revoke("done", anima_core::audit::Actor::Operator);
+    revoke(&b, "done");
     let s = wait_phase(&ca, &module, "standby").await;
     assert_eq!(s.active_leases, 0);
     let conn = dial(&ca, CORE, &module).await;
-    let status = EchoClient::new(conn.channel())
-        .say(SayRequest { text: "x".into() })
-        .await
-        .unwrap_err();
+    let status = say_unleased(&conn).await;
     assert_eq!(reason(&status), Some(Reason::Standby));
 }
 
@@ -648,13 +620,7 @@ async fn s7_type3_is_terminated_only_by_an_administrator() {
     a.link.stop_renewing().await;
     wait_phase(&ca, &module, "standby").await;
     // Not even a Core that leased it may stop a shared module.
-    let core = dial(&ca, CORE, &module).await;
-    let status = ModuleAdminClient::new(core.channel())
-        .shutdown(ShutdownRequest {
-            reason: "mine".into(),
-        })
-        .await
-        .unwrap_err();
+    let status = shutdown(&ca, CORE, &module, "mine").await.unwrap_err();
     assert_eq!(reason(&status), Some(Reason::WrongCore));
     assert!(
         module
@@ -662,11 +628,7 @@ async fn s7_type3_is_terminated_only_by_an_administrator() {
             .await
             .is_none()
     );
-    let ops = dial(&ca, OPERATOR, &module).await;
-    ModuleAdminClient::new(ops.channel())
-        .shutdown(ShutdownRequest {
-            reason: "maintenance".into(),
-        })
+    shutdown(&ca, OPERATOR, &module, "maintenance")
         .await
         .unwrap();
     assert!(module.exit_status(PATIENCE).await.expect("exits").success());
@@ -677,27 +639,10 @@ async fn s10_core_blacklists_a_compromised_module_and_says_why() {
     let ca = TestCa::new();
     let module = ModuleProcess::start(&ca, MODULE, &contract(TYPE_III), None, &[]).await;
     let table = LeaseTable::new();
-    let first = try_lease(
-        &ca,
-        CORE,
-        &module,
-        Duration::from_secs(5),
-        &[SAY],
-        table.clone(),
-    )
-    .await
-    .unwrap();
+    let first = say_lease(&ca, CORE, &module, table.clone()).await.unwrap();
     say(&first).await.unwrap();
     table.blacklist(module.urn.clone(), "state of one Core leaked into another");
-    let refused = try_lease(
-        &ca,
-        CORE,
-        &module,
-        Duration::from_secs(5),
-        &[SAY],
-        table.clone(),
-    )
-    .await;
+    let refused = say_lease(&ca, CORE, &module, table.clone()).await;
     match refused {
         Err(CoreLeaseError::Blacklisted { module: m, why }) => {
             assert_eq!(m.as_str(), MODULE);

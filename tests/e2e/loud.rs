@@ -11,6 +11,7 @@ use anima_tests::{PATIENCE, reason};
 
 use super::gateway::{metrics, user};
 use super::serve::{CoreProcess, config};
+use super::wait::{self, in_time};
 
 /// Shuts down (SHUT_RD) the socket listening on `port` in process `pid`,
 /// through a duplicate of its descriptor (`pidfd_getfd`; the test is the
@@ -42,24 +43,15 @@ for fd in range(3, 1024):
         os.close(dup)
 sys.exit("no listening socket on port %d in process %d" % (port, pid))
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, &pid.to_string(), &port.to_string()])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (pid, port) = (pid.to_string(), port.to_string());
+    let mut python = std::process::Command::new("python3");
+    wait::succeeds(python.args(["-c", script, &pid, &port]), "python3");
 }
 
 #[tokio::test]
 async fn serve_exits_non_zero_and_says_why_when_its_endpoint_stops() {
     let mut core = CoreProcess::start(Some(&config("30s", "always"))).await;
-    let tally = core
-        .wait_module("tally", "leased", |m| m["state"] == "leased")
-        .await;
+    let tally = core.wait_leased("tally").await;
     let tally_pid = tally["pid"].as_u64().unwrap();
     let pid = core.child.child.id().unwrap();
     let port: u16 = core.admin.rsplit(':').next().unwrap().parse().unwrap();
@@ -124,10 +116,7 @@ async fn serve_a_stalled_audit_log_blocks_no_call() {
     opened_rx
         .recv_timeout(PATIENCE)
         .expect("the Core opened its audit log");
-    for name in ["hasher", "kvstore", "tally"] {
-        core.wait_module(name, "leased", |m| m["state"] == "leased")
-            .await;
-    }
+    core.wait_samples_leased().await;
     // A flood of calls the policy denies: each one is an audit record, far
     // more than the pipe and the writer's queue hold together.
     let calls_per_task = anima_core::audit::AUDIT_QUEUE_CAPACITY / 8 + 500;
@@ -152,20 +141,17 @@ async fn serve_a_stalled_audit_log_blocks_no_call() {
             t.await.unwrap();
         }
     };
-    tokio::time::timeout(PATIENCE, flood)
-        .await
-        .expect("every denied call answered while the audit log is stalled");
-    // The Core still answers everyone else.
-    let (code, _) = core.cli(&["modules"]).await;
-    assert_eq!(code, 0, "anima modules");
-    let dev = user(&core, "user-dev").await;
-    let reply = tokio::time::timeout(
-        PATIENCE,
-        HasherClient::new(dev.channel()).digest(DigestRequest { text: "x".into() }),
+    in_time(
+        flood,
+        "every denied call answered while the audit log is stalled",
     )
-    .await
-    .expect("a permitted call in time")
-    .unwrap();
+    .await;
+    // The Core still answers everyone else.
+    core.cli_ok(&["modules"]).await;
+    let dev = user(&core, "user-dev").await;
+    let mut hasher = HasherClient::new(dev.channel());
+    let digest = hasher.digest(DigestRequest { text: "x".into() });
+    let reply = in_time(digest, "a permitted call in time").await.unwrap();
     assert_eq!(reply.get_ref().sha256_hex.len(), 64);
     // What could not be written was dropped and counted, not waited for.
     let text = metrics(&dev).await;

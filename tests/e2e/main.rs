@@ -18,3 +18,4 @@ mod serve;
 mod shipped;
 mod streams;
 mod transport;
+mod wait;

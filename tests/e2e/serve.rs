@@ -77,9 +77,15 @@ impl CoreProcess {
         )
     }
 
+    /// [`CoreProcess::cli`], which must exit 0; returns its stdout.
+    pub(crate) async fn cli_ok(&self, args: &[&str]) -> String {
+        let (code, out) = self.cli(args).await;
+        assert_eq!(code, 0, "anima {}", args.join(" "));
+        out
+    }
+
     async fn json(&self, what: &str) -> Vec<Value> {
-        let (code, out) = self.cli(&[what, "--json"]).await;
-        assert_eq!(code, 0, "anima {what} --json");
+        let out = self.cli_ok(&[what, "--json"]).await;
         serde_json::from_str(&out).unwrap()
     }
 
@@ -117,6 +123,40 @@ impl CoreProcess {
         }
     }
 
+    /// Waits until `name` is leased; returns its row.
+    pub(crate) async fn wait_leased(&self, name: &str) -> Value {
+        self.wait_module(name, "leased", |m| m["state"] == "leased")
+            .await
+    }
+
+    /// Waits until each of the three samples is leased; returns their rows.
+    pub(crate) async fn wait_samples_leased(&self) -> Vec<Value> {
+        let mut rows = Vec::new();
+        for name in ["hasher", "kvstore", "tally"] {
+            rows.push(self.wait_leased(name).await);
+        }
+        rows
+    }
+
+    /// Waits until `name` is leased, then until its lease has been renewed
+    /// twice more.
+    async fn wait_renewals(&self, name: &str) {
+        self.wait_leased(name).await;
+        let first = self.lease_of(name).await["renewals"].as_u64().unwrap();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let now = self.lease_of(name).await["renewals"].as_u64().unwrap();
+            if now >= first + 2 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "renewals stuck at {now}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The module's active lease (waiting for one, e.g. across a re-lease).
     async fn lease_of(&self, name: &str) -> Value {
         let urn = format!("urn:anima:module:{name}");
@@ -151,9 +191,9 @@ fn sample(name: &str) -> String {
         .into_owned()
 }
 
-/// `[core]` (with the P-256 endpoint certificate), `[admin]` and
-/// `[leases]` for a Core in a [`CoreProcess`] directory.
-fn core_sections(ttl: &str) -> String {
+/// `[core]` (with `core_lines` added) and `[admin]` for a Core in a
+/// [`CoreProcess`] directory.
+fn core_and_admin(core_lines: &str) -> String {
     format!(
         r#"
 [core]
@@ -162,16 +202,39 @@ cert = "certs/dev/core-dev.pem"
 key = "certs/dev/core-dev.key"
 ca = "certs/dev/ca.pem"
 audit_log = "audit.jsonl"
-endpoint_cert = "certs/dev/core-dev.endpoint.pem"
-endpoint_key = "certs/dev/core-dev.endpoint.key"
-
+{core_lines}
 [admin]
 listen = "127.0.0.1:0"
 operators = ["urn:anima:user:dev"]
+"#
+    )
+}
 
+/// `[core]` (with the P-256 endpoint certificate), `[admin]` and
+/// `[leases]` for a Core in a [`CoreProcess`] directory.
+fn core_sections(ttl: &str) -> String {
+    let endpoint = r#"endpoint_cert = "certs/dev/core-dev.endpoint.pem"
+endpoint_key = "certs/dev/core-dev.endpoint.key"
+"#;
+    format!(
+        r#"{core}
 [leases]
 ttl = "{ttl}"
-"#
+"#,
+        core = core_and_admin(endpoint)
+    )
+}
+
+/// `core` (the sections [`core_and_admin`] or [`core_sections`] make) and
+/// one `[[module]]`, `name` with its dev certificate, set up by `settings`.
+fn one_module(core: &str, name: &str, settings: &str) -> String {
+    format!(
+        r#"{core}
+[[module]]
+urn = "urn:anima:module:{name}"
+cert = "certs/dev/module-{name}.pem"
+key = "certs/dev/module-{name}.key"
+{settings}"#
     )
 }
 
@@ -219,17 +282,13 @@ allow = ["urn:anima:module:hasher", "urn:anima:module:kvstore", "urn:anima:modul
 #[tokio::test]
 async fn serve_embedded_default_hosts_and_leases_the_three_samples() {
     let core = CoreProcess::start(None).await;
-    for name in ["hasher", "kvstore", "tally"] {
-        let m = core
-            .wait_module(name, "leased", |m| m["state"] == "leased")
-            .await;
+    for m in core.wait_samples_leased().await {
         assert!(m["pid"].as_u64().is_some(), "{m}");
     }
     let leases = core.json("leases").await;
     assert!(leases.iter().filter(|l| l["state"] == "active").count() >= 3);
     // A human table too.
-    let (code, table) = core.cli(&["modules"]).await;
-    assert_eq!(code, 0);
+    let table = core.cli_ok(&["modules"]).await;
     assert!(table.starts_with("MODULE"), "{table}");
     assert!(table.contains("urn:anima:module:kvstore") && table.contains("leased"));
 }
@@ -237,21 +296,7 @@ async fn serve_embedded_default_hosts_and_leases_the_three_samples() {
 #[tokio::test]
 async fn serve_renewal_counts_rise() {
     let core = CoreProcess::start(Some(&config("600ms", "always"))).await;
-    core.wait_module("tally", "leased", |m| m["state"] == "leased")
-        .await;
-    let first = core.lease_of("tally").await["renewals"].as_u64().unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let now = core.lease_of("tally").await["renewals"].as_u64().unwrap();
-        if now >= first + 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "renewals stuck at {now}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    core.wait_renewals("tally").await;
     // The audit log has the renewals.
     let audit = std::fs::read_to_string(core.dir.path().join("audit.jsonl")).unwrap();
     assert!(audit.lines().any(|l| l.contains("\"renewed\"")));
@@ -261,9 +306,7 @@ async fn serve_renewal_counts_rise() {
 /// (and `extra` arguments), which must succeed and name the lease; returns
 /// the module's pid and the revoked lease's id.
 async fn revoke_the_lease_of(core: &CoreProcess, module: &str, extra: &[&str]) -> (u64, String) {
-    let before = core
-        .wait_module(module, "leased", |m| m["state"] == "leased")
-        .await;
+    let before = core.wait_leased(module).await;
     let pid = before["pid"].as_u64().unwrap();
     let lease = core.lease_of(module).await["lease_id"]
         .as_str()
@@ -271,8 +314,7 @@ async fn revoke_the_lease_of(core: &CoreProcess, module: &str, extra: &[&str]) -
         .to_owned();
     let mut args = vec!["revoke", lease.as_str()];
     args.extend_from_slice(extra);
-    let (code, out) = core.cli(&args).await;
-    assert_eq!(code, 0);
+    let out = core.cli_ok(&args).await;
     assert!(out.contains(&lease));
     (pid, lease)
 }
@@ -327,12 +369,8 @@ async fn serve_revoking_the_type2_lease_leaves_it_in_standby_and_leases_it_again
 #[tokio::test]
 async fn serve_kill_9_of_the_core_leaves_no_type1_process_behind() {
     let mut core = CoreProcess::start(Some(&config("30s", "always"))).await;
-    let hasher = core
-        .wait_module("hasher", "leased", |m| m["state"] == "leased")
-        .await;
-    let kvstore = core
-        .wait_module("kvstore", "leased", |m| m["state"] == "leased")
-        .await;
+    let hasher = core.wait_leased("hasher").await;
+    let kvstore = core.wait_leased("kvstore").await;
     let pids = [
         hasher["pid"].as_u64().unwrap(),
         kvstore["pid"].as_u64().unwrap(),
@@ -352,24 +390,8 @@ async fn serve_kill_9_of_the_core_leaves_no_type1_process_behind() {
 
 #[tokio::test]
 async fn serve_a_crashing_module_is_restarted_within_its_policy_then_failed() {
-    let crash = format!(
-        r#"
-[core]
-urn = "urn:anima:core:dev"
-cert = "certs/dev/core-dev.pem"
-key = "certs/dev/core-dev.key"
-ca = "certs/dev/ca.pem"
-audit_log = "audit.jsonl"
-
-[admin]
-listen = "127.0.0.1:0"
-operators = ["urn:anima:user:dev"]
-
-[[module]]
-urn = "urn:anima:module:hasher"
-command = "{false_bin}"
-cert = "certs/dev/module-hasher.pem"
-key = "certs/dev/module-hasher.key"
+    let crashing = format!(
+        r#"command = "{false_bin}"
 [module.restart]
 policy = "on-failure"
 max_restarts = 3
@@ -379,6 +401,7 @@ backoff_max = "100ms"
 "#,
         false_bin = which("false"),
     );
+    let crash = one_module(&core_and_admin(""), "hasher", &crashing);
     let core = CoreProcess::start(Some(&crash)).await;
     let m = core
         .wait_module("hasher", "failed", |m| m["state"] == "failed")
@@ -393,13 +416,8 @@ backoff_max = "100ms"
 #[tokio::test]
 async fn serve_sigterm_revokes_stops_modules_and_exits_0() {
     let mut core = CoreProcess::start(Some(&config("30s", "always"))).await;
-    let mut pids = Vec::new();
-    for name in ["hasher", "kvstore", "tally"] {
-        let m = core
-            .wait_module(name, "leased", |m| m["state"] == "leased")
-            .await;
-        pids.push(m["pid"].as_u64().unwrap());
-    }
+    let leased = core.wait_samples_leased().await;
+    let pids: Vec<u64> = leased.iter().map(|m| m["pid"].as_u64().unwrap()).collect();
     let pid = core.child.child.id().unwrap();
     let status = tokio::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -459,40 +477,20 @@ async fn serve_hosts_a_python_grpcio_module_with_its_p256_certificate() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/module");
     let script = repo.join("anima_pymodule.py");
     let contract = repo.join("module.toml");
-    let config = format!(
-        r#"{core}
-
-[[module]]
-urn = "urn:anima:module:pyprobe"
-type = "resident-shared"
+    let python = format!(
+        r#"type = "resident-shared"
 command = "python3"
 args = ["{script}", "{contract}"]
-cert = "certs/dev/module-pyprobe.pem"
-key = "certs/dev/module-pyprobe.key"
 core_cert = "endpoint"
 "#,
-        core = core_sections("600ms"),
         script = script.display(),
         contract = contract.display(),
     );
+    let config = one_module(&core_sections("600ms"), "pyprobe", &python);
     let core = CoreProcess::start_with(Some(&config), |certs| {
         anima_certs::issue_into_dir(certs, anima_protocol::UrnKind::Module, "pyprobe", 1, false)
             .unwrap();
     })
     .await;
-    core.wait_module("pyprobe", "leased", |m| m["state"] == "leased")
-        .await;
-    let first = core.lease_of("pyprobe").await["renewals"].as_u64().unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let now = core.lease_of("pyprobe").await["renewals"].as_u64().unwrap();
-        if now >= first + 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "renewals stuck at {now}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    core.wait_renewals("pyprobe").await;
 }

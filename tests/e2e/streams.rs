@@ -11,12 +11,14 @@ use anima_protocol::lease::Reason;
 use anima_tests::echo::echo_client::EchoClient;
 use anima_tests::echo::{SayRequest, Tick, WatchRequest};
 use anima_tests::{
-    CHAT, COLLECT, PATIENCE, RawCore, TestCa, TestModule, WATCH, echo_contract_with, open_lease,
+    CHAT, COLLECT, Lessee, RawCore, TestCa, TestModule, WATCH, echo_contract_with, open_lease,
     reason, wait_event,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+
+use super::wait::in_time;
 
 const CORE: &str = "urn:anima:core:dev";
 const MODULE: &str = "urn:anima:module:echo";
@@ -37,13 +39,60 @@ fn proved<T>(core: &RawCore, seq: u64, method: &str, message: T) -> tonic::Reque
     request
 }
 
+/// `Watch` under `core`'s lease (proof for call 1): `count` ticks, one a
+/// millisecond (`0`: until the stream ends otherwise).
+async fn watch_proved(core: &RawCore, count: u64) -> Result<tonic::Streaming<Tick>, Status> {
+    EchoClient::new(core.conn.channel())
+        .watch(proved(core, 1, WATCH, every_ms(count)))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// `count` ticks, one a millisecond.
+fn every_ms(count: u64) -> WatchRequest {
+    WatchRequest { every_ms: 1, count }
+}
+
+/// A lease from `CORE` on `module` for ten seconds, scoped to `method`.
+async fn lease_for(ca: &TestCa, module: &TestModule, method: &str) -> Lessee {
+    open_lease(
+        ca,
+        CORE,
+        module.addr,
+        &module.urn,
+        Duration::from_secs(10),
+        &[method],
+        LeaseTable::new(),
+    )
+    .await
+    .expect("lease")
+}
+
+/// Waits for the module to grant a lease; returns when, by its own clock,
+/// that lease expires.
+async fn granted_until(events: &mut broadcast::Receiver<LeaseEvent>) -> Instant {
+    wait_event(events, |e| match e {
+        LeaseEvent::Granted { expires_at, .. } => Some(*expires_at),
+        _ => None,
+    })
+    .await
+}
+
+/// Waits for the module's lease to end with `why`.
+async fn ended_with(events: &mut broadcast::Receiver<LeaseEvent>, why: Reason) {
+    wait_event(events, |e| {
+        matches!(e, LeaseEvent::Ended { reason, .. } if *reason == why).then_some(())
+    })
+    .await;
+}
+
 /// Reads a server stream to its end: every message with the instant it
 /// arrived, then the final status and the instant it arrived.
 async fn drain(
     mut stream: tonic::Streaming<Tick>,
 ) -> (Vec<(Tick, Instant)>, Option<Status>, Instant) {
     let mut got = Vec::new();
-    let outcome = tokio::time::timeout(PATIENCE, async {
+    let read = async {
         loop {
             match stream.message().await {
                 Ok(Some(tick)) => got.push((tick, Instant::now())),
@@ -51,9 +100,8 @@ async fn drain(
                 Err(status) => return Some(status),
             }
         }
-    })
-    .await
-    .expect("the stream ended in time");
+    };
+    let outcome = in_time(read, "the stream ended in time").await;
     (got, outcome, Instant::now())
 }
 
@@ -66,6 +114,20 @@ async fn ticks_produced_over(module: &TestModule, window: Duration) -> usize {
     module.service.ticks.load(Ordering::SeqCst) - before
 }
 
+/// The stream ended at most 10 ms (`late`) after `what`, and nothing polls
+/// its handler's stream any more.
+async fn assert_ended_within_10ms(module: &TestModule, late: Duration, what: &str) {
+    assert!(
+        late <= Duration::from_millis(10),
+        "the stream ended {late:?} after {what}"
+    );
+    assert_eq!(
+        ticks_produced_over(module, Duration::from_millis(30)).await,
+        0,
+        "the handler's stream is still polled after its lease ended"
+    );
+}
+
 /// The acceptance bound of issue 12 §1: a server stream emitting every 1 ms
 /// under an 80 ms lease that is not renewed ends `LEASE_EXPIRED` within
 /// 10 ms of the module's expiry instant, and the last message the client
@@ -75,24 +137,10 @@ async fn serial_z1_server_stream_ends_lease_expired_within_10ms_of_expiry() {
     let (ca, module) = echo_module().await;
     let mut events = module.handle.events();
     let core = RawCore::open(&ca, CORE, &module, &[WATCH], Duration::from_millis(80)).await;
-    let expires_at = wait_event(&mut events, |e| match e {
-        LeaseEvent::Granted { expires_at, .. } => Some(*expires_at),
-        _ => None,
-    })
-    .await;
-    let stream = EchoClient::new(core.conn.channel())
-        .watch(proved(
-            &core,
-            1,
-            WATCH,
-            WatchRequest {
-                every_ms: 1,
-                count: 0,
-            },
-        ))
+    let expires_at = granted_until(&mut events).await;
+    let stream = watch_proved(&core, 0)
         .await
-        .expect("the stream opens under the lease")
-        .into_inner();
+        .expect("the stream opens under the lease");
     let (got, status, ended_at) = drain(stream).await;
     let status = status.expect("the stream ends with an error, not OK");
     assert_eq!(reason(&status), Some(Reason::LeaseExpired), "{status:?}");
@@ -114,15 +162,7 @@ async fn serial_z1_server_stream_ends_lease_expired_within_10ms_of_expiry() {
         last.lease_left_us
     );
     assert!(ended_at >= expires_at, "ended before expiry");
-    assert!(
-        late <= Duration::from_millis(10),
-        "the stream ended {late:?} after expiry"
-    );
-    assert_eq!(
-        ticks_produced_over(&module, Duration::from_millis(30)).await,
-        0,
-        "the handler's stream is still polled after its lease ended"
-    );
+    assert_ended_within_10ms(&module, late, "expiry").await;
 }
 
 /// The same for a revocation by the Core: the stream ends `LEASE_REVOKED`
@@ -131,22 +171,9 @@ async fn serial_z1_server_stream_ends_lease_expired_within_10ms_of_expiry() {
 async fn serial_z1_server_stream_ends_lease_revoked_within_10ms_of_revocation() {
     let (ca, module) = echo_module().await;
     let mut events = module.handle.events();
-    let core = open_lease(
-        &ca,
-        CORE,
-        module.addr,
-        &module.urn,
-        Duration::from_secs(10),
-        &[WATCH],
-        LeaseTable::new(),
-    )
-    .await
-    .expect("lease");
+    let core = lease_for(&ca, &module, WATCH).await;
     let mut stream = EchoClient::new(core.link.channel())
-        .watch(WatchRequest {
-            every_ms: 1,
-            count: 0,
-        })
+        .watch(every_ms(0))
         .await
         .expect("the stream opens under the lease")
         .into_inner();
@@ -159,28 +186,10 @@ async fn serial_z1_server_stream_ends_lease_revoked_within_10ms_of_revocation() 
     let (_, status, ended_at) = drain(stream).await;
     let status = status.expect("the stream ends with an error, not OK");
     assert_eq!(reason(&status), Some(Reason::LeaseRevoked), "{status:?}");
-    wait_event(&mut events, |e| {
-        matches!(
-            e,
-            LeaseEvent::Ended {
-                reason: Reason::LeaseRevoked,
-                ..
-            }
-        )
-        .then_some(())
-    })
-    .await;
+    ended_with(&mut events, Reason::LeaseRevoked).await;
     let late = ended_at - revoked_at;
     eprintln!("revoke to stream end: {late:?}");
-    assert!(
-        late <= Duration::from_millis(10),
-        "the stream ended {late:?} after the revoke"
-    );
-    assert_eq!(
-        ticks_produced_over(&module, Duration::from_millis(30)).await,
-        0,
-        "the handler's stream is still polled after its lease ended"
-    );
+    assert_ended_within_10ms(&module, late, "the revoke").await;
 }
 
 /// A client stream: messages sent after the lease ended never reach the
@@ -189,17 +198,7 @@ async fn serial_z1_server_stream_ends_lease_revoked_within_10ms_of_revocation() 
 async fn z1_client_stream_messages_after_the_lease_ends_never_reach_the_handler() {
     let (ca, module) = echo_module().await;
     let mut events = module.handle.events();
-    let core = open_lease(
-        &ca,
-        CORE,
-        module.addr,
-        &module.urn,
-        Duration::from_secs(10),
-        &[COLLECT],
-        LeaseTable::new(),
-    )
-    .await
-    .expect("lease");
+    let core = lease_for(&ca, &module, COLLECT).await;
     let (tx, rx) = mpsc::channel(16);
     let mut client = EchoClient::new(core.link.channel());
     let call = tokio::spawn(async move { client.collect(ReceiverStream::new(rx)).await });
@@ -229,9 +228,8 @@ async fn z1_client_stream_messages_after_the_lease_ends_never_reach_the_handler(
             .await;
     }
     drop(tx);
-    let status = tokio::time::timeout(PATIENCE, call)
+    let status = in_time(call, "the call ends in time")
         .await
-        .expect("the call ends in time")
         .unwrap()
         .expect_err("the call ends with the lease's reason");
     assert_eq!(reason(&status), Some(Reason::LeaseRevoked), "{status:?}");
@@ -259,21 +257,10 @@ async fn z1_bidirectional_stream_ends_when_the_lease_expires() {
         .expect("not over");
     assert_eq!(first.text, "one");
     assert!(first.lease_left_us > 0);
-    wait_event(&mut events, |e| {
-        matches!(
-            e,
-            LeaseEvent::Ended {
-                reason: Reason::LeaseExpired,
-                ..
-            }
-        )
-        .then_some(())
-    })
-    .await;
+    ended_with(&mut events, Reason::LeaseExpired).await;
     let _ = tx.send(SayRequest { text: "two".into() }).await;
-    let status = tokio::time::timeout(PATIENCE, answers.message())
+    let status = in_time(answers.message(), "the call ends in time")
         .await
-        .expect("the call ends in time")
         .expect_err("the call ends with the lease's reason");
     assert_eq!(reason(&status), Some(Reason::LeaseExpired), "{status:?}");
     // The handler's reader task outlives the call: it must read nothing more.
@@ -298,28 +285,13 @@ async fn z2_a_stream_without_a_lease_is_refused_before_its_handler_runs() {
     let (ca, module) = echo_module().await;
     let core = RawCore::open(&ca, CORE, &module, &[WATCH], Duration::from_secs(10)).await;
     let status = EchoClient::new(core.conn.channel())
-        .watch(WatchRequest {
-            every_ms: 1,
-            count: 3,
-        })
+        .watch(every_ms(3))
         .await
         .expect_err("no proof, no stream");
     assert_eq!(reason(&status), Some(Reason::NoLease), "{status:?}");
     assert_eq!(module.calls(), 0);
     // Under the lease the same call streams to its end.
-    let stream = EchoClient::new(core.conn.channel())
-        .watch(proved(
-            &core,
-            1,
-            WATCH,
-            WatchRequest {
-                every_ms: 1,
-                count: 3,
-            },
-        ))
-        .await
-        .expect("under the lease")
-        .into_inner();
+    let stream = watch_proved(&core, 3).await.expect("under the lease");
     let (got, status, _) = drain(stream).await;
     assert!(status.is_none(), "{status:?}");
     assert_eq!(got.len(), 3);

@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use anima_certs::{CertAuthority, KeyType, LeafSpec};
 use anima_protocol::{
-    ClientTls, PeerPolicy, RefusalReason, ServerTls, TransportError, TrustRoot, Urn, UrnKind,
+    ClientTls, Connection, PeerPolicy, RefusalReason, ServerTls, TlsIdentity, TransportError,
+    TrustRoot, Urn, UrnKind,
 };
 use anima_tests::echo::SayRequest;
 use anima_tests::echo::echo_client::EchoClient;
@@ -23,15 +24,25 @@ fn urn(s: &str) -> Urn {
     s.parse().unwrap()
 }
 
+/// Server TLS for `urn`, from `ca`, letting in the peers `policy` allows.
+fn server_tls(ca: &TestCa, urn: &str, policy: PeerPolicy) -> ServerTls {
+    ServerTls::new(&ca.identity(urn), &ca.trust(), policy).unwrap()
+}
+
 /// A module-side echo server that accepts any Core.
 async fn module_server(ca: &TestCa) -> EchoServer {
-    let tls = ServerTls::new(
-        &ca.identity(MODULE),
-        &ca.trust(),
-        PeerPolicy::kind(UrnKind::Core),
-    )
-    .unwrap();
-    EchoServer::start(tls).await
+    EchoServer::start(server_tls(ca, MODULE, PeerPolicy::kind(UrnKind::Core))).await
+}
+
+/// `CORE` dials `server`, requiring `policy` of it.
+async fn dial_as_core(
+    ca: &TestCa,
+    server: &EchoServer,
+    policy: PeerPolicy,
+) -> Result<Connection, TransportError> {
+    ClientTls::new(ca.identity(CORE), ca.trust())
+        .dial_addr(server.addr, policy)
+        .await
 }
 
 async fn say(channel: Channel) -> Result<anima_tests::echo::SayReply, tonic::Status> {
@@ -39,6 +50,27 @@ async fn say(channel: Channel) -> Result<anima_tests::echo::SayReply, tonic::Sta
         .say(SayRequest { text: "hi".into() })
         .await
         .map(|r| r.into_inner())
+}
+
+/// The outcome of one call on a channel `dialled` tried to open: a refused
+/// peer fails at the handshake or, TLS 1.3 letting the client finish its side
+/// before the server's alert arrives, on the first call at the latest.
+async fn first_call<E: ToString>(dialled: Result<Channel, E>) -> Result<(), String> {
+    match dialled {
+        Ok(channel) => say(channel).await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A client presenting `identity` (and trusting `ca`) dials `server` and
+/// calls it: the call fails, and the server reports why it refused the client.
+async fn refused(ca: &TestCa, server: &EchoServer, identity: TlsIdentity) -> RefusalReason {
+    let mut refusals = server.tls.refusals();
+    let client = ClientTls::new(identity, ca.trust());
+    let dialled = client.dial_addr(server.addr, PeerPolicy::AnyIdentity).await;
+    let outcome = first_call(dialled.map(|conn| conn.channel())).await;
+    assert!(outcome.is_err());
+    expect_refusal(&mut refusals).await
 }
 
 async fn expect_refusal(rx: &mut broadcast::Receiver<anima_protocol::Refusal>) -> RefusalReason {
@@ -96,9 +128,7 @@ async fn raw_client(
 async fn t1_mutual_tls_call_sees_both_identities() {
     let ca = TestCa::new();
     let server = module_server(&ca).await;
-    let client = ClientTls::new(ca.identity(CORE), ca.trust());
-    let conn = client
-        .dial_addr(server.addr, PeerPolicy::exactly(urn(MODULE)))
+    let conn = dial_as_core(&ca, &server, PeerPolicy::exactly(urn(MODULE)))
         .await
         .unwrap();
     assert_eq!(conn.peer().urn(), &urn(MODULE), "client sees the module");
@@ -113,14 +143,9 @@ async fn t1_two_connections_from_one_client_are_told_apart() {
     let ca = TestCa::new();
     let server = module_server(&ca).await;
     let client = ClientTls::new(ca.identity(CORE), ca.trust());
-    let a = client
-        .dial_addr(server.addr, PeerPolicy::AnyIdentity)
-        .await
-        .unwrap();
-    let b = client
-        .dial_addr(server.addr, PeerPolicy::AnyIdentity)
-        .await
-        .unwrap();
+    let dial = || client.dial_addr(server.addr, PeerPolicy::AnyIdentity);
+    let a = dial().await.unwrap();
+    let b = dial().await.unwrap();
     let a1 = say(a.channel()).await.unwrap().connection;
     let b1 = say(b.channel()).await.unwrap().connection;
     let a2 = say(a.channel()).await.unwrap().connection;
@@ -133,9 +158,7 @@ async fn t1_two_connections_from_one_client_are_told_apart() {
 async fn t1_connection_does_not_silently_reconnect() {
     let ca = TestCa::new();
     let server = module_server(&ca).await;
-    let client = ClientTls::new(ca.identity(CORE), ca.trust());
-    let conn = client
-        .dial_addr(server.addr, PeerPolicy::AnyIdentity)
+    let conn = dial_as_core(&ca, &server, PeerPolicy::AnyIdentity)
         .await
         .unwrap();
     say(conn.channel()).await.unwrap();
@@ -184,12 +207,7 @@ async fn t3_client_without_certificate_is_refused() {
     let server = module_server(&ca).await;
     let mut refusals = server.tls.refusals();
     let ca_pem = ca.authority().cert_pem();
-    // TLS 1.3 lets the client finish its side before the server's alert
-    // arrives, so the refusal shows on the first call at the latest.
-    let outcome = match raw_client(ca_pem, None, server.addr).await {
-        Ok(channel) => say(channel).await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
+    let outcome = first_call(raw_client(ca_pem, None, server.addr).await).await;
     assert!(outcome.is_err());
     assert_eq!(
         expect_refusal(&mut refusals).await,
@@ -205,22 +223,10 @@ async fn t3_certificate_from_another_ca_is_refused() {
     // Another CA under another name, and an impostor CA reusing the
     // trusted CA's name: both refused.
     for other in [TestCa::named("some other CA"), TestCa::new()] {
-        let mut refusals = server.tls.refusals();
         // The impostor trusts the real CA (so it would accept the server)
         // but holds a certificate from another CA.
-        let client = ClientTls::new(other.identity(CORE), ca.trust());
-        let outcome = match client.dial_addr(server.addr, PeerPolicy::AnyIdentity).await {
-            Ok(conn) => say(conn.channel())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        assert!(outcome.is_err());
-        assert_eq!(
-            expect_refusal(&mut refusals).await,
-            RefusalReason::UnknownIssuer
-        );
+        let refusal = refused(&ca, &server, other.identity(CORE)).await;
+        assert_eq!(refusal, RefusalReason::UnknownIssuer);
     }
     assert_eq!(server.calls(), 0);
 }
@@ -229,17 +235,8 @@ async fn t3_certificate_from_another_ca_is_refused() {
 async fn t3_expired_client_certificate_is_refused() {
     let ca = TestCa::new();
     let server = module_server(&ca).await;
-    let mut refusals = server.tls.refusals();
-    let client = ClientTls::new(ca.expired_identity(CORE), ca.trust());
-    let outcome = match client.dial_addr(server.addr, PeerPolicy::AnyIdentity).await {
-        Ok(conn) => say(conn.channel())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    assert!(outcome.is_err());
-    assert_eq!(expect_refusal(&mut refusals).await, RefusalReason::Expired);
+    let refusal = refused(&ca, &server, ca.expired_identity(CORE)).await;
+    assert_eq!(refusal, RefusalReason::Expired);
     assert_eq!(server.calls(), 0);
 }
 
@@ -253,17 +250,7 @@ fn not_yet_valid_spec(urn: &str) -> LeafSpec {
 async fn t3_not_yet_valid_client_certificate_is_refused_as_such() {
     let ca = TestCa::new();
     let server = module_server(&ca).await;
-    let mut refusals = server.tls.refusals();
-    let client = ClientTls::new(ca.issue(not_yet_valid_spec(CORE)), ca.trust());
-    let outcome = match client.dial_addr(server.addr, PeerPolicy::AnyIdentity).await {
-        Ok(conn) => say(conn.channel())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    assert!(outcome.is_err());
-    let reason = expect_refusal(&mut refusals).await;
+    let reason = refused(&ca, &server, ca.issue(not_yet_valid_spec(CORE))).await;
     assert_eq!(reason, RefusalReason::NotYetValid);
     // What the refusal log line says.
     assert!(reason.to_string().contains("not valid yet"), "{reason}");
@@ -280,9 +267,7 @@ async fn t3_client_refuses_a_not_yet_valid_server_certificate_saying_so() {
     )
     .unwrap();
     let server = EchoServer::start(tls).await;
-    let client = ClientTls::new(ca.identity(CORE), ca.trust());
-    let err = client
-        .dial_addr(server.addr, PeerPolicy::exactly(urn(MODULE)))
+    let err = dial_as_core(&ca, &server, PeerPolicy::exactly(urn(MODULE)))
         .await
         .unwrap_err();
     assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
@@ -337,12 +322,8 @@ async fn refused_with_urns(urns: &[&str]) -> RefusalReason {
     let server = module_server(&ca).await;
     let mut refusals = server.tls.refusals();
     let (cert, key) = ca.identity_with_urns(urns);
-    let outcome =
-        match raw_client(ca.authority().cert_pem(), Some((&cert, &key)), server.addr).await {
-            Ok(channel) => say(channel).await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-    assert!(outcome.is_err());
+    let dialled = raw_client(ca.authority().cert_pem(), Some((&cert, &key)), server.addr).await;
+    assert!(first_call(dialled).await.is_err());
     let reason = expect_refusal(&mut refusals).await;
     assert_eq!(server.calls(), 0);
     reason
@@ -364,42 +345,19 @@ async fn t3_certificate_with_two_urns_is_refused() {
 #[tokio::test]
 async fn t3_identity_other_than_required_is_refused() {
     let ca = TestCa::new();
-    let tls = ServerTls::new(
-        &ca.identity(MODULE),
-        &ca.trust(),
-        PeerPolicy::exactly(urn(CORE)),
-    )
-    .unwrap();
+    let tls = server_tls(&ca, MODULE, PeerPolicy::exactly(urn(CORE)));
     let server = EchoServer::start(tls).await;
-    let mut refusals = server.tls.refusals();
     // A valid certificate of the right kind, but not the required Core.
-    let client = ClientTls::new(ca.identity("urn:anima:core:intruder"), ca.trust());
-    let outcome = match client.dial_addr(server.addr, PeerPolicy::AnyIdentity).await {
-        Ok(conn) => say(conn.channel())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    assert!(outcome.is_err());
+    let intruder = ca.identity("urn:anima:core:intruder");
     assert_eq!(
-        expect_refusal(&mut refusals).await,
+        refused(&ca, &server, intruder).await,
         RefusalReason::UnexpectedIdentity(urn("urn:anima:core:intruder"))
     );
     // A user identity is refused by a listener that takes Cores only.
     let server2 = module_server(&ca).await;
-    let mut refusals2 = server2.tls.refusals();
-    let user = ClientTls::new(ca.identity("urn:anima:user:dev"), ca.trust());
-    let outcome = match user.dial_addr(server2.addr, PeerPolicy::AnyIdentity).await {
-        Ok(conn) => say(conn.channel())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    assert!(outcome.is_err());
+    let user = ca.identity("urn:anima:user:dev");
     assert_eq!(
-        expect_refusal(&mut refusals2).await,
+        refused(&ca, &server2, user).await,
         RefusalReason::UnexpectedIdentity(urn("urn:anima:user:dev"))
     );
     assert_eq!(server.calls() + server2.calls(), 0);
@@ -408,16 +366,9 @@ async fn t3_identity_other_than_required_is_refused() {
 #[tokio::test]
 async fn t3_client_requiring_x_refuses_server_presenting_y() {
     let ca = TestCa::new();
-    let tls = ServerTls::new(
-        &ca.identity("urn:anima:module:y"),
-        &ca.trust(),
-        PeerPolicy::kind(UrnKind::Core),
-    )
-    .unwrap();
+    let tls = server_tls(&ca, "urn:anima:module:y", PeerPolicy::kind(UrnKind::Core));
     let server = EchoServer::start(tls).await;
-    let client = ClientTls::new(ca.identity(CORE), ca.trust());
-    let err = client
-        .dial_addr(server.addr, PeerPolicy::exactly(urn("urn:anima:module:x")))
+    let err = dial_as_core(&ca, &server, PeerPolicy::exactly(urn("urn:anima:module:x")))
         .await
         .unwrap_err();
     assert!(
@@ -435,9 +386,7 @@ async fn t3_client_refuses_server_from_another_ca_or_expired() {
     for identity in [other.identity(MODULE), ca.expired_identity(MODULE)] {
         let tls = ServerTls::new(&identity, &ca.trust(), PeerPolicy::AnyIdentity).unwrap();
         let server = EchoServer::start(tls).await;
-        let client = ClientTls::new(ca.identity(CORE), ca.trust());
-        let err = client
-            .dial_addr(server.addr, PeerPolicy::exactly(urn(MODULE)))
+        let err = dial_as_core(&ca, &server, PeerPolicy::exactly(urn(MODULE)))
             .await
             .unwrap_err();
         assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
@@ -456,21 +405,14 @@ async fn t3_trust_root_must_hold_a_certificate() {
 #[tokio::test]
 async fn t2_silent_client_neither_stalls_others_nor_lingers() {
     let ca = TestCa::new();
-    let tls = ServerTls::new(
-        &ca.identity(MODULE),
-        &ca.trust(),
-        PeerPolicy::kind(UrnKind::Core),
-    )
-    .unwrap()
-    .handshake_timeout(Duration::from_millis(300));
+    let tls = server_tls(&ca, MODULE, PeerPolicy::kind(UrnKind::Core))
+        .handshake_timeout(Duration::from_millis(300));
     let server = EchoServer::start(tls).await;
     let mut refusals = server.tls.refusals();
     // Connects and says nothing.
     let _silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     // Meanwhile a well-behaved client is served at once.
-    let client = ClientTls::new(ca.identity(CORE), ca.trust());
-    let conn = client
-        .dial_addr(server.addr, PeerPolicy::AnyIdentity)
+    let conn = dial_as_core(&ca, &server, PeerPolicy::AnyIdentity)
         .await
         .unwrap();
     say(conn.channel()).await.unwrap();

@@ -106,6 +106,25 @@ async fn held_after_settling(conns: &[RawH2], sent: u64, left: u64) -> u64 {
     held()
 }
 
+/// Opens 200 more streams of `path` on `conn` than its announced `limit`:
+/// once they settle at most `limit` are held, and the excess was refused
+/// (REFUSED_STREAM) at once. Returns how many were opened.
+async fn overfill(conn: &mut RawH2, path: &str, limit: u32) -> u64 {
+    let tries = u64::from(limit) + 200;
+    conn.hold(path, tries as usize).await.unwrap();
+    let held = held_after_settling(std::slice::from_ref(conn), tries, u64::from(limit)).await;
+    assert!(
+        held <= u64::from(limit),
+        "{held} streams held, limit {limit}"
+    );
+    assert!(
+        conn.tally.refused.load(std::sync::atomic::Ordering::SeqCst) >= 200,
+        "REFUSED_STREAM for the excess: {:?}",
+        conn.tally
+    );
+    tries
+}
+
 #[tokio::test]
 async fn abuse_the_core_endpoint_limits_streams_per_connection_and_per_user() {
     let core = started().await;
@@ -116,18 +135,7 @@ async fn abuse_the_core_endpoint_limits_streams_per_connection_and_per_user() {
         .expect("the Core announces SETTINGS_MAX_CONCURRENT_STREAMS");
     assert_eq!(limit, anima_core::service::ENDPOINT_MAX_CONCURRENT_STREAMS);
     // One connection, far past the limit: the excess is refused at once.
-    let tries = u64::from(limit) + 200;
-    conn.hold(DIGEST, tries as usize).await.unwrap();
-    let held = held_after_settling(std::slice::from_ref(&conn), tries, u64::from(limit)).await;
-    assert!(
-        held <= u64::from(limit),
-        "{held} streams held, limit {limit}"
-    );
-    assert!(
-        conn.tally.refused.load(std::sync::atomic::Ordering::SeqCst) >= 200,
-        "REFUSED_STREAM for the excess: {:?}",
-        conn.tally
-    );
+    let tries = overfill(&mut conn, DIGEST, limit).await;
     // More connections of the same user do not multiply what it holds.
     let mut conns = vec![conn];
     for _ in 0..4 {
@@ -164,14 +172,7 @@ async fn abuse_a_module_limits_streams_per_connection() {
         .expect("the module announces SETTINGS_MAX_CONCURRENT_STREAMS");
     assert_eq!(limit, anima_module_sdk::MAX_CONCURRENT_STREAMS);
     // Lease-free Status, never finished: held by the handler.
-    let tries = u64::from(limit) + 200;
-    conn.hold(STATUS, tries as usize).await.unwrap();
-    let held = held_after_settling(std::slice::from_ref(&conn), tries, u64::from(limit)).await;
-    assert!(
-        held <= u64::from(limit),
-        "{held} streams held, limit {limit}"
-    );
-    assert!(conn.tally.refused.load(std::sync::atomic::Ordering::SeqCst) >= 200);
+    overfill(&mut conn, STATUS, limit).await;
     conn.close().await;
 }
 
@@ -344,37 +345,38 @@ async fn abuse_refusals_are_logged_at_a_limited_rate_and_counted_in_metrics() {
     );
 }
 
-/// Times a new connection and one gateway call.
-async fn gateway_call(core: &CoreProcess) -> Duration {
+/// How long `call` takes, counted as 2 s when it takes longer.
+async fn timed(call: impl Future<Output = ()>) -> Duration {
     let started = Instant::now();
-    let call = async {
-        let conn = user(core, "user-dev").await;
-        HasherClient::new(conn.channel())
-            .digest(DigestRequest { text: "x".into() })
-            .await
-            .unwrap();
-    };
     match tokio::time::timeout(Duration::from_secs(2), call).await {
         Ok(()) => started.elapsed(),
         Err(_) => Duration::from_secs(2),
     }
 }
 
+/// Times a new connection and one gateway call.
+async fn gateway_call(core: &CoreProcess) -> Duration {
+    timed(async {
+        let conn = user(core, "user-dev").await;
+        HasherClient::new(conn.channel())
+            .digest(DigestRequest { text: "x".into() })
+            .await
+            .unwrap();
+    })
+    .await
+}
+
 /// Times what `anima modules` asks the Core: a new operator connection and
 /// `ListModules`.
 async fn list_modules(core: &CoreProcess) -> Duration {
-    let started = Instant::now();
-    let call = async {
+    timed(async {
         let conn = user(core, "user-dev").await;
         anima_protocol::pb::core_admin_client::CoreAdminClient::new(conn.channel())
             .list_modules(anima_protocol::pb::ListModulesRequest {})
             .await
             .unwrap();
-    };
-    match tokio::time::timeout(Duration::from_secs(2), call).await {
-        Ok(()) => started.elapsed(),
-        Err(_) => Duration::from_secs(2),
-    }
+    })
+    .await
 }
 
 /// Times `anima modules` (a process: start, connect, call, print).
