@@ -144,70 +144,21 @@ impl Contract {
     pub fn from_toml(text: &str) -> Result<Self, ContractError> {
         let raw: RawContract =
             toml::from_str(text).map_err(|e| ContractError::Syntax(e.to_string()))?;
-        let bad = |field: &'static str, message: String| ContractError::Field { field, message };
-        let urn: Urn = raw
-            .urn
-            .parse()
-            .map_err(|e: crate::IdentityError| bad("urn", e.to_string()))?;
-        if urn.kind() != UrnKind::Module {
-            return Err(bad("urn", format!("{urn} is not a module URN")));
-        }
-        let module_type = match (raw.module_type.as_deref(), raw.init.as_deref()) {
-            (None | Some("ephemeral"), None) => ModuleType::Ephemeral,
-            (Some("resident-private"), Some("core-started")) => {
-                ModuleType::ResidentPrivate(InitMode::CoreStarted)
-            }
-            (Some("resident-private"), Some("pre-started")) => {
-                ModuleType::ResidentPrivate(InitMode::PreStarted)
-            }
-            (Some("resident-private"), None) => {
-                return Err(bad(
-                    "init",
-                    "a resident-private module must declare init = \"core-started\" or \"pre-started\"".into(),
-                ));
-            }
-            (Some("resident-shared"), None) => ModuleType::ResidentShared,
-            (Some(t @ ("ephemeral" | "resident-shared")), Some(_)) => {
-                return Err(bad(
-                    "init",
-                    format!("only resident-private modules declare init (type is {t})"),
-                ));
-            }
-            (Some("resident-private"), Some(other)) => {
-                return Err(bad(
-                    "init",
-                    format!("{other:?} is not \"core-started\" or \"pre-started\""),
-                ));
-            }
-            (Some(other), _) => {
-                return Err(bad(
-                    "type",
-                    format!(
-                        "{other:?} is not \"ephemeral\", \"resident-private\" or \"resident-shared\""
-                    ),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(bad(
-                    "init",
-                    "only resident-private modules declare init".into(),
-                ));
-            }
-        };
+        let urn = urn_field(&raw.urn)?;
+        let module_type = type_field(raw.module_type.as_deref(), raw.init.as_deref())?;
         if raw.methods.is_empty() {
-            return Err(bad(
+            return Err(invalid(
                 "methods",
                 "a module declares at least one method".into(),
             ));
         }
-        let methods = Scope::new(raw.methods).map_err(|e| bad("methods", e.to_string()))?;
-        let dur = |name: &'static str, v: Option<&str>, default: Duration| match v {
-            None => Ok(default),
-            Some(v) => parse_duration(v).map_err(|e| bad(name, e.0)),
-        };
-        let max_lease = dur("max_lease", Some(&raw.max_lease), Duration::ZERO)?;
+        let methods = Scope::new(raw.methods).map_err(|e| invalid("methods", e.to_string()))?;
+        let max_lease = duration_field("max_lease", Some(&raw.max_lease), Duration::ZERO)?;
         if max_lease < MIN_TTL {
-            return Err(bad("max_lease", format!("must be at least {MIN_TTL:?}")));
+            return Err(invalid(
+                "max_lease",
+                format!("must be at least {MIN_TTL:?}"),
+            ));
         }
         Ok(Contract {
             urn,
@@ -215,17 +166,17 @@ impl Contract {
             module_type,
             methods,
             max_lease,
-            startup_grace: dur(
+            startup_grace: duration_field(
                 "startup_grace",
                 raw.startup_grace.as_deref(),
                 DEFAULT_STARTUP_GRACE,
             )?,
-            expired_grace: dur(
+            expired_grace: duration_field(
                 "expired_grace",
                 raw.expired_grace.as_deref(),
                 Duration::ZERO,
             )?,
-            termination_window: dur(
+            termination_window: duration_field(
                 "termination_window",
                 raw.termination_window.as_deref(),
                 DEFAULT_TERMINATION_WINDOW,
@@ -243,6 +194,82 @@ impl Contract {
             path: path.to_owned(),
             source: Box::new(e),
         })
+    }
+}
+
+/// A field of `module.toml` whose value breaks a rule.
+fn invalid(field: &'static str, message: String) -> ContractError {
+    ContractError::Field { field, message }
+}
+
+/// The `urn` field: a module's URN.
+fn urn_field(text: &str) -> Result<Urn, ContractError> {
+    let urn: Urn = text
+        .parse()
+        .map_err(|e: crate::IdentityError| invalid("urn", e.to_string()))?;
+    if urn.kind() != UrnKind::Module {
+        return Err(invalid("urn", format!("{urn} is not a module URN")));
+    }
+    Ok(urn)
+}
+
+/// The `type` and `init` fields: the module type (ephemeral when absent),
+/// with an init mode for a resident-private module and for no other.
+fn type_field(module_type: Option<&str>, init: Option<&str>) -> Result<ModuleType, ContractError> {
+    Ok(match (module_type, init) {
+        (None | Some("ephemeral"), None) => ModuleType::Ephemeral,
+        (Some("resident-private"), Some("core-started")) => {
+            ModuleType::ResidentPrivate(InitMode::CoreStarted)
+        }
+        (Some("resident-private"), Some("pre-started")) => {
+            ModuleType::ResidentPrivate(InitMode::PreStarted)
+        }
+        (Some("resident-private"), None) => {
+            return Err(invalid(
+                "init",
+                "a resident-private module must declare init = \"core-started\" or \"pre-started\""
+                    .into(),
+            ));
+        }
+        (Some("resident-shared"), None) => ModuleType::ResidentShared,
+        (Some(t @ ("ephemeral" | "resident-shared")), Some(_)) => {
+            return Err(invalid(
+                "init",
+                format!("only resident-private modules declare init (type is {t})"),
+            ));
+        }
+        (Some("resident-private"), Some(other)) => {
+            return Err(invalid(
+                "init",
+                format!("{other:?} is not \"core-started\" or \"pre-started\""),
+            ));
+        }
+        (Some(other), _) => {
+            return Err(invalid(
+                "type",
+                format!(
+                    "{other:?} is not \"ephemeral\", \"resident-private\" or \"resident-shared\""
+                ),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "init",
+                "only resident-private modules declare init".into(),
+            ));
+        }
+    })
+}
+
+/// A duration field: its value, or `default` when it is absent.
+fn duration_field(
+    field: &'static str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ContractError> {
+    match value {
+        None => Ok(default),
+        Some(v) => parse_duration(v).map_err(|e| invalid(field, e.0)),
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`launch`]: the launch protocol (`ANIMA_*` variables, the ready line).
 //! - [`lease`]: the lease format, handshake, per-call proofs and control
 //!   steps — pure logic with time passed in.
+//! - [`control`]: the Core side of the handshake on the control stream —
+//!   the one driver everyone uses; [`clock`]: where it takes time from.
 //! - [`transport`]: gRPC over mutually authenticated TLS 1.3 — the one place
 //!   that builds TLS.
 //!
@@ -44,7 +46,9 @@ const _: () = assert!(
     "the anima_test_faults cfg is for the test-only copy of this crate \
      (tests/faulty-protocol); anima-protocol itself never compiles fault hooks"
 );
+pub mod clock;
 pub mod contract;
+pub mod control;
 pub mod identity;
 pub mod launch;
 pub mod lease;
@@ -64,6 +68,7 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/anima_v1_descriptor.bin"));
 }
 
+pub use clock::{Clock, SystemClock};
 pub use contract::{Contract, ContractError, InitMode, ModuleType};
 pub use identity::{IdentityError, Urn, UrnKind};
 pub use transport::{

@@ -1,23 +1,23 @@
 //! Calls: unary latency, throughput, connection setup and the gateway, each
 //! against its baseline in the same run, interleaved.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anima_core::audit::AuditLog;
-use anima_core::lease::{LeaseLink, LeaseTable, LeasedChannel, RenewalPolicy};
-use anima_protocol::PeerPolicy;
-use anima_protocol::lease::Scope;
-use anima_tests::SAY;
+use anima_core::audit::Actor;
+use anima_core::lease::{LeaseTable, LeasedChannel, RenewalPolicy};
+use anima_protocol::{ClientTls, PeerPolicy, Urn};
 use anima_tests::echo::SayRequest;
 use anima_tests::echo::echo_client::EchoClient;
 use tonic::transport::Channel;
 
 use crate::Opts;
+use crate::link::LeaseOpener;
 use crate::procs::{
-    CORE, MODULE, OPERATOR, Proc, Res, Setup, USER, core_process, module_process, plain_process,
-    urn,
+    CORE, MODULE, OPERATOR, PLAIN, Proc, Res, Setup, USER, core_process, module_process,
+    plain_process, urn,
 };
 use crate::report::{Figure, Report};
 use crate::stats::{CpuMeter, Samples, rss_kib};
@@ -132,28 +132,19 @@ impl Side {
     fn per_call(&self, cpu: Duration) -> f64 {
         cpu.as_secs_f64() * 1e6 / self.calls.max(1) as f64
     }
-}
 
-/// Opens a lease on a fresh connection to the module at `proc`.
-async fn open_link(
-    setup: &Setup,
-    proc: &Proc,
-    ttl: Duration,
-    table: &LeaseTable,
-) -> Res<LeaseLink> {
-    let conn = setup
-        .client()
-        .dial_addr(proc.addr, PeerPolicy::exactly(urn(MODULE)?))
-        .await?;
-    Ok(LeaseLink::open(
-        conn,
-        setup.signer.clone(),
-        Scope::new([SAY])?,
-        RenewalPolicy::new(ttl),
-        AuditLog::discard(),
-        table.clone(),
-    )
-    .await?)
+    /// One `window` of 16 callers on `caller`, whose server is `server_pid`:
+    /// calls, seconds, server CPU and client (this process) CPU.
+    async fn measure(&mut self, caller: &Caller, server_pid: u32, window: Duration) -> Res<()> {
+        let server = CpuMeter::start(server_pid);
+        let client = CpuMeter::start(0);
+        let (calls, time) = throughput(caller, 16, window).await?;
+        self.calls += calls;
+        self.time += time;
+        self.server += server.read().0;
+        self.client += client.read().0;
+        Ok(())
+    }
 }
 
 /// `unary_p50_us`, `unary_p99_us`, `unary_rps_c16`, `handshake_ms`, and
@@ -162,135 +153,30 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     let module = module_process(setup, MODULE, "type = \"resident-shared\"", false).await?;
     let plain = plain_process(setup).await?;
     let table = LeaseTable::new();
-    let link = open_link(setup, &module, Duration::from_secs(60), &table).await?;
+    let link = LeaseOpener::new(setup, &table)
+        .open(
+            module.addr,
+            urn(MODULE)?,
+            RenewalPolicy::new(Duration::from_secs(60)),
+        )
+        .await?;
     let plain_conn = setup
         .client()
-        .dial_addr(plain.addr, PeerPolicy::exactly(urn(crate::procs::PLAIN)?))
+        .dial_addr(plain.addr, PeerPolicy::exactly(urn(PLAIN)?))
         .await?;
     let mut leased = Caller::Leased(EchoClient::new(link.channel()));
     let mut direct = Caller::Plain(EchoClient::new(plain_conn.channel()));
 
     if opts.wants("unary") {
-        let n = if opts.quick { 1_000 } else { 20_000 };
-        let warmup = if opts.quick { 200 } else { 2_000 };
-        let (mut s, mut b) = interleaved(&mut leased, &mut direct, n, 500, warmup).await?;
-        for (name, p, target) in [("unary_p50_us", 50.0, true), ("unary_p99_us", 99.0, true)] {
-            let (v, base) = (s.pct(p), b.pct(p));
-            let mut f = Figure::new(name).vs(v, base, 1).i("n", n as u64);
-            if target {
-                f = f.target("ratio<=1.05", v <= 1.05 * base);
-            }
-            report.add(f);
-        }
+        unary(opts, &mut leased, &mut direct, report).await?;
     }
-
     if opts.wants("rps") {
-        let (windows, window) = if opts.quick {
-            (1, Duration::from_millis(500))
-        } else {
-            (6, Duration::from_secs(1))
-        };
-        // Warm both connections up with the same concurrency.
-        throughput(&leased, 16, Duration::from_millis(200)).await?;
-        throughput(&direct, 16, Duration::from_millis(200)).await?;
-        // Per side: calls, seconds, server CPU, client (this process) CPU.
-        let mut sides = [Side::default(), Side::default()];
-        for w in 0..windows {
-            let order: [usize; 2] = if w % 2 == 0 { [0, 1] } else { [1, 0] };
-            for i in order {
-                let (caller, pid) = if i == 0 {
-                    (&leased, module.pid)
-                } else {
-                    (&direct, plain.pid)
-                };
-                let server = CpuMeter::start(pid);
-                let client = CpuMeter::start(0);
-                let (c, t) = throughput(caller, 16, window).await?;
-                let side = &mut sides[i];
-                side.calls += c;
-                side.time += t;
-                side.server += server.read().0;
-                side.client += client.read().0;
-            }
-        }
-        let [s, b] = sides;
-        let (v, base) = (s.rate(), b.rate());
-        report.add(
-            Figure::new("unary_rps_c16")
-                .vs(v, base, 0)
-                .i("callers", 16)
-                .f("seconds", s.time.as_secs_f64(), 1)
-                .i("calls", s.calls)
-                .f("server_cpu_us_per_call", s.per_call(s.server), 1)
-                .f("baseline_server_cpu_us_per_call", b.per_call(b.server), 1)
-                .f("client_cpu_us_per_call", s.per_call(s.client), 1)
-                .f("baseline_client_cpu_us_per_call", b.per_call(b.client), 1)
-                .target("ratio>=0.95", v >= 0.95 * base),
-        );
+        let sides = [(&leased, module.pid), (&direct, plain.pid)];
+        report.add(rps(opts, sides).await?);
     }
-
     if opts.wants("handshake") {
-        let n = if opts.quick { 30 } else { 600 };
-        let client = setup.client();
-        let module_urn = urn(MODULE)?;
-        let plain_urn = urn(crate::procs::PLAIN)?;
-        let hs_table = LeaseTable::new();
-        let mut s = Samples::with_capacity(n);
-        let mut b = Samples::with_capacity(n);
-        for i in 0..n + 5 {
-            for is_subject in [i % 2 == 0, i % 2 != 0] {
-                if is_subject {
-                    let t = Instant::now();
-                    let conn = client
-                        .dial_addr(module.addr, PeerPolicy::exactly(module_urn.clone()))
-                        .await?;
-                    let link = LeaseLink::open(
-                        conn,
-                        setup.signer.clone(),
-                        Scope::new([SAY])?,
-                        RenewalPolicy::new(Duration::from_secs(60)),
-                        AuditLog::discard(),
-                        hs_table.clone(),
-                    )
-                    .await?;
-                    EchoClient::new(link.channel())
-                        .say(SayRequest { text: TEXT.into() })
-                        .await?;
-                    let took = t.elapsed();
-                    // A dropped link keeps its control task: end it first.
-                    link.revoke("benchmark sample done", anima_core::audit::Actor::Core);
-                    if i >= 5 {
-                        s.push(took);
-                    }
-                } else {
-                    let t = Instant::now();
-                    let conn = client
-                        .dial_addr(plain.addr, PeerPolicy::exactly(plain_urn.clone()))
-                        .await?;
-                    EchoClient::new(conn.channel())
-                        .say(SayRequest { text: TEXT.into() })
-                        .await?;
-                    let took = t.elapsed();
-                    if i >= 5 {
-                        b.push(took);
-                    }
-                }
-            }
-        }
-        let (v50, b50) = (s.pct(50.0) / 1e3, b.pct(50.0) / 1e3);
-        let (v99, b99) = (s.pct(99.0) / 1e3, b.pct(99.0) / 1e3);
-        report.add(
-            Figure::new("handshake_ms")
-                .f("p50", v50, 3)
-                .f("p99", v99, 3)
-                .f("baseline_p50", b50, 3)
-                .f("baseline_p99", b99, 3)
-                .f("ratio", v50 / b50, 3)
-                .f("ratio_p99", v99 / b99, 3)
-                .i("n", n as u64),
-        );
+        report.add(handshake(setup, opts, &module, &plain).await?);
     }
-
     if opts.wants("via_core") {
         match via_core(setup, opts, &mut leased).await {
             Ok(figures) => figures.into_iter().for_each(|f| report.add(f)),
@@ -302,11 +188,132 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
         }
     }
 
-    link.revoke("benchmark done", anima_core::audit::Actor::Core);
+    link.revoke("benchmark done", Actor::Core);
     let (mut module, mut plain) = (module, plain);
     module.stop().await;
     plain.stop().await;
     Ok(())
+}
+
+/// `unary_p50_us`, `unary_p99_us`: sequential calls, leased against plain,
+/// interleaved.
+async fn unary(
+    opts: &Opts,
+    leased: &mut Caller,
+    direct: &mut Caller,
+    report: &mut Report,
+) -> Res<()> {
+    let n = if opts.quick { 1_000 } else { 20_000 };
+    let warmup = if opts.quick { 200 } else { 2_000 };
+    let (mut s, mut b) = interleaved(leased, direct, n, 500, warmup).await?;
+    for (name, p, target) in [("unary_p50_us", 50.0, true), ("unary_p99_us", 99.0, true)] {
+        let (v, base) = (s.pct(p), b.pct(p));
+        let mut f = Figure::new(name).vs(v, base, 1).i("n", n as u64);
+        if target {
+            f = f.target("ratio<=1.05", v <= 1.05 * base);
+        }
+        report.add(f);
+    }
+    Ok(())
+}
+
+/// `unary_rps_c16`: 16 concurrent callers on one connection, the subject
+/// and the baseline (each with its server's pid) in alternating windows.
+async fn rps(opts: &Opts, subjects: [(&Caller, u32); 2]) -> Res<Figure> {
+    let (windows, window) = if opts.quick {
+        (1, Duration::from_millis(500))
+    } else {
+        (6, Duration::from_secs(1))
+    };
+    // Warm both connections up with the same concurrency.
+    for (caller, _) in subjects {
+        throughput(caller, 16, Duration::from_millis(200)).await?;
+    }
+    let mut sides = [Side::default(), Side::default()];
+    for w in 0..windows {
+        let order: [usize; 2] = if w % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (caller, pid) = subjects[i];
+            sides[i].measure(caller, pid, window).await?;
+        }
+    }
+    let [s, b] = sides;
+    let (v, base) = (s.rate(), b.rate());
+    Ok(Figure::new("unary_rps_c16")
+        .vs(v, base, 0)
+        .i("callers", 16)
+        .f("seconds", s.time.as_secs_f64(), 1)
+        .i("calls", s.calls)
+        .f("server_cpu_us_per_call", s.per_call(s.server), 1)
+        .f("baseline_server_cpu_us_per_call", b.per_call(b.server), 1)
+        .f("client_cpu_us_per_call", s.per_call(s.client), 1)
+        .f("baseline_client_cpu_us_per_call", b.per_call(b.client), 1)
+        .target("ratio>=0.95", v >= 0.95 * base))
+}
+
+/// `handshake_ms`: a new connection, lease and first call to `module`,
+/// against a new connection and first call to `plain`, alternating.
+async fn handshake(setup: &Setup, opts: &Opts, module: &Proc, plain: &Proc) -> Res<Figure> {
+    let n = if opts.quick { 30 } else { 600 };
+    let client = setup.client();
+    let module_urn = urn(MODULE)?;
+    let plain_urn = urn(PLAIN)?;
+    let table = LeaseTable::new();
+    let opener = LeaseOpener::new(setup, &table);
+    let mut s = Samples::with_capacity(n);
+    let mut b = Samples::with_capacity(n);
+    for i in 0..n + 5 {
+        for is_subject in [i % 2 == 0, i % 2 != 0] {
+            let (samples, took) = if is_subject {
+                (
+                    &mut s,
+                    leased_handshake(&opener, module.addr, &module_urn).await?,
+                )
+            } else {
+                (
+                    &mut b,
+                    plain_handshake(&client, plain.addr, &plain_urn).await?,
+                )
+            };
+            if i >= 5 {
+                samples.push(took);
+            }
+        }
+    }
+    let (v50, b50) = (s.pct(50.0) / 1e3, b.pct(50.0) / 1e3);
+    let (v99, b99) = (s.pct(99.0) / 1e3, b.pct(99.0) / 1e3);
+    Ok(Figure::new("handshake_ms")
+        .f("p50", v50, 3)
+        .f("p99", v99, 3)
+        .f("baseline_p50", b50, 3)
+        .f("baseline_p99", b99, 3)
+        .f("ratio", v50 / b50, 3)
+        .f("ratio_p99", v99 / b99, 3)
+        .i("n", n as u64))
+}
+
+/// One leased handshake sample: connection, lease, first call.
+async fn leased_handshake(opener: &LeaseOpener, addr: SocketAddr, module: &Urn) -> Res<Duration> {
+    let t = Instant::now();
+    let policy = RenewalPolicy::new(Duration::from_secs(60));
+    let link = opener.open(addr, module.clone(), policy).await?;
+    Caller::Leased(EchoClient::new(link.channel()))
+        .say()
+        .await?;
+    let took = t.elapsed();
+    // A dropped link keeps its control task: end it first.
+    link.revoke("benchmark sample done", Actor::Core);
+    Ok(took)
+}
+
+/// One baseline handshake sample: connection, first call.
+async fn plain_handshake(client: &ClientTls, addr: SocketAddr, plain: &Urn) -> Res<Duration> {
+    let t = Instant::now();
+    let conn = client
+        .dial_addr(addr, PeerPolicy::exactly(plain.clone()))
+        .await?;
+    Caller::Plain(EchoClient::new(conn.channel())).say().await?;
+    Ok(t.elapsed())
 }
 
 /// Writes the Core's configuration: identity, admin endpoint on an

@@ -3,11 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use anima_core::audit::AuditLog;
+use anima_core::audit::Actor;
 use anima_core::lease::{LeaseLink, LeaseTable, RenewalPolicy};
 use anima_module_sdk::{Contract, LeaseEvent};
-use anima_protocol::PeerPolicy;
-use anima_protocol::lease::{LeaseState, Reason, Scope};
+use anima_protocol::lease::{LeaseState, Reason};
 use anima_protocol::pb::{ControlFrame, SignedToken, control_frame::Frame};
 use anima_tests::echo::echo_client::EchoClient;
 use anima_tests::echo::{SayRequest, SlowRequest, WatchRequest};
@@ -15,6 +14,7 @@ use anima_tests::{RawCore, SAY, SLOW, TestModule, WATCH};
 use tokio::sync::{Semaphore, broadcast};
 
 use crate::Opts;
+use crate::link::LeaseOpener;
 use crate::procs::{
     CORE, MODULE, Proc, Res, Setup, module_command, module_process, module_ready, urn,
 };
@@ -60,25 +60,15 @@ async fn open_many(
     table: &LeaseTable,
 ) -> Res<Vec<LeaseLink>> {
     let permits = Arc::new(Semaphore::new(16));
-    let client = setup.client();
+    let opener = LeaseOpener::new(setup, table);
     let module = urn(MODULE)?;
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
-        let (permits, client, module) = (permits.clone(), client.clone(), module.clone());
-        let (signer, policy, table) = (setup.signer.clone(), policy.clone(), table.clone());
+        let (permits, opener) = (permits.clone(), opener.clone());
+        let (module, policy) = (module.clone(), policy.clone());
         set.spawn(async move {
             let _permit = permits.acquire_owned().await?;
-            let conn = client.dial_addr(addr, PeerPolicy::exactly(module)).await?;
-            let link = LeaseLink::open(
-                conn,
-                signer,
-                Scope::new([SAY])?,
-                policy,
-                AuditLog::discard(),
-                table,
-            )
-            .await?;
-            Ok::<_, crate::procs::Error>(link)
+            opener.open(addr, module, policy).await
         });
     }
     let mut links = Vec::with_capacity(n);
@@ -99,7 +89,7 @@ async fn open_many(
 
 fn revoke_all(links: &[LeaseLink]) {
     for l in links {
-        l.revoke("benchmark done", anima_core::audit::Actor::Core);
+        l.revoke("benchmark done", Actor::Core);
     }
 }
 
@@ -118,32 +108,44 @@ pub async fn renewals(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()
     let window = Duration::from_secs(if opts.quick { 1 } else { 5 });
     let mut module = module_process(setup, MODULE, "type = \"resident-shared\"", false).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss0 = rss_kib(module.pid).ok_or("cannot read the module's RSS")?;
-    let core_rss0 = rss_kib(0).unwrap_or(0);
-    // Memory first, with nothing renewing: 1,000 leases of 60 s.
-    {
-        let table = LeaseTable::new();
-        let policy = RenewalPolicy::new(Duration::from_secs(60));
-        let links = open_many(setup, module.addr, n, &policy, &table).await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss1 = rss_kib(module.pid).ok_or("cannot read the module's RSS")?;
-        let core_rss1 = rss_kib(0).unwrap_or(0);
-        revoke_all(&links);
-        drop(links);
-        let per = rss1.saturating_sub(rss0) as f64 / n as f64;
-        let core_per = core_rss1.saturating_sub(core_rss0) as f64 / n as f64;
-        report.add(
-            Figure::new("rss_per_lease_kib")
-                .f("value", per, 1)
-                .f("core", core_per, 1)
-                .i("leases", n as u64)
-                .i("module_rss_before_kib", rss0)
-                .i("module_rss_after_kib", rss1)
-                .target("<=100", per <= 100.0),
-        );
+    report.add(rss_per_lease(setup, &module, n).await?);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for step in &renewal_steps() {
+        report.add(renewal_rate(setup, &module, n, step, window).await?);
+        // Let both sides drop the ended leases before the next step.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let steps = [
+    module.stop().await;
+    Ok(())
+}
+
+/// `rss_per_lease_kib`: the module's (and this process's) growth with `n`
+/// leases of 60 s open, nothing renewing yet.
+async fn rss_per_lease(setup: &Setup, module: &Proc, n: usize) -> Res<Figure> {
+    let rss0 = rss_kib(module.pid).ok_or("cannot read the module's RSS")?;
+    let core_rss0 = rss_kib(0).unwrap_or(0);
+    let table = LeaseTable::new();
+    let policy = RenewalPolicy::new(Duration::from_secs(60));
+    let links = open_many(setup, module.addr, n, &policy, &table).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss1 = rss_kib(module.pid).ok_or("cannot read the module's RSS")?;
+    let core_rss1 = rss_kib(0).unwrap_or(0);
+    revoke_all(&links);
+    drop(links);
+    let per = rss1.saturating_sub(rss0) as f64 / n as f64;
+    let core_per = core_rss1.saturating_sub(core_rss0) as f64 / n as f64;
+    Ok(Figure::new("rss_per_lease_kib")
+        .f("value", per, 1)
+        .f("core", core_per, 1)
+        .i("leases", n as u64)
+        .i("module_rss_before_kib", rss0)
+        .i("module_rss_after_kib", rss1)
+        .target("<=100", per <= 100.0))
+}
+
+/// The renewal benchmark's load levels.
+fn renewal_steps() -> [Step; 2] {
+    [
         // The default policy (renew with a third left, retry an unanswered
         // renewal after a tenth of the TTL) at a short TTL.
         Step {
@@ -165,59 +167,65 @@ pub async fn renewals(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()
             jitter: 0.01,
             retry_after: Some(Duration::from_secs(1)),
         },
-    ];
-    for step in &steps {
-        let table = LeaseTable::new();
-        let opened = Instant::now();
-        let links = open_many(setup, module.addr, n, &step.policy(), &table).await?;
-        let open_s = opened.elapsed().as_secs_f64();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let r0 = renewals_of(&links);
-        let module_cpu = CpuMeter::start(module.pid);
-        let core_cpu = CpuMeter::start(0);
-        let t0 = Instant::now();
-        tokio::time::sleep(window).await;
-        let r1 = renewals_of(&links);
-        let secs = t0.elapsed().as_secs_f64();
-        let (m_used, m_pct) = module_cpu.read();
-        let (c_used, c_pct) = core_cpu.read();
-        let lost = links
-            .iter()
-            .filter(|l| !matches!(l.state(), LeaseState::Active))
-            .count();
-        revoke_all(&links);
-        drop(links);
-        let done = r1.saturating_sub(r0);
-        let rate = done as f64 / secs;
-        let per_renewal = |used: Duration| {
-            if done == 0 {
-                0.0
-            } else {
-                used.as_secs_f64() * 1e6 / done as f64
-            }
-        };
-        let mut f = Figure::new(step.name)
-            .f("value", rate, 0)
-            .f("offered", step.offered(n), 0)
-            .i("leases", n as u64)
-            .i("lost", lost as u64)
-            .f("module_cpu_pct", m_pct, 1)
-            .f("core_cpu_pct", c_pct, 1)
-            .f("module_cpu_us_per_renewal", per_renewal(m_used), 1)
-            .f("core_cpu_us_per_renewal", per_renewal(c_used), 1)
-            .i("ttl_ms", step.ttl.as_millis() as u64)
-            .f("renew_when_left", step.renew_when_left, 2)
-            .f("seconds", secs, 1)
-            .f("open_s", open_s, 1);
-        if step.name == "renewals_per_s" {
-            f = f.target(">=25000", rate >= 25_000.0 && lost == 0);
+    ]
+}
+
+/// One step's figure: `n` leases renewing under `step`'s policy, counted
+/// over `window` after a second to settle.
+async fn renewal_rate(
+    setup: &Setup,
+    module: &Proc,
+    n: usize,
+    step: &Step,
+    window: Duration,
+) -> Res<Figure> {
+    let table = LeaseTable::new();
+    let opened = Instant::now();
+    let links = open_many(setup, module.addr, n, &step.policy(), &table).await?;
+    let open_s = opened.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r0 = renewals_of(&links);
+    let module_cpu = CpuMeter::start(module.pid);
+    let core_cpu = CpuMeter::start(0);
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let r1 = renewals_of(&links);
+    let secs = t0.elapsed().as_secs_f64();
+    let (m_used, m_pct) = module_cpu.read();
+    let (c_used, c_pct) = core_cpu.read();
+    let lost = links
+        .iter()
+        .filter(|l| !matches!(l.state(), LeaseState::Active))
+        .count();
+    revoke_all(&links);
+    drop(links);
+    let done = r1.saturating_sub(r0);
+    let rate = done as f64 / secs;
+    let per_renewal = |used: Duration| {
+        if done == 0 {
+            0.0
+        } else {
+            used.as_secs_f64() * 1e6 / done as f64
         }
-        report.add(f);
-        // Let both sides drop the ended leases before the next step.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    module.stop().await;
-    Ok(())
+    };
+    let f = Figure::new(step.name)
+        .f("value", rate, 0)
+        .f("offered", step.offered(n), 0)
+        .i("leases", n as u64)
+        .i("lost", lost as u64)
+        .f("module_cpu_pct", m_pct, 1)
+        .f("core_cpu_pct", c_pct, 1)
+        .f("module_cpu_us_per_renewal", per_renewal(m_used), 1)
+        .f("core_cpu_us_per_renewal", per_renewal(c_used), 1)
+        .i("ttl_ms", step.ttl.as_millis() as u64)
+        .f("renew_when_left", step.renew_when_left, 2)
+        .f("seconds", secs, 1)
+        .f("open_s", open_s, 1);
+    Ok(if step.name == "renewals_per_s" {
+        f.target(">=25000", rate >= 25_000.0 && lost == 0)
+    } else {
+        f
+    })
 }
 
 /// An SDK module served in this process on a runtime of its own (two
@@ -352,61 +360,101 @@ async fn next_event<T>(
     Ok(found)
 }
 
-/// `expiry_to_halt_us`: a Core that never renews; a `Slow` handler runs
-/// across the module's nominal expiry instant (from its `Granted` event),
-/// and is dropped when the lease ends. Signed: negative means early.
-pub async fn expiry_to_halt(setup: &Setup, opts: &Opts) -> Res<Figure> {
-    let n = if opts.quick { 10 } else { 200 };
-    let ttl = Duration::from_millis(80);
+/// Expiry samples: `n` leases of `ttl` for `method` (after 3 not counted),
+/// each opened on an in-process module by a hand-built Core that never
+/// renews it. `lapse` makes the lease's call and returns the instant its
+/// effect ended; a sample is that instant less the module's nominal expiry
+/// (from its `Granted` event), in µs, negative when early.
+async fn expiry_samples(
+    setup: &Setup,
+    n: usize,
+    ttl: Duration,
+    method: &str,
+    mut lapse: impl AsyncFnMut(&TestModule, &RawCore) -> Res<Instant>,
+) -> Res<Samples> {
     let local = LocalModule::start(setup, shared_contract()?).await?;
     let module = local.get()?;
     let mut events = module.handle.events();
     let mut samples = Samples::with_capacity(n);
     for i in 0..n + 3 {
         while events.try_recv().is_ok() {}
-        let core = RawCore::open(&setup.ca, CORE, module, &[SLOW], ttl).await;
+        let core = RawCore::open(&setup.ca, CORE, module, &[method], ttl).await;
         let expires_at = next_event(&mut events, |e| match e {
             LeaseEvent::Granted { expires_at, .. } => Some(*expires_at),
             _ => None,
         })
         .await?;
-        let mut request = tonic::Request::new(SlowRequest { millis: 2_000 });
-        request.metadata_mut().insert(
-            anima_protocol::lease::PROOF_HEADER,
-            core.proof(1, SLOW).parse()?,
-        );
-        let status = match EchoClient::new(core.conn.channel()).slow(request).await {
-            Ok(_) => return Err("the Slow call outlived its lease".into()),
-            Err(s) => s,
-        };
-        let reason = anima_protocol::lease::reason_of(&status);
-        if reason != Some(Reason::LeaseExpired) {
-            return Err(format!("Slow refused for {reason:?}: {status}").into());
-        }
-        let halted = module
-            .service
-            .halted_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .ok_or("the handler was not halted")?;
-        let us = match halted.checked_duration_since(expires_at) {
-            Some(late) => late.as_secs_f64() * 1e6,
-            None => -(expires_at.duration_since(halted).as_secs_f64() * 1e6),
-        };
+        let ended = lapse(module, &core).await?;
         if i >= 3 {
-            samples.push_us(us);
+            samples.push_us(signed_us(ended, expires_at));
         }
     }
+    Ok(samples)
+}
+
+/// `message` as the lease's first call of `method`, its proof attached.
+fn first_call<T>(core: &RawCore, method: &str, message: T) -> Res<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        anima_protocol::lease::PROOF_HEADER,
+        core.proof(1, method).parse()?,
+    );
+    Ok(request)
+}
+
+/// How long after `expires_at` the lease's effect ended `at`, in µs;
+/// negative means early.
+fn signed_us(at: Instant, expires_at: Instant) -> f64 {
+    match at.checked_duration_since(expires_at) {
+        Some(late) => late.as_secs_f64() * 1e6,
+        None => -(expires_at.duration_since(at).as_secs_f64() * 1e6),
+    }
+}
+
+/// An expiry figure's common fields: the percentiles of `samples`, and the
+/// run's size and TTL.
+fn expiry_figure(name: &str, samples: &mut Samples, n: usize, ttl: Duration) -> Figure {
     let (p50, p99) = (samples.pct(50.0), samples.pct(99.0));
-    Ok(Figure::new("expiry_to_halt_us")
+    Figure::new(name)
         .f("p50", p50, 1)
         .f("p99", p99, 1)
         .f("max", samples.max(), 1)
         .f("min", samples.pct(0.0), 1)
         .i("n", n as u64)
         .i("ttl_ms", ttl.as_millis() as u64)
-        .target("p99<=2000", p99 <= 2000.0))
+}
+
+/// `expiry_to_halt_us`: a Core that never renews; a `Slow` handler runs
+/// across the module's nominal expiry instant (from its `Granted` event),
+/// and is dropped when the lease ends. Signed: negative means early.
+pub async fn expiry_to_halt(setup: &Setup, opts: &Opts) -> Res<Figure> {
+    let n = if opts.quick { 10 } else { 200 };
+    let ttl = Duration::from_millis(80);
+    let mut samples = expiry_samples(setup, n, ttl, SLOW, slow_until_halted).await?;
+    let p99 = samples.pct(99.0);
+    Ok(expiry_figure("expiry_to_halt_us", &mut samples, n, ttl).target("p99<=2000", p99 <= 2000.0))
+}
+
+/// Calls `Slow` (2 s) under `core`'s lease, which must end it with
+/// `LEASE_EXPIRED`; returns when the module dropped the handler.
+async fn slow_until_halted(module: &TestModule, core: &RawCore) -> Res<Instant> {
+    let request = first_call(core, SLOW, SlowRequest { millis: 2_000 })?;
+    let status = match EchoClient::new(core.conn.channel()).slow(request).await {
+        Ok(_) => return Err("the Slow call outlived its lease".into()),
+        Err(s) => s,
+    };
+    let reason = anima_protocol::lease::reason_of(&status);
+    if reason != Some(Reason::LeaseExpired) {
+        return Err(format!("Slow refused for {reason:?}: {status}").into());
+    }
+    let halted = module
+        .service
+        .halted_at
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or("the handler was not halted")?;
+    Ok(halted)
 }
 
 /// `stream_expiry_to_end_us`: a Core that never renews; a server stream
@@ -417,74 +465,57 @@ pub async fn expiry_to_halt(setup: &Setup, opts: &Opts) -> Res<Figure> {
 pub async fn stream_expiry_to_end(setup: &Setup, opts: &Opts) -> Res<Figure> {
     let n = if opts.quick { 10 } else { 200 };
     let ttl = Duration::from_millis(80);
-    let local = LocalModule::start(setup, shared_contract()?).await?;
-    let module = local.get()?;
-    let mut events = module.handle.events();
-    let mut samples = Samples::with_capacity(n);
     let mut late_messages = 0u64;
-    for i in 0..n + 3 {
-        while events.try_recv().is_ok() {}
-        let core = RawCore::open(&setup.ca, CORE, module, &[WATCH], ttl).await;
-        let expires_at = next_event(&mut events, |e| match e {
-            LeaseEvent::Granted { expires_at, .. } => Some(*expires_at),
-            _ => None,
-        })
-        .await?;
-        let mut request = tonic::Request::new(WatchRequest {
-            every_ms: 1,
-            count: 0,
-        });
-        request.metadata_mut().insert(
-            anima_protocol::lease::PROOF_HEADER,
-            core.proof(1, WATCH).parse()?,
-        );
-        let mut stream = EchoClient::new(core.conn.channel())
-            .watch(request)
-            .await?
-            .into_inner();
-        let status = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match stream.message().await {
-                    Ok(Some(tick)) => {
-                        // Produced with no lease left (arrival may trail the
-                        // expiry: it was on the wire already).
-                        if tick.lease_left_us == 0 {
-                            late_messages += 1;
-                        }
+    let mut samples = expiry_samples(setup, n, ttl, WATCH, async |_, core| {
+        watch_until_end(core, &mut late_messages).await
+    })
+    .await?;
+    Ok(
+        expiry_figure("stream_expiry_to_end_us", &mut samples, n, ttl)
+            .i("produced_after_expiry", late_messages)
+            .target(
+                "max<=10000,produced_after_expiry=0",
+                samples.max() <= 10_000.0 && late_messages == 0,
+            ),
+    )
+}
+
+/// Watches a 1 ms stream under `core`'s lease, which must end it with
+/// `LEASE_EXPIRED`; returns when the end arrived, counting into
+/// `late_messages` the messages produced with no lease left.
+async fn watch_until_end(core: &RawCore, late_messages: &mut u64) -> Res<Instant> {
+    let watch = WatchRequest {
+        every_ms: 1,
+        count: 0,
+    };
+    let request = first_call(core, WATCH, watch)?;
+    let mut stream = EchoClient::new(core.conn.channel())
+        .watch(request)
+        .await?
+        .into_inner();
+    let status = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(tick)) => {
+                    // Produced with no lease left (arrival may trail the
+                    // expiry: it was on the wire already).
+                    if tick.lease_left_us == 0 {
+                        *late_messages += 1;
                     }
-                    Ok(None) => return Err("the stream ended OK"),
-                    Err(status) => return Ok(status),
                 }
+                Ok(None) => return Err("the stream ended OK"),
+                Err(status) => return Ok(status),
             }
-        })
-        .await
-        .map_err(|_| "the stream outlived its lease by 5 s")??;
-        let ended = Instant::now();
-        let reason = anima_protocol::lease::reason_of(&status);
-        if reason != Some(Reason::LeaseExpired) {
-            return Err(format!("the stream ended {reason:?}: {status}").into());
         }
-        let us = match ended.checked_duration_since(expires_at) {
-            Some(late) => late.as_secs_f64() * 1e6,
-            None => -(expires_at.duration_since(ended).as_secs_f64() * 1e6),
-        };
-        if i >= 3 {
-            samples.push_us(us);
-        }
+    })
+    .await
+    .map_err(|_| "the stream outlived its lease by 5 s")??;
+    let ended = Instant::now();
+    let reason = anima_protocol::lease::reason_of(&status);
+    if reason != Some(Reason::LeaseExpired) {
+        return Err(format!("the stream ended {reason:?}: {status}").into());
     }
-    let (p50, p99) = (samples.pct(50.0), samples.pct(99.0));
-    Ok(Figure::new("stream_expiry_to_end_us")
-        .f("p50", p50, 1)
-        .f("p99", p99, 1)
-        .f("max", samples.max(), 1)
-        .f("min", samples.pct(0.0), 1)
-        .i("n", n as u64)
-        .i("ttl_ms", ttl.as_millis() as u64)
-        .i("produced_after_expiry", late_messages)
-        .target(
-            "max<=10000,produced_after_expiry=0",
-            samples.max() <= 10_000.0 && late_messages == 0,
-        ))
+    Ok(ended)
 }
 
 /// `cold_start_ms`: spawn a Type I module process → ready line → dial →
@@ -493,9 +524,9 @@ pub async fn cold_start(setup: &Setup, opts: &Opts) -> Res<Figure> {
     let n = if opts.quick { 5 } else { 40 };
     let cold = "urn:anima:module:cold";
     setup.files(cold)?;
-    let client = setup.client();
     let cold_urn = urn(cold)?;
     let table = LeaseTable::new();
+    let opener = LeaseOpener::new(setup, &table);
     let mut total = Samples::with_capacity(n);
     let mut ready = Samples::with_capacity(n);
     for i in 0..n + 2 {
@@ -509,25 +540,15 @@ pub async fn cold_start(setup: &Setup, opts: &Opts) -> Res<Figure> {
         let mut proc =
             Proc::start(command, anima_protocol::launch::READY_PREFIX, module_ready).await?;
         let t_ready = t0.elapsed();
-        let conn = client
-            .dial_addr(proc.addr, PeerPolicy::exactly(cold_urn.clone()))
-            .await?;
-        let link = LeaseLink::open(
-            conn,
-            setup.signer.clone(),
-            Scope::new([SAY])?,
-            RenewalPolicy::new(Duration::from_secs(30)),
-            AuditLog::discard(),
-            table.clone(),
-        )
-        .await?;
+        let policy = RenewalPolicy::new(Duration::from_secs(30));
+        let link = opener.open(proc.addr, cold_urn.clone(), policy).await?;
         EchoClient::new(link.channel())
             .say(SayRequest {
                 text: "cold".into(),
             })
             .await?;
         let took = t0.elapsed();
-        link.revoke("benchmark sample done", anima_core::audit::Actor::Core);
+        link.revoke("benchmark sample done", Actor::Core);
         // A Type I module exits by itself once its lease ends.
         proc.wait_or_kill(Duration::from_secs(3)).await;
         if i >= 2 {

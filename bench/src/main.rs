@@ -28,11 +28,12 @@
 
 mod calls;
 mod leases;
+mod link;
 mod procs;
 mod report;
 mod stats;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -107,13 +108,7 @@ impl Opts {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::PlainEcho { cert, key, ca }) = &cli.command {
-        return match procs::serve_plain(cert, key, ca) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return exit_code(procs::serve_plain(cert, key, ca).map(|()| true));
     }
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -122,17 +117,21 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
+        .map_err(|e| format!("cannot start the runtime: {e}"));
+    exit_code(
+        runtime
+            .map_err(Into::into)
+            .and_then(|rt| rt.block_on(run(cli))),
+    )
+}
+
+/// Success when the run went through and every group ran; an error is one
+/// `error: …` line on stderr.
+fn exit_code(result: Res<bool>) -> ExitCode {
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -161,59 +160,7 @@ async fn run(cli: Cli) -> Res<bool> {
     let mut report = Report::default();
     report.add(report::machine().i("open_files", nofile));
     let setup = Setup::new()?;
-    let mut ok = true;
-    let mut failed = |report: &mut Report, name: &str, e: procs::Error| {
-        ok = false;
-        report.add(
-            Figure::new(name)
-                .s("skipped", "error")
-                .s("detail", &e.to_string()),
-        );
-    };
-
-    if ["unary", "rps", "handshake", "via_core"]
-        .iter()
-        .any(|g| opts.wants(g))
-        && let Err(e) = calls::run(&setup, &opts, &mut report).await
-    {
-        failed(&mut report, "calls", e);
-    }
-    if opts.wants("renewals")
-        && let Err(e) = leases::renewals(&setup, &opts, &mut report).await
-    {
-        failed(&mut report, "renewals_per_s", e);
-    }
-    if opts.wants("revoke") {
-        match leases::revoke_to_refusal(&setup, &opts).await {
-            Ok(f) => report.add(f),
-            Err(e) => failed(&mut report, "revoke_to_refusal_us", e),
-        }
-    }
-    if opts.wants("expiry") {
-        match leases::expiry_to_halt(&setup, &opts).await {
-            Ok(f) => report.add(f),
-            Err(e) => failed(&mut report, "expiry_to_halt_us", e),
-        }
-    }
-    if opts.wants("expiry") {
-        match leases::stream_expiry_to_end(&setup, &opts).await {
-            Ok(f) => report.add(f),
-            Err(e) => failed(&mut report, "stream_expiry_to_end_us", e),
-        }
-    }
-    if opts.wants("cold_start") {
-        match leases::cold_start(&setup, &opts).await {
-            Ok(f) => report.add(f),
-            Err(e) => failed(&mut report, "cold_start_ms", e),
-        }
-    }
-    if opts.wants("core_idle") {
-        match calls::core_idle(&setup, &opts).await {
-            Ok(f) => report.add(f),
-            Err(e) => failed(&mut report, "core_idle_rss_mb", e),
-        }
-    }
-
+    let ok = run_groups(&setup, &opts, &mut report).await;
     let seconds = started.elapsed().as_secs_f64();
     let (other_cpu, steal) = machine_meter.read();
     report.add(
@@ -224,18 +171,87 @@ async fn run(cli: Cli) -> Res<bool> {
             .f("load_1m", report::loadavg(), 2)
             .s("mode", if opts.quick { "quick" } else { "full" }),
     );
-    let path = match cli.json {
-        Some(p) => p,
-        None => setup
-            .bin_dir
-            .parent()
-            .map_or_else(|| PathBuf::from("target"), PathBuf::from)
-            .join("bench")
-            .join("latest.json"),
-    };
+    let path = cli.json.unwrap_or_else(|| default_json(&setup));
+    write_json(&report, &path, &opts, seconds)?;
+    eprintln!("anima-bench: wrote {}", path.display());
+    Ok(ok)
+}
+
+/// Runs the wanted groups in order, each adding its figures to `report`, or
+/// one `NAME skipped=error detail=…` line when it fails; false when one
+/// failed.
+async fn run_groups(setup: &Setup, opts: &Opts, report: &mut Report) -> bool {
+    let mut ok = true;
+    if ["unary", "rps", "handshake", "via_core"]
+        .iter()
+        .any(|g| opts.wants(g))
+    {
+        let done = calls::run(setup, opts, report).await;
+        ok &= added(report, "calls", done);
+    }
+    if opts.wants("renewals") {
+        let done = leases::renewals(setup, opts, report).await;
+        ok &= added(report, "renewals_per_s", done);
+    }
+    if opts.wants("revoke") {
+        let figure = leases::revoke_to_refusal(setup, opts).await;
+        ok &= added_figure(report, "revoke_to_refusal_us", figure);
+    }
+    if opts.wants("expiry") {
+        let figure = leases::expiry_to_halt(setup, opts).await;
+        ok &= added_figure(report, "expiry_to_halt_us", figure);
+        let figure = leases::stream_expiry_to_end(setup, opts).await;
+        ok &= added_figure(report, "stream_expiry_to_end_us", figure);
+    }
+    if opts.wants("cold_start") {
+        let figure = leases::cold_start(setup, opts).await;
+        ok &= added_figure(report, "cold_start_ms", figure);
+    }
+    if opts.wants("core_idle") {
+        let figure = calls::core_idle(setup, opts).await;
+        ok &= added_figure(report, "core_idle_rss_mb", figure);
+    }
+    ok
+}
+
+/// Adds `figure`, or when the group failed the line `NAME skipped=error
+/// detail=…` in its place; false when it failed.
+fn added_figure(report: &mut Report, name: &str, figure: Res<Figure>) -> bool {
+    let done = figure.map(|f| report.add(f));
+    added(report, name, done)
+}
+
+/// For a group that added its own figures: true when it succeeded,
+/// otherwise the line `NAME skipped=error detail=…` and false.
+fn added(report: &mut Report, name: &str, done: Res<()>) -> bool {
+    match done {
+        Ok(()) => true,
+        Err(e) => {
+            report.add(
+                Figure::new(name)
+                    .s("skipped", "error")
+                    .s("detail", &e.to_string()),
+            );
+            false
+        }
+    }
+}
+
+/// `target/bench/latest.json` beside the release binaries.
+fn default_json(setup: &Setup) -> PathBuf {
+    setup
+        .bin_dir
+        .parent()
+        .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+        .join("bench")
+        .join("latest.json")
+}
+
+/// Writes the figures to `path`, with the run's command line and time.
+fn write_json(report: &Report, path: &Path, opts: &Opts, seconds: f64) -> Res<()> {
     let command: Vec<String> = std::env::args().collect();
-    report.write_json(
-        &path,
+    Ok(report.write_json(
+        path,
         json!({
             "command": command.join(" "),
             "quick": opts.quick,
@@ -244,7 +260,5 @@ async fn run(cli: Cli) -> Res<bool> {
                 .map_or(0, |d| d.as_secs()),
             "seconds": seconds,
         }),
-    )?;
-    eprintln!("anima-bench: wrote {}", path.display());
-    Ok(ok)
+    )?)
 }

@@ -221,10 +221,15 @@ pub fn module_command(setup: &Setup, urn: &str, extra: &str, bound: bool) -> Res
     setup
         .launch_env(urn, bound.then_some(CORE))?
         .apply(&mut command);
-    command.env("RUST_LOG", child_log()).env(
-        "FIXTURE_CONTRACT",
-        format!("urn = \"{urn}\"\n{}", echo_contract(extra)),
-    );
+    command
+        .env("RUST_LOG", child_log())
+        .env(
+            "FIXTURE_CONTRACT",
+            format!("urn = \"{urn}\"\n{}", echo_contract(extra)),
+        )
+        // The renewal figures hold 1,000 leases, a connection each, from
+        // the one bench Core (the default allows 64 per identity).
+        .env("FIXTURE_MAX_CONNECTIONS_PER_IDENTITY", "1100");
     Ok(command)
 }
 

@@ -54,17 +54,27 @@ impl Samples {
     }
 }
 
+/// The text of `/proc/PID/NAME` (`pid` 0: this process), if readable.
+fn proc_file(pid: u32, name: &str) -> Option<String> {
+    let path = if pid == 0 {
+        format!("/proc/self/{name}")
+    } else {
+        format!("/proc/{pid}/{name}")
+    };
+    std::fs::read_to_string(path).ok()
+}
+
+/// The fields of `/proc/PID/stat` after the command name (which may hold
+/// spaces): field 3 onwards, so `utime` (field 14) is at index 11.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = proc_file(pid, "stat")?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
 /// A process's CPU time (user + system) so far, from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let path = if pid == 0 {
-        "/proc/self/stat".to_owned()
-    } else {
-        format!("/proc/{pid}/stat")
-    };
-    let stat = std::fs::read_to_string(path).ok()?;
-    // Fields after the command name (which may hold spaces), from field 3.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = stat_fields(pid)?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     let hz = rustix::param::clock_ticks_per_second().max(1);
@@ -73,12 +83,7 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
 
 /// A process's resident set size in KiB (`VmRSS`), `pid` 0 for this one.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let path = if pid == 0 {
-        "/proc/self/status".to_owned()
-    } else {
-        format!("/proc/{pid}/status")
-    };
-    let status = std::fs::read_to_string(path).ok()?;
+    let status = proc_file(pid, "status")?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -134,9 +139,7 @@ fn machine_ticks() -> Option<(u64, u64)> {
 
 /// This process's clock ticks, with those of the children it has reaped.
 fn own_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    let f = stat_fields(0)?;
     (11..=14).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
 }
 

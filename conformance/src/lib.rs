@@ -21,9 +21,10 @@
 //! uses only the protocol crate (`anima-protocol`) and the certificate
 //! tooling (`anima-certs`), never the Core itself.
 //!
-//! - [`target`]: the identities the tool presents and the module process.
-//! - [`session`]: a Core built by hand, able to misbehave on purpose.
-//! - [`rawtls`]: TLS probes below gRPC (certificates, TLS 1.2, ALPN).
+//! - `target`: the identities the tool presents and the module process.
+//! - `session`: a Core on the protocol crate's handshake driver, able to
+//!   misbehave on purpose.
+//! - `rawtls`: TLS probes below gRPC (certificates, TLS 1.2, ALPN).
 //! - [`report`]: one verdict per CONFORMANCE.md row, with its evidence.
 //! - `checks`: the scenarios, one file per row family, deciding the rows.
 
@@ -31,15 +32,17 @@
 #![deny(missing_docs)]
 
 mod checks;
-pub mod rawtls;
+mod error;
+mod rawtls;
 pub mod report;
-pub mod session;
-pub mod target;
+mod session;
+mod target;
 
 use std::path::{Path, PathBuf};
 
 use anima_protocol::contract::Contract;
 pub use checks::Target;
+pub use error::{LaunchFailure, ToolError};
 pub use report::{Report, RowResult, Verdict};
 pub use target::{KeyType, LaunchCommand};
 
@@ -66,17 +69,24 @@ pub struct Options {
 /// Runs the checks. `Err` when the run could not happen at all (bad
 /// contract, no CA); a module that fails rows is an `Ok` report with
 /// failures.
-pub async fn run(options: &Options) -> Result<Report, String> {
-    let text = std::fs::read_to_string(&options.contract)
-        .map_err(|e| format!("{}: {e}", options.contract.display()))?;
-    let contract =
-        Contract::from_toml(&text).map_err(|e| format!("{}: {e}", options.contract.display()))?;
+pub async fn run(options: &Options) -> Result<Report, ToolError> {
+    let text = std::fs::read_to_string(&options.contract).map_err(|source| ToolError::File {
+        path: options.contract.clone(),
+        source,
+    })?;
+    let contract = Contract::from_toml(&text).map_err(|source| ToolError::Contract {
+        path: options.contract.clone(),
+        source,
+    })?;
     let type_declared = toml::from_str::<toml::Table>(&text)
         .map(|t| t.contains_key("type"))
         .unwrap_or(true);
     let (workdir, temporary) = match &options.workdir {
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|source| ToolError::File {
+                path: dir.clone(),
+                source,
+            })?;
             (dir.clone(), false)
         }
         None => (fresh_dir()?, true),
@@ -90,9 +100,8 @@ pub async fn run(options: &Options) -> Result<Report, String> {
         matches!(options.target, Target::Endpoint(_)),
     )?;
     if let Some((cert, key)) = &options.core_files {
-        let identity = anima_protocol::TlsIdentity::from_pem_files(cert, key)
-            .map_err(|e| format!("{}: {e}", cert.display()))?;
-        ids.set_core_a(identity);
+        // The error names the file it came from.
+        ids.set_core_a(anima_protocol::TlsIdentity::from_pem_files(cert, key)?);
     }
     tracing::info!(module = %contract.urn, workdir = %workdir.display(), "conformance run starts");
     let plan = checks::Plan {
@@ -111,21 +120,24 @@ pub async fn run(options: &Options) -> Result<Report, String> {
     Ok(report)
 }
 
-fn fresh_dir() -> Result<PathBuf, String> {
+/// A new private directory under the system's temporary directory.
+fn fresh_dir() -> Result<PathBuf, ToolError> {
     use std::os::unix::fs::DirBuilderExt as _;
     let base = std::env::temp_dir();
+    let mut last = base.clone();
     for n in 0..1000u32 {
         let dir = base.join(format!("anima-conformance-{}-{n}", std::process::id()));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(format!("{}: {e}", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = dir,
+            Err(source) => return Err(ToolError::File { path: dir, source }),
         }
     }
-    Err(format!(
-        "cannot create a work directory in {}",
-        base.display()
-    ))
+    // Every name taken: the last one tried, and why it failed.
+    Err(ToolError::File {
+        path: last,
+        source: std::io::ErrorKind::AlreadyExists.into(),
+    })
 }
 
 /// The module URN a contract names (for reports).

@@ -9,19 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use anima_protocol::transport::probe::{ProbeCert, any_server_config};
+use rustls::pki_types::ServerName;
 
-/// A client certificate and key, PEM.
-pub struct ClientCert {
-    /// The certificate.
-    pub cert_pem: String,
-    /// Its key.
-    pub key_pem: String,
-}
+use crate::error::ToolError;
+
+/// A client certificate and key, PEM (see [`ProbeCert`]).
+pub type ClientCert = ProbeCert;
 
 /// What the module did with a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +30,10 @@ pub enum Admission {
 
 /// Connects to `addr` presenting `client` (or no certificate) and calls
 /// `ModuleAdmin/Status`, which needs no lease, on that one connection.
-pub async fn admission(addr: SocketAddr, client: Option<&ClientCert>) -> Result<Admission, String> {
+pub async fn admission(
+    addr: SocketAddr,
+    client: Option<&ClientCert>,
+) -> Result<Admission, ToolError> {
     admission_alpn(addr, client, true).await
 }
 
@@ -46,13 +43,10 @@ pub async fn admission_alpn(
     addr: SocketAddr,
     client: Option<&ClientCert>,
     alpn: bool,
-) -> Result<Admission, String> {
+) -> Result<Admission, ToolError> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(any_server_config(client, alpn)?));
     let wait = Duration::from_secs(5);
-    let tcp = tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+    let tcp = connect(addr, wait).await?;
     let name = ServerName::IpAddress(addr.ip().into());
     let tls = match tokio::time::timeout(wait, connector.connect(name, tcp)).await {
         Err(_) => return Ok(Admission::HandshakeRefused("handshake timed out".into())),
@@ -95,106 +89,50 @@ pub async fn admission_alpn(
     }
 }
 
-/// A TLS 1.3 client configuration that presents `client` (or no
-/// certificate), offers ALPN `h2` when `alpn`, and accepts any server
-/// certificate whose handshake signature verifies: for tools that test a
-/// server's admission (this one, and the hostile HTTP/2 client of the
-/// end-to-end tests), never for talking to a peer one trusts.
-pub fn any_server_config(
-    client: Option<&ClientCert>,
-    alpn: bool,
-) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
-    let mut config = match client {
-        None => builder.with_no_client_auth(),
-        Some(c) => {
-            let chain = CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            let key =
-                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).map_err(|e| e.to_string())?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| e.to_string())?
-        }
-    };
-    if alpn {
-        config.alpn_protocols = vec![b"h2".to_vec()];
-    }
-    Ok(config)
-}
-
-/// Accepts any server certificate whose handshake signature verifies.
-#[derive(Debug)]
-struct AnyServer(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not used".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// Whether a server at `addr` negotiates TLS 1.2: sends a ClientHello that
 /// offers only TLS 1.2 (no `supported_versions` extension, TLS 1.2 ECDHE
 /// suites) and reads the first record back. A TLS 1.3-only server answers
 /// with an alert or closes; a `ServerHello` means TLS 1.2 was accepted.
-pub async fn negotiates_tls12(addr: SocketAddr) -> Result<bool, String> {
+pub async fn negotiates_tls12(addr: SocketAddr) -> Result<bool, ToolError> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let wait = Duration::from_secs(5);
-    let mut tcp = tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+    let mut tcp = connect(addr, wait).await?;
     tcp.write_all(&tls12_client_hello())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| ToolError::Socket {
+            action: "send a TLS 1.2 ClientHello to",
+            addr,
+            source,
+        })?;
     let mut head = [0u8; 6];
     match tokio::time::timeout(wait, tcp.read_exact(&mut head)).await {
-        Err(_) => Err("no answer to a TLS 1.2 ClientHello within 5 s".into()),
+        Err(_) => Err(ToolError::Timeout {
+            what: "an answer to a TLS 1.2 ClientHello",
+            after: wait,
+        }),
         // Closed, or reset: refused.
         Ok(Err(_)) => Ok(false),
         // A handshake record whose first message is a ServerHello.
         Ok(Ok(_)) => Ok(head[0] == 0x16 && head[5] == 0x02),
     }
+}
+
+/// A TCP connection to `addr`, made within `wait`.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    wait: Duration,
+) -> Result<tokio::net::TcpStream, ToolError> {
+    tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| ToolError::Timeout {
+            what: "a TCP connection to the module",
+            after: wait,
+        })?
+        .map_err(|source| ToolError::Socket {
+            action: "connect to",
+            addr,
+            source,
+        })
 }
 
 /// A TLS 1.2 ClientHello (RFC 5246 §7.4.1.2) with the extensions an ECDHE
@@ -248,6 +186,8 @@ fn tls12_client_hello() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
     /// The probe's verdict against a server that does speak TLS 1.2 (OpenSSL,
     /// a foreign peer) and one that does not (rustls, TLS 1.3 only): so a

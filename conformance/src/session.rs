@@ -5,22 +5,21 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use anima_protocol::control::{ControlStream, Elapsed, Granted, HandshakeError, SignedOffer};
 use anima_protocol::lease::{
-    self, Entropy, Lease, LeaseClaims, LeaseRequest, LeaseSigner, PROOF_HEADER, PeerBinding,
-    PendingLease, Reason, Scope, reason_of,
+    self, Lease, LeaseClaims, LeaseRequest, LeaseSigner, PROOF_HEADER, Reason, Scope, reason_of,
 };
 use anima_protocol::pb::control_frame::Frame;
-use anima_protocol::pb::lease_control_client::LeaseControlClient;
 use anima_protocol::pb::module_admin_client::ModuleAdminClient;
 use anima_protocol::pb::probe_client::ProbeClient;
 use anima_protocol::pb::{
-    ControlFrame, ModuleStatus, ProbeReading, ReadRequest, Refusal, ShutdownRequest, SignedToken,
-    StatusRequest, TouchRequest, WatchRequest,
+    ModuleStatus, ProbeReading, ReadRequest, Refusal, ShutdownRequest, SignedToken, StatusRequest,
+    TouchRequest, WatchRequest,
 };
-use anima_protocol::{ClientTls, Connection, PeerPolicy, TlsIdentity, TrustRoot, Urn};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use anima_protocol::{ClientTls, Connection, PeerPolicy, SystemClock, TlsIdentity, TrustRoot, Urn};
 use tonic::Status;
+
+use crate::error::ToolError;
 
 /// How long the tool waits for any single answer from the module.
 pub const PATIENCE: Duration = Duration::from_secs(5);
@@ -43,13 +42,12 @@ pub struct Actor {
 
 impl Actor {
     /// Dials the module, which must present `module`'s URN.
-    pub async fn dial(&self, addr: SocketAddr, module: &Urn) -> Result<Connection, String> {
-        ClientTls::new(self.identity.clone(), self.trust.clone())
+    pub async fn dial(&self, addr: SocketAddr, module: &Urn) -> Result<Connection, ToolError> {
+        Ok(ClientTls::new(self.identity.clone(), self.trust.clone())
             .connect_timeout(PATIENCE)
             .handshake_timeout(PATIENCE)
             .dial_addr(addr, PeerPolicy::exactly(module.clone()))
-            .await
-            .map_err(|e| e.to_string())
+            .await?)
     }
 }
 
@@ -74,8 +72,7 @@ pub struct Session {
     pub lease: Lease,
     /// The module's grant, decoded (unverified view for reporting).
     pub grant: LeaseClaims,
-    tx: mpsc::Sender<ControlFrame>,
-    inbound: tonic::Streaming<ControlFrame>,
+    stream: ControlStream,
     seq: u64,
 }
 
@@ -90,110 +87,73 @@ pub enum OfferKind {
     Tampered(fn(&mut LeaseClaims)),
 }
 
-/// Opens the control stream on `conn` and sends an offer for `scope`/`ttl`.
+/// Opens the control stream on `conn` and sends an offer for `scope`/`ttl`,
+/// through the protocol crate's handshake driver; `kind` is the hook that
+/// makes the offer dishonest.
 pub async fn offer(
     conn: Connection,
     identity: &TlsIdentity,
     scope: &Scope,
     ttl: Duration,
     kind: OfferKind,
-) -> Result<Answer, String> {
-    let signer = LeaseSigner::from_identity(identity).map_err(|e| e.to_string())?;
-    let peer = PeerBinding::from_peer(conn.peer()).map_err(|e| e.to_string())?;
+) -> Result<Answer, ToolError> {
+    let signer = LeaseSigner::from_identity(identity)?;
     let request = LeaseRequest {
         scope: scope.clone(),
         ttl,
     };
-    let (jws, pending) = offer_token(&signer, &peer, request, kind)?;
-    let (tx, rx) = mpsc::channel(16);
-    let _ = tx
-        .send(ControlFrame {
-            frame: Some(Frame::Offer(SignedToken { jws })),
-        })
-        .await;
-    let mut inbound = match tokio::time::timeout(
-        PATIENCE,
-        LeaseControlClient::new(conn.channel()).control(ReceiverStream::new(rx)),
-    )
-    .await
-    {
-        Ok(Ok(r)) => r.into_inner(),
-        Ok(Err(status)) => {
-            return Ok(Answer::Other(format!(
-                "control stream refused: {}",
-                describe(&status)
-            )));
+    let mut offer = SignedOffer::new(&signer, &conn, request, &SystemClock)?;
+    tamper(&mut offer, &signer, kind)?;
+    let answer = offer
+        .send(&conn, PATIENCE)
+        .await
+        .and_then(|offered| offered.settle(&signer, SystemTime::now()));
+    Ok(match answer {
+        Ok(Granted {
+            lease,
+            grant,
+            stream,
+        }) => {
+            let grant = decode_claims(&grant).ok_or(ToolError::Undecodable("grant"))?;
+            Answer::Granted(Box::new(Session {
+                conn,
+                signer,
+                lease,
+                grant,
+                stream,
+                seq: 0,
+            }))
         }
-        Err(_) => return Ok(Answer::Other("control stream not answered in 5 s".into())),
-    };
-    let first = match tokio::time::timeout(PATIENCE, inbound.message()).await {
-        Err(_) => return Ok(Answer::Other("no answer to the offer within 5 s".into())),
-        Ok(Err(status)) => {
-            return Ok(Answer::Other(format!(
-                "control stream broke: {}",
-                describe(&status)
-            )));
+        Err(HandshakeError::Refused(refusal)) => Answer::Refused(refusal),
+        Err(HandshakeError::Rpc(status)) => {
+            Answer::Other(format!("control stream: {}", describe(&status)))
         }
-        Ok(Ok(None)) => {
-            return Ok(Answer::Other(
-                "control stream closed without an answer".into(),
-            ));
+        Err(other) => Answer::Other(other.to_string()),
+    })
+}
+
+/// Makes `offer` what `kind` asks for.
+fn tamper(offer: &mut SignedOffer, signer: &LeaseSigner, kind: OfferKind) -> Result<(), ToolError> {
+    match kind {
+        OfferKind::Honest => Ok(()),
+        OfferKind::ForgedSignature => {
+            // Same claims, signed by a key the certificate does not hold.
+            let forger = signer.impostor()?;
+            offer.tamper(|jws| resign(jws, &forger, |_| {}))
         }
-        Ok(Ok(Some(frame))) => frame.frame,
-    };
-    match first {
-        Some(Frame::Grant(SignedToken { jws })) => {
-            let grant = decode_claims(&jws).ok_or("grant claims do not decode")?;
-            match pending.accept(&signer, &jws, SystemTime::now()) {
-                Ok(lease) => Ok(Answer::Granted(Box::new(Session {
-                    conn,
-                    signer,
-                    lease,
-                    grant,
-                    tx,
-                    inbound,
-                    seq: 0,
-                }))),
-                Err(e) => Ok(Answer::Other(format!(
-                    "the module answered with a grant, which does not verify: {e}"
-                ))),
-            }
-        }
-        Some(Frame::Refuse(r)) => Ok(Answer::Refused(r)),
-        other => Ok(Answer::Other(format!("unexpected first frame {other:?}"))),
+        OfferKind::Tampered(change) => offer.tamper(|jws| resign(jws, signer, change)),
     }
 }
 
-/// The offer token `kind` makes, signed for `peer`, and the Core's side of
-/// the pending lease.
-fn offer_token(
+/// The claims of `jws` changed by `change` and signed by `signer`.
+fn resign(
+    jws: &str,
     signer: &LeaseSigner,
-    peer: &PeerBinding,
-    request: LeaseRequest,
-    kind: OfferKind,
-) -> Result<(String, PendingLease), String> {
-    let entropy = Entropy::system().map_err(|e| e.to_string())?;
-    let now = Instant::now();
-    Ok(match kind {
-        OfferKind::Honest => lease::offer(signer, peer, request, entropy, now, SystemTime::now())
-            .map_err(|e| e.to_string())?,
-        OfferKind::ForgedSignature => {
-            // Same claims, signed by a key the certificate does not hold.
-            let forger = signer.impostor().map_err(|e| e.to_string())?;
-            lease::offer(&forger, peer, request, entropy, now, SystemTime::now())
-                .map_err(|e| e.to_string())?
-        }
-        OfferKind::Tampered(tamper) => {
-            let (jws, pending) =
-                lease::offer(signer, peer, request, entropy, now, SystemTime::now())
-                    .map_err(|e| e.to_string())?;
-            let mut claims: LeaseClaims =
-                decode_token(&jws).ok_or("an offer's claims do not decode")?;
-            tamper(&mut claims);
-            let jws = lease::sign_claims(signer, &claims).map_err(|e| e.to_string())?;
-            (jws, pending)
-        }
-    })
+    change: impl FnOnce(&mut LeaseClaims),
+) -> Result<String, ToolError> {
+    let mut claims: LeaseClaims = decode_token(jws).ok_or(ToolError::Undecodable("offer"))?;
+    change(&mut claims);
+    Ok(lease::sign_claims(signer, &claims)?)
 }
 
 /// The claims of a JWS, without verifying it (for reports only).
@@ -236,11 +196,6 @@ impl Session {
         self.lease.proof_key().proof(seq, method)
     }
 
-    /// A proof for `method` with sequence number `seq`.
-    pub fn proof_at(&self, seq: u64, method: &str) -> String {
-        self.lease.proof_key().proof(seq, method)
-    }
-
     /// `Probe/Touch` with a fresh proof.
     pub async fn touch(&mut self, hold_ms: u32) -> Result<ProbeReading, Status> {
         let proof = self.proof(TOUCH);
@@ -274,66 +229,64 @@ impl Session {
     }
 
     /// A signed renewal request for `ttl`, not sent.
-    pub fn renew_token(&mut self, ttl: Duration) -> Result<String, String> {
-        self.lease
-            .renew_request(&self.signer, ttl, Instant::now(), SystemTime::now())
-            .map_err(|e| e.to_string())
+    pub fn renew_token(&mut self, ttl: Duration) -> Result<String, ToolError> {
+        Ok(self
+            .lease
+            .renew_request(&self.signer, ttl, Instant::now(), SystemTime::now())?)
     }
 
     /// Sends a control frame (false if the stream is gone).
     pub async fn send(&self, frame: Frame) -> bool {
-        self.tx
-            .send(ControlFrame { frame: Some(frame) })
-            .await
-            .is_ok()
+        self.stream.send(frame).await
     }
 
     /// The next control frame within `wait`: `Ok(Some)` a frame, `Ok(None)`
     /// the module closed the stream, `Err` nothing in time.
-    pub async fn next_frame(&mut self, wait: Duration) -> Result<Option<Frame>, ()> {
-        match tokio::time::timeout(wait, self.inbound.message()).await {
-            Err(_) => Err(()),
-            Ok(Ok(Some(frame))) => Ok(frame.frame),
-            Ok(Ok(None)) | Ok(Err(_)) => Ok(None),
-        }
+    pub async fn next_frame(&mut self, wait: Duration) -> Result<Option<Frame>, Elapsed> {
+        self.stream.next_frame(wait).await
+    }
+
+    /// The module's answer to a request just sent, within [`PATIENCE`].
+    async fn answer(&mut self) -> Result<Option<Frame>, ToolError> {
+        self.next_frame(PATIENCE)
+            .await
+            .map_err(|Elapsed(after)| ToolError::Timeout {
+                what: "the module's answer",
+                after,
+            })
     }
 
     /// Asks for a renewal of `ttl` and waits for the answer.
-    pub async fn renew(&mut self, ttl: Duration) -> Result<Duration, String> {
+    pub async fn renew(&mut self, ttl: Duration) -> Result<Duration, ToolError> {
         let jws = self
             .lease
-            .renew_request(&self.signer, ttl, Instant::now(), SystemTime::now())
-            .map_err(|e| e.to_string())?;
+            .renew_request(&self.signer, ttl, Instant::now(), SystemTime::now())?;
         self.send(Frame::Renew(SignedToken { jws })).await;
-        match self.next_frame(PATIENCE).await {
-            Ok(Some(Frame::Renewed(SignedToken { jws }))) => {
-                let claims = self.lease.receive(&jws).map_err(|e| e.to_string())?;
-                self.lease
-                    .apply_renewed(&claims, Instant::now())
-                    .map_err(|e| e.to_string())
+        match self.answer().await? {
+            Some(Frame::Renewed(SignedToken { jws })) => {
+                let claims = self.lease.receive(&jws)?;
+                Ok(self.lease.apply_renewed(&claims, Instant::now())?)
             }
-            Ok(Some(Frame::Refuse(r))) => Err(format!("refused: {} {}", r.reason, r.detail)),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(()) => Err("no answer within 5 s".into()),
+            Some(Frame::Refuse(r)) => Err(ToolError::Unexpected(format!(
+                "refused: {} {}",
+                r.reason, r.detail
+            ))),
+            other => Err(ToolError::Unexpected(format!(
+                "unexpected answer {other:?}"
+            ))),
         }
     }
 
     /// Sends a rescope request for `scope` and returns the module's answer.
-    pub async fn rescope(&mut self, scope: &Scope) -> Result<Option<Frame>, String> {
-        let jws = self
-            .lease
-            .rescope_request(&self.signer, scope, Instant::now(), SystemTime::now())
-            .map_err(|e| e.to_string())?;
-        self.send(Frame::Rescope(SignedToken { jws })).await;
-        let answer = self
-            .next_frame(PATIENCE)
-            .await
-            .map_err(|()| "no answer within 5 s")?;
-        if let Some(Frame::Rescoped(SignedToken { jws })) = &answer {
-            let claims = self.lease.receive(jws).map_err(|e| e.to_string())?;
+    pub async fn rescope(&mut self, scope: &Scope) -> Result<Option<Frame>, ToolError> {
+        let jws =
             self.lease
-                .apply_rescoped(&claims, Instant::now())
-                .map_err(|e| e.to_string())?;
+                .rescope_request(&self.signer, scope, Instant::now(), SystemTime::now())?;
+        self.send(Frame::Rescope(SignedToken { jws })).await;
+        let answer = self.answer().await?;
+        if let Some(Frame::Rescoped(SignedToken { jws })) = &answer {
+            let claims = self.lease.receive(jws)?;
+            self.lease.apply_rescoped(&claims, Instant::now())?;
         }
         Ok(answer)
     }
@@ -353,15 +306,24 @@ impl Session {
 
     /// Waits until the module closes its half of the control stream (after a
     /// lease ended); `Err` with what arrived instead, or on timeout.
-    pub async fn await_close(&mut self, wait: Duration) -> Result<Duration, String> {
+    pub async fn await_close(&mut self, wait: Duration) -> Result<Duration, ToolError> {
         let start = Instant::now();
         loop {
             let left = wait.saturating_sub(start.elapsed());
             match self.next_frame(left).await {
                 Ok(None) => return Ok(start.elapsed()),
                 Ok(Some(Frame::Revoke(_) | Frame::Refuse(_))) => continue,
-                Ok(Some(other)) => return Err(format!("sent {other:?} after the lease ended")),
-                Err(()) => return Err(format!("still open after {wait:?}")),
+                Ok(Some(other)) => {
+                    return Err(ToolError::Unexpected(format!(
+                        "sent {other:?} after the lease ended"
+                    )));
+                }
+                Err(Elapsed(after)) => {
+                    return Err(ToolError::Timeout {
+                        what: "the module closing its half of the stream",
+                        after,
+                    });
+                }
             }
         }
     }
@@ -471,25 +433,27 @@ pub async fn shutdown(conn: &Connection, reason: &str) -> Result<(), Status> {
 pub async fn silent_stream(
     conn: Connection,
     wait: Duration,
-) -> Result<(Option<Frame>, Duration), String> {
-    let (tx, rx) = mpsc::channel::<ControlFrame>(1);
+) -> Result<(Option<Frame>, Duration), ToolError> {
     let started = Instant::now();
     let outcome = tokio::time::timeout(wait, async {
-        let mut inbound = LeaseControlClient::new(conn.channel())
-            .control(ReceiverStream::new(rx))
-            .await
-            .map_err(|st| format!("control stream refused: {}", describe(&st)))?
-            .into_inner();
-        match inbound.message().await {
+        let mut stream = ControlStream::open(&conn, None).await.map_err(|st| {
+            ToolError::Unexpected(format!("control stream refused: {}", describe(&st)))
+        })?;
+        match stream.message().await {
             Ok(Some(frame)) => Ok(frame.frame),
             Ok(None) => Ok(None),
-            Err(st) => Err(format!("control stream broke: {}", describe(&st))),
+            Err(st) => Err(ToolError::Unexpected(format!(
+                "control stream broke: {}",
+                describe(&st)
+            ))),
         }
     })
     .await;
-    drop(tx);
     match outcome {
-        Err(_) => Err(format!("nothing within {} ms", wait.as_millis())),
+        Err(_) => Err(ToolError::Timeout {
+            what: "a first frame on a silent control stream",
+            after: wait,
+        }),
         Ok(Err(e)) => Err(e),
         Ok(Ok(frame)) => Ok((frame, started.elapsed())),
     }

@@ -11,12 +11,13 @@ use std::time::{Duration, SystemTime};
 
 use anima_certs::{CertAuthority, LeafSpec};
 use anima_protocol::launch::{DEFAULT_LISTEN, LaunchEnv, READY_TIMEOUT, expect_ready_line};
-use anima_protocol::{TlsIdentity, TrustRoot, Urn};
+use anima_protocol::{TlsIdentity, Urn};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 use super::rawtls::ClientCert;
 use super::session::Actor;
+use crate::error::{LaunchFailure, ToolError};
 
 /// Which key the tool's Core certificates carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -31,8 +32,6 @@ pub enum KeyType {
 
 /// Everything the tool presents, minted from the deployment's CA.
 pub struct Identities {
-    /// The CA the module must chain to.
-    pub trust: TrustRoot,
     /// The CA certificate file (given to started modules).
     pub ca_file: PathBuf,
     /// The Core that launches (and owns) the module.
@@ -67,16 +66,14 @@ impl Identities {
         module_files: Option<(PathBuf, PathBuf)>,
         workdir: &Path,
         at_endpoint: bool,
-    ) -> Result<Self, String> {
-        let ca = CertAuthority::load(certs).map_err(|e| {
-            format!(
-                "{}: {e} (the tool mints its test identities with a CA it can sign with)",
-                certs.display()
-            )
+    ) -> Result<Self, ToolError> {
+        let ca = CertAuthority::load(certs).map_err(|source| ToolError::Authority {
+            path: certs.to_owned(),
+            source,
         })?;
-        let trust = ca.trust_root().map_err(|e| e.to_string())?;
-        let leaf = |urn: &str, ecdsa: bool| -> Result<TlsIdentity, String> {
-            let urn: Urn = urn.parse().map_err(|e| format!("{urn}: {e}"))?;
+        let trust = ca.trust_root()?;
+        let leaf = |urn: &str, ecdsa: bool| -> Result<TlsIdentity, ToolError> {
+            let urn: Urn = urn.parse()?;
             let spec = if ecdsa {
                 LeafSpec::new(urn).ecdsa_p256()
             } else {
@@ -104,13 +101,11 @@ impl Identities {
         } else {
             valid_spec
         };
-        let valid = pem(&ca, &valid_spec)?.ok_or("no certificate")?;
+        let valid = pem(&ca, &valid_spec)?;
         let (module_cert, module_key) = match module_files {
             Some(files) => files,
             None => {
-                let issued = ca
-                    .issue(&LeafSpec::new(module.clone()))
-                    .map_err(|e| e.to_string())?;
+                let issued = ca.issue(&LeafSpec::new(module.clone()))?;
                 let cert = workdir.join("module.pem");
                 let key = workdir.join("module.key");
                 write_private(&cert, issued.cert_pem().as_bytes(), 0o644)?;
@@ -120,7 +115,6 @@ impl Identities {
         };
         let (core_a, core_b, operator) = (actor(core_a), actor(core_b), actor(operator));
         Ok(Identities {
-            trust,
             ca_file: certs.join("ca.pem"),
             core_a,
             core_b,
@@ -146,7 +140,7 @@ fn refused_certs(
     ca: &CertAuthority,
     a_urn: &Urn,
     p256: bool,
-) -> Result<Vec<(&'static str, Option<ClientCert>)>, String> {
+) -> Result<Vec<(&'static str, Option<ClientCert>)>, ToolError> {
     let now = SystemTime::now();
     let day = Duration::from_secs(86_400);
     let expired_spec = LeafSpec::new(a_urn.clone()).valid_between(now - 2 * day, now - day);
@@ -155,8 +149,7 @@ fn refused_certs(
     } else {
         expired_spec
     };
-    let foreign =
-        CertAuthority::generate("conformance foreign CA", day).map_err(|e| e.to_string())?;
+    let foreign = CertAuthority::generate("conformance foreign CA", day)?;
     let foreign_spec = if p256 {
         LeafSpec::new(a_urn.clone()).ecdsa_p256()
     } else {
@@ -167,11 +160,7 @@ fn refused_certs(
     } else {
         LeafSpec::without_urn()
     };
-    let impostor_spec = LeafSpec::new(
-        "urn:anima:module:conformance-impostor"
-            .parse()
-            .map_err(|e| format!("{e}"))?,
-    );
+    let impostor_spec = LeafSpec::new("urn:anima:module:conformance-impostor".parse()?);
     let impostor_spec = if p256 {
         impostor_spec.ecdsa_p256()
     } else {
@@ -179,40 +168,50 @@ fn refused_certs(
     };
     Ok(vec![
         ("no client certificate", None),
-        ("expired certificate", pem(ca, &expired_spec)?),
-        ("certificate from another CA", pem(&foreign, &foreign_spec)?),
-        ("certificate without a URN", pem(ca, &no_urn)?),
+        ("expired certificate", Some(pem(ca, &expired_spec)?)),
+        (
+            "certificate from another CA",
+            Some(pem(&foreign, &foreign_spec)?),
+        ),
+        ("certificate without a URN", Some(pem(ca, &no_urn)?)),
         (
             "a module's identity as the client",
-            pem(ca, &impostor_spec)?,
+            Some(pem(ca, &impostor_spec)?),
         ),
     ])
 }
 
 /// A certificate and key issued by `ca` for `spec`, as PEM.
-fn pem(ca: &CertAuthority, spec: &LeafSpec) -> Result<Option<ClientCert>, String> {
-    let issued = ca.issue(spec).map_err(|e| e.to_string())?;
-    Ok(Some(ClientCert {
+fn pem(ca: &CertAuthority, spec: &LeafSpec) -> Result<ClientCert, ToolError> {
+    let issued = ca.issue(spec)?;
+    Ok(ClientCert {
         cert_pem: issued.cert_pem().to_owned(),
         key_pem: issued.key_pem().to_owned(),
-    }))
+    })
 }
 
-fn identity(ca: &CertAuthority, spec: &LeafSpec) -> Result<TlsIdentity, String> {
-    let issued = ca.issue(spec).map_err(|e| e.to_string())?;
-    TlsIdentity::from_pem(issued.cert_pem().as_bytes(), issued.key_pem().as_bytes())
-        .map_err(|e| e.to_string())
+/// A certificate and key issued by `ca` for `spec`, as a TLS identity.
+fn identity(ca: &CertAuthority, spec: &LeafSpec) -> Result<TlsIdentity, ToolError> {
+    let issued = ca.issue(spec)?;
+    Ok(TlsIdentity::from_pem(
+        issued.cert_pem().as_bytes(),
+        issued.key_pem().as_bytes(),
+    )?)
 }
 
-fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+/// Writes `bytes` to a new file at `path` with permissions `mode`.
+fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ToolError> {
+    let file_error = |source| ToolError::File {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    file.write_all(bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(file_error)?;
+    file.write_all(bytes).map_err(file_error)
 }
 
 /// How to start the module.
@@ -231,8 +230,6 @@ pub struct Running {
     pub pid: Option<u32>,
     /// Where it listens (from its ready line).
     pub addr: SocketAddr,
-    /// Its stderr, captured.
-    pub log: PathBuf,
     exited: Option<ExitStatus>,
 }
 
@@ -244,12 +241,17 @@ pub async fn start(
     module: &Urn,
     core: Option<&Urn>,
     log: PathBuf,
-) -> Result<Running, String> {
-    let (program, args) = command
-        .argv
-        .split_first()
-        .ok_or("no command to start the module with")?;
-    let stderr = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+) -> Result<Running, ToolError> {
+    let (program, args) = command.argv.split_first().ok_or(ToolError::NoCommand)?;
+    let failed = |failure| ToolError::Launch {
+        program: program.clone(),
+        log: log.clone(),
+        failure,
+    };
+    let stderr = File::create(&log).map_err(|source| ToolError::File {
+        path: log.clone(),
+        source,
+    })?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(command.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -267,36 +269,33 @@ pub async fn start(
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr))
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| failed(LaunchFailure::Spawn(e)))?;
     let pid = child.id();
-    let stdout = child.stdout.take().ok_or("no stdout")?;
+    // Always there: stdout is piped above.
+    let stdout = child.stdout.take().ok_or_else(|| {
+        failed(LaunchFailure::Spawn(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "no stdout pipe",
+        )))
+    })?;
     let mut lines = BufReader::new(stdout).lines();
     let line = match tokio::time::timeout(READY_TIMEOUT, lines.next_line()).await {
-        Err(_) => {
-            return Err(format!(
-                "no ready line within {READY_TIMEOUT:?} (log: {})",
-                log.display()
-            ));
-        }
+        Err(_) => return Err(failed(LaunchFailure::NoReadyLine(READY_TIMEOUT))),
         Ok(Ok(Some(line))) => line,
         Ok(_) => {
             let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-            return Err(format!(
-                "exited before its ready line ({status:?}; log: {})",
-                log.display()
-            ));
+            return Err(failed(LaunchFailure::Ended(
+                status.ok().and_then(Result::ok),
+            )));
         }
     };
     // Nothing may follow on stdout; drain it so the module never blocks.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let addr = expect_ready_line(&line, module).map_err(|e| e.to_string())?;
+    let addr = expect_ready_line(&line, module).map_err(|e| failed(e.into()))?;
     Ok(Running {
         child,
         pid,
         addr,
-        log,
         exited: None,
     })
 }

@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anima_protocol::lease::{LeaseId, LeaseState, Reason, status_for};
 use anima_protocol::pb::core_admin_server::CoreAdmin;
@@ -16,18 +15,19 @@ use anima_protocol::{PeerInfo, Urn};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::unix_ms;
 use crate::registry::ModuleCommand;
 use crate::supervisor::CoreContext;
 
 /// The admin service.
-pub struct AdminService {
+pub(crate) struct AdminService {
     ctx: Arc<CoreContext>,
     operators: Vec<Urn>,
 }
 
 impl AdminService {
     /// Serves `ctx` to `operators`.
-    pub fn new(ctx: Arc<CoreContext>, operators: Vec<Urn>) -> Self {
+    pub(crate) fn new(ctx: Arc<CoreContext>, operators: Vec<Urn>) -> Self {
         AdminService { ctx, operators }
     }
 
@@ -47,9 +47,13 @@ impl AdminService {
     }
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// A lease state's name, as the admin API and `/metrics` report it.
+pub(crate) fn lease_state_name(state: &LeaseState) -> &'static str {
+    match state {
+        LeaseState::Active => "active",
+        LeaseState::Expired => "expired",
+        LeaseState::Ended(_) => "ended",
+    }
 }
 
 fn not_found(what: String) -> Status {
@@ -95,10 +99,10 @@ impl CoreAdmin for AdminService {
             .list()
             .into_iter()
             .map(|r| {
-                let (state, reason) = match &r.state {
-                    LeaseState::Active => ("active", String::new()),
-                    LeaseState::Expired => ("expired", "LEASE_EXPIRED".into()),
-                    LeaseState::Ended(e) => ("ended", e.reason.to_string()),
+                let reason = match &r.state {
+                    LeaseState::Active => String::new(),
+                    LeaseState::Expired => "LEASE_EXPIRED".into(),
+                    LeaseState::Ended(e) => e.reason.to_string(),
                 };
                 LeaseInfo {
                     lease_id: r.lease_id.to_string(),
@@ -108,7 +112,7 @@ impl CoreAdmin for AdminService {
                     expires_ms: unix_ms(r.expires),
                     ttl_ms: u64::try_from(r.ttl.as_millis()).unwrap_or(u64::MAX),
                     renewals: r.renewals,
-                    state: state.into(),
+                    state: lease_state_name(&r.state).into(),
                     reason,
                 }
             })

@@ -9,9 +9,9 @@
 //! written by one writer thread, off the runtime's worker threads: a caller
 //! only queues its record, never waits for the disk. When the queue is full
 //! (the disk stalls, or a flood of refused calls outruns it), the record is
-//! dropped, counted ([`AuditLog::dropped`], `anima_audit_records_dropped_total`
-//! in `/metrics`) and logged, and the Core goes on; the in-memory lease table
-//! stays authoritative. A write that fails is logged and never stops the Core.
+//! dropped, counted (`anima_audit_records_dropped_total` in `/metrics`) and
+//! logged, and the Core goes on; the in-memory lease table stays
+//! authoritative. A write that fails is logged and never stops the Core.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -177,11 +177,9 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// A record stamped now.
-    pub fn now(event: AuditEvent, module: &str, core: &str, actor: Actor) -> Self {
+    pub(crate) fn now(event: AuditEvent, module: &str, core: &str, actor: Actor) -> Self {
         AuditRecord {
-            ts_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ts_ms: unix_ms(SystemTime::now()),
             event,
             lease_id: None,
             module: module.to_owned(),
@@ -192,6 +190,13 @@ impl AuditRecord {
             ttl_ms: None,
         }
     }
+}
+
+/// `t` in Unix milliseconds, as records and events are stamped (0 before
+/// the epoch).
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Where audit records go. Cloning shares the destination.
@@ -219,7 +224,7 @@ enum Message {
 impl AuditLog {
     /// Appends to `path`, creating it (mode 0600) if needed, through a
     /// writer thread of its own.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
         let mut options = OpenOptions::new();
         options.create(true).append(true);
         #[cfg(unix)]
@@ -257,7 +262,7 @@ impl AuditLog {
     }
 
     /// Queues one record; never waits for the disk.
-    pub fn record(&self, record: AuditRecord) {
+    pub(crate) fn record(&self, record: AuditRecord) {
         match &*self.sink {
             Sink::File {
                 queue,
@@ -285,7 +290,7 @@ impl AuditLog {
     }
 
     /// Records dropped so far because the writer could not keep up.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         match &*self.sink {
             Sink::File { dropped, .. } => dropped.load(Ordering::Relaxed),
             _ => 0,
@@ -295,7 +300,7 @@ impl AuditLog {
     /// Waits (blocking, at most `limit`) until every record queued so far is
     /// written and flushed; false if that did not happen in time. Call it
     /// from a blocking context (e.g. `spawn_blocking`), as on shutdown.
-    pub fn flush(&self, limit: Duration) -> bool {
+    pub(crate) fn flush(&self, limit: Duration) -> bool {
         let Sink::File { queue, .. } = &*self.sink else {
             return true;
         };

@@ -1,8 +1,10 @@
 //! Lifecycle events the Core publishes (admin `WatchEvents`, logs).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use tokio::sync::broadcast;
+
+use crate::audit::unix_ms;
 
 /// What happened: the `kind` of an `anima.v1.Event` (README's table of
 /// `anima events`).
@@ -65,22 +67,22 @@ impl std::fmt::Display for EventKind {
 
 /// One lifecycle event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CoreEvent {
+pub(crate) struct CoreEvent {
     /// Unix milliseconds.
-    pub ts_ms: u64,
+    pub(crate) ts_ms: u64,
     /// What happened.
-    pub kind: EventKind,
+    pub(crate) kind: EventKind,
     /// The module.
-    pub module: String,
+    pub(crate) module: String,
     /// The lease, when the event concerns one.
-    pub lease_id: String,
+    pub(crate) lease_id: String,
     /// Free text.
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 /// The event bus. Cloning shares it; slow subscribers lose old events.
 #[derive(Debug, Clone)]
-pub struct Events(broadcast::Sender<CoreEvent>);
+pub(crate) struct Events(broadcast::Sender<CoreEvent>);
 
 impl Default for Events {
     fn default() -> Self {
@@ -90,14 +92,17 @@ impl Default for Events {
 
 impl Events {
     /// Publishes an event (and logs it).
-    pub fn emit(&self, kind: EventKind, module: &str, lease_id: &str, detail: impl Into<String>) {
+    pub(crate) fn emit(
+        &self,
+        kind: EventKind,
+        module: &str,
+        lease_id: &str,
+        detail: impl Into<String>,
+    ) {
         let detail = detail.into();
         tracing::info!(event = kind.as_str(), module, lease_id, detail = %detail, "event");
-        let ts_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let _ = self.0.send(CoreEvent {
-            ts_ms,
+            ts_ms: unix_ms(SystemTime::now()),
             kind,
             module: module.to_owned(),
             lease_id: lease_id.to_owned(),
@@ -106,7 +111,7 @@ impl Events {
     }
 
     /// Events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<CoreEvent> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<CoreEvent> {
         self.0.subscribe()
     }
 }

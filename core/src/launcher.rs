@@ -15,37 +15,37 @@ use anima_protocol::Urn;
 use anima_protocol::launch::{
     DEFAULT_LISTEN, LaunchEnv, READY_PREFIX, READY_TIMEOUT, ReadyLineError, expect_ready_line,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 /// What is needed to start one module.
 #[derive(Debug, Clone)]
-pub struct LaunchSpec {
+pub(crate) struct LaunchSpec {
     /// The module's identity (its ready line must name it).
-    pub urn: Urn,
+    pub(crate) urn: Urn,
     /// The program.
-    pub program: PathBuf,
+    pub(crate) program: PathBuf,
     /// Its arguments.
-    pub args: Vec<String>,
+    pub(crate) args: Vec<String>,
     /// Extra environment.
-    pub env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
     /// The module's certificate and key, and the CA.
-    pub cert: PathBuf,
+    pub(crate) cert: PathBuf,
     /// See `cert`.
-    pub key: PathBuf,
+    pub(crate) key: PathBuf,
     /// See `cert`.
-    pub ca: PathBuf,
+    pub(crate) ca: PathBuf,
     /// The Core that launches it (the only Core it will accept, Type I/II).
-    pub core: Urn,
+    pub(crate) core: Urn,
     /// Identities allowed to shut it down (the Core itself for modules it
     /// hosts as infrastructure).
-    pub operators: Vec<Urn>,
+    pub(crate) operators: Vec<Urn>,
 }
 
 /// Why a module could not be started.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum LaunchError {
+pub(crate) enum LaunchError {
     /// The program could not be spawned.
     #[error("cannot start {program}: {source}")]
     Spawn {
@@ -73,17 +73,36 @@ pub enum LaunchError {
 
 /// A started module process.
 #[derive(Debug)]
-pub struct Launched {
+pub(crate) struct Launched {
     /// The child (killed when dropped).
-    pub child: Child,
+    pub(crate) child: Child,
     /// Its process id.
-    pub pid: Option<u32>,
+    pub(crate) pid: Option<u32>,
     /// Where it listens.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 /// Starts `spec` and waits for its ready line.
-pub async fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
+pub(crate) async fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
+    let mut child = spawn(spec)?;
+    let pid = child.id();
+    let module = spec.urn.to_string();
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(log_lines(BufReader::new(stderr).lines(), module.clone()));
+    }
+    let Some(stdout) = child.stdout.take() else {
+        return Err(LaunchError::NoStdout);
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let line = ready_line(&mut lines, &module, &mut child).await?;
+    let addr = expect_ready_line(&line, &spec.urn)?;
+    tokio::spawn(log_lines(lines, module));
+    Ok(Launched { child, pid, addr })
+}
+
+/// Spawns `spec`'s program with the launch protocol's environment, its
+/// stdout and stderr piped.
+fn spawn(spec: &LaunchSpec) -> Result<Child, LaunchError> {
     let env = LaunchEnv {
         cert: spec.cert.clone(),
         key: spec.key.clone(),
@@ -98,7 +117,7 @@ pub async fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     env.apply(&mut command);
-    let mut child = command
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -107,36 +126,28 @@ pub async fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         .map_err(|source| LaunchError::Spawn {
             program: spec.program.display().to_string(),
             source,
-        })?;
-    let pid = child.id();
-    let module = spec.urn.to_string();
-    if let Some(stderr) = child.stderr.take() {
-        let module = module.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(target: "anima::module", module = %module, "{line}");
-            }
-        });
-    }
-    let Some(stdout) = child.stdout.take() else {
-        return Err(LaunchError::NoStdout);
-    };
-    let mut lines = BufReader::new(stdout).lines();
+        })
+}
+
+/// Reads the child's stdout up to its ready line (logging the lines before
+/// it) within [`READY_TIMEOUT`].
+async fn ready_line(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    module: &str,
+    child: &mut Child,
+) -> Result<String, LaunchError> {
     let ready = tokio::time::timeout(READY_TIMEOUT, async {
         loop {
             match lines.next_line().await {
                 Ok(Some(line)) if line.starts_with(READY_PREFIX) => return Ok(line),
-                Ok(Some(line)) => {
-                    tracing::info!(target: "anima::module", module = %module, "{line}");
-                }
+                Ok(Some(line)) => log_line(module, &line),
                 Ok(None) | Err(_) => return Err(()),
             }
         }
     })
     .await;
-    let line = match ready {
-        Err(_) => return Err(LaunchError::Timeout(READY_TIMEOUT)),
+    match ready {
+        Err(_) => Err(LaunchError::Timeout(READY_TIMEOUT)),
         Ok(Err(())) => {
             let status = tokio::time::timeout(Duration::from_secs(2), child.wait())
                 .await
@@ -146,15 +157,20 @@ pub async fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
                     || "still running, stdout closed".to_owned(),
                     |s| s.to_string(),
                 );
-            return Err(LaunchError::ExitedEarly { status });
+            Err(LaunchError::ExitedEarly { status })
         }
-        Ok(Ok(line)) => line,
-    };
-    let addr = expect_ready_line(&line, &spec.urn)?;
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(target: "anima::module", module = %module, "{line}");
-        }
-    });
-    Ok(Launched { child, pid, addr })
+        Ok(Ok(line)) => Ok(line),
+    }
+}
+
+/// Logs each of the child's `lines`, tagged with `module`, until they end.
+async fn log_lines<R: AsyncBufRead + Unpin>(mut lines: Lines<R>, module: String) {
+    while let Ok(Some(line)) = lines.next_line().await {
+        log_line(&module, &line);
+    }
+}
+
+/// One line the child wrote, in the Core's log.
+fn log_line(module: &str, line: &str) {
+    tracing::info!(target: "anima::module", module = %module, "{line}");
 }

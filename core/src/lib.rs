@@ -9,17 +9,17 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod admin;
+mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod events;
 pub mod gateway;
-pub mod launcher;
+mod launcher;
 pub mod lease;
-pub mod metrics;
-pub mod registry;
+mod metrics;
+mod registry;
 mod restart;
 pub mod service;
 mod status;
-pub mod supervisor;
+mod supervisor;

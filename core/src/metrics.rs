@@ -11,7 +11,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anima_protocol::ServerTls;
-use anima_protocol::lease::LeaseState;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,6 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::admin::lease_state_name;
 use crate::supervisor::CoreContext;
 
 /// Latency buckets, seconds.
@@ -27,7 +27,7 @@ const BUCKETS: [f64; 14] = [
 ];
 
 /// The `Content-Type` of [`Metrics::render`]'s text.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -63,7 +63,7 @@ fn latency_histogram() -> Histogram {
 }
 
 /// The gateway's counters, and what the endpoint's listener refused.
-pub struct Metrics {
+pub(crate) struct Metrics {
     calls: Family<CallLabels, Counter>,
     latency: LatencyFamily,
     refusals: Family<ReasonLabels, Counter>,
@@ -83,12 +83,12 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Reports the connections `tls` refuses (the Core's endpoint).
-    pub fn watch_listener(&self, tls: &ServerTls) {
+    pub(crate) fn watch_listener(&self, tls: &ServerTls) {
         *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(tls.clone());
     }
 
     /// One finished call.
-    pub fn call(&self, method: &str, code: tonic::Code, latency: Duration) {
+    pub(crate) fn call(&self, method: &str, code: tonic::Code, latency: Duration) {
         let method = method.to_owned();
         self.calls
             .get_or_create(&CallLabels {
@@ -102,7 +102,7 @@ impl Metrics {
     }
 
     /// One refused call, by reason.
-    pub fn refusal(&self, reason: &str) {
+    pub(crate) fn refusal(&self, reason: &str) {
         self.refusals
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
@@ -111,7 +111,7 @@ impl Metrics {
     }
 
     /// The exposition text (Prometheus text format, [`CONTENT_TYPE`]).
-    pub fn render(&self, ctx: &CoreContext) -> String {
+    pub(crate) fn render(&self, ctx: &CoreContext) -> String {
         let mut registry = Registry::default();
         register_leases(&mut registry, ctx);
         register_modules(&mut registry, ctx);
@@ -178,11 +178,7 @@ fn register_leases(registry: &mut Registry, ctx: &CoreContext) {
     let leases = Family::<ModuleStateLabels, Gauge>::default();
     let renewals = Family::<ModuleLabels, Counter>::default();
     for r in ctx.leases.list() {
-        let state = match r.state {
-            LeaseState::Active => "active",
-            LeaseState::Expired => "expired",
-            LeaseState::Ended(_) => "ended",
-        };
+        let state = lease_state_name(&r.state);
         let module = r.module.to_string();
         leases
             .get_or_create(&ModuleStateLabels {

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 /// A module's state as the Core tracks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModuleState {
+pub(crate) enum ModuleState {
     /// Being started, dialled or leased.
     Starting,
     /// Holding a valid lease.
@@ -27,7 +27,7 @@ pub enum ModuleState {
 
 impl ModuleState {
     /// The state's name (admin API, CLI).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ModuleState::Starting => "starting",
             ModuleState::Leased => "leased",
@@ -47,28 +47,28 @@ impl fmt::Display for ModuleState {
 
 /// One module's row.
 #[derive(Debug, Clone)]
-pub struct ModuleView {
+pub(crate) struct ModuleView {
     /// The module.
-    pub urn: Urn,
+    pub(crate) urn: Urn,
     /// `ephemeral`, `resident-private` or `resident-shared`.
-    pub module_type: &'static str,
+    pub(crate) module_type: &'static str,
     /// Its state.
-    pub state: ModuleState,
+    pub(crate) state: ModuleState,
     /// Why, where there is something to say.
-    pub detail: String,
+    pub(crate) detail: String,
     /// Its process id, when the Core started it and it runs.
-    pub pid: Option<u32>,
+    pub(crate) pid: Option<u32>,
     /// Where it listens, once known.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// Restarts so far.
-    pub restarts: u32,
+    pub(crate) restarts: u32,
     /// The current lease.
-    pub lease_id: Option<LeaseId>,
+    pub(crate) lease_id: Option<LeaseId>,
 }
 
 /// An operator's command to one module's supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModuleCommand {
+pub(crate) enum ModuleCommand {
     /// Stop it and start it again.
     Restart,
     /// Stop it (until a restart).
@@ -83,7 +83,7 @@ struct Entry {
 
 /// Every configured module. Cloning shares it.
 #[derive(Clone, Default)]
-pub struct Registry(Arc<Mutex<BTreeMap<Urn, Entry>>>);
+pub(crate) struct Registry(Arc<Mutex<BTreeMap<Urn, Entry>>>);
 
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<Urn, Entry>> {
@@ -137,22 +137,22 @@ impl Registry {
     }
 
     /// Watches a module's state.
-    pub fn watch(&self, urn: &Urn) -> Option<watch::Receiver<ModuleState>> {
+    pub(crate) fn watch(&self, urn: &Urn) -> Option<watch::Receiver<ModuleState>> {
         self.lock().get(urn).map(|e| e.state.subscribe())
     }
 
     /// Every module's row.
-    pub fn list(&self) -> Vec<ModuleView> {
+    pub(crate) fn list(&self) -> Vec<ModuleView> {
         self.lock().values().map(|e| e.view.clone()).collect()
     }
 
     /// One module's row.
-    pub fn get(&self, urn: &Urn) -> Option<ModuleView> {
+    pub(crate) fn get(&self, urn: &Urn) -> Option<ModuleView> {
         self.lock().get(urn).map(|e| e.view.clone())
     }
 
     /// Sends `command` to the module's supervisor; false if unknown.
-    pub fn command(&self, urn: &Urn, command: ModuleCommand) -> bool {
+    pub(crate) fn command(&self, urn: &Urn, command: ModuleCommand) -> bool {
         let tx = self.lock().get(urn).map(|e| e.commands.clone());
         match tx {
             Some(tx) => tx.try_send(command).is_ok(),

@@ -5,12 +5,13 @@
 //! revokes its leases, stops the modules it started (each within a bounded
 //! grace), and returns. If its endpoint stops serving first (the listening
 //! socket is lost, the server task fails), it logs why, stops the same way,
-//! and returns [`ServeError::EndpointStopped`]: a Core without its admin API
+//! and returns `ServeError::EndpointStopped`: a Core without its admin API
 //! and gateway does not go on silently.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -18,10 +19,10 @@ use std::time::Duration;
 
 use anima_protocol::lease::LeaseSigner;
 use anima_protocol::pb::core_admin_server::CoreAdminServer;
-use anima_protocol::{ClientTls, PeerPolicy, ServerTls, TlsConn, TlsIdentity, TrustRoot};
+use anima_protocol::{ClientTls, PeerPolicy, ServerTls, TlsConn, TlsIdentity, TrustRoot, Urn};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 
@@ -37,10 +38,10 @@ use crate::registry::Registry;
 use crate::supervisor::{CoreContext, supervise};
 
 /// The line `anima serve` prints on stdout once its admin endpoint listens.
-pub const READY_PREFIX: &str = "ANIMA-CORE READY";
+pub(crate) const READY_PREFIX: &str = "ANIMA-CORE READY";
 
 /// How long module supervisors may take to stop everything on shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How many streams (calls) one connection to the Core's endpoint may have
 /// open at once: announced as HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`, and
@@ -57,7 +58,7 @@ const AUDIT_FLUSH_GRACE: Duration = Duration::from_secs(2);
 /// Why the Core could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ServeError {
+pub(crate) enum ServeError {
     /// The Core's certificate or CA.
     #[error("Core identity: {0}")]
     Identity(#[from] anima_protocol::TransportError),
@@ -127,7 +128,7 @@ fn endpoint_routes(
     gateway: Gateway,
     metrics: Arc<Metrics>,
     ctx: Arc<CoreContext>,
-    operators: Vec<anima_protocol::Urn>,
+    operators: Vec<Urn>,
 ) -> tonic::service::Routes {
     use std::convert::Infallible;
     let metrics_service = tower::service_fn(move |request: http::Request<axum::body::Body>| {
@@ -161,123 +162,29 @@ fn endpoint_routes(
 }
 
 /// A running Core's shared state, for embedding and tests.
-pub struct Running {
+pub(crate) struct Running {
     /// Where the admin API listens.
-    pub admin_addr: SocketAddr,
+    pub(crate) admin_addr: SocketAddr,
     /// The shared context (registry, leases, events).
-    pub ctx: Arc<CoreContext>,
+    #[expect(
+        dead_code,
+        reason = "no reader since `serve` became crate-private: `anima serve` reads only `admin_addr`"
+    )]
+    pub(crate) ctx: Arc<CoreContext>,
 }
 
 /// Runs the Core described by `config` until `shutdown` completes.
 /// `on_ready` is called once the admin endpoint listens.
-pub async fn serve(
+pub(crate) async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
     on_ready: impl FnOnce(&Running),
 ) -> Result<(), ServeError> {
-    let identity = TlsIdentity::from_pem_files(&config.core.cert, &config.core.key)?;
-    if identity.urn() != &config.core.urn {
-        return Err(ServeError::WrongIdentity {
-            cert: identity.urn().to_string(),
-            config: config.core.urn.to_string(),
-        });
-    }
-    let trust = TrustRoot::from_pem_file(&config.core.ca)?;
-    let signer = Arc::new(LeaseSigner::from_identity(&identity)?);
-    // The endpoint certificate (same URN, e.g. P-256): a fallback on the
-    // user endpoint, and the identity for modules with core_cert = "endpoint".
-    let endpoint_identity = match &config.core.endpoint_cert {
-        Some((cert, key)) => {
-            let fallback = TlsIdentity::from_pem_files(cert, key)?;
-            if fallback.urn() != &config.core.urn {
-                return Err(ServeError::WrongIdentity {
-                    cert: fallback.urn().to_string(),
-                    config: config.core.urn.to_string(),
-                });
-            }
-            Some(fallback)
-        }
-        None => None,
-    };
-    let endpoint_dialer = match &endpoint_identity {
-        Some(id) => Some((
-            ClientTls::new(id.clone(), trust.clone()),
-            Arc::new(LeaseSigner::from_identity(id)?),
-        )),
-        None => None,
-    };
-    let audit_path = config
-        .core
-        .audit_log
-        .clone()
-        .unwrap_or_else(|| "anima-audit.jsonl".into());
-    let audit = AuditLog::open(&audit_path).map_err(|source| ServeError::Io {
-        what: format!("audit log {}", audit_path.display()),
-        source,
-    })?;
-    let ctx = Arc::new(CoreContext {
-        urn: config.core.urn.clone(),
-        client: ClientTls::new(identity.clone(), trust.clone()),
-        signer,
-        ca_file: config.core.ca.clone(),
-        leases: LeaseTable::new(),
-        audit,
-        registry: Registry::default(),
-        events: Events::default(),
-        renew_when_left: config.leases.renew_when_left,
-        links: Mutex::new(HashMap::new()),
-        endpoint_dialer,
-        routes: {
-            let routes = Routes::default();
-            for m in &config.modules {
-                routes.learn(&m.urn, m.contract.iter().flat_map(|c| c.methods.iter()));
-            }
-            routes
-        },
-    });
-
-    let listener = TcpListener::bind(config.admin.listen)
-        .await
-        .map_err(|source| ServeError::Io {
-            what: format!("admin listen {}", config.admin.listen),
-            source,
-        })?;
-    let admin_addr = listener.local_addr().map_err(|source| ServeError::Io {
-        what: "admin address".into(),
-        source,
-    })?;
+    let identity = CoreIdentity::load(&config)?;
+    let ctx = Arc::new(core_context(&config, &identity)?);
+    let (listener, admin_addr) = bind(config.admin.listen).await?;
     let stop = CancellationToken::new();
-    let admin_tls = match &endpoint_identity {
-        Some(fallback) => {
-            ServerTls::with_fallback(&identity, fallback, &trust, PeerPolicy::AnyIdentity)?
-        }
-        None => ServerTls::new(&identity, &trust, PeerPolicy::AnyIdentity)?,
-    };
-    let admin = AdminService::new(ctx.clone(), config.admin.operators.clone());
-    let metrics = Arc::new(Metrics::default());
-    metrics.watch_listener(&admin_tls);
-    let gateway = Gateway::new(ctx.clone(), config.policies.clone(), metrics.clone());
-    let routes = endpoint_routes(
-        CoreAdminServer::new(admin),
-        gateway,
-        metrics,
-        ctx.clone(),
-        config.admin.operators.clone(),
-    );
-    let admin_stop = stop.clone();
-    let (stopped, mut endpoint_stopped) = oneshot::channel();
-    let incoming = Watched {
-        inner: admin_tls.incoming(listener),
-        stopped: Some(stopped),
-    };
-    let mut admin_server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(5)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .max_concurrent_streams(ENDPOINT_MAX_CONCURRENT_STREAMS)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, admin_stop.cancelled_owned()),
-    );
+    let mut endpoint = Endpoint::spawn(&config, &identity, &ctx, listener, &stop)?;
     // Every module is registered (listed as starting) before the Core says
     // it is ready, so `anima modules` right after READY lists them all.
     let mut supervisors = JoinSet::new();
@@ -292,22 +199,7 @@ pub async fn serve(
     });
 
     // Until asked to stop, or until the endpoint stops by itself.
-    tokio::pin!(shutdown);
-    let mut server_done = false;
-    let failure = tokio::select! {
-        _ = &mut shutdown => None,
-        why = &mut endpoint_stopped => Some(why.unwrap_or_else(|_| {
-            "the endpoint server stopped accepting connections".to_owned()
-        })),
-        result = &mut admin_server => {
-            server_done = true;
-            Some(match result {
-                Ok(Ok(())) => "the endpoint server ended".to_owned(),
-                Ok(Err(e)) => format!("the endpoint server failed: {e}"),
-                Err(e) => format!("the endpoint server task failed: {e}"),
-            })
-        }
-    };
+    let failure = endpoint.until_stopped(shutdown).await;
     match &failure {
         None => tracing::info!("shutting down: revoking leases and stopping modules"),
         Some(why) => tracing::error!(
@@ -317,6 +209,214 @@ pub async fn serve(
         ),
     }
     stop.cancel();
+    drain(supervisors).await;
+    endpoint.finish().await;
+    flush_audit(&ctx.audit).await;
+    tracing::info!("Core stopped");
+    match failure {
+        None => Ok(()),
+        Some(why) => Err(ServeError::EndpointStopped {
+            addr: admin_addr,
+            why,
+        }),
+    }
+}
+
+/// The Core's certificates, checked against its configured URN.
+struct CoreIdentity {
+    /// The Core's certificate (`[core] cert`).
+    tls: TlsIdentity,
+    /// The CA every peer must chain to.
+    trust: TrustRoot,
+    /// Signs the Core's leases, with `tls`'s key.
+    signer: Arc<LeaseSigner>,
+    /// The endpoint certificate (same URN, e.g. P-256): a fallback on the
+    /// user endpoint, and the identity for modules with core_cert = "endpoint".
+    endpoint: Option<TlsIdentity>,
+}
+
+impl CoreIdentity {
+    fn load(config: &Config) -> Result<Self, ServeError> {
+        let urn = &config.core.urn;
+        let tls = load_identity(&config.core.cert, &config.core.key, urn)?;
+        let trust = TrustRoot::from_pem_file(&config.core.ca)?;
+        let signer = Arc::new(LeaseSigner::from_identity(&tls)?);
+        let endpoint = match &config.core.endpoint_cert {
+            Some((cert, key)) => Some(load_identity(cert, key, urn)?),
+            None => None,
+        };
+        Ok(CoreIdentity {
+            tls,
+            trust,
+            signer,
+            endpoint,
+        })
+    }
+
+    /// The endpoint certificate as a dialler and lease signer, if there is one.
+    fn endpoint_dialer(&self) -> Result<Option<(ClientTls, Arc<LeaseSigner>)>, ServeError> {
+        Ok(match &self.endpoint {
+            Some(id) => Some((
+                ClientTls::new(id.clone(), self.trust.clone()),
+                Arc::new(LeaseSigner::from_identity(id)?),
+            )),
+            None => None,
+        })
+    }
+
+    /// The endpoint's TLS: the Core's certificate, with the endpoint
+    /// certificate as the fallback when there is one; any identity may call.
+    fn server_tls(&self) -> Result<ServerTls, ServeError> {
+        Ok(match &self.endpoint {
+            Some(fallback) => {
+                ServerTls::with_fallback(&self.tls, fallback, &self.trust, PeerPolicy::AnyIdentity)?
+            }
+            None => ServerTls::new(&self.tls, &self.trust, PeerPolicy::AnyIdentity)?,
+        })
+    }
+}
+
+/// A certificate and key that must name the Core's configured `urn`.
+fn load_identity(cert: &Path, key: &Path, urn: &Urn) -> Result<TlsIdentity, ServeError> {
+    let identity = TlsIdentity::from_pem_files(cert, key)?;
+    if identity.urn() != urn {
+        return Err(ServeError::WrongIdentity {
+            cert: identity.urn().to_string(),
+            config: urn.to_string(),
+        });
+    }
+    Ok(identity)
+}
+
+/// What every supervisor shares: the Core's identity, its audit log (opened
+/// here), empty tables, and the routes the contracts declare.
+fn core_context(config: &Config, identity: &CoreIdentity) -> Result<CoreContext, ServeError> {
+    let endpoint_dialer = identity.endpoint_dialer()?;
+    let audit_path = config
+        .core
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| crate::config::DEFAULT_AUDIT_LOG.into());
+    let audit = AuditLog::open(&audit_path).map_err(|source| ServeError::Io {
+        what: format!("audit log {}", audit_path.display()),
+        source,
+    })?;
+    let routes = Routes::default();
+    for m in &config.modules {
+        routes.learn(&m.urn, m.contract.iter().flat_map(|c| c.methods.iter()));
+    }
+    Ok(CoreContext {
+        urn: config.core.urn.clone(),
+        client: ClientTls::new(identity.tls.clone(), identity.trust.clone()),
+        signer: identity.signer.clone(),
+        ca_file: config.core.ca.clone(),
+        leases: LeaseTable::new(),
+        audit,
+        registry: Registry::default(),
+        events: Events::default(),
+        renew_when_left: config.leases.renew_when_left,
+        links: Mutex::new(HashMap::new()),
+        endpoint_dialer,
+        routes,
+    })
+}
+
+/// The endpoint's listening socket and its address.
+async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServeError::Io {
+            what: format!("admin listen {listen}"),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Io {
+        what: "admin address".into(),
+        source,
+    })?;
+    Ok((listener, addr))
+}
+
+/// The Core's endpoint server, running in its own task.
+struct Endpoint {
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Why accepting connections stopped for good, if it does.
+    stopped: oneshot::Receiver<String>,
+    /// Whether `server` has been awaited to its end.
+    done: bool,
+}
+
+impl Endpoint {
+    /// Serves the admin API, `/metrics` and the gateway on `listener` over
+    /// mTLS until `stop` is cancelled.
+    fn spawn(
+        config: &Config,
+        identity: &CoreIdentity,
+        ctx: &Arc<CoreContext>,
+        listener: TcpListener,
+        stop: &CancellationToken,
+    ) -> Result<Self, ServeError> {
+        let tls = identity.server_tls()?;
+        let admin = AdminService::new(ctx.clone(), config.admin.operators.clone());
+        let metrics = Arc::new(Metrics::default());
+        metrics.watch_listener(&tls);
+        let gateway = Gateway::new(ctx.clone(), config.policies.clone(), metrics.clone());
+        let routes = endpoint_routes(
+            CoreAdminServer::new(admin),
+            gateway,
+            metrics,
+            ctx.clone(),
+            config.admin.operators.clone(),
+        );
+        let (stopped_tx, stopped) = oneshot::channel();
+        let incoming = Watched {
+            inner: tls.incoming(listener),
+            stopped: Some(stopped_tx),
+        };
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(5)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                .max_concurrent_streams(ENDPOINT_MAX_CONCURRENT_STREAMS)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
+        );
+        Ok(Endpoint {
+            server,
+            stopped,
+            done: false,
+        })
+    }
+
+    /// Waits for `shutdown` (`None`), or for the endpoint to stop by itself
+    /// (why).
+    async fn until_stopped(&mut self, shutdown: impl Future<Output = ()>) -> Option<String> {
+        tokio::select! {
+            _ = shutdown => None,
+            why = &mut self.stopped => Some(why.unwrap_or_else(|_| {
+                "the endpoint server stopped accepting connections".to_owned()
+            })),
+            result = &mut self.server => {
+                self.done = true;
+                Some(match result {
+                    Ok(Ok(())) => "the endpoint server ended".to_owned(),
+                    Ok(Err(e)) => format!("the endpoint server failed: {e}"),
+                    Err(e) => format!("the endpoint server task failed: {e}"),
+                })
+            }
+        }
+    }
+
+    /// Gives the server a moment to finish, unless it already has.
+    async fn finish(self) {
+        if !self.done {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.server).await;
+        }
+    }
+}
+
+/// Waits for the module supervisors (asked to stop) within
+/// [`SHUTDOWN_GRACE`]; abandons those still running then.
+async fn drain(mut supervisors: JoinSet<()>) {
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while supervisors.join_next().await.is_some() {}
     })
@@ -325,23 +425,15 @@ pub async fn serve(
         tracing::warn!("modules did not stop within {SHUTDOWN_GRACE:?}; abandoning them");
         supervisors.abort_all();
     }
-    if !server_done {
-        let _ = tokio::time::timeout(Duration::from_secs(2), admin_server).await;
-    }
-    // What the audit writer still holds goes to disk before we return.
-    let audit = ctx.audit.clone();
+}
+
+/// What the audit writer still holds goes to disk before the Core returns.
+async fn flush_audit(audit: &AuditLog) {
+    let audit = audit.clone();
     let flushed = tokio::task::spawn_blocking(move || audit.flush(AUDIT_FLUSH_GRACE)).await;
     if !matches!(flushed, Ok(true)) {
         tracing::error!(
             "the audit log did not write its last records within {AUDIT_FLUSH_GRACE:?}"
         );
-    }
-    tracing::info!("Core stopped");
-    match failure {
-        None => Ok(()),
-        Some(why) => Err(ServeError::EndpointStopped {
-            addr: admin_addr,
-            why,
-        }),
     }
 }

@@ -8,6 +8,7 @@
 //! says why.
 
 use std::net::SocketAddr;
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,39 +36,39 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const RELEASE_DELAY: Duration = Duration::from_millis(200);
 
 /// What every supervisor shares.
-pub struct CoreContext {
+pub(crate) struct CoreContext {
     /// The Core's identity.
-    pub urn: Urn,
+    pub(crate) urn: Urn,
     /// Dials modules as the Core.
-    pub client: ClientTls,
+    pub(crate) client: ClientTls,
     /// Signs the Core's leases.
-    pub signer: Arc<LeaseSigner>,
+    pub(crate) signer: Arc<LeaseSigner>,
     /// The CA file handed to children.
-    pub ca_file: std::path::PathBuf,
+    pub(crate) ca_file: std::path::PathBuf,
     /// The lease table.
-    pub leases: LeaseTable,
+    pub(crate) leases: LeaseTable,
     /// The audit log.
-    pub audit: AuditLog,
+    pub(crate) audit: AuditLog,
     /// Module rows and commands.
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     /// Lifecycle events.
-    pub events: Events,
+    pub(crate) events: Events,
     /// How leases renew (fraction of the TTL left).
-    pub renew_when_left: f64,
+    pub(crate) renew_when_left: f64,
     /// The open lease of each module, for callers (gateway) and shutdown.
-    pub links: std::sync::Mutex<std::collections::HashMap<Urn, LeaseLink>>,
+    pub(crate) links: std::sync::Mutex<std::collections::HashMap<Urn, LeaseLink>>,
     /// The Core's endpoint certificate (e.g. P-256) as a dialler and lease
     /// signer, for modules whose entry says `core_cert = "endpoint"`.
-    pub endpoint_dialer: Option<(ClientTls, Arc<LeaseSigner>)>,
+    pub(crate) endpoint_dialer: Option<(ClientTls, Arc<LeaseSigner>)>,
     /// Which modules declare each method (learned from contracts and
     /// leases), for the gateway.
-    pub routes: Routes,
+    pub(crate) routes: Routes,
 }
 
 impl CoreContext {
     /// The certificate (as a dialler) and lease signer `module` is reached
     /// with: `[core] cert`, or `endpoint_cert` when its entry says so.
-    pub fn dialer(&self, module: &ModuleConfig) -> (&ClientTls, Arc<LeaseSigner>) {
+    pub(crate) fn dialer(&self, module: &ModuleConfig) -> (&ClientTls, Arc<LeaseSigner>) {
         match (module.core_cert, &self.endpoint_dialer) {
             (CoreCert::Endpoint, Some((client, signer))) => (client, signer.clone()),
             _ => (&self.client, self.signer.clone()),
@@ -75,7 +76,7 @@ impl CoreContext {
     }
 
     /// The module's current lease link, if leased.
-    pub fn link(&self, module: &Urn) -> Option<LeaseLink> {
+    pub(crate) fn link(&self, module: &Urn) -> Option<LeaseLink> {
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -94,8 +95,9 @@ impl CoreContext {
 
 /// How one run of the module ended.
 enum Outcome {
-    /// The process exited (core-started) with success or not.
-    Exited { success: bool, status: String },
+    /// The process (core-started) exited; `None` if its status could not be
+    /// read.
+    Exited(Option<ExitStatus>),
     /// Could not start / dial / lease.
     StartFailed(String),
     /// An operator asked to stop it.
@@ -104,6 +106,23 @@ enum Outcome {
     Restart,
     /// The Core is shutting down.
     Shutdown,
+}
+
+/// What the supervisor does once a run has ended.
+enum Next {
+    /// Start the module again now.
+    Start,
+    /// Start it again after this backoff.
+    Backoff(Duration),
+    /// Wait for an operator's restart.
+    AwaitRestart,
+    /// Nothing more: the Core shuts down.
+    End,
+}
+
+/// A process's exit status as the supervisor reports it.
+fn status_text(status: Option<ExitStatus>) -> String {
+    status.map_or_else(|| "unknown".to_owned(), |s| s.to_string())
 }
 
 fn type_name(t: ModuleType) -> &'static str {
@@ -115,7 +134,7 @@ fn type_name(t: ModuleType) -> &'static str {
 }
 
 /// Registers `module` and returns its supervisor future.
-pub fn supervise(
+pub(crate) fn supervise(
     ctx: Arc<CoreContext>,
     module: ModuleConfig,
     shutdown: CancellationToken,
@@ -126,105 +145,145 @@ pub fn supervise(
     run(ctx, module, commands, shutdown)
 }
 
+/// The module's supervisor: runs it again and again, as its restart policy
+/// and the operators say, until the Core shuts down.
 async fn run(
     ctx: Arc<CoreContext>,
     module: ModuleConfig,
     mut commands: mpsc::Receiver<ModuleCommand>,
     shutdown: CancellationToken,
 ) {
-    let urn = module.urn.clone();
+    let urn = &module.urn;
     if !wait_for_requirements(&ctx, &module, &shutdown).await {
         return;
     }
     let mut budget = RestartBudget::new(&module.restart);
     loop {
-        ctx.registry.set_state(&urn, ModuleState::Starting, "");
+        ctx.registry.set_state(urn, ModuleState::Starting, "");
         let outcome = run_once(&ctx, &module, &mut commands, &shutdown).await;
-        ctx.set_link(&urn, None);
-        ctx.registry.update(&urn, |v| {
+        ctx.set_link(urn, None);
+        ctx.registry.update(urn, |v| {
             v.pid = None;
             v.lease_id = None;
         });
-        let (failure, why) = match outcome {
-            Outcome::Shutdown => {
-                ctx.registry
-                    .set_state(&urn, ModuleState::Stopped, "Core shut down");
-                return;
-            }
-            Outcome::Stop => {
-                ctx.registry
-                    .set_state(&urn, ModuleState::Stopped, "stopped by an operator");
-                ctx.events.emit(
-                    EventKind::ModuleStopped,
-                    urn.as_str(),
-                    "",
-                    "stopped by an operator",
-                );
-                if !wait_restart_command(&mut commands, &shutdown).await {
-                    return;
-                }
-                budget.reset();
-                continue;
-            }
-            Outcome::Restart => {
-                ctx.events.emit(
-                    EventKind::ModuleRestarting,
-                    urn.as_str(),
-                    "",
-                    "restart requested",
-                );
-                budget.reset();
-                continue;
-            }
-            Outcome::Exited { success, status } => (!success, format!("exited: {status}")),
-            Outcome::StartFailed(why) => (true, why),
+        let again = match after_run(&ctx, &module, outcome, &mut budget) {
+            Next::Start => true,
+            Next::Backoff(after) => back_off(&ctx, urn, after, &shutdown).await,
+            Next::AwaitRestart => wait_restart_command(&mut commands, &shutdown).await,
+            Next::End => false,
         };
-        let backoff = match budget.decide(failure, Instant::now()) {
-            Decision::Restart { after } => after,
-            Decision::Stay { failure } => {
-                let (state, kind) = if failure {
-                    (ModuleState::Failed, EventKind::ModuleFailed)
-                } else {
-                    (ModuleState::Stopped, EventKind::ModuleStopped)
-                };
-                ctx.registry.set_state(&urn, state, why.clone());
-                ctx.events.emit(kind, urn.as_str(), "", why);
-                if !wait_restart_command(&mut commands, &shutdown).await {
-                    return;
-                }
-                continue;
-            }
-            Decision::GiveUp => {
-                let detail = format!(
-                    "restarted {} times within {:?}; last: {why}",
-                    module.restart.max_restarts, module.restart.window
-                );
-                tracing::error!(module = %urn, detail = %detail, "module failed");
-                ctx.registry
-                    .set_state(&urn, ModuleState::Failed, detail.clone());
-                ctx.events
-                    .emit(EventKind::ModuleFailed, urn.as_str(), "", detail);
-                if !wait_restart_command(&mut commands, &shutdown).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        ctx.registry.update(&urn, |v| v.restarts += 1);
-        ctx.registry.set_state(
-            &urn,
-            ModuleState::Restarting,
-            format!("{why}; restarting in {backoff:?}"),
-        );
-        ctx.events
-            .emit(EventKind::ModuleRestarting, urn.as_str(), "", why);
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                ctx.registry.set_state(&urn, ModuleState::Stopped, "Core shut down");
-                return;
-            }
-            _ = tokio::time::sleep(backoff) => {}
+        if !again {
+            return;
         }
+    }
+}
+
+/// Records how a run ended and decides what follows: an operator's stop or
+/// restart is obeyed (and forgets past restarts); an exit or a failed start
+/// goes to the restart policy.
+fn after_run(
+    ctx: &CoreContext,
+    module: &ModuleConfig,
+    outcome: Outcome,
+    budget: &mut RestartBudget,
+) -> Next {
+    let urn = &module.urn;
+    let (failure, why) = match outcome {
+        Outcome::Shutdown => {
+            ctx.registry
+                .set_state(urn, ModuleState::Stopped, "Core shut down");
+            return Next::End;
+        }
+        Outcome::Stop => {
+            ctx.registry
+                .set_state(urn, ModuleState::Stopped, "stopped by an operator");
+            ctx.events.emit(
+                EventKind::ModuleStopped,
+                urn.as_str(),
+                "",
+                "stopped by an operator",
+            );
+            budget.reset();
+            return Next::AwaitRestart;
+        }
+        Outcome::Restart => {
+            ctx.events.emit(
+                EventKind::ModuleRestarting,
+                urn.as_str(),
+                "",
+                "restart requested",
+            );
+            budget.reset();
+            return Next::Start;
+        }
+        Outcome::Exited(status) => (
+            !status.is_some_and(|s| s.success()),
+            format!("exited: {}", status_text(status)),
+        ),
+        Outcome::StartFailed(why) => (true, why),
+    };
+    apply_policy(ctx, module, budget, failure, why)
+}
+
+/// The restart policy's decision after a run that ended by itself (`why`),
+/// recorded in the registry and the events.
+fn apply_policy(
+    ctx: &CoreContext,
+    module: &ModuleConfig,
+    budget: &mut RestartBudget,
+    failure: bool,
+    why: String,
+) -> Next {
+    let urn = &module.urn;
+    let backoff = match budget.decide(failure, Instant::now()) {
+        Decision::Restart { after } => after,
+        Decision::Stay { failure } => {
+            let (state, kind) = if failure {
+                (ModuleState::Failed, EventKind::ModuleFailed)
+            } else {
+                (ModuleState::Stopped, EventKind::ModuleStopped)
+            };
+            ctx.registry.set_state(urn, state, why.clone());
+            ctx.events.emit(kind, urn.as_str(), "", why);
+            return Next::AwaitRestart;
+        }
+        Decision::GiveUp => {
+            let detail = format!(
+                "restarted {} times within {:?}; last: {why}",
+                module.restart.max_restarts, module.restart.window
+            );
+            tracing::error!(module = %urn, detail = %detail, "module failed");
+            ctx.registry
+                .set_state(urn, ModuleState::Failed, detail.clone());
+            ctx.events
+                .emit(EventKind::ModuleFailed, urn.as_str(), "", detail);
+            return Next::AwaitRestart;
+        }
+    };
+    ctx.registry.update(urn, |v| v.restarts += 1);
+    ctx.registry.set_state(
+        urn,
+        ModuleState::Restarting,
+        format!("{why}; restarting in {backoff:?}"),
+    );
+    ctx.events
+        .emit(EventKind::ModuleRestarting, urn.as_str(), "", why);
+    Next::Backoff(backoff)
+}
+
+/// Waits `backoff` before a restart; false (the module stopped) on shutdown.
+async fn back_off(
+    ctx: &CoreContext,
+    urn: &Urn,
+    backoff: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            ctx.registry.set_state(urn, ModuleState::Stopped, "Core shut down");
+            false
+        }
+        _ = tokio::time::sleep(backoff) => true,
     }
 }
 
@@ -339,140 +398,193 @@ async fn run_once(
     commands: &mut mpsc::Receiver<ModuleCommand>,
     shutdown: &CancellationToken,
 ) -> Outcome {
-    let urn = &module.urn;
-    let (addr, mut child) = match start(ctx, module).await {
-        Ok(started) => started,
+    let mut started = match start(ctx, module).await {
+        Ok((addr, child)) => Started {
+            ctx,
+            module,
+            addr,
+            child,
+        },
         Err(why) => return Outcome::StartFailed(why),
     };
-
     // Lease it; lease it again whenever a resident module's lease ends.
     loop {
-        let leased = open_lease(ctx, module, addr).await;
-        let link = match leased {
+        let link = match open_lease(ctx, module, started.addr).await {
             Ok(link) => link,
-            Err(e) => {
-                // A dead child explains itself; otherwise report the lease failure.
-                if let Some(c) = child.as_mut() {
-                    if let Ok(Some(status)) = c.try_wait() {
-                        return Outcome::Exited {
-                            success: status.success(),
-                            status: status.to_string(),
-                        };
-                    }
-                    stop_child(ctx, module, c, addr).await;
-                }
-                return Outcome::StartFailed(format!("lease failed: {e}"));
+            Err(e) => return started.lease_failed(&e).await,
+        };
+        record_leased(ctx, &module.urn, &link);
+        if let Some(outcome) = started.hold(&link, commands, shutdown).await {
+            return outcome;
+        }
+        let why = record_lease_end(ctx, &module.urn, &link);
+        let after = match module.module_type {
+            ModuleType::Ephemeral => Some(started.terminating(&why, shutdown).await),
+            ModuleType::ResidentPrivate(_) | ModuleType::ResidentShared => {
+                started.standby(&why, shutdown).await
             }
         };
-        ctx.registry.update(urn, |v| {
-            v.state = ModuleState::Leased;
-            v.detail = String::new();
-            v.lease_id = Some(link.id());
-        });
-        ctx.events.emit(
-            EventKind::LeaseIssued,
-            urn.as_str(),
-            &link.id().to_string(),
-            format!("ttl {:?}", link.ttl()),
-        );
-        ctx.routes.learn(urn, link.scope().iter());
-        ctx.set_link(urn, Some(link.clone()));
+        if let Some(outcome) = after {
+            return outcome;
+        }
+    }
+}
 
-        let exited = async {
-            match child.as_mut() {
-                Some(c) => c.wait().await.ok(),
-                None => std::future::pending().await,
+/// A started (or resolved) module: where it listens and, when the Core
+/// started it, its process.
+struct Started<'a> {
+    ctx: &'a Arc<CoreContext>,
+    module: &'a ModuleConfig,
+    addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Started<'_> {
+    /// Stops the process, if the Core started one.
+    async fn stop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            stop_child(self.ctx, self.module, c, self.addr).await;
+        }
+    }
+
+    /// The process's exit; never, for a module the Core did not start.
+    async fn exited(&mut self) -> Option<ExitStatus> {
+        match self.child.as_mut() {
+            Some(c) => c.wait().await.ok(),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The lease could not be opened: a dead process explains itself;
+    /// otherwise the process is stopped and the lease failure reported.
+    async fn lease_failed(&mut self, e: &CoreLeaseError) -> Outcome {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Outcome::Exited(Some(status));
             }
-        };
+            stop_child(self.ctx, self.module, c, self.addr).await;
+        }
+        Outcome::StartFailed(format!("lease failed: {e}"))
+    }
+
+    /// Holds `link` until something ends the run (the Core shutting down,
+    /// an operator's command, the process exiting) or only the lease (it
+    /// ended, or the module failed its health checks): then `None`.
+    async fn hold(
+        &mut self,
+        link: &LeaseLink,
+        commands: &mut mpsc::Receiver<ModuleCommand>,
+        shutdown: &CancellationToken,
+    ) -> Option<Outcome> {
+        let (ctx, urn) = (self.ctx, &self.module.urn);
+        let lease_id = link.id().to_string();
         tokio::select! {
             _ = shutdown.cancelled() => {
                 link.revoke("Core shutting down", Actor::Core);
-                ctx.events.emit(EventKind::LeaseRevoked, urn.as_str(), &link.id().to_string(), "Core shutting down");
-                if let Some(c) = child.as_mut() {
-                    stop_child(ctx, module, c, addr).await;
-                }
-                return Outcome::Shutdown;
+                ctx.events.emit(EventKind::LeaseRevoked, urn.as_str(), &lease_id, "Core shutting down");
+                self.stop().await;
+                Some(Outcome::Shutdown)
             }
             cmd = commands.recv() => {
                 link.revoke("operator command", Actor::Operator);
-                if let Some(c) = child.as_mut() {
-                    stop_child(ctx, module, c, addr).await;
-                }
-                return match cmd {
+                self.stop().await;
+                Some(match cmd {
                     Some(ModuleCommand::Restart) => Outcome::Restart,
                     Some(ModuleCommand::Stop) | None => Outcome::Stop,
-                };
+                })
             }
-            status = exited => {
-                let success = status.is_some_and(|s| s.success());
-                let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
-                ctx.events.emit(EventKind::ConnectionLost, urn.as_str(), &link.id().to_string(), format!("process {status}"));
-                return Outcome::Exited { success, status };
+            status = self.exited() => {
+                let detail = format!("process {}", status_text(status));
+                ctx.events.emit(EventKind::ConnectionLost, urn.as_str(), &lease_id, detail);
+                Some(Outcome::Exited(status))
             }
-            _ = link.ended() => {}
-            unhealthy = watch_health(&link) => {
+            _ = link.ended() => None,
+            unhealthy = watch_health(link) => {
                 // The module stopped answering grpc.health.v1 on its own
                 // connection: end the lease; it is leased again (or restarted)
                 // like after any other loss.
                 tracing::warn!(module = %urn, reason = %unhealthy, "health check failed; revoking the lease");
                 link.revoke(&format!("health check failed: {unhealthy}"), Actor::Core);
-            }
-        }
-        // The lease ended while the module lives on.
-        let (kind, why) = match link.state() {
-            LeaseState::Ended(e) => (
-                match e.reason {
-                    Reason::LeaseExpired => EventKind::LeaseExpired,
-                    Reason::ConnectionLost => EventKind::ConnectionLost,
-                    _ => EventKind::LeaseRevoked,
-                },
-                e.reason.to_string(),
-            ),
-            LeaseState::Expired => (EventKind::LeaseExpired, Reason::LeaseExpired.to_string()),
-            LeaseState::Active => (EventKind::LeaseRevoked, "ended".to_owned()),
-        };
-        ctx.events
-            .emit(kind, urn.as_str(), &link.id().to_string(), why.clone());
-        ctx.set_link(urn, None);
-        ctx.registry.update(urn, |v| v.lease_id = None);
-        match module.module_type {
-            ModuleType::Ephemeral => {
-                // A Type I module exits by itself after its termination
-                // window; wait for that (and restart per policy).
-                ctx.registry.set_state(
-                    urn,
-                    ModuleState::Restarting,
-                    format!("lease ended ({why}); module terminating"),
-                );
-                if let Some(c) = child.as_mut() {
-                    let status = tokio::select! {
-                        _ = shutdown.cancelled() => {
-                            stop_child(ctx, module, c, addr).await;
-                            return Outcome::Shutdown;
-                        }
-                        s = c.wait() => s.ok(),
-                    };
-                    let success = status.is_some_and(|s| s.success());
-                    let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
-                    return Outcome::Exited { success, status };
-                }
-                return Outcome::StartFailed(format!("lease ended ({why})"));
-            }
-            ModuleType::ResidentPrivate(_) | ModuleType::ResidentShared => {
-                ctx.registry
-                    .set_state(urn, ModuleState::Standby, format!("lease ended ({why})"));
-                tokio::select! {
-                    _ = shutdown.cancelled() => {
-                        if let Some(c) = child.as_mut() {
-                            stop_child(ctx, module, c, addr).await;
-                        }
-                        return Outcome::Shutdown;
-                    }
-                    _ = tokio::time::sleep(RELEASE_DELAY) => {}
-                }
+                None
             }
         }
     }
+
+    /// A Type I module's lease ended (`why`): it exits by itself after its
+    /// termination window; wait for that (and restart per policy).
+    async fn terminating(&mut self, why: &str, shutdown: &CancellationToken) -> Outcome {
+        self.ctx.registry.set_state(
+            &self.module.urn,
+            ModuleState::Restarting,
+            format!("lease ended ({why}); module terminating"),
+        );
+        if self.child.is_none() {
+            return Outcome::StartFailed(format!("lease ended ({why})"));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                self.stop().await;
+                Outcome::Shutdown
+            }
+            status = self.exited() => Outcome::Exited(status),
+        }
+    }
+
+    /// A resident module's lease ended (`why`): it waits in standby, then is
+    /// leased again (`None`), unless the Core shuts down.
+    async fn standby(&mut self, why: &str, shutdown: &CancellationToken) -> Option<Outcome> {
+        self.ctx.registry.set_state(
+            &self.module.urn,
+            ModuleState::Standby,
+            format!("lease ended ({why})"),
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                self.stop().await;
+                Some(Outcome::Shutdown)
+            }
+            _ = tokio::time::sleep(RELEASE_DELAY) => None,
+        }
+    }
+}
+
+/// Publishes a new lease: the module's row, the event, its routes, its link.
+fn record_leased(ctx: &CoreContext, urn: &Urn, link: &LeaseLink) {
+    ctx.registry.update(urn, |v| {
+        v.state = ModuleState::Leased;
+        v.detail = String::new();
+        v.lease_id = Some(link.id());
+    });
+    ctx.events.emit(
+        EventKind::LeaseIssued,
+        urn.as_str(),
+        &link.id().to_string(),
+        format!("ttl {:?}", link.ttl()),
+    );
+    ctx.routes.learn(urn, link.scope().iter());
+    ctx.set_link(urn, Some(link.clone()));
+}
+
+/// Publishes the end of a lease while its module lives on; returns why it
+/// ended.
+fn record_lease_end(ctx: &CoreContext, urn: &Urn, link: &LeaseLink) -> String {
+    let (kind, why) = match link.state() {
+        LeaseState::Ended(e) => (
+            match e.reason {
+                Reason::LeaseExpired => EventKind::LeaseExpired,
+                Reason::ConnectionLost => EventKind::ConnectionLost,
+                _ => EventKind::LeaseRevoked,
+            },
+            e.reason.to_string(),
+        ),
+        LeaseState::Expired => (EventKind::LeaseExpired, Reason::LeaseExpired.to_string()),
+        LeaseState::Active => (EventKind::LeaseRevoked, "ended".to_owned()),
+    };
+    ctx.events
+        .emit(kind, urn.as_str(), &link.id().to_string(), why.clone());
+    ctx.set_link(urn, None);
+    ctx.registry.update(urn, |v| v.lease_id = None);
+    why
 }
 
 /// How often the Core checks a leased module's health, and how many checks

@@ -63,6 +63,8 @@ impl LeaseControl for ControlService {
     }
 }
 
+/// Runs one control stream: the handshake, then the lease until it ends,
+/// then the ended lease's retention on its connection.
 async fn run(
     state: Arc<ModuleState>,
     peer: PeerBinding,
@@ -77,29 +79,51 @@ async fn run(
     };
     #[cfg(not(anima_test_faults))]
     let deadline = HANDSHAKE_TIMEOUT;
+    let Some(offer) = receive_offer(deadline, &mut inbound, &tx).await else {
+        return;
+    };
+    let Some(slot) = answer_offer(&state, &peer, &offer, &tx).await else {
+        return;
+    };
+    follow_lease(&state, &slot, &mut inbound).await;
+    retain_ended(&state, &slot, inbound, tx).await;
+}
+
+/// Waits up to `deadline` for the stream's first frame, which must be the
+/// Core's offer. Anything else is refused, and `None` ends the stream (as
+/// does the stream ending or breaking first).
+async fn receive_offer(
+    deadline: Duration,
+    inbound: &mut Streaming<ControlFrame>,
+    tx: &Outbound,
+) -> Option<String> {
     let first = tokio::time::timeout(deadline, inbound.message()).await;
-    let offer = match first {
+    let err = match first {
         Ok(Ok(Some(ControlFrame {
             frame: Some(Frame::Offer(SignedToken { jws })),
-        }))) => jws,
-        Ok(Ok(Some(_))) => {
-            let err = LeaseError::Protocol("the first control frame must be an offer".into());
-            let _ = tx.send(frame(refusal(&err))).await;
-            return;
-        }
-        Ok(Ok(None)) | Ok(Err(_)) => return,
-        Err(_) => {
-            let err = LeaseError::Protocol("no offer within the handshake timeout".into());
-            let _ = tx.send(frame(refusal(&err))).await;
-            return;
-        }
+        }))) => return Some(jws),
+        Ok(Ok(Some(_))) => LeaseError::Protocol("the first control frame must be an offer".into()),
+        Ok(Ok(None)) | Ok(Err(_)) => return None,
+        Err(_) => LeaseError::Protocol("no offer within the handshake timeout".into()),
     };
-    let slot = match open(&state, &peer, &offer, tx.clone()) {
+    let _ = tx.send(frame(refusal(&err))).await;
+    None
+}
+
+/// Answers the offer with a grant and returns the lease it opened, or
+/// refuses it (logged and published) and returns `None`, ending the stream.
+async fn answer_offer(
+    state: &Arc<ModuleState>,
+    peer: &PeerBinding,
+    offer: &str,
+    tx: &Outbound,
+) -> Option<Arc<LeaseSlot>> {
+    match open(state, peer, offer, tx.clone()) {
         Ok((slot, grant)) => {
             let _ = tx
                 .send(frame(Frame::Grant(SignedToken { jws: grant })))
                 .await;
-            slot
+            Some(slot)
         }
         Err(err) => {
             tracing::warn!(core = %peer.urn, connection = %peer.connection, reason = %err.reason(), error = %err, "lease offer refused");
@@ -108,9 +132,18 @@ async fn run(
                 reason: err.reason(),
             });
             let _ = tx.send(frame(refusal(&err))).await;
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Answers the Core's control frames until the lease ends: by a refusal
+/// on either side, a revocation, expiry, or the stream closing or breaking.
+async fn follow_lease(
+    state: &ModuleState,
+    slot: &LeaseSlot,
+    inbound: &mut Streaming<ControlFrame>,
+) {
     loop {
         let message = tokio::select! {
             biased;
@@ -119,12 +152,12 @@ async fn run(
         };
         match message {
             Ok(Some(ControlFrame { frame: Some(f) })) => {
-                if let Err(err) = step(&state, &slot, f) {
+                if let Err(err) = step(state, slot, f) {
                     // An explicit refusal: this side revokes, and tells the
                     // Core, which must revoke too (A7).
                     tracing::warn!(lease_id = %slot.id, core = %slot.consumer, error = %err, "control step refused; revoking");
                     slot.send(refusal(&err));
-                    state.end(&slot, err.reason(), EndedBy::Local, &err.to_string());
+                    state.end(slot, err.reason(), EndedBy::Local, &err.to_string());
                 }
             }
             Ok(Some(ControlFrame { frame: None })) => {}
@@ -133,7 +166,7 @@ async fn run(
                 // honest Core does that only when its own copy expired
                 // (§2.6), a moment before ours (§3.2).
                 state.end(
-                    &slot,
+                    slot,
                     Reason::LeaseExpired,
                     EndedBy::Peer,
                     "the Core closed its half of the control stream: its copy expired",
@@ -142,7 +175,7 @@ async fn run(
             }
             Err(_) => {
                 state.end(
-                    &slot,
+                    slot,
                     Reason::ConnectionLost,
                     EndedBy::Circumstance,
                     "control stream broken",
@@ -151,10 +184,18 @@ async fn run(
             }
         }
     }
-    // The lease is over: nothing more is answered on this stream. Close our
-    // side (queued frames still flush) and keep the ended lease attached to
-    // its connection for ENDED_LEASE_RETENTION, so calls on it are refused
-    // with the reason it ended, whatever the Core does with its side.
+}
+
+/// The lease is over: nothing more is answered on this stream. Closes our
+/// side (queued frames still flush) and keeps the ended lease attached to
+/// its connection for [`ENDED_LEASE_RETENTION`], so calls on it are refused
+/// with the reason it ended, whatever the Core does with its side.
+async fn retain_ended(
+    state: &ModuleState,
+    slot: &LeaseSlot,
+    mut inbound: Streaming<ControlFrame>,
+    tx: Outbound,
+) {
     slot.close_outbound();
     drop(tx);
     let drain = async {
@@ -162,7 +203,7 @@ async fn run(
         std::future::pending::<()>().await
     };
     let _ = tokio::time::timeout(ENDED_LEASE_RETENTION, drain).await;
-    state.forget(&slot);
+    state.forget(slot);
 }
 
 /// How long an ended lease stays attached to its connection (PROTOCOL.md

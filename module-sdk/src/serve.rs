@@ -217,6 +217,17 @@ impl ModuleServer {
         self
     }
 
+    /// Accepts at most `n` connections at once from one identity (default
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_IDENTITY`]): raise it for a module that
+    /// one Core legitimately holds many leases on (each lease is a connection
+    /// of its own).
+    ///
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_IDENTITY`]: anima_protocol::transport::DEFAULT_MAX_CONNECTIONS_PER_IDENTITY
+    pub fn max_connections_per_identity(mut self, n: usize) -> Self {
+        self.tls = self.tls.max_connections_per_identity(n);
+        self
+    }
+
     /// A handle to watch and act on leases while serving.
     pub fn handle(&self) -> ModuleHandle {
         ModuleHandle {
@@ -456,5 +467,60 @@ impl ModuleHandle {
     /// Revokes every open lease (e.g. on shutdown).
     pub fn revoke_all(&self, reason: Reason, detail: &str) {
         self.state.revoke_all(reason, detail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use anima_protocol::transport::DEFAULT_MAX_CONNECTIONS_PER_IDENTITY;
+
+    use crate::Contract;
+    use crate::testing::TestBed;
+
+    fn contract() -> Contract {
+        Contract::from_toml(
+            "urn = \"urn:anima:module:many\"\nversion = \"1\"\nmax_lease = \"30s\"\n\
+             methods = [\"/anima.v1.Probe/Touch\", \"/anima.v1.Probe/Read\", \"/anima.v1.Probe/Watch\"]\n\
+             type = \"resident-shared\"",
+        )
+        .unwrap()
+    }
+
+    /// How many leases one Core gets on `module`, each on its own
+    /// connection, asking for `tries`.
+    async fn leases_of_one_core(bed: &TestBed, limit: Option<usize>, tries: usize) -> usize {
+        let served = bed
+            .serve(|m| {
+                let m = m.probe();
+                match limit {
+                    Some(n) => m.max_connections_per_identity(n),
+                    None => m,
+                }
+            })
+            .await
+            .unwrap();
+        let core = bed.core("urn:anima:core:a").unwrap();
+        let mut held = Vec::new();
+        for _ in 0..tries {
+            match core.lease(&served, Duration::from_secs(10)).await {
+                Ok(lease) => held.push(lease),
+                Err(_) => break,
+            }
+        }
+        held.len()
+    }
+
+    #[tokio::test]
+    async fn one_identity_holds_at_most_its_connection_limit_and_the_limit_can_be_raised() {
+        let bed = TestBed::new(contract()).unwrap();
+        let over = DEFAULT_MAX_CONNECTIONS_PER_IDENTITY + 6;
+        assert_eq!(leases_of_one_core(&bed, Some(3), 5).await, 3);
+        assert_eq!(
+            leases_of_one_core(&bed, None, over).await,
+            DEFAULT_MAX_CONNECTIONS_PER_IDENTITY
+        );
+        assert_eq!(leases_of_one_core(&bed, Some(over), over).await, over);
     }
 }

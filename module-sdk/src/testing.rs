@@ -26,15 +26,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use anima_certs::{CertAuthority, LeafSpec};
+use anima_protocol::control::{self, ControlStream, HandshakeError};
 use anima_protocol::lease::{
-    self, Entropy, Lease, LeaseError, LeaseId, LeaseRequest, LeaseSigner, PROOF_HEADER,
-    PeerBinding, Reason, Scope,
+    Lease, LeaseError, LeaseId, LeaseRequest, LeaseSigner, PROOF_HEADER, Reason, Scope,
 };
-use anima_protocol::pb::lease_control_client::LeaseControlClient;
-use anima_protocol::pb::{ControlFrame, Refusal, SignedToken, control_frame::Frame};
-use anima_protocol::{ClientTls, Connection, PeerPolicy, TlsIdentity, TrustRoot, Urn};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use anima_protocol::pb::{SignedToken, control_frame::Frame};
+use anima_protocol::{ClientTls, Connection, PeerPolicy, SystemClock, TlsIdentity, TrustRoot, Urn};
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::transport::Channel;
@@ -188,52 +185,30 @@ impl FakeCore {
             .client
             .dial_addr(addr, PeerPolicy::exactly(module.clone()))
             .await?;
-        let peer = PeerBinding::from_peer(conn.peer())?;
-        let (offer, pending) = lease::offer(
+        let granted = control::open(
+            &conn,
             &self.signer,
-            &peer,
             LeaseRequest { scope, ttl },
-            Entropy::system()?,
-            tokio::time::Instant::now().into_std(),
-            SystemTime::now(),
-        )?;
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(frame(Frame::Offer(SignedToken { jws: offer })))
-            .await
-            .map_err(err)?;
-        let mut inbound = LeaseControlClient::new(conn.channel())
-            .control(ReceiverStream::new(rx))
-            .await
-            .map_err(err)?
-            .into_inner();
-        let first = tokio::time::timeout(PATIENCE, inbound.message())
-            .await
-            .map_err(|_| err("no answer to the offer"))?
-            .map_err(err)?;
-        let grant = match first.and_then(|f| f.frame) {
-            Some(Frame::Grant(SignedToken { jws })) => jws,
-            Some(Frame::Refuse(Refusal { reason, detail })) => {
-                return Err(SdkError::Signer(LeaseError::Refused {
-                    reason: Reason::parse(&reason).unwrap_or(Reason::ProtocolViolation),
-                    detail,
-                }));
-            }
-            other => return Err(err(format!("unexpected answer {other:?}"))),
-        };
-        let lease = pending.accept(&self.signer, &grant, SystemTime::now())?;
+            &SystemClock,
+            PATIENCE,
+        )
+        .await
+        .map_err(|e| match e {
+            HandshakeError::Refused(refusal) => SdkError::Signer(LeaseError::Refused {
+                reason: HandshakeError::refusal_reason(&refusal),
+                detail: refusal.detail,
+            }),
+            HandshakeError::Lease(e) | HandshakeError::BadGrant(e) => SdkError::Signer(e),
+            other => err(other),
+        })?;
         Ok(FakeLease {
             conn,
             signer: self.signer.clone(),
-            lease: Arc::new(Mutex::new(lease)),
+            lease: Arc::new(Mutex::new(granted.lease)),
             seq: Arc::new(AtomicU64::new(1)),
-            tx,
-            inbound: tokio::sync::Mutex::new(inbound),
+            stream: tokio::sync::Mutex::new(granted.stream),
         })
     }
-}
-
-fn frame(f: Frame) -> ControlFrame {
-    ControlFrame { frame: Some(f) }
 }
 
 /// A lease held by a [`FakeCore`].
@@ -242,8 +217,7 @@ pub struct FakeLease {
     signer: Arc<LeaseSigner>,
     lease: Arc<Mutex<Lease>>,
     seq: Arc<AtomicU64>,
-    tx: mpsc::Sender<ControlFrame>,
-    inbound: tokio::sync::Mutex<tonic::Streaming<ControlFrame>>,
+    stream: tokio::sync::Mutex<ControlStream>,
 }
 
 impl FakeLease {
@@ -273,19 +247,19 @@ impl FakeLease {
     }
 
     async fn send(&self, f: Frame) -> Result<(), SdkError> {
-        self.tx
-            .send(frame(f))
-            .await
-            .map_err(|_| err("control stream closed"))
+        if self.stream.lock().await.send(f).await {
+            Ok(())
+        } else {
+            Err(err("control stream closed"))
+        }
     }
 
     async fn next(&self) -> Result<Frame, SdkError> {
-        let mut inbound = self.inbound.lock().await;
-        tokio::time::timeout(PATIENCE, inbound.message())
+        let mut stream = self.stream.lock().await;
+        stream
+            .next_frame(PATIENCE)
             .await
             .map_err(|_| err("no answer"))?
-            .map_err(err)?
-            .and_then(|f| f.frame)
             .ok_or_else(|| err("control stream ended"))
     }
 

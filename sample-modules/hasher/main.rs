@@ -7,16 +7,13 @@ use std::process::ExitCode;
 use anima_sample_modules::pb::hasher_server::HasherServer;
 use anima_sample_modules::{DESCRIPTORS, hasher};
 
-/// jemalloc, with a background thread that purges freed pages, gives the
-/// memory of a burst of calls back to the system once it is over; the
-/// system allocator would keep most of it resident.
+/// jemalloc (see `anima_sample_modules::start_process`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let _ = tikv_jemalloc_ctl::background_thread::write(true);
-    anima_sample_modules::log_to_stderr();
+    anima_sample_modules::start_process();
     let hasher = match hasher::Hasher::new(hasher::scratch_dir_from_env()) {
         Ok(hasher) => hasher,
         Err(e) => {

@@ -27,7 +27,7 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> ExitCode {
-//!     anima_sample_modules::log_to_stderr(); // stdout carries the ready line only
+//!     anima_sample_modules::start_process(); // logs to stderr: stdout carries the ready line only
 //!     let hasher = match hasher::Hasher::new(hasher::default_scratch_dir()) {
 //!         Ok(hasher) => hasher,
 //!         Err(e) => {
@@ -74,10 +74,20 @@ pub mod pb {
 /// served methods against each contract.
 pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sample_descriptor.bin"));
 
+/// What every sample's `main` does first: starts jemalloc's background
+/// thread, which purges freed pages (each sample binary declares jemalloc its
+/// global allocator: it gives the memory of a burst of calls back to the
+/// system once it is over, where the system allocator would keep most of it
+/// resident), and sends logs to stderr.
+pub fn start_process() {
+    let _ = tikv_jemalloc_ctl::background_thread::write(true);
+    log_to_stderr();
+}
+
 /// Sends `tracing` output to stderr, filtered by `RUST_LOG` (default
-/// `info`; colours only on a terminal). Every sample's `main` calls it
-/// first: stdout belongs to the launch protocol's ready line.
-pub fn log_to_stderr() {
+/// `info`; colours only on a terminal): stdout belongs to the launch
+/// protocol's ready line.
+fn log_to_stderr() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // A second initialisation (none in these binaries) would keep the first.

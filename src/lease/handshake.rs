@@ -371,47 +371,10 @@ pub fn grant(
     now: Instant,
     wall: SystemTime,
 ) -> Result<(String, Lease), LeaseError> {
-    #[cfg(not(anima_test_faults))]
-    let claims: LeaseClaims = jws::verify(offer_jws, &peer.key)?;
-    #[cfg(anima_test_faults)]
-    let claims: LeaseClaims = crate::fault::verify_token(
-        offer_jws,
-        &peer.key,
-        crate::fault::ProtocolFault::OfferSignature,
-    )?;
-    check_common(
-        &claims,
-        TYP_OFFER,
-        &peer.urn,
-        signer.urn(),
-        peer.fingerprint,
-        signer.fingerprint(),
-        wall,
-    )?;
+    let claims = verify_offer(signer, peer, offer_jws, wall)?;
     let id = LeaseId(b64_array(&claims.lid, "lid")?);
-    let scope = Scope::new(claims.scope.iter().cloned())?;
-    if let Some(extra) = scope.difference(&policy.declared).next()
-        && !fault_on!(OfferScope)
-    {
-        return Err(LeaseError::ScopeDenied {
-            method: extra.to_owned(),
-        });
-    }
-    let requested = Duration::from_millis(claims.ttl_ms);
-    if requested < MIN_TTL && !fault_on!(OfferTtl) {
-        return Err(LeaseError::BadToken(format!(
-            "requested ttl {requested:?} is below {MIN_TTL:?}"
-        )));
-    }
-    let ttl =
-        requested
-            .min(policy.max_ttl)
-            .min(cert_bound(wall, signer.not_after(), peer.not_after));
-    if ttl < MIN_TTL && !fault_on!(OfferTtl) {
-        return Err(LeaseError::BadToken(
-            "a certificate expires before a lease could run".into(),
-        ));
-    }
+    let scope = granted_scope(&claims, policy)?;
+    let ttl = granted_ttl(&claims, policy, signer, peer, wall)?;
     let kx = StaticSecret::from(*entropy.kx_secret);
     let iat = unix(wall);
     let whole_seconds = if fault_on!(GrantExpIat) {
@@ -455,4 +418,73 @@ pub fn grant(
         peer.clone(),
     );
     Ok((grant_jws, lease))
+}
+
+/// Module side: the offer's claims, once its signature (by the Core at the
+/// other end of `peer`) and the parts every lease token shares are checked.
+fn verify_offer(
+    signer: &LeaseSigner,
+    peer: &PeerBinding,
+    offer_jws: &str,
+    wall: SystemTime,
+) -> Result<LeaseClaims, LeaseError> {
+    #[cfg(not(anima_test_faults))]
+    let claims: LeaseClaims = jws::verify(offer_jws, &peer.key)?;
+    #[cfg(anima_test_faults)]
+    let claims: LeaseClaims = crate::fault::verify_token(
+        offer_jws,
+        &peer.key,
+        crate::fault::ProtocolFault::OfferSignature,
+    )?;
+    check_common(
+        &claims,
+        TYP_OFFER,
+        &peer.urn,
+        signer.urn(),
+        peer.fingerprint,
+        signer.fingerprint(),
+        wall,
+    )?;
+    Ok(claims)
+}
+
+/// The scope the offer requests, which must lie within the declared methods.
+fn granted_scope(offer: &LeaseClaims, policy: &GrantPolicy) -> Result<Scope, LeaseError> {
+    let scope = Scope::new(offer.scope.iter().cloned())?;
+    if let Some(extra) = scope.difference(&policy.declared).next()
+        && !fault_on!(OfferScope)
+    {
+        return Err(LeaseError::ScopeDenied {
+            method: extra.to_owned(),
+        });
+    }
+    Ok(scope)
+}
+
+/// The TTL the offer requests (at least [`MIN_TTL`]), capped at the
+/// contract's maximum and at either certificate's expiry; refused when the
+/// cap leaves less than [`MIN_TTL`].
+fn granted_ttl(
+    offer: &LeaseClaims,
+    policy: &GrantPolicy,
+    signer: &LeaseSigner,
+    peer: &PeerBinding,
+    wall: SystemTime,
+) -> Result<Duration, LeaseError> {
+    let requested = Duration::from_millis(offer.ttl_ms);
+    if requested < MIN_TTL && !fault_on!(OfferTtl) {
+        return Err(LeaseError::BadToken(format!(
+            "requested ttl {requested:?} is below {MIN_TTL:?}"
+        )));
+    }
+    let ttl =
+        requested
+            .min(policy.max_ttl)
+            .min(cert_bound(wall, signer.not_after(), peer.not_after));
+    if ttl < MIN_TTL && !fault_on!(OfferTtl) {
+        return Err(LeaseError::BadToken(
+            "a certificate expires before a lease could run".into(),
+        ));
+    }
+    Ok(ttl)
 }

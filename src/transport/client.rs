@@ -154,13 +154,9 @@ impl ClientTls {
         addr: SocketAddr,
         config: Arc<ClientConfig>,
     ) -> Result<(TlsStream<TcpStream>, PeerInfo), TransportError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| TransportError::Timeout {
-                what: "TCP connect",
-                addr,
-                after: self.connect_timeout,
-            })?
+        let connect = TcpStream::connect(addr);
+        let tcp = within("TCP connect", addr, self.connect_timeout, connect)
+            .await?
             .map_err(|source| TransportError::Connect { addr, source })?;
         let _ = tcp.set_nodelay(true);
         let local = tcp
@@ -169,17 +165,10 @@ impl ClientTls {
         // The server is identified by its URN (checked by the verifier); the
         // name only fills the SNI field.
         let name = ServerName::IpAddress(addr.ip().into());
-        let stream = tokio::time::timeout(
-            self.handshake_timeout,
-            TlsConnector::from(config).connect(name, tcp),
-        )
-        .await
-        .map_err(|_| TransportError::Timeout {
-            what: "TLS handshake",
-            addr,
-            after: self.handshake_timeout,
-        })?
-        .map_err(|source| TransportError::Handshake { addr, source })?;
+        let connect = TlsConnector::from(config).connect(name, tcp);
+        let stream = within("TLS handshake", addr, self.handshake_timeout, connect)
+            .await?
+            .map_err(|source| TransportError::Handshake { addr, source })?;
         let (_, conn) = stream.get_ref();
         if conn.alpn_protocol() != Some(b"h2") {
             return Err(TransportError::NoAlpn(addr));
@@ -193,6 +182,19 @@ impl ClientTls {
         let peer = PeerInfo::new(urn, addr, local, leaf, self.identity.fingerprint());
         Ok((stream, peer))
     }
+}
+
+/// Runs `step` of dialling `addr` for at most `after`; past it, the dial
+/// fails with [`TransportError::Timeout`] naming `what`.
+async fn within<T>(
+    what: &'static str,
+    addr: SocketAddr,
+    after: Duration,
+    step: impl Future<Output = T>,
+) -> Result<T, TransportError> {
+    tokio::time::timeout(after, step)
+        .await
+        .map_err(|_| TransportError::Timeout { what, addr, after })
 }
 
 /// One authenticated connection and the gRPC channel running over it.

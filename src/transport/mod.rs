@@ -13,6 +13,9 @@
 //!   authenticated peer as [`PeerInfo`] (request extension on servers,
 //!   [`Connection::peer`] on clients).
 //!
+//! [`probe`] is the one client that lets any server in, for tools that test
+//! how a server admits clients; it is built here, by the same code.
+//!
 //! There is no plaintext path: no function here listens or dials without TLS,
 //! and the generated clients have no `connect(url)` helper.
 
@@ -21,6 +24,7 @@ mod cert;
 mod client;
 mod error;
 mod peer;
+pub mod probe;
 mod refusal;
 mod refusal_log;
 mod server;

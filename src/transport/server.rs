@@ -352,6 +352,9 @@ fn accept_failed_for_good(e: &io::Error, listener: &TcpListener) -> bool {
     e.kind() == io::ErrorKind::InvalidInput || listener.local_addr().is_err()
 }
 
+/// Runs one connection's TLS handshake under the listener's deadlines and
+/// admits its authenticated peer, or refuses the connection (counted,
+/// logged, reported) and returns `None`.
 async fn handshake(
     tls: &ServerTls,
     connections: &Arc<IdentityConnections>,
@@ -371,44 +374,47 @@ async fn handshake(
     let hello_deadline = deadline.min(Instant::now() + tls.client_hello_timeout);
     // First the ClientHello, under its own short deadline.
     let hello = LazyConfigAcceptor::new(Acceptor::default(), tcp);
-    let started = tokio::select! {
-        biased;
-        _ = &mut slot.evicted => {
-            tls.refuse(peer, RefusalReason::Crowded);
-            return None;
-        }
-        started = tokio::time::timeout_at(hello_deadline, hello) => match started {
-            Err(_) => {
-                tls.refuse(peer, RefusalReason::HandshakeTimeout);
-                return None;
-            }
-            Ok(Err(e)) => {
-                tls.refuse(peer, RefusalReason::from_io(&e));
-                return None;
-            }
-            Ok(Ok(s)) => s,
-        },
-    };
+    let started = handshake_step(tls, peer, &mut slot, hello_deadline, hello).await?;
     slot.progressing();
-    let stream = tokio::select! {
+    let rest = started.into_stream(tls.config.clone());
+    let stream = handshake_step(tls, peer, &mut slot, deadline, rest).await?;
+    drop(slot);
+    authorize(tls, connections, stream, peer, local)
+}
+
+/// Runs one step of a handshake until `deadline`, unless the pending table
+/// drops the handshake first (that wins a tie); refuses the connection and
+/// returns `None` when the step fails, times out or is dropped.
+async fn handshake_step<T>(
+    tls: &ServerTls,
+    peer: SocketAddr,
+    slot: &mut PendingSlot,
+    deadline: Instant,
+    step: impl Future<Output = io::Result<T>>,
+) -> Option<T> {
+    let reason = tokio::select! {
         biased;
-        _ = &mut slot.evicted => {
-            tls.refuse(peer, RefusalReason::Crowded);
-            return None;
-        }
-        stream = tokio::time::timeout_at(deadline, started.into_stream(tls.config.clone())) => match stream {
-            Err(_) => {
-                tls.refuse(peer, RefusalReason::HandshakeTimeout);
-                return None;
-            }
-            Ok(Err(e)) => {
-                tls.refuse(peer, RefusalReason::from_io(&e));
-                return None;
-            }
-            Ok(Ok(s)) => s,
+        _ = &mut slot.evicted => RefusalReason::Crowded,
+        done = tokio::time::timeout_at(deadline, step) => match done {
+            Err(_) => RefusalReason::HandshakeTimeout,
+            Ok(Err(e)) => RefusalReason::from_io(&e),
+            Ok(Ok(s)) => return Some(s),
         },
     };
-    drop(slot);
+    tls.refuse(peer, reason);
+    None
+}
+
+/// Admits the peer of a completed handshake: it negotiated HTTP/2, its
+/// identity passes the listener's [`ServerTls::admit`] rule, and that
+/// identity has a place left among its connections.
+fn authorize(
+    tls: &ServerTls,
+    connections: &Arc<IdentityConnections>,
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Option<TlsConn> {
     let (_, conn) = stream.get_ref();
     if conn.alpn_protocol() != Some(b"h2") && !fault_on!(AlpnUnchecked) {
         tls.refuse(peer, RefusalReason::NoAlpn);

@@ -280,18 +280,32 @@ impl ClientCertVerifier for IdentityClientVerifier {
     }
 }
 
-/// Client side: chain to the trust root, then the identity policy.
-///
-/// The server is identified by its URN, not by the host name dialled, so the
-/// DNS/IP name check of web PKI is replaced by the URN check.
+/// What a client checks of the server's certificate.
 #[derive(Debug)]
-struct IdentityServerVerifier {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-    policy: PeerPolicy,
+enum ServerCheck {
+    /// It chains to the trust root and names an identity the policy allows.
+    ///
+    /// The server is identified by its URN, not by the host name dialled,
+    /// so the DNS/IP name check of web PKI is replaced by the URN check.
+    Trusted {
+        roots: Arc<RootCertStore>,
+        policy: PeerPolicy,
+    },
+    /// Nothing but the handshake signature: for tools that probe how a
+    /// server admits clients ([`super::probe`]), never for a peer one talks
+    /// to.
+    AnyForProbing,
 }
 
-impl ServerCertVerifier for IdentityServerVerifier {
+/// Client side: the one server certificate verifier. The handshake
+/// signature is always verified, TLS 1.2 never accepted.
+#[derive(Debug)]
+struct ServerVerifier {
+    check: ServerCheck,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -300,15 +314,17 @@ impl ServerCertVerifier for IdentityServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        check_identity(end_entity, &self.policy)?;
+        if let ServerCheck::Trusted { roots, policy } = &self.check {
+            let parsed = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+            check_identity(end_entity, policy)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -418,22 +434,56 @@ pub(crate) fn client_config(
     trust: &TrustRoot,
     policy: PeerPolicy,
 ) -> Result<Arc<ClientConfig>, TransportError> {
-    let provider = provider();
-    let verifier = Arc::new(IdentityServerVerifier {
+    let check = ServerCheck::Trusted {
         roots: trust.roots.clone(),
-        algorithms: provider.signature_verification_algorithms,
         policy,
+    };
+    let chain = identity.chain.clone();
+    let config = client_builder(check)?
+        .with_client_auth_cert(chain, identity.key.clone_key())
+        .map_err(TransportError::Config)?;
+    Ok(Arc::new(finish_client(config, true)))
+}
+
+/// A client configuration that presents `client` (any chain and key, or
+/// none) and lets any server in: see [`super::probe`].
+pub(crate) fn probe_client_config(
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    alpn: bool,
+) -> Result<ClientConfig, TransportError> {
+    let builder = client_builder(ServerCheck::AnyForProbing)?;
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(TransportError::Config)?,
+    };
+    Ok(finish_client(config, alpn))
+}
+
+/// A TLS 1.3 client builder with the one server verifier doing `check`.
+fn client_builder(
+    check: ServerCheck,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TransportError> {
+    let provider = provider();
+    let verifier = Arc::new(ServerVerifier {
+        check,
+        algorithms: provider.signature_verification_algorithms,
     });
-    let mut config = ClientConfig::builder_with_provider(provider)
+    Ok(ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TransportError::Config)?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(TransportError::Config)?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        .with_custom_certificate_verifier(verifier))
+}
+
+/// ALPN `h2` (unless a probe asks not to offer it), no resumption.
+fn finish_client(mut config: ClientConfig, alpn: bool) -> ClientConfig {
+    if alpn {
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    }
     config.resumption = rustls::client::Resumption::disabled();
-    Ok(Arc::new(config))
+    config
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TransportError> {

@@ -91,6 +91,16 @@ fn the_sdk_the_core_and_the_conformance_tool_stay_apart() {
 
 /// The non-comment lines of every `.rs` file under `dir`, with their paths.
 fn source_lines(dir: &Path) -> Vec<(PathBuf, usize, String)> {
+    lines_under(dir, false)
+}
+
+/// [`source_lines`] without each file's trailing `#[cfg(test)] mod tests`:
+/// the code that ships.
+fn shipped_lines(dir: &Path) -> Vec<(PathBuf, usize, String)> {
+    lines_under(dir, true)
+}
+
+fn lines_under(dir: &Path, shipped_only: bool) -> Vec<(PathBuf, usize, String)> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_owned()];
     while let Some(dir) = todo.pop() {
@@ -100,10 +110,16 @@ fn source_lines(dir: &Path) -> Vec<(PathBuf, usize, String)> {
                 todo.push(path);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path).expect("readable source");
-                for (i, line) in text.lines().enumerate() {
+                let lines: Vec<&str> = text.lines().collect();
+                for (i, line) in lines.iter().enumerate() {
+                    let unit_tests = *line == "#[cfg(test)]"
+                        && lines.get(i + 1).is_some_and(|l| l.starts_with("mod tests"));
+                    if shipped_only && unit_tests {
+                        break;
+                    }
                     let code = line.trim_start();
                     if !code.starts_with("//") {
-                        out.push((path.clone(), i + 1, line.to_owned()));
+                        out.push((path.clone(), i + 1, (*line).to_owned()));
                     }
                 }
             }
@@ -169,13 +185,10 @@ fn only_the_transport_builds_tls_configurations() {
         if !dir.exists() {
             continue;
         }
-        for (path, n, line) in source_lines(&dir) {
+        for (path, n, line) in shipped_lines(&dir) {
             let relative = path.strip_prefix(&root).unwrap_or(&path);
-            // The one place, and the conformance tool's raw client that
-            // presents any certificate at all on purpose (it says so).
-            let allowed = relative.starts_with("src/transport")
-                || relative.ends_with("rawtls.rs")
-                    && relative.to_string_lossy().contains("conformance");
+            // The one place (its probing client included: transport/probe.rs).
+            let allowed = relative.starts_with("src/transport");
             if !allowed && builders.iter().any(|b| line.contains(b)) {
                 found.push(format!("{}:{n}", relative.display()));
             }
@@ -184,5 +197,67 @@ fn only_the_transport_builds_tls_configurations() {
     assert!(
         found.is_empty(),
         "TLS configurations are built only in src/transport/: {found:#?}"
+    );
+}
+
+/// Every `.rs` line of the workspace's crates (not `target/`, not the fuzz
+/// workspace's build output), with paths relative to the root.
+fn workspace_lines() -> Vec<(PathBuf, usize, String)> {
+    let root = root();
+    let dirs = [
+        "src",
+        "core",
+        "module-sdk",
+        "certs",
+        "sample-modules",
+        "conformance",
+        "tests",
+        "bench",
+        "xtask",
+        "fuzz/src",
+    ];
+    dirs.iter()
+        .map(|d| root.join(d))
+        .filter(|d| d.exists())
+        .flat_map(|d| source_lines(&d))
+        .map(|(path, n, line)| {
+            let relative = path.strip_prefix(&root).unwrap_or(&path).to_owned();
+            (relative, n, line)
+        })
+        .collect()
+}
+
+/// The places outside `home` (and this file, which names the needles)
+/// whose code line contains one of `needles`.
+fn outside(home: &str, needles: &[&str]) -> Vec<String> {
+    workspace_lines()
+        .into_iter()
+        .filter(|(path, _, line)| {
+            !path.starts_with(home)
+                && !path.ends_with("e2e/architecture.rs")
+                && needles.iter().any(|n| line.contains(n))
+        })
+        .map(|(path, n, line)| format!("{}:{n}: {}", path.display(), line.trim()))
+        .collect()
+}
+
+#[test]
+fn one_driver_runs_the_core_side_of_the_lease_handshake() {
+    // The Core, the conformance tool, the test harness and the SDK's fake
+    // Core open control streams and send offers only through
+    // anima_protocol::control.
+    let found = outside("src/control.rs", &["LeaseControlClient"]);
+    assert!(
+        found.is_empty(),
+        "the Core side of the handshake is driven only by src/control.rs: {found:#?}"
+    );
+}
+
+#[test]
+fn one_verifier_checks_server_certificates() {
+    let found = outside("src/transport/tls.rs", &["impl ServerCertVerifier for"]);
+    assert!(
+        found.is_empty(),
+        "server certificates are verified only in src/transport/tls.rs: {found:#?}"
     );
 }

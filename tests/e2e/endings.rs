@@ -6,16 +6,16 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use anima_module_sdk::{LeaseEvent, Phase};
-use anima_protocol::lease::{self, Entropy, LeaseRequest, PeerBinding, Reason, Scope};
-use anima_protocol::pb::lease_control_client::LeaseControlClient;
-use anima_protocol::pb::{ControlFrame, SignedToken, control_frame::Frame};
+use anima_protocol::SystemClock;
+use anima_protocol::control;
+use anima_protocol::lease::{LeaseRequest, Reason, Scope};
+use anima_protocol::pb::{SignedToken, control_frame::Frame};
 use anima_tests::echo::echo_client::EchoClient;
 use anima_tests::echo::{SayRequest, SlowRequest};
 use anima_tests::{
     PATIENCE, RawCore, SAY, SLOW, TestCa, TestModule, echo_contract_with, reason, wait_event,
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 const CORE: &str = "urn:anima:core:dev";
 const MODULE: &str = "urn:anima:module:echo";
@@ -141,35 +141,16 @@ async fn a5_an_honest_cores_half_close_at_its_expiry_is_lease_expired() {
     assert_eq!(reason(&status), Some(Reason::LeaseExpired), "{status:?}");
     // A new lease on a new control stream of the same connection replaces
     // the ended one.
-    let peer = PeerBinding::from_peer(conn.peer()).unwrap();
-    let (offer, pending) = lease::offer(
-        &signer,
-        &peer,
-        LeaseRequest {
-            scope: Scope::new([SAY]).unwrap(),
-            ttl: Duration::from_secs(10),
-        },
-        Entropy::system().unwrap(),
-        tokio::time::Instant::now().into_std(),
-        SystemTime::now(),
-    )
-    .unwrap();
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(ControlFrame {
-        frame: Some(Frame::Offer(SignedToken { jws: offer })),
-    })
-    .await
-    .unwrap();
-    let mut inbound = LeaseControlClient::new(conn.channel())
-        .control(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let grant = match inbound.message().await.unwrap().and_then(|f| f.frame) {
-        Some(Frame::Grant(SignedToken { jws })) => jws,
-        other => panic!("expected a grant on the same connection, got {other:?}"),
+    let request = LeaseRequest {
+        scope: Scope::new([SAY]).unwrap(),
+        ttl: Duration::from_secs(10),
     };
-    let new = pending.accept(&signer, &grant, SystemTime::now()).unwrap();
+    // Held to the end: its stream stays open while the call runs.
+    let granted = match control::open(&conn, &signer, request, &SystemClock, PATIENCE).await {
+        Ok(granted) => granted,
+        Err(e) => panic!("expected a grant on the same connection, got {e}"),
+    };
+    let new = &granted.lease;
     let mut request = tonic::Request::new(SayRequest {
         text: "again".into(),
     });
@@ -179,7 +160,7 @@ async fn a5_an_honest_cores_half_close_at_its_expiry_is_lease_expired() {
     );
     let reply = EchoClient::new(conn.channel()).say(request).await;
     assert_eq!(reply.unwrap().into_inner().text, "again");
-    drop(tx);
+    drop(granted);
 }
 
 #[tokio::test]

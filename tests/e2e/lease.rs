@@ -7,9 +7,7 @@ use std::time::{Duration, SystemTime};
 use anima_core::audit::AuditLog;
 use anima_core::lease::{CoreLeaseError, LeaseLink, LeaseTable, RenewalPolicy};
 use anima_module_sdk::LeaseEvent;
-use anima_protocol::lease::{
-    self, EndedBy, Entropy, LeaseRequest, LeaseSigner, LeaseState, Reason, Scope,
-};
+use anima_protocol::lease::{EndedBy, LeaseSigner, LeaseState, Reason, Scope};
 use anima_protocol::pb::{Refusal, SignedToken, control_frame::Frame};
 use anima_protocol::{ClientTls, PeerPolicy};
 use anima_tests::echo::SayRequest;
@@ -188,31 +186,25 @@ async fn a4_proof_from_another_connection_is_worthless() {
 #[tokio::test]
 async fn a3_tampered_offer_gets_no_lease() {
     let (ca, module) = ephemeral_echo_module().await;
-    let (conn, _signer, _pending, _offer, first, _tx, _inbound) =
-        RawCore::offer_raw(&ca, CORE, &module, |signer, peer| {
-            let (offer, _) = lease::offer(
-                signer,
-                peer,
-                LeaseRequest {
-                    scope: Scope::new([SAY]).unwrap(),
-                    ttl: Duration::from_secs(10),
-                },
-                Entropy::system().unwrap(),
-                tokio::time::Instant::now().into_std(),
-                SystemTime::now(),
-            )
-            .unwrap();
+    let (conn, first) = RawCore::offer_tampered(
+        &ca,
+        CORE,
+        &module,
+        &[SAY],
+        Duration::from_secs(10),
+        |offer| {
             // Widen the scope after signing.
             let mut parts: Vec<String> = offer.split('.').map(str::to_owned).collect();
             let claims = String::from_utf8(base64_decode(&parts[1]))
                 .unwrap()
                 .replace(SAY, &format!("{SAY}\",\"{SHOUT}"));
             parts[1] = base64_encode(claims.as_bytes());
-            (parts.join("."), None)
-        })
-        .await;
-    match first.frame {
-        Some(Frame::Refuse(Refusal { reason, .. })) => assert_eq!(reason, "BAD_SIGNATURE"),
+            parts.join(".")
+        },
+    )
+    .await;
+    match first {
+        Frame::Refuse(Refusal { reason, .. }) => assert_eq!(reason, "BAD_SIGNATURE"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     let status = EchoClient::new(conn.channel())

@@ -13,21 +13,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use std::time::SystemTime;
-
 use anima_certs::{CertAuthority, LeafSpec};
 use anima_module_sdk::{Contract, LeaseEvent, ModuleHandle, ModuleServer};
+use anima_protocol::control::{self, SignedOffer};
 use anima_protocol::launch;
-use anima_protocol::lease::{
-    self, Entropy, Lease, LeaseRequest, LeaseSigner, PROOF_HEADER, PeerBinding, PendingLease,
-    Reason, Scope,
+use anima_protocol::lease::{Lease, LeaseRequest, LeaseSigner, PROOF_HEADER, Reason, Scope};
+use anima_protocol::pb::{ControlFrame, control_frame::Frame};
+use anima_protocol::{
+    ClientTls, Connection, PeerPolicy, ServerTls, SystemClock, TlsIdentity, TrustRoot, Urn,
 };
-use anima_protocol::pb::lease_control_client::LeaseControlClient;
-use anima_protocol::pb::{ControlFrame, SignedToken, control_frame::Frame};
-use anima_protocol::{ClientTls, Connection, PeerPolicy, ServerTls, TlsIdentity, TrustRoot, Urn};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 
@@ -305,47 +301,29 @@ pub struct RawCore {
 }
 
 impl RawCore {
-    /// Dials `module` at `addr` as `core` and sends `offer` (built by the
-    /// caller, possibly tampered); returns the module's first answer.
-    pub async fn offer_raw(
+    /// Dials `module` as `core` and offers `scope`/`ttl` with the token
+    /// changed by `tamper` after signing; returns the connection and the
+    /// module's first answer.
+    pub async fn offer_tampered(
         ca: &TestCa,
         core: &str,
         module: &TestModule,
-        build_offer: impl FnOnce(&LeaseSigner, &PeerBinding) -> (String, Option<PendingLease>),
-    ) -> (
-        Connection,
-        LeaseSigner,
-        Option<PendingLease>,
-        String,
-        ControlFrame,
-        mpsc::Sender<ControlFrame>,
-        tonic::Streaming<ControlFrame>,
-    ) {
-        let identity = ca.identity(core);
-        let signer = LeaseSigner::from_identity(&identity).expect("signer");
-        let conn = ClientTls::new(identity, ca.trust())
-            .dial_addr(module.addr, PeerPolicy::exactly(module.urn.clone()))
-            .await
-            .expect("dial");
-        let peer = PeerBinding::from_peer(conn.peer()).expect("binding");
-        let (offer, pending) = build_offer(&signer, &peer);
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(ControlFrame {
-            frame: Some(Frame::Offer(SignedToken { jws: offer.clone() })),
-        })
-        .await
-        .expect("queue offer");
-        let mut inbound = LeaseControlClient::new(conn.channel())
-            .control(ReceiverStream::new(rx))
-            .await
-            .expect("control stream")
-            .into_inner();
-        let first = tokio::time::timeout(PATIENCE, inbound.message())
-            .await
-            .expect("answer in time")
-            .expect("stream ok")
-            .expect("a frame");
-        (conn, signer, pending, offer, first, tx, inbound)
+        scope: &[&str],
+        ttl: Duration,
+        tamper: impl FnOnce(&str) -> String,
+    ) -> (Connection, Frame) {
+        let (conn, signer) = Self::dial(ca, core, module).await;
+        let request = LeaseRequest {
+            scope: Scope::new(scope.iter().copied()).expect("scope"),
+            ttl,
+        };
+        let mut offer = SignedOffer::new(&signer, &conn, request, &SystemClock).expect("offer");
+        offer
+            .tamper(|jws| Ok::<_, std::convert::Infallible>(tamper(jws)))
+            .expect("infallible");
+        let offered = offer.send(&conn, PATIENCE).await.expect("an answer");
+        let (_stream, _pending, first) = offered.into_parts();
+        (conn, first)
     }
 
     /// Opens a lease honestly for `scope` and `ttl`.
@@ -356,36 +334,33 @@ impl RawCore {
         scope: &[&str],
         ttl: Duration,
     ) -> RawCore {
-        let scope = Scope::new(scope.iter().copied()).expect("scope");
-        let (conn, signer, pending, _offer, first, tx, inbound) =
-            Self::offer_raw(ca, core, module, |signer, peer| {
-                let (offer, pending) = lease::offer(
-                    signer,
-                    peer,
-                    LeaseRequest { scope, ttl },
-                    Entropy::system().expect("entropy"),
-                    tokio::time::Instant::now().into_std(),
-                    SystemTime::now(),
-                )
-                .expect("offer");
-                (offer, Some(pending))
-            })
-            .await;
-        let grant = match first.frame {
-            Some(Frame::Grant(SignedToken { jws })) => jws,
-            other => panic!("expected a grant, got {other:?}"),
+        let (conn, signer) = Self::dial(ca, core, module).await;
+        let request = LeaseRequest {
+            scope: Scope::new(scope.iter().copied()).expect("scope"),
+            ttl,
         };
-        let lease = pending
-            .expect("pending")
-            .accept(&signer, &grant, SystemTime::now())
-            .expect("accept grant");
+        let granted = control::open(&conn, &signer, request, &SystemClock, PATIENCE)
+            .await
+            .expect("a lease");
+        let (tx, inbound) = granted.stream.into_parts();
         RawCore {
             conn,
             signer,
-            lease,
+            lease: granted.lease,
             tx,
             inbound,
         }
+    }
+
+    /// A connection to `module` as `core`, and `core`'s lease signer.
+    async fn dial(ca: &TestCa, core: &str, module: &TestModule) -> (Connection, LeaseSigner) {
+        let identity = ca.identity(core);
+        let signer = LeaseSigner::from_identity(&identity).expect("signer");
+        let conn = ClientTls::new(identity, ca.trust())
+            .dial_addr(module.addr, PeerPolicy::exactly(module.urn.clone()))
+            .await
+            .expect("dial");
+        (conn, signer)
     }
 
     /// The proof for call `seq` of `method` under this lease.

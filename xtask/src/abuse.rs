@@ -19,8 +19,8 @@ pub fn abuse(args: &[String]) -> Result<ExitCode, String> {
     )?;
     let env = [("ANIMA_ABUSE", "full")];
     let extra: Vec<&str> = args.iter().map(String::as_str).collect();
-    if crate::has_nextest() {
-        let mut run = vec![
+    let mut run = if crate::has_nextest() {
+        vec![
             "nextest",
             "run",
             "--release",
@@ -31,11 +31,9 @@ pub fn abuse(args: &[String]) -> Result<ExitCode, String> {
             "--no-fail-fast",
             "-E",
             "test(/abuse_/)",
-        ];
-        run.extend(&extra);
-        crate::cargo(&run, &env)?;
+        ]
     } else {
-        let mut run = vec![
+        vec![
             "test",
             "--release",
             "--locked",
@@ -47,9 +45,9 @@ pub fn abuse(args: &[String]) -> Result<ExitCode, String> {
             "abuse_",
             "--nocapture",
             "--test-threads=1",
-        ];
-        run.extend(&extra);
-        crate::cargo(&run, &env)?;
-    }
+        ]
+    };
+    run.extend(&extra);
+    crate::cargo(&run, &env)?;
     Ok(ExitCode::SUCCESS)
 }

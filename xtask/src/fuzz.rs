@@ -35,6 +35,37 @@ struct Outcome {
 
 /// Runs `cargo xtask fuzz ARGS`.
 pub fn fuzz(args: &[String]) -> Result<(), String> {
+    let (seconds, chosen) = parse_args(args)?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("xtask is not inside the workspace")?;
+    let fuzz_dir = root.join("fuzz");
+    let chosen = choose(&fuzz_dir, chosen)?;
+    crate::ensure_cargo_tool("fuzz", CARGO_FUZZ)?;
+    build(&fuzz_dir, &chosen)?;
+    let mut outcomes = Vec::new();
+    for target in &chosen {
+        outcomes.push(run(&fuzz_dir, target, seconds)?);
+    }
+    print_summary(seconds, &outcomes);
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.ok)
+        .map(|o| o.target.as_str())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "fuzz targets failed: {} (inputs in fuzz/artifacts/)",
+            failed.join(", ")
+        ))
+    }
+}
+
+/// `[--seconds N] [TARGET…]`: the seconds per target (default 10) and the
+/// targets named.
+fn parse_args(args: &[String]) -> Result<(u64, Vec<String>), String> {
     let mut seconds: u64 = 10;
     let mut chosen = Vec::new();
     let mut args = args.iter();
@@ -55,44 +86,47 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
             target => chosen.push(target.to_owned()),
         }
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("xtask is not inside the workspace")?;
-    let fuzz_dir = root.join("fuzz");
-    let all = targets(&fuzz_dir)?;
-    for target in &chosen {
-        if !all.contains(target) {
-            return Err(format!(
-                "no fuzz target {target} (targets: {})",
-                all.join(", ")
-            ));
-        }
-    }
-    let chosen = if chosen.is_empty() { all } else { chosen };
+    Ok((seconds, chosen))
+}
 
-    ensure_cargo_fuzz()?;
+/// The targets to run: those `chosen`, each of which must exist, or all of
+/// them when none is.
+fn choose(fuzz_dir: &Path, chosen: Vec<String>) -> Result<Vec<String>, String> {
+    let all = targets(fuzz_dir)?;
+    if let Some(target) = chosen.iter().find(|t| !all.contains(t)) {
+        return Err(format!(
+            "no fuzz target {target} (targets: {})",
+            all.join(", ")
+        ));
+    }
+    Ok(if chosen.is_empty() { all } else { chosen })
+}
+
+/// Builds the `chosen` targets once (all of them unless just one is chosen).
+fn build(fuzz_dir: &Path, chosen: &[String]) -> Result<(), String> {
     let started = Instant::now();
     let mut build = vec!["build"];
     build.extend(BUILD_FLAGS);
-    if let [one] = chosen.as_slice() {
+    if let [one] = chosen {
         build.push(one);
     }
-    cargo_fuzz(&fuzz_dir, &build)?;
+    cargo_fuzz(fuzz_dir, &build)?;
     eprintln!(
         "xtask: fuzz targets built in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
 
-    let mut outcomes = Vec::new();
-    for target in &chosen {
-        outcomes.push(run(&fuzz_dir, target, seconds)?);
-    }
+/// One line per target: seconds run, executions, executions per second and
+/// the result.
+fn print_summary(seconds: u64, outcomes: &[Outcome]) {
     eprintln!("xtask: fuzz summary ({seconds} s per target)");
     eprintln!(
         "  {:<16} {:>8} {:>12} {:>9}  result",
         "target", "seconds", "executions", "exec/s"
     );
-    for o in &outcomes {
+    for o in outcomes {
         let (execs, rate) = match o.executions {
             Some(n) => (n.to_string(), format!("{:.0}", n as f64 / o.seconds)),
             None => ("?".into(), "?".into()),
@@ -105,19 +139,6 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
             rate,
             if o.ok { "ok" } else { "FAILED" }
         );
-    }
-    let failed: Vec<&str> = outcomes
-        .iter()
-        .filter(|o| !o.ok)
-        .map(|o| o.target.as_str())
-        .collect();
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "fuzz targets failed: {} (inputs in fuzz/artifacts/)",
-            failed.join(", ")
-        ))
     }
 }
 
@@ -236,29 +257,5 @@ fn cargo_fuzz(fuzz_dir: &Path, args: &[&str]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("`cargo fuzz {}` failed ({status})", args.join(" ")))
-    }
-}
-
-/// Installs cargo-fuzz from crates.io when `cargo fuzz` is not available.
-fn ensure_cargo_fuzz() -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let has = Command::new(&cargo)
-        .args(["fuzz", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if has {
-        return Ok(());
-    }
-    eprintln!("xtask: installing {CARGO_FUZZ} (cargo install --locked)");
-    let status = Command::new(&cargo)
-        .args(["install", "--locked", CARGO_FUZZ])
-        .status()
-        .map_err(|e| format!("cannot run cargo install: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "cannot install cargo-fuzz (cargo install --locked {CARGO_FUZZ})"
-        ))
     }
 }

@@ -14,7 +14,9 @@
 //! written with them, not with our code):
 //!
 //! 1. `cargo fmt --all -- --check`, then the release feature graph: no
-//!    test-only fault hook in a shipped crate (see `shipped.rs`)
+//!    test-only fault hook in a shipped crate (see `shipped.rs`), then
+//!    `cargo machete`: no crate declares a dependency it does not use
+//!    (installed from crates.io when missing)
 //! 2. `cargo clippy --workspace --all-targets --locked -- -D warnings`
 //! 3. `cargo doc --workspace --no-deps --locked` with `RUSTDOCFLAGS=-D warnings`
 //! 4. `cargo build --workspace --bins --locked` (the end-to-end tests start
@@ -37,50 +39,59 @@ mod shipped;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("test") => match test(&args[1..]) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("xtask: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("bench") => match bench(&args[1..]) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("xtask: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("abuse") => match abuse::abuse(&args[1..]) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("xtask: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("fuzz") => match fuzz::fuzz(&args[1..]) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("xtask: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("serve") => match serve(&args[1..]) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("xtask: {e}");
-                ExitCode::FAILURE
-            }
-        },
+    let rest = args.get(1..).unwrap_or_default();
+    let done = match args.first().map(String::as_str) {
+        Some("test") => test(rest).map(|()| ExitCode::SUCCESS),
+        Some("bench") => bench(rest),
+        Some("abuse") => abuse::abuse(rest),
+        Some("fuzz") => fuzz::fuzz(rest).map(|()| ExitCode::SUCCESS),
+        Some("serve") => serve(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask test [TEST-FILTER…] | cargo xtask serve [ANIMA-SERVE-ARGS…] \
                  | cargo xtask bench [--quick] [ANIMA-BENCH-ARGS…] \
                  | cargo xtask fuzz [--seconds N] [TARGET…] | cargo xtask abuse [ARGS…]"
             );
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
+    };
+    exit_code(done)
+}
+
+/// A subcommand's exit status; its error is one `xtask: …` line on stderr
+/// and exit status 1.
+fn exit_code(done: Result<ExitCode, String>) -> ExitCode {
+    done.unwrap_or_else(|e| {
+        eprintln!("xtask: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// The cargo-machete release installed when it is missing.
+const CARGO_MACHETE: &str = "cargo-machete@0.9.2";
+
+/// Installs `krate` (`name@version`) from crates.io when `cargo SUBCOMMAND`
+/// is not available.
+fn ensure_cargo_tool(subcommand: &str, krate: &str) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let has = Command::new(&cargo)
+        .args([subcommand, "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {krate} (cargo install --locked)");
+    let status = Command::new(&cargo)
+        .args(["install", "--locked", krate])
+        .status()
+        .map_err(|e| format!("cannot run cargo install: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cannot install {krate} (cargo install --locked {krate})"
+        ))
     }
 }
 
@@ -88,6 +99,8 @@ fn test(filter: &[String]) -> Result<(), String> {
     ensure_python_grpcio()?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
     shipped::check_feature_graph()?;
+    ensure_cargo_tool("machete", CARGO_MACHETE)?;
+    machete()?;
     cargo(
         &[
             "clippy",
@@ -233,6 +246,27 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+/// `cargo machete` over the workspace. cargo-machete takes a set
+/// `CARGO_PKG_NAME` (which `cargo xtask` has, being a `cargo run`) to mean
+/// it was started by `cargo run` and reads its arguments differently, so the
+/// variable is removed for it.
+fn machete() -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo machete");
+    let status = Command::new(&cargo)
+        .arg("machete")
+        .env_remove("CARGO_PKG_NAME")
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`cargo machete` failed ({status}): a crate declares a dependency it does not use"
+        ))
     }
 }
 

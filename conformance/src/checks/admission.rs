@@ -11,6 +11,7 @@ use anima_protocol::lease::{LeaseClaims, REVOCATION_CONDITIONS, Reason};
 use anima_protocol::pb::Refusal;
 
 use super::{Run, UNDECLARED};
+use crate::error::ToolError;
 use crate::report::Report;
 use crate::session::{self, Actor, Answer, OfferKind, Session, describe};
 
@@ -276,7 +277,7 @@ pub(crate) fn refused(
     row: &'static str,
     what: &str,
     want: Reason,
-    answer: Result<Answer, String>,
+    answer: Result<Answer, ToolError>,
 ) {
     match answer {
         Ok(Answer::Refused(Refusal { reason, detail })) if reason == want.as_str() => {

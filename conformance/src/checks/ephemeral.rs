@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anima_protocol::lease::Reason;
 use anima_protocol::{Connection, Urn};
 
-use super::{Run, Target};
+use super::{Run, Target, status_failed};
+use crate::error::ToolError;
 use crate::report::Report;
-use crate::session::{self, Actor, PATIENCE, describe};
+use crate::session::{self, Actor, PATIENCE};
 use crate::target::Running;
 
 impl Run<'_> {
@@ -290,22 +291,26 @@ impl Run<'_> {
     }
 }
 
+/// The phases of a Type I module's windows after its lease ended.
+const WINDOW_PHASES: &[&str] = &["expired-grace", "terminating"];
+
 /// Polls `Status` until the phase is `expired-grace` or `terminating`.
-async fn window_phase(conn: &Connection, within: Duration) -> Result<String, String> {
+async fn window_phase(conn: &Connection, within: Duration) -> Result<String, ToolError> {
     let until = Instant::now() + within;
     loop {
         match session::status(conn).await {
-            Ok(st) if st.phase == "expired-grace" || st.phase == "terminating" => {
+            Ok(st) if WINDOW_PHASES.contains(&st.phase.as_str()) => {
                 return Ok(st.phase);
             }
             Ok(st) if Instant::now() >= until => {
-                return Err(format!(
-                    "phase {:?} after {within:?} (want expired-grace or terminating)",
-                    st.phase
-                ));
+                return Err(ToolError::Phase {
+                    phase: st.phase,
+                    want: WINDOW_PHASES,
+                    after: within,
+                });
             }
             Ok(_) => {}
-            Err(st) => return Err(format!("Status: {}", describe(&st))),
+            Err(st) => return Err(status_failed(st)),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

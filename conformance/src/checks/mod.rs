@@ -30,6 +30,7 @@ use anima_protocol::lease::Scope;
 use anima_protocol::pb::Refusal;
 use anima_protocol::{Connection, Urn};
 
+use crate::error::ToolError;
 use crate::report::Report;
 use crate::session::{
     self, Actor, Answer, OfferKind, READ, Session, TOUCH, WATCH, call_empty, describe,
@@ -182,7 +183,10 @@ impl Run<'_> {
     }
 
     /// Starts the module (command mode) or returns the endpoint.
-    async fn start(&mut self, core: Option<&Urn>) -> Result<(SocketAddr, Option<Running>), String> {
+    async fn start(
+        &mut self,
+        core: Option<&Urn>,
+    ) -> Result<(SocketAddr, Option<Running>), ToolError> {
         match &self.plan.target {
             Target::Endpoint(addr) => Ok((*addr, None)),
             Target::Launch(command) => {
@@ -197,7 +201,7 @@ impl Run<'_> {
         }
     }
 
-    async fn dial(&self, actor: &Actor, addr: SocketAddr) -> Result<Connection, String> {
+    async fn dial(&self, actor: &Actor, addr: SocketAddr) -> Result<Connection, ToolError> {
         actor.dial(addr, &self.module).await
     }
 
@@ -208,14 +212,14 @@ impl Run<'_> {
         addr: SocketAddr,
         scope: &Scope,
         ttl: Duration,
-    ) -> Result<Session, String> {
+    ) -> Result<Session, ToolError> {
         let conn = self.dial(actor, addr).await?;
         match session::offer(conn, &actor.identity, scope, ttl, OfferKind::Honest).await? {
             Answer::Granted(s) => Ok(*s),
             Answer::Refused(Refusal { reason, detail }) => {
-                Err(format!("the module refused the offer: {reason} {detail}"))
+                Err(ToolError::Refused { reason, detail })
             }
-            Answer::Other(what) => Err(what),
+            Answer::Other(what) => Err(ToolError::Unexpected(what)),
         }
     }
 
@@ -308,25 +312,26 @@ impl Run<'_> {
 
     // ----------------------------------------------------------------- phases
 
-    /// Polls `Status` until `phase` (or `within` passes).
+    /// Polls `Status` until one of the phases `want` (or `within` passes).
     async fn await_phase(
         &self,
         addr: SocketAddr,
-        phase: &str,
+        want: &'static [&'static str],
         within: Duration,
-    ) -> Result<anima_protocol::pb::ModuleStatus, String> {
+    ) -> Result<anima_protocol::pb::ModuleStatus, ToolError> {
         let conn = self.dial(&self.ids().operator, addr).await?;
         let until = Instant::now() + within;
         loop {
-            let st = session::status(&conn).await.map_err(|s| describe(&s))?;
-            if st.phase == phase {
+            let st = session::status(&conn).await.map_err(status_failed)?;
+            if want.contains(&st.phase.as_str()) {
                 return Ok(st);
             }
             if Instant::now() >= until {
-                return Err(format!(
-                    "phase {:?} after {within:?} (want {phase:?})",
-                    st.phase
-                ));
+                return Err(ToolError::Phase {
+                    phase: st.phase,
+                    want,
+                    after: within,
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -344,6 +349,14 @@ impl Run<'_> {
         std::path::Path::new(&format!("/proc/{}", st.pid))
             .exists()
             .then_some(st.pid)
+    }
+}
+
+/// A failed `ModuleAdmin/Status` call, as the tool's error.
+fn status_failed(status: tonic::Status) -> ToolError {
+    ToolError::Rpc {
+        call: "ModuleAdmin/Status",
+        status: Box::new(status),
     }
 }
 

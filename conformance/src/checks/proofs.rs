@@ -6,11 +6,13 @@
 use std::net::SocketAddr;
 
 use anima_protocol::Connection;
+use anima_protocol::control::Elapsed;
 use anima_protocol::lease::{ControlClaims, PROOF_HEADER, ProofKey, Reason, sign_claims};
 use anima_protocol::pb::control_frame::Frame;
 use anima_protocol::pb::{Refusal, SignedToken};
 
 use super::{READ, Run, TOUCH, UNDECLARED};
+use crate::error::ToolError;
 use crate::report::Report;
 use crate::session::{
     self, Actor, PATIENCE, Session, call_empty, decode_token, describe, has_reason,
@@ -195,11 +197,11 @@ enum Misstep {
 
 /// The frame that makes `misstep` on `s` (a replay first sends the honest
 /// renewal and awaits its answer).
-async fn misstep_frame(s: &mut Session, misstep: Misstep) -> Result<Frame, String> {
+async fn misstep_frame(s: &mut Session, misstep: Misstep) -> Result<Frame, ToolError> {
     let jws = s.renew_token(s.lease.ttl())?;
     let resigned = |s: &Session, tamper: fn(&mut ControlClaims), forge: bool| {
         let mut claims: ControlClaims =
-            decode_token(&jws).ok_or("a renewal's claims do not decode")?;
+            decode_token(&jws).ok_or(ToolError::Undecodable("renewal"))?;
         tamper(&mut claims);
         let signed = if forge {
             s.signer()
@@ -208,7 +210,7 @@ async fn misstep_frame(s: &mut Session, misstep: Misstep) -> Result<Frame, Strin
         } else {
             sign_claims(s.signer(), &claims)
         };
-        signed.map_err(|e| format!("cannot sign a renewal: {e}"))
+        Ok::<_, ToolError>(signed?)
     };
     Ok(match misstep {
         Misstep::Forged => Frame::Renew(SignedToken {
@@ -222,10 +224,10 @@ async fn misstep_frame(s: &mut Session, misstep: Misstep) -> Result<Frame, Strin
             match s.next_frame(PATIENCE).await {
                 Ok(Some(Frame::Renewed(_))) => Frame::Renew(SignedToken { jws }),
                 other => {
-                    return Err(format!(
+                    return Err(ToolError::Unexpected(format!(
                         "the honest renewal before the replay: {}",
                         frame_text(&other)
-                    ));
+                    )));
                 }
             }
         }
@@ -247,11 +249,12 @@ async fn call_with_proof(
     }
 }
 
-fn frame_text(frame: &Result<Option<Frame>, ()>) -> String {
+/// What the module did with a control step, as evidence.
+fn frame_text(frame: &Result<Option<Frame>, Elapsed>) -> String {
     match frame {
         Ok(Some(Frame::Renewed(_))) => "answered renewed".into(),
         Ok(Some(f)) => format!("{f:?}"),
         Ok(None) => "the stream closed".into(),
-        Err(()) => "no answer within 5 s".into(),
+        Err(Elapsed(after)) => format!("no answer within {after:?}"),
     }
 }

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::Run;
 use super::admission::refused;
+use crate::error::ToolError;
 use crate::rawtls;
 use crate::report::Report;
 use crate::session::{self, OfferKind, PATIENCE};
@@ -170,15 +171,19 @@ impl Run<'_> {
 
 /// Sends an HTTP/2 client preface in clear and reports whether the peer
 /// answered with an HTTP/2 SETTINGS frame (that is, served plaintext).
-async fn plaintext_served(addr: SocketAddr) -> Result<bool, String> {
-    let mut stream = tokio::time::timeout(PATIENCE, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+async fn plaintext_served(addr: SocketAddr) -> Result<bool, ToolError> {
+    let mut stream = rawtls::connect(addr, PATIENCE).await?;
     // Preface, then an empty SETTINGS frame.
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-    stream.write_all(&hello).await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(&hello)
+        .await
+        .map_err(|source| ToolError::Socket {
+            action: "send an HTTP/2 preface in clear to",
+            addr,
+            source,
+        })?;
     let mut buf = [0u8; 9];
     match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
         Err(_) | Ok(Err(_)) | Ok(Ok(0)) => Ok(false),

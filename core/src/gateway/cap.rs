@@ -123,7 +123,7 @@ impl HttpBody for MessageCap {
 }
 
 /// The status a caller gets for a message over the limit.
-pub fn too_large(size: u64, limit: u64) -> tonic::Status {
+pub(crate) fn too_large(size: u64, limit: u64) -> tonic::Status {
     tonic::Status::resource_exhausted(format!(
         "a message of {size} bytes exceeds the gateway's limit of {limit} bytes"
     ))

@@ -29,11 +29,11 @@ pub mod cap;
 mod in_flight;
 mod observe;
 mod policy;
-pub mod route;
+pub(crate) mod route;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anima_protocol::lease::{Reason, status_for};
 use anima_protocol::{PeerInfo, Urn};
@@ -58,7 +58,7 @@ pub const DEFAULT_MAX_CALLS_PER_USER: usize = 256;
 
 /// The gateway's shared state.
 #[derive(Clone)]
-pub struct Gateway {
+pub(crate) struct Gateway {
     ctx: Arc<CoreContext>,
     policies: Arc<Policies>,
     metrics: Arc<Metrics>,
@@ -82,7 +82,7 @@ impl Gateway {
     ///
     /// # Default
     /// At most [`DEFAULT_MAX_CALLS_PER_USER`] calls in flight per user.
-    pub fn new(ctx: Arc<CoreContext>, policies: Vec<Policy>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(ctx: Arc<CoreContext>, policies: Vec<Policy>, metrics: Arc<Metrics>) -> Self {
         Gateway {
             ctx,
             policies: Arc::new(Policies::new(policies)),
@@ -96,7 +96,11 @@ impl Gateway {
     ///
     /// # Default
     /// [`DEFAULT_MAX_CALLS_PER_USER`].
-    pub fn max_calls_per_user(mut self, n: usize) -> Self {
+    #[expect(
+        dead_code,
+        reason = "no caller since the gateway became crate-private: the Core keeps the default"
+    )]
+    pub(crate) fn max_calls_per_user(mut self, n: usize) -> Self {
         self.in_flight = Arc::new(InFlight::new(n.max(1)));
         self
     }
@@ -107,7 +111,7 @@ impl Gateway {
     }
 
     /// Handles one call.
-    pub async fn call<B>(&self, request: http::Request<B>) -> http::Response<Body>
+    pub(crate) async fn call<B>(&self, request: http::Request<B>) -> http::Response<Body>
     where
         B: HttpBody<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -256,10 +260,25 @@ impl Gateway {
                 Ok(outcome) => outcome,
                 // Dropping the forwarded call resets its stream: the
                 // module's handler is cancelled.
-                Err(_) => return deadline_exceeded(&mut call, limit),
+                Err(_) => {
+                    return deadline_exceeded(&mut call, format!("deadline of {limit:?} exceeded"));
+                }
             },
         };
-        let oversized = tripped.load(Ordering::SeqCst);
+        self.answer(outcome, tripped.load(Ordering::SeqCst), &module, call)
+    }
+
+    /// What the caller gets once the forwarded call has answered (or
+    /// failed): a refusal if one of its messages was over the cap, the
+    /// deadline's error once its deadline has passed, or else the module's
+    /// response, observed to its end.
+    fn answer(
+        &self,
+        outcome: Result<http::Response<Body>, tonic::transport::Error>,
+        oversized: u64,
+        module: &Urn,
+        mut call: CallLog,
+    ) -> http::Response<Body> {
         if oversized > 0 {
             // The forwarded call was reset before the message's body left.
             tracing::warn!(target: "anima::gateway", user = %call.user, method = %call.method, bytes = oversized, outcome = "RESOURCE_EXHAUSTED", "call refused: message too large");
@@ -271,9 +290,8 @@ impl Gateway {
             Err(e) => {
                 // The caller reset the call at its deadline (its request
                 // body ended abruptly), or the module is unreachable.
-                if call.deadline.is_some_and(|d| Instant::now() >= d) {
-                    call.finish(Code::DeadlineExceeded);
-                    return tonic::Status::deadline_exceeded("deadline exceeded").into_http();
+                if call.past_deadline() {
+                    return deadline_exceeded(&mut call, "deadline exceeded".to_owned());
                 }
                 call.finish(Code::Unavailable);
                 return self.refuse(Reason::ModuleUnavailable, format!("{module}: {e}"));
@@ -286,9 +304,8 @@ impl Gateway {
             .headers()
             .get("grpc-status")
             .is_some_and(|v| Code::from_bytes(v.as_bytes()) != Code::Ok);
-        if failed && call.deadline.is_some_and(|d| Instant::now() >= d) {
-            call.finish(Code::DeadlineExceeded);
-            return tonic::Status::deadline_exceeded("deadline exceeded").into_http();
+        if failed && call.past_deadline() {
+            return deadline_exceeded(&mut call, "deadline exceeded".to_owned());
         }
         observed(response, call)
     }
@@ -310,8 +327,8 @@ fn observed(response: http::Response<Body>, call: CallLog) -> http::Response<Bod
     http::Response::from_parts(parts, Body::new(body))
 }
 
-/// The Core's own timer for the caller's deadline fired first.
-fn deadline_exceeded(call: &mut CallLog, limit: Duration) -> http::Response<Body> {
+/// The caller's deadline has passed: the call ends `DEADLINE_EXCEEDED`.
+fn deadline_exceeded(call: &mut CallLog, message: String) -> http::Response<Body> {
     call.finish(Code::DeadlineExceeded);
-    tonic::Status::deadline_exceeded(format!("deadline of {limit:?} exceeded")).into_http()
+    tonic::Status::deadline_exceeded(message).into_http()
 }

@@ -58,6 +58,11 @@ pub(crate) struct CallLog {
 }
 
 impl CallLog {
+    /// Whether the caller's deadline, if it set one, has passed.
+    pub(crate) fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
     pub(crate) fn finish(&mut self, code: Code) {
         if self.done {
             return;
@@ -83,9 +88,10 @@ impl Drop for CallLog {
     fn drop(&mut self) {
         // Dropped before its end: the caller went away — at its deadline
         // (DEADLINE_EXCEEDED) or before (CANCELLED).
-        let code = match self.deadline {
-            Some(d) if Instant::now() >= d => Code::DeadlineExceeded,
-            _ => Code::Cancelled,
+        let code = if self.past_deadline() {
+            Code::DeadlineExceeded
+        } else {
+            Code::Cancelled
         };
         self.finish(code);
     }

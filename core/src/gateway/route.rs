@@ -10,11 +10,11 @@ use anima_protocol::Urn;
 
 /// Which modules declare each method.
 #[derive(Debug, Default)]
-pub struct Routes(Mutex<HashMap<String, Vec<Urn>>>);
+pub(crate) struct Routes(Mutex<HashMap<String, Vec<Urn>>>);
 
 impl Routes {
     /// Records that `module` declares each of `methods`.
-    pub fn learn<'a>(&self, module: &Urn, methods: impl IntoIterator<Item = &'a str>) {
+    pub(crate) fn learn<'a>(&self, module: &Urn, methods: impl IntoIterator<Item = &'a str>) {
         let mut routes = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for method in methods {
             let declared = routes.entry(method.to_owned()).or_default();
@@ -25,7 +25,7 @@ impl Routes {
     }
 
     /// The one module declaring `method`: none when no module or several do.
-    pub fn route(&self, method: &str) -> Option<Urn> {
+    pub(crate) fn route(&self, method: &str) -> Option<Urn> {
         let routes = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match routes.get(method).map(Vec::as_slice) {
             Some([only]) => Some(only.clone()),

@@ -47,6 +47,9 @@ pub enum CoreLeaseError {
     /// for a module configured without a contract file).
     #[error("cannot read the module's declared methods: {0}")]
     Declared(String),
+    /// The lease handshake failed in a way not listed above.
+    #[error(transparent)]
+    Handshake(anima_protocol::control::HandshakeError),
     /// A request went unanswered and was abandoned.
     #[error("the module did not answer in time")]
     Unanswered,

@@ -9,19 +9,19 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use anima_protocol::control::{HandshakeError, SignedOffer};
 use anima_protocol::lease::{
-    self, EndedBy, Entropy, Lease, LeaseError, LeaseId, LeaseRequest, LeaseSigner, LeaseState,
-    PeerBinding, Reason, Scope,
+    EndedBy, Lease, LeaseError, LeaseId, LeaseRequest, LeaseSigner, LeaseState, PeerBinding,
+    Reason, Scope,
 };
-use anima_protocol::pb::lease_control_client::LeaseControlClient;
 use anima_protocol::pb::{ControlFrame, Refusal, SignedToken, control_frame::Frame};
-use anima_protocol::{Connection, Urn};
+use anima_protocol::{Clock, Connection, SystemClock, Urn};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
+use tonic::Status;
 
 use super::channel::LeasedChannel;
 use super::error::CoreLeaseError;
@@ -82,6 +82,7 @@ pub(crate) struct LinkShared {
     signer: Arc<LeaseSigner>,
     audit: AuditLog,
     table: LeaseTable,
+    clock: Arc<dyn Clock>,
 }
 
 impl LinkShared {
@@ -101,6 +102,11 @@ impl LinkShared {
             .take();
     }
 
+    /// The monotonic now, from the link's clock.
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Lease> {
         // Mutations are single assignments after their checks; a poisoned
         // lock still holds a consistent lease.
@@ -110,7 +116,7 @@ impl LinkShared {
     /// The proof for one outgoing call of `method`, or why none may be sent.
     pub(crate) fn proof_for(&self, method: &str) -> Result<String, LeaseError> {
         let lease = self.lock();
-        lease.check_valid(now())?;
+        lease.check_valid(self.now())?;
         if !lease.scope().contains(method) {
             return Err(LeaseError::ScopeDenied {
                 method: format!("{method:.256}"),
@@ -122,7 +128,7 @@ impl LinkShared {
 
     /// The error a call gets once the lease is over.
     pub(crate) fn end_error(&self) -> Option<LeaseError> {
-        self.lock().check_valid(now()).err()
+        self.lock().check_valid(self.now()).err()
     }
 
     fn audit(
@@ -149,7 +155,7 @@ impl LinkShared {
             if lease.ended().is_some() {
                 return false;
             }
-            lease.revoke(&self.signer, reason, detail, now(), SystemTime::now())
+            lease.revoke(&self.signer, reason, detail, self.now(), self.clock.wall())
         };
         if let (Ok(jws), Some(outbound)) = (token, self.outbound()) {
             let _ = outbound.try_send(ControlFrame {
@@ -174,21 +180,105 @@ impl LinkShared {
             if lease.ended().is_some() {
                 return;
             }
-            lease.end(reason, by, detail, now());
+            lease.end(reason, by, detail, self.now());
         }
         self.finish();
     }
 
     fn finish(&self) {
         self.ended.cancel();
-        let state = self.lock().state(now());
+        let state = self.lock().state(self.now());
         self.table.update(self.id, |r| r.state = state.clone());
     }
 }
 
-/// The Core's monotonic clock (tokio's, so paused-clock tests are exact).
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
+/// Where a link writes what happens: the audit log and the lease table.
+#[derive(Clone)]
+pub struct Books {
+    /// The audit log.
+    pub audit: AuditLog,
+    /// The Core's table of leases.
+    pub table: LeaseTable,
+}
+
+/// Audit records for a lease that is not open yet.
+struct Witness<'a> {
+    audit: &'a AuditLog,
+    module: &'a Urn,
+    core: &'a Urn,
+}
+
+impl Witness<'_> {
+    fn record(
+        &self,
+        event: AuditEvent,
+        actor: Actor,
+        id: Option<LeaseId>,
+        reason: Option<Reason>,
+        detail: Option<String>,
+    ) {
+        let mut r = AuditRecord::now(event, self.module.as_str(), self.core.as_str(), actor);
+        r.lease_id = id.map(|id| id.to_string());
+        r.reason = reason;
+        r.detail = detail;
+        self.audit.record(r);
+    }
+
+    fn issued(&self, id: LeaseId, ttl: Duration) {
+        let mut r = AuditRecord::now(
+            AuditEvent::Issued,
+            self.module.as_str(),
+            self.core.as_str(),
+            Actor::Core,
+        );
+        r.lease_id = Some(id.to_string());
+        r.ttl_ms = Some(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        self.audit.record(r);
+    }
+
+    /// Records why the handshake gave no lease and says it as the Core's
+    /// error.
+    fn handshake_failed(&self, id: LeaseId, e: HandshakeError) -> CoreLeaseError {
+        let (actor, reason, detail, error) = match e {
+            HandshakeError::Refused(refusal) => {
+                let reason = HandshakeError::refusal_reason(&refusal);
+                let detail = format!("{:.300}", refusal.detail);
+                let error = CoreLeaseError::Refused {
+                    reason,
+                    detail: detail.clone(),
+                };
+                (Actor::Module, reason, detail, error)
+            }
+            HandshakeError::Unexpected(_) => {
+                let detail = "the module answered the offer with neither grant nor refusal";
+                let error = CoreLeaseError::Refused {
+                    reason: Reason::ProtocolViolation,
+                    detail: detail.into(),
+                };
+                (
+                    Actor::Module,
+                    Reason::ProtocolViolation,
+                    detail.into(),
+                    error,
+                )
+            }
+            // This side refused the grant (and told the module, A7).
+            HandshakeError::BadGrant(e) => (Actor::Core, e.reason(), e.to_string(), e.into()),
+            HandshakeError::Lease(e) => return e.into(),
+            HandshakeError::Rpc(status) => return CoreLeaseError::Rpc(status),
+            HandshakeError::Timeout(d) => return CoreLeaseError::HandshakeTimeout(d),
+            HandshakeError::Closed => return CoreLeaseError::StreamClosed,
+            other => return CoreLeaseError::Handshake(other),
+        };
+        self.record(
+            AuditEvent::Refused,
+            actor,
+            Some(id),
+            Some(reason),
+            Some(detail),
+        );
+        error
+    }
 }
 
 /// An open lease on one module connection. Dropping every clone of it
@@ -211,141 +301,73 @@ impl LeaseLink {
         audit: AuditLog,
         table: LeaseTable,
     ) -> Result<Self, CoreLeaseError> {
+        Self::open_with_clock(
+            connection,
+            signer,
+            scope,
+            policy,
+            Books { audit, table },
+            Arc::new(SystemClock),
+        )
+        .await
+    }
+
+    /// [`LeaseLink::open`] with the time taken from `clock`.
+    pub async fn open_with_clock(
+        connection: Connection,
+        signer: Arc<LeaseSigner>,
+        scope: Scope,
+        policy: RenewalPolicy,
+        books: Books,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, CoreLeaseError> {
         let peer = PeerBinding::from_peer(connection.peer())?;
         let module = peer.urn.clone();
-        if let Some(why) = table.blacklisted(&module) {
-            let mut r = AuditRecord::now(
+        let witness = Witness {
+            audit: &books.audit,
+            module: &module,
+            core: signer.urn(),
+        };
+        if let Some(why) = books.table.blacklisted(&module) {
+            witness.record(
                 AuditEvent::Refused,
-                module.as_str(),
-                signer.urn().as_str(),
                 Actor::Core,
+                None,
+                None,
+                Some(format!("blacklisted: {why}")),
             );
-            r.detail = Some(format!("blacklisted: {why}"));
-            audit.record(r);
             return Err(CoreLeaseError::Blacklisted { module, why });
         }
-        let (tx, rx) = mpsc::channel::<ControlFrame>(32);
         let request = LeaseRequest {
             scope,
             ttl: policy.ttl,
         };
-        let sent_at = now();
-        let (offer_jws, pending) = lease::offer(
-            &signer,
-            &peer,
-            request,
-            Entropy::system()?,
-            sent_at,
-            SystemTime::now(),
-        )?;
-        let id = *pending.id();
-        let mut record = AuditRecord::now(
-            AuditEvent::Issued,
-            module.as_str(),
-            signer.urn().as_str(),
-            Actor::Core,
-        );
-        record.lease_id = Some(id.to_string());
-        record.ttl_ms = Some(u64::try_from(policy.ttl.as_millis()).unwrap_or(u64::MAX));
-        audit.record(record);
-
-        tx.send(ControlFrame {
-            frame: Some(Frame::Offer(SignedToken { jws: offer_jws })),
-        })
-        .await
-        .map_err(|_| CoreLeaseError::StreamClosed)?;
-        let mut client = LeaseControlClient::new(connection.channel());
-        let handshake = async {
-            let mut inbound = client
-                .control(ReceiverStream::new(rx))
-                .await
-                .map_err(CoreLeaseError::Rpc)?
-                .into_inner();
-            let first = inbound.message().await.map_err(CoreLeaseError::Rpc)?;
-            Ok::<_, CoreLeaseError>((inbound, first))
-        };
-        let (inbound, first) = tokio::time::timeout(policy.handshake_timeout, handshake)
+        let offer = SignedOffer::new(&signer, &connection, request, clock.as_ref())?;
+        let id = offer.id();
+        witness.issued(id, policy.ttl);
+        let granted = offer
+            .send(&connection, policy.handshake_timeout)
             .await
-            .map_err(|_| CoreLeaseError::HandshakeTimeout(policy.handshake_timeout))??;
-        let refused = |reason: Reason, detail: String| {
-            let mut r = AuditRecord::now(
-                AuditEvent::Refused,
-                module.as_str(),
-                signer.urn().as_str(),
-                Actor::Module,
-            );
-            r.lease_id = Some(id.to_string());
-            r.reason = Some(reason);
-            r.detail = Some(detail.clone());
-            audit.record(r);
-            CoreLeaseError::Refused { reason, detail }
-        };
-        let grant = match first {
-            Some(ControlFrame {
-                frame: Some(Frame::Grant(SignedToken { jws })),
-            }) => jws,
-            Some(ControlFrame {
-                frame: Some(Frame::Refuse(Refusal { reason, detail })),
-            }) => {
-                // An unknown reason is a revocation, as the module reads one.
-                let reason = Reason::parse(&reason).unwrap_or(Reason::LeaseRevoked);
-                return Err(refused(reason, format!("{detail:.300}")));
-            }
-            Some(_) => {
-                return Err(refused(
-                    Reason::ProtocolViolation,
-                    "the module answered the offer with neither grant nor refusal".into(),
-                ));
-            }
-            None => return Err(CoreLeaseError::StreamClosed),
-        };
-        let lease = match pending.accept(&signer, &grant, SystemTime::now()) {
-            Ok(l) => l,
-            Err(e) => {
-                // This side refuses: the module must revoke too (A7).
-                let _ = tx.try_send(ControlFrame {
-                    frame: Some(Frame::Refuse(Refusal {
-                        reason: e.reason().as_str().into(),
-                        detail: format!("{e:.300}"),
-                    })),
-                });
-                let mut r = AuditRecord::now(
-                    AuditEvent::Refused,
-                    module.as_str(),
-                    signer.urn().as_str(),
-                    Actor::Core,
-                );
-                r.lease_id = Some(id.to_string());
-                r.reason = Some(e.reason());
-                r.detail = Some(e.to_string());
-                audit.record(r);
-                return Err(CoreLeaseError::Lease(e));
-            }
-        };
+            .and_then(|offered| offered.settle(&signer, clock.wall()))
+            .map_err(|e| witness.handshake_failed(id, e))?;
+        let (outbound, inbound) = granted.stream.into_parts();
         let shared = Arc::new(LinkShared {
             id,
             module: module.clone(),
             core: signer.urn().clone(),
             seq: AtomicU64::new(1),
             ended: CancellationToken::new(),
-            outbound: Mutex::new(Some(tx.clone())),
+            outbound: Mutex::new(Some(outbound)),
             signer,
-            audit,
-            table: table.clone(),
-            lease: Mutex::new(lease),
+            audit: books.audit,
+            table: books.table,
+            lease: Mutex::new(granted.lease),
+            clock,
         });
-        table.insert(LeaseRecord::of(&shared.lock()));
+        shared.table.insert(LeaseRecord::of(&shared.lock()));
         shared.audit(AuditEvent::Accepted, Actor::Module, None, None);
         tracing::info!(lease_id = %id, module = %module, ttl_ms = shared.lock().ttl().as_millis() as u64, "lease open");
-        let (commands, command_rx) = mpsc::channel(8);
-        let (state_tx, state) = watch::channel(LeaseState::Active);
-        tokio::spawn(control_task(
-            shared.clone(),
-            inbound,
-            command_rx,
-            policy,
-            state_tx,
-        ));
+        let (commands, state) = spawn_control(shared.clone(), inbound, policy);
         Ok(LeaseLink {
             shared,
             connection,
@@ -381,7 +403,7 @@ impl LeaseLink {
 
     /// The lease's state now.
     pub fn state(&self) -> LeaseState {
-        self.shared.lock().state(now())
+        self.shared.lock().state(self.shared.now())
     }
 
     /// Lease state changes (the state after each end).
@@ -438,116 +460,222 @@ impl std::fmt::Debug for LeaseLink {
     }
 }
 
+/// Starts the task that owns the control stream: the handle's command
+/// queue and the lease state it publishes.
+fn spawn_control<S>(
+    shared: Arc<LinkShared>,
+    inbound: S,
+    policy: RenewalPolicy,
+) -> (mpsc::Sender<Command>, watch::Receiver<LeaseState>)
+where
+    S: Stream<Item = Result<ControlFrame, Status>> + Unpin + Send + 'static,
+{
+    let (commands, command_rx) = mpsc::channel(8);
+    let (state_tx, state) = watch::channel(LeaseState::Active);
+    tokio::spawn(control_task(shared, inbound, command_rx, policy, state_tx));
+    (commands, state)
+}
+
+/// Where a rescope's answer goes.
+type RescopeReply = oneshot::Sender<Result<Scope, CoreLeaseError>>;
+
 /// Owns the control stream: renewals, scope changes, the module's messages,
 /// expiry and connection loss.
-async fn control_task(
+async fn control_task<S>(
     shared: Arc<LinkShared>,
-    mut inbound: Streaming<ControlFrame>,
+    mut inbound: S,
     mut commands: mpsc::Receiver<Command>,
     policy: RenewalPolicy,
     state: watch::Sender<LeaseState>,
-) {
-    let mut renewing = true;
-    let mut rescope_reply: Option<oneshot::Sender<Result<Scope, CoreLeaseError>>> = None;
-    let mut renew_at = next_renewal(&shared, &policy);
+) where
+    S: Stream<Item = Result<ControlFrame, Status>> + Unpin,
+{
+    let mut control = Control {
+        renew_at: next_renewal(&shared, &policy),
+        shared,
+        policy,
+        renewing: true,
+        rescope_reply: None,
+    };
     loop {
-        let (expires_at, pending_since) = {
-            let lease = shared.lock();
-            (lease.expires_at(), lease.pending_since())
-        };
-        let wake = match pending_since {
-            Some(since) => (since + policy.retry_after).min(expires_at),
-            None if renewing => renew_at.min(expires_at),
-            None => expires_at,
-        };
-        tokio::select! {
+        let timer = control.timer();
+        let step = tokio::select! {
             biased;
-            _ = shared.ended.cancelled() => break,
-            message = inbound.message() => match message {
-                Ok(Some(ControlFrame { frame: Some(frame) })) => {
-                    if let Err(e) = on_frame(&shared, frame, &mut rescope_reply) {
-                        // This side refuses the step: revoke (the module
-                        // learns it from the revocation).
-                        tracing::warn!(lease_id = %shared.id, error = %e, "control step from module refused");
-                        shared.revoke(e.reason(), &e.to_string(), Actor::Core);
-                    }
-                    renew_at = next_renewal(&shared, &policy);
-                }
-                Ok(Some(ControlFrame { frame: None })) => {}
-                Ok(None) | Err(_) => {
-                    if shared.lock().ended().is_none() {
-                        tracing::warn!(lease_id = %shared.id, module = %shared.module, "control stream lost");
-                        shared.audit(AuditEvent::ConnectionLost, Actor::Connection, Some(Reason::ConnectionLost), None);
-                        shared.end(Reason::ConnectionLost, EndedBy::Circumstance, "control stream lost");
-                    }
-                    // The stream is gone: nothing more can arrive on it.
-                    shared.ended.cancel();
-                    break;
-                }
-            },
-            command = commands.recv() => match command {
-                Some(Command::Rescope(scope, reply)) => {
-                    let token = {
-                        let mut lease = shared.lock();
-                        lease.rescope_request(&shared.signer, &scope, now(), SystemTime::now())
-                    };
-                    match token {
-                        Ok(jws) => {
-                            send(&shared, Frame::Rescope(SignedToken { jws })).await;
-                            rescope_reply = Some(reply);
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(CoreLeaseError::Lease(e)));
-                        }
-                    }
-                }
-                Some(Command::StopRenewing) => renewing = false,
-                None => {
-                    // Every handle was dropped: nobody can use the lease.
-                    shared.revoke(Reason::LeaseRevoked, "lease handle dropped", Actor::Core);
-                    break;
-                }
-            },
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                let t = now();
-                if t >= expires_at {
-                    tracing::info!(lease_id = %shared.id, module = %shared.module, "lease expired");
-                    shared.audit(AuditEvent::Expired, Actor::Clock, Some(Reason::LeaseExpired), None);
-                    shared.end(Reason::LeaseExpired, EndedBy::Circumstance, "expired");
-                    continue;
-                }
-                if pending_since.is_some() {
-                    // Unanswered: forget it and ask again.
-                    shared.lock().abandon_request();
-                    if let Some(reply) = rescope_reply.take() {
-                        let _ = reply.send(Err(CoreLeaseError::Unanswered));
-                    }
-                }
-                if renewing || pending_since.is_some() {
-                    let token = {
-                        let mut lease = shared.lock();
-                        lease.renew_request(&shared.signer, policy.ttl, t, SystemTime::now())
-                    };
-                    if let Ok(jws) = token {
-                        send(&shared, Frame::Renew(SignedToken { jws })).await;
-                    }
-                }
+            _ = control.shared.ended.cancelled() => Step::Stop,
+            message = inbound.next() => control.on_message(message),
+            command = commands.recv() => control.on_command(command).await,
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(timer.wake)) => {
+                control.on_timer(timer).await;
+                Step::Go
             }
+        };
+        if let Step::Stop = step {
+            break;
         }
     }
-    if let Some(reply) = rescope_reply.take() {
+    let shared = control.shared;
+    if let Some(reply) = control.rescope_reply.take() {
         let _ = reply.send(Err(CoreLeaseError::Ended));
     }
-    let final_state = shared.lock().state(now());
+    let final_state = shared.lock().state(shared.now());
     state.send_replace(final_state);
     // Close our half cleanly (END_STREAM once queued frames are sent), then
     // let the module close its own: dropping `inbound` early would cancel
     // the stream, which the module must read as a broken connection.
     shared.close_outbound();
     let _ = tokio::time::timeout(HALF_CLOSE_WAIT, async {
-        while let Ok(Some(_)) = inbound.message().await {}
+        while let Some(Ok(_)) = inbound.next().await {}
     })
     .await;
+}
+
+/// Whether the control task goes on.
+enum Step {
+    Go,
+    Stop,
+}
+
+/// The control task's state between events.
+struct Control {
+    shared: Arc<LinkShared>,
+    policy: RenewalPolicy,
+    /// False once asked to stop renewing.
+    renewing: bool,
+    /// The rescope waiting for the module's answer.
+    rescope_reply: Option<RescopeReply>,
+    /// When the next renewal is due.
+    renew_at: Instant,
+}
+
+/// What the timer waits for: the lease's expiry, and the renewal or retry
+/// due before it.
+#[derive(Clone, Copy)]
+struct Timer {
+    wake: Instant,
+    expires_at: Instant,
+    pending_since: Option<Instant>,
+}
+
+impl Control {
+    fn timer(&self) -> Timer {
+        let (expires_at, pending_since) = {
+            let lease = self.shared.lock();
+            (lease.expires_at(), lease.pending_since())
+        };
+        let wake = match pending_since {
+            Some(since) => (since + self.policy.retry_after).min(expires_at),
+            None if self.renewing => self.renew_at.min(expires_at),
+            None => expires_at,
+        };
+        Timer {
+            wake,
+            expires_at,
+            pending_since,
+        }
+    }
+
+    /// A message from the module, or the stream's end.
+    fn on_message(&mut self, message: Option<Result<ControlFrame, Status>>) -> Step {
+        let shared = &self.shared;
+        match message {
+            Some(Ok(ControlFrame { frame: Some(frame) })) => {
+                if let Err(e) = on_frame(shared, frame, &mut self.rescope_reply) {
+                    // This side refuses the step: revoke (the module learns
+                    // it from the revocation).
+                    tracing::warn!(lease_id = %shared.id, error = %e, "control step from module refused");
+                    shared.revoke(e.reason(), &e.to_string(), Actor::Core);
+                }
+                self.renew_at = next_renewal(shared, &self.policy);
+                Step::Go
+            }
+            Some(Ok(ControlFrame { frame: None })) => Step::Go,
+            None | Some(Err(_)) => {
+                if shared.lock().ended().is_none() {
+                    tracing::warn!(lease_id = %shared.id, module = %shared.module, "control stream lost");
+                    shared.audit(
+                        AuditEvent::ConnectionLost,
+                        Actor::Connection,
+                        Some(Reason::ConnectionLost),
+                        None,
+                    );
+                    shared.end(
+                        Reason::ConnectionLost,
+                        EndedBy::Circumstance,
+                        "control stream lost",
+                    );
+                }
+                // The stream is gone: nothing more can arrive on it.
+                shared.ended.cancel();
+                Step::Stop
+            }
+        }
+    }
+
+    /// A command from a handle, or every handle gone.
+    async fn on_command(&mut self, command: Option<Command>) -> Step {
+        let shared = &self.shared;
+        match command {
+            Some(Command::Rescope(scope, reply)) => {
+                let token = {
+                    let mut lease = shared.lock();
+                    lease.rescope_request(&shared.signer, &scope, shared.now(), shared.clock.wall())
+                };
+                match token {
+                    Ok(jws) => {
+                        send(shared, Frame::Rescope(SignedToken { jws })).await;
+                        self.rescope_reply = Some(reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(CoreLeaseError::Lease(e)));
+                    }
+                }
+                Step::Go
+            }
+            Some(Command::StopRenewing) => {
+                self.renewing = false;
+                Step::Go
+            }
+            None => {
+                // Every handle was dropped: nobody can use the lease.
+                shared.revoke(Reason::LeaseRevoked, "lease handle dropped", Actor::Core);
+                Step::Stop
+            }
+        }
+    }
+
+    /// The timer fired: the lease expired, or a renewal (or its retry) is
+    /// due.
+    async fn on_timer(&mut self, timer: Timer) {
+        let shared = &self.shared;
+        let t = shared.now();
+        if t >= timer.expires_at {
+            tracing::info!(lease_id = %shared.id, module = %shared.module, "lease expired");
+            shared.audit(
+                AuditEvent::Expired,
+                Actor::Clock,
+                Some(Reason::LeaseExpired),
+                None,
+            );
+            shared.end(Reason::LeaseExpired, EndedBy::Circumstance, "expired");
+            return;
+        }
+        if timer.pending_since.is_some() {
+            // Unanswered: forget it and ask again.
+            shared.lock().abandon_request();
+            if let Some(reply) = self.rescope_reply.take() {
+                let _ = reply.send(Err(CoreLeaseError::Unanswered));
+            }
+        }
+        if self.renewing || timer.pending_since.is_some() {
+            let token = {
+                let mut lease = shared.lock();
+                lease.renew_request(&shared.signer, self.policy.ttl, t, shared.clock.wall())
+            };
+            if let Ok(jws) = token {
+                send(shared, Frame::Renew(SignedToken { jws })).await;
+            }
+        }
+    }
 }
 
 /// How long the Core waits for the module to close its half of an ended
@@ -574,7 +702,7 @@ fn next_renewal(shared: &LinkShared, policy: &RenewalPolicy) -> Instant {
     lease
         .expires_at()
         .checked_sub(left + jitter)
-        .unwrap_or_else(now)
+        .unwrap_or_else(|| shared.now())
 }
 
 fn random_unit() -> f64 {
@@ -586,92 +714,18 @@ fn random_unit() -> f64 {
     f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
 }
 
+/// A frame from the module: `Err` when this side refuses the step.
 fn on_frame(
     shared: &LinkShared,
     frame: Frame,
-    rescope_reply: &mut Option<oneshot::Sender<Result<Scope, CoreLeaseError>>>,
+    rescope_reply: &mut Option<RescopeReply>,
 ) -> Result<(), LeaseError> {
     match frame {
-        Frame::Renewed(SignedToken { jws }) => {
-            let ttl = {
-                let mut lease = shared.lock();
-                let claims = lease.receive(&jws)?;
-                if lease.is_stale_answer(&claims) {
-                    // The answer to a renewal this side already gave up on
-                    // and asked again: harmless, the newer one counts.
-                    tracing::debug!(lease_id = %shared.id, "late renewal answer ignored");
-                    return Ok(());
-                }
-                lease.apply_renewed(&claims, now())?
-            };
-            let renewals = shared.lock().renewals();
-            shared.table.update(shared.id, |r| {
-                r.renewals = renewals;
-                r.ttl = ttl;
-                r.expires = SystemTime::now() + ttl;
-            });
-            tracing::debug!(lease_id = %shared.id, ttl_ms = ttl.as_millis() as u64, "lease renewed");
-            shared.audit(AuditEvent::Renewed, Actor::Module, None, None);
-            Ok(())
-        }
-        Frame::Rescoped(SignedToken { jws }) => {
-            let result = {
-                let mut lease = shared.lock();
-                let claims = lease.receive(&jws)?;
-                if lease.is_stale_answer(&claims) {
-                    // As for renewals: an answer to a request this side gave
-                    // up on is ignored (PROTOCOL.md §3.4).
-                    tracing::debug!(lease_id = %shared.id, "late rescope answer ignored");
-                    return Ok(());
-                }
-                lease.apply_rescoped(&claims, now())?;
-                lease.scope().clone()
-            };
-            shared.table.update(shared.id, |r| r.scope = result.clone());
-            shared.audit(
-                AuditEvent::Rescoped,
-                Actor::Module,
-                None,
-                Some(result.to_string()),
-            );
-            if let Some(reply) = rescope_reply.take() {
-                let _ = reply.send(Ok(result));
-            }
-            Ok(())
-        }
-        Frame::Revoke(SignedToken { jws }) => {
-            let reason = {
-                let mut lease = shared.lock();
-                let claims = lease.receive(&jws)?;
-                lease.apply_revoke(&claims, now())?
-            };
-            tracing::info!(lease_id = %shared.id, module = %shared.module, reason = %reason, "lease revoked by the module");
-            shared.audit(AuditEvent::Revoked, Actor::Module, Some(reason), None);
-            shared.finish();
-            Ok(())
-        }
-        Frame::Refuse(Refusal { reason, detail }) => {
-            // The module refused our last step and has revoked; so do we (A7).
-            // An unknown reason is a revocation, as the module reads one.
-            let reason = Reason::parse(&reason).unwrap_or(Reason::LeaseRevoked);
-            tracing::warn!(lease_id = %shared.id, module = %shared.module, reason = %reason, detail = %detail, "module refused; lease ended");
-            shared.audit(
-                AuditEvent::Refused,
-                Actor::Module,
-                Some(reason),
-                Some(format!("{detail:.300}")),
-            );
-            shared.end(
-                reason,
-                EndedBy::Peer,
-                &format!("refused by the module: {detail:.200}"),
-            );
-            if let Some(reply) = rescope_reply.take() {
-                let _ = reply.send(Err(CoreLeaseError::Refused {
-                    reason,
-                    detail: format!("{detail:.300}"),
-                }));
-            }
+        Frame::Renewed(SignedToken { jws }) => on_renewed(shared, &jws),
+        Frame::Rescoped(SignedToken { jws }) => on_rescoped(shared, &jws, rescope_reply),
+        Frame::Revoke(SignedToken { jws }) => on_revoke(shared, &jws),
+        Frame::Refuse(refusal) => {
+            on_refuse(shared, refusal, rescope_reply);
             Ok(())
         }
         Frame::Offer(_) | Frame::Grant(_) | Frame::Renew(_) | Frame::Rescope(_) => Err(
@@ -679,3 +733,98 @@ fn on_frame(
         ),
     }
 }
+
+fn on_renewed(shared: &LinkShared, jws: &str) -> Result<(), LeaseError> {
+    let ttl = {
+        let mut lease = shared.lock();
+        let claims = lease.receive(jws)?;
+        if lease.is_stale_answer(&claims) {
+            // The answer to a renewal this side already gave up on and asked
+            // again: harmless, the newer one counts.
+            tracing::debug!(lease_id = %shared.id, "late renewal answer ignored");
+            return Ok(());
+        }
+        lease.apply_renewed(&claims, shared.now())?
+    };
+    let renewals = shared.lock().renewals();
+    let wall = shared.clock.wall();
+    shared.table.update(shared.id, |r| {
+        r.renewals = renewals;
+        r.ttl = ttl;
+        r.expires = wall + ttl;
+    });
+    tracing::debug!(lease_id = %shared.id, ttl_ms = ttl.as_millis() as u64, "lease renewed");
+    shared.audit(AuditEvent::Renewed, Actor::Module, None, None);
+    Ok(())
+}
+
+fn on_rescoped(
+    shared: &LinkShared,
+    jws: &str,
+    rescope_reply: &mut Option<RescopeReply>,
+) -> Result<(), LeaseError> {
+    let result = {
+        let mut lease = shared.lock();
+        let claims = lease.receive(jws)?;
+        if lease.is_stale_answer(&claims) {
+            // As for renewals: an answer to a request this side gave up on is
+            // ignored (PROTOCOL.md §3.4).
+            tracing::debug!(lease_id = %shared.id, "late rescope answer ignored");
+            return Ok(());
+        }
+        lease.apply_rescoped(&claims, shared.now())?;
+        lease.scope().clone()
+    };
+    shared.table.update(shared.id, |r| r.scope = result.clone());
+    shared.audit(
+        AuditEvent::Rescoped,
+        Actor::Module,
+        None,
+        Some(result.to_string()),
+    );
+    if let Some(reply) = rescope_reply.take() {
+        let _ = reply.send(Ok(result));
+    }
+    Ok(())
+}
+
+fn on_revoke(shared: &LinkShared, jws: &str) -> Result<(), LeaseError> {
+    let reason = {
+        let mut lease = shared.lock();
+        let claims = lease.receive(jws)?;
+        lease.apply_revoke(&claims, shared.now())?
+    };
+    tracing::info!(lease_id = %shared.id, module = %shared.module, reason = %reason, "lease revoked by the module");
+    shared.audit(AuditEvent::Revoked, Actor::Module, Some(reason), None);
+    shared.finish();
+    Ok(())
+}
+
+/// The module refused this side's last step and has revoked; so does this
+/// side (A7). An unknown reason is a revocation, as the module reads one.
+fn on_refuse(shared: &LinkShared, refusal: Refusal, rescope_reply: &mut Option<RescopeReply>) {
+    let reason = HandshakeError::refusal_reason(&refusal);
+    let detail = refusal.detail;
+    tracing::warn!(lease_id = %shared.id, module = %shared.module, reason = %reason, detail = %detail, "module refused; lease ended");
+    shared.audit(
+        AuditEvent::Refused,
+        Actor::Module,
+        Some(reason),
+        Some(format!("{detail:.300}")),
+    );
+    shared.end(
+        reason,
+        EndedBy::Peer,
+        &format!("refused by the module: {detail:.200}"),
+    );
+    if let Some(reply) = rescope_reply.take() {
+        let _ = reply.send(Err(CoreLeaseError::Refused {
+            reason,
+            detail: format!("{detail:.300}"),
+        }));
+    }
+}
+
+#[cfg(test)]
+#[path = "link_tests.rs"]
+mod tests;

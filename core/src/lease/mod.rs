@@ -8,5 +8,5 @@ mod table;
 
 pub use channel::LeasedChannel;
 pub use error::CoreLeaseError;
-pub use link::{LeaseLink, RenewalPolicy};
+pub use link::{Books, LeaseLink, RenewalPolicy};
 pub use table::{LeaseRecord, LeaseTable};

@@ -5,15 +5,15 @@
 //! queue streams beyond the limit instead, so it could not show whether the
 //! server enforces it.
 //!
-//! It dials with the conformance tool's raw TLS client configuration
-//! (`anima_conformance::rawtls`): the given certificate, any server
+//! It dials with the transport's probing client configuration
+//! (`anima_protocol::transport::probe`): the given certificate, any server
 //! certificate accepted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use anima_conformance::rawtls;
+use anima_protocol::transport::probe;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -90,11 +90,11 @@ pub async fn tls(
     addr: SocketAddr,
     cert: Option<&ClientCert>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let pem = cert.map(|c| rawtls::ClientCert {
+    let pem = cert.map(|c| probe::ProbeCert {
         cert_pem: String::from_utf8_lossy(&c.cert).into_owned(),
         key_pem: String::from_utf8_lossy(&c.key).into_owned(),
     });
-    let config = rawtls::any_server_config(pem.as_ref(), true).map_err(std::io::Error::other)?;
+    let config = probe::any_server_config(pem.as_ref(), true).map_err(std::io::Error::other)?;
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
