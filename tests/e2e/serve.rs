@@ -377,7 +377,12 @@ async fn serve_kill_9_of_the_core_leaves_no_type1_process_behind() {
     ];
     core.child.kill9().await;
     // Type I: loses its lease, then its termination window (2 s) passes.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    assert_exit_within(&pids, Duration::from_secs(8)).await;
+}
+
+/// Waits (at most `limit`) until none of `pids` is alive.
+async fn assert_exit_within(pids: &[u64], limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
     while pids.iter().any(|p| pid_alive(*p)) {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -487,10 +492,16 @@ core_cert = "endpoint"
         contract = contract.display(),
     );
     let config = one_module(&core_sections("600ms"), "pyprobe", &python);
-    let core = CoreProcess::start_with(Some(&config), |certs| {
+    let mut core = CoreProcess::start_with(Some(&config), |certs| {
         anima_certs::issue_into_dir(certs, anima_protocol::UrnKind::Module, "pyprobe", 1, false)
             .unwrap();
     })
     .await;
     core.wait_renewals("pyprobe").await;
+    // Killed with SIGKILL, the Core leaves no Python process behind: the
+    // module asked for SIGTERM on its parent's death (`ANIMA_PARENT_PID`,
+    // PROTOCOL.md §6.1), as the SDK's modules do.
+    let pid = core.wait_leased("pyprobe").await["pid"].as_u64().unwrap();
+    core.child.kill9().await;
+    assert_exit_within(&[pid], PATIENCE).await;
 }

@@ -1785,12 +1785,37 @@ def read_file(variable: str) -> bytes:
         raise StartupError(f"{variable}: cannot read {path}: {e.strerror}") from None
 
 
+def die_with_parent(env) -> bool:
+    """§6.1: with ANIMA_PARENT_PID set (a Core launched us), asks the kernel for
+    SIGTERM when that parent dies, so a killed Core leaves no orphan. False when
+    the parent is already gone."""
+    text = env.get("ANIMA_PARENT_PID", "").strip()
+    if not text:
+        return True
+    if not text.isdigit():
+        raise StartupError(f"ANIMA_PARENT_PID is not a process id: {shown(text)}")
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+            log(f"cannot ask for the parent-death signal: errno {ctypes.get_errno()}")
+        # The parent may have died before the request took effect.
+        if os.getppid() != int(text):
+            log("the launching Core is already gone; exiting")
+            return False
+    return True
+
+
 def main(argv: list[str]) -> int:
     if argv[1:2] == ["--self-test"]:
         here = os.path.dirname(os.path.abspath(__file__))
         return self_test(argv[2] if len(argv) > 2 else os.path.join(here, "..", "..", "..", "PROTOCOL.md"))
     path = argv[1] if len(argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "module.toml")
     try:
+        if not die_with_parent(os.environ):
+            return 0
         contract = Contract(path)
         module = Module(contract, read_file("ANIMA_CERT"), read_file("ANIMA_KEY"), read_file("ANIMA_CA"), os.environ)
         address = module.listen(os.environ.get("ANIMA_LISTEN") or "127.0.0.1:0")
