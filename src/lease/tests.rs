@@ -81,7 +81,8 @@ impl World {
         .0
     }
 
-    fn grant_err(&self, offer_jws: &str) -> LeaseError {
+    /// The module's answer to `offer_jws` under a 60 s maximum.
+    fn grant(&self, offer_jws: &str) -> Result<(String, Lease), LeaseError> {
         grant(
             &self.module,
             &self.module_sees,
@@ -91,7 +92,10 @@ impl World {
             self.now,
             self.wall,
         )
-        .unwrap_err()
+    }
+
+    fn grant_err(&self, offer_jws: &str) -> LeaseError {
+        self.grant(offer_jws).unwrap_err()
     }
 }
 
@@ -690,16 +694,7 @@ impl World {
     }
 
     fn grant_ok(&self, offer_jws: &str) -> (String, Lease) {
-        grant(
-            &self.module,
-            &self.module_sees,
-            offer_jws,
-            &self.policy(Duration::from_secs(60)),
-            Entropy::system().unwrap(),
-            self.now,
-            self.wall,
-        )
-        .unwrap()
+        self.grant(offer_jws).unwrap()
     }
 }
 
