@@ -161,16 +161,10 @@ fn endpoint_routes(
     tonic::service::Routes::from(router)
 }
 
-/// A running Core's shared state, for embedding and tests.
+/// What a running Core tells its caller once it is ready.
 pub(crate) struct Running {
     /// Where the admin API listens.
     pub(crate) admin_addr: SocketAddr,
-    /// The shared context (registry, leases, events).
-    #[expect(
-        dead_code,
-        reason = "no reader since `serve` became crate-private: `anima serve` reads only `admin_addr`"
-    )]
-    pub(crate) ctx: Arc<CoreContext>,
 }
 
 /// Runs the Core described by `config` until `shutdown` completes.
@@ -193,10 +187,7 @@ pub(crate) async fn serve(
         supervisors.spawn(supervise(ctx.clone(), module, stop.child_token()));
     }
     tracing::info!(core = %config.core.urn, admin = %admin_addr, modules = config.modules.len(), "Core serving");
-    on_ready(&Running {
-        admin_addr,
-        ctx: ctx.clone(),
-    });
+    on_ready(&Running { admin_addr });
 
     // Until asked to stop, or until the endpoint stops by itself.
     let failure = endpoint.until_stopped(shutdown).await;

@@ -74,8 +74,11 @@ const CARGO_MACHETE: &str = "cargo-machete@0.9.2";
 /// is not available.
 fn ensure_cargo_tool(subcommand: &str, krate: &str) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Without `CARGO_PKG_NAME`: cargo-machete takes it to mean `cargo run`
+    // started it (see `machete`), and then fails `--version`.
     let has = Command::new(&cargo)
         .args([subcommand, "--version"])
+        .env_remove("CARGO_PKG_NAME")
         .output()
         .is_ok_and(|o| o.status.success());
     if has {

@@ -91,20 +91,6 @@ impl Gateway {
         }
     }
 
-    /// Sets how many calls one user may have in flight at once (at least
-    /// 1); past it, calls are refused `TOO_MANY_CALLS`.
-    ///
-    /// # Default
-    /// [`DEFAULT_MAX_CALLS_PER_USER`].
-    #[expect(
-        dead_code,
-        reason = "no caller since the gateway became crate-private: the Core keeps the default"
-    )]
-    pub(crate) fn max_calls_per_user(mut self, n: usize) -> Self {
-        self.in_flight = Arc::new(InFlight::new(n.max(1)));
-        self
-    }
-
     fn refuse(&self, reason: Reason, message: String) -> http::Response<Body> {
         self.metrics.refusal(reason.as_str());
         status_for(reason, message, []).into_http()
