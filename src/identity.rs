@@ -45,31 +45,17 @@ pub enum UrnKind {
 impl UrnKind {
     /// All kinds, in a stable order.
     pub const ALL: [UrnKind; 3] = [UrnKind::Core, UrnKind::Module, UrnKind::User];
+}
 
+crate::str_vocabulary! {
     /// The kind's word in a URN (`core`, `module`, `user`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UrnKind::Core => "core",
-            UrnKind::Module => "module",
-            UrnKind::User => "user",
-        }
+    pub fn UrnKind::as_str {
+        Core => "core",
+        Module => "module",
+        User => "user",
     }
-}
-
-impl fmt::Display for UrnKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for UrnKind {
-    type Err = IdentityError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        UrnKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| IdentityError::UnknownKind(s.to_owned()))
+    fn from_str(s) -> Result<Self, IdentityError> else {
+        IdentityError::UnknownKind(s.to_owned())
     }
 }
 

@@ -45,31 +45,33 @@ pub const READY_PREFIX: &str = "ANIMA/1 READY";
 /// How long a launching Core waits for the ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The module's certificate (PEM file).
-pub const ENV_CERT: &str = "ANIMA_CERT";
-/// The module's private key (PEM file).
-pub const ENV_KEY: &str = "ANIMA_KEY";
-/// The CA (PEM file).
-pub const ENV_CA: &str = "ANIMA_CA";
-/// The launching Core's URN.
-pub const ENV_CORE_URN: &str = "ANIMA_CORE_URN";
-/// The address to listen on.
-pub const ENV_LISTEN: &str = "ANIMA_LISTEN";
-/// Comma-separated operator identities.
-pub const ENV_OPERATORS: &str = "ANIMA_OPERATORS";
-/// The launching Core's process id.
-pub const ENV_PARENT_PID: &str = "ANIMA_PARENT_PID";
+/// Declares a constant for each variable of the launch protocol
+/// (`CONSTANT = "NAME"`), and [`VARIABLES`], all of them in order.
+macro_rules! variables {
+    ($($(#[doc = $doc:literal])* $constant:ident = $name:literal,)*) => {
+        $($(#[doc = $doc])* pub const $constant: &str = $name;)*
 
-/// Every variable of the launch protocol, in PROTOCOL.md §6.1's order.
-pub const VARIABLES: [&str; 7] = [
-    ENV_CERT,
-    ENV_KEY,
-    ENV_CA,
-    ENV_CORE_URN,
-    ENV_LISTEN,
-    ENV_OPERATORS,
-    ENV_PARENT_PID,
-];
+        /// Every variable of the launch protocol, in PROTOCOL.md §6.1's order.
+        pub const VARIABLES: [&str; [$($name),*].len()] = [$($constant),*];
+    };
+}
+
+variables! {
+    /// The module's certificate (PEM file).
+    ENV_CERT = "ANIMA_CERT",
+    /// The module's private key (PEM file).
+    ENV_KEY = "ANIMA_KEY",
+    /// The CA (PEM file).
+    ENV_CA = "ANIMA_CA",
+    /// The launching Core's URN.
+    ENV_CORE_URN = "ANIMA_CORE_URN",
+    /// The address to listen on.
+    ENV_LISTEN = "ANIMA_LISTEN",
+    /// Comma-separated operator identities.
+    ENV_OPERATORS = "ANIMA_OPERATORS",
+    /// The launching Core's process id.
+    ENV_PARENT_PID = "ANIMA_PARENT_PID",
+}
 
 /// Where a module listens when `ANIMA_LISTEN` is unset, and where a
 /// launching Core tells it to.

@@ -38,6 +38,88 @@ macro_rules! fault_on {
     };
 }
 
+/// Gives a fieldless enum its vocabulary of words: `as_str` (each variant's
+/// word, with the doc and visibility given), [`Display`](std::fmt::Display)
+/// writing that word and, when a `from_str` line follows,
+/// [`FromStr`](std::str::FromStr) accepting exactly those words back and
+/// refusing any other with the error the `else` block builds from it.
+///
+/// ```
+/// #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// enum Light {
+///     Red,
+///     Green,
+/// }
+///
+/// anima_protocol::str_vocabulary! {
+///     /// The light's word.
+///     pub fn Light::as_str {
+///         Red => "red",
+///         Green => "green",
+///     }
+///     /// Parses `red` or `green`.
+///     fn from_str(s) -> Result<Self, String> else {
+///         format!("no light {s:?}")
+///     }
+/// }
+///
+/// assert_eq!(Light::Red.as_str(), "red");
+/// assert_eq!(Light::Green.to_string(), "green");
+/// assert_eq!("red".parse::<Light>(), Ok(Light::Red));
+/// assert_eq!("Red".parse::<Light>(), Err("no light \"Red\"".to_owned()));
+/// ```
+#[macro_export]
+macro_rules! str_vocabulary {
+    (
+        $(#[$as_str_attr:meta])*
+        $vis:vis fn $name:ident::as_str {
+            $($variant:ident => $word:literal),+ $(,)?
+        }
+        $(#[$from_str_attr:meta])*
+        fn from_str($s:ident) -> Result<Self, $err:ty> else $refuse:block
+    ) => {
+        $crate::str_vocabulary! {
+            $(#[$as_str_attr])*
+            $vis fn $name::as_str {
+                $($variant => $word),+
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = $err;
+
+            $(#[$from_str_attr])*
+            fn from_str($s: &str) -> ::std::result::Result<Self, Self::Err> {
+                match $s {
+                    $($word => Ok($name::$variant),)+
+                    _ => Err($refuse),
+                }
+            }
+        }
+    };
+    (
+        $(#[$as_str_attr:meta])*
+        $vis:vis fn $name:ident::as_str {
+            $($variant:ident => $word:literal),+ $(,)?
+        }
+    ) => {
+        impl $name {
+            $(#[$as_str_attr])*
+            $vis const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word,)+
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 #[cfg(anima_test_faults)]
 pub mod fault;
 #[cfg(anima_test_faults)]

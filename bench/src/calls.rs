@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anima_core::audit::Actor;
-use anima_core::lease::{LeaseTable, LeasedChannel, RenewalPolicy};
+use anima_core::lease::{LeasedChannel, RenewalPolicy};
 use anima_protocol::{ClientTls, PeerPolicy, Urn};
 use anima_tests::echo::SayRequest;
 use anima_tests::echo::echo_client::EchoClient;
@@ -152,8 +152,7 @@ impl Side {
 pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     let module = module_process(setup, MODULE, "type = \"resident-shared\"", false).await?;
     let plain = plain_process(setup).await?;
-    let table = LeaseTable::new();
-    let link = LeaseOpener::new(setup, &table)
+    let link = LeaseOpener::new(setup)
         .open(
             module.addr,
             urn(MODULE)?,
@@ -258,8 +257,7 @@ async fn handshake(setup: &Setup, opts: &Opts, module: &Proc, plain: &Proc) -> R
     let client = setup.client();
     let module_urn = urn(MODULE)?;
     let plain_urn = urn(PLAIN)?;
-    let table = LeaseTable::new();
-    let opener = LeaseOpener::new(setup, &table);
+    let opener = LeaseOpener::new(setup);
     let mut s = Samples::with_capacity(n);
     let mut b = Samples::with_capacity(n);
     for i in 0..n + 5 {

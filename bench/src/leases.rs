@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anima_core::audit::Actor;
-use anima_core::lease::{LeaseLink, LeaseTable, RenewalPolicy};
+use anima_core::lease::{LeaseLink, RenewalPolicy};
 use anima_module_sdk::{Contract, LeaseEvent};
 use anima_protocol::lease::{LeaseState, Reason};
 use anima_protocol::pb::{ControlFrame, SignedToken, control_frame::Frame};
@@ -51,16 +51,16 @@ impl Step {
     }
 }
 
-/// Opens `n` leases, one connection each, 16 handshakes at a time.
+/// Opens `n` leases, one connection each, 16 handshakes at a time; the
+/// links share one new table.
 async fn open_many(
     setup: &Setup,
     addr: std::net::SocketAddr,
     n: usize,
     policy: &RenewalPolicy,
-    table: &LeaseTable,
 ) -> Res<Vec<LeaseLink>> {
     let permits = Arc::new(Semaphore::new(16));
-    let opener = LeaseOpener::new(setup, table);
+    let opener = LeaseOpener::new(setup);
     let module = urn(MODULE)?;
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
@@ -124,9 +124,8 @@ pub async fn renewals(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()
 async fn rss_per_lease(setup: &Setup, module: &Proc, n: usize) -> Res<Figure> {
     let rss0 = rss_kib(module.pid).ok_or("cannot read the module's RSS")?;
     let core_rss0 = rss_kib(0).unwrap_or(0);
-    let table = LeaseTable::new();
     let policy = RenewalPolicy::new(Duration::from_secs(60));
-    let links = open_many(setup, module.addr, n, &policy, &table).await?;
+    let links = open_many(setup, module.addr, n, &policy).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss1 = rss_kib(module.pid).ok_or("cannot read the module's RSS")?;
     let core_rss1 = rss_kib(0).unwrap_or(0);
@@ -179,9 +178,8 @@ async fn renewal_rate(
     step: &Step,
     window: Duration,
 ) -> Res<Figure> {
-    let table = LeaseTable::new();
     let opened = Instant::now();
-    let links = open_many(setup, module.addr, n, &step.policy(), &table).await?;
+    let links = open_many(setup, module.addr, n, &step.policy()).await?;
     let open_s = opened.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let r0 = renewals_of(&links);
@@ -525,8 +523,7 @@ pub async fn cold_start(setup: &Setup, opts: &Opts) -> Res<Figure> {
     let cold = "urn:anima:module:cold";
     setup.files(cold)?;
     let cold_urn = urn(cold)?;
-    let table = LeaseTable::new();
-    let opener = LeaseOpener::new(setup, &table);
+    let opener = LeaseOpener::new(setup);
     let mut total = Samples::with_capacity(n);
     let mut ready = Samples::with_capacity(n);
     for i in 0..n + 2 {

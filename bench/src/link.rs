@@ -13,8 +13,8 @@ use anima_tests::SAY;
 use crate::procs::{Res, Setup};
 
 /// What opening a lease needs besides the module: the Core's dialler and
-/// signer, and the table the links join. Owned, so a spawned task can hold
-/// one.
+/// signer, and the table the links join (one per opener). Owned, so a
+/// spawned task can hold one (a clone shares the table).
 #[derive(Clone)]
 pub struct LeaseOpener {
     client: ClientTls,
@@ -23,12 +23,12 @@ pub struct LeaseOpener {
 }
 
 impl LeaseOpener {
-    /// The run's Core, its links joining `table`.
-    pub fn new(setup: &Setup, table: &LeaseTable) -> Self {
+    /// The run's Core, its links joining a new table.
+    pub fn new(setup: &Setup) -> Self {
         LeaseOpener {
             client: setup.client(),
             signer: setup.signer.clone(),
-            table: table.clone(),
+            table: LeaseTable::new(),
         }
     }
 

@@ -33,7 +33,12 @@ mod procs;
 mod report;
 mod stats;
 
+/// Logging to stderr, shared with the fixture module.
+#[path = "../../tests/fixtures/logging.rs"]
+mod logging;
+
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -110,13 +115,7 @@ fn main() -> ExitCode {
     if let Some(Command::PlainEcho { cert, key, ca }) = &cli.command {
         return exit_code(procs::serve_plain(cert, key, ca).map(|()| true));
     }
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .try_init();
+    logging::log_to_stderr("warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -193,26 +192,37 @@ async fn run_groups(setup: &Setup, opts: &Opts, report: &mut Report) -> bool {
         let done = leases::renewals(setup, opts, report).await;
         ok &= added(report, "renewals_per_s", done);
     }
-    if opts.wants("revoke") {
-        let figure = leases::revoke_to_refusal(setup, opts).await;
-        ok &= added_figure(report, "revoke_to_refusal_us", figure);
-    }
-    if opts.wants("expiry") {
-        let figure = leases::expiry_to_halt(setup, opts).await;
-        ok &= added_figure(report, "expiry_to_halt_us", figure);
-        let figure = leases::stream_expiry_to_end(setup, opts).await;
-        ok &= added_figure(report, "stream_expiry_to_end_us", figure);
-    }
-    if opts.wants("cold_start") {
-        let figure = leases::cold_start(setup, opts).await;
-        ok &= added_figure(report, "cold_start_ms", figure);
-    }
-    if opts.wants("core_idle") {
-        let figure = calls::core_idle(setup, opts).await;
-        ok &= added_figure(report, "core_idle_rss_mb", figure);
+    for (group, name, measure) in ONE_FIGURE {
+        if opts.wants(group) {
+            let figure = measure(setup, opts).await;
+            ok &= added_figure(report, name, figure);
+        }
     }
     ok
 }
+
+/// A measurement that makes one figure.
+type Measure = for<'a> fn(&'a Setup, &'a Opts) -> Pin<Box<dyn Future<Output = Res<Figure>> + 'a>>;
+
+/// The measurements that make one figure each, in report order: (group,
+/// figure, measurement).
+const ONE_FIGURE: [(&str, &str, Measure); 5] = [
+    ("revoke", "revoke_to_refusal_us", |s, o| {
+        Box::pin(leases::revoke_to_refusal(s, o))
+    }),
+    ("expiry", "expiry_to_halt_us", |s, o| {
+        Box::pin(leases::expiry_to_halt(s, o))
+    }),
+    ("expiry", "stream_expiry_to_end_us", |s, o| {
+        Box::pin(leases::stream_expiry_to_end(s, o))
+    }),
+    ("cold_start", "cold_start_ms", |s, o| {
+        Box::pin(leases::cold_start(s, o))
+    }),
+    ("core_idle", "core_idle_rss_mb", |s, o| {
+        Box::pin(calls::core_idle(s, o))
+    }),
+];
 
 /// Adds `figure`, or when the group failed the line `NAME skipped=error
 /// detail=…` in its place; false when it failed.

@@ -327,6 +327,23 @@ mod tests {
         Urn::new(kind, name).unwrap()
     }
 
+    /// Writes `ca`'s certificate and `key_pem` where [`CertAuthority::load`]
+    /// looks for them, and loads them back.
+    fn write_and_load(ca: &CertAuthority, key_pem: &str) -> CertAuthority {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(CA_CERT_FILE), ca.cert_pem()).unwrap();
+        fs::write(dir.path().join(CA_KEY_FILE), key_pem).unwrap();
+        CertAuthority::load(dir.path()).unwrap()
+    }
+
+    /// Checks that `loaded` signs leaves that chain to `ca`.
+    fn assert_signs_leaves_of(loaded: &CertAuthority, ca: &CertAuthority) {
+        let leaf = loaded
+            .issue(&LeafSpec::new(urn(UrnKind::Module, "m")))
+            .unwrap();
+        verify_both_roles(ca.cert_der(), leaf.cert_der(), SystemTime::now()).unwrap();
+    }
+
     fn identity(leaf: &IssuedCert) -> Result<Urn, CertIdentityError> {
         identity_of(&CertificateDer::from(leaf.cert_der()))
     }
@@ -413,20 +430,14 @@ mod tests {
     #[test]
     fn a_ca_key_written_as_pkcs8_v2_still_loads() {
         // What `anima certs init` wrote for Ed25519 before keys became v1.
-        let dir = tempfile::tempdir().unwrap();
         let ca = ca();
         let v2 = ca.issuer.key().serialize_pem();
         assert_eq!(pkcs8_version(&pem_der(&v2)), 1);
-        fs::write(dir.path().join(CA_CERT_FILE), ca.cert_pem()).unwrap();
-        fs::write(dir.path().join(CA_KEY_FILE), &v2).unwrap();
 
-        let loaded = CertAuthority::load(dir.path()).unwrap();
+        let loaded = write_and_load(&ca, &v2);
         assert_eq!(pkcs8_version(&pem_der(&loaded.key_pem())), 0);
         assert_eq!(loaded.key_pem(), ca.key_pem());
-        let leaf = loaded
-            .issue(&LeafSpec::new(urn(UrnKind::Module, "m")))
-            .unwrap();
-        verify_both_roles(ca.cert_der(), leaf.cert_der(), SystemTime::now()).unwrap();
+        assert_signs_leaves_of(&loaded, &ca);
     }
 
     #[test]
@@ -617,22 +628,14 @@ mod tests {
 
     #[test]
     fn load_round_trips_and_signs_leaves_that_chain_to_the_original() {
-        let dir = tempfile::tempdir().unwrap();
         let ca = ca();
-        fs::write(dir.path().join(CA_CERT_FILE), ca.cert_pem()).unwrap();
-        fs::write(dir.path().join(CA_KEY_FILE), ca.key_pem()).unwrap();
-
-        let loaded = CertAuthority::load(dir.path()).unwrap();
+        let loaded = write_and_load(&ca, &ca.key_pem());
         assert_eq!(loaded.cert_der(), ca.cert_der());
         assert_eq!(loaded.cert_pem(), ca.cert_pem());
         assert_eq!(loaded.common_name(), "test CA");
         assert_eq!(loaded.not_after(), ca.not_after());
         assert_eq!(loaded.key_pem(), ca.key_pem());
-
-        let leaf = loaded
-            .issue(&LeafSpec::new(urn(UrnKind::Module, "m")))
-            .unwrap();
-        verify_both_roles(ca.cert_der(), leaf.cert_der(), SystemTime::now()).unwrap();
+        assert_signs_leaves_of(&loaded, &ca);
     }
 
     #[test]

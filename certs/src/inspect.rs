@@ -113,6 +113,24 @@ impl CertReport {
         self.is_ca
     }
 
+    /// Reads the value of the field `name` back from a report's text (what
+    /// `Display` prints, and `anima certs inspect` with it): the trimmed rest
+    /// of the first `name:` line, or `None` when there is no such line.
+    ///
+    /// ```
+    /// use anima_certs::CertReport;
+    ///
+    /// let text = "identity:    urn:anima:module:echo\nCA:          no";
+    /// assert_eq!(CertReport::field(text, "identity"), Some("urn:anima:module:echo"));
+    /// assert_eq!(CertReport::field(text, "CA"), Some("no"));
+    /// assert_eq!(CertReport::field(text, "serial"), None);
+    /// ```
+    pub fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    }
+
     /// `valid, expires in 89 days`, `EXPIRED 3 days ago`, or `NOT YET VALID …`.
     fn status(&self) -> String {
         let now = self.checked_at;
@@ -272,11 +290,7 @@ mod tests {
     }
 
     fn line<'a>(report: &'a str, field: &str) -> &'a str {
-        report
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("no {field:?} line in\n{report}"))
+        CertReport::field(report, field).unwrap_or_else(|| panic!("no {field:?} line in\n{report}"))
     }
 
     #[test]

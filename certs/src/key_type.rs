@@ -1,8 +1,5 @@
 //! Which key a minted certificate carries: what `--key-type` chooses.
 
-use std::fmt;
-use std::str::FromStr;
-
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ED25519, SignatureAlgorithm};
 
 use crate::error::CertsError;
@@ -30,14 +27,6 @@ impl KeyType {
     /// Every key type, in the order the CLI lists them.
     pub const ALL: [KeyType; 2] = [KeyType::Ed25519, KeyType::P256];
 
-    /// The name `--key-type` takes: `ed25519` or `p256`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyType::Ed25519 => "ed25519",
-            KeyType::P256 => "p256",
-        }
-    }
-
     /// The signature algorithm of a key of this type.
     pub(crate) fn algorithm(self) -> &'static SignatureAlgorithm {
         match self {
@@ -52,23 +41,17 @@ impl KeyType {
     }
 }
 
-impl fmt::Display for KeyType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+anima_protocol::str_vocabulary! {
+    /// The name `--key-type` takes: `ed25519` or `p256`.
+    pub fn KeyType::as_str {
+        Ed25519 => "ed25519",
+        P256 => "p256",
     }
-}
-
-impl FromStr for KeyType {
-    type Err = CertsError;
-
     /// Parses `ed25519` or `p256` (what [`KeyType::as_str`] prints).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        KeyType::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| CertsError::UnknownKeyType {
-                given: s.to_owned(),
-            })
+    fn from_str(s) -> Result<Self, CertsError> else {
+        CertsError::UnknownKeyType {
+            given: s.to_owned(),
+        }
     }
 }
 

@@ -94,16 +94,10 @@ pub async fn admission_alpn(
 /// suites) and reads the first record back. A TLS 1.3-only server answers
 /// with an alert or closes; a `ServerHello` means TLS 1.2 was accepted.
 pub async fn negotiates_tls12(addr: SocketAddr) -> Result<bool, ToolError> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncReadExt as _;
     let wait = Duration::from_secs(5);
-    let mut tcp = connect(addr, wait).await?;
-    tcp.write_all(&tls12_client_hello())
-        .await
-        .map_err(|source| ToolError::Socket {
-            action: "send a TLS 1.2 ClientHello to",
-            addr,
-            source,
-        })?;
+    let hello = tls12_client_hello();
+    let mut tcp = connect_and_send(addr, wait, &hello, "send a TLS 1.2 ClientHello to").await?;
     let mut head = [0u8; 6];
     match tokio::time::timeout(wait, tcp.read_exact(&mut head)).await {
         Err(_) => Err(ToolError::Timeout {
@@ -118,10 +112,7 @@ pub async fn negotiates_tls12(addr: SocketAddr) -> Result<bool, ToolError> {
 }
 
 /// A TCP connection to `addr`, made within `wait`.
-pub(crate) async fn connect(
-    addr: SocketAddr,
-    wait: Duration,
-) -> Result<tokio::net::TcpStream, ToolError> {
+async fn connect(addr: SocketAddr, wait: Duration) -> Result<tokio::net::TcpStream, ToolError> {
     tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| ToolError::Timeout {
@@ -133,6 +124,26 @@ pub(crate) async fn connect(
             addr,
             source,
         })
+}
+
+/// A TCP connection to `addr`, made within `wait`, on which `bytes` were
+/// sent; `action` says what sending them was, for the error (`send … to`).
+pub(crate) async fn connect_and_send(
+    addr: SocketAddr,
+    wait: Duration,
+    bytes: &[u8],
+    action: &'static str,
+) -> Result<tokio::net::TcpStream, ToolError> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut tcp = connect(addr, wait).await?;
+    tcp.write_all(bytes)
+        .await
+        .map_err(|source| ToolError::Socket {
+            action,
+            addr,
+            source,
+        })?;
+    Ok(tcp)
 }
 
 /// A TLS 1.2 ClientHello (RFC 5246 §7.4.1.2) with the extensions an ECDHE

@@ -304,6 +304,13 @@ impl Session {
         }
     }
 
+    /// Revokes the lease and gives the module up to [`PATIENCE`] to close
+    /// its half of the control stream, without judging whether it did.
+    pub async fn revoke_and_wait(&mut self, detail: &str) {
+        self.revoke(detail).await;
+        let _ = self.await_close(PATIENCE).await;
+    }
+
     /// Waits until the module closes its half of the control stream (after a
     /// lease ended); `Err` with what arrived instead, or on timeout.
     pub async fn await_close(&mut self, wait: Duration) -> Result<Duration, ToolError> {

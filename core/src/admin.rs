@@ -16,7 +16,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::audit::unix_ms;
-use crate::registry::ModuleCommand;
+use crate::lease::LeaseRecord;
+use crate::registry::{ModuleCommand, ModuleView};
 use crate::supervisor::CoreContext;
 
 /// The admin service.
@@ -74,16 +75,7 @@ impl CoreAdmin for AdminService {
             .registry
             .list()
             .into_iter()
-            .map(|m| ModuleInfo {
-                urn: m.urn.to_string(),
-                module_type: m.module_type.into(),
-                state: m.state.as_str().into(),
-                detail: m.detail,
-                pid: m.pid.unwrap_or(0),
-                endpoint: m.endpoint,
-                restarts: m.restarts,
-                lease_id: m.lease_id.map(|l| l.to_string()).unwrap_or_default(),
-            })
+            .map(module_info)
             .collect();
         Ok(Response::new(ListModulesReply { modules }))
     }
@@ -93,30 +85,7 @@ impl CoreAdmin for AdminService {
         request: Request<ListLeasesRequest>,
     ) -> Result<Response<ListLeasesReply>, Status> {
         self.authorize(&request)?;
-        let leases = self
-            .ctx
-            .leases
-            .list()
-            .into_iter()
-            .map(|r| {
-                let reason = match &r.state {
-                    LeaseState::Active => String::new(),
-                    LeaseState::Expired => "LEASE_EXPIRED".into(),
-                    LeaseState::Ended(e) => e.reason.to_string(),
-                };
-                LeaseInfo {
-                    lease_id: r.lease_id.to_string(),
-                    module: r.module.to_string(),
-                    scope: r.scope.iter().map(str::to_owned).collect(),
-                    issued_ms: unix_ms(r.issued),
-                    expires_ms: unix_ms(r.expires),
-                    ttl_ms: u64::try_from(r.ttl.as_millis()).unwrap_or(u64::MAX),
-                    renewals: r.renewals,
-                    state: lease_state_name(&r.state).into(),
-                    reason,
-                }
-            })
-            .collect();
+        let leases = self.ctx.leases.list().into_iter().map(lease_info).collect();
         Ok(Response::new(ListLeasesReply { leases }))
     }
 
@@ -153,16 +122,14 @@ impl CoreAdmin for AdminService {
         &self,
         request: Request<ModuleRequest>,
     ) -> Result<Response<ModuleReply>, Status> {
-        self.authorize(&request)?;
-        self.command(&request.into_inner().urn, ModuleCommand::Restart)
+        self.command(request, ModuleCommand::Restart)
     }
 
     async fn stop_module(
         &self,
         request: Request<ModuleRequest>,
     ) -> Result<Response<ModuleReply>, Status> {
-        self.authorize(&request)?;
-        self.command(&request.into_inner().urn, ModuleCommand::Stop)
+        self.command(request, ModuleCommand::Stop)
     }
 
     type WatchEventsStream = EventStream;
@@ -198,13 +165,55 @@ impl CoreAdmin for AdminService {
 }
 
 impl AdminService {
-    fn command(&self, urn: &str, command: ModuleCommand) -> Result<Response<ModuleReply>, Status> {
-        let urn: Urn = urn.parse().map_err(|e| not_found(format!("{e}")))?;
+    /// Sends `command` to the module `request` names, if an operator asks.
+    fn command(
+        &self,
+        request: Request<ModuleRequest>,
+        command: ModuleCommand,
+    ) -> Result<Response<ModuleReply>, Status> {
+        self.authorize(&request)?;
+        let urn: Urn = (request.into_inner().urn)
+            .parse()
+            .map_err(|e| not_found(format!("{e}")))?;
         if self.ctx.registry.command(&urn, command) {
             Ok(Response::new(ModuleReply {}))
         } else {
             Err(not_found(format!("no module {urn}")))
         }
+    }
+}
+
+/// A module's row in `ListModules`.
+fn module_info(m: ModuleView) -> ModuleInfo {
+    ModuleInfo {
+        urn: m.urn.to_string(),
+        module_type: m.module_type.into(),
+        state: m.state.as_str().into(),
+        detail: m.detail,
+        pid: m.pid.unwrap_or(0),
+        endpoint: m.endpoint,
+        restarts: m.restarts,
+        lease_id: m.lease_id.map(|l| l.to_string()).unwrap_or_default(),
+    }
+}
+
+/// A lease's row in `ListLeases`.
+fn lease_info(r: LeaseRecord) -> LeaseInfo {
+    let reason = match &r.state {
+        LeaseState::Active => String::new(),
+        LeaseState::Expired => "LEASE_EXPIRED".into(),
+        LeaseState::Ended(e) => e.reason.to_string(),
+    };
+    LeaseInfo {
+        lease_id: r.lease_id.to_string(),
+        module: r.module.to_string(),
+        scope: r.scope.iter().map(str::to_owned).collect(),
+        issued_ms: unix_ms(r.issued),
+        expires_ms: unix_ms(r.expires),
+        ttl_ms: u64::try_from(r.ttl.as_millis()).unwrap_or(u64::MAX),
+        renewals: r.renewals,
+        state: lease_state_name(&r.state).into(),
+        reason,
     }
 }
 

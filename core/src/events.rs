@@ -43,25 +43,19 @@ impl EventKind {
         EventKind::LeaseExpired,
         EventKind::ConnectionLost,
     ];
-
-    /// The name on the wire and in the log.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EventKind::ModuleStarted => "module_started",
-            EventKind::ModuleStopped => "module_stopped",
-            EventKind::ModuleFailed => "module_failed",
-            EventKind::ModuleRestarting => "module_restarting",
-            EventKind::LeaseIssued => "lease_issued",
-            EventKind::LeaseRevoked => "lease_revoked",
-            EventKind::LeaseExpired => "lease_expired",
-            EventKind::ConnectionLost => "connection_lost",
-        }
-    }
 }
 
-impl std::fmt::Display for EventKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+anima_protocol::str_vocabulary! {
+    /// The name on the wire and in the log.
+    pub fn EventKind::as_str {
+        ModuleStarted => "module_started",
+        ModuleStopped => "module_stopped",
+        ModuleFailed => "module_failed",
+        ModuleRestarting => "module_restarting",
+        LeaseIssued => "lease_issued",
+        LeaseRevoked => "lease_revoked",
+        LeaseExpired => "lease_expired",
+        ConnectionLost => "connection_lost",
     }
 }
 

@@ -174,22 +174,34 @@ impl Metrics {
     }
 }
 
-fn register_leases(registry: &mut Registry, ctx: &CoreContext) {
-    let leases = Family::<ModuleStateLabels, Gauge>::default();
-    let renewals = Family::<ModuleLabels, Counter>::default();
-    for r in ctx.leases.list() {
-        let state = lease_state_name(&r.state);
-        let module = r.module.to_string();
-        leases
-            .get_or_create(&ModuleStateLabels {
+/// Per-module figures from `rows` of (module, state, count): a gauge of the
+/// rows by module and state, and a counter of their counts by module.
+fn by_module(
+    rows: impl IntoIterator<Item = (String, String, u64)>,
+) -> (
+    Family<ModuleStateLabels, Gauge>,
+    Family<ModuleLabels, Counter>,
+) {
+    let states = Family::<ModuleStateLabels, Gauge>::default();
+    let counts = Family::<ModuleLabels, Counter>::default();
+    for (module, state, count) in rows {
+        counts
+            .get_or_create(&ModuleLabels {
                 module: module.clone(),
-                state: state.to_owned(),
             })
+            .inc_by(count);
+        states
+            .get_or_create(&ModuleStateLabels { module, state })
             .inc();
-        renewals
-            .get_or_create(&ModuleLabels { module })
-            .inc_by(r.renewals);
     }
+    (states, counts)
+}
+
+fn register_leases(registry: &mut Registry, ctx: &CoreContext) {
+    let (leases, renewals) = by_module(ctx.leases.list().into_iter().map(|r| {
+        let state = lease_state_name(&r.state).to_owned();
+        (r.module.to_string(), state, r.renewals)
+    }));
     registry.register("anima_leases", "Leases by module and state.", leases);
     registry.register(
         "anima_lease_renewals",
@@ -199,22 +211,14 @@ fn register_leases(registry: &mut Registry, ctx: &CoreContext) {
 }
 
 fn register_modules(registry: &mut Registry, ctx: &CoreContext) {
-    let restarts = Family::<ModuleLabels, Counter>::default();
-    let states = Family::<ModuleStateLabels, Gauge>::default();
-    for m in ctx.registry.list() {
-        let module = m.urn.to_string();
-        restarts
-            .get_or_create(&ModuleLabels {
-                module: module.clone(),
-            })
-            .inc_by(u64::from(m.restarts));
-        states
-            .get_or_create(&ModuleStateLabels {
-                module,
-                state: m.state.to_string(),
-            })
-            .set(1);
-    }
+    // One row per module: its current state's gauge is 1.
+    let (states, restarts) = by_module(ctx.registry.list().into_iter().map(|m| {
+        (
+            m.urn.to_string(),
+            m.state.to_string(),
+            u64::from(m.restarts),
+        )
+    }));
     registry.register("anima_module_restarts", "Module restarts.", restarts);
     registry.register(
         "anima_module_state",

@@ -25,23 +25,15 @@ pub(crate) enum ModuleState {
     Stopped,
 }
 
-impl ModuleState {
+anima_protocol::str_vocabulary! {
     /// The state's name (admin API, CLI).
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            ModuleState::Starting => "starting",
-            ModuleState::Leased => "leased",
-            ModuleState::Standby => "standby",
-            ModuleState::Restarting => "restarting",
-            ModuleState::Failed => "failed",
-            ModuleState::Stopped => "stopped",
-        }
-    }
-}
-
-impl fmt::Display for ModuleState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    pub(crate) fn ModuleState::as_str {
+        Starting => "starting",
+        Leased => "leased",
+        Standby => "standby",
+        Restarting => "restarting",
+        Failed => "failed",
+        Stopped => "stopped",
     }
 }
 

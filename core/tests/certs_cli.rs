@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use anima_certs::{CertAuthority, LeafSpec};
+use anima_certs::{CertAuthority, CertReport, LeafSpec};
 use anima_protocol::{Urn, UrnKind};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -111,11 +111,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 fn field<'a>(report: &'a str, name: &str) -> &'a str {
-    report
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no {name:?} line in\n{report}"))
+    CertReport::field(report, name).unwrap_or_else(|| panic!("no {name:?} line in\n{report}"))
 }
 
 #[test]

@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime};
 use anima_core::config;
 use toml::de::{DeTable, DeValue};
 
+use crate::fixtures;
+
 /// Runs one input.
 pub fn run(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -191,48 +193,48 @@ user = "urn:anima:user:dev"
 allow = ["urn:anima:module:hasher", "/anima.sample.v1.Tally/Add"]
 "#;
     let full = format!("{core}{modules}");
-    let mut seeds = vec![
-        full.clone(),
-        core.to_owned(),
-        // A dependency cycle; a duplicate; a missing requirement.
-        full.replacen(
-            "lease_ttl = \"20s\"",
-            "lease_ttl = \"20s\"\nrequires = [\"urn:anima:module:tally\"]",
-            1,
-        ),
-        full.replace(
-            "urn:anima:module:kvstore\"\ntype",
-            "urn:anima:module:hasher\"\ntype",
-        ),
-        full.replace(
-            "requires = [\"urn:anima:module:hasher\"]",
-            "requires = [\"urn:anima:module:nope\", \"urn:anima:user:dev\", \"x\"]",
-        ),
-        // Wrong types, values out of range, unknown keys, files that are not there.
-        full.replace("ttl = \"30s\"", "ttl = 30\nextra = true"),
-        full.replace("0.33", "2"),
-        full.replace("0.33", "nan"),
-        full.replace("max_restarts = 5", "max_restarts = -1"),
-        full.replace("max_restarts = 5", "max_restarts = 0x7fffffffffffffff"),
-        full.replace("backoff = \"100ms\"", "backoff = \"1h\""),
-        full.replace("window = \"1m\"", "window = \"0s\""),
-        full.replace("lease_ttl = \"5s\"", "lease_ttl = \"5124095576030431h\""),
-        full.replace("contracts/tally.toml", "contracts/broken.toml"),
-        full.replace("contracts/tally.toml", "contracts/hasher.toml"),
-        full.replace("bin/module", "no/such/program"),
-        full.replace("command = \"bin/module\"\nargs", "command = \"sh\"\nargs"),
-        full.replace("127.0.0.1:7803", "127.0.0.1:0"),
-        full.replace(
-            "[[module]]\nurn = \"urn:anima:module:hasher\"",
-            "[module]\nurn = \"urn:anima:module:hasher\"",
-        ),
-        full.replace("RUST_LOG", "\"A=B\""),
-        full.replace("endpoint_key = \"certs/core-dev.endpoint.key\"\n", ""),
-        full.replace("certs/core-dev.pem", "certs/module-hasher.pem"),
-        full.replace("127.0.0.1:7700", "localhost:7700"),
-        "[core\nurn = ".to_owned(),
-        "core = 1\nmodule = \"x\"\npolicy = [1]\n".to_owned(),
-    ];
+    let mut seeds = vec![full.clone(), core.to_owned()];
+    seeds.extend(fixtures::near_misses(
+        &full,
+        &[
+            // A dependency cycle; a duplicate; a missing requirement.
+            (
+                "lease_ttl = \"20s\"",
+                "lease_ttl = \"20s\"\nrequires = [\"urn:anima:module:tally\"]",
+            ),
+            (
+                "urn:anima:module:kvstore\"\ntype",
+                "urn:anima:module:hasher\"\ntype",
+            ),
+            (
+                "requires = [\"urn:anima:module:hasher\"]",
+                "requires = [\"urn:anima:module:nope\", \"urn:anima:user:dev\", \"x\"]",
+            ),
+            // Wrong types, values out of range, unknown keys, files that are not there.
+            ("ttl = \"30s\"", "ttl = 30\nextra = true"),
+            ("0.33", "2"),
+            ("0.33", "nan"),
+            ("max_restarts = 5", "max_restarts = -1"),
+            ("max_restarts = 5", "max_restarts = 0x7fffffffffffffff"),
+            ("backoff = \"100ms\"", "backoff = \"1h\""),
+            ("window = \"1m\"", "window = \"0s\""),
+            ("lease_ttl = \"5s\"", "lease_ttl = \"5124095576030431h\""),
+            ("contracts/tally.toml", "contracts/broken.toml"),
+            ("contracts/tally.toml", "contracts/hasher.toml"),
+            ("bin/module", "no/such/program"),
+            ("command = \"bin/module\"\nargs", "command = \"sh\"\nargs"),
+            ("127.0.0.1:7803", "127.0.0.1:0"),
+            (
+                "[[module]]\nurn = \"urn:anima:module:hasher\"",
+                "[module]\nurn = \"urn:anima:module:hasher\"",
+            ),
+            ("RUST_LOG", "\"A=B\""),
+            ("endpoint_key = \"certs/core-dev.endpoint.key\"\n", ""),
+            ("certs/core-dev.pem", "certs/module-hasher.pem"),
+            ("127.0.0.1:7700", "localhost:7700"),
+        ],
+    ));
+    seeds.extend(["[core\nurn = ", "core = 1\nmodule = \"x\"\npolicy = [1]\n"].map(String::from));
     seeds.dedup();
     seeds.into_iter().map(String::into_bytes).collect()
 }

@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anima_protocol::lease::{
-    Ended, EndedBy, Lease, LeaseError, LeaseState, MIN_TTL, Reason, Scope,
+    Ended, EndedBy, Lease, LeaseError, LeaseState, MIN_TTL, Reason, Scope, Side,
 };
 use anima_protocol::pb::{ControlFrame, Refusal, SignedToken, control_frame::Frame};
 use prost::Message as _;
@@ -93,33 +93,35 @@ fn session(data: &[u8]) -> Session {
                     sign_tokens(&mut frame, seed);
                 }
                 s.hostile = true;
-                if to_module {
-                    s.module_receives(frame);
-                } else {
-                    s.core_receives(frame);
+                // Both sides' control loops skip an empty frame.
+                match frame {
+                    Some(frame) if to_module => s.module_receives(frame),
+                    Some(frame) => s.core_receives(frame),
+                    None => {}
                 }
             }
             2 => s.core_renews(),
             3 => s.core_rescopes(input.byte().unwrap_or(0)),
             4 => {
                 if let Some(f) = s.to_module.pop_front() {
-                    s.module_receives(Some(f));
+                    s.module_receives(f);
                 }
             }
             5 => {
                 if let Some(f) = s.to_core.pop_front() {
-                    s.core_receives(Some(f));
+                    s.core_receives(f);
                 }
             }
             6 => s.tick(Duration::from_millis(u64::from(input.u16()))),
             7 => s.core.abandon_request(),
-            8 => {
+            8 | 9 => {
+                let side = if op & 0x0f == 8 {
+                    Side::Module
+                } else {
+                    Side::Core
+                };
                 let reason = REASONS[usize::from(input.byte().unwrap_or(0)) % REASONS.len()];
-                s.module_revokes(reason, "fuzz");
-            }
-            9 => {
-                let reason = REASONS[usize::from(input.byte().unwrap_or(0)) % REASONS.len()];
-                s.core_revokes(reason, "fuzz");
+                s.revokes(side, reason, "fuzz");
             }
             _ => {}
         }
@@ -145,6 +147,26 @@ fn sign_tokens(frame: &mut Option<Frame>, seed: &[u8; 32]) {
     }
 }
 
+/// A peer's revocation, as either side takes it.
+fn take_revoke(lease: &mut Lease, jws: &str, now: Instant) -> Result<(), LeaseError> {
+    let claims = lease.receive(jws)?;
+    lease.apply_revoke(&claims, now)?;
+    Ok(())
+}
+
+/// A peer's refusal ends the lease with its reason; one that is not a
+/// reason reads as a revocation to the module and as a protocol violation
+/// to the Core.
+fn take_refusal(lease: &mut Lease, refusal: &Refusal, now: Instant) {
+    let (unknown, peer) = match lease.side() {
+        Side::Module => (Reason::LeaseRevoked, "the Core"),
+        Side::Core => (Reason::ProtocolViolation, "the module"),
+    };
+    let reason = Reason::parse(&refusal.reason).unwrap_or(unknown);
+    let detail = format!("refused by {peer}: {:.200}", refusal.detail);
+    lease.end(reason, EndedBy::Peer, detail, now);
+}
+
 fn refusal(err: &LeaseError) -> Frame {
     Frame::Refuse(Refusal {
         reason: err.reason().as_str().into(),
@@ -154,15 +176,12 @@ fn refusal(err: &LeaseError) -> Frame {
 
 impl Session {
     /// The module's control loop (module-sdk `control.rs`): nothing is read
-    /// after its lease ended; an empty frame is skipped; a refused step is
-    /// answered with `refuse` and ends the lease.
-    fn module_receives(&mut self, frame: Option<Frame>) {
+    /// after its lease ended; a refused step is answered with `refuse` and
+    /// ends the lease.
+    fn module_receives(&mut self, frame: Frame) {
         if self.module.ended().is_some() {
             return;
         }
-        let Some(frame) = frame else {
-            return;
-        };
         if let Err(err) = self.module_step(frame) {
             self.to_core.push_back(refusal(&err));
             self.module
@@ -197,19 +216,8 @@ impl Session {
                 self.to_core
                     .push_back(Frame::Rescoped(SignedToken { jws: answer }));
             }
-            Frame::Revoke(SignedToken { jws }) => {
-                let claims = self.module.receive(&jws)?;
-                self.module.apply_revoke(&claims, now)?;
-            }
-            Frame::Refuse(Refusal { reason, detail }) => {
-                let reason = Reason::parse(&reason).unwrap_or(Reason::LeaseRevoked);
-                self.module.end(
-                    reason,
-                    EndedBy::Peer,
-                    format!("refused by the Core: {detail:.200}"),
-                    now,
-                );
-            }
+            Frame::Revoke(SignedToken { jws }) => take_revoke(&mut self.module, &jws, now)?,
+            Frame::Refuse(refusal) => take_refusal(&mut self.module, &refusal, now),
             Frame::Offer(_) => {
                 return Err(LeaseError::LeaseExists {
                     lease_id: self.module.id().to_string(),
@@ -225,16 +233,13 @@ impl Session {
     }
 
     /// The Core's control task (core `lease/link.rs`): nothing is read after
-    /// its lease ended; an empty frame is skipped; a refused step revokes.
-    fn core_receives(&mut self, frame: Option<Frame>) {
+    /// its lease ended; a refused step revokes.
+    fn core_receives(&mut self, frame: Frame) {
         if self.core.ended().is_some() {
             return;
         }
-        let Some(frame) = frame else {
-            return;
-        };
         if let Err(err) = self.core_step(frame) {
-            self.core_revokes(err.reason(), &err.to_string());
+            self.revokes(Side::Core, err.reason(), &err.to_string());
         }
     }
 
@@ -257,19 +262,8 @@ impl Session {
                 let claims = self.core.receive(&jws)?;
                 self.core.apply_rescoped(&claims, now)?;
             }
-            Frame::Revoke(SignedToken { jws }) => {
-                let claims = self.core.receive(&jws)?;
-                self.core.apply_revoke(&claims, now)?;
-            }
-            Frame::Refuse(Refusal { reason, detail }) => {
-                let reason = Reason::parse(&reason).unwrap_or(Reason::ProtocolViolation);
-                self.core.end(
-                    reason,
-                    EndedBy::Peer,
-                    format!("refused by the module: {detail:.200}"),
-                    now,
-                );
-            }
+            Frame::Revoke(SignedToken { jws }) => take_revoke(&mut self.core, &jws, now)?,
+            Frame::Refuse(refusal) => take_refusal(&mut self.core, &refusal, now),
             Frame::Offer(_) | Frame::Grant(_) | Frame::Renew(_) | Frame::Rescope(_) => {
                 return Err(LeaseError::Protocol(
                     "the Core does not accept Core-side frames".into(),
@@ -314,29 +308,18 @@ impl Session {
         }
     }
 
-    /// `LinkShared::revoke`.
-    fn core_revokes(&mut self, reason: Reason, detail: &str) {
-        if self.core.ended().is_some() {
+    /// `side` revokes: the Core's `LinkShared::revoke`, module-sdk
+    /// `ModuleState::revoke`.
+    fn revokes(&mut self, side: Side, reason: Reason, detail: &str) {
+        let (lease, signer, to_peer) = match side {
+            Side::Core => (&mut self.core, &self.p.core, &mut self.to_module),
+            Side::Module => (&mut self.module, &self.p.module, &mut self.to_core),
+        };
+        if lease.ended().is_some() {
             return;
         }
-        if let Ok(jws) = self
-            .core
-            .revoke(&self.p.core, reason, detail, self.now, fixtures::wall())
-        {
-            self.to_module.push_back(Frame::Revoke(SignedToken { jws }));
-        }
-    }
-
-    /// module-sdk `ModuleState::revoke`.
-    fn module_revokes(&mut self, reason: Reason, detail: &str) {
-        if self.module.ended().is_some() {
-            return;
-        }
-        if let Ok(jws) =
-            self.module
-                .revoke(&self.p.module, reason, detail, self.now, fixtures::wall())
-        {
-            self.to_core.push_back(Frame::Revoke(SignedToken { jws }));
+        if let Ok(jws) = lease.revoke(signer, reason, detail, self.now, fixtures::wall()) {
+            to_peer.push_back(Frame::Revoke(SignedToken { jws }));
         }
     }
 

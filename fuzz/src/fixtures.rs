@@ -2,7 +2,7 @@
 //! wall clock, fixed handshake randomness (so an honest handshake, and every
 //! token in it, is the same in every run and seeds can carry genuine tokens),
 //! and the hostile-but-authenticated peer, who signs whatever claims it likes
-//! with its own certificate key.
+//! with its own certificate key; and near misses of a text seed.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -253,4 +253,13 @@ pub fn push_item(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u16::try_from(bytes.len()).expect("a seed item under 64 KiB");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(bytes);
+}
+
+/// Near misses of a seed: `base` with each edit made on its own, every
+/// `from` in it replaced by `to`.
+pub fn near_misses(base: &str, edits: &[(&str, &str)]) -> Vec<String> {
+    edits
+        .iter()
+        .map(|(from, to)| base.replace(from, to))
+        .collect()
 }

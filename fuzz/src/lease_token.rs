@@ -53,14 +53,6 @@ fn as_offer(p: &Parties, token: &str) {
         return;
     };
     check_opened(p, &lease, Side::Module);
-    assert!(
-        lease.ttl() <= MAX_TTL,
-        "granted beyond max_lease: {lease:?}"
-    );
-    assert!(
-        lease.scope().is_subset(&fixtures::declared()),
-        "granted an undeclared method: {lease:?}"
-    );
     assert!(!grant.is_empty());
 }
 
@@ -71,23 +63,30 @@ fn as_grant(p: &Parties, token: &str) {
         return;
     };
     check_opened(p, &lease, Side::Core);
-    assert!(
-        lease.ttl() <= REQUEST_TTL,
-        "accepted beyond the request: {lease:?}"
-    );
-    assert!(
-        lease.scope().is_subset(&fixtures::request().scope),
-        "accepted a scope beyond the request: {lease:?}"
-    );
     assert_eq!(lease.id().0, fixtures::LEASE_ID);
 }
 
+/// A lease `side` just opened: between the parties, valid, and within its
+/// bounds: the module grants at most `max_lease` and the declared methods,
+/// the Core accepts at most what it requested.
 fn check_opened(p: &Parties, lease: &Lease, side: Side) {
+    let (verb, max_ttl, allowed) = match side {
+        Side::Module => ("granted", MAX_TTL, fixtures::declared()),
+        Side::Core => ("accepted", REQUEST_TTL, fixtures::request().scope),
+    };
     assert_eq!(lease.side(), side);
     assert!(lease.ttl() >= MIN_TTL, "a lease under MIN_TTL: {lease:?}");
     assert_eq!(lease.consumer(), p.core.urn());
     assert_eq!(lease.provider(), p.module.urn());
     assert!(lease.check_valid(fixtures::start()).is_ok());
+    assert!(
+        lease.ttl() <= max_ttl,
+        "{verb} beyond {max_ttl:?}: {lease:?}"
+    );
+    assert!(
+        lease.scope().is_subset(&allowed),
+        "{verb} a method outside {allowed}: {lease:?}"
+    );
 }
 
 thread_local! {

@@ -10,6 +10,8 @@ use anima_module_sdk::contract::parse_duration;
 use anima_protocol::UrnKind;
 use anima_protocol::lease::{MIN_TTL, check_method};
 
+use crate::fixtures;
+
 /// Runs one input.
 pub fn run(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -40,34 +42,39 @@ startup_grace = "10s"
 expired_grace = "0s"
 termination_window = "2s"
 "#;
-    let mut seeds: Vec<String> = vec![
-        base.into(),
-        base.replace(
-            "type = \"ephemeral\"",
-            "type = \"resident-private\"\ninit = \"core-started\"",
-        ),
-        base.replace(
-            "type = \"ephemeral\"",
-            "type = \"resident-private\"\ninit = \"pre-started\"",
-        ),
-        base.replace("type = \"ephemeral\"", "type = \"resident-shared\""),
-        base.replace("type = \"ephemeral\"\n", ""),
-        base.replace("30s", "250ms"),
-        base.replace("30s", "5124095576030431h"),
-        base.replace("30s", "18446744073709551615ms"),
-        base.replace("30s", "49ms"),
-        base.replace("\"10s\"", "\"1h\""),
-        base.replace("\"2s\"", "\"99999999999999999999h\""),
-        base.replace(
-            "[\"/anima.sample.v1.Hasher/Digest\"]",
-            "[\"/a.B/C\", \"/a.B/C\", \"/a.B/D\"]",
-        ),
-        base.replace("[\"/anima.sample.v1.Hasher/Digest\"]", "[]"),
-        base.replace("module:hasher", "core:hasher"),
+    let mut seeds = vec![base.to_owned()];
+    seeds.extend(fixtures::near_misses(
+        base,
+        &[
+            (
+                "type = \"ephemeral\"",
+                "type = \"resident-private\"\ninit = \"core-started\"",
+            ),
+            (
+                "type = \"ephemeral\"",
+                "type = \"resident-private\"\ninit = \"pre-started\"",
+            ),
+            ("type = \"ephemeral\"", "type = \"resident-shared\""),
+            ("type = \"ephemeral\"\n", ""),
+            ("30s", "250ms"),
+            ("30s", "5124095576030431h"),
+            ("30s", "18446744073709551615ms"),
+            ("30s", "49ms"),
+            ("\"10s\"", "\"1h\""),
+            ("\"2s\"", "\"99999999999999999999h\""),
+            (
+                "[\"/anima.sample.v1.Hasher/Digest\"]",
+                "[\"/a.B/C\", \"/a.B/C\", \"/a.B/D\"]",
+            ),
+            ("[\"/anima.sample.v1.Hasher/Digest\"]", "[]"),
+            ("module:hasher", "core:hasher"),
+        ],
+    ));
+    seeds.extend([
         format!("{base}bogus = 1\n"),
         "urn = 1".into(),
         "[[x]]\n[x.y]\nz = [1, {a = \"b\"}, 1979-05-27T07:32:00Z, 0x1f, 1e9, inf]\n".into(),
-    ];
+    ]);
     seeds.extend(["30s", "250ms", "5m", "1h", " 7s ", "0ms", "1d", "s"].map(String::from));
     seeds.into_iter().map(String::into_bytes).collect()
 }

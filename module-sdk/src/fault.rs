@@ -50,108 +50,98 @@ pub(crate) const fn is_test_copy(package: &str) -> bool {
 /// The environment variable naming the fault to inject.
 pub const FAULT_ENV: &str = "ANIMA_TEST_FAULT";
 
-/// A deliberate protocol violation (see the [module docs](self)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Fault {
+/// Defines [`Fault`] from its table: each SDK fault's variant, its name as
+/// `ANIMA_TEST_FAULT` spells it, and the rows it breaks.
+macro_rules! faults {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal breaks [$($row:literal),+], )*) => {
+        /// A deliberate protocol violation (see the [module docs](self)).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Fault {
+            $( $(#[$doc])* $variant, )*
+            /// A check of the protocol crate removed (its test-only copy).
+            Protocol(ProtocolFault),
+        }
+
+        impl Fault {
+            /// The SDK's own faults, in table order.
+            const OWN: &'static [Fault] = &[$(Fault::$variant,)*];
+
+            /// The fault's name, as `ANIMA_TEST_FAULT` spells it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Fault::$variant => $name,)*
+                    Fault::Protocol(p) => p.as_str(),
+                }
+            }
+
+            /// The CONFORMANCE.md rows the fault breaks.
+            pub fn breaks(self) -> &'static [&'static str] {
+                match self {
+                    $(Fault::$variant => &[$($row),+],)*
+                    Fault::Protocol(p) => protocol_breaks(p),
+                }
+            }
+        }
+    };
+}
+
+faults! {
     /// `linger`: a Type I module does not exit after zero-lease (E5).
-    Linger,
+    Linger = "linger" breaks ["E5"],
     /// `unleased-exec`: handlers run without a valid lease (Z2).
-    UnleasedExec,
+    UnleasedExec = "unleased-exec" breaks ["Z2"],
     /// `shared-tenant`: one tenant state for all leases, never deleted (S4, S9).
-    SharedTenant,
+    SharedTenant = "shared-tenant" breaks ["S4", "S9"],
     /// `second-core`: a Type I/II module accepts any Core (E2, R2).
-    SecondCore,
+    SecondCore = "second-core" breaks ["E2", "R2"],
     /// `ungated-streams`: a stream outlives its lease (Z1, E6, R6).
-    UngatedStreams,
+    UngatedStreams = "ungated-streams" breaks ["Z1", "E6", "R6"],
     /// `user-lease`: a user identity may open a lease (T3).
-    UserLease,
+    UserLease = "user-lease" breaks ["T3"],
     /// `no-offer-deadline`: no deadline for the Core's offer (A3).
-    NoOfferDeadline,
+    NoOfferDeadline = "no-offer-deadline" breaks ["A3"],
     /// `no-lease-exists`: a second live lease on one connection (A3).
-    NoLeaseExists,
+    NoLeaseExists = "no-lease-exists" breaks ["A3"],
     /// `no-revoke-on-bad-proof`: a bad proof leaves the lease open (A7).
-    NoRevokeOnBadProof,
+    NoRevokeOnBadProof = "no-revoke-on-bad-proof" breaks ["A7"],
     /// `unknown-method-bare`: no `UNKNOWN_METHOD` reason (I2).
-    UnknownMethodBare,
-    /// A check of the protocol crate removed (its test-only copy).
-    Protocol(ProtocolFault),
+    UnknownMethodBare = "unknown-method-bare" breaks ["I2"],
+}
+
+/// The CONFORMANCE.md rows a fault of the protocol crate breaks.
+fn protocol_breaks(fault: ProtocolFault) -> &'static [&'static str] {
+    match fault {
+        ProtocolFault::OfferSignature
+        | ProtocolFault::OfferIdentities
+        | ProtocolFault::OfferBinding
+        | ProtocolFault::OfferIat
+        | ProtocolFault::OfferTtl
+        | ProtocolFault::OfferScope => &["A3"],
+        ProtocolFault::ControlSignature
+        | ProtocolFault::ControlLid
+        | ProtocolFault::ControlSeq
+        | ProtocolFault::ProofAnyMethod => &["A4"],
+        ProtocolFault::RenewExtends => &["A6"],
+        ProtocolFault::GrantExpIat => &["A2"],
+        ProtocolFault::AlpnUnchecked => &["T1"],
+    }
 }
 
 impl Fault {
-    /// Every fault.
-    pub const ALL: [Fault; 23] = [
-        Fault::Linger,
-        Fault::UnleasedExec,
-        Fault::SharedTenant,
-        Fault::SecondCore,
-        Fault::UngatedStreams,
-        Fault::UserLease,
-        Fault::NoOfferDeadline,
-        Fault::NoLeaseExists,
-        Fault::NoRevokeOnBadProof,
-        Fault::UnknownMethodBare,
-        Fault::Protocol(ProtocolFault::OfferSignature),
-        Fault::Protocol(ProtocolFault::OfferIdentities),
-        Fault::Protocol(ProtocolFault::OfferBinding),
-        Fault::Protocol(ProtocolFault::OfferIat),
-        Fault::Protocol(ProtocolFault::OfferTtl),
-        Fault::Protocol(ProtocolFault::OfferScope),
-        Fault::Protocol(ProtocolFault::ControlSignature),
-        Fault::Protocol(ProtocolFault::ControlLid),
-        Fault::Protocol(ProtocolFault::ControlSeq),
-        Fault::Protocol(ProtocolFault::RenewExtends),
-        Fault::Protocol(ProtocolFault::GrantExpIat),
-        Fault::Protocol(ProtocolFault::AlpnUnchecked),
-        Fault::Protocol(ProtocolFault::ProofAnyMethod),
-    ];
-
-    /// The fault's name, as `ANIMA_TEST_FAULT` spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Fault::Linger => "linger",
-            Fault::UnleasedExec => "unleased-exec",
-            Fault::SharedTenant => "shared-tenant",
-            Fault::SecondCore => "second-core",
-            Fault::UngatedStreams => "ungated-streams",
-            Fault::UserLease => "user-lease",
-            Fault::NoOfferDeadline => "no-offer-deadline",
-            Fault::NoLeaseExists => "no-lease-exists",
-            Fault::NoRevokeOnBadProof => "no-revoke-on-bad-proof",
-            Fault::UnknownMethodBare => "unknown-method-bare",
-            Fault::Protocol(p) => p.as_str(),
+    /// Every fault: the SDK's own, then the protocol crate's.
+    pub const ALL: [Fault; Fault::OWN.len() + ProtocolFault::ALL.len()] = {
+        let mut all = [Fault::Linger; Fault::OWN.len() + ProtocolFault::ALL.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = match i.checked_sub(Fault::OWN.len()) {
+                None => Fault::OWN[i],
+                Some(p) => Fault::Protocol(ProtocolFault::ALL[p]),
+            };
+            i += 1;
         }
-    }
-
-    /// The CONFORMANCE.md rows the fault breaks.
-    pub fn breaks(self) -> &'static [&'static str] {
-        match self {
-            Fault::Linger => &["E5"],
-            Fault::UnleasedExec => &["Z2"],
-            Fault::SharedTenant => &["S4", "S9"],
-            Fault::SecondCore => &["E2", "R2"],
-            Fault::UngatedStreams => &["Z1", "E6", "R6"],
-            Fault::UserLease => &["T3"],
-            Fault::NoOfferDeadline | Fault::NoLeaseExists => &["A3"],
-            Fault::NoRevokeOnBadProof => &["A7"],
-            Fault::UnknownMethodBare => &["I2"],
-            Fault::Protocol(p) => match p {
-                ProtocolFault::OfferSignature
-                | ProtocolFault::OfferIdentities
-                | ProtocolFault::OfferBinding
-                | ProtocolFault::OfferIat
-                | ProtocolFault::OfferTtl
-                | ProtocolFault::OfferScope => &["A3"],
-                ProtocolFault::ControlSignature
-                | ProtocolFault::ControlLid
-                | ProtocolFault::ControlSeq
-                | ProtocolFault::ProofAnyMethod => &["A4"],
-                ProtocolFault::RenewExtends => &["A6"],
-                ProtocolFault::GrantExpIat => &["A2"],
-                ProtocolFault::AlpnUnchecked => &["T1"],
-            },
-        }
-    }
+        all
+    };
 
     /// Whether the fault changes anything for a module of type `ty`.
     fn applies_to(self, ty: ModuleType) -> bool {
@@ -263,6 +253,18 @@ mod tests {
         for fault in Fault::ALL {
             assert_eq!(fault.as_str().parse::<Fault>().unwrap(), fault);
         }
+        let protocol: Vec<ProtocolFault> = Fault::ALL
+            .iter()
+            .filter_map(|f| match f {
+                Fault::Protocol(p) => Some(*p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            protocol,
+            ProtocolFault::ALL,
+            "every protocol fault, in order"
+        );
         let err = "lingr".parse::<Fault>().unwrap_err().to_string();
         assert!(
             err.contains("ANIMA_TEST_FAULT") && err.contains("linger"),

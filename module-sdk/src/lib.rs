@@ -86,6 +86,7 @@ const _: () = assert!(
      anima-module-sdk itself never compiles fault hooks"
 );
 mod gate;
+mod interval;
 mod leases;
 mod lifecycle;
 mod probe;
@@ -103,6 +104,7 @@ pub use anima_protocol::launch::{self, shutdown_signal};
 pub use context::LeaseContext;
 pub use control::{ENDED_LEASE_RETENTION, HANDSHAKE_TIMEOUT};
 pub use error::SdkError;
+pub use interval::watch_interval;
 pub use leases::LeaseEvent;
 pub use lifecycle::{Exit, Phase};
 pub use serve::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, ModuleHandle, ModuleServer, launch};

@@ -11,7 +11,6 @@
 //! - **Type III (resident shared).** Leases are per Core; standby when none
 //!   are left; ends only on an operator's shutdown or a signal.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,22 +37,14 @@ pub enum Phase {
     Standby,
 }
 
-impl Phase {
+anima_protocol::str_vocabulary! {
     /// The phase's name on the wire (`ModuleStatus.phase`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::AwaitingLease => "awaiting-lease",
-            Phase::Leased => "leased",
-            Phase::ExpiredGrace => "expired-grace",
-            Phase::Terminating => "terminating",
-            Phase::Standby => "standby",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    pub fn Phase::as_str {
+        AwaitingLease => "awaiting-lease",
+        Leased => "leased",
+        ExpiredGrace => "expired-grace",
+        Terminating => "terminating",
+        Standby => "standby",
     }
 }
 
@@ -238,12 +229,33 @@ mod tests {
         Arc::new(std::sync::Mutex::new(Some(hook)))
     }
 
+    /// Runs the lifecycle of a module whose contract adds `extra`, in a task.
+    fn start(
+        extra: &str,
+        cleanup: SharedCleanup,
+    ) -> (
+        Arc<ModuleState>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let s = state(extra);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(s.clone(), stop.clone(), cleanup));
+        (s, stop, task)
+    }
+
+    /// Sets the number of active leases to `active`, lets `wait` pass, and
+    /// returns the phase then.
+    async fn phase_after(s: &ModuleState, active: usize, wait: Duration) -> Phase {
+        s.set_active_for_test(active);
+        tokio::time::sleep(wait).await;
+        s.phase()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn e1_startup_grace_is_exact() {
-        let s = state("startup_grace = \"10s\"");
-        let stop = CancellationToken::new();
         let cleaned = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(run(s.clone(), stop.clone(), hook(cleaned.clone())));
+        let (s, stop, task) = start("startup_grace = \"10s\"", hook(cleaned.clone()));
         tokio::time::sleep(Duration::from_millis(9_999)).await;
         assert!(
             !stop.is_cancelled(),
@@ -258,25 +270,22 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn e3_e4_expired_grace_then_termination_window() {
-        let s = state("expired_grace = \"5s\"\ntermination_window = \"2s\"");
-        let stop = CancellationToken::new();
         let cleaned = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(run(s.clone(), stop.clone(), hook(cleaned.clone())));
-        s.set_active_for_test(1);
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        assert_eq!(s.phase(), Phase::Leased);
+        let (s, stop, task) = start(
+            "expired_grace = \"5s\"\ntermination_window = \"2s\"",
+            hook(cleaned.clone()),
+        );
+        let leased = phase_after(&s, 1, Duration::from_secs(60)).await;
+        assert_eq!(leased, Phase::Leased);
         // Zero-lease; the same Core comes back within the grace.
-        s.set_active_for_test(0);
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(s.phase(), Phase::ExpiredGrace);
-        s.set_active_for_test(1);
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        assert_eq!(s.phase(), Phase::Leased);
+        let zero = phase_after(&s, 0, Duration::from_secs(3)).await;
+        assert_eq!(zero, Phase::ExpiredGrace);
+        let back = phase_after(&s, 1, Duration::from_secs(10)).await;
+        assert_eq!(back, Phase::Leased);
         assert!(!stop.is_cancelled());
         // Zero-lease again, and nobody comes: exactly 5 s of grace.
-        s.set_active_for_test(0);
-        tokio::time::sleep(Duration::from_millis(4_999)).await;
-        assert_eq!(s.phase(), Phase::ExpiredGrace);
+        let zero = phase_after(&s, 0, Duration::from_millis(4_999)).await;
+        assert_eq!(zero, Phase::ExpiredGrace);
         tokio::time::sleep(Duration::from_millis(2)).await;
         task.await.unwrap();
         assert!(cleaned.load(Ordering::SeqCst));
@@ -285,14 +294,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn e4_cleanup_is_bounded_by_the_termination_window() {
-        let s = state("termination_window = \"2s\"");
-        let stop = CancellationToken::new();
         let slow: CleanupHook =
             Box::new(|| Box::pin(async { tokio::time::sleep(Duration::from_secs(3600)).await }));
         let slow: SharedCleanup = Arc::new(std::sync::Mutex::new(Some(slow)));
-        let task = tokio::spawn(run(s.clone(), stop.clone(), slow));
-        s.set_active_for_test(1);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (s, _stop, task) = start("termination_window = \"2s\"", slow);
+        phase_after(&s, 1, Duration::from_secs(1)).await;
         s.set_active_for_test(0);
         let started = tokio::time::Instant::now();
         task.await.unwrap();
@@ -306,20 +312,15 @@ mod tests {
             "type = \"resident-private\"\ninit = \"pre-started\"",
             "type = \"resident-shared\"",
         ] {
-            let s = state(ty);
-            let stop = CancellationToken::new();
-            let task = tokio::spawn(run(s.clone(), stop.clone(), SharedCleanup::default()));
+            let (s, stop, task) = start(ty, SharedCleanup::default());
             tokio::time::sleep(Duration::from_secs(3600)).await;
             assert_eq!(s.phase(), Phase::AwaitingLease);
-            s.set_active_for_test(2);
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            assert_eq!(s.phase(), Phase::Leased);
-            s.set_active_for_test(1);
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            assert_eq!(s.phase(), Phase::Leased, "one lease left is still leased");
-            s.set_active_for_test(0);
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            assert_eq!(s.phase(), Phase::Standby);
+            let two = phase_after(&s, 2, Duration::from_millis(1)).await;
+            assert_eq!(two, Phase::Leased);
+            let one = phase_after(&s, 1, Duration::from_millis(1)).await;
+            assert_eq!(one, Phase::Leased, "one lease left is still leased");
+            let none = phase_after(&s, 0, Duration::from_secs(3600)).await;
+            assert_eq!(none, Phase::Standby);
             assert!(!stop.is_cancelled());
             stop.cancel();
             task.await.unwrap();

@@ -29,6 +29,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::context::LeaseContext;
+use crate::interval::watch_interval;
 
 /// The longest `Touch` hold, in milliseconds.
 pub(crate) const MAX_HOLD_MS: u32 = 60_000;
@@ -66,6 +67,18 @@ impl ProbeService {
             committed: self.counters.committed.load(Ordering::SeqCst),
         }
     }
+
+    /// Commits one touch: `lease`'s touches and the module's count move
+    /// together, only while the lease is valid (it cannot end meanwhile).
+    /// The lease's touches since it began.
+    fn commit_touch(&self, lease: &LeaseContext) -> Result<u64, Status> {
+        let committed = &self.counters.committed;
+        lease.with_state(|touches: &mut Touches| {
+            touches.0 += 1;
+            committed.fetch_add(1, Ordering::SeqCst);
+            touches.0
+        })
+    }
 }
 
 /// `Watch`'s response stream: one committed touch per reading, produced
@@ -96,14 +109,7 @@ impl Stream for Watcher {
         };
         // Commit only under a valid lease; send the reading either way, so a
         // stream the gate fails to cut off shows up on the wire.
-        let committed = &self.probe.counters.committed;
-        let touches = lease
-            .with_state(|touches: &mut Touches| {
-                touches.0 += 1;
-                committed.fetch_add(1, Ordering::SeqCst);
-                touches.0
-            })
-            .unwrap_or(0);
+        let touches = self.probe.commit_touch(lease).unwrap_or(0);
         Poll::Ready(Some(Ok(self.probe.reading(touches))))
     }
 }
@@ -118,21 +124,10 @@ impl Probe for ProbeService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.counters.executions.fetch_add(1, Ordering::SeqCst);
         let WatchRequest { every_ms, count } = *request.get_ref();
-        let every = match every_ms {
-            0 => DEFAULT_EVERY,
-            ms if ms > MAX_EVERY_MS => {
-                return Err(Status::invalid_argument(format!(
-                    "every_ms is {ms}; the limit is {MAX_EVERY_MS}"
-                )));
-            }
-            ms => Duration::from_millis(ms.into()),
-        };
-        let mut interval = tokio::time::interval(every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Response::new(Box::pin(Watcher {
             probe: self.clone(),
             lease: LeaseContext::of(&request).cloned(),
-            interval,
+            interval: watch_interval(every_ms, DEFAULT_EVERY, MAX_EVERY_MS)?,
             left: (count > 0).then_some(count),
         })))
     }
@@ -162,14 +157,7 @@ impl Probe for ProbeService {
             _ = lease.ended() => return Err(lease.end_status()),
             _ = tokio::time::sleep(hold) => {}
         }
-        // The commit: this lease's touches and the module's count move
-        // together, only while the lease is valid (it cannot end meanwhile).
-        let committed = &self.counters.committed;
-        let touches = lease.with_state(|touches: &mut Touches| {
-            touches.0 += 1;
-            committed.fetch_add(1, Ordering::SeqCst);
-            touches.0
-        })?;
+        let touches = self.commit_touch(lease)?;
         Ok(Response::new(self.reading(touches)))
     }
 
@@ -215,6 +203,13 @@ mod tests {
     }
 
     const SHARED: &str = "type = \"resident-shared\"";
+    /// A Type I module that exits 100 ms after its last lease.
+    const TYPE_I: &str = "termination_window = \"100ms\"";
+
+    /// A test bed for a module declaring the probe's methods and `extra`.
+    fn probed(extra: &str) -> TestBed {
+        TestBed::new(contract(&[TOUCH, READ, WATCH], extra)).unwrap()
+    }
 
     async fn serve(bed: &TestBed, configure: fn(ModuleServer) -> ModuleServer) -> ServedModule {
         bed.serve(|m| configure(m.probe())).await.unwrap()
@@ -245,7 +240,7 @@ mod tests {
 
     #[tokio::test]
     async fn z1_watch_commits_one_touch_per_reading_and_ends_with_its_lease() {
-        let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], SHARED)).unwrap();
+        let bed = probed(SHARED);
         let served = serve(&bed, |m| m).await;
         let a = bed.core(CORE_A).unwrap().lease(&served, TTL).await.unwrap();
         let mut stream = ProbeClient::new(a.channel())
@@ -317,7 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn s4_touches_are_per_lease_and_the_counters_per_process() {
-        let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], SHARED)).unwrap();
+        let bed = probed(SHARED);
         // A module serving only the probe needs no descriptor set of its own;
         // asking for the probe twice serves it once.
         let served = serve(&bed, ModuleServer::probe).await;
@@ -344,7 +339,7 @@ mod tests {
 
     #[tokio::test]
     async fn e6_z2_a_touch_halted_by_its_lease_ending_commits_nothing() {
-        let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], SHARED)).unwrap();
+        let bed = probed(SHARED);
         let served = serve(&bed, |m| m).await;
         let mut events = served.handle.events();
         let core = bed.core(CORE_A).unwrap();
@@ -406,18 +401,14 @@ mod tests {
         );
 
         // Declared, and not served at all.
-        let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], SHARED)).unwrap();
+        let bed = probed(SHARED);
         let served = bed.serve(|m| m).await.unwrap();
         assert!(served.exited(PATIENCE).await.is_err());
     }
 
     #[tokio::test]
     async fn e2_type_i_probe_module_takes_only_its_core_and_exits() {
-        let bed = TestBed::new(contract(
-            &[TOUCH, READ, WATCH],
-            "termination_window = \"100ms\"",
-        ))
-        .unwrap();
+        let bed = probed(TYPE_I);
         let served = serve(&bed, |m| m.bind_core(CORE_A.parse().unwrap())).await;
         let refused = bed.core(CORE_B).unwrap().lease(&served, TTL).await;
         assert!(
@@ -449,11 +440,21 @@ mod tests {
             move |m| m.probe().inject_fault(fault)
         }
 
+        /// A probe module with `fault` and the contract's `extra` served on a
+        /// new test bed, and its lease events.
+        async fn faulty(
+            fault: Fault,
+            extra: &str,
+        ) -> (TestBed, ServedModule, broadcast::Receiver<LeaseEvent>) {
+            let bed = probed(extra);
+            let served = bed.serve(inject(fault)).await.unwrap();
+            let events = served.handle.events();
+            (bed, served, events)
+        }
+
         #[tokio::test]
         async fn z2_fault_unleased_exec_runs_touch_without_a_lease() {
-            let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], SHARED)).unwrap();
-            let served = bed.serve(inject(Fault::UnleasedExec)).await.unwrap();
-            let mut events = served.handle.events();
+            let (bed, served, mut events) = faulty(Fault::UnleasedExec, SHARED).await;
             let core = bed.core(CORE_A).unwrap();
             let a = core.lease(&served, TTL).await.unwrap();
             a.expire().await.unwrap();
@@ -470,9 +471,7 @@ mod tests {
 
         #[tokio::test]
         async fn s4_s9_fault_shared_tenant_leaks_and_keeps_touches() {
-            let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], SHARED)).unwrap();
-            let served = bed.serve(inject(Fault::SharedTenant)).await.unwrap();
-            let mut events = served.handle.events();
+            let (bed, served, mut events) = faulty(Fault::SharedTenant, SHARED).await;
             let a = bed.core(CORE_A).unwrap().lease(&served, TTL).await.unwrap();
             assert_eq!(touch(&a, 0).await.unwrap(), reading(1, 1, 1));
             assert_eq!(touch(&a, 0).await.unwrap(), reading(2, 2, 2));
@@ -488,7 +487,7 @@ mod tests {
         #[tokio::test]
         async fn e2_r2_fault_second_core_accepts_another_core() {
             for ty in ["", "type = \"resident-private\"\ninit = \"pre-started\""] {
-                let bed = TestBed::new(contract(&[TOUCH, READ, WATCH], ty)).unwrap();
+                let bed = probed(ty);
                 let served = bed
                     .serve(|m| inject(Fault::SecondCore)(m).bind_core(CORE_A.parse().unwrap()))
                     .await
@@ -502,13 +501,7 @@ mod tests {
 
         #[tokio::test]
         async fn e5_fault_linger_keeps_a_type_i_module_running() {
-            let bed = TestBed::new(contract(
-                &[TOUCH, READ, WATCH],
-                "termination_window = \"100ms\"",
-            ))
-            .unwrap();
-            let served = bed.serve(inject(Fault::Linger)).await.unwrap();
-            let mut events = served.handle.events();
+            let (bed, served, mut events) = faulty(Fault::Linger, TYPE_I).await;
             let a = bed.core(CORE_A).unwrap().lease(&served, TTL).await.unwrap();
             a.expire().await.unwrap();
             ended(&mut events, &a).await;

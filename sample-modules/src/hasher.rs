@@ -36,8 +36,8 @@ use anima_module_sdk::Contract;
 use ring::digest::{SHA256, digest};
 use tonic::{Request, Response, Status};
 
-use crate::lease_of;
 use crate::pb::{DigestReply, DigestRequest, StatsReply, StatsRequest};
+use crate::{lease_of, too_long};
 
 /// The environment variable naming the scratch directory (the binary reads
 /// it; unset, it uses [`default_scratch_dir`]).
@@ -130,10 +130,7 @@ impl crate::pb::hasher_server::Hasher for Hasher {
         let lease = lease_of(&request)?;
         let text = &request.get_ref().text;
         if text.len() > MAX_TEXT_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "text is {} bytes; the limit is {MAX_TEXT_BYTES}",
-                text.len()
-            )));
+            return Err(too_long("text", text.len(), MAX_TEXT_BYTES));
         }
         let reply = analyse(text);
         // The count is this call's only side effect: made only if the lease
@@ -190,14 +187,6 @@ fn analyse(text: &str) -> DigestReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn e7_contract_is_ephemeral_by_default() {
-        let c = contract();
-        assert_eq!(c.module_type, anima_module_sdk::ModuleType::Ephemeral);
-        assert_eq!(c.urn.as_str(), "urn:anima:module:hasher");
-        assert_eq!(c.expired_grace, std::time::Duration::from_secs(1));
-    }
 
     #[test]
     fn analyses_text() {

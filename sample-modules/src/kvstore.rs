@@ -46,8 +46,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::lease_of;
 use crate::pb::{CacheInfoReply, CacheInfoRequest, GetReply, GetRequest, PutReply, PutRequest};
+use crate::{check_text, lease_of, too_long};
 
 /// The most entries one `Put` may write.
 pub const MAX_ENTRIES: usize = 1000;
@@ -258,7 +258,7 @@ impl crate::pb::kv_store_server::KvStore for KvStore {
         lease_of(&request)?;
         let key = &request.get_ref().key;
         if key.len() > MAX_KEY_BYTES {
-            return Err(key_too_long(key));
+            return Err(too_long("a key", key.len(), MAX_KEY_BYTES));
         }
         let reply = match self.lock().entries.get(key) {
             Some((value, version)) => GetReply {
@@ -301,21 +301,9 @@ impl Drop for StagedGuard<'_> {
     }
 }
 
-fn check_key(key: &str) -> Result<(), Status> {
-    if key.is_empty() {
-        return Err(Status::invalid_argument("a key must not be empty"));
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(key_too_long(key));
-    }
-    Ok(())
-}
-
-fn key_too_long(key: &str) -> Status {
-    Status::invalid_argument(format!(
-        "a key is {} bytes; the limit is {MAX_KEY_BYTES}",
-        key.len()
-    ))
+/// A key: not empty, at most [`MAX_KEY_BYTES`].
+pub(crate) fn check_key(key: &str) -> Result<(), Status> {
+    check_text("a key", key, MAX_KEY_BYTES)
 }
 
 /// Every prime below `limit` (a sieve of Eratosthenes over odd numbers).
@@ -363,17 +351,6 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use anima_module_sdk::{InitMode, ModuleType};
-
-    #[test]
-    fn r1_contract_declares_resident_private_core_started() {
-        let c = contract();
-        assert_eq!(
-            c.module_type,
-            ModuleType::ResidentPrivate(InitMode::CoreStarted)
-        );
-        assert_eq!(c.urn.as_str(), "urn:anima:module:kvstore");
-    }
 
     #[test]
     fn sieve() {
@@ -410,19 +387,5 @@ mod tests {
         let s = store.lock();
         assert_eq!(s.entries["a"], ("3".to_owned(), 2));
         assert_eq!(s.entries["b"], ("2".to_owned(), 1));
-    }
-
-    #[test]
-    fn keys_are_bounded() {
-        assert!(check_key("k").is_ok());
-        assert_eq!(
-            check_key("").unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
-        let long = "k".repeat(MAX_KEY_BYTES + 1);
-        assert_eq!(
-            check_key(&long).unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
     }
 }

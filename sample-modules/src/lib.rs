@@ -110,3 +110,81 @@ pub(crate) fn lease_of<T>(request: &tonic::Request<T>) -> Result<&LeaseContext, 
         )
     })
 }
+
+/// Checks a request's name-like field (`what`, e.g. "a key"): not empty and
+/// at most `limit` bytes; otherwise `INVALID_ARGUMENT`.
+pub(crate) fn check_text(what: &str, value: &str, limit: usize) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{what} must not be empty"
+        )));
+    }
+    if value.len() > limit {
+        return Err(too_long(what, value.len(), limit));
+    }
+    Ok(())
+}
+
+/// `INVALID_ARGUMENT`: `what` is `len` bytes, more than `limit`.
+pub(crate) fn too_long(what: &str, len: usize, limit: usize) -> Status {
+    Status::invalid_argument(format!("{what} is {len} bytes; the limit is {limit}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use anima_module_sdk::{Contract, InitMode, ModuleType};
+
+    use super::*;
+
+    /// The sample's contract declares `module_type` and `urn`.
+    fn assert_declares(contract: Contract, module_type: ModuleType, urn: &str) {
+        assert_eq!(contract.module_type, module_type);
+        assert_eq!(contract.urn.as_str(), urn);
+    }
+
+    #[test]
+    fn e7_hasher_contract_is_ephemeral_by_default() {
+        let c = hasher::contract();
+        assert_eq!(c.expired_grace, Duration::from_secs(1));
+        assert_declares(c, ModuleType::Ephemeral, "urn:anima:module:hasher");
+    }
+
+    #[test]
+    fn r1_kvstore_contract_declares_resident_private_core_started() {
+        let resident_private = ModuleType::ResidentPrivate(InitMode::CoreStarted);
+        assert_declares(
+            kvstore::contract(),
+            resident_private,
+            "urn:anima:module:kvstore",
+        );
+    }
+
+    #[test]
+    fn s1_tally_contract_declares_resident_shared() {
+        assert_declares(
+            tally::contract(),
+            ModuleType::ResidentShared,
+            "urn:anima:module:tally",
+        );
+    }
+
+    #[test]
+    fn keys_and_counter_names_are_bounded() {
+        type Check = fn(&str) -> Result<(), Status>;
+        let checks: [(Check, &str, usize); 2] = [
+            (kvstore::check_key, "k", kvstore::MAX_KEY_BYTES),
+            (tally::check_name, "hits", tally::MAX_NAME_BYTES),
+        ];
+        for (check, valid, limit) in checks {
+            assert!(check(valid).is_ok());
+            assert_eq!(check("").unwrap_err().code(), tonic::Code::InvalidArgument);
+            let long = "k".repeat(limit + 1);
+            assert_eq!(
+                check(&long).unwrap_err().code(),
+                tonic::Code::InvalidArgument
+            );
+        }
+    }
+}

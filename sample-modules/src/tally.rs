@@ -30,15 +30,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anima_module_sdk::{Contract, LeaseContext};
+use anima_module_sdk::{Contract, LeaseContext, watch_interval};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::lease_of;
 use crate::pb::{
     CounterValue, GetCounterRequest, IncrementRequest, ListCountersReply, ListCountersRequest,
     WatchCounterRequest,
 };
+use crate::{check_text, lease_of};
 
 /// The longest counter name, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -137,21 +137,10 @@ impl crate::pb::tally_server::Tally for Tally {
         let lease = lease_of(&request)?.clone();
         let WatchCounterRequest { counter, every_ms } = request.into_inner();
         check_name(&counter)?;
-        let every = match every_ms {
-            0 => DEFAULT_WATCH_EVERY,
-            ms if ms > MAX_WATCH_EVERY_MS => {
-                return Err(Status::invalid_argument(format!(
-                    "every_ms is {ms}; the limit is {MAX_WATCH_EVERY_MS}"
-                )));
-            }
-            ms => Duration::from_millis(ms.into()),
-        };
-        let mut interval = tokio::time::interval(every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Response::new(Box::pin(CounterWatch {
             lease,
             counter,
-            interval,
+            interval: watch_interval(every_ms, DEFAULT_WATCH_EVERY, MAX_WATCH_EVERY_MS)?,
         })))
     }
 
@@ -178,7 +167,7 @@ impl crate::pb::tally_server::Tally for Tally {
         request: Request<GetCounterRequest>,
     ) -> Result<Response<CounterValue>, Status> {
         let lease = lease_of(&request)?;
-        let counter = &request.get_ref().counter;
+        let GetCounterRequest { counter } = request.get_ref();
         check_name(counter)?;
         let value = lease.with_state(|counters: &mut Counters| counters.value(counter))?;
         Ok(Response::new(CounterValue {
@@ -191,35 +180,19 @@ impl crate::pb::tally_server::Tally for Tally {
         &self,
         request: Request<ListCountersRequest>,
     ) -> Result<Response<ListCountersReply>, Status> {
-        let lease = lease_of(&request)?;
-        let counters = lease.with_state(|counters: &mut Counters| counters.list())?;
+        let counters = lease_of(&request)?.with_state(|counters: &mut Counters| counters.list())?;
         Ok(Response::new(ListCountersReply { counters }))
     }
 }
 
-fn check_name(name: &str) -> Result<(), Status> {
-    if name.is_empty() {
-        return Err(Status::invalid_argument("a counter name must not be empty"));
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "a counter name is {} bytes; the limit is {MAX_NAME_BYTES}",
-            name.len()
-        )));
-    }
-    Ok(())
+/// A counter name: not empty, at most [`MAX_NAME_BYTES`].
+pub(crate) fn check_name(name: &str) -> Result<(), Status> {
+    check_text("a counter name", name, MAX_NAME_BYTES)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn s1_contract_declares_resident_shared() {
-        let c = contract();
-        assert_eq!(c.module_type, anima_module_sdk::ModuleType::ResidentShared);
-        assert_eq!(c.urn.as_str(), "urn:anima:module:tally");
-    }
 
     #[test]
     fn counters_add_and_list_in_order() {
@@ -252,19 +225,5 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         // Existing counters still move.
         assert_eq!(c.increment("0", 1).unwrap(), 2);
-    }
-
-    #[test]
-    fn names_are_bounded() {
-        assert!(check_name("hits").is_ok());
-        assert_eq!(
-            check_name("").unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
-        let long = "n".repeat(MAX_NAME_BYTES + 1);
-        assert_eq!(
-            check_name(&long).unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
     }
 }

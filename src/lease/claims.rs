@@ -46,96 +46,104 @@ pub struct Confirmation {
     pub audience: String,
 }
 
-/// A lease, as the Core offers it or the module grants it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseClaims {
-    /// [`TYP_OFFER`] or [`TYP_GRANT`].
-    pub typ: String,
-    /// Lease id: base64url of 16 random bytes.
-    pub lid: String,
-    /// Consumer: the Core's URN.
-    pub con: String,
-    /// Provider: the module's URN.
-    pub pro: String,
-    /// Permitted methods.
-    pub scope: Vec<String>,
-    /// Time to live in milliseconds, counted by each side's monotonic clock
-    /// from the moment it sent (Core) or received (module) the offer.
-    pub ttl_ms: u64,
-    /// Issued at (Unix seconds; audit only).
-    pub iat: u64,
-    /// Expires (Unix seconds; audit and sanity bound only).
-    pub exp: u64,
-    /// Certificate binding.
-    pub cnf: Confirmation,
-    /// The signer's ephemeral X25519 public key (base64url, 32 bytes).
-    pub kx: String,
-    /// Grant only: base64url SHA-256 of the offer's JWS text.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub offer: Option<String>,
-    /// Revocation conditions.
-    pub rev: Vec<String>,
+/// Declares a claims struct. A field marked `#[optional]` is an optional
+/// claim: absent when `None`, and when present a value of its type, never
+/// `null` (PROTOCOL.md §3).
+macro_rules! claims {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident { $($fields:tt)* }
+    ) => {
+        claims!(@fields [$(#[$meta])* pub struct $name] [] $($fields)*);
+    };
+    (
+        @fields $head:tt [$($done:tt)*]
+        $(#[doc = $doc:literal])* #[optional] pub $field:ident: $ty:ty, $($rest:tt)*
+    ) => {
+        claims!(@fields $head [
+            $($done)*
+            $(#[doc = $doc])*
+            #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+            pub $field: $ty,
+        ] $($rest)*);
+    };
+    (
+        @fields $head:tt [$($done:tt)*]
+        $(#[$attr:meta])* pub $field:ident: $ty:ty, $($rest:tt)*
+    ) => {
+        claims!(@fields $head [$($done)* $(#[$attr])* pub $field: $ty,] $($rest)*);
+    };
+    (@fields [$($head:tt)*] [$($done:tt)*]) => {
+        $($head)* { $($done)* }
+    };
 }
 
-/// A step on the control stream after the handshake.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlClaims {
-    /// One of the control `TYP_*` values.
-    pub typ: String,
-    /// The lease id.
-    pub lid: String,
-    /// The sender's control sequence number (1, 2, …; strictly increasing).
-    pub seq: u64,
-    /// Issued at (Unix seconds; audit only).
-    pub iat: u64,
-    /// Answers only: the `seq` of the request answered.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub re: Option<u64>,
-    /// Renew: requested TTL. Renewed/rescoped: granted (remaining) TTL.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ttl_ms: Option<u64>,
-    /// Answers: the granted expiry (Unix seconds; audit).
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub exp: Option<u64>,
-    /// Rescope/rescoped: the scope.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub scope: Option<Vec<String>>,
-    /// Revoke: the reason (a wire reason).
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub reason: Option<String>,
-    /// Revoke: human-readable detail.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub detail: Option<String>,
+claims! {
+    /// A lease, as the Core offers it or the module grants it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct LeaseClaims {
+        /// [`TYP_OFFER`] or [`TYP_GRANT`].
+        pub typ: String,
+        /// Lease id: base64url of 16 random bytes.
+        pub lid: String,
+        /// Consumer: the Core's URN.
+        pub con: String,
+        /// Provider: the module's URN.
+        pub pro: String,
+        /// Permitted methods.
+        pub scope: Vec<String>,
+        /// Time to live in milliseconds, counted by each side's monotonic clock
+        /// from the moment it sent (Core) or received (module) the offer.
+        pub ttl_ms: u64,
+        /// Issued at (Unix seconds; audit only).
+        pub iat: u64,
+        /// Expires (Unix seconds; audit and sanity bound only).
+        pub exp: u64,
+        /// Certificate binding.
+        pub cnf: Confirmation,
+        /// The signer's ephemeral X25519 public key (base64url, 32 bytes).
+        pub kx: String,
+        /// Grant only: base64url SHA-256 of the offer's JWS text.
+        #[optional]
+        pub offer: Option<String>,
+        /// Revocation conditions.
+        pub rev: Vec<String>,
+    }
+}
+
+claims! {
+    /// A step on the control stream after the handshake.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ControlClaims {
+        /// One of the control `TYP_*` values.
+        pub typ: String,
+        /// The lease id.
+        pub lid: String,
+        /// The sender's control sequence number (1, 2, …; strictly increasing).
+        pub seq: u64,
+        /// Issued at (Unix seconds; audit only).
+        pub iat: u64,
+        /// Answers only: the `seq` of the request answered.
+        #[optional]
+        pub re: Option<u64>,
+        /// Renew: requested TTL. Renewed/rescoped: granted (remaining) TTL.
+        #[optional]
+        pub ttl_ms: Option<u64>,
+        /// Answers: the granted expiry (Unix seconds; audit).
+        #[optional]
+        pub exp: Option<u64>,
+        /// Rescope/rescoped: the scope.
+        #[optional]
+        pub scope: Option<Vec<String>>,
+        /// Revoke: the reason (a wire reason).
+        #[optional]
+        pub reason: Option<String>,
+        /// Revoke: human-readable detail.
+        #[optional]
+        pub detail: Option<String>,
+    }
 }
 
 impl LeaseClaims {
@@ -169,6 +177,33 @@ impl LeaseClaims {
 }
 
 impl ControlClaims {
+    /// A `typ` step for lease `lid` with sequence number `seq`, issued at
+    /// `iat`, carrying none of the optional claims.
+    pub(crate) fn bare(typ: &str, lid: String, seq: u64, iat: u64) -> Self {
+        ControlClaims {
+            typ: typ.into(),
+            lid,
+            seq,
+            iat,
+            re: None,
+            ttl_ms: None,
+            exp: None,
+            scope: None,
+            reason: None,
+            detail: None,
+        }
+    }
+
+    /// `Ok` if this is a `typ` step; otherwise a protocol violation: the
+    /// step is not the `what` expected.
+    pub(crate) fn expect_typ(&self, typ: &str, what: &str) -> Result<(), LeaseError> {
+        if self.typ == typ {
+            Ok(())
+        } else {
+            Err(LeaseError::Protocol(format!("not a {what}")))
+        }
+    }
+
     /// Checks that a control token carries exactly the claims of its `typ`
     /// (PROTOCOL.md §3): besides `typ`, `lid`, `seq` and `iat`, each of
     /// `re`, `ttl_ms`, `exp`, `scope`, `reason` and `detail` is required by

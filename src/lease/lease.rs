@@ -124,11 +124,46 @@ pub struct Lease {
     ended: Option<Ended>,
 }
 
+/// A request the Core sends and the module answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exchange {
+    /// A renewal.
+    Renew,
+    /// A scope change.
+    Rescope,
+}
+
+impl Exchange {
+    /// The request's `typ`.
+    fn request_typ(self) -> &'static str {
+        match self {
+            Exchange::Renew => TYP_RENEW,
+            Exchange::Rescope => TYP_RESCOPE,
+        }
+    }
+
+    /// The answer's `typ`.
+    fn answer_typ(self) -> &'static str {
+        match self {
+            Exchange::Renew => TYP_RENEWED,
+            Exchange::Rescope => TYP_RESCOPED,
+        }
+    }
+
+    /// What the request and what its answer are called.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Exchange::Renew => ("renewal", "renewal answer"),
+            Exchange::Rescope => ("scope change", "scope answer"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Pending {
     seq: u64,
     sent_at: Instant,
-    kind: &'static str,
+    kind: Exchange,
     /// Renewals: the TTL asked for; the answer may grant less, never more.
     asked: Duration,
     /// Scope changes: the scope asked for; the answer may grant no method
@@ -337,17 +372,24 @@ impl Lease {
     }
 
     fn blank(&self, typ: &str, wall: SystemTime) -> ControlClaims {
+        ControlClaims::bare(typ, self.id.to_string(), 0, unix(wall))
+    }
+
+    /// The claims of the `kind` answer to `request`: the lease runs `left`
+    /// more, until `exp_secs` after `wall`.
+    fn answer_claims(
+        &self,
+        kind: Exchange,
+        request: &ControlClaims,
+        left: Duration,
+        exp_secs: u64,
+        wall: SystemTime,
+    ) -> ControlClaims {
         ControlClaims {
-            typ: typ.into(),
-            lid: self.id.to_string(),
-            seq: 0,
-            iat: unix(wall),
-            re: None,
-            ttl_ms: None,
-            exp: None,
-            scope: None,
-            reason: None,
-            detail: None,
+            re: Some(request.seq),
+            ttl_ms: Some(ms(left)),
+            exp: Some(unix(wall) + exp_secs),
+            ..self.blank(kind.answer_typ(), wall)
         }
     }
 
@@ -380,18 +422,22 @@ impl Lease {
 
     fn start_request(
         &mut self,
-        kind: &'static str,
+        kind: Exchange,
         asked: Duration,
         scope: Option<Scope>,
         now: Instant,
     ) -> Result<(), LeaseError> {
         if self.side != Side::Core {
-            return Err(LeaseError::Protocol(format!("only the Core sends {kind}")));
+            return Err(LeaseError::Protocol(format!(
+                "only the Core sends {}",
+                kind.request_typ()
+            )));
         }
         if let Some(p) = &self.pending {
             return Err(LeaseError::Protocol(format!(
                 "{} {} still unanswered",
-                p.kind, p.seq
+                p.kind.request_typ(),
+                p.seq
             )));
         }
         self.check_valid(now)?;
@@ -411,18 +457,39 @@ impl Lease {
         self.pending = None;
     }
 
+    /// Module side: `Ok` if `request` is a `kind` request and the lease is
+    /// valid at `now`.
+    fn check_request(
+        &self,
+        kind: Exchange,
+        request: &ControlClaims,
+        now: Instant,
+    ) -> Result<(), LeaseError> {
+        request.expect_typ(kind.request_typ(), kind.names().0)?;
+        self.check_valid(now)
+    }
+
+    /// Core side: the pending `kind` request that `answer` answers, if
+    /// `answer` is a `kind` answer to it and the lease is valid at `now`.
     fn finish_request(
         &mut self,
-        kind: &'static str,
-        re: Option<u64>,
+        kind: Exchange,
+        answer: &ControlClaims,
+        now: Instant,
     ) -> Result<Pending, LeaseError> {
-        match self.pending.take() {
-            Some(p) if p.kind == kind && re == Some(p.seq) => Ok(p),
+        answer.expect_typ(kind.answer_typ(), kind.names().1)?;
+        let pending = match self.pending.take() {
+            Some(p) if p.kind == kind && answer.re == Some(p.seq) => p,
             other => {
                 self.pending = other;
-                Err(LeaseError::Protocol(format!("unexpected {kind} answer")))
+                return Err(LeaseError::Protocol(format!(
+                    "unexpected {} answer",
+                    kind.request_typ()
+                )));
             }
-        }
+        };
+        self.check_valid(now)?;
+        Ok(pending)
     }
 
     /// Core side: a signed renewal request for `ttl`.
@@ -433,7 +500,7 @@ impl Lease {
         now: Instant,
         wall: SystemTime,
     ) -> Result<String, LeaseError> {
-        self.start_request(TYP_RENEW, ttl, None, now)?;
+        self.start_request(Exchange::Renew, ttl, None, now)?;
         let mut claims = self.blank(TYP_RENEW, wall);
         claims.ttl_ms = Some(ms(ttl));
         self.control(signer, claims)
@@ -449,10 +516,7 @@ impl Lease {
         now: Instant,
         wall: SystemTime,
     ) -> Result<String, LeaseError> {
-        if request.typ != TYP_RENEW {
-            return Err(LeaseError::Protocol("not a renewal".into()));
-        }
-        self.check_valid(now)?;
+        self.check_request(Exchange::Renew, request, now)?;
         let asked = Duration::from_millis(request.ttl_ms.unwrap_or(0));
         if asked < MIN_TTL {
             return Err(LeaseError::BadToken(format!(
@@ -477,10 +541,13 @@ impl Lease {
             now + granted
         };
         self.renewals += 1;
-        let mut claims = self.blank(TYP_RENEWED, wall);
-        claims.re = Some(request.seq);
-        claims.ttl_ms = Some(ms(granted));
-        claims.exp = Some(unix(wall) + granted.as_secs().max(1));
+        let claims = self.answer_claims(
+            Exchange::Renew,
+            request,
+            granted,
+            granted.as_secs().max(1),
+            wall,
+        );
         self.control(signer, claims)
     }
 
@@ -492,11 +559,7 @@ impl Lease {
         answer: &ControlClaims,
         now: Instant,
     ) -> Result<Duration, LeaseError> {
-        if answer.typ != TYP_RENEWED {
-            return Err(LeaseError::Protocol("not a renewal answer".into()));
-        }
-        let pending = self.finish_request(TYP_RENEW, answer.re)?;
-        self.check_valid(now)?;
+        let pending = self.finish_request(Exchange::Renew, answer, now)?;
         let granted = Duration::from_millis(answer.ttl_ms.unwrap_or(0));
         if granted < MIN_TTL || granted > pending.asked {
             return Err(LeaseError::BadToken(format!(
@@ -521,7 +584,7 @@ impl Lease {
         now: Instant,
         wall: SystemTime,
     ) -> Result<String, LeaseError> {
-        self.start_request(TYP_RESCOPE, Duration::ZERO, Some(scope.clone()), now)?;
+        self.start_request(Exchange::Rescope, Duration::ZERO, Some(scope.clone()), now)?;
         let mut claims = self.blank(TYP_RESCOPE, wall);
         claims.scope = Some(scope.to_vec());
         self.control(signer, claims)
@@ -537,10 +600,7 @@ impl Lease {
         now: Instant,
         wall: SystemTime,
     ) -> Result<String, LeaseError> {
-        if request.typ != TYP_RESCOPE {
-            return Err(LeaseError::Protocol("not a scope change".into()));
-        }
-        self.check_valid(now)?;
+        self.check_request(Exchange::Rescope, request, now)?;
         let scope = Scope::new(request.scope.clone().unwrap_or_default())?;
         if let Some(extra) = scope.difference(declared).next() {
             return Err(LeaseError::ScopeDenied {
@@ -548,12 +608,11 @@ impl Lease {
             });
         }
         self.scope = scope;
-        let mut claims = self.blank(TYP_RESCOPED, wall);
-        claims.re = Some(request.seq);
-        claims.scope = Some(self.scope.to_vec());
         let left = self.expires_at.saturating_duration_since(now);
-        claims.ttl_ms = Some(ms(left));
-        claims.exp = Some(unix(wall) + left.as_secs());
+        let claims = ControlClaims {
+            scope: Some(self.scope.to_vec()),
+            ..self.answer_claims(Exchange::Rescope, request, left, left.as_secs(), wall)
+        };
         self.control(signer, claims)
     }
 
@@ -564,11 +623,7 @@ impl Lease {
         answer: &ControlClaims,
         now: Instant,
     ) -> Result<(), LeaseError> {
-        if answer.typ != TYP_RESCOPED {
-            return Err(LeaseError::Protocol("not a scope answer".into()));
-        }
-        let pending = self.finish_request(TYP_RESCOPE, answer.re)?;
-        self.check_valid(now)?;
+        let pending = self.finish_request(Exchange::Rescope, answer, now)?;
         let scope = Scope::new(answer.scope.clone().unwrap_or_default())?;
         let asked = pending.scope.unwrap_or_default();
         if let Some(extra) = scope.difference(&asked).next() {
@@ -603,9 +658,7 @@ impl Lease {
         notice: &ControlClaims,
         now: Instant,
     ) -> Result<Reason, LeaseError> {
-        if notice.typ != TYP_REVOKE {
-            return Err(LeaseError::Protocol("not a revocation".into()));
-        }
+        notice.expect_typ(TYP_REVOKE, "revocation")?;
         let reason = notice
             .reason
             .as_deref()

@@ -92,20 +92,20 @@ pub mod doc_support {
             Fingerprint([22; 32]),
         );
         let conn = ConnectionId::next();
-        let core_sees = PeerBinding {
-            urn: module.urn().clone(),
-            fingerprint: module.fingerprint(),
-            key: module.verifying_key(),
-            not_after: None,
-            connection: conn,
-        };
-        let module_sees = PeerBinding {
-            urn: core.urn().clone(),
-            fingerprint: core.fingerprint(),
-            key: core.verifying_key(),
-            not_after: None,
-            connection: conn,
-        };
+        let core_sees = binding(&module, conn);
+        let module_sees = binding(&core, conn);
         (core, module, core_sees, module_sees)
+    }
+
+    /// What the peer sees of `signer` on `connection` (a certificate that
+    /// never expires).
+    pub fn binding(signer: &LeaseSigner, connection: ConnectionId) -> PeerBinding {
+        PeerBinding {
+            urn: signer.urn().clone(),
+            fingerprint: signer.fingerprint(),
+            key: signer.verifying_key(),
+            not_after: None,
+            connection,
+        }
     }
 }

@@ -41,36 +41,22 @@ impl World {
     }
 
     fn open(&self, ttl: Duration, max: Duration) -> (Lease, Lease) {
-        let request = LeaseRequest {
-            scope: self.declared.clone(),
-            ttl,
-        };
-        let (offer_jws, pending) = offer(
-            &self.core,
-            &self.core_sees,
-            request,
-            Entropy::system().unwrap(),
-            self.now,
-            self.wall,
-        )
-        .unwrap();
-        let (grant_jws, module_lease) = grant(
-            &self.module,
-            &self.module_sees,
-            &offer_jws,
-            &self.policy(max),
-            Entropy::system().unwrap(),
-            self.now,
-            self.wall,
-        )
-        .unwrap();
+        let (offer_jws, pending) = self.offer_by(&self.core, self.declared.clone(), ttl);
+        let (grant_jws, module_lease) = self.grant_under(&offer_jws, max).unwrap();
         let core_lease = pending.accept(&self.core, &grant_jws, self.wall).unwrap();
         (core_lease, module_lease)
     }
 
-    fn offer_jws(&self, scope: Scope, ttl: Duration) -> String {
+    /// An offer of `scope` for `ttl` signed by `signer` (the Core, or a
+    /// forger), and the Core's pending lease.
+    fn offer_by(
+        &self,
+        signer: &LeaseSigner,
+        scope: Scope,
+        ttl: Duration,
+    ) -> (String, PendingLease) {
         offer(
-            &self.core,
+            signer,
             &self.core_sees,
             LeaseRequest { scope, ttl },
             Entropy::system().unwrap(),
@@ -78,26 +64,52 @@ impl World {
             self.wall,
         )
         .unwrap()
-        .0
     }
 
-    /// The module's answer to `offer_jws` under a 60 s maximum.
-    fn grant(&self, offer_jws: &str) -> Result<(String, Lease), LeaseError> {
+    fn offer_jws(&self, scope: Scope, ttl: Duration) -> String {
+        self.offer_by(&self.core, scope, ttl).0
+    }
+
+    /// The module's answer to `offer_jws` under a maximum of `max`.
+    fn grant_under(&self, offer_jws: &str, max: Duration) -> Result<(String, Lease), LeaseError> {
         grant(
             &self.module,
             &self.module_sees,
             offer_jws,
-            &self.policy(Duration::from_secs(60)),
+            &self.policy(max),
             Entropy::system().unwrap(),
             self.now,
             self.wall,
         )
     }
 
+    /// The module's answer to `offer_jws` under a 60 s maximum.
+    fn grant(&self, offer_jws: &str) -> Result<(String, Lease), LeaseError> {
+        self.grant_under(offer_jws, Duration::from_secs(60))
+    }
+
     fn grant_err(&self, offer_jws: &str) -> LeaseError {
         self.grant(offer_jws).unwrap_err()
     }
+
+    /// The Core's renewal request for `ttl`, sent now.
+    fn renew_request(&self, core: &mut Lease, ttl: Duration) -> String {
+        core.renew_request(&self.core, ttl, self.now, self.wall)
+            .unwrap()
+    }
+
+    /// The Core's request, sent now, to change the scope to `scope`, as the
+    /// module received it.
+    fn rescope(&self, core: &mut Lease, module: &mut Lease, scope: &Scope) -> ControlClaims {
+        let request = core
+            .rescope_request(&self.core, scope, self.now, self.wall)
+            .unwrap();
+        module.receive(&request).unwrap()
+    }
 }
+
+/// A change to a token's claims.
+type Edit = fn(&mut LeaseClaims);
 
 /// Re-signs an offer's claims after `edit`, with `key` (the real Core's
 /// when `None`), or keeps the original signature when `keep_signature`.
@@ -171,62 +183,73 @@ fn a9_ttl_above_contract_maximum_is_capped_and_both_hold_the_cap() {
     assert_eq!(core.expires_at(), w.now + Duration::from_secs(5));
 }
 
+/// Every edit of a fresh offer for `scope` (re-signed, or keeping the
+/// original signature when `keep_signature`) is refused with `reason`.
+fn assert_edits_refused(
+    scope: Option<Scope>,
+    keep_signature: bool,
+    edits: &[Edit],
+    reason: Reason,
+) {
+    let w = world();
+    let offer_jws = w.offer_jws(
+        scope.unwrap_or_else(|| w.declared.clone()),
+        Duration::from_secs(30),
+    );
+    for (i, edit) in edits.iter().enumerate() {
+        let edited = edit_offer(&w, &offer_jws, keep_signature, edit);
+        assert_eq!(w.grant_err(&edited).reason(), reason, "edit {i}");
+    }
+}
+
 #[test]
 fn a3_tampered_offer_is_refused() {
-    let w = world();
-    let offer_jws = w.offer_jws(Scope::new([SAY]).unwrap(), Duration::from_secs(30));
-    // Scope edited after signing.
-    let tampered = edit_offer(&w, &offer_jws, true, |c| c.scope.push(OTHER.into()));
-    assert_eq!(w.grant_err(&tampered).reason(), Reason::BadSignature);
-    // TTL edited after signing.
-    let tampered = edit_offer(&w, &offer_jws, true, |c| c.ttl_ms = 1);
-    assert_eq!(w.grant_err(&tampered).reason(), Reason::BadSignature);
+    // Scope, then TTL, edited after signing.
+    let edits: [Edit; 2] = [|c| c.scope.push(OTHER.into()), |c| c.ttl_ms = 1];
+    assert_edits_refused(
+        Some(Scope::new([SAY]).unwrap()),
+        true,
+        &edits,
+        Reason::BadSignature,
+    );
+}
+
+#[test]
+fn a3_identities_must_equal_the_mtls_peers() {
+    let other_core: Edit = |c| c.con = "urn:anima:core:other".into();
+    let other_module: Edit = |c| c.pro = "urn:anima:module:other".into();
+    assert_edits_refused(
+        None,
+        false,
+        &[other_core, other_module],
+        Reason::IdentityMismatch,
+    );
+}
+
+#[test]
+fn a3_certificate_binding_is_checked() {
+    let lifted: [Edit; 2] = [
+        |c| c.cnf.audience = b64(&[0; 32]),
+        |c| c.cnf.issuer = b64(&[0; 32]),
+    ];
+    assert_edits_refused(None, false, &lifted, Reason::BindingMismatch);
+}
+
+#[test]
+fn a3_skewed_clock_or_tiny_ttl_is_refused() {
+    let skewed: Edit = |c| {
+        c.iat -= 3600;
+        c.exp -= 3600;
+    };
+    assert_edits_refused(None, false, &[skewed, |c| c.ttl_ms = 1], Reason::BadToken);
 }
 
 #[test]
 fn a3_offer_signed_by_another_key_is_refused() {
     let w = world();
     let forger = LeaseSigner::from_parts([9; 32], w.core.urn().clone(), w.core.fingerprint());
-    let (forged, _) = offer(
-        &forger,
-        &w.core_sees,
-        LeaseRequest {
-            scope: w.declared.clone(),
-            ttl: Duration::from_secs(30),
-        },
-        Entropy::system().unwrap(),
-        w.now,
-        w.wall,
-    )
-    .unwrap();
+    let (forged, _) = w.offer_by(&forger, w.declared.clone(), Duration::from_secs(30));
     assert_eq!(w.grant_err(&forged).reason(), Reason::BadSignature);
-}
-
-#[test]
-fn a3_identities_must_equal_the_mtls_peers() {
-    let w = world();
-    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
-    let other_core = edit_offer(&w, &offer_jws, false, |c| {
-        c.con = "urn:anima:core:other".into()
-    });
-    assert_eq!(w.grant_err(&other_core).reason(), Reason::IdentityMismatch);
-    let other_module = edit_offer(&w, &offer_jws, false, |c| {
-        c.pro = "urn:anima:module:other".into()
-    });
-    assert_eq!(
-        w.grant_err(&other_module).reason(),
-        Reason::IdentityMismatch
-    );
-}
-
-#[test]
-fn a3_certificate_binding_is_checked() {
-    let w = world();
-    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
-    let lifted = edit_offer(&w, &offer_jws, false, |c| c.cnf.audience = b64(&[0; 32]));
-    assert_eq!(w.grant_err(&lifted).reason(), Reason::BindingMismatch);
-    let lifted = edit_offer(&w, &offer_jws, false, |c| c.cnf.issuer = b64(&[0; 32]));
-    assert_eq!(w.grant_err(&lifted).reason(), Reason::BindingMismatch);
 }
 
 #[test]
@@ -240,54 +263,12 @@ fn a3_scope_beyond_declared_is_refused() {
 }
 
 #[test]
-fn a3_skewed_clock_or_tiny_ttl_is_refused() {
-    let w = world();
-    let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
-    let old = edit_offer(&w, &offer_jws, false, |c| {
-        c.iat -= 3600;
-        c.exp -= 3600;
-    });
-    assert_eq!(w.grant_err(&old).reason(), Reason::BadToken);
-    let tiny = edit_offer(&w, &offer_jws, false, |c| c.ttl_ms = 1);
-    assert_eq!(w.grant_err(&tiny).reason(), Reason::BadToken);
-}
-
-#[test]
 fn a3_core_refuses_a_grant_for_another_offer_or_wider_scope() {
     let w = world();
-    let request = LeaseRequest {
-        scope: Scope::new([SAY]).unwrap(),
-        ttl: Duration::from_secs(30),
-    };
-    let (offer_a, pending_a) = offer(
-        &w.core,
-        &w.core_sees,
-        request.clone(),
-        Entropy::system().unwrap(),
-        w.now,
-        w.wall,
-    )
-    .unwrap();
-    let (offer_b, _pending_b) = offer(
-        &w.core,
-        &w.core_sees,
-        request,
-        Entropy::system().unwrap(),
-        w.now,
-        w.wall,
-    )
-    .unwrap();
-    let policy = w.policy(Duration::from_secs(60));
-    let (grant_b, _) = grant(
-        &w.module,
-        &w.module_sees,
-        &offer_b,
-        &policy,
-        Entropy::system().unwrap(),
-        w.now,
-        w.wall,
-    )
-    .unwrap();
+    let only_say = Scope::new([SAY]).unwrap();
+    let (offer_a, pending_a) = w.offer_by(&w.core, only_say.clone(), Duration::from_secs(30));
+    let (offer_b, _pending_b) = w.offer_by(&w.core, only_say, Duration::from_secs(30));
+    let (grant_b, _) = w.grant_ok(&offer_b);
     assert!(pending_a.accept(&w.core, &grant_b, w.wall).is_err());
     let _ = offer_a;
 }
@@ -386,9 +367,7 @@ fn a8_renewal_extends_both_sides_and_states_the_grant() {
 fn a8_control_tokens_are_verified_and_ordered() {
     let w = world();
     let (mut core, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(5));
-    let req = core
-        .renew_request(&w.core, Duration::from_secs(5), w.now, w.wall)
-        .unwrap();
+    let req = w.renew_request(&mut core, Duration::from_secs(5));
     let claims = module.receive(&req).unwrap();
     // The same token again is out of order.
     assert_eq!(
@@ -413,10 +392,7 @@ fn rescope_demotion_applies_and_promotion_beyond_declared_is_refused() {
     let w = world();
     let (mut core, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(5));
     let only_say = Scope::new([SAY]).unwrap();
-    let req = core
-        .rescope_request(&w.core, &only_say, w.now, w.wall)
-        .unwrap();
-    let req = module.receive(&req).unwrap();
+    let req = w.rescope(&mut core, &mut module, &only_say);
     let ans = module
         .answer_rescope(&w.module, &req, &w.declared, w.now, w.wall)
         .unwrap();
@@ -430,10 +406,7 @@ fn rescope_demotion_applies_and_promotion_beyond_declared_is_refused() {
     assert_eq!(err.reason(), Reason::ScopeDenied);
     // Promotion within the declared methods works; beyond them it does not.
     let beyond = Scope::new([SAY, "/echo.v1.Echo/Undeclared"]).unwrap();
-    let req = core
-        .rescope_request(&w.core, &beyond, w.now, w.wall)
-        .unwrap();
-    let req = module.receive(&req).unwrap();
+    let req = w.rescope(&mut core, &mut module, &beyond);
     let err = module
         .answer_rescope(&w.module, &req, &w.declared, w.now, w.wall)
         .unwrap_err();
@@ -495,14 +468,10 @@ fn a6_an_end_after_expiry_is_recorded_as_expiry() {
 fn a8_a_late_answer_to_an_abandoned_renewal_is_stale_not_a_violation() {
     let w = world();
     let (mut core, mut module) = w.open(Duration::from_secs(1), Duration::from_secs(1));
-    let first = core
-        .renew_request(&w.core, Duration::from_secs(1), w.now, w.wall)
-        .unwrap();
+    let first = w.renew_request(&mut core, Duration::from_secs(1));
     // No answer in time: the Core gives up and asks again.
     core.abandon_request();
-    let second = core
-        .renew_request(&w.core, Duration::from_secs(1), w.now, w.wall)
-        .unwrap();
+    let second = w.renew_request(&mut core, Duration::from_secs(1));
     let r1 = module.receive(&first).unwrap();
     let late = module.answer_renew(&w.module, &r1, w.now, w.wall).unwrap();
     let r2 = module.receive(&second).unwrap();
@@ -514,20 +483,24 @@ fn a8_a_late_answer_to_an_abandoned_renewal_is_stale_not_a_violation() {
     core.apply_renewed(&fresh, w.now).unwrap();
 }
 
-/// A Core with a P-256 certificate signs `ES256`; a module with an Ed25519
-/// one signs `EdDSA`; each verifies the other (PROTOCOL.md §1, §3).
-#[test]
-fn a3_es256_core_and_eddsa_module_agree_on_a_lease() {
+/// A signer with `like`'s identity and certificate fingerprint, and a fresh
+/// P-256 key (so it signs `ES256`).
+fn p256_signer(like: &LeaseSigner) -> LeaseSigner {
     use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(
         &ECDSA_P256_SHA256_FIXED_SIGNING,
         &ring::rand::SystemRandom::new(),
     )
     .unwrap();
+    LeaseSigner::from_p256_pkcs8(pkcs8.as_ref(), like.urn().clone(), like.fingerprint()).unwrap()
+}
+
+/// A Core with a P-256 certificate signs `ES256`; a module with an Ed25519
+/// one signs `EdDSA`; each verifies the other (PROTOCOL.md §1, §3).
+#[test]
+fn a3_es256_core_and_eddsa_module_agree_on_a_lease() {
     let mut w = world();
-    w.core =
-        LeaseSigner::from_p256_pkcs8(pkcs8.as_ref(), w.core.urn().clone(), w.core.fingerprint())
-            .unwrap();
+    w.core = p256_signer(&w.core);
     w.module_sees.key = w.core.verifying_key();
     let (mut core_lease, mut module_lease) =
         w.open(Duration::from_secs(5), Duration::from_secs(60));
@@ -536,9 +509,7 @@ fn a3_es256_core_and_eddsa_module_agree_on_a_lease() {
     let proof = core_lease.proof_key().proof(1, SAY);
     module_lease.admit(SAY, Some(&proof), w.now).unwrap();
     // Control steps are ES256 too, and verify on the module.
-    let renew = core_lease
-        .renew_request(&w.core, Duration::from_secs(5), w.now, w.wall)
-        .unwrap();
+    let renew = w.renew_request(&mut core_lease, Duration::from_secs(5));
     assert!(renew.starts_with(&offer_header), "{renew}");
     let claims = module_lease.receive(&renew).unwrap();
     module_lease
@@ -551,16 +522,8 @@ fn a3_es256_core_and_eddsa_module_agree_on_a_lease() {
 /// signature.
 #[test]
 fn a3_alg_must_match_the_certificate_key() {
-    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(
-        &ECDSA_P256_SHA256_FIXED_SIGNING,
-        &ring::rand::SystemRandom::new(),
-    )
-    .unwrap();
     let w = world();
-    let p256 =
-        LeaseSigner::from_p256_pkcs8(pkcs8.as_ref(), w.core.urn().clone(), w.core.fingerprint())
-            .unwrap();
+    let p256 = p256_signer(&w.core);
     let claims = serde_json::json!({"a": 1});
     let es = jws::sign(&claims, p256.key()).unwrap();
     let ed = jws::sign(&claims, w.core.key()).unwrap();
@@ -619,9 +582,7 @@ fn a9_renewal_is_capped_by_certificate_expiry() {
     w.module_sees.not_after = Some(w.wall + Duration::from_secs(20));
     let (mut core_lease, mut module_lease) =
         w.open(Duration::from_secs(10), Duration::from_secs(60));
-    let renew = core_lease
-        .renew_request(&w.core, Duration::from_secs(60), w.now, w.wall)
-        .unwrap();
+    let renew = w.renew_request(&mut core_lease, Duration::from_secs(60));
     let claims = module_lease.receive(&renew).unwrap();
     let answer = module_lease
         .answer_renew(&w.module, &claims, w.now, w.wall)
@@ -668,28 +629,9 @@ fn claims_text(jws: &str) -> String {
 impl World {
     /// An offer, the Core's pending lease, and the module's grant.
     fn handshake_parts(&self) -> (String, PendingLease, String) {
-        let (offer_jws, pending) = offer(
-            &self.core,
-            &self.core_sees,
-            LeaseRequest {
-                scope: self.declared.clone(),
-                ttl: Duration::from_secs(30),
-            },
-            Entropy::system().unwrap(),
-            self.now,
-            self.wall,
-        )
-        .unwrap();
-        let (grant_jws, _) = grant(
-            &self.module,
-            &self.module_sees,
-            &offer_jws,
-            &self.policy(Duration::from_secs(60)),
-            Entropy::system().unwrap(),
-            self.now,
-            self.wall,
-        )
-        .unwrap();
+        let (offer_jws, pending) =
+            self.offer_by(&self.core, self.declared.clone(), Duration::from_secs(30));
+        let (grant_jws, _) = self.grant_ok(&offer_jws);
         (offer_jws, pending, grant_jws)
     }
 
@@ -707,18 +649,7 @@ fn edit_grant(w: &World, grant_jws: &str, edit: impl FnOnce(&mut LeaseClaims)) -
 
 /// A control token of type `typ` for lease `lid`, seq 1, with no optional claim.
 fn bare_step(typ: &str, lid: LeaseId) -> ControlClaims {
-    ControlClaims {
-        typ: typ.into(),
-        lid: lid.to_string(),
-        seq: 1,
-        iat: 0,
-        re: None,
-        ttl_ms: None,
-        exp: None,
-        scope: None,
-        reason: None,
-        detail: None,
-    }
+    ControlClaims::bare(typ, lid.to_string(), 1, 0)
 }
 
 #[test]
@@ -960,10 +891,7 @@ fn rescoped_scope_must_lie_within_the_request() {
     // The Core asks for `only_say`; the module answers naming `answered`.
     let answer = |answered: [&str; 2]| {
         let (mut core, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(5));
-        let request = core
-            .rescope_request(&w.core, &only_say, w.now, w.wall)
-            .unwrap();
-        let request = module.receive(&request).unwrap();
+        let request = w.rescope(&mut core, &mut module, &only_say);
         let claims = ControlClaims {
             re: Some(request.seq),
             ttl_ms: Some(5000),
@@ -1010,9 +938,7 @@ fn exp_is_iat_plus_whole_seconds_rounded_down() {
     let (mut core, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(5));
     // `renewed`: the granted TTL, at least 1.
     for (ttl_ms, whole) in [(50, 1), (2500, 2)] {
-        let request = core
-            .renew_request(&w.core, Duration::from_millis(ttl_ms), w.now, w.wall)
-            .unwrap();
+        let request = w.renew_request(&mut core, Duration::from_millis(ttl_ms));
         let request = module.receive(&request).unwrap();
         let answer = module
             .answer_renew(&w.module, &request, w.now, w.wall)
@@ -1026,10 +952,7 @@ fn exp_is_iat_plus_whole_seconds_rounded_down() {
         core.apply_renewed(&answer, w.now).unwrap();
     }
     // `rescoped`: the time left, which may round to 0.
-    let request = core
-        .rescope_request(&w.core, &w.declared, w.now, w.wall)
-        .unwrap();
-    let request = module.receive(&request).unwrap();
+    let request = w.rescope(&mut core, &mut module, &w.declared);
     let answer = module
         .answer_rescope(
             &w.module,
@@ -1060,15 +983,7 @@ fn lease_exp_is_checked_only_against_iat_and_iat_within_300s() {
             c.iat = c.iat.checked_add_signed(delta).unwrap();
             c.exp = c.iat + 30;
         });
-        match grant(
-            &w.module,
-            &w.module_sees,
-            &edited,
-            &w.policy(Duration::from_secs(60)),
-            Entropy::system().unwrap(),
-            w.now,
-            w.wall,
-        ) {
+        match w.grant(&edited) {
             Ok(_) => assert!(ok, "iat {delta:+} s accepted"),
             Err(e) => {
                 assert!(!ok, "iat {delta:+} s refused: {e}");
@@ -1084,7 +999,6 @@ fn lease_exp_is_checked_only_against_iat_and_iat_within_300s() {
 fn offer_checks_run_in_the_documented_order() {
     let w = world();
     let offer_jws = w.offer_jws(w.declared.clone(), Duration::from_secs(30));
-    type Edit = fn(&mut LeaseClaims);
     let steps: [(Edit, Reason, &str); 8] = [
         (|c| c.typ = TYP_GRANT.into(), Reason::BadToken, "expected a"),
         (

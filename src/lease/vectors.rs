@@ -15,6 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
+use super::doc_support::binding;
 use super::handshake::{hkdf_info, hkdf_salt, proof_key_bytes, shared_secret};
 use super::*;
 use crate::identity::Urn;
@@ -169,17 +170,6 @@ struct Setup {
     t0: Instant,
 }
 
-/// What the peer sees of `signer`, as `doc_support::pair` builds it.
-fn binding(signer: &LeaseSigner, connection: ConnectionId) -> PeerBinding {
-    PeerBinding {
-        urn: signer.urn().clone(),
-        fingerprint: signer.fingerprint(),
-        key: signer.verifying_key(),
-        not_after: None,
-        connection,
-    }
-}
-
 impl Setup {
     fn new(a: &Appendix) -> Self {
         let core = LeaseSigner::from_parts(
@@ -294,35 +284,189 @@ impl Setup {
                 .expect("revoke_iat is not before iat")
     }
 
-    /// Both sides' leases after the stated handshake and renewal, each having
-    /// received the stated tokens, at the renewal's instant.
-    fn renewed_leases(&self, a: &Appendix) -> (Lease, Lease) {
+    /// Both sides' leases after the handshake: the module grants the Core's
+    /// offer, and the Core accepts the stated grant.
+    fn leases(&self, a: &Appendix) -> (Lease, Lease) {
         let (offer_jws, pending) = self.offer();
-        let (_, mut module_lease) = self
+        let (_, module_lease) = self
             .grant(&offer_jws)
             .unwrap_or_else(|e| panic!("the module refuses the offer: {e}"));
-        let mut core_lease = pending
+        let core_lease = pending
             .accept(&self.core, a.get("grant_jws"), self.wall)
             .unwrap_or_else(|e| panic!("the Core refuses `grant_jws`: {e}"));
-        let at = self.renew_instant();
-        let renew_jws = core_lease
-            .renew_request(&self.core, self.renew_ttl, at, self.renew_wall)
-            .unwrap_or_else(|e| panic!("the Core cannot renew: {e}"));
-        assert_eq!(renew_jws, a.get("renew_jws"), "`renew_jws`");
-        let request = module_lease
-            .receive(&renew_jws)
-            .unwrap_or_else(|e| panic!("the module refuses `renew_jws`: {e}"));
-        module_lease
-            .answer_renew(&self.module, &request, at, self.renew_wall)
-            .unwrap_or_else(|e| panic!("the module cannot answer `renew_jws`: {e}"));
-        let answer = core_lease
-            .receive(a.get("renewed_jws"))
-            .unwrap_or_else(|e| panic!("the Core refuses `renewed_jws`: {e}"));
-        core_lease
-            .apply_renewed(&answer, at)
-            .unwrap_or_else(|e| panic!("the Core refuses `renewed_jws`: {e}"));
         (core_lease, module_lease)
     }
+
+    /// Both sides' leases after the stated handshake and renewal, each having
+    /// received the stated tokens, at the renewal's instant, and the TTL the
+    /// Core's lease was granted.
+    fn renewed_leases(&self, a: &Appendix) -> (Lease, Lease, Duration) {
+        let (mut core_lease, mut module_lease) = self.leases(a);
+        let answer = self.stated_exchange(a, &RENEWAL, &mut core_lease, &mut module_lease);
+        // The Core accepts the stated answer to its own request.
+        let granted = self.apply_renewed(&mut core_lease, &answer);
+        (core_lease, module_lease, granted)
+    }
+
+    /// The exchange `ex` with the tokens the code makes: the Core's request
+    /// and the module's answer are computed (into `v`), and each side
+    /// receives the other's. The answer as the Core received it.
+    fn exchange(
+        &self,
+        ex: &Exchange,
+        core_lease: &mut Lease,
+        module_lease: &mut Lease,
+        v: &mut BTreeMap<&'static str, String>,
+    ) -> ControlClaims {
+        let [request_claims, request_name, answer_claims, answer_name] = ex.names;
+        let request_jws = (ex.send)(self, core_lease);
+        let request = receive(module_lease, request_name, &request_jws);
+        let answer_jws = (ex.reply)(self, module_lease, &request);
+        let answer = receive(core_lease, answer_name, &answer_jws);
+        insert_token(v, (request_claims, request_name), request_jws);
+        insert_token(v, (answer_claims, answer_name), answer_jws);
+        answer
+    }
+
+    /// Checks the stated exchange `ex`: the module answers the stated request
+    /// (its `ex.seq`th control step) with the stated answer; the Core sends
+    /// the stated request and receives the stated answer, returned.
+    fn stated_exchange(
+        &self,
+        a: &Appendix,
+        ex: &Exchange,
+        core_lease: &mut Lease,
+        module_lease: &mut Lease,
+    ) -> ControlClaims {
+        let [_, request_name, _, answer_name] = ex.names;
+        let seq = ex.seq;
+        // The module answers the stated request as stated.
+        let request = receive(module_lease, request_name, a.get(request_name));
+        assert_eq!(request.seq, seq, "`{request_name}` seq");
+        let answered = (ex.reply)(self, module_lease, &request);
+        assert_eq!(answered, a.get(answer_name), "`{answer_name}`");
+        // The Core sends the stated request and receives the stated answer.
+        let sent = (ex.send)(self, core_lease);
+        assert_eq!(sent, a.get(request_name), "`{request_name}`");
+        let answer = receive(core_lease, answer_name, a.get(answer_name));
+        assert_eq!(answer.re, Some(seq), "`{answer_name}` answers seq {seq}");
+        answer
+    }
+
+    /// The Core's renewal request.
+    fn renew(&self, core_lease: &mut Lease) -> String {
+        let at = self.renew_instant();
+        core_lease
+            .renew_request(&self.core, self.renew_ttl, at, self.renew_wall)
+            .unwrap_or_else(|e| panic!("the Core cannot renew: {e}"))
+    }
+
+    /// The module's answer to the renewal `request`.
+    fn answer_renew(&self, module_lease: &mut Lease, request: &ControlClaims) -> String {
+        let at = self.renew_instant();
+        module_lease
+            .answer_renew(&self.module, request, at, self.renew_wall)
+            .unwrap_or_else(|e| panic!("the module cannot answer the renewal: {e}"))
+    }
+
+    /// The TTL granted by the renewal `answer`, which the Core applies.
+    fn apply_renewed(&self, core_lease: &mut Lease, answer: &ControlClaims) -> Duration {
+        core_lease
+            .apply_renewed(answer, self.renew_instant())
+            .unwrap_or_else(|e| panic!("the Core refuses the renewal answer: {e}"))
+    }
+
+    /// The Core's request to change the scope (to the same scope).
+    fn rescope(&self, core_lease: &mut Lease) -> String {
+        core_lease
+            .rescope_request(
+                &self.core,
+                &self.scope,
+                self.rescope_instant(),
+                self.rescope_wall(),
+            )
+            .unwrap_or_else(|e| panic!("the Core cannot change the scope: {e}"))
+    }
+
+    /// The module's answer to the scope change `request`.
+    fn answer_rescope(&self, module_lease: &mut Lease, request: &ControlClaims) -> String {
+        let (at, wall) = (self.rescope_instant(), self.rescope_wall());
+        module_lease
+            .answer_rescope(&self.module, request, &self.policy.declared, at, wall)
+            .unwrap_or_else(|e| panic!("the module cannot answer the scope change: {e}"))
+    }
+
+    /// The Core applies the scope `answer`.
+    fn apply_rescoped(&self, core_lease: &mut Lease, answer: &ControlClaims) {
+        core_lease
+            .apply_rescoped(answer, self.rescope_instant())
+            .unwrap_or_else(|e| panic!("the Core refuses the scope answer: {e}"));
+    }
+
+    /// The Core's ordinary revocation.
+    fn revoke(&self, core_lease: &mut Lease) -> String {
+        core_lease
+            .revoke(
+                &self.core,
+                Reason::LeaseRevoked,
+                &self.revoke_detail,
+                self.revoke_instant(),
+                self.revoke_wall,
+            )
+            .unwrap_or_else(|e| panic!("the Core cannot revoke: {e}"))
+    }
+}
+
+/// The names of a token's claims and of its text in the appendix.
+type TokenNames = (&'static str, &'static str);
+
+/// A request of the Core's and the module's answer, as the appendix states
+/// them.
+struct Exchange {
+    /// The names of the request's claims and text, and of the answer's.
+    names: [&'static str; 4],
+    /// The request's control sequence number.
+    seq: u64,
+    /// The Core's request.
+    send: fn(&Setup, &mut Lease) -> String,
+    /// The module's answer to the request it received.
+    reply: fn(&Setup, &mut Lease, &ControlClaims) -> String,
+}
+
+const RENEWAL: Exchange = Exchange {
+    names: ["renew_claims", "renew_jws", "renewed_claims", "renewed_jws"],
+    seq: 1,
+    send: Setup::renew,
+    reply: Setup::answer_renew,
+};
+
+const SCOPE_CHANGE: Exchange = Exchange {
+    names: [
+        "rescope_claims",
+        "rescope_jws",
+        "rescoped_claims",
+        "rescoped_jws",
+    ],
+    seq: 2,
+    send: Setup::rescope,
+    reply: Setup::answer_rescope,
+};
+
+/// Adds the token `jws` and its claims to the computed values.
+fn insert_token(v: &mut BTreeMap<&'static str, String>, (claims, name): TokenNames, jws: String) {
+    v.insert(claims, claims_json(&jws));
+    v.insert(name, jws);
+}
+
+/// The control token `name`, `jws`, as `lease` receives it from the peer.
+fn receive(lease: &mut Lease, name: &str, jws: &str) -> ControlClaims {
+    let who = match lease.side() {
+        Side::Core => "the Core",
+        Side::Module => "the module",
+    };
+    lease
+        .receive(jws)
+        .unwrap_or_else(|e| panic!("{who} refuses `{name}`: {e}"))
 }
 
 /// Every value of the appendix, computed from its inputs by the lease code.
@@ -443,77 +587,29 @@ fn computed(a: &Appendix) -> BTreeMap<&'static str, String> {
     }
 
     // A renewal: the Core's first control step and the module's answer.
-    let at = s.renew_instant();
-    let renew_jws = core_lease
-        .renew_request(&s.core, s.renew_ttl, at, s.renew_wall)
-        .unwrap_or_else(|e| panic!("the Core cannot renew: {e}"));
-    let request = module_lease
-        .receive(&renew_jws)
-        .unwrap_or_else(|e| panic!("the module refuses `renew_jws`: {e}"));
-    let renewed_jws = module_lease
-        .answer_renew(&s.module, &request, at, s.renew_wall)
-        .unwrap_or_else(|e| panic!("the module cannot answer the renewal: {e}"));
-    let answer = core_lease
-        .receive(&renewed_jws)
-        .unwrap_or_else(|e| panic!("the Core refuses `renewed_jws`: {e}"));
-    let granted = core_lease
-        .apply_renewed(&answer, at)
-        .unwrap_or_else(|e| panic!("the Core refuses the renewal answer: {e}"));
+    let answer = s.exchange(&RENEWAL, &mut core_lease, &mut module_lease, &mut v);
+    let granted = s.apply_renewed(&mut core_lease, &answer);
     assert_eq!(granted, module_lease.ttl(), "both sides' renewed ttl");
-    v.insert("renew_claims", claims_json(&renew_jws));
-    v.insert("renew_jws", renew_jws);
-    v.insert("renewed_claims", claims_json(&renewed_jws));
-    v.insert("renewed_jws", renewed_jws);
 
     // A scope change (the Core's step 2, the module's step 2), at an instant
     // that is not a whole second.
-    let (at, wall) = (s.rescope_instant(), s.rescope_wall());
-    let rescope_jws = core_lease
-        .rescope_request(&s.core, &s.scope, at, wall)
-        .unwrap_or_else(|e| panic!("the Core cannot change the scope: {e}"));
-    let request = module_lease
-        .receive(&rescope_jws)
-        .unwrap_or_else(|e| panic!("the module refuses `rescope_jws`: {e}"));
-    let rescoped_jws = module_lease
-        .answer_rescope(&s.module, &request, &s.policy.declared, at, wall)
-        .unwrap_or_else(|e| panic!("the module cannot answer the scope change: {e}"));
-    let answer = core_lease
-        .receive(&rescoped_jws)
-        .unwrap_or_else(|e| panic!("the Core refuses `rescoped_jws`: {e}"));
-    core_lease
-        .apply_rescoped(&answer, at)
-        .unwrap_or_else(|e| panic!("the Core refuses the scope answer: {e}"));
+    let answer = s.exchange(&SCOPE_CHANGE, &mut core_lease, &mut module_lease, &mut v);
+    s.apply_rescoped(&mut core_lease, &answer);
     assert_eq!(
         core_lease.scope(),
         module_lease.scope(),
         "both sides' scope"
     );
-    v.insert("rescope_claims", claims_json(&rescope_jws));
-    v.insert("rescope_jws", rescope_jws);
-    v.insert("rescoped_claims", claims_json(&rescoped_jws));
-    v.insert("rescoped_jws", rescoped_jws);
 
     // An ordinary revocation by the Core (its step 3).
-    let at = s.revoke_instant();
-    let revoke_jws = core_lease
-        .revoke(
-            &s.core,
-            Reason::LeaseRevoked,
-            &s.revoke_detail,
-            at,
-            s.revoke_wall,
-        )
-        .unwrap_or_else(|e| panic!("the Core cannot revoke: {e}"));
-    let notice = module_lease
-        .receive(&revoke_jws)
-        .unwrap_or_else(|e| panic!("the module refuses `revoke_jws`: {e}"));
+    let revoke_jws = s.revoke(&mut core_lease);
+    let notice = receive(&mut module_lease, "revoke_jws", &revoke_jws);
     assert_eq!(
-        module_lease.apply_revoke(&notice, at),
+        module_lease.apply_revoke(&notice, s.revoke_instant()),
         Ok(Reason::LeaseRevoked),
         "the module ends its copy"
     );
-    v.insert("revoke_claims", claims_json(&revoke_jws));
-    v.insert("revoke_jws", revoke_jws);
+    insert_token(&mut v, ("revoke_claims", "revoke_jws"), revoke_jws);
     v
 }
 
@@ -618,35 +714,7 @@ fn vectors_the_stated_proofs_are_admitted_once() {
 fn vectors_the_stated_renewal_is_accepted() {
     let a = appendix();
     let s = Setup::new(&a);
-    let (offer_jws, pending) = s.offer();
-    let (_, mut module_lease) = s
-        .grant(&offer_jws)
-        .unwrap_or_else(|e| panic!("the module refuses the offer: {e}"));
-    let mut core_lease = pending
-        .accept(&s.core, a.get("grant_jws"), s.wall)
-        .unwrap_or_else(|e| panic!("the Core refuses `grant_jws`: {e}"));
-    let at = s.renew_instant();
-    // The module answers the stated request as stated.
-    let request = module_lease
-        .receive(a.get("renew_jws"))
-        .unwrap_or_else(|e| panic!("the module refuses `renew_jws`: {e}"));
-    assert_eq!(request.seq, 1, "`renew_jws` seq");
-    let renewed = module_lease
-        .answer_renew(&s.module, &request, at, s.renew_wall)
-        .unwrap_or_else(|e| panic!("the module cannot answer `renew_jws`: {e}"));
-    assert_eq!(renewed, a.get("renewed_jws"), "`renewed_jws`");
-    // The Core accepts the stated answer to its own request.
-    let renew_jws = core_lease
-        .renew_request(&s.core, s.renew_ttl, at, s.renew_wall)
-        .unwrap_or_else(|e| panic!("the Core cannot renew: {e}"));
-    assert_eq!(renew_jws, a.get("renew_jws"), "`renew_jws`");
-    let answer = core_lease
-        .receive(a.get("renewed_jws"))
-        .unwrap_or_else(|e| panic!("the Core refuses `renewed_jws`: {e}"));
-    assert_eq!(answer.re, Some(1), "`renewed_jws` answers seq 1");
-    let granted = core_lease
-        .apply_renewed(&answer, at)
-        .unwrap_or_else(|e| panic!("the Core refuses `renewed_jws`: {e}"));
+    let (_, module_lease, granted) = s.renewed_leases(&a);
     assert_eq!(granted, module_lease.ttl(), "the renewed ttl");
 }
 
@@ -654,34 +722,13 @@ fn vectors_the_stated_renewal_is_accepted() {
 fn vectors_the_stated_scope_change_and_revocation_are_accepted() {
     let a = appendix();
     let s = Setup::new(&a);
-    let (mut core_lease, mut module_lease) = s.renewed_leases(&a);
-    let (at, wall) = (s.rescope_instant(), s.rescope_wall());
-    // The module answers the stated request as stated.
-    let request = module_lease
-        .receive(a.get("rescope_jws"))
-        .unwrap_or_else(|e| panic!("the module refuses `rescope_jws`: {e}"));
-    assert_eq!(request.seq, 2, "`rescope_jws` seq");
-    let rescoped = module_lease
-        .answer_rescope(&s.module, &request, &s.policy.declared, at, wall)
-        .unwrap_or_else(|e| panic!("the module cannot answer `rescope_jws`: {e}"));
-    assert_eq!(rescoped, a.get("rescoped_jws"), "`rescoped_jws`");
-    // The Core sends the stated request and accepts the stated answer.
-    let rescope = core_lease
-        .rescope_request(&s.core, &s.scope, at, wall)
-        .unwrap_or_else(|e| panic!("the Core cannot change the scope: {e}"));
-    assert_eq!(rescope, a.get("rescope_jws"), "`rescope_jws`");
-    let answer = core_lease
-        .receive(a.get("rescoped_jws"))
-        .unwrap_or_else(|e| panic!("the Core refuses `rescoped_jws`: {e}"));
-    assert_eq!(answer.re, Some(2), "`rescoped_jws` answers seq 2");
-    core_lease
-        .apply_rescoped(&answer, at)
-        .unwrap_or_else(|e| panic!("the Core refuses `rescoped_jws`: {e}"));
+    let (mut core_lease, mut module_lease, _) = s.renewed_leases(&a);
+    let answer = s.stated_exchange(&a, &SCOPE_CHANGE, &mut core_lease, &mut module_lease);
+    // The Core accepts the stated answer to its own request.
+    s.apply_rescoped(&mut core_lease, &answer);
     // The stated revocation ends the module's copy as LEASE_REVOKED.
     let at = s.revoke_instant();
-    let notice = module_lease
-        .receive(a.get("revoke_jws"))
-        .unwrap_or_else(|e| panic!("the module refuses `revoke_jws`: {e}"));
+    let notice = receive(&mut module_lease, "revoke_jws", a.get("revoke_jws"));
     assert_eq!(notice.seq, 3, "`revoke_jws` seq");
     assert_eq!(
         module_lease.apply_revoke(&notice, at),
@@ -689,14 +736,6 @@ fn vectors_the_stated_scope_change_and_revocation_are_accepted() {
     );
     assert!(module_lease.check_valid(at).is_err());
     // And the Core's own revocation is the stated one.
-    let revoke = core_lease
-        .revoke(
-            &s.core,
-            Reason::LeaseRevoked,
-            &s.revoke_detail,
-            at,
-            s.revoke_wall,
-        )
-        .unwrap_or_else(|e| panic!("the Core cannot revoke: {e}"));
+    let revoke = s.revoke(&mut core_lease);
     assert_eq!(revoke, a.get("revoke_jws"), "`revoke_jws`");
 }

@@ -184,46 +184,63 @@ impl Drop for PendingSlot {
     }
 }
 
-/// Live connections per identity on one listener.
-pub(crate) struct IdentityConnections {
+/// At most `max` places held at once per identity: here, the connections
+/// one identity keeps open on a listener; in the Core's gateway, the calls
+/// one user has in flight. Each place is an [`IdentitySlot`], given back when
+/// it is dropped.
+#[derive(Debug)]
+pub struct IdentityLimit {
     max: usize,
     counts: Mutex<HashMap<Urn, usize>>,
 }
 
-impl IdentityConnections {
-    pub(crate) fn new(max: usize) -> Arc<Self> {
-        Arc::new(IdentityConnections {
+impl IdentityLimit {
+    /// At most `max` places per identity (at least 1).
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(IdentityLimit {
             max: max.max(1),
             counts: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The most places one identity may hold.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// How many identities hold at least one place.
+    pub fn holders(&self) -> usize {
+        self.lock().len()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Urn, usize>> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One more connection for `urn`, or `None` when it holds the maximum.
-    pub(crate) fn hold(self: &Arc<Self>, urn: &Urn) -> Option<ConnectionSlot> {
+    /// One more place for `urn`, or `None` when it holds the maximum.
+    pub fn hold(self: &Arc<Self>, urn: &Urn) -> Option<IdentitySlot> {
         let mut counts = self.lock();
         let count = counts.entry(urn.clone()).or_default();
         if *count >= self.max {
             return None;
         }
         *count += 1;
-        Some(ConnectionSlot {
+        Some(IdentitySlot {
             owner: self.clone(),
             urn: urn.clone(),
         })
     }
 }
 
-/// One live connection of an identity; dropping it gives the place back.
-pub(crate) struct ConnectionSlot {
-    owner: Arc<IdentityConnections>,
+/// One place held by an identity; dropping it gives the place back (and
+/// forgets the identity once it holds none).
+#[derive(Debug)]
+pub struct IdentitySlot {
+    owner: Arc<IdentityLimit>,
     urn: Urn,
 }
 
-impl Drop for ConnectionSlot {
+impl Drop for IdentitySlot {
     fn drop(&mut self) {
         let mut counts = self.owner.lock();
         if let Some(count) = counts.get_mut(&self.urn) {
@@ -247,12 +264,21 @@ mod tests {
         slot.evicted.try_recv().is_ok()
     }
 
+    /// A table with those limits, and a handshake admitted from each of
+    /// `addresses` (the last byte of `10.0.0.x`), in order.
+    fn table_with<const N: usize>(
+        max_total: usize,
+        max_per_address: usize,
+        addresses: [u8; N],
+    ) -> (Arc<PendingHandshakes>, [PendingSlot; N]) {
+        let table = PendingHandshakes::new(max_total, max_per_address);
+        let slots = addresses.map(|last| table.admit(ip(last)));
+        (table, slots)
+    }
+
     #[test]
     fn a_full_table_drops_the_oldest_waiting_handshake_never_the_new_one() {
-        let table = PendingHandshakes::new(3, 10);
-        let mut a = table.admit(ip(1));
-        let mut b = table.admit(ip(2));
-        let mut c = table.admit(ip(3));
+        let (table, [mut a, mut b, mut c]) = table_with(3, 10, [1, 2, 3]);
         // `a` got its ClientHello: it is kept over `b`, which did not.
         a.progressing();
         let mut d = table.admit(ip(4));
@@ -272,11 +298,8 @@ mod tests {
 
     #[test]
     fn one_address_crowds_out_only_its_own_handshakes() {
-        let table = PendingHandshakes::new(100, 2);
-        let mut other = table.admit(ip(9));
-        let mut first = table.admit(ip(1));
-        let mut second = table.admit(ip(1));
-        let mut third = table.admit(ip(1));
+        let (table, [mut other, mut first, mut second, mut third]) =
+            table_with(100, 2, [9, 1, 1, 1]);
         assert!(evicted(&mut first));
         assert!(!evicted(&mut second) && !evicted(&mut third));
         assert!(!evicted(&mut other));
@@ -289,7 +312,7 @@ mod tests {
 
     #[test]
     fn an_identity_holds_at_most_its_share_of_connections() {
-        let conns = IdentityConnections::new(2);
+        let conns = IdentityLimit::new(2);
         let alice: Urn = "urn:anima:user:alice".parse().unwrap();
         let bob: Urn = "urn:anima:user:bob".parse().unwrap();
         let one = conns.hold(&alice).unwrap();

@@ -30,6 +30,7 @@ mod refusal_log;
 mod server;
 mod tls;
 
+pub use admission::{IdentityLimit, IdentitySlot};
 pub use cert::{CertIdentityError, CertPublicKey, Fingerprint, identity_of, not_after, public_key};
 pub use client::{
     ClientTls, Connection, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,

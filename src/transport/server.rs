@@ -18,7 +18,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use super::admission::{ConnectionSlot, IdentityConnections, PendingHandshakes, PendingSlot};
+use super::admission::{IdentityLimit, IdentitySlot, PendingHandshakes, PendingSlot};
 use super::cert::{Fingerprint, identity_of};
 use super::error::TransportError;
 use super::peer::PeerInfo;
@@ -61,6 +61,31 @@ pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 /// Which authenticated identities a listener keeps (see [`ServerTls::admit`]).
 type Admit = Arc<dyn Fn(&Urn) -> bool + Send + Sync>;
 
+/// The deadlines and bounds a listener enforces, each set by the
+/// [`ServerTls`] method of (about) the same name.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    handshake_timeout: Duration,
+    client_hello_timeout: Duration,
+    max_pending: usize,
+    max_pending_per_address: usize,
+    max_connections_per_identity: usize,
+    listen_backlog: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            client_hello_timeout: DEFAULT_CLIENT_HELLO_TIMEOUT,
+            max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
+            max_pending_per_address: DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
+            max_connections_per_identity: DEFAULT_MAX_CONNECTIONS_PER_IDENTITY,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
+        }
+    }
+}
+
 /// Server-side TLS: turns a [`TcpListener`] into a stream of authenticated
 /// connections for `tonic::transport::Server::serve_with_incoming`.
 ///
@@ -92,12 +117,7 @@ type Admit = Arc<dyn Fn(&Urn) -> bool + Send + Sync>;
 pub struct ServerTls {
     config: Arc<ServerConfig>,
     local_fingerprint: Fingerprint,
-    handshake_timeout: Duration,
-    client_hello_timeout: Duration,
-    max_pending: usize,
-    max_pending_per_address: usize,
-    max_connections_per_identity: usize,
-    listen_backlog: u32,
+    limits: Limits,
     admit: Option<Admit>,
     refusals: broadcast::Sender<Refusal>,
     log: Arc<RefusalLog>,
@@ -147,12 +167,7 @@ impl ServerTls {
         Ok(ServerTls {
             config: server_config(identity, fallback, trust, policy)?,
             local_fingerprint: identity.fingerprint(),
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            client_hello_timeout: DEFAULT_CLIENT_HELLO_TIMEOUT,
-            max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
-            max_pending_per_address: DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
-            max_connections_per_identity: DEFAULT_MAX_CONNECTIONS_PER_IDENTITY,
-            listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            limits: Limits::default(),
             admit: None,
             refusals,
             log: Arc::new(RefusalLog::new(
@@ -167,7 +182,7 @@ impl ServerTls {
     /// # Default
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`].
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.limits.handshake_timeout = timeout;
         self
     }
 
@@ -177,7 +192,7 @@ impl ServerTls {
     /// # Default
     /// [`DEFAULT_CLIENT_HELLO_TIMEOUT`].
     pub fn client_hello_timeout(mut self, timeout: Duration) -> Self {
-        self.client_hello_timeout = timeout;
+        self.limits.client_hello_timeout = timeout;
         self
     }
 
@@ -187,7 +202,7 @@ impl ServerTls {
     /// # Default
     /// [`DEFAULT_MAX_PENDING_HANDSHAKES`].
     pub fn max_pending_handshakes(mut self, n: usize) -> Self {
-        self.max_pending = n.max(1);
+        self.limits.max_pending = n.max(1);
         self
     }
 
@@ -197,7 +212,7 @@ impl ServerTls {
     /// # Default
     /// [`DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS`].
     pub fn max_pending_handshakes_per_address(mut self, n: usize) -> Self {
-        self.max_pending_per_address = n.max(1);
+        self.limits.max_pending_per_address = n.max(1);
         self
     }
 
@@ -208,7 +223,7 @@ impl ServerTls {
     /// # Default
     /// [`DEFAULT_MAX_CONNECTIONS_PER_IDENTITY`].
     pub fn max_connections_per_identity(mut self, n: usize) -> Self {
-        self.max_connections_per_identity = n.max(1);
+        self.limits.max_connections_per_identity = n.max(1);
         self
     }
 
@@ -217,7 +232,7 @@ impl ServerTls {
     /// # Default
     /// [`DEFAULT_LISTEN_BACKLOG`].
     pub fn listen_backlog(mut self, n: u32) -> Self {
-        self.listen_backlog = n.max(1);
+        self.limits.listen_backlog = n.max(1);
         self
     }
 
@@ -267,7 +282,7 @@ impl ServerTls {
     /// a connection reset before it was accepted) are logged and retried.
     pub fn incoming(&self, listener: TcpListener) -> ReceiverStream<Result<TlsConn, io::Error>> {
         // Listening again on a listening socket only sets its backlog.
-        let backlog = i32::try_from(self.listen_backlog).unwrap_or(i32::MAX);
+        let backlog = i32::try_from(self.limits.listen_backlog).unwrap_or(i32::MAX);
         if let Err(e) = socket2::SockRef::from(&listener).listen(backlog) {
             tracing::warn!(error = %e, backlog, "cannot set the listen backlog");
         }
@@ -286,15 +301,7 @@ impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerTls")
             .field("local_fingerprint", &self.local_fingerprint)
-            .field("handshake_timeout", &self.handshake_timeout)
-            .field("client_hello_timeout", &self.client_hello_timeout)
-            .field("max_pending", &self.max_pending)
-            .field("max_pending_per_address", &self.max_pending_per_address)
-            .field(
-                "max_connections_per_identity",
-                &self.max_connections_per_identity,
-            )
-            .field("listen_backlog", &self.listen_backlog)
+            .field("limits", &self.limits)
             .field("admit", &self.admit.as_ref().map(|_| "custom"))
             .finish_non_exhaustive()
     }
@@ -305,8 +312,9 @@ async fn accept_loop(
     listener: TcpListener,
     tx: mpsc::Sender<Result<TlsConn, io::Error>>,
 ) {
-    let pending = PendingHandshakes::new(tls.max_pending, tls.max_pending_per_address);
-    let connections = IdentityConnections::new(tls.max_connections_per_identity);
+    let limits = tls.limits;
+    let pending = PendingHandshakes::new(limits.max_pending, limits.max_pending_per_address);
+    let connections = IdentityLimit::new(limits.max_connections_per_identity);
     let every = tls.log.interval();
     let mut summary = tokio::time::interval_at(Instant::now() + every, every);
     summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -357,7 +365,7 @@ fn accept_failed_for_good(e: &io::Error, listener: &TcpListener) -> bool {
 /// logged, reported) and returns `None`.
 async fn handshake(
     tls: &ServerTls,
-    connections: &Arc<IdentityConnections>,
+    connections: &Arc<IdentityLimit>,
     mut slot: PendingSlot,
     tcp: TcpStream,
     peer: SocketAddr,
@@ -370,8 +378,8 @@ async fn handshake(
             return None;
         }
     };
-    let deadline = Instant::now() + tls.handshake_timeout;
-    let hello_deadline = deadline.min(Instant::now() + tls.client_hello_timeout);
+    let deadline = Instant::now() + tls.limits.handshake_timeout;
+    let hello_deadline = deadline.min(Instant::now() + tls.limits.client_hello_timeout);
     // First the ClientHello, under its own short deadline.
     let hello = LazyConfigAcceptor::new(Acceptor::default(), tcp);
     let started = handshake_step(tls, peer, &mut slot, hello_deadline, hello).await?;
@@ -410,7 +418,7 @@ async fn handshake_step<T>(
 /// identity has a place left among its connections.
 fn authorize(
     tls: &ServerTls,
-    connections: &Arc<IdentityConnections>,
+    connections: &Arc<IdentityLimit>,
     stream: TlsStream<TcpStream>,
     peer: SocketAddr,
     local: SocketAddr,
@@ -454,7 +462,7 @@ pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
     /// The identity's place among its connections, given back on drop.
-    _held: ConnectionSlot,
+    _held: IdentitySlot,
 }
 
 impl TlsConn {

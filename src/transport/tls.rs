@@ -233,11 +233,44 @@ fn check_identity(leaf: &CertificateDer<'_>, policy: &PeerPolicy) -> Result<(), 
         })
 }
 
+/// The handshake-signature half of a certificate verifier, the same in both
+/// directions: TLS 1.3 signatures checked with the provider's algorithms
+/// (the verifier's `algorithms`), TLS 1.2 never accepted (every
+/// configuration here allows TLS 1.3 only).
+macro_rules! tls13_signatures_only {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::Tls12NotOffered,
+            ))
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    };
+}
+
 /// Server side: the standard WebPKI client check, then the identity policy.
 #[derive(Debug)]
 struct IdentityClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     policy: PeerPolicy,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ClientCertVerifier for IdentityClientVerifier {
@@ -257,27 +290,7 @@ impl ClientCertVerifier for IdentityClientVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    tls13_signatures_only!();
 }
 
 /// What a client checks of the server's certificate.
@@ -328,30 +341,7 @@ impl ServerCertVerifier for ServerVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // The config allows TLS 1.3 only; a TLS 1.2 signature is never valid here.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    tls13_signatures_only!();
 }
 
 /// Presents the primary (Ed25519) certificate to clients that can verify
@@ -399,7 +389,11 @@ pub(crate) fn server_config(
     let inner = WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider.clone())
         .build()
         .map_err(|e| TransportError::Verifier(e.to_string()))?;
-    let verifier = Arc::new(IdentityClientVerifier { inner, policy });
+    let verifier = Arc::new(IdentityClientVerifier {
+        inner,
+        policy,
+        algorithms: provider.signature_verification_algorithms,
+    });
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TransportError::Config)?

@@ -128,6 +128,12 @@ fn lines_under(dir: &Path, shipped_only: bool) -> Vec<(PathBuf, usize, String)> 
     out
 }
 
+/// Fails, listing the places `found` that break `rule`, unless there are none.
+#[track_caller]
+fn assert_none(found: Vec<String>, rule: &str) {
+    assert!(found.is_empty(), "{rule}: {found:#?}");
+}
+
 #[test]
 fn lease_logic_is_pure() {
     let lease = root().join("src/lease");
@@ -156,10 +162,7 @@ fn lease_logic_is_pure() {
             }
         }
     }
-    assert!(
-        found.is_empty(),
-        "src/lease/ must take time and I/O from its callers: {found:#?}"
-    );
+    assert_none(found, "src/lease/ must take time and I/O from its callers");
 }
 
 #[test]
@@ -194,10 +197,7 @@ fn only_the_transport_builds_tls_configurations() {
             }
         }
     }
-    assert!(
-        found.is_empty(),
-        "TLS configurations are built only in src/transport/: {found:#?}"
-    );
+    assert_none(found, "TLS configurations are built only in src/transport/");
 }
 
 /// Every `.rs` line of the workspace's crates (not `target/`, not the fuzz
@@ -247,17 +247,17 @@ fn one_driver_runs_the_core_side_of_the_lease_handshake() {
     // Core open control streams and send offers only through
     // anima_protocol::control.
     let found = outside("src/control.rs", &["LeaseControlClient"]);
-    assert!(
-        found.is_empty(),
-        "the Core side of the handshake is driven only by src/control.rs: {found:#?}"
+    assert_none(
+        found,
+        "the Core side of the handshake is driven only by src/control.rs",
     );
 }
 
 #[test]
 fn one_verifier_checks_server_certificates() {
     let found = outside("src/transport/tls.rs", &["impl ServerCertVerifier for"]);
-    assert!(
-        found.is_empty(),
-        "server certificates are verified only in src/transport/tls.rs: {found:#?}"
+    assert_none(
+        found,
+        "server certificates are verified only in src/transport/tls.rs",
     );
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anima_core::audit::AuditLog;
+use anima_core::audit::{AuditLog, AuditRecord};
 use anima_core::lease::{CoreLeaseError, LeaseLink, LeaseTable, RenewalPolicy};
 use anima_module_sdk::LeaseEvent;
 use anima_protocol::lease::{EndedBy, LeaseSigner, LeaseState, Reason, Scope};
@@ -45,11 +45,23 @@ async fn try_core_link(
     .await
 }
 
-async fn say(core: &Core) -> Result<String, tonic::Status> {
-    EchoClient::new(core.link.channel())
+async fn say(link: &LeaseLink) -> Result<String, tonic::Status> {
+    EchoClient::new(link.channel())
         .say(SayRequest { text: "hi".into() })
         .await
         .map(|r| r.into_inner().text)
+}
+
+/// The reason the module refuses `core`'s `Say` with proof number `seq`.
+async fn refusal(core: &RawCore, seq: u64) -> Option<Reason> {
+    reason(&core.say(Some(core.proof(seq, SAY))).await.unwrap_err())
+}
+
+/// The Core's audit records of `event`, oldest first.
+fn audited(core: &Core, event: &str) -> Vec<AuditRecord> {
+    let mut records = core.audit.records();
+    records.retain(|r| r.event == event);
+    records
 }
 
 /// A resident shared echo module: it outlives its leases and takes any Core,
@@ -59,6 +71,14 @@ async fn echo_module(max_lease: &str) -> (TestCa, TestModule) {
     let contract = echo_contract_with(MODULE, max_lease, r#"type = "resident-shared""#);
     let module = TestModule::start(&ca, contract).await;
     (ca, module)
+}
+
+/// A resident shared echo module (`max_lease` 30 s) and a Core's lease
+/// on it for `scope` with TTL `ttl`.
+async fn leased_echo(ttl: Duration, scope: &[&str]) -> (TestModule, Core) {
+    let (ca, module) = echo_module("30s").await;
+    let core = core_link(&ca, &module, ttl, scope).await;
+    (module, core)
 }
 
 /// A Type I echo module: with no lease at all it answers `NO_LEASE` (a
@@ -83,7 +103,7 @@ async fn a3_call_under_a_valid_mutual_lease_succeeds() {
     .await;
     assert_eq!(id, core.link.id(), "both sides hold the same lease");
     assert_eq!(consumer.as_str(), CORE);
-    assert_eq!(say(&core).await.unwrap(), "hi");
+    assert_eq!(say(&core.link).await.unwrap(), "hi");
     assert_eq!(module.calls(), 1);
 }
 
@@ -141,8 +161,7 @@ async fn a4_forged_proof_is_refused_and_revokes() {
         }
         other => panic!("expected a revocation, got {other:?}"),
     }
-    let status = core.say(Some(core.proof(2, SAY))).await.unwrap_err();
-    assert_eq!(reason(&status), Some(Reason::LeaseRevoked));
+    assert_eq!(refusal(&core, 2).await, Some(Reason::LeaseRevoked));
     assert_eq!(module.calls(), 0);
 }
 
@@ -240,8 +259,7 @@ async fn a6_expired_lease_is_refused_by_the_module() {
     })
     .await;
     assert_eq!(why, Reason::LeaseExpired);
-    let status = core.say(Some(core.proof(2, SAY))).await.unwrap_err();
-    assert_eq!(reason(&status), Some(Reason::LeaseExpired));
+    assert_eq!(refusal(&core, 2).await, Some(Reason::LeaseExpired));
     assert_eq!(module.calls(), 1);
 }
 
@@ -284,16 +302,15 @@ async fn a6_core_side_revocation_is_refused_by_the_module_at_once() {
 
 #[tokio::test]
 async fn a6_core_link_revocation_stops_the_core_and_the_module() {
-    let (ca, module) = echo_module("30s").await;
+    let (module, core) = leased_echo(Duration::from_secs(10), &[SAY]).await;
     let mut events = module.handle.events();
-    let core = core_link(&ca, &module, Duration::from_secs(10), &[SAY]).await;
-    say(&core).await.unwrap();
+    say(&core.link).await.unwrap();
     assert!(
         core.link
             .revoke("operator asked", anima_core::audit::Actor::Operator)
     );
     // The Core sends nothing more under the lease.
-    let status = say(&core).await.unwrap_err();
+    let status = say(&core.link).await.unwrap_err();
     assert_eq!(reason(&status), Some(Reason::LeaseRevoked));
     let (why, by) = wait_event(&mut events, |e| match e {
         LeaseEvent::Ended { reason, by, .. } => Some((*reason, *by)),
@@ -302,8 +319,7 @@ async fn a6_core_link_revocation_stops_the_core_and_the_module() {
     .await;
     assert_eq!((why, by), (Reason::LeaseRevoked, EndedBy::Peer));
     assert_eq!(module.calls(), 1);
-    let records = core.audit.records();
-    let revoked = records.iter().find(|r| r.event == "revoked").unwrap();
+    let revoked = &audited(&core, "revoked")[0];
     assert_eq!(revoked.actor, "operator");
     assert_eq!(revoked.reason.map(Reason::as_str), Some("LEASE_REVOKED"));
     assert_eq!(revoked.lease_id, Some(core.link.id().to_string()));
@@ -311,9 +327,8 @@ async fn a6_core_link_revocation_stops_the_core_and_the_module() {
 
 #[tokio::test]
 async fn a5_module_side_revocation_makes_the_core_stop() {
-    let (ca, module) = echo_module("30s").await;
-    let core = core_link(&ca, &module, Duration::from_secs(10), &[SAY]).await;
-    say(&core).await.unwrap();
+    let (module, core) = leased_echo(Duration::from_secs(10), &[SAY]).await;
+    say(&core.link).await.unwrap();
     assert!(
         module
             .handle
@@ -330,7 +345,7 @@ async fn a5_module_side_revocation_makes_the_core_stop() {
         other => panic!("expected ended, got {other:?}"),
     }
     // The Core refuses locally: nothing reaches the module.
-    let status = say(&core).await.unwrap_err();
+    let status = say(&core.link).await.unwrap_err();
     assert_eq!(reason(&status), Some(Reason::LeaseRevoked));
     assert_eq!(module.calls(), 1);
     let record = core.table.get(core.link.id()).unwrap();
@@ -339,9 +354,8 @@ async fn a5_module_side_revocation_makes_the_core_stop() {
 
 #[tokio::test]
 async fn a7_refused_scope_promotion_revokes_on_both_sides() {
-    let (ca, module) = echo_module("30s").await;
+    let (module, core) = leased_echo(Duration::from_secs(10), &[SAY]).await;
     let mut events = module.handle.events();
-    let core = core_link(&ca, &module, Duration::from_secs(10), &[SAY]).await;
     let err = core
         .link
         .rescope(Scope::new([SAY, "/anima.test.v1.Echo/Undeclared"]).unwrap())
@@ -358,15 +372,14 @@ async fn a7_refused_scope_promotion_revokes_on_both_sides() {
         .await
         .unwrap();
     assert!(matches!(core.link.state(), LeaseState::Ended(e) if e.by == EndedBy::Peer));
-    assert!(say(&core).await.is_err());
+    assert!(say(&core.link).await.is_err());
     assert_eq!(module.calls(), 0);
 }
 
 #[tokio::test]
 async fn a7_module_refusal_of_a_call_makes_the_core_revoke() {
-    let (ca, module) = echo_module("30s").await;
-    let core = core_link(&ca, &module, Duration::from_secs(10), &[SAY]).await;
-    say(&core).await.unwrap();
+    let (module, core) = leased_echo(Duration::from_secs(10), &[SAY]).await;
+    say(&core.link).await.unwrap();
     // The module ends its side silently (as if its clock ran out first); the
     // Core learns it from the next refused call and revokes at once.
     let mut handle_events = module.handle.events();
@@ -383,12 +396,11 @@ async fn a7_module_refusal_of_a_call_makes_the_core_revoke() {
 
 #[tokio::test]
 async fn a8_renewals_keep_a_500ms_lease_alive_through_5s_of_calls() {
-    let (ca, module) = echo_module("30s").await;
-    let core = core_link(&ca, &module, Duration::from_millis(500), &[SAY]).await;
+    let (module, core) = leased_echo(Duration::from_millis(500), &[SAY]).await;
     let start = tokio::time::Instant::now();
     let mut calls = 0u32;
     while start.elapsed() < Duration::from_secs(5) {
-        say(&core)
+        say(&core.link)
             .await
             .unwrap_or_else(|s| panic!("call {calls} refused: {s:?}"));
         calls += 1;
@@ -400,27 +412,20 @@ async fn a8_renewals_keep_a_500ms_lease_alive_through_5s_of_calls() {
         core.link.renewals()
     );
     assert_eq!(core.link.state(), LeaseState::Active);
-    let renewed = core
-        .audit
-        .records()
-        .iter()
-        .filter(|r| r.event == "renewed")
-        .count();
-    assert!(renewed >= 8);
+    assert!(audited(&core, "renewed").len() >= 8);
     assert_eq!(module.calls() as u32, calls);
 }
 
 #[tokio::test]
 async fn serial_a8_when_renewals_stop_refusals_begin_within_50ms_of_expiry() {
-    let (ca, module) = echo_module("30s").await;
+    let (module, core) = leased_echo(Duration::from_millis(500), &[SAY]).await;
     let mut events = module.handle.events();
-    let core = core_link(&ca, &module, Duration::from_millis(500), &[SAY]).await;
-    say(&core).await.unwrap();
+    say(&core.link).await.unwrap();
     core.link.stop_renewing().await;
     let expiry = tokio::time::Instant::now() + core_left(&core);
     // Call continuously; the first refusal comes at the Core's own expiry.
     let first_refusal = loop {
-        if say(&core).await.is_err() {
+        if say(&core.link).await.is_err() {
             break tokio::time::Instant::now();
         }
         assert!(tokio::time::Instant::now() < expiry + Duration::from_secs(2));
@@ -464,13 +469,7 @@ async fn a9_ttl_above_contract_maximum_is_capped_on_both_sides() {
     .await;
     assert_eq!(granted, Duration::from_secs(1));
     assert_eq!(core.link.ttl(), Duration::from_secs(1));
-    let accepted = core
-        .audit
-        .records()
-        .into_iter()
-        .find(|r| r.event == "accepted")
-        .unwrap();
-    assert_eq!(accepted.ttl_ms, Some(1000));
+    assert_eq!(audited(&core, "accepted")[0].ttl_ms, Some(1000));
 }
 
 #[tokio::test]
@@ -508,8 +507,7 @@ async fn a2_scope_demotion_applies_to_the_next_request() {
 
 #[tokio::test]
 async fn a2_core_link_demotion_refuses_locally_without_touching_the_module() {
-    let (ca, module) = echo_module("30s").await;
-    let core = core_link(&ca, &module, Duration::from_secs(10), &[SAY, SHOUT]).await;
+    let (module, core) = leased_echo(Duration::from_secs(10), &[SAY, SHOUT]).await;
     let granted = core.link.rescope(Scope::new([SAY]).unwrap()).await.unwrap();
     assert_eq!(granted, Scope::new([SAY]).unwrap());
     let status = EchoClient::new(core.link.channel())
@@ -552,8 +550,7 @@ async fn a3_offer_for_undeclared_methods_is_refused() {
 
 #[tokio::test]
 async fn a5_expiry_mid_call_halts_the_handler_on_both_sides() {
-    let (ca, module) = echo_module("30s").await;
-    let core = core_link(&ca, &module, Duration::from_millis(300), &[SAY, SLOW]).await;
+    let (module, core) = leased_echo(Duration::from_millis(300), &[SAY, SLOW]).await;
     core.link.stop_renewing().await;
     // The handler would run for 2 s; the lease has 300 ms left.
     let handler = Duration::from_millis(2_000);
@@ -598,8 +595,7 @@ async fn a5_expiry_mid_call_halts_the_handler_on_both_sides() {
 
 #[tokio::test]
 async fn a6_audit_log_has_one_line_per_event_with_id_actor_reason() {
-    let (ca, module) = echo_module("30s").await;
-    let core = core_link(&ca, &module, Duration::from_millis(300), &[SAY]).await;
+    let (_module, core) = leased_echo(Duration::from_millis(300), &[SAY]).await;
     // Wait for a renewal, then revoke.
     tokio::time::timeout(PATIENCE, async {
         while core.link.renewals() == 0 {
@@ -658,10 +654,7 @@ async fn a5_killing_the_module_process_puts_the_core_in_zero_lease() {
     )
     .await
     .unwrap();
-    EchoClient::new(link.channel())
-        .say(SayRequest { text: "hi".into() })
-        .await
-        .unwrap();
+    say(&link).await.unwrap();
     let killed = tokio::time::Instant::now();
     module.child.kill9().await;
     // The kernel closes a dead process's sockets: no keepalive round needed.
@@ -673,10 +666,7 @@ async fn a5_killing_the_module_process_puts_the_core_in_zero_lease() {
         LeaseState::Ended(e) => assert_eq!(e.reason, Reason::ConnectionLost),
         other => panic!("expected connection loss, got {other:?} after {took:?}"),
     }
-    let status = EchoClient::new(link.channel())
-        .say(SayRequest { text: "hi".into() })
-        .await
-        .unwrap_err();
+    let status = say(&link).await.unwrap_err();
     assert_eq!(reason(&status), Some(Reason::ConnectionLost));
 }
 

@@ -96,24 +96,32 @@ impl Stream for Ticker {
 type TickStream = Pin<Box<dyn Stream<Item = Result<pb::Tick, Status>> + Send + 'static>>;
 
 impl EchoService {
-    fn reply(request: &Request<pb::SayRequest>, text: String) -> Result<pb::SayReply, Status> {
-        let peer = PeerInfo::of(request)
+    /// `Say` and `Shout`: counts the call and answers `echo` of the
+    /// request's text.
+    fn answer(
+        &self,
+        mut request: Request<pb::SayRequest>,
+        echo: impl FnOnce(String) -> String,
+    ) -> Result<Response<pb::SayReply>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let text = echo(std::mem::take(&mut request.get_mut().text));
+        let peer = PeerInfo::of(&request)
             .cloned()
             .ok_or_else(|| Status::internal("no peer info"))?;
         // Per-lease tenant state: how many Say/Shout calls this lease made.
-        let tenant_count = match LeaseContext::of(request) {
+        let tenant_count = match LeaseContext::of(&request) {
             Some(ctx) => ctx.with_state(|n: &mut u64| {
                 *n += 1;
                 *n
             })?,
             None => 0,
         };
-        Ok(pb::SayReply {
+        Ok(Response::new(pb::SayReply {
             text,
             caller: peer.urn().to_string(),
             connection: peer.connection().get(),
             tenant_count,
-        })
+        }))
     }
 }
 
@@ -123,18 +131,14 @@ impl pb::echo_server::Echo for EchoService {
         &self,
         request: Request<pb::SayRequest>,
     ) -> Result<Response<pb::SayReply>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let text = request.get_ref().text.clone();
-        Ok(Response::new(Self::reply(&request, text)?))
+        self.answer(request, |text| text)
     }
 
     async fn shout(
         &self,
         request: Request<pb::SayRequest>,
     ) -> Result<Response<pb::SayReply>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let text = request.get_ref().text.to_uppercase();
-        Ok(Response::new(Self::reply(&request, text)?))
+        self.answer(request, |text| text.to_uppercase())
     }
 
     async fn slow(

@@ -218,22 +218,32 @@ pub fn echo_contract_with(urn: &str, max_lease: &str, extra: &str) -> Contract {
     .expect("contract")
 }
 
-/// `/anima.test.v1.Echo/Say`
-pub const SAY: &str = "/anima.test.v1.Echo/Say";
-/// `/anima.test.v1.Echo/Shout`
-pub const SHOUT: &str = "/anima.test.v1.Echo/Shout";
-/// `/anima.test.v1.Echo/Slow`
-pub const SLOW: &str = "/anima.test.v1.Echo/Slow";
-/// `/anima.test.v1.Echo/Count`
-pub const COUNT: &str = "/anima.test.v1.Echo/Count";
-/// `/anima.test.v1.Echo/Watch` (server streaming)
-pub const WATCH: &str = "/anima.test.v1.Echo/Watch";
-/// `/anima.test.v1.Echo/Collect` (client streaming)
-pub const COLLECT: &str = "/anima.test.v1.Echo/Collect";
-/// `/anima.test.v1.Echo/Chat` (bidirectional streaming)
-pub const CHAT: &str = "/anima.test.v1.Echo/Chat";
-/// Every method the echo service serves.
-pub const ECHO_METHODS: [&str; 7] = [SAY, SHOUT, SLOW, COUNT, WATCH, COLLECT, CHAT];
+/// Declares a constant for each method of the echo service, its path
+/// (`NAME => Method`), and [`ECHO_METHODS`], all of them in order.
+macro_rules! echo_methods {
+    ($($(#[doc = $doc:literal])* $name:ident => $method:ident,)*) => {
+        $(
+            #[doc = concat!("`/anima.test.v1.Echo/", stringify!($method), "`")]
+            $(#[doc = $doc])*
+            pub const $name: &str = concat!("/anima.test.v1.Echo/", stringify!($method));
+        )*
+        /// Every method the echo service serves.
+        pub const ECHO_METHODS: [&str; [$($name),*].len()] = [$($name),*];
+    };
+}
+
+echo_methods! {
+    SAY => Say,
+    SHOUT => Shout,
+    SLOW => Slow,
+    COUNT => Count,
+    /// (server streaming)
+    WATCH => Watch,
+    /// (client streaming)
+    COLLECT => Collect,
+    /// (bidirectional streaming)
+    CHAT => Chat,
+}
 
 /// [`ECHO_METHODS`] as the items of a TOML array: `"/a", "/b", …`.
 pub fn echo_methods_toml() -> String {
@@ -370,28 +380,23 @@ impl RawCore {
 
     /// Calls `Say` on the raw connection with `proof` (or none).
     pub async fn say(&self, proof: Option<String>) -> Result<echo::SayReply, Status> {
-        let mut request = Request::new(echo::SayRequest { text: "hi".into() });
-        if let Some(p) = proof {
-            request
-                .metadata_mut()
-                .insert(PROOF_HEADER, p.parse().expect("ascii proof"));
-        }
-        echo::echo_client::EchoClient::new(self.conn.channel())
-            .say(request)
+        self.client()
+            .say(hi_request(proof))
             .await
             .map(|r| r.into_inner())
     }
 
     /// Calls `Shout` on the raw connection with `proof`.
     pub async fn shout(&self, proof: String) -> Result<echo::SayReply, Status> {
-        let mut request = Request::new(echo::SayRequest { text: "hi".into() });
-        request
-            .metadata_mut()
-            .insert(PROOF_HEADER, proof.parse().expect("ascii proof"));
-        echo::echo_client::EchoClient::new(self.conn.channel())
-            .shout(request)
+        self.client()
+            .shout(hi_request(Some(proof)))
             .await
             .map(|r| r.into_inner())
+    }
+
+    /// An echo client on the raw connection.
+    fn client(&self) -> echo::echo_client::EchoClient<tonic::transport::Channel> {
+        echo::echo_client::EchoClient::new(self.conn.channel())
     }
 
     /// Sends a control frame.
@@ -411,6 +416,17 @@ impl RawCore {
             .flatten()
             .and_then(|f| f.frame)
     }
+}
+
+/// A request saying "hi", carrying `proof` (or none).
+fn hi_request(proof: Option<String>) -> Request<echo::SayRequest> {
+    let mut request = Request::new(echo::SayRequest { text: "hi".into() });
+    if let Some(p) = proof {
+        request
+            .metadata_mut()
+            .insert(PROOF_HEADER, p.parse().expect("ascii proof"));
+    }
+    request
 }
 
 /// The `anima` reason of a refused call.

@@ -19,7 +19,7 @@ pub fn abuse(args: &[String]) -> Result<ExitCode, String> {
     )?;
     let env = [("ANIMA_ABUSE", "full")];
     let extra: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut run = if crate::has_nextest() {
+    let mut run = if crate::has_cargo_tool("nextest") {
         vec![
             "nextest",
             "run",

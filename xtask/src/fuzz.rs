@@ -36,10 +36,7 @@ struct Outcome {
 /// Runs `cargo xtask fuzz ARGS`.
 pub fn fuzz(args: &[String]) -> Result<(), String> {
     let (seconds, chosen) = parse_args(args)?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("xtask is not inside the workspace")?;
-    let fuzz_dir = root.join("fuzz");
+    let fuzz_dir = crate::workspace_root()?.join("fuzz");
     let chosen = choose(&fuzz_dir, chosen)?;
     crate::ensure_cargo_tool("fuzz", CARGO_FUZZ)?;
     build(&fuzz_dir, &chosen)?;
@@ -53,14 +50,12 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
         .filter(|o| !o.ok)
         .map(|o| o.target.as_str())
         .collect();
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
+    crate::ensure(failed.is_empty(), || {
+        format!(
             "fuzz targets failed: {} (inputs in fuzz/artifacts/)",
             failed.join(", ")
-        ))
-    }
+        )
+    })
 }
 
 /// `[--seconds N] [TARGET…]`: the seconds per target (default 10) and the
@@ -236,8 +231,7 @@ fn path_str(path: &Path) -> Result<&str, String> {
 }
 
 fn command(fuzz_dir: &Path, args: &[&str]) -> Command {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
+    let mut command = Command::new(crate::cargo_program());
     let (subcommand, rest) = args.split_first().map_or(("", &[][..]), |(s, r)| (*s, r));
     command
         .args(["fuzz", subcommand, "--fuzz-dir"])
@@ -250,12 +244,7 @@ fn command(fuzz_dir: &Path, args: &[&str]) -> Command {
 
 fn cargo_fuzz(fuzz_dir: &Path, args: &[&str]) -> Result<(), String> {
     eprintln!("xtask: cargo fuzz {}", args.join(" "));
-    let status = command(fuzz_dir, args)
-        .status()
-        .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`cargo fuzz {}` failed ({status})", args.join(" ")))
-    }
+    crate::run_command(&mut command(fuzz_dir, args), "cargo fuzz", |status| {
+        format!("`cargo fuzz {}` failed ({status})", args.join(" "))
+    })
 }

@@ -31,7 +31,8 @@
 //! `fuzz/` and runs each for N seconds (default 10) from its seed corpus
 //! (see `fuzz.rs`).
 
-use std::process::{Command, ExitCode};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, ExitStatus};
 
 mod abuse;
 mod fuzz;
@@ -67,35 +68,62 @@ fn exit_code(done: Result<ExitCode, String>) -> ExitCode {
     })
 }
 
+/// The workspace root (the parent of xtask's manifest directory).
+fn workspace_root() -> Result<&'static Path, String> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| "xtask is not inside the workspace".into())
+}
+
+/// The cargo that runs xtask (`$CARGO`), else `cargo` from the `PATH`.
+fn cargo_program() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// `Ok` when `ok`, else the error `error` writes.
+fn ensure(ok: bool, error: impl FnOnce() -> String) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(error()) }
+}
+
+/// Runs `command` to its end: an error naming `program` when it cannot
+/// start, and `failed(status)` when it exits unsuccessfully.
+fn run_command(
+    command: &mut Command,
+    program: &str,
+    failed: impl FnOnce(ExitStatus) -> String,
+) -> Result<(), String> {
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    ensure(status.success(), || failed(status))
+}
+
+/// Whether `cargo SUBCOMMAND` is available. Without `CARGO_PKG_NAME`:
+/// cargo-machete takes it to mean `cargo run` started it (see `machete`),
+/// and then fails `--version`.
+fn has_cargo_tool(subcommand: &str) -> bool {
+    Command::new(cargo_program())
+        .args([subcommand, "--version"])
+        .env_remove("CARGO_PKG_NAME")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// The cargo-machete release installed when it is missing.
 const CARGO_MACHETE: &str = "cargo-machete@0.9.2";
 
 /// Installs `krate` (`name@version`) from crates.io when `cargo SUBCOMMAND`
 /// is not available.
 fn ensure_cargo_tool(subcommand: &str, krate: &str) -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // Without `CARGO_PKG_NAME`: cargo-machete takes it to mean `cargo run`
-    // started it (see `machete`), and then fails `--version`.
-    let has = Command::new(&cargo)
-        .args([subcommand, "--version"])
-        .env_remove("CARGO_PKG_NAME")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if has {
+    if has_cargo_tool(subcommand) {
         return Ok(());
     }
     eprintln!("xtask: installing {krate} (cargo install --locked)");
-    let status = Command::new(&cargo)
-        .args(["install", "--locked", krate])
-        .status()
-        .map_err(|e| format!("cannot run cargo install: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "cannot install {krate} (cargo install --locked {krate})"
-        ))
-    }
+    run_command(
+        Command::new(cargo_program()).args(["install", "--locked", krate]),
+        "cargo install",
+        |_| format!("cannot install {krate} (cargo install --locked {krate})"),
+    )
 }
 
 fn test(filter: &[String]) -> Result<(), String> {
@@ -122,7 +150,7 @@ fn test(filter: &[String]) -> Result<(), String> {
     )?;
     cargo(&["build", "--workspace", "--bins", "--locked"], &[])?;
     let filter: Vec<&str> = filter.iter().map(String::as_str).collect();
-    if has_nextest() {
+    if has_cargo_tool("nextest") {
         // Doc tests first, so the run closes on nextest's summary. The test
         // copies of the SDK and the protocol crate recompile their sources
         // under other crate names, so the examples (which name the real
@@ -185,12 +213,10 @@ fn run_release(bin: &str, args: &[String], exclude: &[&str]) -> Result<ExitCode,
     let mut build = vec!["build", "--release", "--workspace", "--bins", "--locked"];
     build.extend_from_slice(exclude);
     cargo(&build, &[])?;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("xtask is not inside the workspace")?;
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
+    let target = match std::env::var("CARGO_TARGET_DIR") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => workspace_root()?.join("target"),
+    };
     let path = target.join("release").join(bin);
     eprintln!("xtask: {} {}", path.display(), args.join(" "));
     let status = Command::new(&path)
@@ -216,8 +242,8 @@ const PYTHON_REQUIREMENTS: &str = concat!(
 /// are installed already).
 fn ensure_python_grpcio() -> Result<(), String> {
     eprintln!("xtask: python3 -m pip install -r {PYTHON_REQUIREMENTS}");
-    let status = Command::new("python3")
-        .args([
+    run_command(
+        Command::new("python3").args([
             "-m",
             "pip",
             "install",
@@ -225,31 +251,25 @@ fn ensure_python_grpcio() -> Result<(), String> {
             "--disable-pip-version-check",
             "-r",
             PYTHON_REQUIREMENTS,
-        ])
-        .status()
-        .map_err(|e| format!("cannot run python3 -m pip: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "cannot install the Python test packages (python3 -m pip install -r {PYTHON_REQUIREMENTS})"
-        ))
-    }
+        ]),
+        "python3 -m pip",
+        |_| {
+            format!(
+                "cannot install the Python test packages (python3 -m pip install -r {PYTHON_REQUIREMENTS})"
+            )
+        },
+    )
 }
 
 fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(&cargo)
-        .args(args)
-        .envs(env.iter().copied())
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
-    }
+    run_command(
+        Command::new(cargo_program())
+            .args(args)
+            .envs(env.iter().copied()),
+        "cargo",
+        |status| format!("`cargo {}` failed ({status})", args.join(" ")),
+    )
 }
 
 /// `cargo machete` over the workspace. cargo-machete takes a set
@@ -257,26 +277,16 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
 /// it was started by `cargo run` and reads its arguments differently, so the
 /// variable is removed for it.
 fn machete() -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo machete");
-    let status = Command::new(&cargo)
-        .arg("machete")
-        .env_remove("CARGO_PKG_NAME")
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`cargo machete` failed ({status}): a crate declares a dependency it does not use"
-        ))
-    }
-}
-
-fn has_nextest() -> bool {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    Command::new(cargo)
-        .args(["nextest", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    run_command(
+        Command::new(cargo_program())
+            .arg("machete")
+            .env_remove("CARGO_PKG_NAME"),
+        "cargo",
+        |status| {
+            format!(
+                "`cargo machete` failed ({status}): a crate declares a dependency it does not use"
+            )
+        },
+    )
 }

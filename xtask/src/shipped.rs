@@ -23,7 +23,7 @@ const SHIPPED: [&str; 6] = [
 
 /// Fails naming each shipped crate whose graph holds a fault hook.
 pub(crate) fn check_feature_graph() -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo_program();
     let mut problems = Vec::new();
     for package in SHIPPED {
         eprintln!("xtask: cargo tree -p {package} -e features,normal,build");
@@ -49,14 +49,12 @@ pub(crate) fn check_feature_graph() -> Result<(), String> {
         let tree = String::from_utf8_lossy(&out.stdout);
         problems.extend(offending(&tree).map(|line| format!("{package}: {line}")));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
+    crate::ensure(problems.is_empty(), || {
+        format!(
             "a test-only fault hook reaches a shipped crate:\n  {}",
             problems.join("\n  ")
-        ))
-    }
+        )
+    })
 }
 
 /// The lines of a `cargo tree -e features` listing that name a fault hook.

@@ -98,81 +98,116 @@ impl Run<'_> {
         }
     }
 
-    /// The Core refuses (A7): the module must end the lease at once. Then a
-    /// scope beyond the declared methods: the module refuses and ends it.
-    pub(crate) async fn refusal_checks(
+    /// Takes a fresh lease of `actor` for every declared method and does
+    /// `what` to it, after which the module must end it (A4, A5, A7).
+    pub(crate) async fn provoke_end(
         &mut self,
         r: &mut Report,
         addr: SocketAddr,
         actor: &Actor,
-        which: u8,
+        what: Provocation,
     ) {
-        let Some(mut s) = self.lease_declared(r, actor, addr, self.ttl()).await else {
+        let Some(s) = self.lease_declared(r, actor, addr, self.ttl()).await else {
             return;
         };
-        if which == 0 {
-            s.send(Frame::Refuse(Refusal {
-                reason: Reason::ProtocolViolation.as_str().into(),
-                detail: "conformance: the Core refuses".into(),
-            }))
+        match what {
+            Provocation::CoreRefuses => self.core_refuses(r, s).await,
+            Provocation::WiderScope => self.wider_scope(r, s).await,
+            Provocation::ForgedProof => self.proof_checks(r, s, false).await,
+            Provocation::ReplayedProof => self.proof_checks(r, s, true).await,
+        }
+    }
+
+    /// The Core refuses (A7): the module must end the lease at once.
+    async fn core_refuses(&mut self, r: &mut Report, mut s: Session) {
+        s.send(Frame::Refuse(Refusal {
+            reason: Reason::ProtocolViolation.as_str().into(),
+            detail: "conformance: the Core refuses".into(),
+        }))
+        .await;
+        // The module needs a moment to read the frame; a call racing it
+        // may still pass, so wait for its side of the stream to close.
+        let closed = s.await_close(PATIENCE).await;
+        r.check(
+            "A5",
+            closed.is_ok(),
+            format!("after the Core's refuse the module closed its stream: {closed:?}"),
+        );
+        let ok = self
+            .refused_after_end(
+                r,
+                &mut s,
+                "A7",
+                &[Reason::LeaseRevoked, Reason::NoLease, Reason::Standby],
+                "refused",
+            )
             .await;
-            // The module needs a moment to read the frame; a call racing it
-            // may still pass, so wait for its side of the stream to close.
-            let closed = s.await_close(PATIENCE).await;
-            r.check(
-                "A5",
-                closed.is_ok(),
-                format!("after the Core's refuse the module closed its stream: {closed:?}"),
-            );
-            let ok = self
-                .refused_after_end(
+        if ok {
+            r.pass("A7", "the Core's refuse ended the module's lease");
+        }
+    }
+
+    /// A scope beyond the declared methods (A7): the module refuses and
+    /// ends the lease.
+    async fn wider_scope(&mut self, r: &mut Report, mut s: Session) {
+        let mut wider = self.declared.iter().map(str::to_owned).collect::<Vec<_>>();
+        wider.push(UNDECLARED.into());
+        let Ok(wider) = Scope::new(wider.iter().map(String::as_str)) else {
+            return;
+        };
+        match s.rescope(&wider).await {
+            Ok(Some(Frame::Refuse(Refusal { reason, .. })))
+                if reason == Reason::ScopeDenied.as_str() =>
+            {
+                r.pass(
+                    "A7",
+                    "a scope naming an undeclared method is refused SCOPE_DENIED",
+                );
+                self.refused_after_end(
                     r,
                     &mut s,
                     "A7",
-                    &[Reason::LeaseRevoked, Reason::NoLease, Reason::Standby],
+                    &[
+                        Reason::LeaseRevoked,
+                        Reason::ScopeDenied,
+                        Reason::NoLease,
+                        Reason::Standby,
+                    ],
                     "refused",
                 )
                 .await;
-            if ok {
-                r.pass("A7", "the Core's refuse ended the module's lease");
             }
-        } else {
-            let mut wider = self.declared.iter().map(str::to_owned).collect::<Vec<_>>();
-            wider.push(UNDECLARED.into());
-            let Ok(wider) = Scope::new(wider.iter().map(String::as_str)) else {
-                return;
-            };
-            match s.rescope(&wider).await {
-                Ok(Some(Frame::Refuse(Refusal { reason, .. })))
-                    if reason == Reason::ScopeDenied.as_str() =>
-                {
-                    r.pass(
-                        "A7",
-                        "a scope naming an undeclared method is refused SCOPE_DENIED",
-                    );
-                    self.refused_after_end(
-                        r,
-                        &mut s,
-                        "A7",
-                        &[
-                            Reason::LeaseRevoked,
-                            Reason::ScopeDenied,
-                            Reason::NoLease,
-                            Reason::Standby,
-                        ],
-                        "refused",
-                    )
-                    .await;
-                }
-                other => r.fail(
-                    "A7",
-                    format!(
-                        "a scope naming an undeclared method: {other:?} (want refuse SCOPE_DENIED)"
-                    ),
+            other => r.fail(
+                "A7",
+                format!(
+                    "a scope naming an undeclared method: {other:?} (want refuse SCOPE_DENIED)"
                 ),
-            }
+            ),
         }
     }
+}
+
+/// What the tool does to a fresh lease so that the module must end it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Provocation {
+    /// The Core refuses (A5, A7).
+    CoreRefuses,
+    /// The Core asks for a scope beyond the declared methods (A7).
+    WiderScope,
+    /// A call carries a forged proof (A4, A7).
+    ForgedProof,
+    /// A call carries a replayed proof (A4, A7).
+    ReplayedProof,
+}
+
+impl Provocation {
+    /// Every provocation, in the order the scenarios make them.
+    pub(crate) const ALL: [Provocation; 4] = [
+        Provocation::CoreRefuses,
+        Provocation::WiderScope,
+        Provocation::ForgedProof,
+        Provocation::ReplayedProof,
+    ];
 }
 
 /// A5: once a lease ended by `what`, the module closes its half of the

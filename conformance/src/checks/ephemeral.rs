@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use anima_protocol::lease::Reason;
 use anima_protocol::{Connection, Urn};
 
+use super::ending::Provocation;
 use super::{Run, Target, status_failed};
 use crate::error::ToolError;
 use crate::report::Report;
-use crate::session::{self, Actor, PATIENCE};
+use crate::session::{self, Actor};
 use crate::target::Running;
 
 impl Run<'_> {
@@ -153,8 +154,7 @@ impl Run<'_> {
                     .await
                 {
                     let mut s = s;
-                    s.revoke("conformance: grace").await;
-                    let _ = s.await_close(PATIENCE).await;
+                    s.revoke_and_wait("conformance: grace").await;
                     self.wrong_core(r, addr, core_b, "E3").await;
                     match self
                         .open(core_a, addr, &self.declared.clone(), self.ttl())
@@ -202,10 +202,10 @@ impl Run<'_> {
             };
             match step {
                 0 => self.expiry_checks(r, addr, core_a, "E6").await,
-                1 => self.refusal_checks(r, addr, core_a, 0).await,
-                2 => self.refusal_checks(r, addr, core_a, 1).await,
-                3 => self.proof_checks(r, addr, core_a, false).await,
-                4 => self.proof_checks(r, addr, core_a, true).await,
+                1..=4 => {
+                    self.provoke_end(r, addr, core_a, Provocation::ALL[step - 1])
+                        .await;
+                }
                 5 => {
                     self.stream_checks(r, addr, core_a, Reason::LeaseExpired, "E6")
                         .await;

@@ -269,6 +269,26 @@ impl Run<'_> {
         }
     }
 
+    /// Reads under `s` (`what`) and checks `row`: the lease holds `want`
+    /// touches, the evidence being `said` and the count read. That count.
+    async fn check_touches(
+        &mut self,
+        r: &mut Report,
+        s: &mut Session,
+        what: &str,
+        row: &'static str,
+        want: u64,
+        said: &str,
+    ) -> Option<u64> {
+        let seen = self.read(r, s, what).await;
+        r.check(
+            row,
+            seen == Some(want),
+            format!("{said} {seen:?} touches (want {want})"),
+        );
+        seen
+    }
+
     /// One call under `s`: `Probe/Read` with the probe, else the first
     /// declared method with an empty request. `Err` only for a lease refusal
     /// (a handler's own error on an empty request is an answer).

@@ -14,22 +14,12 @@ use anima_protocol::pb::{Refusal, SignedToken};
 use super::{READ, Run, TOUCH, UNDECLARED};
 use crate::error::ToolError;
 use crate::report::Report;
-use crate::session::{
-    self, Actor, PATIENCE, Session, call_empty, decode_token, describe, has_reason,
-};
+use crate::session::{self, PATIENCE, Session, call_empty, decode_token, describe, has_reason};
 
 impl Run<'_> {
-    /// Forged and replayed proofs (A4): refused, and the module revokes.
-    pub(crate) async fn proof_checks(
-        &mut self,
-        r: &mut Report,
-        addr: SocketAddr,
-        actor: &Actor,
-        replay: bool,
-    ) {
-        let Some(mut s) = self.lease_declared(r, actor, addr, self.ttl()).await else {
-            return;
-        };
+    /// A forged or replayed proof under `s` (A4): refused, and the module
+    /// revokes.
+    pub(crate) async fn proof_checks(&mut self, r: &mut Report, mut s: Session, replay: bool) {
         let method = if self.probe {
             READ.to_owned()
         } else {

@@ -15,9 +15,20 @@ use anima_protocol::contract::ModuleType;
 use anima_protocol::lease::Reason;
 
 use super::Run;
+use super::ending::Provocation;
 use crate::report::Report;
-use crate::session::{self, Actor, PATIENCE, Session, describe, has_reason};
+use crate::session::{self, Actor, Session, describe, has_reason};
 use crate::target::Running;
+
+/// What every step of the resident scenario works with: where the module
+/// listens, whether it is Type III (the `S` rows decide) and the tool's two
+/// Cores.
+struct Scene {
+    addr: SocketAddr,
+    shared: bool,
+    core_a: Actor,
+    core_b: Actor,
+}
 
 impl Run<'_> {
     /// Runs the resident scenario against one process (or endpoint).
@@ -28,27 +39,28 @@ impl Run<'_> {
         let Some((addr, mut process, pid)) = self.resident_start(r, shared, &core_a).await else {
             return;
         };
+        let scene = Scene {
+            addr,
+            shared,
+            core_a,
+            core_b,
+        };
         // Leases other Cores hold on a running module (endpoint mode): then
         // it is not in standby, and calls without a lease are NO_LEASE.
         let foreign = self.active_leases(addr).await.unwrap_or(0);
-        let Some(a) = self
-            .first_lease_checks(r, addr, shared, foreign, &core_a, &core_b)
-            .await
-        else {
+        let Some(a) = self.first_lease_checks(r, &scene, foreign).await else {
             return;
         };
-        self.refusal_checks(r, addr, &core_a, 0).await;
-        self.refusal_checks(r, addr, &core_a, 1).await;
-        self.proof_checks(r, addr, &core_a, false).await;
-        self.proof_checks(r, addr, &core_a, true).await;
-        self.connection_loss(r, addr, &core_a).await;
+        for what in Provocation::ALL {
+            self.provoke_end(r, addr, &scene.core_a, what).await;
+        }
+        self.connection_loss(r, addr, &scene.core_a).await;
         // Zero-lease: revoke the last lease; standby, same process.
         self.revoke_checks(r, a).await;
-        self.standby_checks(r, addr, shared, foreign, pid, &mut process)
+        self.standby_checks(r, &scene, foreign, pid, &mut process)
             .await;
-        self.after_standby(r, addr, shared, &core_a, &core_b).await;
-        self.shutdown_checks(r, addr, shared, &core_a, &core_b, process)
-            .await;
+        self.after_standby(r, &scene).await;
+        self.shutdown_checks(r, &scene, process).await;
     }
 
     /// Starts the module (bound to `core_a` when core-started), runs the
@@ -108,12 +120,11 @@ impl Run<'_> {
     async fn first_lease_checks(
         &mut self,
         r: &mut Report,
-        addr: SocketAddr,
-        shared: bool,
+        scene: &Scene,
         foreign: u32,
-        core_a: &Actor,
-        core_b: &Actor,
     ) -> Option<Session> {
+        let (addr, shared) = (scene.addr, scene.shared);
+        let (core_a, core_b) = (&scene.core_a, &scene.core_b);
         let unleased = if foreign > 0 {
             Reason::NoLease
         } else {
@@ -168,12 +179,12 @@ impl Run<'_> {
     async fn standby_checks(
         &mut self,
         r: &mut Report,
-        addr: SocketAddr,
-        shared: bool,
+        scene: &Scene,
         foreign: u32,
         pid: Option<u32>,
         process: &mut Option<Running>,
     ) {
+        let (addr, shared) = (scene.addr, scene.shared);
         let (row_standby, row_stay) = if shared { ("S6", "S7") } else { ("R3", "R5") };
         // `None`: other Cores' leases keep it out of standby.
         let standby = if foreign > 0 {
@@ -235,14 +246,9 @@ impl Run<'_> {
     }
 
     /// A new lease from the same Core is taken (R4, S9: nothing kept).
-    async fn after_standby(
-        &mut self,
-        r: &mut Report,
-        addr: SocketAddr,
-        shared: bool,
-        core_a: &Actor,
-        core_b: &Actor,
-    ) {
+    async fn after_standby(&mut self, r: &mut Report, scene: &Scene) {
+        let (addr, shared) = (scene.addr, scene.shared);
+        let (core_a, core_b) = (&scene.core_a, &scene.core_b);
         match self
             .open(core_a, addr, &self.declared.clone(), self.ttl())
             .await
@@ -252,19 +258,15 @@ impl Run<'_> {
                     r.pass("R4", "after standby the same Core leases again");
                 }
                 if self.probe {
-                    let touches = self.read(r, &mut again, "a new lease after standby").await;
                     let row = if shared { "S9" } else { "A6" };
-                    r.check(
-                        row,
-                        touches == Some(0),
-                        format!("a new lease starts with {touches:?} touches (want 0)"),
-                    );
+                    let what = "a new lease after standby";
+                    self.check_touches(r, &mut again, what, row, 0, "a new lease starts with")
+                        .await;
                 }
                 if !shared {
                     self.wrong_core(r, addr, core_b, "R2").await;
                 }
-                again.revoke("conformance: done").await;
-                let _ = again.await_close(PATIENCE).await;
+                again.revoke_and_wait("conformance: done").await;
             }
             Err(e) => r.fail(
                 if shared { "S6" } else { "R4" },
@@ -274,17 +276,14 @@ impl Run<'_> {
     }
 
     /// Shutdown: refused to others, honoured for the operator (R5, S7).
-    async fn shutdown_checks(
-        &mut self,
-        r: &mut Report,
-        addr: SocketAddr,
-        shared: bool,
-        core_a: &Actor,
-        core_b: &Actor,
-        process: Option<Running>,
-    ) {
-        let row_stay = if shared { "S7" } else { "R5" };
-        let stranger = if shared { core_a } else { core_b };
+    async fn shutdown_checks(&mut self, r: &mut Report, scene: &Scene, process: Option<Running>) {
+        let addr = scene.addr;
+        let row_stay = if scene.shared { "S7" } else { "R5" };
+        let stranger = if scene.shared {
+            &scene.core_a
+        } else {
+            &scene.core_b
+        };
         if let Ok(conn) = self.dial(stranger, addr).await {
             match session::shutdown(&conn, "conformance: not allowed").await {
                 // At an endpoint the tool neither sees the process nor acts as

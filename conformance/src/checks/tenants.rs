@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use super::Run;
 use crate::report::Report;
-use crate::session::{Actor, PATIENCE, Session};
+use crate::session::{Actor, Session};
 
 impl Run<'_> {
     /// Type III: a second Core leases concurrently; tenants are isolated.
@@ -49,30 +49,29 @@ impl Run<'_> {
     /// With the probe: A's and B's touches stay apart (S4, S8), and B's
     /// lease ends leaving A's count as it was (S5).
     async fn isolation(&mut self, r: &mut Report, a: &mut Session, b: &mut Session) {
-        self.touch(r, a, "A touches").await;
-        self.touch(r, a, "A touches").await;
-        self.touch(r, a, "A touches").await;
-        let b_sees = self.read(r, b, "B reads").await;
-        r.check(
-            "S4",
-            b_sees == Some(0),
-            format!("after A's 3 touches, B's lease reads {b_sees:?} touches (want 0)"),
-        );
+        for _ in 0..3 {
+            self.touch(r, a, "A touches").await;
+        }
+        let b_sees = self
+            .check_touches(
+                r,
+                b,
+                "B reads",
+                "S4",
+                0,
+                "after A's 3 touches, B's lease reads",
+            )
+            .await;
         r.check(
             "S8",
             b_sees == Some(0),
             format!("B's answers do not depend on A's activity ({b_sees:?})"),
         );
         self.touch(r, b, "B touches").await;
-        let a_sees = self.read(r, a, "A reads").await;
-        r.check(
-            "S4",
-            a_sees == Some(3),
-            format!("after B's touch, A's lease reads {a_sees:?} touches (want 3)"),
-        );
+        self.check_touches(r, a, "A reads", "S4", 3, "after B's touch, A's lease reads")
+            .await;
         // B's lease ends; B leases again and finds nothing of the old one.
-        b.revoke("conformance: tenant ends").await;
-        let _ = b.await_close(PATIENCE).await;
+        b.revoke_and_wait("conformance: tenant ends").await;
         match self.read(r, a, "A after B's lease ended").await {
             Some(n) => r.check(
                 "S5",
@@ -97,8 +96,7 @@ impl Run<'_> {
                     seen == Some(0),
                     format!("state deleted with its lease ({seen:?})"),
                 );
-                b2.revoke("conformance").await;
-                let _ = b2.await_close(PATIENCE).await;
+                b2.revoke_and_wait("conformance").await;
             }
             Err(e) => r.fail("S3", format!("the second Core could not lease again: {e}")),
         }

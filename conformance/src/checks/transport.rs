@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anima_protocol::lease::Reason;
 use anima_protocol::{Connection, UrnKind};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncReadExt as _;
 
 use super::Run;
 use super::admission::refused;
@@ -172,18 +172,12 @@ impl Run<'_> {
 /// Sends an HTTP/2 client preface in clear and reports whether the peer
 /// answered with an HTTP/2 SETTINGS frame (that is, served plaintext).
 async fn plaintext_served(addr: SocketAddr) -> Result<bool, ToolError> {
-    let mut stream = rawtls::connect(addr, PATIENCE).await?;
     // Preface, then an empty SETTINGS frame.
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-    stream
-        .write_all(&hello)
-        .await
-        .map_err(|source| ToolError::Socket {
-            action: "send an HTTP/2 preface in clear to",
-            addr,
-            source,
-        })?;
+    let mut stream =
+        rawtls::connect_and_send(addr, PATIENCE, &hello, "send an HTTP/2 preface in clear to")
+            .await?;
     let mut buf = [0u8; 9];
     match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
         Err(_) | Ok(Err(_)) | Ok(Ok(0)) => Ok(false),

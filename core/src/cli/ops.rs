@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anima_protocol::pb::core_admin_client::CoreAdminClient;
 use anima_protocol::pb::{
-    ListLeasesRequest, ListModulesRequest, ModuleRequest, RevokeLeaseRequest, WatchEventsRequest,
+    LeaseInfo, ListLeasesRequest, ListModulesRequest, ModuleInfo, ModuleRequest,
+    RevokeLeaseRequest, WatchEventsRequest,
 };
 use anima_protocol::{ClientTls, PeerPolicy, TlsIdentity, TrustRoot, UrnKind};
 use clap::Args;
@@ -121,135 +122,146 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// Makes one admin call to the Core, on a runtime of its own; a refusal is
+/// the error.
+fn call<T>(
+    target: &AdminTarget,
+    rpc: impl AsyncFnOnce(CoreAdminClient<Channel>) -> Result<tonic::Response<T>, tonic::Status>,
+) -> Result<T, Box<dyn std::error::Error>> {
+    runtime()?.block_on(async {
+        let reply = rpc(connect(target).await?).await.map_err(rpc_error)?;
+        Ok(reply.into_inner())
+    })
+}
+
+/// A row of `anima modules` or `anima leases`.
+trait Row {
+    /// The table's headers.
+    const HEADERS: &'static [&'static str];
+
+    /// The row as `--json` prints it.
+    fn object(&self) -> serde_json::Value;
+
+    /// The row's cells in the table, under [`Row::HEADERS`].
+    fn cells(self) -> Vec<String>;
+}
+
+impl Row for ModuleInfo {
+    const HEADERS: &'static [&'static str] = &[
+        "MODULE", "TYPE", "STATE", "PID", "RESTARTS", "LEASE", "DETAIL",
+    ];
+
+    fn object(&self) -> serde_json::Value {
+        serde_json::json!({
+            "urn": self.urn, "type": self.module_type, "state": self.state, "detail": self.detail,
+            "pid": (self.pid != 0).then_some(self.pid), "endpoint": self.endpoint,
+            "restarts": self.restarts, "lease_id": (!self.lease_id.is_empty()).then_some(&self.lease_id),
+        })
+    }
+
+    fn cells(self) -> Vec<String> {
+        vec![
+            self.urn,
+            self.module_type,
+            self.state,
+            if self.pid == 0 {
+                "-".into()
+            } else {
+                self.pid.to_string()
+            },
+            self.restarts.to_string(),
+            if self.lease_id.is_empty() {
+                "-".into()
+            } else {
+                self.lease_id
+            },
+            self.detail,
+        ]
+    }
+}
+
+impl Row for LeaseInfo {
+    const HEADERS: &'static [&'static str] = &[
+        "LEASE", "MODULE", "STATE", "TTL", "RENEWALS", "EXPIRES", "REASON",
+    ];
+
+    fn object(&self) -> serde_json::Value {
+        serde_json::json!({
+            "lease_id": self.lease_id, "module": self.module, "scope": self.scope,
+            "issued_ms": self.issued_ms, "expires_ms": self.expires_ms, "ttl_ms": self.ttl_ms,
+            "renewals": self.renewals, "state": self.state,
+            "reason": (!self.reason.is_empty()).then_some(&self.reason),
+        })
+    }
+
+    fn cells(self) -> Vec<String> {
+        vec![
+            self.lease_id,
+            self.module,
+            self.state,
+            format!("{}ms", self.ttl_ms),
+            self.renewals.to_string(),
+            ago(self.expires_ms),
+            self.reason,
+        ]
+    }
+}
+
+/// Prints `rows` as a table, or with `--json` as a JSON array.
+fn print_rows<R: Row>(target: &AdminTarget, rows: Vec<R>) -> CliResult {
+    if target.json {
+        let objects: Vec<serde_json::Value> = rows.iter().map(R::object).collect();
+        println!("{}", serde_json::to_string(&objects)?);
+    } else {
+        table(R::HEADERS, rows.into_iter().map(R::cells).collect());
+    }
+    Ok(())
+}
+
 /// `anima modules`
 pub fn modules(target: AdminTarget) -> CliResult {
-    runtime()?.block_on(async {
-        let reply = connect(&target)
-            .await?
-            .list_modules(ListModulesRequest {})
-            .await
-            .map_err(rpc_error)?
-            .into_inner();
-        if target.json {
-            let rows: Vec<serde_json::Value> = reply
-                .modules
-                .iter()
-                .map(|m| {
-                    serde_json::json!({
-                        "urn": m.urn, "type": m.module_type, "state": m.state, "detail": m.detail,
-                        "pid": (m.pid != 0).then_some(m.pid), "endpoint": m.endpoint,
-                        "restarts": m.restarts, "lease_id": (!m.lease_id.is_empty()).then_some(&m.lease_id),
-                    })
-                })
-                .collect();
-            println!("{}", serde_json::to_string(&rows)?);
-        } else {
-            table(
-                &["MODULE", "TYPE", "STATE", "PID", "RESTARTS", "LEASE", "DETAIL"],
-                reply
-                    .modules
-                    .into_iter()
-                    .map(|m| {
-                        vec![
-                            m.urn,
-                            m.module_type,
-                            m.state,
-                            if m.pid == 0 { "-".into() } else { m.pid.to_string() },
-                            m.restarts.to_string(),
-                            if m.lease_id.is_empty() { "-".into() } else { m.lease_id },
-                            m.detail,
-                        ]
-                    })
-                    .collect(),
-            );
-        }
-        Ok(())
-    })
+    let reply = call(&target, async |mut admin| {
+        admin.list_modules(ListModulesRequest {}).await
+    })?;
+    print_rows(&target, reply.modules)
 }
 
 /// `anima leases`
 pub fn leases(target: AdminTarget) -> CliResult {
-    runtime()?.block_on(async {
-        let reply = connect(&target)
-            .await?
-            .list_leases(ListLeasesRequest {})
-            .await
-            .map_err(rpc_error)?
-            .into_inner();
-        if target.json {
-            let rows: Vec<serde_json::Value> = reply
-                .leases
-                .iter()
-                .map(|l| {
-                    serde_json::json!({
-                        "lease_id": l.lease_id, "module": l.module, "scope": l.scope,
-                        "issued_ms": l.issued_ms, "expires_ms": l.expires_ms, "ttl_ms": l.ttl_ms,
-                        "renewals": l.renewals, "state": l.state,
-                        "reason": (!l.reason.is_empty()).then_some(&l.reason),
-                    })
-                })
-                .collect();
-            println!("{}", serde_json::to_string(&rows)?);
-        } else {
-            table(
-                &[
-                    "LEASE", "MODULE", "STATE", "TTL", "RENEWALS", "EXPIRES", "REASON",
-                ],
-                reply
-                    .leases
-                    .into_iter()
-                    .map(|l| {
-                        vec![
-                            l.lease_id,
-                            l.module,
-                            l.state,
-                            format!("{}ms", l.ttl_ms),
-                            l.renewals.to_string(),
-                            ago(l.expires_ms),
-                            l.reason,
-                        ]
-                    })
-                    .collect(),
-            );
-        }
-        Ok(())
-    })
+    let reply = call(&target, async |mut admin| {
+        admin.list_leases(ListLeasesRequest {}).await
+    })?;
+    print_rows(&target, reply.leases)
 }
 
 /// `anima revoke`
 pub fn revoke(target: AdminTarget, args: RevokeArgs) -> CliResult {
-    runtime()?.block_on(async {
-        connect(&target)
-            .await?
-            .revoke_lease(RevokeLeaseRequest {
-                lease_id: args.lease_id.clone(),
-                reason: args.reason,
-            })
-            .await
-            .map_err(rpc_error)?;
-        if !target.json {
-            println!("revoked {}", args.lease_id);
-        }
-        Ok(())
-    })
+    let request = RevokeLeaseRequest {
+        lease_id: args.lease_id.clone(),
+        reason: args.reason,
+    };
+    call(&target, async |mut admin| admin.revoke_lease(request).await)?;
+    if !target.json {
+        println!("revoked {}", args.lease_id);
+    }
+    Ok(())
 }
 
 /// `anima restart` / `anima stop`
 pub fn module_command(target: AdminTarget, args: ModuleArg, restart: bool) -> CliResult {
-    runtime()?.block_on(async {
-        let urn = module_urn(&args.module);
-        let mut client = connect(&target).await?;
-        let request = ModuleRequest { urn: urn.clone() };
+    let urn = module_urn(&args.module);
+    let request = ModuleRequest { urn: urn.clone() };
+    call(&target, async |mut admin| {
         if restart {
-            client.restart_module(request).await.map_err(rpc_error)?;
+            admin.restart_module(request).await
         } else {
-            client.stop_module(request).await.map_err(rpc_error)?;
+            admin.stop_module(request).await
         }
-        if !target.json {
-            println!("{} {urn}", if restart { "restarting" } else { "stopping" });
-        }
-        Ok(())
-    })
+    })?;
+    if !target.json {
+        println!("{} {urn}", if restart { "restarting" } else { "stopping" });
+    }
+    Ok(())
 }
 
 /// `anima events` (follows until interrupted or the Core stops)

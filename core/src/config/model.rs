@@ -221,19 +221,11 @@ pub enum RestartMode {
     Always,
 }
 
-impl RestartMode {
+anima_protocol::str_vocabulary! {
     /// The word used in the file: `never`, `on-failure`, `always`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            RestartMode::Never => "never",
-            RestartMode::OnFailure => "on-failure",
-            RestartMode::Always => "always",
-        }
-    }
-}
-
-impl std::fmt::Display for RestartMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+    pub fn RestartMode::as_str {
+        Never => "never",
+        OnFailure => "on-failure",
+        Always => "always",
     }
 }

@@ -3,14 +3,14 @@
 //! nothing is buffered, and an oversized message is refused before its body
 //! is forwarded to the module.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::Buf as _;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use tonic::body::Body;
+
+use super::observe::{Polled, Watch, Watched};
 
 /// The largest message the gateway forwards: tonic's default decoding
 /// limit, which modules built with our SDK enforce too.
@@ -25,21 +25,29 @@ enum State {
     Body(u64),
 }
 
-/// Wraps a request body; fails it (and records the size in `tripped`) as
-/// soon as a message prefix announces more than `limit` bytes.
-pub struct MessageCap {
-    inner: Body,
-    state: State,
-    limit: u64,
-    tripped: Arc<AtomicU64>,
-}
+/// A request body capped per message: it fails (and records the size in
+/// `tripped`) as soon as a message prefix announces more than `limit` bytes.
+pub type MessageCap = Watched<SizeCap>;
 
 impl MessageCap {
     /// Caps `inner` at `limit` bytes per message; `tripped` receives the
     /// announced size of the first message over the limit.
     pub fn new(inner: Body, limit: u64, tripped: Arc<AtomicU64>) -> Self {
-        MessageCap {
-            inner,
+        Watched::wrap(inner, SizeCap::new(limit, tripped))
+    }
+}
+
+/// What a [`MessageCap`] watches its body with: the messages' length
+/// prefixes, read as the bytes pass.
+pub struct SizeCap {
+    state: State,
+    limit: u64,
+    tripped: Arc<AtomicU64>,
+}
+
+impl SizeCap {
+    fn new(limit: u64, tripped: Arc<AtomicU64>) -> Self {
+        SizeCap {
             state: State::Prefix {
                 have: 0,
                 len: [0; 4],
@@ -92,33 +100,16 @@ impl MessageCap {
     }
 }
 
-impl HttpBody for MessageCap {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
+impl Watch for SizeCap {
+    fn see(&mut self, polled: &Polled) -> Result<(), tonic::Status> {
+        if let Poll::Ready(Some(Ok(frame))) = polled
             && let Some(data) = frame.data_ref()
+            && let Err(size) = self.scan(data)
         {
-            let data = data.clone();
-            if let Err(size) = self.scan(&data) {
-                self.tripped.store(size, Ordering::SeqCst);
-                return Poll::Ready(Some(Err(too_large(size, self.limit))));
-            }
+            self.tripped.store(size, Ordering::SeqCst);
+            return Err(too_large(size, self.limit));
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        Ok(())
     }
 }
 
@@ -133,8 +124,8 @@ pub(crate) fn too_large(size: u64, limit: u64) -> tonic::Status {
 mod tests {
     use super::*;
 
-    fn cap(limit: u64) -> MessageCap {
-        MessageCap::new(Body::empty(), limit, Arc::new(AtomicU64::new(0)))
+    fn cap(limit: u64) -> SizeCap {
+        SizeCap::new(limit, Arc::new(AtomicU64::new(0)))
     }
 
     fn message(len: usize) -> Vec<u8> {

@@ -1,62 +1,33 @@
 //! The per-user bound: how many calls one user has in flight through the
 //! gateway, all its connections together.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anima_protocol::Urn;
+use anima_protocol::transport::{IdentityLimit, IdentitySlot};
 
 /// Calls in flight per user.
 pub(crate) struct InFlight {
     pub(crate) max: usize,
-    calls: Mutex<HashMap<Urn, usize>>,
-}
-
-impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Urn, usize>> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// One more call for `user`, or `None` when it has the maximum.
-    pub(crate) fn enter(self: &Arc<Self>, user: &Urn) -> Option<CallSlot> {
-        let mut calls = self.lock();
-        let n = calls.entry(user.clone()).or_default();
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(CallSlot {
-            owner: self.clone(),
-            user: user.clone(),
-        })
-    }
+    calls: Arc<IdentityLimit>,
 }
 
 /// One call in flight; dropping it (when the call ends) frees its place.
-pub(crate) struct CallSlot {
-    owner: Arc<InFlight>,
-    user: Urn,
-}
-
-impl Drop for CallSlot {
-    fn drop(&mut self) {
-        let mut calls = self.owner.lock();
-        if let Some(n) = calls.get_mut(&self.user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                calls.remove(&self.user);
-            }
-        }
-    }
-}
+pub(crate) type CallSlot = IdentitySlot;
 
 impl InFlight {
     /// At most `max` calls in flight per user.
     pub(crate) fn new(max: usize) -> Self {
+        let calls = IdentityLimit::new(max);
         InFlight {
-            max,
-            calls: Mutex::new(HashMap::new()),
+            max: calls.max(),
+            calls,
         }
+    }
+
+    /// One more call for `user`, or `None` when it has the maximum.
+    pub(crate) fn enter(&self, user: &Urn) -> Option<CallSlot> {
+        self.calls.hold(user)
     }
 }
 
@@ -85,6 +56,6 @@ mod tests {
         let in_flight = Arc::new(InFlight::new(1));
         let a: Urn = "urn:anima:user:a".parse().unwrap();
         drop(in_flight.enter(&a));
-        assert!(in_flight.lock().is_empty());
+        assert_eq!(in_flight.calls.holders(), 0);
     }
 }

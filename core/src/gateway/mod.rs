@@ -23,7 +23,7 @@
 //! - `in_flight.rs`: the per-user bound on calls in flight;
 //! - `cap.rs`: the per-message size cap, read from the length prefixes;
 //! - `observe.rs`: trace context, deadline, and the log and metrics of each
-//!   call's end.
+//!   call's end; the watched body that it and the cap wrap bodies in.
 
 pub mod cap;
 mod in_flight;
@@ -44,7 +44,7 @@ use tower::ServiceExt;
 
 use self::cap::{MAX_MESSAGE_BYTES, MessageCap, too_large};
 use self::in_flight::{CallSlot, InFlight};
-use self::observe::{CallLog, Observed, parse_grpc_timeout, trace_context};
+use self::observe::{CallEnd, CallLog, Watched, parse_grpc_timeout, trace_context};
 use self::policy::Policies;
 use crate::audit::{Actor, AuditEvent, AuditRecord};
 use crate::config::Policy;
@@ -305,12 +305,11 @@ fn observed(response: http::Response<Body>, call: CallLog) -> http::Response<Bod
         .get("grpc-status")
         .map(|v| Code::from_bytes(v.as_bytes()));
     let (parts, body) = response.into_parts();
-    let body = Observed {
-        inner: body,
+    let end = CallEnd {
         call: Some(call),
         header_code,
     };
-    http::Response::from_parts(parts, Body::new(body))
+    http::Response::from_parts(parts, Body::new(Watched::wrap(body, end)))
 }
 
 /// The caller's deadline has passed: the call ends `DEADLINE_EXCEEDED`.

@@ -1,16 +1,20 @@
 //! What the gateway sees of each call: its W3C trace context, its deadline
 //! (`grpc-timeout`), and its end — logged and counted however it ends, from
 //! the response's `grpc-status` or from the caller going away.
+//!
+//! [`Watched`] passes a body on as it comes, showing each frame to a
+//! [`Watch`] on the way: [`CallEnd`] here, the message cap in `cap.rs`.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::HeaderValue;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tonic::Code;
 use tonic::body::Body;
+use tonic::{Code, Status};
 
 use super::in_flight::CallSlot;
 use crate::metrics::Metrics;
@@ -97,47 +101,39 @@ impl Drop for CallLog {
     }
 }
 
-/// The response body, watched for its final `grpc-status`.
-pub(crate) struct Observed {
-    pub(crate) inner: Body,
-    pub(crate) call: Option<CallLog>,
-    pub(crate) header_code: Option<Code>,
+/// What a body yields at one poll.
+pub type Polled = Poll<Option<Result<Frame<Bytes>, Status>>>;
+
+/// What a [`Watched`] body shows each poll of the body it wraps to.
+pub trait Watch {
+    /// Sees what the wrapped body yielded; an error is yielded instead.
+    fn see(&mut self, polled: &Polled) -> Result<(), Status>;
 }
 
-impl HttpBody for Observed {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
+/// A body passed on as it comes, each poll shown to a [`Watch`] on the way.
+pub struct Watched<W> {
+    inner: Body,
+    watch: W,
+}
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    let code = trailers
-                        .get("grpc-status")
-                        .map_or(Code::Unknown, |v| Code::from_bytes(v.as_bytes()));
-                    if let Some(mut call) = self.call.take() {
-                        call.finish(code);
-                    }
-                }
-            }
-            Poll::Ready(None) => {
-                let code = self.header_code.unwrap_or(Code::Ok);
-                if let Some(mut call) = self.call.take() {
-                    call.finish(code);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(mut call) = self.call.take() {
-                    call.finish(Code::Unavailable);
-                }
-            }
-            Poll::Pending => {}
+impl<W> Watched<W> {
+    /// `inner`, shown to `watch` as it is polled.
+    pub(crate) fn wrap(inner: Body, watch: W) -> Self {
+        Watched { inner, watch }
+    }
+}
+
+impl<W: Watch + Unpin> HttpBody for Watched<W> {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match this.watch.see(&polled) {
+            Ok(()) => polled,
+            Err(status) => Poll::Ready(Some(Err(status))),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -146,6 +142,33 @@ impl HttpBody for Observed {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Watches the response body for the call's end: its final `grpc-status`.
+pub(crate) struct CallEnd {
+    pub(crate) call: Option<CallLog>,
+    pub(crate) header_code: Option<Code>,
+}
+
+impl Watch for CallEnd {
+    fn see(&mut self, polled: &Polled) -> Result<(), Status> {
+        let code = match polled {
+            Poll::Ready(Some(Ok(frame))) => frame.trailers_ref().map(|trailers| {
+                trailers
+                    .get("grpc-status")
+                    .map_or(Code::Unknown, |v| Code::from_bytes(v.as_bytes()))
+            }),
+            Poll::Ready(None) => Some(self.header_code.unwrap_or(Code::Ok)),
+            Poll::Ready(Some(Err(_))) => Some(Code::Unavailable),
+            Poll::Pending => None,
+        };
+        if let Some(code) = code
+            && let Some(mut call) = self.call.take()
+        {
+            call.finish(code);
+        }
+        Ok(())
     }
 }
 

@@ -28,16 +28,22 @@ impl Policies {
 
 #[cfg(test)]
 mod tests {
+    use anima_protocol::UrnKind;
+
     use super::*;
 
-    fn urn(s: &str) -> Urn {
-        s.parse().unwrap()
+    fn user(name: &str) -> Urn {
+        Urn::new(UrnKind::User, name).unwrap()
+    }
+
+    fn module(name: &str) -> Urn {
+        Urn::new(UrnKind::Module, name).unwrap()
     }
 
     #[test]
     fn default_deny_and_what_each_target_allows() {
-        let (alice, bob) = (urn("urn:anima:user:alice"), urn("urn:anima:user:bob"));
-        let (m, n) = (urn("urn:anima:module:m"), urn("urn:anima:module:n"));
+        let (alice, bob) = (user("alice"), user("bob"));
+        let (m, n) = (module("m"), module("n"));
         let policies = Policies::new(vec![
             Policy {
                 user: alice.clone(),
@@ -52,7 +58,7 @@ mod tests {
         assert!(!policies.allows(&alice, &n, "/n.v1.N/Read"));
         assert!(policies.allows(&bob, &n, "/n.v1.N/Read"));
         assert!(!policies.allows(&bob, &n, "/n.v1.N/Write"));
-        let nobody = urn("urn:anima:user:nobody");
+        let nobody = user("nobody");
         assert!(!policies.allows(&nobody, &m, "/m.v1.M/Anything"));
         assert!(!Policies::default().allows(&alice, &m, "/m.v1.M/Anything"));
     }

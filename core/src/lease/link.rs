@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anima_protocol::control::{HandshakeError, SignedOffer};
 use anima_protocol::lease::{
-    EndedBy, Lease, LeaseError, LeaseId, LeaseRequest, LeaseSigner, LeaseState, PeerBinding,
-    Reason, Scope,
+    ControlClaims, EndedBy, Lease, LeaseError, LeaseId, LeaseRequest, LeaseSigner, LeaseState,
+    PeerBinding, Reason, Scope,
 };
 use anima_protocol::pb::{ControlFrame, Refusal, SignedToken, control_frame::Frame};
 use anima_protocol::{Clock, Connection, SystemClock, Urn};
@@ -113,6 +113,26 @@ impl LinkShared {
         self.lease.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Verifies the module's answer `jws` to a `what` request of this side
+    /// and, under the lease lock, applies it with `apply` (given the claims
+    /// and the now). `None` for a late answer, to a request this side gave
+    /// up on and asked again: harmless, the newer one counts (PROTOCOL.md
+    /// §3.4).
+    fn apply_answer<T>(
+        &self,
+        jws: &str,
+        what: &str,
+        apply: impl FnOnce(&mut Lease, &ControlClaims, Instant) -> Result<T, LeaseError>,
+    ) -> Result<Option<T>, LeaseError> {
+        let mut lease = self.lock();
+        let claims = lease.receive(jws)?;
+        if lease.is_stale_answer(&claims) {
+            tracing::debug!(lease_id = %self.id, "late {what} answer ignored");
+            return Ok(None);
+        }
+        apply(&mut lease, &claims, self.now()).map(Some)
+    }
+
     /// The proof for one outgoing call of `method`, or why none may be sent.
     pub(crate) fn proof_for(&self, method: &str) -> Result<String, LeaseError> {
         let lease = self.lock();
@@ -185,11 +205,47 @@ impl LinkShared {
         self.finish();
     }
 
+    /// Ends the lease for `lapse`, a circumstance: logged, audited, and
+    /// ended with no message to send.
+    fn lapse(&self, lapse: Lapse) {
+        let (event, actor, reason, detail) = match lapse {
+            Lapse::Expired => {
+                tracing::info!(lease_id = %self.id, module = %self.module, "lease expired");
+                (
+                    AuditEvent::Expired,
+                    Actor::Clock,
+                    Reason::LeaseExpired,
+                    "expired",
+                )
+            }
+            Lapse::ConnectionLost => {
+                tracing::warn!(lease_id = %self.id, module = %self.module, "control stream lost");
+                (
+                    AuditEvent::ConnectionLost,
+                    Actor::Connection,
+                    Reason::ConnectionLost,
+                    "control stream lost",
+                )
+            }
+        };
+        self.audit(event, actor, Some(reason), None);
+        self.end(reason, EndedBy::Circumstance, detail);
+    }
+
     fn finish(&self) {
         self.ended.cancel();
         let state = self.lock().state(self.now());
         self.table.update(self.id, |r| r.state = state.clone());
     }
+}
+
+/// What ends a lease with no message from either side.
+#[derive(Debug, Clone, Copy)]
+enum Lapse {
+    /// Its expiry passed.
+    Expired,
+    /// Its control stream was lost.
+    ConnectionLost,
 }
 
 /// Where a link writes what happens: the audit log and the lease table.
@@ -591,18 +647,7 @@ impl Control {
             Some(Ok(ControlFrame { frame: None })) => Step::Go,
             None | Some(Err(_)) => {
                 if shared.lock().ended().is_none() {
-                    tracing::warn!(lease_id = %shared.id, module = %shared.module, "control stream lost");
-                    shared.audit(
-                        AuditEvent::ConnectionLost,
-                        Actor::Connection,
-                        Some(Reason::ConnectionLost),
-                        None,
-                    );
-                    shared.end(
-                        Reason::ConnectionLost,
-                        EndedBy::Circumstance,
-                        "control stream lost",
-                    );
+                    shared.lapse(Lapse::ConnectionLost);
                 }
                 // The stream is gone: nothing more can arrive on it.
                 shared.ended.cancel();
@@ -649,14 +694,7 @@ impl Control {
         let shared = &self.shared;
         let t = shared.now();
         if t >= timer.expires_at {
-            tracing::info!(lease_id = %shared.id, module = %shared.module, "lease expired");
-            shared.audit(
-                AuditEvent::Expired,
-                Actor::Clock,
-                Some(Reason::LeaseExpired),
-                None,
-            );
-            shared.end(Reason::LeaseExpired, EndedBy::Circumstance, "expired");
+            shared.lapse(Lapse::Expired);
             return;
         }
         if timer.pending_since.is_some() {
@@ -735,16 +773,11 @@ fn on_frame(
 }
 
 fn on_renewed(shared: &LinkShared, jws: &str) -> Result<(), LeaseError> {
-    let ttl = {
-        let mut lease = shared.lock();
-        let claims = lease.receive(jws)?;
-        if lease.is_stale_answer(&claims) {
-            // The answer to a renewal this side already gave up on and asked
-            // again: harmless, the newer one counts.
-            tracing::debug!(lease_id = %shared.id, "late renewal answer ignored");
-            return Ok(());
-        }
-        lease.apply_renewed(&claims, shared.now())?
+    let Some(ttl) = shared.apply_answer(jws, "renewal", |lease, claims, now| {
+        lease.apply_renewed(claims, now)
+    })?
+    else {
+        return Ok(());
     };
     let renewals = shared.lock().renewals();
     let wall = shared.clock.wall();
@@ -763,17 +796,12 @@ fn on_rescoped(
     jws: &str,
     rescope_reply: &mut Option<RescopeReply>,
 ) -> Result<(), LeaseError> {
-    let result = {
-        let mut lease = shared.lock();
-        let claims = lease.receive(jws)?;
-        if lease.is_stale_answer(&claims) {
-            // As for renewals: an answer to a request this side gave up on is
-            // ignored (PROTOCOL.md §3.4).
-            tracing::debug!(lease_id = %shared.id, "late rescope answer ignored");
-            return Ok(());
-        }
-        lease.apply_rescoped(&claims, shared.now())?;
-        lease.scope().clone()
+    let Some(result) = shared.apply_answer(jws, "rescope", |lease, claims, now| {
+        lease.apply_rescoped(claims, now)?;
+        Ok(lease.scope().clone())
+    })?
+    else {
+        return Ok(());
     };
     shared.table.update(shared.id, |r| r.scope = result.clone());
     shared.audit(

@@ -124,6 +124,14 @@ fn exact(ttl: Duration) -> RenewalPolicy {
     }
 }
 
+/// An exact policy that asks again 300 ms after an unanswered renewal.
+fn retrying(ttl: Duration) -> RenewalPolicy {
+    RenewalPolicy {
+        retry_after: Duration::from_millis(300),
+        ..exact(ttl)
+    }
+}
+
 impl Module {
     /// The next frame from the Core and when it came.
     async fn next(&mut self) -> (Frame, Instant) {
@@ -231,11 +239,7 @@ async fn jitter_moves_the_renewal_earlier_by_at_most_its_share_of_the_ttl() {
 #[tokio::test(start_paused = true)]
 async fn an_unanswered_renewal_is_asked_again_until_the_lease_expires() {
     let ttl = Duration::from_secs(3);
-    let policy = RenewalPolicy {
-        retry_after: Duration::from_millis(300),
-        ..exact(ttl)
-    };
-    let (mut link, mut module) = start(ttl, policy);
+    let (mut link, mut module) = start(ttl, retrying(ttl));
     let mut asked = Vec::new();
     for _ in 0..4 {
         let (_, at) = module.renewal().await;
@@ -255,11 +259,7 @@ async fn an_unanswered_renewal_is_asked_again_until_the_lease_expires() {
 #[tokio::test(start_paused = true)]
 async fn a_late_answer_to_an_abandoned_renewal_is_ignored_and_the_new_one_counts() {
     let ttl = Duration::from_secs(3);
-    let policy = RenewalPolicy {
-        retry_after: Duration::from_millis(300),
-        ..exact(ttl)
-    };
-    let (link, mut module) = start(ttl, policy);
+    let (link, mut module) = start(ttl, retrying(ttl));
     let (first, _) = module.renewal().await;
     let (second, _) = module.renewal().await;
     // The answer to the first request arrives after the Core asked again.
