@@ -106,13 +106,19 @@ fn ca_dir() -> tempfile::TempDir {
 }
 
 /// Runs `anima conformance` with `args` (the module's command after `--`).
+/// Its module logs and minted files go to a directory removed afterwards
+/// (the tool keeps its own after a failed run, and many of these runs fail
+/// on purpose); a failing test shows the tool's stderr.
 fn conformance(contract: &Path, certs: &Path, extra: &[&str], command: &[&str]) -> Run {
+    let workdir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(bin_path("anima"))
         .arg("conformance")
         .arg("--contract")
         .arg(contract)
         .arg("--certs")
         .arg(certs)
+        .arg("--workdir")
+        .arg(workdir.path())
         .arg("--json")
         .args(extra)
         .arg("--")
