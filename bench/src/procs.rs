@@ -160,6 +160,9 @@ pub struct Proc {
     pub pid: u32,
 }
 
+/// How long [`Proc::stop`] lets a process exit by itself.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 impl Proc {
     /// Starts `command` (stdout piped) and waits for a line starting with
     /// `ready`; `parse` reads the address from that whole line.
@@ -197,8 +200,23 @@ impl Proc {
         })
     }
 
-    /// Kills the process and waits for it.
+    /// Asks the process to stop (SIGTERM) and waits up to [`STOP_GRACE`]
+    /// for it, then kills it and waits for it. A process that exits by
+    /// itself lets a profiler it runs under (`valgrind --trace-children`)
+    /// write its figures.
     pub async fn stop(&mut self) {
+        let pid = self
+            .child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?));
+        if let Some(pid) = pid
+            && rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok()
+            && tokio::time::timeout(STOP_GRACE, self.child.wait())
+                .await
+                .is_ok()
+        {
+            return;
+        }
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }
