@@ -1,4 +1,6 @@
 //! The verdicts: one per CONFORMANCE.md row, with the evidence behind it.
+//! Every row id is explained, with what the tool does to decide it, in the
+//! repository's `docs/conformance.md` ([`ROWS_DOC`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -99,6 +101,11 @@ pub const ROWS: &[(&str, &str)] = &[
     ("S10", "Type III: a Core can blacklist a leaking module"),
     ("O1", "observability works for every type"),
 ];
+
+/// Where every row id is explained (what the rule means and what the tool
+/// does to check it), relative to the repository's root; the human table
+/// ends by pointing there.
+pub const ROWS_DOC: &str = "docs/conformance.md";
 
 /// A row's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -223,6 +230,7 @@ impl Report {
             count(Verdict::Fail),
             count(Verdict::NotApplicable)
         );
+        let _ = writeln!(out, "rows explained: {ROWS_DOC} (in the Anima repository)");
         out
     }
 
@@ -233,5 +241,105 @@ impl Report {
             "failed": self.failed(),
             "rows": self.rows(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::*;
+
+    /// The repository's row reference.
+    fn rows_doc() -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(ROWS_DOC);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    }
+
+    /// The ids of the doc's table rows (`| T1 | … |`).
+    fn documented_ids(doc: &str) -> BTreeSet<String> {
+        doc.lines()
+            .filter_map(|line| line.strip_prefix("| "))
+            .filter_map(|rest| rest.split(" |").next())
+            .filter(|id| is_row_id(id))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A row id's shape: a capital letter and a number (`T1`, `S10`).
+    fn is_row_id(text: &str) -> bool {
+        let mut chars = text.chars();
+        chars.next().is_some_and(|c| c.is_ascii_uppercase())
+            && !chars.as_str().is_empty()
+            && chars.all(|c| c.is_ascii_digit())
+    }
+
+    /// Every quoted row id (`"A6"`) in the checks' sources.
+    fn ids_in_checks() -> BTreeSet<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/checks");
+        let mut ids = BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).expect("src/checks") {
+            let path = entry.expect("dir entry").path();
+            let text = std::fs::read_to_string(&path).expect("a check's source");
+            for quoted in text.split('"').skip(1).step_by(2) {
+                if is_row_id(quoted) {
+                    ids.insert(quoted.to_owned());
+                }
+            }
+        }
+        ids
+    }
+
+    /// The row ids the report shows.
+    fn reported() -> BTreeSet<String> {
+        ROWS.iter().map(|(id, _)| (*id).to_owned()).collect()
+    }
+
+    /// Fails, saying `what` and naming them, when there are `ids`.
+    fn assert_none(ids: Vec<&String>, what: &str) {
+        assert!(ids.is_empty(), "{what}: {ids:?}");
+    }
+
+    #[test]
+    fn every_row_the_tool_reports_is_documented_in_the_repository() {
+        let (documented, reported) = (documented_ids(&rows_doc()), reported());
+        let missing = reported.difference(&documented).collect();
+        assert_none(missing, &format!("rows missing from {ROWS_DOC}"));
+        let stale = documented.difference(&reported).collect();
+        let what = format!("{ROWS_DOC} documents rows the tool never reports");
+        assert_none(stale, &what);
+    }
+
+    #[test]
+    fn every_row_a_check_decides_is_a_reported_row() {
+        let checked = ids_in_checks();
+        assert!(
+            checked.len() > 30,
+            "row ids found in src/checks: {checked:?}"
+        );
+        let reported = reported();
+        let unknown = checked.difference(&reported).collect();
+        assert_none(unknown, "checks decide rows the report never shows");
+    }
+
+    #[test]
+    fn the_table_points_to_the_row_reference_and_the_json_does_not_change() {
+        let mut report = Report::default();
+        report.pass("T1", "mutual TLS");
+        report.fail("T2", "plaintext answered");
+        let table = report.table("urn:anima:module:x", false);
+        assert!(
+            table.lines().last().is_some_and(|l| l.contains(ROWS_DOC)),
+            "{table}"
+        );
+        let json = report.json("urn:anima:module:x");
+        let mut keys: Vec<&String> = json.as_object().expect("an object").keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["failed", "module", "rows"]);
+        assert_eq!(json["rows"].as_array().map(Vec::len), Some(ROWS.len()));
     }
 }

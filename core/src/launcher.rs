@@ -2,7 +2,9 @@
 //!
 //! The child gets its certificate, the CA, the Core's URN (its only Core) and
 //! `127.0.0.1:0` to listen on; it answers with one ready line on stdout. Its
-//! later stdout and stderr lines go to the Core's log, tagged with the module.
+//! later stdout and stderr lines go to the Core's log, tagged with the module,
+//! as plain text (see [`crate::log_text`]); it is asked not to colour them
+//! (`NO_COLOR=1`).
 //! Children are killed if the Core drops them, and ask the kernel for SIGTERM
 //! when the Core dies (`ANIMA_PARENT_PID`).
 
@@ -15,8 +17,10 @@ use anima_protocol::Urn;
 use anima_protocol::launch::{
     DEFAULT_LISTEN, LaunchEnv, READY_PREFIX, READY_TIMEOUT, ReadyLineError, expect_ready_line,
 };
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufRead, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
+
+use crate::log_text::{MAX_LINE, RawLine, read_line};
 
 /// What is needed to start one module.
 #[derive(Debug, Clone)]
@@ -88,15 +92,15 @@ pub(crate) async fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     let pid = child.id();
     let module = spec.urn.to_string();
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(log_lines(BufReader::new(stderr).lines(), module.clone()));
+        tokio::spawn(log_lines(BufReader::new(stderr), module.clone()));
     }
     let Some(stdout) = child.stdout.take() else {
         return Err(LaunchError::NoStdout);
     };
-    let mut lines = BufReader::new(stdout).lines();
-    let line = ready_line(&mut lines, &module, &mut child).await?;
+    let mut stdout = BufReader::new(stdout);
+    let line = ready_line(&mut stdout, &module, &mut child).await?;
     let addr = expect_ready_line(&line, &spec.urn)?;
-    tokio::spawn(log_lines(lines, module));
+    tokio::spawn(log_lines(stdout, module));
     Ok(Launched { child, pid, addr })
 }
 
@@ -113,10 +117,17 @@ fn spawn(spec: &LaunchSpec) -> Result<Child, LaunchError> {
         parent_pid: Some(std::process::id()),
     };
     let mut command = Command::new(&spec.program);
+    // Modules' logs are read by the Core, not a terminal: ask for no colour
+    // (the NO_COLOR convention; the module's configured `env` may override).
     command
         .args(&spec.args)
+        .env("NO_COLOR", "1")
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     env.apply(&mut command);
+    // The service manager's variables are the Core's, not the module's.
+    for name in crate::notify::MANAGER_ENV {
+        command.env_remove(name);
+    }
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -132,14 +143,16 @@ fn spawn(spec: &LaunchSpec) -> Result<Child, LaunchError> {
 /// Reads the child's stdout up to its ready line (logging the lines before
 /// it) within [`READY_TIMEOUT`].
 async fn ready_line(
-    lines: &mut Lines<BufReader<ChildStdout>>,
+    stdout: &mut BufReader<ChildStdout>,
     module: &str,
     child: &mut Child,
 ) -> Result<String, LaunchError> {
     let ready = tokio::time::timeout(READY_TIMEOUT, async {
         loop {
-            match lines.next_line().await {
-                Ok(Some(line)) if line.starts_with(READY_PREFIX) => return Ok(line),
+            match read_line(stdout, MAX_LINE).await {
+                Ok(Some(line)) if line.bytes.starts_with(READY_PREFIX.as_bytes()) => {
+                    return Ok(String::from_utf8_lossy(&line.bytes).into_owned());
+                }
                 Ok(Some(line)) => log_line(module, &line),
                 Ok(None) | Err(_) => return Err(()),
             }
@@ -163,14 +176,100 @@ async fn ready_line(
     }
 }
 
-/// Logs each of the child's `lines`, tagged with `module`, until they end.
-async fn log_lines<R: AsyncBufRead + Unpin>(mut lines: Lines<R>, module: String) {
-    while let Ok(Some(line)) = lines.next_line().await {
+/// Logs each line the child writes to `output`, tagged with `module`, until
+/// it ends.
+async fn log_lines<R: AsyncBufRead + Unpin>(mut output: R, module: String) {
+    while let Ok(Some(line)) = read_line(&mut output, MAX_LINE).await {
         log_line(&module, &line);
     }
 }
 
-/// One line the child wrote, in the Core's log.
-fn log_line(module: &str, line: &str) {
-    tracing::info!(target: "anima::module", module = %module, "{line}");
+/// One line the child wrote, in the Core's log: at most [`MAX_LINE`] bytes,
+/// terminal control sequences removed (the child's output is untrusted).
+fn log_line(module: &str, line: &RawLine) {
+    let text = line.to_log_text();
+    tracing::info!(target: "anima::module", module = %module, "{text}");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Collects what the Core logs.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+        }
+    }
+
+    /// A module that writes coloured log lines, a title-setting OSC and a
+    /// cut-off sequence around its ready line, then waits to be killed.
+    fn noisy_module(urn: &Urn) -> LaunchSpec {
+        let script = format!(
+            "printf '\\033[2m2026-12-01T10:00:00Z\\033[0m \\033[32m INFO\\033[0m before ready no_color=%s\\n' \"$NO_COLOR\" >&2; \
+             printf '{READY_PREFIX} {urn} 127.0.0.1:9\\n'; \
+             printf '\\033]0;evil title\\007\\033[1;31mERROR\\033[0m after ready\\033[38;5\\n'; \
+             printf 'last line\\n' >&2; \
+             exec sleep 30"
+        );
+        LaunchSpec {
+            urn: urn.clone(),
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script],
+            env: Vec::new(),
+            cert: "unused-cert.pem".into(),
+            key: "unused-key.pem".into(),
+            ca: "unused-ca.pem".into(),
+            core: "urn:anima:core:test".parse().expect("core urn"),
+            operators: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn forwarded_lines_are_plain_text_and_the_module_is_asked_not_to_colour() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let urn: Urn = "urn:anima:module:noisy".parse().expect("module urn");
+        let launched = launch(&noisy_module(&urn)).await.expect("launched");
+        assert_eq!(launched.addr, "127.0.0.1:9".parse().expect("addr"));
+        let until = Instant::now() + Duration::from_secs(10);
+        while !(captured.text().contains("after ready") && captured.text().contains("last line")) {
+            assert!(Instant::now() < until, "log so far: {}", captured.text());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let log = captured.text();
+        assert!(
+            log.contains("2026-12-01T10:00:00Z  INFO before ready no_color=1"),
+            "{log}"
+        );
+        assert!(log.contains("ERROR after ready"), "{log}");
+        assert!(!log.contains("evil title"), "{log}");
+        assert!(
+            !log.contains('\x1b') && !log.contains("\\x1b") && !log.contains('\x07'),
+            "{log}"
+        );
+        assert!(!log.contains("[0m") && !log.contains("38;5"), "{log}");
+    }
 }

@@ -51,6 +51,18 @@ impl RestartBudget {
         self.backoff = self.policy.backoff;
     }
 
+    /// Decides after a Type I module's process exited at `now` once its
+    /// lease had ended: a clean exit is the end of a life that went as it
+    /// should, so it forgets past restarts and the backoff first (under
+    /// `always`, the module is started again after the first backoff, however
+    /// many leases it has served); a failed exit counts like any other.
+    pub(crate) fn decide_after_lease(&mut self, failure: bool, now: Instant) -> Decision {
+        if !failure {
+            self.reset();
+        }
+        self.decide(failure, now)
+    }
+
     /// Decides after a run that ended at `now`, failed or not.
     pub(crate) fn decide(&mut self, failure: bool, now: Instant) -> Decision {
         let restart = match self.policy.mode {
@@ -118,6 +130,34 @@ mod tests {
                 assert_eq!(got, Decision::Stay { failure });
             }
         }
+    }
+
+    #[test]
+    fn clean_exits_after_a_lease_never_exhaust_the_budget_and_failures_still_do() {
+        let mut budget = RestartBudget::new(&policy(RestartMode::Always));
+        let t = Instant::now();
+        // Ten lives in a window that allows three restarts, each at the
+        // first backoff.
+        for i in 0..10 {
+            assert_eq!(
+                budget.decide_after_lease(false, t + ms(i)),
+                Decision::Restart { after: ms(100) },
+                "life {i}"
+            );
+        }
+        // Failed exits after a lease count and back off as usual.
+        let failed: Vec<Decision> = (10..14)
+            .map(|i| budget.decide_after_lease(true, t + ms(i)))
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                Decision::Restart { after: ms(200) },
+                Decision::Restart { after: ms(350) },
+                Decision::GiveUp,
+                Decision::Restart { after: ms(100) },
+            ]
+        );
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! grace), and returns. If its endpoint stops serving first (the listening
 //! socket is lost, the server task fails), it logs why, stops the same way,
 //! and returns `ServeError::EndpointStopped`: a Core without its admin API
-//! and gateway does not go on silently.
+//! and gateway does not go on silently. Under a service manager
+//! (`NOTIFY_SOCKET`) its main loop also says READY once the modules' first
+//! leases are settled, STATUS as they change, pings the watchdog, and says
+//! STOPPING when it starts shutting down (`crate::notify`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,6 +37,7 @@ use crate::gateway::Gateway;
 use crate::gateway::route::Routes;
 use crate::lease::LeaseTable;
 use crate::metrics::Metrics;
+use crate::notify::{Notifier, Requires};
 use crate::registry::Registry;
 use crate::supervisor::{CoreContext, supervise};
 
@@ -189,15 +193,30 @@ pub(crate) async fn serve(
     tracing::info!(core = %config.core.urn, admin = %admin_addr, modules = config.modules.len(), "Core serving");
     on_ready(&Running { admin_addr });
 
-    // Until asked to stop, or until the endpoint stops by itself.
-    let failure = endpoint.until_stopped(shutdown).await;
+    // Until asked to stop, or until the endpoint stops by itself; meanwhile
+    // the service manager (if any) hears READY, STATUS and the watchdog from
+    // this loop.
+    let notifier = Notifier::from_env();
+    let requires = Requires::of(&config.modules);
+    let failure = tokio::select! {
+        failure = endpoint.until_stopped(shutdown) => failure,
+        never = notifier.run(&ctx.registry, &requires) => match never {},
+    };
     match &failure {
-        None => tracing::info!("shutting down: revoking leases and stopping modules"),
-        Some(why) => tracing::error!(
-            admin = %admin_addr,
-            error = %why,
-            "the Core's endpoint stopped (no admin API, no gateway); shutting down: revoking leases and stopping modules"
-        ),
+        None => {
+            notifier.stopping("shutting down: revoking leases and stopping modules");
+            tracing::info!("shutting down: revoking leases and stopping modules");
+        }
+        Some(why) => {
+            notifier.stopping(&format!(
+                "the Core's endpoint stopped ({why}); shutting down"
+            ));
+            tracing::error!(
+                admin = %admin_addr,
+                error = %why,
+                "the Core's endpoint stopped (no admin API, no gateway); shutting down: revoking leases and stopping modules"
+            );
+        }
     }
     stop.cancel();
     drain(supervisors).await;

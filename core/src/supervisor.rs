@@ -98,6 +98,9 @@ enum Outcome {
     /// The process (core-started) exited; `None` if its status could not be
     /// read.
     Exited(Option<ExitStatus>),
+    /// A Type I module's process exited after its lease ended, as its type
+    /// has it do; `None` if its status could not be read.
+    ExitedAfterLease(Option<ExitStatus>),
     /// Could not start / dial / lease.
     StartFailed(String),
     /// An operator asked to stop it.
@@ -220,22 +223,28 @@ fn after_run(
             !status.is_some_and(|s| s.success()),
             format!("exited: {}", status_text(status)),
         ),
+        Outcome::ExitedAfterLease(status) => {
+            let failure = !status.is_some_and(|s| s.success());
+            let why = format!("exited after its lease ended: {}", status_text(status));
+            let decision = budget.decide_after_lease(failure, Instant::now());
+            return apply_decision(ctx, module, decision, why);
+        }
         Outcome::StartFailed(why) => (true, why),
     };
-    apply_policy(ctx, module, budget, failure, why)
+    let decision = budget.decide(failure, Instant::now());
+    apply_decision(ctx, module, decision, why)
 }
 
-/// The restart policy's decision after a run that ended by itself (`why`),
-/// recorded in the registry and the events.
-fn apply_policy(
+/// Carries out the restart policy's `decision` after a run that ended by
+/// itself (`why`), recorded in the registry and the events.
+fn apply_decision(
     ctx: &CoreContext,
     module: &ModuleConfig,
-    budget: &mut RestartBudget,
-    failure: bool,
+    decision: Decision,
     why: String,
 ) -> Next {
     let urn = &module.urn;
-    let backoff = match budget.decide(failure, Instant::now()) {
+    let backoff = match decision {
         Decision::Restart { after } => after,
         Decision::Stay { failure } => {
             let (state, kind) = if failure {
@@ -526,7 +535,7 @@ impl Started<'_> {
                 self.stop().await;
                 Outcome::Shutdown
             }
-            status = self.exited() => Outcome::Exited(status),
+            status = self.exited() => Outcome::ExitedAfterLease(status),
         }
     }
 

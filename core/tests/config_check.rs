@@ -89,6 +89,13 @@ impl Scratch {
             "/anima.sample.v1.KvStore/Get",
         );
         scratch.write("contracts/kvstore.toml", &kvstore);
+        // The kvstore's contract, declaring the hasher's method as well.
+        let taken = contract(
+            "kvstore",
+            "type = \"resident-private\"\ninit = \"core-started\"\n",
+            "/anima.sample.v1.KvStore/Get\", \"/anima.sample.v1.Hasher/Digest",
+        );
+        scratch.write("contracts/kvstore-taken.toml", &taken);
         scratch.write(
             "contracts/broken.toml",
             "urn = \"urn:anima:module:hasher\"\n",
@@ -446,6 +453,36 @@ const MISTAKES: &[Mistake] = &[
         count: None,
     },
     Mistake {
+        name: "two_modules_declaring_the_same_method_are_refused",
+        edits: &[("contracts/kvstore.toml", "contracts/kvstore-taken.toml")],
+        expected: &[(
+            "kvstore-taken.toml",
+            "module[1] (urn:anima:module:kvstore).contract",
+            "declares /anima.sample.v1.Hasher/Digest, which module[0] (urn:anima:module:hasher) \
+             declares too: the gateway routes a method only when a single module declares it, so \
+             every call to it would fail UNIMPLEMENTED",
+        )],
+        count: Some(1),
+    },
+    Mistake {
+        name: "a_type_its_contract_contradicts_is_refused_naming_both",
+        edits: &[("type = \"resident-private\"", "type = \"ephemeral\"")],
+        expected: &[
+            (
+                "\"ephemeral\"",
+                "module[1] (urn:anima:module:kvstore).type",
+                "\"ephemeral\" here, but the contract ",
+            ),
+            (
+                "\"ephemeral\"",
+                "module[1] (urn:anima:module:kvstore).type",
+                "contracts/kvstore.toml declares type \"resident-private\": write the contract's \
+             type, or leave type out to take it from the contract",
+            ),
+        ],
+        count: Some(1),
+    },
+    Mistake {
         name: "a_contract_for_another_module_or_type_is_refused: an invalid contract",
         edits: &[("contracts/hasher.toml", "contracts/broken.toml")],
         expected: &[(
@@ -579,6 +616,36 @@ fn a_valid_file_passes_and_starts_nothing() {
     assert_eq!(run.stdout, "ok: anima.toml (3 modules)\n");
     assert_eq!(run.stderr, "");
     assert!(!scratch.something_ran(), "the check started a module");
+}
+
+/// `type` may be left out when the contract says it (and a `type` that
+/// says the same is accepted: [`VALID`]).
+#[test]
+fn the_type_is_taken_from_the_contract() {
+    let scratch = Scratch::new();
+    let config = edited(&[("type = \"resident-private\"\n", "")]);
+    scratch.check(&config).assert_ok();
+}
+
+/// Every module may declare the conformance probe (PROTOCOL.md §8): only
+/// its own methods must be its alone.
+#[test]
+fn the_conformance_probe_may_be_declared_by_several_modules() {
+    let scratch = Scratch::new();
+    let probe = "/anima.v1.Probe/Touch\", \"/anima.v1.Probe/Read";
+    let hasher = contract(
+        "hasher",
+        "",
+        &format!("/anima.sample.v1.Hasher/Digest\", \"{probe}"),
+    );
+    scratch.write("contracts/hasher.toml", &hasher);
+    let kvstore = contract(
+        "kvstore",
+        "type = \"resident-private\"\ninit = \"core-started\"\n",
+        &format!("/anima.sample.v1.KvStore/Get\", \"{probe}"),
+    );
+    scratch.write("contracts/kvstore.toml", &kvstore);
+    scratch.check(VALID).assert_ok();
 }
 
 #[test]
@@ -841,4 +908,45 @@ fn unknown_keys_wrong_types_and_meanings_are_reported_in_one_run() {
     ]
     .map(|(near, problem)| format!("{}: {problem}", at(&config, near)));
     assert_eq!(run.problems(), expected, "{}", run.stderr);
+}
+
+#[test]
+fn the_operator_certificate_is_checked_like_the_cores() {
+    let scratch = Scratch::new();
+    let operator = "operators = [\"urn:anima:user:dev\"]";
+    // Given, usable and one of the operators: fine.
+    let config = edited(&[(
+        operator,
+        "operators = [\"urn:anima:user:dev\"]\noperator_cert = \"certs/dev/user-dev.pem\"\n\
+         operator_key = \"certs/dev/user-dev.key\"",
+    )]);
+    scratch.check(&config).assert_ok();
+    // A certificate without its key.
+    let config = edited(&[(
+        operator,
+        "operators = [\"urn:anima:user:dev\"]\noperator_cert = \"certs/dev/user-dev.pem\"",
+    )]);
+    scratch
+        .check(&config)
+        .assert_problem("anima.toml", "operator_cert and operator_key go together");
+    // A certificate the Core would refuse on its admin API.
+    let config = edited(&[(
+        operator,
+        "operators = [\"urn:anima:user:dev\"]\noperator_cert = \"certs/dev/module-hasher.pem\"\n\
+         operator_key = \"certs/dev/module-hasher.key\"",
+    )]);
+    let run = scratch.check(&config);
+    run.assert_problem(
+        &format!("{}: admin.operator_cert", at(&config, "operator_cert")),
+        "is for urn:anima:module:hasher, which admin.operators does not list",
+    );
+    // A missing file, at its key.
+    let config = edited(&[(
+        operator,
+        "operators = [\"urn:anima:user:dev\"]\noperator_cert = \"certs/dev/nobody.pem\"\n\
+         operator_key = \"certs/dev/user-dev.key\"",
+    )]);
+    scratch
+        .check(&config)
+        .assert_problem("anima.toml", "admin.operator_cert: no such file");
 }

@@ -57,6 +57,19 @@
 //! whether handlers ran without a lease, committed after their lease ended,
 //! or shared state between leases.
 //!
+//! What the S-rows check: the Type III isolation rows of `anima conformance`
+//! (S4, state scoped to its lease and deleted with it; S8, behaviour
+//! independent of other tenants; S9, no data kept past the lease) read the
+//! probe's per-lease `touches`, which the probe keeps in
+//! [`LeaseContext::with_state`]. They therefore check the SDK's tenant
+//! isolation — that `with_state` gives each lease its own state and drops it
+//! with the lease — not the module's own handlers: a handler that keeps
+//! per-Core data in a field of its service, a global or a cache not keyed by
+//! the lease still passes them. Keep tenant data in `with_state`, and test
+//! your handlers for it yourself (two leases in a `TestBed`: what one
+//! writes the other never reads, and a new lease starts empty). Every row id
+//! is explained in the repository's `docs/conformance.md`.
+//!
 //! With the `testing` feature, `testing::TestBed` and `testing::FakeCore`
 //! let module tests lease, renew, revoke and expire on command, with no Core
 //! binary.

@@ -157,8 +157,19 @@ impl CoreProcess {
         }
     }
 
+    /// Sends the Core SIGTERM.
+    pub(crate) async fn sigterm(&self) {
+        let pid = self.child.child.id().unwrap();
+        let status = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// The module's active lease (waiting for one, e.g. across a re-lease).
-    async fn lease_of(&self, name: &str) -> Value {
+    pub(crate) async fn lease_of(&self, name: &str) -> Value {
         let urn = format!("urn:anima:module:{name}");
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
@@ -185,7 +196,8 @@ fn pid_alive(pid: u64) -> bool {
             .contains(") Z ")
 }
 
-fn sample(name: &str) -> String {
+/// The path of sample `name`'s binary.
+pub(crate) fn sample(name: &str) -> String {
     bin_path(&format!("anima-{name}"))
         .to_string_lossy()
         .into_owned()
@@ -193,7 +205,7 @@ fn sample(name: &str) -> String {
 
 /// `[core]` (with `core_lines` added) and `[admin]` for a Core in a
 /// [`CoreProcess`] directory.
-fn core_and_admin(core_lines: &str) -> String {
+pub(crate) fn core_and_admin(core_lines: &str) -> String {
     format!(
         r#"
 [core]
@@ -226,10 +238,15 @@ ttl = "{ttl}"
 }
 
 /// `core` (the sections [`core_and_admin`] or [`core_sections`] make) and
-/// one `[[module]]`, `name` with its dev certificate, set up by `settings`.
+/// one [`module_entry`].
 fn one_module(core: &str, name: &str, settings: &str) -> String {
+    format!("{core}{}", module_entry(name, settings))
+}
+
+/// One `[[module]]`: `name` with its dev certificate, set up by `settings`.
+pub(crate) fn module_entry(name: &str, settings: &str) -> String {
     format!(
-        r#"{core}
+        r#"
 [[module]]
 urn = "urn:anima:module:{name}"
 cert = "certs/dev/module-{name}.pem"
@@ -423,13 +440,7 @@ async fn serve_sigterm_revokes_stops_modules_and_exits_0() {
     let mut core = CoreProcess::start(Some(&config("30s", "always"))).await;
     let leased = core.wait_samples_leased().await;
     let pids: Vec<u64> = leased.iter().map(|m| m["pid"].as_u64().unwrap()).collect();
-    let pid = core.child.child.id().unwrap();
-    let status = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
+    core.sigterm().await;
     let exit = tokio::time::timeout(PATIENCE * 2, core.child.child.wait())
         .await
         .expect("the Core exits")

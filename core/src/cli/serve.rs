@@ -32,10 +32,11 @@ pub fn run(args: ServeArgs) -> CliResult {
         .clone()
         .or_else(|| local.exists().then_some(local));
     let report = |problems: Vec<config::Problem>, what: String| {
-        for p in &problems {
-            eprintln!("{p}");
+        let (lines, summary) = config_failure(&problems, &what);
+        for line in lines {
+            eprintln!("{line}");
         }
-        format!("{} problems in {what}", problems.len())
+        summary
     };
     let mut config = match &file {
         Some(path) => config::load(path).map_err(|p| report(p, path.display().to_string()))?,
@@ -65,6 +66,21 @@ pub fn run(args: ServeArgs) -> CliResult {
     Ok(())
 }
 
+/// What `anima serve` says about a configuration it cannot run: the lines
+/// printed before the `error:` line, and that line's message. One problem
+/// is the error itself (`error: FILE:LINE: key: message`, one line); several
+/// are listed one a line, then counted (`error: 3 problems in FILE`).
+fn config_failure(problems: &[config::Problem], what: &str) -> (Vec<String>, String) {
+    match problems {
+        [] => (Vec::new(), format!("{what} cannot be used")),
+        [one] => (Vec::new(), one.to_string()),
+        many => (
+            many.iter().map(ToString::to_string).collect(),
+            format!("{} problems in {what}", many.len()),
+        ),
+    }
+}
+
 fn ensure_dev_certs(base: &Path) -> CliResult {
     let dir = base.join(anima_certs::DEFAULT_DIR);
     if dir.join(anima_certs::CA_CERT_FILE).exists() {
@@ -73,4 +89,29 @@ fn ensure_dev_certs(base: &Path) -> CliResult {
     let created = anima_certs::init_dir(&dir, &anima_certs::InitOptions::default())?;
     tracing::info!(dir = %dir.display(), files = created.len(), "created dev certificates");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(location: &str, message: &str) -> config::Problem {
+        config::Problem {
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn one_problem_is_one_line_several_are_listed_and_counted() {
+        let one = [problem("a.toml:1", "bad")];
+        assert_eq!(
+            config_failure(&one, "a.toml"),
+            (Vec::new(), "a.toml:1: bad".to_owned())
+        );
+        let two = [problem("a.toml:1", "bad"), problem("a.toml:2", "worse")];
+        let (lines, summary) = config_failure(&two, "a.toml");
+        assert_eq!(lines, ["a.toml:1: bad", "a.toml:2: worse"]);
+        assert_eq!(summary, "2 problems in a.toml");
+    }
 }

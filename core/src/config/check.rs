@@ -19,8 +19,8 @@ use anima_protocol::transport::not_after;
 use anima_protocol::{TlsIdentity, TrustRoot, Urn, UrnKind};
 
 use super::model::{
-    CoreCert, CoreSection, LeaseDefaults, ModuleConfig, RENEW_WHEN_LEFT_RANGE, RestartPolicy,
-    StartMode,
+    AdminSection, CoreCert, CoreSection, LeaseDefaults, ModuleConfig, RENEW_WHEN_LEFT_RANGE,
+    RestartPolicy, StartMode,
 };
 use super::problem::{Report, join};
 
@@ -53,6 +53,39 @@ pub(crate) fn core(core: &CoreSection, report: &mut Report) {
     {
         report.problem("core.ca", format!("not a usable CA certificate: {e}"));
     }
+}
+
+/// `[admin]`: the operator's certificate and key, when given, are usable
+/// and carry a URN that `operators` lists (else the Core would refuse the
+/// operator commands that present them).
+pub(crate) fn admin(admin: &AdminSection, report: &mut Report) {
+    let Some((cert, private_key)) = &admin.operator_cert else {
+        return;
+    };
+    let key = "admin.operator_cert";
+    let cert_ok = file(report, key, cert);
+    if !(file(report, "admin.operator_key", private_key) && cert_ok) {
+        return;
+    }
+    let identity = match TlsIdentity::from_pem_files(cert, private_key) {
+        Ok(identity) => identity,
+        Err(e) => {
+            report.problem(key, format!("cannot use this certificate and key: {e}"));
+            return;
+        }
+    };
+    if !admin.operators.contains(identity.urn()) {
+        report.problem(
+            key,
+            format!(
+                "the certificate {} is for {}, which admin.operators does not list \
+                 (the Core would refuse it)",
+                cert.display(),
+                identity.urn()
+            ),
+        );
+    }
+    expiry(report, key, cert, &identity);
 }
 
 /// `[leases]`: a TTL a lease can have, a renewal point in range.
@@ -202,6 +235,60 @@ fn agrees_with_contract(p: &str, module: &ModuleConfig, contract: &Contract, rep
                     "the lease TTL {:?} (from [leases].ttl) is longer than the contract's \
                      max_lease {:?}: set lease_ttl for this module",
                     module.lease_ttl, contract.max_lease
+                ),
+            );
+        }
+    }
+}
+
+/// Services several modules may declare: the conformance probe
+/// (PROTOCOL.md §8), which `anima conformance` calls on a module directly.
+/// The gateway routes none of their methods that several modules declare.
+pub(crate) const SHARED_SERVICES: &[&str] = &["/anima.v1.Probe/"];
+
+/// The most method paths one problem lists.
+const LISTED_METHODS: usize = 5;
+
+/// No two modules declare the same method (outside [`SHARED_SERVICES`]):
+/// the gateway routes a method only to the one module declaring it, so
+/// calls to a method several declare would all fail `UNIMPLEMENTED`. Each
+/// later module is reported at its `contract`, naming the earlier one and
+/// the paths; modules without a contract declare nothing here, and a
+/// repeated URN is [`graph`]'s problem.
+pub(crate) fn methods<'a>(
+    modules: impl IntoIterator<Item = (usize, &'a ModuleConfig)>,
+    report: &mut Report,
+) {
+    let declaring: Vec<(usize, &Urn, &Contract)> = modules
+        .into_iter()
+        .filter_map(|(index, m)| Some((index, &m.urn, m.contract.as_ref()?)))
+        .collect();
+    for (later, &(index, urn, contract)) in declaring.iter().enumerate() {
+        for &(earlier, earlier_urn, earlier_contract) in &declaring[..later] {
+            if earlier_urn == urn {
+                continue;
+            }
+            let shared: Vec<&str> = contract
+                .methods
+                .iter()
+                .filter(|m| !SHARED_SERVICES.iter().any(|s| m.starts_with(s)))
+                .filter(|m| earlier_contract.methods.contains(m))
+                .collect();
+            if shared.is_empty() {
+                continue;
+            }
+            let mut listed = shared[..shared.len().min(LISTED_METHODS)].join(", ");
+            if shared.len() > LISTED_METHODS {
+                listed.push_str(&format!(" and {} more", shared.len() - LISTED_METHODS));
+            }
+            report.problem(
+                &format!("module[{index}].contract"),
+                format!(
+                    "declares {listed}, which module[{earlier}] ({earlier_urn}) declares too: \
+                     the gateway routes a method only when a single module declares it, so \
+                     every call to {} would fail UNIMPLEMENTED (give each module its own \
+                     service)",
+                    if shared.len() == 1 { "it" } else { "them" }
                 ),
             );
         }
@@ -413,6 +500,11 @@ fn identity(report: &mut Report, key: &str, cert: &Path, private_key: &Path, urn
             ),
         );
     }
+    expiry(report, key, cert, &identity);
+}
+
+/// Reports at `key` when `identity` (read from `cert`) has expired.
+fn expiry(report: &mut Report, key: &str, cert: &Path, identity: &TlsIdentity) {
     if let Some(end) = not_after(identity.certificate())
         && let Ok(ago) = SystemTime::now().duration_since(end)
     {

@@ -11,7 +11,7 @@ use anima_protocol::{Urn, UrnKind};
 
 use super::model::{
     AdminSection, Config, CoreCert, CoreSection, DEFAULT_LEASE_TTL, LeaseDefaults, ModuleConfig,
-    Policy, PolicyTarget, RestartMode, RestartPolicy, StartMode, default_admin_listen,
+    Policy, PolicyTarget, RestartPolicy, StartMode, default_admin_listen,
 };
 
 /// The development setup: Core `urn:anima:core:dev` with the certificates
@@ -21,8 +21,9 @@ use super::model::{
 /// sample modules, each started by the Core from the directory of the running
 /// executable: `anima-hasher` (ephemeral), `anima-kvstore` (resident private,
 /// core-started) and `anima-tally` (resident shared). No contracts, no
-/// dependencies; the default restart policy, except that the ephemeral
-/// hasher restarts `always` (a Type I module exits whenever its lease ends).
+/// dependencies; each the default restart policy of its type
+/// ([`RestartPolicy::for_type`]: the ephemeral hasher restarts `always`, as a
+/// Type I module exits whenever its lease ends; the others `on-failure`).
 ///
 /// Nothing is read here; [`check`](super::check) tells whether the files exist.
 pub fn embedded_default(base: &Path) -> Config {
@@ -42,14 +43,7 @@ pub fn embedded_default(base: &Path) -> Config {
             module_type,
             contract: None,
             lease_ttl: DEFAULT_LEASE_TTL,
-            restart: if module_type == ModuleType::Ephemeral {
-                RestartPolicy {
-                    mode: RestartMode::Always,
-                    ..RestartPolicy::default()
-                }
-            } else {
-                RestartPolicy::default()
-            },
+            restart: RestartPolicy::for_type(module_type),
             requires: Vec::new(),
             core_cert: CoreCert::Default,
         }
@@ -69,6 +63,7 @@ pub fn embedded_default(base: &Path) -> Config {
         admin: AdminSection {
             listen: default_admin_listen(),
             operators: vec![dev_urn(UrnKind::User, "dev")],
+            operator_cert: None,
         },
         leases: LeaseDefaults {
             ttl: Duration::from_secs(30),

@@ -29,7 +29,8 @@
 //! [`load`] reads a file, [`parse_str`] text; both check everything (known
 //! keys of the right types, URNs of the right kind, files that exist,
 //! certificates carrying the right URN, contracts agreeing with their
-//! entries, lease TTLs within `max_lease`, dependencies without cycles,
+//! entries, no method declared by two modules (the gateway could route it to
+//! neither), lease TTLs within `max_lease`, dependencies without cycles,
 //! numbers in range) and return *every* [`Problem`], each with its line and
 //! key. They read files but start nothing. [`embedded_default`] is what
 //! `anima serve` runs without a file; [`check`] runs the same checks on a
@@ -89,8 +90,9 @@ pub use check::start_order;
 pub use default::embedded_default;
 pub use model::{
     AdminSection, Config, CoreCert, CoreSection, DEFAULT_ADMIN_LISTEN, DEFAULT_AUDIT_LOG,
-    DEFAULT_LEASE_TTL, DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, ModuleConfig, Policy, PolicyTarget,
-    RENEW_WHEN_LEFT_RANGE, RestartMode, RestartPolicy, StartMode,
+    DEFAULT_LEASE_TTL, DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, ModuleConfig, OperatorAccess,
+    Policy, PolicyTarget, RENEW_WHEN_LEFT_RANGE, RestartMode, RestartPolicy, StartMode,
+    default_restart_mode,
 };
 pub use problem::Problem;
 pub(crate) use reference::markdown as reference_markdown;
@@ -102,13 +104,28 @@ use problem::Report;
 /// Relative paths in it are taken from the file's directory. On failure,
 /// returns every problem found, in file order.
 pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read(path)?;
+    parse_str(&text, path)
+}
+
+/// Reads what the operator commands need of the configuration file at
+/// `path`: `[admin]` and `[core] ca`, relative paths taken from the file's
+/// directory. The file must parse as for [`load`]; the rest of what
+/// [`load`] checks (module certificates, contracts, commands) is `anima
+/// serve`'s concern, so a module problem does not lock operators out.
+pub fn operator_access(path: &Path) -> Result<OperatorAccess, Vec<Problem>> {
+    let text = read(path)?;
+    parse::operator_access(&text, path)
+}
+
+/// The text of the file at `path`, or the problem reading it.
+fn read(path: &Path) -> Result<String, Vec<Problem>> {
+    std::fs::read_to_string(path).map_err(|e| {
         vec![Problem {
             location: path.display().to_string(),
             message: format!("cannot read: {e}"),
         }]
-    })?;
-    parse_str(&text, path)
+    })
 }
 
 /// Parses and checks `text` as if read from `origin`: problems name `origin`,
@@ -127,10 +144,12 @@ pub fn check(config: &Config) -> Result<(), Vec<Problem>> {
     };
     let mut report = Report::new(origin);
     check::core(&config.core, &mut report);
+    check::admin(&config.admin, &mut report);
     check::leases(&config.leases, &mut report);
     for (index, module) in config.modules.iter().enumerate() {
         check::module(index, module, Some(&config.core), &mut report);
     }
+    check::methods(config.modules.iter().enumerate(), &mut report);
     let nodes: Vec<check::Node<'_>> = config
         .modules
         .iter()
@@ -223,7 +242,12 @@ mod tests {
         let hasher = &config.modules[0];
         assert_eq!(hasher.module_type, ModuleType::Ephemeral);
         assert_eq!(hasher.lease_ttl, DEFAULT_LEASE_TTL);
-        assert_eq!(hasher.restart, RestartPolicy::default());
+        // Type I: restarted (and leased) again whenever it exits.
+        assert_eq!(
+            hasher.restart,
+            RestartPolicy::for_type(ModuleType::Ephemeral)
+        );
+        assert_eq!(hasher.restart.mode, RestartMode::Always);
         assert_eq!(
             hasher.start,
             StartMode::Command {
@@ -364,6 +388,184 @@ mod tests {
                 .iter()
                 .any(|p| p.location == "embedded default: core.cert"),
             "{problems:?}"
+        );
+    }
+
+    /// Writes `contracts/NAME.toml` for `urn:anima:module:NAME` with the
+    /// `type` lines `more` and the `methods`; returns its path.
+    fn write_contract(dir: &Path, name: &str, more: &str, methods: &[&str]) -> std::path::PathBuf {
+        let path = dir.join(format!("contracts/{name}.toml"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let methods: Vec<String> = methods.iter().map(|m| format!("{m:?}")).collect();
+        std::fs::write(
+            &path,
+            format!(
+                "urn = \"urn:anima:module:{name}\"\nversion = \"1\"\n{more}\n\
+                 methods = [{}]\nmax_lease = \"30s\"\n",
+                methods.join(", ")
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// A scratch directory with the contract of module `name` (`more`
+    /// lines, one method `/NAME.v1.S/Do`), and the contract's path.
+    fn scratch_with_contract(name: &str, more: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = scratch();
+        let contract = write_contract(dir.path(), name, more, &[&format!("/{name}.v1.S/Do")]);
+        (dir, contract)
+    }
+
+    /// A `[[module]]` started with `bin/module` and its dev certificate
+    /// (`hasher`, `kvstore` or `tally`), with the extra lines `more`.
+    fn started(name: &str, more: &str) -> String {
+        format!(
+            "[[module]]\nurn = \"urn:anima:module:{name}\"\ncommand = \"bin/module\"\n\
+             cert = \"certs/dev/module-{name}.pem\"\nkey = \"certs/dev/module-{name}.key\"\n{more}\n"
+        )
+    }
+
+    #[test]
+    fn the_restart_policy_defaults_by_module_type() {
+        let (dir, contract) = scratch_with_contract("shared", "type = \"resident-shared\"");
+        let shared = contract.display().to_string();
+        let text = format!(
+            "{CORE}\n{}{}{}{}{}[[module]]\nurn = \"urn:anima:module:shared\"\n\
+             endpoint = \"127.0.0.1:7802\"\ncontract = {shared:?}\n",
+            started("hasher", ""),
+            started("kvstore", "restart = { backoff = \"1s\" }"),
+            started("tally", "restart = { policy = \"on-failure\" }"),
+            "[[module]]\nurn = \"urn:anima:module:four\"\ntype = \"resident-private\"\n\
+             endpoint = \"127.0.0.1:7800\"\n",
+            "[[module]]\nurn = \"urn:anima:module:five\"\ntype = \"resident-shared\"\n\
+             endpoint = \"127.0.0.1:7801\"\n",
+        );
+        let config = parse_str(&text, &dir.path().join("anima.toml")).unwrap();
+        let modes: Vec<RestartMode> = config.modules.iter().map(|m| m.restart.mode).collect();
+        assert_eq!(
+            modes,
+            [
+                RestartMode::Always,    // Type I: started again whenever its lease ends
+                RestartMode::Always,    // other restart keys keep the type's policy
+                RestartMode::OnFailure, // as written
+                RestartMode::OnFailure, // Type II
+                RestartMode::OnFailure, // Type III
+                RestartMode::OnFailure, // Type III, the type taken from its contract
+            ]
+        );
+        assert_eq!(config.modules[1].restart.backoff, Duration::from_secs(1));
+        for m in &config.modules {
+            assert_eq!(
+                m.restart.max_restarts,
+                RestartPolicy::default().max_restarts
+            );
+        }
+        assert_eq!(
+            default_restart_mode(ModuleType::Ephemeral),
+            RestartMode::Always
+        );
+        assert_eq!(
+            RestartPolicy::for_type(ModuleType::ResidentPrivate(InitMode::PreStarted)),
+            RestartPolicy::default()
+        );
+        // The embedded default applies the same defaults.
+        let default = embedded_default(dir.path());
+        for m in &default.modules {
+            assert_eq!(
+                m.restart,
+                RestartPolicy::for_type(m.module_type),
+                "{}",
+                m.urn
+            );
+        }
+    }
+
+    #[test]
+    fn the_type_comes_from_the_contract_unless_written_the_same() {
+        let kvstore = "type = \"resident-private\"\ninit = \"core-started\"";
+        let (dir, contract) = scratch_with_contract("kvstore", kvstore);
+        let origin = dir.path().join("anima.toml");
+        let entry = |more: &str| {
+            format!(
+                "{CORE}\n{}",
+                started(
+                    "kvstore",
+                    &format!("contract = {:?}\n{more}", contract.display().to_string())
+                )
+            )
+        };
+        for written in ["", "type = \"resident-private\""] {
+            let config = parse_str(&entry(written), &origin).unwrap();
+            assert_eq!(
+                config.modules[0].module_type,
+                ModuleType::ResidentPrivate(InitMode::CoreStarted),
+                "{written:?}"
+            );
+        }
+        let conflicting = entry("type = \"resident-shared\"");
+        let line = conflicting
+            .lines()
+            .position(|l| l.contains("resident-shared"))
+            .unwrap()
+            + 1;
+        let problems = messages(parse_str(&conflicting, &origin));
+        assert_eq!(
+            problems,
+            [format!(
+                "{}:{}: module[0] (urn:anima:module:kvstore).type: \"resident-shared\" here, but the \
+                 contract {} declares type \"resident-private\": write the contract's type, or \
+                 leave type out to take it from the contract",
+                origin.display(),
+                line,
+                contract.display()
+            )]
+        );
+    }
+
+    #[test]
+    fn two_modules_may_not_declare_the_same_method() {
+        let dir = scratch();
+        let probe = ["/anima.v1.Probe/Touch", "/anima.v1.Probe/Read"];
+        let a = write_contract(
+            dir.path(),
+            "a",
+            "",
+            &["/x.v1.X/Do", "/x.v1.X/Undo", probe[0], probe[1]],
+        );
+        let b = write_contract(
+            dir.path(),
+            "b",
+            "",
+            &["/x.v1.X/Undo", "/x.v1.X/Do", probe[0]],
+        );
+        let c = write_contract(dir.path(), "c", "", &["/y.v1.Y/Do", probe[0], probe[1]]);
+        let mut config = embedded_default(dir.path());
+        config.modules.truncate(1);
+        let template = config.modules[0].clone();
+        config.modules.clear();
+        for path in [&a, &b, &c] {
+            let contract = anima_protocol::contract::Contract::from_file(path).unwrap();
+            config.modules.push(ModuleConfig {
+                urn: contract.urn.clone(),
+                contract: Some(contract),
+                ..template.clone()
+            });
+        }
+        let problems = check(&config).unwrap_err();
+        let methods: Vec<String> = problems
+            .iter()
+            .filter(|p| p.location.ends_with(".contract"))
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            methods,
+            [
+                "embedded default: module[1] (urn:anima:module:b).contract: declares /x.v1.X/Do, \
+              /x.v1.X/Undo, which module[0] (urn:anima:module:a) declares too: the gateway routes \
+              a method only when a single module declares it, so every call to them would fail \
+              UNIMPLEMENTED (give each module its own service)"
+            ]
         );
     }
 

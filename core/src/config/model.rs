@@ -95,6 +95,21 @@ pub struct AdminSection {
     pub listen: SocketAddr,
     /// The identities allowed to use the admin API (any kind).
     pub operators: Vec<Urn>,
+    /// The certificate and key (PEM) the operator commands (`anima modules`,
+    /// `leases`, … `--config FILE`) present; its URN is one of `operators`.
+    /// `None`: the commands' own default (`certs/dev/user-dev.pem`).
+    pub operator_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// What the operator commands read of a configuration
+/// ([`super::operator_access`]): where the admin endpoint listens, who they
+/// present, and the CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorAccess {
+    /// `[admin]`, resolved as for `anima serve`.
+    pub admin: AdminSection,
+    /// `[core] ca`.
+    pub ca: PathBuf,
 }
 
 /// `[leases]`: defaults for every module's leases.
@@ -205,6 +220,30 @@ impl Default for RestartPolicy {
     /// On failure, 5 restarts in 60 s, backoff 200 ms doubling to 10 s.
     fn default() -> Self {
         DEFAULT_RESTART
+    }
+}
+
+impl RestartPolicy {
+    /// The policy of a module of `module_type` whose entry does not set
+    /// `restart.policy`: [`default_restart_mode`], with the other values of
+    /// [`RestartPolicy::default`].
+    pub fn for_type(module_type: ModuleType) -> Self {
+        RestartPolicy {
+            mode: default_restart_mode(module_type),
+            ..DEFAULT_RESTART
+        }
+    }
+}
+
+/// When a module of `module_type` is restarted unless its entry says: an
+/// ephemeral (Type I) module exits by design whenever its lease ends, so it
+/// is started (and leased) again `always`, keeping its capability available;
+/// a resident one (Type II, III) keeps running without a lease, so it is
+/// restarted `on-failure` only.
+pub const fn default_restart_mode(module_type: ModuleType) -> RestartMode {
+    match module_type {
+        ModuleType::Ephemeral => RestartMode::Always,
+        ModuleType::ResidentPrivate(_) | ModuleType::ResidentShared => RestartMode::OnFailure,
     }
 }
 

@@ -18,7 +18,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::check::{self, Node};
-use super::model::Config;
+use super::model::{Config, OperatorAccess};
 use super::problem::{Problem, Report, line_at};
 use super::raw;
 use super::reference::{self, Kind, one_of};
@@ -26,11 +26,7 @@ use super::resolve::{Parts, Resolver};
 
 /// Parses and checks `text`, read from `origin`.
 pub(super) fn parse(text: &str, origin: &Path) -> Result<Config, Vec<Problem>> {
-    let mut report = Report::new(origin.display().to_string());
-    let Some((file, refused)) = read(text, &mut report) else {
-        return Err(report.into_problems());
-    };
-    let mut resolver = Resolver::new(text, base_dir(origin), refused, report);
+    let (file, mut resolver) = reader(text, origin)?;
     let parts = resolver.file(&file);
     let mut report = resolver.into_report();
     check_parts(&parts, &mut report);
@@ -46,11 +42,38 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<Config, Vec<Problem>> {
     })
 }
 
+/// Reads only what the operator commands need of `text`, read from
+/// `origin` (see [`Resolver::operator_access`]): a file that does not parse
+/// is refused as by [`parse`], but problems in what `anima serve` alone reads
+/// (module certificates, contracts, commands) are not the operator's.
+pub(super) fn operator_access(text: &str, origin: &Path) -> Result<OperatorAccess, Vec<Problem>> {
+    let (file, mut resolver) = reader(text, origin)?;
+    let access = resolver.operator_access(&file);
+    let report = resolver.into_report();
+    match access {
+        Some(access) if report.is_clean() => Ok(access),
+        _ => Err(report.into_problems()),
+    }
+}
+
+/// The raw file of `text` (read from `origin`) and a resolver holding the
+/// problems found in reading it, or those problems after a syntax error.
+fn reader<'t>(text: &'t str, origin: &Path) -> Result<(raw::File, Resolver<'t>), Vec<Problem>> {
+    let mut report = Report::new(origin.display().to_string());
+    let Some((file, refused)) = read(text, &mut report) else {
+        return Err(report.into_problems());
+    };
+    Ok((file, Resolver::new(text, base_dir(origin), refused, report)))
+}
+
 /// Runs [`super::check`] on whatever could be read, so that one bad key does
 /// not hide the problems of the rest.
 fn check_parts(parts: &Parts, report: &mut Report) {
     if let Some(core) = &parts.core {
         check::core(core, report);
+    }
+    if let Some(admin) = &parts.admin {
+        check::admin(admin, report);
     }
     if let Some(leases) = &parts.leases {
         check::leases(leases, report);
@@ -60,6 +83,14 @@ fn check_parts(parts: &Parts, report: &mut Report) {
             check::module(index, module, parts.core.as_ref(), report);
         }
     }
+    check::methods(
+        parts
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(index, entry)| Some((index, entry.config.as_ref()?))),
+        report,
+    );
     let nodes: Vec<Node<'_>> = parts
         .entries
         .iter()

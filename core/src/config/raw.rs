@@ -59,6 +59,8 @@ pub(super) struct Core {
 pub(super) struct Admin {
     pub(super) listen: Field<String>,
     pub(super) operators: Strings,
+    pub(super) operator_cert: Field<String>,
+    pub(super) operator_key: Field<String>,
 }
 
 /// `[leases]`.

@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use toml::de::DeValue;
 
+use anima_protocol::contract::ModuleType;
+
 use super::model::{
     DEFAULT_ADMIN_LISTEN, DEFAULT_AUDIT_LOG, DEFAULT_LEASE_TTL, DEFAULT_RENEW_WHEN_LEFT,
-    DEFAULT_RESTART,
+    DEFAULT_RESTART, default_restart_mode,
 };
 
 /// One key of `anima.toml`.
@@ -72,6 +74,13 @@ pub(crate) enum Fallback {
     Integer(u32),
     /// The value of another key.
     Key(&'static str),
+    /// One word for an ephemeral module, another for a resident one.
+    ByType {
+        /// For `type = "ephemeral"`.
+        ephemeral: &'static str,
+        /// For `type = "resident-private"` and `"resident-shared"`.
+        resident: &'static str,
+    },
 }
 
 /// A duration's type, as every duration key shows it.
@@ -148,6 +157,20 @@ pub(crate) const KEYS: &[Key] = &[
         "The identities (any kind) allowed to use the admin API.",
     ),
     key(
+        "admin.operator_cert",
+        Kind::Str("path"),
+        Fallback::Unset,
+        "The certificate (PEM) the operator commands (`anima modules`, `leases`, `revoke`, `restart`, `stop`, \
+         `events`) present when given `--config` with this file; its URN must be one of `operators`. \
+         Goes with `operator_key`. Unset: `certs/dev/user-dev.pem` in the working directory (or `--cert`).",
+    ),
+    key(
+        "admin.operator_key",
+        Kind::Str("path"),
+        Fallback::Unset,
+        "The private key of `operator_cert` (PEM).",
+    ),
+    key(
         "leases",
         Kind::Table,
         Fallback::Unset,
@@ -181,7 +204,8 @@ pub(crate) const KEYS: &[Key] = &[
         "module.type",
         Kind::Word(&["ephemeral", "resident-private", "resident-shared"]),
         Fallback::Text("ephemeral"),
-        "Type I, II or III (ADR-0003). A resident-private module is core-started with `command`, pre-started with `endpoint`.",
+        "Type I, II or III (ADR-0003). A resident-private module is core-started with `command`, pre-started with `endpoint`. \
+         Unset: the `type` of the module's `contract` when it names one, else ephemeral; a `type` its contract contradicts is refused.",
     ),
     key(
         "module.command",
@@ -224,7 +248,9 @@ pub(crate) const KEYS: &[Key] = &[
         "module.contract",
         Kind::Str("path"),
         Fallback::Unset,
-        "The module's contract (`module.toml`): its URN and type must be this entry's, and `max_lease` bounds the lease TTL.",
+        "The module's contract (`module.toml`): its URN and type must be this entry's, and `max_lease` bounds the lease TTL. \
+         Its `methods` are routed through the gateway: no two modules may declare the same one (the conformance probe, \
+         `/anima.v1.Probe/…`, aside).",
     ),
     key(
         "module.lease_ttl",
@@ -255,8 +281,13 @@ pub(crate) const KEYS: &[Key] = &[
     key(
         "module.restart.policy",
         Kind::Word(&["never", "on-failure", "always"]),
-        Fallback::Text(DEFAULT_RESTART.mode.as_str()),
-        "When to restart: never, after a non-zero exit or a signal, or after any exit.",
+        Fallback::ByType {
+            ephemeral: default_restart_mode(ModuleType::Ephemeral).as_str(),
+            resident: default_restart_mode(ModuleType::ResidentShared).as_str(),
+        },
+        "When to restart: never, after a non-zero exit or a signal, or after any exit. An ephemeral (Type I) module \
+         exits whenever its lease ends, so by default it is started and leased again (`always`); a resident one keeps \
+         running without a lease and is restarted only after a failure (`on-failure`).",
     ),
     key(
         "module.restart.max_restarts",
@@ -458,6 +489,10 @@ impl Fallback {
             }
             Fallback::Integer(n) => format!("`{n}`"),
             Fallback::Key(path) => format!("`{path}`"),
+            Fallback::ByType {
+                ephemeral,
+                resident,
+            } => format!("`{ephemeral:?}` (ephemeral), `{resident:?}` (resident)"),
         }
     }
 }
@@ -718,10 +753,27 @@ mod tests {
         }
         assert_eq!(word::<TypeWord>("module.type"), TypeWord::default());
         assert_eq!(word::<CoreCert>("module.core_cert"), CoreCert::default());
-        assert_eq!(
-            word::<RestartMode>("module.restart.policy"),
-            RestartMode::default()
-        );
+        // The restart policy's default depends on the module's type.
+        let Fallback::ByType {
+            ephemeral,
+            resident,
+        } = row("module.restart.policy").unwrap().default
+        else {
+            panic!("module.restart.policy has no per-type default");
+        };
+        let mode = |text: &str| {
+            RestartMode::deserialize(IntoDeserializer::<Error>::into_deserializer(text)).unwrap()
+        };
+        assert_eq!(mode(ephemeral), default_restart_mode(ModuleType::Ephemeral));
+        assert_eq!(mode(ephemeral), RestartMode::Always);
+        for resident_type in [
+            ModuleType::ResidentPrivate(anima_protocol::contract::InitMode::CoreStarted),
+            ModuleType::ResidentPrivate(anima_protocol::contract::InitMode::PreStarted),
+            ModuleType::ResidentShared,
+        ] {
+            assert_eq!(mode(resident), default_restart_mode(resident_type));
+        }
+        assert_eq!(mode(resident), RestartMode::default());
         for key in KEYS {
             if let Fallback::Duration(d) = key.default {
                 assert_eq!(

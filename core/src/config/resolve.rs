@@ -19,8 +19,8 @@ use toml::Spanned;
 
 use super::check;
 use super::model::{
-    AdminSection, Config, CoreSection, DEFAULT_ADMIN_LISTEN, LeaseDefaults, ModuleConfig, Policy,
-    PolicyTarget, RestartPolicy, StartMode, default_admin_listen,
+    AdminSection, Config, CoreSection, DEFAULT_ADMIN_LISTEN, LeaseDefaults, ModuleConfig,
+    OperatorAccess, Policy, PolicyTarget, RestartPolicy, StartMode, default_admin_listen,
 };
 use super::problem::{Report, join, line_at};
 use super::raw::{self, Field, Strings, TypeWord};
@@ -113,14 +113,7 @@ impl<'t> Resolver<'t> {
             Ok(Some(core)) => self.core(core),
             _ => None,
         };
-        let admin = match self.value("admin", &file.admin, Need::Optional) {
-            Ok(Some(admin)) => self.admin(admin),
-            Ok(None) => Some(AdminSection {
-                listen: default_admin_listen(),
-                operators: Vec::new(),
-            }),
-            Err(Bad) => None,
-        };
+        let admin = self.admin_section(file);
         let leases = match self.value("leases", &file.leases, Need::Optional) {
             Ok(Some(leases)) => self.leases(leases),
             Ok(None) => Some(LeaseDefaults::default()),
@@ -147,7 +140,57 @@ impl<'t> Resolver<'t> {
         }
     }
 
+    /// Only what the operator commands read: `[admin]` and `[core] ca`,
+    /// resolved as [`Resolver::file`] does; nothing else the file names is
+    /// read or checked.
+    pub(super) fn operator_access(&mut self, file: &raw::File) -> Option<OperatorAccess> {
+        let ca = match self.value("core", &file.core, Need::Required) {
+            Ok(Some(core)) => required(self.path("core.ca", &core.ca, Need::Required)).ok(),
+            _ => None,
+        };
+        let admin = self.admin_section(file);
+        Some(OperatorAccess {
+            admin: admin?,
+            ca: ca?,
+        })
+    }
+
     // ---- sections ----
+
+    /// `[admin]`, or its defaults when the file has none.
+    fn admin_section(&mut self, file: &raw::File) -> Option<AdminSection> {
+        match self.value("admin", &file.admin, Need::Optional) {
+            Ok(Some(admin)) => self.admin(admin),
+            Ok(None) => Some(AdminSection {
+                listen: default_admin_listen(),
+                operators: Vec::new(),
+                operator_cert: None,
+            }),
+            Err(Bad) => None,
+        }
+    }
+
+    /// An optional certificate and key that go together, each given as its
+    /// key path and raw value: both, neither (`Some(None)`), or a problem at
+    /// the certificate's key (`None`).
+    fn cert_and_key(
+        &mut self,
+        (cert_path, cert): (&str, &raw::Field<String>),
+        (key_path, key): (&str, &raw::Field<String>),
+    ) -> Option<Option<(PathBuf, PathBuf)>> {
+        let cert = self.path(cert_path, cert, Need::Optional);
+        let key = self.path(key_path, key, Need::Optional);
+        match (cert.ok()?, key.ok()?) {
+            (Some(c), Some(k)) => Some(Some((c, k))),
+            (None, None) => Some(None),
+            _ => {
+                let name = |path: &str| path.rsplit('.').next().unwrap_or(path).to_owned();
+                let message = format!("{} and {} go together", name(cert_path), name(key_path));
+                self.report.problem(cert_path, message);
+                None
+            }
+        }
+    }
 
     fn core(&mut self, c: &raw::Core) -> Option<CoreSection> {
         let urn = required(self.urn("core.urn", &c.urn, Need::Required));
@@ -155,19 +198,10 @@ impl<'t> Resolver<'t> {
         let key = required(self.path("core.key", &c.key, Need::Required));
         let ca = required(self.path("core.ca", &c.ca, Need::Required));
         let audit_log = self.path("core.audit_log", &c.audit_log, Need::Optional);
-        let endpoint_cert = self.path("core.endpoint_cert", &c.endpoint_cert, Need::Optional);
-        let endpoint_key = self.path("core.endpoint_key", &c.endpoint_key, Need::Optional);
-        let endpoint = match (endpoint_cert.ok()?, endpoint_key.ok()?) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            _ => {
-                self.report.problem(
-                    "core.endpoint_cert",
-                    "endpoint_cert and endpoint_key go together",
-                );
-                return None;
-            }
-        };
+        let endpoint = self.cert_and_key(
+            ("core.endpoint_cert", &c.endpoint_cert),
+            ("core.endpoint_key", &c.endpoint_key),
+        )?;
         Some(CoreSection {
             urn: urn.ok()?,
             cert: cert.ok()?,
@@ -194,9 +228,14 @@ impl<'t> Resolver<'t> {
             .urns("admin.operators", &a.operators)
             .and_then(every)
             .map(Option::unwrap_or_default);
+        let operator_cert = self.cert_and_key(
+            ("admin.operator_cert", &a.operator_cert),
+            ("admin.operator_key", &a.operator_key),
+        )?;
         Some(AdminSection {
             listen: listen.ok()?,
             operators: operators.ok()?,
+            operator_cert,
         })
     }
 
@@ -272,8 +311,11 @@ impl<'t> Resolver<'t> {
             .enumerate()
             .filter_map(|(j, urn)| Some((j, urn.ok()?)))
             .collect();
-        let restart = self.restart(&join(p, "restart"), &m.restart);
-        let module_type = match (type_word.map(|w| w.copied().unwrap_or_default()), &start) {
+        let word = match type_word {
+            Ok(written) => Ok(self.type_word(p, written.copied(), urn.as_ref().ok(), &contract)),
+            Err(Bad) => Err(Bad),
+        };
+        let module_type = match (word, &start) {
             (Ok(TypeWord::Ephemeral), _) => Ok(ModuleType::Ephemeral),
             (Ok(TypeWord::ResidentPrivate), Ok(StartMode::Command { .. })) => {
                 Ok(ModuleType::ResidentPrivate(InitMode::CoreStarted))
@@ -284,6 +326,7 @@ impl<'t> Resolver<'t> {
             (Ok(TypeWord::ResidentShared), _) => Ok(ModuleType::ResidentShared),
             _ => Err(Bad),
         };
+        let restart = self.restart(&join(p, "restart"), &m.restart, module_type.ok());
         // Built whenever the entry says what the module is and how to reach
         // it, so that its other checks still run; a key that was wrong (and
         // reported) gives way to its default, and the file is refused anyway.
@@ -292,7 +335,7 @@ impl<'t> Resolver<'t> {
                 urn,
                 module_type,
                 start,
-                contract: contract.ok().flatten(),
+                contract: contract.ok().flatten().map(|(_, contract)| contract),
                 lease_ttl: lease_ttl.ok().flatten().unwrap_or(leases.ttl),
                 restart,
                 requires: requires.iter().map(|(_, urn)| urn.clone()).collect(),
@@ -304,6 +347,44 @@ impl<'t> Resolver<'t> {
             config,
             urn: urn.ok(),
             requires,
+        }
+    }
+
+    /// The entry's type: as written, else its contract's (when the contract
+    /// is this module's), else ephemeral. A written type its own contract
+    /// contradicts is reported here, naming both values and both files, and
+    /// gives way to the contract's. (A contract for another module is
+    /// reported by the checks, with its type.)
+    fn type_word(
+        &mut self,
+        p: &str,
+        written: Option<TypeWord>,
+        urn: Option<&Urn>,
+        contract: &Got<(PathBuf, Contract)>,
+    ) -> TypeWord {
+        let own = match contract {
+            Ok(Some((path, contract))) if Some(&contract.urn) == urn => {
+                Some((path, word_of(contract.module_type)))
+            }
+            _ => None,
+        };
+        match (written, own) {
+            (Some(written), Some((path, declared))) if written != declared => {
+                self.report.problem(
+                    &join(p, "type"),
+                    format!(
+                        "{:?} here, but the contract {} declares type {:?}: write the \
+                         contract's type, or leave type out to take it from the contract",
+                        type_text(written),
+                        path.display(),
+                        type_text(declared)
+                    ),
+                );
+                declared
+            }
+            (Some(written), _) => written,
+            (None, Some((_, declared))) => declared,
+            (None, None) => TypeWord::default(),
         }
     }
 
@@ -434,7 +515,8 @@ impl<'t> Resolver<'t> {
         if clean { Ok(Some(vars)) } else { Err(Bad) }
     }
 
-    fn contract(&mut self, key: &str, field: &Field<String>) -> Got<Contract> {
+    /// `contract`: the file (resolved) and the contract it holds.
+    fn contract(&mut self, key: &str, field: &Field<String>) -> Got<(PathBuf, Contract)> {
         let Some(path) = self.path(key, field, Need::Optional)? else {
             return Ok(None);
         };
@@ -454,7 +536,7 @@ impl<'t> Resolver<'t> {
                 })
             });
         match parsed {
-            Ok(contract) => Ok(Some(contract)),
+            Ok(contract) => Ok(Some((path, contract))),
             Err(message) => {
                 self.report.problem(key, message);
                 Err(Bad)
@@ -462,10 +544,17 @@ impl<'t> Resolver<'t> {
         }
     }
 
-    /// `[module.restart]`; a wrong key (reported) gives way to a value that
-    /// triggers no further problem.
-    fn restart(&mut self, p: &str, field: &Field<raw::Restart>) -> RestartPolicy {
-        let defaults = RestartPolicy::default();
+    /// `[module.restart]`, its defaults those of the module's type (see
+    /// [`RestartPolicy::for_type`]; of a resident module when the type is
+    /// unknown); a wrong key (reported) gives way to a value that triggers
+    /// no further problem.
+    fn restart(
+        &mut self,
+        p: &str,
+        field: &Field<raw::Restart>,
+        module_type: Option<ModuleType>,
+    ) -> RestartPolicy {
+        let defaults = module_type.map_or_else(RestartPolicy::default, RestartPolicy::for_type);
         let Ok(Some(r)) = self.value(p, field, Need::Optional) else {
             return defaults;
         };
@@ -602,6 +691,24 @@ impl<'t> Resolver<'t> {
     fn mark(&mut self, path: &str, span: Range<usize>) {
         let line = line_at(self.text, span.start);
         self.report.site(path, line);
+    }
+}
+
+/// The word `type` takes for a module of `module_type`.
+fn word_of(module_type: ModuleType) -> TypeWord {
+    match module_type {
+        ModuleType::Ephemeral => TypeWord::Ephemeral,
+        ModuleType::ResidentPrivate(_) => TypeWord::ResidentPrivate,
+        ModuleType::ResidentShared => TypeWord::ResidentShared,
+    }
+}
+
+/// `word` as `anima.toml` and `module.toml` write it.
+fn type_text(word: TypeWord) -> &'static str {
+    match word {
+        TypeWord::Ephemeral => "ephemeral",
+        TypeWord::ResidentPrivate => "resident-private",
+        TypeWord::ResidentShared => "resident-shared",
     }
 }
 

@@ -1,0 +1,119 @@
+//! What a new user meets in a first hour with `anima serve` (issue 14): a
+//! Type I module under the default restart policy stays available after its
+//! lease ends, `type` comes from the contract, and two modules declaring the
+//! same method are refused at start, naming both.
+
+use std::path::{Path, PathBuf};
+
+use anima_tests::{PATIENCE, bin_path};
+
+use crate::serve::{CoreProcess, core_and_admin, sample};
+
+/// A sample's contract, as shipped in `sample-modules/NAME/module.toml`.
+fn sample_contract(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../sample-modules/{name}/module.toml"))
+}
+
+/// A `[[module]]` the Core starts: sample `name` with its dev certificate
+/// and its shipped contract, no `type` and no `restart`.
+fn started_sample(name: &str, contract: &Path) -> String {
+    format!(
+        r#"
+[[module]]
+urn = "urn:anima:module:{name}"
+command = "{program}"
+cert = "certs/dev/module-{name}.pem"
+key = "certs/dev/module-{name}.key"
+contract = "{contract}"
+"#,
+        program = sample(name),
+        contract = contract.display()
+    )
+}
+
+/// The hasher (Type I) and the tally (Type III), neither saying its type
+/// nor its restart policy: each takes its type from its contract, and the
+/// hasher, whose process ends with its lease, is started and leased again.
+#[tokio::test]
+async fn a_type1_module_under_the_default_policy_is_leased_again_after_its_lease_ends() {
+    let modules = format!(
+        "{}{}",
+        started_sample("hasher", &sample_contract("hasher")),
+        started_sample("tally", &sample_contract("tally"))
+    );
+    let core = CoreProcess::start(Some(&(core_and_admin("") + &modules))).await;
+    core.wait_leased("tally").await;
+    let before = core.wait_leased("hasher").await;
+    let pid = before["pid"].as_u64().unwrap();
+    let lease = core.lease_of("hasher").await["lease_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = core.cli_ok(&["revoke", &lease]).await;
+    assert!(out.contains(&lease), "{out}");
+    // Its process exits after its termination window; the default policy
+    // of a Type I module starts a new one, which the Core leases.
+    let after = core
+        .wait_module("hasher", "a new, leased process", |m| {
+            m["state"] == "leased" && m["pid"].as_u64().is_some_and(|p| p != pid)
+        })
+        .await;
+    assert!(after["restarts"].as_u64().unwrap() >= 1, "{after}");
+    assert_ne!(core.lease_of("hasher").await["lease_id"], lease.as_str());
+    // The Type III module was not restarted: it is resident.
+    let tally = core.module("tally").await;
+    assert_eq!(tally["restarts"].as_u64(), Some(0), "{tally}");
+}
+
+/// `anima serve` runs `config check`'s checks before starting anything: a
+/// second module declaring the hasher's methods is refused, naming both
+/// modules and the methods, at the line of its contract.
+#[tokio::test]
+async fn serve_refuses_two_modules_declaring_the_same_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    anima_certs::init_dir(
+        &dir.path().join("certs/dev"),
+        &anima_certs::InitOptions::default(),
+    )
+    .unwrap();
+    // The kvstore's contract, with the hasher's methods.
+    let hasher = std::fs::read_to_string(sample_contract("hasher")).unwrap();
+    let copied = hasher.replace("urn:anima:module:hasher", "urn:anima:module:kvstore");
+    let copy = dir.path().join("kvstore.toml");
+    std::fs::write(&copy, copied).unwrap();
+    let text = core_and_admin("")
+        + &started_sample("hasher", &sample_contract("hasher"))
+        + &started_sample("kvstore", &copy);
+    let file = dir.path().join("anima.toml");
+    std::fs::write(&file, &text).unwrap();
+    let run = tokio::process::Command::new(bin_path("anima"))
+        .args(["serve", "--admin-listen", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .current_dir(dir.path())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("anima serve should refuse the file at once")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = text
+        .lines()
+        .position(|l| l.contains("kvstore.toml"))
+        .unwrap()
+        + 1;
+    let expected = format!(
+        "{}:{line}: module[1] (urn:anima:module:kvstore).contract: declares \
+         /anima.sample.v1.Hasher/Digest, /anima.sample.v1.Hasher/Stats, which module[0] \
+         (urn:anima:module:hasher) declares too",
+        file.display()
+    );
+    assert!(stderr.contains(&expected), "{expected}\nnot in:\n{stderr}");
+    // The conformance probe, which both declare, is not a problem.
+    assert!(!stderr.contains("Probe"), "{stderr}");
+    assert!(
+        !dir.path().join("audit.jsonl").exists(),
+        "something started"
+    );
+}
