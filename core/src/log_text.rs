@@ -81,9 +81,11 @@ fn finish(mut bytes: Vec<u8>, truncated: bool) -> RawLine {
 
 /// `line` without terminal control sequences: CSI (`ESC [` … final byte),
 /// OSC, DCS, SOS, PM and APC strings (up to BEL or ST), other `ESC`
-/// sequences, their 8-bit C1 forms, and every other C0 or C1 control
-/// character and DEL but tab. A sequence cut off by the end of the line is
-/// dropped whole. Plain text comes back unchanged.
+/// sequences, their 8-bit C1 forms, every other C0 or C1 control character
+/// and DEL but tab, and the bidirectional embeddings, overrides and isolates
+/// (U+202A–U+202E, U+2066–U+2069), which would make the rest of a log line
+/// read in another order than it is written. A sequence cut off by the end
+/// of the line is dropped whole. Plain text comes back unchanged.
 pub(crate) fn clean(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars().peekable();
@@ -98,11 +100,17 @@ pub(crate) fn clean(line: &str) -> String {
             '\u{9b}' => skip_csi(&mut chars),
             '\u{9d}' | '\u{90}' | '\u{98}' | '\u{9e}' | '\u{9f}' => skip_string(&mut chars),
             '\t' => out.push(c),
-            c if c.is_control() => {}
+            c if c.is_control() || is_bidi_control(c) => {}
             c => out.push(c),
         }
     }
     out
+}
+
+/// Whether `c` opens or closes a bidirectional embedding, override or
+/// isolate.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Characters of the line being cleaned.
@@ -176,6 +184,16 @@ mod tests {
             bytes: bytes.to_vec(),
             truncated,
         }
+    }
+
+    #[test]
+    fn bidirectional_overrides_and_isolates_are_removed() {
+        // "admin" shown reversed by an override, an isolate around a name,
+        // an embedding: the characters stay, the controls go. Right-to-left
+        // text itself, and the plain marks (U+200E, U+200F), are kept.
+        let line = "user \u{202e}nimda\u{202c} \u{2067}x\u{2069} \u{202a}y\u{202c}";
+        assert_eq!(clean(line), "user nimda x y");
+        assert_eq!(clean("שלום \u{200f}ok"), "שלום \u{200f}ok");
     }
 
     #[test]
