@@ -407,18 +407,75 @@ fn report(what: &str, samples: &[Duration]) -> Duration {
     p99
 }
 
+/// Slow sockets from one address past its pending-handshake limit: the
+/// listener keeps dropping its longest-waiting ones, and it keeps reopening.
+const CROWD: usize = anima_protocol::transport::DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS + 72;
+
+/// Slow sockets per address in the held group: under the per-address
+/// limit, so every one is held until its ClientHello deadline.
+const HELD_PER_ADDRESS: usize = 100;
+
+/// The abusers' addresses: loopback, never 127.0.0.1 (the legitimate
+/// clients'). A client that shares an abuser's address shares its pending
+/// handshakes (ARCHITECTURE.md, "transport/"): a burst from that address
+/// as large as the per-address limit drops it with the abuser's own, so the
+/// latency bounds are for clients on other addresses.
+fn abuser_address(i: usize) -> std::net::IpAddr {
+    std::net::IpAddr::from([127, 0, 0, 10 + u8::try_from(i).unwrap()])
+}
+
+/// `n` slow sockets at `addr`, as two abusers: [`CROWD`] from one address
+/// (churning), and the rest [`HELD_PER_ADDRESS`] per address (held). At the
+/// full scale (1,000) that is 128 + 800 pending at once, under the
+/// listener's 1,024.
+struct Abusers {
+    crowd: SlowSockets,
+    held: SlowSockets,
+}
+
+impl Abusers {
+    async fn open(addr: SocketAddr, n: usize) -> Self {
+        let crowd =
+            SlowSockets::open_from(addr, &[abuser_address(0)], CROWD.min(n), PATIENCE).await;
+        let rest = n.saturating_sub(CROWD);
+        let sources: Vec<_> = (1..=rest.div_ceil(HELD_PER_ADDRESS))
+            .map(abuser_address)
+            .collect();
+        let held = SlowSockets::open_from(addr, &sources, rest, PATIENCE).await;
+        let abusers = Abusers { crowd, held };
+        abusers.report("at the start");
+        assert_eq!(
+            abusers.held.now_open(),
+            rest,
+            "every held slow socket is open"
+        );
+        abusers
+    }
+
+    fn report(&self, when: &str) {
+        eprintln!(
+            "slow sockets {when}: one address {} open ({} closed by the listener so far), \
+             other addresses {} open ({} closed)",
+            self.crowd.now_open(),
+            self.crowd.closed(),
+            self.held.now_open(),
+            self.held.closed(),
+        );
+    }
+
+    async fn close(self) {
+        self.report("at the end");
+        self.crowd.close().await;
+        self.held.close().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serial_abuse_slow_handshakes_do_not_starve_the_gateway_or_operators() {
     let scale = scale();
     let core = started().await;
     gateway_call(&core).await;
-    let slow = SlowSockets::open(admin_addr(&core), scale.slow_sockets, PATIENCE).await;
-    eprintln!(
-        "slow sockets: {} open, {} closed by the Core so far",
-        slow.open.load(std::sync::atomic::Ordering::SeqCst),
-        slow.closed_by_server
-            .load(std::sync::atomic::Ordering::SeqCst)
-    );
+    let slow = Abusers::open(admin_addr(&core), scale.slow_sockets).await;
     let mut gateway = Vec::new();
     let mut admin = Vec::new();
     let mut cli = Vec::new();
@@ -443,12 +500,6 @@ async fn serial_abuse_slow_handshakes_do_not_starve_the_gateway_or_operators() {
             break;
         }
     }
-    eprintln!(
-        "slow sockets at the end: {} open, {} closed by the Core",
-        slow.open.load(std::sync::atomic::Ordering::SeqCst),
-        slow.closed_by_server
-            .load(std::sync::atomic::Ordering::SeqCst)
-    );
     slow.close().await;
     let gateway_p99 = report("new connection + gateway call", &gateway);
     let admin_p99 = report("new connection + ListModules (anima modules)", &admin);
@@ -465,7 +516,7 @@ async fn serial_abuse_slow_handshakes_do_not_delay_a_modules_next_lease() {
     let scale = scale();
     let ca = TestCa::new();
     let module = echo_process(&ca).await;
-    let slow = SlowSockets::open(module.addr, scale.slow_sockets, PATIENCE).await;
+    let slow = Abusers::open(module.addr, scale.slow_sockets).await;
     let mut samples = Vec::new();
     for _ in 0..20 {
         let started = Instant::now();

@@ -1,13 +1,13 @@
 //! Slow unauthenticated sockets (a "slowloris" on the TLS handshake), the
 //! resident memory of a process, and latency percentiles.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -25,22 +25,34 @@ const HELLO_START: [u8; 11] = [
 pub struct SlowSockets {
     stop: CancellationToken,
     tasks: JoinSet<()>,
-    /// Sockets connected and not (yet) closed by the server.
-    pub open: Arc<AtomicUsize>,
-    /// Sockets the server closed.
-    pub closed_by_server: Arc<AtomicU64>,
+    open: Arc<AtomicUsize>,
+    closed_by_server: Arc<AtomicU64>,
 }
 
 impl SlowSockets {
     /// Opens `n` slow sockets to `addr` and waits until every one of them
     /// has connected and sent its first bytes (or `limit` passes).
     pub async fn open(addr: SocketAddr, n: usize, limit: Duration) -> Self {
+        Self::open_from(addr, &[], n, limit).await
+    }
+
+    /// As [`SlowSockets::open`], each socket bound to one of `sources` in
+    /// turn (all of them loopback addresses other than 127.0.0.1, so that
+    /// an abuser is not the legitimate client's address); none: the
+    /// system's choice.
+    pub async fn open_from(
+        addr: SocketAddr,
+        sources: &[IpAddr],
+        n: usize,
+        limit: Duration,
+    ) -> Self {
         let stop = CancellationToken::new();
         let open = Arc::new(AtomicUsize::new(0));
         let started = Arc::new(AtomicUsize::new(0));
         let closed_by_server = Arc::new(AtomicU64::new(0));
         let mut tasks = JoinSet::new();
-        for _ in 0..n {
+        for i in 0..n {
+            let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
             let (stop, open, started, closed) = (
                 stop.clone(),
                 open.clone(),
@@ -50,7 +62,7 @@ impl SlowSockets {
             tasks.spawn(async move {
                 let mut first = true;
                 while !stop.is_cancelled() {
-                    if let Ok(mut tcp) = TcpStream::connect(addr).await
+                    if let Ok(mut tcp) = connect(addr, source).await
                         && tcp.write_all(&HELLO_START).await.is_ok()
                     {
                         open.fetch_add(1, Ordering::SeqCst);
@@ -83,11 +95,34 @@ impl SlowSockets {
         }
     }
 
+    /// Sockets connected and not (yet) closed by the server.
+    pub fn now_open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Sockets the server closed so far.
+    pub fn closed(&self) -> u64 {
+        self.closed_by_server.load(Ordering::SeqCst)
+    }
+
     /// Closes every socket.
     pub async fn close(mut self) {
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// A connection to `addr`, from `source` when given.
+async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
 }
 
 /// Sends one byte every 500 ms until the server closes the socket (true)
