@@ -252,8 +252,22 @@ impl CoreIdentity {
         let trust = TrustRoot::from_pem_file(&config.core.ca)?;
         let signer = Arc::new(LeaseSigner::from_identity(&tls)?);
         let endpoint = match &config.core.endpoint_cert {
-            Some((cert, key)) => Some(load_identity(cert, key, urn)?),
-            None => None,
+            Some((cert, key)) => {
+                let identity = load_identity(cert, key, urn)?;
+                tracing::info!(
+                    cert = %cert.display(),
+                    "clients that offer no Ed25519 (Python grpcio, C++ gRPC) get the endpoint certificate"
+                );
+                Some(identity)
+            }
+            None => {
+                tracing::info!(
+                    "no [core] endpoint_cert: clients that offer no Ed25519 (Python grpcio, C++ gRPC) \
+                     cannot be served; anima certs init makes core-NAME.endpoint.pem and .key, used \
+                     when beside [core] cert"
+                );
+                None
+            }
         };
         Ok(CoreIdentity {
             tls,

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use rustls::{CertificateError, InvalidMessage};
+use rustls::{CertificateError, InvalidMessage, PeerIncompatible};
 
 use super::cert::CertIdentityError;
 use super::error::TransportError;
@@ -44,6 +44,10 @@ pub enum RefusalReason {
     UnexpectedIdentity(Urn),
     /// The client offered nothing this server accepts (e.g. only TLS 1.2).
     Incompatible(String),
+    /// The client cannot verify a signature by this server's key: its
+    /// `signature_algorithms` leave out the key's scheme (BoringSSL-based
+    /// gRPC stacks offer no Ed25519).
+    NoCommonSignatureScheme,
     /// The client aborted the handshake with an alert (it refused us).
     PeerAlert(String),
     /// The handshake did not complete in time.
@@ -101,6 +105,9 @@ impl RefusalReason {
                 },
                 _ => RefusalReason::Tls(e.to_string()),
             },
+            E::PeerIncompatible(PeerIncompatible::NoSignatureSchemesInCommon) => {
+                RefusalReason::NoCommonSignatureScheme
+            }
             E::PeerIncompatible(_) => RefusalReason::Incompatible(e.to_string()),
             E::AlertReceived(_) => RefusalReason::PeerAlert(e.to_string()),
             _ => RefusalReason::Tls(e.to_string()),
@@ -135,6 +142,14 @@ impl fmt::Display for RefusalReason {
                 write!(f, "identity {urn} is not accepted here")
             }
             RefusalReason::Incompatible(why) => write!(f, "incompatible client: {why}"),
+            RefusalReason::NoCommonSignatureScheme => f.write_str(
+                "the client cannot verify this server's certificate: it offers no signature \
+                 scheme for its key (BoringSSL-based gRPC stacks, such as Python grpcio and C++, \
+                 offer no Ed25519); present a P-256 certificate to such clients: on the Core, \
+                 [core] endpoint_cert and endpoint_key (anima certs init makes \
+                 core-NAME.endpoint.pem and .key, used without a mention when beside [core] \
+                 cert); on a module, a certificate from anima certs issue --key-type p256",
+            ),
             RefusalReason::PeerAlert(why) => write!(f, "client aborted the handshake: {why}"),
             RefusalReason::HandshakeTimeout => f.write_str("TLS handshake timed out"),
             RefusalReason::NoAlpn => f.write_str("client did not negotiate HTTP/2 (ALPN h2)"),
@@ -168,6 +183,7 @@ impl RefusalReason {
             RefusalReason::InvalidIdentity(_) => "invalid_identity",
             RefusalReason::UnexpectedIdentity(_) => "unexpected_identity",
             RefusalReason::Incompatible(_) => "incompatible",
+            RefusalReason::NoCommonSignatureScheme => "no_common_signature_scheme",
             RefusalReason::PeerAlert(_) => "peer_alert",
             RefusalReason::HandshakeTimeout => "handshake_timeout",
             RefusalReason::NoAlpn => "no_alpn",
@@ -213,5 +229,21 @@ mod tests {
             "certificate not valid yet (its notBefore is in the future)"
         );
         assert_eq!(RefusalReason::Expired.to_string(), "certificate expired");
+    }
+
+    #[test]
+    fn a_client_that_cannot_verify_our_key_is_told_apart_naming_the_fix() {
+        // What rustls reports when the client's signature_algorithms do not
+        // include our key's (a grpcio client and an Ed25519 certificate).
+        let e =
+            rustls::Error::PeerIncompatible(rustls::PeerIncompatible::NoSignatureSchemesInCommon);
+        let reason =
+            RefusalReason::from_io(&std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        assert_eq!(reason, RefusalReason::NoCommonSignatureScheme);
+        assert_eq!(reason.kind(), "no_common_signature_scheme");
+        let said = reason.to_string();
+        for fix in ["grpcio", "[core] endpoint_cert", "--key-type p256"] {
+            assert!(said.contains(fix), "{said}");
+        }
     }
 }

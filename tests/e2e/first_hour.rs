@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anima_tests::{PATIENCE, bin_path};
 
-use crate::serve::{CoreProcess, core_and_admin, sample};
+use crate::gateway::python;
+use crate::serve::{CoreProcess, config, core_and_admin, sample};
 
 /// A sample's contract, as shipped in `sample-modules/NAME/module.toml`.
 fn sample_contract(name: &str) -> PathBuf {
@@ -116,4 +117,55 @@ async fn serve_refuses_two_modules_declaring_the_same_methods() {
         !dir.path().join("audit.jsonl").exists(),
         "something started"
     );
+}
+
+/// The three samples under a config of one's own that does not name
+/// `[core] endpoint_cert` (nor `endpoint_key`).
+fn config_without_endpoint_cert() -> String {
+    config("30s", "always")
+        .lines()
+        .filter(|l| !l.starts_with("endpoint_"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `anima certs init` made `core-dev.endpoint.pem`/`.key` beside the Core's
+/// certificate: a config that does not name them still presents that P-256
+/// certificate to a Python grpcio client (BoringSSL offers no Ed25519).
+#[tokio::test]
+async fn a_grpcio_client_is_served_by_a_config_that_does_not_name_the_endpoint_cert() {
+    let text = config_without_endpoint_cert();
+    assert!(!text.contains("endpoint_cert"), "{text}");
+    let core = CoreProcess::start(Some(&text)).await;
+    core.wait_samples_leased().await;
+    let stdout = python(&core, "ok", Some("user-dev"));
+    for line in ["hasher ok", "kvstore ok", "tally ok"] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
+}
+
+/// With no P-256 certificate at all, a grpcio client cannot be served; the
+/// Core's log says why and names the fix.
+#[tokio::test]
+async fn a_grpcio_client_that_cannot_be_served_is_explained_in_the_core_log() {
+    let core = CoreProcess::start_with(Some(&config_without_endpoint_cert()), |certs| {
+        for file in ["core-dev.endpoint.pem", "core-dev.endpoint.key"] {
+            std::fs::remove_file(certs.join(file)).unwrap();
+        }
+    })
+    .await;
+    core.wait_samples_leased().await;
+    python(&core, "unserved", Some("user-dev"));
+    let log = core.dir.path().join("stderr.log");
+    let refusal = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains("grpcio"))
+            .map(str::to_owned)
+    };
+    anima_tests::eventually("the refusal in the Core's log", || refusal().is_some()).await;
+    let said = refusal().unwrap();
+    for fix in ["[core] endpoint_cert", "anima certs init"] {
+        assert!(said.contains(fix), "{said}");
+    }
 }

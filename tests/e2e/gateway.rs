@@ -38,7 +38,7 @@ pub(crate) async fn user(core: &CoreProcess, stem: &str) -> Connection {
 /// Runs the Python `grpcio` client's `mode` against `core`'s endpoint as the
 /// identity in `certs/dev/<stem>` (`None`: with no certificate); the client
 /// checks what it gets and must exit 0. Returns what it printed.
-fn python(core: &CoreProcess, mode: &str, stem: Option<&str>) -> String {
+pub(crate) fn python(core: &CoreProcess, mode: &str, stem: Option<&str>) -> String {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/gateway_client.py");
     let dir = core.dir.path().join("certs/dev");
     let mut client = std::process::Command::new("python3");

@@ -53,6 +53,12 @@ pub(crate) fn core(core: &CoreSection, report: &mut Report) {
     {
         report.problem("core.ca", format!("not a usable CA certificate: {e}"));
     }
+    if let Some((cert, private_key)) = &core.endpoint_cert {
+        let cert_ok = file(report, "core.endpoint_cert", cert);
+        if file(report, "core.endpoint_key", private_key) && cert_ok {
+            identity(report, "core.endpoint_cert", cert, private_key, &core.urn);
+        }
+    }
 }
 
 /// `[admin]`: the operator's certificate and key, when given, are usable

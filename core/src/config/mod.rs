@@ -277,6 +277,35 @@ mod tests {
     }
 
     #[test]
+    fn the_endpoint_certificate_beside_the_cores_is_taken_unless_one_is_named() {
+        let dir = scratch();
+        let file = dir.path().join("anima.toml");
+        let certs = dir.path().join("certs/dev");
+        // Unnamed: the pair anima certs init wrote beside core-dev.pem.
+        let config = parse_str(CORE, &file).unwrap();
+        assert_eq!(
+            config.core.endpoint_cert,
+            Some((
+                certs.join("core-dev.endpoint.pem"),
+                certs.join("core-dev.endpoint.key")
+            ))
+        );
+        // Named: that one, checked like the Core's own.
+        let named = format!(
+            "{CORE}endpoint_cert = \"certs/dev/user-dev.pem\"\nendpoint_key = \"certs/dev/user-dev.key\"\n"
+        );
+        let problems = messages(parse_str(&named, &file));
+        assert!(
+            problems.iter().any(|p| p.contains("core.endpoint_cert")
+                && p.contains("is for urn:anima:user:dev, not urn:anima:core:dev")),
+            "{problems:?}"
+        );
+        // Half a pair beside it, or none: no endpoint certificate.
+        std::fs::remove_file(certs.join("core-dev.endpoint.key")).unwrap();
+        assert_eq!(parse_str(CORE, &file).unwrap().core.endpoint_cert, None);
+    }
+
+    #[test]
     fn paths_resolve_against_the_files_directory() {
         let dir = scratch();
         let text = r#"

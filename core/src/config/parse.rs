@@ -18,7 +18,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::check::{self, Node};
-use super::model::{Config, OperatorAccess};
+use super::model::{Config, CoreSection, OperatorAccess};
 use super::problem::{Problem, Report, line_at};
 use super::raw;
 use super::reference::{self, Kind, one_of};
@@ -27,7 +27,10 @@ use super::resolve::{Parts, Resolver};
 /// Parses and checks `text`, read from `origin`.
 pub(super) fn parse(text: &str, origin: &Path) -> Result<Config, Vec<Problem>> {
     let (file, mut resolver) = reader(text, origin)?;
-    let parts = resolver.file(&file);
+    let mut parts = resolver.file(&file);
+    if let Some(core) = &mut parts.core {
+        endpoint_beside_cert(core);
+    }
     let mut report = resolver.into_report();
     check_parts(&parts, &mut report);
     if !report.is_clean() {
@@ -40,6 +43,24 @@ pub(super) fn parse(text: &str, origin: &Path) -> Result<Config, Vec<Problem>> {
             message: "internal error: a section was refused without a reason".into(),
         }]
     })
+}
+
+/// `[core] endpoint_cert` and `endpoint_key` unset: the pair that `anima
+/// certs init` writes beside the Core's certificate (`NAME.pem` →
+/// `NAME.endpoint.pem` and `NAME.endpoint.key`), when both files are there.
+fn endpoint_beside_cert(core: &mut CoreSection) {
+    if core.endpoint_cert.is_some() || core.cert.extension() != Some("pem".as_ref()) {
+        return;
+    }
+    let (Some(dir), Some(stem)) = (core.cert.parent(), core.cert.file_stem()) else {
+        return;
+    };
+    let stem = stem.to_string_lossy();
+    let cert = dir.join(format!("{stem}.endpoint.pem"));
+    let key = dir.join(format!("{stem}.endpoint.key"));
+    if cert.is_file() && key.is_file() {
+        core.endpoint_cert = Some((cert, key));
+    }
 }
 
 /// Reads only what the operator commands need of `text`, read from

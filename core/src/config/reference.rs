@@ -130,13 +130,16 @@ pub(crate) const KEYS: &[Key] = &[
         Kind::Str("path"),
         Fallback::Unset,
         "A second certificate for the same URN (ECDSA P-256), presented on the Core's endpoint to clients \
-         that cannot verify Ed25519, and used for modules with `core_cert = \"endpoint\"`. Goes with `endpoint_key`.",
+         that cannot verify Ed25519 (Python `grpcio`, C++ gRPC), and used for modules with \
+         `core_cert = \"endpoint\"`. Goes with `endpoint_key`. Unset: `NAME.endpoint.pem` and \
+         `NAME.endpoint.key` beside `cert` (`NAME.pem`) when both are there, as `anima certs init` \
+         writes them; else none, and such clients are refused (the Core's log says why).",
     ),
     key(
         "core.endpoint_key",
         Kind::Str("path"),
         Fallback::Unset,
-        "The private key of `endpoint_cert` (PEM).",
+        "The private key of `endpoint_cert` (PEM). Unset: see `endpoint_cert`.",
     ),
     key(
         "admin",
