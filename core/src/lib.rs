@@ -13,6 +13,7 @@ mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+mod contract_match;
 pub mod events;
 pub mod gateway;
 mod launcher;

@@ -12,10 +12,10 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anima_protocol::contract::ModuleType;
+use anima_protocol::contract::{Contract, ModuleType};
 use anima_protocol::lease::{LeaseSigner, LeaseState, Reason, Scope};
-use anima_protocol::pb::ShutdownRequest;
 use anima_protocol::pb::module_admin_client::ModuleAdminClient;
+use anima_protocol::pb::{ModuleStatus, ShutdownRequest};
 use anima_protocol::{ClientTls, Connection, PeerPolicy, Urn};
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Actor, AuditLog};
 use crate::config::{CoreCert, ModuleConfig, StartMode};
+use crate::contract_match;
 use crate::events::{EventKind, Events};
 use crate::gateway::route::Routes;
 use crate::launcher::{LaunchSpec, launch};
@@ -103,6 +104,9 @@ enum Outcome {
     ExitedAfterLease(Option<ExitStatus>),
     /// Could not start / dial / lease.
     StartFailed(String),
+    /// The configuration is wrong for this module (its contract is not the
+    /// module's own): starting it again cannot help.
+    Misconfigured(String),
     /// An operator asked to stop it.
     Stop,
     /// An operator asked to restart it.
@@ -230,6 +234,14 @@ fn after_run(
             return apply_decision(ctx, module, decision, why);
         }
         Outcome::StartFailed(why) => (true, why),
+        Outcome::Misconfigured(why) => {
+            tracing::error!(module = %urn, detail = %why, "module failed");
+            ctx.registry
+                .set_state(urn, ModuleState::Failed, why.clone());
+            ctx.events
+                .emit(EventKind::ModuleFailed, urn.as_str(), "", why);
+            return Next::AwaitRestart;
+        }
     };
     let decision = budget.decide(failure, Instant::now());
     apply_decision(ctx, module, decision, why)
@@ -473,7 +485,10 @@ impl Started<'_> {
             }
             stop_child(self.ctx, self.module, c, self.addr).await;
         }
-        Outcome::StartFailed(format!("lease failed: {e}"))
+        match e {
+            CoreLeaseError::ContractMismatch { .. } => Outcome::Misconfigured(e.to_string()),
+            _ => Outcome::StartFailed(format!("lease failed: {e}")),
+        }
     }
 
     /// Holds `link` until something ends the run (the Core shutting down,
@@ -640,7 +655,10 @@ async fn open_lease(
         .dial_addr(addr, PeerPolicy::exactly(module.urn.clone()))
         .await?;
     let scope = match &module.contract {
-        Some(c) => c.methods.clone(),
+        Some(c) => {
+            check_own_contract(&conn, module, c).await?;
+            c.methods.clone()
+        }
         None => declared_scope(&conn).await?,
     };
     let mut policy = RenewalPolicy::new(module.lease_ttl);
@@ -656,15 +674,56 @@ async fn open_lease(
     .await
 }
 
+/// How long the Core waits for a module's `ModuleAdmin/Status`.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the module says of itself (`ModuleAdmin/Status`, which needs no
+/// lease), or why it did not.
+async fn module_status(conn: &Connection) -> Result<ModuleStatus, String> {
+    let mut client = ModuleAdminClient::new(conn.channel());
+    let call = client.status(anima_protocol::pb::StatusRequest {});
+    match tokio::time::timeout(STATUS_TIMEOUT, call).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        Ok(Err(e)) => Err(e.message().to_owned()),
+        Err(_) => Err(format!("no answer within {STATUS_TIMEOUT:?}")),
+    }
+}
+
 /// Without a contract file, the Core asks the module for its declared
-/// methods (`ModuleAdmin/Status`, which needs no lease) and leases them all.
+/// methods and leases them all.
 async fn declared_scope(conn: &Connection) -> Result<Scope, CoreLeaseError> {
-    let status = ModuleAdminClient::new(conn.channel())
-        .status(anima_protocol::pb::StatusRequest {})
+    let status = module_status(conn)
         .await
-        .map_err(|e| CoreLeaseError::Declared(e.message().to_owned()))?
-        .into_inner();
+        .map_err(CoreLeaseError::Declared)?;
     Ok(Scope::new(status.methods)?)
+}
+
+/// With a contract file, the Core first checks that it is the module's own
+/// contract, as the module reports it. A module that cannot say (no
+/// `ModuleAdmin`) is offered the configured contract's methods as before.
+async fn check_own_contract(
+    conn: &Connection,
+    module: &ModuleConfig,
+    contract: &Contract,
+) -> Result<(), CoreLeaseError> {
+    let status = match module_status(conn).await {
+        Ok(status) => status,
+        Err(why) => {
+            tracing::debug!(module = %module.urn, %why, "no ModuleAdmin/Status; contract not compared");
+            return Ok(());
+        }
+    };
+    let differences = contract_match::differences(contract, &status);
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(CoreLeaseError::ContractMismatch {
+        file: module.contract_file.as_ref().map_or_else(
+            || "in the configuration".to_owned(),
+            |p| p.display().to_string(),
+        ),
+        differences: differences.join("; "),
+    })
 }
 
 /// Asks the module to shut down (its Core may), then kills it if it lingers.

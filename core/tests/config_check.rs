@@ -103,6 +103,14 @@ impl Scratch {
         for name in ["anima-hasher", "anima-kvstore"] {
             scratch.program(&format!("bin/{name}"));
         }
+        // The Core's certificate with no endpoint pair beside it.
+        for file in ["core-dev.pem", "core-dev.key"] {
+            let from = scratch.path().join("certs/dev").join(file);
+            scratch.write(
+                &format!("certs/alone/{file}"),
+                &fs::read_to_string(from).unwrap(),
+            );
+        }
         scratch
     }
 
@@ -581,11 +589,16 @@ const MISTAKES: &[Mistake] = &[
         count: None,
     },
     Mistake {
-        name: "core_cert_names_a_certificate_the_core_has: \"endpoint\" without [core] endpoint_cert",
-        edits: &[(
-            "endpoint = \"127.0.0.1:7801\"",
-            "endpoint = \"127.0.0.1:7801\"\ncore_cert = \"endpoint\"",
-        )],
+        name: "core_cert_names_a_certificate_the_core_has: \"endpoint\" without [core] endpoint_cert \
+               (named, or beside [core] cert)",
+        edits: &[
+            (
+                "endpoint = \"127.0.0.1:7801\"",
+                "endpoint = \"127.0.0.1:7801\"\ncore_cert = \"endpoint\"",
+            ),
+            ("certs/dev/core-dev.pem", "certs/alone/core-dev.pem"),
+            ("certs/dev/core-dev.key", "certs/alone/core-dev.key"),
+        ],
         expected: &[(
             "core_cert",
             "module[2] (urn:anima:module:tally).core_cert",

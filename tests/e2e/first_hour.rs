@@ -169,3 +169,47 @@ async fn a_grpcio_client_that_cannot_be_served_is_explained_in_the_core_log() {
         assert!(said.contains(fix), "{said}");
     }
 }
+
+/// A contract in `anima.toml` that is not the one built into the module (a
+/// method more, another maximum lease): the Core compares the two before
+/// its offer, says exactly what differs once, and marks the module failed
+/// instead of restarting it in a loop.
+#[tokio::test]
+async fn a_contract_unlike_the_modules_own_fails_the_module_once_saying_what_differs() {
+    let contracts = tempfile::tempdir().unwrap();
+    let own = std::fs::read_to_string(sample_contract("tally")).unwrap();
+    let edited = own
+        .replace(
+            "\"/anima.sample.v1.Tally/Get\",",
+            "\"/anima.sample.v1.Tally/Get\",\n    \"/anima.sample.v1.Tally/Reset\",",
+        )
+        .replace("max_lease = \"30s\"", "max_lease = \"60s\"");
+    assert_ne!(own, edited);
+    let stale = contracts.path().join("tally.toml");
+    std::fs::write(&stale, edited).unwrap();
+    let text = core_and_admin("") + &started_sample("tally", &stale);
+    let core = CoreProcess::start(Some(&text)).await;
+    let failed = core
+        .wait_module("tally", "failed", |m| m["state"] == "failed")
+        .await;
+    let detail = failed["detail"].as_str().unwrap();
+    for said in [
+        stale.display().to_string().as_str(),
+        "does not match the module's own contract",
+        "/anima.sample.v1.Tally/Reset",
+        "max_lease 60s here, 30s in the module",
+    ] {
+        assert!(detail.contains(said), "{said:?} not in {detail:?}");
+    }
+    assert_eq!(failed["restarts"].as_u64(), Some(0), "{failed}");
+    // Said once in the Core's log (as an error; its event is an info
+    // line), and never leased.
+    let log = std::fs::read_to_string(core.dir.path().join("stderr.log")).unwrap();
+    let said = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("does not match the module's own contract"))
+        .count();
+    assert_eq!(said, 1, "{log}");
+    let audit = std::fs::read_to_string(core.dir.path().join("audit.jsonl")).unwrap_or_default();
+    assert!(!audit.contains("\"accepted\""), "{audit}");
+}

@@ -173,7 +173,8 @@ pub(crate) fn module(
         report.problem(
             &at("core_cert"),
             "\"endpoint\" needs [core] endpoint_cert and endpoint_key (a P-256 certificate \
-             for the same Core URN)",
+             for the same Core URN; anima certs init makes core-NAME.endpoint.pem and .key, \
+             taken without a mention when beside [core] cert)",
         );
     }
     restart(&at("restart"), &module.restart, report);
@@ -602,6 +603,7 @@ mod tests {
             module_type: ModuleType::ResidentShared,
             start: StartMode::Endpoint("127.0.0.1:1".into()),
             contract: None,
+            contract_file: None,
             lease_ttl: Duration::from_secs(30),
             restart: RestartPolicy::default(),
             requires: requires.iter().map(|r| urn(r)).collect(),

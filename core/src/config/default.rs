@@ -42,6 +42,7 @@ pub fn embedded_default(base: &Path) -> Config {
             urn,
             module_type,
             contract: None,
+            contract_file: None,
             lease_ttl: DEFAULT_LEASE_TTL,
             restart: RestartPolicy::for_type(module_type),
             requires: Vec::new(),

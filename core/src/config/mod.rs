@@ -578,6 +578,7 @@ mod tests {
             config.modules.push(ModuleConfig {
                 urn: contract.urn.clone(),
                 contract: Some(contract),
+                contract_file: Some(path.clone()),
                 ..template.clone()
             });
         }

@@ -145,6 +145,8 @@ pub struct ModuleConfig {
     pub start: StartMode,
     /// The module's contract, when the entry names one.
     pub contract: Option<Contract>,
+    /// The file `contract` was read from.
+    pub contract_file: Option<PathBuf>,
     /// The TTL of its leases: its `lease_ttl`, else `[leases].ttl`.
     pub lease_ttl: Duration,
     /// What to do when it exits.

@@ -335,7 +335,12 @@ impl<'t> Resolver<'t> {
                 urn,
                 module_type,
                 start,
-                contract: contract.ok().flatten().map(|(_, contract)| contract),
+                contract: contract
+                    .as_ref()
+                    .ok()
+                    .and_then(|c| c.as_ref())
+                    .map(|(_, c)| c.clone()),
+                contract_file: contract.ok().flatten().map(|(path, _)| path),
                 lease_ttl: lease_ttl.ok().flatten().unwrap_or(leases.ttl),
                 restart,
                 requires: requires.iter().map(|(_, urn)| urn.clone()).collect(),

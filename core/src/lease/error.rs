@@ -47,6 +47,15 @@ pub enum CoreLeaseError {
     /// for a module configured without a contract file).
     #[error("cannot read the module's declared methods: {0}")]
     Declared(String),
+    /// The contract the configuration names is not the module's own
+    /// (`ModuleAdmin/Status` says otherwise): no offer was made.
+    #[error("the contract {file} does not match the module's own contract: {differences}")]
+    ContractMismatch {
+        /// The configured contract's file.
+        file: String,
+        /// What differs, `; `-separated.
+        differences: String,
+    },
     /// The lease handshake failed in a way not listed above.
     #[error(transparent)]
     Handshake(anima_protocol::control::HandshakeError),
