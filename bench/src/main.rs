@@ -31,6 +31,7 @@ mod leases;
 mod link;
 mod procs;
 mod report;
+mod soak;
 mod stats;
 
 /// Logging to stderr, shared with the fixture module.
@@ -80,6 +81,26 @@ enum Command {
         #[arg(long)]
         ca: PathBuf,
     },
+    /// An hour (or --minutes) of `anima serve` with the embedded default
+    /// under gateway load, operator revokes and `kill -9`s: prints a line a
+    /// minute (calls, errors by cause, memory and descriptors of every
+    /// process) and a `soak_summary`; fails on an unexplained error or
+    /// growth past 10 %.
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+        /// Gateway calls per second, all callers together.
+        #[arg(long, default_value_t = 1200)]
+        rate: u32,
+        /// Seconds between operator revokes (each on the next sample).
+        #[arg(long, default_value_t = 60)]
+        revoke_every: u64,
+        /// Seconds between `kill -9`s of a module process (each on the next
+        /// sample).
+        #[arg(long, default_value_t = 300)]
+        kill_every: u64,
+    },
 }
 
 /// The groups `--only` can name.
@@ -114,6 +135,32 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::PlainEcho { cert, key, ca }) = &cli.command {
         return exit_code(procs::serve_plain(cert, key, ca).map(|()| true));
+    }
+    if let Some(Command::Soak {
+        minutes,
+        rate,
+        revoke_every,
+        kill_every,
+    }) = cli.command
+    {
+        logging::log_to_stderr("warn");
+        let opts = soak::SoakOpts {
+            minutes,
+            rate,
+            revoke_every: revoke_every.max(1),
+            kill_every: kill_every.max(1),
+        };
+        let anima = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("anima")))
+            .filter(|path| path.exists())
+            .ok_or("the anima binary is not beside anima-bench: run `cargo xtask soak`");
+        return exit_code(anima.map_err(Into::into).and_then(|anima| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(soak::run(opts, &anima))
+        }));
     }
     logging::log_to_stderr("warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -27,6 +27,11 @@
 //! `cargo xtask abuse [ARGS…]` runs the hostile-peer tests at full scale in
 //! release mode and prints what they measure (see `abuse.rs`).
 //!
+//! `cargo xtask soak [--minutes N] [--rate R] …` builds every binary in
+//! release mode and runs `anima-bench soak`: the embedded default under
+//! gateway load, operator revokes and `kill -9`s, a line a minute (see
+//! BENCHMARKS.md).
+//!
 //! `cargo xtask fuzz [--seconds N] [TARGET…]` builds the fuzz targets in
 //! `fuzz/` and runs each for N seconds (default 10) from its seed corpus
 //! (see `fuzz.rs`).
@@ -45,13 +50,15 @@ fn main() -> ExitCode {
         Some("test") => test(rest).map(|()| ExitCode::SUCCESS),
         Some("bench") => bench(rest),
         Some("abuse") => abuse::abuse(rest),
+        Some("soak") => soak(rest),
         Some("fuzz") => fuzz::fuzz(rest).map(|()| ExitCode::SUCCESS),
         Some("serve") => serve(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask test [TEST-FILTER…] | cargo xtask serve [ANIMA-SERVE-ARGS…] \
                  | cargo xtask bench [--quick] [ANIMA-BENCH-ARGS…] \
-                 | cargo xtask fuzz [--seconds N] [TARGET…] | cargo xtask abuse [ARGS…]"
+                 | cargo xtask fuzz [--seconds N] [TARGET…] | cargo xtask abuse [ARGS…] \
+                 | cargo xtask soak [--minutes N] [--rate R]"
             );
             return ExitCode::from(2);
         }
@@ -200,6 +207,12 @@ fn serve(args: &[String]) -> Result<ExitCode, String> {
             "anima-faulty-fixtures",
         ],
     )
+}
+
+fn soak(args: &[String]) -> Result<ExitCode, String> {
+    let mut full = vec!["soak".to_owned()];
+    full.extend_from_slice(args);
+    run_release("anima-bench", &full, &[])
 }
 
 fn bench(args: &[String]) -> Result<ExitCode, String> {
