@@ -22,6 +22,7 @@ mod log_text;
 mod metrics;
 mod notify;
 mod registry;
+mod reload;
 mod restart;
 pub mod service;
 mod status;

@@ -39,7 +39,7 @@ use crate::lease::LeaseTable;
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, Requires};
 use crate::registry::Registry;
-use crate::supervisor::{CoreContext, supervise};
+use crate::supervisor::{CoreContext, Credentials, supervise};
 
 /// The line `anima serve` prints on stdout once its admin endpoint listens.
 pub(crate) const READY_PREFIX: &str = "ANIMA-CORE READY";
@@ -198,9 +198,11 @@ pub(crate) async fn serve(
     // this loop.
     let notifier = Notifier::from_env();
     let requires = Requires::of(&config.modules);
+    let reloads = crate::reload::Reloads::new(&config, endpoint.tls.clone(), ctx.clone());
     let failure = tokio::select! {
         failure = endpoint.until_stopped(shutdown) => failure,
         never = notifier.run(&ctx.registry, &requires) => match never {},
+        never = reloads.run() => match never {},
     };
     match &failure {
         None => {
@@ -233,20 +235,20 @@ pub(crate) async fn serve(
 }
 
 /// The Core's certificates, checked against its configured URN.
-struct CoreIdentity {
+pub(crate) struct CoreIdentity {
     /// The Core's certificate (`[core] cert`).
-    tls: TlsIdentity,
+    pub(crate) tls: TlsIdentity,
     /// The CA every peer must chain to.
-    trust: TrustRoot,
+    pub(crate) trust: TrustRoot,
     /// Signs the Core's leases, with `tls`'s key.
     signer: Arc<LeaseSigner>,
     /// The endpoint certificate (same URN, e.g. P-256): a fallback on the
     /// user endpoint, and the identity for modules with core_cert = "endpoint".
-    endpoint: Option<TlsIdentity>,
+    pub(crate) endpoint: Option<TlsIdentity>,
 }
 
 impl CoreIdentity {
-    fn load(config: &Config) -> Result<Self, ServeError> {
+    pub(crate) fn load(config: &Config) -> Result<Self, ServeError> {
         let urn = &config.core.urn;
         let tls = load_identity(&config.core.cert, &config.core.key, urn)?;
         let trust = TrustRoot::from_pem_file(&config.core.ca)?;
@@ -277,14 +279,19 @@ impl CoreIdentity {
         })
     }
 
-    /// The endpoint certificate as a dialler and lease signer, if there is one.
-    fn endpoint_dialer(&self) -> Result<Option<(ClientTls, Arc<LeaseSigner>)>, ServeError> {
-        Ok(match &self.endpoint {
+    /// The certificates as diallers and lease signers.
+    pub(crate) fn credentials(&self) -> Result<Credentials, ServeError> {
+        let endpoint = match &self.endpoint {
             Some(id) => Some((
                 ClientTls::new(id.clone(), self.trust.clone()),
                 Arc::new(LeaseSigner::from_identity(id)?),
             )),
             None => None,
+        };
+        Ok(Credentials {
+            client: ClientTls::new(self.tls.clone(), self.trust.clone()),
+            signer: self.signer.clone(),
+            endpoint,
         })
     }
 
@@ -315,7 +322,7 @@ fn load_identity(cert: &Path, key: &Path, urn: &Urn) -> Result<TlsIdentity, Serv
 /// What every supervisor shares: the Core's identity, its audit log (opened
 /// here), empty tables, and the routes the contracts declare.
 fn core_context(config: &Config, identity: &CoreIdentity) -> Result<CoreContext, ServeError> {
-    let endpoint_dialer = identity.endpoint_dialer()?;
+    let credentials = identity.credentials()?;
     let audit_path = config
         .core
         .audit_log
@@ -331,8 +338,7 @@ fn core_context(config: &Config, identity: &CoreIdentity) -> Result<CoreContext,
     }
     Ok(CoreContext {
         urn: config.core.urn.clone(),
-        client: ClientTls::new(identity.tls.clone(), identity.trust.clone()),
-        signer: identity.signer.clone(),
+        credentials: std::sync::RwLock::new(credentials),
         ca_file: config.core.ca.clone(),
         leases: LeaseTable::new(),
         audit,
@@ -340,7 +346,6 @@ fn core_context(config: &Config, identity: &CoreIdentity) -> Result<CoreContext,
         events: Events::default(),
         renew_when_left: config.leases.renew_when_left,
         links: Mutex::new(HashMap::new()),
-        endpoint_dialer,
         routes,
     })
 }
@@ -362,6 +367,8 @@ async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeErro
 
 /// The Core's endpoint server, running in its own task.
 struct Endpoint {
+    /// The endpoint's TLS (reloaded with the Core's certificates).
+    tls: ServerTls,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     /// Why accepting connections stopped for good, if it does.
     stopped: oneshot::Receiver<String>,
@@ -405,6 +412,7 @@ impl Endpoint {
                 .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
         );
         Ok(Endpoint {
+            tls,
             server,
             stopped,
             done: false,

@@ -40,10 +40,9 @@ const RELEASE_DELAY: Duration = Duration::from_millis(200);
 pub(crate) struct CoreContext {
     /// The Core's identity.
     pub(crate) urn: Urn,
-    /// Dials modules as the Core.
-    pub(crate) client: ClientTls,
-    /// Signs the Core's leases.
-    pub(crate) signer: Arc<LeaseSigner>,
+    /// How the Core dials modules and signs leases; replaced when its
+    /// certificates are reloaded (new leases use the new ones).
+    pub(crate) credentials: std::sync::RwLock<Credentials>,
     /// The CA file handed to children.
     pub(crate) ca_file: std::path::PathBuf,
     /// The lease table.
@@ -58,22 +57,43 @@ pub(crate) struct CoreContext {
     pub(crate) renew_when_left: f64,
     /// The open lease of each module, for callers (gateway) and shutdown.
     pub(crate) links: std::sync::Mutex<std::collections::HashMap<Urn, LeaseLink>>,
-    /// The Core's endpoint certificate (e.g. P-256) as a dialler and lease
-    /// signer, for modules whose entry says `core_cert = "endpoint"`.
-    pub(crate) endpoint_dialer: Option<(ClientTls, Arc<LeaseSigner>)>,
     /// Which modules declare each method (learned from contracts and
     /// leases), for the gateway.
     pub(crate) routes: Routes,
 }
 
+/// The Core's certificates as a dialler and lease signer.
+#[derive(Clone)]
+pub(crate) struct Credentials {
+    /// Dials modules as the Core (`[core] cert`).
+    pub(crate) client: ClientTls,
+    /// Signs the Core's leases, with `client`'s key.
+    pub(crate) signer: Arc<LeaseSigner>,
+    /// The Core's endpoint certificate (e.g. P-256) as a dialler and lease
+    /// signer, for modules whose entry says `core_cert = "endpoint"`.
+    pub(crate) endpoint: Option<(ClientTls, Arc<LeaseSigner>)>,
+}
+
 impl CoreContext {
     /// The certificate (as a dialler) and lease signer `module` is reached
-    /// with: `[core] cert`, or `endpoint_cert` when its entry says so.
-    pub(crate) fn dialer(&self, module: &ModuleConfig) -> (&ClientTls, Arc<LeaseSigner>) {
-        match (module.core_cert, &self.endpoint_dialer) {
-            (CoreCert::Endpoint, Some((client, signer))) => (client, signer.clone()),
-            _ => (&self.client, self.signer.clone()),
+    /// with now: `[core] cert`, or `endpoint_cert` when its entry says so.
+    pub(crate) fn dialer(&self, module: &ModuleConfig) -> (ClientTls, Arc<LeaseSigner>) {
+        let credentials = self
+            .credentials
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        match (module.core_cert, &credentials.endpoint) {
+            (CoreCert::Endpoint, Some((client, signer))) => (client.clone(), signer.clone()),
+            _ => (credentials.client.clone(), credentials.signer.clone()),
         }
+    }
+
+    /// Dials and signs with `credentials` from now on.
+    pub(crate) fn set_credentials(&self, credentials: Credentials) {
+        *self
+            .credentials
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = credentials;
     }
 
     /// The module's current lease link, if leased.

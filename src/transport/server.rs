@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -115,8 +115,10 @@ impl Default for Limits {
 /// ```
 #[derive(Clone)]
 pub struct ServerTls {
-    config: Arc<ServerConfig>,
-    local_fingerprint: Fingerprint,
+    /// What new handshakes present and check; [`ServerTls::reload`]
+    /// replaces it for every clone.
+    current: Arc<RwLock<Served>>,
+    policy: PeerPolicy,
     limits: Limits,
     admit: Option<Admit>,
     refusals: broadcast::Sender<Refusal>,
@@ -165,8 +167,13 @@ impl ServerTls {
     ) -> Result<Self, TransportError> {
         let (refusals, _) = broadcast::channel(64);
         Ok(ServerTls {
-            config: server_config(identity, fallback, trust, policy)?,
-            local_fingerprint: identity.fingerprint(),
+            current: Arc::new(RwLock::new(Served::new(
+                identity,
+                fallback,
+                trust,
+                policy.clone(),
+            )?)),
+            policy,
             limits: Limits::default(),
             admit: None,
             refusals,
@@ -175,6 +182,39 @@ impl ServerTls {
                 DEFAULT_REFUSAL_LOG_INTERVAL,
             )),
         })
+    }
+
+    /// From now on, new handshakes present `identity` (and `fallback`, as
+    /// [`ServerTls::with_fallback`] does) and accept clients that chain to
+    /// `trust`, under the same policy; connections already made keep what
+    /// they were made with. For every clone of this listener configuration.
+    /// On error nothing changes.
+    ///
+    /// This is how a renewed certificate, or a trust root holding an old and
+    /// a new CA during a rollover, is taken up without a restart.
+    pub fn reload(
+        &self,
+        identity: &TlsIdentity,
+        fallback: Option<&TlsIdentity>,
+        trust: &TrustRoot,
+    ) -> Result<(), TransportError> {
+        let served = Served::new(identity, fallback, trust, self.policy.clone())?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = served;
+        Ok(())
+    }
+
+    /// The fingerprint of the certificate new handshakes present (the
+    /// primary one, with a fallback).
+    pub fn local_fingerprint(&self) -> Fingerprint {
+        self.served().fingerprint
+    }
+
+    /// What new handshakes use now.
+    fn served(&self) -> Served {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Sets how long a client may take to complete the handshake.
@@ -297,10 +337,31 @@ impl ServerTls {
     }
 }
 
+/// A listener's certificates and trust, as of its last (re)load.
+#[derive(Clone)]
+struct Served {
+    config: Arc<ServerConfig>,
+    fingerprint: Fingerprint,
+}
+
+impl Served {
+    fn new(
+        identity: &TlsIdentity,
+        fallback: Option<&TlsIdentity>,
+        trust: &TrustRoot,
+        policy: PeerPolicy,
+    ) -> Result<Self, TransportError> {
+        Ok(Served {
+            config: server_config(identity, fallback, trust, policy)?,
+            fingerprint: identity.fingerprint(),
+        })
+    }
+}
+
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerTls")
-            .field("local_fingerprint", &self.local_fingerprint)
+            .field("local_fingerprint", &self.local_fingerprint())
             .field("limits", &self.limits)
             .field("admit", &self.admit.as_ref().map(|_| "custom"))
             .finish_non_exhaustive()
@@ -378,16 +439,19 @@ async fn handshake(
             return None;
         }
     };
+    // The certificates as of this connection's start: a reload meanwhile
+    // applies to the next one.
+    let served = tls.served();
     let deadline = Instant::now() + tls.limits.handshake_timeout;
     let hello_deadline = deadline.min(Instant::now() + tls.limits.client_hello_timeout);
     // First the ClientHello, under its own short deadline.
     let hello = LazyConfigAcceptor::new(Acceptor::default(), tcp);
     let started = handshake_step(tls, peer, &mut slot, hello_deadline, hello).await?;
     slot.progressing();
-    let rest = started.into_stream(tls.config.clone());
+    let rest = started.into_stream(served.config);
     let stream = handshake_step(tls, peer, &mut slot, deadline, rest).await?;
     drop(slot);
-    authorize(tls, connections, stream, peer, local)
+    authorize(tls, connections, stream, peer, local, served.fingerprint)
 }
 
 /// Runs one step of a handshake until `deadline`, unless the pending table
@@ -422,6 +486,7 @@ fn authorize(
     stream: TlsStream<TcpStream>,
     peer: SocketAddr,
     local: SocketAddr,
+    local_fingerprint: Fingerprint,
 ) -> Option<TlsConn> {
     let (_, conn) = stream.get_ref();
     if conn.alpn_protocol() != Some(b"h2") && !fault_on!(AlpnUnchecked) {
@@ -449,7 +514,7 @@ fn authorize(
         return None;
     };
     tracing::debug!(peer = %peer, identity = %urn, "connection accepted");
-    let info = PeerInfo::new(urn, peer, local, leaf, tls.local_fingerprint);
+    let info = PeerInfo::new(urn, peer, local, leaf, local_fingerprint);
     Some(TlsConn {
         inner: stream,
         info,

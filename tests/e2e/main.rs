@@ -16,6 +16,7 @@ mod lease;
 mod lifecycle;
 mod loud;
 mod ops;
+mod rotation;
 mod serve;
 mod shipped;
 mod streams;

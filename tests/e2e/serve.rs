@@ -159,9 +159,14 @@ impl CoreProcess {
 
     /// Sends the Core SIGTERM.
     pub(crate) async fn sigterm(&self) {
+        self.signal("TERM").await;
+    }
+
+    /// Sends the Core signal `name` (`TERM`, `HUP`, …) with kill(1).
+    pub(crate) async fn signal(&self, name: &str) {
         let pid = self.child.child.id().unwrap();
         let status = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .await
             .unwrap();
