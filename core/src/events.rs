@@ -21,6 +21,9 @@ pub enum EventKind {
     ModuleFailed,
     /// A module is about to be restarted.
     ModuleRestarting,
+    /// The Core cannot reach a module it dials (pre-started or shared); it
+    /// keeps trying.
+    ModuleUnreachable,
     /// A lease was granted.
     LeaseIssued,
     /// A lease was revoked (by the Core, an operator or the module).
@@ -33,11 +36,12 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in README's order.
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::ModuleStarted,
         EventKind::ModuleStopped,
         EventKind::ModuleFailed,
         EventKind::ModuleRestarting,
+        EventKind::ModuleUnreachable,
         EventKind::LeaseIssued,
         EventKind::LeaseRevoked,
         EventKind::LeaseExpired,
@@ -52,6 +56,7 @@ anima_protocol::str_vocabulary! {
         ModuleStopped => "module_stopped",
         ModuleFailed => "module_failed",
         ModuleRestarting => "module_restarting",
+        ModuleUnreachable => "module_unreachable",
         LeaseIssued => "lease_issued",
         LeaseRevoked => "lease_revoked",
         LeaseExpired => "lease_expired",

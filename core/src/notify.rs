@@ -293,7 +293,11 @@ fn is_settled(
     match states.get(urn) {
         None
         | Some(
-            ModuleState::Leased | ModuleState::Standby | ModuleState::Failed | ModuleState::Stopped,
+            ModuleState::Leased
+            | ModuleState::Standby
+            | ModuleState::Failed
+            | ModuleState::Stopped
+            | ModuleState::Unreachable,
         ) => true,
         Some(ModuleState::Restarting) => false,
         Some(ModuleState::Starting) => {

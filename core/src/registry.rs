@@ -19,6 +19,9 @@ pub(crate) enum ModuleState {
     Standby,
     /// Waiting to start again after an exit or failure.
     Restarting,
+    /// A module the Core dials (pre-started or shared) cannot be reached;
+    /// the Core dials it again every [`REDIAL_EVERY`](crate::supervisor::REDIAL_EVERY).
+    Unreachable,
     /// Past its restart limit (or unrecoverable); says why.
     Failed,
     /// Stopped by an operator, or exited and not to be restarted.
@@ -32,6 +35,7 @@ anima_protocol::str_vocabulary! {
         Leased => "leased",
         Standby => "standby",
         Restarting => "restarting",
+        Unreachable => "unreachable",
         Failed => "failed",
         Stopped => "stopped",
     }

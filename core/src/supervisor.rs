@@ -16,7 +16,7 @@ use anima_protocol::contract::{Contract, ModuleType};
 use anima_protocol::lease::{LeaseSigner, LeaseState, Reason, Scope};
 use anima_protocol::pb::module_admin_client::ModuleAdminClient;
 use anima_protocol::pb::{ModuleStatus, ShutdownRequest};
-use anima_protocol::{ClientTls, Connection, PeerPolicy, Urn};
+use anima_protocol::{ClientTls, Connection, PeerPolicy, TransportError, Urn};
 use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,10 @@ use crate::restart::{Decision, RestartBudget};
 
 /// How long a stopped module may take to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often the Core dials a module it cannot reach (pre-started or
+/// shared): a partition heals into a lease within about this much.
+pub(crate) const REDIAL_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a resident module in standby waits before being leased again.
 const RELEASE_DELAY: Duration = Duration::from_millis(200);
 
@@ -124,6 +128,9 @@ enum Outcome {
     ExitedAfterLease(Option<ExitStatus>),
     /// Could not start / dial / lease.
     StartFailed(String),
+    /// A module the Core dials could not be reached: not a failure of the
+    /// module's, and not counted against its restart limit.
+    Unreachable(String),
     /// The configuration is wrong for this module (its contract is not the
     /// module's own): starting it again cannot help.
     Misconfigured(String),
@@ -143,6 +150,8 @@ enum Next {
     Backoff(Duration),
     /// Wait for an operator's restart.
     AwaitRestart,
+    /// Dial it again after [`REDIAL_EVERY`].
+    Redial,
     /// Nothing more: the Core shuts down.
     End,
 }
@@ -186,7 +195,10 @@ async fn run(
     }
     let mut budget = RestartBudget::new(&module.restart);
     loop {
-        ctx.registry.set_state(urn, ModuleState::Starting, "");
+        // An unreachable module stays so until it is leased.
+        if ctx.registry.get(urn).map(|v| v.state) != Some(ModuleState::Unreachable) {
+            ctx.registry.set_state(urn, ModuleState::Starting, "");
+        }
         let outcome = run_once(&ctx, &module, &mut commands, &shutdown).await;
         ctx.set_link(urn, None);
         ctx.registry.update(urn, |v| {
@@ -197,6 +209,7 @@ async fn run(
             Next::Start => true,
             Next::Backoff(after) => back_off(&ctx, urn, after, &shutdown).await,
             Next::AwaitRestart => wait_restart_command(&mut commands, &shutdown).await,
+            Next::Redial => back_off(&ctx, urn, REDIAL_EVERY, &shutdown).await,
             Next::End => false,
         };
         if !again {
@@ -254,6 +267,17 @@ fn after_run(
             return apply_decision(ctx, module, decision, why);
         }
         Outcome::StartFailed(why) => (true, why),
+        Outcome::Unreachable(why) => {
+            let was = ctx.registry.get(urn).map(|v| v.state);
+            ctx.registry
+                .set_state(urn, ModuleState::Unreachable, why.clone());
+            if was != Some(ModuleState::Unreachable) {
+                tracing::warn!(module = %urn, detail = %why, "module unreachable; dialling it again every {REDIAL_EVERY:?}");
+                ctx.events
+                    .emit(EventKind::ModuleUnreachable, urn.as_str(), "", why);
+            }
+            return Next::Redial;
+        }
         Outcome::Misconfigured(why) => {
             tracing::error!(module = %urn, detail = %why, "module failed");
             ctx.registry
@@ -446,6 +470,11 @@ async fn run_once(
             addr,
             child,
         },
+        // A module the Core dials whose name does not resolve (now) cannot
+        // be reached, like one that does not answer.
+        Err(why) if matches!(module.start, StartMode::Endpoint(_)) => {
+            return Outcome::Unreachable(why);
+        }
         Err(why) => return Outcome::StartFailed(why),
     };
     // Lease it; lease it again whenever a resident module's lease ends.
@@ -507,6 +536,11 @@ impl Started<'_> {
         }
         match e {
             CoreLeaseError::ContractMismatch { .. } => Outcome::Misconfigured(e.to_string()),
+            CoreLeaseError::Transport(
+                TransportError::Connect { .. }
+                | TransportError::Timeout { .. }
+                | TransportError::Resolve { .. },
+            ) if self.child.is_none() => Outcome::Unreachable(format!("cannot reach it: {e}")),
             _ => Outcome::StartFailed(format!("lease failed: {e}")),
         }
     }

@@ -12,6 +12,7 @@ mod docs;
 mod endings;
 mod first_hour;
 mod gateway;
+mod hosts;
 mod lease;
 mod lifecycle;
 mod loud;
