@@ -61,14 +61,14 @@ impl Reloads {
 
     /// Reloads on every SIGHUP and every change of the files; never ends.
     pub(crate) async fn run(self) -> std::convert::Infallible {
-        let mut hangup =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(signal) => Some(signal),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no SIGHUP handler: certificates reload only when their files change");
-                    None
-                }
-            };
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler: certificates reload only when their files change");
+                None
+            }
+        };
         let mut seen = self.stamps();
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

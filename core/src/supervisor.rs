@@ -82,10 +82,7 @@ impl CoreContext {
     /// The certificate (as a dialler) and lease signer `module` is reached
     /// with now: `[core] cert`, or `endpoint_cert` when its entry says so.
     pub(crate) fn dialer(&self, module: &ModuleConfig) -> (ClientTls, Arc<LeaseSigner>) {
-        let credentials = self
-            .credentials
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let credentials = self.credentials.read().unwrap_or_else(|p| p.into_inner());
         match (module.core_cert, &credentials.endpoint) {
             (CoreCert::Endpoint, Some((client, signer))) => (client.clone(), signer.clone()),
             _ => (credentials.client.clone(), credentials.signer.clone()),
@@ -94,10 +91,7 @@ impl CoreContext {
 
     /// Dials and signs with `credentials` from now on.
     pub(crate) fn set_credentials(&self, credentials: Credentials) {
-        *self
-            .credentials
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = credentials;
+        *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = credentials;
     }
 
     /// The module's current lease link, if leased.
