@@ -65,10 +65,13 @@
 //! isolation — that `with_state` gives each lease its own state and drops it
 //! with the lease — not the module's own handlers: a handler that keeps
 //! per-Core data in a field of its service, a global or a cache not keyed by
-//! the lease still passes them. Keep tenant data in `with_state`, and test
-//! your handlers for it yourself (two leases in a `TestBed`: what one
-//! writes the other never reads, and a new lease starts empty). Every row id
-//! is explained in the repository's `docs/conformance.md`.
+//! the lease still passes them. Keep tenant data in `with_state`, and check
+//! your own handlers with the test bed's isolation check,
+//! `testing::TestBed::check_isolation` (feature `testing`): from your write
+//! and read steps it runs several Cores' leases against your module and
+//! fails naming the row (S3, S4, S5, S8, S9) and the tenant when what one lease
+//! wrote reaches another, outlives its lease, or changes what another sees.
+//! Every row id is explained in the repository's `docs/conformance.md`.
 //!
 //! With the `testing` feature, `testing::TestBed` and `testing::FakeCore`
 //! let module tests lease, renew, revoke and expire on command, with no Core

@@ -4,6 +4,10 @@
 //!
 //! Enabled by the `testing` feature (use it in `[dev-dependencies]`).
 //!
+//! [`TestBed::check_isolation`] checks a Type III module's own handlers
+//! for tenant isolation (S3, S4, S5, S8, S9): the rows of `anima
+//! conformance` check only the SDK's.
+//!
 //! ```no_run
 //! # async fn demo(contract: anima_module_sdk::Contract, descriptors: &'static [u8],
 //! #     service: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>)
@@ -40,6 +44,10 @@ use crate::error::SdkError;
 use crate::lifecycle::Exit;
 use crate::serve::{ModuleHandle, ModuleServer};
 use anima_protocol::contract::Contract;
+
+mod isolation;
+
+pub use isolation::{IsolationCheck, IsolationError, Property, Step, Tenant};
 
 /// How long the fake Core waits for any answer.
 const PATIENCE: Duration = Duration::from_secs(10);

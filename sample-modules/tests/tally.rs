@@ -140,6 +140,39 @@ async fn s8_results_do_not_depend_on_other_tenants() {
     assert_eq!(script(&a).await, expected);
 }
 
+/// The SDK's isolation check of a module's own handlers
+/// (`TestBed::check_isolation`) on the tally: three Cores write the same
+/// counter names with values of their own and list what they see; each
+/// sees only its own, before and after Core A's lease is revoked or expires,
+/// and Core A's next lease starts empty.
+#[tokio::test]
+async fn s3_s4_s5_s8_s9_the_tally_handlers_pass_the_isolation_check() {
+    let bed = TestBed::new(tally::contract()).unwrap();
+    let served = serve(&bed).await;
+    bed.check_isolation(
+        &served,
+        |channel, tenant| async move {
+            let mut tally = TallyClient::new(channel);
+            let by = i64::from(tenant.number());
+            for counter in ["hits".to_owned(), format!("only-{}", tenant.name())] {
+                tally.increment(IncrementRequest { counter, by }).await?;
+            }
+            Ok(())
+        },
+        |channel| async move {
+            let reply = TallyClient::new(channel)
+                .list(ListCountersRequest {})
+                .await?;
+            Ok(reply.into_inner().counters)
+        },
+    )
+    .tenants(3)
+    .run()
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(served.handle.lease_ids().is_empty());
+}
+
 #[tokio::test]
 async fn s6_standby_when_every_lease_is_gone() {
     let bed = TestBed::new(tally::contract()).unwrap();
