@@ -18,6 +18,7 @@ mod lifecycle;
 mod loud;
 mod ops;
 mod rotation;
+mod scaffold;
 mod serve;
 mod shipped;
 mod streams;

@@ -11,6 +11,7 @@ pub mod certs;
 pub mod config;
 pub mod conformance;
 pub mod demo;
+pub mod new;
 pub mod ops;
 pub mod serve;
 
@@ -69,6 +70,9 @@ pub enum Command {
     Certs(certs::CertsCommand),
     /// Check that a module obeys ADR-0003 (every CONFORMANCE.md row).
     Conformance(conformance::ConformanceArgs),
+    /// Scaffold a module crate of your own.
+    #[command(subcommand)]
+    New(new::NewCommand),
     /// Two-process demo: one mutually authenticated gRPC call, both identities printed.
     Demo(demo::DemoArgs),
     /// The server half of `anima demo` (started by it).
@@ -90,6 +94,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Events(target) => ops::events(target),
         Command::Config(cmd) => config::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
+        Command::New(cmd) => new::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::DemoServer(args) => demo::run_server(args),
     };

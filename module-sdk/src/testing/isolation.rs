@@ -884,6 +884,22 @@ mod tests {
         }
     }
 
+    impl Leaky {
+        /// The touches `request`'s lease sees, after one more when `touch`.
+        fn reading<T>(
+            &self,
+            request: &Request<T>,
+            touch: bool,
+        ) -> Result<Response<ProbeReading>, Status> {
+            let lease = LeaseContext::of(request).ok_or_else(|| Status::internal("no lease"))?;
+            let touches = self.touches(lease, touch)?;
+            Ok(Response::new(ProbeReading {
+                touches,
+                ..ProbeReading::default()
+            }))
+        }
+    }
+
     #[tonic::async_trait]
     impl Probe for Leaky {
         type WatchStream = Pin<Box<dyn Stream<Item = Result<ProbeReading, Status>> + Send>>;
@@ -892,24 +908,14 @@ mod tests {
             &self,
             request: Request<TouchRequest>,
         ) -> Result<Response<ProbeReading>, Status> {
-            let lease = LeaseContext::of(&request).ok_or_else(|| Status::internal("no lease"))?;
-            let touches = self.touches(lease, true)?;
-            Ok(Response::new(ProbeReading {
-                touches,
-                ..ProbeReading::default()
-            }))
+            self.reading(&request, true)
         }
 
         async fn read(
             &self,
             request: Request<ReadRequest>,
         ) -> Result<Response<ProbeReading>, Status> {
-            let lease = LeaseContext::of(&request).ok_or_else(|| Status::internal("no lease"))?;
-            let touches = self.touches(lease, false)?;
-            Ok(Response::new(ProbeReading {
-                touches,
-                ..ProbeReading::default()
-            }))
+            self.reading(&request, false)
         }
 
         async fn watch(
@@ -934,40 +940,36 @@ mod tests {
         assert!(served.handle.lease_ids().is_empty());
     }
 
+    /// Serves a module that keeps its state as `keeping` and checks it:
+    /// `property` must fail, for `tenant`.
+    async fn caught(keeping: Keeping, property: Property, tenant: &str) {
+        let bed = shared();
+        let served = serve(&bed, Leaky::new(keeping)).await;
+        assert_violated(check(&bed, &served).await, property, tenant);
+    }
+
     #[tokio::test]
     async fn s4_a_process_wide_static_fails_naming_the_tenant_that_saw_the_other() {
-        let bed = shared();
-        let served = serve(&bed, Leaky::new(Keeping::Global)).await;
         // Tenant a touched once: tenant b, having touched nothing, reads 1.
-        let result = check(&bed, &served).await;
-        assert_violated(result, Property::S4, "b");
+        caught(Keeping::Global, Property::S4, "b").await;
     }
 
     #[tokio::test]
     async fn s9_state_keyed_by_core_identity_outlives_the_lease() {
-        let bed = shared();
-        let served = serve(&bed, Leaky::new(Keeping::ByCore)).await;
         // Isolated between Cores, but Core A's new lease finds its old touch.
-        let result = check(&bed, &served).await;
-        assert_violated(result, Property::S9, "a");
+        caught(Keeping::ByCore, Property::S9, "a").await;
     }
 
     #[tokio::test]
     async fn s5_evicting_every_tenant_when_one_lease_ends_fails_for_the_others() {
-        let bed = shared();
-        let served = serve(&bed, Leaky::new(Keeping::ByCoreEvictAll)).await;
-        let result = check(&bed, &served).await;
-        assert_violated(result, Property::S5, "b");
+        caught(Keeping::ByCoreEvictAll, Property::S5, "b").await;
     }
 
     #[tokio::test]
     async fn s8_answers_from_a_module_wide_sequence_depend_on_other_tenants() {
-        let bed = shared();
-        let served = serve(&bed, Leaky::new(Keeping::Tickets)).await;
         // Tenant a's first lease got ticket 1; after tenant b's two, the
         // same write under its new lease gets ticket 4.
-        let result = check(&bed, &served).await;
-        assert_violated(result, Property::S8, "a");
+        caught(Keeping::Tickets, Property::S8, "a").await;
     }
 
     #[tokio::test]
