@@ -23,6 +23,12 @@ use super::serve::CoreProcess;
 /// The module's port on its host.
 const MODULE_PORT: u16 = 7443;
 
+/// The Cores' lease TTL (`[leases] ttl` in [`core_on`]), whole seconds.
+const TTL: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Time allowed past a deadline for logging and polling.
+const MARGIN: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// How long the partition lasts: several dials, each past the restart
 /// policy's limit of one failed start (see [`core_on`]).
 const PARTITION: std::time::Duration = std::time::Duration::from_secs(8);
@@ -204,7 +210,7 @@ listen = "{addr}:0"
 operators = ["urn:anima:user:dev"]
 
 [leases]
-ttl = "3s"
+ttl = "{ttl}s"
 
 [[module]]
 urn = "urn:anima:module:tally"
@@ -218,7 +224,8 @@ restart = {{ max_restarts = 1, window = "10m", backoff = "100ms" }}
 user = "urn:anima:user:dev"
 allow = ["urn:anima:module:tally"]
 "#,
-        addr = lan.addr_of(host)
+        addr = lan.addr_of(host),
+        ttl = TTL.as_secs(),
     );
     std::fs::write(dir.path().join("anima.toml"), config).unwrap();
     let mut child = lan.spawn(
@@ -300,13 +307,10 @@ async fn serial_hosts_a_shared_module_serves_two_cores_on_other_hosts_and_surviv
     // (longer than the restart policy's window: not a failure of the
     // module's); the module's own leases run out and it goes to standby.
     lan.link("m", false);
-    for core in [&core_a, &core_c] {
-        let row = core
-            .wait_module("tally", "unreachable", |m| m["state"] == "unreachable")
-            .await;
-        let detail = row["detail"].as_str().unwrap();
-        assert!(detail.contains(&module_addr), "{row}");
-    }
+    let cut = tokio::time::Instant::now();
+    // Both sides are at zero-lease within the lease TTL of the cut: the
+    // renewals go unanswered, and each side's lease runs out on its own
+    // clock (the Cores' first).
     let log = module_dir.path().join("stderr.log");
     anima_tests::eventually("the module at zero-lease", || {
         std::fs::read_to_string(&log)
@@ -314,6 +318,31 @@ async fn serial_hosts_a_shared_module_serves_two_cores_on_other_hosts_and_surviv
             .contains("zero-lease")
     })
     .await;
+    let module_done = cut.elapsed();
+    for core in [&core_a, &core_c] {
+        core.wait_module("tally", "its lease ended", |m| m["state"] != "leased")
+            .await;
+    }
+    let cores_done = cut.elapsed();
+    eprintln!(
+        "after the cut: module at zero-lease in {module_done:?}, both Cores' leases ended by {cores_done:?}"
+    );
+    assert!(
+        module_done <= TTL + MARGIN,
+        "module at zero-lease after {module_done:?}"
+    );
+    assert!(
+        cores_done <= TTL + MARGIN,
+        "Cores' leases ended after {cores_done:?}"
+    );
+    // Then each Core reports the module unreachable and keeps dialling it.
+    for core in [&core_a, &core_c] {
+        let row = core
+            .wait_module("tally", "unreachable", |m| m["state"] == "unreachable")
+            .await;
+        let detail = row["detail"].as_str().unwrap();
+        assert!(detail.contains(&module_addr), "{row}");
+    }
     // Still unreachable, not failed, after as many dials as its restart
     // policy allows failed starts, and more.
     let partitioned = tokio::time::Instant::now();
