@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::wait;
 
 /// One run of the tool: its JSON report and exit status.
-struct Run {
+pub(crate) struct Run {
     report: Value,
     status: std::process::ExitStatus,
     stderr: String,
@@ -44,7 +44,7 @@ impl Run {
     }
 
     /// Every applicable row passed, and the listed rows were applicable.
-    fn assert_passes(&self, must_pass: &[&str]) {
+    pub(crate) fn assert_passes(&self, must_pass: &[&str]) {
         assert!(
             self.failed_rows().is_empty(),
             "failed rows: {:#?}\nstderr tail: {}",
@@ -95,7 +95,7 @@ fn repo() -> PathBuf {
 }
 
 /// A dev CA the tool can mint its identities with.
-fn ca_dir() -> tempfile::TempDir {
+pub(crate) fn ca_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut init = Command::new(bin_path("anima"));
     wait::succeeds(
@@ -109,7 +109,7 @@ fn ca_dir() -> tempfile::TempDir {
 /// Its module logs and minted files go to a directory removed afterwards
 /// (the tool keeps its own after a failed run, and many of these runs fail
 /// on purpose); a failing test shows the tool's stderr.
-fn conformance(contract: &Path, certs: &Path, extra: &[&str], command: &[&str]) -> Run {
+pub(crate) fn conformance(contract: &Path, certs: &Path, extra: &[&str], command: &[&str]) -> Run {
     let workdir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(bin_path("anima"))
         .arg("conformance")

@@ -10,8 +10,8 @@ use std::process::{Command, Output};
 
 use anima_protocol::UrnKind;
 use anima_tests::bin_path;
-use serde_json::Value;
 
+use super::conformance::{ca_dir, conformance};
 use super::serve::CoreProcess;
 use super::wait;
 
@@ -91,43 +91,6 @@ fn cargo(krate: &Path, args: &[&str]) -> Output {
     out
 }
 
-/// `anima conformance` on `program` under `contract`, as
-/// tests/e2e/conformance.rs runs it on the samples: a fresh CA, a workdir
-/// removed afterwards, the JSON report.
-fn conformance(contract: &Path, program: &Path) -> (Value, Output) {
-    let certs = tempfile::tempdir().expect("tempdir");
-    wait::succeeds(
-        Command::new(bin_path("anima"))
-            .args(["certs", "init", "--dir"])
-            .arg(certs.path()),
-        "anima certs init",
-    );
-    let workdir = tempfile::tempdir().expect("tempdir");
-    let out = wait::output(
-        Command::new(bin_path("anima"))
-            .arg("conformance")
-            .arg("--contract")
-            .arg(contract)
-            .arg("--certs")
-            .arg(certs.path())
-            .arg("--workdir")
-            .arg(workdir.path())
-            .arg("--json")
-            .arg("--")
-            .arg(program)
-            .env("RUST_LOG", "warn"),
-        "anima conformance",
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (report, out)
-}
-
 /// The anima.toml the command printed: from `[core]` to the `[[policy]]`
 /// entry's `allow` line.
 fn printed_config(stdout: &str) -> String {
@@ -186,26 +149,18 @@ async fn serial_o1_a_scaffolded_shared_module_builds_tests_passes_conformance_an
     let binary = scaffold_target_dir().join("debug/demo");
     let contract = krate.join("module.toml");
     let (program, contract_path) = (binary.clone(), contract.clone());
-    let (report, out) = tokio::task::spawn_blocking(move || conformance(&contract_path, &program))
-        .await
-        .expect("conformance run");
-    let rows = report["rows"].as_array().expect("rows");
-    let failed: Vec<String> = rows
-        .iter()
-        .filter(|r| r["verdict"] == "fail")
-        .map(|r| format!("{}: {}", r["id"], r["evidence"]))
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "failed rows: {failed:#?}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "exit status {}", out.status);
-    assert_eq!(report["failed"], false);
-    for id in TYPE_III_ROWS {
-        let row = rows.iter().find(|r| r["id"] == *id).expect("row");
-        assert_eq!(row["verdict"], "pass", "{id}: {row}");
-    }
+    let run = tokio::task::spawn_blocking(move || {
+        let certs = ca_dir();
+        conformance(
+            &contract_path,
+            certs.path(),
+            &[],
+            &[program.to_str().expect("utf-8 path")],
+        )
+    })
+    .await
+    .expect("conformance run");
+    run.assert_passes(TYPE_III_ROWS);
 
     // Hosted with the printed anima.toml (its paths made absolute, as the
     // binary was built elsewhere), on the dev certificates plus the one
