@@ -196,9 +196,19 @@ impl Run<'_> {
         // Steps 5 and 6 need the probe's stream.
         let steps = if self.watch { 7 } else { 5 };
         for step in 0..steps {
-            let Ok((addr, Some(mut p))) = self.start(Some(core_urn)).await else {
-                r.fail("T1", "cannot start the module again");
-                continue;
+            let (addr, mut p) = match self.start(Some(core_urn)).await {
+                Ok((addr, Some(p))) => (addr, p),
+                Ok((_, None)) => {
+                    r.fail(
+                        "T1",
+                        "cannot start the module again: not started by the tool",
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    r.fail("T1", format!("cannot start the module again: {e}"));
+                    continue;
+                }
             };
             match step {
                 0 => self.expiry_checks(r, addr, core_a, "E6").await,
