@@ -272,17 +272,21 @@ fn after_run(
             }
             return Next::Redial;
         }
-        Outcome::Misconfigured(why) => {
-            tracing::error!(module = %urn, detail = %why, "module failed");
-            ctx.registry
-                .set_state(urn, ModuleState::Failed, why.clone());
-            ctx.events
-                .emit(EventKind::ModuleFailed, urn.as_str(), "", why);
-            return Next::AwaitRestart;
-        }
+        Outcome::Misconfigured(why) => return failed(ctx, urn, why),
     };
     let decision = budget.decide(failure, Instant::now());
     apply_decision(ctx, module, decision, why)
+}
+
+/// Marks the module failed for `detail` (logged once, an event) and waits
+/// for an operator's restart.
+fn failed(ctx: &CoreContext, urn: &Urn, detail: String) -> Next {
+    tracing::error!(module = %urn, detail = %detail, "module failed");
+    ctx.registry
+        .set_state(urn, ModuleState::Failed, detail.clone());
+    ctx.events
+        .emit(EventKind::ModuleFailed, urn.as_str(), "", detail);
+    Next::AwaitRestart
 }
 
 /// Carries out the restart policy's `decision` after a run that ended by
@@ -311,12 +315,7 @@ fn apply_decision(
                 "restarted {} times within {:?}; last: {why}",
                 module.restart.max_restarts, module.restart.window
             );
-            tracing::error!(module = %urn, detail = %detail, "module failed");
-            ctx.registry
-                .set_state(urn, ModuleState::Failed, detail.clone());
-            ctx.events
-                .emit(EventKind::ModuleFailed, urn.as_str(), "", detail);
-            return Next::AwaitRestart;
+            return failed(ctx, urn, detail);
         }
     };
     ctx.registry.update(urn, |v| v.restarts += 1);
