@@ -91,19 +91,25 @@ impl CertAuthority {
     /// Checks that the certificate is a CA and that the key belongs to it.
     /// The key may be PKCS#8 v1 (what this crate writes) or v2 (what it
     /// wrote for Ed25519 before), Ed25519 or P-256.
+    ///
+    /// During a CA rollover [`CA_CERT_FILE`] is a bundle of several CA
+    /// certificates (see [`begin_rollover`](crate::begin_rollover)); the CA
+    /// loaded is the one whose public key is that of [`CA_KEY_FILE`], so
+    /// leaves are signed by the new CA while the old one is still trusted.
     pub fn load(dir: &Path) -> Result<Self, CertsError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         let cert_pem = pem_file::read_ca_file(dir, &cert_path)?;
         let key_pem = pem_file::read_ca_file(dir, &key_path)?;
 
-        let cert_der = pem_file::certificate_der(&cert_path, &cert_pem)?;
-        let parsed = pem_file::parse(&cert_path, &cert_der)?;
-        if !parsed.is_ca() {
+        let bundle = pem_file::all_certificates_der(&cert_path, &cert_pem)?;
+        let parsed = bundle
+            .iter()
+            .map(|der| pem_file::parse(&cert_path, der))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !parsed.iter().any(|cert| cert.is_ca()) {
             return Err(CertsError::NotACa { path: cert_path });
         }
-        let common_name = pem_file::common_name(parsed.subject()).unwrap_or_default();
-        let not_after = validity::from_unix_seconds(parsed.validity().not_after.timestamp());
 
         let key_text = std::str::from_utf8(&key_pem).map_err(|_| CertsError::Key {
             path: key_path.clone(),
@@ -113,12 +119,21 @@ impl CertAuthority {
             path: key_path.clone(),
             detail: e.to_string(),
         })?;
-        if key.public_key_raw() != parsed.public_key().subject_public_key.data.as_ref() {
+        let Some(index) = parsed.iter().position(|cert| {
+            key.public_key_raw() == cert.public_key().subject_public_key.data.as_ref()
+        }) else {
             return Err(CertsError::KeyMismatch {
                 cert: cert_path,
                 key: key_path,
             });
+        };
+        let cert = &parsed[index];
+        if !cert.is_ca() {
+            return Err(CertsError::NotACa { path: cert_path });
         }
+        let common_name = pem_file::common_name(cert.subject()).unwrap_or_default();
+        let not_after = validity::from_unix_seconds(cert.validity().not_after.timestamp());
+        let cert_der = bundle[index].clone();
         let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key).map_err(|e| {
             CertsError::Certificate {
                 path: cert_path.clone(),
@@ -247,6 +262,12 @@ impl CertAuthority {
             "PRIVATE KEY",
             &crate::pkcs8::private_key_der(self.issuer.key()),
         )
+    }
+
+    /// The type of the CA's key, or `None` for a key loaded from a file that
+    /// is neither Ed25519 nor P-256.
+    pub(crate) fn key_type(&self) -> Option<KeyType> {
+        KeyType::of_algorithm(self.issuer.key().algorithm())
     }
 
     /// Whole days of validity left at `now` (rounded up), or why none are.
@@ -681,6 +702,44 @@ mod tests {
 
         let leaf = ca.issue(&LeafSpec::new(urn(UrnKind::Core, "dev"))).unwrap();
         fs::write(&cert, leaf.cert_pem()).unwrap();
+        fs::write(&key, leaf.key_pem()).unwrap();
+        let err = CertAuthority::load(dir.path()).unwrap_err();
+        assert!(matches!(err, CertsError::NotACa { .. }), "{err}");
+    }
+
+    #[test]
+    fn load_picks_the_certificate_of_a_bundle_that_matches_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join(CA_CERT_FILE), dir.path().join(CA_KEY_FILE));
+        let first = ca();
+        let second =
+            CertAuthority::generate_with_key_type("second CA", DAY, KeyType::P256).unwrap();
+        fs::write(&cert, format!("{}{}", first.cert_pem(), second.cert_pem())).unwrap();
+
+        fs::write(&key, second.key_pem()).unwrap();
+        let loaded = CertAuthority::load(dir.path()).unwrap();
+        assert_eq!(loaded.cert_der(), second.cert_der());
+        assert_eq!(loaded.cert_pem(), second.cert_pem());
+        assert_eq!(loaded.common_name(), "second CA");
+        assert_eq!(loaded.not_after(), second.not_after());
+        assert_eq!(loaded.key_type(), Some(KeyType::P256));
+        assert_signs_leaves_of(&loaded, &second);
+
+        fs::write(&key, first.key_pem()).unwrap();
+        let loaded = CertAuthority::load(dir.path()).unwrap();
+        assert_eq!(loaded.cert_der(), first.cert_der());
+        assert_signs_leaves_of(&loaded, &first);
+
+        let stranger = CertAuthority::generate("stranger", DAY).unwrap();
+        fs::write(&key, stranger.key_pem()).unwrap();
+        let err = CertAuthority::load(dir.path()).unwrap_err();
+        assert!(matches!(err, CertsError::KeyMismatch { .. }), "{err}");
+
+        // The key's certificate must be a CA, even beside one that is.
+        let leaf = first
+            .issue(&LeafSpec::new(urn(UrnKind::Core, "dev")))
+            .unwrap();
+        fs::write(&cert, format!("{}{}", first.cert_pem(), leaf.cert_pem())).unwrap();
         fs::write(&key, leaf.key_pem()).unwrap();
         let err = CertAuthority::load(dir.path()).unwrap_err();
         assert!(matches!(err, CertsError::NotACa { .. }), "{err}");

@@ -123,14 +123,7 @@ pub fn leaf_key_file(urn: &Urn) -> String {
 /// Creates `dir` (`0700`) when missing. Without `force`, fails naming the
 /// first file that already exists, having changed nothing.
 pub fn init_dir(dir: &Path, options: &InitOptions) -> Result<Vec<PathBuf>, CertsError> {
-    let max_ca_days = MAX_CA_VALIDITY.as_secs() / DAY.as_secs();
-    if options.ca_days == 0 || u64::from(options.ca_days) > max_ca_days {
-        return Err(CertsError::ValidityOutOfRange {
-            what: "CA",
-            requested: plural_days(options.ca_days),
-            allowed: format!("1 to {max_ca_days} days"),
-        });
-    }
+    check_ca_days(options.ca_days)?;
     check_leaf_days_given(options.days)?;
     let urns = DEV_IDENTITIES
         .iter()
@@ -235,6 +228,48 @@ pub fn issue_into_dir_with(
     write_batch::write_all(dir, &leaf_files(&urn, &leaf), force)
 }
 
+/// Signs the Core `name`'s user-endpoint certificate (ECDSA P-256, for
+/// clients that verify no Ed25519) with the CA in `dir`, valid for `days`;
+/// returns the files written ([`endpoint_cert_file`] and
+/// [`endpoint_key_file`]). This is how that pair is renewed, or re-issued
+/// from a new CA during a rollover.
+///
+/// Without `force`, fails naming the first file that already exists, having
+/// changed nothing.
+pub fn issue_endpoint_into_dir(
+    dir: &Path,
+    name: &str,
+    days: u32,
+    force: bool,
+) -> Result<Vec<PathBuf>, CertsError> {
+    let urn = Urn::new(UrnKind::Core, name)?;
+    check_leaf_days_given(days)?;
+    let ca = CertAuthority::load(dir)?;
+    refuse_existing(
+        dir,
+        &[endpoint_cert_file(&urn), endpoint_key_file(&urn)],
+        force,
+    )?;
+    check_leaf_days_fit(&ca, days, SystemTime::now())?;
+    let leaf = ca.issue(
+        &LeafSpec::new(urn.clone())
+            .ecdsa_p256()
+            .valid_for(validity::days(days)),
+    )?;
+    let [cert, key] = leaf_files(&urn, &leaf);
+    let files = [
+        NewFile {
+            name: endpoint_cert_file(&urn),
+            ..cert
+        },
+        NewFile {
+            name: endpoint_key_file(&urn),
+            ..key
+        },
+    ];
+    write_batch::write_all(dir, &files, force)
+}
+
 fn leaf_files(urn: &Urn, leaf: &IssuedCert) -> [NewFile; 2] {
     [
         NewFile {
@@ -260,6 +295,19 @@ fn refuse_existing(dir: &Path, names: &[String], force: bool) -> Result<(), Cert
         Some(path) => Err(CertsError::Exists { path: path.clone() }),
         None => Ok(()),
     }
+}
+
+/// A CA may be valid for 1 day up to [`MAX_CA_VALIDITY`].
+pub(crate) fn check_ca_days(ca_days: u32) -> Result<(), CertsError> {
+    let max_ca_days = MAX_CA_VALIDITY.as_secs() / DAY.as_secs();
+    if ca_days == 0 || u64::from(ca_days) > max_ca_days {
+        return Err(CertsError::ValidityOutOfRange {
+            what: "CA",
+            requested: plural_days(ca_days),
+            allowed: format!("1 to {max_ca_days} days"),
+        });
+    }
+    Ok(())
 }
 
 fn check_leaf_days_given(days: u32) -> Result<(), CertsError> {
@@ -340,6 +388,45 @@ mod tests {
 
     fn cert_der(path: &Path) -> Vec<u8> {
         pem_file::certificate_der(path, &fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_endpoint_pair_is_renewed_p256_and_only_with_force() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs/dev");
+        init_dir(&dir, &InitOptions::default()).unwrap();
+        let before = snapshot(&dir);
+        let refused = issue_endpoint_into_dir(&dir, "dev", 30, false).unwrap_err();
+        assert!(matches!(refused, CertsError::Exists { .. }), "{refused}");
+        assert_eq!(snapshot(&dir), before, "nothing changed");
+
+        let written = issue_endpoint_into_dir(&dir, "dev", 30, true).unwrap();
+        assert_eq!(
+            written,
+            [
+                dir.join("core-dev.endpoint.pem"),
+                dir.join("core-dev.endpoint.key")
+            ]
+        );
+        let after = snapshot(&dir);
+        assert_ne!(
+            after["core-dev.endpoint.pem"],
+            before["core-dev.endpoint.pem"]
+        );
+        assert_eq!(
+            after["core-dev.pem"], before["core-dev.pem"],
+            "only the endpoint pair"
+        );
+        let leaf = cert_der(&dir.join("core-dev.endpoint.pem"));
+        verify_both_roles(&cert_der(&dir.join("ca.pem")), &leaf, SystemTime::now()).unwrap();
+        let tls = anima_protocol::TlsIdentity::from_pem_files(
+            &dir.join("core-dev.endpoint.pem"),
+            &dir.join("core-dev.endpoint.key"),
+        )
+        .unwrap();
+        assert_eq!(tls.urn().as_str(), "urn:anima:core:dev");
+        let report = crate::inspect(&dir.join("core-dev.endpoint.pem")).unwrap();
+        assert_eq!(report.key_type(), "ECDSA P-256");
     }
 
     #[test]

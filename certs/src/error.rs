@@ -103,6 +103,59 @@ pub enum CertsError {
         /// When it expired (RFC 3339).
         expired_at: String,
     },
+    /// A CA rollover was asked to begin while one is in progress: the CA
+    /// certificate file already holds several certificates.
+    #[error(
+        "{} already holds {certificates} CA certificates, so a rollover is in progress; \
+         re-issue every leaf with `anima certs issue --force`, then run `anima certs rollover --finish`",
+        path.display()
+    )]
+    RolloverInProgress {
+        /// The CA certificate file (`ca.pem`).
+        path: PathBuf,
+        /// How many certificates it holds.
+        certificates: usize,
+    },
+    /// A CA rollover was asked to finish while none is in progress: the CA
+    /// certificate file holds a single certificate.
+    #[error(
+        "{} holds a single CA certificate, so no rollover is in progress; \
+         run `anima certs rollover` to begin one",
+        path.display()
+    )]
+    NoRolloverInProgress {
+        /// The CA certificate file (`ca.pem`).
+        path: PathBuf,
+    },
+    /// A file a rollover would write is left over from an earlier one.
+    #[error(
+        "{} is left over from an earlier CA rollover; nothing was written \
+         (move it out of the directory, then run `anima certs rollover` again)",
+        path.display()
+    )]
+    PreviousCaExists {
+        /// The leftover file (`ca.previous.pem` or `ca.previous.key`).
+        path: PathBuf,
+    },
+    /// The CA key is of a type this crate cannot generate, so no successor of
+    /// the same type can be made.
+    #[error(
+        "{} is neither an Ed25519 nor a P-256 key, so no new CA of its type can be made; \
+         run `anima certs init --force` for a new CA",
+        path.display()
+    )]
+    UnsupportedCaKey {
+        /// The CA key file.
+        path: PathBuf,
+    },
+    /// A file could not be removed.
+    #[error("cannot remove {}: {source}; remove it by hand", path.display())]
+    Remove {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
     /// A requested validity is empty or longer than allowed.
     #[error("{what} validity of {requested} is out of range (allowed: {allowed})")]
     ValidityOutOfRange {

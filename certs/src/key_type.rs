@@ -35,6 +35,13 @@ impl KeyType {
         }
     }
 
+    /// The key type that signs with `algorithm`, if it is one of these.
+    pub(crate) fn of_algorithm(algorithm: &SignatureAlgorithm) -> Option<KeyType> {
+        Self::ALL
+            .into_iter()
+            .find(|key_type| key_type.algorithm() == algorithm)
+    }
+
     /// A fresh key of this type.
     pub(crate) fn generate(self) -> Result<KeyPair, rcgen::Error> {
         KeyPair::generate_for(self.algorithm())
@@ -80,6 +87,8 @@ mod tests {
         for key_type in KeyType::ALL {
             let key = key_type.generate().unwrap();
             assert_eq!(key.algorithm(), key_type.algorithm());
+            assert_eq!(KeyType::of_algorithm(key.algorithm()), Some(key_type));
         }
+        assert_eq!(KeyType::of_algorithm(&rcgen::PKCS_ECDSA_P384_SHA384), None);
     }
 }

@@ -6,8 +6,8 @@
 //! leaf certificates it signs from a [`LeafSpec`], each with an Ed25519 key
 //! (the default) or an ECDSA P-256 one ([`KeyType`]). Tests mint their
 //! certificates here at run time (no private keys in git); the `anima certs`
-//! command is a thin layer over [`init_dir`], [`issue_into_dir_with`] and
-//! [`inspect`].
+//! command is a thin layer over [`init_dir`], [`issue_into_dir_with`],
+//! [`begin_rollover`], [`finish_rollover`] and [`inspect`].
 //!
 //! ```
 //! use std::time::Duration;
@@ -51,6 +51,15 @@
 //! `cryptography` and BoringSSL read, as well as rustls), created `0600`,
 //! never replaced without `force`, and a failed call removes whatever it
 //! wrote.
+//!
+//! The CA is replaced with an overlap period in three steps:
+//! [`begin_rollover`] makes a new CA and turns `ca.pem` into a bundle of the
+//! new and the old CA certificate, which every party trusts both of (the old
+//! CA is kept as `ca.previous.pem`/`.key`); every leaf is then re-issued
+//! ([`issue_into_dir_with`] with `force`; [`CertAuthority::load`] signs with
+//! the CA that matches `ca.key`, the new one); and once every party has taken
+//! up its new certificate, [`finish_rollover`] leaves the new CA alone in
+//! `ca.pem` and removes the previous CA's files, key included.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -63,6 +72,7 @@ mod key_type;
 mod leaf;
 mod pem_file;
 mod pkcs8;
+mod rollover;
 mod validity;
 mod write_batch;
 
@@ -72,11 +82,14 @@ mod test_support;
 pub use authority::{CA_CERT_FILE, CA_KEY_FILE, CertAuthority, MAX_CA_VALIDITY};
 pub use dev_dir::{
     DEFAULT_DIR, DEV_CA_NAME, DEV_IDENTITIES, InitOptions, IssueOptions, endpoint_cert_file,
-    endpoint_key_file, init_dir, issue_into_dir, issue_into_dir_with, leaf_cert_file,
-    leaf_key_file,
+    endpoint_key_file, init_dir, issue_endpoint_into_dir, issue_into_dir, issue_into_dir_with,
+    leaf_cert_file, leaf_key_file,
 };
 pub use error::CertsError;
 pub use inspect::{CertReport, inspect};
 pub use key_type::KeyType;
 pub use leaf::{DEFAULT_LEAF_VALIDITY, IssuedCert, LeafSpec};
+pub use rollover::{
+    CA_PREVIOUS_CERT_FILE, CA_PREVIOUS_KEY_FILE, RolloverOptions, begin_rollover, finish_rollover,
+};
 pub use validity::CLOCK_SKEW;

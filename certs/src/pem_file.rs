@@ -37,6 +37,24 @@ pub(crate) fn read_ca_file(dir: &Path, path: &Path) -> Result<Vec<u8>, CertsErro
 
 /// The DER of the first certificate in `data` (PEM or DER), read from `path`.
 pub(crate) fn certificate_der(path: &Path, data: &[u8]) -> Result<Vec<u8>, CertsError> {
+    let mut first = certificates(path, data, Some(1))?;
+    // `certificates` returns at least one certificate or an error.
+    Ok(first.swap_remove(0))
+}
+
+/// The DER of every certificate in `data` (PEM or DER), in file order, read
+/// from `path`: a CA bundle. Never empty.
+pub(crate) fn all_certificates_der(path: &Path, data: &[u8]) -> Result<Vec<Vec<u8>>, CertsError> {
+    certificates(path, data, None)
+}
+
+/// Up to `limit` certificates of `data` (all without one), at least one.
+/// Blocks past the limit are not read, so not checked either.
+fn certificates(
+    path: &Path,
+    data: &[u8],
+    limit: Option<usize>,
+) -> Result<Vec<Vec<u8>>, CertsError> {
     let not_a_cert = |found: String| CertsError::NotACertificate {
         path: path.to_owned(),
         found,
@@ -47,10 +65,11 @@ pub(crate) fn certificate_der(path: &Path, data: &[u8]) -> Result<Vec<u8>, Certs
     if !contains(data, b"-----BEGIN ") {
         // Not PEM: accept a bare DER certificate, refuse anything else.
         return match x509_parser::parse_x509_certificate(data) {
-            Ok(_) => Ok(data.to_vec()),
+            Ok(_) => Ok(vec![data.to_vec()]),
             Err(_) => Err(not_a_cert("neither a PEM nor a DER certificate".into())),
         };
     }
+    let mut found = Vec::new();
     let mut first_label = None;
     for block in Pem::iter_from_buffer(data) {
         let block = block.map_err(|e| CertsError::Pem {
@@ -58,9 +77,16 @@ pub(crate) fn certificate_der(path: &Path, data: &[u8]) -> Result<Vec<u8>, Certs
             detail: e.to_string(),
         })?;
         if block.label == CERTIFICATE_LABEL {
-            return Ok(block.contents);
+            found.push(block.contents);
+            if limit.is_some_and(|limit| found.len() >= limit) {
+                break;
+            }
+        } else {
+            first_label.get_or_insert(block.label);
         }
-        first_label.get_or_insert(block.label);
+    }
+    if !found.is_empty() {
+        return Ok(found);
     }
     Err(match first_label {
         Some(label) if label.contains("PRIVATE KEY") => {
@@ -175,5 +201,34 @@ mod tests {
         let cut = b"-----BEGIN CERTIFICATE-----\nAAAA\n";
         let msg = certificate_der(path(), cut).unwrap_err().to_string();
         assert!(msg.contains("malformed PEM"), "{msg}");
+
+        let msg = all_certificates_der(path(), key).unwrap_err().to_string();
+        assert!(msg.contains("private key"), "{msg}");
+    }
+
+    #[test]
+    fn a_bundle_yields_every_certificate_in_order_and_the_first_alone() {
+        let first = [0x30, 0x01, 0xaa];
+        let second = [0x30, 0x01, 0xbb];
+        let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let bundle = format!(
+            "{}{key}{}",
+            certificate_pem(&first),
+            certificate_pem(&second)
+        );
+        assert_eq!(
+            all_certificates_der(path(), bundle.as_bytes()).unwrap(),
+            [first.to_vec(), second.to_vec()]
+        );
+        assert_eq!(certificate_der(path(), bundle.as_bytes()).unwrap(), first);
+
+        // Only the whole bundle is read to its end, so only it sees a broken tail.
+        let broken = format!(
+            "{}-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+            certificate_pem(&first)
+        );
+        assert_eq!(certificate_der(path(), broken.as_bytes()).unwrap(), first);
+        let err = all_certificates_der(path(), broken.as_bytes()).unwrap_err();
+        assert!(matches!(err, CertsError::Pem { .. }), "{err}");
     }
 }

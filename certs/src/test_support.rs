@@ -17,9 +17,21 @@ pub(crate) fn verify_both_roles(
     leaf_der: &[u8],
     now: SystemTime,
 ) -> Result<(), rustls::Error> {
+    verify_both_roles_under(&[ca_der], leaf_der, now)
+}
+
+/// [`verify_both_roles`] trusting every CA of `cas` (a bundle, as during a
+/// CA rollover).
+pub(crate) fn verify_both_roles_under(
+    cas: &[&[u8]],
+    leaf_der: &[u8],
+    now: SystemTime,
+) -> Result<(), rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    roots.add(CertificateDer::from(ca_der.to_vec()))?;
+    for ca_der in cas {
+        roots.add(CertificateDer::from(ca_der.to_vec()))?;
+    }
     let roots = Arc::new(roots);
     let leaf = CertificateDer::from(leaf_der.to_vec());
     let now = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap());

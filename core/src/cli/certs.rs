@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anima_certs::{InitOptions, IssueOptions, KeyType};
+use anima_certs::{InitOptions, IssueOptions, KeyType, RolloverOptions};
 use anima_protocol::UrnKind;
 use clap::Subcommand;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
@@ -43,7 +43,10 @@ pub enum CertsCommand {
     /// Sign one more certificate with the CA in the directory.
     ///
     /// Writes `<kind>-<name>.pem` and `.key` (PKCS#8 v1, 0600). The key type may
-    /// differ from the CA's.
+    /// differ from the CA's. With --endpoint (Cores only), writes the Core's user
+    /// endpoint pair `core-<name>.endpoint.pem` and `.key` instead, always P-256.
+    /// To renew a certificate in place, issue it again with --force: a Core or an
+    /// SDK module takes up the new files within 2 s and its leases move to them.
     Issue {
         /// Kind of identity: core, module or user.
         #[arg(
@@ -68,6 +71,30 @@ pub enum CertsCommand {
         /// Replace an existing certificate and key of that identity.
         #[arg(long)]
         force: bool,
+        /// The Core's user-endpoint pair (P-256, for clients that verify no
+        /// Ed25519) rather than its own certificate.
+        #[arg(long, conflicts_with = "key_type")]
+        endpoint: bool,
+    },
+    /// Replace the CA with an overlap period, so no party stops trusting a peer midway.
+    ///
+    /// Three steps. First `rollover` makes a new CA (same key type and name as the old
+    /// one): ca.key becomes its key and ca.pem a bundle of the new and the old CA
+    /// certificate, which every party trusts both of once it re-reads ca.pem; the old
+    /// CA is kept as ca.previous.pem/.key. Then re-issue every leaf with `anima certs
+    /// issue --force`, which signs with the new CA. Once every party has taken up its
+    /// new certificate, `rollover --finish` leaves only the new CA in ca.pem and
+    /// removes ca.previous.pem and ca.previous.key. Keys are created 0600.
+    Rollover {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long, default_value = anima_certs::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Validity of the new CA, in days (at most 365).
+        #[arg(long, default_value_t = RolloverOptions::default().ca_days, conflicts_with = "finish")]
+        ca_days: u32,
+        /// End the rollover: trust only the new CA and remove the previous one.
+        #[arg(long)]
+        finish: bool,
     },
     /// Show a certificate's identity, validity, key type and fingerprint.
     Inspect {
@@ -108,8 +135,28 @@ pub fn run(cmd: CertsCommand) -> CliResult {
             name,
             dir,
             days,
+            force,
+            endpoint: true,
+            ..
+        } => {
+            if kind != UrnKind::Core {
+                return Err(format!(
+                    "--endpoint is for a Core's user endpoint; use --kind core, not --kind {kind}"
+                )
+                .into());
+            }
+            let written = anima_certs::issue_endpoint_into_dir(&dir, &name, days, force)?;
+            print_written(&written);
+            Ok(())
+        }
+        CertsCommand::Issue {
+            kind,
+            name,
+            dir,
+            days,
             key_type,
             force,
+            endpoint: false,
         } => {
             let options = IssueOptions {
                 days,
@@ -118,6 +165,36 @@ pub fn run(cmd: CertsCommand) -> CliResult {
             };
             let written = anima_certs::issue_into_dir_with(&dir, kind, &name, &options)?;
             print_written(&written);
+            Ok(())
+        }
+        CertsCommand::Rollover {
+            dir,
+            ca_days,
+            finish: false,
+        } => {
+            let written = anima_certs::begin_rollover(&dir, &RolloverOptions { ca_days })?;
+            print_written(&written);
+            eprintln!(
+                "hint: {} now trusts the new and the old CA; re-issue every leaf with \
+                 `anima certs issue --kind K --name N --dir {} --force`, then, once every party \
+                 has taken up its new certificate, run `anima certs rollover --dir {} --finish`",
+                dir.join(anima_certs::CA_CERT_FILE).display(),
+                dir.display(),
+                dir.display()
+            );
+            Ok(())
+        }
+        CertsCommand::Rollover {
+            dir, finish: true, ..
+        } => {
+            let written = anima_certs::finish_rollover(&dir)?;
+            print_written(&written);
+            eprintln!(
+                "hint: {} now trusts only the new CA; removed {} and {}",
+                dir.join(anima_certs::CA_CERT_FILE).display(),
+                anima_certs::CA_PREVIOUS_CERT_FILE,
+                anima_certs::CA_PREVIOUS_KEY_FILE
+            );
             Ok(())
         }
         CertsCommand::Inspect { file } => {
@@ -137,5 +214,116 @@ fn key_type_parser() -> impl TypedValueParser<Value = KeyType> {
 fn print_written(files: &[PathBuf]) {
     for file in files {
         println!("{}", file.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        certs: CertsCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<CertsCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("certs").chain(args.iter().copied())).map(|c| c.certs)
+    }
+
+    #[test]
+    fn rollover_begins_by_default_and_finishes_with_the_flag() {
+        match parse(&["rollover"]).unwrap() {
+            CertsCommand::Rollover {
+                dir,
+                ca_days,
+                finish,
+            } => {
+                assert_eq!(dir, PathBuf::from(anima_certs::DEFAULT_DIR));
+                assert_eq!(ca_days, InitOptions::default().ca_days);
+                assert!(!finish);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["rollover", "--dir", "x", "--finish"]).unwrap() {
+            CertsCommand::Rollover { dir, finish, .. } => {
+                assert_eq!(dir, PathBuf::from("x"));
+                assert!(finish);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A new CA's validity means nothing when finishing.
+        let err = parse(&["rollover", "--finish", "--ca-days", "30"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn rollover_runs_both_steps_on_a_real_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("dev");
+        let dir_arg = dir.to_str().unwrap();
+        run(parse(&["init", "--dir", dir_arg]).unwrap()).unwrap();
+        run(parse(&["rollover", "--dir", dir_arg]).unwrap()).unwrap();
+        assert!(dir.join(anima_certs::CA_PREVIOUS_KEY_FILE).exists());
+        let err = run(parse(&["rollover", "--dir", dir_arg]).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("--finish"), "{err}");
+
+        run(parse(&["rollover", "--dir", dir_arg, "--finish"]).unwrap()).unwrap();
+        assert!(!dir.join(anima_certs::CA_PREVIOUS_KEY_FILE).exists());
+        let err = run(parse(&["rollover", "--dir", dir_arg, "--finish"]).unwrap()).unwrap_err();
+        assert!(
+            err.to_string().contains("no rollover is in progress"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn issue_endpoint_renews_the_cores_p256_pair_and_only_for_a_core() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("dev");
+        let dir_arg = dir.to_str().unwrap();
+        run(parse(&["init", "--dir", dir_arg]).unwrap()).unwrap();
+        let pem = dir.join("core-dev.endpoint.pem");
+        let before = std::fs::read(&pem).unwrap();
+        let core = std::fs::read(dir.join("core-dev.pem")).unwrap();
+        let args = [
+            "issue",
+            "--kind",
+            "core",
+            "--name",
+            "dev",
+            "--dir",
+            dir_arg,
+            "--endpoint",
+        ];
+        let err = run(parse(&args).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("exists"), "{err}");
+        let mut forced = args.to_vec();
+        forced.push("--force");
+        run(parse(&forced).unwrap()).unwrap();
+        assert_ne!(std::fs::read(&pem).unwrap(), before);
+        assert_eq!(std::fs::read(dir.join("core-dev.pem")).unwrap(), core);
+        assert_eq!(
+            anima_certs::inspect(&pem).unwrap().key_type(),
+            "ECDSA P-256"
+        );
+
+        let module = [
+            "issue",
+            "--kind",
+            "module",
+            "--name",
+            "m",
+            "--dir",
+            dir_arg,
+            "--endpoint",
+        ];
+        let err = run(parse(&module).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("--kind core"), "{err}");
+        let mut typed = args.to_vec();
+        typed.extend(["--key-type", "ed25519"]);
+        assert!(parse(&typed).is_err(), "--endpoint is always P-256");
     }
 }
