@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! {"ts_ms":1763780000123,"event":"renewed","lease_id":"…","module":"urn:anima:module:echo",
-//!  "core":"urn:anima:core:dev","actor":"module","reason":null,"detail":null,"ttl_ms":500}
+//!  "core":"urn:anima:core:dev","actor":"module","reason":null,"detail":null,"ttl_ms":500,
+//!  "core_cert":null,"module_cert":null}
 //! ```
 //!
 //! The file is opened for appending only and created 0600. Records are
@@ -173,6 +174,12 @@ pub struct AuditRecord {
     pub detail: Option<String>,
     /// The TTL granted, for issue/accept/renew.
     pub ttl_ms: Option<u64>,
+    /// For `accepted`: the SHA-256 fingerprint (hex) of the Core's
+    /// certificate the lease is bound to.
+    pub core_cert: Option<String>,
+    /// For `accepted`: the SHA-256 fingerprint (hex) of the module's
+    /// certificate the lease is bound to.
+    pub module_cert: Option<String>,
 }
 
 impl AuditRecord {
@@ -188,6 +195,8 @@ impl AuditRecord {
             reason: None,
             detail: None,
             ttl_ms: None,
+            core_cert: None,
+            module_cert: None,
         }
     }
 }

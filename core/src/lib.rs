@@ -21,6 +21,7 @@ pub mod lease;
 mod log_text;
 mod metrics;
 mod notify;
+mod reestablish;
 mod registry;
 mod reload;
 mod restart;

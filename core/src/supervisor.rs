@@ -27,7 +27,8 @@ use crate::contract_match;
 use crate::events::{EventKind, Events};
 use crate::gateway::route::Routes;
 use crate::launcher::{LaunchSpec, launch};
-use crate::lease::{CoreLeaseError, LeaseLink, LeaseTable, RenewalPolicy};
+use crate::lease::{CallGuard, CoreLeaseError, LeaseLink, LeaseTable, RenewalPolicy};
+use crate::reestablish;
 use crate::registry::{ModuleCommand, ModuleState, Registry};
 use crate::restart::{Decision, RestartBudget};
 
@@ -103,6 +104,16 @@ impl CoreContext {
             .cloned()
     }
 
+    /// The module's current lease link with one call counted on it, taken
+    /// together: once a replacement link is published, no caller holds the
+    /// old one uncounted (`reestablish::retire` waits for those calls).
+    pub(crate) fn link_for_call(&self, module: &Urn) -> Option<(LeaseLink, CallGuard)> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let link = links.get(module)?.clone();
+        let call = link.enter_call();
+        Some((link, call))
+    }
+
     fn set_link(&self, module: &Urn, link: Option<LeaseLink>) {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         match link {
@@ -148,6 +159,17 @@ enum Next {
     Redial,
     /// Nothing more: the Core shuts down.
     End,
+}
+
+/// How holding a lease ended.
+enum Held {
+    /// The run is over.
+    Over(Outcome),
+    /// Only the lease ended.
+    LeaseEnded,
+    /// A lease under renewed certificates is open (and why it was sought):
+    /// it replaces the one held.
+    Replaced(LeaseLink, &'static str),
 }
 
 /// A process's exit status as the supervisor reports it.
@@ -472,13 +494,24 @@ async fn run_once(
     };
     // Lease it; lease it again whenever a resident module's lease ends.
     loop {
-        let link = match open_lease(ctx, module, started.addr).await {
+        let mut link = match open_lease(ctx, module, started.addr).await {
             Ok(link) => link,
             Err(e) => return started.lease_failed(&e).await,
         };
-        record_leased(ctx, &module.urn, &link);
-        if let Some(outcome) = started.hold(&link, commands, shutdown).await {
-            return outcome;
+        record_leased(ctx, &module.urn, &link, None);
+        loop {
+            match started.hold(&link, commands, shutdown).await {
+                Held::Over(outcome) => return outcome,
+                Held::LeaseEnded => break,
+                Held::Replaced(new, why) => {
+                    // Make before break: new calls go to the new lease; the
+                    // old one is revoked once its calls have ended.
+                    tracing::info!(module = %module.urn, old = %link.id(), new = %new.id(), why, "lease re-established under renewed certificates");
+                    record_leased(ctx, &module.urn, &new, Some((&link, why)));
+                    let old = std::mem::replace(&mut link, new);
+                    reestablish::retire(ctx.clone(), old, &link, shutdown.clone());
+                }
+            }
         }
         let why = record_lease_end(ctx, &module.urn, &link);
         let after = match module.module_type {
@@ -539,17 +572,19 @@ impl Started<'_> {
     }
 
     /// Holds `link` until something ends the run (the Core shutting down,
-    /// an operator's command, the process exiting) or only the lease (it
-    /// ended, or the module failed its health checks): then `None`.
+    /// an operator's command, the process exiting), only the lease (it
+    /// ended, or the module failed its health checks), or a lease under
+    /// renewed certificates is open to replace it.
     async fn hold(
         &mut self,
         link: &LeaseLink,
         commands: &mut mpsc::Receiver<ModuleCommand>,
         shutdown: &CancellationToken,
-    ) -> Option<Outcome> {
-        let (ctx, urn) = (self.ctx, &self.module.urn);
+    ) -> Held {
+        let (ctx, module, addr) = (self.ctx, self.module, self.addr);
+        let urn = &module.urn;
         let lease_id = link.id().to_string();
-        tokio::select! {
+        let over = tokio::select! {
             _ = shutdown.cancelled() => {
                 link.revoke("Core shutting down", Actor::Core);
                 ctx.events.emit(EventKind::LeaseRevoked, urn.as_str(), &lease_id, "Core shutting down");
@@ -578,6 +613,13 @@ impl Started<'_> {
                 link.revoke(&format!("health check failed: {unhealthy}"), Actor::Core);
                 None
             }
+            (new, why) = reestablish::renewed_lease(ctx, module, addr, link) => {
+                return Held::Replaced(new, why);
+            }
+        };
+        match over {
+            Some(outcome) => Held::Over(outcome),
+            None => Held::LeaseEnded,
         }
     }
 
@@ -619,18 +661,29 @@ impl Started<'_> {
     }
 }
 
-/// Publishes a new lease: the module's row, the event, its routes, its link.
-fn record_leased(ctx: &CoreContext, urn: &Urn, link: &LeaseLink) {
+/// Publishes a new lease: the module's row, the event, its routes, its link
+/// (replacing `replaces`, for the reason given, when re-established under
+/// renewed certificates).
+fn record_leased(
+    ctx: &CoreContext,
+    urn: &Urn,
+    link: &LeaseLink,
+    replaces: Option<(&LeaseLink, &str)>,
+) {
     ctx.registry.update(urn, |v| {
         v.state = ModuleState::Leased;
         v.detail = String::new();
         v.lease_id = Some(link.id());
     });
+    let detail = match replaces {
+        None => format!("ttl {:?}", link.ttl()),
+        Some((old, why)) => format!("ttl {:?}; replaces lease {} ({why})", link.ttl(), old.id()),
+    };
     ctx.events.emit(
         EventKind::LeaseIssued,
         urn.as_str(),
         &link.id().to_string(),
-        format!("ttl {:?}", link.ttl()),
+        detail,
     );
     ctx.routes.learn(urn, link.scope().iter());
     ctx.set_link(urn, Some(link.clone()));
@@ -701,6 +754,17 @@ async fn open_lease(
     let conn: Connection = client
         .dial_addr(addr, PeerPolicy::exactly(module.urn.clone()))
         .await?;
+    lease_on(ctx, module, conn, signer).await
+}
+
+/// Opens a lease on `conn` (to `module`), signed by `signer`: the
+/// contract compared first, or the module's declared methods asked for.
+pub(crate) async fn lease_on(
+    ctx: &Arc<CoreContext>,
+    module: &ModuleConfig,
+    conn: Connection,
+    signer: Arc<LeaseSigner>,
+) -> Result<LeaseLink, CoreLeaseError> {
     let scope = match &module.contract {
         Some(c) => {
             check_own_contract(&conn, module, c).await?;

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anima_protocol::PeerInfo;
-use anima_protocol::lease::{self, EndedBy, Entropy, GrantPolicy, LeaseError, PeerBinding, Reason};
+use anima_protocol::lease::{
+    self, EndedBy, Entropy, GrantPolicy, LeaseError, LeaseSigner, PeerBinding, Reason,
+};
 use anima_protocol::pb::lease_control_server::LeaseControl;
 use anima_protocol::pb::{ControlFrame, Refusal, SignedToken, control_frame::Frame};
 use tokio::sync::mpsc;
@@ -56,9 +58,12 @@ impl LeaseControl for ControlService {
             .ok_or_else(|| Status::unauthenticated("not an Anima connection"))?;
         let binding = PeerBinding::from_peer(&peer)
             .map_err(|e| lease::status_for(e.reason(), e.to_string(), []))?;
+        // Leases on this connection are signed with the key of the
+        // certificate it was presented (an older one after a reload).
+        let signer = self.state.signers.for_certificate(peer.local_fingerprint());
         let (tx, rx) = mpsc::channel(32);
         let inbound = request.into_inner();
-        tokio::spawn(run(self.state.clone(), binding, inbound, tx));
+        tokio::spawn(run(self.state.clone(), binding, signer, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -68,6 +73,7 @@ impl LeaseControl for ControlService {
 async fn run(
     state: Arc<ModuleState>,
     peer: PeerBinding,
+    signer: Arc<LeaseSigner>,
     mut inbound: Streaming<ControlFrame>,
     tx: Outbound,
 ) {
@@ -82,7 +88,7 @@ async fn run(
     let Some(offer) = receive_offer(deadline, &mut inbound, &tx).await else {
         return;
     };
-    let Some(slot) = answer_offer(&state, &peer, &offer, &tx).await else {
+    let Some(slot) = answer_offer(&state, &peer, signer, &offer, &tx).await else {
         return;
     };
     follow_lease(&state, &slot, &mut inbound).await;
@@ -115,10 +121,11 @@ async fn receive_offer(
 async fn answer_offer(
     state: &Arc<ModuleState>,
     peer: &PeerBinding,
+    signer: Arc<LeaseSigner>,
     offer: &str,
     tx: &Outbound,
 ) -> Option<Arc<LeaseSlot>> {
-    match open(state, peer, offer, tx.clone()) {
+    match open(state, peer, signer, offer, tx.clone()) {
         Ok((slot, grant)) => {
             let _ = tx
                 .send(frame(Frame::Grant(SignedToken { jws: grant })))
@@ -215,6 +222,7 @@ pub const ENDED_LEASE_RETENTION: Duration = Duration::from_secs(60);
 fn open(
     state: &Arc<ModuleState>,
     peer: &PeerBinding,
+    signer: Arc<LeaseSigner>,
     offer: &str,
     tx: Outbound,
 ) -> Result<(Arc<LeaseSlot>, String), LeaseError> {
@@ -236,7 +244,7 @@ fn open(
         max_ttl: state.contract.max_lease,
     };
     let (grant, lease) = lease::grant(
-        &state.signer,
+        &signer,
         peer,
         offer,
         &policy,
@@ -246,7 +254,7 @@ fn open(
     )?;
     state.bind(&peer.urn)?;
     let (id, ttl, expires_at) = (lease.id(), lease.ttl(), lease.expires_at());
-    let slot = state.install(lease, tx)?;
+    let slot = state.install(lease, signer, tx)?;
     tracing::info!(lease_id = %id, core = %peer.urn, ttl_ms = ttl.as_millis() as u64, "lease granted");
     state.publish(LeaseEvent::Granted {
         lease_id: id,
@@ -265,7 +273,7 @@ fn step(state: &ModuleState, slot: &LeaseSlot, f: Frame) -> Result<(), LeaseErro
             let (answer, ttl, expires_at) = {
                 let mut lease = slot.lock();
                 let claims = lease.receive(&jws)?;
-                let answer = lease.answer_renew(&state.signer, &claims, now(), wall)?;
+                let answer = lease.answer_renew(&slot.signer, &claims, now(), wall)?;
                 (answer, lease.ttl(), lease.expires_at())
             };
             slot.send(Frame::Renewed(SignedToken { jws: answer }));
@@ -283,7 +291,7 @@ fn step(state: &ModuleState, slot: &LeaseSlot, f: Frame) -> Result<(), LeaseErro
                 let mut lease = slot.lock();
                 let claims = lease.receive(&jws)?;
                 let answer = lease.answer_rescope(
-                    &state.signer,
+                    &slot.signer,
                     &claims,
                     &state.contract.methods,
                     now(),

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::lifecycle::{Exit, Phase};
+use crate::signers::Signers;
 use anima_protocol::contract::{Contract, ModuleType};
 
 /// Something that happened to a lease, as the module saw it.
@@ -83,6 +84,9 @@ pub(crate) struct LeaseSlot {
     pub(crate) id: LeaseId,
     pub(crate) consumer: Urn,
     pub(crate) connection: ConnectionId,
+    /// Signs this lease's steps: the key of the certificate the module
+    /// presented on its connection.
+    pub(crate) signer: Arc<LeaseSigner>,
     lease: Mutex<Lease>,
     tenant: Mutex<TenantMap>,
     pub(crate) ended: CancellationToken,
@@ -177,7 +181,8 @@ pub(crate) fn call_refusal(error: LeaseError) -> LeaseError {
 /// The module's shared state.
 pub(crate) struct ModuleState {
     pub(crate) contract: Contract,
-    pub(crate) signer: LeaseSigner,
+    /// Signs leases: per certificate presented (one more each reload).
+    pub(crate) signers: Signers,
     /// Identities allowed to shut the module down besides its Core.
     operators: Mutex<Vec<Urn>>,
     slots: Mutex<HashMap<ConnectionId, Arc<LeaseSlot>>>,
@@ -201,7 +206,7 @@ impl ModuleState {
         let (events, _) = broadcast::channel(1024);
         ModuleState {
             contract,
-            signer,
+            signers: Signers::new(signer),
             operators: Mutex::new(operators),
             slots: Mutex::new(HashMap::new()),
             events,
@@ -358,12 +363,14 @@ impl ModuleState {
     pub(crate) fn install(
         self: &Arc<Self>,
         lease: Lease,
+        signer: Arc<LeaseSigner>,
         outbound: mpsc::Sender<Result<ControlFrame, Status>>,
     ) -> Result<Arc<LeaseSlot>, LeaseError> {
         let slot = Arc::new(LeaseSlot {
             id: lease.id(),
             consumer: lease.consumer().clone(),
             connection: lease.connection(),
+            signer,
             lease: Mutex::new(lease),
             tenant: Mutex::new(HashMap::new()),
             ended: CancellationToken::new(),
@@ -402,7 +409,7 @@ impl ModuleState {
                 None
             } else {
                 lease
-                    .revoke(&self.signer, reason, detail, now(), SystemTime::now())
+                    .revoke(&slot.signer, reason, detail, now(), SystemTime::now())
                     .ok()
             }
         };

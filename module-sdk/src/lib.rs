@@ -107,6 +107,7 @@ mod leases;
 mod lifecycle;
 mod probe;
 mod serve;
+mod signers;
 mod status;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

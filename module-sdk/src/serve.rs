@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use anima_protocol::lease::{LeaseId, LeaseSigner, Reason, Scope};
 use anima_protocol::pb::lease_control_server::LeaseControlServer;
 use anima_protocol::pb::module_admin_server::ModuleAdminServer;
 use anima_protocol::pb::probe_server::ProbeServer;
+use anima_protocol::transport::CertWatch;
 use anima_protocol::{PeerPolicy, ServerTls, TlsIdentity, TrustRoot, Urn, UrnKind};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
@@ -228,10 +230,12 @@ impl ModuleServer {
         self
     }
 
-    /// A handle to watch and act on leases while serving.
+    /// A handle to watch and act on leases, and to reload the module's
+    /// certificates, while serving.
     pub fn handle(&self) -> ModuleHandle {
         ModuleHandle {
             state: self.state.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -359,6 +363,7 @@ async fn launch_inner(
         server = server.bind_core(core);
     }
     let server = configure(server);
+    tokio::spawn(reload_on_change(server.handle(), env.cert, env.key, env.ca));
     let listener = TcpListener::bind(env.listen).await?;
     let addr = listener.local_addr()?;
     // Check everything before announcing readiness.
@@ -384,6 +389,35 @@ impl ModuleServer {
         self.check_methods()?;
         announce.await;
         self.serve(listener, shutdown).await
+    }
+}
+
+/// Reads the module's certificate, key and CA file again on SIGHUP and
+/// whenever one of them changes; a set that does not load (a key that does
+/// not match, another URN) is logged and the previous one stays in use.
+async fn reload_on_change(handle: ModuleHandle, cert: PathBuf, key: PathBuf, ca: PathBuf) {
+    let mut watch = CertWatch::new(vec![cert.clone(), key.clone(), ca.clone()]);
+    loop {
+        let why = watch.next().await;
+        let loaded = TlsIdentity::from_pem_files(&cert, &key)
+            .map_err(SdkError::from)
+            .and_then(|identity| {
+                let trust = TrustRoot::from_pem_file(&ca)?;
+                handle.reload(&identity, &trust)?;
+                Ok(identity.fingerprint())
+            });
+        match loaded {
+            Ok(fingerprint) => tracing::info!(
+                why = %why,
+                %fingerprint,
+                "certificates reloaded: new connections and leases use them; open leases go on"
+            ),
+            Err(e) => tracing::error!(
+                why = %why,
+                error = %e,
+                "certificates not reloaded; the previous ones stay in use"
+            ),
+        }
     }
 }
 
@@ -415,9 +449,34 @@ fn die_with_parent(parent_pid: Option<u32>) -> bool {
 #[derive(Clone)]
 pub struct ModuleHandle {
     state: Arc<ModuleState>,
+    tls: ServerTls,
 }
 
 impl ModuleHandle {
+    /// Takes up a renewed certificate (same URN) and trust root without a
+    /// restart: new connections are presented `identity` and accept peers
+    /// that chain to `trust` (which may hold an old and a new CA during a
+    /// rollover), and leases they open are signed with its key. Leases
+    /// already open go on under the certificate their connection was
+    /// presented until they end; their Core re-establishes them under the
+    /// new one (PROTOCOL.md §2, *Renewed certificates*). On error nothing
+    /// changes. [`launch`] calls this on SIGHUP and whenever `ANIMA_CERT`,
+    /// `ANIMA_KEY` or `ANIMA_CA` changes.
+    pub fn reload(&self, identity: &TlsIdentity, trust: &TrustRoot) -> Result<(), SdkError> {
+        if identity.urn() != &self.state.contract.urn {
+            return Err(SdkError::IdentityMismatch {
+                cert: identity.urn().to_string(),
+                contract: self.state.contract.urn.to_string(),
+            });
+        }
+        let signer = LeaseSigner::from_identity(identity)?;
+        // The signer first: a handshake presenting the new certificate
+        // finds its signer when the offer arrives.
+        self.state.signers.push(signer);
+        self.tls.reload(identity, None, trust)?;
+        Ok(())
+    }
+
     /// Lease events from now on.
     pub fn events(&self) -> broadcast::Receiver<LeaseEvent> {
         self.state.subscribe()
@@ -522,5 +581,48 @@ mod tests {
             DEFAULT_MAX_CONNECTIONS_PER_IDENTITY
         );
         assert_eq!(leases_of_one_core(&bed, Some(over), over).await, over);
+    }
+
+    #[tokio::test]
+    async fn a_reloaded_certificate_serves_new_leases_while_open_ones_go_on_under_the_old() {
+        use anima_protocol::pb::TouchRequest;
+        use anima_protocol::pb::probe_client::ProbeClient;
+        let bed = TestBed::new(contract()).unwrap();
+        let served = bed.serve(|m| m.probe()).await.unwrap();
+        let core = bed.core("urn:anima:core:a").unwrap();
+        let ttl = Duration::from_secs(10);
+        let before = core.lease(&served, ttl).await.unwrap();
+
+        let renewed = bed.identity("urn:anima:module:many").unwrap();
+        assert_ne!(before.module_fingerprint(), renewed.fingerprint());
+        served
+            .handle
+            .reload(&renewed, &bed.trust().unwrap())
+            .unwrap();
+        let after = core.lease(&served, ttl).await.unwrap();
+        assert_eq!(after.module_fingerprint(), renewed.fingerprint());
+
+        // Each lease's steps are signed with its own certificate's key: the
+        // Core verifies them with the key its connection was presented.
+        before.renew(ttl).await.unwrap();
+        after.renew(ttl).await.unwrap();
+        for lease in [&before, &after] {
+            ProbeClient::new(lease.channel())
+                .touch(TouchRequest { hold_ms: 0 })
+                .await
+                .unwrap();
+        }
+        before.revoke().await.unwrap();
+        after.renew(ttl).await.unwrap();
+
+        // A certificate for another identity is not taken.
+        let other = bed.identity("urn:anima:module:other").unwrap();
+        let refused = served.handle.reload(&other, &bed.trust().unwrap());
+        assert!(
+            matches!(refused, Err(crate::SdkError::IdentityMismatch { .. })),
+            "{refused:?}"
+        );
+        let still = core.lease(&served, ttl).await.unwrap();
+        assert_eq!(still.module_fingerprint(), renewed.fingerprint());
     }
 }

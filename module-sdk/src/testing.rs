@@ -238,6 +238,12 @@ impl FakeLease {
         self.lock().id()
     }
 
+    /// The fingerprint of the certificate the module presented on this
+    /// lease's connection (the one the lease is bound to).
+    pub fn module_fingerprint(&self) -> anima_protocol::Fingerprint {
+        self.conn.peer().fingerprint()
+    }
+
     /// The TTL granted.
     pub fn ttl(&self) -> Duration {
         self.lock().ttl()

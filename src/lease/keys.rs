@@ -340,7 +340,9 @@ impl LeaseSigner {
         &self.key
     }
 
-    pub(crate) fn not_after(&self) -> Option<SystemTime> {
+    /// When this side's certificate expires (`None` for signers built
+    /// from raw parts): no lease it signs outlives it.
+    pub fn not_after(&self) -> Option<SystemTime> {
         self.not_after
     }
 }

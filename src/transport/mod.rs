@@ -27,6 +27,7 @@ mod peer;
 pub mod probe;
 mod refusal;
 mod refusal_log;
+mod reload;
 mod server;
 mod tls;
 
@@ -40,9 +41,10 @@ pub use error::TransportError;
 pub use peer::{ConnectionId, PeerInfo};
 pub use refusal::{Refusal, RefusalReason};
 pub use refusal_log::{DEFAULT_REFUSAL_LOG_BURST, DEFAULT_REFUSAL_LOG_INTERVAL, RefusalCount};
+pub use reload::{CERT_POLL, CertWatch, ReloadCause};
 pub use server::{
     DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LISTEN_BACKLOG,
     DEFAULT_MAX_CONNECTIONS_PER_IDENTITY, DEFAULT_MAX_PENDING_HANDSHAKES,
     DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS, ServerTls, TlsConn,
 };
-pub use tls::{PeerPolicy, TlsIdentity, TrustRoot};
+pub use tls::{PeerPolicy, TlsIdentity, TrustRoot, leaf_fingerprint};

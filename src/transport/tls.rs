@@ -480,6 +480,17 @@ fn finish_client(mut config: ClientConfig, alpn: bool) -> ClientConfig {
     config
 }
 
+/// The fingerprint of the first (leaf) certificate in a PEM file: how a
+/// peer that reads the file now would see the certificate it presents.
+pub fn leaf_fingerprint(path: &Path) -> Result<Fingerprint, TransportError> {
+    let pem = read(path)?;
+    let leaf = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .ok_or(TransportError::EmptyChain)?
+        .map_err(|e| TransportError::pem("certificate", e))?;
+    Ok(Fingerprint::of(&leaf))
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, TransportError> {
     std::fs::read(path).map_err(|source| TransportError::Read {
         path: PathBuf::from(path),

@@ -17,6 +17,7 @@ mod lease;
 mod lifecycle;
 mod loud;
 mod ops;
+mod rollover;
 mod rotation;
 mod scaffold;
 mod serve;

@@ -48,7 +48,7 @@ use self::observe::{CallEnd, CallLog, Watched, parse_grpc_timeout, trace_context
 use self::policy::Policies;
 use crate::audit::{Actor, AuditEvent, AuditRecord};
 use crate::config::Policy;
-use crate::lease::LeaseLink;
+use crate::lease::{CallGuard, LeaseLink};
 use crate::metrics::Metrics;
 use crate::registry::ModuleState;
 use crate::supervisor::CoreContext;
@@ -74,6 +74,7 @@ struct Admitted {
     module: Urn,
     method: String,
     link: LeaseLink,
+    lease_call: CallGuard,
     slot: CallSlot,
 }
 
@@ -132,7 +133,7 @@ impl Gateway {
         if !self.policies.allows(&user, &module, &method) {
             return Err(self.policy_denied(&user, &module, &method));
         }
-        let Some(link) = self.ctx.link(&module) else {
+        let Some((link, lease_call)) = self.ctx.link_for_call(&module) else {
             return Err(self.not_leased(&user, &module, &method));
         };
         let Some(slot) = self.in_flight.enter(&user) else {
@@ -150,6 +151,7 @@ impl Gateway {
             module,
             method,
             link,
+            lease_call,
             slot,
         })
     }
@@ -208,6 +210,7 @@ impl Gateway {
             module,
             method,
             link,
+            lease_call,
             slot,
         } = admitted;
         let (trace_id, traceparent) = trace_context(request.headers().get("traceparent"));
@@ -238,6 +241,7 @@ impl Gateway {
             deadline: deadline.map(|d| started + d),
             done: false,
             _slot: slot,
+            _lease_call: lease_call,
         };
         let forward = link.channel().oneshot(request);
         let outcome = match deadline {

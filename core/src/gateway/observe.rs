@@ -17,6 +17,7 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 use super::in_flight::CallSlot;
+use crate::lease::CallGuard;
 use crate::metrics::Metrics;
 
 /// A W3C trace context: the trace id to log and the header to send on.
@@ -59,6 +60,9 @@ pub(crate) struct CallLog {
     pub(crate) done: bool,
     /// The user's place among its calls in flight, freed with the log.
     pub(crate) _slot: CallSlot,
+    /// The call's place among its lease's calls in flight: a lease being
+    /// replaced is revoked only once these have ended.
+    pub(crate) _lease_call: CallGuard,
 }
 
 impl CallLog {

@@ -23,6 +23,7 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::calls::{CallCount, CallGuard};
 use super::channel::LeasedChannel;
 use super::error::CoreLeaseError;
 use super::table::{LeaseRecord, LeaseTable};
@@ -83,6 +84,8 @@ pub(crate) struct LinkShared {
     audit: AuditLog,
     table: LeaseTable,
     clock: Arc<dyn Clock>,
+    /// Gateway calls in flight on this lease.
+    calls: Arc<CallCount>,
 }
 
 impl LinkShared {
@@ -165,6 +168,21 @@ impl LinkShared {
         if matches!(event, AuditEvent::Accepted | AuditEvent::Renewed) {
             r.ttl_ms = Some(u64::try_from(self.lock().ttl().as_millis()).unwrap_or(u64::MAX));
         }
+        self.audit.record(r);
+    }
+
+    /// Records the open lease with the two certificates it is bound to.
+    fn audit_accepted(&self, module_cert: anima_protocol::Fingerprint) {
+        let mut r = AuditRecord::now(
+            AuditEvent::Accepted,
+            self.module.as_str(),
+            self.core.as_str(),
+            Actor::Module,
+        );
+        r.lease_id = Some(self.id.to_string());
+        r.ttl_ms = Some(u64::try_from(self.lock().ttl().as_millis()).unwrap_or(u64::MAX));
+        r.core_cert = Some(self.signer.fingerprint().to_string());
+        r.module_cert = Some(module_cert.to_string());
         self.audit.record(r);
     }
 
@@ -419,9 +437,10 @@ impl LeaseLink {
             table: books.table,
             lease: Mutex::new(granted.lease),
             clock,
+            calls: Arc::default(),
         });
         shared.table.insert(LeaseRecord::of(&shared.lock()));
-        shared.audit(AuditEvent::Accepted, Actor::Module, None, None);
+        shared.audit_accepted(peer.fingerprint);
         tracing::info!(lease_id = %id, module = %module, ttl_ms = shared.lock().ttl().as_millis() as u64, "lease open");
         let (commands, state) = spawn_control(shared.clone(), inbound, policy);
         Ok(LeaseLink {
@@ -483,6 +502,43 @@ impl LeaseLink {
     /// dropped the moment the lease ends.
     pub fn channel(&self) -> LeasedChannel {
         LeasedChannel::new(self.connection.channel(), self.shared.clone())
+    }
+
+    /// Counts one call in flight on this lease until the guard is dropped.
+    pub fn enter_call(&self) -> CallGuard {
+        self.shared.calls.enter()
+    }
+
+    /// Calls counted in flight now ([`LeaseLink::enter_call`]).
+    pub fn calls_in_flight(&self) -> usize {
+        self.shared.calls.get()
+    }
+
+    /// Completes once no counted call is in flight.
+    pub async fn idle(&self) {
+        self.shared.calls.idle().await
+    }
+
+    /// The fingerprint of the Core's certificate the lease is bound to
+    /// (`cnf.iss_x5t#S256` of the offer).
+    pub fn core_fingerprint(&self) -> anima_protocol::Fingerprint {
+        self.shared.signer.fingerprint()
+    }
+
+    /// The fingerprint of the module's certificate the lease is bound to
+    /// (the one its connection was presented).
+    pub fn module_fingerprint(&self) -> anima_protocol::Fingerprint {
+        self.connection.peer().fingerprint()
+    }
+
+    /// When the earlier of the two certificates expires: the lease cannot
+    /// be renewed past it (`None`: neither says).
+    pub fn certificates_expire(&self) -> Option<std::time::SystemTime> {
+        let module = anima_protocol::transport::not_after(self.connection.peer().certificate());
+        match (self.shared.signer.not_after(), module) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Revokes the lease now and tells the module (`actor` is recorded).

@@ -97,6 +97,7 @@ fn start(ttl: Duration, policy: RenewalPolicy) -> (Link, Module) {
         audit: audit.clone(),
         table: LeaseTable::new(),
         clock: Arc::new(SystemClock),
+        calls: Arc::default(),
     });
     let (commands, state) = spawn_control(shared.clone(), ReceiverStream::new(inbound), policy);
     (
