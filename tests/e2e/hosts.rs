@@ -13,6 +13,8 @@ use std::path::Path;
 use std::process::Command;
 
 use anima_protocol::UrnKind;
+use anima_protocol::pb::probe_client::ProbeClient;
+use anima_protocol::pb::{ProbeReading, ReadRequest, TouchRequest};
 use anima_sample_modules::pb::tally_client::TallyClient;
 use anima_sample_modules::pb::{GetCounterRequest, IncrementRequest};
 use anima_tests::{Child, bin_path};
@@ -28,6 +30,11 @@ const TTL: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Time allowed past a deadline for logging and polling.
 const MARGIN: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// How long the call in flight at the cut holds before it would commit:
+/// past the module's lease end (the TTL after its last renewal), and well
+/// before the test reads what was committed, after the heal.
+const HOLD_MS: u32 = 6_000;
 
 /// How long the partition lasts: several dials, each past the restart
 /// policy's limit of one failed start (see [`core_on`]).
@@ -261,12 +268,24 @@ async fn count(core: &CoreProcess, by: i64) -> i64 {
         .value
 }
 
+/// The module's probe counters (PROTOCOL.md §8) read through `core`'s
+/// lease: touches entered and committed since the process started.
+async fn probe_reading(core: &CoreProcess) -> ProbeReading {
+    let conn = user(core, "user-dev").await;
+    ProbeClient::new(conn.channel())
+        .read(ReadRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// The tally on host `m`, leased by Cores on hosts `a` and `c`: calls go
 /// through either Core across the LAN, and each Core's lease sees only its
-/// own counters (S3, S4). Host `m` off the LAN: both Cores lose their lease
-/// and report the module unreachable while they keep dialling it, and the
-/// module reaches zero-lease (standby) when the leases run out; back on the
-/// LAN, both Cores lease it again by themselves.
+/// own counters (S3, S4). Host `m` off the LAN, with a call in flight: both
+/// Cores lose their lease and report the module unreachable while they keep
+/// dialling it, the module reaches zero-lease (standby) when the leases run
+/// out, and the call in flight commits nothing; back on the LAN, both Cores
+/// lease it again by themselves.
 #[tokio::test]
 async fn serial_hosts_a_shared_module_serves_two_cores_on_other_hosts_and_survives_a_partition() {
     let Some(lan) = lan(&["a", "m", "c"]) else {
@@ -306,6 +325,23 @@ async fn serial_hosts_a_shared_module_serves_two_cores_on_other_hosts_and_surviv
     // unreachable and keeps dialling it, however long the partition lasts
     // (longer than the restart policy's window: not a failure of the
     // module's); the module's own leases run out and it goes to standby.
+    // A call in flight at the cut (through Core a) holds for longer than
+    // the module's lease can last without renewals: it must not commit.
+    let before = probe_reading(&core_c).await;
+    let conn = user(&core_a, "user-dev").await;
+    let held = tokio::spawn(async move {
+        ProbeClient::new(conn.channel())
+            .touch(TouchRequest { hold_ms: HOLD_MS })
+            .await
+    });
+    let entered = tokio::time::Instant::now() + anima_tests::PATIENCE;
+    while probe_reading(&core_c).await.executions == before.executions {
+        assert!(
+            tokio::time::Instant::now() < entered,
+            "the held call never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     lan.link("m", false);
     let cut = tokio::time::Instant::now();
     // Both sides are at zero-lease within the lease TTL of the cut: the
@@ -354,11 +390,31 @@ async fn serial_hosts_a_shared_module_serves_two_cores_on_other_hosts_and_surviv
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 
+    // The held call was refused when Core a's lease ended.
+    let refused = held
+        .await
+        .unwrap()
+        .expect_err("a call across the cut cannot succeed");
+    eprintln!(
+        "the call in flight at the cut: {:?} {}",
+        refused.code(),
+        refused.message()
+    );
+    assert!(cut.elapsed() > std::time::Duration::from_millis(u64::from(HOLD_MS)));
+
     // Healed: both Cores lease it again, with no operator action.
     lan.link("m", true);
     for core in [&core_a, &core_c] {
         core.wait_leased("tally").await;
     }
+    // Past its hold, the call in flight at the cut committed nothing: the
+    // module halted it at its lease's end (nothing commits after it).
+    let after = probe_reading(&core_a).await;
+    assert_eq!(after.executions, before.executions + 1, "{after:?}");
+    assert_eq!(
+        after.committed, before.committed,
+        "committed after the lease ended: {after:?}"
+    );
     assert_eq!(count(&core_a, 1).await, 1, "a new lease starts empty (S9)");
     assert_eq!(count(&core_c, 1).await, 1);
 }

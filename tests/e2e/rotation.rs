@@ -2,9 +2,13 @@
 //! renewed certificate on SIGHUP or when its files change, for new
 //! connections, while the connections and leases already open go on.
 
+use std::time::Duration;
+
 use anima_protocol::{TlsIdentity, UrnKind};
-use anima_sample_modules::pb::DigestRequest;
 use anima_sample_modules::pb::hasher_client::HasherClient;
+use anima_sample_modules::pb::tally_client::TallyClient;
+use anima_sample_modules::pb::{DigestRequest, IncrementRequest};
+use anima_tests::{Child, bin_path};
 
 use super::gateway::{started, user};
 use super::serve::CoreProcess;
@@ -74,7 +78,7 @@ async fn leased_under(
             tokio::time::Instant::now() < deadline,
             "{name}: lease {id} is not under core {core_fp} / module {module_fp:?}: {record:?}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -141,4 +145,128 @@ async fn rotation_the_core_serves_a_renewed_certificate_to_new_connections_while
         );
     }
     digest(&last).await;
+}
+
+/// A module the Core dials (its certificate file is on another host, as far
+/// as the Core knows) and whose certificate expires within ten minutes:
+/// the Core warns, keeps dialling it, and moves the lease to the renewed
+/// certificate as soon as the module presents it, before the old one
+/// expires, with no call refused.
+#[tokio::test]
+async fn rotation_a_dialled_module_is_re_leased_under_its_renewed_certificate_before_the_old_expires()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs/dev");
+    anima_certs::init_dir(&certs, &anima_certs::InitOptions::default()).unwrap();
+    // The module's certificate expires in five minutes.
+    let now = std::time::SystemTime::now();
+    let short = anima_certs::CertAuthority::load(&certs)
+        .unwrap()
+        .issue(
+            &anima_certs::LeafSpec::new("urn:anima:module:tally".parse().unwrap()).valid_between(
+                now - Duration::from_secs(60),
+                now + Duration::from_secs(300),
+            ),
+        )
+        .unwrap();
+    std::fs::write(certs.join("module-tally.pem"), short.cert_pem()).unwrap();
+    std::fs::write(certs.join("module-tally.key"), short.key_pem()).unwrap();
+    let short_fp = short.fingerprint().to_string();
+
+    // The module, started by "infrastructure", reading its files in place.
+    let module_dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| certs.join(name).to_string_lossy().into_owned();
+    let env = [
+        ("ANIMA_CERT".to_owned(), file("module-tally.pem")),
+        ("ANIMA_KEY".to_owned(), file("module-tally.key")),
+        ("ANIMA_CA".to_owned(), file("ca.pem")),
+        ("ANIMA_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+    ];
+    let mut module = Child::spawn_env_in(&bin_path("anima-tally"), &[], &env, module_dir.path());
+    let ready = module.line(anima_protocol::launch::READY_PREFIX).await;
+    let addr = ready.split_whitespace().last().unwrap().to_owned();
+
+    let config = format!(
+        r#"[core]
+urn = "urn:anima:core:dev"
+cert = "certs/dev/core-dev.pem"
+key = "certs/dev/core-dev.key"
+ca = "certs/dev/ca.pem"
+audit_log = "audit.jsonl"
+
+[admin]
+operators = ["urn:anima:user:dev"]
+
+[[module]]
+urn = "urn:anima:module:tally"
+type = "resident-shared"
+endpoint = "{addr}"
+
+[[policy]]
+user = "urn:anima:user:dev"
+allow = ["urn:anima:module:tally"]
+"#
+    );
+    std::fs::write(dir.path().join("anima.toml"), config).unwrap();
+    let mut child = Child::spawn_env_in(
+        &bin_path("anima"),
+        &[
+            "serve",
+            "--config",
+            "anima.toml",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+        dir.path(),
+    );
+    let admin = child.line("ANIMA-CORE READY").await;
+    let core = CoreProcess { child, admin, dir };
+    core.wait_leased("tally").await;
+    let core_fp = core_cert_fingerprint(&core).to_string();
+    let first = leased_under(&core, "tally", &core_fp, Some(&short_fp)).await;
+
+    // The Core says the certificate runs out and nothing renewed is there.
+    let log = core.dir.path().join("stderr.log");
+    anima_tests::eventually(
+        "a warning that the lease's certificate expires soon",
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("expires soon and no renewed one is presented yet")
+        },
+    )
+    .await;
+
+    // Renewed on the module's host: the module reads it, the Core finds it.
+    let conn = user(&core, "user-dev").await;
+    let switched = tokio_util::sync::CancellationToken::new();
+    let calls = tokio::spawn({
+        let switched = switched.clone();
+        async move {
+            let mut tally = TallyClient::new(conn.channel());
+            let mut n = 0u32;
+            // Calls until a while after the switch.
+            while !switched.is_cancelled() || n % 50 != 0 {
+                tally
+                    .increment(IncrementRequest {
+                        counter: "c".into(),
+                        by: 1,
+                    })
+                    .await?;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok::<u32, tonic::Status>(n)
+        }
+    });
+    anima_certs::issue_into_dir(&certs, UrnKind::Module, "tally", 30, true).unwrap();
+    let renewed = anima_protocol::transport::leaf_fingerprint(&certs.join("module-tally.pem"))
+        .unwrap()
+        .to_string();
+    let second = leased_under(&core, "tally", &core_fp, Some(&renewed)).await;
+    assert_ne!(first, second);
+    switched.cancel();
+    let n = calls.await.unwrap().expect("no call refused");
+    eprintln!("{n} calls across the switch");
 }
