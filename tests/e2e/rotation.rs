@@ -247,7 +247,7 @@ allow = ["urn:anima:module:tally"]
             let mut tally = TallyClient::new(conn.channel());
             let mut n = 0u32;
             // Calls until a while after the switch.
-            while !switched.is_cancelled() || n % 50 != 0 {
+            while !switched.is_cancelled() || !n.is_multiple_of(50) {
                 tally
                     .increment(IncrementRequest {
                         counter: "c".into(),
