@@ -12,6 +12,9 @@
 //! startup_grace = "10s"
 //! expired_grace = "0s"
 //! termination_window = "2s"
+//! # Interfaces provided and required (PROTOCOL.md §9):
+//! provides = [{ interface = "anima.sample/digest", version = "1.0.0" }]
+//! requires = [{ interface = "anima.sample/kv", version = ">=1.0" }]
 //! ```
 
 use std::fmt;
@@ -21,6 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::identity::{Urn, UrnKind};
+use crate::interface::{Provided, Required};
 use crate::lease::{MIN_TTL, Scope};
 
 /// The module type (ADR-0003 §6).
@@ -117,6 +121,10 @@ pub struct Contract {
     pub expired_grace: Duration,
     /// After zero-lease, how long cleanup may take before a Type I exits.
     pub termination_window: Duration,
+    /// The interfaces the module provides (P1), each at one version.
+    pub provides: Vec<Provided>,
+    /// The interfaces the module requires (P1), each in a range of versions.
+    pub requires: Vec<Required>,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +140,19 @@ struct RawContract {
     startup_grace: Option<String>,
     expired_grace: Option<String>,
     termination_window: Option<String>,
+    #[serde(default)]
+    provides: Vec<RawInterface>,
+    #[serde(default)]
+    requires: Vec<RawInterface>,
+}
+
+/// One `provides` or `requires` entry: an interface and a version (for
+/// `provides`) or a range of versions (for `requires`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    interface: String,
+    version: String,
 }
 
 /// Default startup grace.
@@ -160,9 +181,12 @@ impl Contract {
                 format!("must be at least {MIN_TTL:?}"),
             ));
         }
+        let (provides, requires) = interfaces_field(&raw.provides, &raw.requires)?;
         Ok(Contract {
             urn,
             version: raw.version,
+            provides,
+            requires,
             module_type,
             methods,
             max_lease,
@@ -261,6 +285,49 @@ fn type_field(module_type: Option<&str>, init: Option<&str>) -> Result<ModuleTyp
     })
 }
 
+/// The `provides` and `requires` fields (P1): every entry well-formed, no
+/// interface provided twice at one version or required twice, and none
+/// required that the module itself provides in a matching version.
+fn interfaces_field(
+    provides: &[RawInterface],
+    requires: &[RawInterface],
+) -> Result<(Vec<Provided>, Vec<Required>), ContractError> {
+    let mut provided: Vec<Provided> = Vec::new();
+    for (i, entry) in provides.iter().enumerate() {
+        let p = Provided::new(&entry.interface, &entry.version)
+            .map_err(|e| invalid("provides", format!("provides[{i}]: {e}")))?;
+        if provided.contains(&p) {
+            return Err(invalid(
+                "provides",
+                format!("provides[{i}]: {p} is listed twice"),
+            ));
+        }
+        provided.push(p);
+    }
+    let mut required: Vec<Required> = Vec::new();
+    for (i, entry) in requires.iter().enumerate() {
+        let r = Required::new(&entry.interface, &entry.version)
+            .map_err(|e| invalid("requires", format!("requires[{i}]: {e}")))?;
+        if required.iter().any(|o| o.interface == r.interface) {
+            return Err(invalid(
+                "requires",
+                format!(
+                    "requires[{i}]: {} is required twice; give one range (e.g. \">=1.2, <3\")",
+                    r.interface
+                ),
+            ));
+        }
+        if let Some(own) = provided.iter().find(|p| r.accepts(p)) {
+            return Err(invalid(
+                "requires",
+                format!("requires[{i}]: the module provides {own} itself"),
+            ));
+        }
+        required.push(r);
+    }
+    Ok((provided, required))
+}
+
 /// A duration field: its value, or `default` when it is absent.
 fn duration_field(
     field: &'static str,
@@ -355,6 +422,76 @@ mod tests {
         ] {
             let err = Contract::from_toml(&text).unwrap_err().to_string();
             assert!(err.contains(field), "{err} should name {field}");
+        }
+    }
+
+    #[test]
+    fn p1_a_contract_declares_the_interfaces_it_provides_and_requires() {
+        let c = Contract::from_toml(&format!(
+            "{BASE}\nprovides = [{{ interface = \"network/basic\", version = \"1.0\" }}, \
+             {{ interface = \"network/basic\", version = \"2.1.0\" }}]\n\
+             requires = [{{ interface = \"anima.sample/kv\", version = \">=1.0\" }}]"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.provides
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["network/basic 1.0.0", "network/basic 2.1.0"]
+        );
+        assert_eq!(c.requires.len(), 1);
+        assert!(
+            c.requires[0]
+                .accepts(&crate::interface::Provided::new("anima.sample/kv", "1.3").unwrap())
+        );
+        let none = Contract::from_toml(BASE).unwrap();
+        assert!(none.provides.is_empty() && none.requires.is_empty());
+    }
+
+    #[test]
+    fn p1_a_malformed_interface_declaration_is_refused_naming_the_entry() {
+        let provides = |entries: &str| format!("{BASE}\nprovides = [{entries}]");
+        let requires = |entries: &str| format!("{BASE}\nrequires = [{entries}]");
+        for (text, says) in [
+            (
+                provides("{ interface = \"basic\", version = \"1.0\" }"),
+                "provides[0]: interface name",
+            ),
+            (
+                provides("{ interface = \"net/basic\", version = \"one\" }"),
+                "provides[0]: interface version",
+            ),
+            (
+                provides(
+                    "{ interface = \"net/basic\", version = \"1.0\" }, { interface = \"net/basic\", version = \"1.0.0\" }",
+                ),
+                "provides[1]: net/basic 1.0.0 is listed twice",
+            ),
+            (provides("{ interface = \"net/basic\" }"), "version"),
+            (
+                provides("{ interface = \"net/basic\", version = \"1.0\", extra = 1 }"),
+                "extra",
+            ),
+            (
+                requires("{ interface = \"net/basic\", version = \"=>1\" }"),
+                "requires[0]: version range",
+            ),
+            (
+                requires(
+                    "{ interface = \"net/basic\", version = \">=1\" }, { interface = \"net/basic\", version = \"<3\" }",
+                ),
+                "requires[1]: net/basic is required twice",
+            ),
+            (
+                format!(
+                    "{BASE}\nprovides = [{{ interface = \"net/basic\", version = \"1.2\" }}]\nrequires = [{{ interface = \"net/basic\", version = \"^1\" }}]"
+                ),
+                "requires[0]: the module provides net/basic 1.2.0 itself",
+            ),
+        ] {
+            let err = Contract::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(says), "{err:?} should say {says:?}");
         }
     }
 

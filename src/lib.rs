@@ -3,6 +3,8 @@
 //! - [`pb`]: the generated gRPC code for `proto/anima/v1`.
 //! - [`identity`]: the URNs that name Cores, modules and users.
 //! - [`contract`]: the module contract (`module.toml`) and module types.
+//! - [`interface`]: interfaces modules provide and require, and their
+//!   definition files.
 //! - [`launch`]: the launch protocol (`ANIMA_*` variables, the ready line).
 //! - [`lease`]: the lease format, handshake, per-call proofs and control
 //!   steps — pure logic with time passed in.
@@ -132,6 +134,7 @@ pub mod clock;
 pub mod contract;
 pub mod control;
 pub mod identity;
+pub mod interface;
 pub mod launch;
 pub mod lease;
 pub mod transport;

@@ -100,6 +100,10 @@ pub const ROWS: &[(&str, &str)] = &[
     ("S9", "Type III: no instance data beyond the lease"),
     ("S10", "Type III: a Core can blacklist a leaking module"),
     ("O1", "observability works for every type"),
+    (
+        "P1",
+        "interfaces provided and required are declared and reported",
+    ),
 ];
 
 /// Where every row id is explained (what the rule means and what the tool

@@ -13,7 +13,7 @@ use anima_protocol::pb::ModuleStatus;
 /// What differs between `configured` (the Core's copy) and the module's own
 /// contract as `status` reports it, one phrase per difference; empty when
 /// they agree on everything `Status` reports (URN, version, type, methods,
-/// maximum lease).
+/// maximum lease, interfaces provided and required).
 pub(crate) fn differences(configured: &Contract, status: &ModuleStatus) -> Vec<String> {
     let mut found = Vec::new();
     if configured.urn.as_str() != status.urn {
@@ -58,7 +58,39 @@ pub(crate) fn differences(configured: &Contract, status: &ModuleStatus) -> Vec<S
             configured.max_lease
         ));
     }
+    let provides: Vec<String> = configured
+        .provides
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    compare_list("provides", &provides, &status.provides, &mut found);
+    let requires: Vec<String> = configured
+        .requires
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    compare_list("requires", &requires, &status.requires, &mut found);
     found
+}
+
+/// Adds what differs between two lists of interface declarations (as sets).
+fn compare_list(what: &str, here: &[String], there: &[String], found: &mut Vec<String>) {
+    let here: BTreeSet<&str> = here.iter().map(String::as_str).collect();
+    let there: BTreeSet<&str> = there.iter().map(String::as_str).collect();
+    let only_here: Vec<&str> = here.difference(&there).copied().collect();
+    if !only_here.is_empty() {
+        found.push(format!(
+            "{what} here, not by the module: {}",
+            only_here.join(", ")
+        ));
+    }
+    let only_there: Vec<&str> = there.difference(&here).copied().collect();
+    if !only_there.is_empty() {
+        found.push(format!(
+            "{what} by the module, not here: {}",
+            only_there.join(", ")
+        ));
+    }
 }
 
 /// The word `ModuleAdmin/Status` uses for a module type.
@@ -98,6 +130,8 @@ mod tests {
             module_type: type_word(contract.module_type).into(),
             methods: contract.methods.iter().map(str::to_owned).collect(),
             max_lease_ms: u64::try_from(contract.max_lease.as_millis()).unwrap(),
+            provides: contract.provides.iter().map(ToString::to_string).collect(),
+            requires: contract.requires.iter().map(ToString::to_string).collect(),
             ..ModuleStatus::default()
         }
     }
@@ -135,6 +169,28 @@ mod tests {
                 "declared here, not by the module: /t.v1.T/Put",
                 "declared by the module, not here: /t.v1.T/List",
                 "max_lease 30s here, 10s in the module",
+            ]
+        );
+    }
+
+    #[test]
+    fn p1_interfaces_provided_and_required_are_compared() {
+        let mut configured = contract();
+        configured.provides =
+            vec![anima_protocol::interface::Provided::new("t/store", "1.0").unwrap()];
+        configured.requires =
+            vec![anima_protocol::interface::Required::new("t/clock", ">=2").unwrap()];
+        let same = status_of(&configured);
+        assert!(differences(&configured, &same).is_empty());
+        let mut status = same.clone();
+        status.provides = vec!["t/store 1.1.0".into()];
+        status.requires.clear();
+        assert_eq!(
+            differences(&configured, &status),
+            [
+                "provides here, not by the module: t/store 1.0.0",
+                "provides by the module, not here: t/store 1.1.0",
+                "requires here, not by the module: t/clock >=2",
             ]
         );
     }

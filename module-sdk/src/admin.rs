@@ -44,6 +44,18 @@ impl ModuleAdmin for AdminService {
             bound_core: s.bound_core().map(|u| u.to_string()).unwrap_or_default(),
             methods: s.contract.methods.iter().map(str::to_owned).collect(),
             max_lease_ms: u64::try_from(s.contract.max_lease.as_millis()).unwrap_or(u64::MAX),
+            provides: s
+                .contract
+                .provides
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            requires: s
+                .contract
+                .requires
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }))
     }
 

@@ -15,6 +15,10 @@ pub enum SdkError {
     /// The served methods differ from the declared ones.
     #[error("the served methods differ from the contract: {0}")]
     MethodMismatch(String),
+    /// The interfaces the contract provides do not match the definitions
+    /// given, or their methods are not declared (P1).
+    #[error("interfaces: {0}")]
+    Interface(String),
     /// The certificate's identity is not the contract's.
     #[error("certificate identity {cert} differs from the contract's {contract}")]
     IdentityMismatch {

@@ -115,6 +115,8 @@ pub mod testing;
 pub use access::MAX_CONCURRENT_STREAMS;
 /// The module contract (`module.toml`), defined in the protocol crate.
 pub use anima_protocol::contract::{self, Contract, ContractError, InitMode, ModuleType};
+pub use anima_protocol::interface::definition::Interface;
+pub use anima_protocol::interface::{self, Provided, Required};
 /// The launch protocol (`ANIMA_*` variables, the ready line), defined in the
 /// protocol crate.
 pub use anima_protocol::launch::{self, shutdown_signal};

@@ -29,6 +29,7 @@ use crate::leases::{LeaseEvent, ModuleState};
 use crate::lifecycle::{self, CleanupHook, Exit, Phase, SharedCleanup, cleanup_once};
 use crate::probe::ProbeService;
 use anima_protocol::contract::Contract;
+use anima_protocol::interface::definition::Interface;
 use anima_protocol::launch::{LaunchEnv, ready_line, shutdown_signal};
 
 /// HTTP/2 keepalive: a ping every interval, answered within the timeout, or
@@ -64,6 +65,7 @@ pub struct ModuleServer {
     routes: Option<Routes>,
     services: Vec<&'static str>,
     descriptors: Vec<u8>,
+    interfaces: Vec<Interface>,
     cleanup: Option<CleanupHook>,
 }
 
@@ -98,6 +100,7 @@ impl ModuleServer {
             routes: None,
             services: Vec::new(),
             descriptors: Vec::new(),
+            interfaces: Vec::new(),
             cleanup: None,
         })
     }
@@ -119,6 +122,19 @@ impl ModuleServer {
     /// served methods to check them against the contract.
     pub fn file_descriptor_set(mut self, bytes: &[u8]) -> Self {
         self.descriptors = bytes.to_vec();
+        self
+    }
+
+    /// The definition of an interface the contract `provides` (its
+    /// `interface.toml`, PROTOCOL.md §9), e.g.
+    /// `Interface::from_toml(include_str!("…/interface.toml"))`. Before
+    /// serving, the SDK checks that every interface the contract provides
+    /// has its definition here, that every method of each is declared in
+    /// the contract's `methods` (and so served: the served methods must be
+    /// the declared ones), and that no definition is given for an interface
+    /// the contract does not provide; otherwise the module refuses to start.
+    pub fn interface(mut self, definition: Interface) -> Self {
+        self.interfaces.push(definition);
         self
     }
 
@@ -206,7 +222,45 @@ impl ModuleServer {
             &[&self.descriptors, anima_protocol::pb::FILE_DESCRIPTOR_SET],
             &self.services,
         )?;
-        descriptors::check(&served, &self.state.contract.methods)
+        descriptors::check(&served, &self.state.contract.methods)?;
+        self.check_interfaces()
+    }
+
+    /// Checks the interfaces the contract provides against the definitions
+    /// given ([`ModuleServer::interface`]): each provided one defined, each
+    /// of its methods declared, nothing defined that is not provided (P1).
+    fn check_interfaces(&self) -> Result<(), SdkError> {
+        let contract = &self.state.contract;
+        for provided in &contract.provides {
+            let Some(definition) = self.interfaces.iter().find(|d| d.provided == *provided) else {
+                return Err(SdkError::Interface(format!(
+                    "the contract provides {provided} but its definition was not given \
+                     (ModuleServer::interface with its interface.toml)"
+                )));
+            };
+            let missing: Vec<&str> = definition
+                .method_paths()
+                .filter(|m| !contract.methods.contains(m))
+                .collect();
+            if !missing.is_empty() {
+                return Err(SdkError::Interface(format!(
+                    "the contract provides {provided} but does not declare (or serve) its methods {}",
+                    missing.join(", ")
+                )));
+            }
+        }
+        if let Some(extra) = self
+            .interfaces
+            .iter()
+            .find(|d| !contract.provides.contains(&d.provided))
+        {
+            return Err(SdkError::Interface(format!(
+                "the definition of {} was given but the contract does not provide it: \
+                 add it to `provides` in module.toml",
+                extra.provided
+            )));
+        }
+        Ok(())
     }
 
     /// The cleanup hook a Type I module runs in its termination window.
@@ -624,5 +678,65 @@ mod tests {
         );
         let still = core.lease(&served, ttl).await.unwrap();
         assert_eq!(still.module_fingerprint(), renewed.fingerprint());
+    }
+
+    #[test]
+    fn p1_a_module_providing_an_interface_must_be_given_its_definition_and_declare_its_methods() {
+        use anima_protocol::interface::definition::Interface;
+        let probe = |extra: &str| {
+            Contract::from_toml(&format!(
+                "urn = \"urn:anima:module:many\"\nversion = \"1\"\nmax_lease = \"30s\"\n\
+                 methods = [\"/anima.v1.Probe/Touch\", \"/anima.v1.Probe/Read\", \"/anima.v1.Probe/Watch\"]\n{extra}"
+            ))
+            .unwrap()
+        };
+        let definition = |methods: &[&str]| {
+            let methods: String = methods
+                .iter()
+                .map(|m| format!("[[method]]\npath = \"{m}\"\nidempotent = true\n"))
+                .collect();
+            Interface::from_toml(&format!(
+                "interface = \"test/probe\"\nversion = \"1.0.0\"\nsummary = \"s\"\n\
+                 lifecycle = \"l\"\nprotos = [\"probe.proto\"]\n{methods}"
+            ))
+            .unwrap()
+        };
+        let provides = "provides = [{ interface = \"test/probe\", version = \"1.0\" }]";
+        let bed = TestBed::new(probe(provides)).unwrap();
+        let identity = bed.identity("urn:anima:module:many").unwrap();
+        let trust = bed.trust().unwrap();
+        let server = |contract: Contract| {
+            crate::ModuleServer::new(contract, &identity, &trust)
+                .unwrap()
+                .probe()
+        };
+        let check = |s: crate::ModuleServer| s.check_methods().map_err(|e| e.to_string());
+
+        // Provided, defined, every method declared and served: it starts.
+        let ok = server(probe(provides)).interface(definition(&[
+            "/anima.v1.Probe/Touch",
+            "/anima.v1.Probe/Read",
+        ]));
+        check(ok).unwrap();
+        // Provided without its definition.
+        let err = check(server(probe(provides))).unwrap_err();
+        assert!(
+            err.contains("provides test/probe 1.0.0 but its definition was not given"),
+            "{err}"
+        );
+        // A method of the interface neither declared nor served.
+        let err = check(server(probe(provides)).interface(definition(&[
+            "/anima.v1.Probe/Touch",
+            "/anima.v1.Probe/Forget",
+        ])))
+        .unwrap_err();
+        assert!(
+            err.contains("does not declare (or serve) its methods /anima.v1.Probe/Forget"),
+            "{err}"
+        );
+        // A definition for an interface the contract does not provide.
+        let err =
+            check(server(probe("")).interface(definition(&["/anima.v1.Probe/Touch"]))).unwrap_err();
+        assert!(err.contains("add it to `provides`"), "{err}");
     }
 }

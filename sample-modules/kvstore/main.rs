@@ -38,6 +38,7 @@ async fn main() -> ExitCode {
         module
             .file_descriptor_set(DESCRIPTORS)
             .service(KvStoreServer::new(kvstore::KvStore::new(cache)))
+            .interface(kvstore::interface())
             .probe()
     })
     .await

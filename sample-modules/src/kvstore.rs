@@ -27,6 +27,7 @@
 //! let code = anima_module_sdk::launch(kvstore::contract(), |m| {
 //!     m.file_descriptor_set(DESCRIPTORS)
 //!         .service(KvStoreServer::new(kvstore::KvStore::new(cache)))
+//!         .interface(kvstore::interface())
 //!         .probe()
 //! })
 //! .await;
@@ -41,7 +42,7 @@ use std::io;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anima_module_sdk::Contract;
+use anima_module_sdk::{Contract, Interface};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -70,6 +71,19 @@ pub fn contract() -> Contract {
     // test parses it.
     Contract::from_toml(include_str!("../kvstore/module.toml"))
         .expect("kvstore/module.toml is a valid contract")
+}
+
+/// The definition of the interface the kvstore provides,
+/// `anima.sample/kv` 1.0.0 (`interfaces/anima.sample/kv/1.0.0/interface.toml`),
+/// for [`ModuleServer::interface`](anima_module_sdk::ModuleServer::interface).
+pub fn interface() -> Interface {
+    #[allow(clippy::expect_used)]
+    // Invariant: the embedded interface.toml is fixed at build time and a
+    // unit test parses it.
+    Interface::from_toml(include_str!(
+        "../../interfaces/anima.sample/kv/1.0.0/interface.toml"
+    ))
+    .expect("the kv interface.toml is a valid definition")
 }
 
 /// The cache limit from [`CACHE_LIMIT_ENV`], or [`DEFAULT_CACHE_LIMIT`]

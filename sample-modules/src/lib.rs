@@ -152,6 +152,18 @@ mod tests {
     }
 
     #[test]
+    fn p1_the_kvstore_provides_the_kv_interface_and_declares_its_methods() {
+        let contract = kvstore::contract();
+        let kv = kvstore::interface();
+        assert_eq!(contract.provides, std::slice::from_ref(&kv.provided));
+        assert_eq!(kv.provided.to_string(), "anima.sample/kv 1.0.0");
+        for method in kv.method_paths() {
+            assert!(contract.methods.contains(method), "{method}");
+        }
+        assert!(contract.requires.is_empty());
+    }
+
+    #[test]
     fn r1_kvstore_contract_declares_resident_private_core_started() {
         let resident_private = ModuleType::ResidentPrivate(InitMode::CoreStarted);
         assert_declares(

@@ -35,6 +35,7 @@ async fn serve(bed: &TestBed) -> (ServedModule, Arc<KvStore>) {
         .serve(|m| {
             m.file_descriptor_set(anima_sample_modules::DESCRIPTORS)
                 .service(service)
+                .interface(kvstore::interface())
                 .probe()
         })
         .await

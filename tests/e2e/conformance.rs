@@ -166,8 +166,36 @@ fn o1_conformance_kvstore_type2_passes_every_applicable_row() {
     let run = sample("kvstore");
     run.assert_passes(&[
         "T1", "T2", "T3", "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "I1", "I2", "I4",
-        "Z1", "Z2", "Z3", "R1", "R2", "R3", "R4", "R5", "R6",
+        "Z1", "Z2", "Z3", "R1", "R2", "R3", "R4", "R5", "R6", "P1",
     ]);
+}
+
+/// P1: a module that reports other interfaces than its contract declares
+/// is caught. The tally's own contract, given with a `provides` entry its
+/// binary does not have.
+#[test]
+fn p1_conformance_catches_a_module_reporting_other_interfaces_than_its_contract() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let contract = dir.path().join("module.toml");
+    let own = std::fs::read_to_string(repo().join("sample-modules/tally/module.toml"))
+        .expect("the tally's contract");
+    std::fs::write(
+        &contract,
+        format!(
+            "{own}\nprovides = [{{ interface = \"anima.sample/tally\", version = \"1.0\" }}]\n"
+        ),
+    )
+    .expect("write contract");
+    let program = bin_path("anima-tally");
+    let run = conformance(
+        &contract,
+        ca_dir().path(),
+        &[],
+        &[program.to_str().expect("utf-8 path")],
+    );
+    run.assert_caught("P1");
+    let evidence = run.row("P1").to_string();
+    assert!(evidence.contains("anima.sample/tally 1.0.0"), "{evidence}");
 }
 
 #[test]

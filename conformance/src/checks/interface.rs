@@ -1,6 +1,8 @@
 //! Interface rows: I1 (a strict gRPC service: `ModuleAdmin/Status` names
 //! the module), I2 (the methods served are exactly the declared ones), I4
-//! (no reflection, undeclared methods refused) and O1 (the health service).
+//! (no reflection, undeclared methods refused), O1 (the health service) and
+//! P1 (the interfaces the contract provides and requires, as `Status`
+//! reports them).
 //! `Status` also decides the declared type (E7 for Type I by default, R1,
 //! S1) and, when it reports another maximum lease than the contract's, A9.
 
@@ -55,6 +57,7 @@ impl Run<'_> {
                         st.module_type
                     ),
                 );
+                self.interfaces_check(r, &st.provides, &st.requires);
                 if st.max_lease_ms != self.plan.contract.max_lease.as_millis() as u64 {
                     r.fail(
                         "A9",
@@ -67,6 +70,37 @@ impl Run<'_> {
                 }
             }
         }
+    }
+}
+
+impl Run<'_> {
+    /// P1: the interfaces `Status` reports are the contract's (the contract
+    /// itself was parsed, so its declarations are well-formed); `n/a` when
+    /// the contract declares none and the module reports none.
+    fn interfaces_check(&self, r: &mut Report, provides: &[String], requires: &[String]) {
+        let contract = &self.plan.contract;
+        let sorted = |items: Vec<String>| {
+            let mut items = items;
+            items.sort_unstable();
+            items
+        };
+        let declared = (
+            sorted(contract.provides.iter().map(ToString::to_string).collect()),
+            sorted(contract.requires.iter().map(ToString::to_string).collect()),
+        );
+        let reported = (sorted(provides.to_vec()), sorted(requires.to_vec()));
+        if declared.0.is_empty() && declared.1.is_empty() && reported == declared {
+            r.not_applicable("P1", "the contract provides and requires no interface");
+            return;
+        }
+        r.check(
+            "P1",
+            reported == declared,
+            format!(
+                "Status reports provides {:?} and requires {:?}; the contract declares {:?} and {:?}",
+                reported.0, reported.1, declared.0, declared.1
+            ),
+        );
     }
 }
 

@@ -254,7 +254,7 @@ pub(crate) const KEYS: &[Key] = &[
         "The module's contract (`module.toml`): its URN and type must be this entry's, and `max_lease` bounds the lease TTL. \
          Its `methods` are routed through the gateway: no two modules may declare the same one (the conformance probe, \
          `/anima.v1.Probe/…`, aside). It must be the contract built into the module: before each lease the Core \
-         compares it with what the module reports (`ModuleAdmin/Status`: URN, version, type, methods, max_lease), \
+         compares it with what the module reports (`ModuleAdmin/Status`: URN, version, type, methods, max_lease, interfaces provided and required), \
          and on a difference marks the module failed, naming what differs. Unset: the Core leases every method the \
          module declares.",
     ),
