@@ -24,6 +24,9 @@ pub enum EventKind {
     /// The Core cannot reach a module it dials (pre-started or shared); it
     /// keeps trying.
     ModuleUnreachable,
+    /// A module waits, unstarted, for a compatible provider of an interface
+    /// it requires to be leased (P2).
+    ModuleBlocked,
     /// A lease was granted.
     LeaseIssued,
     /// A lease was revoked (by the Core, an operator or the module).
@@ -36,12 +39,13 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in README's order.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::ModuleStarted,
         EventKind::ModuleStopped,
         EventKind::ModuleFailed,
         EventKind::ModuleRestarting,
         EventKind::ModuleUnreachable,
+        EventKind::ModuleBlocked,
         EventKind::LeaseIssued,
         EventKind::LeaseRevoked,
         EventKind::LeaseExpired,
@@ -57,6 +61,7 @@ anima_protocol::str_vocabulary! {
         ModuleFailed => "module_failed",
         ModuleRestarting => "module_restarting",
         ModuleUnreachable => "module_unreachable",
+        ModuleBlocked => "module_blocked",
         LeaseIssued => "lease_issued",
         LeaseRevoked => "lease_revoked",
         LeaseExpired => "lease_expired",

@@ -299,7 +299,8 @@ fn is_settled(
             | ModuleState::Stopped
             | ModuleState::Unreachable,
         ) => true,
-        Some(ModuleState::Restarting) => false,
+        // Waits for a provider (P2): settled once that is leased and it is.
+        Some(ModuleState::Restarting | ModuleState::Blocked) => false,
         Some(ModuleState::Starting) => {
             depth > 0
                 && requires.0.get(urn).is_some_and(|reqs| {
@@ -355,6 +356,7 @@ mod tests {
             endpoint: String::new(),
             restarts: 0,
             lease_id: None,
+            provides: Vec::new(),
         }
     }
 
@@ -496,8 +498,8 @@ mod tests {
         let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         let registry = Registry::default();
         let _commands = [
-            registry.add(urn("a"), "ephemeral"),
-            registry.add(urn("b"), "ephemeral"),
+            registry.add(urn("a"), "ephemeral", Vec::new()),
+            registry.add(urn("b"), "ephemeral", Vec::new()),
         ];
         registry.set_state(&urn("a"), ModuleState::Leased, "");
         let n = Notifier {

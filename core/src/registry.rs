@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anima_protocol::Urn;
+use anima_protocol::interface::{Provided, Required};
 use anima_protocol::lease::LeaseId;
 use tokio::sync::{mpsc, watch};
 
@@ -13,6 +14,9 @@ use tokio::sync::{mpsc, watch};
 pub(crate) enum ModuleState {
     /// Being started, dialled or leased.
     Starting,
+    /// Not started yet: no compatible provider of an interface it requires
+    /// is leased (P2); says which.
+    Blocked,
     /// Holding a valid lease.
     Leased,
     /// Alive without a lease (Type II/III).
@@ -32,6 +36,7 @@ anima_protocol::str_vocabulary! {
     /// The state's name (admin API, CLI).
     pub(crate) fn ModuleState::as_str {
         Starting => "starting",
+        Blocked => "blocked",
         Leased => "leased",
         Standby => "standby",
         Restarting => "restarting",
@@ -60,6 +65,9 @@ pub(crate) struct ModuleView {
     pub(crate) restarts: u32,
     /// The current lease.
     pub(crate) lease_id: Option<LeaseId>,
+    /// The interfaces it provides (from its contract file, or as it reported
+    /// them at its last lease).
+    pub(crate) provides: Vec<Provided>,
 }
 
 /// An operator's command to one module's supervisor.
@@ -78,16 +86,35 @@ struct Entry {
 }
 
 /// Every configured module. Cloning shares it.
-#[derive(Clone, Default)]
-pub(crate) struct Registry(Arc<Mutex<BTreeMap<Urn, Entry>>>);
+#[derive(Clone)]
+pub(crate) struct Registry {
+    modules: Arc<Mutex<BTreeMap<Urn, Entry>>>,
+    /// Bumped whenever a module's state changes.
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            modules: Arc::default(),
+            changes: Arc::new(watch::Sender::new(0)),
+        }
+    }
+}
 
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<Urn, Entry>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.modules.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a module; returns the receiver for its commands.
-    pub(crate) fn add(&self, urn: Urn, module_type: &'static str) -> mpsc::Receiver<ModuleCommand> {
+    /// Adds a module, which provides `provides` as far as the Core knows
+    /// yet; returns the receiver for its commands.
+    pub(crate) fn add(
+        &self,
+        urn: Urn,
+        module_type: &'static str,
+        provides: Vec<Provided>,
+    ) -> mpsc::Receiver<ModuleCommand> {
         let (tx, rx) = mpsc::channel(8);
         let view = ModuleView {
             urn: urn.clone(),
@@ -98,6 +125,7 @@ impl Registry {
             endpoint: String::new(),
             restarts: 0,
             lease_id: None,
+            provides,
         };
         self.lock().insert(
             urn,
@@ -112,15 +140,37 @@ impl Registry {
 
     /// Updates a module's row.
     pub(crate) fn update(&self, urn: &Urn, f: impl FnOnce(&mut ModuleView)) {
-        if let Some(e) = self.lock().get_mut(urn) {
-            f(&mut e.view);
-            let state = e.view.state;
-            e.state.send_if_modified(|s| {
-                let changed = *s != state;
-                *s = state;
-                changed
-            });
+        let changed = match self.lock().get_mut(urn) {
+            Some(e) => {
+                f(&mut e.view);
+                let state = e.view.state;
+                e.state.send_if_modified(|s| {
+                    let changed = *s != state;
+                    *s = state;
+                    changed
+                })
+            }
+            None => false,
+        };
+        if changed {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    /// Changes whenever any module's state changes.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The leased modules that provide a version of an interface `required`
+    /// accepts.
+    pub(crate) fn leased_providers(&self, required: &Required) -> Vec<Urn> {
+        self.lock()
+            .values()
+            .filter(|e| e.view.state == ModuleState::Leased)
+            .filter(|e| e.view.provides.iter().any(|p| required.accepts(p)))
+            .map(|e| e.view.urn.clone())
+            .collect()
     }
 
     /// Sets a module's state and detail.
@@ -162,5 +212,45 @@ impl fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("modules", &self.lock().len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urn(name: &str) -> Urn {
+        format!("urn:anima:module:{name}").parse().unwrap()
+    }
+
+    #[test]
+    fn p2_only_leased_modules_providing_a_version_in_range_are_providers() {
+        let registry = Registry::default();
+        let kv = |v: &str| Provided::new("anima.sample/kv", v).unwrap();
+        let _a = registry.add(urn("a"), "resident-private", vec![kv("1.2")]);
+        let _b = registry.add(urn("b"), "resident-private", vec![kv("2.0")]);
+        let _c = registry.add(urn("c"), "resident-private", Vec::new());
+        let wanted = Required::new("anima.sample/kv", ">=1.0").unwrap();
+        assert!(
+            registry.leased_providers(&wanted).is_empty(),
+            "none leased yet"
+        );
+        let mut changes = registry.changes();
+        registry.set_state(&urn("a"), ModuleState::Leased, "");
+        assert!(
+            changes.has_changed().unwrap(),
+            "a state change is announced"
+        );
+        changes.mark_unchanged();
+        registry.update(&urn("a"), |v| v.detail = "same state".into());
+        assert!(!changes.has_changed().unwrap(), "a detail alone is not");
+        registry.set_state(&urn("b"), ModuleState::Leased, "");
+        registry.set_state(&urn("c"), ModuleState::Leased, "");
+        assert_eq!(registry.leased_providers(&wanted), [urn("a"), urn("b")]);
+        let one = Required::new("anima.sample/kv", "^1").unwrap();
+        assert_eq!(registry.leased_providers(&one), [urn("a")]);
+        // What a module reports at its lease replaces what was known.
+        registry.update(&urn("c"), |v| v.provides = vec![kv("1.0")]);
+        assert_eq!(registry.leased_providers(&one), [urn("a"), urn("c")]);
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anima_protocol::contract::{Contract, ModuleType};
+use anima_protocol::interface::Provided;
 use anima_protocol::lease::{LeaseSigner, LeaseState, Reason, Scope};
 use anima_protocol::pb::module_admin_client::ModuleAdminClient;
 use anima_protocol::pb::{ModuleStatus, ShutdownRequest};
@@ -191,9 +192,14 @@ pub(crate) fn supervise(
     module: ModuleConfig,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send {
+    let provides = module
+        .contract
+        .as_ref()
+        .map(|c| c.provides.clone())
+        .unwrap_or_default();
     let commands = ctx
         .registry
-        .add(module.urn.clone(), type_name(module.module_type));
+        .add(module.urn.clone(), type_name(module.module_type), provides);
     run(ctx, module, commands, shutdown)
 }
 
@@ -388,7 +394,52 @@ async fn wait_for_requirements(
             _ = watch.wait_for(|s| *s == ModuleState::Leased) => {}
         }
     }
-    true
+    wait_for_interfaces(ctx, module, shutdown).await
+}
+
+/// Resolution before start (P2): waits, `blocked`, until a compatible
+/// provider of every interface the module's contract requires is leased;
+/// false on shutdown.
+async fn wait_for_interfaces(
+    ctx: &CoreContext,
+    module: &ModuleConfig,
+    shutdown: &CancellationToken,
+) -> bool {
+    let Some(contract) = &module.contract else {
+        return true;
+    };
+    let mut changes = ctx.registry.changes();
+    let mut told = String::new();
+    loop {
+        let missing: Vec<String> = contract
+            .requires
+            .iter()
+            .filter(|r| ctx.registry.leased_providers(r).is_empty())
+            .map(ToString::to_string)
+            .collect();
+        if missing.is_empty() {
+            return true;
+        }
+        let detail = format!("waiting for a leased provider of {}", missing.join(", "));
+        if detail != told {
+            ctx.registry
+                .set_state(&module.urn, ModuleState::Blocked, detail.clone());
+            tracing::info!(module = %module.urn, detail = %detail, "module blocked");
+            ctx.events.emit(
+                EventKind::ModuleBlocked,
+                module.urn.as_str(),
+                "",
+                detail.clone(),
+            );
+            told = detail;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            changed = changes.changed() => if changed.is_err() {
+                return false;
+            },
+        }
+    }
 }
 
 /// Waits for an operator's restart; false on shutdown.
@@ -770,7 +821,7 @@ pub(crate) async fn lease_on(
             check_own_contract(&conn, module, c).await?;
             c.methods.clone()
         }
-        None => declared_scope(&conn).await?,
+        None => declared_scope(ctx, module, &conn).await?,
     };
     let mut policy = RenewalPolicy::new(module.lease_ttl);
     policy.renew_when_left = ctx.renew_when_left;
@@ -801,12 +852,42 @@ async fn module_status(conn: &Connection) -> Result<ModuleStatus, String> {
 }
 
 /// Without a contract file, the Core asks the module for its declared
-/// methods and leases them all.
-async fn declared_scope(conn: &Connection) -> Result<Scope, CoreLeaseError> {
+/// methods and leases them all; the interfaces it reports providing are
+/// recorded, for the modules that require them (P2).
+async fn declared_scope(
+    ctx: &CoreContext,
+    module: &ModuleConfig,
+    conn: &Connection,
+) -> Result<Scope, CoreLeaseError> {
     let status = module_status(conn)
         .await
         .map_err(CoreLeaseError::Declared)?;
+    let provides = reported_provides(&status.provides);
+    ctx.registry.update(&module.urn, |v| v.provides = provides);
     Ok(Scope::new(status.methods)?)
+}
+
+/// The interfaces a module reports providing (`NAME VERSION` each); an
+/// entry that does not parse is left out (and logged).
+fn reported_provides(entries: &[String]) -> Vec<Provided> {
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let parsed = entry
+                .split_once(' ')
+                .ok_or_else(|| "not NAME VERSION".to_owned())
+                .and_then(|(name, version)| {
+                    Provided::new(name, version).map_err(|e| e.to_string())
+                });
+            match parsed {
+                Ok(p) => Some(p),
+                Err(why) => {
+                    tracing::warn!(entry = %entry.chars().take(200).collect::<String>(), %why, "a module reports an interface that does not parse; ignored");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// With a contract file, the Core first checks that it is the module's own

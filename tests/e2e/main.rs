@@ -13,6 +13,7 @@ mod endings;
 mod first_hour;
 mod gateway;
 mod hosts;
+mod interfaces;
 mod lease;
 mod lifecycle;
 mod loud;

@@ -591,7 +591,6 @@ fn roughly(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::model::RestartPolicy;
 
     fn urn(name: &str) -> Urn {
         Urn::new(UrnKind::Module, name).unwrap()
@@ -599,15 +598,8 @@ mod tests {
 
     fn module(name: &str, requires: &[&str]) -> ModuleConfig {
         ModuleConfig {
-            urn: urn(name),
-            module_type: ModuleType::ResidentShared,
-            start: StartMode::Endpoint("127.0.0.1:1".into()),
-            contract: None,
-            contract_file: None,
-            lease_ttl: Duration::from_secs(30),
-            restart: RestartPolicy::default(),
             requires: requires.iter().map(|r| urn(r)).collect(),
-            core_cert: super::super::CoreCert::Default,
+            ..ModuleConfig::endpoint_for_tests(name)
         }
     }
 

@@ -79,6 +79,7 @@ use std::path::Path;
 
 mod check;
 mod default;
+mod interfaces;
 mod model;
 mod parse;
 mod problem;
@@ -161,6 +162,8 @@ pub fn check(config: &Config) -> Result<(), Vec<Problem>> {
         })
         .collect();
     check::graph(&nodes, &mut report);
+    let entries: Vec<(usize, &ModuleConfig)> = config.modules.iter().enumerate().collect();
+    interfaces::resolve(&entries, &mut report);
     if report.is_clean() {
         Ok(())
     } else {

@@ -158,6 +158,26 @@ pub struct ModuleConfig {
     pub core_cert: CoreCert,
 }
 
+impl ModuleConfig {
+    /// A resident shared module `urn:anima:module:NAME` the Core dials at
+    /// 127.0.0.1:1, with no contract file and the defaults (tests of the
+    /// relations between modules).
+    #[cfg(test)]
+    pub(crate) fn endpoint_for_tests(name: &str) -> Self {
+        ModuleConfig {
+            urn: Urn::new(anima_protocol::UrnKind::Module, name).unwrap_or_else(|e| panic!("{e}")),
+            module_type: ModuleType::ResidentShared,
+            start: StartMode::Endpoint("127.0.0.1:1".into()),
+            contract: None,
+            contract_file: None,
+            lease_ttl: Duration::from_secs(30),
+            restart: RestartPolicy::default(),
+            requires: Vec::new(),
+            core_cert: CoreCert::Default,
+        }
+    }
+}
+
 /// `core_cert`: which certificate the Core presents to a module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]

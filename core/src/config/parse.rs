@@ -18,7 +18,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::check::{self, Node};
-use super::model::{Config, CoreSection, OperatorAccess};
+use super::model::{Config, CoreSection, ModuleConfig, OperatorAccess};
 use super::problem::{Problem, Report, line_at};
 use super::raw;
 use super::reference::{self, Kind, one_of};
@@ -125,6 +125,16 @@ fn check_parts(parts: &Parts, report: &mut Report) {
         })
         .collect();
     check::graph(&nodes, report);
+    let modules: Vec<(usize, &ModuleConfig)> = parts
+        .entries
+        .iter()
+        .enumerate()
+        .filter_map(|(index, entry)| Some((index, entry.config.as_ref()?)))
+        .collect();
+    // Only when every entry is understood can its interfaces be resolved.
+    if modules.len() == parts.entries.len() {
+        super::interfaces::resolve(&modules, report);
+    }
 }
 
 /// The directory relative paths are resolved against: the file's own,

@@ -255,8 +255,9 @@ pub(crate) const KEYS: &[Key] = &[
          Its `methods` are routed through the gateway: no two modules may declare the same one (the conformance probe, \
          `/anima.v1.Probe/…`, aside). It must be the contract built into the module: before each lease the Core \
          compares it with what the module reports (`ModuleAdmin/Status`: URN, version, type, methods, max_lease, interfaces provided and required), \
-         and on a difference marks the module failed, naming what differs. Unset: the Core leases every method the \
-         module declares.",
+         and on a difference marks the module failed, naming what differs. Its `requires` are resolved before \
+         the module starts (it stays `blocked` until a module providing each is leased) and its `provides` satisfy \
+         other modules' (PROTOCOL.md §9). Unset: the Core leases every method the module declares.",
     ),
     key(
         "module.lease_ttl",
