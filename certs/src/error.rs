@@ -127,6 +127,23 @@ pub enum CertsError {
         /// The CA certificate file (`ca.pem`).
         path: PathBuf,
     },
+    /// Finishing a rollover would leave certificates of the directory
+    /// signed by a CA no longer trusted.
+    #[error(
+        "{} in {} {} still signed by the old CA: {}; re-issue {} (`anima certs issue --kind K \
+         --name N --force`, `--endpoint` for the Core's endpoint pair), or finish with --force",
+        files.len(),
+        dir.display(),
+        if files.len() == 1 { "is" } else { "are" },
+        files.join(", "),
+        if files.len() == 1 { "it" } else { "them" }
+    )]
+    StaleLeaves {
+        /// The directory.
+        dir: PathBuf,
+        /// The certificate files signed by the old CA.
+        files: Vec<String>,
+    },
     /// A file a rollover would write is left over from an earlier one.
     #[error(
         "{} is left over from an earlier CA rollover; nothing was written \

@@ -16,7 +16,9 @@
 //! 3. Once every party has taken up its new certificate,
 //!    [`finish_rollover`] makes [`CA_CERT_FILE`] the new CA alone and removes
 //!    the previous CA's files: a retired CA key should not linger, and
-//!    nothing signed by the old CA is trusted any more.
+//!    nothing signed by the old CA is trusted any more. It refuses while a
+//!    certificate of the directory is still signed by the old CA, unless
+//!    forced.
 //!
 //! ```text
 //!              ca.pem              ca.key   ca.previous.pem / .key
@@ -141,15 +143,27 @@ pub fn begin_rollover(dir: &Path, options: &RolloverOptions) -> Result<Vec<PathB
 /// the new CA.
 ///
 /// Refuses, having changed nothing, when no rollover is in progress
-/// ([`CA_CERT_FILE`] holds a single certificate). If removing a previous CA
+/// ([`CA_CERT_FILE`] holds a single certificate), and, unless `force`, when
+/// a certificate (`*.pem`) in `dir` is still signed by another CA than the
+/// new one: its party would be refused at its next connection
+/// ([`CertsError::StaleLeaves`] names them all). If removing a previous CA
 /// file fails, [`CA_CERT_FILE`] is already rewritten and the error names the
 /// file to remove by hand.
-pub fn finish_rollover(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
+pub fn finish_rollover(dir: &Path, force: bool) -> Result<Vec<PathBuf>, CertsError> {
     let cert_path = dir.join(CA_CERT_FILE);
     if trusted_cas(dir, &cert_path)? < 2 {
         return Err(CertsError::NoRolloverInProgress { path: cert_path });
     }
     let current = CertAuthority::load(dir)?;
+    if !force {
+        let stale = stale_leaves(dir, &current)?;
+        if !stale.is_empty() {
+            return Err(CertsError::StaleLeaves {
+                dir: dir.to_owned(),
+                files: stale,
+            });
+        }
+    }
     let file = NewFile {
         name: CA_CERT_FILE.to_owned(),
         contents: current.cert_pem().as_bytes().to_vec(),
@@ -163,6 +177,34 @@ pub fn finish_rollover(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
         .collect();
     removed.into_iter().collect::<Result<(), _>>()?;
     Ok(written)
+}
+
+/// The certificate files of `dir` (`*.pem`, the CA's own and the previous
+/// CA's aside), in name order, whose leaf `ca` did not sign.
+fn stale_leaves(dir: &Path, ca: &CertAuthority) -> Result<Vec<String>, CertsError> {
+    let ca_der = ca.cert_der();
+    let ca_cert = pem_file::parse(&dir.join(CA_CERT_FILE), ca_der)?;
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map_err(|source| CertsError::Read {
+            path: dir.to_owned(),
+            source,
+        })?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| {
+            name.ends_with(".pem") && name != CA_CERT_FILE && name != CA_PREVIOUS_CERT_FILE
+        })
+        .collect();
+    names.sort();
+    let mut stale = Vec::new();
+    for name in names {
+        let path = dir.join(&name);
+        let der = pem_file::certificate_der(&path, &pem_file::read(&path)?)?;
+        let leaf = pem_file::parse(&path, &der)?;
+        if !leaf.is_ca() && leaf.verify_signature(Some(ca_cert.public_key())).is_err() {
+            stale.push(name);
+        }
+    }
+    Ok(stale)
 }
 
 /// How many certificates the CA certificate file holds.
@@ -325,7 +367,7 @@ mod tests {
         assert_eq!(mode(CA_KEY_FILE), 0o600);
         assert_eq!(mode(CA_PREVIOUS_KEY_FILE), 0o600);
         assert_eq!(mode(CA_CERT_FILE) & !0o644, 0);
-        finish_rollover(tmp.path()).unwrap();
+        finish_rollover(tmp.path(), true).unwrap();
         assert_eq!(mode(CA_KEY_FILE), 0o600);
         assert_eq!(mode(CA_CERT_FILE) & !0o644, 0);
     }
@@ -375,7 +417,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         init(tmp.path(), KeyType::Ed25519);
         let before = snapshot(tmp.path());
-        let err = finish_rollover(tmp.path()).unwrap_err();
+        let err = finish_rollover(tmp.path(), false).unwrap_err();
         assert!(
             matches!(&err, CertsError::NoRolloverInProgress { path }
                 if path == &tmp.path().join(CA_CERT_FILE)),
@@ -383,6 +425,33 @@ mod tests {
         );
         assert!(err.to_string().contains("`anima certs rollover`"), "{err}");
         assert_eq!(snapshot(tmp.path()), before);
+    }
+
+    #[test]
+    fn finish_refuses_while_a_certificate_is_still_signed_by_the_old_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        init(dir, KeyType::Ed25519);
+        begin_rollover(dir, &RolloverOptions::default()).unwrap();
+        for (kind, name) in crate::DEV_IDENTITIES {
+            if name != "tally" {
+                issue_into_dir(dir, kind, name, 30, true).unwrap();
+            }
+        }
+        let before = snapshot(dir);
+        let err = finish_rollover(dir, false).unwrap_err();
+        let CertsError::StaleLeaves { files, .. } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(files, &["core-dev.endpoint.pem", "module-tally.pem"]);
+        assert!(err.to_string().contains("--endpoint"), "{err}");
+        assert!(!err.to_string().contains('\n'), "one line: {err}");
+        assert_eq!(snapshot(dir), before, "nothing changed");
+
+        issue_into_dir(dir, UrnKind::Module, "tally", 30, true).unwrap();
+        crate::issue_endpoint_into_dir(dir, "dev", 30, true).unwrap();
+        finish_rollover(dir, false).unwrap();
+        assert_eq!(bundle(&dir.join(CA_CERT_FILE)).len(), 1);
     }
 
     #[test]
@@ -396,7 +465,7 @@ mod tests {
         let new_key = fs::read(dir.join(CA_KEY_FILE)).unwrap();
         let new_leaf = cert_der(&issue_into_dir(dir, UrnKind::Core, "dev", 30, true).unwrap()[0]);
 
-        let written = finish_rollover(dir).unwrap();
+        let written = finish_rollover(dir, true).unwrap();
         assert_eq!(written, [dir.join(CA_CERT_FILE)]);
         assert_eq!(
             bundle(&dir.join(CA_CERT_FILE)),
@@ -442,7 +511,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let err = begin_rollover(tmp.path(), &RolloverOptions::default()).unwrap_err();
         assert!(matches!(err, CertsError::CaMissing { .. }), "{err}");
-        let err = finish_rollover(tmp.path()).unwrap_err();
+        let err = finish_rollover(tmp.path(), false).unwrap_err();
         assert!(matches!(err, CertsError::CaMissing { .. }), "{err}");
 
         init(tmp.path(), KeyType::Ed25519);
@@ -465,7 +534,7 @@ mod tests {
         let stranger = CertAuthority::generate("stranger", DAY).unwrap();
         fs::write(tmp.path().join(CA_KEY_FILE), stranger.key_pem()).unwrap();
         let before = snapshot(tmp.path());
-        let err = finish_rollover(tmp.path()).unwrap_err();
+        let err = finish_rollover(tmp.path(), false).unwrap_err();
         assert!(matches!(err, CertsError::KeyMismatch { .. }), "{err}");
         assert_eq!(snapshot(tmp.path()), before);
     }

@@ -312,8 +312,12 @@ fn broken(type_lines: &str, fault: &str) -> Run {
     )
 }
 
+/// Type I fixtures: the tool's checks before the first lease (T1, T3, the
+/// I rows) run within the startup grace, so it leaves room for a loaded
+/// machine (with 1 s, a run beside the whole suite on 2 cores once found
+/// the module gone, refusing connections, before its first check).
 const FIXTURE_TYPE_I: &str =
-    "startup_grace = \"1s\"\nexpired_grace = \"0s\"\ntermination_window = \"500ms\"";
+    "startup_grace = \"3s\"\nexpired_grace = \"0s\"\ntermination_window = \"500ms\"";
 const FIXTURE_TYPE_II: &str = "type = \"resident-private\"\ninit = \"core-started\"";
 const FIXTURE_TYPE_III: &str = "type = \"resident-shared\"";
 

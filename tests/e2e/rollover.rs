@@ -334,7 +334,7 @@ async fn serial_rotation_every_certificate_and_the_ca_under_load_with_no_failed_
     load.switch(user(&core).await);
     leases.push(all_leased_under_current(&core, &load).await);
     let mark = log_mark(&core);
-    anima_certs::finish_rollover(&dir).unwrap();
+    anima_certs::finish_rollover(&dir, false).unwrap();
     reloaded_since(&core, mark).await;
 
     // The old CA is trusted no more: a certificate from it is refused (in

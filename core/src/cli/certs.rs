@@ -93,8 +93,14 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = RolloverOptions::default().ca_days, conflicts_with = "finish")]
         ca_days: u32,
         /// End the rollover: trust only the new CA and remove the previous one.
+        /// Refused while a certificate in the directory is still signed by the
+        /// old CA (they are named), unless --force.
         #[arg(long)]
         finish: bool,
+        /// With --finish: finish although certificates in the directory are
+        /// still signed by the old CA (their parties will be refused).
+        #[arg(long, requires = "finish")]
+        force: bool,
     },
     /// Show a certificate's identity, validity, key type and fingerprint.
     Inspect {
@@ -171,6 +177,7 @@ pub fn run(cmd: CertsCommand) -> CliResult {
             dir,
             ca_days,
             finish: false,
+            ..
         } => {
             let written = anima_certs::begin_rollover(&dir, &RolloverOptions { ca_days })?;
             print_written(&written);
@@ -185,9 +192,12 @@ pub fn run(cmd: CertsCommand) -> CliResult {
             Ok(())
         }
         CertsCommand::Rollover {
-            dir, finish: true, ..
+            dir,
+            finish: true,
+            force,
+            ..
         } => {
-            let written = anima_certs::finish_rollover(&dir)?;
+            let written = anima_certs::finish_rollover(&dir, force)?;
             print_written(&written);
             eprintln!(
                 "hint: {} now trusts only the new CA; removed {} and {}",
@@ -240,10 +250,11 @@ mod tests {
                 dir,
                 ca_days,
                 finish,
+                force,
             } => {
                 assert_eq!(dir, PathBuf::from(anima_certs::DEFAULT_DIR));
                 assert_eq!(ca_days, InitOptions::default().ca_days);
-                assert!(!finish);
+                assert!(!finish && !force);
             }
             other => panic!("{other:?}"),
         }
@@ -270,7 +281,18 @@ mod tests {
         let err = run(parse(&["rollover", "--dir", dir_arg]).unwrap()).unwrap_err();
         assert!(err.to_string().contains("--finish"), "{err}");
 
-        run(parse(&["rollover", "--dir", dir_arg, "--finish"]).unwrap()).unwrap();
+        // Every certificate of the directory still has the old CA's signature.
+        let err = run(parse(&["rollover", "--dir", dir_arg, "--finish"]).unwrap()).unwrap_err();
+        assert!(
+            err.to_string().contains("still signed by the old CA"),
+            "{err}"
+        );
+        assert!(dir.join(anima_certs::CA_PREVIOUS_KEY_FILE).exists());
+        assert!(
+            parse(&["rollover", "--dir", dir_arg, "--force"]).is_err(),
+            "--force needs --finish"
+        );
+        run(parse(&["rollover", "--dir", dir_arg, "--finish", "--force"]).unwrap()).unwrap();
         assert!(!dir.join(anima_certs::CA_PREVIOUS_KEY_FILE).exists());
         let err = run(parse(&["rollover", "--dir", dir_arg, "--finish"]).unwrap()).unwrap_err();
         assert!(
