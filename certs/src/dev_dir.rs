@@ -345,15 +345,13 @@ fn plural_days(days: u32) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::fs;
 
     use anima_protocol::transport::identity_of;
     use rustls::pki_types::CertificateDer;
 
     use super::*;
-    use crate::pem_file;
-    use crate::test_support::{pem_der, pkcs8_version, verify_both_roles};
+    use crate::test_support::{cert_der, pem_der, pkcs8_version, snapshot, verify_both_roles};
 
     const EXPECTED: [&str; 14] = [
         "ca.pem",
@@ -371,24 +369,6 @@ mod tests {
         "core-dev.endpoint.pem",
         "core-dev.endpoint.key",
     ];
-
-    /// Every file in `dir` and its bytes.
-    fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-        fs::read_dir(dir)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    fs::read(e.path()).unwrap(),
-                )
-            })
-            .collect()
-    }
-
-    fn cert_der(path: &Path) -> Vec<u8> {
-        pem_file::certificate_der(path, &fs::read(path).unwrap()).unwrap()
-    }
 
     #[test]
     fn the_endpoint_pair_is_renewed_p256_and_only_with_force() {

@@ -226,7 +226,6 @@ fn remove_if_present(path: &Path) -> Result<(), CertsError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::time::{Duration, SystemTime};
 
     use anima_protocol::{Urn, UrnKind};
@@ -236,30 +235,12 @@ mod tests {
     use super::*;
     use crate::dev_dir::{init_dir, issue_into_dir, leaf_cert_file};
     use crate::key_type::KeyType;
-    use crate::test_support::{verify_both_roles, verify_both_roles_under};
+    use crate::test_support::{cert_der, snapshot, verify_both_roles, verify_both_roles_under};
     use crate::validity::DAY;
-
-    /// Every file in `dir` and its bytes.
-    fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-        fs::read_dir(dir)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    fs::read(e.path()).unwrap(),
-                )
-            })
-            .collect()
-    }
 
     /// Every certificate in `path`, DER, in file order.
     fn bundle(path: &Path) -> Vec<Vec<u8>> {
         pem_file::all_certificates_der(path, &fs::read(path).unwrap()).unwrap()
-    }
-
-    fn cert_der(path: &Path) -> Vec<u8> {
-        pem_file::certificate_der(path, &fs::read(path).unwrap()).unwrap()
     }
 
     /// The raw public key in a certificate.

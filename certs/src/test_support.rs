@@ -1,6 +1,9 @@
 //! Helpers for this crate's unit tests: judge minted certificates the way a
 //! TLS peer would.
 
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,6 +12,25 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+
+/// Every file in `dir` and its bytes (to show a call changed nothing).
+pub(crate) fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The first certificate of the PEM file `path`, DER.
+pub(crate) fn cert_der(path: &Path) -> Vec<u8> {
+    crate::pem_file::certificate_der(path, &fs::read(path).unwrap()).unwrap()
+}
 
 /// Checks `leaf` chains to `ca` as a server (for `localhost` and
 /// `127.0.0.1`) and as a client, at `now`.

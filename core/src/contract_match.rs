@@ -35,22 +35,8 @@ pub(crate) fn differences(configured: &Contract, status: &ModuleStatus) -> Vec<S
             status.module_type
         ));
     }
-    let here: BTreeSet<&str> = configured.methods.iter().collect();
-    let there: BTreeSet<&str> = status.methods.iter().map(String::as_str).collect();
-    let only_here: Vec<&str> = here.difference(&there).copied().collect();
-    if !only_here.is_empty() {
-        found.push(format!(
-            "declared here, not by the module: {}",
-            only_here.join(", ")
-        ));
-    }
-    let only_there: Vec<&str> = there.difference(&here).copied().collect();
-    if !only_there.is_empty() {
-        found.push(format!(
-            "declared by the module, not here: {}",
-            only_there.join(", ")
-        ));
-    }
+    let methods: Vec<&str> = configured.methods.iter().collect();
+    compare_list("declared", &methods, &status.methods, &mut found);
     let max_lease = Duration::from_millis(status.max_lease_ms);
     if configured.max_lease != max_lease {
         found.push(format!(
@@ -73,9 +59,10 @@ pub(crate) fn differences(configured: &Contract, status: &ModuleStatus) -> Vec<S
     found
 }
 
-/// Adds what differs between two lists of interface declarations (as sets).
-fn compare_list(what: &str, here: &[String], there: &[String], found: &mut Vec<String>) {
-    let here: BTreeSet<&str> = here.iter().map(String::as_str).collect();
+/// Adds what differs between the two sides' lists of `what` (methods,
+/// interfaces), compared as sets.
+fn compare_list(what: &str, here: &[impl AsRef<str>], there: &[String], found: &mut Vec<String>) {
+    let here: BTreeSet<&str> = here.iter().map(AsRef::as_ref).collect();
     let there: BTreeSet<&str> = there.iter().map(String::as_str).collect();
     let only_here: Vec<&str> = here.difference(&there).copied().collect();
     if !only_here.is_empty() {

@@ -15,7 +15,6 @@ use anima_sample_modules::pb::hasher_client::HasherClient;
 use anima_sample_modules::pb::kv_store_client::KvStoreClient;
 use anima_sample_modules::pb::tally_client::TallyClient;
 use anima_sample_modules::pb::{DigestRequest, IncrementRequest, PutRequest};
-use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -174,14 +173,7 @@ fn fingerprint(dir: &Path, stem: &str) -> String {
 /// A user connection to the Core as `certs/dev/user-dev`, trusting the CA
 /// file as it is now.
 async fn user(core: &CoreProcess) -> Connection {
-    let dir = certs(core);
-    let identity =
-        TlsIdentity::from_pem_files(&dir.join("user-dev.pem"), &dir.join("user-dev.key")).unwrap();
-    let trust = TrustRoot::from_pem_file(&dir.join("ca.pem")).unwrap();
-    ClientTls::new(identity, trust)
-        .dial(&core.admin, PeerPolicy::kind(UrnKind::Core))
-        .await
-        .unwrap()
+    super::gateway::user(core, "user-dev").await
 }
 
 /// Re-issues the Core's certificates (its own and its endpoint's P-256
@@ -199,47 +191,18 @@ fn renew_user(dir: &Path) {
     anima_certs::issue_into_dir(dir, UrnKind::User, "dev", 30, true).unwrap();
 }
 
-/// The `accepted` audit record of lease `id`, if written yet.
-fn accepted_record(core: &CoreProcess, id: &str) -> Option<Value> {
-    let audit = std::fs::read_to_string(core.dir.path().join("audit.jsonl")).unwrap_or_default();
-    audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|r| r["event"] == "accepted" && r["lease_id"] == id)
-}
-
 /// Waits until each sample's active lease is bound to the certificates in
 /// the directory now (the Core's and its own), as its `accepted` audit
-/// record says; returns the lease ids.
+/// record says, with no call failed meanwhile; returns the lease ids.
 async fn all_leased_under_current(core: &CoreProcess, load: &Load) -> Vec<String> {
     let dir = certs(core);
     let core_fp = fingerprint(&dir, "core-dev");
     let mut ids = Vec::new();
     for name in SAMPLES {
         let module_fp = fingerprint(&dir, &format!("module-{name}"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let id = core.lease_of(name).await["lease_id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            let record = accepted_record(core, &id);
-            if let Some(r) = &record
-                && r["core_cert"] == core_fp.as_str()
-                && r["module_cert"] == module_fp.as_str()
-            {
-                ids.push(id);
-                break;
-            }
-            let (ok, failures) = load.so_far();
-            assert!(failures.is_empty(), "calls failed: {failures:?}");
-            assert!(
-                Instant::now() < deadline,
-                "{name}: lease {id} is not under core {core_fp} / module {module_fp} \
-                 ({ok} calls so far): {record:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        ids.push(super::rotation::leased_under(core, name, &core_fp, Some(&module_fp)).await);
+        let (_, failures) = load.so_far();
+        assert!(failures.is_empty(), "calls failed: {failures:?}");
     }
     ids
 }

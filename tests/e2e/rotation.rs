@@ -46,7 +46,7 @@ async fn reloaded(core: &CoreProcess, both: &str) {
 }
 
 /// The `accepted` audit record of lease `id`, if written yet.
-fn accepted_record(core: &CoreProcess, id: &str) -> Option<serde_json::Value> {
+pub(crate) fn accepted_record(core: &CoreProcess, id: &str) -> Option<serde_json::Value> {
     let audit = std::fs::read_to_string(core.dir.path().join("audit.jsonl")).unwrap_or_default();
     audit
         .lines()
@@ -57,7 +57,7 @@ fn accepted_record(core: &CoreProcess, id: &str) -> Option<serde_json::Value> {
 /// Waits until `name`'s active lease is bound to the Core certificate
 /// `core_fp` (and, when given, the module certificate `module_fp`), as
 /// its `accepted` audit record says; returns its id.
-async fn leased_under(
+pub(crate) async fn leased_under(
     core: &CoreProcess,
     name: &str,
     core_fp: &str,
@@ -187,16 +187,7 @@ async fn rotation_a_dialled_module_is_re_leased_under_its_renewed_certificate_be
     let addr = ready.split_whitespace().last().unwrap().to_owned();
 
     let config = format!(
-        r#"[core]
-urn = "urn:anima:core:dev"
-cert = "certs/dev/core-dev.pem"
-key = "certs/dev/core-dev.key"
-ca = "certs/dev/ca.pem"
-audit_log = "audit.jsonl"
-
-[admin]
-operators = ["urn:anima:user:dev"]
-
+        r#"{core}
 [[module]]
 urn = "urn:anima:module:tally"
 type = "resident-shared"
@@ -205,7 +196,8 @@ endpoint = "{addr}"
 [[policy]]
 user = "urn:anima:user:dev"
 allow = ["urn:anima:module:tally"]
-"#
+"#,
+        core = super::serve::core_and_admin("")
     );
     std::fs::write(dir.path().join("anima.toml"), config).unwrap();
     let mut child = Child::spawn_env_in(

@@ -3,7 +3,7 @@
 //! carries have ended.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
@@ -11,6 +11,9 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub(crate) struct CallCount {
     n: AtomicUsize,
+    /// Whether anyone waits in [`CallCount::idle`]: only then does the last
+    /// call out wake anyone (no lock on a call's way out otherwise).
+    watched: AtomicBool,
     idle: Notify,
 }
 
@@ -35,7 +38,10 @@ impl CallCount {
             let notified = self.idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.get() == 0 {
+            // SeqCst with the guard's drop: either this sees the count at
+            // 0, or that drop sees `watched` and wakes this.
+            self.watched.store(true, Ordering::SeqCst);
+            if self.n.load(Ordering::SeqCst) == 0 {
                 return;
             }
             notified.await;
@@ -45,7 +51,7 @@ impl CallCount {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        if self.0.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.n.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.watched.load(Ordering::SeqCst) {
             self.0.idle.notify_waiters();
         }
     }

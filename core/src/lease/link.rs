@@ -62,6 +62,17 @@ impl RenewalPolicy {
     }
 }
 
+/// The earlier of two optional instants.
+fn earlier(
+    a: Option<std::time::SystemTime>,
+    b: Option<std::time::SystemTime>,
+) -> Option<std::time::SystemTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Control-task commands.
 enum Command {
     Rescope(Scope, oneshot::Sender<Result<Scope, CoreLeaseError>>),
@@ -86,6 +97,8 @@ pub(crate) struct LinkShared {
     clock: Arc<dyn Clock>,
     /// Gateway calls in flight on this lease.
     calls: Arc<CallCount>,
+    /// When the earlier of the lease's two certificates expires.
+    certificates_expire: Option<std::time::SystemTime>,
 }
 
 impl LinkShared {
@@ -425,6 +438,7 @@ impl LeaseLink {
             .and_then(|offered| offered.settle(&signer, clock.wall()))
             .map_err(|e| witness.handshake_failed(id, e))?;
         let (outbound, inbound) = granted.stream.into_parts();
+        let signer_not_after = signer.not_after();
         let shared = Arc::new(LinkShared {
             id,
             module: module.clone(),
@@ -438,6 +452,7 @@ impl LeaseLink {
             lease: Mutex::new(granted.lease),
             clock,
             calls: Arc::default(),
+            certificates_expire: earlier(signer_not_after, peer.not_after),
         });
         shared.table.insert(LeaseRecord::of(&shared.lock()));
         shared.audit_accepted(peer.fingerprint);
@@ -534,11 +549,7 @@ impl LeaseLink {
     /// When the earlier of the two certificates expires: the lease cannot
     /// be renewed past it (`None`: neither says).
     pub fn certificates_expire(&self) -> Option<std::time::SystemTime> {
-        let module = anima_protocol::transport::not_after(self.connection.peer().certificate());
-        match (self.shared.signer.not_after(), module) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.shared.certificates_expire
     }
 
     /// Revokes the lease now and tells the module (`actor` is recorded).

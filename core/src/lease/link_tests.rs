@@ -98,6 +98,7 @@ fn start(ttl: Duration, policy: RenewalPolicy) -> (Link, Module) {
         table: LeaseTable::new(),
         clock: Arc::new(SystemClock),
         calls: Arc::default(),
+        certificates_expire: None,
     });
     let (commands, state) = spawn_control(shared.clone(), ReceiverStream::new(inbound), policy);
     (
