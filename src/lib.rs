@@ -24,6 +24,8 @@
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Functions stay under 80 lines (.clippy.toml); tests are exempt.
+#![cfg_attr(test, allow(clippy::too_many_lines))]
 
 // `fault_on!(Name)`: whether a test-only fault is on. Outside the test-only
 // copy of this crate (`tests/faulty-protocol`) it is the constant `false`.

@@ -4,7 +4,7 @@
 
 // The helpers below are outside `#[test]` functions, where clippy's
 // allow-unwrap-in-tests does not reach; in a test binary a panic is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 use std::fs;
 use std::path::Path;

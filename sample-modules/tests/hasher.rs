@@ -3,7 +3,7 @@
 //! exits by itself.
 
 // Tests: a panic is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 use std::path::Path;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! survive standby, and exclusivity to one Core.
 
 // Tests: a panic is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 mod harness;
 

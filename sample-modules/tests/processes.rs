@@ -3,7 +3,7 @@
 //! SDK's fake Core over real mTLS with certificates minted here.
 
 // Tests: a panic is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 mod harness;
 

@@ -2,7 +2,7 @@
 //! module, each seeing only its own counters, which end with its lease.
 
 // Tests: a panic is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 mod harness;
 

@@ -3,7 +3,7 @@
 //! A thin layer over `anima-certs`: parse arguments, call the library, print
 //! the files written or the report. Errors come back as one line each.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anima_certs::{InitOptions, IssueOptions, KeyType, RolloverOptions};
 use anima_protocol::UrnKind;
@@ -118,24 +118,15 @@ pub fn run(cmd: CertsCommand) -> CliResult {
             ca_days,
             key_type,
             force,
-        } => {
-            let written = anima_certs::init_dir(
-                &dir,
-                &InitOptions {
-                    days,
-                    ca_days,
-                    key_type,
-                    force,
-                },
-            )?;
-            print_written(&written);
-            eprintln!(
-                "hint: trust {} on every side; pass each party its <kind>-<name>.pem and .key; \
-                 inspect any certificate with `anima certs inspect FILE`",
-                dir.join(anima_certs::CA_CERT_FILE).display()
-            );
-            Ok(())
-        }
+        } => init(
+            &dir,
+            &InitOptions {
+                days,
+                ca_days,
+                key_type,
+                force,
+            },
+        ),
         CertsCommand::Issue {
             kind,
             name,
@@ -144,17 +135,7 @@ pub fn run(cmd: CertsCommand) -> CliResult {
             force,
             endpoint: true,
             ..
-        } => {
-            if kind != UrnKind::Core {
-                return Err(format!(
-                    "--endpoint is for a Core's user endpoint; use --kind core, not --kind {kind}"
-                )
-                .into());
-            }
-            let written = anima_certs::issue_endpoint_into_dir(&dir, &name, days, force)?;
-            print_written(&written);
-            Ok(())
-        }
+        } => issue_endpoint(kind, &name, &dir, days, force),
         CertsCommand::Issue {
             kind,
             name,
@@ -169,8 +150,7 @@ pub fn run(cmd: CertsCommand) -> CliResult {
                 key_type,
                 force,
             };
-            let written = anima_certs::issue_into_dir_with(&dir, kind, &name, &options)?;
-            print_written(&written);
+            print_written(&anima_certs::issue_into_dir_with(&dir, kind, &name, &options)?);
             Ok(())
         }
         CertsCommand::Rollover {
@@ -178,41 +158,67 @@ pub fn run(cmd: CertsCommand) -> CliResult {
             ca_days,
             finish: false,
             ..
-        } => {
-            let written = anima_certs::begin_rollover(&dir, &RolloverOptions { ca_days })?;
-            print_written(&written);
-            eprintln!(
-                "hint: {} now trusts the new and the old CA; re-issue every leaf with \
-                 `anima certs issue --kind K --name N --dir {} --force`, then, once every party \
-                 has taken up its new certificate, run `anima certs rollover --dir {} --finish`",
-                dir.join(anima_certs::CA_CERT_FILE).display(),
-                dir.display(),
-                dir.display()
-            );
-            Ok(())
-        }
+        } => begin_rollover(&dir, ca_days),
         CertsCommand::Rollover {
             dir,
             finish: true,
             force,
             ..
-        } => {
-            let written = anima_certs::finish_rollover(&dir, force)?;
-            print_written(&written);
-            eprintln!(
-                "hint: {} now trusts only the new CA; removed {} and {}",
-                dir.join(anima_certs::CA_CERT_FILE).display(),
-                anima_certs::CA_PREVIOUS_CERT_FILE,
-                anima_certs::CA_PREVIOUS_KEY_FILE
-            );
-            Ok(())
-        }
+        } => finish_rollover(&dir, force),
         CertsCommand::Inspect { file } => {
-            let report = anima_certs::inspect(&file)?;
-            println!("{report}");
+            println!("{}", anima_certs::inspect(&file)?);
             Ok(())
         }
     }
+}
+
+/// `anima certs init`.
+fn init(dir: &Path, options: &InitOptions) -> CliResult {
+    print_written(&anima_certs::init_dir(dir, options)?);
+    eprintln!(
+        "hint: trust {} on every side; pass each party its <kind>-<name>.pem and .key; \
+         inspect any certificate with `anima certs inspect FILE`",
+        dir.join(anima_certs::CA_CERT_FILE).display()
+    );
+    Ok(())
+}
+
+/// `anima certs issue --endpoint`: only a Core has a user endpoint.
+fn issue_endpoint(kind: UrnKind, name: &str, dir: &Path, days: u32, force: bool) -> CliResult {
+    if kind != UrnKind::Core {
+        return Err(format!(
+            "--endpoint is for a Core's user endpoint; use --kind core, not --kind {kind}"
+        )
+        .into());
+    }
+    print_written(&anima_certs::issue_endpoint_into_dir(dir, name, days, force)?);
+    Ok(())
+}
+
+/// `anima certs rollover`: the overlap begins.
+fn begin_rollover(dir: &Path, ca_days: u32) -> CliResult {
+    print_written(&anima_certs::begin_rollover(dir, &RolloverOptions { ca_days })?);
+    eprintln!(
+        "hint: {} now trusts the new and the old CA; re-issue every leaf with \
+         `anima certs issue --kind K --name N --dir {} --force`, then, once every party \
+         has taken up its new certificate, run `anima certs rollover --dir {} --finish`",
+        dir.join(anima_certs::CA_CERT_FILE).display(),
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `anima certs rollover --finish`: the new CA alone.
+fn finish_rollover(dir: &Path, force: bool) -> CliResult {
+    print_written(&anima_certs::finish_rollover(dir, force)?);
+    eprintln!(
+        "hint: {} now trusts only the new CA; removed {} and {}",
+        dir.join(anima_certs::CA_CERT_FILE).display(),
+        anima_certs::CA_PREVIOUS_CERT_FILE,
+        anima_certs::CA_PREVIOUS_KEY_FILE
+    );
+    Ok(())
 }
 
 /// `ed25519` or `p256`; anything else is a usage error listing both.

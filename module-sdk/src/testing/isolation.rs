@@ -194,9 +194,56 @@ where
         before_any: Option<&O>,
     ) -> Result<O, IsolationError> {
         let mut events = self.served.handle.events();
-        let ttl = self.bed.contract.max_lease;
+        let leases = self.lease_all(cores).await?;
+        let Some(((first, first_lease), others)) = leases.split_first() else {
+            return Err(IsolationError::TenantCount(0));
+        };
+        let baseline = self.fresh_reads(&leases, before_any).await?;
+        let seen = self.write_in_turn(&leases, &baseline).await?;
 
-        // S3: every tenant's Core holds a lease at once.
+        // S5: A's lease ends; every other tenant carries on untouched.
+        let first_id = first_lease.id();
+        match ending {
+            Ending::Revoked => first_lease.revoke().await,
+            Ending::Expired => first_lease.expire().await,
+        }
+        .map_err(|e| IsolationError::harness(Some(first), e))?;
+        self.ended(&mut events, first_id)
+            .await
+            .map_err(|e| IsolationError::harness(Some(first), e))?;
+        self.others_untouched(first, others, &seen, ending).await?;
+
+        let Some(((_, core), _)) = cores.split_first() else {
+            return Err(IsolationError::TenantCount(0));
+        };
+        let again = self
+            .come_back(first, core, &baseline, seen.first(), ending)
+            .await?;
+
+        // Close the round: every lease ends before the next one starts.
+        for (tenant, lease) in others
+            .iter()
+            .map(|(t, l)| (*t, l))
+            .chain([(*first, &again)])
+        {
+            let id = lease.id();
+            lease
+                .revoke()
+                .await
+                .map_err(|e| IsolationError::harness(Some(tenant), e))?;
+            self.ended(&mut events, id)
+                .await
+                .map_err(|e| IsolationError::harness(Some(tenant), e))?;
+        }
+        Ok(baseline)
+    }
+
+    /// S3: every tenant's Core holds a lease at once.
+    async fn lease_all<'t>(
+        &self,
+        cores: &'t [(Tenant, FakeCore)],
+    ) -> Result<Vec<(&'t Tenant, FakeLease)>, IsolationError> {
+        let ttl = self.bed.contract.max_lease;
         let mut leases = Vec::with_capacity(cores.len());
         for (tenant, core) in cores {
             let lease = core.lease(self.served, ttl).await.map_err(|e| {
@@ -212,12 +259,20 @@ where
             })?;
             leases.push((tenant, lease));
         }
+        Ok(leases)
+    }
+
+    /// A fresh lease reads the same whoever holds it (S8), and after every
+    /// lease of the last round ended, the same as before any lease (S9).
+    /// Returns what the first tenant's fresh lease read.
+    async fn fresh_reads(
+        &self,
+        leases: &[(&Tenant, FakeLease)],
+        before_any: Option<&O>,
+    ) -> Result<O, IsolationError> {
         let Some(((first, first_lease), others)) = leases.split_first() else {
             return Err(IsolationError::TenantCount(0));
         };
-
-        // A fresh lease reads the same whoever holds it, and after every
-        // lease of the last round ended, the same as before any lease.
         let baseline = self.read_as(first, first_lease).await?;
         if let Some(before) = before_any
             && &baseline != before
@@ -247,14 +302,21 @@ where
                 ));
             }
         }
+        Ok(baseline)
+    }
 
-        // S4: each tenant writes in turn; every other one keeps reading
-        // what it read before.
+    /// S4: each tenant writes in turn; every other one keeps reading what it
+    /// read before. Returns what each tenant read after its own write.
+    async fn write_in_turn(
+        &self,
+        leases: &[(&Tenant, FakeLease)],
+        baseline: &O,
+    ) -> Result<Vec<O>, IsolationError> {
         let mut seen: Vec<O> = Vec::with_capacity(leases.len());
         for (i, (writer, lease)) in leases.iter().enumerate() {
             self.write_as(writer, lease).await?;
             let own = self.read_as(writer, lease).await?;
-            if own == baseline {
+            if &own == baseline {
                 return Err(IsolationError::WriteNotObserved {
                     tenant: Tenant::clone(writer),
                     observed: shown(&own),
@@ -264,7 +326,7 @@ where
                 if j == i {
                     continue;
                 }
-                let expected = seen.get(j).unwrap_or(&baseline);
+                let expected = seen.get(j).unwrap_or(baseline);
                 let now = self.read_as(tenant, lease).await?;
                 if &now != expected {
                     return Err(IsolationError::violated(
@@ -281,17 +343,18 @@ where
             }
             seen.push(own);
         }
+        Ok(seen)
+    }
 
-        // S5: A's lease ends; every other tenant carries on untouched.
-        let first_id = first_lease.id();
-        match ending {
-            Ending::Revoked => first_lease.revoke().await,
-            Ending::Expired => first_lease.expire().await,
-        }
-        .map_err(|e| IsolationError::harness(Some(first), e))?;
-        self.ended(&mut events, first_id)
-            .await
-            .map_err(|e| IsolationError::harness(Some(first), e))?;
+    /// S5: after `first`'s lease ended, every other tenant reads what it
+    /// read after its own write (`seen`, indexed like the leases).
+    async fn others_untouched(
+        &self,
+        first: &Tenant,
+        others: &[(&Tenant, FakeLease)],
+        seen: &[O],
+        ending: Ending,
+    ) -> Result<(), IsolationError> {
         for ((tenant, lease), expected) in others.iter().zip(seen.iter().skip(1)) {
             let failed = |how: String| {
                 IsolationError::violated(
@@ -330,31 +393,39 @@ where
                 ));
             }
         }
+        Ok(())
+    }
 
-        // S9: A comes back to nothing; S8: the same writes give what they
-        // gave when no other tenant held any state.
-        let Some(((_, core), _)) = cores.split_first() else {
-            return Err(IsolationError::TenantCount(0));
-        };
+    /// S9: `first` comes back to nothing; S8: the same write gives what it
+    /// gave when no other tenant held any state (`first_write`). Returns the
+    /// new lease.
+    async fn come_back(
+        &self,
+        first: &Tenant,
+        core: &FakeCore,
+        baseline: &O,
+        first_write: Option<&O>,
+        ending: Ending,
+    ) -> Result<FakeLease, IsolationError> {
         let again = core
-            .lease(self.served, ttl)
+            .lease(self.served, self.bed.contract.max_lease)
             .await
             .map_err(|e| IsolationError::harness(Some(first), e))?;
         let fresh = self.read_as(first, &again).await?;
-        if fresh != baseline {
+        if &fresh != baseline {
             return Err(IsolationError::violated(
                 Property::S9,
                 first,
                 format!(
                     "a new lease read {} after its last lease {ending}, where a fresh lease reads {}",
                     shown(&fresh),
-                    shown(&baseline)
+                    shown(baseline)
                 ),
             ));
         }
         self.write_as(first, &again).await?;
         let rewritten = self.read_as(first, &again).await?;
-        if let Some(before) = seen.first()
+        if let Some(before) = first_write
             && &rewritten != before
         {
             return Err(IsolationError::violated(
@@ -368,23 +439,7 @@ where
                 ),
             ));
         }
-
-        // Close the round: every lease ends before the next one starts.
-        for (tenant, lease) in others
-            .iter()
-            .map(|(t, l)| (*t, l))
-            .chain([(*first, &again)])
-        {
-            let id = lease.id();
-            lease
-                .revoke()
-                .await
-                .map_err(|e| IsolationError::harness(Some(tenant), e))?;
-            self.ended(&mut events, id)
-                .await
-                .map_err(|e| IsolationError::harness(Some(tenant), e))?;
-        }
-        Ok(baseline)
+        Ok(again)
     }
 
     async fn write_as(&self, tenant: &Tenant, lease: &FakeLease) -> Result<(), IsolationError> {
