@@ -150,7 +150,9 @@ pub fn run(cmd: CertsCommand) -> CliResult {
                 key_type,
                 force,
             };
-            print_written(&anima_certs::issue_into_dir_with(&dir, kind, &name, &options)?);
+            print_written(&anima_certs::issue_into_dir_with(
+                &dir, kind, &name, &options,
+            )?);
             Ok(())
         }
         CertsCommand::Rollover {
@@ -191,13 +193,18 @@ fn issue_endpoint(kind: UrnKind, name: &str, dir: &Path, days: u32, force: bool)
         )
         .into());
     }
-    print_written(&anima_certs::issue_endpoint_into_dir(dir, name, days, force)?);
+    print_written(&anima_certs::issue_endpoint_into_dir(
+        dir, name, days, force,
+    )?);
     Ok(())
 }
 
 /// `anima certs rollover`: the overlap begins.
 fn begin_rollover(dir: &Path, ca_days: u32) -> CliResult {
-    print_written(&anima_certs::begin_rollover(dir, &RolloverOptions { ca_days })?);
+    print_written(&anima_certs::begin_rollover(
+        dir,
+        &RolloverOptions { ca_days },
+    )?);
     eprintln!(
         "hint: {} now trusts the new and the old CA; re-issue every leaf with \
          `anima certs issue --kind K --name N --dir {} --force`, then, once every party \
