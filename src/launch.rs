@@ -13,6 +13,7 @@
 //! | `ANIMA_LISTEN` | the address to listen on (default `127.0.0.1:0`) |
 //! | `ANIMA_OPERATORS` | comma-separated identities that may shut the module down |
 //! | `ANIMA_PARENT_PID` | the launching Core's process id: the module dies with it |
+//! | `ANIMA_CORE_ENDPOINT` | the launching Core's endpoint (`ip:port`): its registry and the module-to-module calls it mediates |
 //!
 //! Once listening, the module prints one line on stdout and nothing else
 //! there afterwards:
@@ -71,6 +72,9 @@ variables! {
     ENV_OPERATORS = "ANIMA_OPERATORS",
     /// The launching Core's process id.
     ENV_PARENT_PID = "ANIMA_PARENT_PID",
+    /// The launching Core's endpoint (`ip:port`): its registry and the
+    /// module-to-module calls it mediates.
+    ENV_CORE_ENDPOINT = "ANIMA_CORE_ENDPOINT",
 }
 
 /// Where a module listens when `ANIMA_LISTEN` is unset, and where a
@@ -112,6 +116,9 @@ pub struct LaunchEnv {
     pub operators: Vec<Urn>,
     /// The launching process, if a Core started the module.
     pub parent_pid: Option<u32>,
+    /// The Core's endpoint, where the module discovers and calls other
+    /// modules' interfaces (PROTOCOL.md §10), if given.
+    pub core_endpoint: Option<SocketAddr>,
 }
 
 impl LaunchEnv {
@@ -155,6 +162,10 @@ impl LaunchEnv {
             .map(|v| v.parse::<u32>())
             .transpose()
             .map_err(|e| invalid(ENV_PARENT_PID)(&e))?;
+        let core_endpoint = var(ENV_CORE_ENDPOINT)
+            .map(|v| v.parse::<SocketAddr>())
+            .transpose()
+            .map_err(|e| invalid(ENV_CORE_ENDPOINT)(&e))?;
         Ok(LaunchEnv {
             cert: required(ENV_CERT)?.into(),
             key: required(ENV_KEY)?.into(),
@@ -163,6 +174,7 @@ impl LaunchEnv {
             listen,
             operators,
             parent_pid,
+            core_endpoint,
         })
     }
 
@@ -180,6 +192,10 @@ impl LaunchEnv {
             (
                 ENV_PARENT_PID,
                 self.parent_pid.map(|pid| pid.to_string().into()),
+            ),
+            (
+                ENV_CORE_ENDPOINT,
+                self.core_endpoint.map(|a| a.to_string().into()),
             ),
         ]
     }
@@ -349,6 +365,7 @@ mod tests {
             listen: DEFAULT_LISTEN,
             operators: vec![urn("urn:anima:user:op"), urn("urn:anima:core:a")],
             parent_pid: Some(42),
+            core_endpoint: Some("127.0.0.1:7700".parse().unwrap()),
         };
         let vars: std::collections::HashMap<&str, String> = env
             .vars()
@@ -366,6 +383,7 @@ mod tests {
         let unset = LaunchEnv {
             core: None,
             parent_pid: None,
+            core_endpoint: None,
             ..env
         };
         let removed: Vec<&str> = unset
@@ -374,7 +392,7 @@ mod tests {
             .filter(|(_, v)| v.is_none())
             .map(|(k, _)| k)
             .collect();
-        assert_eq!(removed, [ENV_CORE_URN, ENV_PARENT_PID]);
+        assert_eq!(removed, [ENV_CORE_URN, ENV_PARENT_PID, ENV_CORE_ENDPOINT]);
     }
 
     #[test]

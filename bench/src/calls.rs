@@ -176,6 +176,16 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     if opts.wants("handshake") {
         report.add(handshake(setup, opts, &module, &plain).await?);
     }
+    if opts.wants("module_to_module") {
+        match module_to_module(setup, opts, &mut leased).await {
+            Ok(figure) => report.add(figure),
+            Err(e) => report.add(
+                Figure::new("module_to_module_p50_us")
+                    .s("skipped", "error")
+                    .s("detail", &e.to_string()),
+            ),
+        }
+    }
     if opts.wants("via_core") {
         match via_core(setup, opts, &mut leased).await {
             Ok(figures) => figures.into_iter().for_each(|f| report.add(f)),
@@ -318,6 +328,12 @@ async fn plain_handshake(client: &ClientTls, addr: SocketAddr, plain: &Urn) -> R
 /// ephemeral port, and optionally the echo fixture as a Core-started Type
 /// III module with a gateway policy for [`USER`].
 pub fn core_config(setup: &Setup, name: &str, with_module: bool) -> Res<std::path::PathBuf> {
+    core_config_with(setup, name, with_module.then_some(""))
+}
+
+/// [`core_config`] with the echo module, plus `more` (TOML: its own
+/// `[[module]]` entries and sections) after it.
+fn core_config_with(setup: &Setup, name: &str, more: Option<&str>) -> Res<std::path::PathBuf> {
     let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
     let p = |p: &std::path::Path| q(&p.display().to_string());
     let (cert, key) = setup.files(CORE)?;
@@ -332,29 +348,100 @@ pub fn core_config(setup: &Setup, name: &str, with_module: bool) -> Res<std::pat
         p(&dir.join(format!("{name}-audit.jsonl"))),
         q(OPERATOR),
     );
-    if with_module {
+    if let Some(more) = more {
         let (mcert, mkey) = setup.files(MODULE)?;
+        // It provides the echo methods as an interface, which modules may
+        // call through the Core (`module_to_module`).
         let contract = format!(
             "urn = \"{MODULE}\"\n{}",
-            crate::procs::echo_contract("type = \"resident-shared\"")
+            crate::procs::echo_contract(&format!(
+                "type = \"resident-shared\"\n\
+                 provides = [{{ interface = \"{ECHO_INTERFACE}\", version = \"1.0.0\" }}]"
+            ))
         );
         text.push_str(&format!(
             "\n[[module]]\nurn = {}\ntype = \"resident-shared\"\ncommand = {}\ncert = {}\nkey = {}\n\
-             lease_ttl = \"60s\"\n\n[module.env]\nFIXTURE_CONTRACT = {}\nRUST_LOG = {}\n\n\
-             [[policy]]\nuser = {}\nallow = [{}]\n",
+             lease_ttl = \"60s\"\n\n[module.env]\nFIXTURE_CONTRACT = {}\nFIXTURE_INTERFACE = {}\n\
+             RUST_LOG = {}\n\n[[policy]]\nuser = {}\nallow = [{}]\n",
             q(MODULE),
             p(&setup.bin("anima-fixture-module")?),
             p(&mcert),
             p(&mkey),
             q(&contract),
+            q(&anima_tests::echo_interface_toml()),
             q(&crate::procs::child_log()),
             q(USER),
             q(MODULE),
         ));
+        text.push_str(more);
     }
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// The interface the echo module provides.
+const ECHO_INTERFACE: &str = "anima.test/echo";
+
+/// The module that calls the echo module through the Core.
+const CALLER: &str = "urn:anima:module:bench-caller";
+
+/// `module_to_module_p50_us`: a module's call of the echo interface through
+/// the Core (the caller's lease and permission checked, the provider picked,
+/// the call forwarded under the Core's lease), against the direct leased
+/// call. The caller is a second fixture module, leased by the Core, whose
+/// certificate the benchmark presents.
+async fn module_to_module(setup: &Setup, opts: &Opts, direct: &mut Caller) -> Res<Figure> {
+    let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let p = |p: &std::path::Path| q(&p.display().to_string());
+    let (cert, key) = setup.files(CALLER)?;
+    // The caller serves only the conformance probe: it is a caller here.
+    let contract = format!(
+        "urn = \"{CALLER}\"\nversion = \"0.1.0\"\ntype = \"resident-shared\"\n\
+         methods = [\"/anima.v1.Probe/Touch\", \"/anima.v1.Probe/Read\", \"/anima.v1.Probe/Watch\"]\n\
+         max_lease = \"60s\"\n\
+         requires = [{{ interface = \"{ECHO_INTERFACE}\", version = \">=1.0\" }}]\n"
+    );
+    let more = format!(
+        "\n[[module]]\nurn = {}\ntype = \"resident-shared\"\ncommand = {}\ncert = {}\nkey = {}\n\
+         lease_ttl = \"60s\"\n\n[module.env]\nFIXTURE_CONTRACT = {}\nRUST_LOG = {}\n\n\
+         [[permission]]\nmodule = {}\ninterface = {}\n",
+        q(CALLER),
+        p(&setup.bin("anima-fixture-module")?),
+        p(&cert),
+        p(&key),
+        q(&contract),
+        q(&crate::procs::child_log()),
+        q(CALLER),
+        q(ECHO_INTERFACE),
+    );
+    let config = core_config_with(setup, "module-to-module", Some(&more))?;
+    let mut core = core_process(setup, &config).await?;
+    let conn = setup
+        .client_as(CALLER)
+        .dial_addr(core.addr, PeerPolicy::exactly(urn(CORE)?))
+        .await?;
+    let mut mediated = Caller::Plain(EchoClient::new(conn.channel()));
+    // Until both modules are leased, the call is refused.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(s) = mediated.say().await {
+        if Instant::now() > deadline {
+            core.stop().await;
+            return Err(format!("module-to-module calls never went through: {s}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n = if opts.quick { 500 } else { 10_000 };
+    let warmup = if opts.quick { 100 } else { 1_000 };
+    let (mut s, mut b) = interleaved(&mut mediated, direct, n, 500, warmup).await?;
+    let (v50, b50) = (s.pct(50.0), b.pct(50.0));
+    let (v99, b99) = (s.pct(99.0), b.pct(99.0));
+    core.stop().await;
+    Ok(Figure::new("module_to_module_p50_us")
+        .vs(v50, b50, 1)
+        .f("p99", v99, 1)
+        .f("baseline_p99", b99, 1)
+        .i("n", n as u64))
 }
 
 /// `via_core_p50_us`: the same call through the Core's gateway, against the

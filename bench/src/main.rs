@@ -62,7 +62,8 @@ struct Cli {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Only these groups (comma-separated): unary, rps, handshake,
-    /// via_core, renewals, revoke, expiry, cold_start, core_idle.
+    /// via_core, module_to_module, renewals, revoke, expiry, cold_start,
+    /// core_idle.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     #[command(subcommand)]
@@ -109,6 +110,7 @@ const GROUPS: &[&str] = &[
     "rps",
     "handshake",
     "via_core",
+    "module_to_module",
     "renewals",
     "revoke",
     "expiry",
@@ -228,7 +230,7 @@ async fn run(cli: Cli) -> Res<bool> {
 /// failed.
 async fn run_groups(setup: &Setup, opts: &Opts, report: &mut Report) -> bool {
     let mut ok = true;
-    if ["unary", "rps", "handshake", "via_core"]
+    if ["unary", "rps", "handshake", "via_core", "module_to_module"]
         .iter()
         .any(|g| opts.wants(g))
     {

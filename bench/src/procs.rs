@@ -138,6 +138,7 @@ impl Setup {
             listen: DEFAULT_LISTEN,
             operators: vec![OPERATOR.parse()?],
             parent_pid: Some(std::process::id()),
+            core_endpoint: None,
         })
     }
 }

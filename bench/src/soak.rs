@@ -32,6 +32,9 @@ use tokio_util::sync::CancellationToken;
 use crate::procs::{Proc, Res, child_log};
 use crate::stats::rss_kib;
 
+/// The Core's admin API, as an operator reaches it.
+type Admin = CoreAdminClient<tonic::transport::Channel>;
+
 /// The samples, in the order revokes and kills take them.
 const SAMPLES: [&str; 3] = ["hasher", "kvstore", "tally"];
 
@@ -191,14 +194,14 @@ async fn start_core(anima: &Path, dir: &Path) -> Res<Proc> {
     .await
 }
 
-async fn modules(admin: &mut CoreAdminClient<tonic::transport::Channel>) -> Res<Vec<ModuleInfo>> {
+async fn modules(admin: &mut Admin) -> Res<Vec<ModuleInfo>> {
     let reply = tokio::time::timeout(CALL_TIMEOUT, admin.list_modules(ListModulesRequest {}))
         .await
         .map_err(|_| "ListModules did not answer")??;
     Ok(reply.into_inner().modules)
 }
 
-async fn wait_all_leased(admin: &mut CoreAdminClient<tonic::transport::Channel>) -> Res<()> {
+async fn wait_all_leased(admin: &mut Admin) -> Res<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let list = modules(admin).await?;
@@ -290,12 +293,7 @@ type Minute = BTreeMap<String, Usage>;
 
 /// The minutes of the run: each minute's revoke (and every fifth's kill),
 /// then its line. Returns whether the run met its bounds.
-async fn minutes(
-    opts: SoakOpts,
-    admin: &mut CoreAdminClient<tonic::transport::Channel>,
-    shared: &Shared,
-    core_pid: u32,
-) -> Res<bool> {
+async fn minutes(opts: SoakOpts, admin: &mut Admin, shared: &Shared, core_pid: u32) -> Res<bool> {
     let started = Instant::now();
     let end = started + Duration::from_secs(opts.minutes * 60);
     let mut next_revoke = started + Duration::from_secs(opts.revoke_every);
@@ -343,11 +341,7 @@ async fn minutes(
 }
 
 /// Revokes `module`'s current lease as an operator would.
-async fn revoke(
-    admin: &mut CoreAdminClient<tonic::transport::Channel>,
-    module: &'static str,
-    shared: &Shared,
-) -> Res<()> {
+async fn revoke(admin: &mut Admin, module: &'static str, shared: &Shared) -> Res<()> {
     let info = find(admin, module).await?;
     if info.lease_id.is_empty() {
         eprintln!("soak: {module} holds no lease to revoke ({})", info.state);
@@ -366,11 +360,7 @@ async fn revoke(
 }
 
 /// `kill -9` of `module`'s process.
-async fn kill(
-    admin: &mut CoreAdminClient<tonic::transport::Channel>,
-    module: &'static str,
-    shared: &Shared,
-) -> Res<()> {
+async fn kill(admin: &mut Admin, module: &'static str, shared: &Shared) -> Res<()> {
     let info = find(admin, module).await?;
     let pid = rustix::process::Pid::from_raw(i32::try_from(info.pid).unwrap_or(0));
     let Some(pid) = pid else {
@@ -395,10 +385,7 @@ fn note(shared: &Shared, module: &'static str) {
         });
 }
 
-async fn find(
-    admin: &mut CoreAdminClient<tonic::transport::Channel>,
-    module: &str,
-) -> Res<ModuleInfo> {
+async fn find(admin: &mut Admin, module: &str) -> Res<ModuleInfo> {
     let urn = format!("urn:anima:module:{module}");
     modules(admin)
         .await?
@@ -408,10 +395,7 @@ async fn find(
 }
 
 /// The Core's and each running module's usage, by name.
-async fn usages(
-    admin: &mut CoreAdminClient<tonic::transport::Channel>,
-    core_pid: u32,
-) -> Res<Minute> {
+async fn usages(admin: &mut Admin, core_pid: u32) -> Res<Minute> {
     let mut found = BTreeMap::new();
     if let Some(u) = usage(core_pid) {
         found.insert("core".to_owned(), u);

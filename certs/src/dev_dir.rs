@@ -7,6 +7,7 @@
 //! module-hasher.pem  module-hasher.key urn:anima:module:hasher
 //! module-kvstore.pem …                urn:anima:module:kvstore
 //! module-tally.pem …                  urn:anima:module:tally
+//! module-notes.pem …                  urn:anima:module:notes
 //! user-dev.pem  user-dev.key          urn:anima:user:dev
 //! core-dev.endpoint.pem …             urn:anima:core:dev, always P-256
 //! ```
@@ -40,11 +41,12 @@ pub const DEV_CA_NAME: &str = "Anima dev CA";
 
 /// The identities `init_dir` issues certificates for: the dev Core, the
 /// sample modules, and one user.
-pub const DEV_IDENTITIES: [(UrnKind, &str); 5] = [
+pub const DEV_IDENTITIES: [(UrnKind, &str); 6] = [
     (UrnKind::Core, "dev"),
     (UrnKind::Module, "hasher"),
     (UrnKind::Module, "kvstore"),
     (UrnKind::Module, "tally"),
+    (UrnKind::Module, "notes"),
     (UrnKind::User, "dev"),
 ];
 
@@ -143,18 +145,11 @@ pub fn init_dir(dir: &Path, options: &InitOptions) -> Result<Vec<PathBuf>, Certs
         options.key_type,
     )?;
     check_leaf_days_fit(&ca, options.days, SystemTime::now())?;
-    let mut files = vec![
-        NewFile {
-            name: CA_CERT_FILE.to_owned(),
-            contents: ca.cert_pem().as_bytes().to_vec(),
-            secret: false,
-        },
-        NewFile {
-            name: CA_KEY_FILE.to_owned(),
-            contents: ca.key_pem().into_bytes(),
-            secret: true,
-        },
-    ];
+    let mut files = Vec::from(cert_and_key(
+        [CA_CERT_FILE.to_owned(), CA_KEY_FILE.to_owned()],
+        ca.cert_pem(),
+        &ca.key_pem(),
+    ));
     for urn in urns {
         let leaf = ca.issue(
             &LeafSpec::new(urn.clone())
@@ -170,15 +165,7 @@ pub fn init_dir(dir: &Path, options: &InitOptions) -> Result<Vec<PathBuf>, Certs
             .ecdsa_p256()
             .valid_for(validity::days(options.days)),
     )?;
-    let [cert, key] = leaf_files(&core, &endpoint);
-    files.push(NewFile {
-        name: endpoint_cert_file(&core),
-        ..cert
-    });
-    files.push(NewFile {
-        name: endpoint_key_file(&core),
-        ..key
-    });
+    files.extend(endpoint_files(&core, &endpoint));
     write_batch::write_all(dir, &files, options.force)
 }
 
@@ -256,30 +243,40 @@ pub fn issue_endpoint_into_dir(
             .ecdsa_p256()
             .valid_for(validity::days(days)),
     )?;
-    let [cert, key] = leaf_files(&urn, &leaf);
-    let files = [
-        NewFile {
-            name: endpoint_cert_file(&urn),
-            ..cert
-        },
-        NewFile {
-            name: endpoint_key_file(&urn),
-            ..key
-        },
-    ];
-    write_batch::write_all(dir, &files, force)
+    write_batch::write_all(dir, &endpoint_files(&urn, &leaf), force)
 }
 
+/// `leaf` as `urn`'s certificate and key files.
 fn leaf_files(urn: &Urn, leaf: &IssuedCert) -> [NewFile; 2] {
+    cert_and_key(
+        [leaf_cert_file(urn), leaf_key_file(urn)],
+        leaf.cert_pem(),
+        leaf.key_pem(),
+    )
+}
+
+/// `leaf` as the files of `urn`'s user endpoint.
+fn endpoint_files(urn: &Urn, leaf: &IssuedCert) -> [NewFile; 2] {
+    cert_and_key(
+        [endpoint_cert_file(urn), endpoint_key_file(urn)],
+        leaf.cert_pem(),
+        leaf.key_pem(),
+    )
+}
+
+/// A certificate and its private key as the files named `[cert, key]`, the
+/// key secret (mode `0600`).
+pub(crate) fn cert_and_key(names: [String; 2], cert_pem: &str, key_pem: &str) -> [NewFile; 2] {
+    let [cert, key] = names;
     [
         NewFile {
-            name: leaf_cert_file(urn),
-            contents: leaf.cert_pem().as_bytes().to_vec(),
+            name: cert,
+            contents: cert_pem.as_bytes().to_vec(),
             secret: false,
         },
         NewFile {
-            name: leaf_key_file(urn),
-            contents: leaf.key_pem().as_bytes().to_vec(),
+            name: key,
+            contents: key_pem.as_bytes().to_vec(),
             secret: true,
         },
     ]
@@ -353,7 +350,7 @@ mod tests {
     use super::*;
     use crate::test_support::{cert_der, pem_der, pkcs8_version, snapshot, verify_both_roles};
 
-    const EXPECTED: [&str; 14] = [
+    const EXPECTED: [&str; 16] = [
         "ca.pem",
         "ca.key",
         "core-dev.pem",
@@ -364,6 +361,8 @@ mod tests {
         "module-kvstore.key",
         "module-tally.pem",
         "module-tally.key",
+        "module-notes.pem",
+        "module-notes.key",
         "user-dev.pem",
         "user-dev.key",
         "core-dev.endpoint.pem",

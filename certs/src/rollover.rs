@@ -105,28 +105,20 @@ pub fn begin_rollover(dir: &Path, options: &RolloverOptions) -> Result<Vec<PathB
     )?;
 
     let bundle = format!("{}{}", new.cert_pem(), old.cert_pem());
-    let files = [
-        NewFile {
-            name: CA_PREVIOUS_CERT_FILE.to_owned(),
-            contents: old.cert_pem().as_bytes().to_vec(),
-            secret: false,
-        },
-        NewFile {
-            name: CA_PREVIOUS_KEY_FILE.to_owned(),
-            contents: old.key_pem().into_bytes(),
-            secret: true,
-        },
-        NewFile {
-            name: CA_CERT_FILE.to_owned(),
-            contents: bundle.into_bytes(),
-            secret: false,
-        },
-        NewFile {
-            name: CA_KEY_FILE.to_owned(),
-            contents: new.key_pem().into_bytes(),
-            secret: true,
-        },
-    ];
+    let [previous_cert, previous_key] = dev_dir::cert_and_key(
+        [
+            CA_PREVIOUS_CERT_FILE.to_owned(),
+            CA_PREVIOUS_KEY_FILE.to_owned(),
+        ],
+        old.cert_pem(),
+        &old.key_pem(),
+    );
+    let [cert, key] = dev_dir::cert_and_key(
+        [CA_CERT_FILE.to_owned(), CA_KEY_FILE.to_owned()],
+        &bundle,
+        &new.key_pem(),
+    );
+    let files = [previous_cert, previous_key, cert, key];
     // The previous CA files were checked absent above; `force` replaces
     // `ca.pem` and `ca.key`.
     write_batch::write_all(dir, &files, true)
@@ -265,6 +257,19 @@ mod tests {
         init_dir(dir, &options).unwrap();
     }
 
+    /// Runs `step` on `dir`, which must refuse it and change nothing there;
+    /// returns the refusal.
+    #[track_caller]
+    fn refused<T: std::fmt::Debug>(
+        dir: &Path,
+        step: impl FnOnce(&Path) -> Result<T, CertsError>,
+    ) -> CertsError {
+        let before = snapshot(dir);
+        let err = step(dir).unwrap_err();
+        assert_eq!(snapshot(dir), before, "nothing changed: {err}");
+        err
+    }
+
     fn core_dev() -> Urn {
         Urn::new(UrnKind::Core, "dev").unwrap()
     }
@@ -378,8 +383,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         init(tmp.path(), KeyType::Ed25519);
         begin_rollover(tmp.path(), &RolloverOptions::default()).unwrap();
-        let before = snapshot(tmp.path());
-        let err = begin_rollover(tmp.path(), &RolloverOptions::default()).unwrap_err();
+        let err = refused(tmp.path(), |dir| {
+            begin_rollover(dir, &RolloverOptions::default())
+        });
         assert!(
             matches!(&err, CertsError::RolloverInProgress { path, certificates: 2 }
                 if path == &tmp.path().join(CA_CERT_FILE)),
@@ -390,22 +396,19 @@ mod tests {
             msg.contains("issue --force") && msg.contains("rollover --finish"),
             "{msg}"
         );
-        assert_eq!(snapshot(tmp.path()), before);
     }
 
     #[test]
     fn finish_without_begin_is_refused_and_changes_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         init(tmp.path(), KeyType::Ed25519);
-        let before = snapshot(tmp.path());
-        let err = finish_rollover(tmp.path(), false).unwrap_err();
+        let err = refused(tmp.path(), |dir| finish_rollover(dir, false));
         assert!(
             matches!(&err, CertsError::NoRolloverInProgress { path }
                 if path == &tmp.path().join(CA_CERT_FILE)),
             "{err}"
         );
         assert!(err.to_string().contains("`anima certs rollover`"), "{err}");
-        assert_eq!(snapshot(tmp.path()), before);
     }
 
     #[test]
@@ -419,15 +422,13 @@ mod tests {
                 issue_into_dir(dir, kind, name, 30, true).unwrap();
             }
         }
-        let before = snapshot(dir);
-        let err = finish_rollover(dir, false).unwrap_err();
+        let err = refused(dir, |dir| finish_rollover(dir, false));
         let CertsError::StaleLeaves { files, .. } = &err else {
             panic!("{err}");
         };
         assert_eq!(files, &["core-dev.endpoint.pem", "module-tally.pem"]);
         assert!(err.to_string().contains("--endpoint"), "{err}");
         assert!(!err.to_string().contains('\n'), "one line: {err}");
-        assert_eq!(snapshot(dir), before, "nothing changed");
 
         issue_into_dir(dir, UrnKind::Module, "tally", 30, true).unwrap();
         crate::issue_endpoint_into_dir(dir, "dev", 30, true).unwrap();
@@ -476,15 +477,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         init(tmp.path(), KeyType::Ed25519);
         fs::write(tmp.path().join(CA_PREVIOUS_KEY_FILE), "someone's key").unwrap();
-        let before = snapshot(tmp.path());
-        let err = begin_rollover(tmp.path(), &RolloverOptions::default()).unwrap_err();
+        let err = refused(tmp.path(), |dir| {
+            begin_rollover(dir, &RolloverOptions::default())
+        });
         assert!(
             matches!(&err, CertsError::PreviousCaExists { path }
                 if path.ends_with(CA_PREVIOUS_KEY_FILE)),
             "{err}"
         );
         assert!(err.to_string().contains("nothing was written"), "{err}");
-        assert_eq!(snapshot(tmp.path()), before);
     }
 
     #[test]
@@ -496,15 +497,15 @@ mod tests {
         assert!(matches!(err, CertsError::CaMissing { .. }), "{err}");
 
         init(tmp.path(), KeyType::Ed25519);
-        let before = snapshot(tmp.path());
         for ca_days in [0, 366] {
-            let err = begin_rollover(tmp.path(), &RolloverOptions { ca_days }).unwrap_err();
+            let err = refused(tmp.path(), |dir| {
+                begin_rollover(dir, &RolloverOptions { ca_days })
+            });
             assert!(
                 matches!(err, CertsError::ValidityOutOfRange { what: "CA", .. }),
                 "{ca_days}: {err}"
             );
         }
-        assert_eq!(snapshot(tmp.path()), before);
     }
 
     #[test]
@@ -514,9 +515,7 @@ mod tests {
         begin_rollover(tmp.path(), &RolloverOptions::default()).unwrap();
         let stranger = CertAuthority::generate("stranger", DAY).unwrap();
         fs::write(tmp.path().join(CA_KEY_FILE), stranger.key_pem()).unwrap();
-        let before = snapshot(tmp.path());
-        let err = finish_rollover(tmp.path(), false).unwrap_err();
+        let err = refused(tmp.path(), |dir| finish_rollover(dir, false));
         assert!(matches!(err, CertsError::KeyMismatch { .. }), "{err}");
-        assert_eq!(snapshot(tmp.path()), before);
     }
 }

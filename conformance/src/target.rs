@@ -263,6 +263,7 @@ pub async fn start(
         listen: DEFAULT_LISTEN,
         operators: vec![ids.operator.identity.urn().clone()],
         parent_pid: Some(std::process::id()),
+        core_endpoint: None,
     }
     .apply(&mut cmd);
     cmd.stdin(Stdio::null())

@@ -150,6 +150,7 @@ impl CoreAdmin for AdminService {
                             module: e.module,
                             lease_id: e.lease_id,
                             detail: e.detail,
+                            revision: e.revision,
                         };
                         if tx.send(Ok(event)).await.is_err() {
                             return;

@@ -44,18 +44,18 @@ pub(crate) fn differences(configured: &Contract, status: &ModuleStatus) -> Vec<S
             configured.max_lease
         ));
     }
-    let provides: Vec<String> = configured
-        .provides
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    compare_list("provides", &provides, &status.provides, &mut found);
-    let requires: Vec<String> = configured
-        .requires
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    compare_list("requires", &requires, &status.requires, &mut found);
+    compare_list(
+        "provides",
+        &texts(&configured.provides),
+        &status.provides,
+        &mut found,
+    );
+    compare_list(
+        "requires",
+        &texts(&configured.requires),
+        &status.requires,
+        &mut found,
+    );
     found
 }
 
@@ -78,6 +78,11 @@ fn compare_list(what: &str, here: &[impl AsRef<str>], there: &[String], found: &
             only_there.join(", ")
         ));
     }
+}
+
+/// Each of `items` as `Status` writes it (`<interface> <version or range>`).
+fn texts(items: &[impl ToString]) -> Vec<String> {
+    items.iter().map(ToString::to_string).collect()
 }
 
 /// The word `ModuleAdmin/Status` uses for a module type.

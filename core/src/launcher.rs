@@ -44,6 +44,8 @@ pub(crate) struct LaunchSpec {
     /// Identities allowed to shut it down (the Core itself for modules it
     /// hosts as infrastructure).
     pub(crate) operators: Vec<Urn>,
+    /// The Core's endpoint, for the module's registry and mediated calls.
+    pub(crate) core_endpoint: Option<std::net::SocketAddr>,
 }
 
 /// Why a module could not be started.
@@ -115,6 +117,7 @@ fn spawn(spec: &LaunchSpec) -> Result<Child, LaunchError> {
         listen: DEFAULT_LISTEN,
         operators: spec.operators.clone(),
         parent_pid: Some(std::process::id()),
+        core_endpoint: spec.core_endpoint,
     };
     let mut command = Command::new(&spec.program);
     // Modules' logs are read by the Core, not a terminal: ask for no colour
@@ -239,6 +242,7 @@ mod tests {
             ca: "unused-ca.pem".into(),
             core: "urn:anima:core:test".parse().expect("core urn"),
             operators: Vec::new(),
+            core_endpoint: None,
         }
     }
 

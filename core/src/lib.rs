@@ -16,6 +16,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 mod contract_match;
+mod discovery;
 pub mod events;
 pub mod gateway;
 mod launcher;

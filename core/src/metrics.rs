@@ -208,6 +208,25 @@ fn register_leases(registry: &mut Registry, ctx: &CoreContext) {
         "Renewals granted, by module.",
         renewals,
     );
+    // Calls forwarded under each module's open lease, not yet answered.
+    let in_flight = Family::<ModuleLabels, Gauge>::default();
+    let links: Vec<(String, usize)> = ctx
+        .links
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(urn, link)| (urn.to_string(), link.calls_in_flight()))
+        .collect();
+    for (module, calls) in links {
+        in_flight
+            .get_or_create(&ModuleLabels { module })
+            .set(i64::try_from(calls).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "anima_calls_in_flight",
+        "Calls forwarded under the module's current lease and not yet answered.",
+        in_flight,
+    );
 }
 
 fn register_modules(registry: &mut Registry, ctx: &CoreContext) {

@@ -357,6 +357,7 @@ mod tests {
             restarts: 0,
             lease_id: None,
             provides: Vec::new(),
+            requires: Vec::new(),
         }
     }
 
@@ -498,8 +499,8 @@ mod tests {
         let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         let registry = Registry::default();
         let _commands = [
-            registry.add(urn("a"), "ephemeral", Vec::new()),
-            registry.add(urn("b"), "ephemeral", Vec::new()),
+            registry.add(urn("a"), "ephemeral", Vec::new(), Vec::new()),
+            registry.add(urn("b"), "ephemeral", Vec::new(), Vec::new()),
         ];
         registry.set_state(&urn("a"), ModuleState::Leased, "");
         let n = Notifier {

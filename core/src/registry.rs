@@ -68,6 +68,8 @@ pub(crate) struct ModuleView {
     /// The interfaces it provides (from its contract file, or as it reported
     /// them at its last lease).
     pub(crate) provides: Vec<Provided>,
+    /// The interfaces it requires (likewise).
+    pub(crate) requires: Vec<Required>,
 }
 
 /// An operator's command to one module's supervisor.
@@ -107,13 +109,14 @@ impl Registry {
         self.modules.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a module, which provides `provides` as far as the Core knows
-    /// yet; returns the receiver for its commands.
+    /// Adds a module, which provides `provides` and requires `requires` as
+    /// far as the Core knows yet; returns the receiver for its commands.
     pub(crate) fn add(
         &self,
         urn: Urn,
         module_type: &'static str,
         provides: Vec<Provided>,
+        requires: Vec<Required>,
     ) -> mpsc::Receiver<ModuleCommand> {
         let (tx, rx) = mpsc::channel(8);
         let view = ModuleView {
@@ -126,6 +129,7 @@ impl Registry {
             restarts: 0,
             lease_id: None,
             provides,
+            requires,
         };
         self.lock().insert(
             urn,
@@ -227,9 +231,9 @@ mod tests {
     fn p2_only_leased_modules_providing_a_version_in_range_are_providers() {
         let registry = Registry::default();
         let kv = |v: &str| Provided::new("anima.sample/kv", v).unwrap();
-        let _a = registry.add(urn("a"), "resident-private", vec![kv("1.2")]);
-        let _b = registry.add(urn("b"), "resident-private", vec![kv("2.0")]);
-        let _c = registry.add(urn("c"), "resident-private", Vec::new());
+        let _a = registry.add(urn("a"), "resident-private", vec![kv("1.2")], vec![]);
+        let _b = registry.add(urn("b"), "resident-private", vec![kv("2.0")], vec![]);
+        let _c = registry.add(urn("c"), "resident-private", Vec::new(), vec![]);
         let wanted = Required::new("anima.sample/kv", ">=1.0").unwrap();
         assert!(
             registry.leased_providers(&wanted).is_empty(),

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anima_protocol::lease::LeaseSigner;
 use anima_protocol::pb::core_admin_server::CoreAdminServer;
+use anima_protocol::pb::registry_server::RegistryServer;
 use anima_protocol::{ClientTls, PeerPolicy, ServerTls, TlsConn, TlsIdentity, TrustRoot, Urn};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::AdminService;
 use crate::audit::AuditLog;
 use crate::config::{Config, start_order};
+use crate::discovery::RegistryService;
 use crate::events::Events;
 use crate::gateway::Gateway;
 use crate::gateway::route::Routes;
@@ -77,6 +79,9 @@ pub(crate) enum ServeError {
     /// The lease signer.
     #[error("lease signer: {0}")]
     Signer(#[from] anima_protocol::lease::LeaseError),
+    /// The interface definitions (`[core] interfaces`).
+    #[error(transparent)]
+    Interfaces(#[from] crate::gateway::mediate::DefinitionsError),
     /// Files and sockets.
     #[error("{what}: {source}")]
     Io {
@@ -125,10 +130,11 @@ where
     }
 }
 
-/// The Core's endpoint: the admin API, `GET /metrics` (operators), and the
-/// gateway for every other path.
+/// The Core's endpoint: the admin API, `GET /metrics` (operators), the
+/// registry (modules and operators), and the gateway for every other path.
 fn endpoint_routes(
     admin: CoreAdminServer<AdminService>,
+    registry: RegistryServer<RegistryService>,
     gateway: Gateway,
     metrics: Arc<Metrics>,
     ctx: Arc<CoreContext>,
@@ -159,6 +165,7 @@ fn endpoint_routes(
         async move { Ok::<_, Infallible>(gateway.call(request).await) }
     });
     let router = tonic::service::Routes::new(admin)
+        .add_service(registry)
         .into_axum_router()
         .route_service("/metrics", metrics_service)
         .fallback_service(gateway_service);
@@ -179,8 +186,8 @@ pub(crate) async fn serve(
     on_ready: impl FnOnce(&Running),
 ) -> Result<(), ServeError> {
     let identity = CoreIdentity::load(&config)?;
-    let ctx = Arc::new(core_context(&config, &identity)?);
     let (listener, admin_addr) = bind(config.admin.listen).await?;
+    let ctx = Arc::new(core_context(&config, &identity, admin_addr)?);
     let stop = CancellationToken::new();
     let mut endpoint = Endpoint::spawn(&config, &identity, &ctx, listener, &stop)?;
     // Every module is registered (listed as starting) before the Core says
@@ -321,7 +328,11 @@ fn load_identity(cert: &Path, key: &Path, urn: &Urn) -> Result<TlsIdentity, Serv
 
 /// What every supervisor shares: the Core's identity, its audit log (opened
 /// here), empty tables, and the routes the contracts declare.
-fn core_context(config: &Config, identity: &CoreIdentity) -> Result<CoreContext, ServeError> {
+fn core_context(
+    config: &Config,
+    identity: &CoreIdentity,
+    endpoint: SocketAddr,
+) -> Result<CoreContext, ServeError> {
     let credentials = identity.credentials()?;
     let audit_path = config
         .core
@@ -347,7 +358,24 @@ fn core_context(config: &Config, identity: &CoreIdentity) -> Result<CoreContext,
         renew_when_left: config.leases.renew_when_left,
         links: Mutex::new(HashMap::new()),
         routes,
+        endpoint: local_address(endpoint),
+        mediation: crate::gateway::mediate::Mediation::load(config)?,
     })
+}
+
+/// Where a process on this host reaches `listening`: itself, or loopback
+/// when it is the unspecified address (listening on every address).
+fn local_address(listening: SocketAddr) -> SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match listening.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listening.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), listening.port())
+        }
+        _ => listening,
+    }
 }
 
 /// The endpoint's listening socket and its address.
@@ -391,8 +419,10 @@ impl Endpoint {
         let metrics = Arc::new(Metrics::default());
         metrics.watch_listener(&tls);
         let gateway = Gateway::new(ctx.clone(), config.policies.clone(), metrics.clone());
+        let registry = RegistryService::new(ctx.clone(), config.admin.operators.clone());
         let routes = endpoint_routes(
             CoreAdminServer::new(admin),
+            RegistryServer::new(registry),
             gateway,
             metrics,
             ctx.clone(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anima_protocol::contract::{Contract, ModuleType};
-use anima_protocol::interface::Provided;
+use anima_protocol::interface::{Provided, Required};
 use anima_protocol::lease::{LeaseSigner, LeaseState, Reason, Scope};
 use anima_protocol::pb::module_admin_client::ModuleAdminClient;
 use anima_protocol::pb::{ModuleStatus, ShutdownRequest};
@@ -66,6 +66,12 @@ pub(crate) struct CoreContext {
     /// Which modules declare each method (learned from contracts and
     /// leases), for the gateway.
     pub(crate) routes: Routes,
+    /// Where the modules this Core starts reach its endpoint (the listening
+    /// address; loopback when it listens on every address).
+    pub(crate) endpoint: std::net::SocketAddr,
+    /// What modules may call of each other (`[[permission]]`) and the
+    /// interface definitions applied to those calls.
+    pub(crate) mediation: crate::gateway::mediate::Mediation,
 }
 
 /// The Core's certificates as a dialler and lease signer.
@@ -192,14 +198,17 @@ pub(crate) fn supervise(
     module: ModuleConfig,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let provides = module
+    let (provides, requires) = module
         .contract
         .as_ref()
-        .map(|c| c.provides.clone())
+        .map(|c| (c.provides.clone(), c.requires.clone()))
         .unwrap_or_default();
-    let commands = ctx
-        .registry
-        .add(module.urn.clone(), type_name(module.module_type), provides);
+    let commands = ctx.registry.add(
+        module.urn.clone(),
+        type_name(module.module_type),
+        provides,
+        requires,
+    );
     run(ctx, module, commands, shutdown)
 }
 
@@ -394,25 +403,24 @@ async fn wait_for_requirements(
             _ = watch.wait_for(|s| *s == ModuleState::Leased) => {}
         }
     }
-    wait_for_interfaces(ctx, module, shutdown).await
+    match &module.contract {
+        Some(contract) => wait_for_interfaces(ctx, &module.urn, &contract.requires, shutdown).await,
+        None => true,
+    }
 }
 
 /// Resolution before start (P2): waits, `blocked`, until a compatible
-/// provider of every interface the module's contract requires is leased;
-/// false on shutdown.
+/// provider of every interface in `requires` is leased; false on shutdown.
 async fn wait_for_interfaces(
     ctx: &CoreContext,
-    module: &ModuleConfig,
+    urn: &Urn,
+    requires: &[Required],
     shutdown: &CancellationToken,
 ) -> bool {
-    let Some(contract) = &module.contract else {
-        return true;
-    };
     let mut changes = ctx.registry.changes();
     let mut told = String::new();
     loop {
-        let missing: Vec<String> = contract
-            .requires
+        let missing: Vec<String> = requires
             .iter()
             .filter(|r| ctx.registry.leased_providers(r).is_empty())
             .map(ToString::to_string)
@@ -423,14 +431,10 @@ async fn wait_for_interfaces(
         let detail = format!("waiting for a leased provider of {}", missing.join(", "));
         if detail != told {
             ctx.registry
-                .set_state(&module.urn, ModuleState::Blocked, detail.clone());
-            tracing::info!(module = %module.urn, detail = %detail, "module blocked");
-            ctx.events.emit(
-                EventKind::ModuleBlocked,
-                module.urn.as_str(),
-                "",
-                detail.clone(),
-            );
+                .set_state(urn, ModuleState::Blocked, detail.clone());
+            tracing::info!(module = %urn, detail = %detail, "module blocked");
+            ctx.events
+                .emit(EventKind::ModuleBlocked, urn.as_str(), "", detail.clone());
             told = detail;
         }
         tokio::select! {
@@ -490,6 +494,7 @@ async fn start(
                 } else {
                     Vec::new()
                 },
+                core_endpoint: Some(ctx.endpoint),
             };
             match launch(&spec).await {
                 Ok(launched) => {
@@ -543,6 +548,13 @@ async fn run_once(
         }
         Err(why) => return Outcome::StartFailed(why),
     };
+    // Without a contract file, what it requires is learned from the module
+    // itself: it is not leased before a provider of each is (P2).
+    if module.contract.is_none()
+        && let Some(outcome) = started.resolve(shutdown).await
+    {
+        return outcome;
+    }
     // Lease it; lease it again whenever a resident module's lease ends.
     loop {
         let mut link = match open_lease(ctx, module, started.addr).await {
@@ -600,6 +612,37 @@ impl Started<'_> {
             Some(c) => c.wait().await.ok(),
             None => std::future::pending().await,
         }
+    }
+
+    /// Asks the module what it requires (`ModuleAdmin/Status`) and waits,
+    /// `blocked`, until a compatible provider of each is leased; `None` to
+    /// go on to its lease (a module that cannot say is leased as before),
+    /// else how the run ended.
+    async fn resolve(&mut self, shutdown: &CancellationToken) -> Option<Outcome> {
+        let (client, _) = self.ctx.dialer(self.module);
+        let conn = client
+            .dial_addr(self.addr, PeerPolicy::exactly(self.module.urn.clone()))
+            .await
+            .ok()?;
+        let status = module_status(&conn).await.ok()?;
+        drop(conn);
+        let requires = reported(&status.requires, Required::new);
+        let provides = reported(&status.provides, Provided::new);
+        self.ctx.registry.update(&self.module.urn, |v| {
+            v.provides = provides;
+            v.requires = requires.clone();
+        });
+        tokio::select! {
+            waited = wait_for_interfaces(self.ctx, &self.module.urn, &requires, shutdown) => {
+                if waited {
+                    self.ctx.registry.set_state(&self.module.urn, ModuleState::Starting, "");
+                    return None;
+                }
+            }
+            status = self.exited() => return Some(Outcome::Exited(status)),
+        }
+        self.stop().await;
+        Some(Outcome::Shutdown)
     }
 
     /// The lease could not be opened: a dead process explains itself;
@@ -862,23 +905,29 @@ async fn declared_scope(
     let status = module_status(conn)
         .await
         .map_err(CoreLeaseError::Declared)?;
-    let provides = reported_provides(&status.provides);
-    ctx.registry.update(&module.urn, |v| v.provides = provides);
+    let provides = reported(&status.provides, Provided::new);
+    let requires = reported(&status.requires, Required::new);
+    ctx.registry.update(&module.urn, |v| {
+        v.provides = provides;
+        v.requires = requires;
+    });
     Ok(Scope::new(status.methods)?)
 }
 
-/// The interfaces a module reports providing (`NAME VERSION` each); an
-/// entry that does not parse is left out (and logged).
-fn reported_provides(entries: &[String]) -> Vec<Provided> {
+/// The interfaces a module reports providing (`NAME VERSION` each) or
+/// requiring (`NAME RANGE`); an entry that does not parse is left out (and
+/// logged).
+fn reported<T>(
+    entries: &[String],
+    parse: impl Fn(&str, &str) -> Result<T, anima_protocol::interface::InterfaceError>,
+) -> Vec<T> {
     entries
         .iter()
         .filter_map(|entry| {
             let parsed = entry
                 .split_once(' ')
                 .ok_or_else(|| "not NAME VERSION".to_owned())
-                .and_then(|(name, version)| {
-                    Provided::new(name, version).map_err(|e| e.to_string())
-                });
+                .and_then(|(name, version)| parse(name, version).map_err(|e| e.to_string()));
             match parsed {
                 Ok(p) => Some(p),
                 Err(why) => {

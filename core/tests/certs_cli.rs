@@ -17,12 +17,13 @@ use anima_protocol::{Urn, UrnKind};
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// The identities `anima certs init` writes, in the order it prints them.
-const INIT_IDENTITIES: [&str; 7] = [
+const INIT_IDENTITIES: [&str; 8] = [
     "ca",
     "core-dev",
     "module-hasher",
     "module-kvstore",
     "module-tally",
+    "module-notes",
     "user-dev",
     "core-dev.endpoint",
 ];
@@ -463,7 +464,7 @@ fn every_minted_file_loads_in_openssl_and_python(key_type: &str, other: &str, oi
 
     let dir = tmp.path().join("dev");
     let files: Vec<PathBuf> = snapshot(&dir).into_keys().collect();
-    // 14 from init, 3 issued of the type, 1 of the other.
+    // 16 from init, 3 issued of the type, 1 of the other.
     assert_eq!(files.len(), init_files().len() + 8, "{files:?}");
     let ca = dir.join("ca.pem");
     let ca_str = ca.to_str().unwrap();

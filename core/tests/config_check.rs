@@ -606,6 +606,64 @@ const MISTAKES: &[Mistake] = &[
         )],
         count: None,
     },
+    Mistake {
+        name: "p7_a_policy_for_a_module_points_to_permission",
+        edits: &[(
+            "endpoint = \"127.0.0.1:7801\"",
+            "endpoint = \"127.0.0.1:7801\"\n\n[[policy]]\nuser = \"urn:anima:module:hasher\"\n\
+             allow = [\"urn:anima:module:kvstore\"]",
+        )],
+        expected: &[(
+            "user = \"urn:anima:module:hasher\"",
+            "policy[0].user",
+            "urn:anima:module:hasher is a module: [[policy]] is for users calling through the \
+             gateway; grant a module's calls with [[permission]] (module, interface, provider)",
+        )],
+        count: Some(1),
+    },
+    Mistake {
+        name: "p7_a_permission_names_modules_here_that_require_and_provide_its_interface",
+        edits: &[(
+            "endpoint = \"127.0.0.1:7801\"",
+            "endpoint = \"127.0.0.1:7801\"\n\n[[permission]]\nmodule = \"urn:anima:module:nobody\"\n\
+             interface = \"anima.sample/kv\"\nprovider = \"urn:anima:module:kvstore\"\n\n\
+             [[permission]]\nmodule = \"urn:anima:module:hasher\"\ninterface = \"Not An Interface\"\n\n\
+             [[permission]]\nmodule = \"urn:anima:module:hasher\"\ninterface = \"anima.sample/kv\"\n\
+             provider = \"urn:anima:user:dev\"\n\n\
+             [[permission]]\nmodule = \"urn:anima:module:hasher\"\n\
+             interface = \"anima.sample/kv\" # unrequired",
+        )],
+        expected: &[
+            (
+                "module = \"urn:anima:module:nobody\"",
+                "permission[0].module",
+                "urn:anima:module:nobody is not a [[module]] of this Core",
+            ),
+            (
+                "provider = \"urn:anima:module:kvstore\"",
+                "permission[0].provider",
+                "urn:anima:module:kvstore does not provide anima.sample/kv (its contract's \
+                 provides: none)",
+            ),
+            (
+                "interface = \"Not An Interface\"",
+                "permission[1].interface",
+                "Not An Interface",
+            ),
+            (
+                "provider = \"urn:anima:user:dev\"",
+                "permission[2].provider",
+                "urn:anima:user:dev is not a module URN",
+            ),
+            (
+                "# unrequired",
+                "permission[3].interface",
+                "urn:anima:module:hasher does not require anima.sample/kv (its contract's \
+                 requires: none); add it there",
+            ),
+        ],
+        count: Some(5),
+    },
 ];
 
 #[test]

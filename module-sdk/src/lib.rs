@@ -93,6 +93,7 @@ mod admin;
 mod clock;
 mod context;
 mod control;
+mod core_client;
 mod descriptors;
 mod error;
 #[cfg(anima_test_faults)]
@@ -124,6 +125,7 @@ pub use anima_protocol::interface::{self, Provided, Required};
 pub use anima_protocol::launch::{self, shutdown_signal};
 pub use context::LeaseContext;
 pub use control::{ENDED_LEASE_RETENTION, HANDSHAKE_TIMEOUT};
+pub use core_client::{CoreClient, PIN_HEADER};
 pub use error::SdkError;
 pub use interval::watch_interval;
 pub use leases::LeaseEvent;

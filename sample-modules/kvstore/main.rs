@@ -15,9 +15,12 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     anima_sample_modules::start_process();
-    let limit = match kvstore::cache_limit_from_env() {
-        Ok(limit) => limit,
-        Err(e) => {
+    let (limit, contract) = match (
+        kvstore::cache_limit_from_env(),
+        kvstore::contract_from_env(),
+    ) {
+        (Ok(limit), Ok(contract)) => (limit, contract),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
@@ -34,7 +37,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    anima_module_sdk::launch(kvstore::contract(), |module| {
+    anima_module_sdk::launch(contract, |module| {
         module
             .file_descriptor_set(DESCRIPTORS)
             .service(KvStoreServer::new(kvstore::KvStore::new(cache)))

@@ -73,6 +73,40 @@ pub fn contract() -> Contract {
         .expect("kvstore/module.toml is a valid contract")
 }
 
+/// The environment variable that runs the kvstore under another identity
+/// (a URN such as `urn:anima:module:kvstore-b`): a second provider of
+/// `anima.sample/kv` beside the first, with a certificate of its own.
+pub const URN_ENV: &str = "KVSTORE_URN";
+
+/// [`contract`], under the URN in [`URN_ENV`] when it is set; a value that
+/// is not a module URN is an error naming the variable.
+pub fn contract_from_env() -> io::Result<Contract> {
+    let mut contract = contract();
+    match std::env::var(URN_ENV) {
+        Err(std::env::VarError::NotPresent) => {}
+        Ok(text) if text.is_empty() => {}
+        Ok(text) => {
+            let urn: anima_protocol::Urn = text.parse().map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("{URN_ENV}: {e}"))
+            })?;
+            if urn.kind() != anima_protocol::UrnKind::Module {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{URN_ENV}: {urn} is not a module URN (urn:anima:module:NAME)"),
+                ));
+            }
+            contract.urn = urn;
+        }
+        Err(e) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{URN_ENV}: {e}"),
+            ));
+        }
+    }
+    Ok(contract)
+}
+
 /// The definition of the interface the kvstore provides,
 /// `anima.sample/kv` 1.0.0 (`interfaces/anima.sample/kv/1.0.0/interface.toml`),
 /// for [`ModuleServer::interface`](anima_module_sdk::ModuleServer::interface).

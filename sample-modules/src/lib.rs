@@ -6,8 +6,9 @@
 //! | [`hasher`] | I, ephemeral | a stateless service; a resource released by the cleanup hook; the process exiting by itself when its lease ends |
 //! | [`kvstore`] | II, resident private | expensive state built once and kept through standby; an all-or-nothing write committed with [`LeaseContext::commit`] |
 //! | [`tally`] | III, resident shared | per-lease tenant state with [`LeaseContext::with_state`], invisible to other Cores and gone with the lease |
+//! | [`notes`] | II, resident private | an interface it `requires` (the kvstore's `anima.sample/kv`), called through its Core with [`CoreClient`], deadlines carried over and errors passed through |
 //!
-//! Each sample is a folder (`hasher/`, `kvstore/`, `tally/`) holding its
+//! Each sample is a folder (`hasher/`, `kvstore/`, `tally/`, `notes/`) holding its
 //! capability contract (`module.toml`), its binary (`main.rs`) and a README;
 //! its service lives in this library so the tests can serve it in-process
 //! with the SDK's `testing` harness (`anima_module_sdk::testing`, behind
@@ -49,6 +50,7 @@
 //!
 //! [`LeaseContext::commit`]: anima_module_sdk::LeaseContext::commit
 //! [`LeaseContext::with_state`]: anima_module_sdk::LeaseContext::with_state
+//! [`CoreClient`]: anima_module_sdk::CoreClient
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -59,6 +61,7 @@ use tonic::Status;
 
 pub mod hasher;
 pub mod kvstore;
+pub mod notes;
 pub mod tally;
 
 /// The generated messages, servers and clients of `anima.sample.v1`
@@ -69,7 +72,7 @@ pub mod pb {
     tonic::include_proto!("anima.sample.v1");
 }
 
-/// The encoded `FileDescriptorSet` of the three sample services, which
+/// The encoded `FileDescriptorSet` of the sample services, which
 /// [`anima_module_sdk::ModuleServer::file_descriptor_set`] reads to check the
 /// served methods against each contract.
 pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sample_descriptor.bin"));

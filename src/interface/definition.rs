@@ -746,6 +746,20 @@ idempotent = true
         dir
     }
 
+    /// Checks that `load_all` refuses a tree whose one definition (of
+    /// net/basic 1.0.0) lies in `dir`, not laid out as `<interface>/<version>`,
+    /// naming that directory; returns the message.
+    fn layout_refused(dir: &str) -> String {
+        let tmp = TempDir::new("layout");
+        let dir = write_definition(&tmp.0, dir, "net/basic", "1.0.0");
+        let e = load_all(&tmp.0).unwrap_err();
+        assert!(
+            matches!(&e, DefinitionError::Layout { path, .. } if *path == dir),
+            "{e:?}"
+        );
+        e.to_string()
+    }
+
     fn versions(found: &[Interface]) -> Vec<String> {
         found.iter().map(|i| i.provided.to_string()).collect()
     }
@@ -837,41 +851,52 @@ idempotent = true
             assert_ne!(text, FULL, "{from:?} is in FULL");
             text
         };
-        assert_refused(
-            &field("\"anima.sample/kv\"", "\"Anima/kv\""),
-            "interface: ",
-            "\"Anima/kv\"",
-        );
-        assert_refused(
-            &field("version = \"1.0\"", "version = \"1.0.0+build\""),
-            "version: ",
-            "build metadata",
-        );
-        assert_refused(
-            &field("version = \"1.0\"", "version = \"one\""),
-            "version: ",
-            "\"one\"",
-        );
         let summary = "A string key-value store.";
-        assert_refused(&field(summary, " "), "summary: ", "one line");
-        assert_refused(
-            &field(summary, "two\\nlines"),
-            "summary: ",
-            "must be one line",
-        );
-        assert_refused(
-            &field(summary, &"x".repeat(201)),
-            "summary: ",
-            "201 characters; at most 200",
-        );
-        assert!(Interface::from_toml(&field(summary, &"x".repeat(200))).is_ok());
-        assert_refused(
-            &field("Values live as long as the provider's process.", " "),
-            "lifecycle: ",
-            "describe",
-        );
+        let lifecycle = "Values live as long as the provider's process.";
         let protos = "protos = [\"kvstore.proto\", \"schema/common.proto\"]";
-        assert_refused(&field(protos, "protos = []"), "protos: ", "at least one");
+        let idempotent = "idempotent = false";
+        let too_long = "x".repeat(201);
+        // (what FULL has, what it is replaced with, the message's field, its detail)
+        for (from, to, prefix, detail) in [
+            (
+                "\"anima.sample/kv\"",
+                "\"Anima/kv\"",
+                "interface: ",
+                "\"Anima/kv\"",
+            ),
+            (
+                "version = \"1.0\"",
+                "version = \"1.0.0+build\"",
+                "version: ",
+                "build metadata",
+            ),
+            (
+                "version = \"1.0\"",
+                "version = \"one\"",
+                "version: ",
+                "\"one\"",
+            ),
+            (summary, " ", "summary: ", "one line"),
+            (summary, "two\\nlines", "summary: ", "must be one line"),
+            (
+                summary,
+                &too_long,
+                "summary: ",
+                "201 characters; at most 200",
+            ),
+            (lifecycle, " ", "lifecycle: ", "describe"),
+            (protos, "protos = []", "protos: ", "at least one"),
+            (
+                idempotent,
+                "idempotent = false\ncolour = \"red\"",
+                "line ",
+                "unknown field `colour`",
+            ),
+            (idempotent, "idempotent = \"no\"", "line ", "invalid type"),
+        ] {
+            assert_refused(&field(from, to), prefix, detail);
+        }
+        assert!(Interface::from_toml(&field(summary, &"x".repeat(200))).is_ok());
         for (bad, index, detail) in [
             ("\"../kvstore.proto\"", 0, "without '..'"),
             ("\"schema/../../x.proto\"", 0, "without '..'"),
@@ -891,16 +916,6 @@ idempotent = true
             &format!("colour = \"red\"\n{FULL}"),
             "line 1: ",
             "unknown field `colour`",
-        );
-        assert_refused(
-            &field("idempotent = false", "idempotent = false\ncolour = \"red\""),
-            "line ",
-            "unknown field `colour`",
-        );
-        assert_refused(
-            &field("idempotent = false", "idempotent = \"no\""),
-            "line ",
-            "invalid type",
         );
     }
 
@@ -1074,26 +1089,13 @@ idempotent = true
         let e = load_all(&tmp.0).unwrap_err();
         assert!(e.to_string().contains("declares net/other 1.0.0"), "{e}");
 
-        let tmp = TempDir::new("layout");
-        let dir = write_definition(&tmp.0, "net/basic/latest", "net/basic", "1.0.0");
-        let e = load_all(&tmp.0).unwrap_err();
-        assert!(
-            matches!(&e, DefinitionError::Layout { path, .. } if *path == dir),
-            "{e:?}"
-        );
-        assert!(e.to_string().contains("not a version directory"), "{e}");
+        let message = layout_refused("net/basic/latest");
+        assert!(message.contains("not a version directory"), "{message}");
 
-        let tmp = TempDir::new("short");
-        let dir = write_definition(&tmp.0, "net/basic/1.0", "net/basic", "1.0.0");
-        let e = load_all(&tmp.0).unwrap_err();
+        let message = layout_refused("net/basic/1.0");
         assert!(
-            matches!(&e, DefinitionError::Layout { path, .. } if *path == dir),
-            "{e:?}"
-        );
-        assert!(
-            e.to_string()
-                .ends_with("rename the version directory to 1.0.0"),
-            "{e}"
+            message.ends_with("rename the version directory to 1.0.0"),
+            "{message}"
         );
 
         let tmp = TempDir::new("name");

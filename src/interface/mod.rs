@@ -153,6 +153,11 @@ impl fmt::Display for InterfaceVersion {
 pub struct VersionRange(semver::VersionReq);
 
 impl VersionRange {
+    /// Every version (`*`).
+    pub fn any() -> Self {
+        VersionRange(semver::VersionReq::STAR)
+    }
+
     /// Whether `version` is in the range.
     pub fn matches(&self, version: &InterfaceVersion) -> bool {
         self.0.matches(&version.0)

@@ -95,6 +95,9 @@ reasons! {
     /// The caller already has as many calls in flight through the gateway
     /// as one identity may.
     TooManyCalls = "TOO_MANY_CALLS" => ResourceExhausted,
+    /// A module-to-module call's provider went away while the call was in
+    /// flight: it may or may not have run; the caller may retry it.
+    ProviderLost = "PROVIDER_LOST" => Unavailable,
 }
 
 impl fmt::Display for Reason {

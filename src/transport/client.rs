@@ -149,6 +149,36 @@ impl ClientTls {
         Ok(Connection { channel, peer })
     }
 
+    /// A channel to `addr` that dials (TCP, mutual TLS 1.3, `expect`
+    /// checked in the handshake) when first used and again whenever its
+    /// connection has gone away. For calls bound to no connection (a
+    /// module's calls through its Core, the registry); a lease's channel is
+    /// [`ClientTls::dial_addr`]'s, which never reconnects.
+    pub fn reconnecting(
+        &self,
+        addr: SocketAddr,
+        expect: PeerPolicy,
+    ) -> Result<Channel, TransportError> {
+        let config = client_config(&self.identity, &self.trust, expect)?;
+        let dialler = self.clone();
+        let connector = tower::service_fn(move |_: Uri| {
+            let dialler = dialler.clone();
+            let config = config.clone();
+            async move {
+                let (stream, _) = dialler
+                    .handshake(addr, config)
+                    .await
+                    .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?;
+                Ok::<_, io::Error>(TokioIo::new(stream))
+            }
+        });
+        Ok(Endpoint::from_static("http://anima.peer")
+            .http2_keep_alive_interval(self.keepalive_interval)
+            .keep_alive_timeout(self.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .connect_with_connector_lazy(connector))
+    }
+
     async fn handshake(
         &self,
         addr: SocketAddr,

@@ -100,28 +100,40 @@ fn shipped_lines(dir: &Path) -> Vec<(PathBuf, usize, String)> {
     lines_under(dir, true)
 }
 
-fn lines_under(dir: &Path, shipped_only: bool) -> Vec<(PathBuf, usize, String)> {
-    let mut out = Vec::new();
+/// Every file under `dir`, at any depth.
+pub(crate) fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
     let mut todo = vec![dir.to_owned()];
     while let Some(dir) = todo.pop() {
         for entry in std::fs::read_dir(&dir).expect("readable source folder") {
             let path = entry.expect("a directory entry").path();
             if path.is_dir() {
                 todo.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let text = std::fs::read_to_string(&path).expect("readable source");
-                let lines: Vec<&str> = text.lines().collect();
-                for (i, line) in lines.iter().enumerate() {
-                    let unit_tests = *line == "#[cfg(test)]"
-                        && lines.get(i + 1).is_some_and(|l| l.starts_with("mod tests"));
-                    if shipped_only && unit_tests {
-                        break;
-                    }
-                    let code = line.trim_start();
-                    if !code.starts_with("//") {
-                        out.push((path.clone(), i + 1, (*line).to_owned()));
-                    }
-                }
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+fn lines_under(dir: &Path, shipped_only: bool) -> Vec<(PathBuf, usize, String)> {
+    let mut out = Vec::new();
+    let sources = files_under(dir)
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "rs"));
+    for path in sources {
+        let text = std::fs::read_to_string(&path).expect("readable source");
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let unit_tests = *line == "#[cfg(test)]"
+                && lines.get(i + 1).is_some_and(|l| l.starts_with("mod tests"));
+            if shipped_only && unit_tests {
+                break;
+            }
+            let code = line.trim_start();
+            if !code.starts_with("//") {
+                out.push((path.clone(), i + 1, (*line).to_owned()));
             }
         }
     }

@@ -4,7 +4,7 @@
 //! are caught by the row that names the rule they break; a Python `grpcio` module written from
 //! PROTOCOL.md alone passes the rows for its type.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anima_tests::bin_path;
@@ -87,12 +87,7 @@ fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
+use super::scaffold::repo;
 
 /// A dev CA the tool can mint its identities with.
 pub(crate) fn ca_dir() -> tempfile::TempDir {
@@ -140,6 +135,19 @@ pub(crate) fn conformance(contract: &Path, certs: &Path, extra: &[&str], command
     }
 }
 
+/// The rows every sample module passes, whatever its type (T, A, I and Z),
+/// followed by `type_rows`.
+pub(crate) fn rows(type_rows: &[&'static str]) -> Vec<&'static str> {
+    let every_type = [
+        "T1", "T2", "T3", "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "I1", "I2", "I4",
+        "Z1", "Z2", "Z3",
+    ];
+    [every_type.as_slice(), type_rows].concat()
+}
+
+/// The rows of a type III (resident-shared) module only: S1 to S9.
+pub(crate) const SHARED_ROWS: &[&str] = &["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9"];
+
 fn sample(name: &str) -> Run {
     let certs = ca_dir();
     let contract = repo().join(format!("sample-modules/{name}/module.toml"));
@@ -155,19 +163,13 @@ fn sample(name: &str) -> Run {
 #[test]
 fn o1_conformance_hasher_type1_passes_every_applicable_row() {
     let run = sample("hasher");
-    run.assert_passes(&[
-        "T1", "T2", "T3", "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "I1", "I2", "I4",
-        "Z1", "Z2", "Z3", "E1", "E2", "E3", "E4", "E5", "E6", "E7",
-    ]);
+    run.assert_passes(&rows(&["E1", "E2", "E3", "E4", "E5", "E6", "E7"]));
 }
 
 #[test]
 fn o1_conformance_kvstore_type2_passes_every_applicable_row() {
     let run = sample("kvstore");
-    run.assert_passes(&[
-        "T1", "T2", "T3", "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "I1", "I2", "I4",
-        "Z1", "Z2", "Z3", "R1", "R2", "R3", "R4", "R5", "R6", "P1",
-    ]);
+    run.assert_passes(&rows(&["R1", "R2", "R3", "R4", "R5", "R6", "P1"]));
 }
 
 /// P1: a module that reports other interfaces than its contract declares
@@ -201,10 +203,7 @@ fn p1_conformance_catches_a_module_reporting_other_interfaces_than_its_contract(
 #[test]
 fn o1_conformance_tally_type3_passes_every_applicable_row() {
     let run = sample("tally");
-    run.assert_passes(&[
-        "T1", "T2", "T3", "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "I1", "I2", "I4",
-        "Z1", "Z2", "Z3", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9",
-    ]);
+    run.assert_passes(&rows(SHARED_ROWS));
 }
 
 /// The Python module (`tests/python/module/`), written from PROTOCOL.md with
@@ -244,10 +243,7 @@ fn python_module_with(type_lines: &str) -> Run {
 #[test]
 fn o1_conformance_python_module_type3_passes_every_applicable_row() {
     let run = python_module(&repo().join("tests/python/module/module.toml"));
-    run.assert_passes(&[
-        "T1", "T2", "T3", "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "I1", "I2", "I4",
-        "Z1", "Z2", "Z3", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9",
-    ]);
+    run.assert_passes(&rows(SHARED_ROWS));
 }
 
 #[test]

@@ -3,19 +3,13 @@
 //! 1.0.0); the module requiring it is the echo fixture under a contract
 //! with `requires`, named `notes`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anima_protocol::UrnKind;
 use anima_tests::bin_path;
 
-use super::serve::{CoreProcess, core_and_admin, sample};
+use super::serve::{CoreProcess, core_and_admin, module_entry, sample};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the repository")
-        .to_owned()
-}
+use super::scaffold::repo;
 
 /// The notes contract: the echo methods, requiring `anima.sample/kv` in
 /// `range`.
@@ -25,6 +19,22 @@ fn notes_contract(range: &str) -> String {
          methods = [{}]\nmax_lease = \"30s\"\n\
          requires = [{{ interface = \"anima.sample/kv\", version = \"{range}\" }}]\n",
         anima_tests::echo_methods_toml()
+    )
+}
+
+/// The settings of the `notes` module: the echo fixture under the contract
+/// file `notes.toml`, whose text (`contract`) it is also given to report as
+/// its own.
+pub(crate) fn notes_settings(contract: &str) -> String {
+    format!(
+        r#"type = "resident-shared"
+command = "{}"
+contract = "notes.toml"
+
+[module.env]
+FIXTURE_CONTRACT = '''{contract}'''
+"#,
+        bin_path("anima-fixture-module").display()
     )
 }
 
@@ -39,43 +49,25 @@ fn config(range: &str, kv_contract: bool) -> String {
     } else {
         String::new()
     };
-    format!(
-        r#"{core}
-[[module]]
-urn = "urn:anima:module:kvstore"
-type = "resident-private"
-command = "{kvstore}"
-cert = "certs/dev/module-kvstore.pem"
-key = "certs/dev/module-kvstore.key"
+    let kvstore = format!(
+        r#"type = "resident-private"
+command = "{}"
 {kv_contract}
 [module.env]
 KVSTORE_CACHE_LIMIT = "65536"
-
-[[module]]
-urn = "urn:anima:module:notes"
-type = "resident-shared"
-command = "{fixture}"
-cert = "certs/dev/module-notes.pem"
-key = "certs/dev/module-notes.key"
-contract = "notes.toml"
-
-[module.env]
-FIXTURE_CONTRACT = '''{contract}'''
 "#,
-        core = core_and_admin(""),
-        kvstore = sample("kvstore"),
-        fixture = bin_path("anima-fixture-module").display(),
-        contract = notes_contract(range),
-    )
+        sample("kvstore")
+    );
+    let notes = notes_settings(&notes_contract(range));
+    core_and_admin("") + &module_entry("kvstore", &kvstore) + &module_entry("notes", &notes)
 }
 
-/// Starts a Core with [`config`], the notes contract file and certificate
-/// written first.
+/// Starts a Core with [`config`], the notes contract file written first
+/// (notes' certificate is one of the dev identities).
 async fn core(range: &str, kv_contract: bool) -> CoreProcess {
     let text = config(range, kv_contract);
     let contract = notes_contract(range);
     CoreProcess::start_with(Some(&text), move |certs| {
-        anima_certs::issue_into_dir(certs, UrnKind::Module, "notes", 30, false).unwrap();
         let dir = certs.parent().and_then(Path::parent).unwrap();
         std::fs::write(dir.join("notes.toml"), contract).unwrap();
     })
@@ -137,14 +129,6 @@ async fn p2_a_requirement_no_leased_module_satisfies_leaves_the_module_blocked()
 async fn p2_config_check_refuses_a_requirement_no_module_provides() {
     let dir = tempfile::tempdir().unwrap();
     anima_certs::init_dir(&dir.path().join("certs/dev"), &Default::default()).unwrap();
-    anima_certs::issue_into_dir(
-        &dir.path().join("certs/dev"),
-        UrnKind::Module,
-        "notes",
-        30,
-        false,
-    )
-    .unwrap();
     std::fs::write(dir.path().join("notes.toml"), notes_contract("^2")).unwrap();
     std::fs::write(dir.path().join("anima.toml"), config("^2", true)).unwrap();
     let out = std::process::Command::new(bin_path("anima"))

@@ -11,17 +11,13 @@ use std::process::{Command, Output};
 use anima_protocol::UrnKind;
 use anima_tests::bin_path;
 
-use super::conformance::{ca_dir, conformance};
+use super::architecture::files_under;
+use super::conformance::{SHARED_ROWS, ca_dir, conformance, rows};
 use super::serve::CoreProcess;
 use super::wait;
 
-/// The rows a Type III module must pass (as the tally sample does).
-const TYPE_III_ROWS: &[&str] = &[
-    "T1", "T2", "T3", "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "I1", "I2", "I4", "Z1",
-    "Z2", "Z3", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9",
-];
-
-fn repo() -> PathBuf {
+/// The repository's root.
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("repo root")
@@ -160,7 +156,8 @@ async fn serial_o1_a_scaffolded_shared_module_builds_tests_passes_conformance_an
     })
     .await
     .expect("conformance run");
-    run.assert_passes(TYPE_III_ROWS);
+    // The rows a Type III module must pass (as the tally sample does).
+    run.assert_passes(&rows(SHARED_ROWS));
 
     // Hosted with the printed anima.toml (its paths made absolute, as the
     // binary was built elsewhere), on the dev certificates plus the one
@@ -226,20 +223,13 @@ fn readme_blocks() -> Vec<(String, String)> {
 /// Every file of a scaffolded crate, with the Anima source tree's path
 /// written as the README writes it (`/path/to/anima`).
 fn crate_files(krate: &Path, tree: &str) -> Vec<(PathBuf, String)> {
-    let mut files = Vec::new();
-    let mut dirs = vec![krate.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                let text = std::fs::read_to_string(&path).expect("a text file");
-                files.push((path, text.replace(tree, "/path/to/anima")));
-            }
-        }
-    }
-    files
+    files_under(krate)
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("a text file");
+            (path, text.replace(tree, "/path/to/anima"))
+        })
+        .collect()
 }
 
 /// The README's code is the scaffold's: each Rust, proto and TOML block is

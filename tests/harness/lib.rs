@@ -250,6 +250,21 @@ pub fn echo_methods_toml() -> String {
     ECHO_METHODS.map(|m| format!("\"{m}\"")).join(", ")
 }
 
+/// The echo service as an interface, `anima.test/echo` 1.0.0
+/// (`interface.toml`, PROTOCOL.md §9): every echo method, idempotent (an echo
+/// changes nothing), no timeout or retries.
+pub fn echo_interface_toml() -> String {
+    let methods: String = ECHO_METHODS
+        .map(|m| format!("\n[[method]]\npath = \"{m}\"\nidempotent = true\n"))
+        .concat();
+    format!(
+        "interface = \"anima.test/echo\"\nversion = \"1.0.0\"\n\
+         summary = \"The end-to-end tests' echo service.\"\n\
+         lifecycle = \"Stateless: each call answers from its request alone.\"\n\
+         protos = [\"echo.proto\"]\n{methods}"
+    )
+}
+
 /// The echo service served in-process as a leased module (SDK).
 pub struct TestModule {
     pub addr: SocketAddr,

@@ -256,6 +256,28 @@ mod tests {
         Cli::try_parse_from(std::iter::once("certs").chain(args.iter().copied())).map(|c| c.certs)
     }
 
+    /// Runs `certs init` into `dev` under `tmp`; returns that directory.
+    fn init_dev(tmp: &tempfile::TempDir) -> PathBuf {
+        let dir = tmp.path().join("dev");
+        run(parse(&["init", "--dir", dir.to_str().unwrap()]).unwrap()).unwrap();
+        dir
+    }
+
+    /// The arguments of `certs issue --endpoint` for the `kind` named `name`
+    /// in `dir`.
+    fn endpoint_args<'a>(kind: &'a str, name: &'a str, dir: &'a str) -> Vec<&'a str> {
+        vec![
+            "issue",
+            "--kind",
+            kind,
+            "--name",
+            name,
+            "--dir",
+            dir,
+            "--endpoint",
+        ]
+    }
+
     #[test]
     fn rollover_begins_by_default_and_finishes_with_the_flag() {
         match parse(&["rollover"]).unwrap() {
@@ -286,9 +308,8 @@ mod tests {
     #[test]
     fn rollover_runs_both_steps_on_a_real_directory() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("dev");
+        let dir = init_dev(&tmp);
         let dir_arg = dir.to_str().unwrap();
-        run(parse(&["init", "--dir", dir_arg]).unwrap()).unwrap();
         run(parse(&["rollover", "--dir", dir_arg]).unwrap()).unwrap();
         assert!(dir.join(anima_certs::CA_PREVIOUS_KEY_FILE).exists());
         let err = run(parse(&["rollover", "--dir", dir_arg]).unwrap()).unwrap_err();
@@ -317,25 +338,15 @@ mod tests {
     #[test]
     fn issue_endpoint_renews_the_cores_p256_pair_and_only_for_a_core() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("dev");
+        let dir = init_dev(&tmp);
         let dir_arg = dir.to_str().unwrap();
-        run(parse(&["init", "--dir", dir_arg]).unwrap()).unwrap();
         let pem = dir.join("core-dev.endpoint.pem");
         let before = std::fs::read(&pem).unwrap();
         let core = std::fs::read(dir.join("core-dev.pem")).unwrap();
-        let args = [
-            "issue",
-            "--kind",
-            "core",
-            "--name",
-            "dev",
-            "--dir",
-            dir_arg,
-            "--endpoint",
-        ];
+        let args = endpoint_args("core", "dev", dir_arg);
         let err = run(parse(&args).unwrap()).unwrap_err();
         assert!(err.to_string().contains("exists"), "{err}");
-        let mut forced = args.to_vec();
+        let mut forced = args.clone();
         forced.push("--force");
         run(parse(&forced).unwrap()).unwrap();
         assert_ne!(std::fs::read(&pem).unwrap(), before);
@@ -345,19 +356,10 @@ mod tests {
             "ECDSA P-256"
         );
 
-        let module = [
-            "issue",
-            "--kind",
-            "module",
-            "--name",
-            "m",
-            "--dir",
-            dir_arg,
-            "--endpoint",
-        ];
+        let module = endpoint_args("module", "m", dir_arg);
         let err = run(parse(&module).unwrap()).unwrap_err();
         assert!(err.to_string().contains("--kind core"), "{err}");
-        let mut typed = args.to_vec();
+        let mut typed = args.clone();
         typed.extend(["--key-type", "ed25519"]);
         assert!(parse(&typed).is_err(), "--endpoint is always P-256");
     }

@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod demo;
 pub mod new;
 pub mod ops;
+pub mod registry;
 pub mod serve;
 
 /// Anima: a capability host for leased modules.
@@ -62,6 +63,9 @@ pub enum Command {
     },
     /// Follow the Core's lifecycle events.
     Events(ops::AdminTarget),
+    /// The providers of interfaces, and their lifecycle events.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Check a configuration file, or print the reference of its keys.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -92,6 +96,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Restart { args, target } => ops::module_command(target, args, true),
         Command::Stop { args, target } => ops::module_command(target, args, false),
         Command::Events(target) => ops::events(target),
+        Command::Registry(cmd) => registry::run(cmd),
         Command::Config(cmd) => config::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
         Command::New(cmd) => new::run(cmd),

@@ -183,6 +183,11 @@ pub struct ModuleArg {
 async fn connect(
     target: &AdminTarget,
 ) -> Result<CoreAdminClient<Channel>, Box<dyn std::error::Error>> {
+    Ok(CoreAdminClient::new(endpoint(target).await?))
+}
+
+/// A channel to the Core's endpoint as the operator.
+pub(crate) async fn endpoint(target: &AdminTarget) -> Result<Channel, Box<dyn std::error::Error>> {
     let target = target.resolve()?;
     let identity = TlsIdentity::from_pem_files(&target.cert, &target.key)?;
     let trust = TrustRoot::from_pem_file(&target.ca)?;
@@ -196,16 +201,16 @@ async fn connect(
                 target.admin
             )
         })?;
-    Ok(CoreAdminClient::new(conn.channel()))
+    Ok(conn.channel())
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
 }
 
-fn rpc_error(status: tonic::Status) -> Box<dyn std::error::Error> {
+pub(crate) fn rpc_error(status: tonic::Status) -> Box<dyn std::error::Error> {
     match anima_protocol::lease::reason_of(&status) {
         Some(reason) => format!("{reason}: {}", status.message()).into(),
         None => format!("{:?}: {}", status.code(), status.message()).into(),
@@ -428,7 +433,8 @@ pub fn events(target: AdminTarget) -> CliResult {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "ts_ms": event.ts_ms, "kind": event.kind, "module": event.module,
+                        "revision": event.revision, "ts_ms": event.ts_ms, "kind": event.kind,
+                        "module": event.module,
                         "lease_id": (!event.lease_id.is_empty()).then_some(&event.lease_id),
                         "detail": event.detail,
                     })

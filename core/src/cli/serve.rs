@@ -81,9 +81,21 @@ fn config_failure(problems: &[config::Problem], what: &str) -> (Vec<String>, Str
     }
 }
 
+/// The dev certificates of the embedded default: all of them when there is
+/// no dev CA yet; else those a newer version added (a sample module), issued
+/// from the CA there.
 fn ensure_dev_certs(base: &Path) -> CliResult {
     let dir = base.join(anima_certs::DEFAULT_DIR);
     if dir.join(anima_certs::CA_CERT_FILE).exists() {
+        for (kind, name) in anima_certs::DEV_IDENTITIES {
+            let urn = anima_protocol::Urn::new(kind, name)?;
+            if dir.join(anima_certs::leaf_cert_file(&urn)).exists() {
+                continue;
+            }
+            let days = anima_certs::InitOptions::default().days;
+            let created = anima_certs::issue_into_dir(&dir, kind, name, days, false)?;
+            tracing::info!(dir = %dir.display(), identity = %urn, files = created.len(), "created a missing dev certificate");
+        }
         return Ok(());
     }
     let created = anima_certs::init_dir(&dir, &anima_certs::InitOptions::default())?;

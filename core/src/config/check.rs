@@ -59,6 +59,16 @@ pub(crate) fn core(core: &CoreSection, report: &mut Report) {
             identity(report, "core.endpoint_cert", cert, private_key, &core.urn);
         }
     }
+    if let Some(dir) = &core.interfaces {
+        if !dir.is_dir() {
+            report.problem(
+                "core.interfaces",
+                format!("{} is not a directory", dir.display()),
+            );
+        } else if let Err(e) = anima_protocol::interface::definition::load_all(dir) {
+            report.problem("core.interfaces", e.to_string());
+        }
+    }
 }
 
 /// `[admin]`: the operator's certificate and key, when given, are usable
@@ -261,7 +271,10 @@ const LISTED_METHODS: usize = 5;
 /// calls to a method several declare would all fail `UNIMPLEMENTED`. Each
 /// later module is reported at its `contract`, naming the earlier one and
 /// the paths; modules without a contract declare nothing here, and a
-/// repeated URN is [`graph`]'s problem.
+/// repeated URN is [`graph`]'s problem. Two modules that provide the same
+/// interface are alternative providers and may declare the same methods:
+/// users' calls of those are not routed, modules' calls go through the
+/// Core to one of them (PROTOCOL.md §10).
 pub(crate) fn methods<'a>(
     modules: impl IntoIterator<Item = (usize, &'a ModuleConfig)>,
     report: &mut Report,
@@ -272,7 +285,15 @@ pub(crate) fn methods<'a>(
         .collect();
     for (later, &(index, urn, contract)) in declaring.iter().enumerate() {
         for &(earlier, earlier_urn, earlier_contract) in &declaring[..later] {
-            if earlier_urn == urn {
+            // Alternative providers of one interface declare its methods
+            // alike: modules call them through the Core, which picks one.
+            let alternatives = contract.provides.iter().any(|p| {
+                earlier_contract
+                    .provides
+                    .iter()
+                    .any(|q| q.interface == p.interface)
+            });
+            if earlier_urn == urn || alternatives {
                 continue;
             }
             let shared: Vec<&str> = contract

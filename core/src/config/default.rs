@@ -11,17 +11,22 @@ use anima_protocol::{Urn, UrnKind};
 
 use super::model::{
     AdminSection, Config, CoreCert, CoreSection, DEFAULT_LEASE_TTL, LeaseDefaults, ModuleConfig,
-    Policy, PolicyTarget, RestartPolicy, StartMode, default_admin_listen,
+    Permission, Policy, PolicyTarget, RestartPolicy, StartMode, default_admin_listen,
 };
+
+/// The interface the kvstore sample provides and the notes sample requires.
+const KV_INTERFACE: &str = "anima.sample/kv";
 
 /// The development setup: Core `urn:anima:core:dev` with the certificates
 /// `anima certs init` writes to `base/certs/dev/`, the admin endpoint on
 /// [`DEFAULT_ADMIN_LISTEN`](super::DEFAULT_ADMIN_LISTEN) for
-/// `urn:anima:user:dev`, 30 s leases renewed with a third left, and the three
+/// `urn:anima:user:dev`, 30 s leases renewed with a third left, and the four
 /// sample modules, each started by the Core from the directory of the running
 /// executable: `anima-hasher` (ephemeral), `anima-kvstore` (resident private,
-/// core-started) and `anima-tally` (resident shared). No contracts, no
-/// dependencies; each the default restart policy of its type
+/// core-started), `anima-tally` (resident shared) and `anima-notes`
+/// (resident private, core-started; it requires the kv interface and may
+/// call it). No contract files (the Core learns what each module provides
+/// and requires from it); each the default restart policy of its type
 /// ([`RestartPolicy::for_type`]: the ephemeral hasher restarts `always`, as a
 /// Type I module exits whenever its lease ends; the others `on-failure`).
 ///
@@ -60,6 +65,8 @@ pub fn embedded_default(base: &Path) -> Config {
             )),
             urn: core,
             audit_log: None,
+            // The samples' interface definitions, when run from a checkout.
+            interfaces: Some(PathBuf::from("interfaces")).filter(|d| d.is_dir()),
         },
         admin: AdminSection {
             listen: default_admin_listen(),
@@ -77,14 +84,21 @@ pub fn embedded_default(base: &Path) -> Config {
                 ModuleType::ResidentPrivate(InitMode::CoreStarted),
             ),
             module("tally", ModuleType::ResidentShared),
+            module("notes", ModuleType::ResidentPrivate(InitMode::CoreStarted)),
         ],
         // The dev user may call every sample module through the gateway.
         policies: vec![Policy {
             user: dev_urn(UrnKind::User, "dev"),
-            allow: ["hasher", "kvstore", "tally"]
+            allow: ["hasher", "kvstore", "tally", "notes"]
                 .into_iter()
                 .map(|m| PolicyTarget::Module(dev_urn(UrnKind::Module, m)))
                 .collect(),
+        }],
+        // notes keeps its notes in kv, through the Core.
+        permissions: vec![Permission {
+            module: dev_urn(UrnKind::Module, "notes"),
+            interface: kv_interface(),
+            provider: None,
         }],
         source: None,
     }
@@ -105,6 +119,14 @@ fn dev_urn(kind: UrnKind, name: &str) -> Urn {
     // (the test below builds every one).
     #[allow(clippy::expect_used)]
     Urn::new(kind, name).expect("constant dev URN names are valid")
+}
+
+fn kv_interface() -> anima_protocol::interface::InterfaceName {
+    // Invariant: a constant, valid name (the test below builds it).
+    #[allow(clippy::expect_used)]
+    KV_INTERFACE
+        .parse()
+        .expect("the constant kv interface name is valid")
 }
 
 #[cfg(test)]
@@ -130,7 +152,10 @@ mod tests {
         assert_eq!(config.leases, LeaseDefaults::default());
         assert_eq!(config.source, None);
         let names: Vec<&str> = config.modules.iter().map(|m| m.urn.name()).collect();
-        assert_eq!(names, ["hasher", "kvstore", "tally"]);
+        assert_eq!(names, ["hasher", "kvstore", "tally", "notes"]);
+        assert_eq!(config.permissions.len(), 1);
+        assert_eq!(config.permissions[0].module.name(), "notes");
+        assert_eq!(config.permissions[0].interface.to_string(), KV_INTERFACE);
         let exe_dir = std::env::current_exe()
             .unwrap()
             .parent()

@@ -5,8 +5,79 @@
 //! left to the Core at run time, which keeps such a module `blocked` until
 //! a provider is leased.
 
-use super::model::ModuleConfig;
+use super::model::{ModuleConfig, Permission};
 use super::problem::Report;
+
+/// Checks each `[[permission]]` (with its position in the file) against
+/// the modules: the caller and the provider are configured here; where
+/// their contracts are known, the caller requires the interface and the
+/// provider provides it.
+pub(crate) fn permissions<'p>(
+    entries: &[(usize, &ModuleConfig)],
+    permissions: impl IntoIterator<Item = (usize, &'p Permission)>,
+    report: &mut Report,
+) {
+    let find = |urn| entries.iter().map(|&(_, m)| m).find(|m| &m.urn == urn);
+    for (index, permission) in permissions {
+        let p = format!("permission[{index}]");
+        let interface = &permission.interface;
+        let caller = find(&permission.module);
+        let unmet = caller.and_then(|m| {
+            let requires = &m.contract.as_ref()?.requires;
+            let met = requires.iter().any(|r| &r.interface == interface);
+            (!met).then(|| {
+                format!(
+                    "{} does not require {interface} (its contract's requires: {}); add it \
+                     there, with the versions it accepts",
+                    m.urn,
+                    listed(requires)
+                )
+            })
+        });
+        entry(
+            report,
+            &format!("{p}.module"),
+            &permission.module,
+            caller.is_some(),
+        );
+        if let Some(why) = unmet {
+            report.problem(&format!("{p}.interface"), why);
+        }
+        let Some(provider) = &permission.provider else {
+            continue;
+        };
+        let module = find(provider);
+        entry(report, &format!("{p}.provider"), provider, module.is_some());
+        let provides = module.and_then(|m| Some(&m.contract.as_ref()?.provides));
+        if let Some(provides) = provides
+            && !provides.iter().any(|v| &v.interface == interface)
+        {
+            report.problem(
+                &format!("{p}.provider"),
+                format!(
+                    "{provider} does not provide {interface} (its contract's provides: {})",
+                    listed(provides)
+                ),
+            );
+        }
+    }
+}
+
+/// Reports a permission's `urn` at `key` unless it is a configured module.
+fn entry(report: &mut Report, key: &str, urn: &anima_protocol::Urn, configured: bool) {
+    if !configured {
+        report.problem(key, format!("{urn} is not a [[module]] of this Core"));
+    }
+}
+
+/// `a, b` or `none`.
+pub(crate) fn listed<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "none".into();
+    }
+    let items: Vec<String> = items.iter().map(ToString::to_string).collect();
+    items.join(", ")
+}
 
 /// Checks the interfaces the modules' contract files require and provide;
 /// `entries` are the modules with their positions in the file's

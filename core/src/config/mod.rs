@@ -89,10 +89,11 @@ mod resolve;
 
 pub use check::start_order;
 pub use default::embedded_default;
+pub(crate) use interfaces::listed;
 pub use model::{
     AdminSection, Config, CoreCert, CoreSection, DEFAULT_ADMIN_LISTEN, DEFAULT_AUDIT_LOG,
     DEFAULT_LEASE_TTL, DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, ModuleConfig, OperatorAccess,
-    Policy, PolicyTarget, RENEW_WHEN_LEFT_RANGE, RestartMode, RestartPolicy, StartMode,
+    Permission, Policy, PolicyTarget, RENEW_WHEN_LEFT_RANGE, RestartMode, RestartPolicy, StartMode,
     default_restart_mode,
 };
 pub use problem::Problem;
@@ -164,6 +165,7 @@ pub fn check(config: &Config) -> Result<(), Vec<Problem>> {
     check::graph(&nodes, &mut report);
     let entries: Vec<(usize, &ModuleConfig)> = config.modules.iter().enumerate().collect();
     interfaces::resolve(&entries, &mut report);
+    interfaces::permissions(&entries, config.permissions.iter().enumerate(), &mut report);
     if report.is_clean() {
         Ok(())
     } else {
@@ -572,11 +574,15 @@ mod tests {
             &["/x.v1.X/Undo", "/x.v1.X/Do", probe[0]],
         );
         let c = write_contract(dir.path(), "c", "", &["/y.v1.Y/Do", probe[0], probe[1]]);
+        // Two providers of one interface: alternatives, not a conflict.
+        let provides = "provides = [{ interface = \"x.test/z\", version = \"1.0.0\" }]";
+        let p = write_contract(dir.path(), "p", provides, &["/z.v1.Z/Do"]);
+        let q = write_contract(dir.path(), "q", provides, &["/z.v1.Z/Do"]);
         let mut config = embedded_default(dir.path());
         config.modules.truncate(1);
         let template = config.modules[0].clone();
         config.modules.clear();
-        for path in [&a, &b, &c] {
+        for path in [&a, &b, &c, &p, &q] {
             let contract = anima_protocol::contract::Contract::from_file(path).unwrap();
             config.modules.push(ModuleConfig {
                 urn: contract.urn.clone(),

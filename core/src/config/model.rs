@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anima_protocol::Urn;
 use anima_protocol::contract::{Contract, ModuleType};
+use anima_protocol::interface::InterfaceName;
 use serde::Deserialize;
 
 /// The address of the admin endpoint when the configuration names none.
@@ -48,8 +49,23 @@ pub struct Config {
     pub modules: Vec<ModuleConfig>,
     /// Who may call what through the gateway (default: nobody).
     pub policies: Vec<Policy>,
+    /// Which module may call which interface through the Core (default:
+    /// none may call any).
+    pub permissions: Vec<Permission>,
     /// The file this came from; `None` for the embedded default.
     pub source: Option<PathBuf>,
+}
+
+/// `[[permission]]`: a module may call an interface through the Core,
+/// from any provider or from one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    /// The calling module.
+    pub module: Urn,
+    /// The interface it may call.
+    pub interface: InterfaceName,
+    /// Only this provider; `None`: any.
+    pub provider: Option<Urn>,
 }
 
 /// `[[policy]]`: a user and what it may call through the gateway.
@@ -86,6 +102,10 @@ pub struct CoreSection {
     /// A second certificate and key for the user endpoint (same URN, e.g.
     /// ECDSA P-256), presented to clients that cannot verify Ed25519.
     pub endpoint_cert: Option<(PathBuf, PathBuf)>,
+    /// The directory of interface definitions the Core applies to
+    /// module-to-module calls (`[core] interfaces`, or `interfaces` beside
+    /// the file).
+    pub interfaces: Option<PathBuf>,
 }
 
 /// `[admin]`: the admin and user endpoint (mTLS).

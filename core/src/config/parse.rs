@@ -134,6 +134,8 @@ fn check_parts(parts: &Parts, report: &mut Report) {
     // Only when every entry is understood can its interfaces be resolved.
     if modules.len() == parts.entries.len() {
         super::interfaces::resolve(&modules, report);
+        let permissions = parts.permissions.iter().map(|(i, p)| (*i, p));
+        super::interfaces::permissions(&modules, permissions, report);
     }
 }
 
@@ -417,10 +419,10 @@ mod tests {
         assert_eq!(
             problems(text),
             [
-                "t:1: nope: unknown key (expected one of: core, admin, leases, module, policy)",
+                "t:1: nope: unknown key (expected one of: core, admin, leases, module, policy, permission)",
                 "t:3: core.urn: must be a string, not integer",
                 "t:4: core.typo: unknown key (expected one of: urn, cert, key, ca, audit_log, \
-                 endpoint_cert, endpoint_key)",
+                 endpoint_cert, endpoint_key, interfaces)",
                 "t:6: admin.operators[1]: must be a string, not integer",
                 "t:8: module[0].type: \"ephemral\" is not \"ephemeral\", \"resident-private\" \
                  or \"resident-shared\"",
@@ -455,7 +457,7 @@ mod tests {
         assert_eq!(
             problems("a.b = 1\n[[module]]\nenv.A.B = \"x\"\nrestart.max_restarts = 1e3\n"),
             [
-                "t:1: a: unknown key (expected one of: core, admin, leases, module, policy)",
+                "t:1: a: unknown key (expected one of: core, admin, leases, module, policy, permission)",
                 "t:3: module[0].env.A: must be a string, not table",
                 "t:4: module[0].restart.max_restarts: must be an integer, not float",
             ]

@@ -38,6 +38,9 @@ pub(super) struct File {
     /// `[[policy]]`, in file order.
     #[serde(default)]
     pub(super) policy: Vec<Spanned<Policy>>,
+    /// `[[permission]]`, in file order.
+    #[serde(default)]
+    pub(super) permission: Vec<Spanned<Permission>>,
 }
 
 /// `[core]`.
@@ -51,6 +54,7 @@ pub(super) struct Core {
     pub(super) audit_log: Field<String>,
     pub(super) endpoint_cert: Field<String>,
     pub(super) endpoint_key: Field<String>,
+    pub(super) interfaces: Field<String>,
 }
 
 /// `[admin]`.
@@ -112,6 +116,15 @@ pub(super) struct Restart {
 pub(super) struct Policy {
     pub(super) user: Field<String>,
     pub(super) allow: Strings,
+}
+
+/// One `[[permission]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Permission {
+    pub(super) module: Field<String>,
+    pub(super) interface: Field<String>,
+    pub(super) provider: Field<String>,
 }
 
 /// The module types an entry can declare (`type`); a resident private

@@ -142,6 +142,12 @@ pub(crate) const KEYS: &[Key] = &[
         "The private key of `endpoint_cert` (PEM). Unset: see `endpoint_cert`.",
     ),
     key(
+        "core.interfaces",
+        Kind::Str("path"),
+        Fallback::Unset,
+        "A directory of interface definitions (`NAMESPACE/NAME/VERSION/interface.toml`, PROTOCOL.md §9): the methods, timeouts and retry policies the Core applies to module-to-module calls. Unset: `interfaces` beside this file, if there is one.",
+    ),
+    key(
         "admin",
         Kind::Table,
         Fallback::Unset,
@@ -337,6 +343,30 @@ pub(crate) const KEYS: &[Key] = &[
         Kind::Strs("module URNs or method paths"),
         Fallback::Empty,
         "What it may call: a module URN (every method the module declares) or one method, `/package.Service/Method`.",
+    ),
+    key(
+        "permission",
+        Kind::Tables("permissions"),
+        Fallback::Empty,
+        "Which module may call which interface through the Core (module-to-module calls, PROTOCOL.md §10); what no permission grants is refused `POLICY_DENIED`.",
+    ),
+    key(
+        "permission.module",
+        Kind::Str("URN"),
+        Fallback::Required,
+        "The calling module: one of this Core's `[[module]]` entries.",
+    ),
+    key(
+        "permission.interface",
+        Kind::Str("interface name"),
+        Fallback::Required,
+        "The interface it may call (`namespace/name`, as in `provides`), at the versions its contract's `requires` accepts.",
+    ),
+    key(
+        "permission.provider",
+        Kind::Str("URN"),
+        Fallback::Unset,
+        "Only this provider (one of this Core's `[[module]]` entries). Unset: any module that provides the interface.",
     ),
 ];
 
@@ -825,6 +855,9 @@ mod tests {
         assert_eq!(Fallback::Number(0.5).doc(), "`0.5`");
         assert_eq!(one_of(&["a", "b", "c"], '"'), "\"a\", \"b\" or \"c\"");
         let names: Vec<&str> = children("").map(|k| k.path).collect();
-        assert_eq!(names, ["core", "admin", "leases", "module", "policy"]);
+        assert_eq!(
+            names,
+            ["core", "admin", "leases", "module", "policy", "permission"]
+        );
     }
 }

@@ -14,13 +14,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anima_protocol::contract::{Contract, InitMode, ModuleType, parse_duration};
+use anima_protocol::interface::InterfaceName;
 use anima_protocol::{Urn, UrnKind};
 use toml::Spanned;
 
 use super::check;
 use super::model::{
     AdminSection, Config, CoreSection, DEFAULT_ADMIN_LISTEN, LeaseDefaults, ModuleConfig,
-    OperatorAccess, Policy, PolicyTarget, RestartPolicy, StartMode, default_admin_listen,
+    OperatorAccess, Permission, Policy, PolicyTarget, RestartPolicy, StartMode,
+    default_admin_listen,
 };
 use super::problem::{Report, join, line_at};
 use super::raw::{self, Field, Strings, TypeWord};
@@ -48,6 +50,8 @@ pub(super) struct Parts {
     pub(super) leases: Option<LeaseDefaults>,
     pub(super) entries: Vec<Entry>,
     pub(super) policies: Vec<Policy>,
+    /// Each read `[[permission]]` with its position in the file.
+    pub(super) permissions: Vec<(usize, Permission)>,
 }
 
 impl Parts {
@@ -61,6 +65,7 @@ impl Parts {
             leases: self.leases?,
             modules: modules?,
             policies: self.policies,
+            permissions: self.permissions.into_iter().map(|(_, p)| p).collect(),
             source: Some(origin.to_path_buf()),
         })
     }
@@ -131,12 +136,14 @@ impl<'t> Resolver<'t> {
             });
         }
         let policies = self.policies(&file.policy);
+        let permissions = self.permissions(&file.permission);
         Parts {
             core,
             admin,
             leases,
             entries,
             policies,
+            permissions,
         }
     }
 
@@ -202,6 +209,11 @@ impl<'t> Resolver<'t> {
             ("core.endpoint_cert", &c.endpoint_cert),
             ("core.endpoint_key", &c.endpoint_key),
         )?;
+        let interfaces = match self.path("core.interfaces", &c.interfaces, Need::Optional) {
+            Ok(Some(dir)) => Some(dir),
+            Ok(None) => Some(self.base.join("interfaces")).filter(|d| d.is_dir()),
+            Err(Bad) => return None,
+        };
         Some(CoreSection {
             urn: urn.ok()?,
             cert: cert.ok()?,
@@ -209,6 +221,7 @@ impl<'t> Resolver<'t> {
             ca: ca.ok()?,
             audit_log: audit_log.ok().flatten(),
             endpoint_cert: endpoint,
+            interfaces,
         })
     }
 
@@ -280,6 +293,18 @@ impl<'t> Resolver<'t> {
                     );
                 }
             }
+            if let Ok(user) = &user
+                && user.kind() == UrnKind::Module
+            {
+                self.report.problem(
+                    &join(&p, "user"),
+                    format!(
+                        "{user} is a module: [[policy]] is for users calling through the gateway; \
+                         grant a module's calls with [[permission]] (module, interface, provider)"
+                    ),
+                );
+                continue;
+            }
             if let Ok(user) = user {
                 read.push(Policy {
                     user,
@@ -288,6 +313,64 @@ impl<'t> Resolver<'t> {
             }
         }
         read
+    }
+
+    /// Every `[[permission]]` entry: which module may call which interface
+    /// (from which provider). Whether the modules are configured is checked
+    /// with the modules ([`super::interfaces`]).
+    fn permissions(
+        &mut self,
+        permissions: &[Spanned<raw::Permission>],
+    ) -> Vec<(usize, Permission)> {
+        let mut read = Vec::with_capacity(permissions.len());
+        for (index, permission) in permissions.iter().enumerate() {
+            let p = format!("permission[{index}]");
+            self.mark(&p, permission.span());
+            if self.refused.contains(&p) {
+                continue;
+            }
+            let raw = permission.get_ref();
+            let module =
+                required(self.module_urn(&join(&p, "module"), &raw.module, Need::Required));
+            let interface = match required(self.value(
+                &join(&p, "interface"),
+                &raw.interface,
+                Need::Required,
+            )) {
+                Ok(text) => text.parse::<InterfaceName>().map_err(|e| {
+                    self.report.problem(&join(&p, "interface"), e.to_string());
+                    Bad
+                }),
+                Err(Bad) => Err(Bad),
+            };
+            let provider = self.module_urn(&join(&p, "provider"), &raw.provider, Need::Optional);
+            if let (Ok(module), Ok(interface), Ok(provider)) = (module, interface, provider) {
+                read.push((
+                    index,
+                    Permission {
+                        module,
+                        interface,
+                        provider,
+                    },
+                ));
+            }
+        }
+        read
+    }
+
+    /// A URN that must name a module.
+    fn module_urn(&mut self, path: &str, field: &Field<String>, need: Need) -> Got<Urn> {
+        let urn = self.urn(path, field, need)?;
+        if let Some(urn) = &urn
+            && urn.kind() != UrnKind::Module
+        {
+            self.report.problem(
+                path,
+                format!("{urn} is not a module URN (urn:anima:module:NAME)"),
+            );
+            return Err(Bad);
+        }
+        Ok(urn)
     }
 
     // ---- modules ----

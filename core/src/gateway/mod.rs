@@ -19,6 +19,9 @@
 //! bounded share of the Core and of the module.
 //!
 //! - `route.rs`: which module declares each method;
+//! - `mediate.rs`: module-to-module calls (the caller's lease, its
+//!   permissions, the provider);
+//! - `retry.rs`: the interface's retry policy for those calls;
 //! - `policy.rs`: who may call what (default deny);
 //! - `in_flight.rs`: the per-user bound on calls in flight;
 //! - `cap.rs`: the per-message size cap, read from the length prefixes;
@@ -27,16 +30,18 @@
 
 pub mod cap;
 mod in_flight;
+pub(crate) mod mediate;
 mod observe;
 mod policy;
+mod retry;
 pub(crate) mod route;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use anima_protocol::lease::{Reason, status_for};
-use anima_protocol::{PeerInfo, Urn};
+use anima_protocol::lease::{LeaseState, Reason, status_for};
+use anima_protocol::{PeerInfo, Urn, UrnKind};
 use http_body::Body as HttpBody;
 use tonic::Code;
 use tonic::body::Body;
@@ -66,7 +71,8 @@ pub(crate) struct Gateway {
 }
 
 /// Why a call is refused before it reaches a module, and the message.
-struct Refused(Reason, String);
+#[derive(Debug)]
+pub(crate) struct Refused(Reason, String);
 
 /// A call let through: where it goes, under which lease, in which slot.
 struct Admitted {
@@ -76,6 +82,8 @@ struct Admitted {
     link: LeaseLink,
     lease_call: CallGuard,
     slot: CallSlot,
+    /// For a module's call: the interface, its policy, the other providers.
+    plan: Option<mediate::Plan>,
 }
 
 impl Gateway {
@@ -122,6 +130,9 @@ impl Gateway {
         else {
             return Err(Refused(Reason::NoLease, "not an Anima connection".into()));
         };
+        if user.kind() == UrnKind::Module {
+            return self.admit_module(request, user, method);
+        }
         // Only declared methods route; nothing else touches a module.
         let Some(module) = self.ctx.routes.route(&method) else {
             tracing::info!(target: "anima::gateway", user = %user, method = %method, outcome = "UNKNOWN_METHOD", "call refused");
@@ -136,16 +147,7 @@ impl Gateway {
         let Some((link, lease_call)) = self.ctx.link_for_call(&module) else {
             return Err(self.not_leased(&user, &module, &method));
         };
-        let Some(slot) = self.in_flight.enter(&user) else {
-            tracing::debug!(target: "anima::gateway", user = %user, method = %method, outcome = "TOO_MANY_CALLS", "call refused");
-            return Err(Refused(
-                Reason::TooManyCalls,
-                format!(
-                    "{user} already has {} calls in flight through this Core",
-                    self.in_flight.max
-                ),
-            ));
-        };
+        let slot = self.enter(&user, &method)?;
         Ok(Admitted {
             user,
             module,
@@ -153,25 +155,129 @@ impl Gateway {
             link,
             lease_call,
             slot,
+            plan: None,
         })
+    }
+
+    /// A free slot for one more of `user`'s calls in flight.
+    fn enter(&self, user: &Urn, method: &str) -> Result<CallSlot, Refused> {
+        self.in_flight.enter(user).ok_or_else(|| {
+            tracing::debug!(target: "anima::gateway", user = %user, method = %method, outcome = "TOO_MANY_CALLS", "call refused");
+            Refused(
+                Reason::TooManyCalls,
+                format!(
+                    "{user} already has {} calls in flight through this Core",
+                    self.in_flight.max
+                ),
+            )
+        })
+    }
+
+    /// A module's call of another module's interface (PROTOCOL.md §10):
+    /// the caller holds a lease from this Core (P8), a permission grants it
+    /// the interface (P7), and a permitted provider in range is leased.
+    fn admit_module<B>(
+        &self,
+        request: &http::Request<B>,
+        caller: Urn,
+        method: String,
+    ) -> Result<Admitted, Refused> {
+        let view = self.ctx.registry.get(&caller);
+        let leased = self
+            .ctx
+            .link(&caller)
+            .is_some_and(|l| l.state() == LeaseState::Active);
+        let (Some(view), true) = (view, leased) else {
+            tracing::info!(target: "anima::gateway", caller = %caller, method = %method, outcome = "NO_LEASE", "module call refused");
+            return Err(Refused(
+                Reason::NoLease,
+                format!(
+                    "{caller} holds no lease from this Core: a module calls others only while \
+                     this Core leases it"
+                ),
+            ));
+        };
+        let pinned = match request.headers().get(mediate::PIN_HEADER) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.parse::<Urn>().ok())
+                    .ok_or_else(|| {
+                        Refused(
+                            Reason::NotFound,
+                            format!("{} is not a module URN", mediate::PIN_HEADER),
+                        )
+                    })?,
+            ),
+        };
+        let plan = self
+            .ctx
+            .mediation
+            .plan(
+                &view,
+                &method,
+                pinned.as_ref(),
+                &self.ctx.registry,
+                &self.ctx.routes,
+            )
+            .map_err(|refused| self.module_refused(&caller, &method, refused))?;
+        // The first in the plan whose lease is still open: one whose
+        // connection has just gone is passed over before anything is sent.
+        let Some((provider, link, lease_call)) = plan.providers.iter().find_map(|p| {
+            let (link, call) = self.ctx.link_for_call(p)?;
+            (link.state() == LeaseState::Active).then(|| (p.clone(), link, call))
+        }) else {
+            let provider = plan
+                .providers
+                .first()
+                .cloned()
+                .unwrap_or_else(|| caller.clone());
+            return Err(self.not_leased(&caller, &provider, &method));
+        };
+        let slot = self.enter(&caller, &method)?;
+        Ok(Admitted {
+            user: caller,
+            module: provider,
+            method,
+            link,
+            lease_call,
+            slot,
+            plan: Some(plan),
+        })
+    }
+
+    /// Logs a module's refused call; a refusal by permission is audited.
+    fn module_refused(&self, caller: &Urn, method: &str, refused: Refused) -> Refused {
+        let Refused(reason, message) = &refused;
+        tracing::warn!(target: "anima::gateway", caller = %caller, method = %method, outcome = %reason, detail = %message, "module call refused");
+        if *reason == Reason::PolicyDenied {
+            self.audit_denied(caller, Actor::Module, format!("{message} ({method:.200})"));
+        }
+        refused
+    }
+
+    /// Audits a call refused by policy or permission: `module` is the module
+    /// called (a user's call) or the calling module.
+    fn audit_denied(&self, module: &Urn, actor: Actor, detail: String) {
+        let mut record = AuditRecord::now(
+            AuditEvent::CallRefused,
+            module.as_str(),
+            self.ctx.urn.as_str(),
+            actor,
+        );
+        record.reason = Some(Reason::PolicyDenied);
+        record.detail = Some(detail);
+        self.ctx.audit.record(record);
     }
 
     /// Refuses a call the policy does not allow, and audits it.
     fn policy_denied(&self, user: &Urn, module: &Urn, method: &str) -> Refused {
         tracing::warn!(target: "anima::gateway", user = %user, module = %module, method = %method, outcome = "POLICY_DENIED", "call refused");
-        let mut record = AuditRecord::now(
-            AuditEvent::CallRefused,
-            module.as_str(),
-            self.ctx.urn.as_str(),
-            Actor::User,
-        );
-        record.reason = Some(Reason::PolicyDenied);
-        record.detail = Some(format!("{user} may not call {method:.200}"));
-        self.ctx.audit.record(record);
-        Refused(
-            Reason::PolicyDenied,
-            format!("{user} may not call {method:.200}"),
-        )
+        let message = format!("{user} may not call {method:.200}");
+        self.audit_denied(module, Actor::User, message.clone());
+        Refused(Reason::PolicyDenied, message)
     }
 
     /// Refuses a call to a module with no lease now, saying why.
@@ -193,7 +299,8 @@ impl Gateway {
     }
 
     /// Forwards an admitted call under its module's lease: the caller's
-    /// messages capped as they pass, its trace context and deadline kept,
+    /// messages capped as they pass, its trace context and deadline kept
+    /// (for a module's call, the earlier of its own and the interface's),
     /// its end logged and counted however it comes.
     async fn forward<B>(
         &self,
@@ -212,6 +319,7 @@ impl Gateway {
             link,
             lease_call,
             slot,
+            plan,
         } = admitted;
         let (trace_id, traceparent) = trace_context(request.headers().get("traceparent"));
         // Each message the caller streams is capped as it passes.
@@ -224,11 +332,8 @@ impl Gateway {
             ))
         });
         request.headers_mut().insert("traceparent", traceparent);
-        let deadline = request
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
+        request.headers_mut().remove(mediate::PIN_HEADER);
+        let deadline = deadline_in_force(&mut request, plan.as_ref());
         // Logged however the call ends, even if the caller goes away first.
         let mut call = CallLog {
             metrics: self.metrics.clone(),
@@ -243,6 +348,19 @@ impl Gateway {
             _slot: slot,
             _lease_call: lease_call,
         };
+        if let Some(plan) = plan.filter(retry::applies) {
+            let retried = retry::Attempts {
+                ctx: &self.ctx,
+                plan: &plan,
+                tripped: &tripped,
+            };
+            return match retried.run(request, link, &mut call).await {
+                Ok((outcome, module)) => {
+                    self.answer(outcome, tripped.load(Ordering::SeqCst), &module, call, true)
+                }
+                Err(response) => response,
+            };
+        }
         let forward = link.channel().oneshot(request);
         let outcome = match deadline {
             None => forward.await,
@@ -255,7 +373,14 @@ impl Gateway {
                 }
             },
         };
-        self.answer(outcome, tripped.load(Ordering::SeqCst), &module, call)
+        let mediated = user.kind() == UrnKind::Module;
+        self.answer(
+            outcome,
+            tripped.load(Ordering::SeqCst),
+            &module,
+            call,
+            mediated,
+        )
     }
 
     /// What the caller gets once the forwarded call has answered (or
@@ -268,6 +393,7 @@ impl Gateway {
         oversized: u64,
         module: &Urn,
         mut call: CallLog,
+        mediated: bool,
     ) -> http::Response<Body> {
         if oversized > 0 {
             // The forwarded call was reset before the message's body left.
@@ -284,9 +410,20 @@ impl Gateway {
                     return deadline_exceeded(&mut call, "deadline exceeded".to_owned());
                 }
                 call.finish(Code::Unavailable);
-                return self.refuse(Reason::ModuleUnavailable, format!("{module}: {e}"));
+                // A module's call: the provider went away mid-call (P9).
+                return if mediated {
+                    self.provider_lost(module, &e.to_string())
+                } else {
+                    self.refuse(Reason::ModuleUnavailable, format!("{module}: {e}"))
+                };
             }
         };
+        // The provider's lease ended under a module's call (its connection
+        // lost, revoked, expired): to the caller, the provider is lost.
+        if mediated && let Some(why) = retry::lease_ended(&response) {
+            call.finish(Code::Unavailable);
+            return self.provider_lost(module, &why);
+        }
         // The module's own timer for the forwarded `grpc-timeout` can answer
         // first (tonic ends such a call CANCELLED); once the caller's deadline
         // has passed, an error there is the deadline's.
@@ -298,6 +435,19 @@ impl Gateway {
             return deadline_exceeded(&mut call, "deadline exceeded".to_owned());
         }
         observed(response, call)
+    }
+}
+
+impl Gateway {
+    /// A module's call whose provider went away during it (P9).
+    fn provider_lost(&self, module: &Urn, why: &str) -> http::Response<Body> {
+        self.refuse(
+            Reason::ProviderLost,
+            format!(
+                "the provider {module} went away during the call, which may or may not have \
+                 run: {why:.300}"
+            ),
+        )
     }
 }
 
@@ -314,6 +464,37 @@ fn observed(response: http::Response<Body>, call: CallLog) -> http::Response<Bod
         header_code,
     };
     http::Response::from_parts(parts, Body::new(Watched::wrap(body, end)))
+}
+
+/// The call's deadline: the caller's `grpc-timeout`, or the interface's
+/// timeout for a module's call when that is earlier (the module is then
+/// told that one).
+fn deadline_in_force<B>(
+    request: &mut http::Request<B>,
+    plan: Option<&mediate::Plan>,
+) -> Option<std::time::Duration> {
+    let asked = request
+        .headers()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    match (asked, plan.and_then(mediate::Plan::timeout)) {
+        (Some(asked), Some(limit)) if limit >= asked => Some(asked),
+        (_, Some(limit)) => {
+            set_grpc_timeout(request, limit);
+            Some(limit)
+        }
+        (asked, None) => asked,
+    }
+}
+
+/// Tells the module the deadline in force (the interface's, when earlier
+/// than the caller's).
+fn set_grpc_timeout<B>(request: &mut http::Request<B>, limit: std::time::Duration) {
+    let millis = limit.as_millis().clamp(1, 99_999_999);
+    if let Ok(value) = http::HeaderValue::from_str(&format!("{millis}m")) {
+        request.headers_mut().insert("grpc-timeout", value);
+    }
 }
 
 /// The caller's deadline has passed: the call ends `DEADLINE_EXCEEDED`.

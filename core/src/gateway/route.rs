@@ -24,6 +24,24 @@ impl Routes {
         }
     }
 
+    /// Every method `module` declares, sorted.
+    pub(crate) fn declared_by(&self, module: &Urn) -> Vec<String> {
+        let routes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut methods: Vec<String> = routes
+            .iter()
+            .filter(|(_, modules)| modules.contains(module))
+            .map(|(method, _)| method.clone())
+            .collect();
+        methods.sort();
+        methods
+    }
+
+    /// Every module declaring `method`.
+    pub(crate) fn declaring(&self, method: &str) -> Vec<Urn> {
+        let routes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        routes.get(method).cloned().unwrap_or_default()
+    }
+
     /// The one module declaring `method`: none when no module or several do.
     pub(crate) fn route(&self, method: &str) -> Option<Urn> {
         let routes = self.0.lock().unwrap_or_else(|p| p.into_inner());

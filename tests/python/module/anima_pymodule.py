@@ -12,6 +12,11 @@ It serves:
   - anima.v1.ModuleAdmin/Status, /Shutdown (§6.4)
   - grpc.health.v1.Health/Check      (an extra; needs no lease, §4)
 
+It calls, through its Core (§10; CoreClient): the registry (anima.v1.Registry/
+Discover) and the anima.sample/kv interface (KvStore/Put, /Get). With
+PYMODULE_KV_SELFTEST=1 it does so once, after its first lease, and writes one
+`PYMODULE KV SELFTEST ok …` or `… failed: …` line to stderr.
+
 usage:
   anima_pymodule.py [CONTRACT]   run the module (§6.1); CONTRACT defaults to
                                  module.toml beside this file
@@ -32,6 +37,8 @@ import os
 import queue
 import re
 import signal
+import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -707,6 +714,166 @@ class Identity:
 
 
 # ---------------------------------------------------------------------------
+# Interfaces (§9): names, versions and ranges
+# ---------------------------------------------------------------------------
+
+INTERFACE_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}/[a-z0-9][a-z0-9._-]{0,62}")
+_NUMBER = r"(?:0|[1-9][0-9]*)"  # semver: no leading zeros
+_PRE = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)(?:\.(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*))*"
+VERSION_RE = re.compile(rf"({_NUMBER})\.({_NUMBER})(?:\.({_NUMBER}))?(?:-({_PRE}))?")
+# One comparator of a range, as Cargo's `semver` reads it: an optional operator,
+# MAJOR[.MINOR[.PATCH[-PRE]]], where MINOR and PATCH may be a wildcard (`*`, `x`, `X`).
+COMPARATOR_RE = re.compile(
+    rf" *(>=|<=|=|>|<|~|\^)? *({_NUMBER})(?:\.([*xX]|{_NUMBER})(?:\.([*xX]|{_NUMBER})(?:-({_PRE}))?)?)? *"
+)
+MAX_COMPARATORS = 32  # as Cargo's `semver`
+MAX_INTERFACE_ENTRIES = 256  # an implementation limit on `provides` and `requires`
+
+
+def parse_version(text) -> tuple:
+    """A semantic version (§9): `MAJOR.MINOR[.PATCH][-PRE]`, `MAJOR.MINOR` meaning
+    `MAJOR.MINOR.0`; build metadata refused. -> (major, minor, patch, (pre identifiers))."""
+    match = VERSION_RE.fullmatch(text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"{shown(text, 64)} is not a semantic version such as 1.0.0")
+    major, minor, patch = (int(match.group(i) or 0) for i in (1, 2, 3))
+    if max(major, minor, patch) >= 1 << 64:
+        raise ValueError(f"{shown(text, 64)} has a number over 64 bits")
+    return major, minor, patch, tuple(match.group(4).split(".")) if match.group(4) else ()
+
+
+def format_version(version: tuple) -> str:
+    """A version in full, as ModuleAdmin/Status reports it (`1.0` -> `1.0.0`)."""
+    major, minor, patch, pre = version
+    return f"{major}.{minor}.{patch}" + (f"-{'.'.join(pre)}" if pre else "")
+
+
+def compare_pre(a: tuple, b: tuple) -> int:
+    """semver 2.0 precedence of two pre-releases: -1, 0 or 1. No pre-release ranks
+    above any; numeric identifiers compare as numbers, below alphanumeric ones."""
+    if a == b:
+        return 0
+    if not a or not b:
+        return 1 if not a else -1
+    for x, y in zip(a, b):
+        if x == y:
+            continue
+        if x.isdigit() and y.isdigit():
+            return -1 if int(x) < int(y) else 1
+        if x.isdigit() != y.isdigit():
+            return -1 if x.isdigit() else 1
+        return -1 if x < y else 1
+    return -1 if len(a) < len(b) else 1
+
+
+def parse_range(text) -> tuple:
+    """A requirement in Cargo's syntax (§9): comparators separated by commas; `*`
+    alone is any version. -> comparators (op, major, minor|None, patch|None, pre),
+    op one of = > >= < <= ~ ^ and "" (a wildcard); () for `*`."""
+    if not isinstance(text, str) or len(text) > MAX_TEXT:
+        raise ValueError(f"{shown(text, 64)} is not a version range")
+    if text.strip(" ") in ("*", "x", "X"):
+        return ()
+    parts = text.split(",")
+    if len(parts) > MAX_COMPARATORS:
+        raise ValueError(f"{shown(text, 64)} has more than {MAX_COMPARATORS} comparators")
+    comparators = []
+    for part in parts:
+        match = COMPARATOR_RE.fullmatch(part)
+        if not match:
+            raise ValueError(f"{shown(text, 64)} is not a version range such as >=1.0 or ^1.2")
+        op, major, minor, patch, pre = match.groups()
+        wild_minor, wild_patch = minor in ("*", "x", "X"), patch in ("*", "x", "X")
+        if wild_minor and patch is not None and not wild_patch:
+            raise ValueError(f"{shown(text, 64)}: a version part after a wildcard")
+        if op is None:
+            op = "" if wild_minor or wild_patch else "^"  # a bare version means ^
+        minor = None if minor is None or wild_minor else int(minor)
+        patch = None if minor is None or patch is None or wild_patch else int(patch)
+        if max(int(major), minor or 0, patch or 0) >= 1 << 64:
+            raise ValueError(f"{shown(text, 64)} has a number over 64 bits")
+        comparators.append((op, int(major), minor, patch, tuple(pre.split(".")) if pre else ()))
+    return tuple(comparators)
+
+
+def format_range(comparators: tuple) -> str:
+    """A range as ModuleAdmin/Status reports it: Cargo's `semver` normal form
+    (`1.2` -> `^1.2`, `1.x` -> `1.*`, `>= 1.0,<2` -> `>=1.0, <2`)."""
+    if not comparators:
+        return "*"
+    texts = []
+    for op, major, minor, patch, pre in comparators:
+        text = f"{op}{major}"
+        if minor is not None:
+            text += f".{minor}"
+            if patch is not None:
+                text += f".{patch}" + (f"-{'.'.join(pre)}" if pre else "")
+            elif op == "":
+                text += ".*"
+        elif op == "":
+            text += ".*"
+        texts.append(text)
+    return ", ".join(texts)
+
+
+def version_order(version: tuple, comparator: tuple) -> int:
+    """-1 or 1: `version` below or above `comparator`'s version, part by part; 0
+    when equal, or when the comparator leaves out the part where they would differ."""
+    _, c_major, c_minor, c_patch, c_pre = comparator
+    major, minor, patch, pre = version
+    if major != c_major:
+        return -1 if major < c_major else 1
+    if c_minor is None:
+        return 0
+    if minor != c_minor:
+        return -1 if minor < c_minor else 1
+    if c_patch is None:
+        return 0
+    if patch != c_patch:
+        return -1 if patch < c_patch else 1
+    return compare_pre(pre, c_pre)
+
+
+def comparator_matches(comparator: tuple, version: tuple) -> bool:
+    """One comparator of a range against a version, as Cargo's `semver` decides it."""
+    op, c_major, c_minor, c_patch, c_pre = comparator
+    major, minor, patch, pre = version
+    exact = major == c_major and c_minor in (None, minor) and c_patch in (None, patch) and pre == c_pre
+    if op in ("=", ""):
+        return exact
+    if op in (">", ">="):
+        return version_order(version, comparator) > 0 or (op == ">=" and exact)
+    if op in ("<", "<="):
+        return version_order(version, comparator) < 0 or (op == "<=" and exact)
+    if major != c_major:
+        return False
+    if op == "~":
+        if c_minor is not None and minor != c_minor:
+            return False
+        if c_patch is not None and patch != c_patch:
+            return patch > c_patch
+        return compare_pre(pre, c_pre) >= 0
+    # "^": no change to the leftmost non-zero part.
+    if c_minor is None:
+        return True
+    if c_patch is None:
+        return minor >= c_minor if c_major > 0 else minor == c_minor
+    if minor != c_minor:
+        return c_major > 0 and minor > c_minor
+    if patch != c_patch:
+        return (c_major > 0 or c_minor > 0) and patch > c_patch
+    return compare_pre(pre, c_pre) >= 0
+
+
+def range_matches(comparators: tuple, version: tuple) -> bool:
+    """Whether `version` is in the range, with semver precedence: a pre-release is
+    in it only if a comparator names a pre-release of the same MAJOR.MINOR.PATCH."""
+    if not all(comparator_matches(c, version) for c in comparators):
+        return False
+    return not version[3] or any(c[1:4] == version[:3] and c[4] for c in comparators)
+
+
+# ---------------------------------------------------------------------------
 # The contract (§6.2)
 # ---------------------------------------------------------------------------
 
@@ -724,7 +891,19 @@ def parse_duration(value, name: str) -> int:
 
 
 class Contract:
-    KEYS = {"urn", "version", "type", "init", "methods", "max_lease", "startup_grace", "expired_grace", "termination_window"}
+    KEYS = {
+        "urn",
+        "version",
+        "type",
+        "init",
+        "methods",
+        "max_lease",
+        "startup_grace",
+        "expired_grace",
+        "termination_window",
+        "provides",
+        "requires",
+    }
 
     def __init__(self, path: str):
         try:
@@ -760,6 +939,48 @@ class Contract:
         self.startup_grace_ms = parse_duration(doc.get("startup_grace", "10s"), "startup_grace")
         self.expired_grace_ms = parse_duration(doc.get("expired_grace", "0s"), "expired_grace")
         self.termination_window_ms = parse_duration(doc.get("termination_window", "2s"), "termination_window")
+        # §9: the interfaces provided, [(name, version)], and required, [(name, range)].
+        self.provides = self.interfaces(doc, "provides", "version", parse_version, path)
+        self.requires = self.interfaces(doc, "requires", "version", parse_range, path)
+        provided = set()
+        for name, version in self.provides:
+            if (name, version) in provided:
+                raise StartupError(f"contract {path}: provides {name} {format_version(version)} twice")
+            provided.add((name, version))
+        required = set()
+        for name, comparators in self.requires:
+            if name in required:
+                raise StartupError(f"contract {path}: requires {name} twice")
+            required.add(name)
+            own = [v for n, v in self.provides if n == name and range_matches(comparators, v)]
+            if own:
+                raise StartupError(
+                    f"contract {path}: requires {name} {format_range(comparators)}, "
+                    f"which it provides itself ({format_version(own[0])}); remove the requirement"
+                )
+
+    @staticmethod
+    def interfaces(doc: dict, key: str, field: str, parse, path: str) -> list[tuple[str, tuple]]:
+        """`provides` or `requires` (§6.2, §9): `[{ interface = "NAMESPACE/NAME", version = … }, …]`,
+        each entry exactly those two keys; `parse` reads the version (or range)."""
+        entries = doc.get(key, [])
+        if not isinstance(entries, list) or len(entries) > MAX_INTERFACE_ENTRIES:
+            raise StartupError(f'contract {path}: {key} must be a list of {{ interface = "NAMESPACE/NAME", {field} = … }}')
+        out = []
+        for entry in entries:
+            if not isinstance(entry, dict) or set(entry) != {"interface", field}:
+                raise StartupError(f"contract {path}: each {key} entry has exactly the keys interface and {field}")
+            name = entry["interface"]
+            if not isinstance(name, str) or not INTERFACE_RE.fullmatch(name):
+                raise StartupError(
+                    f"contract {path}: {key}: {shown(name, 140)} is not NAMESPACE/NAME "
+                    "(each part 1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
+                )
+            try:
+                out.append((name, parse(entry[field])))
+            except ValueError as e:
+                raise StartupError(f"contract {path}: {key} {name}: {e}") from None
+        return out
 
 
 # ---------------------------------------------------------------------------
@@ -917,6 +1138,9 @@ class Module:
         self.started = time.monotonic()
         self.identity_cache: dict[bytes, Identity | None] = {}
         self.server = None
+        self.env = dict(env)
+        # PYMODULE_KV_SELFTEST=1: after the first lease, call kv through the Core once (§10).
+        self.kv_selftest_pending = env.get("PYMODULE_KV_SELFTEST", "") == "1"
 
         # The capabilities this module serves. §6.1: they must equal the contract's `methods`.
         self.capabilities = {TOUCH_METHOD: self.probe_touch, READ_METHOD: self.probe_read}
@@ -1224,8 +1448,13 @@ class Module:
                 # Registered before the grant leaves, so a call right after it finds the lease.
                 session.send(frame_token("grant", grant))
                 self.cond.notify_all()
+                selftest, self.kv_selftest_pending = self.kv_selftest_pending, False
             ttl_ms = round((lease.expires_at - received) * 1000)
             log(f"lease {lease.lid} granted to {lease.core.urn} on {session.conn}: {ttl_ms} ms, scope {lease.scope}")
+            if selftest:
+                threading.Thread(
+                    target=kv_selftest, args=(self, lease.core.urn), name="pymodule-kv-selftest", daemon=True
+                ).start()
         except Refused as refusal:
             with self.lock:
                 self._refuse(session, refusal)
@@ -1443,6 +1672,10 @@ class Module:
                 + enc_str(7, self.bound_core or "")
                 + b"".join(enc_str(8, m) for m in c.methods)
                 + enc_uint(9, c.max_lease_ms)
+                # §9: "NAME VERSION" and "NAME RANGE", in the contract's order, in the normal
+                # form a Core writes its own copy in (it compares them as text).
+                + b"".join(enc_str(10, f"{n} {format_version(v)}") for n, v in c.provides)
+                + b"".join(enc_str(11, f"{n} {format_range(r)}") for n, r in c.requires)
             )
 
     def admin_shutdown(self, request: bytes, context) -> bytes:
@@ -1573,6 +1806,249 @@ def probe_reading(touches: int, executions: int, committed: int) -> bytes:
 
 
 # ---------------------------------------------------------------------------
+# Calling other modules through the Core (§10)
+# ---------------------------------------------------------------------------
+
+DISCOVER_METHOD = "/anima.v1.Registry/Discover"
+KV_PUT_METHOD = "/anima.sample.v1.KvStore/Put"
+KV_GET_METHOD = "/anima.sample.v1.KvStore/Get"
+CORE_CALL_TIMEOUT_S = 5.0  # every call through the Core, and the TLS check before the first
+MAX_CORE_MESSAGE_BYTES = 4 * 1024 * 1024  # §10.2: the Core forwards at most 4 MiB per message
+
+Route = collections.namedtuple("Route", ("core", "methods", "pin_header", "pin_value"))
+Provider = collections.namedtuple("Provider", ("module", "interface", "version", "state", "route"))
+
+
+def read_path(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class CoreCallError(Exception):
+    """A call through the Core did not succeed: the gRPC code, the `anima` reason of
+    its ErrorInfo (§5) if any, and the Core's message."""
+
+    def __init__(self, method: str, code: str, reason: str | None, message: str):
+        super().__init__(f"{method}: {reason or code}: {message}")
+        self.method, self.code, self.reason, self.message = method, code, reason, message
+
+
+def error_reason(error: grpc.RpcError) -> str | None:
+    """The reason of a refused call (§5): `google.rpc.Status.details` (field 3) holds
+    an Any (type_url 1, value 2) of `google.rpc.ErrorInfo{reason=1, domain=2}`."""
+    try:
+        raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+        if not isinstance(raw, bytes):
+            return None
+        for wire, any_ in dec_fields(raw).get(3, []):
+            if wire != 2:
+                continue
+            fields = dec_fields(any_)
+            if dec_string(fields, 1, MAX_TEXT) != "type.googleapis.com/google.rpc.ErrorInfo":
+                continue
+            info = dec_fields(last(fields, 2, 2) or b"")
+            if dec_string(info, 2, MAX_TEXT) == "anima":
+                return dec_string(info, 1, MAX_TEXT)
+    except (WireError, AttributeError, TypeError, ValueError):
+        pass
+    return None
+
+
+def decode_provider(data: bytes) -> Provider:
+    """anima.v1.Provider{module=1, interface=2, version=3, state=4, route=5:
+    Route{core=1, methods=2 (repeated), pin_header=3, pin_value=4}}."""
+    fields = dec_fields(data)
+    route = dec_fields(last(fields, 5, 2) or b"")
+    methods = []
+    for wire, value in route.get(2, []):
+        if wire != 2 or len(value) > MAX_TEXT:
+            raise WireError("a route method is not a string")
+        methods.append(bytes(value).decode("utf-8", "replace"))
+    return Provider(
+        dec_string(fields, 1, MAX_TEXT),
+        dec_string(fields, 2, MAX_TEXT),
+        dec_string(fields, 3, MAX_TEXT),
+        dec_string(fields, 4, MAX_TEXT),
+        Route(dec_string(route, 1, MAX_TEXT), tuple(methods), dec_string(route, 3, MAX_TEXT), dec_string(route, 4, MAX_TEXT)),
+    )
+
+
+class CoreClient:
+    """The module's client of its Core's endpoint (§10): the registry, and the
+    interfaces the module requires, called through the Core with the module's own
+    certificate. A module never dials another module (§10)."""
+
+    def __init__(self, endpoint: str, core_urn: str, cert_path: str, key_path: str, ca_path: str):
+        host, sep, port = endpoint.rpartition(":")
+        if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+            raise ValueError(f"ANIMA_CORE_ENDPOINT must be ip:port, not {shown(endpoint)}")
+        if not (URN_RE.fullmatch(core_urn) and core_urn.startswith("urn:anima:core:")):
+            raise ValueError(f"the Core to call is not a Core URN: {shown(core_urn)}")
+        self.endpoint, self.host, self.port = endpoint, host.strip("[]"), int(port)
+        self.core_urn = core_urn
+        self.cert_path, self.key_path, self.ca_path = cert_path, key_path, ca_path
+        self.lock = threading.Lock()
+        self._channel = None
+
+    @classmethod
+    def from_env(cls, env, leased_by: str | None = None) -> "CoreClient":
+        """§6.1: `ANIMA_CORE_ENDPOINT` (ip:port) and `ANIMA_CORE_URN` (else the Core
+        whose lease this module holds, `leased_by`), with `ANIMA_CERT`, `ANIMA_KEY`
+        and `ANIMA_CA`."""
+        endpoint = env.get("ANIMA_CORE_ENDPOINT", "").strip()
+        if not endpoint:
+            raise ValueError("ANIMA_CORE_ENDPOINT is not set: a launching Core sets it; set it by hand to ip:port")
+        core_urn = env.get("ANIMA_CORE_URN", "").strip() or leased_by or ""
+        if not core_urn:
+            raise ValueError("ANIMA_CORE_URN is not set and no Core leases this module: set it to the Core's URN")
+        paths = [env.get(name, "") for name in ("ANIMA_CERT", "ANIMA_KEY", "ANIMA_CA")]
+        if not all(paths):
+            raise ValueError("ANIMA_CERT, ANIMA_KEY and ANIMA_CA must all be set")
+        return cls(endpoint, core_urn, *paths)
+
+    def check_core(self) -> None:
+        """§1: the server must be the Core, by the URN in its certificate. A grpcio
+        channel checks the chain (and the host name, which dev certificates satisfy
+        for 127.0.0.1 and localhost) but neither exposes nor lets us check the
+        server's certificate, so one TLS 1.3 connection of Python's own `ssl`, as
+        this module and to the same endpoint, reads it first. (The Core may present
+        another certificate of the same URN to grpcio: its P-256 endpoint one.)"""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.check_hostname = False  # peers are identified by URN, not host name (§1)
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=self.ca_path)
+        context.load_cert_chain(self.cert_path, self.key_path)
+        context.set_alpn_protocols(["h2"])
+        with socket.create_connection((self.host, self.port), timeout=CORE_CALL_TIMEOUT_S) as raw:
+            with context.wrap_socket(raw) as tls:
+                der = tls.getpeercert(binary_form=True)
+        core = Identity(x509.load_der_x509_certificate(der))
+        if core.urn != self.core_urn:
+            raise ValueError(f"{self.endpoint} is {core.urn}, not {self.core_urn}")
+
+    def channel(self):
+        """The channel to the Core, checked and opened on first use; grpcio dials it
+        again by itself after the connection is lost."""
+        with self.lock:
+            if self._channel is None:
+                self.check_core()
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates=read_path(self.ca_path),
+                    private_key=read_path(self.key_path),
+                    certificate_chain=read_path(self.cert_path),
+                )
+                options = [
+                    # §1 keepalive, as on the module's own listener.
+                    ("grpc.keepalive_time_ms", 5000),
+                    ("grpc.keepalive_timeout_ms", 5000),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.http2.max_pings_without_data", 0),
+                    ("grpc.max_receive_message_length", MAX_CORE_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_CORE_MESSAGE_BYTES),
+                ]
+                self._channel = grpc.secure_channel(self.endpoint, creds, options=options)
+            return self._channel
+
+    def close(self) -> None:
+        with self.lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+
+    def call(self, method: str, request: bytes, metadata=None) -> bytes:
+        """One unary call on the Core's endpoint; a refusal raises CoreCallError."""
+        stub = self.channel().unary_unary(method, request_serializer=None, response_deserializer=None)
+        try:
+            return stub(request, timeout=CORE_CALL_TIMEOUT_S, metadata=metadata)
+        except grpc.RpcError as e:
+            code = e.code().name if callable(getattr(e, "code", None)) else "UNKNOWN"
+            details = e.details() if callable(getattr(e, "details", None)) else ""
+            raise CoreCallError(method, code, error_reason(e), shown(details or "", 300)) from None
+
+    def discover(self, interface: str, version_range: str = "") -> list[Provider]:
+        """§10.1 `Registry/Discover`: DiscoverRequest{interface=1, range=2} ->
+        DiscoverReply{providers=1 (repeated), revision=2, epoch=3}: the providers
+        this module may call, whatever their state (only "leased" takes calls)."""
+        reply = dec_fields(self.call(DISCOVER_METHOD, enc_str(1, interface) + enc_str(2, version_range)))
+        return [decode_provider(value) for wire, value in reply.get(1, []) if wire == 2]
+
+    @staticmethod
+    def pin(provider: Provider | None):
+        """The metadata that pins a call to `provider` (its route's), or none."""
+        if provider is None or not provider.route.pin_header:
+            return None
+        return ((provider.route.pin_header, provider.route.pin_value),)
+
+    def kv_put(self, key: str, value: str, delay_ms: int = 0, provider: Provider | None = None) -> int:
+        """anima.sample/kv Put through the Core: PutRequest{entries=1: map<string,
+        string> (each entry a message {key=1, value=2}), delay_ms=2} ->
+        PutReply{version=1}. Returns the store's version after the write."""
+        request = enc_len(1, enc_str(1, key) + enc_str(2, value)) + enc_uint(2, delay_ms)
+        reply = dec_fields(self.call(KV_PUT_METHOD, request, self.pin(provider)))
+        return last(reply, 1, 0) or 0
+
+    def kv_get(self, key: str, provider: Provider | None = None) -> tuple[bool, str, int]:
+        """anima.sample/kv Get through the Core: GetRequest{key=1} ->
+        GetReply{found=1, value=2, version=3}. Returns (found, value, version)."""
+        reply = dec_fields(self.call(KV_GET_METHOD, enc_str(1, key), self.pin(provider)))
+        return bool(last(reply, 1, 0)), dec_string(reply, 2, MAX_MESSAGE_BYTES + 1024), last(reply, 3, 0) or 0
+
+
+KV_INTERFACE, KV_RANGE = "anima.sample/kv", ">=1.0"
+SELFTEST_KEY, SELFTEST_VALUE = "py", "from python"
+NO_LEASE_PATIENCE_S = 10.0  # how long the selftest waits for the Core to take our grant
+
+
+def kv_selftest(module: "Module", leased_by: str) -> None:
+    """PYMODULE_KV_SELFTEST=1: once, after the first lease, discovers kv and calls it
+    through the Core (§10); writes one line to stderr, ok or failed. Never raises."""
+    try:
+        outcome = "ok " + run_kv_selftest(module.env, leased_by)
+    except (CoreCallError, ValueError, OSError) as e:  # ssl.SSLError is an OSError
+        outcome = f"failed: {shown(str(e), 400)}"
+    except Exception as e:  # noqa: BLE001 - a selftest failure must never crash the module
+        outcome = f"failed: {shown(repr(e), 400)}"
+    log(f"PYMODULE KV SELFTEST {outcome}")
+
+
+def run_kv_selftest(env, leased_by: str) -> str:
+    """The selftest's steps; returns what the ok line says, raises what went wrong."""
+    client = CoreClient.from_env(env, leased_by)
+    try:
+        # The Core takes our grant after we sent it: until then it answers NO_LEASE.
+        deadline = time.monotonic() + NO_LEASE_PATIENCE_S
+        while True:
+            try:
+                providers = client.discover(KV_INTERFACE, KV_RANGE)
+                break
+            except CoreCallError as e:
+                if e.reason != "NO_LEASE" or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+        if not providers:
+            # The registry lists only what a permission lets us call (§10.1); the call says why.
+            try:
+                client.kv_put(SELFTEST_KEY, SELFTEST_VALUE)
+                why = "yet a call went through"
+            except CoreCallError as e:
+                why = f"a call anyway: {e.reason or e.code}: {e.message}"
+            raise ValueError(f"discover listed no provider of {KV_INTERFACE} {KV_RANGE}; {why}")
+        leased = [p for p in providers if p.state == "leased"]
+        if not leased:
+            states = ", ".join(f"{p.module} {p.state}" for p in providers)
+            raise ValueError(f"no provider of {KV_INTERFACE} is leased: {shown(states, 300)}")
+        provider = leased[0]
+        version = client.kv_put(SELFTEST_KEY, SELFTEST_VALUE, provider=provider)
+        found, value, read_version = client.kv_get(SELFTEST_KEY, provider=provider)
+        if not found or read_version != version:
+            raise ValueError(f"Put wrote version {version} but Get read found={found} version={read_version}")
+        return f"providers={len(providers)} provider={provider.module} version={version} value={shown(value, 200)}"
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------------------
 # Self-test: the token, key and proof code against known vectors
 # ---------------------------------------------------------------------------
 
@@ -1647,6 +2123,41 @@ def self_test(protocol_md: str) -> int:
     lease = Lease("l", "c", None, [], b"", 0.0, None)
     results = [lease.accept_proof_seq(s) for s in (1, 3, 2, 3, 2000, 977, 976, 1500, 1500)]
     check("replay window: once each, 1024 below the highest", results == [True, True, True, False, True, True, False, True, False])
+
+    # §9 versions and ranges, as Cargo's `semver` reads, writes and matches them.
+    def rejects(parse, text) -> bool:
+        try:
+            parse(text)
+        except ValueError:
+            return True
+        return False
+
+    check("§9 version: 1.0 is 1.0.0", format_version(parse_version("1.0")) == "1.0.0")
+    check("§9 version: pre-release kept", format_version(parse_version("1.2-beta.1")) == "1.2.0-beta.1")
+    check("§9 version: build metadata, leading zeros refused", rejects(parse_version, "1.0.0+b") and rejects(parse_version, "01.0"))
+    normal = {"1.2": "^1.2", ">= 1.0,<2": ">=1.0, <2", "1.x": "1.*", "1.2.*": "1.2.*", "*": "*", "~1.2.3": "~1.2.3"}
+    check("§9 range: normal form", all(format_range(parse_range(k)) == v for k, v in normal.items()))
+    check("§9 range: malformed refused", all(rejects(parse_range, t) for t in ("", "1.*.3", "*, 1", ">=1.0,", "=>1", "1.0.0+b")))
+    in_range = [
+        (">=1.0", "1.0.0", True),
+        (">=1.0", "2.5.1", True),
+        ("^2", "1.2.0", False),
+        ("^1.2", "1.9.0", True),
+        ("^1.2", "2.0.0", False),
+        ("^0.2", "0.3.0", False),
+        ("^0.0.3", "0.0.4", False),
+        ("~1.2.3", "1.2.9", True),
+        ("~1.2.3", "1.3.0", False),
+        (">1.2", "1.2.5", False),
+        ("<=1.2", "1.2.5", True),
+        (">=1.2, <2", "2.0.0", False),
+        ("1.2.*", "1.2.7", True),
+        (">=1.0", "1.1.0-beta", False),
+        (">=1.1.0-alpha", "1.1.0-beta", True),
+        (">=1.1.0-alpha.10", "1.1.0-alpha.9", False),
+    ]
+    wrong = [(r, v) for r, v, want in in_range if range_matches(parse_range(r), parse_version(v)) != want]
+    check(f"§9 range matching{': wrong for ' + repr(wrong) if wrong else ''}", not wrong)
 
     # PROTOCOL.md Appendix A, read from the document itself.
     try:
