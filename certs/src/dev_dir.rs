@@ -8,6 +8,7 @@
 //! module-kvstore.pem …                urn:anima:module:kvstore
 //! module-tally.pem …                  urn:anima:module:tally
 //! module-notes.pem …                  urn:anima:module:notes
+//! module-ratelimit.pem …              urn:anima:module:ratelimit
 //! user-dev.pem  user-dev.key          urn:anima:user:dev
 //! core-dev.endpoint.pem …             urn:anima:core:dev, always P-256
 //! ```
@@ -41,12 +42,13 @@ pub const DEV_CA_NAME: &str = "Anima dev CA";
 
 /// The identities `init_dir` issues certificates for: the dev Core, the
 /// sample modules, and one user.
-pub const DEV_IDENTITIES: [(UrnKind, &str); 6] = [
+pub const DEV_IDENTITIES: [(UrnKind, &str); 7] = [
     (UrnKind::Core, "dev"),
     (UrnKind::Module, "hasher"),
     (UrnKind::Module, "kvstore"),
     (UrnKind::Module, "tally"),
     (UrnKind::Module, "notes"),
+    (UrnKind::Module, "ratelimit"),
     (UrnKind::User, "dev"),
 ];
 
@@ -350,7 +352,7 @@ mod tests {
     use super::*;
     use crate::test_support::{cert_der, pem_der, pkcs8_version, snapshot, verify_both_roles};
 
-    const EXPECTED: [&str; 16] = [
+    const EXPECTED: [&str; 18] = [
         "ca.pem",
         "ca.key",
         "core-dev.pem",
@@ -363,6 +365,8 @@ mod tests {
         "module-tally.key",
         "module-notes.pem",
         "module-notes.key",
+        "module-ratelimit.pem",
+        "module-ratelimit.key",
         "user-dev.pem",
         "user-dev.key",
         "core-dev.endpoint.pem",

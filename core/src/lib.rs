@@ -29,5 +29,6 @@ mod registry;
 mod reload;
 mod restart;
 pub mod service;
+mod sidecars;
 mod status;
 mod supervisor;

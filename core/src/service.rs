@@ -192,10 +192,19 @@ pub(crate) async fn serve(
     let mut endpoint = Endpoint::spawn(&config, &identity, &ctx, listener, &stop)?;
     // Every module is registered (listed as starting) before the Core says
     // it is ready, so `anima modules` right after READY lists them all.
-    let mut supervisors = JoinSet::new();
+    // Sidecars are stopped after every other module (P11).
+    let sidecars: std::collections::HashSet<&Urn> =
+        config.modules.iter().flat_map(|m| &m.sidecars).collect();
+    let stop_sidecars = CancellationToken::new();
+    let (mut supervisors, mut sidecar_supervisors) = (JoinSet::new(), JoinSet::new());
     for index in start_order(&config.modules) {
         let module = config.modules[index].clone();
-        supervisors.spawn(supervise(ctx.clone(), module, stop.child_token()));
+        let (set, token) = if sidecars.contains(&module.urn) {
+            (&mut sidecar_supervisors, &stop_sidecars)
+        } else {
+            (&mut supervisors, &stop)
+        };
+        set.spawn(supervise(ctx.clone(), module, token.child_token()));
     }
     tracing::info!(core = %config.core.urn, admin = %admin_addr, modules = config.modules.len(), "Core serving");
     on_ready(&Running { admin_addr });
@@ -229,6 +238,8 @@ pub(crate) async fn serve(
     }
     stop.cancel();
     drain(supervisors).await;
+    stop_sidecars.cancel();
+    drain(sidecar_supervisors).await;
     endpoint.finish().await;
     flush_audit(&ctx.audit).await;
     tracing::info!("Core stopped");
@@ -360,6 +371,7 @@ fn core_context(
         routes,
         endpoint: local_address(endpoint),
         mediation: crate::gateway::mediate::Mediation::load(config)?,
+        sidecars: crate::gateway::sidecar::Sidecars::new(&config.modules),
     })
 }
 

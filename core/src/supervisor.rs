@@ -32,6 +32,7 @@ use crate::lease::{CallGuard, CoreLeaseError, LeaseLink, LeaseTable, RenewalPoli
 use crate::reestablish;
 use crate::registry::{ModuleCommand, ModuleState, Registry};
 use crate::restart::{Decision, RestartBudget};
+use crate::sidecars;
 
 /// How long a stopped module may take to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -72,6 +73,8 @@ pub(crate) struct CoreContext {
     /// What modules may call of each other (`[[permission]]`) and the
     /// interface definitions applied to those calls.
     pub(crate) mediation: crate::gateway::mediate::Mediation,
+    /// Each module's sidecars, in order.
+    pub(crate) sidecars: crate::gateway::sidecar::Sidecars,
 }
 
 /// The Core's certificates as a dialler and lease signer.
@@ -225,12 +228,17 @@ async fn run(
         return;
     }
     let mut budget = RestartBudget::new(&module.restart);
+    let mut stale = Vec::new();
     loop {
+        if !sidecars::wait_leased(&ctx, &module, &stale, &shutdown).await {
+            return;
+        }
         // An unreachable module stays so until it is leased.
         if ctx.registry.get(urn).map(|v| v.state) != Some(ModuleState::Unreachable) {
             ctx.registry.set_state(urn, ModuleState::Starting, "");
         }
         let outcome = run_once(&ctx, &module, &mut commands, &shutdown).await;
+        let with_sidecars = restarts_sidecars(&outcome);
         ctx.set_link(urn, None);
         ctx.registry.update(urn, |v| {
             v.pid = None;
@@ -246,7 +254,23 @@ async fn run(
         if !again {
             return;
         }
+        stale = if with_sidecars {
+            sidecars::restart(&ctx, &module)
+        } else {
+            Vec::new()
+        };
     }
+}
+
+/// Whether a run that ended so is a restart its sidecars go through too
+/// (P11): an operator's restart, or the process's exit or failed start, not
+/// a Type I process ending with its lease (its usual life), a stop, or the
+/// Core's shutdown.
+fn restarts_sidecars(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Restart | Outcome::Exited(_) | Outcome::StartFailed(_)
+    )
 }
 
 /// Records how a run ended and decides what follows: an operator's stop or

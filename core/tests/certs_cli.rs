@@ -17,13 +17,14 @@ use anima_protocol::{Urn, UrnKind};
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// The identities `anima certs init` writes, in the order it prints them.
-const INIT_IDENTITIES: [&str; 8] = [
+const INIT_IDENTITIES: [&str; 9] = [
     "ca",
     "core-dev",
     "module-hasher",
     "module-kvstore",
     "module-tally",
     "module-notes",
+    "module-ratelimit",
     "user-dev",
     "core-dev.endpoint",
 ];
@@ -464,7 +465,7 @@ fn every_minted_file_loads_in_openssl_and_python(key_type: &str, other: &str, oi
 
     let dir = tmp.path().join("dev");
     let files: Vec<PathBuf> = snapshot(&dir).into_keys().collect();
-    // 16 from init, 3 issued of the type, 1 of the other.
+    // 18 from init, 3 issued of the type, 1 of the other.
     assert_eq!(files.len(), init_files().len() + 8, "{files:?}");
     let ca = dir.join("ca.pem");
     let ca_str = ca.to_str().unwrap();

@@ -7,8 +7,9 @@
 //! | [`kvstore`] | II, resident private | expensive state built once and kept through standby; an all-or-nothing write committed with [`LeaseContext::commit`] |
 //! | [`tally`] | III, resident shared | per-lease tenant state with [`LeaseContext::with_state`], invisible to other Cores and gone with the lease |
 //! | [`notes`] | II, resident private | an interface it `requires` (the kvstore's `anima.sample/kv`), called through its Core with [`CoreClient`], deadlines carried over and errors passed through |
+//! | [`ratelimit`] | II, resident private | a proxy sidecar (`anima/sidecar`): sees each call to the module it is a sidecar of, logs it, refuses a caller over its rate |
 //!
-//! Each sample is a folder (`hasher/`, `kvstore/`, `tally/`, `notes/`) holding its
+//! Each sample is a folder (`hasher/`, `kvstore/`, `tally/`, `notes/`, `ratelimit/`) holding its
 //! capability contract (`module.toml`), its binary (`main.rs`) and a README;
 //! its service lives in this library so the tests can serve it in-process
 //! with the SDK's `testing` harness (`anima_module_sdk::testing`, behind
@@ -62,6 +63,7 @@ use tonic::Status;
 pub mod hasher;
 pub mod kvstore;
 pub mod notes;
+pub mod ratelimit;
 pub mod tally;
 
 /// The generated messages, servers and clients of `anima.sample.v1`

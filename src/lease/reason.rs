@@ -98,6 +98,12 @@ reasons! {
     /// A module-to-module call's provider went away while the call was in
     /// flight: it may or may not have run; the caller may retry it.
     ProviderLost = "PROVIDER_LOST" => Unavailable,
+    /// A proxy sidecar of the module refused the call without naming a
+    /// reason of its own (PROTOCOL.md §11).
+    SidecarRefused = "SIDECAR_REFUSED" => PermissionDenied,
+    /// A proxy sidecar of the module could not be asked about the call (no
+    /// lease, no answer in time, an error): the call does not go around it.
+    SidecarUnavailable = "SIDECAR_UNAVAILABLE" => Unavailable,
 }
 
 impl fmt::Display for Reason {

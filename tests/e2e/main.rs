@@ -25,6 +25,7 @@ mod rotation;
 mod scaffold;
 mod serve;
 mod shipped;
+mod sidecars;
 mod streams;
 mod systemd;
 mod transport;

@@ -293,9 +293,11 @@ async fn serial_rotation_every_certificate_and_the_ca_under_load_with_no_failed_
     for name in SAMPLES {
         renew_module(&dir, name);
     }
-    // Every leaf in the directory, the notes sample's (not hosted here) too:
-    // `--finish` refuses while one is signed by the old CA.
-    renew_module(&dir, "notes");
+    // Every leaf in the directory, those of the samples not hosted here
+    // too: `--finish` refuses while one is signed by the old CA.
+    for name in ["notes", "ratelimit"] {
+        renew_module(&dir, name);
+    }
     renew_user(&dir);
     load.switch(user(&core).await);
     leases.push(all_leased_under_current(&core, &load).await);

@@ -31,8 +31,26 @@ pub(crate) struct Node<'a> {
     pub(crate) index: usize,
     /// Its URN.
     pub(crate) urn: &'a Urn,
-    /// Its `requires` items, with their positions in that list.
-    pub(crate) requires: Vec<(usize, &'a Urn)>,
+    /// The modules that start before it: its `requires` and `sidecars`
+    /// items, each with its key (`requires[0]`, `sidecars[1]`).
+    pub(crate) before: Vec<(String, &'a Urn)>,
+}
+
+impl<'a> Node<'a> {
+    /// The [`Node::before`] of a module's `requires` and `sidecars`, each
+    /// item with its position in its list.
+    pub(crate) fn before(
+        requires: impl IntoIterator<Item = (usize, &'a Urn)>,
+        sidecars: impl IntoIterator<Item = (usize, &'a Urn)>,
+    ) -> Vec<(String, &'a Urn)> {
+        let requires = requires
+            .into_iter()
+            .map(|(i, u)| (format!("requires[{i}]"), u));
+        let sidecars = sidecars
+            .into_iter()
+            .map(|(i, u)| (format!("sidecars[{i}]"), u));
+        requires.chain(sidecars).collect()
+    }
 }
 
 /// `[core]`: a Core URN, its certificate and key (carrying that URN), a CA.
@@ -361,40 +379,44 @@ pub(crate) fn graph(nodes: &[Node<'_>], report: &mut Report) {
     }
 
     // Edges between first occurrences, by position in `nodes`; each with the
-    // `requires` item it comes from.
-    let mut edges: Vec<Vec<(usize, usize)>> = vec![Vec::new(); nodes.len()];
+    // item it comes from.
+    let mut edges: Vec<Vec<(usize, &str)>> = vec![Vec::new(); nodes.len()];
     for (position, node) in nodes.iter().enumerate() {
         let mut seen = HashSet::new();
-        for &(item, required) in &node.requires {
-            let path = format!("module[{}].requires[{item}]", node.index);
-            if !seen.insert(required) {
-                report.problem(&path, format!("{required} is listed twice"));
+        for (item, before) in &node.before {
+            let path = format!("module[{}].{item}", node.index);
+            if !seen.insert(*before) {
+                report.problem(&path, format!("{before} is listed twice"));
                 continue;
             }
-            if required.kind() != UrnKind::Module {
-                report.problem(&path, format!("{required} is not a module URN"));
-            } else if let Some(&target) = first.get(required) {
+            if before.kind() != UrnKind::Module {
+                report.problem(&path, format!("{before} is not a module URN"));
+            } else if let Some(&target) = first.get(*before) {
                 if first.get(node.urn) == Some(&position) {
-                    edges[position].push((target, item));
+                    edges[position].push((target, item.as_str()));
                 }
             } else {
-                report.problem(&path, format!("no module {required} in this configuration"));
+                report.problem(&path, format!("no module {before} in this configuration"));
             }
         }
     }
-    for cycle in cycles(&edges) {
+    let targets: Vec<Vec<usize>> = edges
+        .iter()
+        .map(|e| e.iter().map(|&(t, _)| t).collect())
+        .collect();
+    for cycle in cycles(&targets) {
         let from = &nodes[cycle[0]];
         let item = edges[cycle[0]]
             .iter()
             .find(|(target, _)| *target == cycle[1 % cycle.len()])
-            .map_or(0, |(_, item)| *item);
+            .map_or("requires[0]", |(_, item)| item);
         let names: Vec<String> = cycle
             .iter()
             .chain(std::iter::once(&cycle[0]))
             .map(|&n| nodes[n].urn.to_string())
             .collect();
         report.problem(
-            &format!("module[{}].requires[{item}]", from.index),
+            &format!("module[{}].{item}", from.index),
             format!("dependency cycle: {}", names.join(" -> ")),
         );
     }
@@ -402,7 +424,7 @@ pub(crate) fn graph(nodes: &[Node<'_>], report: &mut Report) {
 
 /// The cycles a depth-first search meets, each once, as node lists starting
 /// at their lowest node.
-fn cycles(edges: &[Vec<(usize, usize)>]) -> Vec<Vec<usize>> {
+fn cycles(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
@@ -411,14 +433,14 @@ fn cycles(edges: &[Vec<(usize, usize)>]) -> Vec<Vec<usize>> {
     }
     fn visit(
         node: usize,
-        edges: &[Vec<(usize, usize)>],
+        edges: &[Vec<usize>],
         marks: &mut [Mark],
         path: &mut Vec<usize>,
         found: &mut Vec<Vec<usize>>,
     ) {
         marks[node] = Mark::OnPath;
         path.push(node);
-        for &(next, _) in &edges[node] {
+        for &next in &edges[node] {
             match marks[next] {
                 Mark::New => visit(next, edges, marks, path, found),
                 Mark::OnPath => {
@@ -463,7 +485,7 @@ pub fn start_order(modules: &[ModuleConfig]) -> Vec<usize> {
         order: &mut Vec<usize>,
     ) {
         visited[i] = true;
-        for required in &modules[i].requires {
+        for required in modules[i].requires.iter().chain(&modules[i].sidecars) {
             if let Some(&j) = index.get(required)
                 && !visited[j]
             {
@@ -656,7 +678,7 @@ mod tests {
             .map(|(index, m)| Node {
                 index,
                 urn: &m.urn,
-                requires: m.requires.iter().enumerate().collect(),
+                before: Node::before(m.requires.iter().enumerate(), []),
             })
             .collect();
         let mut report = Report::new("t");

@@ -14,15 +14,21 @@ use super::model::{
     Permission, Policy, PolicyTarget, RestartPolicy, StartMode, default_admin_listen,
 };
 
+/// The ratelimit sample's variable for calls a second per caller, and the
+/// rate the embedded default gives it.
+const RATE_ENV: &str = "RATELIMIT_PER_SECOND";
+const DEFAULT_RATE: &str = "5000";
+
 /// The interface the kvstore sample provides and the notes sample requires.
 const KV_INTERFACE: &str = "anima.sample/kv";
 
 /// The development setup: Core `urn:anima:core:dev` with the certificates
 /// `anima certs init` writes to `base/certs/dev/`, the admin endpoint on
 /// [`DEFAULT_ADMIN_LISTEN`](super::DEFAULT_ADMIN_LISTEN) for
-/// `urn:anima:user:dev`, 30 s leases renewed with a third left, and the four
+/// `urn:anima:user:dev`, 30 s leases renewed with a third left, and the
 /// sample modules, each started by the Core from the directory of the running
-/// executable: `anima-hasher` (ephemeral), `anima-kvstore` (resident private,
+/// executable: `anima-ratelimit` (resident private, core-started: the proxy
+/// sidecar of the hasher), `anima-hasher` (ephemeral), `anima-kvstore` (resident private,
 /// core-started), `anima-tally` (resident shared) and `anima-notes`
 /// (resident private, core-started; it requires the kv interface and may
 /// call it). No contract files (the Core learns what each module provides
@@ -51,9 +57,23 @@ pub fn embedded_default(base: &Path) -> Config {
             lease_ttl: DEFAULT_LEASE_TTL,
             restart: RestartPolicy::for_type(module_type),
             requires: Vec::new(),
+            sidecars: Vec::new(),
             core_cert: CoreCert::Default,
         }
     };
+    // The rate-limiting, logging sidecar stands in front of the hasher, at
+    // a rate no demo or soak reaches (its own default is 100 a second).
+    let hasher = ModuleConfig {
+        sidecars: vec![dev_urn(UrnKind::Module, "ratelimit")],
+        ..module("hasher", ModuleType::Ephemeral)
+    };
+    let mut ratelimit = module(
+        "ratelimit",
+        ModuleType::ResidentPrivate(InitMode::CoreStarted),
+    );
+    if let StartMode::Command { env, .. } = &mut ratelimit.start {
+        env.push((RATE_ENV.to_owned(), DEFAULT_RATE.to_owned()));
+    }
     Config {
         core: CoreSection {
             cert: certs.join(leaf_cert_file(&core)),
@@ -77,14 +97,16 @@ pub fn embedded_default(base: &Path) -> Config {
             ttl: Duration::from_secs(30),
             renew_when_left: 1.0 / 3.0,
         },
+        // The start order puts each sidecar before its module.
         modules: vec![
-            module("hasher", ModuleType::Ephemeral),
+            hasher,
             module(
                 "kvstore",
                 ModuleType::ResidentPrivate(InitMode::CoreStarted),
             ),
             module("tally", ModuleType::ResidentShared),
             module("notes", ModuleType::ResidentPrivate(InitMode::CoreStarted)),
+            ratelimit,
         ],
         // The dev user may call every sample module through the gateway.
         policies: vec![Policy {
@@ -152,7 +174,14 @@ mod tests {
         assert_eq!(config.leases, LeaseDefaults::default());
         assert_eq!(config.source, None);
         let names: Vec<&str> = config.modules.iter().map(|m| m.urn.name()).collect();
-        assert_eq!(names, ["hasher", "kvstore", "tally", "notes"]);
+        assert_eq!(names, ["hasher", "kvstore", "tally", "notes", "ratelimit"]);
+        assert_eq!(config.modules[0].sidecars, [config.modules[4].urn.clone()]);
+        let order: Vec<&str> = crate::config::start_order(&config.modules)
+            .into_iter()
+            .map(|i| config.modules[i].urn.name())
+            .collect();
+        let position = |name| order.iter().position(|n| *n == name);
+        assert!(position("ratelimit") < position("hasher"), "{order:?}");
         assert_eq!(config.permissions.len(), 1);
         assert_eq!(config.permissions[0].module.name(), "notes");
         assert_eq!(config.permissions[0].interface.to_string(), KV_INTERFACE);

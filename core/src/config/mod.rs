@@ -159,7 +159,10 @@ pub fn check(config: &Config) -> Result<(), Vec<Problem>> {
         .map(|(index, m)| check::Node {
             index,
             urn: &m.urn,
-            requires: m.requires.iter().enumerate().collect(),
+            before: check::Node::before(
+                m.requires.iter().enumerate(),
+                m.sidecars.iter().enumerate(),
+            ),
         })
         .collect();
     check::graph(&nodes, &mut report);

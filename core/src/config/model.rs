@@ -173,6 +173,10 @@ pub struct ModuleConfig {
     pub restart: RestartPolicy,
     /// Modules to start before this one.
     pub requires: Vec<Urn>,
+    /// Its sidecars (PROTOCOL.md §11): started and leased before it,
+    /// restarted with it, stopped after it; those that provide
+    /// `anima/sidecar` see each call to it first.
+    pub sidecars: Vec<Urn>,
     /// Which of the Core's certificates dials this module and signs its
     /// leases (`core_cert`).
     pub core_cert: CoreCert,
@@ -193,6 +197,7 @@ impl ModuleConfig {
             lease_ttl: Duration::from_secs(30),
             restart: RestartPolicy::default(),
             requires: Vec::new(),
+            sidecars: Vec::new(),
             core_cert: CoreCert::Default,
         }
     }

@@ -120,7 +120,10 @@ fn check_parts(parts: &Parts, report: &mut Report) {
             Some(Node {
                 index,
                 urn: entry.urn.as_ref()?,
-                requires: entry.requires.iter().map(|(j, urn)| (*j, urn)).collect(),
+                before: Node::before(
+                    entry.requires.iter().map(|(j, urn)| (*j, urn)),
+                    entry.sidecars.iter().map(|(j, urn)| (*j, urn)),
+                ),
             })
         })
         .collect();
@@ -428,7 +431,7 @@ mod tests {
                  or \"resident-shared\"",
                 "t:9: module[0].env.A: must be a string, not integer",
                 "t:10: module[0].max_restarts: unknown key (expected one of: urn, type, command, \
-                 args, env, cert, key, endpoint, contract, lease_ttl, requires, core_cert, restart)",
+                 args, env, cert, key, endpoint, contract, lease_ttl, requires, sidecars, core_cert, restart)",
                 "t:12: module[0].restart.policy: must be \"never\", \"on-failure\" or \"always\", \
                  not integer",
                 "t:13: module[0].restart.window: must be a string, not integer",

@@ -93,6 +93,7 @@ pub(super) struct Module {
     pub(super) contract: Field<String>,
     pub(super) lease_ttl: Field<String>,
     pub(super) requires: Strings,
+    pub(super) sidecars: Strings,
     pub(super) core_cert: Field<CoreCert>,
     pub(super) restart: Field<Restart>,
 }

@@ -278,6 +278,12 @@ pub(crate) const KEYS: &[Key] = &[
         "Modules of this file that start (and are leased) before this one; no cycles.",
     ),
     key(
+        "module.sidecars",
+        Kind::Strs("module URNs"),
+        Fallback::Empty,
+        "Its sidecars (PROTOCOL.md §11), modules of this file: started and leased before it, restarted with it, stopped after it; a sidecar that provides `anima/sidecar` sees each call to it first and may refuse it.",
+    ),
+    key(
         "module.core_cert",
         Kind::Word(&["default", "endpoint"]),
         Fallback::Text("default"),

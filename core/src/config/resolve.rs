@@ -80,6 +80,8 @@ pub(super) struct Entry {
     pub(super) urn: Option<Urn>,
     /// Its readable `requires` items, with their positions.
     pub(super) requires: Vec<(usize, Urn)>,
+    /// Its readable `sidecars` items, with their positions.
+    pub(super) sidecars: Vec<(usize, Urn)>,
 }
 
 /// Reads the raw file's values, reporting into its report.
@@ -375,6 +377,18 @@ impl<'t> Resolver<'t> {
 
     // ---- modules ----
 
+    /// The readable items of a list of module URNs, with their positions.
+    fn module_urns(&mut self, path: &str, field: &Strings) -> Vec<(usize, Urn)> {
+        self.urns(path, field)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, urn)| Some((j, urn.ok()?)))
+            .collect()
+    }
+
     fn module(&mut self, index: usize, p: &str, m: &raw::Module, leases: &LeaseDefaults) -> Entry {
         let urn = required(self.urn(&join(p, "urn"), &m.urn, Need::Required));
         if let Ok(urn) = &urn {
@@ -385,15 +399,8 @@ impl<'t> Resolver<'t> {
         let contract = self.contract(&join(p, "contract"), &m.contract);
         let lease_ttl = self.duration(&join(p, "lease_ttl"), &m.lease_ttl);
         let core_cert = self.value(&join(p, "core_cert"), &m.core_cert, Need::Optional);
-        let requires: Vec<(usize, Urn)> = self
-            .urns(&join(p, "requires"), &m.requires)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-            .filter_map(|(j, urn)| Some((j, urn.ok()?)))
-            .collect();
+        let requires = self.module_urns(&join(p, "requires"), &m.requires);
+        let sidecars = self.module_urns(&join(p, "sidecars"), &m.sidecars);
         let word = match type_word {
             Ok(written) => Ok(self.type_word(p, written.copied(), urn.as_ref().ok(), &contract)),
             Err(Bad) => Err(Bad),
@@ -427,6 +434,7 @@ impl<'t> Resolver<'t> {
                 lease_ttl: lease_ttl.ok().flatten().unwrap_or(leases.ttl),
                 restart,
                 requires: requires.iter().map(|(_, urn)| urn.clone()).collect(),
+                sidecars: sidecars.iter().map(|(_, urn)| urn.clone()).collect(),
                 core_cert: core_cert.ok().flatten().copied().unwrap_or_default(),
             }),
             _ => None,
@@ -435,6 +443,7 @@ impl<'t> Resolver<'t> {
             config,
             urn: urn.ok(),
             requires,
+            sidecars,
         }
     }
 

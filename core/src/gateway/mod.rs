@@ -22,6 +22,7 @@
 //! - `mediate.rs`: module-to-module calls (the caller's lease, its
 //!   permissions, the provider);
 //! - `retry.rs`: the interface's retry policy for those calls;
+//! - `sidecar.rs`: the module's proxy sidecars, asked before each call;
 //! - `policy.rs`: who may call what (default deny);
 //! - `in_flight.rs`: the per-user bound on calls in flight;
 //! - `cap.rs`: the per-message size cap, read from the length prefixes;
@@ -35,6 +36,7 @@ mod observe;
 mod policy;
 mod retry;
 pub(crate) mod route;
+pub(crate) mod sidecar;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,16 +108,51 @@ impl Gateway {
     }
 
     /// Handles one call.
-    pub(crate) async fn call<B>(&self, request: http::Request<B>) -> http::Response<Body>
+    pub(crate) async fn call<B>(&self, mut request: http::Request<B>) -> http::Response<Body>
     where
         B: HttpBody<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
-        match self.admit(&request) {
-            Ok(admitted) => self.forward(request, admitted, started).await,
-            Err(Refused(reason, message)) => self.refuse(reason, message),
+        let admitted = match self.admit(&request) {
+            Ok(admitted) => admitted,
+            Err(Refused(reason, message)) => return self.refuse(reason, message),
+        };
+        if let Err(refused) = self.ask_sidecars(&mut request, &admitted).await {
+            let reason =
+                anima_protocol::lease::reason_of(&refused).unwrap_or(Reason::SidecarRefused);
+            self.metrics.refusal(reason.as_str());
+            return refused.into_http();
         }
+        self.forward(request, admitted, started).await
+    }
+
+    /// The module's proxy sidecars' verdict on the call (P12). The call's
+    /// trace context is settled here, so that they and the module see the
+    /// same trace id.
+    async fn ask_sidecars<B>(
+        &self,
+        request: &mut http::Request<B>,
+        admitted: &Admitted,
+    ) -> Result<(), tonic::Status> {
+        if !self.ctx.sidecars.has(&admitted.module) {
+            return Ok(());
+        }
+        let (trace_id, traceparent) = trace_context(request.headers().get("traceparent"));
+        request.headers_mut().insert("traceparent", traceparent);
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let inbound = sidecar::Inbound {
+            module: &admitted.module,
+            caller: &admitted.user,
+            method: &admitted.method,
+            trace_id: &trace_id,
+            deadline,
+        };
+        self.ctx.sidecars.inspect(&self.ctx, &inbound).await
     }
 
     /// Who calls, where the call goes, whether the policy lets it, whether
