@@ -312,8 +312,11 @@ fn broken(type_lines: &str, fault: &str) -> Run {
 /// I rows) run within the startup grace, so it leaves room for a loaded
 /// machine (with 1 s, a run beside the whole suite on 2 cores once found
 /// the module gone, refusing connections, before its first check).
+/// A Type I fixture's startup grace must outlast the tool's first steps on a
+/// loaded 2-core CI machine (3 s did not: the module had exited before the
+/// tool's first connection); E1 waits it out once per run.
 const FIXTURE_TYPE_I: &str =
-    "startup_grace = \"3s\"\nexpired_grace = \"0s\"\ntermination_window = \"500ms\"";
+    "startup_grace = \"8s\"\nexpired_grace = \"0s\"\ntermination_window = \"500ms\"";
 const FIXTURE_TYPE_II: &str = "type = \"resident-private\"\ninit = \"core-started\"";
 const FIXTURE_TYPE_III: &str = "type = \"resident-shared\"";
 
