@@ -57,9 +57,21 @@ pub fn contract() -> Contract {
 }
 
 /// A fresh scratch directory path for this process:
-/// `$TMPDIR/anima-hasher-<pid>`.
+/// `$TMPDIR/anima-hasher-<pid>-<8 random hex digits>`: unique even where a
+/// killed hasher (its cleanup never ran) left the directory of a process
+/// that had the same pid.
 pub fn default_scratch_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("anima-hasher-{}", std::process::id()))
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 4];
+    // Without randomness the nanoseconds of the clock stand in.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        bytes = nanos.to_be_bytes();
+    }
+    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::env::temp_dir().join(format!("anima-hasher-{}-{suffix}", std::process::id()))
 }
 
 /// The scratch directory path from [`SCRATCH_DIR_ENV`], or
