@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anima_protocol::interface::{InterfaceName, Provided, Required, VersionRange};
-use anima_protocol::lease::{LeaseState, Reason, status_for};
+use anima_protocol::lease::{Reason, status_for};
 use anima_protocol::pb::registry_server::Registry as RegistryApi;
 use anima_protocol::pb::{
     DiscoverReply, DiscoverRequest, Provider, RegistryEvent, RegistryWatchRequest, Route, Snapshot,
@@ -72,7 +72,7 @@ impl RegistryService {
                 [],
             ));
         }
-        if !self.leased(urn) {
+        if !self.ctx.is_leased(urn) {
             return Err(status_for(
                 Reason::NoLease,
                 format!("{urn} holds no lease from this Core"),
@@ -80,12 +80,6 @@ impl RegistryService {
             ));
         }
         Ok(Caller::Module(urn.clone()))
-    }
-
-    fn leased(&self, module: &Urn) -> bool {
-        self.ctx
-            .link(module)
-            .is_some_and(|l| l.state() == LeaseState::Active)
     }
 
     /// Every provider of `interface` in `range` that `caller` may see.
@@ -289,7 +283,7 @@ impl RegistryService {
                 event = live.recv() => event,
             };
             if let Caller::Module(me) = &caller
-                && !self.leased(me)
+                && !self.ctx.is_leased(me)
             {
                 let _ = tx
                     .send(Err(status_for(

@@ -124,6 +124,20 @@ impl CoreContext {
         Some((link, call))
     }
 
+    /// Whether `module` holds an active lease from this Core now.
+    pub(crate) fn is_leased(&self, module: &Urn) -> bool {
+        self.link(module)
+            .is_some_and(|l| l.state() == anima_protocol::lease::LeaseState::Active)
+    }
+
+    /// [`CoreContext::link_for_call`], only while that lease is active: a
+    /// link whose lease has just ended (its connection gone) is passed over
+    /// before anything is sent on it.
+    pub(crate) fn active_link_for_call(&self, module: &Urn) -> Option<(LeaseLink, CallGuard)> {
+        self.link_for_call(module)
+            .filter(|(l, _)| l.state() == anima_protocol::lease::LeaseState::Active)
+    }
+
     fn set_link(&self, module: &Urn, link: Option<LeaseLink>) {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         match link {

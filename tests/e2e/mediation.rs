@@ -548,6 +548,31 @@ async fn revoke(core: &CoreProcess, module: &str) {
         .await;
 }
 
+/// Puts `value` at "k" (a 2 s write) through the Core as notes, on the
+/// provider the next unpinned call goes to, and revokes that provider's
+/// lease while the call is in flight; returns that provider, the other one,
+/// and what the caller got.
+async fn put_revoked_mid_call(
+    core: &CoreProcess,
+    notes: &Connection,
+    value: &str,
+) -> (
+    &'static str,
+    &'static str,
+    Result<tonic::Response<anima_sample_modules::pb::PutReply>, tonic::Status>,
+) {
+    let first = next_unpinned_goes_to(notes, "probe").await;
+    let other = if first == KVSTORE { KVSTORE_B } else { KVSTORE };
+    let call = tokio::spawn({
+        let channel = notes.channel();
+        let request = put("k", value, 2_000);
+        async move { KvStoreClient::new(channel).put(request).await }
+    });
+    wait_in_flight(core, first).await;
+    revoke(core, first).await;
+    (first, other, call.await.unwrap())
+}
+
 #[tokio::test]
 async fn p10_an_idempotent_method_is_retried_on_the_other_provider_and_no_other_is() {
     // The Core's copy of the definition makes Put idempotent, with retries.
@@ -564,21 +589,10 @@ async fn p10_an_idempotent_method_is_retried_on_the_other_provider_and_no_other_
     .start()
     .await;
     let notes = as_notes(&retried).await;
-    let first = next_unpinned_goes_to(&notes, "probe").await;
-    let other = if first == KVSTORE { KVSTORE_B } else { KVSTORE };
-    let call = tokio::spawn({
-        let channel = notes.channel();
-        async move {
-            KvStoreClient::new(channel)
-                .put(put("k", "retried", 2_000))
-                .await
-        }
-    });
-    wait_in_flight(&retried, first).await;
     // The provider's lease ends under the call: it writes nothing, answers
     // LEASE_REVOKED, and the Core tries the other provider.
-    revoke(&retried, first).await;
-    let reply = call.await.unwrap().expect("retried on the other provider");
+    let (first, other, reply) = put_revoked_mid_call(&retried, &notes, "retried").await;
+    let reply = reply.expect("retried on the other provider");
     // The other provider's second write (its first was the probe).
     assert_eq!(reply.into_inner().version, 2);
     assert_eq!(
@@ -599,21 +613,10 @@ async fn p10_an_idempotent_method_is_retried_on_the_other_provider_and_no_other_
     .start()
     .await;
     let notes = as_notes(&core).await;
-    let first = next_unpinned_goes_to(&notes, "probe").await;
-    let other = if first == KVSTORE { KVSTORE_B } else { KVSTORE };
-    let call = tokio::spawn({
-        let channel = notes.channel();
-        async move {
-            KvStoreClient::new(channel)
-                .put(put("k", "once", 2_000))
-                .await
-        }
-    });
-    wait_in_flight(&core, first).await;
-    revoke(&core, first).await;
+    let (_, other, reply) = put_revoked_mid_call(&core, &notes, "once").await;
     // To the caller, a provider whose lease ended under its call is lost:
     // retriable, but the call may or may not have run.
-    let ended = call.await.unwrap().unwrap_err();
+    let ended = reply.unwrap_err();
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     assert_eq!(reason(&ended), Some(Reason::ProviderLost), "{ended:?}");
     assert_eq!(read_at(&notes, other, "k").await, None, "not retried");

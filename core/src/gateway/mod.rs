@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use anima_protocol::lease::{LeaseState, Reason, status_for};
+use anima_protocol::lease::{Reason, status_for};
 use anima_protocol::{PeerInfo, Urn, UrnKind};
 use http_body::Body as HttpBody;
 use tonic::Code;
@@ -220,10 +220,7 @@ impl Gateway {
         method: String,
     ) -> Result<Admitted, Refused> {
         let view = self.ctx.registry.get(&caller);
-        let leased = self
-            .ctx
-            .link(&caller)
-            .is_some_and(|l| l.state() == LeaseState::Active);
+        let leased = self.ctx.is_leased(&caller);
         let (Some(view), true) = (view, leased) else {
             tracing::info!(target: "anima::gateway", caller = %caller, method = %method, outcome = "NO_LEASE", "module call refused");
             return Err(Refused(
@@ -263,8 +260,8 @@ impl Gateway {
         // The first in the plan whose lease is still open: one whose
         // connection has just gone is passed over before anything is sent.
         let Some((provider, link, lease_call)) = plan.providers.iter().find_map(|p| {
-            let (link, call) = self.ctx.link_for_call(p)?;
-            (link.state() == LeaseState::Active).then(|| (p.clone(), link, call))
+            let (link, call) = self.ctx.active_link_for_call(p)?;
+            Some((p.clone(), link, call))
         }) else {
             let provider = plan
                 .providers

@@ -177,7 +177,7 @@ impl Attempts<'_> {
         let providers = &self.plan.providers;
         let n = providers.len();
         (1..=n).map(|step| (index + step) % n).find_map(|at| {
-            let (link, guard) = self.ctx.link_for_call(&providers[at])?;
+            let (link, guard) = self.ctx.active_link_for_call(&providers[at])?;
             Some((link, guard, at))
         })
     }

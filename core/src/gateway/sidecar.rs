@@ -9,8 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anima_protocol::Urn;
-use anima_protocol::interface::InterfaceName;
-use anima_protocol::lease::{DOMAIN, LeaseState, Reason, status_for};
+use anima_protocol::lease::{DOMAIN, Reason, status_for};
 use anima_protocol::pb::InboundCall;
 use anima_protocol::pb::sidecar_client::SidecarClient;
 use tonic::Code;
@@ -78,12 +77,11 @@ impl Sidecars {
 /// Whether `sidecar` provides the proxy interface, as far as the Core knows
 /// (its contract file, or what it reported at its lease).
 fn is_proxy(ctx: &CoreContext, sidecar: &Urn) -> bool {
-    let Ok(proxy) = PROXY_INTERFACE.parse::<InterfaceName>() else {
-        return false;
-    };
-    ctx.registry
-        .get(sidecar)
-        .is_some_and(|v| v.provides.iter().any(|p| p.interface == proxy))
+    ctx.registry.get(sidecar).is_some_and(|v| {
+        v.provides
+            .iter()
+            .any(|p| p.interface.as_str() == PROXY_INTERFACE)
+    })
 }
 
 /// Asks one sidecar about `call`.
@@ -96,10 +94,7 @@ async fn ask(ctx: &CoreContext, sidecar: &Urn, call: &Inbound<'_>) -> Result<(),
             [("sidecar", sidecar.to_string())],
         )
     };
-    let Some((link, _call)) = ctx
-        .link_for_call(sidecar)
-        .filter(|(l, _)| l.state() == LeaseState::Active)
-    else {
+    let Some((link, _call)) = ctx.active_link_for_call(sidecar) else {
         return Err(unavailable("holds no lease from this Core".into()));
     };
     let limit = call
