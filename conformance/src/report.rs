@@ -104,6 +104,11 @@ pub const ROWS: &[(&str, &str)] = &[
         "P1",
         "interfaces provided and required are declared and reported",
     ),
+    ("P6", "another module's identity is refused"),
+    (
+        "P12",
+        "a proxy sidecar answers Inspect with a well-formed verdict, only under a lease",
+    ),
 ];
 
 /// Where every row id is explained (what the rule means and what the tool

@@ -43,6 +43,8 @@ pub struct Identities {
     /// a third Core instead: a module lets in only Cores and its own
     /// operators (PROTOCOL.md §1), and the lease-free checks need in.
     pub operator: Actor,
+    /// Another module of the same CA (P6: a module serves no other module).
+    pub module_peer: Actor,
     /// Certificates a module must refuse, with what is wrong with each.
     pub refused: Vec<(&'static str, Option<ClientCert>)>,
     /// The operator's certificate as PEM (the control case of the T3 probe).
@@ -93,6 +95,7 @@ impl Identities {
         } else {
             leaf("urn:anima:user:conformance-operator", p256)?
         };
+        let module_peer = leaf("urn:anima:module:conformance-peer", p256)?;
         let a_urn: Urn = core_a.urn().clone();
         let refused = refused_certs(&ca, &a_urn, p256)?;
         let valid_spec = LeafSpec::new(operator.urn().clone());
@@ -114,11 +117,13 @@ impl Identities {
             }
         };
         let (core_a, core_b, operator) = (actor(core_a), actor(core_b), actor(operator));
+        let module_peer = actor(module_peer);
         Ok(Identities {
             ca_file: certs.join("ca.pem"),
             core_a,
             core_b,
             operator,
+            module_peer,
             refused,
             valid,
             module_cert,

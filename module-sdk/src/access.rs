@@ -27,11 +27,33 @@ use crate::leases::ModuleState;
 /// [`DEFAULT_MAX_CONNECTIONS_PER_IDENTITY`]: anima_protocol::transport::DEFAULT_MAX_CONNECTIONS_PER_IDENTITY
 pub const MAX_CONCURRENT_STREAMS: u32 = ReplayWindow::SIZE as u32;
 
+/// The kinds of identity that may complete a TLS handshake with the
+/// module: Cores and users (which users, [`admits`] decides). Other modules
+/// never (Partenza §5: modules reach each other only through the Core).
+pub(crate) fn peer_kinds(state: &ModuleState) -> Vec<UrnKind> {
+    if module_peers(state) {
+        return UrnKind::ALL.to_vec();
+    }
+    vec![UrnKind::Core, UrnKind::User]
+}
+
 /// The connection rule: any Core, and the users that are operators.
 pub(crate) fn admits(state: Arc<ModuleState>) -> impl Fn(&Urn) -> bool + Send + Sync + 'static {
     move |urn: &Urn| match urn.kind() {
         UrnKind::Core => true,
         UrnKind::User => state.is_operator(urn),
-        _ => false,
+        UrnKind::Module => module_peers(&state),
     }
+}
+
+/// Whether other modules are let in: never, but for the `module-peer`
+/// fault of the test-only copy of the SDK.
+#[cfg_attr(not(anima_test_faults), allow(unused_variables))]
+pub(crate) fn module_peers(state: &ModuleState) -> bool {
+    #[cfg(anima_test_faults)]
+    if state.faults.is(crate::fault::Fault::ModulePeer) {
+        tracing::warn!("FAULT INJECTION (module-peer): other modules may connect and lease");
+        return true;
+    }
+    false
 }

@@ -21,6 +21,7 @@
 //! | `second-core` | Type I/II: accepts leases from any Core, not only its bound one, and binds to none | E2, R2 |
 //! | `ungated-streams` | the lease gate races only a call's response head: a stream's body goes on after its lease ends (the gate before issue 12) | Z1, E6, R6 |
 //! | `user-lease` | a user identity (one its operators list lets in) may open a lease, as if it were a Core | T3 |
+//! | `module-peer` | another module's identity may connect, call and open a lease, as if it were a Core | P6, T3 |
 //! | `no-offer-deadline` | waits for the Core's offer forever instead of refusing after 5 s | A3 |
 //! | `no-lease-exists` | grants an offer on a second control stream of a connection whose lease is live | A3 |
 //! | `no-revoke-on-bad-proof` | refuses a call with a bad or replayed proof but leaves the lease open | A7 |
@@ -99,6 +100,8 @@ faults! {
     UngatedStreams = "ungated-streams" breaks ["Z1", "E6", "R6"],
     /// `user-lease`: a user identity may open a lease (T3).
     UserLease = "user-lease" breaks ["T3"],
+    /// `module-peer`: another module may connect and lease (P6, T3).
+    ModulePeer = "module-peer" breaks ["P6", "T3"],
     /// `no-offer-deadline`: no deadline for the Core's offer (A3).
     NoOfferDeadline = "no-offer-deadline" breaks ["A3"],
     /// `no-lease-exists`: a second live lease on one connection (A3).

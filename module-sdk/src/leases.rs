@@ -287,7 +287,9 @@ impl ModuleState {
         let any_kind = self.faults.is(crate::fault::Fault::UserLease);
         #[cfg(not(anima_test_faults))]
         let any_kind = false;
-        if core.kind() != anima_protocol::UrnKind::Core && !any_kind {
+        let module_peer =
+            core.kind() == anima_protocol::UrnKind::Module && crate::access::module_peers(self);
+        if core.kind() != anima_protocol::UrnKind::Core && !any_kind && !module_peer {
             return Err(LeaseError::IdentityMismatch {
                 role: "consumer",
                 claimed: core.to_string(),

@@ -12,7 +12,7 @@ use anima_protocol::pb::lease_control_server::LeaseControlServer;
 use anima_protocol::pb::module_admin_server::ModuleAdminServer;
 use anima_protocol::pb::probe_server::ProbeServer;
 use anima_protocol::transport::CertWatch;
-use anima_protocol::{PeerPolicy, ServerTls, TlsIdentity, TrustRoot, Urn, UrnKind};
+use anima_protocol::{PeerPolicy, ServerTls, TlsIdentity, TrustRoot, Urn};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -85,15 +85,15 @@ impl ModuleServer {
             });
         }
         let signer = LeaseSigner::from_identity(identity)?;
-        let tls = ServerTls::new(
-            identity,
-            trust,
-            PeerPolicy::Kinds(vec![UrnKind::Core, UrnKind::User]),
-        )?;
         let state = ModuleState::new(contract, signer, None, Vec::new());
         // Only in the test-only copy of the SDK (tests/faulty): ANIMA_TEST_FAULT.
         #[cfg(anima_test_faults)]
         state.faults.load_env(&state.contract)?;
+        let tls = ServerTls::new(
+            identity,
+            trust,
+            PeerPolicy::Kinds(crate::access::peer_kinds(&state)),
+        )?;
         Ok(ModuleServer {
             state: Arc::new(state),
             tls,

@@ -140,7 +140,7 @@ pub(crate) fn conformance(contract: &Path, certs: &Path, extra: &[&str], command
 pub(crate) fn rows(type_rows: &[&'static str]) -> Vec<&'static str> {
     let every_type = [
         "T1", "T2", "T3", "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "I1", "I2", "I4",
-        "Z1", "Z2", "Z3",
+        "Z1", "Z2", "Z3", "P6",
     ];
     [every_type.as_slice(), type_rows].concat()
 }
@@ -170,6 +170,21 @@ fn o1_conformance_hasher_type1_passes_every_applicable_row() {
 fn o1_conformance_kvstore_type2_passes_every_applicable_row() {
     let run = sample("kvstore");
     run.assert_passes(&rows(&["R1", "R2", "R3", "R4", "R5", "R6", "P1"]));
+}
+
+/// P12: the ratelimit sample, a proxy sidecar, answers `Inspect` under a
+/// lease with a verdict the Core can pass on, and refuses it without one.
+#[test]
+fn p12_conformance_ratelimit_sidecar_passes_every_applicable_row() {
+    let run = sample("ratelimit");
+    run.assert_passes(&rows(&["R1", "R2", "R3", "R4", "R5", "P1", "P12"]));
+}
+
+/// P12 is `n/a` for a module that is no proxy sidecar.
+#[test]
+fn p12_conformance_is_not_applicable_to_a_module_that_is_no_sidecar() {
+    let run = sample("kvstore");
+    assert_eq!(run.verdict("P12"), "n/a", "{}", run.row("P12"));
 }
 
 /// P1: a module that reports other interfaces than its contract declares
@@ -439,6 +454,10 @@ caught! {
     t3_conformance_catches_a_module_that_lets_a_user_open_a_lease:
         FIXTURE_TYPE_III, "user-lease"
             => "T3" by "an offer from a user identity";
+    p6_conformance_catches_a_module_that_serves_other_modules:
+        FIXTURE_TYPE_III, "module-peer"
+            => "P6" by "was granted a lease",
+               "T3" by "a module's identity as the client";
     i2_conformance_catches_an_undeclared_method_refused_without_unknown_method:
         FIXTURE_TYPE_III, "unknown-method-bare"
             => "I2" by "want the UNKNOWN_METHOD reason";

@@ -111,6 +111,7 @@ impl Run<'_> {
         if let Some(mut s) = self.first_lease(r, addr).await {
             self.wrong_core(r, addr, core_b, "E2").await;
             self.hostile_checks(r, addr, &mut s).await;
+            self.sidecar_checks(r, addr, &mut s).await;
             self.leased_checks(r, addr, &mut s, Reason::NoLease).await;
             let admin = self.dial(&self.ids().operator, addr).await.ok();
             self.revoke_checks(r, s).await;

@@ -21,6 +21,8 @@
 //! - `tenants`: S3, S4, S5, S8, S9 (several Cores on a Type III module).
 //! - `hostile`: the misbehaving Core's checks, run on a live lease (A3: a
 //!   Core that never offers).
+//! - `system`: P6 (another module's identity is refused) and P12 (a proxy
+//!   sidecar's `Inspect`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -47,6 +49,7 @@ mod interface;
 mod lease;
 mod proofs;
 mod resident;
+mod system;
 mod tenants;
 mod transport;
 mod zero_lease;
@@ -318,6 +321,8 @@ impl Run<'_> {
         transport::plaintext_check(r, addr).await;
         // T3: certificates the module must refuse.
         self.certificate_checks(r, addr).await;
+        // P6: another module's identity gets nothing.
+        self.module_peer_checks(r, addr).await;
         // T1: mutual TLS with the module's URN; one listener.
         let Some(conn) = self.mtls_checks(r, addr, pid).await else {
             return;

@@ -139,6 +139,7 @@ impl Run<'_> {
             self.wrong_core(r, addr, core_b, "R2").await;
         }
         self.hostile_checks(r, addr, &mut a).await;
+        self.sidecar_checks(r, addr, &mut a).await;
         self.leased_checks(r, addr, &mut a, Reason::NoLease).await;
         let halt_row = if shared { "A6" } else { "R6" };
         self.expiry_checks(r, addr, core_a, halt_row).await;
