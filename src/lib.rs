@@ -139,6 +139,7 @@ pub mod identity;
 pub mod interface;
 pub mod launch;
 pub mod lease;
+pub mod rcs;
 pub mod transport;
 
 /// Generated protobuf and gRPC code for `proto/anima/v1`.

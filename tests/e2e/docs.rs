@@ -103,6 +103,33 @@ fn protocol_md_lists_exactly_the_reasons_with_their_codes() {
     assert_eq!(doc, code);
 }
 
+/// M10: PROTOCOL.md §12.5's EPS codes are exactly the code's, with their
+/// categories and gRPC codes.
+#[test]
+fn m10_protocol_md_lists_exactly_the_eps_codes() {
+    use anima_protocol::rcs::EpsCode;
+    let rows = table(PROTOCOL, "### 12.5 EPS errors", "code");
+    let doc: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
+        .collect();
+    let code: Vec<(String, String, String)> = EpsCode::ALL
+        .iter()
+        .map(|c| {
+            let category = c
+                .category()
+                .as_str_name()
+                .trim_start_matches("EPS_CATEGORY_");
+            (
+                c.as_str().to_owned(),
+                category.to_ascii_lowercase(),
+                code_name(c.grpc_code()),
+            )
+        })
+        .collect();
+    assert_eq!(doc, code);
+}
+
 #[test]
 fn protocol_md_lists_every_launch_variable_the_code_sets() {
     let rows = table(PROTOCOL, "### 6.1 The launch protocol", "variable");

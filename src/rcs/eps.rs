@@ -1,0 +1,129 @@
+//! EPS errors (PROTOCOL.md §12.5): the codes the Core answers a message
+//! with, their category and severity, and the error envelope.
+
+use crate::pb::{EpsCategory, EpsError, EpsSeverity};
+
+/// What is wrong with a message, as the EPS `code` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EpsCode {
+    /// The JSON form is not JSON, or not an object (M1).
+    InvalidJson,
+    /// A required field is absent or empty (M1).
+    MissingField,
+    /// A field has the wrong type, format or value (M1).
+    InvalidField,
+    /// `version` or `schema_version` is one this Core does not speak (M1).
+    UnsupportedVersion,
+    /// `size_bytes` is not the payload's size (M2).
+    SizeMismatch,
+    /// `checksum` is not the payload's SHA-256 (M2).
+    ChecksumMismatch,
+    /// The payload or the envelope is larger than the Core takes (M2).
+    TooLarge,
+    /// `source_module` or `sender_identity` names another than the
+    /// sender's certificate (M3).
+    IdentityMismatch,
+}
+
+crate::str_vocabulary! {
+    /// The code as EPS writes it.
+    pub fn EpsCode::as_str {
+        InvalidJson => "INVALID_JSON",
+        MissingField => "MISSING_FIELD",
+        InvalidField => "INVALID_FIELD",
+        UnsupportedVersion => "UNSUPPORTED_VERSION",
+        SizeMismatch => "SIZE_MISMATCH",
+        ChecksumMismatch => "CHECKSUM_MISMATCH",
+        TooLarge => "TOO_LARGE",
+        IdentityMismatch => "IDENTITY_MISMATCH",
+    }
+}
+
+impl EpsCode {
+    /// Every code, in PROTOCOL.md §12.5's order.
+    pub const ALL: [EpsCode; 8] = [
+        EpsCode::InvalidJson,
+        EpsCode::MissingField,
+        EpsCode::InvalidField,
+        EpsCode::UnsupportedVersion,
+        EpsCode::SizeMismatch,
+        EpsCode::ChecksumMismatch,
+        EpsCode::TooLarge,
+        EpsCode::IdentityMismatch,
+    ];
+
+    /// The EPS category.
+    pub fn category(self) -> EpsCategory {
+        match self {
+            EpsCode::InvalidJson
+            | EpsCode::MissingField
+            | EpsCode::InvalidField
+            | EpsCode::UnsupportedVersion => EpsCategory::Validation,
+            EpsCode::SizeMismatch | EpsCode::ChecksumMismatch => EpsCategory::Integrity,
+            EpsCode::TooLarge => EpsCategory::Resource,
+            EpsCode::IdentityMismatch => EpsCategory::Permission,
+        }
+    }
+
+    /// The gRPC status code of a call refused with it.
+    pub fn grpc_code(self) -> tonic::Code {
+        match self.category() {
+            EpsCategory::Permission => tonic::Code::PermissionDenied,
+            EpsCategory::Resource => tonic::Code::ResourceExhausted,
+            _ => tonic::Code::InvalidArgument,
+        }
+    }
+}
+
+/// A message refused before routing: the code, the offending field (a
+/// JSON-form path such as `message_metadata.message_id`, empty when no one
+/// field is to blame) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {}{detail}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
+pub struct Invalid {
+    /// The EPS code.
+    pub code: EpsCode,
+    /// The field's path in the JSON form.
+    pub field: String,
+    /// What is wrong, for people.
+    pub detail: String,
+}
+
+impl Invalid {
+    /// `code` at `field`.
+    pub fn new(code: EpsCode, field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Invalid {
+            code,
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The EPS error for it: reported by `reporter` at `created_at` (RFC
+    /// 3339), about the message `message_id` of workflow `correlation_id`
+    /// (either empty when unknown). A refused message can be sent again,
+    /// corrected: every validation error is recoverable.
+    pub fn to_eps(
+        &self,
+        error_id: String,
+        reporter: &str,
+        created_at: String,
+        message_id: &str,
+        correlation_id: &str,
+    ) -> EpsError {
+        EpsError {
+            error_id,
+            code: self.code.as_str().to_owned(),
+            category: self.code.category() as i32,
+            severity: EpsSeverity::Error as i32,
+            message_id: message_id.to_owned(),
+            correlation_id: correlation_id.to_owned(),
+            recoverable: true,
+            detail: self.detail.clone(),
+            field: self.field.clone(),
+            reporter: reporter.to_owned(),
+            created_at,
+        }
+    }
+}
