@@ -22,6 +22,7 @@ pub mod gateway;
 mod launcher;
 pub mod lease;
 mod log_text;
+pub mod mediator;
 mod metrics;
 mod notify;
 mod reestablish;

@@ -1,0 +1,575 @@
+//! The mediator's embedded message store: one `redb` file, every change a
+//! transaction committed with fsync before it returns, so what [`Store::accept`]
+//! reported stored survives a `kill -9` of the Core (M12).
+//!
+//! Each message is stored once (`messages`) and queued for each
+//! subscription it is routed to (`queue`, keyed by subscription, priority
+//! rank and sequence number, so a subscription's backlog reads critical
+//! first and first-in first-out within a priority, M6). A queued entry
+//! counts the times it was handed out and when it is next due: handing it
+//! out makes it due again at the acknowledgement deadline, so a delivery
+//! neither acknowledged nor refused in time is redelivered (M7), also after
+//! a restart. A message leaves the store when no queue and no dead-letter
+//! entry holds it any more.
+//!
+//! Time is passed in (Unix milliseconds): the store reads no clock.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use super::record::{Delivery, Record};
+use anima_protocol::rcs::MAX_DELAY_MS;
+
+/// seq → [`Record`] bytes.
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// seq → how many queue and dead-letter entries hold it.
+const REFS: TableDefinition<u64, u32> = TableDefinition::new("refs");
+/// (subscription, rank, seq) → (times handed out, due at).
+const QUEUE: TableDefinition<(&str, u8, u64), (u32, u64)> = TableDefinition::new("queue");
+/// (subscription, seq) → (times handed out, dead since, why).
+const DEAD: TableDefinition<(&str, u64), (u32, u64, &str)> = TableDefinition::new("dead");
+/// message_id → accepted at (`exactly_once` messages, for [`DEDUP_WINDOW_MS`]).
+const SEEN: TableDefinition<&str, (u64, u64)> = TableDefinition::new("seen");
+/// Counters.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const NEXT_SEQ: &str = "next_seq";
+const USED: &str = "used_bytes";
+const DROPPED_EXPIRED: &str = "dropped_expired";
+const DROPPED_RETRIES: &str = "dropped_retries";
+
+/// How long an `exactly_once` message's id is remembered: a second message
+/// with the same id within it is acknowledged and not stored (M7).
+pub const DEDUP_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// The first redelivery's delay when the message names none.
+pub const DEFAULT_RETRY_DELAY_MS: u64 = 1000;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database failed (disk, corruption, I/O).
+    #[error("message store: {0}")]
+    Db(#[from] redb::Error),
+    /// A stored value is not what this version wrote.
+    #[error("message store: message {0} is unreadable")]
+    Corrupt(u64),
+}
+
+macro_rules! db_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+db_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// One message to store.
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    /// The envelope's protobuf bytes.
+    pub envelope: &'a [u8],
+    /// Its `message_id`.
+    pub message_id: &'a str,
+    /// De-duplicated by `message_id` (`exactly_once`).
+    pub exactly_once: bool,
+    /// How to deliver it.
+    pub delivery: Delivery,
+    /// The subscriptions it is routed to.
+    pub subscriptions: &'a [String],
+}
+
+/// What became of one message of [`Store::accept`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored and queued, durably, as this sequence number.
+    Stored(u64),
+    /// An `exactly_once` message whose id was accepted before, within
+    /// [`DEDUP_WINDOW_MS`], as this sequence number: not stored again.
+    Duplicate(u64),
+    /// No subscription takes it: nothing stored.
+    Unrouted,
+    /// Storing it would pass the store's size limit: nothing stored.
+    Full {
+        /// Bytes in use.
+        used: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// A message handed out to a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handed {
+    /// Its sequence number (what [`Store::ack`] and [`Store::nack`] name).
+    pub seq: u64,
+    /// 1 for the first delivery, 2 for the first redelivery …
+    pub attempt: u32,
+    /// The envelope's protobuf bytes.
+    pub envelope: Vec<u8>,
+}
+
+/// What [`Store::take`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Take {
+    /// The next message due.
+    Message(Handed),
+    /// None due now; the next is due at this instant, if any is queued.
+    Idle(Option<u64>),
+}
+
+/// What became of a refused (or unacknowledged) delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Queued again, due at this instant.
+    At(u64),
+    /// Its retries are spent: moved to the dead-letter queue.
+    DeadLettered,
+    /// Its retries are spent and it has no dead-letter queue: dropped.
+    Dropped,
+    /// No such delivery outstanding.
+    Unknown,
+}
+
+/// A message in the dead-letter queue (M8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The subscription it was queued for.
+    pub subscription: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// How many times it was handed out.
+    pub attempts: u32,
+    /// When it was dead-lettered (Unix ms).
+    pub since_ms: u64,
+    /// Why: `EXPIRED` or `MAX_RETRIES`.
+    pub reason: String,
+    /// The envelope's protobuf bytes.
+    pub envelope: Vec<u8>,
+}
+
+/// Counters of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Bytes of stored messages.
+    pub used_bytes: u64,
+    /// Expired messages dropped (no dead-letter queue).
+    pub dropped_expired: u64,
+    /// Messages dropped after their retries (no dead-letter queue).
+    pub dropped_retries: u64,
+}
+
+/// The store.
+pub struct Store {
+    db: Database,
+    limit: u64,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`, holding at most `limit`
+    /// bytes of messages.
+    pub fn open(path: &Path, limit: u64) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        tx.open_table(MESSAGES)?;
+        tx.open_table(REFS)?;
+        tx.open_table(QUEUE)?;
+        tx.open_table(DEAD)?;
+        tx.open_table(SEEN)?;
+        tx.open_table(META)?;
+        tx.commit()?;
+        Ok(Store { db, limit })
+    }
+
+    /// Stores `batch` in one transaction and returns once it is on disk.
+    pub fn accept(&self, batch: &[Incoming<'_>], now_ms: u64) -> Result<Vec<Accepted>, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut out = Vec::with_capacity(batch.len());
+        {
+            let mut meta = tx.open_table(META)?;
+            let mut seen = tx.open_table(SEEN)?;
+            let mut messages = tx.open_table(MESSAGES)?;
+            let mut refs = tx.open_table(REFS)?;
+            let mut queue = tx.open_table(QUEUE)?;
+            let mut next = counter(&meta, NEXT_SEQ)?.max(1);
+            let mut used = counter(&meta, USED)?;
+            for m in batch {
+                if m.exactly_once
+                    && let Some(prior) = seen.get(m.message_id)?.map(|g| g.value())
+                    && now_ms.saturating_sub(prior.0) < DEDUP_WINDOW_MS
+                {
+                    out.push(Accepted::Duplicate(prior.1));
+                    continue;
+                }
+                if m.subscriptions.is_empty() {
+                    out.push(Accepted::Unrouted);
+                    continue;
+                }
+                let bytes = Record {
+                    delivery: m.delivery,
+                    accepted_ms: now_ms,
+                    envelope: m.envelope.to_vec(),
+                }
+                .encode();
+                if used + bytes.len() as u64 > self.limit {
+                    out.push(Accepted::Full {
+                        used,
+                        limit: self.limit,
+                    });
+                    continue;
+                }
+                let seq = next;
+                next += 1;
+                used += bytes.len() as u64;
+                messages.insert(seq, bytes.as_slice())?;
+                let n = u32::try_from(m.subscriptions.len()).unwrap_or(u32::MAX);
+                refs.insert(seq, n)?;
+                for sub in m.subscriptions {
+                    queue.insert((sub.as_str(), m.delivery.rank, seq), (0, 0))?;
+                }
+                if m.exactly_once {
+                    seen.insert(m.message_id, (now_ms, seq))?;
+                }
+                out.push(Accepted::Stored(seq));
+            }
+            meta.insert(NEXT_SEQ, next)?;
+            meta.insert(USED, used)?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Hands out the next message due for `subscription`: the highest
+    /// priority first, the oldest first within a priority. Expired messages
+    /// (M4) and messages whose retries are spent are moved to the
+    /// dead-letter queue, or dropped and counted, on the way. The message
+    /// handed out is due again at `now_ms + ack_wait_ms` unless acknowledged
+    /// (an `at_most_once` one never again).
+    pub fn take(
+        &self,
+        subscription: &str,
+        now_ms: u64,
+        ack_wait_ms: u64,
+    ) -> Result<Take, StoreError> {
+        let tx = self.db.begin_write()?;
+        let found = {
+            let mut queue = tx.open_table(QUEUE)?;
+            let messages = tx.open_table(MESSAGES)?;
+            let mut next_due: Option<u64> = None;
+            let mut ended: Vec<((u8, u64), u32, &'static str)> = Vec::new();
+            let mut found = None;
+            for entry in
+                queue.range((subscription, 0u8, 0u64)..=(subscription, u8::MAX, u64::MAX))?
+            {
+                let (key, value) = entry?;
+                let (_, rank, seq) = key.value();
+                let (attempts, due) = value.value();
+                if due > now_ms {
+                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                    continue;
+                }
+                let bytes = messages.get(seq)?.ok_or(StoreError::Corrupt(seq))?;
+                let record = Record::decode(bytes.value()).ok_or(StoreError::Corrupt(seq))?;
+                let d = record.delivery;
+                if d.expires_ms
+                    .is_some_and(|e| i128::from(e) <= i128::from(now_ms))
+                {
+                    ended.push(((rank, seq), attempts, "EXPIRED"));
+                    continue;
+                }
+                if attempts > d.max_retries || (d.at_most_once && attempts > 0) {
+                    ended.push(((rank, seq), attempts, "MAX_RETRIES"));
+                    continue;
+                }
+                found = Some((rank, seq, attempts + 1, d.at_most_once, record.envelope));
+                break;
+            }
+            drop(messages);
+            for ((rank, seq), attempts, why) in ended {
+                queue.remove((subscription, rank, seq))?;
+                end(&tx, subscription, seq, attempts, why, now_ms)?;
+            }
+            match found {
+                Some((rank, seq, attempt, at_most_once, envelope)) => {
+                    if at_most_once {
+                        queue.remove((subscription, rank, seq))?;
+                        drop(queue);
+                        release_ref(&tx, seq)?;
+                    } else {
+                        let due = now_ms.saturating_add(ack_wait_ms);
+                        queue.insert((subscription, rank, seq), (attempt, due))?;
+                    }
+                    Take::Message(Handed {
+                        seq,
+                        attempt,
+                        envelope,
+                    })
+                }
+                None => Take::Idle(next_due),
+            }
+        };
+        tx.commit()?;
+        Ok(found)
+    }
+
+    /// The subscriber handled `seq`: it leaves `subscription`'s queue.
+    /// False when no such delivery was outstanding.
+    pub fn ack(&self, subscription: &str, seq: u64) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        let removed = match find(&tx, subscription, seq)? {
+            Some((rank, _, _)) => {
+                tx.open_table(QUEUE)?.remove((subscription, rank, seq))?;
+                release_ref(&tx, seq)?;
+                true
+            }
+            None => false,
+        };
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// The subscriber refused `seq` (or its acknowledgement did not come):
+    /// redelivered after the message's retry delay, doubled for each retry
+    /// before (at most [`MAX_DELAY_MS`]), while it has retries left; then
+    /// dead-lettered or dropped (M7, M8).
+    pub fn nack(&self, subscription: &str, seq: u64, now_ms: u64) -> Result<Retry, StoreError> {
+        let tx = self.db.begin_write()?;
+        let retry = match find(&tx, subscription, seq)? {
+            None => Retry::Unknown,
+            Some((rank, attempts, _)) => {
+                let record = record(&tx, seq)?;
+                let d = record.delivery;
+                if attempts > d.max_retries {
+                    tx.open_table(QUEUE)?.remove((subscription, rank, seq))?;
+                    if end(&tx, subscription, seq, attempts, "MAX_RETRIES", now_ms)? {
+                        Retry::DeadLettered
+                    } else {
+                        Retry::Dropped
+                    }
+                } else {
+                    let due = now_ms.saturating_add(backoff(d.retry_delay_ms, attempts));
+                    tx.open_table(QUEUE)?
+                        .insert((subscription, rank, seq), (attempts, due))?;
+                    Retry::At(due)
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(retry)
+    }
+
+    /// The subscriber's lease ended while it held `seq` (M11): due again
+    /// now, and the delivery does not count as an attempt.
+    pub fn release(&self, subscription: &str, seq: u64, now_ms: u64) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        let found = match find(&tx, subscription, seq)? {
+            Some((rank, attempts, _)) => {
+                tx.open_table(QUEUE)?.insert(
+                    (subscription, rank, seq),
+                    (attempts.saturating_sub(1), now_ms),
+                )?;
+                true
+            }
+            None => false,
+        };
+        tx.commit()?;
+        Ok(found)
+    }
+
+    /// The dead-letter queue, of one subscription or all (M8).
+    pub fn dead_letters(&self, subscription: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let dead = tx.open_table(DEAD)?;
+        let messages = tx.open_table(MESSAGES)?;
+        let mut out = Vec::new();
+        for entry in dead.iter()? {
+            let (key, value) = entry?;
+            let (sub, seq) = key.value();
+            if subscription.is_some_and(|s| s != sub) {
+                continue;
+            }
+            let (attempts, since_ms, reason) = value.value();
+            let bytes = messages.get(seq)?.ok_or(StoreError::Corrupt(seq))?;
+            let record = Record::decode(bytes.value()).ok_or(StoreError::Corrupt(seq))?;
+            out.push(DeadLetter {
+                subscription: sub.to_owned(),
+                seq,
+                attempts,
+                since_ms,
+                reason: reason.to_owned(),
+                envelope: record.envelope,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Queues a dead letter again for its subscription, as new (its
+    /// attempts start over); false when there is no such dead letter.
+    pub fn replay(&self, subscription: &str, seq: u64) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        let removed = tx.open_table(DEAD)?.remove((subscription, seq))?.is_some();
+        if removed {
+            let rank = record(&tx, seq)?.delivery.rank;
+            tx.open_table(QUEUE)?
+                .insert((subscription, rank, seq), (0, 0))?;
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Deletes dead letters: of one subscription, or all; their number.
+    pub fn purge(&self, subscription: Option<&str>) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write()?;
+        let keys: Vec<(String, u64)> = {
+            let dead = tx.open_table(DEAD)?;
+            let mut keys = Vec::new();
+            for entry in dead.iter()? {
+                let (key, _) = entry?;
+                let (sub, seq) = key.value();
+                if subscription.is_none_or(|s| s == sub) {
+                    keys.push((sub.to_owned(), seq));
+                }
+            }
+            keys
+        };
+        for (sub, seq) in &keys {
+            tx.open_table(DEAD)?.remove((sub.as_str(), *seq))?;
+            release_ref(&tx, *seq)?;
+        }
+        tx.commit()?;
+        Ok(keys.len())
+    }
+
+    /// Forgets `exactly_once` ids older than [`DEDUP_WINDOW_MS`]; their
+    /// number.
+    pub fn forget_seen(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut n = 0;
+        tx.open_table(SEEN)?.retain(|_, (at, _)| {
+            let keep = now_ms.saturating_sub(at) < DEDUP_WINDOW_MS;
+            n += usize::from(!keep);
+            keep
+        })?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// The store's counters.
+    pub fn stats(&self) -> Result<Stats, StoreError> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        let get =
+            |k: &str| -> Result<u64, StoreError> { Ok(meta.get(k)?.map_or(0, |g| g.value())) };
+        Ok(Stats {
+            used_bytes: get(USED)?,
+            dropped_expired: get(DROPPED_EXPIRED)?,
+            dropped_retries: get(DROPPED_RETRIES)?,
+        })
+    }
+}
+
+/// The delay before redelivery after `attempts` deliveries: `delay_ms`
+/// (or the default), doubled for each delivery after the first, at most
+/// [`MAX_DELAY_MS`].
+pub fn backoff(delay_ms: u64, attempts: u32) -> u64 {
+    let base = if delay_ms == 0 {
+        DEFAULT_RETRY_DELAY_MS
+    } else {
+        delay_ms
+    };
+    let doublings = attempts.saturating_sub(1).min(32);
+    base.saturating_mul(1u64 << doublings).min(MAX_DELAY_MS)
+}
+
+fn counter(meta: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, StoreError> {
+    Ok(meta.get(key)?.map_or(0, |g| g.value()))
+}
+
+fn bump(tx: &WriteTransaction, key: &str) -> Result<(), StoreError> {
+    let mut meta = tx.open_table(META)?;
+    let n = counter(&meta, key)?;
+    meta.insert(key, n + 1)?;
+    Ok(())
+}
+
+/// `subscription`'s queue entry for `seq`: (rank, attempts, due).
+fn find(
+    tx: &WriteTransaction,
+    subscription: &str,
+    seq: u64,
+) -> Result<Option<(u8, u32, u64)>, StoreError> {
+    let queue = tx.open_table(QUEUE)?;
+    for rank in 0..=3u8 {
+        if let Some(v) = queue.get((subscription, rank, seq))? {
+            let (attempts, due) = v.value();
+            return Ok(Some((rank, attempts, due)));
+        }
+    }
+    Ok(None)
+}
+
+fn record(tx: &WriteTransaction, seq: u64) -> Result<Record, StoreError> {
+    let messages = tx.open_table(MESSAGES)?;
+    let bytes = messages.get(seq)?.ok_or(StoreError::Corrupt(seq))?;
+    Record::decode(bytes.value()).ok_or(StoreError::Corrupt(seq))
+}
+
+/// A queued message that will not be delivered to `subscription`: into its
+/// dead-letter queue when the message has one (true), else dropped and
+/// counted.
+fn end(
+    tx: &WriteTransaction,
+    subscription: &str,
+    seq: u64,
+    attempts: u32,
+    why: &str,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    if record(tx, seq)?.delivery.dead_letter {
+        tx.open_table(DEAD)?
+            .insert((subscription, seq), (attempts, now_ms, why))?;
+        return Ok(true);
+    }
+    bump(
+        tx,
+        if why == "EXPIRED" {
+            DROPPED_EXPIRED
+        } else {
+            DROPPED_RETRIES
+        },
+    )?;
+    release_ref(tx, seq)?;
+    Ok(false)
+}
+
+/// One holder of `seq` let go: the message is deleted with its last.
+fn release_ref(tx: &WriteTransaction, seq: u64) -> Result<(), StoreError> {
+    let mut refs = tx.open_table(REFS)?;
+    let n = refs.get(seq)?.map_or(0, |g| g.value());
+    if n > 1 {
+        refs.insert(seq, n - 1)?;
+        return Ok(());
+    }
+    refs.remove(seq)?;
+    drop(refs);
+    let mut messages = tx.open_table(MESSAGES)?;
+    let size = messages.remove(seq)?.map_or(0, |g| g.value().len() as u64);
+    drop(messages);
+    let mut meta = tx.open_table(META)?;
+    let used = counter(&meta, USED)?;
+    meta.insert(USED, used.saturating_sub(size))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

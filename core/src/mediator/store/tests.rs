@@ -1,0 +1,310 @@
+//! The store's rules, with time passed in: priorities (M6), redelivery and
+//! its backoff (M7), dead letters (M8), expiry (M4), lease-fenced release
+//! (M11) and durability across reopening (M12).
+
+use super::*;
+
+const T0: u64 = 1_753_984_073_123;
+const WAIT: u64 = 30_000;
+
+fn subs(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn delivery(rank: u8) -> Delivery {
+    Delivery {
+        rank,
+        dead_letter: false,
+        at_most_once: false,
+        max_retries: 0,
+        retry_delay_ms: 100,
+        expires_ms: None,
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    store: Store,
+}
+
+fn fixture(limit: u64) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("messages.redb");
+    let store = Store::open(&path, limit).expect("open");
+    Fixture {
+        _dir: dir,
+        path,
+        store,
+    }
+}
+
+/// Stores one message `body` for `to` with `d`.
+fn put(store: &Store, body: &str, d: Delivery, to: &[String]) -> Accepted {
+    let m = Incoming {
+        envelope: body.as_bytes(),
+        message_id: body,
+        exactly_once: false,
+        delivery: d,
+        subscriptions: to,
+    };
+    store.accept(&[m], T0).expect("accept")[0]
+}
+
+fn taken(store: &Store, sub: &str, now: u64) -> Option<(String, u32)> {
+    match store.take(sub, now, WAIT).expect("take") {
+        Take::Message(h) => Some((String::from_utf8(h.envelope).expect("utf-8"), h.attempt)),
+        Take::Idle(_) => None,
+    }
+}
+
+fn seq_of(a: Accepted) -> u64 {
+    match a {
+        Accepted::Stored(seq) => seq,
+        other => panic!("not stored: {other:?}"),
+    }
+}
+
+#[test]
+fn m6_critical_first_then_fifo_within_a_priority() {
+    let f = fixture(1 << 20);
+    let to = subs(&["logger LOG_MESSAGE"]);
+    for (body, rank) in [
+        ("low", 3),
+        ("normal-1", 2),
+        ("critical", 0),
+        ("high", 1),
+        ("normal-2", 2),
+    ] {
+        put(&f.store, body, delivery(rank), &to);
+    }
+    let mut order = Vec::new();
+    while let Some((body, _)) = taken(&f.store, &to[0], T0) {
+        order.push(body);
+    }
+    assert_eq!(order, ["critical", "high", "normal-1", "normal-2", "low"]);
+}
+
+#[test]
+fn m12_accepted_messages_survive_reopening_the_store() {
+    let f = fixture(1 << 20);
+    let to = subs(&["logger LOG_MESSAGE"]);
+    let mut d = delivery(2);
+    d.max_retries = 1;
+    put(&f.store, "kept", d, &to);
+    // Handed out but not acknowledged when the Core dies.
+    d.rank = 1;
+    put(&f.store, "in flight", d, &to);
+    assert_eq!(taken(&f.store, &to[0], T0), Some(("in flight".into(), 1)));
+    let Fixture { _dir, path, store } = f;
+    drop(store);
+    let store = Store::open(&path, 1 << 20).expect("reopen");
+    assert_eq!(taken(&store, &to[0], T0), Some(("kept".into(), 1)));
+    // The unacknowledged one is due again at its acknowledgement deadline.
+    assert_eq!(taken(&store, &to[0], T0 + WAIT - 1), None);
+    assert_eq!(
+        taken(&store, &to[0], T0 + WAIT),
+        Some(("in flight".into(), 2))
+    );
+}
+
+#[test]
+fn m7_at_least_once_is_redelivered_with_backoff_up_to_max_retries() {
+    let f = fixture(1 << 20);
+    let to = subs(&["worker EXECUTE_SCRIPT"]);
+    let mut d = delivery(2);
+    d.max_retries = 2;
+    d.dead_letter = true;
+    let seq = seq_of(put(&f.store, "job", d, &to));
+    let sub = to[0].as_str();
+    assert_eq!(taken(&f.store, sub, T0), Some(("job".into(), 1)));
+    assert_eq!(
+        f.store.nack(sub, seq, T0).expect("nack"),
+        Retry::At(T0 + 100)
+    );
+    assert_eq!(
+        f.store.take(sub, T0 + 99, WAIT).expect("take"),
+        Take::Idle(Some(T0 + 100))
+    );
+    assert_eq!(taken(&f.store, sub, T0 + 100), Some(("job".into(), 2)));
+    assert_eq!(
+        f.store.nack(sub, seq, T0 + 100).expect("nack"),
+        Retry::At(T0 + 300)
+    );
+    assert_eq!(taken(&f.store, sub, T0 + 300), Some(("job".into(), 3)));
+    assert_eq!(
+        f.store.nack(sub, seq, T0 + 300).expect("nack"),
+        Retry::DeadLettered
+    );
+    assert_eq!(taken(&f.store, sub, T0 + 10_000), None);
+    let dead = f.store.dead_letters(Some(sub)).expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].attempts, dead[0].reason.as_str()),
+        (3, "MAX_RETRIES")
+    );
+    assert_eq!(f.store.nack(sub, seq, T0).expect("nack"), Retry::Unknown);
+}
+
+#[test]
+fn m7_an_unacknowledged_delivery_is_redelivered_after_the_ack_wait() {
+    let f = fixture(1 << 20);
+    let to = subs(&["worker EXECUTE_SCRIPT"]);
+    let mut d = delivery(2);
+    d.max_retries = 1;
+    put(&f.store, "job", d, &to);
+    assert_eq!(taken(&f.store, &to[0], T0), Some(("job".into(), 1)));
+    assert_eq!(taken(&f.store, &to[0], T0 + WAIT - 1), None);
+    assert_eq!(taken(&f.store, &to[0], T0 + WAIT), Some(("job".into(), 2)));
+}
+
+#[test]
+fn m7_at_most_once_is_never_redelivered() {
+    let f = fixture(1 << 20);
+    let to = subs(&["worker EXECUTE_SCRIPT"]);
+    let mut d = delivery(2);
+    d.at_most_once = true;
+    d.max_retries = 5;
+    put(&f.store, "once", d, &to);
+    assert_eq!(taken(&f.store, &to[0], T0), Some(("once".into(), 1)));
+    assert_eq!(
+        f.store.take(&to[0], T0 + 10 * WAIT, WAIT).expect("take"),
+        Take::Idle(None)
+    );
+    assert_eq!(f.store.stats().expect("stats").used_bytes, 0);
+}
+
+#[test]
+fn m7_exactly_once_is_deduplicated_by_message_id_within_the_window() {
+    let f = fixture(1 << 20);
+    let to = subs(&["worker EXECUTE_SCRIPT"]);
+    let m = |at: u64| {
+        let msg = Incoming {
+            envelope: b"pay",
+            message_id: "550e8400-e29b-41d4-a716-446655440000",
+            exactly_once: true,
+            delivery: delivery(2),
+            subscriptions: &to,
+        };
+        f.store.accept(&[msg.clone(), msg], at).expect("accept")
+    };
+    let first = m(T0);
+    let seq = seq_of(first[0]);
+    assert_eq!(first[1], Accepted::Duplicate(seq), "within one batch");
+    assert_eq!(m(T0 + DEDUP_WINDOW_MS - 1)[0], Accepted::Duplicate(seq));
+    assert!(matches!(m(T0 + DEDUP_WINDOW_MS)[0], Accepted::Stored(s) if s != seq));
+    assert_eq!(
+        f.store
+            .forget_seen(T0 + 3 * DEDUP_WINDOW_MS)
+            .expect("forget"),
+        1
+    );
+}
+
+#[test]
+fn m4_an_expired_message_is_never_delivered() {
+    let f = fixture(1 << 20);
+    let to = subs(&["logger LOG_MESSAGE"]);
+    let mut d = delivery(2);
+    d.expires_ms = Some(T0 as i64 + 50);
+    put(&f.store, "dropped", d, &to);
+    d.dead_letter = true;
+    put(&f.store, "dead", d, &to);
+    assert_eq!(taken(&f.store, &to[0], T0 + 50), None);
+    assert_eq!(f.store.stats().expect("stats").dropped_expired, 1);
+    let dead = f.store.dead_letters(None).expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].envelope.as_slice(), dead[0].reason.as_str()),
+        (&b"dead"[..], "EXPIRED")
+    );
+    // Before its expiry it is delivered.
+    d.expires_ms = Some(T0 as i64 + 50);
+    put(&f.store, "fresh", d, &to);
+    assert_eq!(taken(&f.store, &to[0], T0 + 49), Some(("fresh".into(), 1)));
+}
+
+#[test]
+fn m8_dead_letters_are_listed_replayed_and_purged() {
+    let f = fixture(1 << 20);
+    let to = subs(&["a EV", "b EV"]);
+    let mut d = delivery(2);
+    d.dead_letter = true;
+    let seq = seq_of(put(&f.store, "m", d, &to));
+    for sub in &to {
+        assert!(taken(&f.store, sub, T0).is_some());
+        assert_eq!(
+            f.store.nack(sub, seq, T0).expect("nack"),
+            Retry::DeadLettered
+        );
+    }
+    assert_eq!(f.store.dead_letters(None).expect("list").len(), 2);
+    assert!(f.store.replay("a EV", seq).expect("replay"));
+    assert!(!f.store.replay("a EV", seq).expect("replay twice"));
+    assert_eq!(
+        taken(&f.store, "a EV", T0),
+        Some(("m".into(), 1)),
+        "attempts start over"
+    );
+    assert!(f.store.ack("a EV", seq).expect("ack"));
+    assert_eq!(f.store.purge(Some("b EV")).expect("purge"), 1);
+    assert_eq!(f.store.dead_letters(None).expect("list"), []);
+    assert_eq!(
+        f.store.stats().expect("stats").used_bytes,
+        0,
+        "the message is gone with its last holder"
+    );
+}
+
+#[test]
+fn m11_a_release_redelivers_now_without_counting_an_attempt() {
+    let f = fixture(1 << 20);
+    let to = subs(&["worker EXECUTE_SCRIPT"]);
+    let seq = seq_of(put(&f.store, "job", delivery(2), &to));
+    assert_eq!(taken(&f.store, &to[0], T0), Some(("job".into(), 1)));
+    assert!(f.store.release(&to[0], seq, T0 + 5).expect("release"));
+    // max_retries 0, yet it is handed out again: the lease ended, the
+    // subscriber did not fail.
+    assert_eq!(taken(&f.store, &to[0], T0 + 5), Some(("job".into(), 1)));
+    assert!(f.store.ack(&to[0], seq).expect("ack"));
+    assert!(!f.store.release(&to[0], seq, T0).expect("release after ack"));
+}
+
+#[test]
+fn m12_a_full_store_refuses_with_its_figures_and_frees_space_on_ack() {
+    let f = fixture(100);
+    let to = subs(&["s EV"]);
+    let body = "x".repeat(60);
+    let seq = seq_of(put(&f.store, &body, delivery(2), &to));
+    let used = f.store.stats().expect("stats").used_bytes;
+    assert_eq!(used, 60 + 31);
+    assert_eq!(
+        put(&f.store, &body, delivery(2), &to),
+        Accepted::Full { used, limit: 100 }
+    );
+    assert!(taken(&f.store, "s EV", T0).is_some());
+    assert!(f.store.ack("s EV", seq).expect("ack"));
+    assert!(matches!(
+        put(&f.store, &body, delivery(2), &to),
+        Accepted::Stored(_)
+    ));
+}
+
+#[test]
+fn m5_a_message_for_no_subscription_is_not_stored() {
+    let f = fixture(1 << 20);
+    assert_eq!(
+        put(&f.store, "nobody", delivery(2), &[]),
+        Accepted::Unrouted
+    );
+    assert_eq!(f.store.stats().expect("stats").used_bytes, 0);
+}
+
+#[test]
+fn m7_backoff_doubles_from_the_retry_delay_up_to_an_hour() {
+    assert_eq!(backoff(100, 1), 100);
+    assert_eq!(backoff(100, 2), 200);
+    assert_eq!(backoff(100, 4), 800);
+    assert_eq!(backoff(0, 1), DEFAULT_RETRY_DELAY_MS);
+    assert_eq!(backoff(1000, 40), MAX_DELAY_MS);
+}
