@@ -27,7 +27,7 @@ const TEXT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab
 
 /// Calls `Say` one way or another.
 #[derive(Clone)]
-enum Caller {
+pub(crate) enum Caller {
     /// Through a lease (the proof is added per call).
     Leased(EchoClient<LeasedChannel>),
     /// Over a plain mTLS channel (to the plain server, or the gateway).
@@ -35,7 +35,7 @@ enum Caller {
 }
 
 impl Caller {
-    async fn say(&mut self) -> Result<(), tonic::Status> {
+    pub(crate) async fn say(&mut self) -> Result<(), tonic::Status> {
         let request = SayRequest { text: TEXT.into() };
         match self {
             Caller::Leased(c) => c.say(request).await.map(drop),
@@ -65,7 +65,7 @@ impl Caller {
 
 /// Sequential calls on `subject` and `baseline` in alternating blocks
 /// (the order flips every round), `n` timed calls each after a warm-up.
-async fn interleaved(
+pub(crate) async fn interleaved(
     subject: &mut Caller,
     baseline: &mut Caller,
     n: usize,
@@ -328,12 +328,17 @@ async fn plain_handshake(client: &ClientTls, addr: SocketAddr, plain: &Urn) -> R
 /// ephemeral port, and optionally the echo fixture as a Core-started Type
 /// III module with a gateway policy for [`USER`].
 pub fn core_config(setup: &Setup, name: &str, with_module: bool) -> Res<std::path::PathBuf> {
-    core_config_with(setup, name, with_module.then_some(""))
+    core_config_with(setup, name, with_module.then_some(("", "")))
 }
 
-/// [`core_config`] with the echo module, plus `more` (TOML: its own
-/// `[[module]]` entries and sections) after it.
-fn core_config_with(setup: &Setup, name: &str, more: Option<&str>) -> Res<std::path::PathBuf> {
+/// [`core_config`] with the echo module, given `lines` of its own
+/// `[[module]]` table, plus `more` (TOML: its own `[[module]]` entries and
+/// sections) after it.
+pub(crate) fn core_config_with(
+    setup: &Setup,
+    name: &str,
+    echo: Option<(&str, &str)>,
+) -> Res<std::path::PathBuf> {
     let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
     let p = |p: &std::path::Path| q(&p.display().to_string());
     let (cert, key) = setup.files(CORE)?;
@@ -348,7 +353,7 @@ fn core_config_with(setup: &Setup, name: &str, more: Option<&str>) -> Res<std::p
         p(&dir.join(format!("{name}-audit.jsonl"))),
         q(OPERATOR),
     );
-    if let Some(more) = more {
+    if let Some((lines, more)) = echo {
         let (mcert, mkey) = setup.files(MODULE)?;
         // It provides the echo methods as an interface, which modules may
         // call through the Core (`module_to_module`).
@@ -361,7 +366,7 @@ fn core_config_with(setup: &Setup, name: &str, more: Option<&str>) -> Res<std::p
         );
         text.push_str(&format!(
             "\n[[module]]\nurn = {}\ntype = \"resident-shared\"\ncommand = {}\ncert = {}\nkey = {}\n\
-             lease_ttl = \"60s\"\n\n[module.env]\nFIXTURE_CONTRACT = {}\nFIXTURE_INTERFACE = {}\n\
+             lease_ttl = \"60s\"\n{lines}\n[module.env]\nFIXTURE_CONTRACT = {}\nFIXTURE_INTERFACE = {}\n\
              RUST_LOG = {}\n\n[[policy]]\nuser = {}\nallow = [{}]\n",
             q(MODULE),
             p(&setup.bin("anima-fixture-module")?),
@@ -415,7 +420,7 @@ async fn module_to_module(setup: &Setup, opts: &Opts, direct: &mut Caller) -> Re
         q(CALLER),
         q(ECHO_INTERFACE),
     );
-    let config = core_config_with(setup, "module-to-module", Some(&more))?;
+    let config = core_config_with(setup, "module-to-module", Some(("", &more)))?;
     let mut core = core_process(setup, &config).await?;
     let conn = setup
         .client_as(CALLER)

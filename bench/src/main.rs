@@ -31,6 +31,7 @@ mod leases;
 mod link;
 mod procs;
 mod report;
+mod sidecar;
 mod soak;
 mod stats;
 
@@ -62,8 +63,8 @@ struct Cli {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Only these groups (comma-separated): unary, rps, handshake,
-    /// via_core, module_to_module, renewals, revoke, expiry, cold_start,
-    /// core_idle.
+    /// via_core, module_to_module, sidecar_hop, renewals, revoke, expiry,
+    /// cold_start, core_idle.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     #[command(subcommand)]
@@ -111,6 +112,7 @@ const GROUPS: &[&str] = &[
     "handshake",
     "via_core",
     "module_to_module",
+    "sidecar_hop",
     "renewals",
     "revoke",
     "expiry",
@@ -255,7 +257,10 @@ type Measure = for<'a> fn(&'a Setup, &'a Opts) -> Pin<Box<dyn Future<Output = Re
 
 /// The measurements that make one figure each, in report order: (group,
 /// figure, measurement).
-const ONE_FIGURE: [(&str, &str, Measure); 5] = [
+const ONE_FIGURE: [(&str, &str, Measure); 6] = [
+    ("sidecar_hop", "sidecar_hop_p50_us", |s, o| {
+        Box::pin(sidecar::sidecar_hop(s, o))
+    }),
     ("revoke", "revoke_to_refusal_us", |s, o| {
         Box::pin(leases::revoke_to_refusal(s, o))
     }),
