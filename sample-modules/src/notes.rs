@@ -259,9 +259,14 @@ async fn call_kv<T>(
 }
 
 /// An error from kv (or from the Core's routing), as the caller gets it: the
-/// same code, the message prefixed `kv: `.
+/// same code and details (the `ErrorInfo` with the machine-readable reason,
+/// e.g. `PROVIDER_LOST` or `POLICY_DENIED`), the message prefixed `kv: `.
 fn from_kv(status: &Status) -> Status {
-    Status::new(status.code(), format!("kv: {}", status.message()))
+    Status::with_details(
+        status.code(),
+        format!("kv: {}", status.message()),
+        status.details().to_vec().into(),
+    )
 }
 
 #[cfg(test)]
@@ -312,6 +317,15 @@ mod tests {
         let status = from_kv(&Status::unavailable("no provider of anima.sample/kv"));
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert_eq!(status.message(), "kv: no provider of anima.sample/kv");
+    }
+
+    #[test]
+    fn kv_errors_keep_their_reason() {
+        use anima_protocol::lease::{Reason, reason_of, status_for};
+        let lost = status_for(Reason::ProviderLost, "kv went away mid-call", []);
+        let status = from_kv(&lost);
+        assert_eq!(status.code(), lost.code());
+        assert_eq!(reason_of(&status), Some(Reason::ProviderLost));
     }
 
     #[test]

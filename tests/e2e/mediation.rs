@@ -418,6 +418,39 @@ provider = \"urn:anima:module:kvstore-b\"
     assert_eq!(read_at(&notes, KVSTORE_B, "k").await, Some(("v".into(), 4)));
 }
 
+/// P3: the interface's published definition, not what a provider happens
+/// to serve, says which methods are the interface's. With Get left out of
+/// the Core's copy of the kv definition, a module's Get is refused
+/// `UNKNOWN_METHOD` before any provider sees it, though kvstore serves Get;
+/// Put, which the definition lists, goes through.
+#[tokio::test]
+async fn p3_only_the_methods_the_interface_definition_lists_are_routed() {
+    let core = Setup {
+        permissions: ANY_KV,
+        definition: &[(
+            "[[method]]\npath = \"/anima.sample.v1.KvStore/Get\"\nidempotent = true\ntimeout = \"5s\"\n\n\
+             [method.retry]\nattempts = 3\nbackoff = \"20ms\"\n",
+            "",
+        )],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let notes = as_notes(&core).await;
+    let refused = KvStoreClient::new(notes.channel())
+        .get(GetRequest { key: "k".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), Some(Reason::UnknownMethod), "{refused:?}");
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
+    let written = KvStoreClient::new(notes.channel())
+        .put(put("k", "v", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(written.version, 1, "{written:?}");
+}
+
 #[tokio::test]
 async fn p8_a_module_whose_lease_ended_cannot_call_others() {
     let core = Setup {
