@@ -11,6 +11,7 @@ pub mod certs;
 pub mod config;
 pub mod conformance;
 pub mod demo;
+pub mod message;
 pub mod new;
 pub mod ops;
 pub mod registry;
@@ -69,6 +70,9 @@ pub enum Command {
     /// Check a configuration file, or print the reference of its keys.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Runtime messages (RCS envelopes): check one as the Core would.
+    #[command(subcommand)]
+    Message(message::MessageCommand),
     /// Mint and inspect development certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -98,6 +102,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Events(target) => ops::events(target),
         Command::Registry(cmd) => registry::run(cmd),
         Command::Config(cmd) => config::run(cmd),
+        Command::Message(cmd) => message::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
         Command::New(cmd) => new::run(cmd),
         Command::Demo(args) => demo::run(args),
