@@ -9,7 +9,7 @@ use crate::pb::{EpsCategory, EpsError, EpsSeverity};
 pub enum EpsCode {
     /// The JSON form is not JSON, or not an object (M1).
     InvalidJson,
-    /// A required field is absent or empty (M1).
+    /// A required field is absent (in the protobuf form: empty) (M1).
     MissingField,
     /// A field has the wrong type, format or value (M1).
     InvalidField,
