@@ -1,5 +1,6 @@
 //! Interfaces between modules (issue 15, PROTOCOL.md §9): resolution before
-//! start (P2). The provider is the kvstore sample (`anima.sample/kv`
+//! start (P2), and a contract copy that declares other interfaces than the
+//! module (P1). The provider is the kvstore sample (`anima.sample/kv`
 //! 1.0.0); the module requiring it is the echo fixture under a contract
 //! with `requires`, named `notes`.
 
@@ -145,4 +146,40 @@ async fn p2_config_check_refuses_a_requirement_no_module_provides() {
         ),
         "{stderr}"
     );
+}
+
+/// P1, through a Core: the interfaces a module provides are the ones its
+/// contract declares, and the module reports them. A Core whose copy of
+/// kvstore's contract says it provides `anima.sample/kv` 2.0.0 learns at
+/// the first lease that the module provides 1.0.0, names both, and does not
+/// lease it.
+#[tokio::test]
+async fn p1_a_contract_copy_declaring_other_interfaces_than_the_module_is_reported() {
+    let own = std::fs::read_to_string(repo().join("sample-modules/kvstore/module.toml")).unwrap();
+    let stale = own.replace(
+        "provides = [{ interface = \"anima.sample/kv\", version = \"1.0.0\" }]",
+        "provides = [{ interface = \"anima.sample/kv\", version = \"2.0.0\" }]",
+    );
+    assert_ne!(own, stale);
+    let kvstore = format!(
+        "type = \"resident-private\"\ncommand = \"{}\"\ncontract = \"kvstore.toml\"\n",
+        sample("kvstore")
+    );
+    let text = core_and_admin("") + &module_entry("kvstore", &kvstore);
+    let core = CoreProcess::start_with(Some(&text), move |certs| {
+        let dir = certs.parent().and_then(Path::parent).unwrap();
+        std::fs::write(dir.join("kvstore.toml"), stale).unwrap();
+    })
+    .await;
+    let failed = core
+        .wait_module("kvstore", "failed", |m| m["state"] == "failed")
+        .await;
+    let detail = failed["detail"].as_str().unwrap();
+    for said in [
+        "provides here, not by the module: anima.sample/kv 2.0.0",
+        "provides by the module, not here: anima.sample/kv 1.0.0",
+    ] {
+        assert!(detail.contains(said), "{said:?} not in {detail:?}");
+    }
+    assert!(failed["lease_id"].is_null(), "not leased: {failed}");
 }
