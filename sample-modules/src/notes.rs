@@ -259,14 +259,12 @@ async fn call_kv<T>(
 }
 
 /// An error from kv (or from the Core's routing), as the caller gets it: the
-/// same code and details (the `ErrorInfo` with the machine-readable reason,
-/// e.g. `PROVIDER_LOST` or `POLICY_DENIED`), the message prefixed `kv: `.
+/// same code, the message prefixed `kv: `. Not its details: an `anima`
+/// `ErrorInfo` reason from the call to kv (`LEASE_REVOKED`, `PROVIDER_LOST`,
+/// …) is about that call's lease, not this one, and the Core reads such a
+/// reason in notes' answer as the end of notes' own lease.
 fn from_kv(status: &Status) -> Status {
-    Status::with_details(
-        status.code(),
-        format!("kv: {}", status.message()),
-        status.details().to_vec().into(),
-    )
+    Status::new(status.code(), format!("kv: {}", status.message()))
 }
 
 #[cfg(test)]
@@ -320,12 +318,12 @@ mod tests {
     }
 
     #[test]
-    fn kv_errors_keep_their_reason() {
+    fn kv_errors_do_not_carry_kvs_lease_reasons() {
         use anima_protocol::lease::{Reason, reason_of, status_for};
-        let lost = status_for(Reason::ProviderLost, "kv went away mid-call", []);
+        let lost = status_for(Reason::LeaseRevoked, "kv's lease was revoked mid-call", []);
         let status = from_kv(&lost);
         assert_eq!(status.code(), lost.code());
-        assert_eq!(reason_of(&status), Some(Reason::ProviderLost));
+        assert_eq!(reason_of(&status), None);
     }
 
     #[test]
