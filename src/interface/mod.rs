@@ -23,6 +23,7 @@
 //! ```
 
 pub mod definition;
+pub mod sidecar;
 
 use std::fmt;
 use std::str::FromStr;

@@ -6,7 +6,7 @@ use prost::Message as _;
 use super::eps::{EpsCode, Invalid};
 use super::json::{BASE64, is_json, is_mime};
 use super::time::parse_utc_ms;
-use super::words::{access_level, delivery_mode, priority};
+use super::words::access_level;
 use crate::Urn;
 use crate::pb::{DeliveryMode, Priority, RcsEnvelope};
 
@@ -143,27 +143,21 @@ fn metadata(e: &RcsEnvelope) -> Result<Checked, Invalid> {
     };
     let priority = match m.priority {
         0 => Priority::Normal,
-        n => Priority::try_from(n)
-            .ok()
-            .filter(|_| priority::word(n).is_some())
-            .ok_or_else(|| {
-                invalid(
-                    "message_metadata.priority",
-                    format!("{n} is not a known value"),
-                )
-            })?,
+        n => Priority::try_from(n).ok().ok_or_else(|| {
+            invalid(
+                "message_metadata.priority",
+                format!("{n} is not a known value"),
+            )
+        })?,
     };
     let delivery_mode = match m.delivery_mode {
         0 => DeliveryMode::AtLeastOnce,
-        n => DeliveryMode::try_from(n)
-            .ok()
-            .filter(|_| delivery_mode::word(n).is_some())
-            .ok_or_else(|| {
-                invalid(
-                    "message_metadata.delivery_mode",
-                    format!("{n} is not a known value"),
-                )
-            })?,
+        n => DeliveryMode::try_from(n).ok().ok_or_else(|| {
+            invalid(
+                "message_metadata.delivery_mode",
+                format!("{n} is not a known value"),
+            )
+        })?,
     };
     Ok(Checked {
         created_ms,
@@ -325,6 +319,12 @@ fn payload(e: &RcsEnvelope) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The `checksum` of `data`: its SHA-256 in lower-case hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `checksum`: 64 hex digits, the SHA-256 of `data`.
 fn check_sum(checksum: &str, data: &[u8]) -> Result<(), Invalid> {
     if checksum.len() != 64 || !checksum.bytes().all(|c| c.is_ascii_hexdigit()) {
@@ -333,8 +333,7 @@ fn check_sum(checksum: &str, data: &[u8]) -> Result<(), Invalid> {
             "is not 64 hex digits (SHA-256)",
         ));
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, data);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = sha256_hex(data);
     if !checksum.eq_ignore_ascii_case(&hex) {
         return Err(Invalid::new(
             EpsCode::ChecksumMismatch,

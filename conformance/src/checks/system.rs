@@ -7,6 +7,9 @@
 
 use std::net::SocketAddr;
 
+use anima_protocol::interface::sidecar::{
+    INSPECT, MAX_REASON, PROXY_INTERFACE, is_reason, refusal_code,
+};
 use anima_protocol::lease::{PROOF_HEADER, reason_of};
 use anima_protocol::pb::sidecar_client::SidecarClient;
 use anima_protocol::pb::{InboundCall, Refusal, Verdict};
@@ -14,13 +17,6 @@ use anima_protocol::pb::{InboundCall, Refusal, Verdict};
 use super::Run;
 use crate::report::Report;
 use crate::session::{self, Answer, OfferKind, PATIENCE, Session, describe};
-
-/// The interface a proxy sidecar provides (PROTOCOL.md §11).
-const PROXY_INTERFACE: &str = "anima/sidecar";
-/// The method it serves.
-const INSPECT: &str = "/anima.v1.Sidecar/Inspect";
-/// The longest refusal reason a verdict may carry (PROTOCOL.md §11).
-const MAX_REASON: usize = 64;
 
 impl Run<'_> {
     /// P6: a module's identity (same CA, a module URN) is refused: at the
@@ -178,15 +174,12 @@ fn verdict_fault(verdict: &Verdict) -> Option<String> {
         return None;
     }
     let reason = &verdict.reason;
-    let snake = reason
-        .bytes()
-        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    if reason.len() > MAX_REASON || !snake {
+    if !reason.is_empty() && !is_reason(reason) {
         return Some(format!(
             "refusing with reason {reason:?} (want [A-Z0-9_], at most {MAX_REASON} characters, or empty)"
         ));
     }
-    if verdict.code > 16 {
+    if verdict.code != 0 && refusal_code(verdict).is_none() {
         return Some(format!(
             "refusing with code {} (want 0 to 16)",
             verdict.code

@@ -102,8 +102,7 @@ fn check(file: &PathBuf, sender: Option<Urn>, fix: bool) -> CliResult {
     if fix && let Some(p) = envelope.payload.as_mut() {
         p.size_bytes = p.data.len() as u64;
         if !p.checksum.is_empty() {
-            let digest = ring::digest::digest(&ring::digest::SHA256, &p.data);
-            p.checksum = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            p.checksum = rcs::sha256_hex(&p.data);
         }
     }
     // Validation fills in the sender's URN where the message leaves it out;

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anima_protocol::Urn;
+use anima_protocol::interface::sidecar::PROXY_INTERFACE;
+use anima_protocol::interface::sidecar::{is_reason, refusal_code};
 use anima_protocol::lease::{DOMAIN, Reason, status_for};
 use anima_protocol::pb::InboundCall;
 use anima_protocol::pb::sidecar_client::SidecarClient;
@@ -16,9 +18,6 @@ use tonic::Code;
 
 use crate::config::ModuleConfig;
 use crate::supervisor::CoreContext;
-
-/// The interface a proxy sidecar provides.
-pub(crate) const PROXY_INTERFACE: &str = "anima/sidecar";
 
 /// How long a sidecar may take to answer (the interface's timeout), unless
 /// the caller's deadline is earlier.
@@ -137,17 +136,8 @@ fn refusal(
     verdict: &anima_protocol::pb::Verdict,
 ) -> tonic::Status {
     use tonic_types::{ErrorDetails, StatusExt};
-    let code = i32::try_from(verdict.code)
-        .ok()
-        .map(Code::from_i32)
-        .filter(|c| *c != Code::Ok && (1..=16).contains(&(*c as i32)))
-        .unwrap_or(Code::PermissionDenied);
-    let named = !verdict.reason.is_empty()
-        && verdict.reason.len() <= 64
-        && verdict
-            .reason
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    let code = refusal_code(verdict).unwrap_or(Code::PermissionDenied);
+    let named = is_reason(&verdict.reason);
     let reason = if named {
         verdict.reason.as_str()
     } else {

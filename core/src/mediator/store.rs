@@ -266,7 +266,7 @@ impl Store {
             let mut queue = tx.open_table(QUEUE)?;
             let messages = tx.open_table(MESSAGES)?;
             let mut next_due: Option<u64> = None;
-            let mut ended: Vec<((u8, u64), u32, &'static str)> = Vec::new();
+            let mut ended: Vec<((u8, u64), u32, &'static str, bool)> = Vec::new();
             let mut found = None;
             for entry in
                 queue.range((subscription, 0u8, 0u64)..=(subscription, u8::MAX, u64::MAX))?
@@ -284,20 +284,20 @@ impl Store {
                 if d.expires_ms
                     .is_some_and(|e| i128::from(e) <= i128::from(now_ms))
                 {
-                    ended.push(((rank, seq), attempts, "EXPIRED"));
+                    ended.push(((rank, seq), attempts, "EXPIRED", d.dead_letter));
                     continue;
                 }
                 if attempts > d.max_retries || (d.at_most_once && attempts > 0) {
-                    ended.push(((rank, seq), attempts, "MAX_RETRIES"));
+                    ended.push(((rank, seq), attempts, "MAX_RETRIES", d.dead_letter));
                     continue;
                 }
                 found = Some((rank, seq, attempts + 1, d.at_most_once, record.envelope));
                 break;
             }
             drop(messages);
-            for ((rank, seq), attempts, why) in ended {
+            for ((rank, seq), attempts, why, dead_letter) in ended {
                 queue.remove((subscription, rank, seq))?;
-                end(&tx, subscription, seq, attempts, why, now_ms)?;
+                end(&tx, subscription, (seq, attempts), why, dead_letter, now_ms)?;
             }
             match found {
                 Some((rank, seq, attempt, at_most_once, envelope)) => {
@@ -351,7 +351,14 @@ impl Store {
                 let d = record.delivery;
                 if attempts > d.max_retries {
                     tx.open_table(QUEUE)?.remove((subscription, rank, seq))?;
-                    if end(&tx, subscription, seq, attempts, "MAX_RETRIES", now_ms)? {
+                    if end(
+                        &tx,
+                        subscription,
+                        (seq, attempts),
+                        "MAX_RETRIES",
+                        d.dead_letter,
+                        now_ms,
+                    )? {
                         Retry::DeadLettered
                     } else {
                         Retry::Dropped
@@ -524,18 +531,19 @@ fn record(tx: &WriteTransaction, seq: u64) -> Result<Record, StoreError> {
     Record::decode(bytes.value()).ok_or(StoreError::Corrupt(seq))
 }
 
-/// A queued message that will not be delivered to `subscription`: into its
-/// dead-letter queue when the message has one (true), else dropped and
+/// A queued message (`seq`, handed out `attempts` times) that will not be
+/// delivered to `subscription`: into its dead-letter queue when the
+/// message has one (`dead_letter`; true returned), else dropped and
 /// counted.
 fn end(
     tx: &WriteTransaction,
     subscription: &str,
-    seq: u64,
-    attempts: u32,
+    (seq, attempts): (u64, u32),
     why: &str,
+    dead_letter: bool,
     now_ms: u64,
 ) -> Result<bool, StoreError> {
-    if record(tx, seq)?.delivery.dead_letter {
+    if dead_letter {
         tx.open_table(DEAD)?
             .insert((subscription, seq), (attempts, now_ms, why))?;
         return Ok(true);
