@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "kvstore.proto",
             "anima/sample/v1/tally.proto",
             "anima/sample/v1/notes.proto",
+            "anima/sample/v1/logger.proto",
         ],
         ["proto", KV_INTERFACE],
     )?;

@@ -345,13 +345,15 @@ pub(crate) fn core_config_with(
     let dir = setup.dir.path();
     let mut text = format!(
         "[core]\nurn = {}\ncert = {}\nkey = {}\nca = {}\naudit_log = {}\n\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\noperators = [{}]\n",
+         [admin]\nlisten = \"127.0.0.1:0\"\noperators = [{}]\n\n\
+         [mediator]\nstore = {}\n",
         q(CORE),
         p(&cert),
         p(&key),
         p(&setup.ca_file()),
         p(&dir.join(format!("{name}-audit.jsonl"))),
         q(OPERATOR),
+        p(&dir.join(format!("{name}-messages.redb"))),
     );
     if let Some((lines, more)) = echo {
         let (mcert, mkey) = setup.files(MODULE)?;

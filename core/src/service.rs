@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anima_protocol::lease::LeaseSigner;
 use anima_protocol::pb::core_admin_server::CoreAdminServer;
+use anima_protocol::pb::mediator_server::MediatorServer;
 use anima_protocol::pb::registry_server::RegistryServer;
 use anima_protocol::{ClientTls, PeerPolicy, ServerTls, TlsConn, TlsIdentity, TrustRoot, Urn};
 use tokio::net::TcpListener;
@@ -38,6 +39,9 @@ use crate::events::Events;
 use crate::gateway::Gateway;
 use crate::gateway::route::Routes;
 use crate::lease::LeaseTable;
+use crate::mediator::hub::Hub;
+use crate::mediator::route::Grants;
+use crate::mediator::service::MediatorService;
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, Requires};
 use crate::registry::Registry;
@@ -82,6 +86,14 @@ pub(crate) enum ServeError {
     /// The interface definitions (`[core] interfaces`).
     #[error(transparent)]
     Interfaces(#[from] crate::gateway::mediate::DefinitionsError),
+    /// The mediator's message store (`[mediator] store`).
+    #[error("message store {path}: {source}")]
+    Store {
+        /// The store file.
+        path: String,
+        /// The error.
+        source: crate::mediator::store::StoreError,
+    },
     /// Files and sockets.
     #[error("{what}: {source}")]
     Io {
@@ -135,6 +147,7 @@ where
 fn endpoint_routes(
     admin: CoreAdminServer<AdminService>,
     registry: RegistryServer<RegistryService>,
+    mediator: MediatorServer<MediatorService>,
     gateway: Gateway,
     metrics: Arc<Metrics>,
     ctx: Arc<CoreContext>,
@@ -166,6 +179,7 @@ fn endpoint_routes(
     });
     let router = tonic::service::Routes::new(admin)
         .add_service(registry)
+        .add_service(mediator)
         .into_axum_router()
         .route_service("/metrics", metrics_service)
         .fallback_service(gateway_service);
@@ -375,6 +389,23 @@ fn core_context(
     })
 }
 
+/// The largest request or reply of `anima.v1.Mediator`: an envelope at the
+/// mediator's limits (1 MiB of payload, 64 KiB of the rest) and its framing.
+const MAX_MEDIATOR_MESSAGE: usize = (1 << 20) + (64 << 10) + 1024;
+
+/// The mediator's store, opened (created when missing).
+fn open_store(config: &Config) -> Result<Hub, ServeError> {
+    let path = config
+        .mediator
+        .store
+        .clone()
+        .unwrap_or_else(|| crate::config::DEFAULT_MESSAGE_STORE.into());
+    Hub::open(&path, config.mediator.max_store_bytes).map_err(|source| ServeError::Store {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 /// Where a process on this host reaches `listening`: itself, or loopback
 /// when it is the unspecified address (listening on every address).
 fn local_address(listening: SocketAddr) -> SocketAddr {
@@ -432,9 +463,19 @@ impl Endpoint {
         metrics.watch_listener(&tls);
         let gateway = Gateway::new(ctx.clone(), config.policies.clone(), metrics.clone());
         let registry = RegistryService::new(ctx.clone(), config.admin.operators.clone());
+        let mediator = MediatorService::new(
+            ctx.clone(),
+            config.admin.operators.clone(),
+            Grants::new(&config.messages),
+            open_store(config)?,
+            config.mediator.ack_wait,
+        );
         let routes = endpoint_routes(
             CoreAdminServer::new(admin),
             RegistryServer::new(registry),
+            MediatorServer::new(mediator)
+                .max_decoding_message_size(MAX_MEDIATOR_MESSAGE)
+                .max_encoding_message_size(MAX_MEDIATOR_MESSAGE),
             gateway,
             metrics,
             ctx.clone(),

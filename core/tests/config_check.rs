@@ -664,6 +664,54 @@ const MISTAKES: &[Mistake] = &[
         ],
         count: Some(5),
     },
+    Mistake {
+        name: "m5_a_permission_of_messages_names_event_types_and_a_module_here",
+        edits: &[(
+            "endpoint = \"127.0.0.1:7801\"",
+            "endpoint = \"127.0.0.1:7801\"\n\n[[permission]]\nmodule = \"urn:anima:module:nobody\"\n\
+             publish = [\"LOG_MESSAGE\"]\n\n\
+             [[permission]]\nmodule = \"urn:anima:module:hasher\"\nsubscribe = [\"log message\"]\n\n\
+             [[permission]]\nmodule = \"urn:anima:module:hasher\"\npublish = [\"A\"]\n\
+             interface = \"anima.sample/kv\" # both\n\n\
+             [[permission]]\nmodule = \"urn:anima:module:hasher\"\npublish = [\"A\"]\n\
+             category = \"x\" # nothing subscribed\n\n\
+             [mediator]\nack_wait = \"1ms\"\nmax_store_bytes = 5",
+        )],
+        expected: &[
+            (
+                "module = \"urn:anima:module:nobody\"",
+                "permission[0].module",
+                "urn:anima:module:nobody is not a [[module]] of this Core",
+            ),
+            (
+                "subscribe = [\"log message\"]",
+                "permission[1].subscribe",
+                "\"log message\" is not an event type (UPPER_SNAKE_CASE, at most 128 bytes)",
+            ),
+            (
+                "# both",
+                "permission[2].interface",
+                "one [[permission]] grants either calls (interface, provider) or messages \
+                 (publish, subscribe); write two entries",
+            ),
+            (
+                "# nothing subscribed",
+                "permission[3].category",
+                "filters what a `subscribe` permission receives; this entry subscribes to nothing",
+            ),
+            (
+                "ack_wait = \"1ms\"",
+                "mediator.ack_wait",
+                "1ms is shorter than 100ms",
+            ),
+            (
+                "max_store_bytes = 5",
+                "mediator.max_store_bytes",
+                "5 is below the smallest store, 1048576 bytes",
+            ),
+        ],
+        count: Some(6),
+    },
 ];
 
 #[test]

@@ -108,6 +108,7 @@ mod gate;
 mod interval;
 mod leases;
 mod lifecycle;
+pub mod messages;
 mod probe;
 mod serve;
 mod signers;

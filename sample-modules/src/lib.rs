@@ -7,6 +7,7 @@
 //! | [`kvstore`] | II, resident private | expensive state built once and kept through standby; an all-or-nothing write committed with [`LeaseContext::commit`] |
 //! | [`tally`] | III, resident shared | per-lease tenant state with [`LeaseContext::with_state`], invisible to other Cores and gone with the lease |
 //! | [`notes`] | II, resident private | an interface it `requires` (the kvstore's `anima.sample/kv`), called through its Core with [`CoreClient`], deadlines carried over and errors passed through |
+//! | [`logger`] | II, resident private | runtime messages received through its Core's mediator, only under a lease, each acknowledged once kept |
 //! | [`ratelimit`] | II, resident private | a proxy sidecar (`anima/sidecar`): sees each call to the module it is a sidecar of, logs it, refuses a caller over its rate |
 //!
 //! Each sample is a folder (`hasher/`, `kvstore/`, `tally/`, `notes/`, `ratelimit/`) holding its
@@ -62,6 +63,7 @@ use tonic::Status;
 
 pub mod hasher;
 pub mod kvstore;
+pub mod logger;
 pub mod notes;
 pub mod ratelimit;
 pub mod tally;

@@ -24,6 +24,18 @@ pub enum EpsCode {
     /// `source_module` or `sender_identity` names another than the
     /// sender's certificate (M3).
     IdentityMismatch,
+    /// No `[[permission]]` lets the sender publish this event type, or
+    /// receive it (M5).
+    NotPermitted,
+    /// No module may receive this message: nothing was stored (M5).
+    NoSubscriber,
+    /// The message store is full: nothing was stored (M12).
+    StoreFull,
+    /// An `Ack` or `Nack` names no delivery outstanding on this stream, or
+    /// the stream broke its order (`Open` first, and once).
+    UnknownDelivery,
+    /// The Core failed (its store could not be read or written).
+    Internal,
 }
 
 crate::str_vocabulary! {
@@ -37,12 +49,17 @@ crate::str_vocabulary! {
         ChecksumMismatch => "CHECKSUM_MISMATCH",
         TooLarge => "TOO_LARGE",
         IdentityMismatch => "IDENTITY_MISMATCH",
+        NotPermitted => "NOT_PERMITTED",
+        NoSubscriber => "NO_SUBSCRIBER",
+        StoreFull => "STORE_FULL",
+        UnknownDelivery => "UNKNOWN_DELIVERY",
+        Internal => "INTERNAL",
     }
 }
 
 impl EpsCode {
     /// Every code, in PROTOCOL.md §12.5's order.
-    pub const ALL: [EpsCode; 8] = [
+    pub const ALL: [EpsCode; 13] = [
         EpsCode::InvalidJson,
         EpsCode::MissingField,
         EpsCode::InvalidField,
@@ -51,6 +68,11 @@ impl EpsCode {
         EpsCode::ChecksumMismatch,
         EpsCode::TooLarge,
         EpsCode::IdentityMismatch,
+        EpsCode::NotPermitted,
+        EpsCode::NoSubscriber,
+        EpsCode::StoreFull,
+        EpsCode::UnknownDelivery,
+        EpsCode::Internal,
     ];
 
     /// The EPS category.
@@ -59,10 +81,33 @@ impl EpsCode {
             EpsCode::InvalidJson
             | EpsCode::MissingField
             | EpsCode::InvalidField
-            | EpsCode::UnsupportedVersion => EpsCategory::Validation,
+            | EpsCode::UnsupportedVersion
+            | EpsCode::UnknownDelivery => EpsCategory::Validation,
             EpsCode::SizeMismatch | EpsCode::ChecksumMismatch => EpsCategory::Integrity,
-            EpsCode::TooLarge => EpsCategory::Resource,
-            EpsCode::IdentityMismatch => EpsCategory::Permission,
+            EpsCode::TooLarge | EpsCode::StoreFull => EpsCategory::Resource,
+            EpsCode::IdentityMismatch | EpsCode::NotPermitted => EpsCategory::Permission,
+            EpsCode::NoSubscriber => EpsCategory::Routing,
+            EpsCode::Internal => EpsCategory::Internal,
+        }
+    }
+
+    /// Whether sending again can succeed: corrected (validation,
+    /// integrity), or later (a full store, a Core failure, a subscriber yet
+    /// to be configured). Not for what the configuration forbids.
+    pub fn recoverable(self) -> bool {
+        !matches!(
+            self,
+            EpsCode::IdentityMismatch | EpsCode::NotPermitted | EpsCode::TooLarge
+        )
+    }
+
+    /// How bad it is: a message with no subscriber is a warning; a Core
+    /// failure critical; the rest errors.
+    pub fn severity(self) -> EpsSeverity {
+        match self {
+            EpsCode::NoSubscriber => EpsSeverity::Warning,
+            EpsCode::Internal => EpsSeverity::Critical,
+            _ => EpsSeverity::Error,
         }
     }
 
@@ -71,6 +116,8 @@ impl EpsCode {
         match self.category() {
             EpsCategory::Permission => tonic::Code::PermissionDenied,
             EpsCategory::Resource => tonic::Code::ResourceExhausted,
+            EpsCategory::Routing => tonic::Code::FailedPrecondition,
+            EpsCategory::Internal => tonic::Code::Internal,
             _ => tonic::Code::InvalidArgument,
         }
     }
@@ -102,8 +149,8 @@ impl Invalid {
 
     /// The EPS error for it: reported by `reporter` at `created_at` (RFC
     /// 3339), about the message `message_id` of workflow `correlation_id`
-    /// (either empty when unknown). A refused message can be sent again,
-    /// corrected: every validation error is recoverable.
+    /// (either empty when unknown); its severity and whether it is
+    /// recoverable follow from the code.
     pub fn to_eps(
         &self,
         error_id: String,
@@ -116,10 +163,10 @@ impl Invalid {
             error_id,
             code: self.code.as_str().to_owned(),
             category: self.code.category() as i32,
-            severity: EpsSeverity::Error as i32,
+            severity: self.code.severity() as i32,
             message_id: message_id.to_owned(),
             correlation_id: correlation_id.to_owned(),
-            recoverable: true,
+            recoverable: self.code.recoverable(),
             detail: self.detail.clone(),
             field: self.field.clone(),
             reporter: reporter.to_owned(),

@@ -421,6 +421,13 @@ fn m1_not_json_at_all() {
 }
 
 #[test]
+fn m1_new_ids_are_uuid_v4_and_differ() {
+    let a = new_uuid_v4();
+    assert!(is_uuid_v4(&a), "{a}");
+    assert_ne!(a, new_uuid_v4());
+}
+
+#[test]
 fn m1_uuid_v4_and_event_types() {
     assert!(is_uuid_v4("550e8400-e29b-41d4-a716-446655440000"));
     assert!(is_uuid_v4("550E8400-E29B-41D4-B716-446655440000"));
@@ -456,7 +463,15 @@ fn m10_eps_codes_have_categories_and_status_codes() {
     assert_eq!(eps.code, "IDENTITY_MISMATCH");
     assert_eq!(eps.category, crate::pb::EpsCategory::Permission as i32);
     assert_eq!(eps.field, "routing.source_module");
-    assert!(eps.recoverable);
+    // Sending as another is what the configuration forbids: not recoverable.
+    assert!(!eps.recoverable);
+    assert_eq!(eps.severity, crate::pb::EpsSeverity::Error as i32);
+    assert!(EpsCode::MissingField.recoverable());
+    assert!(EpsCode::StoreFull.recoverable());
+    assert_eq!(
+        EpsCode::NoSubscriber.severity(),
+        crate::pb::EpsSeverity::Warning
+    );
     assert_eq!(
         EpsCode::TooLarge.grpc_code(),
         tonic::Code::ResourceExhausted

@@ -167,6 +167,31 @@ fn metadata(e: &RcsEnvelope) -> Result<Checked, Invalid> {
     })
 }
 
+/// A new random UUID v4 (lower-case hex, 8-4-4-4-12), for a
+/// `message_id` or an EPS `error_id`.
+pub fn new_uuid_v4() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut b = [0u8; 16];
+    // The system's random source does not fail on the platforms we build
+    // for; were it ever to, the id is still unique enough to name one
+    // message within its de-duplication window only by chance, so fail
+    // loudly instead.
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .unwrap_or_else(|_| panic!("the system's random source failed"));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 /// Whether `s` is a UUID of version 4, RFC 9562 variant, in the 8-4-4-4-12
 /// hex form (either case).
 pub fn is_uuid_v4(s: &str) -> bool {

@@ -109,22 +109,28 @@ fn protocol_md_lists_exactly_the_reasons_with_their_codes() {
 fn m10_protocol_md_lists_exactly_the_eps_codes() {
     use anima_protocol::rcs::EpsCode;
     let rows = table(PROTOCOL, "### 12.5 EPS errors", "code");
-    let doc: Vec<(String, String, String)> = rows
+    let doc: Vec<[String; 5]> = rows
         .iter()
-        .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
+        .map(|r| std::array::from_fn(|i| r[i].clone()))
         .collect();
-    let code: Vec<(String, String, String)> = EpsCode::ALL
+    let code: Vec<[String; 5]> = EpsCode::ALL
         .iter()
         .map(|c| {
             let category = c
                 .category()
                 .as_str_name()
                 .trim_start_matches("EPS_CATEGORY_");
-            (
+            let severity = c
+                .severity()
+                .as_str_name()
+                .trim_start_matches("EPS_SEVERITY_");
+            [
                 c.as_str().to_owned(),
                 category.to_ascii_lowercase(),
                 code_name(c.grpc_code()),
-            )
+                if c.recoverable() { "yes" } else { "no" }.to_owned(),
+                severity.to_ascii_lowercase(),
+            ]
         })
         .collect();
     assert_eq!(doc, code);

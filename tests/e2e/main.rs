@@ -18,6 +18,7 @@ mod lease;
 mod lifecycle;
 mod loud;
 mod mediation;
+mod messages;
 mod ops;
 mod python_modules;
 mod rollover;

@@ -7,15 +7,25 @@
 //! Core would answer (code, field, detail) and exits 1. `--fix` prints the
 //! message with `size_bytes` (and `checksum`, when it has one) set to its
 //! payload's, for authors who write messages by hand.
+//!
+//! `anima publish FILE` sends a message in the JSON form to a running Core's
+//! mediator as one of its operators (PROTOCOL.md §13): it prints the
+//! `message_id` and how many subscriptions it was queued for, or the EPS
+//! error the Core answered and exits 1. The sender is the operator: the
+//! Core sets `source_module` and `sender_identity` to the operator's URN
+//! (M3), so the file's own values (e.g. the specification's examples, which
+//! name modules) are replaced, and said so on standard error.
 
 use std::io::Read;
 use std::path::PathBuf;
 
 use anima_protocol::Urn;
+use anima_protocol::pb::RcsEnvelope;
 use anima_protocol::rcs::{self, EpsCode, Limits};
 use clap::Subcommand;
 
 use super::CliResult;
+use super::ops::{AdminTarget, endpoint, rpc_error, runtime};
 
 /// The largest file read: the payload limit and the envelope's, with room
 /// for JSON's white space.
@@ -38,6 +48,16 @@ pub enum MessageCommand {
         #[arg(long)]
         fix: bool,
     },
+}
+
+/// `anima publish`.
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// The message (the RCS JSON form); `-` reads standard input.
+    file: PathBuf,
+    /// Where the Core is (`--json` prints the Core's answer as JSON).
+    #[command(flatten)]
+    target: AdminTarget,
 }
 
 /// Runs `anima message …`.
@@ -71,12 +91,7 @@ fn check(file: &PathBuf, sender: Option<Urn>, fix: bool) -> CliResult {
         file.display().to_string()
     };
     let refused = |e: &rcs::Invalid| -> Box<dyn std::error::Error> {
-        let field = if e.field.is_empty() {
-            String::new()
-        } else {
-            format!(" {}", e.field)
-        };
-        eprintln!("{what}: {}{field}: {}", e.code, e.detail);
+        eprintln!("{what}: {}{}: {}", e.code, at(&e.field), e.detail);
         format!("{what}: the Core would refuse it ({})", e.code).into()
     };
     let mut envelope = rcs::from_json(&text).map_err(|e| refused(&e))?;
@@ -129,4 +144,110 @@ fn check(file: &PathBuf, sender: Option<Urn>, fix: bool) -> CliResult {
             .unwrap_or_default()
     );
     Ok(())
+}
+
+/// Runs `anima publish FILE`.
+pub fn publish(args: PublishArgs) -> CliResult {
+    let envelope = envelope_to_publish(&args.file)?;
+    let reply = runtime()?.block_on(async {
+        anima_protocol::pb::mediator_client::MediatorClient::new(endpoint(&args.target).await?)
+            .publish(anima_protocol::pb::PublishRequest {
+                envelope: Some(envelope),
+            })
+            .await
+            .map_err(rpc_error)
+            .map(tonic::Response::into_inner)
+    })?;
+    print_reply(reply, args.target.json)
+}
+
+/// The message in `file`, its sender left for the Core to set: the
+/// operator is the sender, whatever the file names (said on standard
+/// error).
+fn envelope_to_publish(file: &PathBuf) -> Result<RcsEnvelope, Box<dyn std::error::Error>> {
+    let text = read(file)?;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
+    // A stand-in satisfies the JSON form's required `source_module`; it is
+    // cleared before sending.
+    for (section, field) in [
+        ("routing", "source_module"),
+        ("security", "sender_identity"),
+    ] {
+        if let Some(named) = value
+            .get_mut(section)
+            .and_then(|s| s.as_object_mut())
+            .and_then(|s| s.insert(field.to_owned(), "urn:anima:user:sender".into()))
+            && let Some(named) = named.as_str()
+        {
+            eprintln!("note: {section}.{field} {named:?} is replaced by the operator's URN (M3)");
+        }
+    }
+    let mut envelope = rcs::from_value(&value).map_err(|e| {
+        format!(
+            "{}: {}{}: {}",
+            file.display(),
+            e.code,
+            at(&e.field),
+            e.detail
+        )
+    })?;
+    if let Some(r) = envelope.routing.as_mut() {
+        r.source_module.clear();
+    }
+    if let Some(s) = envelope.security.as_mut() {
+        s.sender_identity.clear();
+    }
+    Ok(envelope)
+}
+
+/// " FIELD", or nothing for no field.
+fn at(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!(" {field}")
+    }
+}
+
+/// Prints the Core's answer to a publish (JSON with `json`); an EPS error
+/// is the command's failure.
+fn print_reply(reply: anima_protocol::pb::PublishReply, json: bool) -> CliResult {
+    use anima_protocol::pb::publish_reply::Outcome;
+    match reply.outcome {
+        Some(Outcome::Published(p)) if json => {
+            let line = serde_json::json!({
+                "message_id": p.message_id,
+                "subscriptions": p.subscriptions,
+                "duplicate": p.duplicate,
+                "source_module": p.source_module,
+            });
+            println!("{line}");
+            Ok(())
+        }
+        Some(Outcome::Published(p)) => {
+            let what = if p.duplicate {
+                "a duplicate (exactly_once, seen before): not queued again".to_owned()
+            } else {
+                format!("queued for {} subscriptions", p.subscriptions)
+            };
+            println!(
+                "published {} from {}: {what}",
+                p.message_id, p.source_module
+            );
+            Ok(())
+        }
+        Some(Outcome::Error(e)) => {
+            if json {
+                let line = serde_json::json!({
+                    "error_id": e.error_id, "code": e.code, "field": e.field,
+                    "detail": e.detail, "recoverable": e.recoverable,
+                    "message_id": e.message_id,
+                });
+                println!("{line}");
+            }
+            Err(format!("refused: {}{}: {}", e.code, at(&e.field), e.detail).into())
+        }
+        None => Err("the Core answered neither published nor an error".into()),
+    }
 }

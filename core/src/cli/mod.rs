@@ -73,6 +73,9 @@ pub enum Command {
     /// Runtime messages (RCS envelopes): check one as the Core would.
     #[command(subcommand)]
     Message(message::MessageCommand),
+    /// Publish a runtime message (the RCS JSON form) through the Core's
+    /// mediator, as an operator.
+    Publish(message::PublishArgs),
     /// Mint and inspect development certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -103,6 +106,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Registry(cmd) => registry::run(cmd),
         Command::Config(cmd) => config::run(cmd),
         Command::Message(cmd) => message::run(cmd),
+        Command::Publish(args) => message::publish(args),
         Command::Certs(cmd) => certs::run(cmd),
         Command::New(cmd) => new::run(cmd),
         Command::Demo(args) => demo::run(args),

@@ -10,8 +10,8 @@ use anima_protocol::contract::{InitMode, ModuleType};
 use anima_protocol::{Urn, UrnKind};
 
 use super::model::{
-    AdminSection, Config, CoreCert, CoreSection, DEFAULT_LEASE_TTL, LeaseDefaults, ModuleConfig,
-    Permission, Policy, PolicyTarget, RestartPolicy, StartMode, default_admin_listen,
+    AdminSection, Config, CoreCert, CoreSection, DEFAULT_LEASE_TTL, LeaseDefaults, MediatorSection,
+    ModuleConfig, Permission, Policy, PolicyTarget, RestartPolicy, StartMode, default_admin_listen,
 };
 
 /// The ratelimit sample's variable for calls a second per caller, and the
@@ -108,22 +108,28 @@ pub fn embedded_default(base: &Path) -> Config {
             module("notes", ModuleType::ResidentPrivate(InitMode::CoreStarted)),
             ratelimit,
         ],
-        // The dev user may call every sample module through the gateway.
-        policies: vec![Policy {
-            user: dev_urn(UrnKind::User, "dev"),
-            allow: ["hasher", "kvstore", "tally", "notes"]
-                .into_iter()
-                .map(|m| PolicyTarget::Module(dev_urn(UrnKind::Module, m)))
-                .collect(),
-        }],
+        policies: dev_policies(),
         // notes keeps its notes in kv, through the Core.
         permissions: vec![Permission {
             module: dev_urn(UrnKind::Module, "notes"),
             interface: kv_interface(),
             provider: None,
         }],
+        messages: Vec::new(),
+        mediator: MediatorSection::default(),
         source: None,
     }
+}
+
+/// The dev user may call every sample module through the gateway.
+fn dev_policies() -> Vec<Policy> {
+    vec![Policy {
+        user: dev_urn(UrnKind::User, "dev"),
+        allow: ["hasher", "kvstore", "tally", "notes"]
+            .into_iter()
+            .map(|m| PolicyTarget::Module(dev_urn(UrnKind::Module, m)))
+            .collect(),
+    }]
 }
 
 /// `name` next to the running executable, or the bare name (found on `PATH`

@@ -63,6 +63,24 @@ pub(crate) fn permissions<'p>(
     }
 }
 
+/// Checks the `[[permission]]` entries of messages (`publish`,
+/// `subscribe`): each names a configured module.
+pub(crate) fn message_grants<'g>(
+    entries: &[(usize, &ModuleConfig)],
+    grants: impl IntoIterator<Item = (usize, &'g anima_protocol::Urn)>,
+    report: &mut Report,
+) {
+    for (index, module) in grants {
+        let configured = entries.iter().any(|(_, m)| &m.urn == module);
+        entry(
+            report,
+            &format!("permission[{index}].module"),
+            module,
+            configured,
+        );
+    }
+}
+
 /// Reports a permission's `urn` at `key` unless it is a configured module.
 fn entry(report: &mut Report, key: &str, urn: &anima_protocol::Urn, configured: bool) {
     if !configured {

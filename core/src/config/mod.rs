@@ -91,10 +91,11 @@ pub use check::start_order;
 pub use default::embedded_default;
 pub(crate) use interfaces::listed;
 pub use model::{
-    AdminSection, Config, CoreCert, CoreSection, DEFAULT_ADMIN_LISTEN, DEFAULT_AUDIT_LOG,
-    DEFAULT_LEASE_TTL, DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, ModuleConfig, OperatorAccess,
-    Permission, Policy, PolicyTarget, RENEW_WHEN_LEFT_RANGE, RestartMode, RestartPolicy, StartMode,
-    default_restart_mode,
+    AdminSection, Config, CoreCert, CoreSection, DEFAULT_ACK_WAIT, DEFAULT_ADMIN_LISTEN,
+    DEFAULT_AUDIT_LOG, DEFAULT_LEASE_TTL, DEFAULT_MAX_STORE_BYTES, DEFAULT_MESSAGE_STORE,
+    DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, MediatorSection, MessageGrant, ModuleConfig,
+    OperatorAccess, Permission, Policy, PolicyTarget, RENEW_WHEN_LEFT_RANGE, RestartMode,
+    RestartPolicy, StartMode, default_restart_mode,
 };
 pub use problem::Problem;
 pub(crate) use reference::markdown as reference_markdown;
@@ -169,6 +170,9 @@ pub fn check(config: &Config) -> Result<(), Vec<Problem>> {
     let entries: Vec<(usize, &ModuleConfig)> = config.modules.iter().enumerate().collect();
     interfaces::resolve(&entries, &mut report);
     interfaces::permissions(&entries, config.permissions.iter().enumerate(), &mut report);
+    let first = config.permissions.len();
+    let grants = config.messages.iter().map(|g| &g.module);
+    interfaces::message_grants(&entries, (first..).zip(grants), &mut report);
     if report.is_clean() {
         Ok(())
     } else {
@@ -282,6 +286,69 @@ mod tests {
             RestartPolicy::default().backoff_max
         );
         assert_eq!(start_order(&config.modules), [0, 1]);
+    }
+
+    #[test]
+    fn m5_permissions_of_messages_and_the_mediator_section_are_read() {
+        let dir = scratch();
+        let module = r#"
+            [[module]]
+            urn = "urn:anima:module:hasher"
+            command = "bin/module"
+            cert = "certs/dev/module-hasher.pem"
+            key = "certs/dev/module-hasher.key"
+            "#;
+        let text = format!(
+            r#"{CORE}
+            [mediator]
+            store = "state/messages.redb"
+            max_store_bytes = 2097152
+            ack_wait = "5s"
+            {module}
+            [[permission]]
+            module = "urn:anima:module:hasher"
+            publish = ["LOG_MESSAGE", "ALERT"]
+
+            [[permission]]
+            module = "urn:anima:module:hasher"
+            subscribe = ["LOG_MESSAGE"]
+            category = "security"
+            tags = ["prod"]
+            "#
+        );
+        let config = parse_str(&text, &dir.path().join("anima.toml")).unwrap();
+        assert!(config.permissions.is_empty());
+        let logger: anima_protocol::Urn = "urn:anima:module:hasher".parse().unwrap();
+        assert_eq!(
+            config.messages,
+            [
+                MessageGrant {
+                    module: logger.clone(),
+                    publish: vec!["LOG_MESSAGE".into(), "ALERT".into()],
+                    subscribe: Vec::new(),
+                    category: None,
+                    tags: Vec::new(),
+                },
+                MessageGrant {
+                    module: logger,
+                    publish: Vec::new(),
+                    subscribe: vec!["LOG_MESSAGE".into()],
+                    category: Some("security".into()),
+                    tags: vec!["prod".into()],
+                },
+            ]
+        );
+        assert_eq!(
+            config.mediator,
+            MediatorSection {
+                store: Some(dir.path().join("state/messages.redb")),
+                max_store_bytes: 2 << 20,
+                ack_wait: Duration::from_secs(5),
+            }
+        );
+        let defaults = parse_str(&format!("{CORE}{module}"), &dir.path().join("a.toml")).unwrap();
+        assert_eq!(defaults.mediator, MediatorSection::default());
+        assert!(defaults.messages.is_empty());
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct Config {
     /// Which module may call which interface through the Core (default:
     /// none may call any).
     pub permissions: Vec<Permission>,
+    /// Which module may publish and receive which runtime messages (default:
+    /// none may either).
+    pub messages: Vec<MessageGrant>,
+    /// Where and how the mediator keeps messages.
+    pub mediator: MediatorSection,
     /// The file this came from; `None` for the embedded default.
     pub source: Option<PathBuf>,
 }
@@ -66,6 +71,61 @@ pub struct Permission {
     pub interface: InterfaceName,
     /// Only this provider; `None`: any.
     pub provider: Option<Urn>,
+}
+
+/// A `[[permission]]` with `publish` or `subscribe`: the event types a
+/// module may publish, and those it may receive (M5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageGrant {
+    /// The module.
+    pub module: Urn,
+    /// The event types it may publish.
+    pub publish: Vec<String>,
+    /// The event types it may receive.
+    pub subscribe: Vec<String>,
+    /// Receive only messages of this `event_category`; `None`: any.
+    pub category: Option<String>,
+    /// Receive only messages carrying every one of these `routing_tags`.
+    pub tags: Vec<String>,
+}
+
+/// The mediator's store when `[mediator] store` is not given (relative to
+/// the working directory of `anima serve`).
+pub const DEFAULT_MESSAGE_STORE: &str = "anima-messages.redb";
+
+/// `[mediator] max_store_bytes` when not given: 1 GiB.
+pub const DEFAULT_MAX_STORE_BYTES: u64 = 1 << 30;
+
+/// The smallest `[mediator] max_store_bytes`: 1 MiB.
+pub const MIN_STORE_BYTES: i64 = 1 << 20;
+
+/// The shortest `[mediator] ack_wait`.
+pub const MIN_ACK_WAIT: Duration = Duration::from_millis(100);
+
+/// `[mediator] ack_wait` when not given.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// `[mediator]`: where and how runtime messages are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediatorSection {
+    /// The store file; `None`: [`DEFAULT_MESSAGE_STORE`].
+    pub store: Option<PathBuf>,
+    /// The most bytes of messages the store holds; a publish past it is
+    /// refused `STORE_FULL`.
+    pub max_store_bytes: u64,
+    /// How long a delivery may stay neither acknowledged nor refused before
+    /// it is delivered again.
+    pub ack_wait: Duration,
+}
+
+impl Default for MediatorSection {
+    fn default() -> Self {
+        MediatorSection {
+            store: None,
+            max_store_bytes: DEFAULT_MAX_STORE_BYTES,
+            ack_wait: DEFAULT_ACK_WAIT,
+        }
+    }
 }
 
 /// `[[policy]]`: a user and what it may call through the gateway.

@@ -139,6 +139,8 @@ fn check_parts(parts: &Parts, report: &mut Report) {
         super::interfaces::resolve(&modules, report);
         let permissions = parts.permissions.iter().map(|(i, p)| (*i, p));
         super::interfaces::permissions(&modules, permissions, report);
+        let grants = parts.messages.iter().map(|(i, g)| (*i, &g.module));
+        super::interfaces::message_grants(&modules, grants, report);
     }
 }
 
@@ -422,7 +424,7 @@ mod tests {
         assert_eq!(
             problems(text),
             [
-                "t:1: nope: unknown key (expected one of: core, admin, leases, module, policy, permission)",
+                "t:1: nope: unknown key (expected one of: core, admin, leases, module, policy, permission, mediator)",
                 "t:3: core.urn: must be a string, not integer",
                 "t:4: core.typo: unknown key (expected one of: urn, cert, key, ca, audit_log, \
                  endpoint_cert, endpoint_key, interfaces)",
@@ -460,7 +462,7 @@ mod tests {
         assert_eq!(
             problems("a.b = 1\n[[module]]\nenv.A.B = \"x\"\nrestart.max_restarts = 1e3\n"),
             [
-                "t:1: a: unknown key (expected one of: core, admin, leases, module, policy, permission)",
+                "t:1: a: unknown key (expected one of: core, admin, leases, module, policy, permission, mediator)",
                 "t:3: module[0].env.A: must be a string, not table",
                 "t:4: module[0].restart.max_restarts: must be an integer, not float",
             ]

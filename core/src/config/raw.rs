@@ -41,6 +41,18 @@ pub(super) struct File {
     /// `[[permission]]`, in file order.
     #[serde(default)]
     pub(super) permission: Vec<Spanned<Permission>>,
+    /// `[mediator]`.
+    pub(super) mediator: Field<Mediator>,
+}
+
+/// `[mediator]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Mediator {
+    pub(super) store: Field<String>,
+    /// Any integer: the range is checked with the other values.
+    pub(super) max_store_bytes: Field<i64>,
+    pub(super) ack_wait: Field<String>,
 }
 
 /// `[core]`.
@@ -126,6 +138,10 @@ pub(super) struct Permission {
     pub(super) module: Field<String>,
     pub(super) interface: Field<String>,
     pub(super) provider: Field<String>,
+    pub(super) publish: Strings,
+    pub(super) subscribe: Strings,
+    pub(super) category: Field<String>,
+    pub(super) tags: Strings,
 }
 
 /// The module types an entry can declare (`type`); a resident private

@@ -16,8 +16,9 @@ use toml::de::DeValue;
 use anima_protocol::contract::ModuleType;
 
 use super::model::{
-    DEFAULT_ADMIN_LISTEN, DEFAULT_AUDIT_LOG, DEFAULT_LEASE_TTL, DEFAULT_RENEW_WHEN_LEFT,
-    DEFAULT_RESTART, default_restart_mode,
+    DEFAULT_ACK_WAIT, DEFAULT_ADMIN_LISTEN, DEFAULT_AUDIT_LOG, DEFAULT_LEASE_TTL,
+    DEFAULT_MAX_STORE_BYTES, DEFAULT_MESSAGE_STORE, DEFAULT_RENEW_WHEN_LEFT, DEFAULT_RESTART,
+    default_restart_mode,
 };
 
 /// One key of `anima.toml`.
@@ -71,7 +72,7 @@ pub(crate) enum Fallback {
     /// This number.
     Number(f64),
     /// This whole number.
-    Integer(u32),
+    Integer(u64),
     /// The value of another key.
     Key(&'static str),
     /// One word for an ephemeral module, another for a resident one.
@@ -311,7 +312,7 @@ pub(crate) const KEYS: &[Key] = &[
     key(
         "module.restart.max_restarts",
         Kind::Integer,
-        Fallback::Integer(DEFAULT_RESTART.max_restarts),
+        Fallback::Integer(DEFAULT_RESTART.max_restarts as u64),
         "How many restarts `window` may hold before the module is failed (0 to 4294967295).",
     ),
     key(
@@ -365,14 +366,62 @@ pub(crate) const KEYS: &[Key] = &[
     key(
         "permission.interface",
         Kind::Str("interface name"),
-        Fallback::Required,
-        "The interface it may call (`namespace/name`, as in `provides`), at the versions its contract's `requires` accepts.",
+        Fallback::Unset,
+        "The interface it may call (`namespace/name`, as in `provides`), at the versions its contract's `requires` accepts. Required unless the entry grants messages (`publish`, `subscribe`) instead.",
     ),
     key(
         "permission.provider",
         Kind::Str("URN"),
         Fallback::Unset,
         "Only this provider (one of this Core's `[[module]]` entries). Unset: any module that provides the interface.",
+    ),
+    key(
+        "permission.publish",
+        Kind::Strs("event types"),
+        Fallback::Empty,
+        "The event types (`UPPER_SNAKE_CASE`) the module may publish through the mediator (PROTOCOL.md §13); what no permission grants is refused `NOT_PERMITTED`.",
+    ),
+    key(
+        "permission.subscribe",
+        Kind::Strs("event types"),
+        Fallback::Empty,
+        "The event types the module receives: each message of them published from then on is queued for it, durably, whether or not it is subscribed at the moment.",
+    ),
+    key(
+        "permission.category",
+        Kind::Str("event category"),
+        Fallback::Unset,
+        "With `subscribe`: only messages of this `event_category`. Unset: any category.",
+    ),
+    key(
+        "permission.tags",
+        Kind::Strs("routing tags"),
+        Fallback::Empty,
+        "With `subscribe`: only messages carrying every one of these `routing_tags`.",
+    ),
+    key(
+        "mediator",
+        Kind::Table,
+        Fallback::Unset,
+        "Where and how the mediator keeps runtime messages (PROTOCOL.md §13).",
+    ),
+    key(
+        "mediator.store",
+        Kind::Str("path"),
+        Fallback::Text(DEFAULT_MESSAGE_STORE),
+        "The message store (one file, created when missing; relative to the working directory of `anima serve` when defaulted). Messages are on disk in it before their publisher is answered.",
+    ),
+    key(
+        "mediator.max_store_bytes",
+        Kind::Integer,
+        Fallback::Integer(DEFAULT_MAX_STORE_BYTES),
+        "The most bytes of messages the store holds (1 GiB by default), at least 1048576; a publish past it is refused `STORE_FULL`, never dropped silently.",
+    ),
+    key(
+        "mediator.ack_wait",
+        DURATION,
+        Fallback::Duration(DEFAULT_ACK_WAIT),
+        "How long a delivery may stay neither acknowledged nor refused before it is delivered again; at least 100ms.",
     ),
 ];
 
@@ -863,7 +912,15 @@ mod tests {
         let names: Vec<&str> = children("").map(|k| k.path).collect();
         assert_eq!(
             names,
-            ["core", "admin", "leases", "module", "policy", "permission"]
+            [
+                "core",
+                "admin",
+                "leases",
+                "module",
+                "policy",
+                "permission",
+                "mediator"
+            ]
         );
     }
 }

@@ -20,12 +20,15 @@ use toml::Spanned;
 
 use super::check;
 use super::model::{
-    AdminSection, Config, CoreSection, DEFAULT_ADMIN_LISTEN, LeaseDefaults, ModuleConfig,
-    OperatorAccess, Permission, Policy, PolicyTarget, RestartPolicy, StartMode,
-    default_admin_listen,
+    AdminSection, Config, CoreSection, DEFAULT_ADMIN_LISTEN, LeaseDefaults, MIN_ACK_WAIT,
+    MIN_STORE_BYTES, MediatorSection, MessageGrant, ModuleConfig, OperatorAccess, Permission,
+    Policy, PolicyTarget, RestartPolicy, StartMode, default_admin_listen,
 };
 use super::problem::{Report, join, line_at};
 use super::raw::{self, Field, Strings, TypeWord};
+
+/// Entries with their positions in the file.
+type Numbered<T> = Vec<(usize, T)>;
 
 /// A value that was wrong; the problem is already reported.
 #[derive(Debug, Clone, Copy)]
@@ -50,8 +53,11 @@ pub(super) struct Parts {
     pub(super) leases: Option<LeaseDefaults>,
     pub(super) entries: Vec<Entry>,
     pub(super) policies: Vec<Policy>,
-    /// Each read `[[permission]]` with its position in the file.
+    /// Each read `[[permission]]` of calls with its position in the file.
     pub(super) permissions: Vec<(usize, Permission)>,
+    /// Each read `[[permission]]` of messages with its position.
+    pub(super) messages: Vec<(usize, MessageGrant)>,
+    pub(super) mediator: Option<MediatorSection>,
 }
 
 impl Parts {
@@ -66,6 +72,8 @@ impl Parts {
             modules: modules?,
             policies: self.policies,
             permissions: self.permissions.into_iter().map(|(_, p)| p).collect(),
+            messages: self.messages.into_iter().map(|(_, m)| m).collect(),
+            mediator: self.mediator?,
             source: Some(origin.to_path_buf()),
         })
     }
@@ -138,7 +146,12 @@ impl<'t> Resolver<'t> {
             });
         }
         let policies = self.policies(&file.policy);
-        let permissions = self.permissions(&file.permission);
+        let (permissions, messages) = self.permissions(&file.permission);
+        let mediator = match self.value("mediator", &file.mediator, Need::Optional) {
+            Ok(Some(m)) => self.mediator(m),
+            Ok(None) => Some(MediatorSection::default()),
+            Err(Bad) => None,
+        };
         Parts {
             core,
             admin,
@@ -146,6 +159,8 @@ impl<'t> Resolver<'t> {
             entries,
             policies,
             permissions,
+            messages,
+            mediator,
         }
     }
 
@@ -318,13 +333,15 @@ impl<'t> Resolver<'t> {
     }
 
     /// Every `[[permission]]` entry: which module may call which interface
-    /// (from which provider). Whether the modules are configured is checked
-    /// with the modules ([`super::interfaces`]).
+    /// (from which provider), or publish and receive which event types.
+    /// Whether the modules are configured is checked with the modules
+    /// ([`super::interfaces`]).
     fn permissions(
         &mut self,
         permissions: &[Spanned<raw::Permission>],
-    ) -> Vec<(usize, Permission)> {
-        let mut read = Vec::with_capacity(permissions.len());
+    ) -> (Numbered<Permission>, Numbered<MessageGrant>) {
+        let mut calls = Vec::with_capacity(permissions.len());
+        let mut messages = Vec::new();
         for (index, permission) in permissions.iter().enumerate() {
             let p = format!("permission[{index}]");
             self.mark(&p, permission.span());
@@ -334,6 +351,26 @@ impl<'t> Resolver<'t> {
             let raw = permission.get_ref();
             let module =
                 required(self.module_urn(&join(&p, "module"), &raw.module, Need::Required));
+            let of_messages = raw.publish.is_some() || raw.subscribe.is_some();
+            if of_messages {
+                if let Some(grant) = self.message_grant(&p, raw, module) {
+                    messages.push((index, grant));
+                }
+                continue;
+            }
+            let filters = [
+                ("category", raw.category.as_ref().map(Spanned::span)),
+                ("tags", raw.tags.as_ref().map(Spanned::span)),
+            ];
+            for (key, span) in filters {
+                if let Some(span) = span {
+                    self.mark(&join(&p, key), span);
+                    self.report.problem(
+                        &join(&p, key),
+                        "filters what a `subscribe` permission receives; this entry has none",
+                    );
+                }
+            }
             let interface = match required(self.value(
                 &join(&p, "interface"),
                 &raw.interface,
@@ -347,7 +384,7 @@ impl<'t> Resolver<'t> {
             };
             let provider = self.module_urn(&join(&p, "provider"), &raw.provider, Need::Optional);
             if let (Ok(module), Ok(interface), Ok(provider)) = (module, interface, provider) {
-                read.push((
+                calls.push((
                     index,
                     Permission {
                         module,
@@ -357,7 +394,116 @@ impl<'t> Resolver<'t> {
                 ));
             }
         }
-        read
+        (calls, messages)
+    }
+
+    /// A permission of messages (`publish`, `subscribe`, `category`,
+    /// `tags`) for `module`; `None` when a problem was reported.
+    fn message_grant(
+        &mut self,
+        p: &str,
+        raw: &raw::Permission,
+        module: Result<Urn, Bad>,
+    ) -> Option<MessageGrant> {
+        for (key, field) in [("interface", &raw.interface), ("provider", &raw.provider)] {
+            if let Some(value) = field {
+                self.mark(&join(p, key), value.span());
+                self.report.problem(
+                    &join(p, key),
+                    "one [[permission]] grants either calls (interface, provider) or messages \
+                     (publish, subscribe); write two entries",
+                );
+            }
+        }
+        let event_types = |resolver: &mut Self, key: &str, field: &raw::Strings| {
+            let path = join(p, key);
+            let items = every(resolver.strings(&path, field).ok()?).ok()?;
+            let mut good = Vec::new();
+            for item in items.unwrap_or_default() {
+                if anima_protocol::rcs::is_event_type(&item) {
+                    good.push(item);
+                } else {
+                    resolver.report.problem(
+                        &path,
+                        format!(
+                            "{item:.140?} is not an event type (UPPER_SNAKE_CASE, at most {} bytes)",
+                            anima_protocol::rcs::MAX_NAME
+                        ),
+                    );
+                    return None;
+                }
+            }
+            Some(good)
+        };
+        let publish = event_types(self, "publish", &raw.publish);
+        let subscribe = event_types(self, "subscribe", &raw.subscribe);
+        let category = self
+            .value(&join(p, "category"), &raw.category, Need::Optional)
+            .ok()?
+            .cloned();
+        let tags = every(self.strings(&join(p, "tags"), &raw.tags).ok()?).ok()?;
+        let (publish, subscribe) = (publish?, subscribe?);
+        if (category.is_some() || tags.is_some()) && subscribe.is_empty() {
+            self.report.problem(
+                &join(
+                    p,
+                    if category.is_some() {
+                        "category"
+                    } else {
+                        "tags"
+                    },
+                ),
+                "filters what a `subscribe` permission receives; this entry subscribes to nothing",
+            );
+            return None;
+        }
+        Some(MessageGrant {
+            module: module.ok()?,
+            publish,
+            subscribe,
+            category,
+            tags: tags.unwrap_or_default(),
+        })
+    }
+
+    /// `[mediator]`.
+    fn mediator(&mut self, m: &raw::Mediator) -> Option<MediatorSection> {
+        let defaults = MediatorSection::default();
+        let store = self.path("mediator.store", &m.store, Need::Optional);
+        let ack_wait = self.duration("mediator.ack_wait", &m.ack_wait);
+        let max = self.value(
+            "mediator.max_store_bytes",
+            &m.max_store_bytes,
+            Need::Optional,
+        );
+        let max = match max {
+            Ok(Some(&n)) if n < MIN_STORE_BYTES => {
+                self.report.problem(
+                    "mediator.max_store_bytes",
+                    format!("{n} is below the smallest store, {MIN_STORE_BYTES} bytes"),
+                );
+                None
+            }
+            Ok(Some(&n)) => Some(n.unsigned_abs()),
+            Ok(None) => Some(defaults.max_store_bytes),
+            Err(Bad) => None,
+        };
+        let ack_wait = match ack_wait {
+            Ok(Some(d)) if d < MIN_ACK_WAIT => {
+                self.report.problem(
+                    "mediator.ack_wait",
+                    format!("{d:?} is shorter than {MIN_ACK_WAIT:?}"),
+                );
+                None
+            }
+            Ok(d) => Some(d.unwrap_or(defaults.ack_wait)),
+            Err(Bad) => None,
+        };
+        Some(MediatorSection {
+            store: store.ok()?,
+            max_store_bytes: max?,
+            ack_wait: ack_wait?,
+        })
     }
 
     /// A URN that must name a module.

@@ -1,7 +1,10 @@
-//! The mediator (RUNE; PROTOCOL.md §12): the Core as the one way runtime
-//! messages travel between modules. What is built so far is its embedded
-//! message store ([`store`]); the `anima.v1.Mediator` service that fills
-//! and drains it is being built (issue 16).
+//! The mediator (RUNE; PROTOCOL.md §12–13): the Core as the one way runtime
+//! messages travel between modules. `route` says who may publish and
+//! receive what, [`store`] keeps messages on disk, `hub` commits publishes
+//! in groups and wakes subscribers, and `service` is `anima.v1.Mediator`.
 
+pub(crate) mod hub;
 pub mod record;
+pub(crate) mod route;
+pub(crate) mod service;
 pub mod store;

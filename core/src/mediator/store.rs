@@ -16,7 +16,9 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 
 use super::record::{Delivery, Record};
 use anima_protocol::rcs::MAX_DELAY_MS;
@@ -71,7 +73,8 @@ db_errors!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 /// One message to store.
@@ -117,6 +120,9 @@ pub struct Handed {
     pub attempt: u32,
     /// The envelope's protobuf bytes.
     pub envelope: Vec<u8>,
+    /// Handed out for good (`at_most_once`): there is nothing to
+    /// acknowledge.
+    pub once: bool,
 }
 
 /// What [`Store::take`] found.
@@ -261,47 +267,48 @@ impl Store {
         now_ms: u64,
         ack_wait_ms: u64,
     ) -> Result<Take, StoreError> {
-        let tx = self.db.begin_write()?;
+        self.take_any(&[subscription], now_ms, ack_wait_ms)
+            .map(|(_, take)| take)
+    }
+
+    /// [`Store::take`] over several subscriptions at once (one subscriber's
+    /// event types): the next message due of any of them, by priority, then
+    /// age. Also returns the index in `subscriptions` of the one it came
+    /// from.
+    pub fn take_any(
+        &self,
+        subscriptions: &[&str],
+        now_ms: u64,
+        ack_wait_ms: u64,
+    ) -> Result<(usize, Take), StoreError> {
+        let tx = self.write(Durability::None)?;
         let found = {
             let mut queue = tx.open_table(QUEUE)?;
-            let messages = tx.open_table(MESSAGES)?;
-            let mut next_due: Option<u64> = None;
-            let mut ended: Vec<((u8, u64), u32, &'static str, bool)> = Vec::new();
-            let mut found = None;
-            for entry in
-                queue.range((subscription, 0u8, 0u64)..=(subscription, u8::MAX, u64::MAX))?
-            {
-                let (key, value) = entry?;
-                let (_, rank, seq) = key.value();
-                let (attempts, due) = value.value();
-                if due > now_ms {
-                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
-                    continue;
+            let scan = {
+                let messages = tx.open_table(MESSAGES)?;
+                let mut scan = Scan::default();
+                for (index, subscription) in subscriptions.iter().enumerate() {
+                    scan.subscription(&queue, &messages, (index, subscription), now_ms)?;
                 }
-                let bytes = messages.get(seq)?.ok_or(StoreError::Corrupt(seq))?;
-                let record = Record::decode(bytes.value()).ok_or(StoreError::Corrupt(seq))?;
-                let d = record.delivery;
-                if d.expires_ms
-                    .is_some_and(|e| i128::from(e) <= i128::from(now_ms))
-                {
-                    ended.push(((rank, seq), attempts, "EXPIRED", d.dead_letter));
-                    continue;
-                }
-                if attempts > d.max_retries || (d.at_most_once && attempts > 0) {
-                    ended.push(((rank, seq), attempts, "MAX_RETRIES", d.dead_letter));
-                    continue;
-                }
-                found = Some((rank, seq, attempts + 1, d.at_most_once, record.envelope));
-                break;
-            }
-            drop(messages);
-            for ((rank, seq), attempts, why, dead_letter) in ended {
+                scan
+            };
+            for e in scan.ended {
+                let subscription = subscriptions[e.index];
+                let (rank, seq) = e.key;
                 queue.remove((subscription, rank, seq))?;
-                end(&tx, subscription, (seq, attempts), why, dead_letter, now_ms)?;
+                let held = (seq, e.attempts);
+                end(&tx, subscription, held, e.why, e.dead_letter, now_ms)?;
             }
-            match found {
-                Some((rank, seq, attempt, at_most_once, envelope)) => {
-                    if at_most_once {
+            match scan.best {
+                Some(Best {
+                    index,
+                    rank,
+                    seq,
+                    attempt,
+                    record,
+                }) => {
+                    let subscription = subscriptions[index];
+                    if record.delivery.at_most_once {
                         queue.remove((subscription, rank, seq))?;
                         drop(queue);
                         release_ref(&tx, seq)?;
@@ -309,23 +316,35 @@ impl Store {
                         let due = now_ms.saturating_add(ack_wait_ms);
                         queue.insert((subscription, rank, seq), (attempt, due))?;
                     }
-                    Take::Message(Handed {
+                    let handed = Handed {
                         seq,
                         attempt,
-                        envelope,
-                    })
+                        envelope: record.envelope,
+                        once: record.delivery.at_most_once,
+                    };
+                    (index, Take::Message(handed))
                 }
-                None => Take::Idle(next_due),
+                None => (0, Take::Idle(scan.next_due)),
             }
         };
         tx.commit()?;
         Ok(found)
     }
 
+    /// A write transaction: committed to disk before `commit` returns
+    /// ([`Durability::Immediate`]), or with the next durable commit
+    /// ([`Durability::None`]: for what a crash may lose at the price of a
+    /// redelivery — hand-outs, acknowledgements, refusals).
+    fn write(&self, durability: Durability) -> Result<WriteTransaction, StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(durability)?;
+        Ok(tx)
+    }
+
     /// The subscriber handled `seq`: it leaves `subscription`'s queue.
     /// False when no such delivery was outstanding.
     pub fn ack(&self, subscription: &str, seq: u64) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write(Durability::None)?;
         let removed = match find(&tx, subscription, seq)? {
             Some((rank, _, _)) => {
                 tx.open_table(QUEUE)?.remove((subscription, rank, seq))?;
@@ -343,7 +362,7 @@ impl Store {
     /// before (at most [`MAX_DELAY_MS`]), while it has retries left; then
     /// dead-lettered or dropped (M7, M8).
     pub fn nack(&self, subscription: &str, seq: u64, now_ms: u64) -> Result<Retry, StoreError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write(Durability::None)?;
         let retry = match find(&tx, subscription, seq)? {
             None => Retry::Unknown,
             Some((rank, attempts, _)) => {
@@ -378,7 +397,7 @@ impl Store {
     /// The subscriber's lease ended while it held `seq` (M11): due again
     /// now, and the delivery does not count as an attempt.
     pub fn release(&self, subscription: &str, seq: u64, now_ms: u64) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.write(Durability::None)?;
         let found = match find(&tx, subscription, seq)? {
             Some((rank, attempts, _)) => {
                 tx.open_table(QUEUE)?.insert(
@@ -483,6 +502,99 @@ impl Store {
             dropped_retries: get(DROPPED_RETRIES)?,
         })
     }
+}
+
+/// The best message due found so far.
+struct Best {
+    /// Its subscription's index.
+    index: usize,
+    rank: u8,
+    seq: u64,
+    /// The attempt handing it out makes.
+    attempt: u32,
+    record: Record,
+}
+
+/// What [`Store::take_any`] found looking through the queues.
+#[derive(Default)]
+struct Scan {
+    best: Option<Best>,
+    /// When the next message not due yet is, if any.
+    next_due: Option<u64>,
+    ended: Vec<Ended>,
+}
+
+type QueueTable<'t> = redb::Table<'t, (&'static str, u8, u64), (u32, u64)>;
+type MessageTable<'t> = redb::Table<'t, u64, &'static [u8]>;
+
+impl Scan {
+    /// Looks through one subscription's queue, up to the first message due
+    /// that beats the best so far.
+    fn subscription(
+        &mut self,
+        queue: &QueueTable<'_>,
+        messages: &MessageTable<'_>,
+        (index, subscription): (usize, &str),
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let head = (subscription, 0u8, 0u64);
+        for entry in queue.range(head..=(subscription, u8::MAX, u64::MAX))? {
+            let (key, value) = entry?;
+            let (_, rank, seq) = key.value();
+            if self
+                .best
+                .as_ref()
+                .is_some_and(|b| (b.rank, b.seq) < (rank, seq))
+            {
+                break;
+            }
+            let (attempts, due) = value.value();
+            if due > now_ms {
+                self.next_due = Some(self.next_due.map_or(due, |d| d.min(due)));
+                continue;
+            }
+            let bytes = messages.get(seq)?.ok_or(StoreError::Corrupt(seq))?;
+            let record = Record::decode(bytes.value()).ok_or(StoreError::Corrupt(seq))?;
+            let d = record.delivery;
+            let why = if d
+                .expires_ms
+                .is_some_and(|e| i128::from(e) <= i128::from(now_ms))
+            {
+                "EXPIRED"
+            } else if attempts > d.max_retries || (d.at_most_once && attempts > 0) {
+                "MAX_RETRIES"
+            } else {
+                let attempt = attempts + 1;
+                self.best = Some(Best {
+                    index,
+                    rank,
+                    seq,
+                    attempt,
+                    record,
+                });
+                break;
+            };
+            self.ended.push(Ended {
+                index,
+                key: (rank, seq),
+                attempts,
+                why,
+                dead_letter: d.dead_letter,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A queued message found undeliverable on the way to the next one.
+struct Ended {
+    /// Its subscription's index.
+    index: usize,
+    /// (rank, seq).
+    key: (u8, u64),
+    attempts: u32,
+    why: &'static str,
+    dead_letter: bool,
 }
 
 /// The delay before redelivery after `attempts` deliveries: `delay_ms`

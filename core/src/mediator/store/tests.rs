@@ -308,3 +308,41 @@ fn m7_backoff_doubles_from_the_retry_delay_up_to_an_hour() {
     assert_eq!(backoff(0, 1), DEFAULT_RETRY_DELAY_MS);
     assert_eq!(backoff(1000, 40), MAX_DELAY_MS);
 }
+
+#[test]
+fn m6_one_subscriber_of_several_event_types_gets_its_whole_backlog_by_priority_then_age() {
+    let f = fixture(1 << 20);
+    let (logs, alerts) = (subs(&["LOG_MESSAGE m"]), subs(&["ALERT m"]));
+    for (body, rank, to) in [
+        ("log-normal", 2, &logs),
+        ("alert-low", 3, &alerts),
+        ("alert-normal", 2, &alerts),
+        ("log-high", 1, &logs),
+        ("alert-high", 1, &alerts),
+    ] {
+        put(&f.store, body, delivery(rank), to);
+    }
+    let both = ["LOG_MESSAGE m", "ALERT m"];
+    let mut order = Vec::new();
+    while let (index, Take::Message(h)) = f.store.take_any(&both, T0, WAIT).expect("take") {
+        let body = String::from_utf8(h.envelope).expect("utf-8");
+        // The index names the subscription the message came from.
+        assert_eq!(body.starts_with("log"), index == 0, "{body}");
+        order.push(body);
+    }
+    assert_eq!(
+        order,
+        [
+            "log-high",
+            "alert-high",
+            "log-normal",
+            "alert-normal",
+            "alert-low"
+        ]
+    );
+    // Handed out, each is due again at the acknowledgement deadline.
+    assert_eq!(
+        f.store.take_any(&both, T0, WAIT).expect("take"),
+        (0, Take::Idle(Some(T0 + WAIT)))
+    );
+}

@@ -1,0 +1,548 @@
+//! `anima.v1.Mediator` (PROTOCOL.md §13): modules publish runtime messages
+//! and receive them through the Core, never from each other.
+//!
+//! A publish is validated (M1–M3), checked against the sender's grants and
+//! routed to the subscriptions permitted to receive it (M5), stored on disk
+//! (M12) and only then answered. A subscription stream hands out what is due
+//! on the caller's subscriptions, by priority (M6), at most its window at a
+//! time, while the caller's lease from this Core holds: when it ends, what the
+//! caller held unacknowledged is due again at once and the stream ends (M11).
+//! Every refusal is an EPS error (M10).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anima_protocol::lease::{Reason, status_for};
+use anima_protocol::pb::mediator_server::Mediator;
+use anima_protocol::pb::{
+    self, DeliveryMode, EpsError, Open, PublishReply, PublishRequest, Published, RcsEnvelope,
+    SubscribeItem, SubscribeRequest, publish_reply, subscribe_item, subscribe_request,
+};
+use anima_protocol::rcs::{self, EpsCode, Invalid, Limits};
+use anima_protocol::{PeerInfo, Urn, UrnKind};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::hub::{Hub, HubError, Publish};
+use super::record::{Delivery, rank};
+use super::route::{Grants, subscription};
+use super::store::{Accepted, Take};
+use crate::supervisor::CoreContext;
+
+/// The window of an `Open` that names none.
+pub(crate) const DEFAULT_WINDOW: u32 = 64;
+/// The largest window.
+pub(crate) const MAX_WINDOW: u32 = 1024;
+/// How long a subscription stream may take to send its `Open`.
+const OPEN_WAIT: Duration = Duration::from_secs(10);
+
+/// The mediator service. Cloning shares it.
+#[derive(Clone)]
+pub(crate) struct MediatorService {
+    ctx: Arc<CoreContext>,
+    operators: Arc<[Urn]>,
+    grants: Arc<Grants>,
+    hub: Hub,
+    limits: Limits,
+    ack_wait: Duration,
+}
+
+/// Who sends.
+#[derive(Debug, Clone)]
+enum Sender {
+    /// An operator: may publish any event type.
+    Operator(Urn),
+    /// A module leased by this Core: what its grants allow.
+    Module(Urn),
+}
+
+impl Sender {
+    fn urn(&self) -> &Urn {
+        match self {
+            Sender::Operator(u) | Sender::Module(u) => u,
+        }
+    }
+}
+
+type ItemStream = Pin<Box<dyn Stream<Item = Result<SubscribeItem, Status>> + Send + 'static>>;
+
+impl MediatorService {
+    /// Serves `ctx`'s modules and `operators` with `grants`, keeping
+    /// messages in `hub`.
+    pub(crate) fn new(
+        ctx: Arc<CoreContext>,
+        operators: Vec<Urn>,
+        grants: Grants,
+        hub: Hub,
+        ack_wait: Duration,
+    ) -> Self {
+        MediatorService {
+            ctx,
+            operators: operators.into(),
+            grants: Arc::new(grants),
+            hub,
+            limits: Limits::default(),
+            ack_wait,
+        }
+    }
+
+    fn sender<T>(&self, request: &Request<T>) -> Result<Sender, Status> {
+        let peer = PeerInfo::of(request)
+            .ok_or_else(|| Status::unauthenticated("not an Anima connection"))?;
+        let urn = peer.urn();
+        if self.operators.contains(urn) {
+            return Ok(Sender::Operator(urn.clone()));
+        }
+        if urn.kind() != UrnKind::Module || self.ctx.registry.get(urn).is_none() {
+            return Err(status_for(
+                Reason::PolicyDenied,
+                format!("{urn} is neither a module of this Core nor one of its operators"),
+                [],
+            ));
+        }
+        if !self.ctx.is_leased(urn) {
+            return Err(status_for(
+                Reason::NoLease,
+                format!("{urn} holds no lease from this Core"),
+                [],
+            ));
+        }
+        Ok(Sender::Module(urn.clone()))
+    }
+
+    /// The EPS error for `invalid`, about `envelope` (when known).
+    fn eps(&self, invalid: &Invalid, envelope: Option<&RcsEnvelope>) -> EpsError {
+        let meta = envelope.and_then(|e| e.message_metadata.as_ref());
+        let id = |f: fn(&pb::MessageMetadata) -> &String| meta.map_or("", |m| f(m).as_str());
+        let now = crate::audit::unix_ms(std::time::SystemTime::now());
+        invalid.to_eps(
+            rcs::new_uuid_v4(),
+            self.ctx.urn.as_str(),
+            rcs::format_utc_ms(i64::try_from(now).unwrap_or(i64::MAX)),
+            id(|m| &m.message_id),
+            id(|m| &m.correlation_id),
+        )
+    }
+
+    /// Validates, routes and stores one envelope.
+    async fn accept(
+        &self,
+        sender: &Sender,
+        envelope: &mut RcsEnvelope,
+    ) -> Result<Published, Invalid> {
+        let checked = rcs::validate(envelope, sender.urn(), self.limits)?;
+        let routing = envelope.routing.clone().unwrap_or_default();
+        if let Sender::Module(me) = sender
+            && !self.grants.may_publish(me, &routing.event_type)
+        {
+            return Err(Invalid::new(
+                EpsCode::NotPermitted,
+                "routing.event_type",
+                format!("no [[permission]] lets {me} publish {}", routing.event_type),
+            ));
+        }
+        let subscriptions = self.grants.route(&routing);
+        if subscriptions.is_empty() {
+            return Err(Invalid::new(
+                EpsCode::NoSubscriber,
+                "routing.event_type",
+                format!(
+                    "no module may receive {} (category {:?}, tags {:?})",
+                    routing.event_type, routing.event_category, routing.routing_tags
+                ),
+            ));
+        }
+        let qos = envelope.quality_of_service.clone().unwrap_or_default();
+        let meta = envelope.message_metadata.clone().unwrap_or_default();
+        let publish = Publish {
+            envelope: envelope.encode_to_vec(),
+            message_id: meta.message_id.clone(),
+            exactly_once: checked.delivery_mode == DeliveryMode::ExactlyOnce,
+            delivery: Delivery {
+                rank: rank(checked.priority),
+                dead_letter: qos.dead_letter_queue.unwrap_or(false),
+                at_most_once: checked.delivery_mode == DeliveryMode::AtMostOnce,
+                max_retries: qos.max_retries.unwrap_or(0),
+                retry_delay_ms: qos.retry_delay_ms.unwrap_or(0),
+                expires_ms: checked.expires_ms,
+            },
+            subscriptions,
+        };
+        let n = u32::try_from(publish.subscriptions.len()).unwrap_or(u32::MAX);
+        let accepted = self
+            .hub
+            .publish(publish)
+            .await
+            .map_err(|e| store_failed(&e))?;
+        let (subscriptions, duplicate) = match accepted {
+            Accepted::Stored(_) => (n, false),
+            Accepted::Duplicate(_) => (0, true),
+            Accepted::Unrouted => (0, false),
+            Accepted::Full { used, limit } => {
+                return Err(Invalid::new(
+                    EpsCode::StoreFull,
+                    "",
+                    format!("the message store holds {used} of its {limit} bytes"),
+                ));
+            }
+        };
+        Ok(Published {
+            message_id: meta.message_id,
+            subscriptions,
+            duplicate,
+            source_module: routing.source_module,
+        })
+    }
+}
+
+fn store_failed(e: &HubError) -> Invalid {
+    tracing::error!("mediator: {e}");
+    Invalid::new(EpsCode::Internal, "", e.to_string())
+}
+
+#[tonic::async_trait]
+impl Mediator for MediatorService {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishReply>, Status> {
+        let sender = self.sender(&request)?;
+        let Some(mut envelope) = request.into_inner().envelope else {
+            let missing = Invalid::new(EpsCode::MissingField, "", "the request holds no envelope");
+            return Ok(Response::new(PublishReply {
+                outcome: Some(publish_reply::Outcome::Error(self.eps(&missing, None))),
+            }));
+        };
+        let outcome = match self.accept(&sender, &mut envelope).await {
+            Ok(published) => publish_reply::Outcome::Published(published),
+            Err(invalid) => publish_reply::Outcome::Error(self.eps(&invalid, Some(&envelope))),
+        };
+        Ok(Response::new(PublishReply {
+            outcome: Some(outcome),
+        }))
+    }
+
+    type SubscribeStream = ItemStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let sender = self.sender(&request)?;
+        let Sender::Module(me) = sender else {
+            return Err(Status::permission_denied(
+                "operators publish; only modules receive messages",
+            ));
+        };
+        let link = self.ctx.link(&me).ok_or_else(|| {
+            status_for(
+                Reason::NoLease,
+                format!("{me} holds no lease from this Core"),
+                [],
+            )
+        })?;
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(OPEN_WAIT, inbound.message()).await;
+        let (tx, rx) = mpsc::channel(8);
+        let stream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let open = match first {
+            Ok(Ok(Some(SubscribeRequest {
+                item: Some(subscribe_request::Item::Open(open)),
+            }))) => open,
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no Open within {OPEN_WAIT:?}"
+                )));
+            }
+            Ok(_) => {
+                let e = Invalid::new(
+                    EpsCode::UnknownDelivery,
+                    "",
+                    "a subscription's first request is Open",
+                );
+                let _ = tx.try_send(Ok(error_item(self.eps(&e, None))));
+                return Ok(Response::new(stream));
+            }
+        };
+        let subscriptions = match self.opened(&me, &open) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.try_send(Ok(error_item(self.eps(&e, None))));
+                return Ok(Response::new(stream));
+            }
+        };
+        let window = match open.window {
+            0 => DEFAULT_WINDOW,
+            n => n,
+        };
+        let subscriber = Subscriber {
+            hub: self.hub.clone(),
+            ctx: self.ctx.clone(),
+            service: self.clone(),
+            waker: self.hub.waker(&me),
+            me,
+            subscriptions,
+            window: window as usize,
+            outstanding: HashMap::new(),
+            tx,
+        };
+        tokio::spawn(subscriber.run(inbound, link));
+        Ok(Response::new(stream))
+    }
+}
+
+impl MediatorService {
+    /// The subscriptions `open` asks for, each one `me` may receive.
+    fn opened(&self, me: &Urn, open: &Open) -> Result<Vec<String>, Invalid> {
+        if open.window > MAX_WINDOW {
+            return Err(Invalid::new(
+                EpsCode::InvalidField,
+                "open.window",
+                format!("{} is over {MAX_WINDOW}", open.window),
+            ));
+        }
+        let allowed = self.grants.receivable(me);
+        let types: Vec<&str> = if open.event_types.is_empty() {
+            allowed.clone()
+        } else {
+            open.event_types.iter().map(String::as_str).collect()
+        };
+        if types.is_empty() {
+            return Err(Invalid::new(
+                EpsCode::NotPermitted,
+                "open.event_types",
+                format!("no [[permission]] lets {me} receive any event type"),
+            ));
+        }
+        if let Some(t) = types.iter().find(|t| !allowed.contains(t)) {
+            return Err(Invalid::new(
+                EpsCode::NotPermitted,
+                "open.event_types",
+                format!("no [[permission]] lets {me} receive {t:.140}"),
+            ));
+        }
+        Ok(types.into_iter().map(|t| subscription(t, me)).collect())
+    }
+}
+
+fn error_item(e: EpsError) -> SubscribeItem {
+    SubscribeItem {
+        item: Some(subscribe_item::Item::Error(e)),
+    }
+}
+
+/// One subscription stream.
+struct Subscriber {
+    hub: Hub,
+    ctx: Arc<CoreContext>,
+    service: MediatorService,
+    waker: Arc<tokio::sync::Notify>,
+    me: Urn,
+    subscriptions: Vec<String>,
+    window: usize,
+    /// Delivery → the index of its subscription, and whether it awaits an
+    /// answer (not `at_most_once`).
+    outstanding: HashMap<u64, (usize, bool)>,
+    tx: mpsc::Sender<Result<SubscribeItem, Status>>,
+}
+
+/// Why a subscription stream ended.
+enum End {
+    /// The caller went away (or closed its side).
+    Gone,
+    /// The caller's lease ended.
+    NoLease,
+    /// The store failed.
+    Failed(HubError),
+}
+
+impl Subscriber {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<SubscribeRequest>,
+        link: crate::lease::LeaseLink,
+    ) {
+        let end = self.serve(&mut inbound, &link).await;
+        self.release().await;
+        match end {
+            End::Gone => {}
+            End::NoLease => {
+                let status = status_for(
+                    Reason::NoLease,
+                    format!("{}'s lease from this Core ended", self.me),
+                    [],
+                );
+                let _ = self.tx.send(Err(status)).await;
+            }
+            End::Failed(e) => {
+                let e = store_failed(&e);
+                let _ = self
+                    .tx
+                    .send(Ok(error_item(self.service.eps(&e, None))))
+                    .await;
+            }
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        inbound: &mut Streaming<SubscribeRequest>,
+        link: &crate::lease::LeaseLink,
+    ) -> End {
+        let waker = self.waker.clone();
+        loop {
+            let notified = waker.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut next_due = None;
+            while self.outstanding.len() < self.window {
+                if !self.ctx.is_leased(&self.me) {
+                    return End::NoLease;
+                }
+                match self.hand_out().await {
+                    Ok(Some(())) => {}
+                    Ok(None) => return End::Gone,
+                    Err(HandOut::Idle(due)) => {
+                        next_due = due;
+                        break;
+                    }
+                    Err(HandOut::Failed(e)) => return End::Failed(e),
+                }
+            }
+            let wait = next_due.map_or(Duration::from_secs(3600), |due| {
+                let now = crate::audit::unix_ms(std::time::SystemTime::now());
+                Duration::from_millis(due.saturating_sub(now))
+            });
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(wait) => {}
+                () = link.ended() => return End::NoLease,
+                () = self.tx.closed() => return End::Gone,
+                request = inbound.message() => match request {
+                    Ok(Some(request)) => {
+                        if let Err(e) = self.answer(request).await {
+                            return End::Failed(e);
+                        }
+                    }
+                    Ok(None) | Err(_) => return End::Gone,
+                },
+            }
+        }
+    }
+
+    /// Hands out the next message due; `Ok(None)` when the caller is gone.
+    async fn hand_out(&mut self) -> Result<Option<()>, HandOut> {
+        let subscriptions = self.subscriptions.clone();
+        let ack_wait = u64::try_from(self.service.ack_wait.as_millis()).unwrap_or(u64::MAX);
+        let (index, take) = self
+            .hub
+            .with(move |store| {
+                let subs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
+                let now = crate::audit::unix_ms(std::time::SystemTime::now());
+                store.take_any(&subs, now, ack_wait)
+            })
+            .await
+            .map_err(HandOut::Failed)?;
+        let handed = match take {
+            Take::Message(h) => h,
+            Take::Idle(due) => return Err(HandOut::Idle(due)),
+        };
+        let Ok(envelope) = RcsEnvelope::decode(handed.envelope.as_slice()) else {
+            return Err(HandOut::Failed(HubError::from(
+                super::store::StoreError::Corrupt(handed.seq),
+            )));
+        };
+        self.outstanding.insert(handed.seq, (index, !handed.once));
+        let item = SubscribeItem {
+            item: Some(subscribe_item::Item::Delivery(pb::Delivery {
+                delivery: handed.seq,
+                attempt: handed.attempt,
+                envelope: Some(envelope),
+            })),
+        };
+        Ok(self.tx.send(Ok(item)).await.ok())
+    }
+
+    /// An `Ack` or `Nack` (a second `Open` is refused).
+    async fn answer(&mut self, request: SubscribeRequest) -> Result<(), HubError> {
+        let (delivery, ack) = match request.item {
+            Some(subscribe_request::Item::Ack(a)) => (a.delivery, true),
+            Some(subscribe_request::Item::Nack(n)) => (n.delivery, false),
+            _ => {
+                let e = Invalid::new(EpsCode::UnknownDelivery, "", "Open comes first, and once");
+                let _ = self
+                    .tx
+                    .send(Ok(error_item(self.service.eps(&e, None))))
+                    .await;
+                return Ok(());
+            }
+        };
+        let Some((index, awaits)) = self.outstanding.remove(&delivery) else {
+            let e = Invalid::new(
+                EpsCode::UnknownDelivery,
+                "",
+                format!("no delivery {delivery} is outstanding on this stream"),
+            );
+            let _ = self
+                .tx
+                .send(Ok(error_item(self.service.eps(&e, None))))
+                .await;
+            return Ok(());
+        };
+        if !awaits {
+            return Ok(());
+        }
+        let subscription = self.subscriptions[index].clone();
+        self.hub
+            .with(move |store| {
+                if ack {
+                    store.ack(&subscription, delivery).map(drop)
+                } else {
+                    let now = crate::audit::unix_ms(std::time::SystemTime::now());
+                    store.nack(&subscription, delivery, now).map(drop)
+                }
+            })
+            .await
+    }
+
+    /// What the stream held unanswered is due again now (M11).
+    async fn release(&mut self) {
+        let held: Vec<(String, u64)> = self
+            .outstanding
+            .drain()
+            .filter(|(_, (_, awaits))| *awaits)
+            .map(|(seq, (index, _))| (self.subscriptions[index].clone(), seq))
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let released = self
+            .hub
+            .with(move |store| {
+                let now = crate::audit::unix_ms(std::time::SystemTime::now());
+                for (subscription, seq) in &held {
+                    store.release(subscription, *seq, now)?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = released {
+            tracing::error!("mediator: releasing {}'s deliveries: {e}", self.me);
+        }
+        // Another stream of the same module may take them now.
+        self.waker.notify_waiters();
+    }
+}
+
+/// Why nothing was handed out.
+enum HandOut {
+    /// Nothing is due; the next is due then (Unix ms), if any.
+    Idle(Option<u64>),
+    /// The store failed.
+    Failed(HubError),
+}

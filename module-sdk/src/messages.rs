@@ -1,0 +1,260 @@
+//! Runtime messages through the Core's mediator (PROTOCOL.md §13): publish
+//! RCS envelopes ([`CoreClient::publish`]) and receive them
+//! ([`CoreClient::subscribe`], or [`run_subscriber`], which runs a handler
+//! only while the module holds a lease, M11).
+//!
+//! ```no_run
+//! # async fn handler() -> Result<(), Box<dyn std::error::Error>> {
+//! use anima_module_sdk::CoreClient;
+//! use anima_module_sdk::messages::envelope;
+//!
+//! let core = CoreClient::from_env()?;
+//! let message = envelope("LOG_MESSAGE", "application/json", br#"{"level":"info"}"#.to_vec());
+//! let published = core.publish(message).await?;
+//! println!("queued for {} subscriptions", published.subscriptions);
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::time::Duration;
+
+use anima_protocol::pb::mediator_client::MediatorClient;
+use anima_protocol::pb::{
+    Ack, Delivery, EpsError, MessageMetadata, Nack, Open, Payload, PublishReply, PublishRequest,
+    Published, RcsEnvelope, Routing, SubscribeItem, SubscribeRequest, publish_reply,
+    subscribe_item, subscribe_request,
+};
+use anima_protocol::rcs;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::{CoreClient, ModuleHandle};
+
+/// The most bytes of a refusal's reason kept by the Core.
+pub const MAX_NACK_REASON: usize = 1024;
+
+/// A new envelope: a fresh `message_id`, `created_at` now, the RCS and
+/// schema versions, and `size_bytes` and `checksum` of `data`. The Core
+/// fills in `source_module` and `sender_identity` from the module's
+/// certificate. Set the rest (priority, delivery mode, quality of service,
+/// correlation) on the returned value.
+pub fn envelope(event_type: &str, content_type: &str, data: Vec<u8>) -> RcsEnvelope {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    RcsEnvelope {
+        message_metadata: Some(MessageMetadata {
+            version: rcs::RCS_VERSION.into(),
+            message_id: rcs::new_uuid_v4(),
+            created_at: rcs::format_utc_ms(now),
+            ..MessageMetadata::default()
+        }),
+        routing: Some(Routing {
+            event_type: event_type.into(),
+            ..Routing::default()
+        }),
+        payload: Some(Payload {
+            schema_version: rcs::SCHEMA_VERSION.into(),
+            content_type: content_type.into(),
+            size_bytes: data.len() as u64,
+            checksum: rcs::sha256_hex(&data),
+            data,
+            ..Payload::default()
+        }),
+        ..RcsEnvelope::default()
+    }
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The Core refused the message (EPS; nothing was stored).
+    #[error("refused {}: {}", .0.code, .0.detail)]
+    Refused(EpsError),
+    /// The call failed (no lease, the Core unreachable …).
+    #[error(transparent)]
+    Call(#[from] Status),
+}
+
+/// Why a subscription stream stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscriptionError {
+    /// The Core refused the subscription or an answer on it (EPS).
+    #[error("refused {}: {}", .0.code, .0.detail)]
+    Refused(EpsError),
+    /// The stream ended with a gRPC error (e.g. the module's lease ended:
+    /// `NO_LEASE`).
+    #[error(transparent)]
+    Call(#[from] Status),
+}
+
+impl CoreClient {
+    /// Publishes `envelope` through the Core: answered once the Core has it
+    /// on disk for every subscription permitted to receive it (M12).
+    pub async fn publish(&self, envelope: RcsEnvelope) -> Result<Published, PublishError> {
+        let reply: PublishReply = MediatorClient::new(self.channel())
+            .publish(PublishRequest {
+                envelope: Some(envelope),
+            })
+            .await?
+            .into_inner();
+        match reply.outcome {
+            Some(publish_reply::Outcome::Published(p)) => Ok(p),
+            Some(publish_reply::Outcome::Error(e)) => Err(PublishError::Refused(e)),
+            None => Err(PublishError::Call(Status::internal(
+                "the Core answered neither published nor an error",
+            ))),
+        }
+    }
+
+    /// Opens a subscription to `event_types` (empty: every one the module
+    /// may receive), at most `window` deliveries outstanding (0: the
+    /// Core's default).
+    pub async fn subscribe(
+        &self,
+        event_types: &[&str],
+        window: u32,
+    ) -> Result<Subscription, Status> {
+        let (requests, rx) = mpsc::channel(64);
+        let open = SubscribeRequest {
+            item: Some(subscribe_request::Item::Open(Open {
+                event_types: event_types.iter().map(|t| (*t).to_owned()).collect(),
+                window,
+            })),
+        };
+        requests
+            .send(open)
+            .await
+            .map_err(|_| Status::internal("the subscription's request queue closed"))?;
+        let items = MediatorClient::new(self.channel())
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Subscription { requests, items })
+    }
+}
+
+/// An open subscription: deliveries in, acknowledgements out.
+#[derive(Debug)]
+pub struct Subscription {
+    requests: mpsc::Sender<SubscribeRequest>,
+    items: tonic::Streaming<SubscribeItem>,
+}
+
+impl Subscription {
+    /// The next delivery; `None` when the Core ended the stream.
+    pub async fn next(&mut self) -> Option<Result<Delivery, SubscriptionError>> {
+        loop {
+            return match self.items.message().await {
+                Ok(Some(SubscribeItem {
+                    item: Some(subscribe_item::Item::Delivery(d)),
+                })) => Some(Ok(d)),
+                Ok(Some(SubscribeItem {
+                    item: Some(subscribe_item::Item::Error(e)),
+                })) => Some(Err(SubscriptionError::Refused(e))),
+                Ok(Some(SubscribeItem { item: None })) => continue,
+                Ok(None) => None,
+                Err(status) => Some(Err(SubscriptionError::Call(status))),
+            };
+        }
+    }
+
+    /// `delivery` was handled: the Core does not deliver it again.
+    pub async fn ack(&self, delivery: &Delivery) -> Result<(), Status> {
+        self.send(subscribe_request::Item::Ack(Ack {
+            delivery: delivery.delivery,
+        }))
+        .await
+    }
+
+    /// `delivery` was refused: the Core delivers it again after its retry
+    /// delay while it has retries left, then dead-letters or drops it.
+    pub async fn nack(&self, delivery: &Delivery, reason: &str) -> Result<(), Status> {
+        let mut reason = reason.to_owned();
+        if reason.len() > MAX_NACK_REASON {
+            let mut end = MAX_NACK_REASON;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        self.send(subscribe_request::Item::Nack(Nack {
+            delivery: delivery.delivery,
+            reason,
+        }))
+        .await
+    }
+
+    async fn send(&self, item: subscribe_request::Item) -> Result<(), Status> {
+        self.requests
+            .send(SubscribeRequest { item: Some(item) })
+            .await
+            .map_err(|_| Status::unavailable("the subscription ended"))
+    }
+}
+
+/// How long [`run_subscriber`] waits before subscribing again after its
+/// stream ended.
+pub const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(200);
+
+/// Receives `event_types` for the module's whole life, running `handler`
+/// on each message only while the module holds a lease (M11): it subscribes
+/// once a lease is open, and a handler still running when the last lease
+/// ends is dropped unfinished and its message not acknowledged, so the Core
+/// delivers it again. A handler's `Err` refuses the message (it is retried
+/// as its quality of service says); `Ok` acknowledges it.
+pub async fn run_subscriber<F, Fut>(
+    core: CoreClient,
+    module: ModuleHandle,
+    event_types: Vec<String>,
+    window: u32,
+    handler: F,
+) where
+    F: Fn(Delivery) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let types: Vec<&str> = event_types.iter().map(String::as_str).collect();
+    let mut leases = module.active_leases();
+    loop {
+        if leases.wait_for(|n| *n > 0).await.is_err() {
+            return;
+        }
+        let mut subscription = match core.subscribe(&types, window).await {
+            Ok(s) => s,
+            Err(status) => {
+                tracing::warn!("subscribing to {types:?}: {status}");
+                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+                continue;
+            }
+        };
+        while let Some(item) = subscription.next().await {
+            let delivery = match item {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!("subscription to {types:?}: {e}");
+                    break;
+                }
+            };
+            if *leases.borrow() == 0 {
+                // No lease: the message is not handled; ending the stream
+                // gives it back to the Core.
+                break;
+            }
+            let handled = tokio::select! {
+                outcome = handler(delivery.clone()) => Some(outcome),
+                _ = leases.wait_for(|n| *n == 0) => None,
+            };
+            let answered = match handled {
+                Some(Ok(())) => subscription.ack(&delivery).await,
+                Some(Err(why)) => subscription.nack(&delivery, &why).await,
+                None => break,
+            };
+            if answered.is_err() {
+                break;
+            }
+        }
+        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}
