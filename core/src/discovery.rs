@@ -11,6 +11,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use anima_protocol::Urn;
 use anima_protocol::interface::{InterfaceName, Provided, Required, VersionRange};
 use anima_protocol::lease::{Reason, status_for};
 use anima_protocol::pb::registry_server::Registry as RegistryApi;
@@ -18,11 +19,11 @@ use anima_protocol::pb::{
     DiscoverReply, DiscoverRequest, Provider, RegistryEvent, RegistryWatchRequest, Route, Snapshot,
     WatchItem, watch_item,
 };
-use anima_protocol::{PeerInfo, Urn, UrnKind};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::caller::Caller;
 use crate::events::CoreEvent;
 use crate::gateway::mediate::PIN_HEADER;
 use crate::registry::ModuleView;
@@ -38,15 +39,6 @@ pub(crate) struct RegistryService {
     operators: Arc<[Urn]>,
 }
 
-/// Who asks, and so what they may see.
-#[derive(Debug, Clone)]
-enum Caller {
-    /// An operator: every provider.
-    Operator,
-    /// A module leased by this Core: the providers it may call.
-    Module(Urn),
-}
-
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchItem, Status>> + Send + 'static>>;
 
 impl RegistryService {
@@ -59,27 +51,7 @@ impl RegistryService {
     }
 
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let peer = PeerInfo::of(request)
-            .ok_or_else(|| Status::unauthenticated("not an Anima connection"))?;
-        let urn = peer.urn();
-        if self.operators.contains(urn) {
-            return Ok(Caller::Operator);
-        }
-        if urn.kind() != UrnKind::Module || self.ctx.registry.get(urn).is_none() {
-            return Err(status_for(
-                Reason::PolicyDenied,
-                format!("{urn} is neither a module of this Core nor one of its operators"),
-                [],
-            ));
-        }
-        if !self.ctx.is_leased(urn) {
-            return Err(status_for(
-                Reason::NoLease,
-                format!("{urn} holds no lease from this Core"),
-                [],
-            ));
-        }
-        Ok(Caller::Module(urn.clone()))
+        Caller::of(&self.ctx, &self.operators, request)
     }
 
     /// Every provider of `interface` in `range` that `caller` may see.
@@ -100,7 +72,7 @@ impl RegistryService {
             .flat_map(|m| m.provides.iter().map(move |p| (m, p)))
             .filter(|(_, p)| required.accepts(p))
             .filter(|(m, _)| match caller {
-                Caller::Operator => true,
+                Caller::Operator(_) => true,
                 Caller::Module(me) => self.ctx.mediation.permits(me, interface, &m.urn),
             })
             .map(|(m, p)| self.provider(m, p))

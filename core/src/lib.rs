@@ -13,6 +13,7 @@
 
 mod admin;
 pub mod audit;
+mod caller;
 pub mod cli;
 pub mod config;
 mod contract_match;

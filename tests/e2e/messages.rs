@@ -12,16 +12,19 @@
 
 use std::time::Duration;
 
-use anima_module_sdk::messages::envelope;
+use anima_module_sdk::CoreClient;
+use anima_module_sdk::messages::{Subscription, SubscriptionError, envelope};
+use anima_protocol::lease::Reason;
 use anima_protocol::pb::mediator_client::MediatorClient;
 use anima_protocol::pb::{
-    EpsError, Open, Priority, PublishReply, PublishRequest, Published, RcsEnvelope,
-    SubscribeRequest, publish_reply, subscribe_item, subscribe_request,
+    Delivery, DeliveryMode, EpsError, Open, Priority, PublishReply, PublishRequest, Published,
+    QualityOfService, RcsEnvelope, SubscribeRequest, publish_reply, subscribe_item,
+    subscribe_request,
 };
-use anima_protocol::{Connection, UrnKind};
+use anima_protocol::{Connection, TlsIdentity, TrustRoot, UrnKind};
 use anima_sample_modules::pb::logger_client::LoggerClient;
 use anima_sample_modules::pb::{Logged, RecentRequest};
-use anima_tests::PATIENCE;
+use anima_tests::{PATIENCE, reason};
 
 use super::gateway::user;
 use super::serve::{CoreProcess, core_and_admin, module_entry, sample};
@@ -336,4 +339,170 @@ subscribe = ["LOG_MESSAGE", "SYSTEM_HEARTBEAT", "DATA_PROCESSED"]
     std::fs::write(&other, text).unwrap();
     let (code, _) = core.cli(&["publish", other.to_str().unwrap()]).await;
     assert_eq!(code, 1);
+}
+
+/// kvstore receives JOB; the test subscribes as kvstore (its certificate),
+/// and publishes as the dev operator.
+const JOBS: &str = r#"
+[[permission]]
+module = "urn:anima:module:kvstore"
+subscribe = ["JOB"]
+"#;
+
+/// A client of the Core's endpoint with `stem`'s certificate, as a module's
+/// own code (or an operator's) would have it.
+fn client_as(core: &CoreProcess, stem: &str) -> CoreClient {
+    let dir = core.dir.path().join("certs/dev");
+    CoreClient::new(
+        core.admin.parse().unwrap(),
+        "urn:anima:core:dev".parse().unwrap(),
+        TlsIdentity::from_pem_files(
+            &dir.join(format!("{stem}.pem")),
+            &dir.join(format!("{stem}.key")),
+        )
+        .unwrap(),
+        TrustRoot::from_pem_file(&dir.join("ca.pem")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A JOB message `text` delivered `mode`, with `retries` and a 100 ms retry
+/// delay.
+fn job(text: &str, mode: DeliveryMode, retries: u32) -> RcsEnvelope {
+    let mut e = envelope("JOB", "text/plain", text.as_bytes().to_vec());
+    e.message_metadata.as_mut().unwrap().delivery_mode = mode as i32;
+    e.quality_of_service = Some(QualityOfService {
+        max_retries: Some(retries),
+        retry_delay_ms: Some(100),
+        ..QualityOfService::default()
+    });
+    e
+}
+
+/// The next delivery, within [`PATIENCE`].
+async fn next(sub: &mut Subscription) -> Delivery {
+    tokio::time::timeout(PATIENCE, sub.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the stream goes on")
+        .expect("a delivery")
+}
+
+fn text_of(d: &Delivery) -> String {
+    String::from_utf8_lossy(&d.envelope.as_ref().unwrap().payload.as_ref().unwrap().data)
+        .into_owned()
+}
+
+#[tokio::test]
+async fn m7_at_least_once_is_redelivered_with_backoff_up_to_its_retries_and_at_most_once_never() {
+    let core = start(JOBS).await;
+    let operator = client_as(&core, "user-dev");
+    let mut sub = client_as(&core, "module-kvstore")
+        .subscribe(&["JOB"], 8)
+        .await
+        .unwrap();
+    operator
+        .publish(job("retried", DeliveryMode::AtLeastOnce, 2))
+        .await
+        .unwrap();
+    let first = next(&mut sub).await;
+    assert_eq!((text_of(&first), first.attempt), ("retried".into(), 1));
+    // Refused: again after 100 ms, then after 200 ms (doubled), then no more.
+    let mut refused_at = tokio::time::Instant::now();
+    for (attempt, delay) in [(2, 100), (3, 200)] {
+        sub.nack(&first, "not now").await.unwrap();
+        let again = next(&mut sub).await;
+        let waited = refused_at.elapsed();
+        refused_at = tokio::time::Instant::now();
+        assert_eq!((again.delivery, again.attempt), (first.delivery, attempt));
+        assert!(
+            waited >= Duration::from_millis(delay),
+            "attempt {attempt} came after {waited:?}, before its {delay} ms backoff"
+        );
+    }
+    sub.nack(&first, "still not").await.unwrap();
+    // An at_most_once message is handed out once: refused, it is gone.
+    operator
+        .publish(job("once", DeliveryMode::AtMostOnce, 5))
+        .await
+        .unwrap();
+    let once = next(&mut sub).await;
+    assert_eq!((text_of(&once), once.attempt), ("once".into(), 1));
+    sub.nack(&once, "refused").await.unwrap();
+    // A last message shows what is still queued: neither comes again.
+    operator
+        .publish(job("last", DeliveryMode::AtLeastOnce, 0))
+        .await
+        .unwrap();
+    let last = next(&mut sub).await;
+    assert_eq!(text_of(&last), "last");
+    sub.ack(&last).await.unwrap();
+    let quiet = tokio::time::timeout(Duration::from_millis(600), sub.next()).await;
+    assert!(quiet.is_err(), "something came again: {quiet:?}");
+}
+
+#[tokio::test]
+async fn m7_an_exactly_once_message_published_twice_is_delivered_once() {
+    let core = start(JOBS).await;
+    let operator = client_as(&core, "user-dev");
+    let mut sub = client_as(&core, "module-kvstore")
+        .subscribe(&[], 8)
+        .await
+        .unwrap();
+    let twice = job("twice", DeliveryMode::ExactlyOnce, 0);
+    let first = operator.publish(twice.clone()).await.unwrap();
+    let second = operator.publish(twice).await.unwrap();
+    assert_eq!((first.duplicate, first.subscriptions), (false, 1));
+    assert_eq!((second.duplicate, second.subscriptions), (true, 0));
+    let got = next(&mut sub).await;
+    assert_eq!(text_of(&got), "twice");
+    sub.ack(&got).await.unwrap();
+    operator
+        .publish(job("after", DeliveryMode::ExactlyOnce, 0))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&next(&mut sub).await), "after");
+}
+
+#[tokio::test]
+async fn m11_a_delivery_held_when_the_lease_ends_is_delivered_again_after_and_not_counted() {
+    let core = start(JOBS).await;
+    let operator = client_as(&core, "user-dev");
+    let kvstore = client_as(&core, "module-kvstore");
+    let mut sub = kvstore.subscribe(&["JOB"], 8).await.unwrap();
+    // No retries: only the lease's end can bring it again.
+    operator
+        .publish(job("held", DeliveryMode::AtLeastOnce, 0))
+        .await
+        .unwrap();
+    let held = next(&mut sub).await;
+    assert_eq!(held.attempt, 1);
+    core.cli_ok(&["stop", KVSTORE]).await;
+    // The stream ends, saying why; an answer now reaches nobody.
+    let ended = tokio::time::timeout(PATIENCE, sub.next())
+        .await
+        .expect("the stream ends");
+    match ended {
+        Some(Err(SubscriptionError::Call(status))) => {
+            assert_eq!(reason(&status), Some(Reason::NoLease), "{status:?}");
+        }
+        other => panic!("the stream went on after the lease ended: {other:?}"),
+    }
+    // Without a lease, no subscription opens.
+    let refused = kvstore.subscribe(&["JOB"], 8).await;
+    let refused = match refused {
+        Err(status) => status,
+        Ok(mut s) => match s.next().await {
+            Some(Err(SubscriptionError::Call(status))) => status,
+            other => panic!("a module without a lease subscribed: {other:?}"),
+        },
+    };
+    assert_eq!(reason(&refused), Some(Reason::NoLease), "{refused:?}");
+    core.cli_ok(&["restart", KVSTORE]).await;
+    core.wait_leased("kvstore").await;
+    let mut sub = kvstore.subscribe(&["JOB"], 8).await.unwrap();
+    let again = next(&mut sub).await;
+    assert_eq!((again.delivery, again.attempt), (held.delivery, 1));
+    assert_eq!(text_of(&again), "held");
+    sub.ack(&again).await.unwrap();
 }

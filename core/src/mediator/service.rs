@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anima_protocol::Urn;
 use anima_protocol::lease::{Reason, status_for};
 use anima_protocol::pb::mediator_server::Mediator;
 use anima_protocol::pb::{
@@ -21,7 +22,6 @@ use anima_protocol::pb::{
     SubscribeItem, SubscribeRequest, publish_reply, subscribe_item, subscribe_request,
 };
 use anima_protocol::rcs::{self, EpsCode, Invalid, Limits};
-use anima_protocol::{PeerInfo, Urn, UrnKind};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -31,6 +31,7 @@ use super::hub::{Hub, HubError, Publish};
 use super::record::{Delivery, rank};
 use super::route::{Grants, subscription};
 use super::store::{Accepted, Take};
+use crate::caller::Caller as Sender;
 use crate::supervisor::CoreContext;
 
 /// The window of an `Open` that names none.
@@ -49,23 +50,6 @@ pub(crate) struct MediatorService {
     hub: Hub,
     limits: Limits,
     ack_wait: Duration,
-}
-
-/// Who sends.
-#[derive(Debug, Clone)]
-enum Sender {
-    /// An operator: may publish any event type.
-    Operator(Urn),
-    /// A module leased by this Core: what its grants allow.
-    Module(Urn),
-}
-
-impl Sender {
-    fn urn(&self) -> &Urn {
-        match self {
-            Sender::Operator(u) | Sender::Module(u) => u,
-        }
-    }
 }
 
 type ItemStream = Pin<Box<dyn Stream<Item = Result<SubscribeItem, Status>> + Send + 'static>>;
@@ -91,27 +75,7 @@ impl MediatorService {
     }
 
     fn sender<T>(&self, request: &Request<T>) -> Result<Sender, Status> {
-        let peer = PeerInfo::of(request)
-            .ok_or_else(|| Status::unauthenticated("not an Anima connection"))?;
-        let urn = peer.urn();
-        if self.operators.contains(urn) {
-            return Ok(Sender::Operator(urn.clone()));
-        }
-        if urn.kind() != UrnKind::Module || self.ctx.registry.get(urn).is_none() {
-            return Err(status_for(
-                Reason::PolicyDenied,
-                format!("{urn} is neither a module of this Core nor one of its operators"),
-                [],
-            ));
-        }
-        if !self.ctx.is_leased(urn) {
-            return Err(status_for(
-                Reason::NoLease,
-                format!("{urn} holds no lease from this Core"),
-                [],
-            ));
-        }
-        Ok(Sender::Module(urn.clone()))
+        Sender::of(&self.ctx, &self.operators, request)
     }
 
     /// The EPS error for `invalid`, about `envelope` (when known).
