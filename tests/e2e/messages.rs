@@ -506,3 +506,85 @@ async fn m11_a_delivery_held_when_the_lease_ends_is_delivered_again_after_and_no
     assert_eq!(text_of(&again), "held");
     sub.ack(&again).await.unwrap();
 }
+
+/// The dead letters as `anima dlq list --json` prints them.
+async fn dead_letters(core: &CoreProcess) -> Vec<serde_json::Value> {
+    let out = core.cli_ok(&["dlq", "list", "--json"]).await;
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn m8_m4_spent_and_expired_messages_go_to_the_dead_letter_queue_which_operators_replay_and_purge()
+ {
+    let core = start(JOBS).await;
+    let operator = client_as(&core, "user-dev");
+    let mut sub = client_as(&core, "module-kvstore")
+        .subscribe(&["JOB"], 8)
+        .await
+        .unwrap();
+    let mut broken = job("broken", DeliveryMode::AtLeastOnce, 0);
+    broken
+        .quality_of_service
+        .as_mut()
+        .unwrap()
+        .dead_letter_queue = Some(true);
+    let id = broken.message_metadata.as_ref().unwrap().message_id.clone();
+    operator.publish(broken).await.unwrap();
+    let got = next(&mut sub).await;
+    sub.nack(&got, "cannot parse").await.unwrap();
+    // Expired before it could be delivered (M4): dead-lettered, not handed out.
+    let mut late = job("late", DeliveryMode::AtLeastOnce, 0);
+    late.quality_of_service.as_mut().unwrap().dead_letter_queue = Some(true);
+    late.message_metadata.as_mut().unwrap().expires_at = "2025-01-01T00:00:00Z".into();
+    operator.publish(late).await.unwrap();
+    operator
+        .publish(job("fine", DeliveryMode::AtLeastOnce, 0))
+        .await
+        .unwrap();
+    let fine = next(&mut sub).await;
+    assert_eq!(
+        text_of(&fine),
+        "fine",
+        "the expired message is never delivered"
+    );
+    sub.ack(&fine).await.unwrap();
+
+    let dead = dead_letters(&core).await;
+    let reasons: Vec<(&str, u64)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d["reason"].as_str().unwrap(),
+                d["attempts"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons, [("MAX_RETRIES: cannot parse", 1), ("EXPIRED", 0)]);
+    assert_eq!(dead[0]["message_id"], id.as_str());
+    assert_eq!(dead[0]["module"], KVSTORE);
+    assert_eq!(dead[0]["event_type"], "JOB");
+    let delivery = dead[0]["delivery"].as_u64().unwrap().to_string();
+    let shown: serde_json::Value =
+        serde_json::from_str(&core.cli_ok(&["dlq", "show", &delivery]).await).unwrap();
+    assert_eq!(shown["payload"]["data"], "broken");
+    assert_eq!(shown["message_metadata"]["message_id"], id.as_str());
+
+    // Replayed, it comes again as new; acknowledged, it is gone.
+    assert_eq!(
+        core.cli_ok(&["dlq", "replay", &delivery]).await.trim(),
+        "replayed 1"
+    );
+    let again = next(&mut sub).await;
+    assert_eq!((again.delivery, again.attempt), (got.delivery, 1));
+    sub.ack(&again).await.unwrap();
+    assert_eq!(dead_letters(&core).await.len(), 1);
+    assert_eq!(
+        core.cli_ok(&["dlq", "purge", "--all"]).await.trim(),
+        "purged 1"
+    );
+    assert!(dead_letters(&core).await.is_empty());
+    let (code, _) = core.cli(&["dlq", "replay", &delivery]).await;
+    assert_eq!(code, 1, "no such dead letter any more");
+}

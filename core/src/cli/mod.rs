@@ -11,6 +11,7 @@ pub mod certs;
 pub mod config;
 pub mod conformance;
 pub mod demo;
+pub mod dlq;
 pub mod message;
 pub mod new;
 pub mod ops;
@@ -76,6 +77,9 @@ pub enum Command {
     /// Publish a runtime message (the RCS JSON form) through the Core's
     /// mediator, as an operator.
     Publish(message::PublishArgs),
+    /// The mediator's dead-letter queue: list, show, replay, purge.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Mint and inspect development certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -107,6 +111,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Config(cmd) => config::run(cmd),
         Command::Message(cmd) => message::run(cmd),
         Command::Publish(args) => message::publish(args),
+        Command::Dlq(cmd) => dlq::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
         Command::New(cmd) => new::run(cmd),
         Command::Demo(args) => demo::run(args),

@@ -3,6 +3,7 @@
 //! receive what, [`store`] keeps messages on disk, `hub` commits publishes
 //! in groups and wakes subscribers, and `service` is `anima.v1.Mediator`.
 
+mod dead;
 pub(crate) mod hub;
 pub mod record;
 pub(crate) mod route;

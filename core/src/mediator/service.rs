@@ -18,8 +18,9 @@ use anima_protocol::Urn;
 use anima_protocol::lease::{Reason, status_for};
 use anima_protocol::pb::mediator_server::Mediator;
 use anima_protocol::pb::{
-    self, DeliveryMode, EpsError, Open, PublishReply, PublishRequest, Published, RcsEnvelope,
-    SubscribeItem, SubscribeRequest, publish_reply, subscribe_item, subscribe_request,
+    self, DeadLettersReply, DeadLettersRequest, DeliveryMode, EpsError, ListDeadLettersReply, Open,
+    PublishReply, PublishRequest, Published, RcsEnvelope, SubscribeItem, SubscribeRequest,
+    publish_reply, subscribe_item, subscribe_request,
 };
 use anima_protocol::rcs::{self, EpsCode, Invalid, Limits};
 use prost::Message as _;
@@ -74,7 +75,12 @@ impl MediatorService {
         }
     }
 
-    fn sender<T>(&self, request: &Request<T>) -> Result<Sender, Status> {
+    /// The message store.
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub(crate) fn caller<T>(&self, request: &Request<T>) -> Result<Sender, Status> {
         Sender::of(&self.ctx, &self.operators, request)
     }
 
@@ -174,7 +180,7 @@ impl Mediator for MediatorService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
-        let sender = self.sender(&request)?;
+        let sender = self.caller(&request)?;
         let Some(mut envelope) = request.into_inner().envelope else {
             let missing = Invalid::new(EpsCode::MissingField, "", "the request holds no envelope");
             return Ok(Response::new(PublishReply {
@@ -192,11 +198,33 @@ impl Mediator for MediatorService {
 
     type SubscribeStream = ItemStream;
 
+    async fn list_dead_letters(
+        &self,
+        request: Request<DeadLettersRequest>,
+    ) -> Result<Response<ListDeadLettersReply>, Status> {
+        let dead_letters = self.list_dead(request).await?;
+        Ok(Response::new(ListDeadLettersReply { dead_letters }))
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<DeadLettersRequest>,
+    ) -> Result<Response<DeadLettersReply>, Status> {
+        self.end_dead(request, true).await.map(Response::new)
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        request: Request<DeadLettersRequest>,
+    ) -> Result<Response<DeadLettersReply>, Status> {
+        self.end_dead(request, false).await.map(Response::new)
+    }
+
     async fn subscribe(
         &self,
         request: Request<Streaming<SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let sender = self.sender(&request)?;
+        let sender = self.caller(&request)?;
         let Sender::Module(me) = sender else {
             return Err(Status::permission_denied(
                 "operators publish; only modules receive messages",
@@ -434,9 +462,9 @@ impl Subscriber {
 
     /// An `Ack` or `Nack` (a second `Open` is refused).
     async fn answer(&mut self, request: SubscribeRequest) -> Result<(), HubError> {
-        let (delivery, ack) = match request.item {
-            Some(subscribe_request::Item::Ack(a)) => (a.delivery, true),
-            Some(subscribe_request::Item::Nack(n)) => (n.delivery, false),
+        let (delivery, nack) = match request.item {
+            Some(subscribe_request::Item::Ack(a)) => (a.delivery, None),
+            Some(subscribe_request::Item::Nack(n)) => (n.delivery, Some(n.reason)),
             _ => {
                 let e = Invalid::new(EpsCode::UnknownDelivery, "", "Open comes first, and once");
                 let _ = self
@@ -463,12 +491,11 @@ impl Subscriber {
         }
         let subscription = self.subscriptions[index].clone();
         self.hub
-            .with(move |store| {
-                if ack {
-                    store.ack(&subscription, delivery).map(drop)
-                } else {
+            .with(move |store| match nack {
+                None => store.ack(&subscription, delivery).map(drop),
+                Some(reason) => {
                     let now = crate::audit::unix_ms(std::time::SystemTime::now());
-                    store.nack(&subscription, delivery, now).map(drop)
+                    store.nack(&subscription, delivery, now, &reason).map(drop)
                 }
             })
             .await

@@ -158,7 +158,8 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// When it was dead-lettered (Unix ms).
     pub since_ms: u64,
-    /// Why: `EXPIRED` or `MAX_RETRIES`.
+    /// Why: `EXPIRED`, or `MAX_RETRIES` (followed by `: ` and the
+    /// subscriber's last refusal reason when it gave one).
     pub reason: String,
     /// The envelope's protobuf bytes.
     pub envelope: Vec<u8>,
@@ -361,7 +362,15 @@ impl Store {
     /// redelivered after the message's retry delay, doubled for each retry
     /// before (at most [`MAX_DELAY_MS`]), while it has retries left; then
     /// dead-lettered or dropped (M7, M8).
-    pub fn nack(&self, subscription: &str, seq: u64, now_ms: u64) -> Result<Retry, StoreError> {
+    /// `reason` (the subscriber's, at most [`MAX_REASON`] bytes kept) is
+    /// the dead letter's reason when it is dead-lettered.
+    pub fn nack(
+        &self,
+        subscription: &str,
+        seq: u64,
+        now_ms: u64,
+        reason: &str,
+    ) -> Result<Retry, StoreError> {
         let tx = self.write(Durability::None)?;
         let retry = match find(&tx, subscription, seq)? {
             None => Retry::Unknown,
@@ -374,7 +383,7 @@ impl Store {
                         &tx,
                         subscription,
                         (seq, attempts),
-                        "MAX_RETRIES",
+                        &spent(reason),
                         d.dead_letter,
                         now_ms,
                     )? {
@@ -455,25 +464,28 @@ impl Store {
 
     /// Deletes dead letters: of one subscription, or all; their number.
     pub fn purge(&self, subscription: Option<&str>) -> Result<usize, StoreError> {
+        let keys: Vec<(String, u64)> = self
+            .dead_letters(subscription)?
+            .into_iter()
+            .map(|d| (d.subscription, d.seq))
+            .collect();
+        self.purge_keys(&keys)
+    }
+
+    /// Deletes the dead letters `keys` names (subscription, seq); the
+    /// number there were.
+    pub fn purge_keys(&self, keys: &[(String, u64)]) -> Result<usize, StoreError> {
         let tx = self.db.begin_write()?;
-        let keys: Vec<(String, u64)> = {
-            let dead = tx.open_table(DEAD)?;
-            let mut keys = Vec::new();
-            for entry in dead.iter()? {
-                let (key, _) = entry?;
-                let (sub, seq) = key.value();
-                if subscription.is_none_or(|s| s == sub) {
-                    keys.push((sub.to_owned(), seq));
-                }
+        let mut n = 0;
+        for (sub, seq) in keys {
+            let removed = tx.open_table(DEAD)?.remove((sub.as_str(), *seq))?.is_some();
+            if removed {
+                release_ref(&tx, *seq)?;
+                n += 1;
             }
-            keys
-        };
-        for (sub, seq) in &keys {
-            tx.open_table(DEAD)?.remove((sub.as_str(), *seq))?;
-            release_ref(&tx, *seq)?;
         }
         tx.commit()?;
-        Ok(keys.len())
+        Ok(n)
     }
 
     /// Forgets `exactly_once` ids older than [`DEDUP_WINDOW_MS`]; their
@@ -595,6 +607,23 @@ struct Ended {
     attempts: u32,
     why: &'static str,
     dead_letter: bool,
+}
+
+/// The most bytes of a subscriber's refusal reason a dead letter keeps.
+pub const MAX_REASON: usize = 1024;
+
+/// A dead letter's reason after its retries: `MAX_RETRIES`, with the
+/// subscriber's last refusal reason when it gave one.
+fn spent(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end == 0 {
+        "MAX_RETRIES".to_owned()
+    } else {
+        format!("MAX_RETRIES: {}", &reason[..end])
+    }
 }
 
 /// The delay before redelivery after `attempts` deliveries: `delay_ms`

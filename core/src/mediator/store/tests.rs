@@ -119,7 +119,7 @@ fn m7_at_least_once_is_redelivered_with_backoff_up_to_max_retries() {
     let sub = to[0].as_str();
     assert_eq!(taken(&f.store, sub, T0), Some(("job".into(), 1)));
     assert_eq!(
-        f.store.nack(sub, seq, T0).expect("nack"),
+        f.store.nack(sub, seq, T0, "").expect("nack"),
         Retry::At(T0 + 100)
     );
     assert_eq!(
@@ -128,12 +128,12 @@ fn m7_at_least_once_is_redelivered_with_backoff_up_to_max_retries() {
     );
     assert_eq!(taken(&f.store, sub, T0 + 100), Some(("job".into(), 2)));
     assert_eq!(
-        f.store.nack(sub, seq, T0 + 100).expect("nack"),
+        f.store.nack(sub, seq, T0 + 100, "").expect("nack"),
         Retry::At(T0 + 300)
     );
     assert_eq!(taken(&f.store, sub, T0 + 300), Some(("job".into(), 3)));
     assert_eq!(
-        f.store.nack(sub, seq, T0 + 300).expect("nack"),
+        f.store.nack(sub, seq, T0 + 300, "").expect("nack"),
         Retry::DeadLettered
     );
     assert_eq!(taken(&f.store, sub, T0 + 10_000), None);
@@ -143,7 +143,10 @@ fn m7_at_least_once_is_redelivered_with_backoff_up_to_max_retries() {
         (dead[0].attempts, dead[0].reason.as_str()),
         (3, "MAX_RETRIES")
     );
-    assert_eq!(f.store.nack(sub, seq, T0).expect("nack"), Retry::Unknown);
+    assert_eq!(
+        f.store.nack(sub, seq, T0, "").expect("nack"),
+        Retry::Unknown
+    );
 }
 
 #[test]
@@ -234,11 +237,16 @@ fn m8_dead_letters_are_listed_replayed_and_purged() {
     for sub in &to {
         assert!(taken(&f.store, sub, T0).is_some());
         assert_eq!(
-            f.store.nack(sub, seq, T0).expect("nack"),
+            f.store.nack(sub, seq, T0, "bad input").expect("nack"),
             Retry::DeadLettered
         );
     }
-    assert_eq!(f.store.dead_letters(None).expect("list").len(), 2);
+    let dead = f.store.dead_letters(None).expect("list");
+    assert_eq!(dead.len(), 2);
+    assert!(
+        dead.iter()
+            .all(|d| d.reason == "MAX_RETRIES: bad input" && d.attempts == 1)
+    );
     assert!(f.store.replay("a EV", seq).expect("replay"));
     assert!(!f.store.replay("a EV", seq).expect("replay twice"));
     assert_eq!(
