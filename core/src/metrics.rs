@@ -46,6 +46,12 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MessageLabels {
+    event_type: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModuleLabels {
     module: String,
 }
@@ -67,6 +73,7 @@ pub(crate) struct Metrics {
     calls: Family<CallLabels, Counter>,
     latency: LatencyFamily,
     refusals: Family<ReasonLabels, Counter>,
+    messages: Family<MessageLabels, Counter>,
     listener: Mutex<Option<ServerTls>>,
 }
 
@@ -76,6 +83,7 @@ impl Default for Metrics {
             calls: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             refusals: Family::default(),
+            messages: Family::default(),
             listener: Mutex::new(None),
         }
     }
@@ -110,6 +118,20 @@ impl Metrics {
             .inc();
     }
 
+    /// One runtime message of `event_type` came to `outcome` (M13):
+    /// `published`, `reply`, `late_reply`, `delivered`, `acked`, `nacked`,
+    /// or an EPS code for a refused one. Only event types some permission
+    /// names are counted by name (the rest as `other`), so a sender cannot
+    /// grow the label set.
+    pub(crate) fn message(&self, event_type: &str, outcome: &str) {
+        self.messages
+            .get_or_create(&MessageLabels {
+                event_type: event_type.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
     /// The exposition text (Prometheus text format, [`CONTENT_TYPE`]).
     pub(crate) fn render(&self, ctx: &CoreContext) -> String {
         let mut registry = Registry::default();
@@ -127,6 +149,11 @@ impl Metrics {
             "anima_refusals",
             "Calls refused by the gateway, by reason.",
             self.refusals.clone(),
+        );
+        registry.register(
+            "anima_messages",
+            "Runtime messages through the mediator, by event type and outcome",
+            self.messages.clone(),
         );
         registry.register(
             "anima_calls",

@@ -469,6 +469,7 @@ impl Endpoint {
             Grants::new(&config.messages),
             open_store(config)?,
             config.mediator.ack_wait,
+            metrics.clone(),
         );
         let routes = endpoint_routes(
             CoreAdminServer::new(admin),

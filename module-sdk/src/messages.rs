@@ -21,7 +21,7 @@ use std::time::Duration;
 use anima_protocol::pb::mediator_client::MediatorClient;
 use anima_protocol::pb::{
     Ack, Delivery, EpsError, MessageMetadata, Nack, Open, Payload, PublishReply, PublishRequest,
-    Published, RcsEnvelope, Routing, SubscribeItem, SubscribeRequest, publish_reply,
+    Published, RcsEnvelope, Routing, SubscribeItem, SubscribeRequest, publish_reply, request_reply,
     subscribe_item, subscribe_request,
 };
 use anima_protocol::rcs;
@@ -77,6 +77,41 @@ pub enum PublishError {
     Call(#[from] Status),
 }
 
+/// Why a request got no reply.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The Core refused the request, or no reply came in time (EPS
+    /// `TIMEOUT`).
+    #[error("refused {}: {}", .0.code, .0.detail)]
+    Refused(EpsError),
+    /// The call failed (no lease, the Core unreachable …).
+    #[error(transparent)]
+    Call(#[from] Status),
+}
+
+/// The reply to `request` (M9): of the event type the request names in
+/// `routing.reply_to`, carrying the request's `message_id` as its
+/// `correlation_id` and as its `parent_message_id`, and the request's trace;
+/// `None` when the request names no reply event type.
+pub fn reply_to(request: &RcsEnvelope, content_type: &str, data: Vec<u8>) -> Option<RcsEnvelope> {
+    let event_type = request
+        .routing
+        .as_ref()?
+        .reply_to
+        .as_ref()
+        .map(|r| r.event_type.clone())
+        .filter(|t| !t.is_empty())?;
+    let id = request.message_metadata.as_ref()?.message_id.clone();
+    let mut reply = envelope(&event_type, content_type, data);
+    if let Some(m) = reply.message_metadata.as_mut() {
+        m.correlation_id = id.clone();
+        m.parent_message_id = id;
+    }
+    reply.observability = request.observability.clone();
+    Some(reply)
+}
+
 /// Why a subscription stream stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -105,6 +140,24 @@ impl CoreClient {
             Some(publish_reply::Outcome::Error(e)) => Err(PublishError::Refused(e)),
             None => Err(PublishError::Call(Status::internal(
                 "the Core answered neither published nor an error",
+            ))),
+        }
+    }
+
+    /// Sends `request` (which names `routing.reply_to.event_type`, and may
+    /// name `timeout_ms`) through the Core and waits for its reply (M9).
+    pub async fn request(&self, request: RcsEnvelope) -> Result<RcsEnvelope, RequestError> {
+        let reply = MediatorClient::new(self.channel())
+            .request(PublishRequest {
+                envelope: Some(request),
+            })
+            .await?
+            .into_inner();
+        match reply.outcome {
+            Some(request_reply::Outcome::Reply(r)) => Ok(r),
+            Some(request_reply::Outcome::Error(e)) => Err(RequestError::Refused(e)),
+            None => Err(RequestError::Call(Status::internal(
+                "the Core answered neither a reply nor an error",
             ))),
         }
     }

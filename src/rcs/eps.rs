@@ -34,6 +34,12 @@ pub enum EpsCode {
     /// An `Ack` or `Nack` names no delivery outstanding on this stream, or
     /// the stream broke its order (`Open` first, and once).
     UnknownDelivery,
+    /// No reply to a request came within its `timeout_ms` (M9).
+    Timeout,
+    /// A reply came after its request's timeout: discarded (M9).
+    LateReply,
+    /// A request names no `reply_to.event_type` (M9).
+    NoReplyTo,
     /// The Core failed (its store could not be read or written).
     Internal,
 }
@@ -53,13 +59,16 @@ crate::str_vocabulary! {
         NoSubscriber => "NO_SUBSCRIBER",
         StoreFull => "STORE_FULL",
         UnknownDelivery => "UNKNOWN_DELIVERY",
+        Timeout => "TIMEOUT",
+        LateReply => "LATE_REPLY",
+        NoReplyTo => "NO_REPLY_TO",
         Internal => "INTERNAL",
     }
 }
 
 impl EpsCode {
     /// Every code, in PROTOCOL.md §12.5's order.
-    pub const ALL: [EpsCode; 13] = [
+    pub const ALL: [EpsCode; 16] = [
         EpsCode::InvalidJson,
         EpsCode::MissingField,
         EpsCode::InvalidField,
@@ -72,6 +81,9 @@ impl EpsCode {
         EpsCode::NoSubscriber,
         EpsCode::StoreFull,
         EpsCode::UnknownDelivery,
+        EpsCode::Timeout,
+        EpsCode::LateReply,
+        EpsCode::NoReplyTo,
         EpsCode::Internal,
     ];
 
@@ -82,7 +94,9 @@ impl EpsCode {
             | EpsCode::MissingField
             | EpsCode::InvalidField
             | EpsCode::UnsupportedVersion
-            | EpsCode::UnknownDelivery => EpsCategory::Validation,
+            | EpsCode::UnknownDelivery
+            | EpsCode::NoReplyTo => EpsCategory::Validation,
+            EpsCode::Timeout | EpsCode::LateReply => EpsCategory::Timeout,
             EpsCode::SizeMismatch | EpsCode::ChecksumMismatch => EpsCategory::Integrity,
             EpsCode::TooLarge | EpsCode::StoreFull => EpsCategory::Resource,
             EpsCode::IdentityMismatch | EpsCode::NotPermitted => EpsCategory::Permission,
@@ -97,7 +111,10 @@ impl EpsCode {
     pub fn recoverable(self) -> bool {
         !matches!(
             self,
-            EpsCode::IdentityMismatch | EpsCode::NotPermitted | EpsCode::TooLarge
+            EpsCode::IdentityMismatch
+                | EpsCode::NotPermitted
+                | EpsCode::TooLarge
+                | EpsCode::LateReply
         )
     }
 
@@ -105,7 +122,7 @@ impl EpsCode {
     /// failure critical; the rest errors.
     pub fn severity(self) -> EpsSeverity {
         match self {
-            EpsCode::NoSubscriber => EpsSeverity::Warning,
+            EpsCode::NoSubscriber | EpsCode::LateReply => EpsSeverity::Warning,
             EpsCode::Internal => EpsSeverity::Critical,
             _ => EpsSeverity::Error,
         }
@@ -118,6 +135,7 @@ impl EpsCode {
             EpsCategory::Resource => tonic::Code::ResourceExhausted,
             EpsCategory::Routing => tonic::Code::FailedPrecondition,
             EpsCategory::Internal => tonic::Code::Internal,
+            EpsCategory::Timeout => tonic::Code::DeadlineExceeded,
             _ => tonic::Code::InvalidArgument,
         }
     }

@@ -58,6 +58,24 @@ impl CoreProcess {
         CoreProcess { child, admin, dir }
     }
 
+    /// `kill -9`s the Core and starts it again in the same directory, with
+    /// the same `anima.toml`; its endpoint's address is new.
+    pub(crate) async fn kill9_and_restart(&mut self) {
+        self.child.kill9().await;
+        let config = self.dir.path().join("anima.toml");
+        let config = config.to_string_lossy().into_owned();
+        let args = [
+            "serve",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--config",
+            &config,
+        ];
+        let mut child = Child::spawn_env_in(&bin_path("anima"), &args, &[], self.dir.path());
+        self.admin = child.line("ANIMA-CORE READY").await;
+        self.child = child;
+    }
+
     /// Runs an operator command against this Core; returns (exit code, stdout).
     pub(crate) async fn cli(&self, args: &[&str]) -> (i32, String) {
         let mut full: Vec<&str> = args.to_vec();

@@ -6,6 +6,7 @@
 mod dead;
 pub(crate) mod hub;
 pub mod record;
+mod request;
 pub(crate) mod route;
 pub(crate) mod service;
 pub mod store;

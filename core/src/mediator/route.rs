@@ -81,6 +81,11 @@ impl Grants {
             .any(|(m, t)| m == module && t == event_type)
     }
 
+    /// Whether some permission names `event_type` (to publish or receive).
+    pub(crate) fn names(&self, event_type: &str) -> bool {
+        self.receive.contains_key(event_type) || self.publish.iter().any(|(_, t)| t == event_type)
+    }
+
     /// The event types `module` may receive, sorted.
     pub(crate) fn receivable(&self, module: &Urn) -> Vec<&str> {
         self.receive

@@ -19,8 +19,8 @@ use anima_protocol::lease::{Reason, status_for};
 use anima_protocol::pb::mediator_server::Mediator;
 use anima_protocol::pb::{
     self, DeadLettersReply, DeadLettersRequest, DeliveryMode, EpsError, ListDeadLettersReply, Open,
-    PublishReply, PublishRequest, Published, RcsEnvelope, SubscribeItem, SubscribeRequest,
-    publish_reply, subscribe_item, subscribe_request,
+    PublishReply, PublishRequest, Published, RcsEnvelope, RequestReply, SubscribeItem,
+    SubscribeRequest, publish_reply, request_reply, subscribe_item, subscribe_request,
 };
 use anima_protocol::rcs::{self, EpsCode, Invalid, Limits};
 use prost::Message as _;
@@ -30,9 +30,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::hub::{Hub, HubError, Publish};
 use super::record::{Delivery, rank};
-use super::route::{Grants, subscription};
+use super::request::{DEFAULT_TIMEOUT, Reply, Requests};
+use super::route::{Grants, module_of, subscription};
 use super::store::{Accepted, Take};
 use crate::caller::Caller as Sender;
+use crate::metrics::Metrics;
 use crate::supervisor::CoreContext;
 
 /// The window of an `Open` that names none.
@@ -49,6 +51,8 @@ pub(crate) struct MediatorService {
     operators: Arc<[Urn]>,
     grants: Arc<Grants>,
     hub: Hub,
+    requests: Arc<Requests>,
+    metrics: Arc<Metrics>,
     limits: Limits,
     ack_wait: Duration,
 }
@@ -64,15 +68,29 @@ impl MediatorService {
         grants: Grants,
         hub: Hub,
         ack_wait: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         MediatorService {
             ctx,
             operators: operators.into(),
             grants: Arc::new(grants),
             hub,
+            requests: Arc::default(),
+            metrics,
             limits: Limits::default(),
             ack_wait,
         }
+    }
+
+    /// Counts one message of `event_type` coming to `outcome` (M13), the
+    /// event type by name only when a permission names it.
+    fn count(&self, event_type: &str, outcome: &str) {
+        let event_type = if self.grants.names(event_type) {
+            event_type
+        } else {
+            "other"
+        };
+        self.metrics.message(event_type, outcome);
     }
 
     /// The message store.
@@ -98,14 +116,22 @@ impl MediatorService {
         )
     }
 
-    /// Validates, routes and stores one envelope.
-    async fn accept(
-        &self,
-        sender: &Sender,
-        envelope: &mut RcsEnvelope,
-    ) -> Result<Published, Invalid> {
+    /// Validates and routes one envelope: its checked metadata and the
+    /// subscriptions it goes to, or that it was a reply (M9).
+    fn route(&self, sender: &Sender, envelope: &mut RcsEnvelope) -> Result<Routed, Invalid> {
         let checked = rcs::validate(envelope, sender.urn(), self.limits)?;
         let routing = envelope.routing.clone().unwrap_or_default();
+        match self.requests.answer(envelope, sender.urn()) {
+            Reply::No => {}
+            Reply::Delivered => return Ok(Routed::Reply),
+            Reply::Late => {
+                return Err(Invalid::new(
+                    EpsCode::LateReply,
+                    "message_metadata.correlation_id",
+                    "the request's timeout had passed: the reply is discarded",
+                ));
+            }
+        }
         if let Sender::Module(me) = sender
             && !self.grants.may_publish(me, &routing.event_type)
         {
@@ -126,6 +152,16 @@ impl MediatorService {
                 ),
             ));
         }
+        Ok(Routed::To(checked, subscriptions))
+    }
+
+    /// Stores `envelope` for `subscriptions`: what the publisher is told.
+    async fn store(
+        &self,
+        envelope: &RcsEnvelope,
+        checked: rcs::Checked,
+        subscriptions: Vec<String>,
+    ) -> Result<Published, Invalid> {
         let qos = envelope.quality_of_service.clone().unwrap_or_default();
         let meta = envelope.message_metadata.clone().unwrap_or_default();
         let publish = Publish {
@@ -164,9 +200,123 @@ impl MediatorService {
             message_id: meta.message_id,
             subscriptions,
             duplicate,
-            source_module: routing.source_module,
+            source_module: source_of(envelope),
+            reply: false,
         })
     }
+
+    /// Validates, routes and stores one envelope (a reply goes to its
+    /// requester instead).
+    async fn accept(
+        &self,
+        sender: &Sender,
+        envelope: &mut RcsEnvelope,
+    ) -> Result<Published, Invalid> {
+        match self.route(sender, envelope)? {
+            Routed::Reply => Ok(Published {
+                message_id: envelope
+                    .message_metadata
+                    .as_ref()
+                    .map(|m| m.message_id.clone())
+                    .unwrap_or_default(),
+                subscriptions: 0,
+                duplicate: false,
+                source_module: source_of(envelope),
+                reply: true,
+            }),
+            Routed::To(checked, subscriptions) => {
+                self.store(envelope, checked, subscriptions).await
+            }
+        }
+    }
+
+    /// Publishes a request and waits for its reply, or its timeout (M9).
+    async fn ask(
+        &self,
+        sender: &Sender,
+        envelope: &mut RcsEnvelope,
+    ) -> Result<RcsEnvelope, Invalid> {
+        let started = tokio::time::Instant::now();
+        let reply_to = envelope
+            .routing
+            .as_ref()
+            .and_then(|r| r.reply_to.clone())
+            .unwrap_or_default();
+        if reply_to.event_type.is_empty() {
+            return Err(Invalid::new(
+                EpsCode::NoReplyTo,
+                "routing.reply_to.event_type",
+                "a request names the event type of its reply",
+            ));
+        }
+        let timeout = reply_to
+            .timeout_ms
+            .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
+        let Routed::To(checked, subscriptions) = self.route(sender, envelope)? else {
+            return Err(Invalid::new(
+                EpsCode::InvalidField,
+                "message_metadata.correlation_id",
+                "a request is not a reply",
+            ));
+        };
+        let id = envelope
+            .message_metadata
+            .as_ref()
+            .map(|m| m.message_id.clone())
+            .unwrap_or_default();
+        let responders = subscriptions
+            .iter()
+            .map(|s| module_of(s).to_owned())
+            .collect();
+        let rx = self
+            .requests
+            .open(&id, &reply_to.event_type, responders)
+            .ok_or_else(|| {
+                Invalid::new(
+                    EpsCode::InvalidField,
+                    "message_metadata.message_id",
+                    "a request with this id is waiting for its reply already",
+                )
+            })?;
+        if let Err(e) = self.store(envelope, checked, subscriptions).await {
+            self.requests.close(&id, false);
+            return Err(e);
+        }
+        match tokio::time::timeout_at(started + timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) | Err(_) => {
+                self.requests.close(&id, true);
+                Err(Invalid::new(
+                    EpsCode::Timeout,
+                    "routing.reply_to.timeout_ms",
+                    format!("no reply within {} ms", timeout.as_millis()),
+                ))
+            }
+        }
+    }
+}
+
+/// Where a message goes.
+enum Routed {
+    /// A reply, handed to its requester.
+    Reply,
+    /// To these subscriptions.
+    To(rcs::Checked, Vec<String>),
+}
+
+fn event_type_of(envelope: &RcsEnvelope) -> &str {
+    envelope
+        .routing
+        .as_ref()
+        .map_or("", |r| r.event_type.as_str())
+}
+
+fn source_of(envelope: &RcsEnvelope) -> String {
+    envelope
+        .routing
+        .as_ref()
+        .map(|r| r.source_module.clone())
+        .unwrap_or_default()
 }
 
 fn store_failed(e: &HubError) -> Invalid {
@@ -188,8 +338,24 @@ impl Mediator for MediatorService {
             }));
         };
         let outcome = match self.accept(&sender, &mut envelope).await {
-            Ok(published) => publish_reply::Outcome::Published(published),
-            Err(invalid) => publish_reply::Outcome::Error(self.eps(&invalid, Some(&envelope))),
+            Ok(published) => {
+                // A reply's event type is its request's: counted by name.
+                if published.reply {
+                    self.metrics.message(event_type_of(&envelope), "reply");
+                } else {
+                    self.count(event_type_of(&envelope), "published");
+                }
+                publish_reply::Outcome::Published(published)
+            }
+            Err(invalid) => {
+                let code = invalid.code.as_str();
+                if invalid.code == EpsCode::LateReply {
+                    self.metrics.message(event_type_of(&envelope), code);
+                } else {
+                    self.count(event_type_of(&envelope), code);
+                }
+                publish_reply::Outcome::Error(self.eps(&invalid, Some(&envelope)))
+            }
         };
         Ok(Response::new(PublishReply {
             outcome: Some(outcome),
@@ -197,6 +363,32 @@ impl Mediator for MediatorService {
     }
 
     type SubscribeStream = ItemStream;
+
+    async fn request(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<RequestReply>, Status> {
+        let sender = self.caller(&request)?;
+        let Some(mut envelope) = request.into_inner().envelope else {
+            let missing = Invalid::new(EpsCode::MissingField, "", "the request holds no envelope");
+            return Ok(Response::new(RequestReply {
+                outcome: Some(request_reply::Outcome::Error(self.eps(&missing, None))),
+            }));
+        };
+        let outcome = match self.ask(&sender, &mut envelope).await {
+            Ok(reply) => {
+                self.count(event_type_of(&envelope), "answered");
+                request_reply::Outcome::Reply(reply)
+            }
+            Err(invalid) => {
+                self.count(event_type_of(&envelope), invalid.code.as_str());
+                request_reply::Outcome::Error(self.eps(&invalid, Some(&envelope)))
+            }
+        };
+        Ok(Response::new(RequestReply {
+            outcome: Some(outcome),
+        }))
+    }
 
     async fn list_dead_letters(
         &self,
@@ -450,6 +642,7 @@ impl Subscriber {
             )));
         };
         self.outstanding.insert(handed.seq, (index, !handed.once));
+        self.service.count(event_type_of(&envelope), "delivered");
         let item = SubscribeItem {
             item: Some(subscribe_item::Item::Delivery(pb::Delivery {
                 delivery: handed.seq,
@@ -486,10 +679,13 @@ impl Subscriber {
                 .await;
             return Ok(());
         };
+        let subscription = self.subscriptions[index].clone();
+        let event_type = subscription.split_once(' ').map_or("", |(t, _)| t);
+        let answer = if nack.is_some() { "nacked" } else { "acked" };
+        self.service.count(event_type, answer);
         if !awaits {
             return Ok(());
         }
-        let subscription = self.subscriptions[index].clone();
         self.hub
             .with(move |store| match nack {
                 None => store.ack(&subscription, delivery).map(drop),
