@@ -466,10 +466,11 @@ impl Endpoint {
         let mediator = MediatorService::new(
             ctx.clone(),
             config.admin.operators.clone(),
-            Grants::new(&config.messages),
+            Grants::new(&config.messages, config.mediator.error_handler.as_ref()),
             open_store(config)?,
             config.mediator.ack_wait,
             metrics.clone(),
+            config.mediator.error_handler.clone(),
         );
         let routes = endpoint_routes(
             CoreAdminServer::new(admin),

@@ -712,6 +712,19 @@ const MISTAKES: &[Mistake] = &[
         ],
         count: Some(6),
     },
+    Mistake {
+        name: "m10_the_error_handler_is_a_module_here",
+        edits: &[(
+            "endpoint = \"127.0.0.1:7801\"",
+            "endpoint = \"127.0.0.1:7801\"\n\n[mediator]\nerror_handler = \"urn:anima:module:nobody\"",
+        )],
+        expected: &[(
+            "error_handler = ",
+            "mediator.error_handler",
+            "urn:anima:module:nobody is not a [[module]] of this Core",
+        )],
+        count: Some(1),
+    },
 ];
 
 #[test]

@@ -192,3 +192,25 @@ impl Invalid {
         }
     }
 }
+
+/// An EPS error in its JSON form (PROTOCOL.md §13.8): every field of
+/// `anima.v1.EpsError` under its own name, `category` and `severity` as
+/// lower-case words (`validation`, `error` …).
+pub fn eps_json(e: &EpsError) -> serde_json::Value {
+    let word = |name: &str, prefix: &str| name.trim_start_matches(prefix).to_ascii_lowercase();
+    let category = EpsCategory::try_from(e.category).unwrap_or(EpsCategory::Unspecified);
+    let severity = EpsSeverity::try_from(e.severity).unwrap_or(EpsSeverity::Unspecified);
+    serde_json::json!({
+        "error_id": e.error_id,
+        "code": e.code,
+        "category": word(category.as_str_name(), "EPS_CATEGORY_"),
+        "severity": word(severity.as_str_name(), "EPS_SEVERITY_"),
+        "message_id": e.message_id,
+        "correlation_id": e.correlation_id,
+        "recoverable": e.recoverable,
+        "detail": e.detail,
+        "field": e.field,
+        "reporter": e.reporter,
+        "created_at": e.created_at,
+    })
+}

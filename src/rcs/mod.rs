@@ -28,7 +28,7 @@ mod validate;
 pub mod words;
 
 pub use canonical::{CanonicalError, canonical};
-pub use eps::{EpsCode, Invalid};
+pub use eps::{EpsCode, Invalid, eps_json};
 pub use json::{BASE64, from_json, from_value, is_json, is_mime, to_json};
 pub use time::{format_utc_ms, parse_utc_ms};
 pub use validate::{

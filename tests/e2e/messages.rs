@@ -883,3 +883,35 @@ async fn m12_nothing_acknowledged_is_lost_through_three_kill_9s_of_the_core() {
         seen.values().sum::<u32>()
     );
 }
+
+#[tokio::test]
+async fn m10_every_eps_error_goes_to_the_sender_and_to_the_error_handler() {
+    let core = start(&format!(
+        "{LOGS}\n[mediator]\nerror_handler = \"{LOGGER}\"\n"
+    ))
+    .await;
+    let kvstore = user(&core, "module-kvstore").await;
+    let mut bad = log_message("refused");
+    bad.message_metadata.as_mut().unwrap().correlation_id = anima_protocol::rcs::new_uuid_v4();
+    bad.payload.as_mut().unwrap().size_bytes += 1;
+    let cause = bad.message_metadata.clone().unwrap();
+    let eps = publish(&kvstore, bad).await.unwrap_err();
+    assert_eq!(eps.code, "SIZE_MISMATCH");
+    let kept = logged_until(&core, |k| k.iter().any(|m| m.event_type == "EPS_ERROR")).await;
+    let handled = kept.iter().find(|m| m.event_type == "EPS_ERROR").unwrap();
+    assert_eq!(handled.source_module, "urn:anima:core:dev");
+    assert_eq!(handled.correlation_id, cause.correlation_id);
+    let json: serde_json::Value = serde_json::from_slice(&handled.data).unwrap();
+    assert_eq!(
+        json["error_id"],
+        eps.error_id.as_str(),
+        "the same error, to both"
+    );
+    assert_eq!(json["code"], "SIZE_MISMATCH");
+    assert_eq!(json["category"], "integrity");
+    assert_eq!(json["severity"], "error");
+    assert_eq!(json["message_id"], cause.message_id.as_str());
+    assert_eq!(json["field"], "payload.size_bytes");
+    assert_eq!(json["recoverable"], true);
+    assert_eq!(json["reporter"], "urn:anima:core:dev");
+}

@@ -304,6 +304,7 @@ mod tests {
             store = "state/messages.redb"
             max_store_bytes = 2097152
             ack_wait = "5s"
+            error_handler = "urn:anima:module:hasher"
             {module}
             [[permission]]
             module = "urn:anima:module:hasher"
@@ -344,6 +345,7 @@ mod tests {
                 store: Some(dir.path().join("state/messages.redb")),
                 max_store_bytes: 2 << 20,
                 ack_wait: Duration::from_secs(5),
+                error_handler: Some("urn:anima:module:hasher".parse().unwrap()),
             }
         );
         let defaults = parse_str(&format!("{CORE}{module}"), &dir.path().join("a.toml")).unwrap();

@@ -116,6 +116,9 @@ pub struct MediatorSection {
     /// How long a delivery may stay neither acknowledged nor refused before
     /// it is delivered again.
     pub ack_wait: Duration,
+    /// The module that receives every EPS error the mediator reports, as
+    /// `EPS_ERROR` messages (M10); `None`: only their senders get them.
+    pub error_handler: Option<Urn>,
 }
 
 impl Default for MediatorSection {
@@ -124,6 +127,7 @@ impl Default for MediatorSection {
             store: None,
             max_store_bytes: DEFAULT_MAX_STORE_BYTES,
             ack_wait: DEFAULT_ACK_WAIT,
+            error_handler: None,
         }
     }
 }

@@ -141,6 +141,17 @@ fn check_parts(parts: &Parts, report: &mut Report) {
         super::interfaces::permissions(&modules, permissions, report);
         let grants = parts.messages.iter().map(|(i, g)| (*i, &g.module));
         super::interfaces::message_grants(&modules, grants, report);
+        if let Some(handler) = parts
+            .mediator
+            .as_ref()
+            .and_then(|m| m.error_handler.as_ref())
+            && !modules.iter().any(|(_, m)| &m.urn == handler)
+        {
+            report.problem(
+                "mediator.error_handler",
+                format!("{handler} is not a [[module]] of this Core"),
+            );
+        }
     }
 }
 

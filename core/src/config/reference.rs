@@ -423,6 +423,12 @@ pub(crate) const KEYS: &[Key] = &[
         Fallback::Duration(DEFAULT_ACK_WAIT),
         "How long a delivery may stay neither acknowledged nor refused before it is delivered again; at least 100ms.",
     ),
+    key(
+        "mediator.error_handler",
+        Kind::Str("URN"),
+        Fallback::Unset,
+        "A module (one of this Core's `[[module]]` entries) that receives every EPS error the mediator reports, as `EPS_ERROR` messages (PROTOCOL.md §13.8). Unset: only the senders get them.",
+    ),
 ];
 
 /// A row of [`KEYS`].

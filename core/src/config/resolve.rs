@@ -471,6 +471,7 @@ impl<'t> Resolver<'t> {
         let defaults = MediatorSection::default();
         let store = self.path("mediator.store", &m.store, Need::Optional);
         let ack_wait = self.duration("mediator.ack_wait", &m.ack_wait);
+        let handler = self.module_urn("mediator.error_handler", &m.error_handler, Need::Optional);
         let max = self.value(
             "mediator.max_store_bytes",
             &m.max_store_bytes,
@@ -503,6 +504,7 @@ impl<'t> Resolver<'t> {
             store: store.ok()?,
             max_store_bytes: max?,
             ack_wait: ack_wait?,
+            error_handler: handler.ok()?,
         })
     }
 

@@ -4,6 +4,7 @@
 //! in groups and wakes subscribers, and `service` is `anima.v1.Mediator`.
 
 mod dead;
+mod errors;
 pub(crate) mod hub;
 pub mod record;
 mod request;

@@ -56,9 +56,20 @@ pub(crate) fn module_of(subscription: &str) -> &str {
 
 impl Grants {
     /// The grants of `messages` (`[[permission]]` entries with `publish` or
-    /// `subscribe`).
-    pub(crate) fn new(messages: &[MessageGrant]) -> Self {
+    /// `subscribe`), and the `error_handler`'s to receive `EPS_ERROR`.
+    pub(crate) fn new(messages: &[MessageGrant], error_handler: Option<&Urn>) -> Self {
         let mut grants = Grants::default();
+        if let Some(handler) = error_handler {
+            grants
+                .receive
+                .entry(super::errors::EPS_ERROR.to_owned())
+                .or_default()
+                .push(Receive {
+                    module: handler.clone(),
+                    category: None,
+                    tags: Vec::new(),
+                });
+        }
         for m in messages {
             for t in &m.publish {
                 grants.publish.push((m.module.clone(), t.clone()));
@@ -142,10 +153,13 @@ mod tests {
 
     #[test]
     fn m5_publishing_and_receiving_are_granted_per_event_type_default_deny() {
-        let grants = Grants::new(&[
-            grant("app", &["LOG_MESSAGE"], &[]),
-            grant("logger", &[], &["LOG_MESSAGE", "ALERT"]),
-        ]);
+        let grants = Grants::new(
+            &[
+                grant("app", &["LOG_MESSAGE"], &[]),
+                grant("logger", &[], &["LOG_MESSAGE", "ALERT"]),
+            ],
+            None,
+        );
         assert!(grants.may_publish(&urn("app"), "LOG_MESSAGE"));
         assert!(!grants.may_publish(&urn("app"), "ALERT"));
         assert!(!grants.may_publish(&urn("logger"), "LOG_MESSAGE"));
@@ -163,7 +177,7 @@ mod tests {
         let mut security = grant("audit", &[], &["LOG_MESSAGE"]);
         security.category = Some("security".into());
         security.tags = vec!["prod".into(), "eu".into()];
-        let grants = Grants::new(&[security, grant("all", &[], &["LOG_MESSAGE"])]);
+        let grants = Grants::new(&[security, grant("all", &[], &["LOG_MESSAGE"])], None);
         let both = [
             "LOG_MESSAGE urn:anima:module:all",
             "LOG_MESSAGE urn:anima:module:audit",
@@ -189,7 +203,7 @@ mod tests {
     fn m5_two_grants_of_one_module_queue_a_message_once() {
         let mut narrow = grant("logger", &[], &["LOG_MESSAGE"]);
         narrow.category = Some("security".into());
-        let grants = Grants::new(&[narrow, grant("logger", &[], &["LOG_MESSAGE"])]);
+        let grants = Grants::new(&[narrow, grant("logger", &[], &["LOG_MESSAGE"])], None);
         assert_eq!(
             grants.route(&routing("LOG_MESSAGE", "security", &[])),
             ["LOG_MESSAGE urn:anima:module:logger"]

@@ -53,6 +53,7 @@ pub(crate) struct MediatorService {
     hub: Hub,
     requests: Arc<Requests>,
     metrics: Arc<Metrics>,
+    error_handler: Option<Urn>,
     limits: Limits,
     ack_wait: Duration,
 }
@@ -69,6 +70,7 @@ impl MediatorService {
         hub: Hub,
         ack_wait: Duration,
         metrics: Arc<Metrics>,
+        error_handler: Option<Urn>,
     ) -> Self {
         MediatorService {
             ctx,
@@ -77,6 +79,7 @@ impl MediatorService {
             hub,
             requests: Arc::default(),
             metrics,
+            error_handler,
             limits: Limits::default(),
             ack_wait,
         }
@@ -103,17 +106,30 @@ impl MediatorService {
     }
 
     /// The EPS error for `invalid`, about `envelope` (when known).
+    /// (Also queued for the error handler, M10.)
     fn eps(&self, invalid: &Invalid, envelope: Option<&RcsEnvelope>) -> EpsError {
         let meta = envelope.and_then(|e| e.message_metadata.as_ref());
         let id = |f: fn(&pb::MessageMetadata) -> &String| meta.map_or("", |m| f(m).as_str());
         let now = crate::audit::unix_ms(std::time::SystemTime::now());
-        invalid.to_eps(
+        let eps = invalid.to_eps(
             rcs::new_uuid_v4(),
             self.ctx.urn.as_str(),
             rcs::format_utc_ms(i64::try_from(now).unwrap_or(i64::MAX)),
             id(|m| &m.message_id),
             id(|m| &m.correlation_id),
-        )
+        );
+        self.report(&eps, envelope);
+        eps
+    }
+
+    /// The module that receives the EPS errors, if any.
+    pub(crate) fn error_handler(&self) -> Option<&Urn> {
+        self.error_handler.as_ref()
+    }
+
+    /// This Core's URN.
+    pub(crate) fn core_urn(&self) -> &Urn {
+        &self.ctx.urn
     }
 
     /// Validates and routes one envelope: its checked metadata and the
