@@ -6,7 +6,7 @@
 //! `{"alg":"ES256","typ":"JWT"}`, and it must match the key of the signer's
 //! certificate; a token with any other header is refused. This module
 //! encodes and checks the form; the signature itself is made and checked by
-//! `jsonwebtoken` (its aws-lc-rs backend, `super::keys`) over the signing
+//! `jsonwebtoken` (over `ring`: `super::crypto`, `super::keys`) over the signing
 //! input exactly as sent or received, with the algorithm of the certificate
 //! key. `jsonwebtoken`'s own `encode`/`decode` are not used: they would
 //! reorder the header, and take the algorithm and claims checks from the

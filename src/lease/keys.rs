@@ -6,7 +6,6 @@ use std::time::SystemTime;
 
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use jsonwebtoken::crypto::{CryptoProvider, aws_lc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
@@ -18,10 +17,10 @@ use crate::transport::{
     CertPublicKey, ConnectionId, Fingerprint, PeerInfo, TlsIdentity, not_after, public_key,
 };
 
-/// The `jsonwebtoken` backend that signs and verifies lease tokens, named
-/// here rather than taken from the process-wide default, which any crate in
-/// the process could install (and which panics when none can be chosen).
-static CRYPTO: &CryptoProvider = &aws_lc::DEFAULT_PROVIDER;
+/// The `jsonwebtoken` backend that signs and verifies lease tokens
+/// (`ring`, [`super::crypto`]), named here rather than taken from the
+/// process-wide default, which any crate in the process could install.
+static CRYPTO: &jsonwebtoken::crypto::CryptoProvider = &super::crypto::PROVIDER;
 
 /// The length of every lease token signature: Ed25519's, and ES256's fixed
 /// `r || s` form (RFC 7518 §3.4).
@@ -187,8 +186,8 @@ impl PeerKey {
 
     /// Verifies `signature` over `message` (a token's `header "." payload`).
     ///
-    /// Ed25519 is verified strictly (PROTOCOL.md §3): `jsonwebtoken`'s
-    /// backend refuses a non-canonical `S`, and small-order keys and `R`
+    /// Ed25519 is verified strictly (PROTOCOL.md §3): the backend (`ring`)
+    /// refuses a non-canonical `S`, and small-order keys and `R`
     /// are refused here first, as `ed25519-dalek`'s `verify_strict` does.
     pub(crate) fn verify(
         &self,

@@ -40,6 +40,7 @@
 //! ```
 
 mod claims;
+mod crypto;
 mod error;
 mod handshake;
 mod jws;
