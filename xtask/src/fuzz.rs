@@ -8,7 +8,10 @@
 //!   sanitizer-coverage flags cargo-fuzz passes.
 //! - Targets are built once, `-O` with the debug assertions and overflow
 //!   checks `fuzz/Cargo.toml` turns on, without a sanitizer (the code is safe
-//!   Rust), into `fuzz/target`.
+//!   Rust), into `fuzz/target`. `--dev` builds them unoptimised and without
+//!   debug info instead (cargo-fuzz's `--dev`): about half the build time,
+//!   and runs several times slower; what CI uses for its few seconds a
+//!   target, where the build is most of the cost.
 //! - Each target reads `fuzz/corpus/TARGET` (the committed seeds, never
 //!   written) and keeps what it finds in `fuzz/target/corpus/TARGET`; a
 //!   crash is saved in `fuzz/artifacts/TARGET/` and fails the command after
@@ -22,8 +25,29 @@ use std::time::Instant;
 /// The cargo-fuzz release installed when it is missing.
 const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
 
-/// How `cargo fuzz build` builds the targets.
+/// How `cargo fuzz build` builds the targets, optimised (the default).
 const BUILD_FLAGS: [&str; 5] = ["-O", "--sanitizer", "none", "--codegen-units", "16"];
+/// How `cargo fuzz build --dev` builds them (`cargo xtask fuzz --dev`).
+const DEV_BUILD_FLAGS: [&str; 5] = ["--dev", "--sanitizer", "none", "--codegen-units", "16"];
+
+/// How the targets are built.
+#[derive(Clone, Copy)]
+enum Build {
+    /// `-O`: the release profile of `fuzz/Cargo.toml`.
+    Optimised,
+    /// `--dev`: the dev profile, without debug info.
+    Dev,
+}
+
+impl Build {
+    /// The profile directory under `fuzz/target/TRIPLE/`.
+    fn dir(self) -> &'static str {
+        match self {
+            Build::Optimised => "release",
+            Build::Dev => "debug",
+        }
+    }
+}
 
 /// One target's outcome.
 struct Outcome {
@@ -35,14 +59,14 @@ struct Outcome {
 
 /// Runs `cargo xtask fuzz ARGS`.
 pub fn fuzz(args: &[String]) -> Result<(), String> {
-    let (seconds, chosen) = parse_args(args)?;
+    let (seconds, mode, chosen) = parse_args(args)?;
     let fuzz_dir = crate::workspace_root()?.join("fuzz");
     let chosen = choose(&fuzz_dir, chosen)?;
     crate::ensure_cargo_tool("fuzz", CARGO_FUZZ)?;
-    build(&fuzz_dir, &chosen)?;
+    build(&fuzz_dir, mode, &chosen)?;
     let mut outcomes = Vec::new();
     for target in &chosen {
-        outcomes.push(run(&fuzz_dir, target, seconds)?);
+        outcomes.push(run(&fuzz_dir, mode, target, seconds)?);
     }
     print_summary(seconds, &outcomes);
     let failed: Vec<&str> = outcomes
@@ -58,10 +82,11 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
     })
 }
 
-/// `[--seconds N] [TARGET…]`: the seconds per target (default 10) and the
-/// targets named.
-fn parse_args(args: &[String]) -> Result<(u64, Vec<String>), String> {
+/// `[--seconds N] [--dev] [TARGET…]`: the seconds per target (default 10),
+/// how the targets are built and the targets named.
+fn parse_args(args: &[String]) -> Result<(u64, Build, Vec<String>), String> {
     let mut seconds: u64 = 10;
+    let mut mode = Build::Optimised;
     let mut chosen = Vec::new();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -73,15 +98,16 @@ fn parse_args(args: &[String]) -> Result<(u64, Vec<String>), String> {
                     .filter(|&n| n > 0)
                     .ok_or("--seconds takes a whole number of seconds above 0")?;
             }
+            "--dev" => mode = Build::Dev,
             flag if flag.starts_with('-') => {
                 return Err(format!(
-                    "unknown option {flag} (usage: cargo xtask fuzz [--seconds N] [TARGET…])"
+                    "unknown option {flag} (usage: cargo xtask fuzz [--seconds N] [--dev] [TARGET…])"
                 ));
             }
             target => chosen.push(target.to_owned()),
         }
     }
-    Ok((seconds, chosen))
+    Ok((seconds, mode, chosen))
 }
 
 /// The targets to run: those `chosen`, each of which must exist, or all of
@@ -98,14 +124,26 @@ fn choose(fuzz_dir: &Path, chosen: Vec<String>) -> Result<Vec<String>, String> {
 }
 
 /// Builds the `chosen` targets once (all of them unless just one is chosen).
-fn build(fuzz_dir: &Path, chosen: &[String]) -> Result<(), String> {
+fn build(fuzz_dir: &Path, mode: Build, chosen: &[String]) -> Result<(), String> {
     let started = Instant::now();
     let mut build = vec!["build"];
-    build.extend(BUILD_FLAGS);
+    build.extend(match mode {
+        Build::Optimised => BUILD_FLAGS,
+        Build::Dev => DEV_BUILD_FLAGS,
+    });
     if let [one] = chosen {
         build.push(one);
     }
-    cargo_fuzz(fuzz_dir, &build)?;
+    let mut command = command(fuzz_dir, &build);
+    if let Build::Dev = mode {
+        // Symbols stay (a crash's backtrace names its functions); debug
+        // info, most of a dev build's code generation and linking, goes.
+        command.env("CARGO_PROFILE_DEV_DEBUG", "false");
+    }
+    eprintln!("xtask: cargo fuzz {}", build.join(" "));
+    crate::run_command(&mut command, "cargo fuzz", |status| {
+        format!("`cargo fuzz {}` failed ({status})", build.join(" "))
+    })?;
     eprintln!(
         "xtask: fuzz targets built in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -156,11 +194,11 @@ fn targets(fuzz_dir: &Path) -> Result<Vec<String>, String> {
 /// not `cargo fuzz run`, which would first rebuild whatever changed in the
 /// tree since the build); a crash is an `ok: false` outcome, not an error,
 /// so that the other targets still run.
-fn run(fuzz_dir: &Path, target: &str, seconds: u64) -> Result<Outcome, String> {
+fn run(fuzz_dir: &Path, mode: Build, target: &str, seconds: u64) -> Result<Outcome, String> {
     let binary = fuzz_dir
         .join("target")
         .join(host_triple()?)
-        .join("release")
+        .join(mode.dir())
         .join(target);
     let corpus = fuzz_dir.join("target/corpus").join(target);
     let artifacts = fuzz_dir.join("artifacts").join(target);
@@ -240,11 +278,4 @@ fn command(fuzz_dir: &Path, args: &[&str]) -> Command {
         // cargo-fuzz's coverage flags are unstable ones: admit them on stable.
         .env("RUSTC_BOOTSTRAP", "1");
     command
-}
-
-fn cargo_fuzz(fuzz_dir: &Path, args: &[&str]) -> Result<(), String> {
-    eprintln!("xtask: cargo fuzz {}", args.join(" "));
-    crate::run_command(&mut command(fuzz_dir, args), "cargo fuzz", |status| {
-        format!("`cargo fuzz {}` failed ({status})", args.join(" "))
-    })
 }

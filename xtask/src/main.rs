@@ -19,8 +19,9 @@
 //!    (installed from crates.io when missing)
 //! 2. `cargo clippy --workspace --all-targets --locked -- -D warnings`
 //! 3. `cargo doc --workspace --no-deps --locked` with `RUSTDOCFLAGS=-D warnings`
-//! 4. `cargo build --workspace --bins --locked` (the end-to-end tests start
-//!    these binaries as real processes)
+//! 4. `cargo build --workspace --all-targets --locked` (the end-to-end
+//!    tests start the binaries as real processes; the tests are built with
+//!    them, with one feature set)
 //! 5. the doc tests, then `cargo nextest run --workspace` (falls back to
 //!    `cargo test` when nextest is not installed).
 //!
@@ -32,7 +33,7 @@
 //! gateway load, operator revokes and `kill -9`s, a line a minute (see
 //! BENCHMARKS.md).
 //!
-//! `cargo xtask fuzz [--seconds N] [TARGET…]` builds the fuzz targets in
+//! `cargo xtask fuzz [--seconds N] [--dev] [TARGET…]` builds the fuzz targets in
 //! `fuzz/` and runs each for N seconds (default 10) from its seed corpus
 //! (see `fuzz.rs`).
 
@@ -57,7 +58,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: cargo xtask test [TEST-FILTER…] | cargo xtask serve [ANIMA-SERVE-ARGS…] \
                  | cargo xtask bench [--quick] [ANIMA-BENCH-ARGS…] \
-                 | cargo xtask fuzz [--seconds N] [TARGET…] | cargo xtask abuse [ARGS…] \
+                 | cargo xtask fuzz [--seconds N] [--dev] [TARGET…] | cargo xtask abuse [ARGS…] \
                  | cargo xtask soak [--minutes N] [--rate R]"
             );
             return ExitCode::from(2);
@@ -155,7 +156,12 @@ fn test(filter: &[String]) -> Result<(), String> {
         &["doc", "--workspace", "--no-deps", "--locked"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
-    cargo(&["build", "--workspace", "--bins", "--locked"], &[])?;
+    // Every binary (the e2e tests start those of other packages) and every
+    // test, in one build with the features the test run resolves: a build
+    // of `--bins` alone resolves them without the dev-dependencies' (tokio's
+    // `test-util`), and the network stack and every crate of ours would be
+    // compiled twice.
+    cargo(&["build", "--workspace", "--all-targets", "--locked"], &[])?;
     let filter: Vec<&str> = filter.iter().map(String::as_str).collect();
     if has_cargo_tool("nextest") {
         // Doc tests first, so the run closes on nextest's summary. The test
