@@ -249,15 +249,45 @@ impl Subscription {
 }
 
 /// How long [`run_subscriber`] waits before subscribing again after its
-/// stream ended.
+/// stream ended, or after the Core first refused the subscription.
 pub const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(200);
+/// The longest wait between two refused subscriptions: each refusal in a
+/// row doubles the wait, from [`RESUBSCRIBE_DELAY`] up to this.
+pub const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(30);
+
+/// The waits between refused subscriptions.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(RESUBSCRIBE_DELAY)
+    }
+
+    /// The wait before the next attempt; the one after it is twice as long.
+    fn next(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(MAX_RESUBSCRIBE_DELAY);
+        wait
+    }
+
+    /// A subscription was taken, or a lease ended: start again from the
+    /// shortest wait.
+    fn reset(&mut self) {
+        self.0 = RESUBSCRIBE_DELAY;
+    }
+}
 
 /// Receives `event_types` for the module's whole life, running `handler`
 /// on each message only while the module holds a lease (M11): it subscribes
 /// once a lease is open, and a handler still running when the last lease
 /// ends is dropped unfinished and its message not acknowledged, so the Core
 /// delivers it again. A handler's `Err` refuses the message (it is retried
-/// as its quality of service says); `Ok` acknowledges it.
+/// as its quality of service says); `Ok` acknowledges it. When the Core
+/// refuses the subscription (a permission not granted yet, say), it tries
+/// again after [`RESUBSCRIBE_DELAY`], doubling the wait on each refusal in a
+/// row up to [`MAX_RESUBSCRIBE_DELAY`], and from the shortest again once a
+/// subscription was taken or the leases ended.
 pub async fn run_subscriber<F, Fut>(
     core: CoreClient,
     module: ModuleHandle,
@@ -270,15 +300,23 @@ pub async fn run_subscriber<F, Fut>(
 {
     let types: Vec<&str> = event_types.iter().map(String::as_str).collect();
     let mut leases = module.active_leases();
+    let mut backoff = Backoff::new();
     loop {
+        if *leases.borrow() == 0 {
+            backoff.reset();
+        }
         if leases.wait_for(|n| *n > 0).await.is_err() {
             return;
         }
         let mut subscription = match core.subscribe(&types, window).await {
-            Ok(s) => s,
+            Ok(s) => {
+                backoff.reset();
+                s
+            }
             Err(status) => {
-                tracing::warn!("subscribing to {types:?}: {status}");
-                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+                let wait = backoff.next();
+                tracing::warn!("subscribing to {types:?}: {status} (again in {wait:?})");
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
@@ -309,5 +347,23 @@ pub async fn run_subscriber<F, Fut>(
             }
         }
         tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn m11_refused_subscriptions_back_off_doubling_to_a_ceiling_and_reset() {
+        let mut backoff = Backoff::new();
+        let waits: Vec<Duration> = (0..10).map(|_| backoff.next()).collect();
+        assert_eq!(waits[0], RESUBSCRIBE_DELAY);
+        assert_eq!(waits[1], RESUBSCRIBE_DELAY * 2);
+        assert_eq!(waits[2], RESUBSCRIBE_DELAY * 4);
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(waits[9], MAX_RESUBSCRIBE_DELAY);
+        backoff.reset();
+        assert_eq!(backoff.next(), RESUBSCRIBE_DELAY);
     }
 }

@@ -27,9 +27,45 @@ struct Pending {
 #[derive(Default)]
 struct Inner {
     pending: HashMap<String, Pending>,
-    /// (request id, reply event type) of the requests that timed out, the
-    /// oldest first.
-    timed_out: VecDeque<(String, String)>,
+    /// The reply event type of each request that timed out (or whose
+    /// requester went away), by request id.
+    late: HashMap<String, String>,
+    /// The ids in `late`, the oldest first: the first to be forgotten.
+    timed_out: VecDeque<String>,
+}
+
+/// A request waiting for its reply: [`Waiting::reply`] waits, and when it is
+/// dropped unanswered — its time ran out, or the requester went away and
+/// the handler with it — the request waits no more and a reply to it is
+/// late. Nothing is left behind whichever way the request ends.
+pub(crate) struct Waiting<'a> {
+    requests: &'a Requests,
+    id: String,
+    rx: oneshot::Receiver<RcsEnvelope>,
+    /// Whether a reply after this wait is late (false once refused).
+    late_after: bool,
+}
+
+impl Waiting<'_> {
+    /// The reply, if it comes by `deadline`.
+    pub(crate) async fn reply(&mut self, deadline: tokio::time::Instant) -> Option<RcsEnvelope> {
+        tokio::time::timeout_at(deadline, &mut self.rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// The request was refused before it went anywhere: nothing answers it,
+    /// so nothing that carries its id is late.
+    pub(crate) fn refused(mut self) {
+        self.late_after = false;
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.requests.close(&self.id, self.late_after);
+    }
 }
 
 /// The requests of this Core.
@@ -63,7 +99,7 @@ impl Requests {
         id: &str,
         reply_type: &str,
         responders: Vec<String>,
-    ) -> Option<oneshot::Receiver<RcsEnvelope>> {
+    ) -> Option<Waiting<'_>> {
         let mut inner = self.lock();
         if inner.pending.contains_key(id) {
             return None;
@@ -75,21 +111,29 @@ impl Requests {
             reply,
         };
         inner.pending.insert(id.to_owned(), pending);
-        Some(rx)
+        Some(Waiting {
+            requests: self,
+            id: id.to_owned(),
+            rx,
+            late_after: true,
+        })
     }
 
     /// The request `id` waits no more: answered, refused, or (`timed_out`)
     /// its time ran out, after which a reply to it is late.
-    pub(crate) fn close(&self, id: &str, timed_out: bool) {
+    fn close(&self, id: &str, timed_out: bool) {
         let mut inner = self.lock();
         let Some(p) = inner.pending.remove(id) else {
             return;
         };
-        if timed_out {
-            if inner.timed_out.len() == TIMED_OUT_KEPT {
-                inner.timed_out.pop_front();
+        if timed_out && !inner.late.contains_key(id) {
+            if inner.timed_out.len() == TIMED_OUT_KEPT
+                && let Some(oldest) = inner.timed_out.pop_front()
+            {
+                inner.late.remove(&oldest);
             }
-            inner.timed_out.push_back((id.to_owned(), p.reply_type));
+            inner.timed_out.push_back(id.to_owned());
+            inner.late.insert(id.to_owned(), p.reply_type);
         }
     }
 
@@ -121,11 +165,7 @@ impl Requests {
             }
             return Reply::Delivered;
         }
-        if inner
-            .timed_out
-            .iter()
-            .any(|(t, reply_type)| t == id && reply_type == event_type)
-        {
+        if inner.late.get(id).is_some_and(|t| t == event_type) {
             return Reply::Late;
         }
         Reply::No
@@ -156,7 +196,7 @@ mod tests {
         let requests = Requests::default();
         let executor: Urn = "urn:anima:module:executor".parse().unwrap();
         let other: Urn = "urn:anima:module:other".parse().unwrap();
-        let mut rx = requests
+        let mut waiting = requests
             .open("r1", "DONE", vec![executor.to_string()])
             .unwrap();
         assert!(
@@ -166,21 +206,78 @@ mod tests {
         assert_eq!(requests.answer(&reply("", "DONE"), &executor), Reply::No);
         assert_eq!(requests.answer(&reply("r1", "OTHER"), &executor), Reply::No);
         assert_eq!(requests.answer(&reply("r1", "DONE"), &other), Reply::No);
-        assert!(rx.try_recv().is_err());
+        assert!(waiting.rx.try_recv().is_err());
         assert_eq!(
             requests.answer(&reply("r1", "DONE"), &executor),
             Reply::Delivered
         );
-        assert!(rx.try_recv().is_ok());
+        assert!(waiting.rx.try_recv().is_ok());
+        drop(waiting);
         // Answered: a second reply is an ordinary message.
         assert_eq!(requests.answer(&reply("r1", "DONE"), &executor), Reply::No);
 
-        let _rx = requests
+        let waiting = requests
             .open("r2", "DONE", vec![executor.to_string()])
             .unwrap();
-        requests.close("r2", true);
+        drop(waiting);
         assert_eq!(
             requests.answer(&reply("r2", "DONE"), &executor),
+            Reply::Late
+        );
+        assert_eq!(requests.answer(&reply("r2", "OTHER"), &executor), Reply::No);
+    }
+
+    /// A requester that goes away (its call cancelled, the handler's future
+    /// dropped mid-wait) leaves nothing waiting, and a reply after that is
+    /// late; a refused request leaves nothing at all.
+    #[tokio::test(start_paused = true)]
+    async fn m9_a_wait_dropped_mid_way_leaves_nothing_behind_and_a_refused_one_nothing_late() {
+        let requests = Requests::default();
+        let executor: Urn = "urn:anima:module:executor".parse().unwrap();
+        {
+            let mut waiting = requests
+                .open("gone", "DONE", vec![executor.to_string()])
+                .unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let wait = waiting.reply(deadline);
+            // The requester's call is cancelled: the future goes unpolled.
+            let _ = tokio::time::timeout(Duration::from_millis(5), wait).await;
+        }
+        assert!(requests.lock().pending.is_empty());
+        assert_eq!(
+            requests.answer(&reply("gone", "DONE"), &executor),
+            Reply::Late
+        );
+
+        requests
+            .open("refused", "DONE", vec![executor.to_string()])
+            .unwrap()
+            .refused();
+        assert!(requests.lock().pending.is_empty());
+        assert_eq!(
+            requests.answer(&reply("refused", "DONE"), &executor),
+            Reply::No
+        );
+        // Its id can be used again.
+        assert!(requests.open("refused", "DONE", Vec::new()).is_some());
+    }
+
+    /// At most `TIMED_OUT_KEPT` late ids are kept, the oldest forgotten
+    /// first, and each is looked up directly.
+    #[test]
+    fn m9_late_replies_are_remembered_up_to_a_bound_oldest_forgotten_first() {
+        let requests = Requests::default();
+        let executor: Urn = "urn:anima:module:executor".parse().unwrap();
+        for i in 0..=TIMED_OUT_KEPT {
+            drop(requests.open(&format!("r{i}"), "DONE", Vec::new()).unwrap());
+        }
+        let inner = requests.lock();
+        assert_eq!(inner.late.len(), TIMED_OUT_KEPT);
+        assert_eq!(inner.timed_out.len(), TIMED_OUT_KEPT);
+        drop(inner);
+        assert_eq!(requests.answer(&reply("r0", "DONE"), &executor), Reply::No);
+        assert_eq!(
+            requests.answer(&reply(&format!("r{TIMED_OUT_KEPT}"), "DONE"), &executor),
             Reply::Late
         );
     }

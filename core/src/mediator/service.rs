@@ -284,7 +284,7 @@ impl MediatorService {
             .iter()
             .map(|s| module_of(s).to_owned())
             .collect();
-        let rx = self
+        let mut waiting = self
             .requests
             .open(&id, &reply_to.event_type, responders)
             .ok_or_else(|| {
@@ -295,20 +295,18 @@ impl MediatorService {
                 )
             })?;
         if let Err(e) = self.store(envelope, checked, subscriptions).await {
-            self.requests.close(&id, false);
+            waiting.refused();
             return Err(e);
         }
-        match tokio::time::timeout_at(started + timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) | Err(_) => {
-                self.requests.close(&id, true);
-                Err(Invalid::new(
-                    EpsCode::Timeout,
-                    "routing.reply_to.timeout_ms",
-                    format!("no reply within {} ms", timeout.as_millis()),
-                ))
-            }
-        }
+        // Dropped on every way out (the reply, the timeout, or the
+        // requester going away with this future): the wait ends with it.
+        waiting.reply(started + timeout).await.ok_or_else(|| {
+            Invalid::new(
+                EpsCode::Timeout,
+                "routing.reply_to.timeout_ms",
+                format!("no reply within {} ms", timeout.as_millis()),
+            )
+        })
     }
 }
 
