@@ -793,15 +793,19 @@ impl Started<'_> {
     }
 }
 
-/// Publishes a new lease: the module's row, the event, its routes, its link
-/// (replacing `replaces`, for the reason given, when re-established under
-/// renewed certificates).
+/// Publishes a new lease: its link and routes first, so that a module the
+/// Core reports leased (its row, the event) is admitted by the Core's
+/// services and reached by the gateway; then the row and the event. The
+/// link replaces `replaces`, for the reason given, when re-established under
+/// renewed certificates.
 fn record_leased(
     ctx: &CoreContext,
     urn: &Urn,
     link: &LeaseLink,
     replaces: Option<(&LeaseLink, &str)>,
 ) {
+    ctx.set_link(urn, Some(link.clone()));
+    ctx.routes.learn(urn, link.scope().iter());
     ctx.registry.update(urn, |v| {
         v.state = ModuleState::Leased;
         v.detail = String::new();
@@ -817,8 +821,6 @@ fn record_leased(
         &link.id().to_string(),
         detail,
     );
-    ctx.routes.learn(urn, link.scope().iter());
-    ctx.set_link(urn, Some(link.clone()));
 }
 
 /// Publishes the end of a lease while its module lives on; returns why it
