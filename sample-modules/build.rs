@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "anima/sample/v1/tally.proto",
             "anima/sample/v1/notes.proto",
             "anima/sample/v1/logger.proto",
+            "anima/sample/v1/workflow.proto",
         ],
         ["proto", KV_INTERFACE],
     )?;

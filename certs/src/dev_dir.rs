@@ -9,6 +9,9 @@
 //! module-tally.pem …                  urn:anima:module:tally
 //! module-notes.pem …                  urn:anima:module:notes
 //! module-ratelimit.pem …              urn:anima:module:ratelimit
+//! module-logger.pem …                 urn:anima:module:logger
+//! module-scripts.pem …                urn:anima:module:scripts
+//! module-orchestrator.pem …           urn:anima:module:orchestrator
 //! user-dev.pem  user-dev.key          urn:anima:user:dev
 //! core-dev.endpoint.pem …             urn:anima:core:dev, always P-256
 //! ```
@@ -42,13 +45,16 @@ pub const DEV_CA_NAME: &str = "Anima dev CA";
 
 /// The identities `init_dir` issues certificates for: the dev Core, the
 /// sample modules, and one user.
-pub const DEV_IDENTITIES: [(UrnKind, &str); 7] = [
+pub const DEV_IDENTITIES: [(UrnKind, &str); 10] = [
     (UrnKind::Core, "dev"),
     (UrnKind::Module, "hasher"),
     (UrnKind::Module, "kvstore"),
     (UrnKind::Module, "tally"),
     (UrnKind::Module, "notes"),
     (UrnKind::Module, "ratelimit"),
+    (UrnKind::Module, "logger"),
+    (UrnKind::Module, "scripts"),
+    (UrnKind::Module, "orchestrator"),
     (UrnKind::User, "dev"),
 ];
 
@@ -352,7 +358,7 @@ mod tests {
     use super::*;
     use crate::test_support::{cert_der, pem_der, pkcs8_version, snapshot, verify_both_roles};
 
-    const EXPECTED: [&str; 18] = [
+    const EXPECTED: [&str; 24] = [
         "ca.pem",
         "ca.key",
         "core-dev.pem",
@@ -367,6 +373,12 @@ mod tests {
         "module-notes.key",
         "module-ratelimit.pem",
         "module-ratelimit.key",
+        "module-logger.pem",
+        "module-logger.key",
+        "module-scripts.pem",
+        "module-scripts.key",
+        "module-orchestrator.pem",
+        "module-orchestrator.key",
         "user-dev.pem",
         "user-dev.key",
         "core-dev.endpoint.pem",

@@ -34,3 +34,4 @@ pub mod service;
 mod sidecars;
 mod status;
 mod supervisor;
+mod trace;

@@ -17,7 +17,7 @@ use anima_protocol::{Urn, UrnKind};
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// The identities `anima certs init` writes, in the order it prints them.
-const INIT_IDENTITIES: [&str; 9] = [
+const INIT_IDENTITIES: [&str; 12] = [
     "ca",
     "core-dev",
     "module-hasher",
@@ -25,6 +25,9 @@ const INIT_IDENTITIES: [&str; 9] = [
     "module-tally",
     "module-notes",
     "module-ratelimit",
+    "module-logger",
+    "module-scripts",
+    "module-orchestrator",
     "user-dev",
     "core-dev.endpoint",
 ];
@@ -465,7 +468,7 @@ fn every_minted_file_loads_in_openssl_and_python(key_type: &str, other: &str, oi
 
     let dir = tmp.path().join("dev");
     let files: Vec<PathBuf> = snapshot(&dir).into_keys().collect();
-    // 18 from init, 3 issued of the type, 1 of the other.
+    // Those from init, 3 issued of the type, 1 of the other.
     assert_eq!(files.len(), init_files().len() + 8, "{files:?}");
     let ca = dir.join("ca.pem");
     let ca_str = ca.to_str().unwrap();

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use anima_protocol::pb::mediator_client::MediatorClient;
 use anima_protocol::pb::{
-    Ack, Delivery, EpsError, MessageMetadata, Nack, Open, Payload, PublishReply, PublishRequest,
-    Published, RcsEnvelope, Routing, SubscribeItem, SubscribeRequest, publish_reply, request_reply,
-    subscribe_item, subscribe_request,
+    Ack, Delivery, EpsError, MessageMetadata, Nack, Observability, Open, Payload, PublishReply,
+    PublishRequest, Published, RcsEnvelope, Routing, SubscribeItem, SubscribeRequest,
+    publish_reply, request_reply, subscribe_item, subscribe_request,
 };
 use anima_protocol::rcs;
 use tokio::sync::mpsc;
@@ -92,7 +92,8 @@ pub enum RequestError {
 
 /// The reply to `request` (M9): of the event type the request names in
 /// `routing.reply_to`, carrying the request's `message_id` as its
-/// `correlation_id` and as its `parent_message_id`, and the request's trace;
+/// `correlation_id` and as its `parent_message_id`, and the request's trace
+/// (its `trace_id`; the span is the reply's own, named by the Core);
 /// `None` when the request names no reply event type.
 pub fn reply_to(request: &RcsEnvelope, content_type: &str, data: Vec<u8>) -> Option<RcsEnvelope> {
     let event_type = request
@@ -108,7 +109,12 @@ pub fn reply_to(request: &RcsEnvelope, content_type: &str, data: Vec<u8>) -> Opt
         m.correlation_id = id.clone();
         m.parent_message_id = id;
     }
-    reply.observability = request.observability.clone();
+    // The request's trace, in a span of the reply's own: left empty, the
+    // Core names one (PROTOCOL.md §13.9).
+    reply.observability = request.observability.clone().map(|o| Observability {
+        span_id: String::new(),
+        ..o
+    });
     Some(reply)
 }
 

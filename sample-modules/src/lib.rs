@@ -8,6 +8,8 @@
 //! | [`tally`] | III, resident shared | per-lease tenant state with [`LeaseContext::with_state`], invisible to other Cores and gone with the lease |
 //! | [`notes`] | II, resident private | an interface it `requires` (the kvstore's `anima.sample/kv`), called through its Core with [`CoreClient`], deadlines carried over and errors passed through |
 //! | [`logger`] | II, resident private | runtime messages received through its Core's mediator, only under a lease, each acknowledged once kept |
+//! | [`orchestrator`] | II, resident private | the memory check workflow ([`workflow`]) started by a call: a request through the Core's mediator to whichever module executes scripts, its reply, log lines, one correlation and one trace |
+//! | [`scripts`] | II, resident private | the workflow's script executor: requests received under a lease, replied to through the Core, built-in scripts only |
 //! | [`ratelimit`] | II, resident private | a proxy sidecar (`anima/sidecar`): sees each call to the module it is a sidecar of, logs it, refuses a caller over its rate |
 //!
 //! Each sample is a folder (`hasher/`, `kvstore/`, `tally/`, `notes/`, `ratelimit/`) holding its
@@ -65,8 +67,11 @@ pub mod hasher;
 pub mod kvstore;
 pub mod logger;
 pub mod notes;
+pub mod orchestrator;
 pub mod ratelimit;
+pub mod scripts;
 pub mod tally;
+pub mod workflow;
 
 /// The generated messages, servers and clients of `anima.sample.v1`
 /// (`proto/anima/sample/v1/*.proto`). The clients have no plaintext
@@ -103,6 +108,26 @@ fn log_to_stderr() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// The client of the launching Core, from the launch environment; `None`
+/// without one (`ANIMA_CORE_ENDPOINT` unset) or when it cannot be built,
+/// logged with what the module then does not do (`idle`, e.g. "receiving
+/// nothing").
+pub(crate) fn core_from_env(idle: &str) -> Option<anima_module_sdk::CoreClient> {
+    use anima_module_sdk::SdkError;
+    use anima_module_sdk::launch::{ENV_CORE_ENDPOINT, LaunchEnvError};
+    match anima_module_sdk::CoreClient::from_env() {
+        Ok(core) => Some(core),
+        Err(SdkError::LaunchEnv(LaunchEnvError::Missing(ENV_CORE_ENDPOINT))) => {
+            tracing::warn!("no Core endpoint in the launch environment: {idle}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("no client of the Core ({e}): {idle}");
+            None
+        }
+    }
 }
 
 /// The lease a call was admitted under. Every call that reaches a handler

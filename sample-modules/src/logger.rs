@@ -22,9 +22,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use anima_module_sdk::launch::{ENV_CORE_ENDPOINT, LaunchEnvError};
 use anima_module_sdk::messages::run_subscriber;
-use anima_module_sdk::{Contract, CoreClient, ModuleHandle, SdkError};
+use anima_module_sdk::{Contract, ModuleHandle};
 use anima_protocol::pb::{Delivery, Priority};
 use tonic::{Request, Response, Status};
 
@@ -96,16 +95,8 @@ impl Log {
 /// through the launching Core (from the launch environment). Without one
 /// (`ANIMA_CORE_ENDPOINT` unset) it logs why and receives nothing.
 pub fn receive(log: &Log, module: ModuleHandle) {
-    let core = match CoreClient::from_env() {
-        Ok(core) => core,
-        Err(SdkError::LaunchEnv(LaunchEnvError::Missing(ENV_CORE_ENDPOINT))) => {
-            tracing::warn!("no Core endpoint in the launch environment: receiving nothing");
-            return;
-        }
-        Err(e) => {
-            tracing::warn!("no client of the Core ({e}): receiving nothing");
-            return;
-        }
+    let Some(core) = crate::core_from_env("receiving nothing") else {
+        return;
     };
     let log = log.clone();
     tokio::spawn(async move {

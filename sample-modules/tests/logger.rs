@@ -13,6 +13,7 @@ fn delivery(n: usize, priority: Priority) -> Delivery {
     Delivery {
         delivery: n as u64,
         attempt: 1,
+        traceparent: String::new(),
         envelope: Some(RcsEnvelope {
             message_metadata: Some(MessageMetadata {
                 message_id: format!("m{n}"),

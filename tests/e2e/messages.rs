@@ -23,9 +23,10 @@ use anima_protocol::pb::{
     Published, QualityOfService, RcsEnvelope, ReplyTo, SubscribeRequest, publish_reply,
     subscribe_item, subscribe_request,
 };
-use anima_protocol::{Connection, TlsIdentity, TrustRoot, UrnKind};
+use anima_protocol::{Connection, TlsIdentity, TrustRoot};
 use anima_sample_modules::pb::logger_client::LoggerClient;
-use anima_sample_modules::pb::{Logged, RecentRequest};
+use anima_sample_modules::pb::orchestrator_client::OrchestratorClient;
+use anima_sample_modules::pb::{CheckMemoryRequest, Logged, RecentRequest};
 use anima_tests::{PATIENCE, reason};
 
 use super::gateway::user;
@@ -54,10 +55,8 @@ async fn start(permissions: &str) -> CoreProcess {
         )
         + "\n[[policy]]\nuser = \"urn:anima:user:dev\"\nallow = [\"urn:anima:module:logger\"]\n"
         + permissions;
-    let core = CoreProcess::start_with(Some(&text), |certs| {
-        anima_certs::issue_into_dir(certs, UrnKind::Module, "logger", 30, false).unwrap();
-    })
-    .await;
+    // The logger's certificate is one of the dev identities.
+    let core = CoreProcess::start(Some(&text)).await;
     core.wait_leased("kvstore").await;
     core.wait_leased("logger").await;
     core
@@ -659,6 +658,236 @@ async fn m9_a_request_gets_the_reply_its_subscriber_sends_with_its_id_as_correla
         matches!(&refused, RequestError::Refused(e) if e.code == "NO_REPLY_TO"),
         "{refused:?}"
     );
+}
+
+/// The W3C `traceparent` of the trace used below.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The next delivery's trace id, span id and `traceparent`, acknowledged.
+async fn next_trace(sub: &mut Subscription) -> (String, String, String) {
+    let got = next(sub).await;
+    sub.ack(&got).await.unwrap();
+    let o = got
+        .envelope
+        .as_ref()
+        .unwrap()
+        .observability
+        .clone()
+        .expect("every delivered message carries its trace");
+    (o.trace_id, o.span_id, got.traceparent)
+}
+
+#[tokio::test]
+async fn m13_every_message_carries_a_trace_its_deliveries_a_traceparent_and_replies_go_on_in_it() {
+    let core = start(JOBS).await;
+    let operator = user(&core, "user-dev").await;
+    let kvstore = client_as(&core, "module-kvstore");
+    let mut sub = kvstore.subscribe(&["JOB"], 8).await.unwrap();
+
+    // The publisher's `traceparent` starts the trace of a message naming none.
+    let mut call = tonic::Request::new(PublishRequest {
+        envelope: Some(job("traced", DeliveryMode::AtLeastOnce, 0)),
+    });
+    call.metadata_mut()
+        .insert("traceparent", TRACEPARENT.parse().unwrap());
+    let published = MediatorClient::new(operator.channel())
+        .publish(call)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        matches!(
+            published.outcome,
+            Some(publish_reply::Outcome::Published(_))
+        ),
+        "{published:?}"
+    );
+    assert_eq!(
+        next_trace(&mut sub).await,
+        (
+            "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+            "00f067aa0ba902b7".to_owned(),
+            TRACEPARENT.to_owned()
+        )
+    );
+
+    // Neither: the Core starts a trace.
+    publish(&operator, job("untraced", DeliveryMode::AtLeastOnce, 0))
+        .await
+        .unwrap();
+    let (trace_id, span_id, traceparent) = next_trace(&mut sub).await;
+    assert_eq!((trace_id.len(), span_id.len()), (32, 16));
+    assert_eq!(traceparent, format!("00-{trace_id}-{span_id}-01"));
+
+    // Ids of the seed's own form are passed on as they are, without a
+    // `traceparent`; the header does not replace them.
+    let mut seed_form = job("seed form", DeliveryMode::AtLeastOnce, 0);
+    seed_form.observability = Some(Observability {
+        trace_id: "auth-trace-456".into(),
+        span_id: "span-7".into(),
+        ..Observability::default()
+    });
+    let mut call = tonic::Request::new(PublishRequest {
+        envelope: Some(seed_form),
+    });
+    call.metadata_mut()
+        .insert("traceparent", TRACEPARENT.parse().unwrap());
+    MediatorClient::new(operator.channel())
+        .publish(call)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_trace(&mut sub).await,
+        ("auth-trace-456".into(), "span-7".into(), String::new())
+    );
+
+    // Request and reply: one trace, the reply in a span of its own.
+    let request = job_request("compute", 5_000);
+    let asked = tokio::spawn({
+        let operator = client_as(&core, "user-dev");
+        async move { operator.request(request).await }
+    });
+    let got = next(&mut sub).await;
+    assert_eq!(got.traceparent, TRACEPARENT);
+    let reply = reply_to(got.envelope.as_ref().unwrap(), "text/plain", b"42".to_vec()).unwrap();
+    kvstore.publish(reply).await.unwrap();
+    sub.ack(&got).await.unwrap();
+    let reply = asked.await.unwrap().unwrap();
+    let o = reply.observability.unwrap();
+    assert_eq!(o.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(o.span_id.len(), 16);
+    assert_ne!(o.span_id, "00f067aa0ba902b7", "the reply's own span");
+}
+
+fn message_id(e: &RcsEnvelope) -> String {
+    e.message_metadata.as_ref().unwrap().message_id.clone()
+}
+
+#[tokio::test]
+async fn m13_anima_subscribe_shows_what_the_core_accepts_and_takes_nothing_from_subscribers() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let core = start(LOGS).await;
+    let mut watcher = tokio::process::Command::new(anima_tests::bin_path("anima"))
+        .args([
+            "subscribe",
+            "LOG_MESSAGE",
+            "--json",
+            "--count",
+            "2",
+            "--admin",
+            &core.admin,
+        ])
+        .current_dir(core.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(watcher.stderr.take().unwrap()).lines();
+    let watching = tokio::time::timeout(PATIENCE, stderr.next_line())
+        .await
+        .expect("the watch opens in time")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(watching.starts_with("watching LOG_MESSAGE"), "{watching}");
+
+    let kvstore = user(&core, "module-kvstore").await;
+    let mut ids = Vec::new();
+    for text in ["first", "second"] {
+        let sent = log_message(text);
+        ids.push(message_id(&sent));
+        publish(&kvstore, sent).await.unwrap();
+    }
+    let out = tokio::time::timeout(PATIENCE, watcher.wait_with_output())
+        .await
+        .expect("anima subscribe exits after --count messages")
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let shown: Vec<RcsEnvelope> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| anima_protocol::rcs::from_json(l.as_bytes()).expect("the RCS JSON form"))
+        .collect();
+    let shown_ids: Vec<String> = shown.iter().map(message_id).collect();
+    assert_eq!(shown_ids, ids);
+    assert_eq!(shown[0].routing.as_ref().unwrap().source_module, KVSTORE);
+    assert_eq!(
+        shown[0].observability.as_ref().unwrap().trace_id.len(),
+        32,
+        "as accepted: with the trace the Core gave it"
+    );
+    // The logger still gets both: the watch took nothing from it.
+    let kept = logged_until(&core, |k| k.len() >= 2).await;
+    assert_eq!(
+        texts(&kept),
+        ["{\"text\":\"first\"}", "{\"text\":\"second\"}"]
+    );
+    // Modules may not watch.
+    let refused = MediatorClient::new(kvstore.channel())
+        .watch(anima_protocol::pb::WatchMessagesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+}
+
+/// The seed's memory check workflow in the embedded default: a user's call
+/// to the orchestrator becomes an `EXECUTE_SCRIPT` request through the
+/// mediator, the script executor's log lines and `SCRIPT_EXECUTED` reply,
+/// and the orchestrator's log line — each reaching the logger, all with one
+/// correlation id and the trace of the user's call.
+#[tokio::test]
+async fn m13_the_memory_check_workflow_runs_through_the_mediator_with_one_correlation_and_trace() {
+    let core = CoreProcess::start(None).await;
+    for name in ["logger", "scripts", "orchestrator"] {
+        core.wait_leased(name).await;
+    }
+    let conn = user(&core, "user-dev").await;
+    let mut call = tonic::Request::new(CheckMemoryRequest { timeout_ms: 10_000 });
+    call.metadata_mut()
+        .insert("traceparent", TRACEPARENT.parse().unwrap());
+    let checked = OrchestratorClient::new(conn.channel())
+        .check_memory(call)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checked.executor, "urn:anima:module:scripts");
+    assert_eq!(checked.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    let result: serde_json::Value = serde_json::from_str(&checked.result).unwrap();
+    assert_eq!(result["script"], "memory_check", "{result}");
+    assert!(result["mem_total_kb"].as_u64().unwrap() > 0, "{result}");
+    let kept = logged_until(&core, |k| k.len() >= 3).await;
+    assert_eq!(kept.len(), 3, "{kept:#?}");
+    for line in &kept {
+        assert_eq!(line.event_type, "LOG_MESSAGE");
+        assert_eq!(line.correlation_id, checked.correlation_id, "{line:?}");
+        assert_eq!(line.trace_id, checked.trace_id, "{line:?}");
+    }
+    let mut senders: Vec<&str> = kept.iter().map(|l| l.source_module.as_str()).collect();
+    senders.sort_unstable();
+    assert_eq!(
+        senders,
+        [
+            "urn:anima:module:orchestrator",
+            "urn:anima:module:scripts",
+            "urn:anima:module:scripts"
+        ]
+    );
+    assert!(
+        String::from_utf8_lossy(&kept[0].data).contains("starting"),
+        "{kept:#?}"
+    );
+
+    // The README's walkthrough: the same request from a terminal, with the
+    // file it names.
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../sample-modules/orchestrator/check-memory.json");
+    let out = core.cli_ok(&["request", file.to_str().unwrap()]).await;
+    assert!(
+        out.starts_with("reply ")
+            && out.contains("(SCRIPT_EXECUTED) from urn:anima:module:scripts"),
+        "{out}"
+    );
+    assert!(out.contains("\"mem_total_kb\""), "{out}");
+    logged_until(&core, |k| k.len() >= 5).await;
 }
 
 #[tokio::test]

@@ -295,7 +295,7 @@ async fn serial_rotation_every_certificate_and_the_ca_under_load_with_no_failed_
     }
     // Every leaf in the directory, those of the samples not hosted here
     // too: `--finish` refuses while one is signed by the old CA.
-    for name in ["notes", "ratelimit"] {
+    for name in ["notes", "ratelimit", "logger", "scripts", "orchestrator"] {
         renew_module(&dir, name);
     }
     renew_user(&dir);

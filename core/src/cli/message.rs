@@ -60,6 +60,59 @@ pub struct PublishArgs {
     target: AdminTarget,
 }
 
+/// `anima request`.
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    /// The request (the RCS JSON form, naming `routing.reply_to`); `-`
+    /// reads standard input.
+    file: PathBuf,
+    /// Where the Core is (`--json` prints the reply in the RCS JSON form).
+    #[command(flatten)]
+    target: AdminTarget,
+}
+
+/// Runs `anima request FILE`: sends the request as an operator and prints
+/// the reply (one line, or its JSON form), or the EPS error (`TIMEOUT` when
+/// no reply came in its `timeout_ms`) and exits 1.
+pub fn request(args: RequestArgs) -> CliResult {
+    use anima_protocol::pb::request_reply::Outcome;
+    let envelope = envelope_to_publish(&args.file)?;
+    let reply = runtime()?.block_on(async {
+        anima_protocol::pb::mediator_client::MediatorClient::new(endpoint(&args.target).await?)
+            .request(anima_protocol::pb::PublishRequest {
+                envelope: Some(envelope),
+            })
+            .await
+            .map_err(rpc_error)
+            .map(tonic::Response::into_inner)
+    })?;
+    match reply.outcome {
+        Some(Outcome::Reply(reply)) if args.target.json => {
+            let json = rcs::to_json(&reply).ok_or("a payload the JSON form cannot hold")?;
+            println!("{json}");
+            Ok(())
+        }
+        Some(Outcome::Reply(reply)) => {
+            let meta = reply.message_metadata.unwrap_or_default();
+            let routing = reply.routing.unwrap_or_default();
+            let payload = reply.payload.unwrap_or_default();
+            println!(
+                "reply {} ({}) from {} to {}: {}",
+                meta.message_id,
+                routing.event_type,
+                routing.source_module,
+                meta.correlation_id,
+                String::from_utf8_lossy(&payload.data)
+            );
+            Ok(())
+        }
+        Some(Outcome::Error(e)) => {
+            Err(format!("refused: {}{}: {}", e.code, at(&e.field), e.detail).into())
+        }
+        None => Err("the Core answered neither a reply nor an error".into()),
+    }
+}
+
 /// Runs `anima message …`.
 pub fn run(cmd: MessageCommand) -> CliResult {
     match cmd {

@@ -17,6 +17,7 @@ pub mod new;
 pub mod ops;
 pub mod registry;
 pub mod serve;
+pub mod subscribe;
 
 /// Anima: a capability host for leased modules.
 #[derive(Debug, Parser)]
@@ -77,6 +78,13 @@ pub enum Command {
     /// Publish a runtime message (the RCS JSON form) through the Core's
     /// mediator, as an operator.
     Publish(message::PublishArgs),
+    /// Send a runtime message as a request (the RCS JSON form, naming
+    /// `routing.reply_to`) through the Core's mediator, as an operator, and
+    /// print its reply.
+    Request(message::RequestArgs),
+    /// Show the runtime messages the Core accepts, as they come, as an
+    /// operator (a view: the modules' subscriptions lose nothing to it).
+    Subscribe(subscribe::SubscribeArgs),
     /// The mediator's dead-letter queue: list, show, replay, purge.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -111,6 +119,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Config(cmd) => config::run(cmd),
         Command::Message(cmd) => message::run(cmd),
         Command::Publish(args) => message::publish(args),
+        Command::Request(args) => message::request(args),
+        Command::Subscribe(args) => subscribe::run(args),
         Command::Dlq(cmd) => dlq::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
         Command::New(cmd) => new::run(cmd),

@@ -11,7 +11,8 @@ use anima_protocol::{Urn, UrnKind};
 
 use super::model::{
     AdminSection, Config, CoreCert, CoreSection, DEFAULT_LEASE_TTL, LeaseDefaults, MediatorSection,
-    ModuleConfig, Permission, Policy, PolicyTarget, RestartPolicy, StartMode, default_admin_listen,
+    MessageGrant, ModuleConfig, Permission, Policy, PolicyTarget, RestartPolicy, StartMode,
+    default_admin_listen,
 };
 
 /// The ratelimit sample's variable for calls a second per caller, and the
@@ -31,7 +32,11 @@ const KV_INTERFACE: &str = "anima.sample/kv";
 /// sidecar of the hasher), `anima-hasher` (ephemeral), `anima-kvstore` (resident private,
 /// core-started), `anima-tally` (resident shared) and `anima-notes`
 /// (resident private, core-started; it requires the kv interface and may
-/// call it). No contract files (the Core learns what each module provides
+/// call it), and the memory check workflow's `anima-orchestrator`,
+/// `anima-scripts` and `anima-logger` (resident private, core-started),
+/// with the message grants between them (the orchestrator sends
+/// `EXECUTE_SCRIPT`, the script executor receives it, both log `LOG_MESSAGE`
+/// for the logger). No contract files (the Core learns what each module provides
 /// and requires from it); each the default restart policy of its type
 /// ([`RestartPolicy::for_type`]: the ephemeral hasher restarts `always`, as a
 /// Type I module exits whenever its lease ends; the others `on-failure`).
@@ -40,40 +45,6 @@ const KV_INTERFACE: &str = "anima.sample/kv";
 pub fn embedded_default(base: &Path) -> Config {
     let certs = base.join(DEFAULT_DIR);
     let core = dev_urn(UrnKind::Core, "dev");
-    let module = |name: &str, module_type: ModuleType| {
-        let urn = dev_urn(UrnKind::Module, name);
-        ModuleConfig {
-            start: StartMode::Command {
-                program: sibling_program(&format!("anima-{name}")),
-                args: Vec::new(),
-                env: Vec::new(),
-                cert: certs.join(leaf_cert_file(&urn)),
-                key: certs.join(leaf_key_file(&urn)),
-            },
-            urn,
-            module_type,
-            contract: None,
-            contract_file: None,
-            lease_ttl: DEFAULT_LEASE_TTL,
-            restart: RestartPolicy::for_type(module_type),
-            requires: Vec::new(),
-            sidecars: Vec::new(),
-            core_cert: CoreCert::Default,
-        }
-    };
-    // The rate-limiting, logging sidecar stands in front of the hasher, at
-    // a rate no demo or soak reaches (its own default is 100 a second).
-    let hasher = ModuleConfig {
-        sidecars: vec![dev_urn(UrnKind::Module, "ratelimit")],
-        ..module("hasher", ModuleType::Ephemeral)
-    };
-    let mut ratelimit = module(
-        "ratelimit",
-        ModuleType::ResidentPrivate(InitMode::CoreStarted),
-    );
-    if let StartMode::Command { env, .. } = &mut ratelimit.start {
-        env.push((RATE_ENV.to_owned(), DEFAULT_RATE.to_owned()));
-    }
     Config {
         core: CoreSection {
             cert: certs.join(leaf_cert_file(&core)),
@@ -97,17 +68,7 @@ pub fn embedded_default(base: &Path) -> Config {
             ttl: Duration::from_secs(30),
             renew_when_left: 1.0 / 3.0,
         },
-        // The start order puts each sidecar before its module.
-        modules: vec![
-            hasher,
-            module(
-                "kvstore",
-                ModuleType::ResidentPrivate(InitMode::CoreStarted),
-            ),
-            module("tally", ModuleType::ResidentShared),
-            module("notes", ModuleType::ResidentPrivate(InitMode::CoreStarted)),
-            ratelimit,
-        ],
+        modules: dev_modules(&certs),
         policies: dev_policies(),
         // notes keeps its notes in kv, through the Core.
         permissions: vec![Permission {
@@ -115,20 +76,94 @@ pub fn embedded_default(base: &Path) -> Config {
             interface: kv_interface(),
             provider: None,
         }],
-        messages: Vec::new(),
+        messages: workflow_grants(),
         mediator: MediatorSection::default(),
         source: None,
     }
 }
 
-/// The dev user may call every sample module through the gateway.
+/// The sample modules, each started by the Core with its dev certificate
+/// from `certs`. The start order puts each sidecar before its module.
+fn dev_modules(certs: &Path) -> Vec<ModuleConfig> {
+    let module = |name: &str, module_type: ModuleType| {
+        let urn = dev_urn(UrnKind::Module, name);
+        ModuleConfig {
+            start: StartMode::Command {
+                program: sibling_program(&format!("anima-{name}")),
+                args: Vec::new(),
+                env: Vec::new(),
+                cert: certs.join(leaf_cert_file(&urn)),
+                key: certs.join(leaf_key_file(&urn)),
+            },
+            urn,
+            module_type,
+            contract: None,
+            contract_file: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            restart: RestartPolicy::for_type(module_type),
+            requires: Vec::new(),
+            sidecars: Vec::new(),
+            core_cert: CoreCert::Default,
+        }
+    };
+    let resident = ModuleType::ResidentPrivate(InitMode::CoreStarted);
+    // The rate-limiting, logging sidecar stands in front of the hasher, at
+    // a rate no demo or soak reaches (its own default is 100 a second).
+    let hasher = ModuleConfig {
+        sidecars: vec![dev_urn(UrnKind::Module, "ratelimit")],
+        ..module("hasher", ModuleType::Ephemeral)
+    };
+    let mut ratelimit = module("ratelimit", resident);
+    if let StartMode::Command { env, .. } = &mut ratelimit.start {
+        env.push((RATE_ENV.to_owned(), DEFAULT_RATE.to_owned()));
+    }
+    vec![
+        hasher,
+        module("kvstore", resident),
+        module("tally", ModuleType::ResidentShared),
+        module("notes", resident),
+        ratelimit,
+        module("logger", resident),
+        module("scripts", resident),
+        module("orchestrator", resident),
+    ]
+}
+
+/// The memory check workflow's runtime messages (PROTOCOL.md §13): the
+/// orchestrator sends `EXECUTE_SCRIPT` requests, which the script executor
+/// receives (its `SCRIPT_EXECUTED` replies need no grant); both log
+/// `LOG_MESSAGE` lines, which the logger receives.
+fn workflow_grants() -> Vec<MessageGrant> {
+    let grant = |name: &str, publish: &[&str], subscribe: &[&str]| MessageGrant {
+        module: dev_urn(UrnKind::Module, name),
+        publish: publish.iter().map(|&t| t.to_owned()).collect(),
+        subscribe: subscribe.iter().map(|&t| t.to_owned()).collect(),
+        category: None,
+        tags: Vec::new(),
+    };
+    vec![
+        grant("orchestrator", &["EXECUTE_SCRIPT", "LOG_MESSAGE"], &[]),
+        grant("scripts", &["LOG_MESSAGE"], &["EXECUTE_SCRIPT"]),
+        grant("logger", &[], &["LOG_MESSAGE"]),
+    ]
+}
+
+/// The dev user may call every sample module that serves calls through the
+/// gateway (the script executor serves none).
 fn dev_policies() -> Vec<Policy> {
     vec![Policy {
         user: dev_urn(UrnKind::User, "dev"),
-        allow: ["hasher", "kvstore", "tally", "notes"]
-            .into_iter()
-            .map(|m| PolicyTarget::Module(dev_urn(UrnKind::Module, m)))
-            .collect(),
+        allow: [
+            "hasher",
+            "kvstore",
+            "tally",
+            "notes",
+            "logger",
+            "orchestrator",
+        ]
+        .into_iter()
+        .map(|m| PolicyTarget::Module(dev_urn(UrnKind::Module, m)))
+        .collect(),
     }]
 }
 
@@ -180,7 +215,19 @@ mod tests {
         assert_eq!(config.leases, LeaseDefaults::default());
         assert_eq!(config.source, None);
         let names: Vec<&str> = config.modules.iter().map(|m| m.urn.name()).collect();
-        assert_eq!(names, ["hasher", "kvstore", "tally", "notes", "ratelimit"]);
+        assert_eq!(
+            names,
+            [
+                "hasher",
+                "kvstore",
+                "tally",
+                "notes",
+                "ratelimit",
+                "logger",
+                "scripts",
+                "orchestrator"
+            ]
+        );
         assert_eq!(config.modules[0].sidecars, [config.modules[4].urn.clone()]);
         let order: Vec<&str> = crate::config::start_order(&config.modules)
             .into_iter()

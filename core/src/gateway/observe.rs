@@ -20,29 +20,16 @@ use super::in_flight::CallSlot;
 use crate::lease::CallGuard;
 use crate::metrics::Metrics;
 
-/// A W3C trace context: the trace id to log and the header to send on.
+/// A W3C trace context: the trace id to log and the header to send on (the
+/// caller's when it is valid, else a new trace's).
 pub(crate) fn trace_context(header: Option<&HeaderValue>) -> (String, HeaderValue) {
     if let Some(value) = header
-        && let Ok(text) = value.to_str()
+        && let Some(parent) = value.to_str().ok().and_then(crate::trace::parse)
     {
-        let parts: Vec<&str> = text.split('-').collect();
-        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        if parts.len() == 4
-            && hex(parts[0], 2)
-            && hex(parts[1], 32)
-            && hex(parts[2], 16)
-            && hex(parts[3], 2)
-            && parts[1] != "00000000000000000000000000000000"
-        {
-            return (parts[1].to_ascii_lowercase(), value.clone());
-        }
+        return (parent.trace_id, value.clone());
     }
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 24];
-    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let trace_id = hex[..32].to_owned();
-    let header = format!("00-{trace_id}-{}-01", &hex[32..48]);
+    let trace_id = crate::trace::new_trace_id();
+    let header = format!("00-{trace_id}-{}-01", crate::trace::new_span_id());
     let value = HeaderValue::from_str(&header).unwrap_or_else(|_| HeaderValue::from_static(""));
     (trace_id, value)
 }

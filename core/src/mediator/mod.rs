@@ -11,3 +11,5 @@ mod request;
 pub(crate) mod route;
 pub(crate) mod service;
 pub mod store;
+mod trace;
+mod watch;

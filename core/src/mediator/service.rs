@@ -33,6 +33,8 @@ use super::record::{Delivery, rank};
 use super::request::{DEFAULT_TIMEOUT, Reply, Requests};
 use super::route::{Grants, module_of, subscription};
 use super::store::{Accepted, Take};
+use super::trace;
+use super::watch::{WatchStream, Watchers};
 use crate::caller::Caller as Sender;
 use crate::metrics::Metrics;
 use crate::supervisor::CoreContext;
@@ -56,6 +58,7 @@ pub(crate) struct MediatorService {
     error_handler: Option<Urn>,
     limits: Limits,
     ack_wait: Duration,
+    watchers: Watchers,
 }
 
 type ItemStream = Pin<Box<dyn Stream<Item = Result<SubscribeItem, Status>> + Send + 'static>>;
@@ -82,7 +85,13 @@ impl MediatorService {
             error_handler,
             limits: Limits::default(),
             ack_wait,
+            watchers: Watchers::default(),
         }
+    }
+
+    /// Who watches the accepted messages (`anima subscribe`).
+    pub(crate) fn watchers(&self) -> &Watchers {
+        &self.watchers
     }
 
     /// Counts one message of `event_type` coming to `outcome` (M13), the
@@ -201,7 +210,10 @@ impl MediatorService {
             .await
             .map_err(|e| store_failed(&e))?;
         let (subscriptions, duplicate) = match accepted {
-            Accepted::Stored(_) => (n, false),
+            Accepted::Stored(_) => {
+                self.watchers.accepted(envelope);
+                (n, false)
+            }
             Accepted::Duplicate(_) => (0, true),
             Accepted::Unrouted => (0, false),
             Accepted::Full { used, limit } => {
@@ -229,17 +241,20 @@ impl MediatorService {
         envelope: &mut RcsEnvelope,
     ) -> Result<Published, Invalid> {
         match self.route(sender, envelope)? {
-            Routed::Reply => Ok(Published {
-                message_id: envelope
-                    .message_metadata
-                    .as_ref()
-                    .map(|m| m.message_id.clone())
-                    .unwrap_or_default(),
-                subscriptions: 0,
-                duplicate: false,
-                source_module: source_of(envelope),
-                reply: true,
-            }),
+            Routed::Reply => {
+                self.watchers.accepted(envelope);
+                Ok(Published {
+                    message_id: envelope
+                        .message_metadata
+                        .as_ref()
+                        .map(|m| m.message_id.clone())
+                        .unwrap_or_default(),
+                    subscriptions: 0,
+                    duplicate: false,
+                    source_module: source_of(envelope),
+                    reply: true,
+                })
+            }
             Routed::To(checked, subscriptions) => {
                 self.store(envelope, checked, subscriptions).await
             }
@@ -333,6 +348,15 @@ fn source_of(envelope: &RcsEnvelope) -> String {
         .unwrap_or_default()
 }
 
+/// The caller's W3C `traceparent` header, if it sent one (M13).
+fn traceparent_header<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 fn store_failed(e: &HubError) -> Invalid {
     tracing::error!("mediator: {e}");
     Invalid::new(EpsCode::Internal, "", e.to_string())
@@ -345,12 +369,14 @@ impl Mediator for MediatorService {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
         let sender = self.caller(&request)?;
+        let header = traceparent_header(&request);
         let Some(mut envelope) = request.into_inner().envelope else {
             let missing = Invalid::new(EpsCode::MissingField, "", "the request holds no envelope");
             return Ok(Response::new(PublishReply {
                 outcome: Some(publish_reply::Outcome::Error(self.eps(&missing, None))),
             }));
         };
+        trace::adopt(&mut envelope, header.as_deref());
         let outcome = match self.accept(&sender, &mut envelope).await {
             Ok(published) => {
                 // A reply's event type is its request's: counted by name.
@@ -377,18 +403,28 @@ impl Mediator for MediatorService {
     }
 
     type SubscribeStream = ItemStream;
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchMessagesRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.watch_accepted(request).map(Response::new)
+    }
 
     async fn request(
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<RequestReply>, Status> {
         let sender = self.caller(&request)?;
+        let header = traceparent_header(&request);
         let Some(mut envelope) = request.into_inner().envelope else {
             let missing = Invalid::new(EpsCode::MissingField, "", "the request holds no envelope");
             return Ok(Response::new(RequestReply {
                 outcome: Some(request_reply::Outcome::Error(self.eps(&missing, None))),
             }));
         };
+        trace::adopt(&mut envelope, header.as_deref());
         let outcome = match self.ask(&sender, &mut envelope).await {
             Ok(reply) => {
                 self.count(event_type_of(&envelope), "answered");
@@ -661,6 +697,7 @@ impl Subscriber {
             item: Some(subscribe_item::Item::Delivery(pb::Delivery {
                 delivery: handed.seq,
                 attempt: handed.attempt,
+                traceparent: trace::traceparent(&envelope),
                 envelope: Some(envelope),
             })),
         };
