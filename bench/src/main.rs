@@ -29,6 +29,7 @@
 mod calls;
 mod leases;
 mod link;
+mod messages;
 mod procs;
 mod report;
 mod sidecar;
@@ -64,7 +65,7 @@ struct Cli {
     json: Option<PathBuf>,
     /// Only these groups (comma-separated): unary, rps, handshake,
     /// via_core, module_to_module, sidecar_hop, renewals, revoke, expiry,
-    /// cold_start, core_idle.
+    /// cold_start, core_idle, messages.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     #[command(subcommand)]
@@ -118,6 +119,7 @@ const GROUPS: &[&str] = &[
     "expiry",
     "cold_start",
     "core_idle",
+    "messages",
 ];
 
 /// What to run, and how much.
@@ -242,6 +244,10 @@ async fn run_groups(setup: &Setup, opts: &Opts, report: &mut Report) -> bool {
     if opts.wants("renewals") {
         let done = leases::renewals(setup, opts, report).await;
         ok &= added(report, "renewals_per_s", done);
+    }
+    if opts.wants("messages") {
+        let done = messages::run(setup, opts, report).await;
+        ok &= added(report, "messages", done);
     }
     for (group, name, measure) in ONE_FIGURE {
         if opts.wants(group) {

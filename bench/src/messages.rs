@@ -1,0 +1,255 @@
+//! The mediator under load (issue 16; PROTOCOL.md §13), through a real Core
+//! with its embedded store: every message is on disk (fsync, group commit)
+//! before its publisher is answered.
+//!
+//! - `messages_publish_to_deliver_us`: one 1 KiB `at_least_once` message at
+//!   a time, from the start of `Publish` to its delivery on the
+//!   subscriber's stream; p50 and p99.
+//! - `messages_per_s`: 16 publishers at once, 1 KiB `at_least_once`, one
+//!   subscriber acknowledging each delivery (window 1,024): messages
+//!   delivered a second, from the first publish to the last delivery.
+//! - `messages_request_reply_p50_us`: `Request` and its reply (the
+//!   responder a subscriber that replies to each request) against a direct
+//!   leased call of the echo module, in alternating blocks.
+//! - `messages_jetstream`: the plain NATS JetStream baseline the issue
+//!   names is not measured yet (no JetStream client in the workspace): the
+//!   line says so.
+
+use std::time::{Duration, Instant};
+
+use anima_core::audit::Actor;
+use anima_core::lease::RenewalPolicy;
+use anima_module_sdk::CoreClient;
+use anima_module_sdk::messages::{Subscription, envelope, reply_to};
+use anima_protocol::pb::{Delivery, DeliveryMode, RcsEnvelope, ReplyTo};
+use anima_tests::echo::echo_client::EchoClient;
+
+use crate::Opts;
+use crate::calls::{Caller, core_config_with};
+use crate::link::LeaseOpener;
+use crate::procs::{CORE, MODULE, OPERATOR, Res, Setup, core_process, module_process, urn};
+use crate::report::{Figure, Report};
+use crate::stats::Samples;
+
+/// The payload of every message: 1 KiB.
+const PAYLOAD: usize = 1024;
+/// The event type published and received.
+const EVENT: &str = "BENCH";
+/// The event type of the requests, and of their replies.
+const REQUEST: &str = "BENCH_REQUEST";
+const REPLY: &str = "BENCH_REPLY";
+/// How long any one message may take before the run fails.
+const PATIENCE: Duration = Duration::from_secs(15);
+/// The publishers of the throughput run.
+const PUBLISHERS: usize = 16;
+
+/// Runs the group, adding its figures to `report`.
+pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
+    let grants = format!(
+        "\n[[permission]]\nmodule = \"{MODULE}\"\npublish = [\"{EVENT}\"]\n\
+         subscribe = [\"{EVENT}\", \"{REQUEST}\"]\n"
+    );
+    let config = core_config_with(setup, "messages", Some(("", &grants)))?;
+    let mut core = core_process(setup, &config).await?;
+    let result = measure(setup, opts, core.addr, report).await;
+    core.stop().await;
+    result
+}
+
+async fn measure(
+    setup: &Setup,
+    opts: &Opts,
+    addr: std::net::SocketAddr,
+    report: &mut Report,
+) -> Res<()> {
+    let client = |who: &str| -> Res<CoreClient> {
+        Ok(CoreClient::new(
+            addr,
+            urn(CORE)?,
+            setup.ca.identity(who),
+            setup.trust.clone(),
+        )?)
+    };
+    let module = client(MODULE)?;
+    let operator = client(OPERATOR)?;
+    // The Core leases the module after announcing readiness.
+    let mut sub = subscribe_when_leased(&module, &[EVENT], 1024).await?;
+
+    let n = if opts.quick { 200 } else { 2_000 };
+    let mut samples = Samples::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        publish(&module, i).await?;
+        let delivery = next(&mut sub).await?;
+        samples.push(t.elapsed());
+        sub.ack(&delivery).await?;
+    }
+    report.add(
+        Figure::new("messages_publish_to_deliver_us")
+            .f("p50", samples.pct(50.0), 1)
+            .f("p99", samples.pct(99.0), 1)
+            .i("n", n as u64)
+            .i("payload_bytes", PAYLOAD as u64),
+    );
+
+    let total = if opts.quick { 2_000 } else { 20_000 };
+    let rate = throughput(&module, sub, total).await?;
+    report.add(
+        Figure::new("messages_per_s")
+            .f("value", rate, 0)
+            .i("n", total as u64)
+            .i("publishers", PUBLISHERS as u64)
+            .target(">=20000", rate >= 20_000.0),
+    );
+
+    report.add(request_reply(setup, opts, &module, &operator).await?);
+    report.add(
+        Figure::new("messages_jetstream")
+            .s("skipped", "not-measured")
+            .s("detail", "no NATS JetStream baseline in this workspace yet"),
+    );
+    Ok(())
+}
+
+/// Subscribes as soon as the Core has leased the module.
+async fn subscribe_when_leased(
+    core: &CoreClient,
+    types: &[&str],
+    window: u32,
+) -> Res<Subscription> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match core.subscribe(types, window).await {
+            Ok(sub) => return Ok(sub),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("no subscription: {e}").into());
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Message `i` of `event`: 1 KiB of text, its number first.
+fn message(event: &str, i: usize) -> RcsEnvelope {
+    let mut data = format!("{i:010} ").into_bytes();
+    data.resize(PAYLOAD, b'.');
+    let mut e = envelope(event, "text/plain", data);
+    if let Some(m) = e.message_metadata.as_mut() {
+        m.delivery_mode = DeliveryMode::AtLeastOnce as i32;
+    }
+    e
+}
+
+async fn publish(core: &CoreClient, i: usize) -> Res<()> {
+    core.publish(message(EVENT, i)).await?;
+    Ok(())
+}
+
+async fn next(sub: &mut Subscription) -> Res<Delivery> {
+    match tokio::time::timeout(PATIENCE, sub.next()).await {
+        Ok(Some(Ok(delivery))) => Ok(delivery),
+        Ok(Some(Err(e))) => Err(format!("the subscription failed: {e}").into()),
+        Ok(None) => Err("the subscription ended".into()),
+        Err(_) => Err("no delivery in time".into()),
+    }
+}
+
+/// `total` messages from [`PUBLISHERS`] publishers at once, each delivered
+/// and acknowledged: messages a second, from the first publish to the last
+/// delivery.
+async fn throughput(core: &CoreClient, mut sub: Subscription, total: usize) -> Res<f64> {
+    let started = Instant::now();
+    let receiving = tokio::spawn(async move {
+        for _ in 0..total {
+            let delivery = next(&mut sub).await?;
+            sub.ack(&delivery).await?;
+        }
+        Res::Ok(started.elapsed())
+    });
+    let mut publishers = Vec::new();
+    for p in 0..PUBLISHERS {
+        let core = core.clone();
+        publishers.push(tokio::spawn(async move {
+            for i in (p..total).step_by(PUBLISHERS) {
+                publish(&core, i).await?;
+            }
+            Res::Ok(())
+        }));
+    }
+    for publisher in publishers {
+        publisher.await??;
+    }
+    let elapsed = receiving.await??;
+    Ok(total as f64 / elapsed.as_secs_f64())
+}
+
+/// `messages_request_reply_p50_us`: a request and its reply through the
+/// Core against a direct leased call, in alternating blocks.
+async fn request_reply(
+    setup: &Setup,
+    opts: &Opts,
+    module: &CoreClient,
+    operator: &CoreClient,
+) -> Res<Figure> {
+    let responder = {
+        let mut requests = subscribe_when_leased(module, &[REQUEST], 64).await?;
+        let module = module.clone();
+        tokio::spawn(async move {
+            while let Ok(delivery) = next(&mut requests).await {
+                let Some(request) = delivery.envelope.as_ref() else {
+                    continue;
+                };
+                if let Some(reply) = reply_to(request, "text/plain", b"done".to_vec()) {
+                    let _ = module.publish(reply).await;
+                }
+                let _ = requests.ack(&delivery).await;
+            }
+        })
+    };
+    let mut echo = module_process(setup, MODULE, "type = \"resident-shared\"", false).await?;
+    let link = LeaseOpener::new(setup)
+        .open(
+            echo.addr,
+            urn(MODULE)?,
+            RenewalPolicy::new(Duration::from_secs(60)),
+        )
+        .await?;
+    let mut direct = Caller::Leased(EchoClient::new(link.channel()));
+    let rounds = if opts.quick { 2 } else { 6 };
+    let block = if opts.quick { 50 } else { 250 };
+    let (mut asked, mut called) = (
+        Samples::with_capacity(rounds * block),
+        Samples::with_capacity(rounds * block),
+    );
+    for round in 0..rounds {
+        for side in [round % 2, 1 - round % 2] {
+            for i in 0..block {
+                let t = Instant::now();
+                if side == 0 {
+                    let mut request = message(REQUEST, i);
+                    if let Some(r) = request.routing.as_mut() {
+                        r.reply_to = Some(ReplyTo {
+                            event_type: REPLY.into(),
+                            timeout_ms: Some(5_000),
+                            ..ReplyTo::default()
+                        });
+                    }
+                    operator.request(request).await?;
+                    asked.push(t.elapsed());
+                } else {
+                    direct.say().await?;
+                    called.push(t.elapsed());
+                }
+            }
+        }
+    }
+    link.revoke("benchmark done", Actor::Core);
+    echo.stop().await;
+    responder.abort();
+    let (v50, b50) = (asked.pct(50.0), called.pct(50.0));
+    Ok(Figure::new("messages_request_reply_p50_us")
+        .vs(v50, b50, 1)
+        .f("p99", asked.pct(99.0), 1)
+        .f("baseline_p99", called.pct(99.0), 1)
+        .i("n", (rounds * block) as u64))
+}
