@@ -140,6 +140,7 @@ pub mod interface;
 pub mod launch;
 pub mod lease;
 pub mod rcs;
+pub mod trace;
 pub mod transport;
 
 /// Generated protobuf and gRPC code for `proto/anima/v1`.

@@ -34,4 +34,3 @@ pub mod service;
 mod sidecars;
 mod status;
 mod supervisor;
-mod trace;

@@ -47,14 +47,6 @@ impl Orchestrator {
     }
 }
 
-/// The trace id of a W3C `traceparent` value, when it is one.
-fn trace_of(traceparent: &str) -> Option<String> {
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (parts.len() == 4 && hex(parts[1], 32) && hex(parts[2], 16))
-        .then(|| parts[1].to_ascii_lowercase())
-}
-
 /// A request the Core refused, or that got no reply, as the caller's status.
 fn refused(e: RequestError, timeout: Duration) -> Status {
     match e {
@@ -100,7 +92,8 @@ impl crate::pb::orchestrator_server::Orchestrator for Orchestrator {
             .metadata()
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
-            .and_then(trace_of);
+            .and_then(anima_protocol::trace::parse)
+            .map(|parent| parent.trace_id);
         let data = serde_json::json!({ "script": MEMORY_CHECK })
             .to_string()
             .into_bytes();
@@ -152,19 +145,5 @@ impl crate::pb::orchestrator_server::Orchestrator for Orchestrator {
                 .unwrap_or_default(),
             result,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_trace_of_a_traceparent_only() {
-        assert_eq!(
-            trace_of("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        assert_eq!(trace_of("garbage"), None);
     }
 }

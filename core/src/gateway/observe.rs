@@ -24,12 +24,12 @@ use crate::metrics::Metrics;
 /// caller's when it is valid, else a new trace's).
 pub(crate) fn trace_context(header: Option<&HeaderValue>) -> (String, HeaderValue) {
     if let Some(value) = header
-        && let Some(parent) = value.to_str().ok().and_then(crate::trace::parse)
+        && let Some(parent) = value.to_str().ok().and_then(anima_protocol::trace::parse)
     {
         return (parent.trace_id, value.clone());
     }
-    let trace_id = crate::trace::new_trace_id();
-    let header = format!("00-{trace_id}-{}-01", crate::trace::new_span_id());
+    let trace_id = anima_protocol::trace::new_trace_id();
+    let header = format!("00-{trace_id}-{}-01", anima_protocol::trace::new_span_id());
     let value = HeaderValue::from_str(&header).unwrap_or_else(|_| HeaderValue::from_static(""));
     (trace_id, value)
 }

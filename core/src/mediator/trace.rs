@@ -4,7 +4,7 @@
 
 use anima_protocol::pb::{Observability, RcsEnvelope};
 
-use crate::trace;
+use anima_protocol::trace;
 
 /// Fills what `envelope` leaves empty of its trace: `trace_id` from the
 /// publisher's `traceparent` header when it sent a valid one, else a new

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anima_protocol::pb::{RcsEnvelope, WatchMessagesRequest, WatchedMessage};
-use anima_protocol::rcs::MAX_NAME;
+use anima_protocol::rcs::{self, MAX_NAME};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_stream::Stream;
 use tonic::{Request, Status};
@@ -72,12 +72,9 @@ impl MediatorService {
                 "at most {MAX_TYPES} event types"
             )));
         }
-        if let Some(bad) = types
-            .iter()
-            .find(|t| t.is_empty() || t.len() > MAX_NAME || t.chars().any(char::is_control))
-        {
+        if let Some(bad) = types.iter().find(|t| !rcs::is_event_type(t)) {
             return Err(Status::invalid_argument(format!(
-                "event type {bad:.200?}: 1 to {MAX_NAME} bytes, no control characters"
+                "event type {bad:.200?}: [A-Z][A-Z0-9_]*, at most {MAX_NAME} bytes"
             )));
         }
         let watchers = self.watchers();

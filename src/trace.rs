@@ -1,21 +1,22 @@
 //! W3C trace context (`traceparent`, <https://www.w3.org/TR/trace-context/>)
-//! as the Core reads and writes it: on the user gateway's calls, and on the
-//! mediator's messages (M13; PROTOCOL.md §13.9).
+//! as Anima reads and writes it: the Core on its gateway's calls and its
+//! mediator's messages (M13; PROTOCOL.md §13.9), modules on the calls they
+//! serve.
 
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// The parts of a `traceparent` the Core uses.
+/// The parts of a `traceparent` Anima uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TraceParent {
+pub struct TraceParent {
     /// 32 lower-case hex digits, not all zero.
-    pub(crate) trace_id: String,
+    pub trace_id: String,
     /// 16 lower-case hex digits: the caller's span.
-    pub(crate) parent_id: String,
+    pub parent_id: String,
 }
 
 /// Reads a `traceparent` value: `VERSION-TRACE_ID-PARENT_ID-FLAGS` in hex of
 /// 2, 32, 16 and 2 digits, the trace id not all zero; `None` otherwise.
-pub(crate) fn parse(text: &str) -> Option<TraceParent> {
+pub fn parse(text: &str) -> Option<TraceParent> {
     let parts: Vec<&str> = text.split('-').collect();
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     let valid = parts.len() == 4
@@ -34,7 +35,7 @@ pub(crate) fn parse(text: &str) -> Option<TraceParent> {
 /// W3C form (32 and 16 lower-case hex digits, neither all zero); `None` for
 /// ids of another form, which are passed on as they are but have no
 /// `traceparent`.
-pub(crate) fn format(trace_id: &str, span_id: &str) -> Option<String> {
+pub fn format(trace_id: &str, span_id: &str) -> Option<String> {
     let w3c = |s: &str, n: usize| {
         s.len() == n
             && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -44,12 +45,12 @@ pub(crate) fn format(trace_id: &str, span_id: &str) -> Option<String> {
 }
 
 /// A new trace id: 16 random bytes in lower-case hex.
-pub(crate) fn new_trace_id() -> String {
+pub fn new_trace_id() -> String {
     random_hex::<16>()
 }
 
 /// A new span id: 8 random bytes in lower-case hex.
-pub(crate) fn new_span_id() -> String {
+pub fn new_span_id() -> String {
     random_hex::<8>()
 }
 
