@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminService;
 use crate::audit::AuditLog;
+use crate::config::Backend;
 use crate::config::{Config, start_order};
 use crate::discovery::RegistryService;
 use crate::events::Events;
@@ -40,6 +41,7 @@ use crate::gateway::Gateway;
 use crate::gateway::route::Routes;
 use crate::lease::LeaseTable;
 use crate::mediator::hub::Hub;
+use crate::mediator::nats::NatsConfig;
 use crate::mediator::route::Grants;
 use crate::mediator::service::MediatorService;
 use crate::metrics::Metrics;
@@ -203,7 +205,8 @@ pub(crate) async fn serve(
     let (listener, admin_addr) = bind(config.admin.listen).await?;
     let ctx = Arc::new(core_context(&config, &identity, admin_addr)?);
     let stop = CancellationToken::new();
-    let mut endpoint = Endpoint::spawn(&config, &identity, &ctx, listener, &stop)?;
+    let hub = open_store(&config, &identity).await?;
+    let mut endpoint = Endpoint::spawn(&config, &identity, &ctx, (listener, hub), &stop)?;
     // Every module is registered (listed as starting) before the Core says
     // it is ready, so `anima modules` right after READY lists them all.
     // Sidecars are stopped after every other module (P11).
@@ -393,17 +396,40 @@ fn core_context(
 /// mediator's limits (1 MiB of payload, 64 KiB of the rest) and its framing.
 const MAX_MEDIATOR_MESSAGE: usize = (1 << 20) + (64 << 10) + 1024;
 
-/// The mediator's store, opened (created when missing).
-fn open_store(config: &Config) -> Result<Hub, ServeError> {
-    let path = config
-        .mediator
-        .store
-        .clone()
-        .unwrap_or_else(|| crate::config::DEFAULT_MESSAGE_STORE.into());
-    Hub::open(&path, config.mediator.max_store_bytes).map_err(|source| ServeError::Store {
-        path: path.display().to_string(),
-        source,
-    })
+/// The mediator's store: the embedded one, opened (created when missing),
+/// or NATS JetStream, connected with the Core's certificate.
+async fn open_store(config: &Config, identity: &CoreIdentity) -> Result<Hub, ServeError> {
+    let m = &config.mediator;
+    match &m.backend {
+        Backend::Embedded => {
+            let path = m
+                .store
+                .clone()
+                .unwrap_or_else(|| crate::config::DEFAULT_MESSAGE_STORE.into());
+            Hub::open(&path, m.max_store_bytes).map_err(|source| ServeError::Store {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+        Backend::Nats { url, stream } => {
+            let tls =
+                anima_protocol::transport::host_client_config(&identity.tls, &identity.trust)?;
+            let nats = NatsConfig {
+                url: url.clone(),
+                stream: stream.clone(),
+                limit: m.max_store_bytes,
+                ack_wait: m.ack_wait,
+                tls,
+                name: config.core.urn.to_string(),
+            };
+            let store = Hub::nats(nats).await.map_err(|source| ServeError::Store {
+                path: url.clone(),
+                source,
+            })?;
+            tracing::info!(%url, %stream, "mediator: messages on NATS JetStream");
+            Ok(store)
+        }
+    }
 }
 
 /// Where a process on this host reaches `listening`: itself, or loopback
@@ -454,7 +480,7 @@ impl Endpoint {
         config: &Config,
         identity: &CoreIdentity,
         ctx: &Arc<CoreContext>,
-        listener: TcpListener,
+        (listener, hub): (TcpListener, Hub),
         stop: &CancellationToken,
     ) -> Result<Self, ServeError> {
         let tls = identity.server_tls()?;
@@ -467,7 +493,7 @@ impl Endpoint {
             ctx.clone(),
             config.admin.operators.clone(),
             Grants::new(&config.messages, config.mediator.error_handler.as_ref()),
-            open_store(config)?,
+            hub,
             config.mediator.ack_wait,
             metrics.clone(),
             config.mediator.error_handler.clone(),

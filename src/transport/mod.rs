@@ -47,4 +47,4 @@ pub use server::{
     DEFAULT_MAX_CONNECTIONS_PER_IDENTITY, DEFAULT_MAX_PENDING_HANDSHAKES,
     DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS, ServerTls, TlsConn,
 };
-pub use tls::{PeerPolicy, TlsIdentity, TrustRoot, leaf_fingerprint};
+pub use tls::{PeerPolicy, TlsIdentity, TrustRoot, host_client_config, leaf_fingerprint};

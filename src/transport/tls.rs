@@ -439,6 +439,30 @@ pub(crate) fn client_config(
     Ok(Arc::new(finish_client(config, true)))
 }
 
+/// A client configuration for a server named by its host, not by a URN
+/// (the NATS server the mediator may keep its messages on): TLS 1.3 only,
+/// `identity` presented, the server's chain verified to `trust` and the
+/// name dialled checked against its DNS or IP SANs (web PKI). No ALPN.
+pub fn host_client_config(
+    identity: &TlsIdentity,
+    trust: &TrustRoot,
+) -> Result<ClientConfig, TransportError> {
+    let provider = provider();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        trust.roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TransportError::Verifier(e.to_string()))?;
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TransportError::Config)?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(TransportError::Config)?;
+    Ok(finish_client(config, false))
+}
+
 /// A client configuration that presents `client` (any chain and key, or
 /// none) and lets any server in: see [`super::probe`].
 pub(crate) fn probe_client_config(

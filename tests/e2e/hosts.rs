@@ -243,7 +243,12 @@ allow = ["urn:anima:module:tally"]
         dir.path(),
     );
     let admin = child.line("ANIMA-CORE READY").await;
-    CoreProcess { child, admin, dir }
+    CoreProcess {
+        child,
+        admin,
+        dir,
+        nats: None,
+    }
 }
 
 /// Adds `by` to counter `visits` through `core`'s gateway; returns the

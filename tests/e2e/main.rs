@@ -19,6 +19,12 @@ mod lifecycle;
 mod loud;
 mod mediation;
 mod messages;
+/// The same tests, the mediator on NATS JetStream (M14): compiled twice on
+/// purpose, each copy telling its backend by its module path.
+#[allow(clippy::duplicate_mod)]
+#[path = "messages.rs"]
+mod messages_on_nats;
+mod nats;
 mod ops;
 mod python_modules;
 mod rollover;
@@ -31,3 +37,4 @@ mod streams;
 mod systemd;
 mod transport;
 mod wait;
+mod workflow;

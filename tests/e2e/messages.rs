@@ -25,11 +25,11 @@ use anima_protocol::pb::{
 };
 use anima_protocol::{Connection, TlsIdentity, TrustRoot};
 use anima_sample_modules::pb::logger_client::LoggerClient;
-use anima_sample_modules::pb::orchestrator_client::OrchestratorClient;
-use anima_sample_modules::pb::{CheckMemoryRequest, Logged, RecentRequest};
+use anima_sample_modules::pb::{Logged, RecentRequest};
 use anima_tests::{PATIENCE, reason};
 
 use super::gateway::user;
+use super::nats::{NatsServer, free_port, on_nats};
 use super::serve::{CoreProcess, core_and_admin, module_entry, sample};
 
 const KVSTORE: &str = "urn:anima:module:kvstore";
@@ -37,6 +37,29 @@ const LOGGER: &str = "urn:anima:module:logger";
 
 /// A Core hosting kvstore (the publisher's identity) and the logger, with
 /// `permissions` (TOML) and the dev user allowed to call the logger.
+/// Whether this copy of the file runs on NATS JetStream: `main.rs` compiles
+/// it twice, as `messages` (the embedded store) and `messages_on_nats`, so
+/// the same tests hold on both backends (M14).
+fn backend_is_nats() -> bool {
+    module_path!().ends_with("_on_nats")
+}
+
+/// A Core with `config` (an `anima.toml`), its mediator on this copy's
+/// backend: on NATS, a `nats-server` of its own started first.
+pub(crate) async fn start_config(config: &str) -> CoreProcess {
+    if !backend_is_nats() {
+        return CoreProcess::start(Some(config)).await;
+    }
+    let port = free_port();
+    let mut server = None;
+    let mut core = CoreProcess::start_with(Some(&on_nats(config, port)), |certs| {
+        server = Some(NatsServer::start(certs, port));
+    })
+    .await;
+    core.nats = server;
+    core
+}
+
 async fn start(permissions: &str) -> CoreProcess {
     let text = core_and_admin("")
         + &module_entry(
@@ -56,7 +79,7 @@ async fn start(permissions: &str) -> CoreProcess {
         + "\n[[policy]]\nuser = \"urn:anima:user:dev\"\nallow = [\"urn:anima:module:logger\"]\n"
         + permissions;
     // The logger's certificate is one of the dev identities.
-    let core = CoreProcess::start(Some(&text)).await;
+    let core = start_config(&text).await;
     core.wait_leased("kvstore").await;
     core.wait_leased("logger").await;
     core
@@ -94,7 +117,10 @@ fn log_message(text: &str) -> RcsEnvelope {
 }
 
 /// What the logger kept, once `done` holds of it (within [`PATIENCE`]).
-async fn logged_until(core: &CoreProcess, done: impl Fn(&[Logged]) -> bool) -> Vec<Logged> {
+pub(crate) async fn logged_until(
+    core: &CoreProcess,
+    done: impl Fn(&[Logged]) -> bool,
+) -> Vec<Logged> {
     let conn = user(core, "user-dev").await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -661,7 +687,7 @@ async fn m9_a_request_gets_the_reply_its_subscriber_sends_with_its_id_as_correla
 }
 
 /// The W3C `traceparent` of the trace used below.
-const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+pub(crate) const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// The next delivery's trace id, span id and `traceparent`, acknowledged.
 async fn next_trace(sub: &mut Subscription) -> (String, String, String) {
@@ -827,67 +853,6 @@ async fn m13_anima_subscribe_shows_what_the_core_accepts_and_takes_nothing_from_
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-}
-
-/// The seed's memory check workflow in the embedded default: a user's call
-/// to the orchestrator becomes an `EXECUTE_SCRIPT` request through the
-/// mediator, the script executor's log lines and `SCRIPT_EXECUTED` reply,
-/// and the orchestrator's log line — each reaching the logger, all with one
-/// correlation id and the trace of the user's call.
-#[tokio::test]
-async fn m13_the_memory_check_workflow_runs_through_the_mediator_with_one_correlation_and_trace() {
-    let core = CoreProcess::start(None).await;
-    for name in ["logger", "scripts", "orchestrator"] {
-        core.wait_leased(name).await;
-    }
-    let conn = user(&core, "user-dev").await;
-    let mut call = tonic::Request::new(CheckMemoryRequest { timeout_ms: 10_000 });
-    call.metadata_mut()
-        .insert("traceparent", TRACEPARENT.parse().unwrap());
-    let checked = OrchestratorClient::new(conn.channel())
-        .check_memory(call)
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(checked.executor, "urn:anima:module:scripts");
-    assert_eq!(checked.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-    let result: serde_json::Value = serde_json::from_str(&checked.result).unwrap();
-    assert_eq!(result["script"], "memory_check", "{result}");
-    assert!(result["mem_total_kb"].as_u64().unwrap() > 0, "{result}");
-    let kept = logged_until(&core, |k| k.len() >= 3).await;
-    assert_eq!(kept.len(), 3, "{kept:#?}");
-    for line in &kept {
-        assert_eq!(line.event_type, "LOG_MESSAGE");
-        assert_eq!(line.correlation_id, checked.correlation_id, "{line:?}");
-        assert_eq!(line.trace_id, checked.trace_id, "{line:?}");
-    }
-    let mut senders: Vec<&str> = kept.iter().map(|l| l.source_module.as_str()).collect();
-    senders.sort_unstable();
-    assert_eq!(
-        senders,
-        [
-            "urn:anima:module:orchestrator",
-            "urn:anima:module:scripts",
-            "urn:anima:module:scripts"
-        ]
-    );
-    assert!(
-        String::from_utf8_lossy(&kept[0].data).contains("starting"),
-        "{kept:#?}"
-    );
-
-    // The README's walkthrough: the same request from a terminal, with the
-    // file it names.
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../sample-modules/orchestrator/check-memory.json");
-    let out = core.cli_ok(&["request", file.to_str().unwrap()]).await;
-    assert!(
-        out.starts_with("reply ")
-            && out.contains("(SCRIPT_EXECUTED) from urn:anima:module:scripts"),
-        "{out}"
-    );
-    assert!(out.contains("\"mem_total_kb\""), "{out}");
-    logged_until(&core, |k| k.len() >= 5).await;
 }
 
 #[tokio::test]

@@ -213,7 +213,12 @@ allow = ["urn:anima:module:tally"]
         dir.path(),
     );
     let admin = child.line("ANIMA-CORE READY").await;
-    let core = CoreProcess { child, admin, dir };
+    let core = CoreProcess {
+        child,
+        admin,
+        dir,
+        nats: None,
+    };
     core.wait_leased("tally").await;
     let core_fp = core_cert_fingerprint(&core).to_string();
     let first = leased_under(&core, "tally", &core_fp, Some(&short_fp)).await;

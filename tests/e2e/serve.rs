@@ -12,6 +12,9 @@ pub(crate) struct CoreProcess {
     pub(crate) child: Child,
     pub(crate) admin: String,
     pub(crate) dir: tempfile::TempDir,
+    /// The NATS server its mediator keeps messages on, if any: stopped
+    /// after the Core.
+    pub(crate) nats: Option<super::nats::NatsServer>,
 }
 
 impl CoreProcess {
@@ -55,7 +58,12 @@ impl CoreProcess {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut child = Child::spawn_env_in(&bin_path("anima"), &args, env, dir.path());
         let admin = child.line("ANIMA-CORE READY").await;
-        CoreProcess { child, admin, dir }
+        CoreProcess {
+            child,
+            admin,
+            dir,
+            nats: None,
+        }
     }
 
     /// `kill -9`s the Core and starts it again in the same directory, with

@@ -11,7 +11,8 @@
 //! `cargo xtask test` runs every check CI runs, in order, and stops at the
 //! first failure (installing Python's `grpcio` and `cryptography` first when
 //! missing — the gateway and conformance tests use a client and a module
-//! written with them, not with our code):
+//! written with them, not with our code — and Debian's `nats-server`, which
+//! the mediator's tests on NATS JetStream start):
 //!
 //! 1. `cargo fmt --all -- --check`, then the release feature graph: no
 //!    test-only fault hook in a shipped crate (see `shipped.rs`), then
@@ -136,6 +137,7 @@ fn ensure_cargo_tool(subcommand: &str, krate: &str) -> Result<(), String> {
 
 fn test(filter: &[String]) -> Result<(), String> {
     ensure_python_grpcio()?;
+    ensure_nats_server()?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
     shipped::check_feature_graph()?;
     ensure_cargo_tool("machete", CARGO_MACHETE)?;
@@ -278,6 +280,36 @@ fn ensure_python_grpcio() -> Result<(), String> {
             )
         },
     )
+}
+
+/// The mediator's tests on NATS JetStream (M14) start Debian's
+/// `nats-server`; install it when missing (as root, or with `sudo -n`).
+fn ensure_nats_server() -> Result<(), String> {
+    let present = Command::new("nats-server")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("xtask: apt-get install nats-server");
+    let script = "export DEBIAN_FRONTEND=noninteractive; \
+        apt-get install -y -q nats-server || { apt-get update -q && apt-get install -y -q nats-server; }";
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let mut command = if root {
+        Command::new("sh")
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.args(["-n", "sh"]);
+        sudo
+    };
+    run_command(command.args(["-c", script]), "apt-get", |_| {
+        "cannot install nats-server (apt-get install nats-server): the mediator's tests on NATS JetStream need it".to_owned()
+    })
 }
 
 fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {

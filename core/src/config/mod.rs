@@ -91,11 +91,11 @@ pub use check::start_order;
 pub use default::embedded_default;
 pub(crate) use interfaces::listed;
 pub use model::{
-    AdminSection, Config, CoreCert, CoreSection, DEFAULT_ACK_WAIT, DEFAULT_ADMIN_LISTEN,
+    AdminSection, Backend, Config, CoreCert, CoreSection, DEFAULT_ACK_WAIT, DEFAULT_ADMIN_LISTEN,
     DEFAULT_AUDIT_LOG, DEFAULT_LEASE_TTL, DEFAULT_MAX_STORE_BYTES, DEFAULT_MESSAGE_STORE,
-    DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, MediatorSection, MessageGrant, ModuleConfig,
-    OperatorAccess, Permission, Policy, PolicyTarget, RENEW_WHEN_LEFT_RANGE, RestartMode,
-    RestartPolicy, StartMode, default_restart_mode,
+    DEFAULT_NATS_STREAM, DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, MediatorSection, MessageGrant,
+    ModuleConfig, OperatorAccess, Permission, Policy, PolicyTarget, RENEW_WHEN_LEFT_RANGE,
+    RestartMode, RestartPolicy, StartMode, default_restart_mode,
 };
 pub use problem::Problem;
 pub(crate) use reference::markdown as reference_markdown;
@@ -346,11 +346,63 @@ mod tests {
                 max_store_bytes: 2 << 20,
                 ack_wait: Duration::from_secs(5),
                 error_handler: Some("urn:anima:module:hasher".parse().unwrap()),
+                backend: Backend::Embedded,
             }
         );
         let defaults = parse_str(&format!("{CORE}{module}"), &dir.path().join("a.toml")).unwrap();
         assert_eq!(defaults.mediator, MediatorSection::default());
         assert!(defaults.messages.is_empty());
+    }
+
+    #[test]
+    fn m14_the_nats_backend_is_read_and_checked() {
+        let dir = scratch();
+        let file = dir.path().join("anima.toml");
+        let read = |mediator: &str| parse_str(&format!("{CORE}\n[mediator]\n{mediator}"), &file);
+        let nats = read("backend = \"nats\"\nnats_url = \"tls://127.0.0.1:4222\"").unwrap();
+        assert_eq!(
+            nats.mediator.backend,
+            Backend::Nats {
+                url: "tls://127.0.0.1:4222".into(),
+                stream: DEFAULT_NATS_STREAM.into(),
+            }
+        );
+        let named = read(
+            "backend = \"nats\"\nnats_url = \"tls://nats.example:7422\"\nnats_stream = \"prod-1\"",
+        );
+        assert!(matches!(
+            named.unwrap().mediator.backend,
+            Backend::Nats { stream, .. } if stream == "prod-1"
+        ));
+        let at = file.display();
+        for (mediator, problem) in [
+            (
+                "backend = \"nats\"",
+                format!("{at}:9: mediator.backend: \"nats\" needs nats_url = \"tls://HOST:PORT\""),
+            ),
+            (
+                "backend = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"",
+                format!(
+                    "{at}:10: mediator.nats_url: nats://127.0.0.1:4222 is not tls://HOST:PORT (the link to NATS is TLS)"
+                ),
+            ),
+            (
+                "backend = \"nats\"\nnats_url = \"tls://127.0.0.1\"",
+                format!("{at}:10: mediator.nats_url: tls://127.0.0.1 is not tls://HOST:PORT"),
+            ),
+            (
+                "backend = \"nats\"\nnats_url = \"tls://h:1\"\nnats_stream = \"a.b\"",
+                format!(
+                    "{at}:11: mediator.nats_stream: a.b is not 1 to 32 letters, digits, '_' or '-'"
+                ),
+            ),
+            (
+                "nats_url = \"tls://h:1\"",
+                format!("{at}:9: mediator.nats_url: is read only with backend = \"nats\""),
+            ),
+        ] {
+            assert_eq!(messages(read(mediator)), [problem], "{mediator}");
+        }
     }
 
     #[test]

@@ -119,6 +119,28 @@ pub struct MediatorSection {
     /// The module that receives every EPS error the mediator reports, as
     /// `EPS_ERROR` messages (M10); `None`: only their senders get them.
     pub error_handler: Option<Urn>,
+    /// Where the messages are kept: the embedded store, or NATS JetStream.
+    pub backend: Backend,
+}
+
+/// `[mediator] nats_stream` when not given.
+pub const DEFAULT_NATS_STREAM: &str = "ANIMA";
+
+/// `[mediator] backend`: where the mediator keeps its messages.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The embedded store (`[mediator] store`), one Core's own.
+    #[default]
+    Embedded,
+    /// NATS JetStream, shared by every Core that names the same server and
+    /// streams (M14).
+    Nats {
+        /// The server, `tls://HOST:PORT`.
+        url: String,
+        /// The prefix of the JetStream streams' names (the same on every
+        /// Core that shares the message space).
+        stream: String,
+    },
 }
 
 impl Default for MediatorSection {
@@ -128,6 +150,7 @@ impl Default for MediatorSection {
             max_store_bytes: DEFAULT_MAX_STORE_BYTES,
             ack_wait: DEFAULT_ACK_WAIT,
             error_handler: None,
+            backend: Backend::Embedded,
         }
     }
 }

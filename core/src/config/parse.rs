@@ -139,8 +139,16 @@ fn check_parts(parts: &Parts, report: &mut Report) {
         super::interfaces::resolve(&modules, report);
         let permissions = parts.permissions.iter().map(|(i, p)| (*i, p));
         super::interfaces::permissions(&modules, permissions, report);
-        let grants = parts.messages.iter().map(|(i, g)| (*i, &g.module));
-        super::interfaces::message_grants(&modules, grants, report);
+        // On NATS the message space is shared: a grant may name a module
+        // another Core hosts (M14).
+        let shared = parts
+            .mediator
+            .as_ref()
+            .is_some_and(|m| matches!(m.backend, super::model::Backend::Nats { .. }));
+        if !shared {
+            let grants = parts.messages.iter().map(|(i, g)| (*i, &g.module));
+            super::interfaces::message_grants(&modules, grants, report);
+        }
         if let Some(handler) = parts
             .mediator
             .as_ref()

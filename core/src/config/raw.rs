@@ -54,6 +54,9 @@ pub(super) struct Mediator {
     pub(super) max_store_bytes: Field<i64>,
     pub(super) ack_wait: Field<String>,
     pub(super) error_handler: Field<String>,
+    pub(super) backend: Field<BackendWord>,
+    pub(super) nats_url: Field<String>,
+    pub(super) nats_stream: Field<String>,
 }
 
 /// `[core]`.
@@ -143,6 +146,17 @@ pub(super) struct Permission {
     pub(super) subscribe: Strings,
     pub(super) category: Field<String>,
     pub(super) tags: Strings,
+}
+
+/// `[mediator] backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum BackendWord {
+    /// The embedded store.
+    #[default]
+    Embedded,
+    /// NATS JetStream.
+    Nats,
 }
 
 /// The module types an entry can declare (`type`); a resident private

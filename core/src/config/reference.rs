@@ -17,8 +17,8 @@ use anima_protocol::contract::ModuleType;
 
 use super::model::{
     DEFAULT_ACK_WAIT, DEFAULT_ADMIN_LISTEN, DEFAULT_AUDIT_LOG, DEFAULT_LEASE_TTL,
-    DEFAULT_MAX_STORE_BYTES, DEFAULT_MESSAGE_STORE, DEFAULT_RENEW_WHEN_LEFT, DEFAULT_RESTART,
-    default_restart_mode,
+    DEFAULT_MAX_STORE_BYTES, DEFAULT_MESSAGE_STORE, DEFAULT_NATS_STREAM, DEFAULT_RENEW_WHEN_LEFT,
+    DEFAULT_RESTART, default_restart_mode,
 };
 
 /// One key of `anima.toml`.
@@ -429,6 +429,24 @@ pub(crate) const KEYS: &[Key] = &[
         Fallback::Unset,
         "A module (one of this Core's `[[module]]` entries) that receives every EPS error the mediator reports, as `EPS_ERROR` messages (PROTOCOL.md §13.8). Unset: only the senders get them.",
     ),
+    key(
+        "mediator.backend",
+        Kind::Word(&["embedded", "nats"]),
+        Fallback::Text("embedded"),
+        "Where messages are kept: `embedded`, this Core's own store (`store`); `nats`, NATS JetStream at `nats_url`, shared by every Core naming the same server and `nats_stream`, so modules on different Cores exchange messages (PROTOCOL.md §13.11).",
+    ),
+    key(
+        "mediator.nats_url",
+        Kind::Str("tls://HOST:PORT"),
+        Fallback::Unset,
+        "With `backend = \"nats\"` (required there): the NATS server. The link is TLS 1.3 with the Core's own certificate and key (`[core] cert`, `key`) as its client certificate, the server's verified against `[core] ca` and the host named.",
+    ),
+    key(
+        "mediator.nats_stream",
+        Kind::Str("name"),
+        Fallback::Text(DEFAULT_NATS_STREAM),
+        "With `backend = \"nats\"`: the prefix of the JetStream streams (`<name>_QUEUE`, `<name>_DEAD`) and of the subjects (`<name>.q.…`) the Cores sharing a message space use; 1 to 32 letters, digits, `_` or `-`.",
+    ),
 ];
 
 /// A row of [`KEYS`].
@@ -630,7 +648,7 @@ mod tests {
 
     use super::*;
     use crate::config::model::{CoreCert, RENEW_WHEN_LEFT_RANGE, RestartMode};
-    use crate::config::raw::{self, TypeWord};
+    use crate::config::raw::{self, BackendWord, TypeWord};
 
     /// Every key the deserializer accepts, with the shapes it reads there:
     /// `struct`, `seq`, `map`, `str`, `i64`, `f64`, `enum WORDS`.
@@ -850,6 +868,10 @@ mod tests {
             T::deserialize(IntoDeserializer::<Error>::into_deserializer(text)).unwrap()
         }
         assert_eq!(word::<TypeWord>("module.type"), TypeWord::default());
+        assert_eq!(
+            word::<BackendWord>("mediator.backend"),
+            BackendWord::default()
+        );
         assert_eq!(word::<CoreCert>("module.core_cert"), CoreCert::default());
         // The restart policy's default depends on the module's type.
         let Fallback::ByType {

@@ -20,12 +20,13 @@ use toml::Spanned;
 
 use super::check;
 use super::model::{
-    AdminSection, Config, CoreSection, DEFAULT_ADMIN_LISTEN, LeaseDefaults, MIN_ACK_WAIT,
-    MIN_STORE_BYTES, MediatorSection, MessageGrant, ModuleConfig, OperatorAccess, Permission,
-    Policy, PolicyTarget, RestartPolicy, StartMode, default_admin_listen,
+    AdminSection, Backend, Config, CoreSection, DEFAULT_ADMIN_LISTEN, DEFAULT_NATS_STREAM,
+    LeaseDefaults, MIN_ACK_WAIT, MIN_STORE_BYTES, MediatorSection, MessageGrant, ModuleConfig,
+    OperatorAccess, Permission, Policy, PolicyTarget, RestartPolicy, StartMode,
+    default_admin_listen,
 };
 use super::problem::{Report, join, line_at};
-use super::raw::{self, Field, Strings, TypeWord};
+use super::raw::{self, BackendWord, Field, Strings, TypeWord};
 
 /// Entries with their positions in the file.
 type Numbered<T> = Vec<(usize, T)>;
@@ -500,12 +501,58 @@ impl<'t> Resolver<'t> {
             Ok(d) => Some(d.unwrap_or(defaults.ack_wait)),
             Err(Bad) => None,
         };
+        let backend = self.backend(m);
         Some(MediatorSection {
             store: store.ok()?,
             max_store_bytes: max?,
             ack_wait: ack_wait?,
             error_handler: handler.ok()?,
+            backend: backend?,
         })
+    }
+
+    /// `[mediator] backend`, `nats_url` and `nats_stream`.
+    fn backend(&mut self, m: &raw::Mediator) -> Option<Backend> {
+        let backend = self.value("mediator.backend", &m.backend, Need::Optional);
+        let url = self.value("mediator.nats_url", &m.nats_url, Need::Optional);
+        let stream = self.value("mediator.nats_stream", &m.nats_stream, Need::Optional);
+        let (Ok(backend), Ok(url), Ok(stream)) = (backend, url, stream) else {
+            return None;
+        };
+        match backend.copied().unwrap_or_default() {
+            BackendWord::Embedded => {
+                for (key, given) in [
+                    ("nats_url", url.is_some()),
+                    ("nats_stream", stream.is_some()),
+                ] {
+                    if given {
+                        self.report.problem(
+                            &format!("mediator.{key}"),
+                            "is read only with backend = \"nats\"",
+                        );
+                    }
+                }
+                (url.is_none() && stream.is_none()).then_some(Backend::Embedded)
+            }
+            BackendWord::Nats => {
+                let Some(url) = url else {
+                    self.report.problem(
+                        "mediator.backend",
+                        "\"nats\" needs nats_url = \"tls://HOST:PORT\"",
+                    );
+                    return None;
+                };
+                let url_ok =
+                    nats_url_problem(url).map(|p| self.report.problem("mediator.nats_url", p));
+                let stream = stream.map_or(DEFAULT_NATS_STREAM, String::as_str);
+                let stream_ok = nats_stream_problem(stream)
+                    .map(|p| self.report.problem("mediator.nats_stream", p));
+                (url_ok.is_none() && stream_ok.is_none()).then(|| Backend::Nats {
+                    url: url.clone(),
+                    stream: stream.to_owned(),
+                })
+            }
+        }
     }
 
     /// A URN that must name a module.
@@ -976,4 +1023,34 @@ fn one_line(message: &str) -> String {
         Some(last) => format!("{first}: {last}"),
         None => first.to_owned(),
     }
+}
+
+/// What is wrong with `[mediator] nats_url`, if anything: it is
+/// `tls://HOST:PORT` (the mediator never talks to NATS in the clear).
+fn nats_url_problem(url: &str) -> Option<String> {
+    let Some(rest) = url.strip_prefix("tls://") else {
+        return Some(format!(
+            "{url:.200} is not tls://HOST:PORT (the link to NATS is TLS)"
+        ));
+    };
+    let port = rest
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    match port {
+        Some((host, Ok(p))) if !host.is_empty() && p != 0 && !host.contains(['/', '@', ',']) => {
+            None
+        }
+        _ => Some(format!("{url:.200} is not tls://HOST:PORT")),
+    }
+}
+
+/// What is wrong with `[mediator] nats_stream`, if anything: 1 to 32 ASCII
+/// letters, digits, `_` or `-` (it begins JetStream stream and consumer
+/// names).
+fn nats_stream_problem(stream: &str) -> Option<String> {
+    let ok = (1..=32).contains(&stream.len())
+        && stream
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    (!ok).then(|| format!("{stream:.40} is not 1 to 32 letters, digits, '_' or '-'"))
 }

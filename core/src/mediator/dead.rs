@@ -32,7 +32,7 @@ impl MediatorService {
         }
         let all = self
             .hub()
-            .with(|store| store.dead_letters(None))
+            .dead_letters()
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(all
@@ -86,16 +86,7 @@ impl MediatorService {
         let modules: Vec<String> = keys.iter().map(|(s, _)| module_of(s).to_owned()).collect();
         let count = self
             .hub()
-            .with(move |store| {
-                if !replay {
-                    return store.purge_keys(&keys);
-                }
-                let mut n = 0;
-                for (sub, seq) in &keys {
-                    n += usize::from(store.replay(sub, *seq)?);
-                }
-                Ok(n)
-            })
+            .end_dead(keys, replay)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         if replay {

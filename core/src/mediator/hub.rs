@@ -1,8 +1,10 @@
-//! The mediator's store as the Core's tasks use it: publishes are
-//! committed in groups (one fsync for every publish waiting at that
-//! moment, each publisher answered once its message is on disk), the other
-//! store operations run off the async runtime, and subscribers waiting on
-//! an empty queue are woken when a message is queued for them.
+//! The mediator's store as the Core's tasks use it, whichever backend keeps
+//! the messages. On the embedded store, publishes are committed in groups
+//! (one fsync for every publish waiting at that moment, each publisher
+//! answered once its message is on disk) and the other store operations run
+//! off the async runtime; on NATS each is a request to the server.
+//! Subscribers waiting on an empty queue are woken when a message is queued
+//! for them (on NATS, by any Core).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +13,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::record::Delivery;
-use super::store::{Accepted, Incoming, Store, StoreError};
+use tokio_stream::StreamExt as _;
+
+use super::nats::{NatsConfig, NatsStore};
+use super::store::{Accepted, DeadLetter, Incoming, Store, StoreError, Take};
 
 /// The most publishes committed in one transaction.
 const MAX_GROUP: usize = 512;
@@ -30,13 +35,21 @@ pub(crate) struct Publish {
 
 type Answer = oneshot::Sender<Result<Accepted, Arc<StoreError>>>;
 
-/// The store, its group-committing writer and the waiting subscribers.
-/// Cloning shares it.
+/// The store (embedded or on NATS), the embedded store's group-committing
+/// writer, and the waiting subscribers. Cloning shares it.
 #[derive(Clone)]
 pub(crate) struct Hub {
-    store: Arc<Store>,
-    writer: mpsc::Sender<(Publish, Answer)>,
-    wakers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    backend: Backend,
+    wakers: Wakers,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Embedded {
+        store: Arc<Store>,
+        writer: mpsc::Sender<(Publish, Answer)>,
+    },
+    Nats(NatsStore),
 }
 
 /// Why the hub could not do what was asked.
@@ -56,62 +69,221 @@ impl From<StoreError> for HubError {
     }
 }
 
+fn now_ms() -> u64 {
+    crate::audit::unix_ms(std::time::SystemTime::now())
+}
+
 impl Hub {
-    /// Opens the store at `path` (at most `limit` bytes) and starts its
-    /// writer thread.
+    /// Opens the embedded store at `path` (at most `limit` bytes) and
+    /// starts its writer thread.
     pub(crate) fn open(path: &Path, limit: u64) -> Result<Hub, StoreError> {
         let store = Arc::new(Store::open(path, limit)?);
         let (writer, rx) = mpsc::channel(PENDING);
-        let hub = Hub {
-            store: store.clone(),
-            writer,
-            wakers: Arc::default(),
-        };
-        let wake = hub.clone_wakers();
+        let wakers = Wakers::default();
+        let wake = wakers.clone();
+        let thread_store = store.clone();
         std::thread::Builder::new()
             .name("anima-mediator-writer".into())
-            .spawn(move || write_groups(&store, rx, &wake))
+            .spawn(move || write_groups(&thread_store, rx, &wake))
             .map_err(|e| StoreError::Db(redb::StorageError::Io(e).into()))?;
-        Ok(hub)
+        Ok(Hub {
+            backend: Backend::Embedded { store, writer },
+            wakers,
+        })
     }
 
-    fn clone_wakers(&self) -> Wakers {
-        Wakers(self.wakers.clone())
+    /// Connects to NATS JetStream (`backend = "nats"`) and wakes this
+    /// Core's subscribers when any Core queues a message for them.
+    pub(crate) async fn nats(config: NatsConfig) -> Result<Hub, StoreError> {
+        let store = NatsStore::connect(config).await?;
+        let mut wakes = store.wakes().await?;
+        let wakers = Wakers::default();
+        let wake = wakers.clone();
+        tokio::spawn(async move {
+            while let Some(message) = wakes.next().await {
+                if let Some(subscription) = super::nats::woken(&message.subject) {
+                    wake.wake(&subscription);
+                }
+            }
+        });
+        Ok(Hub {
+            backend: Backend::Nats(store),
+            wakers,
+        })
     }
 
     /// Stores `publish` (committed with whatever else waits to be) and
     /// wakes its subscribers.
     pub(crate) async fn publish(&self, publish: Publish) -> Result<Accepted, HubError> {
-        let (tx, rx) = oneshot::channel();
-        self.writer
-            .send((publish, tx))
-            .await
-            .map_err(|_| HubError::Closed)?;
-        rx.await
-            .map_err(|_| HubError::Closed)?
-            .map_err(HubError::Store)
+        match &self.backend {
+            Backend::Embedded { writer, .. } => {
+                let (tx, rx) = oneshot::channel();
+                writer
+                    .send((publish, tx))
+                    .await
+                    .map_err(|_| HubError::Closed)?;
+                rx.await
+                    .map_err(|_| HubError::Closed)?
+                    .map_err(HubError::Store)
+            }
+            Backend::Nats(store) => {
+                let accepted = store.accept(&publish.incoming(), now_ms()).await?;
+                if matches!(accepted, Accepted::Stored(_)) {
+                    for s in &publish.subscriptions {
+                        self.wakers.wake(s);
+                    }
+                }
+                Ok(accepted)
+            }
+        }
     }
 
-    /// Runs `f` on the store off the async runtime.
-    pub(crate) async fn with<T: Send + 'static>(
-        &self,
+    /// Runs `f` on the embedded store off the async runtime.
+    async fn blocking<T: Send + 'static>(
+        store: &Arc<Store>,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, HubError> {
-        let store = self.store.clone();
+        let store = store.clone();
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .map_err(|_| HubError::Closed)?
             .map_err(HubError::from)
     }
 
+    /// The next message due for one of `subscriptions`, handed out for
+    /// `ack_wait_ms` (M6, M7); with the index of its subscription.
+    pub(crate) async fn take_any(
+        &self,
+        subscriptions: Arc<[String]>,
+        ack_wait_ms: u64,
+    ) -> Result<(usize, Take), HubError> {
+        match &self.backend {
+            Backend::Embedded { store, .. } => {
+                Self::blocking(store, move |store| {
+                    let subs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
+                    store.take_any(&subs, now_ms(), ack_wait_ms)
+                })
+                .await
+            }
+            Backend::Nats(store) => Ok(store.take_any(&subscriptions, now_ms()).await?),
+        }
+    }
+
+    /// The subscriber acknowledged (`reason` `None`) or refused delivery
+    /// `seq` of `subscription`.
+    pub(crate) async fn answer(
+        &self,
+        subscription: String,
+        seq: u64,
+        nack: Option<String>,
+    ) -> Result<(), HubError> {
+        match (&self.backend, nack) {
+            (Backend::Embedded { store, .. }, None) => {
+                Self::blocking(store, move |s| s.ack(&subscription, seq).map(drop)).await
+            }
+            (Backend::Embedded { store, .. }, Some(reason)) => {
+                Self::blocking(store, move |s| {
+                    s.nack(&subscription, seq, now_ms(), &reason).map(drop)
+                })
+                .await
+            }
+            (Backend::Nats(store), None) => Ok(store.ack(&subscription, seq).await.map(drop)?),
+            (Backend::Nats(store), Some(reason)) => Ok(store
+                .nack(&subscription, seq, now_ms(), &reason)
+                .await
+                .map(drop)?),
+        }
+    }
+
+    /// Deliveries whose subscriber's lease ended unanswered: due again now,
+    /// not counted as attempts (M11).
+    pub(crate) async fn release(&self, held: Vec<(String, u64)>) -> Result<(), HubError> {
+        match &self.backend {
+            Backend::Embedded { store, .. } => {
+                Self::blocking(store, move |store| {
+                    let now = now_ms();
+                    for (subscription, seq) in &held {
+                        store.release(subscription, *seq, now)?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+            Backend::Nats(store) => {
+                for (subscription, seq) in &held {
+                    store.release(subscription, *seq).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Every dead letter (M8).
+    pub(crate) async fn dead_letters(&self) -> Result<Vec<DeadLetter>, HubError> {
+        match &self.backend {
+            Backend::Embedded { store, .. } => {
+                Self::blocking(store, |store| store.dead_letters(None)).await
+            }
+            Backend::Nats(store) => Ok(store.dead_letters().await?),
+        }
+    }
+
+    /// Queues the dead letters `keys` names again (`replay`) or deletes
+    /// them; how many there were.
+    pub(crate) async fn end_dead(
+        &self,
+        keys: Vec<(String, u64)>,
+        replay: bool,
+    ) -> Result<usize, HubError> {
+        match &self.backend {
+            Backend::Embedded { store, .. } => {
+                Self::blocking(store, move |store| {
+                    if !replay {
+                        return store.purge_keys(&keys);
+                    }
+                    let mut n = 0;
+                    for (sub, seq) in &keys {
+                        n += usize::from(store.replay(sub, *seq)?);
+                    }
+                    Ok(n)
+                })
+                .await
+            }
+            Backend::Nats(store) => {
+                let mut n = 0;
+                for (sub, seq) in &keys {
+                    let done = if replay {
+                        store.replay(sub, *seq).await?
+                    } else {
+                        store.purge_one(sub, *seq).await?
+                    };
+                    n += usize::from(done);
+                }
+                Ok(n)
+            }
+        }
+    }
+
     /// What wakes the subscription streams of `module` when a message is
     /// queued for any of its subscriptions.
     pub(crate) fn waker(&self, module: &anima_protocol::Urn) -> Arc<Notify> {
-        self.clone_wakers().get(module.as_str())
+        self.wakers.get(module.as_str())
     }
 }
 
-#[derive(Clone)]
+impl Publish {
+    fn incoming(&self) -> Incoming<'_> {
+        Incoming {
+            envelope: &self.envelope,
+            message_id: &self.message_id,
+            exactly_once: self.exactly_once,
+            delivery: self.delivery,
+            subscriptions: &self.subscriptions,
+        }
+    }
+}
+
+#[derive(Clone, Default)]
 struct Wakers(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
 
 impl Wakers {
@@ -147,17 +319,8 @@ fn write_groups(store: &Store, mut rx: mpsc::Receiver<(Publish, Answer)>, wakers
         {
             group.push(next);
         }
-        let batch: Vec<Incoming<'_>> = group
-            .iter()
-            .map(|(p, _)| Incoming {
-                envelope: &p.envelope,
-                message_id: &p.message_id,
-                exactly_once: p.exactly_once,
-                delivery: p.delivery,
-                subscriptions: &p.subscriptions,
-            })
-            .collect();
-        let result = store.accept(&batch, crate::audit::unix_ms(std::time::SystemTime::now()));
+        let batch: Vec<Incoming<'_>> = group.iter().map(|(p, _)| p.incoming()).collect();
+        let result = store.accept(&batch, now_ms());
         drop(batch);
         match result {
             Ok(accepted) => {

@@ -6,6 +6,7 @@
 mod dead;
 mod errors;
 pub(crate) mod hub;
+pub(crate) mod nats;
 pub mod record;
 mod request;
 pub(crate) mod route;

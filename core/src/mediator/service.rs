@@ -520,7 +520,7 @@ impl Mediator for MediatorService {
             service: self.clone(),
             waker: self.hub.waker(&me),
             me,
-            subscriptions,
+            subscriptions: subscriptions.into(),
             window: window as usize,
             outstanding: HashMap::new(),
             tx,
@@ -577,7 +577,7 @@ struct Subscriber {
     service: MediatorService,
     waker: Arc<tokio::sync::Notify>,
     me: Urn,
-    subscriptions: Vec<String>,
+    subscriptions: Arc<[String]>,
     window: usize,
     /// Delivery → the index of its subscription, and whether it awaits an
     /// answer (not `at_most_once`).
@@ -671,15 +671,10 @@ impl Subscriber {
 
     /// Hands out the next message due; `Ok(None)` when the caller is gone.
     async fn hand_out(&mut self) -> Result<Option<()>, HandOut> {
-        let subscriptions = self.subscriptions.clone();
         let ack_wait = u64::try_from(self.service.ack_wait.as_millis()).unwrap_or(u64::MAX);
         let (index, take) = self
             .hub
-            .with(move |store| {
-                let subs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
-                let now = crate::audit::unix_ms(std::time::SystemTime::now());
-                store.take_any(&subs, now, ack_wait)
-            })
+            .take_any(self.subscriptions.clone(), ack_wait)
             .await
             .map_err(HandOut::Failed)?;
         let handed = match take {
@@ -737,15 +732,7 @@ impl Subscriber {
         if !awaits {
             return Ok(());
         }
-        self.hub
-            .with(move |store| match nack {
-                None => store.ack(&subscription, delivery).map(drop),
-                Some(reason) => {
-                    let now = crate::audit::unix_ms(std::time::SystemTime::now());
-                    store.nack(&subscription, delivery, now, &reason).map(drop)
-                }
-            })
-            .await
+        self.hub.answer(subscription, delivery, nack).await
     }
 
     /// What the stream held unanswered is due again now (M11).
@@ -759,16 +746,7 @@ impl Subscriber {
         if held.is_empty() {
             return;
         }
-        let released = self
-            .hub
-            .with(move |store| {
-                let now = crate::audit::unix_ms(std::time::SystemTime::now());
-                for (subscription, seq) in &held {
-                    store.release(subscription, *seq, now)?;
-                }
-                Ok(())
-            })
-            .await;
+        let released = self.hub.release(held).await;
         if let Err(e) = released {
             tracing::error!("mediator: releasing {}'s deliveries: {e}", self.me);
         }

@@ -57,6 +57,24 @@ pub enum StoreError {
     /// A stored value is not what this version wrote.
     #[error("message store: message {0} is unreadable")]
     Corrupt(u64),
+    /// The NATS server failed or refused (`backend = "nats"`).
+    #[error("NATS JetStream: {what}: {source}")]
+    Nats {
+        /// What the mediator was doing.
+        what: &'static str,
+        /// The client's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The NATS server takes messages too small for the mediator's.
+    #[error(
+        "NATS JetStream: the server's max_payload is {server} bytes; the mediator needs at least {needed} (set max_payload in the server's configuration)"
+    )]
+    NatsPayload {
+        /// The server's `max_payload`.
+        server: i64,
+        /// The least the mediator needs.
+        needed: i64,
+    },
 }
 
 macro_rules! db_errors {
@@ -614,7 +632,7 @@ pub const MAX_REASON: usize = 1024;
 
 /// A dead letter's reason after its retries: `MAX_RETRIES`, with the
 /// subscriber's last refusal reason when it gave one.
-fn spent(reason: &str) -> String {
+pub(crate) fn spent(reason: &str) -> String {
     let mut end = reason.len().min(MAX_REASON);
     while !reason.is_char_boundary(end) {
         end -= 1;
