@@ -31,6 +31,7 @@ mod rollover;
 mod rotation;
 mod scaffold;
 mod serve;
+mod shared_messages;
 mod shipped;
 mod sidecars;
 mod streams;

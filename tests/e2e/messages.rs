@@ -86,7 +86,7 @@ async fn start(permissions: &str) -> CoreProcess {
 }
 
 /// kvstore publishes LOG_MESSAGE; the logger receives it.
-const LOGS: &str = r#"
+pub(crate) const LOGS: &str = r#"
 [[permission]]
 module = "urn:anima:module:kvstore"
 publish = ["LOG_MESSAGE"]
@@ -108,7 +108,7 @@ async fn publish(conn: &Connection, e: RcsEnvelope) -> Result<Published, EpsErro
     }
 }
 
-fn log_message(text: &str) -> RcsEnvelope {
+pub(crate) fn log_message(text: &str) -> RcsEnvelope {
     envelope(
         "LOG_MESSAGE",
         "application/json",
@@ -141,7 +141,7 @@ pub(crate) async fn logged_until(
     }
 }
 
-fn texts(kept: &[Logged]) -> Vec<String> {
+pub(crate) fn texts(kept: &[Logged]) -> Vec<String> {
     kept.iter()
         .map(|m| String::from_utf8_lossy(&m.data).into_owned())
         .collect()
@@ -378,7 +378,7 @@ subscribe = ["JOB"]
 
 /// A client of the Core's endpoint with `stem`'s certificate, as a module's
 /// own code (or an operator's) would have it.
-fn client_as(core: &CoreProcess, stem: &str) -> CoreClient {
+pub(crate) fn client_as(core: &CoreProcess, stem: &str) -> CoreClient {
     let dir = core.dir.path().join("certs/dev");
     CoreClient::new(
         core.admin.parse().unwrap(),

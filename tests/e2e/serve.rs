@@ -70,6 +70,12 @@ impl CoreProcess {
     /// the same `anima.toml`; its endpoint's address is new.
     pub(crate) async fn kill9_and_restart(&mut self) {
         self.child.kill9().await;
+        self.restart().await;
+    }
+
+    /// Starts the Core again (after a [`Child::kill9`] of `child`) in the
+    /// same directory, with the same `anima.toml`.
+    pub(crate) async fn restart(&mut self) {
         let config = self.dir.path().join("anima.toml");
         let config = config.to_string_lossy().into_owned();
         let args = [

@@ -604,6 +604,8 @@ impl NatsStore {
         }
         let name = reader.cached_info().name.clone();
         let _ = dead.delete_consumer(&name).await;
+        // As the embedded store lists them: by subscription, then delivery.
+        out.sort_by(|a, b| (&a.subscription, a.seq).cmp(&(&b.subscription, b.seq)));
         Ok(out)
     }
 
