@@ -27,6 +27,7 @@
 //! plain server is this binary (`anima-bench plain-echo`, hidden).
 
 mod calls;
+mod jetstream;
 mod leases;
 mod link;
 mod messages;

@@ -11,9 +11,11 @@
 //! - `messages_request_reply_p50_us`: `Request` and its reply (the
 //!   responder a subscriber that replies to each request) against a direct
 //!   leased call of the echo module, in alternating blocks.
-//! - `messages_jetstream`: the plain NATS JetStream baseline the issue
-//!   names is not measured yet (no JetStream client in the workspace): the
-//!   line says so.
+//! - `messages_vs_jetstream_p50_us` and `messages_per_s_vs_jetstream`: the
+//!   same round trip and throughput through a plain NATS JetStream server on
+//!   this machine (`jetstream.rs`), as baselines in the same run; a
+//!   `messages_jetstream skipped=no-nats-server` line when `nats-server` is
+//!   not installed.
 
 use std::time::{Duration, Instant};
 
@@ -103,10 +105,29 @@ async fn measure(
     );
 
     report.add(request_reply(setup, opts, &module, &operator).await?);
+    if !crate::jetstream::installed() {
+        report.add(
+            Figure::new("messages_jetstream")
+                .s("skipped", "no-nats-server")
+                .s(
+                    "detail",
+                    "apt-get install nats-server for the JetStream baseline",
+                ),
+        );
+        return Ok(());
+    }
+    let mut js = crate::jetstream::measure(setup, n, total, PUBLISHERS, PAYLOAD).await?;
+    let (p50, js50) = (samples.pct(50.0), js.round_trip.pct(50.0));
     report.add(
-        Figure::new("messages_jetstream")
-            .s("skipped", "not-measured")
-            .s("detail", "no NATS JetStream baseline in this workspace yet"),
+        Figure::new("messages_vs_jetstream_p50_us")
+            .vs(p50, js50, 1)
+            .f("baseline_p99", js.round_trip.pct(99.0), 1)
+            .target("ratio<=2", p50 <= 2.0 * js50),
+    );
+    report.add(
+        Figure::new("messages_per_s_vs_jetstream")
+            .vs(rate, js.per_s, 0)
+            .i("publishers", PUBLISHERS as u64),
     );
     Ok(())
 }

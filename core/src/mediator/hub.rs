@@ -16,7 +16,7 @@ use super::record::Delivery;
 use tokio_stream::StreamExt as _;
 
 use super::nats::{NatsConfig, NatsStore};
-use super::store::{Accepted, DeadLetter, Incoming, Store, StoreError, Take};
+use super::store::{Accepted, DeadLetter, Incoming, Store, StoreError, Take, Taken};
 
 /// The most publishes committed in one transaction.
 const MAX_GROUP: usize = 512;
@@ -150,48 +150,57 @@ impl Hub {
             .map_err(HubError::from)
     }
 
-    /// The next message due for one of `subscriptions`, handed out for
-    /// `ack_wait_ms` (M6, M7); with the index of its subscription.
-    pub(crate) async fn take_any(
+    /// At most `max` messages due for `subscriptions`, handed out for
+    /// `ack_wait_ms` (M6, M7), each with the index of its subscription;
+    /// when fewer, also when the next one is due, if known.
+    pub(crate) async fn take(
         &self,
         subscriptions: Arc<[String]>,
         ack_wait_ms: u64,
-    ) -> Result<(usize, Take), HubError> {
+        max: usize,
+    ) -> Result<Taken, HubError> {
         match &self.backend {
             Backend::Embedded { store, .. } => {
                 Self::blocking(store, move |store| {
                     let subs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
-                    store.take_any(&subs, now_ms(), ack_wait_ms)
+                    store.take_many(&subs, now_ms(), ack_wait_ms, max)
                 })
                 .await
             }
-            Backend::Nats(store) => Ok(store.take_any(&subscriptions, now_ms()).await?),
+            Backend::Nats(store) => {
+                let mut taken = Vec::new();
+                while taken.len() < max {
+                    match store.take_any(&subscriptions, now_ms()).await? {
+                        (index, Take::Message(handed)) => taken.push((index, handed)),
+                        (_, Take::Idle(due)) => return Ok((taken, due)),
+                    }
+                }
+                Ok((taken, None))
+            }
         }
     }
 
-    /// The subscriber acknowledged (`reason` `None`) or refused delivery
-    /// `seq` of `subscription`.
+    /// The subscriber's answers: each `(subscription, delivery, refusal)`
+    /// an acknowledgement (no refusal) or a refusal (M7).
     pub(crate) async fn answer(
         &self,
-        subscription: String,
-        seq: u64,
-        nack: Option<String>,
+        answers: Vec<(String, u64, Option<String>)>,
     ) -> Result<(), HubError> {
-        match (&self.backend, nack) {
-            (Backend::Embedded { store, .. }, None) => {
-                Self::blocking(store, move |s| s.ack(&subscription, seq).map(drop)).await
+        match &self.backend {
+            Backend::Embedded { store, .. } => {
+                Self::blocking(store, move |s| s.answer_many(&answers, now_ms())).await
             }
-            (Backend::Embedded { store, .. }, Some(reason)) => {
-                Self::blocking(store, move |s| {
-                    s.nack(&subscription, seq, now_ms(), &reason).map(drop)
-                })
-                .await
+            Backend::Nats(store) => {
+                for (subscription, seq, refusal) in answers {
+                    match refusal {
+                        None => drop(store.ack(&subscription, seq).await?),
+                        Some(reason) => {
+                            store.nack(&subscription, seq, now_ms(), &reason).await?;
+                        }
+                    }
+                }
+                Ok(())
             }
-            (Backend::Nats(store), None) => Ok(store.ack(&subscription, seq).await.map(drop)?),
-            (Backend::Nats(store), Some(reason)) => Ok(store
-                .nack(&subscription, seq, now_ms(), &reason)
-                .await
-                .map(drop)?),
         }
     }
 

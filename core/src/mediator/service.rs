@@ -32,7 +32,7 @@ use super::hub::{Hub, HubError, Publish};
 use super::record::{Delivery, rank};
 use super::request::{DEFAULT_TIMEOUT, Reply, Requests};
 use super::route::{Grants, module_of, subscription};
-use super::store::{Accepted, Take};
+use super::store::Accepted;
 use super::trace;
 use super::watch::{WatchStream, Watchers};
 use crate::caller::Caller as Sender;
@@ -639,13 +639,14 @@ impl Subscriber {
                     return End::NoLease;
                 }
                 match self.hand_out().await {
-                    Ok(Some(())) => {}
-                    Ok(None) => return End::Gone,
-                    Err(HandOut::Idle(due)) => {
+                    Ok(Batch::More) => {}
+                    Ok(Batch::Gone) => return End::Gone,
+                    Ok(Batch::NoLease) => return End::NoLease,
+                    Ok(Batch::Idle(due)) => {
                         next_due = due;
                         break;
                     }
-                    Err(HandOut::Failed(e)) => return End::Failed(e),
+                    Err(e) => return End::Failed(e),
                 }
             }
             let wait = next_due.map_or(Duration::from_secs(3600), |due| {
@@ -659,8 +660,12 @@ impl Subscriber {
                 () = self.tx.closed() => return End::Gone,
                 request = inbound.message() => match request {
                     Ok(Some(request)) => {
-                        if let Err(e) = self.answer(request).await {
+                        let (requests, gone) = more_ready(inbound, request).await;
+                        if let Err(e) = self.answer(requests).await {
                             return End::Failed(e);
+                        }
+                        if gone {
+                            return End::Gone;
                         }
                     }
                     Ok(None) | Err(_) => return End::Gone,
@@ -669,38 +674,68 @@ impl Subscriber {
         }
     }
 
-    /// Hands out the next message due; `Ok(None)` when the caller is gone.
-    async fn hand_out(&mut self) -> Result<Option<()>, HandOut> {
+    /// Hands out what is due, at most [`MAX_BATCH`] and what the window
+    /// has room for, taken from the store at once.
+    async fn hand_out(&mut self) -> Result<Batch, HubError> {
         let ack_wait = u64::try_from(self.service.ack_wait.as_millis()).unwrap_or(u64::MAX);
-        let (index, take) = self
+        let room = (self.window - self.outstanding.len()).min(MAX_BATCH);
+        let (taken, idle) = self
             .hub
-            .take_any(self.subscriptions.clone(), ack_wait)
-            .await
-            .map_err(HandOut::Failed)?;
-        let handed = match take {
-            Take::Message(h) => h,
-            Take::Idle(due) => return Err(HandOut::Idle(due)),
-        };
-        let Ok(envelope) = RcsEnvelope::decode(handed.envelope.as_slice()) else {
-            return Err(HandOut::Failed(HubError::from(
-                super::store::StoreError::Corrupt(handed.seq),
-            )));
-        };
-        self.outstanding.insert(handed.seq, (index, !handed.once));
-        self.service.count(event_type_of(&envelope), "delivered");
-        let item = SubscribeItem {
-            item: Some(subscribe_item::Item::Delivery(pb::Delivery {
-                delivery: handed.seq,
-                attempt: handed.attempt,
-                traceparent: trace::traceparent(&envelope),
-                envelope: Some(envelope),
-            })),
-        };
-        Ok(self.tx.send(Ok(item)).await.ok())
+            .take(self.subscriptions.clone(), ack_wait, room)
+            .await?;
+        let full = taken.len() == room;
+        if taken.is_empty() {
+            return Ok(Batch::Idle(idle));
+        }
+        // Held from now on: what is not sent goes back when the stream ends.
+        for (index, handed) in &taken {
+            self.outstanding.insert(handed.seq, (*index, !handed.once));
+        }
+        for (_, handed) in taken {
+            if !self.ctx.is_leased(&self.me) {
+                return Ok(Batch::NoLease);
+            }
+            let Ok(envelope) = RcsEnvelope::decode(handed.envelope.as_slice()) else {
+                return Err(HubError::from(super::store::StoreError::Corrupt(
+                    handed.seq,
+                )));
+            };
+            self.service.count(event_type_of(&envelope), "delivered");
+            let item = SubscribeItem {
+                item: Some(subscribe_item::Item::Delivery(pb::Delivery {
+                    delivery: handed.seq,
+                    attempt: handed.attempt,
+                    traceparent: trace::traceparent(&envelope),
+                    envelope: Some(envelope),
+                })),
+            };
+            if self.tx.send(Ok(item)).await.is_err() {
+                return Ok(Batch::Gone);
+            }
+        }
+        Ok(if full { Batch::More } else { Batch::Idle(idle) })
     }
 
-    /// An `Ack` or `Nack` (a second `Open` is refused).
-    async fn answer(&mut self, request: SubscribeRequest) -> Result<(), HubError> {
+    /// `Ack`s and `Nack`s, answered to the store at once (a second `Open`
+    /// is refused).
+    async fn answer(&mut self, requests: Vec<SubscribeRequest>) -> Result<(), HubError> {
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in requests {
+            if let Some(answer) = self.answered(request).await {
+                answers.push(answer);
+            }
+        }
+        if answers.is_empty() {
+            return Ok(());
+        }
+        self.hub.answer(answers).await
+    }
+
+    /// One `Ack` or `Nack`: what the store is to be told, if anything.
+    async fn answered(
+        &mut self,
+        request: SubscribeRequest,
+    ) -> Option<(String, u64, Option<String>)> {
         let (delivery, nack) = match request.item {
             Some(subscribe_request::Item::Ack(a)) => (a.delivery, None),
             Some(subscribe_request::Item::Nack(n)) => (n.delivery, Some(n.reason)),
@@ -710,7 +745,7 @@ impl Subscriber {
                     .tx
                     .send(Ok(error_item(self.service.eps(&e, None))))
                     .await;
-                return Ok(());
+                return None;
             }
         };
         let Some((index, awaits)) = self.outstanding.remove(&delivery) else {
@@ -723,16 +758,13 @@ impl Subscriber {
                 .tx
                 .send(Ok(error_item(self.service.eps(&e, None))))
                 .await;
-            return Ok(());
+            return None;
         };
         let subscription = self.subscriptions[index].clone();
         let event_type = subscription.split_once(' ').map_or("", |(t, _)| t);
         let answer = if nack.is_some() { "nacked" } else { "acked" };
         self.service.count(event_type, answer);
-        if !awaits {
-            return Ok(());
-        }
-        self.hub.answer(subscription, delivery, nack).await
+        awaits.then_some((subscription, delivery, nack))
     }
 
     /// What the stream held unanswered is due again now (M11).
@@ -755,10 +787,37 @@ impl Subscriber {
     }
 }
 
-/// Why nothing was handed out.
-enum HandOut {
-    /// Nothing is due; the next is due then (Unix ms), if any.
+/// What became of one [`Subscriber::hand_out`].
+enum Batch {
+    /// As many as asked were handed out: there may be more.
+    More,
+    /// Nothing more is due; the next is due then (Unix ms), if any.
     Idle(Option<u64>),
-    /// The store failed.
-    Failed(HubError),
+    /// The caller went away.
+    Gone,
+    /// The caller's lease ended.
+    NoLease,
+}
+
+/// The most deliveries taken from the store at once.
+const MAX_BATCH: usize = 64;
+/// The most answers told the store at once.
+const MAX_ANSWERS: usize = 256;
+
+/// `first` and the requests that arrived with it (ready now, at most
+/// [`MAX_ANSWERS`]); true when the caller closed its side after them.
+async fn more_ready(
+    inbound: &mut Streaming<SubscribeRequest>,
+    first: SubscribeRequest,
+) -> (Vec<SubscribeRequest>, bool) {
+    let mut requests = vec![first];
+    while requests.len() < MAX_ANSWERS {
+        // A zero timeout polls the stream once: what is there already.
+        match tokio::time::timeout(Duration::ZERO, inbound.message()).await {
+            Ok(Ok(Some(request))) => requests.push(request),
+            Ok(Ok(None) | Err(_)) => return (requests, true),
+            Err(_) => break,
+        }
+    }
+    (requests, false)
 }

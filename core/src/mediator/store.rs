@@ -14,7 +14,9 @@
 //!
 //! Time is passed in (Unix milliseconds): the store reads no clock.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
@@ -29,6 +31,10 @@ const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const REFS: TableDefinition<u64, u32> = TableDefinition::new("refs");
 /// (subscription, rank, seq) → (times handed out, due at).
 const QUEUE: TableDefinition<(&str, u8, u64), (u32, u64)> = TableDefinition::new("queue");
+/// (subscription, seq) → (rank, times handed out, due again at): handed out,
+/// neither acknowledged nor refused yet. Kept apart from `queue` so that a
+/// subscriber's backlog is read without stepping over what it holds.
+const HELD: TableDefinition<(&str, u64), (u8, u32, u64)> = TableDefinition::new("held");
 /// (subscription, seq) → (times handed out, dead since, why).
 const DEAD: TableDefinition<(&str, u64), (u32, u64, &str)> = TableDefinition::new("dead");
 /// message_id → accepted at (`exactly_once` messages, for [`DEDUP_WINDOW_MS`]).
@@ -143,6 +149,10 @@ pub struct Handed {
     pub once: bool,
 }
 
+/// What [`Store::take_many`] handed out (each with its subscription's
+/// index), and, when fewer than asked, when the next is due, if known.
+pub type Taken = (Vec<(usize, Handed)>, Option<u64>);
+
 /// What [`Store::take`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Take {
@@ -198,6 +208,9 @@ pub struct Stats {
 pub struct Store {
     db: Database,
     limit: u64,
+    /// Per subscription, no held delivery is due before this (Unix ms): its
+    /// `held` entries are looked at only from then. Absent: not known yet.
+    held_due: Mutex<HashMap<String, u64>>,
 }
 
 impl Store {
@@ -209,11 +222,16 @@ impl Store {
         tx.open_table(MESSAGES)?;
         tx.open_table(REFS)?;
         tx.open_table(QUEUE)?;
+        tx.open_table(HELD)?;
         tx.open_table(DEAD)?;
         tx.open_table(SEEN)?;
         tx.open_table(META)?;
         tx.commit()?;
-        Ok(Store { db, limit })
+        Ok(Store {
+            db,
+            limit,
+            held_due: Mutex::default(),
+        })
     }
 
     /// Stores `batch` in one transaction and returns once it is on disk.
@@ -300,54 +318,152 @@ impl Store {
         now_ms: u64,
         ack_wait_ms: u64,
     ) -> Result<(usize, Take), StoreError> {
+        let (mut taken, idle) = self.take_many(subscriptions, now_ms, ack_wait_ms, 1)?;
+        Ok(match taken.pop() {
+            Some((index, handed)) => (index, Take::Message(handed)),
+            None => (0, Take::Idle(idle)),
+        })
+    }
+
+    /// [`Store::take_any`] up to `max` times in one transaction: the
+    /// messages handed out, in order, with their subscriptions' indexes;
+    /// when fewer than `max`, also when the next one is due, if any is
+    /// queued or held.
+    pub fn take_many(
+        &self,
+        subscriptions: &[&str],
+        now_ms: u64,
+        ack_wait_ms: u64,
+        max: usize,
+    ) -> Result<Taken, StoreError> {
         let tx = self.write(Durability::None)?;
-        let found = {
-            let mut queue = tx.open_table(QUEUE)?;
-            let scan = {
-                let messages = tx.open_table(MESSAGES)?;
-                let mut scan = Scan::default();
-                for (index, subscription) in subscriptions.iter().enumerate() {
-                    scan.subscription(&queue, &messages, (index, subscription), now_ms)?;
-                }
-                scan
-            };
-            for e in scan.ended {
-                let subscription = subscriptions[e.index];
-                let (rank, seq) = e.key;
-                queue.remove((subscription, rank, seq))?;
-                let held = (seq, e.attempts);
-                end(&tx, subscription, held, e.why, e.dead_letter, now_ms)?;
+        let mut held_next = None;
+        for subscription in subscriptions {
+            if let Some(due) = self.requeue_lapsed(&tx, subscription, now_ms)? {
+                held_next = Some(held_next.map_or(due, |d: u64| d.min(due)));
             }
-            match scan.best {
-                Some(Best {
-                    index,
-                    rank,
-                    seq,
-                    attempt,
-                    record,
-                }) => {
-                    let subscription = subscriptions[index];
-                    if record.delivery.at_most_once {
-                        queue.remove((subscription, rank, seq))?;
-                        drop(queue);
-                        release_ref(&tx, seq)?;
-                    } else {
-                        let due = now_ms.saturating_add(ack_wait_ms);
-                        queue.insert((subscription, rank, seq), (attempt, due))?;
-                    }
-                    let handed = Handed {
-                        seq,
-                        attempt,
-                        envelope: record.envelope,
-                        once: record.delivery.at_most_once,
+        }
+        let mut taken = Vec::new();
+        let mut idle = None;
+        while taken.len() < max {
+            match self.take_in(&tx, subscriptions, now_ms, ack_wait_ms)? {
+                Ok(one) => taken.push(one),
+                Err(next) => {
+                    idle = match (next, held_next) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
                     };
-                    (index, Take::Message(handed))
+                    break;
                 }
-                None => (0, Take::Idle(scan.next_due)),
             }
-        };
+        }
         tx.commit()?;
-        Ok(found)
+        Ok((taken, idle))
+    }
+
+    /// One hand-out within `tx`; `Err` with when the next queued message
+    /// is due when none is now.
+    fn take_in(
+        &self,
+        tx: &WriteTransaction,
+        subscriptions: &[&str],
+        now_ms: u64,
+        ack_wait_ms: u64,
+    ) -> Result<Result<(usize, Handed), Option<u64>>, StoreError> {
+        let mut queue = tx.open_table(QUEUE)?;
+        let scan = {
+            let messages = tx.open_table(MESSAGES)?;
+            let mut scan = Scan::default();
+            for (index, subscription) in subscriptions.iter().enumerate() {
+                scan.subscription(&queue, &messages, (index, subscription), now_ms)?;
+            }
+            scan
+        };
+        for e in scan.ended {
+            let subscription = subscriptions[e.index];
+            let (rank, seq) = e.key;
+            queue.remove((subscription, rank, seq))?;
+            let held = (seq, e.attempts);
+            end(tx, subscription, held, e.why, e.dead_letter, now_ms)?;
+        }
+        let Some(Best {
+            index,
+            rank,
+            seq,
+            attempt,
+            record,
+        }) = scan.best
+        else {
+            return Ok(Err(scan.next_due));
+        };
+        let subscription = subscriptions[index];
+        queue.remove((subscription, rank, seq))?;
+        drop(queue);
+        if record.delivery.at_most_once {
+            release_ref(tx, seq)?;
+        } else {
+            let due = now_ms.saturating_add(ack_wait_ms);
+            tx.open_table(HELD)?
+                .insert((subscription, seq), (rank, attempt, due))?;
+            self.held_before(subscription, due);
+        }
+        let handed = Handed {
+            seq,
+            attempt,
+            envelope: record.envelope,
+            once: record.delivery.at_most_once,
+        };
+        Ok(Ok((index, handed)))
+    }
+
+    /// Moves `subscription`'s held deliveries whose acknowledgement did not
+    /// come by their deadline back to its queue, due now (M7), when one may
+    /// have lapsed; returns when the next held one is due, if any.
+    fn requeue_lapsed(
+        &self,
+        tx: &WriteTransaction,
+        subscription: &str,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let known = self.held_due().get(subscription).copied();
+        if known.is_some_and(|due| due > now_ms) {
+            return Ok(known.filter(|&d| d != u64::MAX));
+        }
+        let mut held = tx.open_table(HELD)?;
+        let mut lapsed = Vec::new();
+        let mut next = u64::MAX;
+        for entry in held.range((subscription, 0u64)..=(subscription, u64::MAX))? {
+            let (key, value) = entry?;
+            let (_, seq) = key.value();
+            let (rank, attempts, due) = value.value();
+            if due <= now_ms {
+                lapsed.push((seq, rank, attempts, due));
+            } else {
+                next = next.min(due);
+            }
+        }
+        if !lapsed.is_empty() {
+            let mut queue = tx.open_table(QUEUE)?;
+            for (seq, rank, attempts, due) in lapsed {
+                held.remove((subscription, seq))?;
+                queue.insert((subscription, rank, seq), (attempts, due))?;
+            }
+        }
+        self.held_due().insert(subscription.to_owned(), next);
+        Ok((next != u64::MAX).then_some(next))
+    }
+
+    fn held_due(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.held_due.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A delivery of `subscription` is held until `due`.
+    fn held_before(&self, subscription: &str, due: u64) {
+        let mut known = self.held_due();
+        if let Some(d) = known.get_mut(subscription) {
+            *d = (*d).min(due);
+        }
+        // Unknown stays unknown: the next take looks at every held entry.
     }
 
     /// A write transaction: committed to disk before `commit` returns
@@ -364,14 +480,7 @@ impl Store {
     /// False when no such delivery was outstanding.
     pub fn ack(&self, subscription: &str, seq: u64) -> Result<bool, StoreError> {
         let tx = self.write(Durability::None)?;
-        let removed = match find(&tx, subscription, seq)? {
-            Some((rank, _, _)) => {
-                tx.open_table(QUEUE)?.remove((subscription, rank, seq))?;
-                release_ref(&tx, seq)?;
-                true
-            }
-            None => false,
-        };
+        let removed = ack_in(&tx, subscription, seq)?;
         tx.commit()?;
         Ok(removed)
     }
@@ -390,42 +499,36 @@ impl Store {
         reason: &str,
     ) -> Result<Retry, StoreError> {
         let tx = self.write(Durability::None)?;
-        let retry = match find(&tx, subscription, seq)? {
-            None => Retry::Unknown,
-            Some((rank, attempts, _)) => {
-                let record = record(&tx, seq)?;
-                let d = record.delivery;
-                if attempts > d.max_retries {
-                    tx.open_table(QUEUE)?.remove((subscription, rank, seq))?;
-                    if end(
-                        &tx,
-                        subscription,
-                        (seq, attempts),
-                        &spent(reason),
-                        d.dead_letter,
-                        now_ms,
-                    )? {
-                        Retry::DeadLettered
-                    } else {
-                        Retry::Dropped
-                    }
-                } else {
-                    let due = now_ms.saturating_add(backoff(d.retry_delay_ms, attempts));
-                    tx.open_table(QUEUE)?
-                        .insert((subscription, rank, seq), (attempts, due))?;
-                    Retry::At(due)
-                }
-            }
-        };
+        let retry = nack_in(&tx, subscription, seq, now_ms, reason)?;
         tx.commit()?;
         Ok(retry)
+    }
+
+    /// Several answers in one transaction: each `(subscription, seq,
+    /// refusal)` an [`Store::ack`] (no refusal) or a [`Store::nack`].
+    pub fn answer_many(
+        &self,
+        answers: &[(String, u64, Option<String>)],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.write(Durability::None)?;
+        for (subscription, seq, refusal) in answers {
+            match refusal {
+                None => drop(ack_in(&tx, subscription, *seq)?),
+                Some(reason) => {
+                    nack_in(&tx, subscription, *seq, now_ms, reason)?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// The subscriber's lease ended while it held `seq` (M11): due again
     /// now, and the delivery does not count as an attempt.
     pub fn release(&self, subscription: &str, seq: u64, now_ms: u64) -> Result<bool, StoreError> {
         let tx = self.write(Durability::None)?;
-        let found = match find(&tx, subscription, seq)? {
+        let found = match take_entry(&tx, subscription, seq)? {
             Some((rank, attempts, _)) => {
                 tx.open_table(QUEUE)?.insert(
                     (subscription, rank, seq),
@@ -668,15 +771,61 @@ fn bump(tx: &WriteTransaction, key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// `subscription`'s queue entry for `seq`: (rank, attempts, due).
-fn find(
+fn ack_in(tx: &WriteTransaction, subscription: &str, seq: u64) -> Result<bool, StoreError> {
+    match take_entry(tx, subscription, seq)? {
+        Some(_) => {
+            release_ref(tx, seq)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+fn nack_in(
+    tx: &WriteTransaction,
+    subscription: &str,
+    seq: u64,
+    now_ms: u64,
+    reason: &str,
+) -> Result<Retry, StoreError> {
+    let Some((rank, attempts, _)) = take_entry(tx, subscription, seq)? else {
+        return Ok(Retry::Unknown);
+    };
+    let d = record(tx, seq)?.delivery;
+    if attempts > d.max_retries {
+        let dead = end(
+            tx,
+            subscription,
+            (seq, attempts),
+            &spent(reason),
+            d.dead_letter,
+            now_ms,
+        )?;
+        return Ok(if dead {
+            Retry::DeadLettered
+        } else {
+            Retry::Dropped
+        });
+    }
+    let due = now_ms.saturating_add(backoff(d.retry_delay_ms, attempts));
+    tx.open_table(QUEUE)?
+        .insert((subscription, rank, seq), (attempts, due))?;
+    Ok(Retry::At(due))
+}
+
+/// `subscription`'s entry for `seq`, held or queued: (rank, attempts, due).
+/// It is taken out of its table; the caller puts it back where it goes.
+fn take_entry(
     tx: &WriteTransaction,
     subscription: &str,
     seq: u64,
 ) -> Result<Option<(u8, u32, u64)>, StoreError> {
-    let queue = tx.open_table(QUEUE)?;
+    if let Some(v) = tx.open_table(HELD)?.remove((subscription, seq))? {
+        return Ok(Some(v.value()));
+    }
+    let mut queue = tx.open_table(QUEUE)?;
     for rank in 0..=3u8 {
-        if let Some(v) = queue.get((subscription, rank, seq))? {
+        if let Some(v) = queue.remove((subscription, rank, seq))? {
             let (attempts, due) = v.value();
             return Ok(Some((rank, attempts, due)));
         }

@@ -354,3 +354,31 @@ fn m6_one_subscriber_of_several_event_types_gets_its_whole_backlog_by_priority_t
         (0, Take::Idle(Some(T0 + WAIT)))
     );
 }
+
+#[test]
+fn m7_m12_held_deliveries_lapse_after_reopening_and_do_not_hide_the_backlog() {
+    let f = fixture(1 << 20);
+    let to = subs(&["worker EXECUTE_SCRIPT"]);
+    let mut d = delivery(2);
+    d.max_retries = 1;
+    for body in ["a", "b", "c"] {
+        put(&f.store, body, d, &to);
+    }
+    // Two held: the third is still handed out, and the idle answer names
+    // the first held deadline.
+    assert_eq!(taken(&f.store, &to[0], T0), Some(("a".into(), 1)));
+    assert_eq!(taken(&f.store, &to[0], T0 + 1), Some(("b".into(), 1)));
+    assert_eq!(taken(&f.store, &to[0], T0 + 2), Some(("c".into(), 1)));
+    assert_eq!(
+        f.store.take(&to[0], T0 + 3, WAIT).expect("take"),
+        Take::Idle(Some(T0 + WAIT))
+    );
+    assert!(f.store.ack(&to[0], 2).expect("ack"));
+    let Fixture { _dir, path, store } = f;
+    drop(store);
+    let store = Store::open(&path, 1 << 20).expect("reopen");
+    assert_eq!(taken(&store, &to[0], T0 + WAIT - 1), None);
+    assert_eq!(taken(&store, &to[0], T0 + WAIT), Some(("a".into(), 2)));
+    assert_eq!(taken(&store, &to[0], T0 + WAIT + 2), Some(("c".into(), 2)));
+    assert_eq!(taken(&store, &to[0], T0 + WAIT + 3), None);
+}
