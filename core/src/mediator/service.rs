@@ -660,7 +660,7 @@ impl Subscriber {
                 () = self.tx.closed() => return End::Gone,
                 request = inbound.message() => match request {
                     Ok(Some(request)) => {
-                        let (requests, gone) = more_ready(inbound, request).await;
+                        let (requests, gone) = more_ready(inbound, request);
                         if let Err(e) = self.answer(requests).await {
                             return End::Failed(e);
                         }
@@ -806,18 +806,27 @@ const MAX_ANSWERS: usize = 256;
 
 /// `first` and the requests that arrived with it (ready now, at most
 /// [`MAX_ANSWERS`]); true when the caller closed its side after them.
-async fn more_ready(
+fn more_ready(
     inbound: &mut Streaming<SubscribeRequest>,
     first: SubscribeRequest,
 ) -> (Vec<SubscribeRequest>, bool) {
     let mut requests = vec![first];
     while requests.len() < MAX_ANSWERS {
-        // A zero timeout polls the stream once: what is there already.
-        match tokio::time::timeout(Duration::ZERO, inbound.message()).await {
-            Ok(Ok(Some(request))) => requests.push(request),
-            Ok(Ok(None) | Err(_)) => return (requests, true),
-            Err(_) => break,
+        match ready_now(inbound.message()) {
+            Some(Ok(Some(request))) => requests.push(request),
+            Some(Ok(None) | Err(_)) => return (requests, true),
+            None => break,
         }
     }
     (requests, false)
+}
+
+/// `f`'s output if it is ready at its first poll. (Not a zero timeout: the
+/// runtime's timer would make that wait for its next tick.)
+fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(f).poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
 }

@@ -14,9 +14,7 @@
 //!
 //! Time is passed in (Unix milliseconds): the store reads no clock.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
@@ -31,10 +29,6 @@ const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const REFS: TableDefinition<u64, u32> = TableDefinition::new("refs");
 /// (subscription, rank, seq) → (times handed out, due at).
 const QUEUE: TableDefinition<(&str, u8, u64), (u32, u64)> = TableDefinition::new("queue");
-/// (subscription, seq) → (rank, times handed out, due again at): handed out,
-/// neither acknowledged nor refused yet. Kept apart from `queue` so that a
-/// subscriber's backlog is read without stepping over what it holds.
-const HELD: TableDefinition<(&str, u64), (u8, u32, u64)> = TableDefinition::new("held");
 /// (subscription, seq) → (times handed out, dead since, why).
 const DEAD: TableDefinition<(&str, u64), (u32, u64, &str)> = TableDefinition::new("dead");
 /// message_id → accepted at (`exactly_once` messages, for [`DEDUP_WINDOW_MS`]).
@@ -208,9 +202,6 @@ pub struct Stats {
 pub struct Store {
     db: Database,
     limit: u64,
-    /// Per subscription, no held delivery is due before this (Unix ms): its
-    /// `held` entries are looked at only from then. Absent: not known yet.
-    held_due: Mutex<HashMap<String, u64>>,
 }
 
 impl Store {
@@ -222,16 +213,11 @@ impl Store {
         tx.open_table(MESSAGES)?;
         tx.open_table(REFS)?;
         tx.open_table(QUEUE)?;
-        tx.open_table(HELD)?;
         tx.open_table(DEAD)?;
         tx.open_table(SEEN)?;
         tx.open_table(META)?;
         tx.commit()?;
-        Ok(Store {
-            db,
-            limit,
-            held_due: Mutex::default(),
-        })
+        Ok(Store { db, limit })
     }
 
     /// Stores `batch` in one transaction and returns once it is on disk.
@@ -325,10 +311,10 @@ impl Store {
         })
     }
 
-    /// [`Store::take_any`] up to `max` times in one transaction: the
-    /// messages handed out, in order, with their subscriptions' indexes;
-    /// when fewer than `max`, also when the next one is due, if any is
-    /// queued or held.
+    /// [`Store::take_any`] up to `max` times, in one transaction and one
+    /// pass over each subscription's queue: the messages handed out, by
+    /// priority then age, with their subscriptions' indexes; when fewer
+    /// than `max`, also when the next one is due, if any is queued.
     pub fn take_many(
         &self,
         subscriptions: &[&str],
@@ -337,133 +323,52 @@ impl Store {
         max: usize,
     ) -> Result<Taken, StoreError> {
         let tx = self.write(Durability::None)?;
-        let mut held_next = None;
-        for subscription in subscriptions {
-            if let Some(due) = self.requeue_lapsed(&tx, subscription, now_ms)? {
-                held_next = Some(held_next.map_or(due, |d: u64| d.min(due)));
-            }
-        }
         let mut taken = Vec::new();
-        let mut idle = None;
-        while taken.len() < max {
-            match self.take_in(&tx, subscriptions, now_ms, ack_wait_ms)? {
-                Ok(one) => taken.push(one),
-                Err(next) => {
-                    idle = match (next, held_next) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    break;
-                }
-            }
-        }
-        tx.commit()?;
-        Ok((taken, idle))
-    }
-
-    /// One hand-out within `tx`; `Err` with when the next queued message
-    /// is due when none is now.
-    fn take_in(
-        &self,
-        tx: &WriteTransaction,
-        subscriptions: &[&str],
-        now_ms: u64,
-        ack_wait_ms: u64,
-    ) -> Result<Result<(usize, Handed), Option<u64>>, StoreError> {
-        let mut queue = tx.open_table(QUEUE)?;
-        let scan = {
-            let messages = tx.open_table(MESSAGES)?;
-            let mut scan = Scan::default();
-            for (index, subscription) in subscriptions.iter().enumerate() {
-                scan.subscription(&queue, &messages, (index, subscription), now_ms)?;
-            }
-            scan
-        };
-        for e in scan.ended {
-            let subscription = subscriptions[e.index];
-            let (rank, seq) = e.key;
-            queue.remove((subscription, rank, seq))?;
-            let held = (seq, e.attempts);
-            end(tx, subscription, held, e.why, e.dead_letter, now_ms)?;
-        }
-        let Some(Best {
-            index,
-            rank,
-            seq,
-            attempt,
-            record,
-        }) = scan.best
-        else {
-            return Ok(Err(scan.next_due));
-        };
-        let subscription = subscriptions[index];
-        queue.remove((subscription, rank, seq))?;
-        drop(queue);
-        if record.delivery.at_most_once {
-            release_ref(tx, seq)?;
-        } else {
-            let due = now_ms.saturating_add(ack_wait_ms);
-            tx.open_table(HELD)?
-                .insert((subscription, seq), (rank, attempt, due))?;
-            self.held_before(subscription, due);
-        }
-        let handed = Handed {
-            seq,
-            attempt,
-            envelope: record.envelope,
-            once: record.delivery.at_most_once,
-        };
-        Ok(Ok((index, handed)))
-    }
-
-    /// Moves `subscription`'s held deliveries whose acknowledgement did not
-    /// come by their deadline back to its queue, due now (M7), when one may
-    /// have lapsed; returns when the next held one is due, if any.
-    fn requeue_lapsed(
-        &self,
-        tx: &WriteTransaction,
-        subscription: &str,
-        now_ms: u64,
-    ) -> Result<Option<u64>, StoreError> {
-        let known = self.held_due().get(subscription).copied();
-        if known.is_some_and(|due| due > now_ms) {
-            return Ok(known.filter(|&d| d != u64::MAX));
-        }
-        let mut held = tx.open_table(HELD)?;
-        let mut lapsed = Vec::new();
-        let mut next = u64::MAX;
-        for entry in held.range((subscription, 0u64)..=(subscription, u64::MAX))? {
-            let (key, value) = entry?;
-            let (_, seq) = key.value();
-            let (rank, attempts, due) = value.value();
-            if due <= now_ms {
-                lapsed.push((seq, rank, attempts, due));
-            } else {
-                next = next.min(due);
-            }
-        }
-        if !lapsed.is_empty() {
+        let next_due = {
             let mut queue = tx.open_table(QUEUE)?;
-            for (seq, rank, attempts, due) in lapsed {
-                held.remove((subscription, seq))?;
-                queue.insert((subscription, rank, seq), (attempts, due))?;
+            let scan = {
+                let messages = tx.open_table(MESSAGES)?;
+                let mut scan = Scan::new(max);
+                for (index, subscription) in subscriptions.iter().enumerate() {
+                    scan.subscription(&queue, &messages, (index, subscription), now_ms)?;
+                }
+                scan
+            };
+            for e in &scan.ended {
+                let subscription = subscriptions[e.index];
+                let (rank, seq) = e.key;
+                queue.remove((subscription, rank, seq))?;
+                let held = (seq, e.attempts);
+                end(&tx, subscription, held, e.why, e.dead_letter, now_ms)?;
             }
-        }
-        self.held_due().insert(subscription.to_owned(), next);
-        Ok((next != u64::MAX).then_some(next))
-    }
-
-    fn held_due(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.held_due.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A delivery of `subscription` is held until `due`.
-    fn held_before(&self, subscription: &str, due: u64) {
-        let mut known = self.held_due();
-        if let Some(d) = known.get_mut(subscription) {
-            *d = (*d).min(due);
-        }
-        // Unknown stays unknown: the next take looks at every held entry.
+            let (found, next_due) = scan.best();
+            let due = now_ms.saturating_add(ack_wait_ms);
+            let mut once = Vec::new();
+            for b in found {
+                let subscription = subscriptions[b.index];
+                if b.record.delivery.at_most_once {
+                    queue.remove((subscription, b.rank, b.seq))?;
+                    once.push(b.seq);
+                } else {
+                    queue.insert((subscription, b.rank, b.seq), (b.attempt, due))?;
+                }
+                let handed = Handed {
+                    seq: b.seq,
+                    attempt: b.attempt,
+                    envelope: b.record.envelope,
+                    once: b.record.delivery.at_most_once,
+                };
+                taken.push((b.index, handed));
+            }
+            drop(queue);
+            for seq in once {
+                release_ref(&tx, seq)?;
+            }
+            next_due
+        };
+        tx.commit()?;
+        let idle = if taken.len() < max { next_due } else { None };
+        Ok((taken, idle))
     }
 
     /// A write transaction: committed to disk before `commit` returns
@@ -528,7 +433,7 @@ impl Store {
     /// now, and the delivery does not count as an attempt.
     pub fn release(&self, subscription: &str, seq: u64, now_ms: u64) -> Result<bool, StoreError> {
         let tx = self.write(Durability::None)?;
-        let found = match take_entry(&tx, subscription, seq)? {
+        let found = match find(&tx, subscription, seq)? {
             Some((rank, attempts, _)) => {
                 tx.open_table(QUEUE)?.insert(
                     (subscription, rank, seq),
@@ -637,7 +542,7 @@ impl Store {
     }
 }
 
-/// The best message due found so far.
+/// A message due found by a [`Scan`].
 struct Best {
     /// Its subscription's index.
     index: usize,
@@ -648,10 +553,12 @@ struct Best {
     record: Record,
 }
 
-/// What [`Store::take_any`] found looking through the queues.
-#[derive(Default)]
+/// What [`Store::take_many`] found looking through the queues.
 struct Scan {
-    best: Option<Best>,
+    /// The most messages to hand out.
+    max: usize,
+    /// Messages due, at most `max` of each subscription.
+    found: Vec<Best>,
     /// When the next message not due yet is, if any.
     next_due: Option<u64>,
     ended: Vec<Ended>,
@@ -661,8 +568,17 @@ type QueueTable<'t> = redb::Table<'t, (&'static str, u8, u64), (u32, u64)>;
 type MessageTable<'t> = redb::Table<'t, u64, &'static [u8]>;
 
 impl Scan {
-    /// Looks through one subscription's queue, up to the first message due
-    /// that beats the best so far.
+    fn new(max: usize) -> Self {
+        Scan {
+            max,
+            found: Vec::new(),
+            next_due: None,
+            ended: Vec::new(),
+        }
+    }
+
+    /// Looks through one subscription's queue, in priority then age order,
+    /// up to its `max`-th message due.
     fn subscription(
         &mut self,
         queue: &QueueTable<'_>,
@@ -671,16 +587,13 @@ impl Scan {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let head = (subscription, 0u8, 0u64);
+        let mut found = 0;
         for entry in queue.range(head..=(subscription, u8::MAX, u64::MAX))? {
-            let (key, value) = entry?;
-            let (_, rank, seq) = key.value();
-            if self
-                .best
-                .as_ref()
-                .is_some_and(|b| (b.rank, b.seq) < (rank, seq))
-            {
+            if found == self.max {
                 break;
             }
+            let (key, value) = entry?;
+            let (_, rank, seq) = key.value();
             let (attempts, due) = value.value();
             if due > now_ms {
                 self.next_due = Some(self.next_due.map_or(due, |d| d.min(due)));
@@ -697,15 +610,15 @@ impl Scan {
             } else if attempts > d.max_retries || (d.at_most_once && attempts > 0) {
                 "MAX_RETRIES"
             } else {
-                let attempt = attempts + 1;
-                self.best = Some(Best {
+                found += 1;
+                self.found.push(Best {
                     index,
                     rank,
                     seq,
-                    attempt,
+                    attempt: attempts + 1,
                     record,
                 });
-                break;
+                continue;
             };
             self.ended.push(Ended {
                 index,
@@ -716,6 +629,14 @@ impl Scan {
             });
         }
         Ok(())
+    }
+
+    /// The `max` first messages due of every subscription together, by
+    /// priority then age; and when the next not due yet is, if any.
+    fn best(mut self) -> (Vec<Best>, Option<u64>) {
+        self.found.sort_by_key(|b| (b.rank, b.seq));
+        self.found.truncate(self.max);
+        (self.found, self.next_due)
     }
 }
 
@@ -771,9 +692,26 @@ fn bump(tx: &WriteTransaction, key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// `subscription`'s queue entry for `seq`: (rank, attempts, due).
+fn find(
+    tx: &WriteTransaction,
+    subscription: &str,
+    seq: u64,
+) -> Result<Option<(u8, u32, u64)>, StoreError> {
+    let queue = tx.open_table(QUEUE)?;
+    for rank in 0..=3u8 {
+        if let Some(v) = queue.get((subscription, rank, seq))? {
+            let (attempts, due) = v.value();
+            return Ok(Some((rank, attempts, due)));
+        }
+    }
+    Ok(None)
+}
+
 fn ack_in(tx: &WriteTransaction, subscription: &str, seq: u64) -> Result<bool, StoreError> {
-    match take_entry(tx, subscription, seq)? {
-        Some(_) => {
+    match find(tx, subscription, seq)? {
+        Some((rank, _, _)) => {
+            tx.open_table(QUEUE)?.remove((subscription, rank, seq))?;
             release_ref(tx, seq)?;
             Ok(true)
         }
@@ -788,11 +726,12 @@ fn nack_in(
     now_ms: u64,
     reason: &str,
 ) -> Result<Retry, StoreError> {
-    let Some((rank, attempts, _)) = take_entry(tx, subscription, seq)? else {
+    let Some((rank, attempts, _)) = find(tx, subscription, seq)? else {
         return Ok(Retry::Unknown);
     };
     let d = record(tx, seq)?.delivery;
     if attempts > d.max_retries {
+        tx.open_table(QUEUE)?.remove((subscription, rank, seq))?;
         let dead = end(
             tx,
             subscription,
@@ -811,26 +750,6 @@ fn nack_in(
     tx.open_table(QUEUE)?
         .insert((subscription, rank, seq), (attempts, due))?;
     Ok(Retry::At(due))
-}
-
-/// `subscription`'s entry for `seq`, held or queued: (rank, attempts, due).
-/// It is taken out of its table; the caller puts it back where it goes.
-fn take_entry(
-    tx: &WriteTransaction,
-    subscription: &str,
-    seq: u64,
-) -> Result<Option<(u8, u32, u64)>, StoreError> {
-    if let Some(v) = tx.open_table(HELD)?.remove((subscription, seq))? {
-        return Ok(Some(v.value()));
-    }
-    let mut queue = tx.open_table(QUEUE)?;
-    for rank in 0..=3u8 {
-        if let Some(v) = queue.remove((subscription, rank, seq))? {
-            let (attempts, due) = v.value();
-            return Ok(Some((rank, attempts, due)));
-        }
-    }
-    Ok(None)
 }
 
 fn record(tx: &WriteTransaction, seq: u64) -> Result<Record, StoreError> {

@@ -382,3 +382,32 @@ fn m7_m12_held_deliveries_lapse_after_reopening_and_do_not_hide_the_backlog() {
     assert_eq!(taken(&store, &to[0], T0 + WAIT + 2), Some(("c".into(), 2)));
     assert_eq!(taken(&store, &to[0], T0 + WAIT + 3), None);
 }
+
+#[test]
+fn m6_a_batch_of_hand_outs_keeps_priority_then_age_across_subscriptions() {
+    let f = fixture(1 << 20);
+    let a = subs(&["LOG urn:anima:module:x"]);
+    let b = subs(&["ALERT urn:anima:module:x"]);
+    for body in ["a1", "a2", "a3"] {
+        put(&f.store, body, delivery(2), &a);
+    }
+    for body in ["b1", "b2"] {
+        put(&f.store, body, delivery(0), &b);
+    }
+    let both = [a[0].as_str(), b[0].as_str()];
+    let bodies = |taken: Vec<(usize, Handed)>| -> Vec<(usize, String)> {
+        taken
+            .into_iter()
+            .map(|(i, h)| (i, String::from_utf8(h.envelope).expect("utf-8")))
+            .collect()
+    };
+    let (taken, idle) = f.store.take_many(&both, T0, WAIT, 3).expect("take");
+    assert_eq!(
+        bodies(taken),
+        [(1, "b1".into()), (1, "b2".into()), (0, "a1".into())]
+    );
+    assert_eq!(idle, None, "as many as asked: more may be due");
+    let (taken, idle) = f.store.take_many(&both, T0, WAIT, 10).expect("take");
+    assert_eq!(bodies(taken), [(0, "a2".into()), (0, "a3".into())]);
+    assert_eq!(idle, Some(T0 + WAIT), "the first held delivery's deadline");
+}
