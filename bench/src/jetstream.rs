@@ -24,9 +24,16 @@ pub struct Baseline {
 }
 
 /// A `nats-server` for the run, stopped on drop.
-struct Server {
+pub struct Server {
     child: Child,
     port: u16,
+}
+
+impl Server {
+    /// `tls://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.port)
+    }
 }
 
 impl Drop for Server {
@@ -46,7 +53,8 @@ pub fn installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn start(setup: &Setup) -> Res<Server> {
+/// Starts `nats-server` with JetStream and TLS from the bench's CA.
+pub fn start(setup: &Setup) -> Res<Server> {
     let dir = setup.dir.path().join("nats");
     std::fs::create_dir_all(&dir)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -87,21 +95,21 @@ fn start(setup: &Setup) -> Res<Server> {
     Ok(server)
 }
 
-/// Runs the baseline: `n` round trips, then `total` messages from
-/// `publishers` publishers at once.
+/// Runs the baseline on `server`: `n` round trips, then `total` messages
+/// from `publishers` publishers at once.
 pub async fn measure(
+    server: &Server,
     setup: &Setup,
     n: usize,
     total: usize,
     publishers: usize,
     payload: usize,
 ) -> Res<Baseline> {
-    let server = start(setup)?;
     let tls = anima_protocol::transport::host_client_config(&setup.core, &setup.trust)?;
     let client = async_nats::ConnectOptions::new()
         .require_tls(true)
         .tls_client_config(tls)
-        .connect(format!("tls://127.0.0.1:{}", server.port))
+        .connect(server.url())
         .await?;
     let js = jetstream::new(client);
     let stream = js
@@ -162,7 +170,6 @@ pub async fn measure(
         task.await??;
     }
     let elapsed = receiving.await??;
-    drop(server);
     Ok(Baseline {
         round_trip,
         per_s: total as f64 / elapsed.as_secs_f64(),

@@ -16,6 +16,10 @@
 //!   this machine (`jetstream.rs`), as baselines in the same run; a
 //!   `messages_jetstream skipped=no-nats-server` line when `nats-server` is
 //!   not installed.
+//! - `messages_on_nats_p50_us` and `messages_on_nats_per_s`: the round trip
+//!   and throughput through a Core whose mediator keeps its messages on that
+//!   server (`[mediator] backend = "nats"`), against the same JetStream
+//!   baselines.
 
 use std::time::{Duration, Instant};
 
@@ -47,64 +51,11 @@ const PUBLISHERS: usize = 16;
 
 /// Runs the group, adding its figures to `report`.
 pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
-    let grants = format!(
-        "\n[[permission]]\nmodule = \"{MODULE}\"\npublish = [\"{EVENT}\"]\n\
-         subscribe = [\"{EVENT}\", \"{REQUEST}\"]\n"
-    );
-    let config = core_config_with(setup, "messages", Some(("", &grants)))?;
+    let config = core_config_with(setup, "messages", Some(("", &grants())))?;
     let mut core = core_process(setup, &config).await?;
     let result = measure(setup, opts, core.addr, report).await;
     core.stop().await;
-    result
-}
-
-async fn measure(
-    setup: &Setup,
-    opts: &Opts,
-    addr: std::net::SocketAddr,
-    report: &mut Report,
-) -> Res<()> {
-    let client = |who: &str| -> Res<CoreClient> {
-        Ok(CoreClient::new(
-            addr,
-            urn(CORE)?,
-            setup.ca.identity(who),
-            setup.trust.clone(),
-        )?)
-    };
-    let module = client(MODULE)?;
-    let operator = client(OPERATOR)?;
-    // The Core leases the module after announcing readiness.
-    let mut sub = subscribe_when_leased(&module, &[EVENT], 1024).await?;
-
-    let n = if opts.quick { 200 } else { 2_000 };
-    let mut samples = Samples::with_capacity(n);
-    for i in 0..n {
-        let t = Instant::now();
-        publish(&module, i).await?;
-        let delivery = next(&mut sub).await?;
-        samples.push(t.elapsed());
-        sub.ack(&delivery).await?;
-    }
-    report.add(
-        Figure::new("messages_publish_to_deliver_us")
-            .f("p50", samples.pct(50.0), 1)
-            .f("p99", samples.pct(99.0), 1)
-            .i("n", n as u64)
-            .i("payload_bytes", PAYLOAD as u64),
-    );
-
-    let total = if opts.quick { 2_000 } else { 20_000 };
-    let rate = throughput(&module, sub, total).await?;
-    report.add(
-        Figure::new("messages_per_s")
-            .f("value", rate, 0)
-            .i("n", total as u64)
-            .i("publishers", PUBLISHERS as u64)
-            .target(">=20000", rate >= 20_000.0),
-    );
-
-    report.add(request_reply(setup, opts, &module, &operator).await?);
+    let (mut round_trip, rate) = result?;
     if !crate::jetstream::installed() {
         report.add(
             Figure::new("messages_jetstream")
@@ -116,8 +67,10 @@ async fn measure(
         );
         return Ok(());
     }
-    let mut js = crate::jetstream::measure(setup, n, total, PUBLISHERS, PAYLOAD).await?;
-    let (p50, js50) = (samples.pct(50.0), js.round_trip.pct(50.0));
+    let (n, total) = counts(opts);
+    let server = crate::jetstream::start(setup)?;
+    let mut js = crate::jetstream::measure(&server, setup, n, total, PUBLISHERS, PAYLOAD).await?;
+    let (p50, js50) = (round_trip.pct(50.0), js.round_trip.pct(50.0));
     report.add(
         Figure::new("messages_vs_jetstream_p50_us")
             .vs(p50, js50, 1)
@@ -129,7 +82,114 @@ async fn measure(
             .vs(rate, js.per_s, 0)
             .i("publishers", PUBLISHERS as u64),
     );
+    // The Core again, its messages on that server (`backend = "nats"`).
+    let text = std::fs::read_to_string(&config)?.replacen(
+        "[mediator]\n",
+        &format!(
+            "[mediator]\nbackend = \"nats\"\nnats_url = \"{}\"\n",
+            server.url()
+        ),
+        1,
+    );
+    let config = setup.dir.path().join("messages-nats.toml");
+    std::fs::write(&config, text)?;
+    let mut core = core_process(setup, &config).await?;
+    let result = on_nats(setup, opts, core.addr).await;
+    core.stop().await;
+    let (mut shared, shared_rate) = result?;
+    report.add(
+        Figure::new("messages_on_nats_p50_us")
+            .vs(shared.pct(50.0), js50, 1)
+            .f("p99", shared.pct(99.0), 1)
+            .s("baseline_is", "jetstream"),
+    );
+    report.add(
+        Figure::new("messages_on_nats_per_s")
+            .vs(shared_rate, js.per_s, 0)
+            .s("baseline_is", "jetstream"),
+    );
     Ok(())
+}
+
+/// Round trips, and messages of the throughput run.
+fn counts(opts: &Opts) -> (usize, usize) {
+    if opts.quick {
+        (200, 2_000)
+    } else {
+        (2_000, 20_000)
+    }
+}
+
+/// What the benchmark module may publish and receive.
+fn grants() -> String {
+    format!(
+        "\n[[permission]]\nmodule = \"{MODULE}\"\npublish = [\"{EVENT}\"]\n\
+         subscribe = [\"{EVENT}\", \"{REQUEST}\"]\n"
+    )
+}
+
+/// The Core's figures; its round trips and throughput for the baselines.
+async fn measure(
+    setup: &Setup,
+    opts: &Opts,
+    addr: std::net::SocketAddr,
+    report: &mut Report,
+) -> Res<(Samples, f64)> {
+    let module = client(setup, addr, MODULE)?;
+    let operator = client(setup, addr, OPERATOR)?;
+    // The Core leases the module after announcing readiness.
+    let mut sub = subscribe_when_leased(&module, &[EVENT], 1024).await?;
+    let (n, total) = counts(opts);
+    let mut samples = round_trips(&module, &mut sub, n).await?;
+    report.add(
+        Figure::new("messages_publish_to_deliver_us")
+            .f("p50", samples.pct(50.0), 1)
+            .f("p99", samples.pct(99.0), 1)
+            .i("n", n as u64)
+            .i("payload_bytes", PAYLOAD as u64),
+    );
+    let rate = throughput(&module, sub, total).await?;
+    report.add(
+        Figure::new("messages_per_s")
+            .f("value", rate, 0)
+            .i("n", total as u64)
+            .i("publishers", PUBLISHERS as u64)
+            .target(">=20000", rate >= 20_000.0),
+    );
+    report.add(request_reply(setup, opts, &module, &operator).await?);
+    Ok((samples, rate))
+}
+
+/// The same round trips and throughput through a Core on NATS.
+async fn on_nats(setup: &Setup, opts: &Opts, addr: std::net::SocketAddr) -> Res<(Samples, f64)> {
+    let module = client(setup, addr, MODULE)?;
+    let mut sub = subscribe_when_leased(&module, &[EVENT], 1024).await?;
+    let (n, total) = counts(opts);
+    let samples = round_trips(&module, &mut sub, n).await?;
+    let rate = throughput(&module, sub, total).await?;
+    Ok((samples, rate))
+}
+
+fn client(setup: &Setup, addr: std::net::SocketAddr, who: &str) -> Res<CoreClient> {
+    Ok(CoreClient::new(
+        addr,
+        urn(CORE)?,
+        setup.ca.identity(who),
+        setup.trust.clone(),
+    )?)
+}
+
+/// `n` messages one at a time: `Publish` start to delivery.
+async fn round_trips(module: &CoreClient, sub: &mut Subscription, n: usize) -> Res<Samples> {
+    let mut samples = Samples::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        publish(module, i).await?;
+        let delivery = next(sub).await?;
+        samples.push(t.elapsed());
+        sub.ack(&delivery).await?;
+    }
+    Ok(samples)
 }
 
 /// Subscribes as soon as the Core has leased the module.

@@ -16,7 +16,7 @@ use super::record::Delivery;
 use tokio_stream::StreamExt as _;
 
 use super::nats::{NatsConfig, NatsStore};
-use super::store::{Accepted, DeadLetter, Incoming, Store, StoreError, Take, Taken};
+use super::store::{Accepted, DeadLetter, Incoming, Store, StoreError, Taken};
 
 /// The most publishes committed in one transaction.
 const MAX_GROUP: usize = 512;
@@ -167,16 +167,7 @@ impl Hub {
                 })
                 .await
             }
-            Backend::Nats(store) => {
-                let mut taken = Vec::new();
-                while taken.len() < max {
-                    match store.take_any(&subscriptions, now_ms()).await? {
-                        (index, Take::Message(handed)) => taken.push((index, handed)),
-                        (_, Take::Idle(due)) => return Ok((taken, due)),
-                    }
-                }
-                Ok((taken, None))
-            }
+            Backend::Nats(store) => Ok(store.take_many(&subscriptions, now_ms(), max).await?),
         }
     }
 

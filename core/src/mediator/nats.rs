@@ -22,7 +22,7 @@
 //! - core NATS subject `P.wake.<subscription in hex>` tells every Core's
 //!   subscribers that a message was queued.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use tokio_stream::StreamExt as _;
 
 use super::record::Record;
 use super::store::{
-    Accepted, DEDUP_WINDOW_MS, DeadLetter, Handed, Incoming, Retry, StoreError, Take, backoff,
+    Accepted, DEDUP_WINDOW_MS, DeadLetter, Handed, Incoming, Retry, StoreError, Taken, backoff,
     spent,
 };
 
@@ -56,6 +56,9 @@ const POLL_MS: u64 = 1000;
 /// The fewest bytes a server's `max_payload` may be: a record at the
 /// mediator's limits (PROTOCOL.md §13.1) and its headers.
 pub const MIN_MAX_PAYLOAD: i64 = (1 << 20) + (64 << 10) + 4096;
+/// What the redeliveries a Core knows of are rounded up to, so that a
+/// subscription keeps at most `ack_wait / DUE_GRAIN_MS` of them.
+const DUE_GRAIN_MS: u64 = 10;
 /// The most dead letters one listing reads.
 const MAX_LISTED: usize = 100_000;
 
@@ -101,9 +104,9 @@ struct Inner {
     held: Mutex<HashMap<(String, u64), Held>>,
     /// Lease ends per delivery (M11): they do not count as attempts.
     released: Mutex<HashMap<(String, u64), u32>>,
-    /// Instants (Unix ms) a redelivery this Core knows of is due, per
-    /// subscription.
-    dues: Mutex<HashMap<String, Vec<u64>>>,
+    /// Instants (Unix ms, rounded up to [`DUE_GRAIN_MS`]) a redelivery this
+    /// Core knows of is due, per subscription.
+    dues: Mutex<HashMap<String, BTreeSet<u64>>>,
 }
 
 fn nats(what: &'static str) -> impl FnOnce(async_nats::Error) -> StoreError {
@@ -345,97 +348,127 @@ impl NatsStore {
         Ok(c)
     }
 
-    /// The next message due for any of `subscriptions` (one subscriber's),
-    /// by priority: as [`super::store::Store::take_any`].
-    pub async fn take_any(
+    /// At most `max` messages due for `subscriptions` (one subscriber's),
+    /// by priority, each with its subscription's index: as
+    /// [`super::store::Store::take_many`]. Each subscription and rank is
+    /// asked once for what it has, up to what is still wanted.
+    pub async fn take_many(
         &self,
         subscriptions: &[String],
         now_ms: u64,
-    ) -> Result<(usize, Take), StoreError> {
+        max: usize,
+    ) -> Result<Taken, StoreError> {
+        let mut taken = Vec::new();
         for rank in 0..=3u8 {
             for (index, sub) in subscriptions.iter().enumerate() {
-                if let Some(handed) = self.take_one(sub, rank, now_ms).await? {
-                    return Ok((index, Take::Message(handed)));
+                let room = max - taken.len();
+                if room == 0 {
+                    return Ok((taken, None));
                 }
+                let handed = self.take_from(sub, rank, now_ms, room).await?;
+                taken.extend(handed.into_iter().map(|h| (index, h)));
             }
         }
-        Ok((0, Take::Idle(Some(self.next_due(subscriptions, now_ms)))))
+        let next = (taken.len() < max).then(|| self.next_due(subscriptions, now_ms));
+        Ok((taken, next))
     }
 
-    /// The next message of `subscription` at `rank`, ending on the way the
-    /// ones that expired or spent their retries.
-    async fn take_one(
+    /// Up to `room` messages of `subscription` at `rank`, ending on the way
+    /// the ones that expired or spent their retries.
+    async fn take_from(
         &self,
         sub: &str,
         rank: u8,
         now_ms: u64,
-    ) -> Result<Option<Handed>, StoreError> {
+        room: usize,
+    ) -> Result<Vec<Handed>, StoreError> {
         let consumer = self.consumer(sub, rank).await?;
+        let mut out = Vec::new();
         loop {
+            let want = room - out.len();
+            if want == 0 {
+                return Ok(out);
+            }
             let mut batch = consumer
                 .fetch()
-                .max_messages(1)
+                .max_messages(want)
                 .messages()
                 .await
                 .map_err(boxed("fetching"))?;
-            let Some(message) = batch.next().await else {
-                return Ok(None);
-            };
-            let message = message.map_err(nats("fetching"))?;
-            let (seq, delivered) = {
-                let info = message.info().map_err(nats("a delivery's metadata"))?;
-                (
-                    delivery_of(&message).unwrap_or(info.stream_sequence),
-                    info.delivered,
-                )
-            };
-            let Some(record) = Record::decode(&message.payload) else {
-                tracing::error!("mediator: NATS message {seq} of {sub} is no record; dropped");
-                message.ack_with(AckKind::Term).await.map_err(nats("ack"))?;
-                continue;
-            };
-            let released = lock(&self.inner.released)
-                .get(&(sub.to_owned(), seq))
-                .copied()
-                .unwrap_or(0);
-            let before = u32::try_from(delivered.saturating_sub(1))
-                .unwrap_or(u32::MAX)
-                .saturating_sub(released);
-            let d = record.delivery;
-            let why = if d
-                .expires_ms
-                .is_some_and(|e| i128::from(e) <= i128::from(now_ms))
-            {
-                "EXPIRED".to_owned()
-            } else if before > d.max_retries || (d.at_most_once && before > 0) {
-                "MAX_RETRIES".to_owned()
-            } else {
-                let attempt = before + 1;
-                if d.at_most_once {
-                    message.ack().await.map_err(nats("ack"))?;
-                } else {
-                    let due = now_ms.saturating_add(millis(self.inner.ack_wait));
-                    self.due(sub, due);
+            let mut got = 0;
+            while let Some(message) = batch.next().await {
+                got += 1;
+                let message = message.map_err(nats("fetching"))?;
+                if let Some(handed) = self.received(sub, message, now_ms).await? {
+                    out.push(handed);
                 }
-                let handed = Handed {
-                    seq,
-                    attempt,
-                    envelope: record.envelope.clone(),
-                    once: d.at_most_once,
-                };
-                if !d.at_most_once {
-                    let held = Held {
-                        message,
-                        record,
-                        attempt,
-                    };
-                    lock(&self.inner.held).insert((sub.to_owned(), seq), held);
-                }
-                return Ok(Some(handed));
-            };
-            self.end(sub, (seq, &message, &record), before, &why, now_ms)
-                .await?;
+            }
+            if got < want {
+                return Ok(out);
+            }
         }
+    }
+
+    /// One fetched message: handed out, or ended (`None`).
+    async fn received(
+        &self,
+        sub: &str,
+        message: jetstream::Message,
+        now_ms: u64,
+    ) -> Result<Option<Handed>, StoreError> {
+        let (seq, delivered) = {
+            let info = message.info().map_err(nats("a delivery's metadata"))?;
+            (
+                delivery_of(&message).unwrap_or(info.stream_sequence),
+                info.delivered,
+            )
+        };
+        let Some(record) = Record::decode(&message.payload) else {
+            tracing::error!("mediator: NATS message {seq} of {sub} is no record; dropped");
+            message.ack_with(AckKind::Term).await.map_err(nats("ack"))?;
+            return Ok(None);
+        };
+        let released = lock(&self.inner.released)
+            .get(&(sub.to_owned(), seq))
+            .copied()
+            .unwrap_or(0);
+        let before = u32::try_from(delivered.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .saturating_sub(released);
+        let d = record.delivery;
+        let why = if d
+            .expires_ms
+            .is_some_and(|e| i128::from(e) <= i128::from(now_ms))
+        {
+            "EXPIRED"
+        } else if before > d.max_retries || (d.at_most_once && before > 0) {
+            "MAX_RETRIES"
+        } else {
+            let attempt = before + 1;
+            // A held delivery's ack deadline is not tracked: the server
+            // redelivers it, and the subscriber's poll finds it.
+            if d.at_most_once {
+                message.ack().await.map_err(nats("ack"))?;
+            }
+            let handed = Handed {
+                seq,
+                attempt,
+                envelope: record.envelope.clone(),
+                once: d.at_most_once,
+            };
+            if !d.at_most_once {
+                let held = Held {
+                    message,
+                    record,
+                    attempt,
+                };
+                lock(&self.inner.held).insert((sub.to_owned(), seq), held);
+            }
+            return Ok(Some(handed));
+        };
+        self.end(sub, (seq, &message, &record), before, why, now_ms)
+            .await?;
+        Ok(None)
     }
 
     /// Moves a message whose delivery is over to the dead-letter stream (or
@@ -478,7 +511,7 @@ impl NatsStore {
         lock(&self.inner.dues)
             .entry(sub.to_owned())
             .or_default()
-            .push(at);
+            .insert(at.div_ceil(DUE_GRAIN_MS).saturating_mul(DUE_GRAIN_MS));
     }
 
     /// When an idle subscriber of `subscriptions` looks again: at the next
@@ -488,9 +521,10 @@ impl NatsStore {
         let mut dues = lock(&self.inner.dues);
         let mut next = now_ms + POLL_MS;
         for sub in subscriptions {
-            if let Some(list) = dues.get_mut(sub) {
-                list.retain(|&d| d + POLL_MS > now_ms);
-                for &d in list.iter() {
+            if let Some(set) = dues.get_mut(sub) {
+                // What was due more than a poll ago has been looked for.
+                *set = set.split_off(&now_ms.saturating_sub(POLL_MS));
+                if let Some(&d) = set.first() {
                     next = next.min(if d <= now_ms { now_ms + 20 } else { d });
                 }
             }
@@ -699,10 +733,6 @@ fn header_text(text: &str) -> String {
 fn is_full(e: &jetstream::context::PublishError) -> bool {
     let text = e.to_string();
     text.contains("maximum bytes") || text.contains("insufficient resources")
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The subscription a wake-up subject names.
