@@ -1094,6 +1094,63 @@ async fn m12_nothing_acknowledged_is_lost_through_three_kill_9s_of_the_core() {
     );
 }
 
+/// A store at its limit refuses publishes `STORE_FULL` (recoverable, nothing
+/// stored), delivers everything it accepted, and takes messages again once
+/// they are acknowledged (M12: bounded disk use, never silent loss).
+#[tokio::test]
+async fn m12_a_full_store_refuses_store_full_and_takes_messages_again_once_acknowledged() {
+    let core = start(&format!("{JOBS}\n[mediator]\nmax_store_bytes = 1048576\n")).await;
+    let operator = client_as(&core, "user-dev");
+    let body = "x".repeat(4096);
+    let mut accepted = 0;
+    let refusal = loop {
+        let e = job(&format!("{accepted} {body}"), DeliveryMode::AtLeastOnce, 0);
+        match operator.publish(e).await {
+            Ok(_) => accepted += 1,
+            Err(PublishError::Refused(e)) => break e,
+            Err(e) => panic!("publish failed: {e}"),
+        }
+        assert!(accepted < 1_000, "4 MiB accepted by a 1 MiB store");
+    };
+    assert_eq!(refusal.code, "STORE_FULL", "{refusal:?}");
+    assert!(refusal.recoverable, "{refusal:?}");
+    assert!(
+        accepted >= 128,
+        "only {accepted} messages of 4 KiB fit in 1 MiB"
+    );
+
+    let mut sub = client_as(&core, "module-kvstore")
+        .subscribe(&["JOB"], 64)
+        .await
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < accepted {
+        let d = next(&mut sub).await;
+        let text = text_of(&d);
+        let n: usize = text.split(' ').next().unwrap().parse().unwrap();
+        seen.insert(n);
+        sub.ack(&d).await.unwrap();
+    }
+    assert_eq!(seen, (0..accepted).collect(), "every accepted message");
+    // Acknowledgements free the space (they are applied as they arrive).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match operator
+            .publish(job("after", DeliveryMode::AtLeastOnce, 0))
+            .await
+        {
+            Ok(_) => break,
+            Err(PublishError::Refused(e))
+                if e.code == "STORE_FULL" && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("no room after every delivery was acknowledged: {e}"),
+        }
+    }
+    assert_eq!(text_of(&next(&mut sub).await), "after");
+}
+
 #[tokio::test]
 async fn m10_every_eps_error_goes_to_the_sender_and_to_the_error_handler() {
     let core = start(&format!(

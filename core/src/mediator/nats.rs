@@ -389,16 +389,24 @@ impl NatsStore {
             if want == 0 {
                 return Ok(out);
             }
+            // A consumer that fails (the server lost it, say) is asked for
+            // again next time.
+            let forget = || {
+                lock(&self.inner.consumers).remove(&(sub.to_owned(), rank));
+            };
             let mut batch = consumer
                 .fetch()
                 .max_messages(want)
                 .messages()
                 .await
+                .inspect_err(|_| forget())
                 .map_err(boxed("fetching"))?;
             let mut got = 0;
             while let Some(message) = batch.next().await {
                 got += 1;
-                let message = message.map_err(nats("fetching"))?;
+                let message = message
+                    .inspect_err(|_| forget())
+                    .map_err(nats("fetching"))?;
                 if let Some(handed) = self.received(sub, message, now_ms).await? {
                     out.push(handed);
                 }
