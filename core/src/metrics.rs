@@ -142,12 +142,12 @@ impl Metrics {
         dropped.inc_by(ctx.audit.dropped());
         registry.register(
             "anima_audit_records_dropped",
-            "Audit records dropped because the audit log could not keep up.",
+            "Audit records dropped because the audit log could not keep up",
             dropped,
         );
         registry.register(
             "anima_refusals",
-            "Calls refused by the gateway, by reason.",
+            "Calls refused by the gateway, by reason",
             self.refusals.clone(),
         );
         registry.register(
@@ -157,12 +157,12 @@ impl Metrics {
         );
         registry.register(
             "anima_calls",
-            "Calls through the gateway by method and gRPC status code.",
+            "Calls through the gateway by method and gRPC status code",
             self.calls.clone(),
         );
         registry.register(
             "anima_call_duration_seconds",
-            "Gateway call latency.",
+            "Gateway call latency",
             self.latency.clone(),
         );
         let mut out = String::new();
@@ -190,12 +190,12 @@ impl Metrics {
         }
         registry.register(
             "anima_connection_refusals",
-            "Connections the Core's endpoint refused before any call, by reason.",
+            "Connections the Core's endpoint refused before any call, by reason",
             refusals,
         );
         registry.register(
             "anima_connection_refusal_logs_suppressed",
-            "Refused connections left out of the log (rate limit), by reason.",
+            "Refused connections left out of the log (rate limit), by reason",
             suppressed,
         );
     }
@@ -229,10 +229,10 @@ fn register_leases(registry: &mut Registry, ctx: &CoreContext) {
         let state = lease_state_name(&r.state).to_owned();
         (r.module.to_string(), state, r.renewals)
     }));
-    registry.register("anima_leases", "Leases by module and state.", leases);
+    registry.register("anima_leases", "Leases by module and state", leases);
     registry.register(
         "anima_lease_renewals",
-        "Renewals granted, by module.",
+        "Renewals granted, by module",
         renewals,
     );
     // Calls forwarded under each module's open lease, not yet answered.
@@ -251,7 +251,7 @@ fn register_leases(registry: &mut Registry, ctx: &CoreContext) {
     }
     registry.register(
         "anima_calls_in_flight",
-        "Calls forwarded under the module's current lease and not yet answered.",
+        "Calls forwarded under the module's current lease and not yet answered",
         in_flight,
     );
 }
@@ -265,10 +265,10 @@ fn register_modules(registry: &mut Registry, ctx: &CoreContext) {
             u64::from(m.restarts),
         )
     }));
-    registry.register("anima_module_restarts", "Module restarts.", restarts);
+    registry.register("anima_module_restarts", "Module restarts", restarts);
     registry.register(
         "anima_module_state",
-        "Module state (1 for the current one).",
+        "Module state (1 for the current one)",
         states,
     );
 }

@@ -891,6 +891,16 @@ async fn m9_a_reply_after_the_timeout_is_discarded_and_counted() {
         metrics.contains("anima_messages_total{event_type=\"JOB\",outcome=\"TIMEOUT\"} 1"),
         "{metrics}"
     );
+    // prometheus-client ends each help text with a full stop of its own.
+    let helps: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("# HELP"))
+        .collect();
+    assert!(helps.len() >= 5, "{metrics}");
+    assert!(
+        helps.iter().all(|l| l.ends_with('.') && !l.ends_with("..")),
+        "{helps:#?}"
+    );
 }
 
 /// The Core's `/metrics` as its operator reads them.
