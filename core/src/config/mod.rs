@@ -400,6 +400,12 @@ mod tests {
                 "nats_url = \"tls://h:1\"",
                 format!("{at}:9: mediator.nats_url: is read only with backend = \"nats\""),
             ),
+            (
+                "backend = \"nats\"\nnats_url = \"tls://h:1\"\nstore = \"m.redb\"",
+                format!(
+                    "{at}:11: mediator.store: is read only with backend = \"embedded\" (on NATS the server keeps the messages)"
+                ),
+            ),
         ] {
             assert_eq!(messages(read(mediator)), [problem], "{mediator}");
         }

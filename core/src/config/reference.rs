@@ -409,7 +409,7 @@ pub(crate) const KEYS: &[Key] = &[
         "mediator.store",
         Kind::Str("path"),
         Fallback::Text(DEFAULT_MESSAGE_STORE),
-        "The message store (one file, created when missing; relative to the working directory of `anima serve` when defaulted). Messages are on disk in it before their publisher is answered.",
+        "The message store of `backend = \"embedded\"` (one file, created when missing; relative to the working directory of `anima serve` when defaulted). Messages are on disk in it before their publisher is answered. Refused with `backend = \"nats\"`.",
     ),
     key(
         "mediator.max_store_bytes",

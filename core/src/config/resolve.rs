@@ -542,6 +542,13 @@ impl<'t> Resolver<'t> {
                     );
                     return None;
                 };
+                if m.store.is_some() {
+                    self.report.problem(
+                        "mediator.store",
+                        "is read only with backend = \"embedded\" (on NATS the server keeps the messages)",
+                    );
+                    return None;
+                }
                 let url_ok =
                     nats_url_problem(url).map(|p| self.report.problem("mediator.nats_url", p));
                 let stream = stream.map_or(DEFAULT_NATS_STREAM, String::as_str);
