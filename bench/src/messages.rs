@@ -83,7 +83,13 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
             .i("publishers", PUBLISHERS as u64),
     );
     // The Core again, its messages on that server (`backend = "nats"`).
-    let text = std::fs::read_to_string(&config)?.replacen(
+    // Its `[mediator] store` goes: on NATS the server keeps the messages.
+    let text: String = std::fs::read_to_string(&config)?
+        .lines()
+        .filter(|l| !l.starts_with("store = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let text = text.replacen(
         "[mediator]\n",
         &format!(
             "[mediator]\nbackend = \"nats\"\nnats_url = \"{}\"\n",
