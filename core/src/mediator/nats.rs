@@ -185,8 +185,11 @@ impl NatsStore {
         }
         let js = jetstream::new(client.clone());
         let prefix = config.stream;
-        let queue = js
-            .get_or_create_stream(stream::Config {
+        // Created, or brought to this configuration (a changed
+        // `max_store_bytes` applies to streams made before it).
+        let queue = stream_as(
+            &js,
+            stream::Config {
                 name: format!("{prefix}_QUEUE"),
                 subjects: vec![format!("{prefix}.q.>")],
                 retention: stream::RetentionPolicy::WorkQueue,
@@ -196,20 +199,23 @@ impl NatsStore {
                 duplicate_window: Duration::from_millis(DEDUP_WINDOW_MS),
                 max_message_size: i32::try_from(MIN_MAX_PAYLOAD).unwrap_or(i32::MAX),
                 ..Default::default()
-            })
-            .await
-            .map_err(boxed("the queue stream"))?;
-        let dead = js
-            .get_or_create_stream(stream::Config {
+            },
+            "the queue stream",
+        )
+        .await?;
+        let dead = stream_as(
+            &js,
+            stream::Config {
                 name: format!("{prefix}_DEAD"),
                 subjects: vec![format!("{prefix}.dead.>")],
                 storage: stream::StorageType::File,
                 max_bytes: i64::try_from(config.limit).unwrap_or(i64::MAX),
                 discard: stream::DiscardPolicy::New,
                 ..Default::default()
-            })
-            .await
-            .map_err(boxed("the dead-letter stream"))?;
+            },
+            "the dead-letter stream",
+        )
+        .await?;
         Ok(NatsStore {
             inner: Arc::new(Inner {
                 client,
@@ -703,6 +709,19 @@ impl NatsStore {
             None => Ok(false),
         }
     }
+}
+
+/// The stream `config` names, created or updated to `config`.
+async fn stream_as(
+    js: &jetstream::Context,
+    config: stream::Config,
+    what: &'static str,
+) -> Result<stream::Stream, StoreError> {
+    let name = config.name.clone();
+    js.create_or_update_stream(config)
+        .await
+        .map_err(boxed(what))?;
+    js.get_stream(name).await.map_err(boxed(what))
 }
 
 /// A replayed copy's delivery number ([`DELIVERY`]).
