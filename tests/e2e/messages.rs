@@ -1059,15 +1059,7 @@ async fn m12_nothing_acknowledged_is_lost_through_three_kill_9s_of_the_core() {
     let mut missing = acked.clone();
     while !missing.is_empty() {
         let d = next(&mut sub).await;
-        let id = d
-            .envelope
-            .as_ref()
-            .unwrap()
-            .message_metadata
-            .as_ref()
-            .unwrap()
-            .message_id
-            .clone();
+        let id = message_id(d.envelope.as_ref().unwrap());
         missing.remove(&id);
         *seen.entry(id).or_default() += 1;
         sub.ack(&d).await.unwrap();
@@ -1076,15 +1068,7 @@ async fn m12_nothing_acknowledged_is_lost_through_three_kill_9s_of_the_core() {
     // What is still queued (redeliveries of unacknowledged hand-outs) comes
     // within a short wait; none of it is an exactly_once message seen before.
     while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
-        let id = d
-            .envelope
-            .as_ref()
-            .unwrap()
-            .message_metadata
-            .as_ref()
-            .unwrap()
-            .message_id
-            .clone();
+        let id = message_id(d.envelope.as_ref().unwrap());
         *seen.entry(id).or_default() += 1;
         sub.ack(&d).await.unwrap();
     }
