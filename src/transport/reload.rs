@@ -131,18 +131,33 @@ fn stamps(files: &[PathBuf]) -> Vec<Stamp> {
 mod tests {
     use super::*;
 
-    /// A fresh directory of this test's own.
-    fn scratch(name: &str) -> PathBuf {
+    /// A fresh directory of this test's own, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn join(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn scratch(name: &str) -> Scratch {
         let dir =
             std::env::temp_dir().join(format!("anima-certwatch-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        dir
+        Scratch(dir)
     }
 
     #[tokio::test]
     async fn a_changed_file_is_reported_within_a_poll_and_only_once() {
-        let file = scratch("changed").join("cert.pem");
+        let dir = scratch("changed");
+        let file = dir.join("cert.pem");
         std::fs::write(&file, "one").unwrap();
         let mut watch = CertWatch::new(vec![file.clone()]);
         std::fs::write(&file, "two, longer").unwrap();
@@ -160,7 +175,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_file_that_goes_away_counts_as_a_change() {
-        let file = scratch("gone").join("ca.pem");
+        let dir = scratch("gone");
+        let file = dir.join("ca.pem");
         std::fs::write(&file, "ca").unwrap();
         let mut watch = CertWatch::new(vec![file.clone()]);
         std::fs::remove_file(&file).unwrap();
