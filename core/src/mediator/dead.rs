@@ -9,7 +9,7 @@ use tonic::{Request, Status};
 
 use super::route::module_of;
 use super::service::MediatorService;
-use super::store::DeadLetter as Stored;
+use super::store::{DeadFilter, DeadLetter as Stored};
 use crate::caller::Caller;
 
 impl MediatorService {
@@ -30,16 +30,10 @@ impl MediatorService {
                 .parse::<Urn>()
                 .map_err(|e| Status::invalid_argument(format!("module {module:.200}: {e}")))?;
         }
-        let all = self
-            .hub()
-            .dead_letters()
+        self.hub()
+            .dead_letters(DeadFilter { module, delivery })
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(all
-            .into_iter()
-            .filter(|d| module.is_empty() || module_of(&d.subscription) == module)
-            .filter(|d| delivery == 0 || d.seq == delivery)
-            .collect())
+            .map_err(|e| Status::internal(e.to_string()))
     }
 
     /// `ListDeadLetters`.

@@ -16,7 +16,7 @@ use super::record::Delivery;
 use tokio_stream::StreamExt as _;
 
 use super::nats::{NatsConfig, NatsStore};
-use super::store::{Accepted, DeadLetter, Incoming, Store, StoreError, Taken};
+use super::store::{Accepted, DeadFilter, DeadLetter, Incoming, Store, StoreError, Taken};
 
 /// The most publishes committed in one transaction.
 const MAX_GROUP: usize = 512;
@@ -218,13 +218,19 @@ impl Hub {
         }
     }
 
-    /// Every dead letter (M8).
-    pub(crate) async fn dead_letters(&self) -> Result<Vec<DeadLetter>, HubError> {
+    /// The dead letters `filter` names (M8).
+    pub(crate) async fn dead_letters(
+        &self,
+        filter: DeadFilter,
+    ) -> Result<Vec<DeadLetter>, HubError> {
         match &self.backend {
             Backend::Embedded { store, .. } => {
-                Self::blocking(store, |store| store.dead_letters(None)).await
+                Self::blocking(store, move |store| {
+                    store.dead_letters_where(&|sub, seq| filter.keeps(sub, seq))
+                })
+                .await
             }
-            Backend::Nats(store) => Ok(store.dead_letters().await?),
+            Backend::Nats(store) => Ok(store.dead_letters(&filter).await?),
         }
     }
 

@@ -32,8 +32,8 @@ use tokio_stream::StreamExt as _;
 
 use super::record::Record;
 use super::store::{
-    Accepted, DEDUP_WINDOW_MS, DeadLetter, Handed, Incoming, Retry, StoreError, Taken, backoff,
-    spent,
+    Accepted, DEDUP_WINDOW_MS, DeadFilter, DeadLetter, Handed, Incoming, Retry, StoreError, Taken,
+    backoff, spent,
 };
 
 /// The dead letter's subscription.
@@ -616,7 +616,7 @@ impl NatsStore {
 
     /// The dead letters: their `seq` is their sequence in the dead-letter
     /// stream.
-    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+    pub async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<DeadLetter>, StoreError> {
         let mut dead = self.inner.dead.clone();
         let info = dead.info().await.map_err(boxed("the dead-letter stream"))?;
         if info.state.messages == 0 {
@@ -642,7 +642,7 @@ impl NatsStore {
             while let Some(message) = batch.next().await {
                 let message = message.map_err(nats("reading dead letters"))?;
                 got += 1;
-                if let Some(letter) = dead_letter(&message) {
+                if let Some(letter) = dead_letter(&message, filter) {
                     out.push(letter);
                 }
             }
@@ -736,13 +736,17 @@ fn delivery_of(message: &async_nats::Message) -> Option<u64> {
 }
 
 /// A dead-letter stream message as a [`DeadLetter`]; `None` when it is not
-/// one this mediator wrote.
-fn dead_letter(message: &jetstream::Message) -> Option<DeadLetter> {
+/// one this mediator wrote, or not one `filter` names.
+fn dead_letter(message: &jetstream::Message, filter: &DeadFilter) -> Option<DeadLetter> {
     let headers = message.headers.as_ref()?;
     let text = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
     let seq = message.subject.as_str().rsplit('.').next()?.parse().ok()?;
+    let subscription = text(SUBSCRIPTION)?;
+    if !filter.keeps(&subscription, seq) {
+        return None;
+    }
     Some(DeadLetter {
-        subscription: text(SUBSCRIPTION)?,
+        subscription,
         seq,
         attempts: text(ATTEMPTS)?.parse().ok()?,
         since_ms: text(SINCE)?.parse().ok()?,

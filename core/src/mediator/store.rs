@@ -187,6 +187,24 @@ pub struct DeadLetter {
     pub envelope: Vec<u8>,
 }
 
+/// Which dead letters an operator's request names: of one module (empty:
+/// all), one delivery (0: all).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadFilter {
+    /// The module's URN, or empty.
+    pub module: String,
+    /// The delivery number, or 0.
+    pub delivery: u64,
+}
+
+impl DeadFilter {
+    /// Whether the dead letter `seq` of `subscription` is named.
+    pub fn keeps(&self, subscription: &str, seq: u64) -> bool {
+        (self.module.is_empty() || super::route::module_of(subscription) == self.module)
+            && (self.delivery == 0 || self.delivery == seq)
+    }
+}
+
 /// Counters of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stats {
@@ -449,6 +467,15 @@ impl Store {
 
     /// The dead-letter queue, of one subscription or all (M8).
     pub fn dead_letters(&self, subscription: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+        self.dead_letters_where(&|sub, _| subscription.is_none_or(|s| s == sub))
+    }
+
+    /// The dead letters `keep` (given each one's subscription and sequence
+    /// number) takes; only those are read in full.
+    pub fn dead_letters_where(
+        &self,
+        keep: &dyn Fn(&str, u64) -> bool,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
         let tx = self.db.begin_read()?;
         let dead = tx.open_table(DEAD)?;
         let messages = tx.open_table(MESSAGES)?;
@@ -456,7 +483,7 @@ impl Store {
         for entry in dead.iter()? {
             let (key, value) = entry?;
             let (sub, seq) = key.value();
-            if subscription.is_some_and(|s| s != sub) {
+            if !keep(sub, seq) {
                 continue;
             }
             let (attempts, since_ms, reason) = value.value();

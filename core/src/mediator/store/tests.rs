@@ -411,3 +411,38 @@ fn m6_a_batch_of_hand_outs_keeps_priority_then_age_across_subscriptions() {
     assert_eq!(bodies(taken), [(0, "a2".into()), (0, "a3".into())]);
     assert_eq!(idle, Some(T0 + WAIT), "the first held delivery's deadline");
 }
+
+#[test]
+fn m8_a_listing_names_dead_letters_by_module_and_delivery() {
+    let f = fixture(1 << 20);
+    let x = "EV urn:anima:module:x";
+    let y = "EV urn:anima:module:y";
+    let to = subs(&[x, y]);
+    let mut d = delivery(2);
+    d.dead_letter = true;
+    let first = seq_of(put(&f.store, "one", d, &to));
+    let second = seq_of(put(&f.store, "two", d, &to[..1]));
+    for (sub, seq) in [(x, first), (y, first), (x, second)] {
+        assert!(taken(&f.store, sub, T0).is_some());
+        f.store.nack(sub, seq, T0, "").expect("nack");
+    }
+    let listed = |module: &str, delivery: u64| -> Vec<(String, u64)> {
+        let filter = DeadFilter {
+            module: module.to_owned(),
+            delivery,
+        };
+        f.store
+            .dead_letters_where(&|sub, seq| filter.keeps(sub, seq))
+            .expect("list")
+            .into_iter()
+            .map(|d| (d.subscription, d.seq))
+            .collect()
+    };
+    assert_eq!(listed("", 0).len(), 3);
+    assert_eq!(
+        listed("urn:anima:module:x", 0),
+        [(x.to_owned(), first), (x.to_owned(), second)]
+    );
+    assert_eq!(listed("", second), [(x.to_owned(), second)]);
+    assert_eq!(listed("urn:anima:module:y", second), []);
+}
