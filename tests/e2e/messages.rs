@@ -617,7 +617,7 @@ async fn m8_m4_spent_and_expired_messages_go_to_the_dead_letter_queue_which_oper
 }
 
 /// A JOB request whose reply is JOB_DONE within `timeout_ms`.
-fn job_request(text: &str, timeout_ms: u64) -> RcsEnvelope {
+pub(crate) fn job_request(text: &str, timeout_ms: u64) -> RcsEnvelope {
     let mut e = job(text, DeliveryMode::AtLeastOnce, 0);
     e.routing.as_mut().unwrap().reply_to = Some(ReplyTo {
         event_type: "JOB_DONE".into(),

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use super::messages::{LOGS, client_as, log_message, logged_until, texts};
+use anima_module_sdk::messages::reply_to;
+
+use super::messages::{LOGS, client_as, job_request, log_message, logged_until, texts};
 use super::nats::{NatsServer, free_port, on_nats};
 use super::serve::{CoreProcess, core_and_admin, module_entry, sample};
 
@@ -41,7 +43,8 @@ async fn m14_modules_on_two_cores_share_event_types_and_a_killed_core_loses_noth
     let port = free_port();
     // The grants name both modules on both Cores: the message space is
     // shared, each Core hosts one of them.
-    let mediator = "\n[mediator]\nack_wait = \"2s\"\n";
+    let mediator = "\n[[permission]]\nmodule = \"urn:anima:module:kvstore\"\nsubscribe = [\"JOB\"]\n\
+                    \n[mediator]\nack_wait = \"2s\"\n";
     let a_text = on_nats(
         &(core_and_admin("") + &resident("kvstore") + LOGS + mediator),
         port,
@@ -72,6 +75,36 @@ async fn m14_modules_on_two_cores_share_event_types_and_a_killed_core_loses_noth
     assert!(
         kept.iter()
             .all(|k| k.source_module == "urn:anima:module:kvstore")
+    );
+
+    // A request to B, answered by a subscriber on A: the reply goes
+    // through A to the requester waiting on B.
+    let mut jobs = client_as(&a, "module-kvstore")
+        .subscribe(&["JOB"], 8)
+        .await
+        .unwrap();
+    let asking = tokio::spawn({
+        let operator = client_as(&b, "user-dev");
+        async move { operator.request(job_request("question", 10_000)).await }
+    });
+    let request = tokio::time::timeout(anima_tests::PATIENCE, jobs.next())
+        .await
+        .expect("the request within PATIENCE")
+        .unwrap()
+        .unwrap();
+    let envelope = request.envelope.clone().unwrap();
+    let answer = reply_to(&envelope, "text/plain", b"42".to_vec()).unwrap();
+    let published = client_as(&a, "module-kvstore")
+        .publish(answer)
+        .await
+        .unwrap();
+    assert!(published.reply, "{published:?}");
+    jobs.ack(&request).await.unwrap();
+    let reply = asking.await.unwrap().unwrap();
+    assert_eq!(reply.payload.unwrap().data, b"42");
+    assert_eq!(
+        reply.message_metadata.unwrap().correlation_id,
+        envelope.message_metadata.unwrap().message_id
     );
 
     // B (and with it the logger) is killed; what A accepts meanwhile is

@@ -15,7 +15,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::record::Delivery;
 use tokio_stream::StreamExt as _;
 
-use super::nats::{NatsConfig, NatsStore};
+use super::nats::{NatsConfig, NatsStore, ReplyAnswer, ServingReplies};
+use super::request::Reply;
 use super::store::{Accepted, DeadFilter, DeadLetter, Incoming, Store, StoreError, Taken};
 
 /// The most publishes committed in one transaction.
@@ -266,6 +267,40 @@ impl Hub {
                     n += usize::from(done);
                 }
                 Ok(n)
+            }
+        }
+    }
+
+    /// Whether `envelope` from `sender` is the reply to a request waiting
+    /// on another Core (on NATS; the embedded store has no other Core).
+    pub(crate) async fn reply_elsewhere(
+        &self,
+        envelope: &anima_protocol::pb::RcsEnvelope,
+        sender: &anima_protocol::Urn,
+    ) -> Reply {
+        match &self.backend {
+            Backend::Embedded { .. } => Reply::No,
+            Backend::Nats(store) => store.reply_elsewhere(envelope, sender).await,
+        }
+    }
+
+    /// On NATS, lets other Cores hand this Core the replies to its request
+    /// `id` while the guard lives (`answer` tells a reply).
+    pub(crate) async fn serve_replies(
+        &self,
+        id: &str,
+        answer: ReplyAnswer,
+    ) -> Option<ServingReplies> {
+        let Backend::Nats(store) = &self.backend else {
+            return None;
+        };
+        match store.serve_replies(id, answer).await {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                tracing::warn!(
+                    "mediator: request {id:.64} gets replies through this Core only: {e}"
+                );
+                None
             }
         }
     }

@@ -30,7 +30,12 @@ use async_nats::jetstream::{self, AckKind, consumer, stream};
 use async_nats::{HeaderMap, Subject};
 use tokio_stream::StreamExt as _;
 
+use anima_protocol::Urn;
+use anima_protocol::pb::RcsEnvelope;
+use prost::Message as _;
+
 use super::record::Record;
+use super::request::Reply;
 use super::store::{
     Accepted, DEDUP_WINDOW_MS, DeadFilter, DeadLetter, Handed, Incoming, Retry, StoreError, Taken,
     backoff, spent,
@@ -258,6 +263,82 @@ impl NatsStore {
             .subscribe(self.wake_subjects())
             .await
             .map_err(boxed("subscribing to wake-ups"))
+    }
+
+    fn reply_subject(&self, request_id: &str) -> String {
+        format!("{}.reply.{}", self.inner.prefix, token(request_id))
+    }
+
+    /// Answers, for as long as the returned guard lives, other Cores'
+    /// questions "is this a reply to request `id`?" with `answer` (the
+    /// request waits on this Core).
+    pub async fn serve_replies(
+        &self,
+        id: &str,
+        answer: ReplyAnswer,
+    ) -> Result<ServingReplies, StoreError> {
+        let mut questions = self
+            .inner
+            .client
+            .subscribe(self.reply_subject(id))
+            .await
+            .map_err(boxed("serving a request's replies"))?;
+        // The server has the subscription before the request is published.
+        self.inner
+            .client
+            .flush()
+            .await
+            .map_err(boxed("serving a request's replies"))?;
+        let client = self.inner.client.clone();
+        let task = tokio::spawn(async move {
+            while let Some(question) = questions.next().await {
+                let Some(to) = question.reply else { continue };
+                let verdict = match asked(&question.payload) {
+                    Some((sender, envelope)) => answer(&envelope, &sender),
+                    None => Reply::No,
+                };
+                let word = match verdict {
+                    Reply::No => "no",
+                    Reply::Delivered => "delivered",
+                    Reply::Late => "late",
+                };
+                let _ = client
+                    .publish(to, bytes::Bytes::from_static(word.as_bytes()))
+                    .await;
+            }
+        });
+        Ok(ServingReplies(task))
+    }
+
+    /// Whether `envelope` from `sender`, which answers no request waiting
+    /// on this Core, is the reply to one waiting on another (M14); `No`
+    /// when no Core waits for its `correlation_id`.
+    pub async fn reply_elsewhere(&self, envelope: &RcsEnvelope, sender: &Urn) -> Reply {
+        let Some(id) = envelope
+            .message_metadata
+            .as_ref()
+            .map(|m| m.correlation_id.as_str())
+            .filter(|c| !c.is_empty())
+        else {
+            return Reply::No;
+        };
+        let mut question = format!("{sender}\n").into_bytes();
+        question.extend_from_slice(&envelope.encode_to_vec());
+        let asked = self
+            .inner
+            .client
+            .request(self.reply_subject(id), question.into())
+            .await;
+        match asked {
+            Ok(answer) if answer.payload.as_ref() == b"delivered" => Reply::Delivered,
+            Ok(answer) if answer.payload.as_ref() == b"late" => Reply::Late,
+            Ok(_) => Reply::No,
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Reply::No,
+            Err(e) => {
+                tracing::warn!("mediator: asking the other Cores about reply {id:.64}: {e}");
+                Reply::No
+            }
+        }
     }
 
     /// Stores one message: a copy for each subscription, every copy
@@ -722,6 +803,28 @@ async fn stream_as(
         .await
         .map_err(boxed(what))?;
     js.get_stream(name).await.map_err(boxed(what))
+}
+
+/// How a Core tells whether an envelope from a sender is the reply to a
+/// request waiting on it.
+pub type ReplyAnswer = Arc<dyn Fn(&RcsEnvelope, &Urn) -> Reply + Send + Sync>;
+
+/// Answers other Cores about one waiting request until dropped.
+pub struct ServingReplies(tokio::task::JoinHandle<()>);
+
+impl Drop for ServingReplies {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A question of [`NatsStore::reply_elsewhere`]: the sender's URN, a line
+/// feed, the envelope's protobuf bytes.
+fn asked(payload: &[u8]) -> Option<(Urn, RcsEnvelope)> {
+    let at = payload.iter().position(|&b| b == b'\n')?;
+    let sender = std::str::from_utf8(&payload[..at]).ok()?.parse().ok()?;
+    let envelope = RcsEnvelope::decode(&payload[at + 1..]).ok()?;
+    Some((sender, envelope))
 }
 
 /// A replayed copy's delivery number ([`DELIVERY`]).

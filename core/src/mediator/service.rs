@@ -143,10 +143,15 @@ impl MediatorService {
 
     /// Validates and routes one envelope: its checked metadata and the
     /// subscriptions it goes to, or that it was a reply (M9).
-    fn route(&self, sender: &Sender, envelope: &mut RcsEnvelope) -> Result<Routed, Invalid> {
+    async fn route(&self, sender: &Sender, envelope: &mut RcsEnvelope) -> Result<Routed, Invalid> {
         let checked = rcs::validate(envelope, sender.urn(), self.limits)?;
         let routing = envelope.routing.clone().unwrap_or_default();
-        match self.requests.answer(envelope, sender.urn()) {
+        let mut reply = self.requests.answer(envelope, sender.urn());
+        if reply == Reply::No {
+            // On NATS the request may wait on another Core (M14).
+            reply = self.hub.reply_elsewhere(envelope, sender.urn()).await;
+        }
+        match reply {
             Reply::No => {}
             Reply::Delivered => return Ok(Routed::Reply),
             Reply::Late => {
@@ -240,7 +245,7 @@ impl MediatorService {
         sender: &Sender,
         envelope: &mut RcsEnvelope,
     ) -> Result<Published, Invalid> {
-        match self.route(sender, envelope)? {
+        match self.route(sender, envelope).await? {
             Routed::Reply => {
                 self.watchers.accepted(envelope);
                 Ok(Published {
@@ -283,7 +288,7 @@ impl MediatorService {
         let timeout = reply_to
             .timeout_ms
             .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
-        let Routed::To(checked, subscriptions) = self.route(sender, envelope)? else {
+        let Routed::To(checked, subscriptions) = self.route(sender, envelope).await? else {
             return Err(Invalid::new(
                 EpsCode::InvalidField,
                 "message_metadata.correlation_id",
@@ -309,6 +314,12 @@ impl MediatorService {
                     "a request with this id is waiting for its reply already",
                 )
             })?;
+        // Other Cores hand their replies over while it waits (on NATS).
+        let requests = self.requests.clone();
+        let _serving = self
+            .hub
+            .serve_replies(&id, Arc::new(move |e, s| requests.answer(e, s)))
+            .await;
         if let Err(e) = self.store(envelope, checked, subscriptions).await {
             waiting.refused();
             return Err(e);
