@@ -13,6 +13,9 @@
 //! `ring`'s Ed25519 refuses a non-canonical `S` (`S ≥ L`); small-order keys
 //! and `R` are refused before, in [`super::keys::PeerKey::verify`].
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
 use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
 use jsonwebtoken::errors::{ErrorKind, Result};
 use jsonwebtoken::signature::{Error as SignatureError, Signer, Verifier};
@@ -36,27 +39,69 @@ pub(crate) static PROVIDER: CryptoProvider = CryptoProvider {
 fn signer(algorithm: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>> {
     match (algorithm, key.family()) {
         (Algorithm::EdDSA, AlgorithmFamily::Ed) => {
-            // PKCS#8 v1 (seed only) as well as v2: the public half is
-            // derived from the seed, and the caller checks it against the
-            // certificate.
-            Ed25519KeyPair::from_pkcs8_maybe_unchecked(key.as_bytes())
-                .map(|pair| Box::new(Ed25519Signer(pair)) as Box<dyn JwtSigner>)
-                .map_err(|_| ErrorKind::InvalidEddsaKey.into())
+            Ok(Box::new(Ed25519Signer(ed25519_pair(key.as_bytes())?)))
         }
-        (Algorithm::ES256, AlgorithmFamily::Ec) => EcdsaKeyPair::from_pkcs8(
-            &ECDSA_P256_SHA256_FIXED_SIGNING,
-            key.as_bytes(),
-            &SystemRandom::new(),
-        )
-        .map(|pair| {
-            Box::new(Es256Signer {
-                pair,
-                rng: SystemRandom::new(),
-            }) as Box<dyn JwtSigner>
-        })
-        .map_err(|_| ErrorKind::InvalidEcdsaKey.into()),
+        (Algorithm::ES256, AlgorithmFamily::Ec) => Ok(Box::new(Es256Signer {
+            pair: p256_pair(key.as_bytes())?,
+            rng: SystemRandom::new(),
+        })),
         _ => Err(ErrorKind::InvalidAlgorithm.into()),
     }
+}
+
+/// Key pairs parsed from PKCS#8, by their DER bytes. `jsonwebtoken` asks
+/// for a signer for every token it signs, and parsing a key derives its
+/// public half (a scalar multiplication) each time; a process signs with a
+/// handful of keys. Emptied should it ever hold [`KEPT_PAIRS`].
+#[derive(Default)]
+struct Pairs {
+    ed25519: HashMap<Vec<u8>, Arc<Ed25519KeyPair>>,
+    p256: HashMap<Vec<u8>, Arc<EcdsaKeyPair>>,
+}
+
+/// The most key pairs [`Pairs`] keeps.
+const KEPT_PAIRS: usize = 64;
+
+static PAIRS: LazyLock<Mutex<Pairs>> = LazyLock::new(Mutex::default);
+
+fn pairs() -> std::sync::MutexGuard<'static, Pairs> {
+    PAIRS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The Ed25519 pair of `der`, PKCS#8 v1 (seed only) as well as v2: the
+/// public half is derived from the seed, and the caller checks it against
+/// the certificate.
+fn ed25519_pair(der: &[u8]) -> Result<Arc<Ed25519KeyPair>> {
+    if let Some(pair) = pairs().ed25519.get(der) {
+        return Ok(pair.clone());
+    }
+    let pair = Arc::new(
+        Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+            .map_err(|_| jsonwebtoken::errors::Error::from(ErrorKind::InvalidEddsaKey))?,
+    );
+    let mut kept = pairs();
+    if kept.ed25519.len() >= KEPT_PAIRS {
+        kept.ed25519.clear();
+    }
+    kept.ed25519.insert(der.to_vec(), pair.clone());
+    Ok(pair)
+}
+
+/// The P-256 pair of `der` (PKCS#8).
+fn p256_pair(der: &[u8]) -> Result<Arc<EcdsaKeyPair>> {
+    if let Some(pair) = pairs().p256.get(der) {
+        return Ok(pair.clone());
+    }
+    let pair = Arc::new(
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &SystemRandom::new())
+            .map_err(|_| jsonwebtoken::errors::Error::from(ErrorKind::InvalidEcdsaKey))?,
+    );
+    let mut kept = pairs();
+    if kept.p256.len() >= KEPT_PAIRS {
+        kept.p256.clear();
+    }
+    kept.p256.insert(der.to_vec(), pair.clone());
+    Ok(pair)
 }
 
 /// A verifier for `algorithm` with `key` (the raw Ed25519 key, or the
@@ -77,7 +122,7 @@ fn verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerif
 }
 
 /// Signs `EdDSA` tokens.
-struct Ed25519Signer(Ed25519KeyPair);
+struct Ed25519Signer(Arc<Ed25519KeyPair>);
 
 impl Signer<Vec<u8>> for Ed25519Signer {
     fn try_sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, SignatureError> {
@@ -93,7 +138,7 @@ impl JwtSigner for Ed25519Signer {
 
 /// Signs `ES256` tokens (randomized ECDSA, fixed-length signatures).
 struct Es256Signer {
-    pair: EcdsaKeyPair,
+    pair: Arc<EcdsaKeyPair>,
     rng: SystemRandom,
 }
 
