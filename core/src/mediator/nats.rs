@@ -35,7 +35,7 @@ use anima_protocol::pb::RcsEnvelope;
 use prost::Message as _;
 
 use super::record::Record;
-use super::request::Reply;
+use super::request::{Reply, correlation_of};
 use super::store::{
     Accepted, DEDUP_WINDOW_MS, DeadFilter, DeadLetter, Handed, Incoming, Retry, StoreError, Taken,
     backoff, spent,
@@ -133,13 +133,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// `subscription` as a subject token: lowercase hex of its bytes.
 pub fn token(subscription: &str) -> String {
-    use std::fmt::Write as _;
-    subscription
-        .bytes()
-        .fold(String::with_capacity(subscription.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex(subscription.as_bytes())
 }
 
 /// The subscription a subject token names, when it is one.
@@ -158,15 +152,18 @@ pub fn from_token(token: &str) -> Option<String> {
 /// names, message ids): 32 hex digits of its SHA-256.
 pub fn hash(subscription: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, subscription.as_bytes());
-    token_of_bytes(&digest.as_ref()[..16])
+    hex(&digest.as_ref()[..16])
 }
 
-fn token_of_bytes(bytes: &[u8]) -> String {
+/// `bytes` in lowercase hex.
+fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 impl NatsStore {
@@ -256,6 +253,17 @@ impl NatsStore {
         format!("{}.wake.>", self.inner.prefix)
     }
 
+    /// Tells every Core's subscribers of `subscription` that a message was
+    /// queued for it (best effort: an idle subscriber also polls).
+    async fn wake(&self, subscription: &str) {
+        let subject = format!("{}.wake.{}", self.inner.prefix, token(subscription));
+        let _ = self
+            .inner
+            .client
+            .publish(subject, bytes::Bytes::new())
+            .await;
+    }
+
     /// The core NATS subscription to [`NatsStore::wake_subjects`].
     pub async fn wakes(&self) -> Result<async_nats::Subscriber, StoreError> {
         self.inner
@@ -314,12 +322,7 @@ impl NatsStore {
     /// on this Core, is the reply to one waiting on another (M14); `No`
     /// when no Core waits for its `correlation_id`.
     pub async fn reply_elsewhere(&self, envelope: &RcsEnvelope, sender: &Urn) -> Reply {
-        let Some(id) = envelope
-            .message_metadata
-            .as_ref()
-            .map(|m| m.correlation_id.as_str())
-            .filter(|c| !c.is_empty())
-        else {
+        let Some(id) = correlation_of(envelope) else {
             return Reply::No;
         };
         let mut question = format!("{sender}\n").into_bytes();
@@ -388,12 +391,7 @@ impl NatsStore {
             return Ok(Accepted::Duplicate(seq));
         }
         for sub in m.subscriptions {
-            let subject = format!("{}.wake.{}", self.inner.prefix, token(sub));
-            let _ = self
-                .inner
-                .client
-                .publish(subject, bytes::Bytes::new())
-                .await;
+            self.wake(sub).await;
         }
         Ok(Accepted::Stored(seq))
     }
@@ -531,39 +529,31 @@ impl NatsStore {
             .unwrap_or(u32::MAX)
             .saturating_sub(released);
         let d = record.delivery;
-        let why = if d
-            .expires_ms
-            .is_some_and(|e| i128::from(e) <= i128::from(now_ms))
-        {
-            "EXPIRED"
-        } else if before > d.max_retries || (d.at_most_once && before > 0) {
-            "MAX_RETRIES"
-        } else {
-            let attempt = before + 1;
-            // A held delivery's ack deadline is not tracked: the server
-            // redelivers it, and the subscriber's poll finds it.
-            if d.at_most_once {
-                message.ack().await.map_err(nats("ack"))?;
-            }
-            let handed = Handed {
-                seq,
-                attempt,
-                envelope: record.envelope.clone(),
-                once: d.at_most_once,
-            };
-            if !d.at_most_once {
-                let held = Held {
-                    message,
-                    record,
-                    attempt,
-                };
-                lock(&self.inner.held).insert((sub.to_owned(), seq), held);
-            }
-            return Ok(Some(handed));
+        if let Some(why) = d.over(before, now_ms) {
+            self.end(sub, (seq, &message, &record), before, why, now_ms)
+                .await?;
+            return Ok(None);
+        }
+        // A held delivery's ack deadline is not tracked: the server
+        // redelivers it, and the subscriber's poll finds it.
+        let attempt = before + 1;
+        let handed = Handed {
+            seq,
+            attempt,
+            envelope: record.envelope.clone(),
+            once: d.at_most_once,
         };
-        self.end(sub, (seq, &message, &record), before, why, now_ms)
-            .await?;
-        Ok(None)
+        if d.at_most_once {
+            message.ack().await.map_err(nats("ack"))?;
+        } else {
+            let held = Held {
+                message,
+                record,
+                attempt,
+            };
+            lock(&self.inner.held).insert((sub.to_owned(), seq), held);
+        }
+        Ok(Some(handed))
     }
 
     /// Moves a message whose delivery is over to the dead-letter stream (or
@@ -770,8 +760,7 @@ impl NatsStore {
             .await
             .map_err(boxed("replaying"))?;
         self.delete_dead(dead_seq).await?;
-        let wake = format!("{}.wake.{}", self.inner.prefix, token(sub));
-        let _ = self.inner.client.publish(wake, bytes::Bytes::new()).await;
+        self.wake(sub).await;
         Ok(true)
     }
 

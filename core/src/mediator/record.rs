@@ -48,6 +48,25 @@ pub struct Delivery {
     pub expires_ms: Option<i64>,
 }
 
+impl Delivery {
+    /// Why a message handed out `attempts` times already is not to be
+    /// handed out again at `now_ms`: `EXPIRED` (M4), or `MAX_RETRIES` (its
+    /// retries spent, or an `at_most_once` message handed out before); `None`
+    /// when it is delivered.
+    pub fn over(&self, attempts: u32, now_ms: u64) -> Option<&'static str> {
+        if self
+            .expires_ms
+            .is_some_and(|e| i128::from(e) <= i128::from(now_ms))
+        {
+            Some("EXPIRED")
+        } else if attempts > self.max_retries || (self.at_most_once && attempts > 0) {
+            Some("MAX_RETRIES")
+        } else {
+            None
+        }
+    }
+}
+
 /// A stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -104,6 +123,34 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn m4_m7_a_delivery_is_over_when_expired_or_its_retries_are_spent() {
+        let d = Delivery {
+            rank: 2,
+            dead_letter: false,
+            at_most_once: false,
+            max_retries: 1,
+            retry_delay_ms: 0,
+            expires_ms: Some(1_000),
+        };
+        assert_eq!(d.over(0, 999), None);
+        assert_eq!(d.over(1, 999), None, "one retry left");
+        assert_eq!(d.over(2, 999), Some("MAX_RETRIES"));
+        assert_eq!(d.over(0, 1_000), Some("EXPIRED"));
+        let once = Delivery {
+            at_most_once: true,
+            max_retries: 5,
+            expires_ms: None,
+            ..d
+        };
+        assert_eq!(once.over(0, u64::MAX), None);
+        assert_eq!(
+            once.over(1, 0),
+            Some("MAX_RETRIES"),
+            "never handed out twice"
+        );
+    }
 
     #[test]
     fn m12_records_read_back_as_written() {

@@ -85,6 +85,15 @@ pub(crate) enum Reply {
     Late,
 }
 
+/// The request `envelope` answers, if it names one (its `correlation_id`).
+pub(crate) fn correlation_of(envelope: &RcsEnvelope) -> Option<&str> {
+    envelope
+        .message_metadata
+        .as_ref()
+        .map(|m| m.correlation_id.as_str())
+        .filter(|c| !c.is_empty())
+}
+
 impl Requests {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner
@@ -142,12 +151,7 @@ impl Requests {
     /// from a module the request went to. A reply to a waiting request is
     /// handed to the requester.
     pub(crate) fn answer(&self, envelope: &RcsEnvelope, sender: &Urn) -> Reply {
-        let Some(id) = envelope
-            .message_metadata
-            .as_ref()
-            .map(|m| m.correlation_id.as_str())
-            .filter(|c| !c.is_empty())
-        else {
+        let Some(id) = correlation_of(envelope) else {
             return Reply::No;
         };
         let event_type = envelope

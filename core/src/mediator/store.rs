@@ -629,14 +629,7 @@ impl Scan {
             let bytes = messages.get(seq)?.ok_or(StoreError::Corrupt(seq))?;
             let record = Record::decode(bytes.value()).ok_or(StoreError::Corrupt(seq))?;
             let d = record.delivery;
-            let why = if d
-                .expires_ms
-                .is_some_and(|e| i128::from(e) <= i128::from(now_ms))
-            {
-                "EXPIRED"
-            } else if attempts > d.max_retries || (d.at_most_once && attempts > 0) {
-                "MAX_RETRIES"
-            } else {
+            let Some(why) = d.over(attempts, now_ms) else {
                 found += 1;
                 self.found.push(Best {
                     index,
