@@ -16,6 +16,11 @@
 //!   this machine (`jetstream.rs`), as baselines in the same run; a
 //!   `messages_jetstream skipped=no-nats-server` line when `nats-server` is
 //!   not installed.
+//! - `messages_journaled_publish_to_deliver_us`, `messages_journaled_per_s`
+//!   and their `…_vs_jetstream` ratios: the same through a Core whose store
+//!   journals publishes and fsyncs every 100 ms (`[mediator] sync_interval`),
+//!   the promise JetStream's file store makes (a killed process loses
+//!   nothing; a power loss, the last interval).
 //! - `messages_on_nats_p50_us` and `messages_on_nats_per_s`: the round trip
 //!   and throughput through a Core whose mediator keeps its messages on that
 //!   server (`[mediator] backend = "nats"`), against the same JetStream
@@ -56,6 +61,7 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     let result = measure(setup, opts, core.addr, report).await;
     core.stop().await;
     let (mut round_trip, rate) = result?;
+    let (mut journaled, journaled_rate) = journaled(setup, opts, &config, report).await?;
     if !crate::jetstream::installed() {
         report.add(
             Figure::new("messages_jetstream")
@@ -82,6 +88,17 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
             .vs(rate, js.per_s, 0)
             .i("publishers", PUBLISHERS as u64),
     );
+    let journaled50 = journaled.pct(50.0);
+    report.add(
+        Figure::new("messages_journaled_vs_jetstream_p50_us")
+            .vs(journaled50, js50, 1)
+            .target("ratio<=2", journaled50 <= 2.0 * js50),
+    );
+    report.add(
+        Figure::new("messages_journaled_per_s_vs_jetstream")
+            .vs(journaled_rate, js.per_s, 0)
+            .s("baseline_is", "jetstream"),
+    );
     // The Core again, its messages on that server (`backend = "nats"`).
     // Its `[mediator] store` goes: on NATS the server keeps the messages.
     let text: String = std::fs::read_to_string(&config)?
@@ -100,7 +117,7 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     let config = setup.dir.path().join("messages-nats.toml");
     std::fs::write(&config, text)?;
     let mut core = core_process(setup, &config).await?;
-    let result = on_nats(setup, opts, core.addr).await;
+    let result = figures(setup, opts, core.addr).await;
     core.stop().await;
     let (mut shared, shared_rate) = result?;
     report.add(
@@ -115,6 +132,38 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
             .s("baseline_is", "jetstream"),
     );
     Ok(())
+}
+
+/// The Core again, publishes journaled rather than fsynced (the promise
+/// JetStream's file store makes: nothing lost to a kill of the process):
+/// its figures, and its round trips and throughput for the baselines.
+async fn journaled(
+    setup: &Setup,
+    opts: &Opts,
+    config: &std::path::Path,
+    report: &mut Report,
+) -> Res<(Samples, f64)> {
+    let text = std::fs::read_to_string(config)?
+        .replace("-messages.redb", "-journaled.redb")
+        .replacen("[mediator]\n", "[mediator]\nsync_interval = \"100ms\"\n", 1);
+    let journaled_config = setup.dir.path().join("messages-journaled.toml");
+    std::fs::write(&journaled_config, text)?;
+    let mut core = core_process(setup, &journaled_config).await?;
+    let result = figures(setup, opts, core.addr).await;
+    core.stop().await;
+    let (mut journaled, rate) = result?;
+    report.add(
+        Figure::new("messages_journaled_publish_to_deliver_us")
+            .f("p50", journaled.pct(50.0), 1)
+            .f("p99", journaled.pct(99.0), 1)
+            .s("sync_interval", "100ms"),
+    );
+    report.add(
+        Figure::new("messages_journaled_per_s")
+            .f("value", rate, 0)
+            .target(">=20000", rate >= 20_000.0),
+    );
+    Ok((journaled, rate))
 }
 
 /// Round trips, and messages of the throughput run.
@@ -166,8 +215,9 @@ async fn measure(
     Ok((samples, rate))
 }
 
-/// The same round trips and throughput through a Core on NATS.
-async fn on_nats(setup: &Setup, opts: &Opts, addr: std::net::SocketAddr) -> Res<(Samples, f64)> {
+/// The same round trips and throughput through another Core (journaled,
+/// or on NATS).
+async fn figures(setup: &Setup, opts: &Opts, addr: std::net::SocketAddr) -> Res<(Samples, f64)> {
     let module = client(setup, addr, MODULE)?;
     let mut sub = subscribe_when_leased(&module, &[EVENT], 1024).await?;
     let (n, total) = counts(opts);

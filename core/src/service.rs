@@ -406,9 +406,11 @@ async fn open_store(config: &Config, identity: &CoreIdentity) -> Result<Hub, Ser
                 .store
                 .clone()
                 .unwrap_or_else(|| crate::config::DEFAULT_MESSAGE_STORE.into());
-            Hub::open(&path, m.max_store_bytes).map_err(|source| ServeError::Store {
-                path: path.display().to_string(),
-                source,
+            Hub::open(&path, m.max_store_bytes, m.sync_interval).map_err(|source| {
+                ServeError::Store {
+                    path: path.display().to_string(),
+                    source,
+                }
             })
         }
         Backend::Nats { url, stream } => {

@@ -14,6 +14,7 @@ mod first_hour;
 mod gateway;
 mod hosts;
 mod interfaces;
+mod journal;
 mod lease;
 mod lifecycle;
 mod loud;

@@ -1023,7 +1023,13 @@ async fn publish_through_kills(
 /// Core while publishing (M12). The subscriber counts.
 #[tokio::test]
 async fn m12_nothing_acknowledged_is_lost_through_three_kill_9s_of_the_core() {
-    let mut core = start(JOBS).await;
+    through_three_kills("").await;
+}
+
+/// [`m12_nothing_acknowledged_is_lost_through_three_kill_9s_of_the_core`]
+/// with `mediator` (lines of `[mediator]`) in the Core's configuration.
+pub(crate) async fn through_three_kills(mediator: &str) {
+    let mut core = start(&format!("{JOBS}\n[mediator]\n{mediator}\n")).await;
     let messages: Vec<RcsEnvelope> = (0..DURABLE)
         .map(|i| {
             let mode = if i % 2 == 0 {

@@ -93,9 +93,9 @@ pub(crate) use interfaces::listed;
 pub use model::{
     AdminSection, Backend, Config, CoreCert, CoreSection, DEFAULT_ACK_WAIT, DEFAULT_ADMIN_LISTEN,
     DEFAULT_AUDIT_LOG, DEFAULT_LEASE_TTL, DEFAULT_MAX_STORE_BYTES, DEFAULT_MESSAGE_STORE,
-    DEFAULT_NATS_STREAM, DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, MediatorSection, MessageGrant,
-    ModuleConfig, OperatorAccess, Permission, Policy, PolicyTarget, RENEW_WHEN_LEFT_RANGE,
-    RestartMode, RestartPolicy, StartMode, default_restart_mode,
+    DEFAULT_NATS_STREAM, DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, MAX_SYNC_INTERVAL,
+    MediatorSection, MessageGrant, ModuleConfig, OperatorAccess, Permission, Policy, PolicyTarget,
+    RENEW_WHEN_LEFT_RANGE, RestartMode, RestartPolicy, StartMode, default_restart_mode,
 };
 pub use problem::Problem;
 pub(crate) use reference::markdown as reference_markdown;
@@ -304,6 +304,7 @@ mod tests {
             store = "state/messages.redb"
             max_store_bytes = 2097152
             ack_wait = "5s"
+            sync_interval = "100ms"
             error_handler = "urn:anima:module:hasher"
             {module}
             [[permission]]
@@ -345,6 +346,7 @@ mod tests {
                 store: Some(dir.path().join("state/messages.redb")),
                 max_store_bytes: 2 << 20,
                 ack_wait: Duration::from_secs(5),
+                sync_interval: Some(Duration::from_millis(100)),
                 error_handler: Some("urn:anima:module:hasher".parse().unwrap()),
                 backend: Backend::Embedded,
             }
@@ -405,6 +407,20 @@ mod tests {
                 format!(
                     "{at}:11: mediator.store: is read only with backend = \"embedded\" (on NATS the server keeps the messages)"
                 ),
+            ),
+            (
+                "backend = \"nats\"\nnats_url = \"tls://h:1\"\nsync_interval = \"1s\"",
+                format!(
+                    "{at}:11: mediator.sync_interval: is read only with backend = \"embedded\" (on NATS the server keeps the messages)"
+                ),
+            ),
+            (
+                "sync_interval = \"0ms\"",
+                format!("{at}:9: mediator.sync_interval: 0ns is not between 1ms and 60s"),
+            ),
+            (
+                "sync_interval = \"2m\"",
+                format!("{at}:9: mediator.sync_interval: 120s is not between 1ms and 60s"),
             ),
         ] {
             assert_eq!(messages(read(mediator)), [problem], "{mediator}");

@@ -105,6 +105,9 @@ pub const MIN_ACK_WAIT: Duration = Duration::from_millis(100);
 /// `[mediator] ack_wait` when not given.
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 
+/// The longest `[mediator] sync_interval`.
+pub const MAX_SYNC_INTERVAL: Duration = Duration::from_secs(60);
+
 /// `[mediator]`: where and how runtime messages are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediatorSection {
@@ -116,6 +119,11 @@ pub struct MediatorSection {
     /// How long a delivery may stay neither acknowledged nor refused before
     /// it is delivered again.
     pub ack_wait: Duration,
+    /// `None`: every publish is fsynced before its publisher is answered.
+    /// Some: publishes are journaled (written, not fsynced, so they survive
+    /// the Core's death but not a power loss) and fsynced at least this
+    /// often.
+    pub sync_interval: Option<Duration>,
     /// The module that receives every EPS error the mediator reports, as
     /// `EPS_ERROR` messages (M10); `None`: only their senders get them.
     pub error_handler: Option<Urn>,
@@ -149,6 +157,7 @@ impl Default for MediatorSection {
             store: None,
             max_store_bytes: DEFAULT_MAX_STORE_BYTES,
             ack_wait: DEFAULT_ACK_WAIT,
+            sync_interval: None,
             error_handler: None,
             backend: Backend::Embedded,
         }

@@ -53,6 +53,7 @@ pub(super) struct Mediator {
     /// Any integer: the range is checked with the other values.
     pub(super) max_store_bytes: Field<i64>,
     pub(super) ack_wait: Field<String>,
+    pub(super) sync_interval: Field<String>,
     pub(super) error_handler: Field<String>,
     pub(super) backend: Field<BackendWord>,
     pub(super) nats_url: Field<String>,

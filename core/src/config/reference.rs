@@ -424,6 +424,12 @@ pub(crate) const KEYS: &[Key] = &[
         "How long a delivery may stay neither acknowledged nor refused before it is delivered again; at least 100ms.",
     ),
     key(
+        "mediator.sync_interval",
+        DURATION,
+        Fallback::Unset,
+        "With `backend = \"embedded\"`: unset, every publish is fsynced (with the others committed at that moment) before its publisher is answered, so an accepted message survives a power loss. Set (1ms to 60s): accepted messages are written to a journal beside the store before the answer, without fsync, so they survive a `kill -9` of the Core (as NATS JetStream's do) but a power loss may lose those of the last interval; the store is fsynced at least this often (PROTOCOL.md §13.2).",
+    ),
+    key(
         "mediator.error_handler",
         Kind::Str("URN"),
         Fallback::Unset,

@@ -21,8 +21,8 @@ use toml::Spanned;
 use super::check;
 use super::model::{
     AdminSection, Backend, Config, CoreSection, DEFAULT_ADMIN_LISTEN, DEFAULT_NATS_STREAM,
-    LeaseDefaults, MIN_ACK_WAIT, MIN_STORE_BYTES, MediatorSection, MessageGrant, ModuleConfig,
-    OperatorAccess, Permission, Policy, PolicyTarget, RestartPolicy, StartMode,
+    LeaseDefaults, MAX_SYNC_INTERVAL, MIN_ACK_WAIT, MIN_STORE_BYTES, MediatorSection, MessageGrant,
+    ModuleConfig, OperatorAccess, Permission, Policy, PolicyTarget, RestartPolicy, StartMode,
     default_admin_listen,
 };
 use super::problem::{Report, join, line_at};
@@ -502,13 +502,34 @@ impl<'t> Resolver<'t> {
             Err(Bad) => None,
         };
         let backend = self.backend(m);
+        let sync_interval = self.sync_interval(m, backend.as_ref());
         Some(MediatorSection {
             store: store.ok()?,
             max_store_bytes: max?,
             ack_wait: ack_wait?,
+            sync_interval: sync_interval.ok()?,
             error_handler: handler.ok()?,
             backend: backend?,
         })
+    }
+
+    /// `[mediator] sync_interval`: 1 ms to [`MAX_SYNC_INTERVAL`], with the
+    /// embedded store.
+    fn sync_interval(&mut self, m: &raw::Mediator, backend: Option<&Backend>) -> Got<Duration> {
+        const PATH: &str = "mediator.sync_interval";
+        let Some(d) = self.duration(PATH, &m.sync_interval)? else {
+            return Ok(None);
+        };
+        let problem = if matches!(backend, Some(Backend::Nats { .. })) {
+            "is read only with backend = \"embedded\" (on NATS the server keeps the messages)"
+                .to_owned()
+        } else if d.is_zero() || d > MAX_SYNC_INTERVAL {
+            format!("{d:?} is not between 1ms and {MAX_SYNC_INTERVAL:?}")
+        } else {
+            return Ok(Some(d));
+        };
+        self.report.problem(PATH, problem);
+        Err(Bad)
     }
 
     /// `[mediator] backend`, `nats_url` and `nats_stream`.

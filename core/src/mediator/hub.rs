@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -23,6 +24,8 @@ use super::store::{Accepted, DeadFilter, DeadLetter, Incoming, Store, StoreError
 const MAX_GROUP: usize = 512;
 /// Publishes waiting for the writer before a publisher waits to queue.
 const PENDING: usize = 4096;
+/// The most bytes journaled before a commit group is fsynced instead.
+const MAX_JOURNAL: u64 = 64 << 20;
 
 /// One message to store, owned.
 #[derive(Debug)]
@@ -76,17 +79,35 @@ fn now_ms() -> u64 {
 
 impl Hub {
     /// Opens the embedded store at `path` (at most `limit` bytes) and
-    /// starts its writer thread.
-    pub(crate) fn open(path: &Path, limit: u64) -> Result<Hub, StoreError> {
-        let store = Arc::new(Store::open(path, limit)?);
+    /// starts its writer thread. With `sync_interval`, publishes are
+    /// journaled (on disk, not yet fsynced, when answered) and fsynced by a
+    /// thread of their own at least that often; without, each commit group
+    /// is fsynced before its publishers are answered.
+    pub(crate) fn open(
+        path: &Path,
+        limit: u64,
+        sync_interval: Option<Duration>,
+    ) -> Result<Hub, StoreError> {
+        let store = Arc::new(match sync_interval {
+            Some(_) => Store::open_journaled(path, limit)?,
+            None => Store::open(path, limit)?,
+        });
         let (writer, rx) = mpsc::channel(PENDING);
         let wakers = Wakers::default();
         let wake = wakers.clone();
         let thread_store = store.clone();
+        let spawn_error = |e| StoreError::Db(redb::StorageError::Io(e).into());
         std::thread::Builder::new()
             .name("anima-mediator-writer".into())
             .spawn(move || write_groups(&thread_store, rx, &wake))
-            .map_err(|e| StoreError::Db(redb::StorageError::Io(e).into()))?;
+            .map_err(spawn_error)?;
+        if let Some(interval) = sync_interval {
+            let weak = Arc::downgrade(&store);
+            std::thread::Builder::new()
+                .name("anima-mediator-sync".into())
+                .spawn(move || sync_journal(&weak, interval))
+                .map_err(spawn_error)?;
+        }
         Ok(Hub {
             backend: Backend::Embedded { store, writer },
             wakers,
@@ -349,8 +370,27 @@ impl Wakers {
     }
 }
 
+/// The journal's fsyncs (`[mediator] sync_interval`): every `interval`,
+/// one durable commit when anything was journaled since the last, until
+/// the store is dropped.
+fn sync_journal(store: &std::sync::Weak<Store>, interval: Duration) {
+    loop {
+        std::thread::sleep(interval);
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        if store.journal_bytes().unwrap_or(0) > 0
+            && let Err(e) = store.checkpoint()
+        {
+            tracing::error!("mediator: fsync of the message store failed: {e}");
+        }
+    }
+}
+
 /// The writer: takes every publish waiting (at most [`MAX_GROUP`]),
 /// commits them in one transaction, answers each, wakes the subscribers.
+/// A journaled store is fsynced with the group instead of journaling it
+/// when its journal passed [`MAX_JOURNAL`], and when the Core stops.
 fn write_groups(store: &Store, mut rx: mpsc::Receiver<(Publish, Answer)>, wakers: &Wakers) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
@@ -361,7 +401,11 @@ fn write_groups(store: &Store, mut rx: mpsc::Receiver<(Publish, Answer)>, wakers
             group.push(next);
         }
         let batch: Vec<Incoming<'_>> = group.iter().map(|(p, _)| p.incoming()).collect();
-        let result = store.accept(&batch, now_ms());
+        let result = if store.journal_bytes().is_some_and(|n| n < MAX_JOURNAL) {
+            store.accept_journaled(&batch, now_ms())
+        } else {
+            store.accept(&batch, now_ms())
+        };
         drop(batch);
         match result {
             Ok(accepted) => {
@@ -381,5 +425,10 @@ fn write_groups(store: &Store, mut rx: mpsc::Receiver<(Publish, Answer)>, wakers
                 }
             }
         }
+    }
+    if store.journal_bytes().unwrap_or(0) > 0
+        && let Err(e) = store.checkpoint()
+    {
+        tracing::error!("mediator: fsync of the message store at stop failed: {e}");
     }
 }

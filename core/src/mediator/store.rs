@@ -15,12 +15,16 @@
 //! Time is passed in (Unix milliseconds): the store reads no clock.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 
 use super::record::{Delivery, Record};
+use journal::Journal;
+
+mod journal;
 use anima_protocol::rcs::MAX_DELAY_MS;
 
 /// seq → [`Record`] bytes.
@@ -220,12 +224,47 @@ pub struct Stats {
 pub struct Store {
     db: Database,
     limit: u64,
+    journal: Option<Mutex<Journal>>,
+}
+
+fn lock(journal: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
+    journal
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// After a durable commit: the journal's frames are all in the database.
+fn emptied(journal: Option<std::sync::MutexGuard<'_, Journal>>) -> Result<(), StoreError> {
+    match journal {
+        Some(mut j) if j.len() > 0 => j.truncate(0).map_err(journal_error),
+        _ => Ok(()),
+    }
+}
+
+fn journal_error(e: std::io::Error) -> StoreError {
+    StoreError::Db(redb::StorageError::Io(e).into())
 }
 
 impl Store {
     /// Opens (or creates) the store at `path`, holding at most `limit`
-    /// bytes of messages.
+    /// bytes of messages, each publish fsynced ([`Store::accept`]). A
+    /// journal left beside it (by [`Store::open_journaled`]) is read back
+    /// into it and removed.
     pub fn open(path: &Path, limit: u64) -> Result<Store, StoreError> {
+        let mut store = Store::open_journaled(path, limit)?;
+        if let Some(journal) = store.journal.take() {
+            let path = lock(&journal).path().to_owned();
+            drop(journal);
+            std::fs::remove_file(path).map_err(journal_error)?;
+        }
+        Ok(store)
+    }
+
+    /// Opens (or creates) the store at `path` with its journal (`path` and
+    /// `.journal`, 0600) for [`Store::accept_journaled`]; messages the
+    /// journal holds and the database does not (the process died before
+    /// they were fsynced) are put back first.
+    pub fn open_journaled(path: &Path, limit: u64) -> Result<Store, StoreError> {
         let db = Database::create(path)?;
         let tx = db.begin_write()?;
         tx.open_table(MESSAGES)?;
@@ -235,13 +274,156 @@ impl Store {
         tx.open_table(SEEN)?;
         tx.open_table(META)?;
         tx.commit()?;
-        Ok(Store { db, limit })
+        let mut name = path.as_os_str().to_owned();
+        name.push(".journal");
+        let (mut journal, entries) = Journal::open(Path::new(&name)).map_err(journal_error)?;
+        if !entries.is_empty() {
+            let n = Store::restore(&db, entries)?;
+            tracing::info!(
+                restored = n,
+                "mediator: messages accepted before the last stop put back from {}",
+                journal.path().display()
+            );
+        }
+        journal.truncate(0).map_err(journal_error)?;
+        Ok(Store {
+            db,
+            limit,
+            journal: Some(Mutex::new(journal)),
+        })
     }
 
-    /// Stores `batch` in one transaction and returns once it is on disk.
+    /// Stores `batch` in one transaction and returns once it is on disk
+    /// (fsync); the journal, if any, is emptied: the database holds all.
     pub fn accept(&self, batch: &[Incoming<'_>], now_ms: u64) -> Result<Vec<Accepted>, StoreError> {
+        let journal = self.journal.as_ref().map(lock);
         let tx = self.db.begin_write()?;
+        let out = self.accept_in(&tx, batch, now_ms, None)?;
+        tx.commit()?;
+        emptied(journal)?;
+        Ok(out)
+    }
+
+    /// Stores `batch` in one transaction, its messages written to the
+    /// journal (one `write`, no fsync) before the transaction commits, so
+    /// they survive the death of the process but not, until the next
+    /// [`Store::accept`] or [`Store::checkpoint`], a power loss. Without a
+    /// journal (opened by [`Store::open`]) it is [`Store::accept`].
+    pub fn accept_journaled(
+        &self,
+        batch: &[Incoming<'_>],
+        now_ms: u64,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        let Some(journal) = &self.journal else {
+            return self.accept(batch, now_ms);
+        };
+        // The journal is locked before the transaction begins, here and
+        // wherever it is emptied, so no frame is appended between a
+        // durable commit and the emptying that follows it.
+        let mut journal = lock(journal);
+        let tx = self.write(Durability::None)?;
+        let mut frames = Vec::with_capacity(batch.iter().map(|m| m.envelope.len() + 128).sum());
+        let out = self.accept_in(&tx, batch, now_ms, Some(&mut frames))?;
+        let mark = journal.len();
+        journal.append(&frames).map_err(journal_error)?;
+        if let Err(e) = tx.commit() {
+            // Not stored: its frames must not be read back as if it were.
+            journal.truncate(mark).map_err(journal_error)?;
+            return Err(e.into());
+        }
+        Ok(out)
+    }
+
+    /// Makes every commit so far durable (fsync) and empties the journal.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let journal = self.journal.as_ref().map(lock);
+        self.db.begin_write()?.commit()?;
+        emptied(journal)
+    }
+
+    /// Bytes in the journal; `None` without one.
+    pub fn journal_bytes(&self) -> Option<u64> {
+        self.journal.as_ref().map(|j| lock(j).len())
+    }
+
+    /// `batch` into `tx`; with `frames`, each message stored is framed
+    /// there for the journal.
+    fn accept_in(
+        &self,
+        tx: &WriteTransaction,
+        batch: &[Incoming<'_>],
+        now_ms: u64,
+        mut frames: Option<&mut Vec<u8>>,
+    ) -> Result<Vec<Accepted>, StoreError> {
         let mut out = Vec::with_capacity(batch.len());
+        let mut meta = tx.open_table(META)?;
+        let mut seen = tx.open_table(SEEN)?;
+        let mut messages = tx.open_table(MESSAGES)?;
+        let mut refs = tx.open_table(REFS)?;
+        let mut queue = tx.open_table(QUEUE)?;
+        let mut next = counter(&meta, NEXT_SEQ)?.max(1);
+        let mut used = counter(&meta, USED)?;
+        for m in batch {
+            if m.exactly_once
+                && let Some(prior) = seen.get(m.message_id)?.map(|g| g.value())
+                && now_ms.saturating_sub(prior.0) < DEDUP_WINDOW_MS
+            {
+                out.push(Accepted::Duplicate(prior.1));
+                continue;
+            }
+            if m.subscriptions.is_empty() {
+                out.push(Accepted::Unrouted);
+                continue;
+            }
+            let bytes = Record {
+                delivery: m.delivery,
+                accepted_ms: now_ms,
+                envelope: m.envelope.to_vec(),
+            }
+            .encode();
+            if used + bytes.len() as u64 > self.limit {
+                out.push(Accepted::Full {
+                    used,
+                    limit: self.limit,
+                });
+                continue;
+            }
+            let seq = next;
+            if let Some(frames) = frames.as_deref_mut() {
+                journal::frame(
+                    frames,
+                    seq,
+                    m.exactly_once,
+                    m.message_id,
+                    m.subscriptions,
+                    &bytes,
+                )
+                .map_err(journal_error)?;
+            }
+            next += 1;
+            used += bytes.len() as u64;
+            messages.insert(seq, bytes.as_slice())?;
+            let n = u32::try_from(m.subscriptions.len()).unwrap_or(u32::MAX);
+            refs.insert(seq, n)?;
+            for sub in m.subscriptions {
+                queue.insert((sub.as_str(), m.delivery.rank, seq), (0, 0))?;
+            }
+            if m.exactly_once {
+                seen.insert(m.message_id, (now_ms, seq))?;
+            }
+            out.push(Accepted::Stored(seq));
+        }
+        meta.insert(NEXT_SEQ, next)?;
+        meta.insert(USED, used)?;
+        Ok(out)
+    }
+
+    /// Puts the journal's messages the database does not hold (sequence
+    /// numbers from its next on) back, durably, whatever the size limit
+    /// (they were accepted); how many.
+    fn restore(db: &Database, entries: Vec<journal::Entry>) -> Result<usize, StoreError> {
+        let tx = db.begin_write()?;
+        let mut restored = 0;
         {
             let mut meta = tx.open_table(META)?;
             let mut seen = tx.open_table(SEEN)?;
@@ -250,50 +432,31 @@ impl Store {
             let mut queue = tx.open_table(QUEUE)?;
             let mut next = counter(&meta, NEXT_SEQ)?.max(1);
             let mut used = counter(&meta, USED)?;
-            for m in batch {
-                if m.exactly_once
-                    && let Some(prior) = seen.get(m.message_id)?.map(|g| g.value())
-                    && now_ms.saturating_sub(prior.0) < DEDUP_WINDOW_MS
-                {
-                    out.push(Accepted::Duplicate(prior.1));
+            for e in entries {
+                if e.seq < next {
                     continue;
                 }
-                if m.subscriptions.is_empty() {
-                    out.push(Accepted::Unrouted);
-                    continue;
+                let Some(record) = Record::decode(&e.record) else {
+                    return Err(StoreError::Corrupt(e.seq));
+                };
+                messages.insert(e.seq, e.record.as_slice())?;
+                let n = u32::try_from(e.subscriptions.len()).unwrap_or(u32::MAX);
+                refs.insert(e.seq, n)?;
+                for sub in &e.subscriptions {
+                    queue.insert((sub.as_str(), record.delivery.rank, e.seq), (0, 0))?;
                 }
-                let bytes = Record {
-                    delivery: m.delivery,
-                    accepted_ms: now_ms,
-                    envelope: m.envelope.to_vec(),
+                if e.exactly_once {
+                    seen.insert(e.message_id.as_str(), (record.accepted_ms, e.seq))?;
                 }
-                .encode();
-                if used + bytes.len() as u64 > self.limit {
-                    out.push(Accepted::Full {
-                        used,
-                        limit: self.limit,
-                    });
-                    continue;
-                }
-                let seq = next;
-                next += 1;
-                used += bytes.len() as u64;
-                messages.insert(seq, bytes.as_slice())?;
-                let n = u32::try_from(m.subscriptions.len()).unwrap_or(u32::MAX);
-                refs.insert(seq, n)?;
-                for sub in m.subscriptions {
-                    queue.insert((sub.as_str(), m.delivery.rank, seq), (0, 0))?;
-                }
-                if m.exactly_once {
-                    seen.insert(m.message_id, (now_ms, seq))?;
-                }
-                out.push(Accepted::Stored(seq));
+                used += e.record.len() as u64;
+                next = e.seq + 1;
+                restored += 1;
             }
             meta.insert(NEXT_SEQ, next)?;
             meta.insert(USED, used)?;
         }
         tx.commit()?;
-        Ok(out)
+        Ok(restored)
     }
 
     /// Hands out the next message due for `subscription`: the highest

@@ -446,3 +446,102 @@ fn m8_a_listing_names_dead_letters_by_module_and_delivery() {
     assert_eq!(listed("", second), [(x.to_owned(), second)]);
     assert_eq!(listed("urn:anima:module:y", second), []);
 }
+
+/// What a Core that died between fsyncs leaves: the database as of its last
+/// durable commit, and a journal holding what was accepted since (some of
+/// it already in the database when a durable commit came before the
+/// journal was emptied). Opening puts back exactly what is missing, in
+/// order, whatever the size limit, and empties the journal.
+#[test]
+fn m12_a_journal_left_by_a_dead_core_is_put_back_once_when_the_store_opens() {
+    let f = fixture(1 << 20);
+    let to = subs(&["logger LOG_MESSAGE", "audit LOG_MESSAGE"]);
+    let first = seq_of(put(&f.store, "durable", delivery(2), &to));
+    let Fixture { _dir, path, store } = f;
+    drop(store);
+    // The journal: the durable message again, then two the database lacks.
+    let mut frames = Vec::new();
+    for (seq, body, rank) in [
+        (first, "durable", 2),
+        (first + 1, "a", 2),
+        (first + 2, "b", 0),
+    ] {
+        let record = Record {
+            delivery: delivery(rank),
+            accepted_ms: T0,
+            envelope: body.as_bytes().to_vec(),
+        }
+        .encode();
+        journal::frame(&mut frames, seq, seq == first + 2, body, &to, &record).expect("frame");
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(".journal");
+    std::fs::write(&name, &frames).expect("journal");
+    // A limit the restored messages pass: they were accepted, so they stay.
+    let store = Store::open_journaled(&path, 1).expect("reopen");
+    assert_eq!(store.journal_bytes(), Some(0), "the journal is emptied");
+    for sub in &to {
+        let mut got = Vec::new();
+        while let Some((body, _)) = taken(&store, sub, T0) {
+            got.push(body);
+        }
+        assert_eq!(got, ["b", "durable", "a"], "{sub}: M6 order, each once");
+    }
+    // The exactly_once message's id is remembered: sent again, a duplicate.
+    let again = Incoming {
+        envelope: b"b",
+        message_id: "b",
+        exactly_once: true,
+        delivery: delivery(0),
+        subscriptions: &to,
+    };
+    assert_eq!(
+        store.accept(&[again], T0 + 1).expect("accept"),
+        [Accepted::Duplicate(first + 2)]
+    );
+    // New messages continue the sequence.
+    drop(store);
+    let store = Store::open(&path, 1 << 20).expect("reopen");
+    assert_eq!(
+        put(&store, "c", delivery(2), &to),
+        Accepted::Stored(first + 3)
+    );
+    assert!(
+        !std::path::Path::new(&name).exists(),
+        "no journal without sync_interval"
+    );
+}
+
+/// Journaled publishes are in the journal until a checkpoint, a durable
+/// accept, or a reopening makes them durable; none is lost or doubled.
+#[test]
+fn m12_journaled_publishes_are_emptied_from_the_journal_by_a_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("messages.redb");
+    let store = Store::open_journaled(&path, 1 << 20).expect("open");
+    let to = subs(&["logger LOG_MESSAGE"]);
+    let incoming = |body: &'static str| Incoming {
+        envelope: body.as_bytes(),
+        message_id: body,
+        exactly_once: false,
+        delivery: delivery(2),
+        subscriptions: &to,
+    };
+    let a = store.accept_journaled(&[incoming("a")], T0).expect("a");
+    assert!(store.journal_bytes().is_some_and(|n| n > 0));
+    store.checkpoint().expect("checkpoint");
+    assert_eq!(store.journal_bytes(), Some(0));
+    let b = store.accept_journaled(&[incoming("b")], T0).expect("b");
+    assert!(store.journal_bytes().is_some_and(|n| n > 0));
+    drop(store);
+    let store = Store::open_journaled(&path, 1 << 20).expect("reopen");
+    assert_eq!(a.len() + b.len(), 2);
+    let mut got = Vec::new();
+    while let Some((body, _)) = taken(&store, &to[0], T0) {
+        got.push(body);
+    }
+    assert_eq!(got, ["a", "b"]);
+    let c = store.accept(&[incoming("c")], T0).expect("c");
+    assert_eq!(c, [Accepted::Stored(3)]);
+    assert_eq!(store.journal_bytes(), Some(0));
+}
