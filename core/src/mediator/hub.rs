@@ -18,7 +18,9 @@ use tokio_stream::StreamExt as _;
 
 use super::nats::{NatsConfig, NatsStore, ReplyAnswer, ServingReplies};
 use super::request::Reply;
-use super::store::{Accepted, DeadFilter, DeadLetter, Incoming, Store, StoreError, Taken};
+use super::store::{
+    Accepted, DeadFilter, DeadLetter, HandedOut, Incoming, Store, StoreError, Taken, Waiting,
+};
 
 /// The most publishes committed in one transaction.
 const MAX_GROUP: usize = 512;
@@ -52,9 +54,24 @@ enum Backend {
     Embedded {
         store: Arc<Store>,
         writer: mpsc::Sender<(Publish, Answer)>,
+        parked: ParkedList,
     },
     Nats(NatsStore),
 }
+
+/// What [`Hub::park`] hands a waiting subscription stream.
+pub(crate) type Direct = oneshot::Receiver<HandedOut>;
+
+/// A subscription stream with nothing due when it last looked, waiting to
+/// be handed what the writer stores for it.
+struct Parked {
+    subscriptions: Arc<[String]>,
+    room: usize,
+    ack_wait_ms: u64,
+    tx: oneshot::Sender<HandedOut>,
+}
+
+type ParkedList = Arc<Mutex<Vec<Parked>>>;
 
 /// Why the hub could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -94,12 +111,16 @@ impl Hub {
         });
         let (writer, rx) = mpsc::channel(PENDING);
         let wakers = Wakers::default();
-        let wake = wakers.clone();
-        let thread_store = store.clone();
+        let parked = ParkedList::default();
+        let writing = Writer {
+            store: store.clone(),
+            wakers: wakers.clone(),
+            parked: parked.clone(),
+        };
         let spawn_error = |e| StoreError::Db(redb::StorageError::Io(e).into());
         std::thread::Builder::new()
             .name("anima-mediator-writer".into())
-            .spawn(move || write_groups(&thread_store, rx, &wake))
+            .spawn(move || writing.run(rx))
             .map_err(spawn_error)?;
         if let Some(interval) = sync_interval {
             let weak = Arc::downgrade(&store);
@@ -109,7 +130,11 @@ impl Hub {
                 .map_err(spawn_error)?;
         }
         Ok(Hub {
-            backend: Backend::Embedded { store, writer },
+            backend: Backend::Embedded {
+                store,
+                writer,
+                parked,
+            },
             wakers,
         })
     }
@@ -191,6 +216,31 @@ impl Hub {
             }
             Backend::Nats(store) => Ok(store.take_many(&subscriptions, now_ms(), max).await?),
         }
+    }
+
+    /// On the embedded store, registers a subscription stream that found
+    /// nothing due: the writer hands it, in the transaction that stores
+    /// them, up to `room` of the messages published for `subscriptions`
+    /// from now on (M6 order within a group; `at_most_once` ones are left
+    /// to [`Hub::take`]). Closing the receiver withdraws it; what was sent
+    /// before is still in it. `None` on NATS.
+    pub(crate) fn park(
+        &self,
+        subscriptions: Arc<[String]>,
+        ack_wait_ms: u64,
+        room: usize,
+    ) -> Option<Direct> {
+        let Backend::Embedded { parked, .. } = &self.backend else {
+            return None;
+        };
+        let (tx, rx) = oneshot::channel();
+        locked(parked).push(Parked {
+            subscriptions,
+            room,
+            ack_wait_ms,
+            tx,
+        });
+        Some(rx)
     }
 
     /// The subscriber's answers: each `(subscription, delivery, refusal)`
@@ -387,48 +437,113 @@ fn sync_journal(store: &std::sync::Weak<Store>, interval: Duration) {
     }
 }
 
-/// The writer: takes every publish waiting (at most [`MAX_GROUP`]),
-/// commits them in one transaction, answers each, wakes the subscribers.
-/// A journaled store is fsynced with the group instead of journaling it
-/// when its journal passed [`MAX_JOURNAL`], and when the Core stops.
-fn write_groups(store: &Store, mut rx: mpsc::Receiver<(Publish, Answer)>, wakers: &Wakers) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = rx.blocking_recv() {
-        group.push(first);
-        while group.len() < MAX_GROUP
-            && let Ok(next) = rx.try_recv()
-        {
-            group.push(next);
-        }
-        let batch: Vec<Incoming<'_>> = group.iter().map(|(p, _)| p.incoming()).collect();
-        let result = if store.journal_bytes().is_some_and(|n| n < MAX_JOURNAL) {
-            store.accept_journaled(&batch, now_ms())
-        } else {
-            store.accept(&batch, now_ms())
-        };
-        drop(batch);
-        match result {
-            Ok(accepted) => {
-                for ((publish, answer), accepted) in group.drain(..).zip(accepted) {
-                    if matches!(accepted, Accepted::Stored(_)) {
-                        for s in &publish.subscriptions {
-                            wakers.wake(s);
-                        }
-                    }
-                    let _ = answer.send(Ok(accepted));
-                }
+/// The embedded store's writer thread.
+struct Writer {
+    store: Arc<Store>,
+    wakers: Wakers,
+    parked: ParkedList,
+}
+
+impl Writer {
+    /// Takes every publish waiting (at most [`MAX_GROUP`]), commits them in
+    /// one transaction that also hands the parked streams theirs, answers
+    /// each publisher, wakes the subscribers of what is left queued. A
+    /// journaled store is fsynced with the group instead of journaling it
+    /// when its journal passed [`MAX_JOURNAL`], and when the Core stops.
+    fn run(self, mut rx: mpsc::Receiver<(Publish, Answer)>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = rx.blocking_recv() {
+            group.push(first);
+            while group.len() < MAX_GROUP
+                && let Ok(next) = rx.try_recv()
+            {
+                group.push(next);
             }
+            self.commit(&mut group);
+        }
+        if self.store.journal_bytes().unwrap_or(0) > 0
+            && let Err(e) = self.store.checkpoint()
+        {
+            tracing::error!("mediator: fsync of the message store at stop failed: {e}");
+        }
+    }
+
+    fn commit(&self, group: &mut Vec<(Publish, Answer)>) {
+        let parked: Vec<Parked> = {
+            let mut list = locked(&self.parked);
+            list.retain(|p| !p.tx.is_closed());
+            std::mem::take(&mut *list)
+        };
+        let waiting: Vec<Waiting<'_>> = parked
+            .iter()
+            .map(|p| Waiting {
+                subscriptions: &p.subscriptions,
+                room: p.room,
+                ack_wait_ms: p.ack_wait_ms,
+            })
+            .collect();
+        let batch: Vec<Incoming<'_>> = group.iter().map(|(p, _)| p.incoming()).collect();
+        let journaled = self.store.journal_bytes().is_some_and(|n| n < MAX_JOURNAL);
+        let result = self
+            .store
+            .accept_and_hand(&batch, now_ms(), journaled, &waiting);
+        drop((batch, waiting));
+        let (accepted, handed) = match result {
+            Ok(done) => done,
             Err(e) => {
+                locked(&self.parked).extend(parked);
                 let e = Arc::new(e);
                 for (_, answer) in group.drain(..) {
                     let _ = answer.send(Err(e.clone()));
                 }
+                return;
+            }
+        };
+        // What went straight to a parked stream needs no wake-up for it.
+        let mut direct = std::collections::HashSet::new();
+        for (p, out) in parked.iter().zip(&handed) {
+            for (index, h) in out {
+                direct.insert((p.subscriptions[*index].clone(), h.seq));
             }
         }
+        for ((publish, answer), accepted) in group.drain(..).zip(accepted) {
+            if let Accepted::Stored(seq) = accepted {
+                for s in &publish.subscriptions {
+                    if !direct.contains(&(s.clone(), seq)) {
+                        self.wakers.wake(s);
+                    }
+                }
+            }
+            let _ = answer.send(Ok(accepted));
+        }
+        self.hand(parked, handed);
     }
-    if store.journal_bytes().unwrap_or(0) > 0
-        && let Err(e) = store.checkpoint()
-    {
-        tracing::error!("mediator: fsync of the message store at stop failed: {e}");
+
+    /// Sends each parked stream what it was handed; those handed nothing
+    /// stay parked. What a stream that went away was handed is due again.
+    fn hand(&self, parked: Vec<Parked>, handed: Vec<HandedOut>) {
+        let mut still = Vec::new();
+        for (p, out) in parked.into_iter().zip(handed) {
+            if out.is_empty() {
+                still.push(p);
+                continue;
+            }
+            let Err(out) = p.tx.send(out) else {
+                continue;
+            };
+            let now = now_ms();
+            for (index, h) in out {
+                let subscription = &p.subscriptions[index];
+                if let Err(e) = self.store.release(subscription, h.seq, now) {
+                    tracing::error!("mediator: giving back delivery {}: {e}", h.seq);
+                }
+                self.wakers.wake(subscription);
+            }
+        }
+        locked(&self.parked).extend(still);
     }
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -28,11 +28,11 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::hub::{Hub, HubError, Publish};
+use super::hub::{Direct, Hub, HubError, Publish};
 use super::record::{Delivery, rank};
 use super::request::{DEFAULT_TIMEOUT, Reply, Requests};
 use super::route::{Grants, module_of, subscription};
-use super::store::Accepted;
+use super::store::{Accepted, HandedOut};
 use super::trace;
 use super::watch::{WatchStream, Watchers};
 use crate::caller::Caller as Sender;
@@ -534,6 +534,7 @@ impl Mediator for MediatorService {
             subscriptions: subscriptions.into(),
             window: window as usize,
             outstanding: HashMap::new(),
+            parked: None,
             tx,
         };
         tokio::spawn(subscriber.run(inbound, link));
@@ -593,6 +594,8 @@ struct Subscriber {
     /// Delivery → the index of its subscription, and whether it awaits an
     /// answer (not `at_most_once`).
     outstanding: HashMap<u64, (usize, bool)>,
+    /// Parked with the store's writer ([`Hub::park`]): what it hands over.
+    parked: Option<Direct>,
     tx: mpsc::Sender<Result<SubscribeItem, Status>>,
 }
 
@@ -640,40 +643,71 @@ impl Subscriber {
         link: &crate::lease::LeaseLink,
     ) -> End {
         let waker = self.waker.clone();
+        // Registered before each look at the store and kept until it fires,
+        // so no message queued between a look and the wait is missed.
+        let notified = waker.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Whether the store may hold something due for this stream that it
+        // has not been asked for: false only after a look found nothing
+        // due, until a wake-up, a due time, a refusal or a full window.
+        let mut look = true;
+        let mut next_due = None;
         loop {
-            let notified = waker.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let mut next_due = None;
-            while self.outstanding.len() < self.window {
-                if !self.ctx.is_leased(&self.me) {
-                    return End::NoLease;
-                }
-                match self.hand_out().await {
-                    Ok(Batch::More) => {}
-                    Ok(Batch::Gone) => return End::Gone,
-                    Ok(Batch::NoLease) => return End::NoLease,
-                    Ok(Batch::Idle(due)) => {
+            if look {
+                match self.look().await {
+                    Ok(Some(due)) => {
                         next_due = due;
-                        break;
+                        look = false;
                     }
-                    Err(e) => return End::Failed(e),
+                    Ok(None) => next_due = None,
+                    Err(end) => return end,
                 }
+            }
+            if !look && self.parked.is_none() && self.outstanding.len() < self.window {
+                let room = (self.window - self.outstanding.len()).min(MAX_BATCH);
+                self.parked = self
+                    .hub
+                    .park(self.subscriptions.clone(), self.ack_wait_ms(), room);
             }
             let wait = next_due.map_or(Duration::from_secs(3600), |due| {
                 let now = crate::audit::unix_ms(std::time::SystemTime::now());
                 Duration::from_millis(due.saturating_sub(now))
             });
+            let direct = async {
+                match self.parked.as_mut() {
+                    Some(rx) => rx.await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep(wait) => {}
+                handed = direct => {
+                    self.parked = None;
+                    match handed {
+                        Some(handed) => {
+                            if let Some(end) = self.send(handed).await {
+                                return end;
+                            }
+                        }
+                        // The writer is gone (the Core is stopping).
+                        None => look = true,
+                    }
+                }
+                () = &mut notified => {
+                    notified.set(waker.notified());
+                    notified.as_mut().enable();
+                    look = true;
+                }
+                () = tokio::time::sleep(wait) => look = true,
                 () = link.ended() => return End::NoLease,
                 () = self.tx.closed() => return End::Gone,
                 request = inbound.message() => match request {
                     Ok(Some(request)) => {
+                        let full = self.outstanding.len() >= self.window;
                         let (requests, gone) = more_ready(inbound, request);
-                        if let Err(e) = self.answer(requests).await {
-                            return End::Failed(e);
+                        match self.answer(requests).await {
+                            Ok(refused) => look |= full || refused,
+                            Err(e) => return End::Failed(e),
                         }
                         if gone {
                             return End::Gone;
@@ -685,31 +719,71 @@ impl Subscriber {
         }
     }
 
+    /// Hands out what is due while the window has room: `Some` with when
+    /// the next is due (if known) once nothing more is, `None` when the
+    /// window is full.
+    async fn look(&mut self) -> Result<Option<Option<u64>>, End> {
+        // What the writer handed over before this is counted first: the
+        // window holds.
+        if let Some(handed) = self.unpark()
+            && let Some(end) = self.send(handed).await
+        {
+            return Err(end);
+        }
+        while self.outstanding.len() < self.window {
+            if !self.ctx.is_leased(&self.me) {
+                return Err(End::NoLease);
+            }
+            match self.hand_out().await {
+                Ok(Batch::More) => {}
+                Ok(Batch::Gone) => return Err(End::Gone),
+                Ok(Batch::NoLease) => return Err(End::NoLease),
+                Ok(Batch::Idle(due)) => return Ok(Some(due)),
+                Err(e) => return Err(End::Failed(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    fn ack_wait_ms(&self) -> u64 {
+        u64::try_from(self.service.ack_wait.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Hands out what is due, at most [`MAX_BATCH`] and what the window
     /// has room for, taken from the store at once.
     async fn hand_out(&mut self) -> Result<Batch, HubError> {
-        let ack_wait = u64::try_from(self.service.ack_wait.as_millis()).unwrap_or(u64::MAX);
         let room = (self.window - self.outstanding.len()).min(MAX_BATCH);
         let (taken, idle) = self
             .hub
-            .take(self.subscriptions.clone(), ack_wait, room)
+            .take(self.subscriptions.clone(), self.ack_wait_ms(), room)
             .await?;
         let full = taken.len() == room;
         if taken.is_empty() {
             return Ok(Batch::Idle(idle));
         }
+        Ok(match self.send(taken).await {
+            Some(End::Gone) => Batch::Gone,
+            Some(End::NoLease) => Batch::NoLease,
+            Some(End::Failed(e)) => return Err(e),
+            None if full => Batch::More,
+            None => Batch::Idle(idle),
+        })
+    }
+
+    /// Sends what the store handed out, each while the caller's lease
+    /// holds (M11); how the stream ends, if it does.
+    async fn send(&mut self, taken: HandedOut) -> Option<End> {
         // Held from now on: what is not sent goes back when the stream ends.
         for (index, handed) in &taken {
             self.outstanding.insert(handed.seq, (*index, !handed.once));
         }
         for (_, handed) in taken {
             if !self.ctx.is_leased(&self.me) {
-                return Ok(Batch::NoLease);
+                return Some(End::NoLease);
             }
             let Ok(envelope) = RcsEnvelope::decode(handed.envelope.as_slice()) else {
-                return Err(HubError::from(super::store::StoreError::Corrupt(
-                    handed.seq,
-                )));
+                let corrupt = super::store::StoreError::Corrupt(handed.seq);
+                return Some(End::Failed(HubError::from(corrupt)));
             };
             self.service.count(event_type_of(&envelope), "delivered");
             let item = SubscribeItem {
@@ -721,25 +795,33 @@ impl Subscriber {
                 })),
             };
             if self.tx.send(Ok(item)).await.is_err() {
-                return Ok(Batch::Gone);
+                return Some(End::Gone);
             }
         }
-        Ok(if full { Batch::More } else { Batch::Idle(idle) })
+        None
+    }
+
+    /// Withdraws the stream from the writer; what it was handed before.
+    fn unpark(&mut self) -> Option<HandedOut> {
+        let mut rx = self.parked.take()?;
+        rx.close();
+        rx.try_recv().ok()
     }
 
     /// `Ack`s and `Nack`s, answered to the store at once (a second `Open`
-    /// is refused).
-    async fn answer(&mut self, requests: Vec<SubscribeRequest>) -> Result<(), HubError> {
+    /// is refused); whether any was a refusal (queued again, maybe due now).
+    async fn answer(&mut self, requests: Vec<SubscribeRequest>) -> Result<bool, HubError> {
         let mut answers = Vec::with_capacity(requests.len());
         for request in requests {
             if let Some(answer) = self.answered(request).await {
                 answers.push(answer);
             }
         }
-        if answers.is_empty() {
-            return Ok(());
+        let refused = answers.iter().any(|(_, _, refusal)| refusal.is_some());
+        if !answers.is_empty() {
+            self.hub.answer(answers).await?;
         }
-        self.hub.answer(answers).await
+        Ok(refused)
     }
 
     /// One `Ack` or `Nack`: what the store is to be told, if anything.
@@ -780,6 +862,11 @@ impl Subscriber {
 
     /// What the stream held unanswered is due again now (M11).
     async fn release(&mut self) {
+        if let Some(handed) = self.unpark() {
+            for (index, h) in handed {
+                self.outstanding.insert(h.seq, (index, true));
+            }
+        }
         let held: Vec<(String, u64)> = self
             .outstanding
             .drain()

@@ -147,9 +147,16 @@ pub struct Handed {
     pub once: bool,
 }
 
-/// What [`Store::take_many`] handed out (each with its subscription's
-/// index), and, when fewer than asked, when the next is due, if known.
-pub type Taken = (Vec<(usize, Handed)>, Option<u64>);
+/// Messages handed out, each with the index of its subscription.
+pub type HandedOut = Vec<(usize, Handed)>;
+
+/// What [`Store::take_many`] handed out, and, when fewer than asked, when
+/// the next is due, if known.
+pub type Taken = (HandedOut, Option<u64>);
+
+/// What [`Store::accept_and_hand`] did: each message's fate, and what each
+/// waiting subscriber was handed.
+pub type AcceptedAndHanded = (Vec<Accepted>, Vec<HandedOut>);
 
 /// What [`Store::take`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,6 +225,103 @@ pub struct Stats {
     pub dropped_expired: u64,
     /// Messages dropped after their retries (no dead-letter queue).
     pub dropped_retries: u64,
+}
+
+/// A subscriber waiting for messages (nothing was due when it last
+/// looked), to be handed what a publish queues for it
+/// ([`Store::accept_and_hand`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Waiting<'a> {
+    /// Its subscriptions ([`Handed`] names them by index).
+    pub subscriptions: &'a [String],
+    /// The most messages it takes.
+    pub room: usize,
+    /// How long a hand-out waits for its answer before it is due again.
+    pub ack_wait_ms: u64,
+}
+
+/// What a batch of publishes offers the waiting subscribers.
+struct Hand<'b> {
+    /// Subscription → (waiting subscriber, the subscription's index there).
+    by_subscription: std::collections::HashMap<&'b str, (usize, usize)>,
+    /// Per waiting subscriber, what it is offered.
+    offered: Vec<Vec<Offer<'b>>>,
+}
+
+/// A message offered a waiting subscriber.
+#[derive(Clone, Copy)]
+struct Offer<'b> {
+    rank: u8,
+    seq: u64,
+    /// Its subscription's index among the subscriber's.
+    index: usize,
+    envelope: &'b [u8],
+}
+
+impl<'b> Hand<'b> {
+    fn new(waiting: &'b [Waiting<'_>]) -> Self {
+        let mut by_subscription = std::collections::HashMap::new();
+        for (w, waiter) in waiting.iter().enumerate() {
+            for (index, subscription) in waiter.subscriptions.iter().enumerate() {
+                by_subscription
+                    .entry(subscription.as_str())
+                    .or_insert((w, index));
+            }
+        }
+        Hand {
+            by_subscription,
+            offered: vec![Vec::new(); waiting.len()],
+        }
+    }
+
+    fn offer(&mut self, subscription: &str, rank: u8, seq: u64, envelope: &'b [u8]) {
+        if let Some(&(w, index)) = self.by_subscription.get(subscription) {
+            self.offered[w].push(Offer {
+                rank,
+                seq,
+                index,
+                envelope,
+            });
+        }
+    }
+
+    /// Hands each waiting subscriber its offers, best first, up to its
+    /// room: handed out in `queue` as [`Store::take_many`] does.
+    fn out(
+        self,
+        queue: &mut QueueTable<'_>,
+        waiting: &[Waiting<'_>],
+        now_ms: u64,
+    ) -> Result<Vec<HandedOut>, StoreError> {
+        let mut handed = Vec::with_capacity(waiting.len());
+        for (mut offered, waiter) in self.offered.into_iter().zip(waiting) {
+            offered.sort_unstable_by_key(|o| (o.rank, o.seq));
+            offered.truncate(waiter.room);
+            let due = now_ms.saturating_add(waiter.ack_wait_ms);
+            let mut out = Vec::with_capacity(offered.len());
+            for Offer {
+                rank,
+                seq,
+                index,
+                envelope,
+            } in offered
+            {
+                let subscription = waiter.subscriptions[index].as_str();
+                queue.insert((subscription, rank, seq), (1, due))?;
+                out.push((
+                    index,
+                    Handed {
+                        seq,
+                        attempt: 1,
+                        envelope: envelope.to_vec(),
+                        once: false,
+                    },
+                ));
+            }
+            handed.push(out);
+        }
+        Ok(handed)
+    }
 }
 
 /// The store.
@@ -296,12 +400,7 @@ impl Store {
     /// Stores `batch` in one transaction and returns once it is on disk
     /// (fsync); the journal, if any, is emptied: the database holds all.
     pub fn accept(&self, batch: &[Incoming<'_>], now_ms: u64) -> Result<Vec<Accepted>, StoreError> {
-        let journal = self.journal.as_ref().map(lock);
-        let tx = self.db.begin_write()?;
-        let out = self.accept_in(&tx, batch, now_ms, None)?;
-        tx.commit()?;
-        emptied(journal)?;
-        Ok(out)
+        Ok(self.accept_and_hand(batch, now_ms, false, &[])?.0)
     }
 
     /// Stores `batch` in one transaction, its messages written to the
@@ -314,8 +413,28 @@ impl Store {
         batch: &[Incoming<'_>],
         now_ms: u64,
     ) -> Result<Vec<Accepted>, StoreError> {
-        let Some(journal) = &self.journal else {
-            return self.accept(batch, now_ms);
+        Ok(self.accept_and_hand(batch, now_ms, true, &[])?.0)
+    }
+
+    /// [`Store::accept_journaled`] (`journaled`) or [`Store::accept`], and
+    /// in the same transaction, hands each of `waiting` (subscribers with
+    /// nothing due when they last looked) what `batch` queues for it: at
+    /// most its `room`, highest priority first, as [`Store::take_many`]
+    /// would have (`at_most_once` messages are left to `take_many`).
+    pub fn accept_and_hand(
+        &self,
+        batch: &[Incoming<'_>],
+        now_ms: u64,
+        journaled: bool,
+        waiting: &[Waiting<'_>],
+    ) -> Result<AcceptedAndHanded, StoreError> {
+        let (Some(journal), true) = (&self.journal, journaled) else {
+            let journal = self.journal.as_ref().map(lock);
+            let tx = self.db.begin_write()?;
+            let out = self.accept_in(&tx, batch, now_ms, None, waiting)?;
+            tx.commit()?;
+            emptied(journal)?;
+            return Ok(out);
         };
         // The journal is locked before the transaction begins, here and
         // wherever it is emptied, so no frame is appended between a
@@ -323,7 +442,7 @@ impl Store {
         let mut journal = lock(journal);
         let tx = self.write(Durability::None)?;
         let mut frames = Vec::with_capacity(batch.iter().map(|m| m.envelope.len() + 128).sum());
-        let out = self.accept_in(&tx, batch, now_ms, Some(&mut frames))?;
+        let out = self.accept_in(&tx, batch, now_ms, Some(&mut frames), waiting)?;
         let mark = journal.len();
         journal.append(&frames).map_err(journal_error)?;
         if let Err(e) = tx.commit() {
@@ -347,14 +466,16 @@ impl Store {
     }
 
     /// `batch` into `tx`; with `frames`, each message stored is framed
-    /// there for the journal.
+    /// there for the journal; what `waiting` is handed.
     fn accept_in(
         &self,
         tx: &WriteTransaction,
         batch: &[Incoming<'_>],
         now_ms: u64,
         mut frames: Option<&mut Vec<u8>>,
-    ) -> Result<Vec<Accepted>, StoreError> {
+        waiting: &[Waiting<'_>],
+    ) -> Result<AcceptedAndHanded, StoreError> {
+        let mut hand = Hand::new(waiting);
         let mut out = Vec::with_capacity(batch.len());
         let mut meta = tx.open_table(META)?;
         let mut seen = tx.open_table(SEEN)?;
@@ -407,6 +528,11 @@ impl Store {
             refs.insert(seq, n)?;
             for sub in m.subscriptions {
                 queue.insert((sub.as_str(), m.delivery.rank, seq), (0, 0))?;
+                // What is not to be delivered now (expired, M4; handed out
+                // once only) is left to `take_many`, which deals with it.
+                if !m.delivery.at_most_once && m.delivery.over(0, now_ms).is_none() {
+                    hand.offer(sub, m.delivery.rank, seq, m.envelope);
+                }
             }
             if m.exactly_once {
                 seen.insert(m.message_id, (now_ms, seq))?;
@@ -415,7 +541,8 @@ impl Store {
         }
         meta.insert(NEXT_SEQ, next)?;
         meta.insert(USED, used)?;
-        Ok(out)
+        let handed = hand.out(&mut queue, waiting, now_ms)?;
+        Ok((out, handed))
     }
 
     /// Puts the journal's messages the database does not hold (sequence

@@ -545,3 +545,83 @@ fn m12_journaled_publishes_are_emptied_from_the_journal_by_a_checkpoint() {
     assert_eq!(c, [Accepted::Stored(3)]);
     assert_eq!(store.journal_bytes(), Some(0));
 }
+
+/// A waiting subscriber is handed, in the transaction that stores them,
+/// what a batch queues for it: best first up to its room, nothing expired
+/// (M4) or `at_most_once`; the rest stays queued, and what was handed is
+/// held like any hand-out (M6, M7).
+#[test]
+fn m6_m7_a_waiting_subscriber_is_handed_what_a_publish_queues_for_it_best_first() {
+    let f = fixture(1 << 20);
+    let mine = subs(&["logger LOG_MESSAGE", "logger ALERT"]);
+    let other = subs(&["audit LOG_MESSAGE"]);
+    let mut expired = delivery(0);
+    expired.expires_ms = Some(i64::try_from(T0).unwrap_or(i64::MAX) - 1);
+    let mut once = delivery(0);
+    once.at_most_once = true;
+    let mut normal = delivery(2);
+    normal.max_retries = 1;
+    let bodies = ["normal", "critical", "expired", "once", "low", "other"];
+    let routes = [
+        (normal, vec![mine[0].clone(), other[0].clone()]),
+        (delivery(0), vec![mine[1].clone()]),
+        (expired, vec![mine[0].clone()]),
+        (once, vec![mine[0].clone()]),
+        (delivery(3), vec![mine[0].clone()]),
+        (delivery(1), vec![other[0].clone()]),
+    ];
+    let batch: Vec<Incoming<'_>> = bodies
+        .iter()
+        .zip(&routes)
+        .map(|(body, (d, to))| Incoming {
+            envelope: body.as_bytes(),
+            message_id: body,
+            exactly_once: false,
+            delivery: *d,
+            subscriptions: to,
+        })
+        .collect();
+    let waiting = [Waiting {
+        subscriptions: &mine,
+        room: 2,
+        ack_wait_ms: WAIT,
+    }];
+    let (accepted, handed) = f
+        .store
+        .accept_and_hand(&batch, T0, false, &waiting)
+        .expect("accept");
+    assert!(accepted.iter().all(|a| matches!(a, Accepted::Stored(_))));
+    let got: Vec<(usize, String, u32)> = handed[0]
+        .iter()
+        .map(|(i, h)| {
+            (
+                *i,
+                String::from_utf8(h.envelope.clone()).expect("utf-8"),
+                h.attempt,
+            )
+        })
+        .collect();
+    assert_eq!(got, [(1, "critical".into(), 1), (0, "normal".into(), 1)]);
+    // Held: not handed out again before the acknowledgement deadline.
+    let rest = f
+        .store
+        .take_many(&[&mine[0], &mine[1]], T0, WAIT, 10)
+        .expect("take");
+    let rest: Vec<String> = rest
+        .0
+        .into_iter()
+        .map(|(_, h)| String::from_utf8(h.envelope).expect("utf-8"))
+        .collect();
+    assert_eq!(rest, ["once", "low"], "the expired one is dropped, M4");
+    assert_eq!(
+        taken(&f.store, &mine[0], T0 + WAIT),
+        Some(("normal".into(), 2))
+    );
+    // The other subscription still has both of its messages.
+    let theirs = f.store.take_many(&[&other[0]], T0, WAIT, 10).expect("take");
+    assert_eq!(theirs.0.len(), 2);
+    // An acknowledged hand-out is gone.
+    let critical = handed[0][0].1.seq;
+    assert!(f.store.ack(&mine[1], critical).expect("ack"));
+    assert_eq!(taken(&f.store, &mine[1], T0 + 2 * WAIT), None);
+}
