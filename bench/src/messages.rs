@@ -114,12 +114,7 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
         ),
         1,
     );
-    let config = setup.dir.path().join("messages-nats.toml");
-    std::fs::write(&config, text)?;
-    let mut core = core_process(setup, &config).await?;
-    let result = figures(setup, opts, core.addr).await;
-    core.stop().await;
-    let (mut shared, shared_rate) = result?;
+    let (mut shared, shared_rate) = another_core(setup, opts, "messages-nats", &text).await?;
     report.add(
         Figure::new("messages_on_nats_p50_us")
             .vs(shared.pct(50.0), js50, 1)
@@ -146,12 +141,7 @@ async fn journaled(
     let text = std::fs::read_to_string(config)?
         .replace("-messages.redb", "-journaled.redb")
         .replacen("[mediator]\n", "[mediator]\nsync_interval = \"100ms\"\n", 1);
-    let journaled_config = setup.dir.path().join("messages-journaled.toml");
-    std::fs::write(&journaled_config, text)?;
-    let mut core = core_process(setup, &journaled_config).await?;
-    let result = figures(setup, opts, core.addr).await;
-    core.stop().await;
-    let (mut journaled, rate) = result?;
+    let (mut journaled, rate) = another_core(setup, opts, "messages-journaled", &text).await?;
     report.add(
         Figure::new("messages_journaled_publish_to_deliver_us")
             .f("p50", journaled.pct(50.0), 1)
@@ -213,6 +203,17 @@ async fn measure(
     );
     report.add(request_reply(setup, opts, &module, &operator).await?);
     Ok((samples, rate))
+}
+
+/// A Core with the configuration `text` (written as `name.toml`): its
+/// round trips and throughput.
+async fn another_core(setup: &Setup, opts: &Opts, name: &str, text: &str) -> Res<(Samples, f64)> {
+    let config = setup.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&config, text)?;
+    let mut core = core_process(setup, &config).await?;
+    let result = figures(setup, opts, core.addr).await;
+    core.stop().await;
+    result
 }
 
 /// The same round trips and throughput through another Core (journaled,

@@ -331,6 +331,66 @@ pub struct Store {
     journal: Option<Mutex<Journal>>,
 }
 
+/// The tables a stored message goes into, and the counters, open in one
+/// write transaction.
+struct Tables<'t> {
+    meta: redb::Table<'t, &'static str, u64>,
+    seen: redb::Table<'t, &'static str, (u64, u64)>,
+    messages: MessageTable<'t>,
+    refs: redb::Table<'t, u64, u32>,
+    queue: QueueTable<'t>,
+    /// The next sequence number.
+    next: u64,
+    /// Bytes of messages stored.
+    used: u64,
+}
+
+impl<'t> Tables<'t> {
+    fn open(tx: &'t WriteTransaction) -> Result<Self, StoreError> {
+        let meta = tx.open_table(META)?;
+        let next = counter(&meta, NEXT_SEQ)?.max(1);
+        let used = counter(&meta, USED)?;
+        Ok(Tables {
+            meta,
+            seen: tx.open_table(SEEN)?,
+            messages: tx.open_table(MESSAGES)?,
+            refs: tx.open_table(REFS)?,
+            queue: tx.open_table(QUEUE)?,
+            next,
+            used,
+        })
+    }
+
+    /// Stores `m` (its record of priority `rank`, accepted at
+    /// `accepted_ms`) and queues it for each of its subscriptions.
+    fn put(
+        &mut self,
+        m: &journal::Framed<'_>,
+        rank: u8,
+        accepted_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.messages.insert(m.seq, m.record)?;
+        let n = u32::try_from(m.subscriptions.len()).unwrap_or(u32::MAX);
+        self.refs.insert(m.seq, n)?;
+        for sub in m.subscriptions {
+            self.queue.insert((sub.as_str(), rank, m.seq), (0, 0))?;
+        }
+        if m.exactly_once {
+            self.seen.insert(m.message_id, (accepted_ms, m.seq))?;
+        }
+        self.used += m.record.len() as u64;
+        self.next = m.seq + 1;
+        Ok(())
+    }
+
+    /// Writes the counters back.
+    fn close(mut self) -> Result<(), StoreError> {
+        self.meta.insert(NEXT_SEQ, self.next)?;
+        self.meta.insert(USED, self.used)?;
+        Ok(())
+    }
+}
+
 fn lock(journal: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
     journal
         .lock()
@@ -477,16 +537,10 @@ impl Store {
     ) -> Result<AcceptedAndHanded, StoreError> {
         let mut hand = Hand::new(waiting);
         let mut out = Vec::with_capacity(batch.len());
-        let mut meta = tx.open_table(META)?;
-        let mut seen = tx.open_table(SEEN)?;
-        let mut messages = tx.open_table(MESSAGES)?;
-        let mut refs = tx.open_table(REFS)?;
-        let mut queue = tx.open_table(QUEUE)?;
-        let mut next = counter(&meta, NEXT_SEQ)?.max(1);
-        let mut used = counter(&meta, USED)?;
+        let mut tables = Tables::open(tx)?;
         for m in batch {
             if m.exactly_once
-                && let Some(prior) = seen.get(m.message_id)?.map(|g| g.value())
+                && let Some(prior) = tables.seen.get(m.message_id)?.map(|g| g.value())
                 && now_ms.saturating_sub(prior.0) < DEDUP_WINDOW_MS
             {
                 out.push(Accepted::Duplicate(prior.1));
@@ -502,46 +556,35 @@ impl Store {
                 envelope: m.envelope.to_vec(),
             }
             .encode();
-            if used + bytes.len() as u64 > self.limit {
+            if tables.used + bytes.len() as u64 > self.limit {
                 out.push(Accepted::Full {
-                    used,
+                    used: tables.used,
                     limit: self.limit,
                 });
                 continue;
             }
-            let seq = next;
+            let framed = journal::Framed {
+                seq: tables.next,
+                exactly_once: m.exactly_once,
+                message_id: m.message_id,
+                subscriptions: m.subscriptions,
+                record: &bytes,
+            };
             if let Some(frames) = frames.as_deref_mut() {
-                journal::frame(
-                    frames,
-                    seq,
-                    m.exactly_once,
-                    m.message_id,
-                    m.subscriptions,
-                    &bytes,
-                )
-                .map_err(journal_error)?;
+                journal::frame(frames, &framed).map_err(journal_error)?;
             }
-            next += 1;
-            used += bytes.len() as u64;
-            messages.insert(seq, bytes.as_slice())?;
-            let n = u32::try_from(m.subscriptions.len()).unwrap_or(u32::MAX);
-            refs.insert(seq, n)?;
+            tables.put(&framed, m.delivery.rank, now_ms)?;
             for sub in m.subscriptions {
-                queue.insert((sub.as_str(), m.delivery.rank, seq), (0, 0))?;
                 // What is not to be delivered now (expired, M4; handed out
                 // once only) is left to `take_many`, which deals with it.
                 if !m.delivery.at_most_once && m.delivery.over(0, now_ms).is_none() {
-                    hand.offer(sub, m.delivery.rank, seq, m.envelope);
+                    hand.offer(sub, m.delivery.rank, framed.seq, m.envelope);
                 }
             }
-            if m.exactly_once {
-                seen.insert(m.message_id, (now_ms, seq))?;
-            }
-            out.push(Accepted::Stored(seq));
+            out.push(Accepted::Stored(framed.seq));
         }
-        meta.insert(NEXT_SEQ, next)?;
-        meta.insert(USED, used)?;
-        let handed = hand.out(&mut queue, waiting, now_ms)?;
+        let handed = hand.out(&mut tables.queue, waiting, now_ms)?;
+        tables.close()?;
         Ok((out, handed))
     }
 
@@ -551,37 +594,18 @@ impl Store {
     fn restore(db: &Database, entries: Vec<journal::Entry>) -> Result<usize, StoreError> {
         let tx = db.begin_write()?;
         let mut restored = 0;
-        {
-            let mut meta = tx.open_table(META)?;
-            let mut seen = tx.open_table(SEEN)?;
-            let mut messages = tx.open_table(MESSAGES)?;
-            let mut refs = tx.open_table(REFS)?;
-            let mut queue = tx.open_table(QUEUE)?;
-            let mut next = counter(&meta, NEXT_SEQ)?.max(1);
-            let mut used = counter(&meta, USED)?;
-            for e in entries {
-                if e.seq < next {
-                    continue;
-                }
-                let Some(record) = Record::decode(&e.record) else {
-                    return Err(StoreError::Corrupt(e.seq));
-                };
-                messages.insert(e.seq, e.record.as_slice())?;
-                let n = u32::try_from(e.subscriptions.len()).unwrap_or(u32::MAX);
-                refs.insert(e.seq, n)?;
-                for sub in &e.subscriptions {
-                    queue.insert((sub.as_str(), record.delivery.rank, e.seq), (0, 0))?;
-                }
-                if e.exactly_once {
-                    seen.insert(e.message_id.as_str(), (record.accepted_ms, e.seq))?;
-                }
-                used += e.record.len() as u64;
-                next = e.seq + 1;
-                restored += 1;
+        let mut tables = Tables::open(&tx)?;
+        for e in &entries {
+            if e.seq < tables.next {
+                continue;
             }
-            meta.insert(NEXT_SEQ, next)?;
-            meta.insert(USED, used)?;
+            let Some(record) = Record::decode(&e.record) else {
+                return Err(StoreError::Corrupt(e.seq));
+            };
+            tables.put(&e.framed(), record.delivery.rank, record.accepted_ms)?;
+            restored += 1;
         }
+        tables.close()?;
         tx.commit()?;
         Ok(restored)
     }

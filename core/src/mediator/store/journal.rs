@@ -103,58 +103,46 @@ impl Journal {
     }
 }
 
+/// One message as [`frame`] writes it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Framed<'a> {
+    pub(super) seq: u64,
+    pub(super) exactly_once: bool,
+    pub(super) message_id: &'a str,
+    pub(super) subscriptions: &'a [String],
+    /// The stored record's bytes.
+    pub(super) record: &'a [u8],
+}
+
 /// Appends one message's frame to `out`; refused (and nothing appended)
 /// when a string, the subscriptions or the frame pass what a frame holds.
-pub(super) fn frame(
-    out: &mut Vec<u8>,
-    seq: u64,
-    exactly_once: bool,
-    message_id: &str,
-    subscriptions: &[String],
-    record: &[u8],
-) -> io::Result<()> {
+pub(super) fn frame(out: &mut Vec<u8>, m: &Framed<'_>) -> io::Result<()> {
     let start = out.len();
-    let result = frame_at(
-        out,
-        start,
-        seq,
-        exactly_once,
-        message_id,
-        subscriptions,
-        record,
-    );
+    let result = frame_at(out, start, m);
     if result.is_err() {
         out.truncate(start);
     }
     result
 }
 
-fn frame_at(
-    out: &mut Vec<u8>,
-    start: usize,
-    seq: u64,
-    exactly_once: bool,
-    message_id: &str,
-    subscriptions: &[String],
-    record: &[u8],
-) -> io::Result<()> {
+fn frame_at(out: &mut Vec<u8>, start: usize, m: &Framed<'_>) -> io::Result<()> {
     out.extend_from_slice(&[0; FRAME]);
-    out.extend_from_slice(&seq.to_be_bytes());
-    out.push(u8::from(exactly_once));
-    text(out, message_id)?;
-    out.extend_from_slice(&short(subscriptions.len())?.to_be_bytes());
-    for s in subscriptions {
+    out.extend_from_slice(&m.seq.to_be_bytes());
+    out.push(u8::from(m.exactly_once));
+    text(out, m.message_id)?;
+    out.extend_from_slice(&short(m.subscriptions.len())?.to_be_bytes());
+    for s in m.subscriptions {
         text(out, s)?;
     }
-    out.extend_from_slice(record);
+    out.extend_from_slice(m.record);
     let body = start + FRAME;
     let len = out.len() - body;
     if len > MAX_FRAME {
         return Err(too_long());
     }
     let hash = digest(&SHA256, &out[body..]);
-    out[start..start + 4]
-        .copy_from_slice(&u32::try_from(len).map_err(|_| too_long())?.to_be_bytes());
+    let len = u32::try_from(len).map_err(|_| too_long())?;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     out[start + 4..body].copy_from_slice(&hash.as_ref()[..8]);
     Ok(())
 }
@@ -213,6 +201,19 @@ fn next(bytes: &[u8]) -> Option<(Entry, &[u8])> {
     Some((entry, &bytes[FRAME + len..]))
 }
 
+impl Entry {
+    /// This entry as [`frame`] writes it.
+    pub(super) fn framed(&self) -> Framed<'_> {
+        Framed {
+            seq: self.seq,
+            exactly_once: self.exactly_once,
+            message_id: &self.message_id,
+            subscriptions: &self.subscriptions,
+            record: &self.record,
+        }
+    }
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -245,15 +246,7 @@ mod tests {
     fn framed(entries: &[Entry]) -> Vec<u8> {
         let mut out = Vec::new();
         for e in entries {
-            frame(
-                &mut out,
-                e.seq,
-                e.exactly_once,
-                &e.message_id,
-                &e.subscriptions,
-                &e.record,
-            )
-            .expect("frame");
+            frame(&mut out, &e.framed()).expect("frame");
         }
         out
     }
@@ -284,8 +277,15 @@ mod tests {
         let mut out = framed(&[entry(1)]);
         let before = out.clone();
         let long = "x".repeat(70_000);
-        assert!(frame(&mut out, 2, false, &long, &[], b"r").is_err());
-        assert!(frame(&mut out, 2, false, "id", &[long], b"r").is_err());
+        let mut too_long = Entry {
+            message_id: long.clone(),
+            subscriptions: Vec::new(),
+            ..entry(2)
+        };
+        assert!(frame(&mut out, &too_long.framed()).is_err());
+        too_long.message_id = "id".into();
+        too_long.subscriptions = vec![long];
+        assert!(frame(&mut out, &too_long.framed()).is_err());
         assert_eq!(out, before);
     }
 

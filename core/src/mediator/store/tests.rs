@@ -472,7 +472,14 @@ fn m12_a_journal_left_by_a_dead_core_is_put_back_once_when_the_store_opens() {
             envelope: body.as_bytes().to_vec(),
         }
         .encode();
-        journal::frame(&mut frames, seq, seq == first + 2, body, &to, &record).expect("frame");
+        let framed = journal::Framed {
+            seq,
+            exactly_once: seq == first + 2,
+            message_id: body,
+            subscriptions: &to,
+            record: &record,
+        };
+        journal::frame(&mut frames, &framed).expect("frame");
     }
     let mut name = path.as_os_str().to_owned();
     name.push(".journal");
