@@ -8,6 +8,10 @@
 //! - `messages_per_s`: 16 publishers at once, 1 KiB `at_least_once`, one
 //!   subscriber acknowledging each delivery (window 1,024): messages
 //!   delivered a second, from the first publish to the last delivery.
+//! - `messages_streamed_per_s` (and `messages_journaled_streamed_per_s`,
+//!   `messages_on_nats_streamed_per_s`): the same throughput run, the 16
+//!   publishers sharing one `PublishStream` (the SDK's `Publisher`) instead
+//!   of a `Publish` call per message.
 //! - `messages_request_reply_p50_us`: `Request` and its reply (the
 //!   responder a subscriber that replies to each request) against a direct
 //!   leased call of the echo module, in alternating blocks.
@@ -61,7 +65,8 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     let result = measure(setup, opts, core.addr, report).await;
     core.stop().await;
     let (mut round_trip, rate) = result?;
-    let (mut journaled, journaled_rate) = journaled(setup, opts, &config, report).await?;
+    let (mut journaled, journaled_rate, journaled_streamed) =
+        journaled(setup, opts, &config, report).await?;
     if !crate::jetstream::installed() {
         report.add(
             Figure::new("messages_jetstream")
@@ -99,22 +104,46 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
             .vs(journaled_rate, js.per_s, 0)
             .s("baseline_is", "jetstream"),
     );
-    // The Core again, its messages on that server (`backend = "nats"`).
+    report.add(
+        Figure::new("messages_journaled_streamed_per_s_vs_jetstream")
+            .vs(journaled_streamed, js.per_s, 0)
+            .s("baseline_is", "jetstream"),
+    );
+    on_nats(
+        setup,
+        opts,
+        &config,
+        &server.url(),
+        (js50, js.per_s),
+        report,
+    )
+    .await
+}
+
+/// The Core again, its messages on the JetStream server at `url`
+/// (`backend = "nats"`), against that server's `baseline` (round trip p50,
+/// messages a second).
+async fn on_nats(
+    setup: &Setup,
+    opts: &Opts,
+    config: &std::path::Path,
+    url: &str,
+    (js50, js_rate): (f64, f64),
+    report: &mut Report,
+) -> Res<()> {
     // Its `[mediator] store` goes: on NATS the server keeps the messages.
-    let text: String = std::fs::read_to_string(&config)?
+    let text: String = std::fs::read_to_string(config)?
         .lines()
         .filter(|l| !l.starts_with("store = "))
         .map(|l| format!("{l}\n"))
         .collect();
     let text = text.replacen(
         "[mediator]\n",
-        &format!(
-            "[mediator]\nbackend = \"nats\"\nnats_url = \"{}\"\n",
-            server.url()
-        ),
+        &format!("[mediator]\nbackend = \"nats\"\nnats_url = \"{url}\"\n"),
         1,
     );
-    let (mut shared, shared_rate) = another_core(setup, opts, "messages-nats", &text).await?;
+    let (mut shared, shared_rate, shared_streamed) =
+        another_core(setup, opts, "messages-nats", &text).await?;
     report.add(
         Figure::new("messages_on_nats_p50_us")
             .vs(shared.pct(50.0), js50, 1)
@@ -123,7 +152,12 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     );
     report.add(
         Figure::new("messages_on_nats_per_s")
-            .vs(shared_rate, js.per_s, 0)
+            .vs(shared_rate, js_rate, 0)
+            .s("baseline_is", "jetstream"),
+    );
+    report.add(
+        Figure::new("messages_on_nats_streamed_per_s")
+            .vs(shared_streamed, js_rate, 0)
             .s("baseline_is", "jetstream"),
     );
     Ok(())
@@ -137,11 +171,12 @@ async fn journaled(
     opts: &Opts,
     config: &std::path::Path,
     report: &mut Report,
-) -> Res<(Samples, f64)> {
+) -> Res<Rates> {
     let text = std::fs::read_to_string(config)?
         .replace("-messages.redb", "-journaled.redb")
         .replacen("[mediator]\n", "[mediator]\nsync_interval = \"100ms\"\n", 1);
-    let (mut journaled, rate) = another_core(setup, opts, "messages-journaled", &text).await?;
+    let (mut journaled, rate, streamed) =
+        another_core(setup, opts, "messages-journaled", &text).await?;
     report.add(
         Figure::new("messages_journaled_publish_to_deliver_us")
             .f("p50", journaled.pct(50.0), 1)
@@ -153,7 +188,12 @@ async fn journaled(
             .f("value", rate, 0)
             .target(">=20000", rate >= 20_000.0),
     );
-    Ok((journaled, rate))
+    report.add(
+        Figure::new("messages_journaled_streamed_per_s")
+            .f("value", streamed, 0)
+            .target(">=20000", streamed >= 20_000.0),
+    );
+    Ok((journaled, rate, streamed))
 }
 
 /// Round trips, and messages of the throughput run.
@@ -193,7 +233,7 @@ async fn measure(
             .i("n", n as u64)
             .i("payload_bytes", PAYLOAD as u64),
     );
-    let rate = throughput(&module, sub, total).await?;
+    let rate = throughput(&module, sub, total, Via::Calls).await?;
     report.add(
         Figure::new("messages_per_s")
             .f("value", rate, 0)
@@ -201,13 +241,21 @@ async fn measure(
             .i("publishers", PUBLISHERS as u64)
             .target(">=20000", rate >= 20_000.0),
     );
+    let sub = subscribe_when_leased(&module, &[EVENT], 1024).await?;
+    let streamed = throughput(&module, sub, total, Via::Stream).await?;
+    report.add(
+        Figure::new("messages_streamed_per_s")
+            .f("value", streamed, 0)
+            .i("publishers", PUBLISHERS as u64)
+            .target(">=20000", streamed >= 20_000.0),
+    );
     report.add(request_reply(setup, opts, &module, &operator).await?);
     Ok((samples, rate))
 }
 
 /// A Core with the configuration `text` (written as `name.toml`): its
 /// round trips and throughput.
-async fn another_core(setup: &Setup, opts: &Opts, name: &str, text: &str) -> Res<(Samples, f64)> {
+async fn another_core(setup: &Setup, opts: &Opts, name: &str, text: &str) -> Res<Rates> {
     let config = setup.dir.path().join(format!("{name}.toml"));
     std::fs::write(&config, text)?;
     let mut core = core_process(setup, &config).await?;
@@ -218,14 +266,19 @@ async fn another_core(setup: &Setup, opts: &Opts, name: &str, text: &str) -> Res
 
 /// The same round trips and throughput through another Core (journaled,
 /// or on NATS).
-async fn figures(setup: &Setup, opts: &Opts, addr: std::net::SocketAddr) -> Res<(Samples, f64)> {
+async fn figures(setup: &Setup, opts: &Opts, addr: std::net::SocketAddr) -> Res<Rates> {
     let module = client(setup, addr, MODULE)?;
     let mut sub = subscribe_when_leased(&module, &[EVENT], 1024).await?;
     let (n, total) = counts(opts);
     let samples = round_trips(&module, &mut sub, n).await?;
-    let rate = throughput(&module, sub, total).await?;
-    Ok((samples, rate))
+    let rate = throughput(&module, sub, total, Via::Calls).await?;
+    let sub = subscribe_when_leased(&module, &[EVENT], 1024).await?;
+    let streamed = throughput(&module, sub, total, Via::Stream).await?;
+    Ok((samples, rate, streamed))
 }
+
+/// Round trips, messages a second with a call each, and on one stream.
+type Rates = (Samples, f64, f64);
 
 fn client(setup: &Setup, addr: std::net::SocketAddr, who: &str) -> Res<CoreClient> {
     Ok(CoreClient::new(
@@ -292,10 +345,23 @@ async fn next(sub: &mut Subscription) -> Res<Delivery> {
     }
 }
 
+/// How the throughput run's publishers publish.
+#[derive(Clone, Copy)]
+enum Via {
+    /// Each message a `Publish` call.
+    Calls,
+    /// All on one `PublishStream` (the SDK's `Publisher`).
+    Stream,
+}
+
 /// `total` messages from [`PUBLISHERS`] publishers at once, each delivered
 /// and acknowledged: messages a second, from the first publish to the last
 /// delivery.
-async fn throughput(core: &CoreClient, mut sub: Subscription, total: usize) -> Res<f64> {
+async fn throughput(core: &CoreClient, mut sub: Subscription, total: usize, via: Via) -> Res<f64> {
+    let publisher = match via {
+        Via::Calls => None,
+        Via::Stream => Some(core.publisher().await?),
+    };
     let started = Instant::now();
     let receiving = tokio::spawn(async move {
         for _ in 0..total {
@@ -307,9 +373,13 @@ async fn throughput(core: &CoreClient, mut sub: Subscription, total: usize) -> R
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
         let core = core.clone();
+        let publisher = publisher.clone();
         publishers.push(tokio::spawn(async move {
             for i in (p..total).step_by(PUBLISHERS) {
-                publish(&core, i).await?;
+                match &publisher {
+                    Some(publisher) => drop(publisher.publish(message(EVENT, i)).await?),
+                    None => publish(&core, i).await?,
+                }
             }
             Res::Ok(())
         }));

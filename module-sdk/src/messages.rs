@@ -1,5 +1,6 @@
 //! Runtime messages through the Core's mediator (PROTOCOL.md §13): publish
-//! RCS envelopes ([`CoreClient::publish`]) and receive them
+//! RCS envelopes ([`CoreClient::publish`], or many in flight on one stream
+//! with a [`Publisher`], [`CoreClient::publisher`]) and receive them
 //! ([`CoreClient::subscribe`], or [`run_subscriber`], which runs a handler
 //! only while the module holds a lease, M11).
 //!
@@ -15,7 +16,9 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anima_protocol::pb::mediator_client::MediatorClient;
@@ -25,7 +28,7 @@ use anima_protocol::pb::{
     publish_reply, request_reply, subscribe_item, subscribe_request,
 };
 use anima_protocol::rcs;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::{CoreClient, ModuleHandle};
@@ -75,6 +78,116 @@ pub enum PublishError {
     /// The call failed (no lease, the Core unreachable …).
     #[error(transparent)]
     Call(#[from] Status),
+}
+
+/// What a publish was answered.
+#[expect(
+    clippy::result_large_err,
+    reason = "the SDK's public error; boxing its EPS error would change the API"
+)]
+fn outcome(reply: PublishReply) -> Result<Published, PublishError> {
+    match reply.outcome {
+        Some(publish_reply::Outcome::Published(p)) => Ok(p),
+        Some(publish_reply::Outcome::Error(e)) => Err(PublishError::Refused(e)),
+        None => Err(PublishError::Call(Status::internal(
+            "the Core answered neither published nor an error",
+        ))),
+    }
+}
+
+/// The most publishes of one [`Publisher`] in flight (the Core's bound).
+pub const PUBLISH_IN_FLIGHT: usize = 256;
+
+/// Publishes on one `PublishStream` (PROTOCOL.md §13.2), many in flight at
+/// once: for a module that publishes fast, far cheaper per message than
+/// [`CoreClient::publish`], whose every message is a call of its own. Clones
+/// share the stream; each [`Publisher::publish`] waits for its own answer.
+/// Once the stream ends (the module's lease from the Core ended, the Core
+/// went away) every publish fails with the status that ended it: open
+/// another.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    inner: Arc<tokio::sync::Mutex<PublisherInner>>,
+}
+
+#[derive(Debug)]
+struct PublisherInner {
+    requests: mpsc::Sender<PublishRequest>,
+    state: Arc<Mutex<Waiting>>,
+}
+
+/// The publishes sent and not answered yet, oldest first; or how the
+/// stream ended.
+#[derive(Debug, Default)]
+struct Waiting {
+    answers: VecDeque<oneshot::Sender<Result<Published, PublishError>>>,
+    ended: Option<Status>,
+}
+
+impl Publisher {
+    /// Publishes `envelope`: answered once the Core has it on disk for
+    /// every subscription permitted to receive it (M12), or refused.
+    pub async fn publish(&self, envelope: RcsEnvelope) -> Result<Published, PublishError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            // Held while sending, so the answers' order is the requests'.
+            let inner = self.inner.lock().await;
+            {
+                let mut state = locked(&inner.state);
+                if let Some(status) = &state.ended {
+                    return Err(PublishError::Call(status.clone()));
+                }
+                state.answers.push_back(tx);
+            }
+            let request = PublishRequest {
+                envelope: Some(envelope),
+            };
+            if inner.requests.send(request).await.is_err() {
+                // The stream is gone; its reader fails what waits.
+                locked(&inner.state).answers.pop_back();
+                return Err(PublishError::Call(Status::unavailable(
+                    "the publish stream ended",
+                )));
+            }
+        }
+        match rx.await {
+            Ok(answer) => answer,
+            Err(_) => Err(PublishError::Call(Status::unavailable(
+                "the publish stream ended",
+            ))),
+        }
+    }
+}
+
+fn locked(state: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Hands each answer of the stream to the publish waiting longest; when the
+/// stream ends, fails every publish waiting and every later one.
+async fn read_replies(mut replies: tonic::Streaming<PublishReply>, state: Arc<Mutex<Waiting>>) {
+    let end = loop {
+        match replies.message().await {
+            Ok(Some(reply)) => {
+                let Some(answer) = locked(&state).answers.pop_front() else {
+                    break Status::internal("the Core answered a publish never sent");
+                };
+                let _ = answer.send(outcome(reply));
+            }
+            Ok(None) => break Status::unavailable("the Core ended the publish stream"),
+            Err(status) => break status,
+        }
+    };
+    let waiting = {
+        let mut state = locked(&state);
+        state.ended = Some(end.clone());
+        std::mem::take(&mut state.answers)
+    };
+    for answer in waiting {
+        let _ = answer.send(Err(PublishError::Call(end.clone())));
+    }
 }
 
 /// Why a request got no reply.
@@ -141,13 +254,22 @@ impl CoreClient {
             })
             .await?
             .into_inner();
-        match reply.outcome {
-            Some(publish_reply::Outcome::Published(p)) => Ok(p),
-            Some(publish_reply::Outcome::Error(e)) => Err(PublishError::Refused(e)),
-            None => Err(PublishError::Call(Status::internal(
-                "the Core answered neither published nor an error",
-            ))),
-        }
+        outcome(reply)
+    }
+
+    /// A [`Publisher`]: many publishes in flight on one stream
+    /// (`PublishStream`), each answered as [`CoreClient::publish`] answers.
+    pub async fn publisher(&self) -> Result<Publisher, Status> {
+        let (requests, rx) = mpsc::channel(PUBLISH_IN_FLIGHT);
+        let replies = MediatorClient::new(self.channel())
+            .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let state = Arc::new(Mutex::new(Waiting::default()));
+        tokio::spawn(read_replies(replies, state.clone()));
+        Ok(Publisher {
+            inner: Arc::new(tokio::sync::Mutex::new(PublisherInner { requests, state })),
+        })
     }
 
     /// Sends `request` (which names `routing.reply_to.event_type`, and may

@@ -534,6 +534,88 @@ async fn m11_a_delivery_held_when_the_lease_ends_is_delivered_again_after_and_no
     sub.ack(&again).await.unwrap();
 }
 
+/// Many publishes in flight on one `PublishStream` (the SDK's `Publisher`):
+/// each answered as `Publish` answers it — refusals among them — in the
+/// order sent, every accepted one delivered; an operator's stream too; and
+/// the stream ends `NO_LEASE` when the publisher's lease ends (M12, M11).
+#[tokio::test]
+async fn m12_m11_a_publish_stream_answers_each_message_and_ends_with_the_lease() {
+    let grants = format!("{JOBS}\n[[permission]]\nmodule = \"{KVSTORE}\"\npublish = [\"JOB\"]\n");
+    let core = start(&grants).await;
+    let kvstore = client_as(&core, "module-kvstore");
+    let mut sub = kvstore.subscribe(&["JOB"], 1024).await.unwrap();
+    let publisher = kvstore.publisher().await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..16 {
+        let publisher = publisher.clone();
+        tasks.spawn(async move {
+            let mut accepted = Vec::new();
+            for i in 0..25 {
+                let mut e = job(&format!("s{t}-{i}"), DeliveryMode::AtLeastOnce, 3);
+                let id = message_id(&e);
+                let refuse = i % 10 == 9;
+                if refuse {
+                    e.payload.as_mut().unwrap().checksum = "0".repeat(64);
+                }
+                match publisher.publish(e).await {
+                    Ok(p) => {
+                        assert!(!refuse, "a bad checksum was accepted");
+                        assert_eq!(p.message_id, id, "the answer is this message's");
+                        accepted.push(id);
+                    }
+                    Err(PublishError::Refused(eps)) => {
+                        assert!(refuse, "refused: {eps:?}");
+                        assert_eq!(eps.message_id, id, "the refusal is this message's");
+                    }
+                    Err(e) => panic!("the stream failed: {e}"),
+                }
+            }
+            accepted
+        });
+    }
+    let mut accepted = std::collections::HashSet::new();
+    while let Some(done) = tasks.join_next().await {
+        accepted.extend(done.unwrap());
+    }
+    assert_eq!(accepted.len(), 16 * 23);
+    let mut missing = accepted.clone();
+    while !missing.is_empty() {
+        let d = next(&mut sub).await;
+        let id = message_id(d.envelope.as_ref().unwrap());
+        assert!(
+            missing.remove(&id),
+            "{id} delivered but not accepted, or twice"
+        );
+        sub.ack(&d).await.unwrap();
+    }
+    // An operator publishes on a stream of its own.
+    let operator = client_as(&core, "user-dev").publisher().await.unwrap();
+    let p = operator
+        .publish(job("operator", DeliveryMode::AtLeastOnce, 0))
+        .await
+        .unwrap();
+    assert_eq!(p.subscriptions, 1);
+    // The publisher's lease ends: so does its stream, saying why.
+    core.cli_ok(&["stop", KVSTORE]).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let status = loop {
+        match publisher
+            .publish(job("late", DeliveryMode::AtLeastOnce, 0))
+            .await
+        {
+            Err(PublishError::Call(status)) => break status,
+            other => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the stream went on after the lease ended: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(reason(&status), Some(Reason::NoLease), "{status:?}");
+}
+
 /// The dead letters as `anima dlq list --json` prints them.
 async fn dead_letters(core: &CoreProcess) -> Vec<serde_json::Value> {
     let out = core.cli_ok(&["dlq", "list", "--json"]).await;

@@ -45,6 +45,8 @@ pub(crate) const DEFAULT_WINDOW: u32 = 64;
 pub(crate) const MAX_WINDOW: u32 = 1024;
 /// How long a subscription stream may take to send its `Open`.
 const OPEN_WAIT: Duration = Duration::from_secs(10);
+/// The most publishes of one `PublishStream` in flight.
+const PUBLISH_IN_FLIGHT: usize = 256;
 
 /// The mediator service. Cloning shares it.
 #[derive(Clone)]
@@ -62,6 +64,7 @@ pub(crate) struct MediatorService {
 }
 
 type ItemStream = Pin<Box<dyn Stream<Item = Result<SubscribeItem, Status>> + Send + 'static>>;
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<PublishReply, Status>> + Send + 'static>>;
 
 impl MediatorService {
     /// Serves `ctx`'s modules and `operators` with `grants`, keeping
@@ -381,36 +384,40 @@ impl Mediator for MediatorService {
     ) -> Result<Response<PublishReply>, Status> {
         let sender = self.caller(&request)?;
         let header = traceparent_header(&request);
-        let Some(mut envelope) = request.into_inner().envelope else {
-            let missing = Invalid::new(EpsCode::MissingField, "", "the request holds no envelope");
-            return Ok(Response::new(PublishReply {
-                outcome: Some(publish_reply::Outcome::Error(self.eps(&missing, None))),
-            }));
+        let reply = self
+            .publish_one(&sender, header.as_deref(), request.into_inner())
+            .await;
+        Ok(Response::new(reply))
+    }
+
+    type PublishStreamStream = ReplyStream;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let sender = self.caller(&request)?;
+        let link = match &sender {
+            Sender::Module(me) => Some(self.ctx.link(me).ok_or_else(|| {
+                status_for(
+                    Reason::NoLease,
+                    format!("{me} holds no lease from this Core"),
+                    [],
+                )
+            })?),
+            Sender::Operator(_) => None,
         };
-        trace::adopt(&mut envelope, header.as_deref());
-        let outcome = match self.accept(&sender, &mut envelope).await {
-            Ok(published) => {
-                // A reply's event type is its request's: counted by name.
-                if published.reply {
-                    self.metrics.message(event_type_of(&envelope), "reply");
-                } else {
-                    self.count(event_type_of(&envelope), "published");
-                }
-                publish_reply::Outcome::Published(published)
-            }
-            Err(invalid) => {
-                let code = invalid.code.as_str();
-                if invalid.code == EpsCode::LateReply {
-                    self.metrics.message(event_type_of(&envelope), code);
-                } else {
-                    self.count(event_type_of(&envelope), code);
-                }
-                publish_reply::Outcome::Error(self.eps(&invalid, Some(&envelope)))
-            }
+        let header = traceparent_header(&request);
+        let (tx, rx) = mpsc::channel(PUBLISH_IN_FLIGHT);
+        let publishing = Publishing {
+            service: self.clone(),
+            sender,
+            header,
         };
-        Ok(Response::new(PublishReply {
-            outcome: Some(outcome),
-        }))
+        tokio::spawn(publishing.run(request.into_inner(), link, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     type SubscribeStream = ItemStream;
@@ -543,6 +550,46 @@ impl Mediator for MediatorService {
 }
 
 impl MediatorService {
+    /// One publish (of `Publish` or `PublishStream`): what its publisher is
+    /// told.
+    async fn publish_one(
+        &self,
+        sender: &Sender,
+        header: Option<&str>,
+        request: PublishRequest,
+    ) -> PublishReply {
+        let Some(mut envelope) = request.envelope else {
+            let missing = Invalid::new(EpsCode::MissingField, "", "the request holds no envelope");
+            return PublishReply {
+                outcome: Some(publish_reply::Outcome::Error(self.eps(&missing, None))),
+            };
+        };
+        trace::adopt(&mut envelope, header);
+        let outcome = match self.accept(sender, &mut envelope).await {
+            Ok(published) => {
+                // A reply's event type is its request's: counted by name.
+                if published.reply {
+                    self.metrics.message(event_type_of(&envelope), "reply");
+                } else {
+                    self.count(event_type_of(&envelope), "published");
+                }
+                publish_reply::Outcome::Published(published)
+            }
+            Err(invalid) => {
+                let code = invalid.code.as_str();
+                if invalid.code == EpsCode::LateReply {
+                    self.metrics.message(event_type_of(&envelope), code);
+                } else {
+                    self.count(event_type_of(&envelope), code);
+                }
+                publish_reply::Outcome::Error(self.eps(&invalid, Some(&envelope)))
+            }
+        };
+        PublishReply {
+            outcome: Some(outcome),
+        }
+    }
+
     /// The subscriptions `open` asks for, each one `me` may receive.
     fn opened(&self, me: &Urn, open: &Open) -> Result<Vec<String>, Invalid> {
         if open.window > MAX_WINDOW {
@@ -926,5 +973,93 @@ fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
     match std::pin::pin!(f).poll(&mut cx) {
         std::task::Poll::Ready(output) => Some(output),
         std::task::Poll::Pending => None,
+    }
+}
+
+/// One `PublishStream`: each request published as `Publish` does (many at
+/// once, through the store's commit groups), answered in the order sent.
+struct Publishing {
+    service: MediatorService,
+    sender: Sender,
+    header: Option<String>,
+}
+
+impl Publishing {
+    async fn run(
+        self,
+        mut inbound: Streaming<PublishRequest>,
+        link: Option<crate::lease::LeaseLink>,
+        tx: mpsc::Sender<Result<PublishReply, Status>>,
+    ) {
+        let me = Arc::new(self);
+        // The answers in the order of the requests (and last, how the
+        // stream ends); at most PUBLISH_IN_FLIGHT, so a publisher that does
+        // not read its answers is not read either.
+        let (order, answers) = mpsc::channel(PUBLISH_IN_FLIGHT);
+        tokio::spawn(answer_in_order(answers, tx.clone()));
+        let ended = async {
+            match &link {
+                Some(link) => link.ended().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(ended);
+        loop {
+            let request = tokio::select! {
+                () = &mut ended => break,
+                () = tx.closed() => return,
+                request = inbound.message() => request,
+            };
+            let Ok(Some(request)) = request else {
+                return;
+            };
+            if let Sender::Module(urn) = &me.sender
+                && !me.service.ctx.is_leased(urn)
+            {
+                break;
+            }
+            let publishing = me.clone();
+            let answer = tokio::spawn(async move {
+                let Publishing {
+                    service,
+                    sender,
+                    header,
+                } = &*publishing;
+                service
+                    .publish_one(sender, header.as_deref(), request)
+                    .await
+            });
+            if order.send(Ok(answer)).await.is_err() {
+                return;
+            }
+        }
+        // The lease ended: what was read is still answered, then the end.
+        let (Sender::Module(urn) | Sender::Operator(urn)) = &me.sender;
+        let status = status_for(
+            Reason::NoLease,
+            format!("{urn}'s lease from this Core ended"),
+            [],
+        );
+        let _ = order.send(Err(status)).await;
+    }
+}
+
+/// Sends each publish's answer when it comes, in the order of `answers`,
+/// then the status that ends the stream, if any.
+async fn answer_in_order(
+    mut answers: mpsc::Receiver<Result<tokio::task::JoinHandle<PublishReply>, Status>>,
+    tx: mpsc::Sender<Result<PublishReply, Status>>,
+) {
+    while let Some(answer) = answers.recv().await {
+        let reply = match answer {
+            Ok(publish) => publish
+                .await
+                .map_err(|_| Status::internal("a publish of this stream failed")),
+            Err(end) => Err(end),
+        };
+        let last = reply.is_err();
+        if tx.send(reply).await.is_err() || last {
+            return;
+        }
     }
 }
