@@ -11,7 +11,9 @@
 //! - `messages_streamed_per_s` (and `messages_journaled_streamed_per_s`,
 //!   `messages_on_nats_streamed_per_s`): the same throughput run, the 16
 //!   publishers sharing one `PublishStream` (the SDK's `Publisher`) instead
-//!   of a `Publish` call per message.
+//!   of a `Publish` call per message; and
+//!   `messages_journaled_streamed_publish_to_deliver_us` with its ratio to
+//!   JetStream, the round trip with the publish on such a stream.
 //! - `messages_request_reply_p50_us`: `Request` and its reply (the
 //!   responder a subscriber that replies to each request) against a direct
 //!   leased call of the echo module, in alternating blocks.
@@ -65,8 +67,7 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     let result = measure(setup, opts, core.addr, report).await;
     core.stop().await;
     let (mut round_trip, rate) = result?;
-    let (mut journaled, journaled_rate, journaled_streamed) =
-        journaled(setup, opts, &config, report).await?;
+    let mut journaled = journaled(setup, opts, &config, report).await?;
     if !crate::jetstream::installed() {
         report.add(
             Figure::new("messages_jetstream")
@@ -93,21 +94,28 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
             .vs(rate, js.per_s, 0)
             .i("publishers", PUBLISHERS as u64),
     );
-    let journaled50 = journaled.pct(50.0);
+    let journaled50 = journaled.round_trip.pct(50.0);
     report.add(
         Figure::new("messages_journaled_vs_jetstream_p50_us")
             .vs(journaled50, js50, 1)
             .target("ratio<=2", journaled50 <= 2.0 * js50),
     );
+    let streamed50 = journaled.streamed_round_trip.pct(50.0);
+    report.add(
+        Figure::new("messages_journaled_streamed_vs_jetstream_p50_us")
+            .vs(streamed50, js50, 1)
+            .target("ratio<=2", streamed50 <= 2.0 * js50),
+    );
     report.add(
         Figure::new("messages_journaled_per_s_vs_jetstream")
-            .vs(journaled_rate, js.per_s, 0)
+            .vs(journaled.rate, js.per_s, 0)
             .s("baseline_is", "jetstream"),
     );
     report.add(
         Figure::new("messages_journaled_streamed_per_s_vs_jetstream")
-            .vs(journaled_streamed, js.per_s, 0)
-            .s("baseline_is", "jetstream"),
+            .vs(journaled.streamed, js.per_s, 0)
+            .s("baseline_is", "jetstream")
+            .target(">=20000", journaled.streamed >= 20_000.0),
     );
     on_nats(
         setup,
@@ -142,22 +150,21 @@ async fn on_nats(
         &format!("[mediator]\nbackend = \"nats\"\nnats_url = \"{url}\"\n"),
         1,
     );
-    let (mut shared, shared_rate, shared_streamed) =
-        another_core(setup, opts, "messages-nats", &text).await?;
+    let mut shared = another_core(setup, opts, "messages-nats", &text).await?;
     report.add(
         Figure::new("messages_on_nats_p50_us")
-            .vs(shared.pct(50.0), js50, 1)
-            .f("p99", shared.pct(99.0), 1)
+            .vs(shared.round_trip.pct(50.0), js50, 1)
+            .f("p99", shared.round_trip.pct(99.0), 1)
             .s("baseline_is", "jetstream"),
     );
     report.add(
         Figure::new("messages_on_nats_per_s")
-            .vs(shared_rate, js_rate, 0)
+            .vs(shared.rate, js_rate, 0)
             .s("baseline_is", "jetstream"),
     );
     report.add(
         Figure::new("messages_on_nats_streamed_per_s")
-            .vs(shared_streamed, js_rate, 0)
+            .vs(shared.streamed, js_rate, 0)
             .s("baseline_is", "jetstream"),
     );
     Ok(())
@@ -175,25 +182,29 @@ async fn journaled(
     let text = std::fs::read_to_string(config)?
         .replace("-messages.redb", "-journaled.redb")
         .replacen("[mediator]\n", "[mediator]\nsync_interval = \"100ms\"\n", 1);
-    let (mut journaled, rate, streamed) =
-        another_core(setup, opts, "messages-journaled", &text).await?;
+    let mut journaled = another_core(setup, opts, "messages-journaled", &text).await?;
     report.add(
         Figure::new("messages_journaled_publish_to_deliver_us")
-            .f("p50", journaled.pct(50.0), 1)
-            .f("p99", journaled.pct(99.0), 1)
+            .f("p50", journaled.round_trip.pct(50.0), 1)
+            .f("p99", journaled.round_trip.pct(99.0), 1)
             .s("sync_interval", "100ms"),
     );
     report.add(
+        Figure::new("messages_journaled_streamed_publish_to_deliver_us")
+            .f("p50", journaled.streamed_round_trip.pct(50.0), 1)
+            .f("p99", journaled.streamed_round_trip.pct(99.0), 1),
+    );
+    report.add(
         Figure::new("messages_journaled_per_s")
-            .f("value", rate, 0)
-            .target(">=20000", rate >= 20_000.0),
+            .f("value", journaled.rate, 0)
+            .target(">=20000", journaled.rate >= 20_000.0),
     );
     report.add(
         Figure::new("messages_journaled_streamed_per_s")
-            .f("value", streamed, 0)
-            .target(">=20000", streamed >= 20_000.0),
+            .f("value", journaled.streamed, 0)
+            .target(">=20000", journaled.streamed >= 20_000.0),
     );
-    Ok((journaled, rate, streamed))
+    Ok(journaled)
 }
 
 /// Round trips, and messages of the throughput run.
@@ -225,7 +236,7 @@ async fn measure(
     // The Core leases the module after announcing readiness.
     let mut sub = subscribe_when_leased(&module, &[EVENT], 1024).await?;
     let (n, total) = counts(opts);
-    let mut samples = round_trips(&module, &mut sub, n).await?;
+    let mut samples = round_trips(&module, &mut sub, n, Via::Calls).await?;
     report.add(
         Figure::new("messages_publish_to_deliver_us")
             .f("p50", samples.pct(50.0), 1)
@@ -270,15 +281,27 @@ async fn figures(setup: &Setup, opts: &Opts, addr: std::net::SocketAddr) -> Res<
     let module = client(setup, addr, MODULE)?;
     let mut sub = subscribe_when_leased(&module, &[EVENT], 1024).await?;
     let (n, total) = counts(opts);
-    let samples = round_trips(&module, &mut sub, n).await?;
+    let round_trip = round_trips(&module, &mut sub, n, Via::Calls).await?;
+    let streamed_round_trip = round_trips(&module, &mut sub, n, Via::Stream).await?;
     let rate = throughput(&module, sub, total, Via::Calls).await?;
     let sub = subscribe_when_leased(&module, &[EVENT], 1024).await?;
     let streamed = throughput(&module, sub, total, Via::Stream).await?;
-    Ok((samples, rate, streamed))
+    Ok(Rates {
+        round_trip,
+        streamed_round_trip,
+        rate,
+        streamed,
+    })
 }
 
-/// Round trips, messages a second with a call each, and on one stream.
-type Rates = (Samples, f64, f64);
+/// Round trips and messages a second, with a `Publish` call each and on
+/// one `PublishStream`.
+struct Rates {
+    round_trip: Samples,
+    streamed_round_trip: Samples,
+    rate: f64,
+    streamed: f64,
+}
 
 fn client(setup: &Setup, addr: std::net::SocketAddr, who: &str) -> Res<CoreClient> {
     Ok(CoreClient::new(
@@ -290,11 +313,23 @@ fn client(setup: &Setup, addr: std::net::SocketAddr, who: &str) -> Res<CoreClien
 }
 
 /// `n` messages one at a time: `Publish` start to delivery.
-async fn round_trips(module: &CoreClient, sub: &mut Subscription, n: usize) -> Res<Samples> {
+async fn round_trips(
+    module: &CoreClient,
+    sub: &mut Subscription,
+    n: usize,
+    via: Via,
+) -> Res<Samples> {
+    let publisher = match via {
+        Via::Calls => None,
+        Via::Stream => Some(module.publisher().await?),
+    };
     let mut samples = Samples::with_capacity(n);
     for i in 0..n {
         let t = Instant::now();
-        publish(module, i).await?;
+        match &publisher {
+            Some(publisher) => drop(publisher.publish(message(EVENT, i)).await?),
+            None => publish(module, i).await?,
+        }
         let delivery = next(sub).await?;
         samples.push(t.elapsed());
         sub.ack(&delivery).await?;
