@@ -41,6 +41,18 @@ pub(crate) struct Publish {
 
 type Answer = oneshot::Sender<Result<Accepted, Arc<StoreError>>>;
 
+/// A subscriber's answers: `(subscription, delivery, refusal)` each.
+type Answers = Vec<(String, u64, Option<String>)>;
+
+/// What the embedded store's writer commits.
+enum Job {
+    /// A message, and its publisher waiting for its fate.
+    Publish(Publish, Answer),
+    /// A subscription stream's answers, and the stream waiting for them to
+    /// be applied.
+    Answers(Answers, oneshot::Sender<Result<(), Arc<StoreError>>>),
+}
+
 /// The store (embedded or on NATS), the embedded store's group-committing
 /// writer, and the waiting subscribers. Cloning shares it.
 #[derive(Clone)]
@@ -53,7 +65,7 @@ pub(crate) struct Hub {
 enum Backend {
     Embedded {
         store: Arc<Store>,
-        writer: mpsc::Sender<(Publish, Answer)>,
+        writer: mpsc::Sender<Job>,
         parked: ParkedList,
     },
     Nats(NatsStore),
@@ -166,7 +178,7 @@ impl Hub {
             Backend::Embedded { writer, .. } => {
                 let (tx, rx) = oneshot::channel();
                 writer
-                    .send((publish, tx))
+                    .send(Job::Publish(publish, tx))
                     .await
                     .map_err(|_| HubError::Closed)?;
                 rx.await
@@ -245,13 +257,19 @@ impl Hub {
 
     /// The subscriber's answers: each `(subscription, delivery, refusal)`
     /// an acknowledgement (no refusal) or a refusal (M7).
-    pub(crate) async fn answer(
-        &self,
-        answers: Vec<(String, u64, Option<String>)>,
-    ) -> Result<(), HubError> {
+    /// On the embedded store they are applied by its writer, with the
+    /// publishes waiting at that moment, in one transaction.
+    pub(crate) async fn answer(&self, answers: Answers) -> Result<(), HubError> {
         match &self.backend {
-            Backend::Embedded { store, .. } => {
-                Self::blocking(store, move |s| s.answer_many(&answers, now_ms())).await
+            Backend::Embedded { writer, .. } => {
+                let (tx, rx) = oneshot::channel();
+                writer
+                    .send(Job::Answers(answers, tx))
+                    .await
+                    .map_err(|_| HubError::Closed)?;
+                rx.await
+                    .map_err(|_| HubError::Closed)?
+                    .map_err(HubError::Store)
             }
             Backend::Nats(store) => {
                 for (subscription, seq, refusal) in answers {
@@ -450,16 +468,33 @@ impl Writer {
     /// each publisher, wakes the subscribers of what is left queued. A
     /// journaled store is fsynced with the group instead of journaling it
     /// when its journal passed [`MAX_JOURNAL`], and when the Core stops.
-    fn run(self, mut rx: mpsc::Receiver<(Publish, Answer)>) {
+    fn run(self, mut rx: mpsc::Receiver<Job>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut answers = Vec::new();
+        let mut answered = Vec::new();
         while let Some(first) = rx.blocking_recv() {
-            group.push(first);
-            while group.len() < MAX_GROUP
-                && let Ok(next) = rx.try_recv()
-            {
-                group.push(next);
+            let mut next = Some(first);
+            let mut jobs = 0;
+            while let Some(job) = next {
+                match job {
+                    Job::Publish(publish, answer) => group.push((publish, answer)),
+                    Job::Answers(some, done) => {
+                        answers.extend(some);
+                        answered.push(done);
+                    }
+                }
+                jobs += 1;
+                next = if jobs < MAX_GROUP {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
             }
-            self.commit(&mut group);
+            let result = self.commit(&mut group, &answers);
+            answers.clear();
+            for done in answered.drain(..) {
+                let _ = done.send(result.clone());
+            }
         }
         if self.store.journal_bytes().unwrap_or(0) > 0
             && let Err(e) = self.store.checkpoint()
@@ -468,7 +503,17 @@ impl Writer {
         }
     }
 
-    fn commit(&self, group: &mut Vec<(Publish, Answer)>) {
+    /// Commits `group` and `answers` in one transaction; how the answers
+    /// fared.
+    fn commit(
+        &self,
+        group: &mut Vec<(Publish, Answer)>,
+        answers: &Answers,
+    ) -> Result<(), Arc<StoreError>> {
+        if group.is_empty() {
+            let answered = self.store.commit_group(&[], now_ms(), false, &[], answers);
+            return answered.map(drop).map_err(Arc::new);
+        }
         let parked: Vec<Parked> = {
             let mut list = locked(&self.parked);
             list.retain(|p| !p.tx.is_closed());
@@ -486,7 +531,7 @@ impl Writer {
         let journaled = self.store.journal_bytes().is_some_and(|n| n < MAX_JOURNAL);
         let result = self
             .store
-            .accept_and_hand(&batch, now_ms(), journaled, &waiting);
+            .commit_group(&batch, now_ms(), journaled, &waiting, answers);
         drop((batch, waiting));
         let (accepted, handed) = match result {
             Ok(done) => done,
@@ -496,7 +541,7 @@ impl Writer {
                 for (_, answer) in group.drain(..) {
                     let _ = answer.send(Err(e.clone()));
                 }
-                return;
+                return Err(e);
             }
         };
         // What went straight to a parked stream needs no wake-up for it.
@@ -517,6 +562,7 @@ impl Writer {
             let _ = answer.send(Ok(accepted));
         }
         self.hand(parked, handed);
+        Ok(())
     }
 
     /// Sends each parked stream what it was handed; those handed nothing

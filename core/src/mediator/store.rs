@@ -488,9 +488,31 @@ impl Store {
         journaled: bool,
         waiting: &[Waiting<'_>],
     ) -> Result<AcceptedAndHanded, StoreError> {
+        self.commit_group(batch, now_ms, journaled, waiting, &[])
+    }
+
+    /// [`Store::accept_and_hand`], the subscribers' `answers` (as
+    /// [`Store::answer_many`]) applied first in the same transaction. A
+    /// group of answers only is committed without fsync, as
+    /// [`Store::answer_many`] commits.
+    pub fn commit_group(
+        &self,
+        batch: &[Incoming<'_>],
+        now_ms: u64,
+        journaled: bool,
+        waiting: &[Waiting<'_>],
+        answers: &[(String, u64, Option<String>)],
+    ) -> Result<AcceptedAndHanded, StoreError> {
+        if batch.is_empty() {
+            let tx = self.write(Durability::None)?;
+            answer_in(&tx, answers, now_ms)?;
+            tx.commit()?;
+            return Ok((Vec::new(), vec![Vec::new(); waiting.len()]));
+        }
         let (Some(journal), true) = (&self.journal, journaled) else {
             let journal = self.journal.as_ref().map(lock);
             let tx = self.db.begin_write()?;
+            answer_in(&tx, answers, now_ms)?;
             let out = self.accept_in(&tx, batch, now_ms, None, waiting)?;
             tx.commit()?;
             emptied(journal)?;
@@ -501,6 +523,7 @@ impl Store {
         // durable commit and the emptying that follows it.
         let mut journal = lock(journal);
         let tx = self.write(Durability::None)?;
+        answer_in(&tx, answers, now_ms)?;
         let mut frames = Vec::with_capacity(batch.iter().map(|m| m.envelope.len() + 128).sum());
         let out = self.accept_in(&tx, batch, now_ms, Some(&mut frames), waiting)?;
         let mark = journal.len();
@@ -749,14 +772,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let tx = self.write(Durability::None)?;
-        for (subscription, seq, refusal) in answers {
-            match refusal {
-                None => drop(ack_in(&tx, subscription, *seq)?),
-                Some(reason) => {
-                    nack_in(&tx, subscription, *seq, now_ms, reason)?;
-                }
-            }
-        }
+        answer_in(&tx, answers, now_ms)?;
         tx.commit()?;
         Ok(())
     }
@@ -1040,6 +1056,21 @@ fn find(
         }
     }
     Ok(None)
+}
+
+/// Each `(subscription, seq, refusal)`: an acknowledgement, or a refusal.
+fn answer_in(
+    tx: &WriteTransaction,
+    answers: &[(String, u64, Option<String>)],
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    for (subscription, seq, refusal) in answers {
+        match refusal {
+            None => drop(ack_in(tx, subscription, *seq)?),
+            Some(reason) => drop(nack_in(tx, subscription, *seq, now_ms, reason)?),
+        }
+    }
+    Ok(())
 }
 
 fn ack_in(tx: &WriteTransaction, subscription: &str, seq: u64) -> Result<bool, StoreError> {

@@ -632,3 +632,52 @@ fn m6_m7_a_waiting_subscriber_is_handed_what_a_publish_queues_for_it_best_first(
     assert!(f.store.ack(&mine[1], critical).expect("ack"));
     assert_eq!(taken(&f.store, &mine[1], T0 + 2 * WAIT), None);
 }
+
+/// A commit group carries the subscribers' answers with the publishes, in
+/// one transaction; a group of answers alone too (M7).
+#[test]
+fn m7_answers_are_applied_with_the_publishes_of_their_group() {
+    let f = fixture(1 << 20);
+    let to = subs(&["logger LOG_MESSAGE"]);
+    let mut d = delivery(2);
+    d.max_retries = 1;
+    let first = seq_of(put(&f.store, "first", d, &to));
+    let second = seq_of(put(&f.store, "second", d, &to));
+    let handed = f.store.take_many(&[&to[0]], T0, WAIT, 2).expect("take");
+    assert_eq!(handed.0.len(), 2);
+    let third = Incoming {
+        envelope: b"third",
+        message_id: "third",
+        exactly_once: false,
+        delivery: d,
+        subscriptions: &to,
+    };
+    let answers = [(to[0].clone(), first, None)];
+    let (accepted, _) = f
+        .store
+        .commit_group(&[third], T0, false, &[], &answers)
+        .expect("group");
+    assert!(matches!(accepted[..], [Accepted::Stored(_)]));
+    let refused = [(to[0].clone(), second, Some("busy".to_owned()))];
+    let (none, _) = f
+        .store
+        .commit_group(&[], T0, false, &[], &refused)
+        .expect("answers alone");
+    assert!(none.is_empty());
+    // Acknowledged: gone. Refused: due again after its retry delay.
+    assert_eq!(taken(&f.store, &to[0], T0), Some(("third".into(), 1)));
+    assert_eq!(taken(&f.store, &to[0], T0 + 99), None);
+    assert_eq!(
+        taken(&f.store, &to[0], T0 + 100),
+        Some(("second".into(), 2))
+    );
+    let mut later = Vec::new();
+    while let Some((body, _)) = taken(&f.store, &to[0], T0 + 2 * WAIT) {
+        later.push(body);
+    }
+    assert!(
+        !later.contains(&"first".to_owned()),
+        "acknowledged: {later:?}"
+    );
+    assert_eq!(later, ["third"], "second's retries are spent");
+}
