@@ -176,14 +176,7 @@ impl Hub {
     pub(crate) async fn publish(&self, publish: Publish) -> Result<Accepted, HubError> {
         match &self.backend {
             Backend::Embedded { writer, .. } => {
-                let (tx, rx) = oneshot::channel();
-                writer
-                    .send(Job::Publish(publish, tx))
-                    .await
-                    .map_err(|_| HubError::Closed)?;
-                rx.await
-                    .map_err(|_| HubError::Closed)?
-                    .map_err(HubError::Store)
+                ask_writer(writer, |tx| Job::Publish(publish, tx)).await
             }
             Backend::Nats(store) => {
                 let accepted = store.accept(&publish.incoming(), now_ms()).await?;
@@ -262,14 +255,7 @@ impl Hub {
     pub(crate) async fn answer(&self, answers: Answers) -> Result<(), HubError> {
         match &self.backend {
             Backend::Embedded { writer, .. } => {
-                let (tx, rx) = oneshot::channel();
-                writer
-                    .send(Job::Answers(answers, tx))
-                    .await
-                    .map_err(|_| HubError::Closed)?;
-                rx.await
-                    .map_err(|_| HubError::Closed)?
-                    .map_err(HubError::Store)
+                ask_writer(writer, |tx| Job::Answers(answers, tx)).await
             }
             Backend::Nats(store) => {
                 for (subscription, seq, refusal) in answers {
@@ -453,6 +439,18 @@ fn sync_journal(store: &std::sync::Weak<Store>, interval: Duration) {
             tracing::error!("mediator: fsync of the message store failed: {e}");
         }
     }
+}
+
+/// Queues the job `job` makes of a reply channel, and waits for the reply.
+async fn ask_writer<T>(
+    writer: &mpsc::Sender<Job>,
+    job: impl FnOnce(oneshot::Sender<Result<T, Arc<StoreError>>>) -> Job,
+) -> Result<T, HubError> {
+    let (tx, rx) = oneshot::channel();
+    writer.send(job(tx)).await.map_err(|_| HubError::Closed)?;
+    rx.await
+        .map_err(|_| HubError::Closed)?
+        .map_err(HubError::Store)
 }
 
 /// The embedded store's writer thread.

@@ -154,7 +154,7 @@ pub type HandedOut = Vec<(usize, Handed)>;
 /// the next is due, if known.
 pub type Taken = (HandedOut, Option<u64>);
 
-/// What [`Store::accept_and_hand`] did: each message's fate, and what each
+/// What [`Store::commit_group`] did: each message's fate, and what each
 /// waiting subscriber was handed.
 pub type AcceptedAndHanded = (Vec<Accepted>, Vec<HandedOut>);
 
@@ -229,7 +229,7 @@ pub struct Stats {
 
 /// A subscriber waiting for messages (nothing was due when it last
 /// looked), to be handed what a publish queues for it
-/// ([`Store::accept_and_hand`]).
+/// ([`Store::commit_group`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Waiting<'a> {
     /// Its subscriptions ([`Handed`] names them by index).
@@ -460,7 +460,7 @@ impl Store {
     /// Stores `batch` in one transaction and returns once it is on disk
     /// (fsync); the journal, if any, is emptied: the database holds all.
     pub fn accept(&self, batch: &[Incoming<'_>], now_ms: u64) -> Result<Vec<Accepted>, StoreError> {
-        Ok(self.accept_and_hand(batch, now_ms, false, &[])?.0)
+        Ok(self.commit_group(batch, now_ms, false, &[], &[])?.0)
     }
 
     /// Stores `batch` in one transaction, its messages written to the
@@ -473,28 +473,18 @@ impl Store {
         batch: &[Incoming<'_>],
         now_ms: u64,
     ) -> Result<Vec<Accepted>, StoreError> {
-        Ok(self.accept_and_hand(batch, now_ms, true, &[])?.0)
+        Ok(self.commit_group(batch, now_ms, true, &[], &[])?.0)
     }
 
-    /// [`Store::accept_journaled`] (`journaled`) or [`Store::accept`], and
-    /// in the same transaction, hands each of `waiting` (subscribers with
-    /// nothing due when they last looked) what `batch` queues for it: at
-    /// most its `room`, highest priority first, as [`Store::take_many`]
-    /// would have (`at_most_once` messages are left to `take_many`).
-    pub fn accept_and_hand(
-        &self,
-        batch: &[Incoming<'_>],
-        now_ms: u64,
-        journaled: bool,
-        waiting: &[Waiting<'_>],
-    ) -> Result<AcceptedAndHanded, StoreError> {
-        self.commit_group(batch, now_ms, journaled, waiting, &[])
-    }
-
-    /// [`Store::accept_and_hand`], the subscribers' `answers` (as
-    /// [`Store::answer_many`]) applied first in the same transaction. A
-    /// group of answers only is committed without fsync, as
-    /// [`Store::answer_many`] commits.
+    /// One commit group: [`Store::accept_journaled`] (`journaled`) or
+    /// [`Store::accept`] of `batch`, the subscribers' `answers` (as
+    /// [`Store::answer_many`]) applied first in the same transaction, and
+    /// each of `waiting` (subscribers with nothing due when they last
+    /// looked) handed what `batch` queues for it: at most its `room`,
+    /// highest priority first, as [`Store::take_many`] would have
+    /// (`at_most_once` messages are left to `take_many`). A group of
+    /// answers only is committed without fsync, as [`Store::answer_many`]
+    /// commits.
     pub fn commit_group(
         &self,
         batch: &[Incoming<'_>],

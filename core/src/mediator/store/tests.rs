@@ -595,7 +595,7 @@ fn m6_m7_a_waiting_subscriber_is_handed_what_a_publish_queues_for_it_best_first(
     }];
     let (accepted, handed) = f
         .store
-        .accept_and_hand(&batch, T0, false, &waiting)
+        .commit_group(&batch, T0, false, &waiting, &[])
         .expect("accept");
     assert!(accepted.iter().all(|a| matches!(a, Accepted::Stored(_))));
     let got: Vec<(usize, String, u32)> = handed[0]
