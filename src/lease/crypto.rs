@@ -72,35 +72,45 @@ fn pairs() -> std::sync::MutexGuard<'static, Pairs> {
 /// public half is derived from the seed, and the caller checks it against
 /// the certificate.
 fn ed25519_pair(der: &[u8]) -> Result<Arc<Ed25519KeyPair>> {
-    if let Some(pair) = pairs().ed25519.get(der) {
-        return Ok(pair.clone());
-    }
-    let pair = Arc::new(
-        Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
-            .map_err(|_| jsonwebtoken::errors::Error::from(ErrorKind::InvalidEddsaKey))?,
-    );
-    let mut kept = pairs();
-    if kept.ed25519.len() >= KEPT_PAIRS {
-        kept.ed25519.clear();
-    }
-    kept.ed25519.insert(der.to_vec(), pair.clone());
-    Ok(pair)
+    kept(
+        der,
+        |p| &mut p.ed25519,
+        || {
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+                .map_err(|_| ErrorKind::InvalidEddsaKey.into())
+        },
+    )
 }
 
 /// The P-256 pair of `der` (PKCS#8).
 fn p256_pair(der: &[u8]) -> Result<Arc<EcdsaKeyPair>> {
-    if let Some(pair) = pairs().p256.get(der) {
+    kept(
+        der,
+        |p| &mut p.p256,
+        || {
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &SystemRandom::new())
+                .map_err(|_| ErrorKind::InvalidEcdsaKey.into())
+        },
+    )
+}
+
+/// The pair of `der` in the map `of` picks from [`Pairs`], parsed by
+/// `parse` when it is not kept yet (outside the lock).
+fn kept<T>(
+    der: &[u8],
+    of: fn(&mut Pairs) -> &mut HashMap<Vec<u8>, Arc<T>>,
+    parse: impl FnOnce() -> Result<T>,
+) -> Result<Arc<T>> {
+    if let Some(pair) = of(&mut pairs()).get(der) {
         return Ok(pair.clone());
     }
-    let pair = Arc::new(
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &SystemRandom::new())
-            .map_err(|_| jsonwebtoken::errors::Error::from(ErrorKind::InvalidEcdsaKey))?,
-    );
-    let mut kept = pairs();
-    if kept.p256.len() >= KEPT_PAIRS {
-        kept.p256.clear();
+    let pair = Arc::new(parse()?);
+    let mut all = pairs();
+    let map = of(&mut all);
+    if map.len() >= KEPT_PAIRS {
+        map.clear();
     }
-    kept.p256.insert(der.to_vec(), pair.clone());
+    map.insert(der.to_vec(), pair.clone());
     Ok(pair)
 }
 

@@ -546,13 +546,13 @@ impl Writer {
         let mut direct = std::collections::HashSet::new();
         for (p, out) in parked.iter().zip(&handed) {
             for (index, h) in out {
-                direct.insert((p.subscriptions[*index].clone(), h.seq));
+                direct.insert((p.subscriptions[*index].as_str(), h.seq));
             }
         }
         for ((publish, answer), accepted) in group.drain(..).zip(accepted) {
             if let Accepted::Stored(seq) = accepted {
                 for s in &publish.subscriptions {
-                    if !direct.contains(&(s.clone(), seq)) {
+                    if !direct.contains(&(s.as_str(), seq)) {
                         self.wakers.wake(s);
                     }
                 }

@@ -398,13 +398,7 @@ impl Mediator for MediatorService {
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let sender = self.caller(&request)?;
         let link = match &sender {
-            Sender::Module(me) => Some(self.ctx.link(me).ok_or_else(|| {
-                status_for(
-                    Reason::NoLease,
-                    format!("{me} holds no lease from this Core"),
-                    [],
-                )
-            })?),
+            Sender::Module(me) => Some(self.link_of(me)?),
             Sender::Operator(_) => None,
         };
         let header = traceparent_header(&request);
@@ -490,13 +484,7 @@ impl Mediator for MediatorService {
                 "operators publish; only modules receive messages",
             ));
         };
-        let link = self.ctx.link(&me).ok_or_else(|| {
-            status_for(
-                Reason::NoLease,
-                format!("{me} holds no lease from this Core"),
-                [],
-            )
-        })?;
+        let link = self.link_of(&me)?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(OPEN_WAIT, inbound.message()).await;
         let (tx, rx) = mpsc::channel(8);
@@ -550,6 +538,17 @@ impl Mediator for MediatorService {
 }
 
 impl MediatorService {
+    /// `me`'s lease link from this Core, for a stream that ends with it.
+    fn link_of(&self, me: &Urn) -> Result<crate::lease::LeaseLink, Status> {
+        self.ctx.link(me).ok_or_else(|| {
+            status_for(
+                Reason::NoLease,
+                format!("{me} holds no lease from this Core"),
+                [],
+            )
+        })
+    }
+
     /// One publish (of `Publish` or `PublishStream`): what its publisher is
     /// told.
     async fn publish_one(
