@@ -331,18 +331,21 @@ pub struct Store {
     journal: Option<Mutex<Journal>>,
 }
 
-/// The tables a stored message goes into, and the counters, open in one
-/// write transaction.
+/// The store's tables and counters, each opened once in a write
+/// transaction (opening a table is a lookup of its own).
 struct Tables<'t> {
     meta: redb::Table<'t, &'static str, u64>,
     seen: redb::Table<'t, &'static str, (u64, u64)>,
     messages: MessageTable<'t>,
     refs: redb::Table<'t, u64, u32>,
     queue: QueueTable<'t>,
+    dead: redb::Table<'t, (&'static str, u64), (u32, u64, &'static str)>,
     /// The next sequence number.
     next: u64,
     /// Bytes of messages stored.
     used: u64,
+    /// The counters as read, to write back only what changed.
+    read: (u64, u64),
 }
 
 impl<'t> Tables<'t> {
@@ -356,8 +359,10 @@ impl<'t> Tables<'t> {
             messages: tx.open_table(MESSAGES)?,
             refs: tx.open_table(REFS)?,
             queue: tx.open_table(QUEUE)?,
+            dead: tx.open_table(DEAD)?,
             next,
             used,
+            read: (next, used),
         })
     }
 
@@ -370,8 +375,11 @@ impl<'t> Tables<'t> {
         accepted_ms: u64,
     ) -> Result<(), StoreError> {
         self.messages.insert(m.seq, m.record)?;
+        // A message with one holder (the usual case) has no `refs` row.
         let n = u32::try_from(m.subscriptions.len()).unwrap_or(u32::MAX);
-        self.refs.insert(m.seq, n)?;
+        if n > 1 {
+            self.refs.insert(m.seq, n)?;
+        }
         for sub in m.subscriptions {
             self.queue.insert((sub.as_str(), rank, m.seq), (0, 0))?;
         }
@@ -383,10 +391,132 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// Writes the counters back.
+    /// Writes the counters back (those that changed).
     fn close(mut self) -> Result<(), StoreError> {
-        self.meta.insert(NEXT_SEQ, self.next)?;
-        self.meta.insert(USED, self.used)?;
+        if self.next != self.read.0 {
+            self.meta.insert(NEXT_SEQ, self.next)?;
+        }
+        if self.used != self.read.1 {
+            self.meta.insert(USED, self.used)?;
+        }
+        Ok(())
+    }
+
+    /// `subscription`'s queue entry for `seq`: (rank, attempts, due).
+    fn find(&self, subscription: &str, seq: u64) -> Result<Option<(u8, u32, u64)>, StoreError> {
+        for rank in 0..=3u8 {
+            if let Some(v) = self.queue.get((subscription, rank, seq))? {
+                let (attempts, due) = v.value();
+                return Ok(Some((rank, attempts, due)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn record(&self, seq: u64) -> Result<Record, StoreError> {
+        let bytes = self.messages.get(seq)?.ok_or(StoreError::Corrupt(seq))?;
+        Record::decode(bytes.value()).ok_or(StoreError::Corrupt(seq))
+    }
+
+    /// Each `(subscription, seq, refusal)`: an acknowledgement, or a
+    /// refusal.
+    fn answer(
+        &mut self,
+        answers: &[(String, u64, Option<String>)],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        for (subscription, seq, refusal) in answers {
+            match refusal {
+                None => drop(self.ack(subscription, *seq)?),
+                Some(reason) => drop(self.nack(subscription, *seq, now_ms, reason)?),
+            }
+        }
+        Ok(())
+    }
+
+    fn ack(&mut self, subscription: &str, seq: u64) -> Result<bool, StoreError> {
+        match self.find(subscription, seq)? {
+            Some((rank, _, _)) => {
+                self.queue.remove((subscription, rank, seq))?;
+                self.release_ref(seq)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn nack(
+        &mut self,
+        subscription: &str,
+        seq: u64,
+        now_ms: u64,
+        reason: &str,
+    ) -> Result<Retry, StoreError> {
+        let Some((rank, attempts, _)) = self.find(subscription, seq)? else {
+            return Ok(Retry::Unknown);
+        };
+        let d = self.record(seq)?.delivery;
+        if attempts > d.max_retries {
+            self.queue.remove((subscription, rank, seq))?;
+            let why = spent(reason);
+            let dead = self.end(subscription, (seq, attempts), &why, d.dead_letter, now_ms)?;
+            return Ok(if dead {
+                Retry::DeadLettered
+            } else {
+                Retry::Dropped
+            });
+        }
+        let due = now_ms.saturating_add(backoff(d.retry_delay_ms, attempts));
+        self.queue
+            .insert((subscription, rank, seq), (attempts, due))?;
+        Ok(Retry::At(due))
+    }
+
+    /// A queued message (`seq`, handed out `attempts` times) that will not
+    /// be delivered to `subscription`: into its dead-letter queue when the
+    /// message has one (`dead_letter`; true returned), else dropped and
+    /// counted.
+    fn end(
+        &mut self,
+        subscription: &str,
+        (seq, attempts): (u64, u32),
+        why: &str,
+        dead_letter: bool,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        if dead_letter {
+            self.dead
+                .insert((subscription, seq), (attempts, now_ms, why))?;
+            return Ok(true);
+        }
+        let key = if why == "EXPIRED" {
+            DROPPED_EXPIRED
+        } else {
+            DROPPED_RETRIES
+        };
+        let n = counter(&self.meta, key)?;
+        self.meta.insert(key, n + 1)?;
+        self.release_ref(seq)?;
+        Ok(false)
+    }
+
+    /// One holder of `seq` let go: the message is deleted with its last
+    /// (no `refs` row: it had one).
+    fn release_ref(&mut self, seq: u64) -> Result<(), StoreError> {
+        let n = self.refs.get(seq)?.map(|g| g.value());
+        match n {
+            Some(n) if n > 1 => {
+                self.refs.insert(seq, n - 1)?;
+                return Ok(());
+            }
+            Some(_) => drop(self.refs.remove(seq)?),
+            None => {}
+        }
+        let size = self
+            .messages
+            .remove(seq)?
+            .map_or(0, |g| g.value().len() as u64);
+        self.used = self.used.saturating_sub(size);
         Ok(())
     }
 }
@@ -494,16 +624,13 @@ impl Store {
         answers: &[(String, u64, Option<String>)],
     ) -> Result<AcceptedAndHanded, StoreError> {
         if batch.is_empty() {
-            let tx = self.write(Durability::None)?;
-            answer_in(&tx, answers, now_ms)?;
-            tx.commit()?;
+            self.answer_many(answers, now_ms)?;
             return Ok((Vec::new(), vec![Vec::new(); waiting.len()]));
         }
         let (Some(journal), true) = (&self.journal, journaled) else {
             let journal = self.journal.as_ref().map(lock);
             let tx = self.db.begin_write()?;
-            answer_in(&tx, answers, now_ms)?;
-            let out = self.accept_in(&tx, batch, now_ms, None, waiting)?;
+            let out = self.accept_in(&tx, answers, batch, now_ms, None, waiting)?;
             tx.commit()?;
             emptied(journal)?;
             return Ok(out);
@@ -513,9 +640,8 @@ impl Store {
         // durable commit and the emptying that follows it.
         let mut journal = lock(journal);
         let tx = self.write(Durability::None)?;
-        answer_in(&tx, answers, now_ms)?;
         let mut frames = Vec::with_capacity(batch.iter().map(|m| m.envelope.len() + 128).sum());
-        let out = self.accept_in(&tx, batch, now_ms, Some(&mut frames), waiting)?;
+        let out = self.accept_in(&tx, answers, batch, now_ms, Some(&mut frames), waiting)?;
         let mark = journal.len();
         journal.append(&frames).map_err(journal_error)?;
         if let Err(e) = tx.commit() {
@@ -538,11 +664,12 @@ impl Store {
         self.journal.as_ref().map(|j| lock(j).len())
     }
 
-    /// `batch` into `tx`; with `frames`, each message stored is framed
-    /// there for the journal; what `waiting` is handed.
+    /// `answers`, then `batch`, into `tx`; with `frames`, each message
+    /// stored is framed there for the journal; what `waiting` is handed.
     fn accept_in(
         &self,
         tx: &WriteTransaction,
+        answers: &[(String, u64, Option<String>)],
         batch: &[Incoming<'_>],
         now_ms: u64,
         mut frames: Option<&mut Vec<u8>>,
@@ -551,6 +678,7 @@ impl Store {
         let mut hand = Hand::new(waiting);
         let mut out = Vec::with_capacity(batch.len());
         let mut tables = Tables::open(tx)?;
+        tables.answer(answers, now_ms)?;
         for m in batch {
             if m.exactly_once
                 && let Some(prior) = tables.seen.get(m.message_id)?.map(|g| g.value())
@@ -670,32 +798,28 @@ impl Store {
         let tx = self.write(Durability::None)?;
         let mut taken = Vec::new();
         let next_due = {
-            let mut queue = tx.open_table(QUEUE)?;
-            let scan = {
-                let messages = tx.open_table(MESSAGES)?;
-                let mut scan = Scan::new(max);
-                for (index, subscription) in subscriptions.iter().enumerate() {
-                    scan.subscription(&queue, &messages, (index, subscription), now_ms)?;
-                }
-                scan
-            };
+            let mut t = Tables::open(&tx)?;
+            let mut scan = Scan::new(max);
+            for (index, subscription) in subscriptions.iter().enumerate() {
+                scan.subscription(&t.queue, &t.messages, (index, subscription), now_ms)?;
+            }
             for e in &scan.ended {
                 let subscription = subscriptions[e.index];
                 let (rank, seq) = e.key;
-                queue.remove((subscription, rank, seq))?;
+                t.queue.remove((subscription, rank, seq))?;
                 let held = (seq, e.attempts);
-                end(&tx, subscription, held, e.why, e.dead_letter, now_ms)?;
+                t.end(subscription, held, e.why, e.dead_letter, now_ms)?;
             }
             let (found, next_due) = scan.best();
             let due = now_ms.saturating_add(ack_wait_ms);
-            let mut once = Vec::new();
             for b in found {
                 let subscription = subscriptions[b.index];
                 if b.record.delivery.at_most_once {
-                    queue.remove((subscription, b.rank, b.seq))?;
-                    once.push(b.seq);
+                    t.queue.remove((subscription, b.rank, b.seq))?;
+                    t.release_ref(b.seq)?;
                 } else {
-                    queue.insert((subscription, b.rank, b.seq), (b.attempt, due))?;
+                    t.queue
+                        .insert((subscription, b.rank, b.seq), (b.attempt, due))?;
                 }
                 let handed = Handed {
                     seq: b.seq,
@@ -705,10 +829,7 @@ impl Store {
                 };
                 taken.push((b.index, handed));
             }
-            drop(queue);
-            for seq in once {
-                release_ref(&tx, seq)?;
-            }
+            t.close()?;
             next_due
         };
         tx.commit()?;
@@ -726,13 +847,43 @@ impl Store {
         Ok(tx)
     }
 
+    /// `f` on the tables in a transaction committed without fsync (what a
+    /// crash may lose costs a redelivery).
+    fn in_tables<T>(
+        &self,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self.write(Durability::None)?;
+        let out = Self::with_tables(&tx, f)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// `f` on the tables in a transaction committed durably.
+    fn durably<T>(
+        &self,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self.db.begin_write()?;
+        let out = Self::with_tables(&tx, f)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn with_tables<T>(
+        tx: &WriteTransaction,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut tables = Tables::open(tx)?;
+        let out = f(&mut tables)?;
+        tables.close()?;
+        Ok(out)
+    }
+
     /// The subscriber handled `seq`: it leaves `subscription`'s queue.
     /// False when no such delivery was outstanding.
     pub fn ack(&self, subscription: &str, seq: u64) -> Result<bool, StoreError> {
-        let tx = self.write(Durability::None)?;
-        let removed = ack_in(&tx, subscription, seq)?;
-        tx.commit()?;
-        Ok(removed)
+        self.in_tables(|t| t.ack(subscription, seq))
     }
 
     /// The subscriber refused `seq` (or its acknowledgement did not come):
@@ -748,10 +899,7 @@ impl Store {
         now_ms: u64,
         reason: &str,
     ) -> Result<Retry, StoreError> {
-        let tx = self.write(Durability::None)?;
-        let retry = nack_in(&tx, subscription, seq, now_ms, reason)?;
-        tx.commit()?;
-        Ok(retry)
+        self.in_tables(|t| t.nack(subscription, seq, now_ms, reason))
     }
 
     /// Several answers in one transaction: each `(subscription, seq,
@@ -761,28 +909,20 @@ impl Store {
         answers: &[(String, u64, Option<String>)],
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let tx = self.write(Durability::None)?;
-        answer_in(&tx, answers, now_ms)?;
-        tx.commit()?;
-        Ok(())
+        self.in_tables(|t| t.answer(answers, now_ms))
     }
 
     /// The subscriber's lease ended while it held `seq` (M11): due again
     /// now, and the delivery does not count as an attempt.
     pub fn release(&self, subscription: &str, seq: u64, now_ms: u64) -> Result<bool, StoreError> {
-        let tx = self.write(Durability::None)?;
-        let found = match find(&tx, subscription, seq)? {
-            Some((rank, attempts, _)) => {
-                tx.open_table(QUEUE)?.insert(
-                    (subscription, rank, seq),
-                    (attempts.saturating_sub(1), now_ms),
-                )?;
-                true
-            }
-            None => false,
-        };
-        tx.commit()?;
-        Ok(found)
+        self.in_tables(|t| {
+            let Some((rank, attempts, _)) = t.find(subscription, seq)? else {
+                return Ok(false);
+            };
+            let entry = (attempts.saturating_sub(1), now_ms);
+            t.queue.insert((subscription, rank, seq), entry)?;
+            Ok(true)
+        })
     }
 
     /// The dead-letter queue, of one subscription or all (M8).
@@ -824,15 +964,14 @@ impl Store {
     /// Queues a dead letter again for its subscription, as new (its
     /// attempts start over); false when there is no such dead letter.
     pub fn replay(&self, subscription: &str, seq: u64) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write()?;
-        let removed = tx.open_table(DEAD)?.remove((subscription, seq))?.is_some();
-        if removed {
-            let rank = record(&tx, seq)?.delivery.rank;
-            tx.open_table(QUEUE)?
-                .insert((subscription, rank, seq), (0, 0))?;
-        }
-        tx.commit()?;
-        Ok(removed)
+        self.durably(|t| {
+            let removed = t.dead.remove((subscription, seq))?.is_some();
+            if removed {
+                let rank = t.record(seq)?.delivery.rank;
+                t.queue.insert((subscription, rank, seq), (0, 0))?;
+            }
+            Ok(removed)
+        })
     }
 
     /// Deletes dead letters: of one subscription, or all; their number.
@@ -848,17 +987,16 @@ impl Store {
     /// Deletes the dead letters `keys` names (subscription, seq); the
     /// number there were.
     pub fn purge_keys(&self, keys: &[(String, u64)]) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write()?;
-        let mut n = 0;
-        for (sub, seq) in keys {
-            let removed = tx.open_table(DEAD)?.remove((sub.as_str(), *seq))?.is_some();
-            if removed {
-                release_ref(&tx, *seq)?;
-                n += 1;
+        self.durably(|t| {
+            let mut n = 0;
+            for (sub, seq) in keys {
+                if t.dead.remove((sub.as_str(), *seq))?.is_some() {
+                    t.release_ref(*seq)?;
+                    n += 1;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(n)
+            Ok(n)
+        })
     }
 
     /// Forgets `exactly_once` ids older than [`DEDUP_WINDOW_MS`]; their
@@ -1023,142 +1161,6 @@ pub fn backoff(delay_ms: u64, attempts: u32) -> u64 {
 
 fn counter(meta: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, StoreError> {
     Ok(meta.get(key)?.map_or(0, |g| g.value()))
-}
-
-fn bump(tx: &WriteTransaction, key: &str) -> Result<(), StoreError> {
-    let mut meta = tx.open_table(META)?;
-    let n = counter(&meta, key)?;
-    meta.insert(key, n + 1)?;
-    Ok(())
-}
-
-/// `subscription`'s queue entry for `seq`: (rank, attempts, due).
-fn find(
-    tx: &WriteTransaction,
-    subscription: &str,
-    seq: u64,
-) -> Result<Option<(u8, u32, u64)>, StoreError> {
-    let queue = tx.open_table(QUEUE)?;
-    for rank in 0..=3u8 {
-        if let Some(v) = queue.get((subscription, rank, seq))? {
-            let (attempts, due) = v.value();
-            return Ok(Some((rank, attempts, due)));
-        }
-    }
-    Ok(None)
-}
-
-/// Each `(subscription, seq, refusal)`: an acknowledgement, or a refusal.
-fn answer_in(
-    tx: &WriteTransaction,
-    answers: &[(String, u64, Option<String>)],
-    now_ms: u64,
-) -> Result<(), StoreError> {
-    for (subscription, seq, refusal) in answers {
-        match refusal {
-            None => drop(ack_in(tx, subscription, *seq)?),
-            Some(reason) => drop(nack_in(tx, subscription, *seq, now_ms, reason)?),
-        }
-    }
-    Ok(())
-}
-
-fn ack_in(tx: &WriteTransaction, subscription: &str, seq: u64) -> Result<bool, StoreError> {
-    match find(tx, subscription, seq)? {
-        Some((rank, _, _)) => {
-            tx.open_table(QUEUE)?.remove((subscription, rank, seq))?;
-            release_ref(tx, seq)?;
-            Ok(true)
-        }
-        None => Ok(false),
-    }
-}
-
-fn nack_in(
-    tx: &WriteTransaction,
-    subscription: &str,
-    seq: u64,
-    now_ms: u64,
-    reason: &str,
-) -> Result<Retry, StoreError> {
-    let Some((rank, attempts, _)) = find(tx, subscription, seq)? else {
-        return Ok(Retry::Unknown);
-    };
-    let d = record(tx, seq)?.delivery;
-    if attempts > d.max_retries {
-        tx.open_table(QUEUE)?.remove((subscription, rank, seq))?;
-        let dead = end(
-            tx,
-            subscription,
-            (seq, attempts),
-            &spent(reason),
-            d.dead_letter,
-            now_ms,
-        )?;
-        return Ok(if dead {
-            Retry::DeadLettered
-        } else {
-            Retry::Dropped
-        });
-    }
-    let due = now_ms.saturating_add(backoff(d.retry_delay_ms, attempts));
-    tx.open_table(QUEUE)?
-        .insert((subscription, rank, seq), (attempts, due))?;
-    Ok(Retry::At(due))
-}
-
-fn record(tx: &WriteTransaction, seq: u64) -> Result<Record, StoreError> {
-    let messages = tx.open_table(MESSAGES)?;
-    let bytes = messages.get(seq)?.ok_or(StoreError::Corrupt(seq))?;
-    Record::decode(bytes.value()).ok_or(StoreError::Corrupt(seq))
-}
-
-/// A queued message (`seq`, handed out `attempts` times) that will not be
-/// delivered to `subscription`: into its dead-letter queue when the
-/// message has one (`dead_letter`; true returned), else dropped and
-/// counted.
-fn end(
-    tx: &WriteTransaction,
-    subscription: &str,
-    (seq, attempts): (u64, u32),
-    why: &str,
-    dead_letter: bool,
-    now_ms: u64,
-) -> Result<bool, StoreError> {
-    if dead_letter {
-        tx.open_table(DEAD)?
-            .insert((subscription, seq), (attempts, now_ms, why))?;
-        return Ok(true);
-    }
-    bump(
-        tx,
-        if why == "EXPIRED" {
-            DROPPED_EXPIRED
-        } else {
-            DROPPED_RETRIES
-        },
-    )?;
-    release_ref(tx, seq)?;
-    Ok(false)
-}
-
-/// One holder of `seq` let go: the message is deleted with its last.
-fn release_ref(tx: &WriteTransaction, seq: u64) -> Result<(), StoreError> {
-    let mut refs = tx.open_table(REFS)?;
-    let n = refs.get(seq)?.map_or(0, |g| g.value());
-    if n > 1 {
-        refs.insert(seq, n - 1)?;
-        return Ok(());
-    }
-    refs.remove(seq)?;
-    drop(refs);
-    let mut messages = tx.open_table(MESSAGES)?;
-    let size = messages.remove(seq)?.map_or(0, |g| g.value().len() as u64);
-    drop(messages);
-    let mut meta = tx.open_table(META)?;
-    let used = counter(&meta, USED)?;
-    meta.insert(USED, used.saturating_sub(size))?;
-    Ok(())
 }
 
 #[cfg(test)]

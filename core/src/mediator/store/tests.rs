@@ -265,6 +265,45 @@ fn m8_dead_letters_are_listed_replayed_and_purged() {
 }
 
 #[test]
+fn m12_a_message_stays_until_its_last_holder_lets_go() {
+    let f = fixture(1 << 20);
+    let to = subs(&["a EV", "b EV", "c EV"]);
+    let seq = seq_of(put(&f.store, "shared", delivery(2), &to));
+    let one = seq_of(put(&f.store, "single", delivery(2), &to[..1]));
+    let used = |f: &Fixture| f.store.stats().expect("stats").used_bytes;
+    let both = used(&f);
+    for (i, sub) in to.iter().enumerate() {
+        assert_eq!(
+            taken(&f.store, sub, T0),
+            Some(("shared".into(), 1)),
+            "{sub}"
+        );
+        assert!(f.store.ack(sub, seq).expect("ack"), "{sub}");
+        assert!(!f.store.ack(sub, seq).expect("ack twice"), "{sub}");
+        let gone = i == to.len() - 1;
+        assert_eq!(used(&f) < both, gone, "after {sub}'s ack");
+    }
+    // A store written before single holders lost their `refs` row.
+    let tx = f.store.db.begin_write().expect("write");
+    tx.open_table(REFS)
+        .expect("refs")
+        .insert(one, 1)
+        .expect("insert");
+    tx.commit().expect("commit");
+    assert_eq!(taken(&f.store, "a EV", T0), Some(("single".into(), 1)));
+    assert!(f.store.ack("a EV", one).expect("ack"));
+    assert_eq!(used(&f), 0);
+    let tx = f.store.db.begin_read().expect("read");
+    assert!(
+        tx.open_table(REFS)
+            .expect("refs")
+            .get(one)
+            .expect("get")
+            .is_none()
+    );
+}
+
+#[test]
 fn m11_a_release_redelivers_now_without_counting_an_attempt() {
     let f = fixture(1 << 20);
     let to = subs(&["worker EXECUTE_SCRIPT"]);
