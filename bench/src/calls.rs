@@ -44,7 +44,7 @@ impl Caller {
     }
 
     /// `n` sequential calls, each timed into `samples`.
-    async fn timed(&mut self, n: usize, samples: Option<&mut Samples>) -> Res<()> {
+    pub(crate) async fn timed(&mut self, n: usize, samples: Option<&mut Samples>) -> Res<()> {
         match samples {
             Some(s) => {
                 for _ in 0..n {
@@ -93,7 +93,11 @@ pub(crate) async fn interleaved(
 
 /// Calls completed by `tasks` concurrent callers sharing `caller`'s
 /// connection during `window`; returns (calls, elapsed).
-async fn throughput(caller: &Caller, tasks: usize, window: Duration) -> Res<(u64, Duration)> {
+pub(crate) async fn throughput(
+    caller: &Caller,
+    tasks: usize,
+    window: Duration,
+) -> Res<(u64, Duration)> {
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + window;
@@ -147,8 +151,9 @@ impl Side {
     }
 }
 
-/// `unary_p50_us`, `unary_p99_us`, `unary_rps_c16`, `handshake_ms`, and
-/// `via_core_p50_us` (which needs the leased module as its baseline).
+/// `unary_p50_us`, `unary_p99_us`, `unary_rps_c16`, the `peers` group's
+/// figures, `handshake_ms`, and `via_core_p50_us` (which needs the leased
+/// module as its baseline).
 pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     let module = module_process(setup, MODULE, "type = \"resident-shared\"", false).await?;
     let plain = plain_process(setup).await?;
@@ -172,6 +177,9 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     if opts.wants("rps") {
         let sides = [(&leased, module.pid), (&direct, plain.pid)];
         report.add(rps(opts, sides).await?);
+    }
+    if opts.wants("peers") {
+        crate::peers::goplugin(opts, &mut leased, report).await?;
     }
     if opts.wants("handshake") {
         report.add(handshake(setup, opts, &module, &plain).await?);

@@ -13,6 +13,7 @@
 //! | --- | --- | --- |
 //! | `unary_p50_us`, `unary_p99_us` | 64-byte unary call to a leased SDK module process, sequential | the same service as plain tonic over the same mTLS |
 //! | `unary_rps_c16` | 16 concurrent callers on one connection | plain tonic over mTLS |
+//! | `unary_p50_us_vs_goplugin`, `unary_p99_us_vs_goplugin`, `unary_rps_c16_vs_goplugin` | the leased call, sequential and with 16 callers (group `peers`) | HashiCorp go-plugin with AutoMTLS (the anchor built by `cargo xtask bench --peers`) |
 //! | `via_core_p50_us` | the same call through the Core's gateway (`anima serve`) | direct leased call |
 //! | `handshake_ms` | new connection + mutual lease + first call | new mTLS connection + first call |
 //! | `rss_per_lease_kib`, `renewals_default_per_s`, `renewals_per_s` | one Core holding 1,000 leases on one Type III module process | — |
@@ -31,6 +32,7 @@ mod jetstream;
 mod leases;
 mod link;
 mod messages;
+mod peers;
 mod procs;
 mod report;
 mod sidecar;
@@ -64,17 +66,24 @@ struct Cli {
     /// `target/bench/latest.json`).
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Only these groups (comma-separated): unary, rps, handshake,
+    /// Only these groups (comma-separated): unary, rps, peers, handshake,
     /// via_core, module_to_module, sidecar_hop, renewals, revoke, expiry,
     /// cold_start, core_idle, messages.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Keep one core busy with another process (a busy loop) for the whole
+    /// run, for the figures that must hold under load.
+    #[arg(long)]
+    noise: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The busy loop of `--noise`.
+    #[command(hide = true)]
+    Spin,
     /// The plain-tonic echo server the benchmark compares against.
     #[command(hide = true)]
     PlainEcho {
@@ -111,6 +120,7 @@ enum Command {
 const GROUPS: &[&str] = &[
     "unary",
     "rps",
+    "peers",
     "handshake",
     "via_core",
     "module_to_module",
@@ -140,6 +150,9 @@ impl Opts {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Spin) = &cli.command {
+        return spin();
+    }
     if let Some(Command::PlainEcho { cert, key, ca }) = &cli.command {
         return exit_code(procs::serve_plain(cert, key, ca).map(|()| true));
     }
@@ -213,21 +226,71 @@ async fn run(cli: Cli) -> Res<bool> {
     let mut report = Report::default();
     report.add(report::machine().i("open_files", nofile));
     let setup = Setup::new()?;
+    let noise = if cli.noise {
+        Some(Noise::start()?)
+    } else {
+        None
+    };
     let ok = run_groups(&setup, &opts, &mut report).await;
+    // Reaped before the machine is read: its CPU is not "other" work.
+    let noise = noise.map(Noise::stop);
     let seconds = started.elapsed().as_secs_f64();
     let (other_cpu, steal) = machine_meter.read();
-    report.add(
-        Figure::new("run")
-            .f("seconds", seconds, 1)
-            .f("other_cpu_pct", other_cpu, 1)
-            .f("steal_pct", steal, 1)
-            .f("load_1m", report::loadavg(), 2)
-            .s("mode", if opts.quick { "quick" } else { "full" }),
-    );
+    let mut run = Figure::new("run")
+        .f("seconds", seconds, 1)
+        .f("other_cpu_pct", other_cpu, 1)
+        .f("steal_pct", steal, 1)
+        .f("load_1m", report::loadavg(), 2)
+        .s("mode", if opts.quick { "quick" } else { "full" });
+    run = match noise {
+        Some(pct) => run.s("noise", "on").f("noise_cpu_pct", pct, 1),
+        None => run.s("noise", "off"),
+    };
+    report.add(run);
     let path = cli.json.unwrap_or_else(|| default_json(&setup));
     write_json(&report, &path, &opts, seconds)?;
     eprintln!("anima-bench: wrote {}", path.display());
     Ok(ok)
+}
+
+/// The busy loop of `--noise`, until the benchmark that started it is gone.
+fn spin() -> ExitCode {
+    let parent = std::os::unix::process::parent_id();
+    loop {
+        let until = Instant::now() + std::time::Duration::from_millis(100);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        if std::os::unix::process::parent_id() != parent {
+            return ExitCode::SUCCESS;
+        }
+    }
+}
+
+/// `--noise`: a busy loop in a process of its own (`anima-bench spin`).
+struct Noise {
+    child: std::process::Child,
+    meter: stats::CpuMeter,
+}
+
+impl Noise {
+    fn start() -> Res<Noise> {
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .arg("spin")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let meter = stats::CpuMeter::start(child.id());
+        Ok(Noise { child, meter })
+    }
+
+    /// Stops the loop; the share of one core it used.
+    fn stop(mut self) -> f64 {
+        let (_, pct) = self.meter.read();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        pct
+    }
 }
 
 /// Runs the wanted groups in order, each adding its figures to `report`, or
@@ -235,9 +298,16 @@ async fn run(cli: Cli) -> Res<bool> {
 /// failed.
 async fn run_groups(setup: &Setup, opts: &Opts, report: &mut Report) -> bool {
     let mut ok = true;
-    if ["unary", "rps", "handshake", "via_core", "module_to_module"]
-        .iter()
-        .any(|g| opts.wants(g))
+    if [
+        "unary",
+        "rps",
+        "peers",
+        "handshake",
+        "via_core",
+        "module_to_module",
+    ]
+    .iter()
+    .any(|g| opts.wants(g))
     {
         let done = calls::run(setup, opts, report).await;
         ok &= added(report, "calls", done);

@@ -4,9 +4,11 @@
 //! and the sample modules it hosts; not the test packages, which serving does
 //! not need) and runs `anima serve [ARGS…]`.
 //!
-//! `cargo xtask bench [ARGS…]` builds every binary in release mode and runs
-//! the benchmarks, `anima-bench [ARGS…]` (`--quick` for a smoke run; see
-//! BENCHMARKS.md).
+//! `cargo xtask bench [--peers] [ARGS…]` builds every binary in release mode
+//! and runs the benchmarks, `anima-bench [ARGS…]` (`--quick` for a smoke
+//! run; see BENCHMARKS.md). `--peers` first builds the go-plugin anchor
+//! (`../shared/anchors/go-plugin/run.sh`, which installs its Debian
+//! packages) that the `peers` group measures against.
 //!
 //! `cargo xtask test` runs every check CI runs, in order, and stops at the
 //! first failure (installing Python's `grpcio` and `cryptography` first when
@@ -58,7 +60,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask test [TEST-FILTER…] | cargo xtask serve [ANIMA-SERVE-ARGS…] \
-                 | cargo xtask bench [--quick] [ANIMA-BENCH-ARGS…] \
+                 | cargo xtask bench [--quick] [--peers] [ANIMA-BENCH-ARGS…] \
                  | cargo xtask fuzz [--seconds N] [--dev] [TARGET…] | cargo xtask abuse [ARGS…] \
                  | cargo xtask soak [--minutes N] [--rate R]"
             );
@@ -224,8 +226,48 @@ fn soak(args: &[String]) -> Result<ExitCode, String> {
 }
 
 fn bench(args: &[String]) -> Result<ExitCode, String> {
+    let peers = args.iter().any(|a| a == "--peers");
+    let args: Vec<String> = args.iter().filter(|a| *a != "--peers").cloned().collect();
+    if peers {
+        build_goplugin_anchor()?;
+    }
     // The benchmarks drive the test package's echo fixture.
-    run_release("anima-bench", args, &[])
+    run_release("anima-bench", &args, &[])
+}
+
+/// `--peers`: the go-plugin anchor's `run.sh` (in `$ANIMA_ANCHORS`, else
+/// `../shared/anchors` beside the workspace) installs the Debian packages
+/// it needs and builds its host and plugin, which the bench's `peers` group
+/// then runs; its own short run goes to stderr.
+fn build_goplugin_anchor() -> Result<(), String> {
+    let anchors = match std::env::var_os("ANIMA_ANCHORS") {
+        Some(dir) => PathBuf::from(dir),
+        None => workspace_root()?.join("..").join("shared").join("anchors"),
+    };
+    let script = anchors.join("go-plugin").join("run.sh");
+    if !script.is_file() {
+        return Err(format!(
+            "--peers: no go-plugin anchor at {} (set ANIMA_ANCHORS to the anchors folder)",
+            script.display()
+        ));
+    }
+    eprintln!(
+        "xtask: bash {} (builds the go-plugin anchor)",
+        script.display()
+    );
+    run_command(
+        Command::new("bash")
+            .arg(&script)
+            .envs([
+                ("LAUNCHES", "1"),
+                ("CALLS", "200"),
+                ("DURATION", "1s"),
+                ("MTLS_MODES", "on"),
+            ])
+            .stdout(std::io::stderr()),
+        "the go-plugin anchor",
+        |status| format!("the go-plugin anchor's run.sh failed ({status})"),
+    )
 }
 
 /// Builds the workspace's binaries in release mode (less `exclude`), then
