@@ -13,6 +13,7 @@
 //! | --- | --- | --- |
 //! | `unary_p50_us`, `unary_p99_us` | 64-byte unary call to a leased SDK module process, sequential | the same service as plain tonic over the same mTLS |
 //! | `unary_rps_c16` | 16 concurrent callers on one connection | plain tonic over mTLS |
+//! | `instructions_per_call` | instructions the leased module's process runs per unary call (callgrind) | the plain tonic server's |
 //! | `unary_p50_us_vs_goplugin`, `unary_p99_us_vs_goplugin`, `unary_rps_c16_vs_goplugin` | the leased call, sequential and with 16 callers (group `peers`) | HashiCorp go-plugin with AutoMTLS (the anchor built by `cargo xtask bench --peers`) |
 //! | `via_core_p50_us` | the same call through the Core's gateway (`anima serve`) | direct leased call |
 //! | `handshake_ms` | new connection + mutual lease + first call | new mTLS connection + first call |
@@ -28,6 +29,7 @@
 //! plain server is this binary (`anima-bench plain-echo`, hidden).
 
 mod calls;
+mod instructions;
 mod jetstream;
 mod leases;
 mod link;
@@ -66,8 +68,8 @@ struct Cli {
     /// `target/bench/latest.json`).
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Only these groups (comma-separated): unary, rps, peers, handshake,
-    /// via_core, module_to_module, sidecar_hop, renewals, revoke, expiry,
+    /// Only these groups (comma-separated): unary, rps, peers,
+    /// instructions, handshake, via_core, module_to_module, sidecar_hop, renewals, revoke, expiry,
     /// cold_start, core_idle, messages.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -121,6 +123,7 @@ const GROUPS: &[&str] = &[
     "unary",
     "rps",
     "peers",
+    "instructions",
     "handshake",
     "via_core",
     "module_to_module",
@@ -334,7 +337,10 @@ type Measure = for<'a> fn(&'a Setup, &'a Opts) -> Pin<Box<dyn Future<Output = Re
 
 /// The measurements that make one figure each, in report order: (group,
 /// figure, measurement).
-const ONE_FIGURE: [(&str, &str, Measure); 6] = [
+const ONE_FIGURE: [(&str, &str, Measure); 7] = [
+    ("instructions", "instructions_per_call", |s, o| {
+        Box::pin(instructions::instructions_per_call(s, o))
+    }),
     ("sidecar_hop", "sidecar_hop_p50_us", |s, o| {
         Box::pin(sidecar::sidecar_hop(s, o))
     }),

@@ -263,10 +263,11 @@ pub async fn module_process(setup: &Setup, urn: &str, extra: &str, bound: bool) 
     Proc::start(command, READY_PREFIX, module_ready).await
 }
 
-const PLAIN_READY: &str = "BENCH-PLAIN READY";
+/// The plain echo server's ready line.
+pub const PLAIN_READY: &str = "BENCH-PLAIN READY";
 
-/// Starts the plain echo server (this binary, `plain-echo`).
-pub async fn plain_process(setup: &Setup) -> Res<Proc> {
+/// The command starting the plain echo server (this binary, `plain-echo`).
+pub fn plain_command(setup: &Setup) -> Res<Command> {
     let (cert, key) = setup.files(PLAIN)?;
     let mut command = Command::new(std::env::current_exe()?);
     command
@@ -278,10 +279,17 @@ pub async fn plain_process(setup: &Setup) -> Res<Proc> {
         .arg("--ca")
         .arg(setup.ca_file())
         .env("RUST_LOG", child_log());
-    Proc::start(command, PLAIN_READY, |line| {
-        line.strip_prefix(PLAIN_READY)?.trim().parse().ok()
-    })
-    .await
+    Ok(command)
+}
+
+/// Parses the plain echo server's ready line.
+pub fn plain_ready(line: &str) -> Option<SocketAddr> {
+    line.strip_prefix(PLAIN_READY)?.trim().parse().ok()
+}
+
+/// Starts the plain echo server (see [`plain_command`]).
+pub async fn plain_process(setup: &Setup) -> Res<Proc> {
+    Proc::start(plain_command(setup)?, PLAIN_READY, plain_ready).await
 }
 
 /// Starts `anima serve --config config`.
