@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anima_core::audit::Actor;
-use anima_core::lease::{LeasedChannel, RenewalPolicy};
+use anima_core::lease::{LeaseLink, LeasedChannel, RenewalPolicy};
 use anima_protocol::{ClientTls, PeerPolicy, Urn};
 use anima_tests::echo::SayRequest;
 use anima_tests::echo::echo_client::EchoClient;
@@ -157,19 +157,7 @@ impl Side {
 pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     let module = module_process(setup, MODULE, "type = \"resident-shared\"", false).await?;
     let plain = plain_process(setup).await?;
-    let link = LeaseOpener::new(setup)
-        .open(
-            module.addr,
-            urn(MODULE)?,
-            RenewalPolicy::new(Duration::from_secs(60)),
-        )
-        .await?;
-    let plain_conn = setup
-        .client()
-        .dial_addr(plain.addr, PeerPolicy::exactly(urn(PLAIN)?))
-        .await?;
-    let mut leased = Caller::Leased(EchoClient::new(link.channel()));
-    let mut direct = Caller::Plain(EchoClient::new(plain_conn.channel()));
+    let (link, mut leased, mut direct) = callers(setup, &module, &plain).await?;
 
     if opts.wants("unary") {
         unary(opts, &mut leased, &mut direct, report).await?;
@@ -210,6 +198,29 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     module.stop().await;
     plain.stop().await;
     Ok(())
+}
+
+/// A lease on the echo fixture `module` (as [`MODULE`]) and a connection to
+/// the `plain` server: the link, and a caller through each.
+pub(crate) async fn callers(
+    setup: &Setup,
+    module: &Proc,
+    plain: &Proc,
+) -> Res<(LeaseLink, Caller, Caller)> {
+    let link = LeaseOpener::new(setup)
+        .open(
+            module.addr,
+            urn(MODULE)?,
+            RenewalPolicy::new(Duration::from_secs(60)),
+        )
+        .await?;
+    let plain_conn = setup
+        .client()
+        .dial_addr(plain.addr, PeerPolicy::exactly(urn(PLAIN)?))
+        .await?;
+    let leased = Caller::Leased(EchoClient::new(link.channel()));
+    let direct = Caller::Plain(EchoClient::new(plain_conn.channel()));
+    Ok((link, leased, direct))
 }
 
 /// `unary_p50_us`, `unary_p99_us`: sequential calls, leased against plain,

@@ -12,18 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anima_core::audit::Actor;
-use anima_core::lease::RenewalPolicy;
-use anima_protocol::PeerPolicy;
 use anima_protocol::launch::READY_PREFIX;
-use anima_tests::echo::echo_client::EchoClient;
 use tokio::process::Command;
 
 use crate::Opts;
-use crate::calls::Caller;
-use crate::link::LeaseOpener;
+use crate::calls::{Caller, callers};
 use crate::procs::{
-    MODULE, PLAIN, PLAIN_READY, Proc, Res, Setup, module_command, module_ready, plain_command,
-    plain_ready, urn,
+    MODULE, PLAIN_READY, Proc, Res, Setup, module_command, module_ready, output, plain_command,
+    plain_ready,
 };
 use crate::report::Figure;
 
@@ -54,19 +50,7 @@ pub(crate) async fn instructions_per_call(setup: &Setup, opts: &Opts) -> Res<Fig
     )
     .await?;
     let result = async {
-        let link = LeaseOpener::new(setup)
-            .open(
-                module.addr,
-                urn(MODULE)?,
-                RenewalPolicy::new(Duration::from_secs(600)),
-            )
-            .await?;
-        let conn = setup
-            .client()
-            .dial_addr(plain.addr, PeerPolicy::exactly(urn(PLAIN)?))
-            .await?;
-        let mut leased = Caller::Leased(EchoClient::new(link.channel()));
-        let mut direct = Caller::Plain(EchoClient::new(conn.channel()));
+        let (link, mut leased, mut direct) = callers(setup, &module, &plain).await?;
         let leased_count = counted(&mut leased, module.pid, &dir.join("module"), n).await?;
         let plain_count = counted(&mut direct, plain.pid, &dir.join("plain"), n).await?;
         link.revoke("benchmark done", Actor::Core);
@@ -153,19 +137,10 @@ fn dumps(out: &Path) -> Vec<PathBuf> {
 
 /// `callgrind_control FLAG PID`.
 async fn control(flag: &str, pid: u32) -> Res<()> {
-    let run = Command::new("callgrind_control")
-        .arg(flag)
-        .arg(pid.to_string())
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), run)
+    let mut command = Command::new("callgrind_control");
+    command.arg(flag).arg(pid.to_string());
+    let what = format!("callgrind_control {flag} {pid}");
+    output(command, &what, Duration::from_secs(60))
         .await
-        .map_err(|_| format!("callgrind_control {flag} {pid} took over 60 s"))??;
-    if !out.status.success() {
-        return Err(format!(
-            "callgrind_control {flag} {pid} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-        .into());
-    }
-    Ok(())
+        .map(drop)
 }

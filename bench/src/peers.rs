@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use crate::Opts;
 use crate::calls::{Caller, throughput};
-use crate::procs::Res;
+use crate::procs::{Res, output};
 use crate::report::{Figure, Report};
 use crate::stats::Samples;
 
@@ -56,25 +56,14 @@ impl GoPlugin {
     /// One run of the host in `mode` (AutoMTLS on, 64-byte payloads): its
     /// stdout.
     async fn host(&self, mode: &str, args: &[&str]) -> Res<String> {
-        let out = tokio::process::Command::new(&self.host)
+        let mut command = tokio::process::Command::new(&self.host);
+        command
             .arg("-plugin")
             .arg(&self.plugin)
             .args(["-mtls=true", "-size", "64", "-mode", mode])
-            .args(args)
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(120), out)
-            .await
-            .map_err(|_| format!("go-plugin's echo-host -mode {mode} took over 120 s"))??;
-        if !out.status.success() {
-            return Err(format!(
-                "go-plugin's echo-host -mode {mode} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )
-            .into());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .args(args);
+        let what = format!("go-plugin's echo-host -mode {mode}");
+        output(command, &what, Duration::from_secs(120)).await
     }
 }
 

@@ -292,6 +292,24 @@ pub async fn plain_process(setup: &Setup) -> Res<Proc> {
     Proc::start(plain_command(setup)?, PLAIN_READY, plain_ready).await
 }
 
+/// Runs `command` to its end (at most `limit`; killed after) and returns
+/// its stdout; an error names `what` and carries its stderr when it fails.
+pub async fn output(mut command: Command, what: &str, limit: Duration) -> Res<String> {
+    let run = command.kill_on_drop(true).output();
+    let out = tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| format!("{what} took over {limit:?}"))??;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Starts `anima serve --config config`.
 pub async fn core_process(setup: &Setup, config: &Path) -> Res<Proc> {
     let mut command = Command::new(setup.bin("anima")?);
