@@ -149,19 +149,34 @@ where
         #[cfg(not(anima_test_faults))]
         let ungated = false;
         Box::pin(async move {
-            tokio::select! {
-                biased;
-                _ = slot.ended.cancelled() => Ok(halted(&slot).into_http()),
-                response = call => {
-                    if ungated {
-                        tracing::warn!("FAULT INJECTION (ungated-streams): the body outlives the lease");
-                        return response;
-                    }
-                    response.map(|r| r.map(|body| tonic::body::Body::new(LeasedResponse::new(body, slot))))
-                }
+            let Some(response) = until_ended(call, &slot).await else {
+                return Ok(halted(&slot).into_http());
+            };
+            if ungated {
+                tracing::warn!("FAULT INJECTION (ungated-streams): the body outlives the lease");
+                return response;
             }
+            response.map(|r| r.map(|body| tonic::body::Body::new(LeasedResponse::new(body, slot))))
         })
     }
+}
+
+/// `call`'s output, or `None` once `slot`'s lease has ended first. The
+/// lease's end is looked at before each poll of the call (a flag, no lock)
+/// and waited on only while the call waits.
+async fn until_ended<F: Future>(call: F, slot: &LeaseSlot) -> Option<F::Output> {
+    let ended = slot.ended.cancelled();
+    tokio::pin!(call, ended);
+    std::future::poll_fn(|cx| {
+        if slot.ended.is_cancelled() {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(output) = call.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        ended.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -175,22 +190,33 @@ fn halted(slot: &LeaseSlot) -> Status {
     refusal(&err, Some(slot.id))
 }
 
-/// A leased call's end-of-lease signal, polled beside its body.
+/// A leased call's end-of-lease signal, looked at before each poll of its
+/// body and waited on only while the body waits.
 struct Ending {
     slot: Arc<LeaseSlot>,
-    ended: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Made the first time the body waits.
+    ended: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl Ending {
     fn new(slot: Arc<LeaseSlot>) -> Self {
-        let ended = Box::pin(slot.ended.clone().cancelled_owned());
-        Ending { slot, ended }
+        Ending { slot, ended: None }
     }
 
-    /// Whether the lease has ended: its token fired (registering the waker
-    /// otherwise), or its expiry instant passed before the timer fired.
+    /// Whether the lease has ended (without waiting).
+    fn has_ended(&self) -> bool {
+        self.slot.ended.is_cancelled()
+    }
+
+    /// For a body that waits: whether the lease has ended, registering the
+    /// waker to be woken when it does otherwise.
     fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
-        self.ended.as_mut().poll(cx).is_ready()
+        let slot = &self.slot;
+        self.ended
+            .get_or_insert_with(|| Box::pin(slot.ended.cancelled_owned()))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
     }
 
     /// Whether a message leaving now would leave after the lease's end.
@@ -252,9 +278,7 @@ where
         if this.halted {
             return Poll::Ready(None);
         }
-        if let Some(ending) = this.ending.as_mut()
-            && ending.poll_ended(cx)
-        {
+        if this.ending.as_ref().is_some_and(Ending::has_ended) {
             return this.halt();
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -266,7 +290,12 @@ where
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if this.ending.as_mut().is_some_and(|e| e.poll_ended(cx)) {
+                    return this.halt();
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -326,7 +355,7 @@ impl Body for LeasedResponse {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        if this.ending.poll_ended(cx) {
+        if this.ending.has_ended() {
             return this.halt();
         }
         match Pin::new(inner).poll_frame(cx) {
@@ -335,6 +364,7 @@ impl Body for LeasedResponse {
                 this.inner = None;
                 Poll::Ready(None)
             }
+            Poll::Pending if this.ending.poll_ended(cx) => this.halt(),
             other => other,
         }
     }

@@ -7,6 +7,7 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +19,9 @@ use anima_protocol::lease::{
 use anima_protocol::pb::{ControlFrame, SignedToken, control_frame::Frame};
 use anima_protocol::{ConnectionId, PeerInfo, Urn};
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{
+    CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned,
+};
 use tonic::Status;
 
 use crate::lifecycle::{Exit, Phase};
@@ -79,6 +82,47 @@ pub enum LeaseEvent {
 /// Per-lease handler state, by type; emptied when the lease ends.
 pub(crate) type TenantMap = HashMap<TypeId, Box<dyn Any + Send>>;
 
+/// The end of a lease as its calls see it: a flag read without a lock on
+/// every call, and a token to wait on (only a call that has to wait
+/// registers with it).
+pub(crate) struct LeaseEnd {
+    fired: AtomicBool,
+    token: CancellationToken,
+}
+
+impl LeaseEnd {
+    fn new() -> Self {
+        LeaseEnd {
+            fired: AtomicBool::new(false),
+            token: CancellationToken::new(),
+        }
+    }
+
+    /// Ends it: true the first time, false after.
+    fn fire(&self) -> bool {
+        if self.fired.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.token.cancel();
+        true
+    }
+
+    /// Whether the lease has ended.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Completes when the lease ends (at once if it has).
+    pub(crate) fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// [`LeaseEnd::cancelled`], owning what it waits on.
+    pub(crate) fn cancelled_owned(&self) -> WaitForCancellationFutureOwned {
+        self.token.clone().cancelled_owned()
+    }
+}
+
 /// One leased connection.
 pub(crate) struct LeaseSlot {
     pub(crate) id: LeaseId,
@@ -89,7 +133,7 @@ pub(crate) struct LeaseSlot {
     pub(crate) signer: Arc<LeaseSigner>,
     lease: Mutex<Lease>,
     tenant: Mutex<TenantMap>,
-    pub(crate) ended: CancellationToken,
+    pub(crate) ended: LeaseEnd,
     /// Wakes the expiry watch when a renewal moved the expiry (earlier or
     /// later), so every end-of-lease action follows the new expiry.
     expiry_moved: tokio::sync::Notify,
@@ -375,7 +419,7 @@ impl ModuleState {
             signer,
             lease: Mutex::new(lease),
             tenant: Mutex::new(HashMap::new()),
-            ended: CancellationToken::new(),
+            ended: LeaseEnd::new(),
             expiry_moved: tokio::sync::Notify::new(),
             outbound: Mutex::new(Some(outbound)),
             #[cfg(anima_test_faults)]
@@ -439,10 +483,9 @@ impl ModuleState {
     /// table, refusing calls on its connection with the reason it ended,
     /// until the control stream closes ([`ModuleState::forget`]).
     pub(crate) fn finish(&self, slot: &LeaseSlot) {
-        if slot.ended.is_cancelled() {
+        if !slot.ended.fire() {
             return;
         }
-        slot.ended.cancel();
         // Per-lease state dies with the lease (ADR-0003 §6.3, §7).
         slot.tenant
             .lock()
