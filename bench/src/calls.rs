@@ -200,6 +200,17 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     Ok(())
 }
 
+/// A lease (60-s TTL) on the echo fixture `module`, started as [`MODULE`].
+pub(crate) async fn lease_echo(setup: &Setup, module: &Proc) -> Res<LeaseLink> {
+    LeaseOpener::new(setup)
+        .open(
+            module.addr,
+            urn(MODULE)?,
+            RenewalPolicy::new(Duration::from_secs(60)),
+        )
+        .await
+}
+
 /// A lease on the echo fixture `module` (as [`MODULE`]) and a connection to
 /// the `plain` server: the link, and a caller through each.
 pub(crate) async fn callers(
@@ -207,13 +218,7 @@ pub(crate) async fn callers(
     module: &Proc,
     plain: &Proc,
 ) -> Res<(LeaseLink, Caller, Caller)> {
-    let link = LeaseOpener::new(setup)
-        .open(
-            module.addr,
-            urn(MODULE)?,
-            RenewalPolicy::new(Duration::from_secs(60)),
-        )
-        .await?;
+    let link = lease_echo(setup, module).await?;
     let plain_conn = setup
         .client()
         .dial_addr(plain.addr, PeerPolicy::exactly(urn(PLAIN)?))

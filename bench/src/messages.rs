@@ -35,15 +35,13 @@
 use std::time::{Duration, Instant};
 
 use anima_core::audit::Actor;
-use anima_core::lease::RenewalPolicy;
 use anima_module_sdk::CoreClient;
 use anima_module_sdk::messages::{Subscription, envelope, reply_to};
 use anima_protocol::pb::{Delivery, DeliveryMode, RcsEnvelope, ReplyTo};
 use anima_tests::echo::echo_client::EchoClient;
 
 use crate::Opts;
-use crate::calls::{Caller, core_config_with};
-use crate::link::LeaseOpener;
+use crate::calls::{Caller, core_config_with, lease_echo};
 use crate::procs::{CORE, MODULE, OPERATOR, Res, Setup, core_process, module_process, urn};
 use crate::report::{Figure, Report};
 use crate::stats::Samples;
@@ -450,13 +448,7 @@ async fn request_reply(
         })
     };
     let mut echo = module_process(setup, MODULE, "type = \"resident-shared\"", false).await?;
-    let link = LeaseOpener::new(setup)
-        .open(
-            echo.addr,
-            urn(MODULE)?,
-            RenewalPolicy::new(Duration::from_secs(60)),
-        )
-        .await?;
+    let link = lease_echo(setup, &echo).await?;
     let mut direct = Caller::Leased(EchoClient::new(link.channel()));
     let rounds = if opts.quick { 2 } else { 6 };
     let block = if opts.quick { 50 } else { 250 };
