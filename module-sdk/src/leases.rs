@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::clock::now;
+use crate::deadline;
 
 use anima_protocol::lease::{
     EndedBy, Lease, LeaseError, LeaseId, LeaseSigner, LeaseState, Reason, Scope,
@@ -98,13 +99,15 @@ impl LeaseEnd {
         }
     }
 
-    /// Ends it: true the first time, false after.
+    /// Ends it for every call that looks (not yet for those waiting on
+    /// it: [`LeaseEnd::wake`]): true the first time, false after.
     fn fire(&self) -> bool {
-        if self.fired.swap(true, Ordering::AcqRel) {
-            return false;
-        }
+        !self.fired.swap(true, Ordering::AcqRel)
+    }
+
+    /// Wakes the calls waiting on the end, once it has been fired.
+    fn wake(&self) {
         self.token.cancel();
-        true
     }
 
     /// Whether the lease has ended.
@@ -483,14 +486,33 @@ impl ModuleState {
     /// table, refusing calls on its connection with the reason it ended,
     /// until the control stream closes ([`ModuleState::forget`]).
     pub(crate) fn finish(&self, slot: &LeaseSlot) {
+        if self.halt(slot) {
+            self.report_end(slot);
+        }
+    }
+
+    /// The first half of [`ModuleState::finish`]: ends the lease for its
+    /// calls, drops its tenant state and wakes the calls waiting on it, and
+    /// nothing else, so that a task which yields next has the halted calls
+    /// run before the bookkeeping ([`ModuleState::report_end`]). True the
+    /// first time.
+    fn halt(&self, slot: &LeaseSlot) -> bool {
         if !slot.ended.fire() {
-            return;
+            return false;
         }
         // Per-lease state dies with the lease (ADR-0003 §6.3, §7).
         slot.tenant
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        // Last: the runtime runs the task woken last first.
+        slot.ended.wake();
+        true
+    }
+
+    /// The second half of [`ModuleState::finish`]: counts the open leases
+    /// again, logs the end and publishes it.
+    fn report_end(&self, slot: &LeaseSlot) {
         self.count_active();
         let now = now();
         let (reason, by) = {
@@ -587,24 +609,47 @@ impl ModuleState {
 
 /// Ends the lease at its expiry instant; a renewal that moves the expiry,
 /// earlier or later, moves the end with it.
+///
+/// Two clocks race for the instant: the runtime's timer, which rounds up to
+/// its next millisecond tick and is the one tests can pause, and a
+/// deadline kept to the microsecond on the real clock
+/// ([`deadline::reached`]). Whichever wakes
+/// first, the lease ends only once the SDK's clock says it has expired; a
+/// deadline that woke early on a paused clock is not asked again for the
+/// same instant.
 async fn expiry_watch(state: Arc<ModuleState>, slot: Arc<LeaseSlot>) {
+    let mut precise_for = None;
     loop {
         let at = slot.lock().expires_at();
+        let asked = precise_for == Some(at);
+        let precise = async move {
+            if asked {
+                std::future::pending::<()>().await;
+            }
+            deadline::reached(at).await;
+        };
         tokio::select! {
             biased;
             _ = slot.ended.cancelled() => return,
+            () = precise => precise_for = Some(at),
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
             _ = slot.expiry_moved.notified() => continue,
         }
         let now = now();
-        let expired = matches!(slot.lock().state(now), LeaseState::Expired);
+        let expired = {
+            let mut lease = slot.lock();
+            let expired = matches!(lease.state(now), LeaseState::Expired);
+            if expired {
+                lease.end(Reason::LeaseExpired, EndedBy::Circumstance, "expired", now);
+            }
+            expired
+        };
         if expired {
-            state.end(
-                &slot,
-                Reason::LeaseExpired,
-                EndedBy::Circumstance,
-                "expired",
-            );
+            // The halted calls first, then the log and the event.
+            if state.halt(&slot) {
+                tokio::task::yield_now().await;
+                state.report_end(&slot);
+            }
             return;
         }
     }

@@ -94,6 +94,7 @@ mod clock;
 mod context;
 mod control;
 mod core_client;
+mod deadline;
 mod descriptors;
 mod error;
 #[cfg(anima_test_faults)]

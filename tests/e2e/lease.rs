@@ -706,12 +706,14 @@ async fn a5_killing_the_core_process_puts_the_module_in_zero_lease() {
     assert_eq!(*module.handle.active_leases().borrow(), 0);
 }
 
-#[tokio::test]
-async fn serial_e6_expiry_halts_a_running_handler_within_10ms() {
-    let (ca, module) = echo_module("30s").await;
+/// Opens a lease of `ttl` that `module`'s Core never renews, runs a 3 s
+/// `Slow` call across its expiry, and returns how long after the module's
+/// nominal expiry instant (its `Granted` event) the handler was dropped.
+/// Fails when the call is not refused `LEASE_EXPIRED`, when the handler ran
+/// to its end, or when it was dropped before the expiry.
+async fn expiry_to_halt(ca: &TestCa, module: &TestModule, ttl: Duration) -> Duration {
     let mut events = module.handle.events();
-    // A Core that never renews: the lease runs out mid-call.
-    let core = RawCore::open(&ca, CORE, &module, &[SLOW], Duration::from_millis(300)).await;
+    let core = RawCore::open(ca, CORE, module, &[SLOW], ttl).await;
     let expires_at = wait_event(&mut events, |e| match e {
         LeaseEvent::Granted { expires_at, .. } => Some(*expires_at),
         _ => None,
@@ -731,19 +733,51 @@ async fn serial_e6_expiry_halts_a_running_handler_within_10ms() {
         .halted_at
         .lock()
         .unwrap()
+        .take()
         .expect("the handler was dropped mid-call");
-    let late = halted.saturating_duration_since(expires_at);
-    eprintln!("expiry to halt: {late:?}");
     assert!(halted >= expires_at, "halted before expiry");
-    assert!(
-        late <= Duration::from_millis(10),
-        "halted {late:?} after expiry"
-    );
     assert_eq!(
         module
             .service
             .completed
             .load(std::sync::atomic::Ordering::SeqCst),
         0
+    );
+    halted.duration_since(expires_at)
+}
+
+#[tokio::test]
+async fn serial_e6_expiry_halts_a_running_handler_within_10ms() {
+    let (ca, module) = echo_module("30s").await;
+    // A Core that never renews: the lease runs out mid-call.
+    let late = expiry_to_halt(&ca, &module, Duration::from_millis(300)).await;
+    eprintln!("expiry to halt: {late:?}");
+    assert!(
+        late <= Duration::from_millis(10),
+        "halted {late:?} after expiry"
+    );
+}
+
+/// Issue 17's bound: of 100 leases that run out mid-call, 99 have their
+/// handler halted within 2 ms of the expiry instant (the runtime's timer
+/// alone rounds a deadline up to its next millisecond tick).
+#[tokio::test]
+async fn serial_e6_expiry_halts_running_handlers_within_2ms_at_p99() {
+    let (ca, module) = echo_module("30s").await;
+    let mut lates = Vec::with_capacity(100);
+    for _ in 0..100 {
+        lates.push(expiry_to_halt(&ca, &module, Duration::from_millis(60)).await);
+    }
+    let over: Vec<_> = (lates.iter().enumerate())
+        .filter(|(_, late)| **late > Duration::from_millis(2))
+        .map(|(i, late)| format!("#{i}: {late:?}"))
+        .collect();
+    lates.sort();
+    let (p50, p99, max) = (lates[49], lates[98], lates[99]);
+    eprintln!("expiry to halt, 100 leases: p50 {p50:?}, p99 {p99:?}, max {max:?}");
+    assert!(
+        p99 <= Duration::from_millis(2),
+        "p99 {p99:?} (p50 {p50:?}, max {max:?}); over 2 ms: {}",
+        over.join(", ")
     );
 }

@@ -1,0 +1,229 @@
+//! Deadlines kept to the microsecond: one thread per process that sleeps
+//! until the earliest registered instant and wakes its waiter.
+//!
+//! Tokio's timer wheel counts whole milliseconds and rounds every deadline
+//! up to its next tick, so a lease ended by `sleep_until` alone ends 0–2 ms
+//! after its instant (BENCHMARKS.md, `expiry_to_halt_us`). This thread
+//! waits on a condition variable with the remaining time, which the kernel
+//! keeps to its timer slack (50 µs by default), then wakes the task.
+//!
+//! A [`Deadline`] wakes its task once its instant has passed on the
+//! process's real monotonic clock; it does not know tokio's paused test
+//! clock, so it is only ever raced against the runtime's own timer, never
+//! used alone. The thread starts with the first deadline, holds a few
+//! kilobytes and no lock while it sleeps; registering costs one lock and a
+//! map insertion, and wakes the thread only when the new deadline is
+//! the earliest.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// A registered deadline: who to wake, once.
+struct Waiter {
+    waker: Option<Waker>,
+}
+
+/// What the thread and the deadlines share.
+struct Timers {
+    state: Mutex<State>,
+    /// Wakes the thread when a new deadline is the earliest.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Pending deadlines, earliest first; the key's second half keeps two
+    /// deadlines at one instant apart.
+    pending: BTreeMap<(Instant, u64), Waiter>,
+    next_key: u64,
+}
+
+impl Timers {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update is a single map operation: a panic elsewhere cannot
+        // leave the map half-changed.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The process's timers, their thread started on first use; `None`
+    /// when the thread cannot be started (the runtime's timer then serves
+    /// alone).
+    fn get() -> Option<&'static Timers> {
+        static TIMERS: OnceLock<Option<&'static Timers>> = OnceLock::new();
+        *TIMERS.get_or_init(|| {
+            let timers: &'static Timers = Box::leak(Box::new(Timers {
+                state: Mutex::new(State::default()),
+                changed: Condvar::new(),
+            }));
+            std::thread::Builder::new()
+                .name("anima-deadlines".into())
+                .stack_size(64 * 1024)
+                .spawn(move || timers.run())
+                .map_err(|e| tracing::warn!(error = %e, "no deadline thread; lease ends follow the runtime's timer"))
+                .ok()
+                .map(|_| timers)
+        })
+    }
+
+    /// The thread: wakes every deadline that has passed, then sleeps until
+    /// the earliest left (or until one is added).
+    fn run(&self) {
+        let mut state = self.lock();
+        loop {
+            let now = Instant::now();
+            while let Some(entry) = state.pending.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                if let Some(waker) = entry.remove().waker {
+                    waker.wake();
+                }
+            }
+            state = match state.pending.first_key_value() {
+                Some((&(at, _), _)) => {
+                    self.changed
+                        .wait_timeout(state, at.saturating_duration_since(now))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.changed.wait(state).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+}
+
+/// How long before an instant [`reached`] has its task woken. Waking a
+/// thread on this machine takes 100–200 µs (the kernel's timer slack, then
+/// the hop to a runtime worker); the task yields for the rest.
+const LEAD: Duration = Duration::from_micros(500);
+
+/// Completes at `at` on the real monotonic clock, within microseconds: the
+/// deadline thread wakes the task [`LEAD`] before, and the task yields to
+/// the runtime's other tasks until the instant (about 0.3 ms of one
+/// worker's time, once per lease that runs out).
+pub(crate) async fn reached(at: Instant) {
+    Deadline::at(at.checked_sub(LEAD).unwrap_or(at)).await;
+    while Instant::now() < at {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Completes once `at` has passed on the real monotonic clock (within the
+/// kernel's timer slack), or never when the process has no deadline thread.
+pub(crate) struct Deadline {
+    at: Instant,
+    /// The registration's key while registered.
+    key: Option<(Instant, u64)>,
+    timers: Option<&'static Timers>,
+}
+
+impl Deadline {
+    pub(crate) fn at(at: Instant) -> Self {
+        Deadline {
+            at,
+            key: None,
+            timers: Timers::get(),
+        }
+    }
+}
+
+impl Future for Deadline {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let Some(timers) = this.timers else {
+            return Poll::Pending;
+        };
+        if Instant::now() >= this.at {
+            this.deregister();
+            return Poll::Ready(());
+        }
+        let mut state = timers.lock();
+        match this.key {
+            // Still pending: keep the latest waker.
+            Some(key) if state.pending.contains_key(&key) => {
+                if let Some(w) = state.pending.get_mut(&key) {
+                    w.waker = Some(cx.waker().clone());
+                }
+            }
+            // Woken (or not yet registered) before the clock read above saw
+            // the instant: register (again).
+            _ => {
+                let key = (this.at, state.next_key);
+                state.next_key = state.next_key.wrapping_add(1);
+                let earliest = state
+                    .pending
+                    .first_key_value()
+                    .is_none_or(|(first, _)| key < *first);
+                state.pending.insert(
+                    key,
+                    Waiter {
+                        waker: Some(cx.waker().clone()),
+                    },
+                );
+                this.key = Some(key);
+                drop(state);
+                if earliest {
+                    timers.changed.notify_one();
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Deadline {
+    fn deregister(&mut self) {
+        if let (Some(key), Some(timers)) = (self.key.take(), self.timers) {
+            timers.lock().pending.remove(&key);
+        }
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        self.deregister();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_deadline_completes_after_its_instant_and_not_before() {
+        let at = Instant::now() + Duration::from_millis(5);
+        Deadline::at(at).await;
+        assert!(Instant::now() >= at);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_deadline_leaves_nothing_registered() {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut pending = Box::pin(Deadline::at(far));
+        let woken = std::future::poll_fn(|cx| Poll::Ready(pending.as_mut().poll(cx))).await;
+        assert!(woken.is_pending());
+        let key = pending.key.expect("registered");
+        let timers = Timers::get().expect("a deadline thread");
+        assert!(timers.lock().pending.contains_key(&key));
+        drop(pending);
+        assert!(!timers.lock().pending.contains_key(&key));
+    }
+
+    #[tokio::test]
+    async fn an_earlier_deadline_added_later_is_not_held_behind_a_later_one() {
+        let later = Deadline::at(Instant::now() + Duration::from_secs(3600));
+        let mut later = Box::pin(later);
+        let _ = std::future::poll_fn(|cx| Poll::Ready(later.as_mut().poll(cx))).await;
+        let soon = Instant::now() + Duration::from_millis(5);
+        tokio::time::timeout(Duration::from_secs(5), Deadline::at(soon))
+            .await
+            .expect("the earlier deadline woke its task");
+        assert!(Instant::now() >= soon);
+    }
+}
