@@ -120,9 +120,16 @@ pub struct Lease {
     sent_seq: u64,
     received_seq: u64,
     pending: Option<Pending>,
+    /// Core side: renewals given up on since the last answered request, the
+    /// oldest first (at most [`ABANDONED_KEPT`]); a late answer to one still
+    /// renews.
+    abandoned: Vec<Pending>,
     renewals: u64,
     ended: Option<Ended>,
 }
+
+/// How many abandoned renewals the Core still takes a late answer to.
+const ABANDONED_KEPT: usize = 4;
 
 /// A request the Core sends and the module answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +210,7 @@ impl Lease {
             sent_seq: 0,
             received_seq: 0,
             pending: None,
+            abandoned: Vec::new(),
             renewals: 0,
             ended: None,
         }
@@ -451,10 +459,20 @@ impl Lease {
         Ok(())
     }
 
-    /// Forgets an unanswered request (its answer timed out); a late answer
-    /// is then a protocol violation.
+    /// Stops awaiting an unanswered request (its answer timed out). A late
+    /// answer to an abandoned renewal (one of the last [`ABANDONED_KEPT`])
+    /// still renews the lease, from when that request was sent
+    /// ([`Lease::apply_renewed`]); any other late answer is ignored
+    /// ([`Lease::is_stale_answer`]). An abandoned `rescope` has failed.
     pub fn abandon_request(&mut self) {
-        self.pending = None;
+        if let Some(p) = self.pending.take()
+            && p.kind == Exchange::Renew
+        {
+            if self.abandoned.len() == ABANDONED_KEPT {
+                self.abandoned.remove(0);
+            }
+            self.abandoned.push(p);
+        }
     }
 
     /// Module side: `Ok` if `request` is a `kind` request and the lease is
@@ -478,15 +496,29 @@ impl Lease {
         now: Instant,
     ) -> Result<Pending, LeaseError> {
         answer.expect_typ(kind.answer_typ(), kind.names().1)?;
-        let pending = match self.pending.take() {
-            Some(p) if p.kind == kind && answer.re == Some(p.seq) => p,
-            other => {
-                self.pending = other;
-                return Err(LeaseError::Protocol(format!(
-                    "unexpected {} answer",
-                    kind.request_typ()
-                )));
-            }
+        let awaited = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.kind == kind && answer.re == Some(p.seq));
+        let pending = if awaited {
+            // The module answers in order: every older request is answered
+            // or never will be.
+            self.abandoned.clear();
+            self.pending.take()
+        } else {
+            // A late answer to an abandoned renewal: the ones before it are
+            // done with too; the awaited request stays awaited.
+            let late = self
+                .abandoned
+                .iter()
+                .position(|p| p.kind == kind && answer.re == Some(p.seq));
+            late.and_then(|i| self.abandoned.drain(..=i).next_back())
+        };
+        let Some(pending) = pending else {
+            return Err(LeaseError::Protocol(format!(
+                "unexpected {} answer",
+                kind.request_typ()
+            )));
         };
         self.check_valid(now)?;
         Ok(pending)
@@ -670,10 +702,13 @@ impl Lease {
     }
 
     /// Whether `answer` answers a request this side abandoned (it asked
-    /// again since): such an answer is ignored, not a violation.
+    /// again since) and no longer takes an answer to: an abandoned
+    /// `rescope`, or a renewal abandoned before the last [`ABANDONED_KEPT`].
+    /// Such an answer is ignored, not a violation.
     pub fn is_stale_answer(&self, answer: &ControlClaims) -> bool {
         let current = self.pending.as_ref().map(|p| p.seq);
-        matches!(answer.re, Some(re) if re < self.sent_seq && Some(re) != current)
+        let kept = |re| self.abandoned.iter().any(|p| p.seq == re);
+        matches!(answer.re, Some(re) if re < self.sent_seq && Some(re) != current && !kept(re))
     }
 
     /// The time of the pending request, if one is unanswered.

@@ -464,23 +464,95 @@ fn a6_an_end_after_expiry_is_recorded_as_expiry() {
     );
 }
 
+/// A8 under load: the module answered a renewal the Core had given up on
+/// and asked again. The late answer still renews (from when its request was
+/// sent), so a Core whose answers all come later than the retry interval
+/// keeps its lease; the newer answer then counts as well.
 #[test]
-fn a8_a_late_answer_to_an_abandoned_renewal_is_stale_not_a_violation() {
+fn a8_a_late_answer_to_an_abandoned_renewal_still_renews() {
     let w = world();
     let (mut core, mut module) = w.open(Duration::from_secs(1), Duration::from_secs(1));
     let first = w.renew_request(&mut core, Duration::from_secs(1));
     // No answer in time: the Core gives up and asks again.
     core.abandon_request();
-    let second = w.renew_request(&mut core, Duration::from_secs(1));
+    let asked_again = w.now + Duration::from_millis(100);
+    let second = core
+        .renew_request(&w.core, Duration::from_secs(1), asked_again, w.wall)
+        .unwrap();
+    let answered = w.now + Duration::from_millis(150);
     let r1 = module.receive(&first).unwrap();
-    let late = module.answer_renew(&w.module, &r1, w.now, w.wall).unwrap();
+    let late = module
+        .answer_renew(&w.module, &r1, answered, w.wall)
+        .unwrap();
     let r2 = module.receive(&second).unwrap();
-    let fresh = module.answer_renew(&w.module, &r2, w.now, w.wall).unwrap();
+    let fresh = module
+        .answer_renew(&w.module, &r2, answered, w.wall)
+        .unwrap();
     let late = core.receive(&late).unwrap();
-    assert!(core.is_stale_answer(&late));
+    assert!(!core.is_stale_answer(&late));
+    core.apply_renewed(&late, answered).unwrap();
+    assert_eq!(core.expires_at(), w.now + Duration::from_secs(1));
+    assert_eq!(core.renewals(), 1);
+    // The retry is still awaited, and its answer moves the expiry on.
+    assert_eq!(core.pending_since(), Some(asked_again));
     let fresh = core.receive(&fresh).unwrap();
     assert!(!core.is_stale_answer(&fresh));
-    core.apply_renewed(&fresh, w.now).unwrap();
+    core.apply_renewed(&fresh, answered).unwrap();
+    assert_eq!(core.expires_at(), asked_again + Duration::from_secs(1));
+    assert_eq!(core.pending_since(), None);
+    // Never later than the module's own expiry.
+    assert!(core.expires_at() <= module.expires_at());
+}
+
+/// Only the last four abandoned renewals take a late answer; an older one,
+/// and one that comes after the awaited answer, is ignored, not applied and
+/// not a violation.
+#[test]
+fn a8_a_late_answer_to_a_long_abandoned_renewal_is_stale() {
+    let w = world();
+    let (mut core, mut module) = w.open(Duration::from_secs(1), Duration::from_secs(1));
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        let request = w.renew_request(&mut core, Duration::from_secs(1));
+        core.abandon_request();
+        let request = module.receive(&request).unwrap();
+        answers.push(
+            module
+                .answer_renew(&w.module, &request, w.now, w.wall)
+                .unwrap(),
+        );
+    }
+    let last = w.renew_request(&mut core, Duration::from_secs(1));
+    let last = module.receive(&last).unwrap();
+    let last = module
+        .answer_renew(&w.module, &last, w.now, w.wall)
+        .unwrap();
+    let answers: Vec<_> = answers.iter().map(|a| core.receive(a).unwrap()).collect();
+    // Abandoned fifth and sixth to last: too old.
+    assert!(core.is_stale_answer(&answers[0]));
+    assert!(core.is_stale_answer(&answers[1]));
+    assert!(!core.is_stale_answer(&answers[2]));
+    let last = core.receive(&last).unwrap();
+    core.apply_renewed(&last, w.now).unwrap();
+    // The awaited answer came: the abandoned ones are done with.
+    assert!(core.is_stale_answer(&answers[5]));
+    assert_eq!(core.renewals(), 1);
+}
+
+/// An abandoned scope change has failed: its late answer is ignored.
+#[test]
+fn a8_a_late_answer_to_an_abandoned_rescope_is_stale() {
+    let w = world();
+    let (mut core, mut module) = w.open(Duration::from_secs(1), Duration::from_secs(1));
+    let narrower = Scope::new([SAY]).unwrap();
+    let request = w.rescope(&mut core, &mut module, &narrower);
+    core.abandon_request();
+    let answer = module
+        .answer_rescope(&w.module, &request, &w.declared, w.now, w.wall)
+        .unwrap();
+    let _retry = w.renew_request(&mut core, Duration::from_secs(1));
+    let answer = core.receive(&answer).unwrap();
+    assert!(core.is_stale_answer(&answer));
 }
 
 /// A signer with `like`'s identity and certificate fingerprint, and a fresh

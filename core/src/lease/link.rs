@@ -131,9 +131,10 @@ impl LinkShared {
 
     /// Verifies the module's answer `jws` to a `what` request of this side
     /// and, under the lease lock, applies it with `apply` (given the claims
-    /// and the now). `None` for a late answer, to a request this side gave
-    /// up on and asked again: harmless, the newer one counts (PROTOCOL.md
-    /// §3.4).
+    /// and the now). `None` for a stale answer, to a request this side gave
+    /// up on and no longer takes an answer to: harmless, the newer one counts
+    /// (PROTOCOL.md §3.4). A late answer to one of the last abandoned
+    /// renewals is applied like the awaited one.
     fn apply_answer<T>(
         &self,
         jws: &str,

@@ -259,19 +259,39 @@ async fn an_unanswered_renewal_is_asked_again_until_the_lease_expires() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_late_answer_to_an_abandoned_renewal_is_ignored_and_the_new_one_counts() {
+async fn a_late_answer_to_an_abandoned_renewal_renews_and_the_new_one_counts_too() {
     let ttl = Duration::from_secs(3);
     let (link, mut module) = start(ttl, retrying(ttl));
     let (first, _) = module.renewal().await;
     let (second, _) = module.renewal().await;
-    // The answer to the first request arrives after the Core asked again.
+    // The answer to the first request arrives after the Core asked again:
+    // it renews from when the first was sent (2 s + 3 s), and the second
+    // is still awaited.
     module.grant_renewal(&first).await;
     module.grant_renewal(&second).await;
     let (_, at) = module.renewal().await;
-    // Renewed from when the second request was sent (2.3 s + 3 s - 1 s).
+    // Then the second's: from when it was sent (2.3 s + 3 s - 1 s).
     assert_eq!(link.since_start(at), Duration::from_millis(4300));
-    assert_eq!(link.shared.lock().renewals(), 1);
-    assert_eq!(link.audited(AuditEvent::Renewed).len(), 1);
+    assert_eq!(link.shared.lock().renewals(), 2);
+    assert_eq!(link.audited(AuditEvent::Renewed).len(), 2);
+    assert!(link.shared.proof_for(SAY).is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_whose_every_answer_comes_after_the_retry_is_kept() {
+    let ttl = Duration::from_secs(3);
+    let (link, mut module) = start(ttl, retrying(ttl));
+    for _ in 0..3 {
+        // Each answer comes only after the Core has asked again.
+        let (late, _) = module.renewal().await;
+        let (retry, _) = module.renewal().await;
+        module.grant_renewal(&late).await;
+        module.grant_renewal(&retry).await;
+    }
+    // The next renewal is asked for once both last answers are applied.
+    let _ = module.renewal().await;
+    assert_eq!(link.shared.lock().renewals(), 6);
+    assert!(matches!(*link.state.borrow(), LeaseState::Active));
     assert!(link.shared.proof_for(SAY).is_ok());
 }
 
