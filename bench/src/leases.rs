@@ -93,6 +93,14 @@ fn revoke_all(links: &[LeaseLink]) {
     }
 }
 
+/// How many of `links` are no longer active.
+fn lost_of(links: &[LeaseLink]) -> usize {
+    links
+        .iter()
+        .filter(|l| !matches!(l.state(), LeaseState::Active))
+        .count()
+}
+
 fn renewals_of(links: &[LeaseLink]) -> u64 {
     links.iter().map(LeaseLink::renewals).sum()
 }
@@ -181,7 +189,9 @@ async fn renewal_rate(
     let opened = Instant::now();
     let links = open_many(setup, module.addr, n, &step.policy()).await?;
     let open_s = opened.elapsed().as_secs_f64();
+    let lost_opening = lost_of(&links);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let lost_settling = lost_of(&links);
     let r0 = renewals_of(&links);
     let module_cpu = CpuMeter::start(module.pid);
     let core_cpu = CpuMeter::start(0);
@@ -191,10 +201,7 @@ async fn renewal_rate(
     let secs = t0.elapsed().as_secs_f64();
     let (m_used, m_pct) = module_cpu.read();
     let (c_used, c_pct) = core_cpu.read();
-    let lost = links
-        .iter()
-        .filter(|l| !matches!(l.state(), LeaseState::Active))
-        .count();
+    let lost = lost_of(&links);
     revoke_all(&links);
     drop(links);
     let done = r1.saturating_sub(r0);
@@ -211,6 +218,8 @@ async fn renewal_rate(
         .f("offered", step.offered(n), 0)
         .i("leases", n as u64)
         .i("lost", lost as u64)
+        .i("lost_by_opened", lost_opening as u64)
+        .i("lost_by_window", lost_settling as u64)
         .f("module_cpu_pct", m_pct, 1)
         .f("core_cpu_pct", c_pct, 1)
         .f("module_cpu_us_per_renewal", per_renewal(m_used), 1)
