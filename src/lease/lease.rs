@@ -121,7 +121,7 @@ pub struct Lease {
     received_seq: u64,
     pending: Option<Pending>,
     /// Core side: renewals given up on since the last answered request, the
-    /// oldest first (at most [`ABANDONED_KEPT`]); a late answer to one still
+    /// oldest first (at most four: `ABANDONED_KEPT`); a late answer to one still
     /// renews.
     abandoned: Vec<Pending>,
     renewals: u64,
@@ -460,7 +460,7 @@ impl Lease {
     }
 
     /// Stops awaiting an unanswered request (its answer timed out). A late
-    /// answer to an abandoned renewal (one of the last [`ABANDONED_KEPT`])
+    /// answer to an abandoned renewal (one of the last four)
     /// still renews the lease, from when that request was sent
     /// ([`Lease::apply_renewed`]); any other late answer is ignored
     /// ([`Lease::is_stale_answer`]). An abandoned `rescope` has failed.
@@ -703,7 +703,7 @@ impl Lease {
 
     /// Whether `answer` answers a request this side abandoned (it asked
     /// again since) and no longer takes an answer to: an abandoned
-    /// `rescope`, or a renewal abandoned before the last [`ABANDONED_KEPT`].
+    /// `rescope`, or a renewal abandoned before the last four.
     /// Such an answer is ignored, not a violation.
     pub fn is_stale_answer(&self, answer: &ControlClaims) -> bool {
         let current = self.pending.as_ref().map(|p| p.seq);
