@@ -22,11 +22,6 @@ use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// A registered deadline: who to wake, once.
-struct Waiter {
-    waker: Option<Waker>,
-}
-
 /// What the thread and the deadlines share.
 struct Timers {
     state: Mutex<State>,
@@ -36,9 +31,9 @@ struct Timers {
 
 #[derive(Default)]
 struct State {
-    /// Pending deadlines, earliest first; the key's second half keeps two
-    /// deadlines at one instant apart.
-    pending: BTreeMap<(Instant, u64), Waiter>,
+    /// Pending deadlines and the task each wakes, earliest first; the key's
+    /// second half keeps two deadlines at one instant apart.
+    pending: BTreeMap<(Instant, u64), Waker>,
     next_key: u64,
 }
 
@@ -79,9 +74,7 @@ impl Timers {
                 if entry.key().0 > now {
                     break;
                 }
-                if let Some(waker) = entry.remove().waker {
-                    waker.wake();
-                }
+                entry.remove().wake();
             }
             state = match state.pending.first_key_value() {
                 Some((&(at, _), _)) => {
@@ -103,7 +96,7 @@ const LEAD: Duration = Duration::from_micros(500);
 
 /// Completes at `at` on the real monotonic clock, within microseconds: the
 /// deadline thread wakes the task [`LEAD`] before, and the task yields to
-/// the runtime's other tasks until the instant (about 0.3 ms of one
+/// the runtime's other tasks until the instant (at most [`LEAD`] of one
 /// worker's time, once per lease that runs out).
 pub(crate) async fn reached(at: Instant) {
     Deadline::at(at.checked_sub(LEAD).unwrap_or(at)).await;
@@ -116,7 +109,7 @@ pub(crate) async fn reached(at: Instant) {
 /// kernel's timer slack), or never when the process has no deadline thread.
 pub(crate) struct Deadline {
     at: Instant,
-    /// The registration's key while registered.
+    /// The registration's key while registered (its instant is `at`).
     key: Option<(Instant, u64)>,
     timers: Option<&'static Timers>,
 }
@@ -144,34 +137,24 @@ impl Future for Deadline {
             return Poll::Ready(());
         }
         let mut state = timers.lock();
-        match this.key {
-            // Still pending: keep the latest waker.
-            Some(key) if state.pending.contains_key(&key) => {
-                if let Some(w) = state.pending.get_mut(&key) {
-                    w.waker = Some(cx.waker().clone());
-                }
-            }
-            // Woken (or not yet registered) before the clock read above saw
-            // the instant: register (again).
-            _ => {
-                let key = (this.at, state.next_key);
-                state.next_key = state.next_key.wrapping_add(1);
-                let earliest = state
-                    .pending
-                    .first_key_value()
-                    .is_none_or(|(first, _)| key < *first);
-                state.pending.insert(
-                    key,
-                    Waiter {
-                        waker: Some(cx.waker().clone()),
-                    },
-                );
-                this.key = Some(key);
-                drop(state);
-                if earliest {
-                    timers.changed.notify_one();
-                }
-            }
+        // Still registered: keep the latest waker.
+        if let Some(waker) = this.key.and_then(|key| state.pending.get_mut(&key)) {
+            waker.clone_from(cx.waker());
+            return Poll::Pending;
+        }
+        // Not yet registered, or woken before the clock read above saw the
+        // instant: register (again).
+        let key = (this.at, state.next_key);
+        state.next_key = state.next_key.wrapping_add(1);
+        let earliest = state
+            .pending
+            .first_key_value()
+            .is_none_or(|(first, _)| key < *first);
+        state.pending.insert(key, cx.waker().clone());
+        this.key = Some(key);
+        drop(state);
+        if earliest {
+            timers.changed.notify_one();
         }
         Poll::Pending
     }
