@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::de::DeserializeOwned;
 
-use crate::lease::{LeaseError, PeerKey};
+use crate::lease::LeaseError;
 
 /// Whether `package` is the test-only copy of this crate, the one crate
 /// allowed to compile this module (checked at compile time in `lib.rs`).
@@ -138,14 +138,15 @@ pub(crate) fn on(fault: ProtocolFault) -> bool {
     ACTIVE.load(Ordering::Relaxed) == fault as u8
 }
 
-/// `jws::verify`, except that with `skip` on a token whose signature does
-/// not verify is decoded anyway.
+/// `verified`, the outcome of verifying `token`, except that with `skip` on
+/// a token whose signature (or renewal tag) does not verify is decoded
+/// anyway.
 pub(crate) fn verify_token<T: DeserializeOwned>(
     token: &str,
-    key: &PeerKey,
+    verified: Result<T, LeaseError>,
     skip: ProtocolFault,
 ) -> Result<T, LeaseError> {
-    match crate::lease::verify_jws(token, key) {
+    match verified {
         Err(LeaseError::BadSignature) if on(skip) => {
             tracing::warn!(
                 fault = skip.as_str(),

@@ -232,7 +232,7 @@ impl Session {
     pub fn renew_token(&mut self, ttl: Duration) -> Result<String, ToolError> {
         Ok(self
             .lease
-            .renew_request(&self.signer, ttl, Instant::now(), SystemTime::now())?)
+            .renew_request(ttl, Instant::now(), SystemTime::now())?)
     }
 
     /// Sends a control frame (false if the stream is gone).
@@ -260,7 +260,7 @@ impl Session {
     pub async fn renew(&mut self, ttl: Duration) -> Result<Duration, ToolError> {
         let jws = self
             .lease
-            .renew_request(&self.signer, ttl, Instant::now(), SystemTime::now())?;
+            .renew_request(ttl, Instant::now(), SystemTime::now())?;
         self.send(Frame::Renew(SignedToken { jws })).await;
         match self.answer().await? {
             Some(Frame::Renewed(SignedToken { jws })) => {

@@ -195,7 +195,7 @@ impl Session {
         match frame {
             Frame::Renew(SignedToken { jws }) => {
                 let claims = self.module.receive(&jws)?;
-                let answer = self.module.answer_renew(&p.module, &claims, now, wall)?;
+                let answer = self.module.answer_renew(&claims, now, wall)?;
                 let ttl = self.module.ttl();
                 assert!(
                     (MIN_TTL..=MAX_TTL).contains(&ttl),
@@ -280,7 +280,7 @@ impl Session {
         }
         if let Ok(jws) =
             self.core
-                .renew_request(&self.p.core, REQUEST_TTL, self.now, fixtures::wall())
+                .renew_request(REQUEST_TTL, self.now, fixtures::wall())
         {
             self.to_module.push_back(Frame::Renew(SignedToken { jws }));
         }

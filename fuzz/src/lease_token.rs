@@ -121,13 +121,13 @@ pub fn seeds() -> Vec<Vec<u8>> {
     let (grant, _) = fixtures::grant(p, &offer, now).expect("an honest grant");
     let (mut core, mut module) = fixtures::handshake(p, now);
     let renew = core
-        .renew_request(&p.core, REQUEST_TTL, now, fixtures::wall())
+        .renew_request(REQUEST_TTL, now, fixtures::wall())
         .expect("renew");
     let claims = module
         .receive(&renew)
         .expect("the module takes the renewal");
     let renewed = module
-        .answer_renew(&p.module, &claims, now, fixtures::wall())
+        .answer_renew(&claims, now, fixtures::wall())
         .expect("renewed");
     let revoke = module
         .revoke(

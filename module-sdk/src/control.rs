@@ -273,7 +273,7 @@ fn step(state: &ModuleState, slot: &LeaseSlot, f: Frame) -> Result<(), LeaseErro
             let (answer, ttl, expires_at) = {
                 let mut lease = slot.lock();
                 let claims = lease.receive(&jws)?;
-                let answer = lease.answer_renew(&slot.signer, &claims, now(), wall)?;
+                let answer = lease.answer_renew(&claims, now(), wall)?;
                 (answer, lease.ttl(), lease.expires_at())
             };
             slot.send(Frame::Renewed(SignedToken { jws: answer }));

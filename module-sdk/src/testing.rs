@@ -280,9 +280,7 @@ impl FakeLease {
     /// Renews for `ttl`; returns the TTL granted.
     pub async fn renew(&self, ttl: Duration) -> Result<Duration, SdkError> {
         let now = tokio::time::Instant::now().into_std();
-        let jws = self
-            .lock()
-            .renew_request(&self.signer, ttl, now, SystemTime::now())?;
+        let jws = self.lock().renew_request(ttl, now, SystemTime::now())?;
         self.send(Frame::Renew(SignedToken { jws })).await?;
         match self.next().await? {
             Frame::Renewed(SignedToken { jws }) => {

@@ -16,6 +16,7 @@ use super::jws::{self, b64, b64_array};
 use super::keys::{LeaseSigner, PeerBinding};
 use super::lease::{Lease, LeaseId, Side};
 use super::proof::ProofKey;
+use super::renewal::{LeaseKeys, RenewalKey};
 use super::scope::Scope;
 use crate::identity::Urn;
 use crate::transport::Fingerprint;
@@ -197,14 +198,25 @@ pub(crate) fn hkdf_salt(offer_jws: &str, grant_jws: &str) -> [u8; 64] {
     salt
 }
 
-/// The HKDF info: `"anima/v1 proof key "` followed by the 16 lease id bytes.
+/// The HKDF info of the per-call key: `"anima/v1 proof key "` followed by
+/// the 16 lease id bytes.
 pub(crate) fn hkdf_info(lease_id: &LeaseId) -> Vec<u8> {
-    let mut info = b"anima/v1 proof key ".to_vec();
+    info(b"anima/v1 proof key ", lease_id)
+}
+
+/// The HKDF info of the renewal key: `"anima/v1 renewal key "` followed by
+/// the 16 lease id bytes.
+pub(crate) fn hkdf_renewal_info(lease_id: &LeaseId) -> Vec<u8> {
+    info(b"anima/v1 renewal key ", lease_id)
+}
+
+fn info(label: &[u8], lease_id: &LeaseId) -> Vec<u8> {
+    let mut info = label.to_vec();
     info.extend_from_slice(&lease_id.0);
     info
 }
 
-/// The 32 bytes of the per-call key: HKDF-SHA256 of the shared secret.
+/// 32 bytes of key material: HKDF-SHA256 of the shared secret, for `info`.
 pub(crate) fn proof_key_bytes(
     shared: &SharedSecret,
     salt: &[u8; 64],
@@ -219,20 +231,23 @@ pub(crate) fn proof_key_bytes(
     Ok(out)
 }
 
-fn derive_key(
+/// Both keys of the lease (PROTOCOL.md §3.3): the per-call key and the
+/// renewal key, from one shared secret and salt, with their own `info`.
+fn derive_keys(
     secret: &StaticSecret,
     peer_kx: &str,
     lease_id: &LeaseId,
     offer_jws: &str,
     grant_jws: &str,
-) -> Result<ProofKey, LeaseError> {
+) -> Result<LeaseKeys, LeaseError> {
     let shared = shared_secret(secret, peer_kx)?;
-    let key = proof_key_bytes(
-        &shared,
-        &hkdf_salt(offer_jws, grant_jws),
-        &hkdf_info(lease_id),
-    )?;
-    Ok(ProofKey::new(&key))
+    let salt = hkdf_salt(offer_jws, grant_jws);
+    let proof = proof_key_bytes(&shared, &salt, &hkdf_info(lease_id))?;
+    let renewal = proof_key_bytes(&shared, &salt, &hkdf_renewal_info(lease_id))?;
+    Ok(LeaseKeys {
+        proof: ProofKey::new(&proof),
+        renewal: RenewalKey::new(&renewal),
+    })
 }
 
 /// Core side: signs an offer for the module at the other end of `peer`.
@@ -340,7 +355,7 @@ impl PendingLease {
             )));
         }
         let ttl = ttl.min(cert_bound(wall, signer.not_after(), self.peer.not_after));
-        let key = derive_key(&self.kx, &claims.kx, &self.id, &self.offer_jws, grant_jws)?;
+        let keys = derive_keys(&self.kx, &claims.kx, &self.id, &self.offer_jws, grant_jws)?;
         Ok(Lease::new(
             self.id,
             Side::Core,
@@ -351,8 +366,9 @@ impl PendingLease {
             self.sent_at,
             wall,
             self.request.ttl,
-            key,
+            keys,
             self.peer,
+            signer.not_after(),
         ))
     }
 }
@@ -403,7 +419,7 @@ pub fn grant(
             .collect(),
     };
     let grant_jws = jws::sign(&grant_claims, signer.key())?;
-    let key = derive_key(&kx, &claims.kx, &id, offer_jws, &grant_jws)?;
+    let keys = derive_keys(&kx, &claims.kx, &id, offer_jws, &grant_jws)?;
     let lease = Lease::new(
         id,
         Side::Module,
@@ -414,8 +430,9 @@ pub fn grant(
         now,
         wall,
         policy.max_ttl,
-        key,
+        keys,
         peer.clone(),
+        signer.not_after(),
     );
     Ok((grant_jws, lease))
 }
@@ -433,7 +450,7 @@ fn verify_offer(
     #[cfg(anima_test_faults)]
     let claims: LeaseClaims = crate::fault::verify_token(
         offer_jws,
-        &peer.key,
+        jws::verify(offer_jws, &peer.key),
         crate::fault::ProtocolFault::OfferSignature,
     )?;
     check_common(

@@ -1,10 +1,12 @@
 //! JWS compact serialization (RFC 7515), the one token format of the lease
 //! protocol, signed with EdDSA (RFC 8037, Ed25519 certificate keys) or ES256
-//! (RFC 7518, P-256 certificate keys).
+//! (RFC 7518, P-256 certificate keys), or, for renewals only, authenticated
+//! with HS256 under the lease's renewal key (RFC 7518 §3.2, [`RenewalKey`]).
 //!
-//! The header is exactly `{"alg":"EdDSA","typ":"JWT"}` or
+//! A signed token's header is exactly `{"alg":"EdDSA","typ":"JWT"}` or
 //! `{"alg":"ES256","typ":"JWT"}`, and it must match the key of the signer's
-//! certificate; a token with any other header is refused. This module
+//! certificate; a renewal token's is exactly `{"alg":"HS256","typ":"JWT"}`;
+//! a token with any other header is refused. This module
 //! encodes and checks the form; the signature itself is made and checked by
 //! `jsonwebtoken` (over `ring`: `super::crypto`, `super::keys`) over the signing
 //! input exactly as sent or received, with the algorithm of the certificate
@@ -19,11 +21,17 @@ use serde::de::DeserializeOwned;
 
 use super::error::LeaseError;
 use super::keys::{PeerKey, SIGNATURE_LEN, SignKey};
+use super::renewal::{RenewalKey, TAG_LEN};
 
 /// The header of tokens signed with an Ed25519 certificate key.
 pub const HEADER: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
 /// The header of tokens signed with an ECDSA P-256 certificate key.
 pub const HEADER_ES256: &str = r#"{"alg":"ES256","typ":"JWT"}"#;
+
+/// The header of renewal tokens, authenticated with the lease's renewal key.
+pub const HEADER_HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+/// [`HEADER_HS256`] in base64url: a renewal token's first segment.
+const HEADER_HS256_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
 
 /// The largest token accepted (bytes). Real tokens are well under 2 KiB.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -60,44 +68,110 @@ pub fn sign_claims<T: Serialize>(
 /// Everything here is peer input: sizes are bounded, and every failure is a
 /// [`LeaseError::BadToken`] or [`LeaseError::BadSignature`], never a panic.
 pub(crate) fn verify<T: DeserializeOwned>(token: &str, key: &PeerKey) -> Result<T, LeaseError> {
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(LeaseError::BadToken("token too long".into()));
-    }
-    let mut parts = token.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(LeaseError::BadToken(
-            "not a JWS compact serialization".into(),
-        ));
-    };
-    if header_b64.is_empty() || payload_b64.is_empty() || signature.is_empty() {
-        return Err(LeaseError::BadToken("a JWS segment is empty".into()));
-    }
-    let header = B64
-        .decode(header_b64)
-        .map_err(|_| LeaseError::BadToken("header is not base64url".into()))?;
-    if header != key.header().as_bytes() {
-        return Err(LeaseError::BadToken(format!(
-            "unsupported JWS header (the signer's certificate key needs exactly {})",
-            key.header()
-        )));
-    }
-    // Form before signature: every segment is canonical unpadded base64url
-    // (trailing bits zero) before the signature is checked.
-    let payload = B64
-        .decode(payload_b64)
-        .map_err(|_| LeaseError::BadToken("payload is not base64url".into()))?;
-    let signature: [u8; SIGNATURE_LEN] = B64
-        .decode(signature)
-        .ok()
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| LeaseError::BadToken("signature is not 64 base64url bytes".into()))?;
+    let form = Form::<SIGNATURE_LEN>::parse(token, key.header())?;
     // The signing input is `header "." payload`, exactly as received; the
     // algorithm is the certificate key's (the header was checked to match).
-    let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
-    key.verify(signed.as_bytes(), &signature)?;
-    serde_json::from_slice(&payload).map_err(|e| LeaseError::BadToken(format!("claims: {e}")))
+    key.verify(form.signed.as_bytes(), &form.signature)?;
+    form.claims()
+}
+
+/// Authenticates `claims` with the lease's renewal key (`HS256`) and returns
+/// the compact serialization: the form of `renew` and `renewed` tokens.
+pub(crate) fn mac<T: Serialize>(claims: &T, key: &RenewalKey) -> Result<String, LeaseError> {
+    let payload = serde_json::to_vec(claims).map_err(|e| LeaseError::Encode(e.to_string()))?;
+    let mut out = String::with_capacity(HEADER_HS256_B64.len() + payload.len() * 4 / 3 + 48);
+    out.push_str(HEADER_HS256_B64);
+    out.push('.');
+    B64.encode_string(&payload, &mut out);
+    let tag = key.tag(out.as_bytes());
+    out.push('.');
+    B64.encode_string(tag, &mut out);
+    Ok(out)
+}
+
+/// Authenticates `claims` exactly as given with a renewal key.
+///
+/// For tools that test a peer with tokens an honest side never sends, as
+/// [`sign_claims`]; an honest side uses [`super::Lease::renew_request`] and
+/// [`super::Lease::answer_renew`].
+pub fn mac_claims<T: Serialize>(key: &RenewalKey, claims: &T) -> Result<String, LeaseError> {
+    mac(claims, key)
+}
+
+/// Checks an `HS256` token with the lease's renewal key and decodes its
+/// claims, with the same form checks as [`verify`].
+pub(crate) fn verify_mac<T: DeserializeOwned>(
+    token: &str,
+    key: &RenewalKey,
+) -> Result<T, LeaseError> {
+    let form = Form::<TAG_LEN>::parse(token, HEADER_HS256)?;
+    key.verify(form.signed.as_bytes(), &form.signature)?;
+    form.claims()
+}
+
+/// Whether `token`'s header segment is the `HS256` one (a renewal token);
+/// its form is checked when it is verified.
+pub(crate) fn is_mac(token: &str) -> bool {
+    token
+        .split_once('.')
+        .is_some_and(|(header, _)| header == HEADER_HS256_B64)
+}
+
+/// A token whose form passed (PROTOCOL.md §3, stage 1), its signature or
+/// tag `N` bytes long and not yet checked.
+struct Form<'a, const N: usize> {
+    /// The signing input, `header "." payload`, exactly as received.
+    signed: &'a str,
+    payload: Vec<u8>,
+    signature: [u8; N],
+}
+
+impl<'a, const N: usize> Form<'a, N> {
+    /// Checks the form of `token`, whose header must be exactly `header`.
+    fn parse(token: &'a str, header: &str) -> Result<Self, LeaseError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(LeaseError::BadToken("token too long".into()));
+        }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(LeaseError::BadToken(
+                "not a JWS compact serialization".into(),
+            ));
+        };
+        if header_b64.is_empty() || payload_b64.is_empty() || signature.is_empty() {
+            return Err(LeaseError::BadToken("a JWS segment is empty".into()));
+        }
+        let decoded = B64
+            .decode(header_b64)
+            .map_err(|_| LeaseError::BadToken("header is not base64url".into()))?;
+        if decoded != header.as_bytes() {
+            return Err(LeaseError::BadToken(format!(
+                "unsupported JWS header (this token needs exactly {header})"
+            )));
+        }
+        // Form before signature: every segment is canonical unpadded
+        // base64url (trailing bits zero) before the signature is checked.
+        let payload = B64
+            .decode(payload_b64)
+            .map_err(|_| LeaseError::BadToken("payload is not base64url".into()))?;
+        let signature: [u8; N] = B64
+            .decode(signature)
+            .ok()
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| LeaseError::BadToken(format!("signature is not {N} base64url bytes")))?;
+        Ok(Form {
+            signed: &token[..header_b64.len() + 1 + payload_b64.len()],
+            payload,
+            signature,
+        })
+    }
+
+    fn claims<T: DeserializeOwned>(&self) -> Result<T, LeaseError> {
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| LeaseError::BadToken(format!("claims: {e}")))
+    }
 }
 
 /// The claims of `token`, its signature unchecked: the test-only fault
@@ -294,6 +368,47 @@ mod tests {
         }
         let max = signed_raw(br#"{"a":"x","n":18446744073709551615}"#);
         assert_eq!(reason_of(&max).unwrap().n, u64::MAX);
+    }
+
+    #[test]
+    fn hs256_header_segment_is_the_header_in_base64url() {
+        assert_eq!(HEADER_HS256_B64, b64(HEADER_HS256.as_bytes()));
+    }
+
+    #[test]
+    fn hs256_round_trip_and_refusals() {
+        let claims = Claims {
+            a: "x".into(),
+            n: 7,
+        };
+        let renewal = RenewalKey::new(&[3; 32]);
+        let token = mac(&claims, &renewal).unwrap();
+        assert!(is_mac(&token));
+        assert_eq!(verify_mac::<Claims>(&token, &renewal).unwrap(), claims);
+        // Another key, a tampered payload: the tag does not verify.
+        let other = RenewalKey::new(&[4; 32]);
+        let reason = |t: &str, k: &RenewalKey| verify_mac::<Claims>(t, k).map_err(|e| e.reason());
+        assert_eq!(reason(&token, &other).unwrap_err(), BadSignature);
+        let parts: Vec<&str> = token.split('.').collect();
+        let tampered = format!("{}.{}.{}", parts[0], b64(br#"{"a":"y","n":7}"#), parts[2]);
+        assert_eq!(reason(&tampered, &renewal).unwrap_err(), BadSignature);
+        // Form: a tag of another length, a signed token's header, a 64-byte
+        // signature: refused before the tag is checked.
+        for bad in [
+            format!("{}.{}.{}", parts[0], parts[1], b64(&[0; 31])),
+            format!("{}.{}.{}", parts[0], parts[1], b64(&[0; 64])),
+            format!("{}.{}.{}", b64(HEADER.as_bytes()), parts[1], parts[2]),
+        ] {
+            assert_eq!(reason(&bad, &renewal).unwrap_err(), BadToken, "{bad}");
+        }
+        // A signed token is not an HS256 one, nor the other way round.
+        let signed = sign(&claims, &key(1)).unwrap();
+        assert!(!is_mac(&signed));
+        assert_eq!(reason(&signed, &renewal).unwrap_err(), BadToken);
+        assert!(matches!(
+            verify::<Claims>(&token, &key(1).public_key()),
+            Err(LeaseError::BadToken(_))
+        ));
     }
 
     #[test]

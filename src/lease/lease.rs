@@ -14,6 +14,7 @@ use super::jws::{self, b64};
 use super::keys::{LeaseSigner, PeerBinding};
 use super::proof::{ProofKey, ReplayWindow};
 use super::reason::Reason;
+use super::renewal::{LeaseKeys, RenewalKey};
 use super::scope::Scope;
 use crate::identity::Urn;
 use crate::transport::ConnectionId;
@@ -115,8 +116,12 @@ pub struct Lease {
     expires_at: Instant,
     wall_issued: SystemTime,
     proof: ProofKey,
+    renewal: RenewalKey,
     replay: ReplayWindow,
     peer: PeerBinding,
+    /// When this side's own certificate (the one presented on the lease's
+    /// connection) expires: renewals never run past it.
+    own_not_after: Option<SystemTime>,
     sent_seq: u64,
     received_seq: u64,
     pending: Option<Pending>,
@@ -190,8 +195,9 @@ impl Lease {
         start: Instant,
         wall: SystemTime,
         max_ttl: Duration,
-        proof: ProofKey,
+        keys: LeaseKeys,
         peer: PeerBinding,
+        own_not_after: Option<SystemTime>,
     ) -> Self {
         Lease {
             id,
@@ -204,9 +210,11 @@ impl Lease {
             issued_at: start,
             expires_at: start + ttl,
             wall_issued: wall,
-            proof,
+            proof: keys.proof,
+            renewal: keys.renewal,
             replay: ReplayWindow::default(),
             peer,
+            own_not_after,
             sent_seq: 0,
             received_seq: 0,
             pending: None,
@@ -279,6 +287,12 @@ impl Lease {
     /// The per-lease proof key (the Core signs calls with it).
     pub fn proof_key(&self) -> &ProofKey {
         &self.proof
+    }
+
+    /// The key that authenticates this lease's renewal tokens (PROTOCOL.md
+    /// §3.3), for tools that send tokens an honest side never does.
+    pub fn renewal_key(&self) -> &RenewalKey {
+        &self.renewal
     }
 
     /// How the lease ended, if it did (expiry is not recorded here).
@@ -369,6 +383,7 @@ impl Lease {
         self.ended = Some(ended);
     }
 
+    /// Numbers `claims` and signs them with this side's certificate key.
     fn control(
         &mut self,
         signer: &LeaseSigner,
@@ -377,6 +392,14 @@ impl Lease {
         self.sent_seq += 1;
         claims.seq = self.sent_seq;
         jws::sign(&claims, signer.key())
+    }
+
+    /// Numbers renewal `claims` and authenticates them with the lease's
+    /// renewal key (`HS256`).
+    fn renewal_control(&mut self, mut claims: ControlClaims) -> Result<String, LeaseError> {
+        self.sent_seq += 1;
+        claims.seq = self.sent_seq;
+        jws::mac(&claims, &self.renewal)
     }
 
     fn blank(&self, typ: &str, wall: SystemTime) -> ControlClaims {
@@ -401,18 +424,37 @@ impl Lease {
         }
     }
 
-    /// Verifies a control token from the peer: signature, claim set, lease
-    /// id, order.
+    /// Verifies a control token from the peer: signature (or, for a
+    /// renewal, its tag under the renewal key), claim set, lease id, order.
     pub fn receive(&mut self, token: &str) -> Result<ControlClaims, LeaseError> {
+        let renewal = jws::is_mac(token);
+        let verified = if renewal {
+            jws::verify_mac(token, &self.renewal)
+        } else {
+            jws::verify(token, &self.peer.key)
+        };
         #[cfg(not(anima_test_faults))]
-        let claims: ControlClaims = jws::verify(token, &self.peer.key)?;
+        let claims: ControlClaims = verified?;
         #[cfg(anima_test_faults)]
         let claims: ControlClaims = crate::fault::verify_token(
             token,
-            &self.peer.key,
+            verified,
             crate::fault::ProtocolFault::ControlSignature,
         )?;
         claims.check_claim_set()?;
+        // Renewals, and only renewals, are authenticated with the renewal key.
+        let is_renewal_typ = claims.typ == TYP_RENEW || claims.typ == TYP_RENEWED;
+        if renewal != is_renewal_typ {
+            return Err(LeaseError::BadToken(format!(
+                "a {} token must be {}",
+                claims.typ,
+                if is_renewal_typ {
+                    "authenticated with the lease's renewal key (HS256)"
+                } else {
+                    "signed with the certificate key"
+                }
+            )));
+        }
         if claims.lid != self.id.to_string() && !fault_on!(ControlLid) {
             return Err(LeaseError::Protocol(
                 "control token for another lease".into(),
@@ -524,10 +566,10 @@ impl Lease {
         Ok(pending)
     }
 
-    /// Core side: a signed renewal request for `ttl`.
+    /// Core side: a renewal request for `ttl`, authenticated with the
+    /// lease's renewal key.
     pub fn renew_request(
         &mut self,
-        signer: &LeaseSigner,
         ttl: Duration,
         now: Instant,
         wall: SystemTime,
@@ -535,7 +577,7 @@ impl Lease {
         self.start_request(Exchange::Renew, ttl, None, now)?;
         let mut claims = self.blank(TYP_RENEW, wall);
         claims.ttl_ms = Some(ms(ttl));
-        self.control(signer, claims)
+        self.renewal_control(claims)
     }
 
     /// Module side: answers a verified renewal request. The lease then runs
@@ -543,7 +585,6 @@ impl Lease {
     /// contract maximum.
     pub fn answer_renew(
         &mut self,
-        signer: &LeaseSigner,
         request: &ControlClaims,
         now: Instant,
         wall: SystemTime,
@@ -560,7 +601,7 @@ impl Lease {
         let granted =
             asked
                 .min(self.max_ttl)
-                .min(cert_bound(wall, signer.not_after(), self.peer.not_after));
+                .min(cert_bound(wall, self.own_not_after, self.peer.not_after));
         if granted < MIN_TTL {
             return Err(LeaseError::BadToken(
                 "a certificate expires before a renewed lease could run".into(),
@@ -580,7 +621,7 @@ impl Lease {
             granted.as_secs().max(1),
             wall,
         );
-        self.control(signer, claims)
+        self.renewal_control(claims)
     }
 
     /// Core side: applies a verified renewal answer. The Core's lease runs

@@ -5,9 +5,10 @@
 //! peer's certificate key, both identities equal to the mTLS peers, both
 //! certificate fingerprints, scope within the declared methods, TTL within
 //! the contract's maximum). Both then hold a [`Lease`] with the same id, scope
-//! and TTL, and a per-lease [`ProofKey`] agreed by ephemeral X25519 + HKDF
-//! inside the signed handshake. Afterwards only per-call proofs, renewals,
-//! scope changes and revocations cross the wire.
+//! and TTL, and a per-lease [`ProofKey`] and [`RenewalKey`] agreed by
+//! ephemeral X25519 + HKDF inside the signed handshake. Afterwards only
+//! per-call proofs, renewals (authenticated with the renewal key), signed
+//! scope changes and signed revocations cross the wire.
 //!
 //! Issuing ([`offer`], [`grant`], [`LeaseSigner`]) and verifying
 //! ([`PendingLease::accept`], [`grant`]'s checks, [`Lease::receive`]) take
@@ -49,6 +50,7 @@ mod keys;
 mod lease;
 mod proof;
 mod reason;
+mod renewal;
 mod scope;
 
 pub use claims::{
@@ -59,17 +61,21 @@ pub use error::LeaseError;
 pub use handshake::{
     Entropy, GrantPolicy, LeaseRequest, MAX_CLOCK_SKEW, MIN_TTL, PendingLease, grant, offer,
 };
-pub use jws::{HEADER as JWS_HEADER, HEADER_ES256 as JWS_HEADER_ES256, MAX_TOKEN_LEN, sign_claims};
+pub use jws::{
+    HEADER as JWS_HEADER, HEADER_ES256 as JWS_HEADER_ES256, HEADER_HS256 as JWS_HEADER_HS256,
+    MAX_TOKEN_LEN, mac_claims, sign_claims,
+};
 pub use keys::{LeaseSigner, PeerBinding, PeerKey};
 pub use lease::{Ended, EndedBy, Lease, LeaseId, LeaseState, Side};
 pub use proof::{PROOF_HEADER, ProofKey, ReplayWindow};
 pub use reason::{DOMAIN, Reason, reason_of, status_for};
+pub use renewal::RenewalKey;
 pub use scope::{Scope, check_method};
 
 #[cfg(test)]
 mod tests;
 #[cfg(anima_test_faults)]
-pub(crate) use jws::{decode_unverified as decode_jws_unverified, verify as verify_jws};
+pub(crate) use jws::decode_unverified as decode_jws_unverified;
 #[cfg(test)]
 mod vectors;
 

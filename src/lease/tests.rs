@@ -94,8 +94,7 @@ impl World {
 
     /// The Core's renewal request for `ttl`, sent now.
     fn renew_request(&self, core: &mut Lease, ttl: Duration) -> String {
-        core.renew_request(&self.core, ttl, self.now, self.wall)
-            .unwrap()
+        core.renew_request(ttl, self.now, self.wall).unwrap()
     }
 
     /// The Core's request, sent now, to change the scope to `scope`, as the
@@ -341,11 +340,11 @@ fn a8_renewal_extends_both_sides_and_states_the_grant() {
     let (mut core, mut module) = w.open(Duration::from_millis(500), Duration::from_secs(1));
     let t = w.now + Duration::from_millis(300);
     let req = core
-        .renew_request(&w.core, Duration::from_secs(5), t, w.wall)
+        .renew_request(Duration::from_secs(5), t, w.wall)
         .unwrap();
     let req = module.receive(&req).unwrap();
     let t2 = t + Duration::from_millis(2);
-    let ans = module.answer_renew(&w.module, &req, t2, w.wall).unwrap();
+    let ans = module.answer_renew(&req, t2, w.wall).unwrap();
     let ans = core.receive(&ans).unwrap();
     assert_eq!(ans.ttl_ms, Some(1000), "capped at the contract maximum");
     let granted = core.apply_renewed(&ans, t2).unwrap();
@@ -382,7 +381,7 @@ fn a8_control_tokens_are_verified_and_ordered() {
     );
     // Only one request at a time.
     assert!(
-        core.renew_request(&w.core, Duration::from_secs(5), w.now, w.wall)
+        core.renew_request(Duration::from_secs(5), w.now, w.wall)
             .is_err()
     );
 }
@@ -477,17 +476,13 @@ fn a8_a_late_answer_to_an_abandoned_renewal_still_renews() {
     core.abandon_request();
     let asked_again = w.now + Duration::from_millis(100);
     let second = core
-        .renew_request(&w.core, Duration::from_secs(1), asked_again, w.wall)
+        .renew_request(Duration::from_secs(1), asked_again, w.wall)
         .unwrap();
     let answered = w.now + Duration::from_millis(150);
     let r1 = module.receive(&first).unwrap();
-    let late = module
-        .answer_renew(&w.module, &r1, answered, w.wall)
-        .unwrap();
+    let late = module.answer_renew(&r1, answered, w.wall).unwrap();
     let r2 = module.receive(&second).unwrap();
-    let fresh = module
-        .answer_renew(&w.module, &r2, answered, w.wall)
-        .unwrap();
+    let fresh = module.answer_renew(&r2, answered, w.wall).unwrap();
     let late = core.receive(&late).unwrap();
     assert!(!core.is_stale_answer(&late));
     core.apply_renewed(&late, answered).unwrap();
@@ -516,17 +511,11 @@ fn a8_a_late_answer_to_a_long_abandoned_renewal_is_stale() {
         let request = w.renew_request(&mut core, Duration::from_secs(1));
         core.abandon_request();
         let request = module.receive(&request).unwrap();
-        answers.push(
-            module
-                .answer_renew(&w.module, &request, w.now, w.wall)
-                .unwrap(),
-        );
+        answers.push(module.answer_renew(&request, w.now, w.wall).unwrap());
     }
     let last = w.renew_request(&mut core, Duration::from_secs(1));
     let last = module.receive(&last).unwrap();
-    let last = module
-        .answer_renew(&w.module, &last, w.now, w.wall)
-        .unwrap();
+    let last = module.answer_renew(&last, w.now, w.wall).unwrap();
     let answers: Vec<_> = answers.iter().map(|a| core.receive(a).unwrap()).collect();
     // Abandoned fifth and sixth to last: too old.
     assert!(core.is_stale_answer(&answers[0]));
@@ -580,13 +569,106 @@ fn a3_es256_core_and_eddsa_module_agree_on_a_lease() {
     assert!(matches!(w.module_sees.key, PeerKey::P256(_)));
     let proof = core_lease.proof_key().proof(1, SAY);
     module_lease.admit(SAY, Some(&proof), w.now).unwrap();
-    // Control steps are ES256 too, and verify on the module.
+    // Renewals are HS256 under the renewal key, whatever the certificate
+    // keys, and verify on both sides.
     let renew = w.renew_request(&mut core_lease, Duration::from_secs(5));
-    assert!(renew.starts_with(&offer_header), "{renew}");
+    assert!(
+        renew.starts_with(&b64(JWS_HEADER_HS256.as_bytes())),
+        "{renew}"
+    );
     let claims = module_lease.receive(&renew).unwrap();
-    module_lease
-        .answer_renew(&w.module, &claims, w.now, w.wall)
+    let answer = module_lease.answer_renew(&claims, w.now, w.wall).unwrap();
+    let answer = core_lease.receive(&answer).unwrap();
+    core_lease.apply_renewed(&answer, w.now).unwrap();
+    // Signed control steps are ES256 too, and verify on the module.
+    let rescope = core_lease
+        .rescope_request(&w.core, &Scope::new([SAY]).unwrap(), w.now, w.wall)
         .unwrap();
+    assert!(rescope.starts_with(&offer_header), "{rescope}");
+    module_lease.receive(&rescope).unwrap();
+}
+
+/// Renewal tokens are HS256 under the lease's renewal key, and every other
+/// control token is signed: a renewal signed with the certificate key, or a
+/// scope change or revocation authenticated with the renewal key, is refused
+/// `BAD_TOKEN`; a renewal under another lease's key `BAD_SIGNATURE`.
+#[test]
+fn a4_renewals_and_only_renewals_use_the_renewal_key() {
+    let w = world();
+    let (mut core, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(60));
+    let (other, _) = w.open(Duration::from_secs(5), Duration::from_secs(60));
+    let lid = module.id();
+    let renew = ControlClaims {
+        ttl_ms: Some(1000),
+        ..bare_step(TYP_RENEW, lid)
+    };
+    let revoke = ControlClaims {
+        reason: Some("LEASE_REVOKED".into()),
+        detail: Some(String::new()),
+        ..bare_step(TYP_REVOKE, lid)
+    };
+    let refused = |module: &mut Lease, token: String| module.receive(&token).unwrap_err().reason();
+    let key = module.renewal_key().clone();
+    assert_eq!(
+        refused(&mut module, jws::sign(&renew, w.core.key()).unwrap()),
+        Reason::BadToken
+    );
+    assert_eq!(
+        refused(&mut module, jws::mac(&revoke, &key).unwrap()),
+        Reason::BadToken
+    );
+    assert_eq!(
+        refused(&mut module, jws::mac(&renew, other.renewal_key()).unwrap()),
+        Reason::BadSignature
+    );
+    // The Core refuses a signed `renewed` the same way.
+    let renewed = ControlClaims {
+        re: Some(1),
+        ttl_ms: Some(1000),
+        exp: Some(1),
+        ..bare_step(TYP_RENEWED, lid)
+    };
+    assert_eq!(
+        refused(&mut core, jws::sign(&renewed, w.module.key()).unwrap()),
+        Reason::BadToken
+    );
+    // The honest forms pass.
+    module.receive(&jws::mac(&renew, &key).unwrap()).unwrap();
+    let revoke = ControlClaims { seq: 2, ..revoke };
+    module
+        .receive(&jws::sign(&revoke, w.core.key()).unwrap())
+        .unwrap();
+}
+
+/// Both sides derive the same renewal key, and it is not the proof key.
+#[test]
+fn a4_both_sides_derive_one_renewal_key_apart_from_the_proof_key() {
+    let w = world();
+    let (core, module) = w.open(Duration::from_secs(5), Duration::from_secs(60));
+    let claims = ControlClaims {
+        ttl_ms: Some(1000),
+        ..bare_step(TYP_RENEW, core.id())
+    };
+    assert_eq!(
+        jws::mac(&claims, core.renewal_key()).unwrap(),
+        jws::mac(&claims, module.renewal_key()).unwrap()
+    );
+    // The renewal key over a proof's input gives another tag than the
+    // proof key.
+    let mut input = b"anima/v1 call\0".to_vec();
+    input.extend_from_slice(&1u64.to_be_bytes());
+    input.extend_from_slice(SAY.as_bytes());
+    let tag = core.renewal_key().tag(&input);
+    assert_ne!(
+        core.proof_key().proof(1, SAY),
+        format!("v1.1.{}", b64(&tag[..16]))
+    );
+    // Another lease's renewal key is another key.
+    let (other, _) = w.open(Duration::from_secs(5), Duration::from_secs(60));
+    assert_ne!(
+        jws::mac(&claims, core.renewal_key()).unwrap(),
+        jws::mac(&claims, other.renewal_key()).unwrap()
+    );
 }
 
 /// The header must match the certificate's key: an ES256 token checked
@@ -627,12 +709,12 @@ fn a8_renewal_to_a_shorter_ttl_shortens_the_cores_copy_too() {
         w.open(Duration::from_secs(30), Duration::from_secs(60));
     let sent = w.now + Duration::from_secs(1);
     let renew = core_lease
-        .renew_request(&w.core, Duration::from_millis(600), sent, w.wall)
+        .renew_request(Duration::from_millis(600), sent, w.wall)
         .unwrap();
     let received = sent + Duration::from_millis(5);
     let claims = module_lease.receive(&renew).unwrap();
     let answer = module_lease
-        .answer_renew(&w.module, &claims, received, w.wall)
+        .answer_renew(&claims, received, w.wall)
         .unwrap();
     let claims = core_lease.receive(&answer).unwrap();
     core_lease
@@ -656,9 +738,7 @@ fn a9_renewal_is_capped_by_certificate_expiry() {
         w.open(Duration::from_secs(10), Duration::from_secs(60));
     let renew = w.renew_request(&mut core_lease, Duration::from_secs(60));
     let claims = module_lease.receive(&renew).unwrap();
-    let answer = module_lease
-        .answer_renew(&w.module, &claims, w.now, w.wall)
-        .unwrap();
+    let answer = module_lease.answer_renew(&claims, w.now, w.wall).unwrap();
     assert_eq!(module_lease.ttl(), Duration::from_secs(20));
     let claims = core_lease.receive(&answer).unwrap();
     assert_eq!(
@@ -668,11 +748,11 @@ fn a9_renewal_is_capped_by_certificate_expiry() {
     // With the Core's certificate about to expire, no renewal is granted.
     let late = w.wall + Duration::from_secs(20);
     let renew = core_lease
-        .renew_request(&w.core, Duration::from_secs(60), w.now, late)
+        .renew_request(Duration::from_secs(60), w.now, late)
         .unwrap();
     let claims = module_lease.receive(&renew).unwrap();
     assert!(matches!(
-        module_lease.answer_renew(&w.module, &claims, w.now, late),
+        module_lease.answer_renew(&claims, w.now, late),
         Err(LeaseError::BadToken(_))
     ));
 }
@@ -686,6 +766,16 @@ fn sign_raw(signer: &LeaseSigner, json: &str) -> String {
     let input = format!("{}.{}", b64(key.header().as_bytes()), b64(json.as_bytes()));
     let signature = key.sign(input.as_bytes()).unwrap();
     format!("{input}.{}", b64(&signature))
+}
+
+/// `claims` as the honest sender writes them: a renewal token authenticated
+/// with `renewal`, any other signed by `signer`.
+fn control_token(claims: &ControlClaims, signer: &LeaseSigner, renewal: &RenewalKey) -> String {
+    if claims.typ == TYP_RENEW || claims.typ == TYP_RENEWED {
+        jws::mac(claims, renewal).unwrap()
+    } else {
+        jws::sign(claims, signer.key()).unwrap()
+    }
 }
 
 /// The claims of `jws` as the JSON text that was signed.
@@ -813,7 +903,8 @@ fn control_tokens_carry_exactly_their_claim_set() {
     let w = world();
     let (mut core, mut module) = w.open(Duration::from_secs(5), Duration::from_secs(5));
     let lid = module.id();
-    let to_module = |c: &ControlClaims| jws::sign(c, w.core.key()).unwrap();
+    let renewal = module.renewal_key().clone();
+    let to_module = |c: &ControlClaims| control_token(c, &w.core, &renewal);
     let renew = || ControlClaims {
         ttl_ms: Some(1000),
         ..bare_step(TYP_RENEW, lid)
@@ -893,7 +984,8 @@ fn control_tokens_carry_exactly_their_claim_set() {
         module.receive(&to_module(&claims)).unwrap();
     }
     // … and the answers need `re`, `ttl_ms` and `exp` (`rescoped`: and `scope`).
-    let to_core = |c: &ControlClaims| jws::sign(c, w.module.key()).unwrap();
+    let renewal = core.renewal_key().clone();
+    let to_core = |c: &ControlClaims| control_token(c, &w.module, &renewal);
     for claims in [
         ControlClaims {
             re: Some(1),
@@ -1012,9 +1104,7 @@ fn exp_is_iat_plus_whole_seconds_rounded_down() {
     for (ttl_ms, whole) in [(50, 1), (2500, 2)] {
         let request = w.renew_request(&mut core, Duration::from_millis(ttl_ms));
         let request = module.receive(&request).unwrap();
-        let answer = module
-            .answer_renew(&w.module, &request, w.now, w.wall)
-            .unwrap();
+        let answer = module.answer_renew(&request, w.now, w.wall).unwrap();
         let answer = core.receive(&answer).unwrap();
         assert_eq!(
             answer.exp.unwrap() - answer.iat,

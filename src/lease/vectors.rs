@@ -16,7 +16,7 @@ use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
 use super::doc_support::binding;
-use super::handshake::{hkdf_info, hkdf_salt, proof_key_bytes, shared_secret};
+use super::handshake::{hkdf_info, hkdf_renewal_info, hkdf_salt, proof_key_bytes, shared_secret};
 use super::*;
 use crate::identity::Urn;
 use crate::transport::{ConnectionId, Fingerprint};
@@ -357,7 +357,7 @@ impl Setup {
     fn renew(&self, core_lease: &mut Lease) -> String {
         let at = self.renew_instant();
         core_lease
-            .renew_request(&self.core, self.renew_ttl, at, self.renew_wall)
+            .renew_request(self.renew_ttl, at, self.renew_wall)
             .unwrap_or_else(|e| panic!("the Core cannot renew: {e}"))
     }
 
@@ -365,7 +365,7 @@ impl Setup {
     fn answer_renew(&self, module_lease: &mut Lease, request: &ControlClaims) -> String {
         let at = self.renew_instant();
         module_lease
-            .answer_renew(&self.module, request, at, self.renew_wall)
+            .answer_renew(request, at, self.renew_wall)
             .unwrap_or_else(|e| panic!("the module cannot answer the renewal: {e}"))
     }
 
@@ -569,6 +569,10 @@ fn computed(a: &Appendix) -> BTreeMap<&'static str, String> {
     v.insert("hkdf_salt", hex(&salt));
     v.insert("hkdf_info", hex(&info));
     v.insert("proof_key", hex(key.as_ref()));
+    let renewal_info = hkdf_renewal_info(&LeaseId(s.lease_id));
+    let renewal_key = proof_key_bytes(&core_shared, &salt, &renewal_info).expect("the renewal key");
+    v.insert("hkdf_renewal_info", hex(&renewal_info));
+    v.insert("renewal_key", hex(renewal_key.as_ref()));
 
     // Call proofs: made by the Core's lease, equal to those of the stated
     // key, admitted by the module's lease.
@@ -716,6 +720,21 @@ fn vectors_the_stated_renewal_is_accepted() {
     let s = Setup::new(&a);
     let (_, module_lease, granted) = s.renewed_leases(&a);
     assert_eq!(granted, module_lease.ttl(), "the renewed ttl");
+    // Both tokens are HS256 under the stated `renewal_key`, not under the
+    // proof key.
+    let key = RenewalKey::new(&a.bytes("renewal_key"));
+    let proof_key = RenewalKey::new(&a.bytes("proof_key"));
+    for name in ["renew_jws", "renewed_jws"] {
+        let token = a.get(name);
+        assert!(
+            super::jws::verify_mac::<ControlClaims>(token, &key).is_ok(),
+            "`{name}` under `renewal_key`"
+        );
+        assert!(matches!(
+            super::jws::verify_mac::<ControlClaims>(token, &proof_key),
+            Err(LeaseError::BadSignature)
+        ));
+    }
 }
 
 #[test]

@@ -432,7 +432,7 @@ caught! {
             => "A3" by "a second offer on a connection whose lease is live";
     a4_conformance_catches_a_module_that_takes_control_tokens_with_a_forged_signature:
         FIXTURE_TYPE_III, "control-signature"
-            => "A4" by "a renewal signed with another key";
+            => "A4" by "a renewal authenticated with another renewal key";
     a4_conformance_catches_a_module_that_takes_control_tokens_for_another_lease:
         FIXTURE_TYPE_III, "control-lid"
             => "A4" by "a renewal for another lease id";

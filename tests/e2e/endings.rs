@@ -52,7 +52,6 @@ async fn e5_a_renewal_to_a_shorter_ttl_moves_every_end_of_lease_action() {
     let jws = core
         .lease
         .renew_request(
-            &core.signer,
             short,
             tokio::time::Instant::now().into_std(),
             SystemTime::now(),

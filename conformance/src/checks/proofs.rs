@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 
 use anima_protocol::Connection;
 use anima_protocol::control::Elapsed;
-use anima_protocol::lease::{ControlClaims, PROOF_HEADER, ProofKey, Reason, sign_claims};
+use anima_protocol::lease::{
+    ControlClaims, PROOF_HEADER, ProofKey, Reason, RenewalKey, mac_claims, sign_claims,
+};
 use anima_protocol::pb::control_frame::Frame;
 use anima_protocol::pb::{Refusal, SignedToken};
 
@@ -89,8 +91,13 @@ impl Run<'_> {
         let cases = [
             (
                 Misstep::Forged,
-                "a renewal signed with another key",
+                "a renewal authenticated with another renewal key",
                 Reason::BadSignature,
+            ),
+            (
+                Misstep::Signed,
+                "a renewal signed with the Core's certificate key instead of the renewal key",
+                Reason::BadToken,
             ),
             (
                 Misstep::OtherLease,
@@ -173,8 +180,11 @@ impl Run<'_> {
 /// A control step an honest Core never sends.
 #[derive(Debug, Clone, Copy)]
 enum Misstep {
-    /// A renewal signed with a key other than the Core certificate's.
+    /// A renewal authenticated with a key other than the lease's renewal key.
     Forged,
+    /// A renewal signed with the Core's certificate key (renewals are
+    /// `HS256` under the renewal key, PROTOCOL.md §3.4).
+    Signed,
     /// A renewal whose `lid` names another lease.
     OtherLease,
     /// A renewal the module already answered, sent again.
@@ -189,26 +199,20 @@ enum Misstep {
 /// renewal and awaits its answer).
 async fn misstep_frame(s: &mut Session, misstep: Misstep) -> Result<Frame, ToolError> {
     let jws = s.renew_token(s.lease.ttl())?;
-    let resigned = |s: &Session, tamper: fn(&mut ControlClaims), forge: bool| {
+    let claims = |tamper: fn(&mut ControlClaims)| {
         let mut claims: ControlClaims =
             decode_token(&jws).ok_or(ToolError::Undecodable("renewal"))?;
         tamper(&mut claims);
-        let signed = if forge {
-            s.signer()
-                .impostor()
-                .and_then(|forger| sign_claims(&forger, &claims))
-        } else {
-            sign_claims(s.signer(), &claims)
-        };
-        Ok::<_, ToolError>(signed?)
+        Ok::<_, ToolError>(claims)
     };
+    let renew = |jws| Frame::Renew(SignedToken { jws });
     Ok(match misstep {
-        Misstep::Forged => Frame::Renew(SignedToken {
-            jws: resigned(s, |_| {}, true)?,
-        }),
-        Misstep::OtherLease => Frame::Renew(SignedToken {
-            jws: resigned(s, |c| c.lid = "AAAAAAAAAAAAAAAAAAAAAA".into(), false)?,
-        }),
+        Misstep::Forged => renew(mac_claims(&RenewalKey::new(&[0x5a; 32]), &claims(|_| {})?)?),
+        Misstep::Signed => renew(sign_claims(s.signer(), &claims(|_| {})?)?),
+        Misstep::OtherLease => renew(mac_claims(
+            s.lease.renewal_key(),
+            &claims(|c| c.lid = "AAAAAAAAAAAAAAAAAAAAAA".into())?,
+        )?),
         Misstep::Replayed => {
             s.send(Frame::Renew(SignedToken { jws: jws.clone() })).await;
             match s.next_frame(PATIENCE).await {

@@ -775,7 +775,7 @@ impl Control {
         if self.renewing || timer.pending_since.is_some() {
             let token = {
                 let mut lease = shared.lock();
-                lease.renew_request(&shared.signer, self.policy.ttl, t, shared.clock.wall())
+                lease.renew_request(self.policy.ttl, t, shared.clock.wall())
             };
             if let Ok(jws) = token {
                 send(shared, Frame::Renew(SignedToken { jws })).await;

@@ -159,7 +159,7 @@ impl Module {
         let now = Instant::now().into_std();
         let answer = self
             .lease
-            .answer_renew(&self.signer, &claims, now, SystemTime::now())
+            .answer_renew(&claims, now, SystemTime::now())
             .unwrap();
         self.send(Frame::Renewed(SignedToken { jws: answer })).await;
     }

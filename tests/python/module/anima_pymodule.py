@@ -77,6 +77,7 @@ REVOCATION_CONDITIONS = ["explicit-revocation", "explicit-refusal", "connection-
 HEADERS = {  # §3: the header is exactly these bytes, chosen by the signer's certificate key
     "EdDSA": b'{"alg":"EdDSA","typ":"JWT"}',
     "ES256": b'{"alg":"ES256","typ":"JWT"}',
+    "HS256": b'{"alg":"HS256","typ":"JWT"}',  # renew and renewed only, under the renewal key (§3.3)
 }
 
 CONTROL_METHOD = "/anima.v1.LeaseControl/Control"
@@ -468,11 +469,10 @@ def jws_sign(key: SigningKey, claims: dict) -> str:
     return f"{signing_input}.{b64url(key.sign(signing_input.encode('ascii')))}"
 
 
-def jws_verify(key: VerifyKey, jws) -> bytes:
-    """Checks size, envelope, header and signature (§3); returns the claims' bytes.
-    An envelope that cannot be split and decoded, or a header other than the one the
-    peer's key requires, is BAD_TOKEN; a signature that does not verify is
-    BAD_SIGNATURE."""
+def split_token(jws) -> tuple[bytes, bytes, bytes, bytes]:
+    """The form of a token (§3, stage 1, but the header): its signing input as received,
+    then its three segments decoded. BAD_TOKEN when it is too long, not three segments,
+    or a segment is not unpadded base64url."""
     if not isinstance(jws, str) or len(jws.encode("utf-8")) > MAX_TOKEN_BYTES:
         raise Refused("BAD_TOKEN", f"a token is longer than {MAX_TOKEN_BYTES} bytes")
     parts = jws.split(".")
@@ -482,12 +482,48 @@ def jws_verify(key: VerifyKey, jws) -> bytes:
         header, body, sig = (b64url_decode(p) for p in parts)
     except ValueError:
         raise Refused("BAD_TOKEN", "a token segment is not unpadded base64url") from None
+    return f"{parts[0]}.{parts[1]}".encode("ascii"), header, body, sig
+
+
+def jws_verify(key: VerifyKey, jws) -> bytes:
+    """Checks size, envelope, header and signature (§3); returns the claims' bytes.
+    An envelope that cannot be split and decoded, or a header other than the one the
+    peer's key requires, is BAD_TOKEN; a signature that does not verify is
+    BAD_SIGNATURE."""
+    signing_input, header, body, sig = split_token(jws)
     if key.alg is None:
         raise Refused("BAD_SIGNATURE", "the peer's certificate key is neither Ed25519 nor ECDSA P-256")
     if header != HEADERS[key.alg]:
         raise Refused("BAD_TOKEN", f"the token header is not {HEADERS[key.alg].decode()}")
-    if not key.verify(f"{parts[0]}.{parts[1]}".encode("ascii"), sig):
+    if not key.verify(signing_input, sig):
         raise Refused("BAD_SIGNATURE", "the token signature does not verify with the peer's certificate key")
+    return body
+
+
+def jws_mac(renewal_key: bytes, claims: dict) -> str:
+    """A renewal token (§3, §3.4): JWS compact serialization, HS256 under the lease's renewal key."""
+    header = b64url(HEADERS["HS256"])
+    body = b64url(json.dumps(claims, separators=(",", ":"), ensure_ascii=True).encode("ascii"))
+    signing_input = f"{header}.{body}"
+    return f"{signing_input}.{b64url(hmac.new(renewal_key, signing_input.encode('ascii'), hashlib.sha256).digest())}"
+
+
+def is_mac(jws) -> bool:
+    """Whether a token's header segment is the HS256 one (§3.4: a renewal token)."""
+    return isinstance(jws, str) and jws.split(".", 1)[0] == b64url(HEADERS["HS256"])
+
+
+def mac_verify(renewal_key: bytes, jws) -> bytes:
+    """Checks size, envelope, header and the HS256 tag (§3) of a renewal token; returns
+    the claims' bytes. BAD_TOKEN for the form, BAD_SIGNATURE for a tag that does not verify."""
+    signing_input, header, body, tag = split_token(jws)
+    if header != HEADERS["HS256"]:
+        raise Refused("BAD_TOKEN", f"the token header is not {HEADERS['HS256'].decode()}")
+    if len(tag) != 32:
+        raise Refused("BAD_TOKEN", "an HS256 tag is not 32 bytes")
+    expected = hmac.new(renewal_key, signing_input, hashlib.sha256).digest()
+    if not hmac.compare_digest(expected, tag):
+        raise Refused("BAD_SIGNATURE", "the renewal tag does not verify with the lease's renewal key")
     return body
 
 
@@ -634,7 +670,7 @@ def grant_token(signer: SigningKey, offer: str, claims: dict, core, own, ttl_ms:
             "rev": REVOCATION_CONDITIONS,
         },
     )
-    return grant, proof_key(shared, offer, grant, b64url_decode(claims["lid"]))
+    return grant, lease_keys(shared, offer, grant, b64url_decode(claims["lid"]))
 
 
 # The claims of each step a Core sends (§3.4), beyond typ, lid, seq and iat: required, optional.
@@ -654,17 +690,21 @@ def _token_typ(body: bytes):
     return claims.get("typ") if isinstance(claims, dict) else None
 
 
-def check_step_token(jws: str, core_key: VerifyKey, typ: str, lid: str, required, optional) -> dict:
-    """A Core control step (§3.4): signature, claims (`typ`, `lid`, `seq`, `iat` and the
-    claim set of the token's own `typ`), the lease id. A control step's `iat` is audit
-    only (§3.2: never checked against the clock). The caller checks `seq` ordering,
-    then that the token's `typ` is its frame's (`typ`: PROTOCOL_VIOLATION if not)."""
-    body = jws_verify(core_key, jws)
+def check_step_token(jws: str, core_key: VerifyKey, renewal_key: bytes, typ: str, lid: str, required, optional) -> dict:
+    """A Core control step (§3.4): signature (a renewal: its HS256 tag under the renewal
+    key), claims (`typ`, `lid`, `seq`, `iat` and the claim set of the token's own `typ`;
+    HS256 exactly for a renewal), the lease id. A control step's `iat` is audit only
+    (§3.2: never checked against the clock). The caller checks `seq` ordering, then
+    that the token's `typ` is its frame's (`typ`: PROTOCOL_VIOLATION if not)."""
+    mac = is_mac(jws)
+    body = mac_verify(renewal_key, jws) if mac else jws_verify(core_key, jws)
     own = _token_typ(body)
     if own in CORE_STEPS and own != typ:
         required, optional = CORE_STEPS[own]
         typ = own
     claims = parse_claims(body, typ, {"typ", "lid", "seq", "iat"} | set(required), frozenset(optional))
+    if mac != (claims["typ"] == "anima-renew+v1"):
+        raise Refused("BAD_TOKEN", f"a {claims['typ']} token must be " + ("HS256 under the renewal key" if not mac else "signed with the certificate key"))
     if claims["lid"] != lid:
         raise Refused("PROTOCOL_VIOLATION", "the token names another lease")
     claim_int(claims, "seq", 1)
@@ -672,8 +712,8 @@ def check_step_token(jws: str, core_key: VerifyKey, typ: str, lid: str, required
     return claims
 
 
-def renewed_token(signer: SigningKey, lid: str, seq: int, re: int, granted_ms: int, now_ms: int) -> str:
-    """The answer to a renewal (§3.4)."""
+def renewed_token(renewal_key: bytes, lid: str, seq: int, re: int, granted_ms: int, now_ms: int) -> str:
+    """The answer to a renewal (§3.4), HS256 under the lease's renewal key."""
     claims = {
         "typ": "anima-renewed+v1",
         "lid": lid,
@@ -683,7 +723,7 @@ def renewed_token(signer: SigningKey, lid: str, seq: int, re: int, granted_ms: i
         "ttl_ms": granted_ms,
         "exp": now_ms // 1000 + max(1, granted_ms // 1000),
     }
-    return jws_sign(signer, claims)
+    return jws_mac(renewal_key, claims)
 
 
 # ---------------------------------------------------------------------------
@@ -993,13 +1033,13 @@ class Lease:
 
     _ids = itertools.count(1)
 
-    def __init__(self, lid, conn, core, scope, key, expires_at, session):
+    def __init__(self, lid, conn, core, scope, keys, expires_at, session):
         self.serial = next(Lease._ids)  # tenant state is keyed by this, never by the Core-chosen lid
         self.lid = lid
         self.conn = conn  # the connection (context.peer()) whose control stream opened it
         self.core = core  # the Core's Identity
         self.scope = list(scope)
-        self.key = key  # the per-call proof key (§3.3)
+        self.key, self.renewal_key = keys  # the per-call proof key and the renewal key (§3.3)
         self.expires_at = expires_at  # time.monotonic() seconds (§3.2)
         self.session = session
         self.state = "active"
@@ -1467,14 +1507,14 @@ class Module:
         if ttl_ms < MIN_TTL_MS:
             raise Refused("BAD_TOKEN", "a certificate expires too soon for a lease")
         kx_secret = x25519.X25519PrivateKey.generate()  # ephemeral: one per lease
-        grant, key = grant_token(self.signer, offer, claims, core, self.identity, ttl_ms, kx_secret, int(time.time() * 1000))
-        lease = Lease(claims["lid"], session.conn, core, claims["scope"], key, received + ttl_ms / 1000, session)
+        grant, keys = grant_token(self.signer, offer, claims, core, self.identity, ttl_ms, kx_secret, int(time.time() * 1000))
+        lease = Lease(claims["lid"], session.conn, core, claims["scope"], keys, received + ttl_ms / 1000, session)
         return lease, grant
 
     def verify_step(self, lease: Lease, jws: str, typ: str, required: set[str], optional=frozenset()) -> dict:
         """A Core control token (§3.4): signature, claims, lease id, iat; then its `seq`
         must be above every earlier one from the Core."""
-        claims = check_step_token(jws, lease.core.key, typ, lease.lid, required, optional)
+        claims = check_step_token(jws, lease.core.key, lease.renewal_key, typ, lease.lid, required, optional)
         with self.lock:
             if claims["seq"] <= lease.core_seq:
                 raise Refused("PROTOCOL_VIOLATION", f"control seq {claims['seq']} is not above {lease.core_seq}")
@@ -1524,7 +1564,7 @@ class Module:
             if not self._valid(lease):
                 return  # it ended first (the Core gives up at expiry); the stream is closing
             lease.expires_at = received + granted / 1000  # runs from receipt (§3.4)
-            renewed = renewed_token(self.signer, lease.lid, lease.next_seq(), claims["seq"], granted, int(time.time() * 1000))
+            renewed = renewed_token(lease.renewal_key, lease.lid, lease.next_seq(), claims["seq"], granted, int(time.time() * 1000))
             lease.session.send(frame_token("renewed", renewed))
             self.cond.notify_all()
 
@@ -1775,11 +1815,16 @@ def b64url_decode_or_none(text: str) -> bytes | None:
         return None
 
 
-def proof_key(shared: bytes, offer: str, grant: str, lid_raw: bytes) -> bytes:
-    """§3.3: HKDF-SHA256(salt = SHA-256(offer) || SHA-256(grant), ikm = X25519 secret,
-    info = "anima/v1 proof key" || lid, L = 32)."""
+def lease_keys(shared: bytes, offer: str, grant: str, lid_raw: bytes) -> tuple[bytes, bytes]:
+    """§3.3: the per-call proof key and the renewal key, each HKDF-SHA256(salt = SHA-256(offer)
+    || SHA-256(grant), ikm = X25519 secret, info = "anima/v1 proof key " || lid, resp.
+    "anima/v1 renewal key " || lid, L = 32)."""
     salt = hashlib.sha256(offer.encode("ascii")).digest() + hashlib.sha256(grant.encode("ascii")).digest()
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"anima/v1 proof key " + lid_raw).derive(shared)
+
+    def derive(label: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=label + lid_raw).derive(shared)
+
+    return derive(b"anima/v1 proof key "), derive(b"anima/v1 renewal key ")
 
 
 def proof_tag(key: bytes, seq: int, method: str) -> bytes:
@@ -2053,6 +2098,15 @@ def run_kv_selftest(env, leased_by: str) -> str:
 # ---------------------------------------------------------------------------
 
 
+def refused(fn, reason: str) -> bool:
+    """Whether `fn()` raises Refused with `reason` (the self-test's checks)."""
+    try:
+        fn()
+    except Refused as r:
+        return r.reason == reason
+    return False
+
+
 def self_test(protocol_md: str) -> int:
     failures = []
 
@@ -2060,13 +2114,6 @@ def self_test(protocol_md: str) -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
         if not ok:
             failures.append(name)
-
-    def refused(fn, reason: str) -> bool:
-        try:
-            fn()
-        except Refused as r:
-            return r.reason == reason
-        return False
 
     # base64url (§3): unpadded, canonical.
     check("base64url round trip", b64url_decode(b64url(b"\xfb\xff")) == b"\xfb\xff")
@@ -2120,7 +2167,7 @@ def self_test(protocol_md: str) -> int:
     )
 
     # §4 replay window.
-    lease = Lease("l", "c", None, [], b"", 0.0, None)
+    lease = Lease("l", "c", None, [], (b"", b""), 0.0, None)
     results = [lease.accept_proof_seq(s) for s in (1, 3, 2, 3, 2000, 977, 976, 1500, 1500)]
     check("replay window: once each, 1024 below the highest", results == [True, True, True, False, True, True, False, True, False])
 
@@ -2247,7 +2294,7 @@ def check_appendix_a(v: dict[str, str], check) -> None:
     # A.4: the grant, byte for byte.
     ttl = min(claims["ttl_ms"], int(v["max_lease_ms"]))
     check("A.4 granted_ttl_ms", ttl == int(v["granted_ttl_ms"]))
-    grant, key = grant_token(SigningKey(module_sk), offer, claims, core, module, ttl, module_kx, iat * 1000)
+    grant, (key, renewal_key) = grant_token(SigningKey(module_sk), offer, claims, core, module, ttl, module_kx, iat * 1000)
     check("A.4 grant_claims", b64url_decode(grant.split(".")[1]) == v["grant_claims"].encode())
     check("A.4 grant_jws", grant == v["grant_jws"])
     check("A.4 grant_sha256", hashlib.sha256(grant.encode()).hexdigest() == v["grant_sha256"])
@@ -2260,6 +2307,8 @@ def check_appendix_a(v: dict[str, str], check) -> None:
     check("A.5 hkdf_salt", salt.hex() == v["hkdf_salt"])
     check("A.5 hkdf_info", (b"anima/v1 proof key " + h(v["lease_id"])).hex() == v["hkdf_info"])
     check("A.5 proof_key", key.hex() == v["proof_key"])
+    check("A.5 hkdf_renewal_info", (b"anima/v1 renewal key " + h(v["lease_id"])).hex() == v["hkdf_renewal_info"])
+    check("A.5 renewal_key", renewal_key.hex() == v["renewal_key"])
 
     # A.6: call proofs; the module admits each once.
     method = v["proof_method"]
@@ -2267,17 +2316,23 @@ def check_appendix_a(v: dict[str, str], check) -> None:
         check(f"A.6 proof_seq{seq}", f"v1.{seq}.{b64url(proof_tag(key, seq, method))}" == v[f"proof_seq{seq}"])
         check(f"A.6 proof_seq{seq} verifies", proof_seq([v[f"proof_seq{seq}"]], key, method) == seq)
     check("A.6 a proof for another method is BAD_PROOF", proof_seq([v["proof_seq1"]], key, method + "x") is None)
-    window = Lease(claims["lid"], "conn", core, methods, key, 0.0, None)
+    window = Lease(claims["lid"], "conn", core, methods, (key, renewal_key), 0.0, None)
     check("A.6 admitted once each", [window.accept_proof_seq(s) for s in (1, 2, 1)] == [True, True, False])
 
     # A.7: the renewal and its answer.
     renew_iat = int(v["renew_iat"])
-    renew = check_step_token(v["renew_jws"], core.key, "anima-renew+v1", claims["lid"], {"ttl_ms"}, ())
+    renew = check_step_token(v["renew_jws"], core.key, renewal_key, "anima-renew+v1", claims["lid"], {"ttl_ms"}, ())
     check("A.7 renew_claims", b64url_decode(v["renew_jws"].split(".")[1]) == v["renew_claims"].encode())
     granted = min(renew["ttl_ms"], int(v["max_lease_ms"]))
-    renewed = renewed_token(SigningKey(module_sk), claims["lid"], 1, renew["seq"], granted, renew_iat * 1000)
+    renewed = renewed_token(renewal_key, claims["lid"], 1, renew["seq"], granted, renew_iat * 1000)
     check("A.7 renewed_claims", b64url_decode(renewed.split(".")[1]) == v["renewed_claims"].encode())
     check("A.7 renewed_jws", renewed == v["renewed_jws"])
+    check("A.7 the renewal under the proof key is BAD_SIGNATURE", refused(lambda: mac_verify(key, v["renew_jws"]), "BAD_SIGNATURE"))
+    signed_renew = jws_sign(SigningKey(core_sk), json.loads(v["renew_claims"]))
+    check(
+        "A.7 a signed renewal is BAD_TOKEN",
+        refused(lambda: check_step_token(signed_renew, core.key, renewal_key, "anima-renew+v1", claims["lid"], {"ttl_ms"}, ()), "BAD_TOKEN"),
+    )
 
 
 # ---------------------------------------------------------------------------
