@@ -119,7 +119,7 @@ pub async fn renewals(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()
     report.add(rss_per_lease(setup, &module, n).await?);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for step in &renewal_steps() {
-        report.add(renewal_rate(setup, &module, n, step, window).await?);
+        report.add(renewal_rate(setup, &module, n, step, window).await?.figure);
         // Let both sides drop the ended leases before the next step.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -178,6 +178,29 @@ fn renewal_steps() -> [Step; 2] {
     ]
 }
 
+/// Renewals per second at capacity (`renewals_per_s`'s step) and how many
+/// of the leases were lost: one run of its own, with a module process of
+/// its own, for the `peers` group's comparison with etcd.
+pub(crate) async fn renewal_capacity(setup: &Setup, opts: &Opts) -> Res<Rate> {
+    let n: usize = if opts.quick { 100 } else { 1_000 };
+    let window = Duration::from_secs(if opts.quick { 1 } else { 5 });
+    let mut module = module_process(setup, MODULE, "type = \"resident-shared\"", false).await?;
+    let [_, capacity] = renewal_steps();
+    let rate = renewal_rate(setup, &module, n, &capacity, window).await;
+    module.stop().await;
+    rate
+}
+
+/// One renewal step's outcome.
+pub(crate) struct Rate {
+    /// Renewals granted per second over the window.
+    pub(crate) per_s: f64,
+    /// Leases not active at the end.
+    pub(crate) lost: u64,
+    /// The step's figure.
+    pub(crate) figure: Figure,
+}
+
 /// One step's figure: `n` leases renewing under `step`'s policy, counted
 /// over `window` after a second to settle.
 async fn renewal_rate(
@@ -186,7 +209,7 @@ async fn renewal_rate(
     n: usize,
     step: &Step,
     window: Duration,
-) -> Res<Figure> {
+) -> Res<Rate> {
     let opened = Instant::now();
     let links = open_many(setup, module.addr, n, &step.policy()).await?;
     let open_s = opened.elapsed().as_secs_f64();
@@ -229,10 +252,15 @@ async fn renewal_rate(
         .f("renew_when_left", step.renew_when_left, 2)
         .f("seconds", secs, 1)
         .f("open_s", open_s, 1);
-    Ok(if step.name == "renewals_per_s" {
+    let figure = if step.name == "renewals_per_s" {
         f.target(">=25000", rate >= 25_000.0 && lost == 0)
     } else {
         f
+    };
+    Ok(Rate {
+        per_s: rate,
+        lost: lost as u64,
+        figure,
     })
 }
 

@@ -15,6 +15,7 @@
 //! | `unary_rps_c16` | 16 concurrent callers on one connection | plain tonic over mTLS |
 //! | `instructions_per_call` | instructions the leased module's process runs per unary call (callgrind) | the plain tonic server's |
 //! | `unary_p50_us_vs_goplugin`, `unary_p99_us_vs_goplugin`, `unary_rps_c16_vs_goplugin` | the leased call, sequential and with 16 callers (group `peers`) | HashiCorp go-plugin with AutoMTLS (the anchor built by `cargo xtask bench --peers`) |
+//! | `renewals_per_s_vs_etcd` | renewals of 1,000 leases at capacity (group `peers`) | etcd 3.4's lease keepalives over mTLS, 1,000 leases on 16 streams (the anchor built by `cargo xtask bench --peers`) |
 //! | `via_core_p50_us` | the same call through the Core's gateway (`anima serve`) | direct leased call |
 //! | `handshake_ms` | new connection + mutual lease + first call | new mTLS connection + first call |
 //! | `rss_per_lease_kib`, `renewals_default_per_s`, `renewals_per_s` | one Core holding 1,000 leases on one Type III module process | — |
@@ -29,6 +30,7 @@
 //! plain server is this binary (`anima-bench plain-echo`, hidden).
 
 mod calls;
+mod etcd;
 mod instructions;
 mod jetstream;
 mod leases;
@@ -318,6 +320,10 @@ async fn run_groups(setup: &Setup, opts: &Opts, report: &mut Report) -> bool {
     if opts.wants("renewals") {
         let done = leases::renewals(setup, opts, report).await;
         ok &= added(report, "renewals_per_s", done);
+    }
+    if opts.wants("peers") {
+        let done = etcd::versus_etcd(setup, opts, report).await;
+        ok &= added(report, "renewals_per_s_vs_etcd", done);
     }
     if opts.wants("messages") {
         let done = messages::run(setup, opts, report).await;

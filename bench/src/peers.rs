@@ -67,21 +67,22 @@ impl GoPlugin {
     }
 }
 
-/// The value of `key=` on the line of `out` that starts with `name`.
-fn field(out: &str, name: &str, key: &str) -> Res<f64> {
+/// The value of `key=` on the line of an anchor's output `out` that starts
+/// with `name`.
+pub(crate) fn field(out: &str, name: &str, key: &str) -> Res<f64> {
     let line = out
         .lines()
         .find(|l| l.starts_with(name))
-        .ok_or_else(|| format!("go-plugin's host printed no {name} line"))?;
+        .ok_or_else(|| format!("the anchor printed no {name} line"))?;
     let prefix = format!("{key}=");
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(prefix.as_str()))
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("go-plugin's {name} line has no number {key}=: {line}").into())
+        .ok_or_else(|| format!("the anchor's {name} line has no number {key}=: {line}").into())
 }
 
 /// The median of `xs` (nearest rank).
-fn median(xs: &[f64]) -> f64 {
+pub(crate) fn median(xs: &[f64]) -> f64 {
     let mut s = Samples::with_capacity(xs.len());
     for x in xs {
         s.push_us(*x);

@@ -6,9 +6,9 @@
 //!
 //! `cargo xtask bench [--peers] [ARGS…]` builds every binary in release mode
 //! and runs the benchmarks, `anima-bench [ARGS…]` (`--quick` for a smoke
-//! run; see BENCHMARKS.md). `--peers` first builds the go-plugin anchor
-//! (`../shared/anchors/go-plugin/run.sh`, which installs its Debian
-//! packages) that the `peers` group measures against.
+//! run; see BENCHMARKS.md). `--peers` first builds the go-plugin and etcd
+//! anchors (`../shared/anchors/{go-plugin,etcd}/run.sh`, which install their
+//! Debian packages) that the `peers` group measures against.
 //!
 //! `cargo xtask test` runs every check CI runs, in order, and stops at the
 //! first failure (installing Python's `grpcio` and `cryptography` first when
@@ -229,44 +229,69 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
     let peers = args.iter().any(|a| a == "--peers");
     let args: Vec<String> = args.iter().filter(|a| *a != "--peers").cloned().collect();
     if peers {
-        build_goplugin_anchor()?;
+        build_peer_anchors()?;
     }
     // The benchmarks drive the test package's echo fixture.
     run_release("anima-bench", &args, &[])
 }
 
-/// `--peers`: the go-plugin anchor's `run.sh` (in `$ANIMA_ANCHORS`, else
-/// `../shared/anchors` beside the workspace) installs the Debian packages
-/// it needs and builds its host and plugin, which the bench's `peers` group
-/// then runs; its own short run goes to stderr.
-fn build_goplugin_anchor() -> Result<(), String> {
+/// `--peers`: the anchors' `run.sh` (in `$ANIMA_ANCHORS`, else
+/// `../shared/anchors` beside the workspace) install the Debian packages
+/// they need and build what the bench's `peers` group then runs (go-plugin's
+/// host and plugin; etcd's lease client); their own short runs go to stderr.
+fn build_peer_anchors() -> Result<(), String> {
     let anchors = match std::env::var_os("ANIMA_ANCHORS") {
         Some(dir) => PathBuf::from(dir),
         None => workspace_root()?.join("..").join("shared").join("anchors"),
     };
-    let script = anchors.join("go-plugin").join("run.sh");
+    build_anchor(
+        &anchors,
+        "go-plugin",
+        &[
+            ("LAUNCHES", "1"),
+            ("CALLS", "200"),
+            ("DURATION", "1s"),
+            ("MTLS_MODES", "on"),
+        ],
+    )?;
+    build_anchor(
+        &anchors,
+        "etcd",
+        &[
+            ("MODES", "mtls"),
+            ("PROBES", "0"),
+            ("SECS", "1"),
+            ("KA_LEASES", "10"),
+            ("RW_TRIALS", "1"),
+            ("EXP_TRIALS", "1"),
+            ("QUIET_WAIT_S", "0"),
+            ("PHASE_QUIET_WAIT_S", "0"),
+            ("ATTEMPTS", "1"),
+        ],
+    )
+}
+
+/// Runs the `name` anchor's `run.sh` with `env` (a short run that installs
+/// and builds it).
+fn build_anchor(anchors: &Path, name: &str, env: &[(&str, &str)]) -> Result<(), String> {
+    let script = anchors.join(name).join("run.sh");
     if !script.is_file() {
         return Err(format!(
-            "--peers: no go-plugin anchor at {} (set ANIMA_ANCHORS to the anchors folder)",
+            "--peers: no {name} anchor at {} (set ANIMA_ANCHORS to the anchors folder)",
             script.display()
         ));
     }
     eprintln!(
-        "xtask: bash {} (builds the go-plugin anchor)",
+        "xtask: bash {} (builds the {name} anchor)",
         script.display()
     );
     run_command(
         Command::new("bash")
             .arg(&script)
-            .envs([
-                ("LAUNCHES", "1"),
-                ("CALLS", "200"),
-                ("DURATION", "1s"),
-                ("MTLS_MODES", "on"),
-            ])
+            .envs(env.iter().copied())
             .stdout(std::io::stderr()),
-        "the go-plugin anchor",
-        |status| format!("the go-plugin anchor's run.sh failed ({status})"),
+        &format!("the {name} anchor"),
+        |status| format!("the {name} anchor's run.sh failed ({status})"),
     )
 }
 
