@@ -23,7 +23,7 @@ use std::time::Duration;
 use crate::Opts;
 use crate::leases::renewal_capacity;
 use crate::peers::{field, median};
-use crate::procs::{Res, Setup, output};
+use crate::procs::{Res, Setup, installed, output};
 use crate::report::{Figure, Report};
 
 /// The anchor's script and the client it builds.
@@ -43,7 +43,7 @@ impl EtcdAnchor {
         if !script.is_file() {
             return Err("no-anchor");
         }
-        if !on_path("etcd") {
+        if !installed("etcd") {
             return Err("no-etcd");
         }
         let cache = std::env::var_os("XDG_CACHE_HOME")
@@ -58,14 +58,14 @@ impl EtcdAnchor {
     }
 
     /// One run of the anchor (mTLS, no probes, short latency phases):
-    /// etcd's keepalives per second for 1,000 leases (`leases` when quick).
+    /// etcd's keepalives per second for 1,000 leases.
     async fn keepalives_per_s(&self, opts: &Opts) -> Res<f64> {
         let mut command = tokio::process::Command::new("bash");
         command.arg(&self.script).envs([
             ("MODES", "mtls"),
             ("PROBES", "0"),
             ("SECS", if opts.quick { "1" } else { "5" }),
-            ("KA_LEASES", if opts.quick { "100" } else { "1000" }),
+            ("KA_LEASES", "1000"),
             ("RW_TRIALS", "10"),
             ("EXP_TRIALS", "1"),
             ("QUIET_WAIT_S", "5"),
@@ -75,12 +75,6 @@ impl EtcdAnchor {
         let out = output(command, "the etcd anchor", Duration::from_secs(600)).await?;
         field(&out, "etcd_keepalive_per_s ", "rate")
     }
-}
-
-/// Whether `program` is an executable file in a `PATH` directory.
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// `renewals_per_s_vs_etcd`: Anima's renewal capacity against etcd's
@@ -115,7 +109,7 @@ pub(crate) async fn versus_etcd(setup: &Setup, opts: &Opts, report: &mut Report)
             .vs(v, base, 0)
             .i("lost", lost)
             .i("rounds", rounds)
-            .i("leases", if opts.quick { 100 } else { 1_000 })
+            .i("leases", 1_000)
             .s("baseline_is", "etcd_keepalive_mtls")
             .target("ratio>=1", v >= base && lost == 0),
     );

@@ -6,20 +6,37 @@
 //! Both servers run under callgrind. Each side gets warm-up calls, then its
 //! counters are zeroed (`callgrind_control -z PID`), `n` calls are made, and
 //! the counters dumped (`callgrind_control -d PID`): the dump's total over
-//! `n` is the figure. The client (this process) is not counted.
+//! `n` is the figure.
+//!
+//! `instructions_per_call_client` counts the other end the same way: the
+//! client making the calls (the Core's side of a leased call, `LeasedChannel`
+//! adding each call's proof; against a plain tonic channel) runs in a process
+//! of its own under callgrind (`anima-bench count-client`), against the
+//! same two servers run normally. It makes its warm-up calls, says `ready`,
+//! makes `n` calls when told (its counters zeroed), says `done`, and exits
+//! when told (its counters dumped).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anima_core::audit::Actor;
+use anima_core::audit::{Actor, AuditLog};
+use anima_core::lease::{LeaseLink, LeaseTable, RenewalPolicy};
 use anima_protocol::launch::READY_PREFIX;
+use anima_protocol::lease::{LeaseSigner, Scope};
+use anima_protocol::{ClientTls, PeerPolicy, TlsIdentity, TrustRoot};
+use anima_tests::SAY;
+use anima_tests::echo::echo_client::EchoClient;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::Command;
 
 use crate::Opts;
 use crate::calls::{Caller, callers};
 use crate::procs::{
-    MODULE, PLAIN_READY, Proc, Res, Setup, module_command, module_ready, output, plain_command,
-    plain_ready,
+    CORE, CertFiles, MODULE, PLAIN, PLAIN_READY, Proc, Res, Setup, installed, module_command,
+    module_process, module_ready, output, plain_command, plain_process, plain_ready, urn,
 };
 use crate::report::Figure;
 
@@ -28,14 +45,10 @@ const WARMUP: usize = 200;
 
 /// `instructions_per_call`, or a line saying why it was skipped.
 pub(crate) async fn instructions_per_call(setup: &Setup, opts: &Opts) -> Res<Figure> {
-    if !installed("valgrind") || !installed("callgrind_control") {
-        return Ok(Figure::new("instructions_per_call")
-            .s("skipped", "no-valgrind")
-            .s("detail", "apt-get install valgrind to count instructions"));
-    }
-    let dir = setup.dir.path().join("callgrind");
-    std::fs::create_dir_all(&dir)?;
-    let n = if opts.quick { 200 } else { 2_000 };
+    let (dir, n) = match prepare(setup, opts, "instructions_per_call", "callgrind")? {
+        Ok(ready) => ready,
+        Err(skipped) => return Ok(skipped),
+    };
     let module_cmd = module_command(setup, MODULE, "type = \"resident-shared\"", false)?;
     let mut module = Proc::start(
         under_callgrind(&module_cmd, &dir.join("module")),
@@ -67,10 +80,22 @@ pub(crate) async fn instructions_per_call(setup: &Setup, opts: &Opts) -> Res<Fig
         .s("counter", "callgrind"))
 }
 
-/// Whether `program` is on the `PATH`.
-fn installed(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+/// The `figure`'s skip line without valgrind; else the folder `name` for
+/// its dumps (made) and how many calls to count.
+fn prepare(
+    setup: &Setup,
+    opts: &Opts,
+    figure: &str,
+    name: &str,
+) -> Res<Result<(PathBuf, usize), Figure>> {
+    if !installed("valgrind") || !installed("callgrind_control") {
+        return Ok(Err(Figure::new(figure)
+            .s("skipped", "no-valgrind")
+            .s("detail", "apt-get install valgrind to count instructions")));
+    }
+    let dir = setup.dir.path().join(name);
+    std::fs::create_dir_all(&dir)?;
+    Ok(Ok((dir, if opts.quick { 200 } else { 2_000 })))
 }
 
 /// `command` run under callgrind, its counts written to `out` and, for each
@@ -103,17 +128,7 @@ async fn counted(caller: &mut Caller, pid: u32, out: &Path, n: usize) -> Res<f64
     caller.timed(n, None).await?;
     let before = dumps(out);
     control("-d", pid).await?;
-    let dump = dumps(out)
-        .into_iter()
-        .find(|d| !before.contains(d))
-        .ok_or_else(|| format!("callgrind wrote no dump beside {}", out.display()))?;
-    let text = std::fs::read_to_string(&dump)?;
-    let total: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("totals:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| format!("no totals: line in {}", dump.display()))?;
-    Ok(total / n as f64)
+    Ok(total(out, &before)? / n as f64)
 }
 
 /// The dumps callgrind has written beside `out` (`out.N`).
@@ -143,4 +158,180 @@ async fn control(flag: &str, pid: u32) -> Res<()> {
     output(command, &what, Duration::from_secs(60))
         .await
         .map(drop)
+}
+
+/// `instructions_per_call_client`: instructions per call of the client
+/// (a process of its own under callgrind), leased against plain, or a line
+/// saying why it was skipped.
+pub(crate) async fn client_instructions_per_call(setup: &Setup, opts: &Opts) -> Res<Figure> {
+    let (dir, n) = match prepare(
+        setup,
+        opts,
+        "instructions_per_call_client",
+        "callgrind-client",
+    )? {
+        Ok(ready) => ready,
+        Err(skipped) => return Ok(skipped),
+    };
+    let mut module = module_process(setup, MODULE, "type = \"resident-shared\"", false).await?;
+    let mut plain = plain_process(setup).await?;
+    let counted = async {
+        let leased = client_count(setup, module.addr, MODULE, true, n, &dir).await?;
+        let direct = client_count(setup, plain.addr, PLAIN, false, n, &dir).await?;
+        Res::Ok((leased, direct))
+    }
+    .await;
+    module.stop().await;
+    plain.stop().await;
+    let ((v, renewals), (base, _)) = counted?;
+    Ok(Figure::new("instructions_per_call_client")
+        .vs(v, base, 0)
+        .i("n", n as u64)
+        .i("renewals_counted", renewals)
+        .s("side", "client")
+        .s("counter", "callgrind"))
+}
+
+/// One client under callgrind calling `server` (`urn`) at `addr`, `leased`
+/// or not: its instructions per call over `n` calls, and the renewals its
+/// lease made meanwhile (counted too; none are expected).
+async fn client_count(
+    setup: &Setup,
+    addr: SocketAddr,
+    server: &str,
+    leased: bool,
+    n: usize,
+    dir: &Path,
+) -> Res<(f64, u64)> {
+    let (cert, key) = setup.files(CORE)?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("count-client")
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .arg("--ca")
+        .arg(setup.ca_file())
+        .arg("--addr")
+        .arg(addr.to_string())
+        .arg("--server")
+        .arg(server)
+        .arg("--n")
+        .arg(n.to_string());
+    if leased {
+        command.arg("--leased");
+    }
+    let out = dir.join(if leased { "leased" } else { "plain" });
+    let mut child = under_callgrind(&command, &out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or("the client exited at once")?;
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    let limit = Duration::from_secs(300);
+    let mut said = async |what: &str| -> Res<String> {
+        let line = tokio::time::timeout(limit, lines.next_line())
+            .await
+            .map_err(|_| format!("the client did not say {what} within {limit:?}"))??
+            .ok_or_else(|| format!("the client exited before saying {what}"))?;
+        if line.starts_with(what) {
+            Ok(line)
+        } else {
+            Err(format!("the client said {line:?}, not {what}").into())
+        }
+    };
+    said("ready").await?;
+    control("-z", pid).await?;
+    stdin.write_all(b"go\n").await?;
+    let done = said("done").await?;
+    let before = dumps(&out);
+    control("-d", pid).await?;
+    stdin.write_all(b"exit\n").await?;
+    let status = tokio::time::timeout(limit, child.wait()).await??;
+    if !status.success() {
+        return Err(format!("the counting client failed ({status})").into());
+    }
+    let renewals = done
+        .strip_prefix("done renewals=")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    Ok((total(&out, &before)? / n as f64, renewals))
+}
+
+/// The total of the dump callgrind wrote beside `out` since `before`.
+fn total(out: &Path, before: &[PathBuf]) -> Res<f64> {
+    let dump = dumps(out)
+        .into_iter()
+        .find(|d| !before.contains(d))
+        .ok_or_else(|| format!("callgrind wrote no dump beside {}", out.display()))?;
+    let text = std::fs::read_to_string(&dump)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("totals:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| format!("no totals: line in {}", dump.display()).into())
+}
+
+/// What `anima-bench count-client` is told.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ClientArgs {
+    /// The client's certificate and key (the Core's identity), and the CA.
+    #[command(flatten)]
+    files: CertFiles,
+    /// The echo server.
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Its URN.
+    #[arg(long)]
+    server: String,
+    /// Through a lease, as the Core calls a module (else plain mTLS).
+    #[arg(long)]
+    leased: bool,
+    /// Calls counted.
+    #[arg(long)]
+    n: usize,
+}
+
+/// The counting client: warm-up calls, `ready`; on a line from stdin, `n`
+/// calls, `done renewals=R`; on the next line, the end.
+pub(crate) async fn count_client(args: &ClientArgs) -> Res<()> {
+    let identity = TlsIdentity::from_pem_files(&args.files.cert, &args.files.key)?;
+    let client = ClientTls::new(identity.clone(), TrustRoot::from_pem_file(&args.files.ca)?);
+    let conn = client
+        .dial_addr(args.addr, PeerPolicy::exactly(urn(&args.server)?))
+        .await?;
+    let (mut caller, link) = if args.leased {
+        let link = LeaseLink::open(
+            conn,
+            Arc::new(LeaseSigner::from_identity(&identity)?),
+            Scope::new([SAY])?,
+            RenewalPolicy::new(Duration::from_secs(60)),
+            AuditLog::discard(),
+            LeaseTable::new(),
+        )
+        .await?;
+        (Caller::Leased(EchoClient::new(link.channel())), Some(link))
+    } else {
+        (Caller::Plain(EchoClient::new(conn.channel())), None)
+    };
+    caller.timed(WARMUP, None).await?;
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdout = tokio::io::stdout();
+    stdout.write_all(b"ready\n").await?;
+    stdout.flush().await?;
+    stdin.next_line().await?;
+    let renewed = link.as_ref().map_or(0, LeaseLink::renewals);
+    caller.timed(args.n, None).await?;
+    let renewals = link.as_ref().map_or(0, LeaseLink::renewals) - renewed;
+    stdout
+        .write_all(format!("done renewals={renewals}\n").as_bytes())
+        .await?;
+    stdout.flush().await?;
+    stdin.next_line().await?;
+    if let Some(link) = link {
+        link.revoke("benchmark done", Actor::Core);
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@
 //! | `unary_p50_us`, `unary_p99_us` | 64-byte unary call to a leased SDK module process, sequential | the same service as plain tonic over the same mTLS |
 //! | `unary_rps_c16` | 16 concurrent callers on one connection | plain tonic over mTLS |
 //! | `instructions_per_call` | instructions the leased module's process runs per unary call (callgrind) | the plain tonic server's |
+//! | `instructions_per_call_client` | instructions a client runs per unary call through a lease, the Core's side (callgrind, a process of its own) | a plain tonic client's |
 //! | `unary_p50_us_vs_goplugin`, `unary_p99_us_vs_goplugin`, `unary_rps_c16_vs_goplugin` | the leased call, sequential and with 16 callers (group `peers`) | HashiCorp go-plugin with AutoMTLS (the anchor built by `cargo xtask bench --peers`) |
 //! | `renewals_per_s_vs_etcd` | renewals of 1,000 leases at capacity (group `peers`) | etcd 3.4's lease keepalives over mTLS, 1,000 leases on 16 streams (the anchor built by `cargo xtask bench --peers`) |
 //! | `via_core_p50_us` | the same call through the Core's gateway (`anima serve`) | direct leased call |
@@ -90,14 +91,11 @@ enum Command {
     Spin,
     /// The plain-tonic echo server the benchmark compares against.
     #[command(hide = true)]
-    PlainEcho {
-        #[arg(long)]
-        cert: PathBuf,
-        #[arg(long)]
-        key: PathBuf,
-        #[arg(long)]
-        ca: PathBuf,
-    },
+    PlainEcho(procs::CertFiles),
+    /// The client side of `instructions`: calls the echo server at `addr`
+    /// (leased or plain) when told to on stdin, for callgrind to count.
+    #[command(hide = true)]
+    CountClient(instructions::ClientArgs),
     /// An hour (or --minutes) of `anima serve` with the embedded default
     /// under gateway load, operator revokes and `kill -9`s: prints a line a
     /// minute (calls, errors by cause, memory and descriptors of every
@@ -158,8 +156,18 @@ fn main() -> ExitCode {
     if let Some(Command::Spin) = &cli.command {
         return spin();
     }
-    if let Some(Command::PlainEcho { cert, key, ca }) = &cli.command {
-        return exit_code(procs::serve_plain(cert, key, ca).map(|()| true));
+    if let Some(Command::PlainEcho(files)) = &cli.command {
+        return exit_code(procs::serve_plain(files).map(|()| true));
+    }
+    if let Some(Command::CountClient(args)) = &cli.command {
+        return exit_code(
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(Into::into)
+                .and_then(|rt| rt.block_on(instructions::count_client(args)))
+                .map(|()| true),
+        );
     }
     if let Some(Command::Soak {
         minutes,
@@ -343,9 +351,12 @@ type Measure = for<'a> fn(&'a Setup, &'a Opts) -> Pin<Box<dyn Future<Output = Re
 
 /// The measurements that make one figure each, in report order: (group,
 /// figure, measurement).
-const ONE_FIGURE: [(&str, &str, Measure); 7] = [
+const ONE_FIGURE: [(&str, &str, Measure); 8] = [
     ("instructions", "instructions_per_call", |s, o| {
         Box::pin(instructions::instructions_per_call(s, o))
+    }),
+    ("instructions", "instructions_per_call_client", |s, o| {
+        Box::pin(instructions::client_instructions_per_call(s, o))
     }),
     ("sidecar_hop", "sidecar_hop_p50_us", |s, o| {
         Box::pin(sidecar::sidecar_hop(s, o))

@@ -327,7 +327,23 @@ pub async fn core_process(setup: &Setup, config: &Path) -> Res<Proc> {
 /// The plain-tonic echo server: the same `EchoService` behind the same
 /// `ServerTls`, with no lease, no gate and no SDK. Prints
 /// `BENCH-PLAIN READY <addr>` and serves until killed.
-pub fn serve_plain(cert: &Path, key: &Path, ca: &Path) -> Res<()> {
+/// A certificate, its key and the CA, as files (the hidden subcommands'
+/// `--cert`, `--key`, `--ca`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CertFiles {
+    /// The certificate (PEM).
+    #[arg(long)]
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The CA (PEM).
+    #[arg(long)]
+    pub ca: PathBuf,
+}
+
+pub fn serve_plain(files: &CertFiles) -> Res<()> {
+    let CertFiles { cert, key, ca } = files;
     #[cfg(target_os = "linux")]
     {
         // Do not outlive the benchmark if it is killed.
@@ -379,4 +395,10 @@ pub fn raise_nofile() -> u64 {
         let _ = setrlimit(Resource::Nofile, limit);
     }
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Whether `program` is an executable file in a `PATH` directory.
+pub fn installed(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
