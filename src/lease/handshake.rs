@@ -216,19 +216,26 @@ fn info(label: &[u8], lease_id: &LeaseId) -> Vec<u8> {
     info
 }
 
-/// 32 bytes of key material: HKDF-SHA256 of the shared secret, for `info`.
-pub(crate) fn proof_key_bytes(
+/// The per-call key and the renewal key, 32 bytes each: one HKDF-SHA256
+/// extract of the shared secret under `salt`, expanded with each key's
+/// `info` (PROTOCOL.md §3.3).
+pub(crate) fn lease_key_bytes(
     shared: &SharedSecret,
     salt: &[u8; 64],
-    info: &[u8],
-) -> Result<Zeroizing<[u8; 32]>, LeaseError> {
-    let mut out = Zeroizing::new([0u8; 32]);
-    ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, salt)
-        .extract(shared.as_bytes())
-        .expand(&[info], ring::hkdf::HKDF_SHA256)
-        .and_then(|okm| okm.fill(out.as_mut()))
-        .map_err(|_| LeaseError::Key("key derivation failed".into()))?;
-    Ok(out)
+    lease_id: &LeaseId,
+) -> Result<[Zeroizing<[u8; 32]>; 2], LeaseError> {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, salt).extract(shared.as_bytes());
+    let expand = |info: &[u8]| {
+        let mut out = Zeroizing::new([0u8; 32]);
+        prk.expand(&[info], ring::hkdf::HKDF_SHA256)
+            .and_then(|okm| okm.fill(out.as_mut()))
+            .map_err(|_| LeaseError::Key("key derivation failed".into()))?;
+        Ok(out)
+    };
+    Ok([
+        expand(&hkdf_info(lease_id))?,
+        expand(&hkdf_renewal_info(lease_id))?,
+    ])
 }
 
 /// Both keys of the lease (PROTOCOL.md §3.3): the per-call key and the
@@ -241,9 +248,7 @@ fn derive_keys(
     grant_jws: &str,
 ) -> Result<LeaseKeys, LeaseError> {
     let shared = shared_secret(secret, peer_kx)?;
-    let salt = hkdf_salt(offer_jws, grant_jws);
-    let proof = proof_key_bytes(&shared, &salt, &hkdf_info(lease_id))?;
-    let renewal = proof_key_bytes(&shared, &salt, &hkdf_renewal_info(lease_id))?;
+    let [proof, renewal] = lease_key_bytes(&shared, &hkdf_salt(offer_jws, grant_jws), lease_id)?;
     Ok(LeaseKeys {
         proof: ProofKey::new(&proof),
         renewal: RenewalKey::new(&renewal),

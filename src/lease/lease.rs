@@ -387,19 +387,23 @@ impl Lease {
     fn control(
         &mut self,
         signer: &LeaseSigner,
-        mut claims: ControlClaims,
+        claims: ControlClaims,
     ) -> Result<String, LeaseError> {
-        self.sent_seq += 1;
-        claims.seq = self.sent_seq;
-        jws::sign(&claims, signer.key())
+        jws::sign(&self.numbered(claims), signer.key())
     }
 
     /// Numbers renewal `claims` and authenticates them with the lease's
     /// renewal key (`HS256`).
-    fn renewal_control(&mut self, mut claims: ControlClaims) -> Result<String, LeaseError> {
+    fn renewal_control(&mut self, claims: ControlClaims) -> Result<String, LeaseError> {
+        let claims = self.numbered(claims);
+        jws::mac(&claims, &self.renewal)
+    }
+
+    /// `claims` with this side's next control sequence number.
+    fn numbered(&mut self, mut claims: ControlClaims) -> ControlClaims {
         self.sent_seq += 1;
         claims.seq = self.sent_seq;
-        jws::mac(&claims, &self.renewal)
+        claims
     }
 
     fn blank(&self, typ: &str, wall: SystemTime) -> ControlClaims {

@@ -16,7 +16,7 @@ use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
 use super::doc_support::binding;
-use super::handshake::{hkdf_info, hkdf_renewal_info, hkdf_salt, proof_key_bytes, shared_secret};
+use super::handshake::{hkdf_info, hkdf_renewal_info, hkdf_salt, lease_key_bytes, shared_secret};
 use super::*;
 use crate::identity::Urn;
 use crate::transport::{ConnectionId, Fingerprint};
@@ -564,13 +564,13 @@ fn computed(a: &Appendix) -> BTreeMap<&'static str, String> {
     );
     let salt = hkdf_salt(&offer_jws, &grant_jws);
     let info = hkdf_info(&LeaseId(s.lease_id));
-    let key = proof_key_bytes(&core_shared, &salt, &info).expect("the proof key");
+    let renewal_info = hkdf_renewal_info(&LeaseId(s.lease_id));
+    let [key, renewal_key] =
+        lease_key_bytes(&core_shared, &salt, &LeaseId(s.lease_id)).expect("the lease keys");
     v.insert("shared_secret", hex(core_shared.as_bytes()));
     v.insert("hkdf_salt", hex(&salt));
     v.insert("hkdf_info", hex(&info));
     v.insert("proof_key", hex(key.as_ref()));
-    let renewal_info = hkdf_renewal_info(&LeaseId(s.lease_id));
-    let renewal_key = proof_key_bytes(&core_shared, &salt, &renewal_info).expect("the renewal key");
     v.insert("hkdf_renewal_info", hex(&renewal_info));
     v.insert("renewal_key", hex(renewal_key.as_ref()));
 
