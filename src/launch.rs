@@ -11,15 +11,18 @@
 //! | `ANIMA_CERT`, `ANIMA_KEY`, `ANIMA_CA` | the module's certificate, key and the CA (PEM files) |
 //! | `ANIMA_CORE_URN` | the launching Core: the only Core a Type I/II module accepts (optional for Type II: unset binds to the first Core to lease it; ignored by Type III) |
 //! | `ANIMA_LISTEN` | the address to listen on (default `127.0.0.1:0`) |
+//! | `ANIMA_LISTEN_UNIX` | a Unix socket path the module may listen on instead (same host, still mutual TLS 1.3) |
 //! | `ANIMA_OPERATORS` | comma-separated identities that may shut the module down |
 //! | `ANIMA_PARENT_PID` | the launching Core's process id: the module dies with it |
 //! | `ANIMA_CORE_ENDPOINT` | the launching Core's endpoint (`ip:port`): its registry and the module-to-module calls it mediates |
 //!
 //! Once listening, the module prints one line on stdout and nothing else
-//! there afterwards:
+//! there afterwards, with the TCP address or, when it took the Unix socket
+//! offered, `unix:PATH`:
 //!
 //! ```text
 //! ANIMA/1 READY urn:anima:module:NAME 127.0.0.1:PORT
+//! ANIMA/1 READY urn:anima:module:NAME unix:/run/user/1000/anima/4242/NAME.sock
 //! ```
 //!
 //! ```
@@ -27,7 +30,7 @@
 //! use anima_protocol::launch::{parse_ready_line, ready_line};
 //!
 //! let urn: Urn = "urn:anima:module:hasher".parse()?;
-//! let line = ready_line(&urn, "127.0.0.1:4000".parse()?);
+//! let line = ready_line(&urn, "127.0.0.1:4000".parse::<std::net::SocketAddr>()?);
 //! assert_eq!(line, "ANIMA/1 READY urn:anima:module:hasher 127.0.0.1:4000");
 //! assert_eq!(parse_ready_line(&line)?, (urn, "127.0.0.1:4000".parse()?));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -35,10 +38,11 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::identity::Urn;
+use crate::transport::Address;
 
 /// The ready line's prefix; the protocol version is its `1`.
 pub const READY_PREFIX: &str = "ANIMA/1 READY";
@@ -68,6 +72,9 @@ variables! {
     ENV_CORE_URN = "ANIMA_CORE_URN",
     /// The address to listen on.
     ENV_LISTEN = "ANIMA_LISTEN",
+    /// A Unix socket path the module may listen on instead of
+    /// `ANIMA_LISTEN` (its ready line then says `unix:PATH`).
+    ENV_LISTEN_UNIX = "ANIMA_LISTEN_UNIX",
     /// Comma-separated operator identities.
     ENV_OPERATORS = "ANIMA_OPERATORS",
     /// The launching Core's process id.
@@ -112,6 +119,9 @@ pub struct LaunchEnv {
     pub core: Option<Urn>,
     /// Where to listen.
     pub listen: SocketAddr,
+    /// A Unix socket path offered instead of `listen`: a module that can
+    /// serve on one listens there (and only there).
+    pub listen_unix: Option<PathBuf>,
     /// Operator identities.
     pub operators: Vec<Urn>,
     /// The launching process, if a Core started the module.
@@ -147,6 +157,13 @@ impl LaunchEnv {
             .transpose()
             .map_err(|e| invalid(ENV_LISTEN)(&e))?
             .unwrap_or(DEFAULT_LISTEN);
+        let listen_unix = var(ENV_LISTEN_UNIX)
+            .map(|v| match Address::unix(v) {
+                Ok(Address::Unix(path)) => Ok(path),
+                Ok(Address::Tcp(_)) => unreachable!("Address::unix makes Unix addresses"),
+                Err(e) => Err(invalid(ENV_LISTEN_UNIX)(&e)),
+            })
+            .transpose()?;
         let operators = var(ENV_OPERATORS)
             .map(|v| {
                 v.split(',')
@@ -172,6 +189,7 @@ impl LaunchEnv {
             ca: required(ENV_CA)?.into(),
             core,
             listen,
+            listen_unix,
             operators,
             parent_pid,
             core_endpoint,
@@ -188,6 +206,10 @@ impl LaunchEnv {
             (ENV_CA, Some(self.ca.clone().into_os_string())),
             (ENV_CORE_URN, self.core.as_ref().map(|u| u.as_str().into())),
             (ENV_LISTEN, Some(self.listen.to_string().into())),
+            (
+                ENV_LISTEN_UNIX,
+                self.listen_unix.clone().map(PathBuf::into_os_string),
+            ),
             (ENV_OPERATORS, Some(operators.join(",").into())),
             (
                 ENV_PARENT_PID,
@@ -215,7 +237,7 @@ impl LaunchEnv {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReadyLineError {
-    /// Not `ANIMA/1 READY <urn> <ip:port>` with single spaces.
+    /// Not `ANIMA/1 READY <urn> <address>` with single spaces.
     #[error("not a ready line: {0:?}")]
     Malformed(String),
     /// The URN does not parse.
@@ -226,9 +248,13 @@ pub enum ReadyLineError {
         /// Why it is not a URN.
         message: String,
     },
-    /// The address is not `ip:port`.
-    #[error("ready line address {0:?} is not ip:port")]
+    /// The address is neither `ip:port` nor `unix:/absolute/path`.
+    #[error("ready line address {0:?} is neither ip:port nor unix:/absolute/path")]
     BadAddress(String),
+    /// The line names a Unix socket other than the one offered
+    /// (`ANIMA_LISTEN_UNIX`), or one when none was.
+    #[error("ready line address {0} is not the Unix socket offered")]
+    NotOffered(Address),
     /// The line names another module.
     #[error("ready line names {got}, the contract {expected}")]
     WrongModule {
@@ -240,13 +266,14 @@ pub enum ReadyLineError {
 }
 
 /// The ready line for `urn` listening on `addr`.
-pub fn ready_line(urn: &Urn, addr: SocketAddr) -> String {
-    format!("{READY_PREFIX} {urn} {addr}")
+pub fn ready_line(urn: &Urn, addr: impl Into<Address>) -> String {
+    format!("{READY_PREFIX} {urn} {}", addr.into())
 }
 
-/// Parses `ANIMA/1 READY <urn> <ip:port>` (single spaces, nothing else) into
-/// the module's identity and address.
-pub fn parse_ready_line(line: &str) -> Result<(Urn, SocketAddr), ReadyLineError> {
+/// Parses `ANIMA/1 READY <urn> <address>` (single spaces, nothing else; the
+/// address `ip:port` or `unix:/absolute/path`) into the module's identity
+/// and address.
+pub fn parse_ready_line(line: &str) -> Result<(Urn, Address), ReadyLineError> {
     let malformed = || ReadyLineError::Malformed(line.to_owned());
     let rest = line
         .strip_prefix(READY_PREFIX)
@@ -266,8 +293,13 @@ pub fn parse_ready_line(line: &str) -> Result<(Urn, SocketAddr), ReadyLineError>
     Ok((urn, addr))
 }
 
-/// The address in a ready line, which must name `expected`.
-pub fn expect_ready_line(line: &str, expected: &Urn) -> Result<SocketAddr, ReadyLineError> {
+/// The address in a ready line, which must name `expected` and, when it is
+/// a Unix socket, be the one `offered` (the launch's `ANIMA_LISTEN_UNIX`).
+pub fn expect_ready_line(
+    line: &str,
+    expected: &Urn,
+    offered: Option<&Path>,
+) -> Result<Address, ReadyLineError> {
     let (got, addr) = parse_ready_line(line)?;
     if &got != expected {
         return Err(ReadyLineError::WrongModule {
@@ -275,7 +307,12 @@ pub fn expect_ready_line(line: &str, expected: &Urn) -> Result<SocketAddr, Ready
             expected: expected.clone(),
         });
     }
-    Ok(addr)
+    match &addr {
+        Address::Unix(path) if Some(path.as_path()) != offered => {
+            Err(ReadyLineError::NotOffered(addr))
+        }
+        _ => Ok(addr),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere): how a Core tells a
@@ -317,10 +354,31 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let line = ready_line(&x, addr);
         assert_eq!(line, "ANIMA/1 READY urn:anima:module:x 127.0.0.1:4000");
-        assert_eq!(parse_ready_line(&line), Ok((x.clone(), addr)));
-        assert_eq!(expect_ready_line(&line, &x), Ok(addr));
+        assert_eq!(parse_ready_line(&line), Ok((x.clone(), addr.into())));
+        assert_eq!(expect_ready_line(&line, &x, None), Ok(addr.into()));
         let v6: SocketAddr = "[::1]:65535".parse().unwrap();
-        assert_eq!(parse_ready_line(&ready_line(&x, v6)), Ok((x, v6)));
+        assert_eq!(
+            parse_ready_line(&ready_line(&x, v6)),
+            Ok((x.clone(), v6.into()))
+        );
+        let unix = Address::unix("/run/anima/7/x.sock").unwrap();
+        let line = ready_line(&x, unix.clone());
+        assert_eq!(
+            line,
+            "ANIMA/1 READY urn:anima:module:x unix:/run/anima/7/x.sock"
+        );
+        assert_eq!(parse_ready_line(&line), Ok((x.clone(), unix.clone())));
+        let offered = Path::new("/run/anima/7/x.sock");
+        assert_eq!(
+            expect_ready_line(&line, &x, Some(offered)),
+            Ok(unix.clone())
+        );
+        for other in [None, Some(Path::new("/run/anima/7/y.sock"))] {
+            assert_eq!(
+                expect_ready_line(&line, &x, other),
+                Err(ReadyLineError::NotOffered(unix.clone()))
+            );
+        }
     }
 
     #[test]
@@ -341,16 +399,19 @@ mod tests {
                 "{line:?}"
             );
         }
-        assert!(matches!(
-            parse_ready_line("ANIMA/1 READY urn:anima:module:x nowhere"),
-            Err(ReadyLineError::BadAddress(_))
-        ));
+        for address in ["nowhere", "unix:x.sock", "unix:"] {
+            let line = format!("ANIMA/1 READY urn:anima:module:x {address}");
+            assert!(
+                matches!(parse_ready_line(&line), Err(ReadyLineError::BadAddress(_))),
+                "{line:?}"
+            );
+        }
         assert!(matches!(
             parse_ready_line("ANIMA/1 READY bogus 127.0.0.1:5"),
             Err(ReadyLineError::BadUrn { .. })
         ));
         assert!(matches!(
-            expect_ready_line("ANIMA/1 READY urn:anima:module:y 127.0.0.1:5", &x),
+            expect_ready_line("ANIMA/1 READY urn:anima:module:y 127.0.0.1:5", &x, None),
             Err(ReadyLineError::WrongModule { .. })
         ));
     }
@@ -363,6 +424,7 @@ mod tests {
             ca: "/c/ca.pem".into(),
             core: Some(urn("urn:anima:core:a")),
             listen: DEFAULT_LISTEN,
+            listen_unix: Some("/run/anima/42/a.sock".into()),
             operators: vec![urn("urn:anima:user:op"), urn("urn:anima:core:a")],
             parent_pid: Some(42),
             core_endpoint: Some("127.0.0.1:7700".parse().unwrap()),
@@ -382,6 +444,7 @@ mod tests {
         assert_eq!(read, env);
         let unset = LaunchEnv {
             core: None,
+            listen_unix: None,
             parent_pid: None,
             core_endpoint: None,
             ..env
@@ -392,7 +455,15 @@ mod tests {
             .filter(|(_, v)| v.is_none())
             .map(|(k, _)| k)
             .collect();
-        assert_eq!(removed, [ENV_CORE_URN, ENV_PARENT_PID, ENV_CORE_ENDPOINT]);
+        assert_eq!(
+            removed,
+            [
+                ENV_CORE_URN,
+                ENV_LISTEN_UNIX,
+                ENV_PARENT_PID,
+                ENV_CORE_ENDPOINT
+            ]
+        );
     }
 
     #[test]
@@ -416,6 +487,7 @@ mod tests {
         for (variable, value) in [
             (ENV_CORE_URN, "core"),
             (ENV_LISTEN, "nowhere"),
+            (ENV_LISTEN_UNIX, "relative.sock"),
             (ENV_OPERATORS, "urn:anima:user:a,bogus"),
             (ENV_PARENT_PID, "-1"),
         ] {

@@ -136,6 +136,7 @@ impl Setup {
             ca: self.ca_file(),
             core: core.map(str::parse).transpose()?,
             listen: DEFAULT_LISTEN,
+            listen_unix: None,
             operators: vec![OPERATOR.parse()?],
             parent_pid: Some(std::process::id()),
             core_endpoint: None,
@@ -254,7 +255,7 @@ pub fn module_command(setup: &Setup, urn: &str, extra: &str, bound: bool) -> Res
 
 /// Parses the launch protocol's ready line.
 pub fn module_ready(line: &str) -> Option<SocketAddr> {
-    parse_ready_line(line).ok().map(|(_, addr)| addr)
+    parse_ready_line(line).ok().and_then(|(_, addr)| addr.tcp())
 }
 
 /// Starts the echo fixture as a module process (see [`module_command`]).

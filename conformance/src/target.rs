@@ -10,7 +10,10 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, SystemTime};
 
 use anima_certs::{CertAuthority, LeafSpec};
-use anima_protocol::launch::{DEFAULT_LISTEN, LaunchEnv, READY_TIMEOUT, expect_ready_line};
+use anima_protocol::launch::{
+    DEFAULT_LISTEN, LaunchEnv, READY_TIMEOUT, ReadyLineError, expect_ready_line,
+};
+use anima_protocol::transport::Address;
 use anima_protocol::{TlsIdentity, Urn};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
@@ -266,6 +269,8 @@ pub async fn start(
         ca: ids.ca_file.clone(),
         core: core.cloned(),
         listen: DEFAULT_LISTEN,
+        // The checks speak to the module over TCP (raw TLS among them).
+        listen_unix: None,
         operators: vec![ids.operator.identity.urn().clone()],
         parent_pid: Some(std::process::id()),
         core_endpoint: None,
@@ -297,7 +302,12 @@ pub async fn start(
     };
     // Nothing may follow on stdout; drain it so the module never blocks.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let addr = expect_ready_line(&line, module).map_err(|e| failed(e.into()))?;
+    // No Unix socket was offered: the address is TCP, or refused above.
+    let addr = match expect_ready_line(&line, module, None) {
+        Ok(Address::Tcp(addr)) => addr,
+        Ok(unix) => return Err(failed(ReadyLineError::NotOffered(unix).into())),
+        Err(e) => return Err(failed(e.into())),
+    };
     Ok(Running {
         child,
         pid,

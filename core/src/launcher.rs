@@ -1,14 +1,16 @@
 //! Starting core-started modules with the launch protocol (PROTOCOL.md §6.1).
 //!
-//! The child gets its certificate, the CA, the Core's URN (its only Core) and
-//! `127.0.0.1:0` to listen on; it answers with one ready line on stdout. Its
+//! The child gets its certificate, the CA, the Core's URN (its only Core),
+//! `127.0.0.1:0` to listen on and, for a module only this Core uses, a Unix
+//! socket in the Core's runtime directory to listen on instead
+//! ([`crate::runtime_dir`]); it answers with one ready line on stdout naming
+//! where it listens. Its
 //! later stdout and stderr lines go to the Core's log, tagged with the module,
 //! as plain text (see [`crate::log_text`]); it is asked not to colour them
 //! (`NO_COLOR=1`).
 //! Children are killed if the Core drops them, and ask the kernel for SIGTERM
 //! when the Core dies (`ANIMA_PARENT_PID`).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use anima_protocol::Urn;
 use anima_protocol::launch::{
     DEFAULT_LISTEN, LaunchEnv, READY_PREFIX, READY_TIMEOUT, ReadyLineError, expect_ready_line,
 };
+use anima_protocol::transport::Address;
 use tokio::io::{AsyncBufRead, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -46,6 +49,8 @@ pub(crate) struct LaunchSpec {
     pub(crate) operators: Vec<Urn>,
     /// The Core's endpoint, for the module's registry and mediated calls.
     pub(crate) core_endpoint: Option<std::net::SocketAddr>,
+    /// The Unix socket offered (`ANIMA_LISTEN_UNIX`), if any.
+    pub(crate) listen_unix: Option<PathBuf>,
 }
 
 /// Why a module could not be started.
@@ -84,8 +89,8 @@ pub(crate) struct Launched {
     pub(crate) child: Child,
     /// Its process id.
     pub(crate) pid: Option<u32>,
-    /// Where it listens.
-    pub(crate) addr: SocketAddr,
+    /// Where it listens: the Unix socket offered, or a TCP address.
+    pub(crate) addr: Address,
 }
 
 /// Starts `spec` and waits for its ready line.
@@ -101,7 +106,7 @@ pub(crate) async fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     };
     let mut stdout = BufReader::new(stdout);
     let line = ready_line(&mut stdout, &module, &mut child).await?;
-    let addr = expect_ready_line(&line, &spec.urn)?;
+    let addr = expect_ready_line(&line, &spec.urn, spec.listen_unix.as_deref())?;
     tokio::spawn(log_lines(stdout, module));
     Ok(Launched { child, pid, addr })
 }
@@ -115,6 +120,7 @@ fn spawn(spec: &LaunchSpec) -> Result<Child, LaunchError> {
         ca: spec.ca.clone(),
         core: Some(spec.core.clone()),
         listen: DEFAULT_LISTEN,
+        listen_unix: spec.listen_unix.clone(),
         operators: spec.operators.clone(),
         parent_pid: Some(std::process::id()),
         core_endpoint: spec.core_endpoint,
@@ -243,6 +249,39 @@ mod tests {
             core: "urn:anima:core:test".parse().expect("core urn"),
             operators: Vec::new(),
             core_endpoint: None,
+            listen_unix: None,
+        }
+    }
+
+    /// A module offered `offered` that answers with `unix:` and the path
+    /// in `ANIMA_LISTEN_UNIX` followed by `suffix`.
+    fn unix_module(urn: &Urn, offered: Option<&str>, suffix: &str) -> LaunchSpec {
+        let script = format!(
+            "printf '{READY_PREFIX} {urn} unix:%s{suffix}\\n' \"$ANIMA_LISTEN_UNIX\"; exec sleep 30"
+        );
+        LaunchSpec {
+            args: vec!["-c".into(), script],
+            listen_unix: offered.map(PathBuf::from),
+            ..noisy_module(urn)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_module_listens_on_the_unix_socket_offered_and_no_other() {
+        let urn: Urn = "urn:anima:module:local".parse().expect("module urn");
+        let offered = "/run/anima-test/1/local.sock";
+        let launched = launch(&unix_module(&urn, Some(offered), ""))
+            .await
+            .expect("launched");
+        assert_eq!(launched.addr, Address::unix(offered).expect("path"));
+        for (offered, suffix) in [(Some(offered), ".other"), (None, "/nowhere.sock")] {
+            let e = launch(&unix_module(&urn, offered, suffix))
+                .await
+                .expect_err("a socket not offered");
+            assert!(
+                matches!(e, LaunchError::BadReadyLine(ReadyLineError::NotOffered(_))),
+                "{e}"
+            );
         }
     }
 

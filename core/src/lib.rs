@@ -30,6 +30,7 @@ mod reestablish;
 mod registry;
 mod reload;
 mod restart;
+mod runtime_dir;
 pub mod service;
 mod sidecars;
 mod status;

@@ -17,11 +17,10 @@
 //! most [`DRAIN`] later). Otherwise the connection is closed and the lease
 //! goes on. No call is refused on the way.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use anima_protocol::transport::{CERT_POLL, leaf_fingerprint};
+use anima_protocol::transport::{Address, CERT_POLL, leaf_fingerprint};
 use anima_protocol::{Connection, PeerPolicy};
 use tokio_util::sync::CancellationToken;
 
@@ -74,7 +73,7 @@ impl Due {
 pub(crate) async fn renewed_lease(
     ctx: &Arc<CoreContext>,
     module: &ModuleConfig,
-    addr: SocketAddr,
+    addr: &Address,
     link: &LeaseLink,
 ) -> (LeaseLink, &'static str) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + CHECK_EVERY, CHECK_EVERY);
@@ -142,12 +141,12 @@ fn due(
 async fn try_renewed(
     ctx: &Arc<CoreContext>,
     module: &ModuleConfig,
-    addr: SocketAddr,
+    addr: &Address,
     link: &LeaseLink,
 ) -> Result<Option<LeaseLink>, CoreLeaseError> {
     let (client, signer) = ctx.dialer(module);
     let conn: Connection = client
-        .dial_addr(addr, PeerPolicy::exactly(module.urn.clone()))
+        .dial_addr(addr.clone(), PeerPolicy::exactly(module.urn.clone()))
         .await?;
     if signer.fingerprint() == link.core_fingerprint()
         && conn.peer().fingerprint() == link.module_fingerprint()

@@ -387,9 +387,25 @@ fn core_context(
         links: Mutex::new(HashMap::new()),
         routes,
         endpoint: local_address(endpoint),
+        runtime: runtime_dir(),
         mediation: crate::gateway::mediate::Mediation::load(config)?,
         sidecars: crate::gateway::sidecar::Sidecars::new(&config.modules),
     })
+}
+
+/// The directory for modules' Unix sockets, or `None` (modules listen on
+/// TCP) when it cannot be made, which is logged.
+fn runtime_dir() -> Option<crate::runtime_dir::RuntimeDir> {
+    match crate::runtime_dir::RuntimeDir::create() {
+        Ok(dir) => {
+            tracing::debug!(dir = %dir.path().display(), "runtime directory for modules' Unix sockets");
+            Some(dir)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no runtime directory: the modules this Core starts listen on TCP");
+            None
+        }
+    }
 }
 
 /// The largest request or reply of `anima.v1.Mediator`: an envelope at the

@@ -7,7 +7,6 @@
 //! `backoff_max` between attempts; past the limit the module is `failed` and
 //! says why.
 
-use std::net::SocketAddr;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use anima_protocol::interface::{Provided, Required};
 use anima_protocol::lease::{LeaseSigner, LeaseState, Reason, Scope};
 use anima_protocol::pb::module_admin_client::ModuleAdminClient;
 use anima_protocol::pb::{ModuleStatus, ShutdownRequest};
+use anima_protocol::transport::Address;
 use anima_protocol::{ClientTls, Connection, PeerPolicy, TransportError, Urn};
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -70,6 +70,9 @@ pub(crate) struct CoreContext {
     /// Where the modules this Core starts reach its endpoint (the listening
     /// address; loopback when it listens on every address).
     pub(crate) endpoint: std::net::SocketAddr,
+    /// Where the Type I and II modules this Core starts listen (Unix
+    /// sockets); `None`: on TCP.
+    pub(crate) runtime: Option<crate::runtime_dir::RuntimeDir>,
     /// What modules may call of each other (`[[permission]]`) and the
     /// interface definitions applied to those calls.
     pub(crate) mediation: crate::gateway::mediate::Mediation,
@@ -506,7 +509,7 @@ async fn wait_restart_command(
 async fn start(
     ctx: &CoreContext,
     module: &ModuleConfig,
-) -> Result<(SocketAddr, Option<Child>), String> {
+) -> Result<(Address, Option<Child>), String> {
     let urn = &module.urn;
     match &module.start {
         StartMode::Command {
@@ -533,6 +536,13 @@ async fn start(
                     Vec::new()
                 },
                 core_endpoint: Some(ctx.endpoint),
+                // Only this Core reaches a Type I or II module: on this
+                // host, over a Unix socket. Other Cores reach shared ones.
+                listen_unix: ctx
+                    .runtime
+                    .as_ref()
+                    .filter(|_| !shared)
+                    .and_then(|dir| dir.socket_for(urn)),
             };
             match launch(&spec).await {
                 Ok(launched) => {
@@ -555,7 +565,7 @@ async fn start(
             Ok(mut addrs) => match addrs.next() {
                 Some(a) => {
                     ctx.registry.update(urn, |v| v.endpoint = a.to_string());
-                    Ok((a, None))
+                    Ok((a.into(), None))
                 }
                 None => Err(format!("{endpoint} resolves to nothing")),
             },
@@ -595,7 +605,7 @@ async fn run_once(
     }
     // Lease it; lease it again whenever a resident module's lease ends.
     loop {
-        let mut link = match open_lease(ctx, module, started.addr).await {
+        let mut link = match open_lease(ctx, module, &started.addr).await {
             Ok(link) => link,
             Err(e) => return started.lease_failed(&e).await,
         };
@@ -632,15 +642,27 @@ async fn run_once(
 struct Started<'a> {
     ctx: &'a Arc<CoreContext>,
     module: &'a ModuleConfig,
-    addr: SocketAddr,
+    addr: Address,
     child: Option<Child>,
+}
+
+impl Drop for Started<'_> {
+    /// The process is gone (or killed now, with its handle): a Unix socket
+    /// it could not remove itself goes too.
+    fn drop(&mut self) {
+        if let (Some(_), Address::Unix(socket), Some(dir)) =
+            (&self.child, &self.addr, &self.ctx.runtime)
+        {
+            dir.remove_socket(socket);
+        }
+    }
 }
 
 impl Started<'_> {
     /// Stops the process, if the Core started one.
     async fn stop(&mut self) {
         if let Some(c) = self.child.as_mut() {
-            stop_child(self.ctx, self.module, c, self.addr).await;
+            stop_child(self.ctx, self.module, c, &self.addr).await;
         }
     }
 
@@ -659,7 +681,10 @@ impl Started<'_> {
     async fn resolve(&mut self, shutdown: &CancellationToken) -> Option<Outcome> {
         let (client, _) = self.ctx.dialer(self.module);
         let conn = client
-            .dial_addr(self.addr, PeerPolicy::exactly(self.module.urn.clone()))
+            .dial_addr(
+                self.addr.clone(),
+                PeerPolicy::exactly(self.module.urn.clone()),
+            )
             .await
             .ok()?;
         let status = module_status(&conn).await.ok()?;
@@ -690,7 +715,7 @@ impl Started<'_> {
             if let Ok(Some(status)) = c.try_wait() {
                 return Outcome::Exited(Some(status));
             }
-            stop_child(self.ctx, self.module, c, self.addr).await;
+            stop_child(self.ctx, self.module, c, &self.addr).await;
         }
         match e {
             CoreLeaseError::ContractMismatch { .. } => Outcome::Misconfigured(e.to_string()),
@@ -713,7 +738,7 @@ impl Started<'_> {
         commands: &mut mpsc::Receiver<ModuleCommand>,
         shutdown: &CancellationToken,
     ) -> Held {
-        let (ctx, module, addr) = (self.ctx, self.module, self.addr);
+        let (ctx, module, addr) = (self.ctx, self.module, self.addr.clone());
         let urn = &module.urn;
         let lease_id = link.id().to_string();
         let over = tokio::select! {
@@ -745,7 +770,7 @@ impl Started<'_> {
                 link.revoke(&format!("health check failed: {unhealthy}"), Actor::Core);
                 None
             }
-            (new, why) = reestablish::renewed_lease(ctx, module, addr, link) => {
+            (new, why) = reestablish::renewed_lease(ctx, module, &addr, link) => {
                 return Held::Replaced(new, why);
             }
         };
@@ -882,11 +907,11 @@ async fn watch_health(link: &LeaseLink) -> String {
 async fn open_lease(
     ctx: &Arc<CoreContext>,
     module: &ModuleConfig,
-    addr: SocketAddr,
+    addr: &Address,
 ) -> Result<LeaseLink, CoreLeaseError> {
     let (client, signer) = ctx.dialer(module);
     let conn: Connection = client
-        .dial_addr(addr, PeerPolicy::exactly(module.urn.clone()))
+        .dial_addr(addr.clone(), PeerPolicy::exactly(module.urn.clone()))
         .await?;
     lease_on(ctx, module, conn, signer).await
 }
@@ -1012,7 +1037,7 @@ async fn stop_child(
     ctx: &Arc<CoreContext>,
     module: &ModuleConfig,
     child: &mut Child,
-    addr: SocketAddr,
+    addr: &Address,
 ) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
@@ -1021,7 +1046,7 @@ async fn stop_child(
         let conn = ctx
             .dialer(module)
             .0
-            .dial_addr(addr, PeerPolicy::exactly(module.urn.clone()))
+            .dial_addr(addr.clone(), PeerPolicy::exactly(module.urn.clone()))
             .await
             .ok()?;
         ModuleAdminClient::new(conn.channel())

@@ -11,9 +11,8 @@ use anima_protocol::lease::{LeaseId, LeaseSigner, Reason, Scope};
 use anima_protocol::pb::lease_control_server::LeaseControlServer;
 use anima_protocol::pb::module_admin_server::ModuleAdminServer;
 use anima_protocol::pb::probe_server::ProbeServer;
-use anima_protocol::transport::CertWatch;
+use anima_protocol::transport::{Address, CertWatch, Listener};
 use anima_protocol::{PeerPolicy, ServerTls, TlsIdentity, TrustRoot, Urn};
-use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
@@ -299,15 +298,17 @@ impl ModuleServer {
     }
 
     /// Checks the served methods against the contract, then serves on
-    /// `listener` until the lifecycle ends (Type I), an authorized shutdown
-    /// arrives, or `shutdown` completes. The lease control service,
+    /// `listener` (a `TcpListener`, a `UnixListener` or a [`Listener`])
+    /// until the lifecycle ends (Type I), an authorized shutdown arrives, or
+    /// `shutdown` completes. The lease control service,
     /// `ModuleAdmin` and `grpc.health.v1` are added; every other call passes
     /// the lease gate.
     pub async fn serve(
         mut self,
-        listener: TcpListener,
+        listener: impl Into<Listener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Exit, SdkError> {
+        let listener = listener.into();
         let routes = self.routes.take().ok_or_else(|| {
             SdkError::MethodMismatch(
                 "no capability service was added (ModuleServer::service)".into(),
@@ -333,7 +334,7 @@ impl ModuleServer {
         tracing::info!(
             module = %state.contract.urn,
             module_type = %state.contract.module_type,
-            addr = %listener.local_addr()?,
+            addr = %listener.local_address()?,
             "serving"
         );
         let cleanup: SharedCleanup = Arc::new(std::sync::Mutex::new(self.cleanup));
@@ -418,8 +419,13 @@ async fn launch_inner(
     }
     let server = configure(server);
     tokio::spawn(reload_on_change(server.handle(), env.cert, env.key, env.ca));
-    let listener = TcpListener::bind(env.listen).await?;
-    let addr = listener.local_addr()?;
+    // The Unix socket offered, if any (same host: no TCP stack), else TCP.
+    let listen = match env.listen_unix {
+        Some(path) => Address::Unix(path),
+        None => Address::Tcp(env.listen),
+    };
+    let listener = Listener::bind(&listen).await?;
+    let addr = listener.local_address()?;
     // Check everything before announcing readiness.
     let urn = identity.urn().clone();
     let ready = ready_line(&urn, addr);
@@ -436,7 +442,7 @@ async fn launch_inner(
 impl ModuleServer {
     async fn serve_announced(
         self,
-        listener: TcpListener,
+        listener: Listener,
         shutdown: impl Future<Output = ()> + Send,
         announce: impl Future<Output = ()>,
     ) -> Result<Exit, SdkError> {

@@ -181,10 +181,11 @@ impl FakeCore {
         self.lease_at(module.addr, &module.urn, scope, ttl).await
     }
 
-    /// Opens a lease on a new connection to `addr` (which must be `module`).
+    /// Opens a lease on a new connection to `addr` (which must be `module`;
+    /// TCP or a Unix socket).
     pub async fn lease_at(
         &self,
-        addr: SocketAddr,
+        addr: impl Into<anima_protocol::transport::Address>,
         module: &Urn,
         scope: Scope,
         ttl: Duration,

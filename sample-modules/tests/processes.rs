@@ -8,7 +8,6 @@
 mod harness;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -77,7 +76,7 @@ impl Pki {
 /// A started module process (killed when dropped).
 struct Process {
     child: Child,
-    addr: SocketAddr,
+    addr: anima_protocol::transport::Address,
     contract: Contract,
     stdout: tokio::task::JoinHandle<Vec<String>>,
     stderr: tokio::task::JoinHandle<String>,
@@ -156,7 +155,7 @@ impl Process {
 
     async fn lease(&self, core: &FakeCore) -> Result<FakeLease, SdkError> {
         core.lease_at(
-            self.addr,
+            self.addr.clone(),
             &self.contract.urn,
             self.contract.methods.clone(),
             TTL,

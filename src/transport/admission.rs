@@ -9,11 +9,11 @@
 //! ClientHello promptly (every real TLS stack does) is dropped last.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
+use super::socket::Origin;
 use crate::identity::Urn;
 
 /// The handshakes in progress on one listener.
@@ -28,11 +28,11 @@ struct Pending {
     next: u64,
     entries: HashMap<u64, Entry>,
     all: Queues,
-    by_address: HashMap<IpAddr, Queues>,
+    by_address: HashMap<Origin, Queues>,
 }
 
 struct Entry {
-    address: IpAddr,
+    address: Origin,
     progressing: bool,
     evict: oneshot::Sender<()>,
 }
@@ -98,10 +98,10 @@ impl PendingHandshakes {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A slot for a handshake from `address`, dropping older handshakes when
-    /// the limits are reached. The slot's [`PendingSlot::evicted`] completes
+    /// A slot for a handshake from `address` (an IP address, or a local
+    /// user), dropping older handshakes when the limits are reached. The slot's [`PendingSlot::evicted`] completes
     /// if this handshake is dropped in turn.
-    pub(crate) fn admit(self: &Arc<Self>, address: IpAddr) -> PendingSlot {
+    pub(crate) fn admit(self: &Arc<Self>, address: Origin) -> PendingSlot {
         let (evict, evicted) = oneshot::channel();
         let mut pending = self.lock();
         while let Some(victim) = pending
@@ -256,8 +256,8 @@ impl Drop for IdentitySlot {
 mod tests {
     use super::*;
 
-    fn ip(last: u8) -> IpAddr {
-        IpAddr::from([10, 0, 0, last])
+    fn ip(last: u8) -> Origin {
+        Origin::Ip(std::net::IpAddr::from([10, 0, 0, last]))
     }
 
     fn evicted(slot: &mut PendingSlot) -> bool {

@@ -1,14 +1,12 @@
 //! Dialling a mutually authenticated connection and running gRPC over it.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -17,9 +15,10 @@ use super::cert::identity_of;
 use super::error::TransportError;
 use super::peer::PeerInfo;
 use super::server::DEFAULT_HANDSHAKE_TIMEOUT;
+use super::socket::{Address, Socket};
 use super::tls::{PeerPolicy, TlsIdentity, TrustRoot, client_config};
 
-/// Default limit on the TCP connect.
+/// Default limit on the TCP (or Unix socket) connect.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default HTTP/2 keepalive ping interval.
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -70,7 +69,7 @@ impl ClientTls {
         }
     }
 
-    /// Sets the TCP connect timeout.
+    /// Sets the TCP (or Unix socket) connect timeout.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -114,20 +113,20 @@ impl ClientTls {
         self.dial_addr(resolved, expect).await
     }
 
-    /// Opens one TCP connection to `addr`, completes a mutual TLS 1.3
-    /// handshake requiring a server identity that satisfies `expect`, and
-    /// runs an HTTP/2 gRPC channel over that connection.
+    /// Opens one connection to `addr` (TCP, or a Unix socket), completes a
+    /// mutual TLS 1.3 handshake requiring a server identity that satisfies
+    /// `expect`, and runs an HTTP/2 gRPC channel over that connection.
     ///
     /// The channel never reconnects by itself: when this connection ends,
     /// calls on it fail with `UNAVAILABLE`, and a new connection (with a new
     /// lease) must be dialled. Leases are bound to connections.
     pub async fn dial_addr(
         &self,
-        addr: SocketAddr,
+        addr: impl Into<Address>,
         expect: PeerPolicy,
     ) -> Result<Connection, TransportError> {
         let config = client_config(&self.identity, &self.trust, expect)?;
-        let (stream, peer) = self.handshake(addr, config).await?;
+        let (stream, peer) = self.handshake(&addr.into(), config).await?;
         let slot = Arc::new(Mutex::new(Some(stream)));
         let connector = tower::service_fn(move |_: Uri| {
             let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -149,24 +148,26 @@ impl ClientTls {
         Ok(Connection { channel, peer })
     }
 
-    /// A channel to `addr` that dials (TCP, mutual TLS 1.3, `expect`
-    /// checked in the handshake) when first used and again whenever its
+    /// A channel to `addr` that dials (TCP or a Unix socket, mutual TLS 1.3,
+    /// `expect` checked in the handshake) when first used and again whenever its
     /// connection has gone away. For calls bound to no connection (a
     /// module's calls through its Core, the registry); a lease's channel is
     /// [`ClientTls::dial_addr`]'s, which never reconnects.
     pub fn reconnecting(
         &self,
-        addr: SocketAddr,
+        addr: impl Into<Address>,
         expect: PeerPolicy,
     ) -> Result<Channel, TransportError> {
         let config = client_config(&self.identity, &self.trust, expect)?;
         let dialler = self.clone();
+        let addr = addr.into();
         let connector = tower::service_fn(move |_: Uri| {
             let dialler = dialler.clone();
             let config = config.clone();
+            let addr = addr.clone();
             async move {
                 let (stream, _) = dialler
-                    .handshake(addr, config)
+                    .handshake(&addr, config)
                     .await
                     .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?;
                 Ok::<_, io::Error>(TokioIo::new(stream))
@@ -181,27 +182,37 @@ impl ClientTls {
 
     async fn handshake(
         &self,
-        addr: SocketAddr,
+        addr: &Address,
         config: Arc<ClientConfig>,
-    ) -> Result<(TlsStream<TcpStream>, PeerInfo), TransportError> {
-        let connect = TcpStream::connect(addr);
-        let tcp = within("TCP connect", addr, self.connect_timeout, connect)
+    ) -> Result<(TlsStream<Socket>, PeerInfo), TransportError> {
+        let connect = Socket::connect(addr);
+        let what = if addr.is_unix() {
+            "unix socket connect"
+        } else {
+            "TCP connect"
+        };
+        let (socket, local) = within(what, addr, self.connect_timeout, connect)
             .await?
-            .map_err(|source| TransportError::Connect { addr, source })?;
-        let _ = tcp.set_nodelay(true);
-        let local = tcp
-            .local_addr()
-            .map_err(|source| TransportError::Connect { addr, source })?;
+            .map_err(|source| TransportError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
         // The server is identified by its URN (checked by the verifier); the
         // name only fills the SNI field.
-        let name = ServerName::IpAddress(addr.ip().into());
-        let connect = TlsConnector::from(config).connect(name, tcp);
+        let name = match addr {
+            Address::Tcp(a) => ServerName::IpAddress(a.ip().into()),
+            Address::Unix(_) => ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+        };
+        let connect = TlsConnector::from(config).connect(name, socket);
         let stream = within("TLS handshake", addr, self.handshake_timeout, connect)
             .await?
-            .map_err(|source| TransportError::Handshake { addr, source })?;
+            .map_err(|source| TransportError::Handshake {
+                addr: addr.clone(),
+                source,
+            })?;
         let (_, conn) = stream.get_ref();
         if conn.alpn_protocol() != Some(b"h2") {
-            return Err(TransportError::NoAlpn(addr));
+            return Err(TransportError::NoAlpn(addr.clone()));
         }
         let leaf = conn
             .peer_certificates()
@@ -209,7 +220,7 @@ impl ClientTls {
             .ok_or(TransportError::EmptyChain)?
             .clone();
         let urn = identity_of(&leaf)?;
-        let peer = PeerInfo::new(urn, addr, local, leaf, self.identity.fingerprint());
+        let peer = PeerInfo::new(urn, addr.clone(), local, leaf, self.identity.fingerprint());
         Ok((stream, peer))
     }
 }
@@ -218,13 +229,17 @@ impl ClientTls {
 /// fails with [`TransportError::Timeout`] naming `what`.
 async fn within<T>(
     what: &'static str,
-    addr: SocketAddr,
+    addr: &Address,
     after: Duration,
     step: impl Future<Output = T>,
 ) -> Result<T, TransportError> {
     tokio::time::timeout(after, step)
         .await
-        .map_err(|_| TransportError::Timeout { what, addr, after })
+        .map_err(|_| TransportError::Timeout {
+            what,
+            addr: addr.clone(),
+            after,
+        })
 }
 
 /// One authenticated connection and the gRPC channel running over it.

@@ -1,10 +1,10 @@
 //! Transport errors.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::cert::CertIdentityError;
+use super::socket::Address;
 use crate::identity::Urn;
 
 /// Why a TLS configuration could not be built or a connection not made.
@@ -58,11 +58,11 @@ pub enum TransportError {
     /// The client certificate verifier could not be built.
     #[error("TLS client verifier: {0}")]
     Verifier(String),
-    /// The TCP connection failed.
+    /// The TCP (or Unix socket) connection failed.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         /// The address dialled.
-        addr: SocketAddr,
+        addr: Address,
         /// The I/O error.
         source: std::io::Error,
     },
@@ -78,7 +78,7 @@ pub enum TransportError {
     #[error("TLS handshake with {addr} failed: {source}")]
     Handshake {
         /// The peer address.
-        addr: SocketAddr,
+        addr: Address,
         /// The TLS or I/O error.
         source: std::io::Error,
     },
@@ -88,13 +88,13 @@ pub enum TransportError {
         /// What was waited for.
         what: &'static str,
         /// The peer address.
-        addr: SocketAddr,
+        addr: Address,
         /// The limit.
         after: Duration,
     },
     /// The peer did not negotiate HTTP/2.
     #[error("peer {0} did not negotiate ALPN h2")]
-    NoAlpn(SocketAddr),
+    NoAlpn(Address),
     /// The gRPC channel could not be set up on the connection.
     #[error("gRPC channel: {0}")]
     Channel(#[from] tonic::transport::Error),

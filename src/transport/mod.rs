@@ -1,8 +1,9 @@
 //! The transport: gRPC over mutually authenticated TLS 1.3, and nothing else.
 //!
 //! This module is the only code in Anima that builds TLS. Servers wrap a
-//! [`TcpListener`](tokio::net::TcpListener) with [`ServerTls::incoming`];
-//! clients open connections with [`ClientTls::dial`]. Both sides:
+//! [`Listener`] (TCP, or a Unix domain socket for a module on the Core's
+//! host) with [`ServerTls::incoming`]; clients open connections with
+//! [`ClientTls::dial`] and [`ClientTls::dial_addr`]. Both sides:
 //!
 //! - speak TLS 1.3 only, ALPN `h2`, with the `ring` provider;
 //! - require the peer's certificate to chain to the configured [`TrustRoot`]
@@ -29,6 +30,7 @@ mod refusal;
 mod refusal_log;
 mod reload;
 mod server;
+mod socket;
 mod tls;
 
 pub use admission::{IdentityLimit, IdentitySlot};
@@ -47,4 +49,5 @@ pub use server::{
     DEFAULT_MAX_CONNECTIONS_PER_IDENTITY, DEFAULT_MAX_PENDING_HANDSHAKES,
     DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS, ServerTls, TlsConn,
 };
+pub use socket::{Address, AddressError, Listener, MAX_UNIX_PATH, UNIX_PREFIX};
 pub use tls::{PeerPolicy, TlsIdentity, TrustRoot, host_client_config, leaf_fingerprint};

@@ -1,13 +1,13 @@
 //! What request handling knows about the connection a request came on.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustls::pki_types::CertificateDer;
 
 use super::cert::Fingerprint;
+use super::socket::Address;
 use crate::identity::Urn;
 
 /// Identifies one TLS connection within this process.
@@ -47,8 +47,8 @@ pub struct PeerInfo(Arc<Inner>);
 struct Inner {
     connection: ConnectionId,
     urn: Urn,
-    remote_addr: SocketAddr,
-    local_addr: SocketAddr,
+    remote_addr: Address,
+    local_addr: Address,
     certificate: CertificateDer<'static>,
     fingerprint: Fingerprint,
     local_fingerprint: Fingerprint,
@@ -57,8 +57,8 @@ struct Inner {
 impl PeerInfo {
     pub(crate) fn new(
         urn: Urn,
-        remote_addr: SocketAddr,
-        local_addr: SocketAddr,
+        remote_addr: Address,
+        local_addr: Address,
         certificate: CertificateDer<'static>,
         local_fingerprint: Fingerprint,
     ) -> Self {
@@ -94,14 +94,15 @@ impl PeerInfo {
         &self.0.urn
     }
 
-    /// The peer's socket address.
-    pub fn remote_addr(&self) -> SocketAddr {
-        self.0.remote_addr
+    /// The peer's address. Local peers on a Unix socket are unnamed: for
+    /// them this is the socket's path, as [`PeerInfo::local_addr`] is.
+    pub fn remote_addr(&self) -> &Address {
+        &self.0.remote_addr
     }
 
-    /// This side's socket address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.0.local_addr
+    /// This side's address.
+    pub fn local_addr(&self) -> &Address {
+        &self.0.local_addr
     }
 
     /// The peer's leaf certificate.

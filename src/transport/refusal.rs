@@ -1,19 +1,19 @@
 //! Why a connection was refused, in words an operator can act on.
 
 use std::fmt;
-use std::net::SocketAddr;
 
 use rustls::{CertificateError, InvalidMessage, PeerIncompatible};
 
 use super::cert::CertIdentityError;
 use super::error::TransportError;
+use super::socket::Address;
 use crate::identity::Urn;
 
 /// A connection refused during the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// Who connected.
-    pub peer: SocketAddr,
+    /// Who connected (on a Unix socket: the socket's path).
+    pub peer: Address,
     /// Why it was refused.
     pub reason: RefusalReason,
 }

@@ -7,13 +7,13 @@
 //! comes, a summary line at the end of the interval does.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::refusal::RefusalReason;
+use super::socket::Address;
 
 /// How many refusal lines of one kind may be logged at once.
 pub const DEFAULT_REFUSAL_LOG_BURST: u32 = 5;
@@ -67,7 +67,7 @@ impl RefusalLog {
 
     /// Counts one refusal; logs it unless its kind is over its rate. The
     /// line says how many refusals of this kind were not logged before it.
-    pub(crate) fn refuse(&self, peer: SocketAddr, reason: &RefusalReason) {
+    pub(crate) fn refuse(&self, peer: &Address, reason: &RefusalReason) {
         if let Some(left_out) = self.count(reason.kind(), Instant::now()) {
             if left_out == 0 {
                 tracing::warn!(peer = %peer, reason = %reason, "connection refused");

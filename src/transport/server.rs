@@ -1,7 +1,6 @@
 //! Accepting mutually authenticated connections for a tonic server.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -10,7 +9,6 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_rustls::LazyConfigAcceptor;
@@ -26,6 +24,7 @@ use super::refusal::{Refusal, RefusalReason};
 use super::refusal_log::{
     DEFAULT_REFUSAL_LOG_BURST, DEFAULT_REFUSAL_LOG_INTERVAL, RefusalCount, RefusalLog,
 };
+use super::socket::{Accepted, Address, Listener, Socket};
 use super::tls::{PeerPolicy, TlsIdentity, TrustRoot, server_config};
 use crate::identity::Urn;
 
@@ -86,8 +85,9 @@ impl Default for Limits {
     }
 }
 
-/// Server-side TLS: turns a [`TcpListener`] into a stream of authenticated
-/// connections for `tonic::transport::Server::serve_with_incoming`.
+/// Server-side TLS: turns a [`Listener`] (TCP, or a Unix domain socket) into
+/// a stream of authenticated connections for
+/// `tonic::transport::Server::serve_with_incoming`.
 ///
 /// Every connection is TLS 1.3 with a client certificate that chains to the
 /// trust root and names exactly one identity accepted by the policy; anything
@@ -247,7 +247,8 @@ impl ServerTls {
     }
 
     /// Sets how many handshakes may be pending at once from one IP address
-    /// (at least 1); past it, that address's longest-waiting one is dropped.
+    /// (on a Unix socket: from one local user) (at least 1); past it, that
+    /// address's longest-waiting one is dropped.
     ///
     /// # Default
     /// [`DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS`].
@@ -320,10 +321,13 @@ impl ServerTls {
     /// good (the listening socket was closed or shut down), the stream
     /// yields that error and ends; passing errors (no file descriptors left,
     /// a connection reset before it was accepted) are logged and retried.
-    pub fn incoming(&self, listener: TcpListener) -> ReceiverStream<Result<TlsConn, io::Error>> {
-        // Listening again on a listening socket only sets its backlog.
+    pub fn incoming(
+        &self,
+        listener: impl Into<Listener>,
+    ) -> ReceiverStream<Result<TlsConn, io::Error>> {
+        let listener = listener.into();
         let backlog = i32::try_from(self.limits.listen_backlog).unwrap_or(i32::MAX);
-        if let Err(e) = socket2::SockRef::from(&listener).listen(backlog) {
+        if let Err(e) = listener.set_backlog(backlog) {
             tracing::warn!(error = %e, backlog, "cannot set the listen backlog");
         }
         let (tx, rx) = mpsc::channel(64);
@@ -331,9 +335,12 @@ impl ServerTls {
         ReceiverStream::new(rx)
     }
 
-    fn refuse(&self, peer: SocketAddr, reason: RefusalReason) {
+    fn refuse(&self, peer: &Address, reason: RefusalReason) {
         self.log.refuse(peer, &reason);
-        let _ = self.refusals.send(Refusal { peer, reason });
+        let _ = self.refusals.send(Refusal {
+            peer: peer.clone(),
+            reason,
+        });
     }
 }
 
@@ -370,7 +377,7 @@ impl std::fmt::Debug for ServerTls {
 
 async fn accept_loop(
     tls: ServerTls,
-    listener: TcpListener,
+    listener: Listener,
     tx: mpsc::Sender<Result<TlsConn, io::Error>>,
 ) {
     let limits = tls.limits;
@@ -380,7 +387,7 @@ async fn accept_loop(
     let mut summary = tokio::time::interval_at(Instant::now() + every, every);
     summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (tcp, peer) = tokio::select! {
+        let accepted = tokio::select! {
             _ = tx.closed() => return,
             _ = summary.tick() => {
                 tls.log.report_suppressed();
@@ -388,7 +395,7 @@ async fn accept_loop(
             }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
-                Err(e) if accept_failed_for_good(&e, &listener) => {
+                Err(e) if listener.failed_for_good(&e) => {
                     tracing::error!(error = %e, "accepting failed for good; no more connections");
                     let _ = tx.send(Err(e)).await;
                     return;
@@ -402,23 +409,16 @@ async fn accept_loop(
             },
         };
         // Never waits: a full table makes room by dropping an older handshake.
-        let slot = pending.admit(peer.ip());
+        let slot = pending.admit(accepted.origin);
         let tls = tls.clone();
         let connections = connections.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            if let Some(conn) = handshake(&tls, &connections, slot, tcp, peer).await {
+            if let Some(conn) = handshake(&tls, &connections, slot, accepted).await {
                 let _ = tx.send(Ok(conn)).await;
             }
         });
     }
-}
-
-/// Whether an accept error means the listening socket is gone (closed, shut
-/// down, not listening) rather than one connection or a passing shortage.
-fn accept_failed_for_good(e: &io::Error, listener: &TcpListener) -> bool {
-    // EINVAL: the socket is not listening (any more), e.g. shut down.
-    e.kind() == io::ErrorKind::InvalidInput || listener.local_addr().is_err()
 }
 
 /// Runs one connection's TLS handshake under the listener's deadlines and
@@ -428,14 +428,18 @@ async fn handshake(
     tls: &ServerTls,
     connections: &Arc<IdentityLimit>,
     mut slot: PendingSlot,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    accepted: Accepted,
 ) -> Option<TlsConn> {
-    let _ = tcp.set_nodelay(true);
-    let local = match tcp.local_addr() {
+    let Accepted {
+        socket,
+        peer,
+        local,
+        ..
+    } = accepted;
+    let local = match local {
         Ok(a) => a,
         Err(e) => {
-            tls.refuse(peer, RefusalReason::Io(e.to_string()));
+            tls.refuse(&peer, RefusalReason::Io(e.to_string()));
             return None;
         }
     };
@@ -445,11 +449,11 @@ async fn handshake(
     let deadline = Instant::now() + tls.limits.handshake_timeout;
     let hello_deadline = deadline.min(Instant::now() + tls.limits.client_hello_timeout);
     // First the ClientHello, under its own short deadline.
-    let hello = LazyConfigAcceptor::new(Acceptor::default(), tcp);
-    let started = handshake_step(tls, peer, &mut slot, hello_deadline, hello).await?;
+    let hello = LazyConfigAcceptor::new(Acceptor::default(), socket);
+    let started = handshake_step(tls, &peer, &mut slot, hello_deadline, hello).await?;
     slot.progressing();
     let rest = started.into_stream(served.config);
-    let stream = handshake_step(tls, peer, &mut slot, deadline, rest).await?;
+    let stream = handshake_step(tls, &peer, &mut slot, deadline, rest).await?;
     drop(slot);
     authorize(tls, connections, stream, peer, local, served.fingerprint)
 }
@@ -459,7 +463,7 @@ async fn handshake(
 /// returns `None` when the step fails, times out or is dropped.
 async fn handshake_step<T>(
     tls: &ServerTls,
-    peer: SocketAddr,
+    peer: &Address,
     slot: &mut PendingSlot,
     deadline: Instant,
     step: impl Future<Output = io::Result<T>>,
@@ -483,14 +487,14 @@ async fn handshake_step<T>(
 fn authorize(
     tls: &ServerTls,
     connections: &Arc<IdentityLimit>,
-    stream: TlsStream<TcpStream>,
-    peer: SocketAddr,
-    local: SocketAddr,
+    stream: TlsStream<Socket>,
+    peer: Address,
+    local: Address,
     local_fingerprint: Fingerprint,
 ) -> Option<TlsConn> {
     let (_, conn) = stream.get_ref();
     if conn.alpn_protocol() != Some(b"h2") && !fault_on!(AlpnUnchecked) {
-        tls.refuse(peer, RefusalReason::NoAlpn);
+        tls.refuse(&peer, RefusalReason::NoAlpn);
         return None;
     }
     // The verifier already required a certificate with exactly one identity;
@@ -499,18 +503,18 @@ fn authorize(
     let urn = match identity_of(&leaf) {
         Ok(u) => u,
         Err(e) => {
-            tls.refuse(peer, RefusalReason::from_identity(&e));
+            tls.refuse(&peer, RefusalReason::from_identity(&e));
             return None;
         }
     };
     if let Some(admit) = &tls.admit
         && !admit(&urn)
     {
-        tls.refuse(peer, RefusalReason::UnexpectedIdentity(urn));
+        tls.refuse(&peer, RefusalReason::UnexpectedIdentity(urn));
         return None;
     }
     let Some(held) = connections.hold(&urn) else {
-        tls.refuse(peer, RefusalReason::TooManyConnections(urn));
+        tls.refuse(&peer, RefusalReason::TooManyConnections(urn));
         return None;
     };
     tracing::debug!(peer = %peer, identity = %urn, "connection accepted");
@@ -524,7 +528,7 @@ fn authorize(
 
 /// One accepted, authenticated connection.
 pub struct TlsConn {
-    inner: TlsStream<TcpStream>,
+    inner: TlsStream<Socket>,
     info: PeerInfo,
     /// The identity's place among its connections, given back on drop.
     _held: IdentitySlot,

@@ -17,6 +17,7 @@ mod interfaces;
 mod journal;
 mod lease;
 mod lifecycle;
+mod local_sockets;
 mod loud;
 mod mediation;
 mod messages;

@@ -328,7 +328,8 @@ async fn p5_a_watcher_sees_provider_events_in_order_and_resumes_without_missing_
 async fn p6_a_module_refuses_a_connection_from_another_module() {
     let core = Setup::default().start().await;
     let kvstore = core.module("kvstore").await;
-    let addr: std::net::SocketAddr = kvstore["endpoint"].as_str().unwrap().parse().unwrap();
+    let addr: anima_protocol::transport::Address =
+        kvstore["endpoint"].as_str().unwrap().parse().unwrap();
     let dir = core.dir.path().join("certs/dev");
     let as_identity = |stem: &str| {
         let identity = TlsIdentity::from_pem_files(
@@ -346,6 +347,7 @@ async fn p6_a_module_refuses_a_connection_from_another_module() {
     // call, if the dial itself got through.
     let status = |identity: &str| {
         let client = as_identity(identity);
+        let addr = addr.clone();
         async move {
             let conn = client
                 .dial_addr(addr, PeerPolicy::exactly(KVSTORE.parse().unwrap()))

@@ -226,7 +226,7 @@ impl CoreProcess {
     }
 }
 
-fn pid_alive(pid: u64) -> bool {
+pub(crate) fn pid_alive(pid: u64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .unwrap_or_default()
@@ -435,7 +435,7 @@ async fn serve_kill_9_of_the_core_leaves_no_type1_process_behind() {
 }
 
 /// Waits (at most `limit`) until none of `pids` is alive.
-async fn assert_exit_within(pids: &[u64], limit: Duration) {
+pub(crate) async fn assert_exit_within(pids: &[u64], limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     while pids.iter().any(|p| pid_alive(*p)) {
         assert!(

@@ -59,7 +59,8 @@ async fn unleased_call(
     let trust = TrustRoot::from_pem(&read("ca.pem")).unwrap();
     let conn = ClientTls::new(identity, trust)
         .dial_addr(
-            addr.parse().expect("module endpoint"),
+            addr.parse::<anima_protocol::transport::Address>()
+                .expect("module endpoint"),
             PeerPolicy::exactly(urn.parse::<Urn>().unwrap()),
         )
         .await

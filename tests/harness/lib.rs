@@ -608,7 +608,7 @@ impl ModuleProcess {
         assert_eq!(got.as_str(), urn);
         ModuleProcess {
             child,
-            addr,
+            addr: addr.tcp().expect("TCP: no Unix socket was offered"),
             urn: got,
             dir,
         }
