@@ -1,13 +1,13 @@
 //! Calls: unary latency, throughput, connection setup and the gateway, each
 //! against its baseline in the same run, interleaved.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anima_core::audit::Actor;
 use anima_core::lease::{LeaseLink, LeasedChannel, RenewalPolicy};
+use anima_protocol::transport::Address;
 use anima_protocol::{ClientTls, PeerPolicy, Urn};
 use anima_tests::echo::SayRequest;
 use anima_tests::echo::echo_client::EchoClient;
@@ -16,8 +16,8 @@ use tonic::transport::Channel;
 use crate::Opts;
 use crate::link::LeaseOpener;
 use crate::procs::{
-    CORE, MODULE, OPERATOR, PLAIN, Proc, Res, Setup, USER, core_process, module_process,
-    plain_process, urn,
+    CORE, MODULE, OPERATOR, PLAIN, Proc, Res, Setup, Transport, USER, core_process,
+    module_process_on, plain_process_on, urn,
 };
 use crate::report::{Figure, Report};
 use crate::stats::{CpuMeter, Samples, rss_kib};
@@ -151,29 +151,63 @@ impl Side {
     }
 }
 
-/// `unary_p50_us`, `unary_p99_us`, `unary_rps_c16`, the `peers` group's
-/// figures, `handshake_ms`, and `via_core_p50_us` (which needs the leased
-/// module as its baseline).
-pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
-    let module = module_process(setup, MODULE, "type = \"resident-shared\"", false).await?;
-    let plain = plain_process(setup).await?;
-    let (link, mut leased, mut direct) = callers(setup, &module, &plain).await?;
+/// The leased echo module and the plain server on one transport, with a
+/// lease on the one and a connection to the other.
+struct Pair {
+    module: Proc,
+    plain: Proc,
+    link: LeaseLink,
+    leased: Caller,
+    direct: Caller,
+}
 
+impl Pair {
+    async fn start(setup: &Setup, transport: Transport) -> Res<Self> {
+        let module = module_process_on(
+            setup,
+            MODULE,
+            "type = \"resident-shared\"",
+            false,
+            transport,
+        )
+        .await?;
+        let plain = plain_process_on(setup, transport).await?;
+        let (link, leased, direct) = callers(setup, &module, &plain).await?;
+        Ok(Pair {
+            module,
+            plain,
+            link,
+            leased,
+            direct,
+        })
+    }
+
+    async fn stop(mut self) {
+        self.link.revoke("benchmark done", Actor::Core);
+        self.module.stop().await;
+        self.plain.stop().await;
+    }
+}
+
+/// `unary_p50_us`, `unary_p99_us`, `unary_rps_c16` (TCP), their `unary_unix_`
+/// forms (Unix sockets, the transport of the modules a Core starts), the
+/// `peers` group's figures (over Unix sockets, as go-plugin's),
+/// `handshake_ms`, and `via_core_p50_us` (which needs the leased module as
+/// its baseline).
+pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
+    let mut tcp = Pair::start(setup, Transport::Tcp).await?;
     if opts.wants("unary") {
-        unary(opts, &mut leased, &mut direct, report).await?;
+        unary(opts, "unary", &mut tcp.leased, &mut tcp.direct, report).await?;
     }
     if opts.wants("rps") {
-        let sides = [(&leased, module.pid), (&direct, plain.pid)];
-        report.add(rps(opts, sides).await?);
-    }
-    if opts.wants("peers") {
-        crate::peers::goplugin(opts, &mut leased, report).await?;
+        let sides = [(&tcp.leased, tcp.module.pid), (&tcp.direct, tcp.plain.pid)];
+        report.add(rps(opts, "unary_rps_c16", sides).await?);
     }
     if opts.wants("handshake") {
-        report.add(handshake(setup, opts, &module, &plain).await?);
+        report.add(handshake(setup, opts, &tcp.module, &tcp.plain).await?);
     }
     if opts.wants("module_to_module") {
-        match module_to_module(setup, opts, &mut leased).await {
+        match module_to_module(setup, opts, &mut tcp.leased).await {
             Ok(figure) => report.add(figure),
             Err(e) => report.add(
                 Figure::new("module_to_module_p50_us")
@@ -183,7 +217,7 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
         }
     }
     if opts.wants("via_core") {
-        match via_core(setup, opts, &mut leased).await {
+        match via_core(setup, opts, &mut tcp.leased).await {
             Ok(figures) => figures.into_iter().for_each(|f| report.add(f)),
             Err(e) => report.add(
                 Figure::new("via_core_p50_us")
@@ -192,11 +226,23 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
             ),
         }
     }
-
-    link.revoke("benchmark done", Actor::Core);
-    let (mut module, mut plain) = (module, plain);
-    module.stop().await;
-    plain.stop().await;
+    tcp.stop().await;
+    if opts.wants("unix") || opts.wants("peers") {
+        let mut unix = Pair::start(setup, Transport::Unix).await?;
+        if opts.wants("unix") {
+            let (leased, direct) = (&mut unix.leased, &mut unix.direct);
+            unary(opts, "unary_unix", leased, direct, report).await?;
+            let sides = [
+                (&unix.leased, unix.module.pid),
+                (&unix.direct, unix.plain.pid),
+            ];
+            report.add(rps(opts, "unary_unix_rps_c16", sides).await?);
+        }
+        if opts.wants("peers") {
+            crate::peers::goplugin(opts, &mut unix.leased, report).await?;
+        }
+        unix.stop().await;
+    }
     Ok(())
 }
 
@@ -204,7 +250,7 @@ pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
 pub(crate) async fn lease_echo(setup: &Setup, module: &Proc) -> Res<LeaseLink> {
     LeaseOpener::new(setup)
         .open(
-            module.addr,
+            module.addr.clone(),
             urn(MODULE)?,
             RenewalPolicy::new(Duration::from_secs(60)),
         )
@@ -221,17 +267,18 @@ pub(crate) async fn callers(
     let link = lease_echo(setup, module).await?;
     let plain_conn = setup
         .client()
-        .dial_addr(plain.addr, PeerPolicy::exactly(urn(PLAIN)?))
+        .dial_addr(plain.addr.clone(), PeerPolicy::exactly(urn(PLAIN)?))
         .await?;
     let leased = Caller::Leased(EchoClient::new(link.channel()));
     let direct = Caller::Plain(EchoClient::new(plain_conn.channel()));
     Ok((link, leased, direct))
 }
 
-/// `unary_p50_us`, `unary_p99_us`: sequential calls, leased against plain,
-/// interleaved.
+/// `<prefix>_p50_us`, `<prefix>_p99_us`: sequential calls, leased against
+/// plain, interleaved.
 async fn unary(
     opts: &Opts,
+    prefix: &str,
     leased: &mut Caller,
     direct: &mut Caller,
     report: &mut Report,
@@ -239,9 +286,10 @@ async fn unary(
     let n = if opts.quick { 1_000 } else { 20_000 };
     let warmup = if opts.quick { 200 } else { 2_000 };
     let (mut s, mut b) = interleaved(leased, direct, n, 500, warmup).await?;
-    for (name, p, target) in [("unary_p50_us", 50.0, true), ("unary_p99_us", 99.0, true)] {
+    for (name, p, target) in [("p50_us", 50.0, true), ("p99_us", 99.0, true)] {
         let (v, base) = (s.pct(p), b.pct(p));
-        let mut f = Figure::new(name).vs(v, base, 1).i("n", n as u64);
+        let name = format!("{prefix}_{name}");
+        let mut f = Figure::new(&name).vs(v, base, 1).i("n", n as u64);
         if target {
             f = f.target("ratio<=1.05", v <= 1.05 * base);
         }
@@ -250,9 +298,10 @@ async fn unary(
     Ok(())
 }
 
-/// `unary_rps_c16`: 16 concurrent callers on one connection, the subject
-/// and the baseline (each with its server's pid) in alternating windows.
-async fn rps(opts: &Opts, subjects: [(&Caller, u32); 2]) -> Res<Figure> {
+/// `name` (`unary_rps_c16`): 16 concurrent callers on one connection, the
+/// subject and the baseline (each with its server's pid) in alternating
+/// windows.
+async fn rps(opts: &Opts, name: &str, subjects: [(&Caller, u32); 2]) -> Res<Figure> {
     let (windows, window) = if opts.quick {
         (1, Duration::from_millis(500))
     } else {
@@ -272,7 +321,7 @@ async fn rps(opts: &Opts, subjects: [(&Caller, u32); 2]) -> Res<Figure> {
     }
     let [s, b] = sides;
     let (v, base) = (s.rate(), b.rate());
-    Ok(Figure::new("unary_rps_c16")
+    Ok(Figure::new(name)
         .vs(v, base, 0)
         .i("callers", 16)
         .f("seconds", s.time.as_secs_f64(), 1)
@@ -299,12 +348,12 @@ async fn handshake(setup: &Setup, opts: &Opts, module: &Proc, plain: &Proc) -> R
             let (samples, took) = if is_subject {
                 (
                     &mut s,
-                    leased_handshake(&opener, module.addr, &module_urn).await?,
+                    leased_handshake(&opener, module.addr.clone(), &module_urn).await?,
                 )
             } else {
                 (
                     &mut b,
-                    plain_handshake(&client, plain.addr, &plain_urn).await?,
+                    plain_handshake(&client, plain.addr.clone(), &plain_urn).await?,
                 )
             };
             if i >= 5 {
@@ -325,7 +374,7 @@ async fn handshake(setup: &Setup, opts: &Opts, module: &Proc, plain: &Proc) -> R
 }
 
 /// One leased handshake sample: connection, lease, first call.
-async fn leased_handshake(opener: &LeaseOpener, addr: SocketAddr, module: &Urn) -> Res<Duration> {
+async fn leased_handshake(opener: &LeaseOpener, addr: Address, module: &Urn) -> Res<Duration> {
     let t = Instant::now();
     let policy = RenewalPolicy::new(Duration::from_secs(60));
     let link = opener.open(addr, module.clone(), policy).await?;
@@ -339,7 +388,7 @@ async fn leased_handshake(opener: &LeaseOpener, addr: SocketAddr, module: &Urn) 
 }
 
 /// One baseline handshake sample: connection, first call.
-async fn plain_handshake(client: &ClientTls, addr: SocketAddr, plain: &Urn) -> Res<Duration> {
+async fn plain_handshake(client: &ClientTls, addr: Address, plain: &Urn) -> Res<Duration> {
     let t = Instant::now();
     let conn = client
         .dial_addr(addr, PeerPolicy::exactly(plain.clone()))
@@ -450,7 +499,7 @@ async fn module_to_module(setup: &Setup, opts: &Opts, direct: &mut Caller) -> Re
     let mut core = core_process(setup, &config).await?;
     let conn = setup
         .client_as(CALLER)
-        .dial_addr(core.addr, PeerPolicy::exactly(urn(CORE)?))
+        .dial_addr(core.addr.clone(), PeerPolicy::exactly(urn(CORE)?))
         .await?;
     let mut mediated = Caller::Plain(EchoClient::new(conn.channel()));
     // Until both modules are leased, the call is refused.
@@ -489,7 +538,7 @@ async fn via_core(setup: &Setup, opts: &Opts, direct: &mut Caller) -> Res<Vec<Fi
     let mut core = core_process(setup, &config).await?;
     let conn = setup
         .client_as(USER)
-        .dial_addr(core.addr, PeerPolicy::exactly(urn(CORE)?))
+        .dial_addr(core.addr.clone(), PeerPolicy::exactly(urn(CORE)?))
         .await?;
     let mut gateway = Caller::Plain(EchoClient::new(conn.channel()));
     // The Core starts and leases its module after announcing readiness.

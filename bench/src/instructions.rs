@@ -16,7 +16,6 @@
 //! makes `n` calls when told (its counters zeroed), says `done`, and exits
 //! when told (its counters dumped).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -26,6 +25,7 @@ use anima_core::audit::{Actor, AuditLog};
 use anima_core::lease::{LeaseLink, LeaseTable, RenewalPolicy};
 use anima_protocol::launch::READY_PREFIX;
 use anima_protocol::lease::{LeaseSigner, Scope};
+use anima_protocol::transport::Address;
 use anima_protocol::{ClientTls, PeerPolicy, TlsIdentity, TrustRoot};
 use anima_tests::SAY;
 use anima_tests::echo::echo_client::EchoClient;
@@ -176,8 +176,8 @@ pub(crate) async fn client_instructions_per_call(setup: &Setup, opts: &Opts) -> 
     let mut module = module_process(setup, MODULE, "type = \"resident-shared\"", false).await?;
     let mut plain = plain_process(setup).await?;
     let counted = async {
-        let leased = client_count(setup, module.addr, MODULE, true, n, &dir).await?;
-        let direct = client_count(setup, plain.addr, PLAIN, false, n, &dir).await?;
+        let leased = client_count(setup, module.addr.clone(), MODULE, true, n, &dir).await?;
+        let direct = client_count(setup, plain.addr.clone(), PLAIN, false, n, &dir).await?;
         Res::Ok((leased, direct))
     }
     .await;
@@ -197,7 +197,7 @@ pub(crate) async fn client_instructions_per_call(setup: &Setup, opts: &Opts) -> 
 /// lease made meanwhile (counted too; none are expected).
 async fn client_count(
     setup: &Setup,
-    addr: SocketAddr,
+    addr: Address,
     server: &str,
     leased: bool,
     n: usize,
@@ -282,7 +282,7 @@ pub(crate) struct ClientArgs {
     files: CertFiles,
     /// The echo server.
     #[arg(long)]
-    addr: SocketAddr,
+    addr: Address,
     /// Its URN.
     #[arg(long)]
     server: String,
@@ -300,7 +300,7 @@ pub(crate) async fn count_client(args: &ClientArgs) -> Res<()> {
     let identity = TlsIdentity::from_pem_files(&args.files.cert, &args.files.key)?;
     let client = ClientTls::new(identity.clone(), TrustRoot::from_pem_file(&args.files.ca)?);
     let conn = client
-        .dial_addr(args.addr, PeerPolicy::exactly(urn(&args.server)?))
+        .dial_addr(args.addr.clone(), PeerPolicy::exactly(urn(&args.server)?))
         .await?;
     let (mut caller, link) = if args.leased {
         let link = LeaseLink::open(

@@ -8,6 +8,7 @@ use anima_core::lease::{LeaseLink, RenewalPolicy};
 use anima_module_sdk::{Contract, LeaseEvent};
 use anima_protocol::lease::{LeaseState, Reason};
 use anima_protocol::pb::{ControlFrame, SignedToken, control_frame::Frame};
+use anima_protocol::transport::Address;
 use anima_tests::echo::echo_client::EchoClient;
 use anima_tests::echo::{SayRequest, SlowRequest, WatchRequest};
 use anima_tests::{RawCore, SAY, SLOW, TestModule, WATCH};
@@ -55,7 +56,7 @@ impl Step {
 /// links share one new table.
 async fn open_many(
     setup: &Setup,
-    addr: std::net::SocketAddr,
+    addr: Address,
     n: usize,
     policy: &RenewalPolicy,
 ) -> Res<Vec<LeaseLink>> {
@@ -65,7 +66,7 @@ async fn open_many(
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
         let (permits, opener) = (permits.clone(), opener.clone());
-        let (module, policy) = (module.clone(), policy.clone());
+        let (module, policy, addr) = (module.clone(), policy.clone(), addr.clone());
         set.spawn(async move {
             let _permit = permits.acquire_owned().await?;
             opener.open(addr, module, policy).await
@@ -140,7 +141,7 @@ async fn rss_per_lease(setup: &Setup, module: &Proc, n: usize) -> Res<Figure> {
     let rss0 = rss_kib(module.pid).ok_or("cannot read the module's RSS")?;
     let core_rss0 = rss_kib(0).unwrap_or(0);
     let policy = RenewalPolicy::new(Duration::from_secs(60));
-    let links = open_many(setup, module.addr, n, &policy).await?;
+    let links = open_many(setup, module.addr.clone(), n, &policy).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss1 = rss_kib(module.pid).ok_or("cannot read the module's RSS")?;
     let core_rss1 = rss_kib(0).unwrap_or(0);
@@ -222,7 +223,7 @@ async fn renewal_rate(
     window: Duration,
 ) -> Res<Rate> {
     let opened = Instant::now();
-    let links = open_many(setup, module.addr, n, &step.policy()).await?;
+    let links = open_many(setup, module.addr.clone(), n, &step.policy()).await?;
     let open_s = opened.elapsed().as_secs_f64();
     let lost_opening = lost_of(&links);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -587,7 +588,9 @@ pub async fn cold_start(setup: &Setup, opts: &Opts) -> Res<Figure> {
             Proc::start(command, anima_protocol::launch::READY_PREFIX, module_ready).await?;
         let t_ready = t0.elapsed();
         let policy = RenewalPolicy::new(Duration::from_secs(30));
-        let link = opener.open(proc.addr, cold_urn.clone(), policy).await?;
+        let link = opener
+            .open(proc.addr.clone(), cold_urn.clone(), policy)
+            .await?;
         EchoClient::new(link.channel())
             .say(SayRequest {
                 text: "cold".into(),

@@ -1,12 +1,12 @@
 //! Leases opened the way the Core opens them: dial the module as the Core,
 //! then the lease handshake for `Say` on that connection, with no audit log.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anima_core::audit::AuditLog;
 use anima_core::lease::{LeaseLink, LeaseTable, RenewalPolicy};
 use anima_protocol::lease::{LeaseSigner, Scope};
+use anima_protocol::transport::Address;
 use anima_protocol::{ClientTls, PeerPolicy, Urn};
 use anima_tests::SAY;
 
@@ -36,7 +36,7 @@ impl LeaseOpener {
     /// lease for `Say` on it.
     pub async fn open(
         &self,
-        addr: SocketAddr,
+        addr: impl Into<Address>,
         module: Urn,
         policy: RenewalPolicy,
     ) -> Res<LeaseLink> {

@@ -13,9 +13,10 @@
 //! | --- | --- | --- |
 //! | `unary_p50_us`, `unary_p99_us` | 64-byte unary call to a leased SDK module process, sequential | the same service as plain tonic over the same mTLS |
 //! | `unary_rps_c16` | 16 concurrent callers on one connection | plain tonic over mTLS |
+//! | `unary_unix_p50_us`, `unary_unix_p99_us`, `unary_unix_rps_c16` | the same over Unix sockets, the transport of the modules a Core starts (group `unix`) | plain tonic over the same mTLS on a Unix socket |
 //! | `instructions_per_call` | instructions the leased module's process runs per unary call (callgrind) | the plain tonic server's |
 //! | `instructions_per_call_client` | instructions a client runs per unary call through a lease, the Core's side (callgrind, a process of its own) | a plain tonic client's |
-//! | `unary_p50_us_vs_goplugin`, `unary_p99_us_vs_goplugin`, `unary_rps_c16_vs_goplugin` | the leased call, sequential and with 16 callers (group `peers`) | HashiCorp go-plugin with AutoMTLS (the anchor built by `cargo xtask bench --peers`) |
+//! | `unary_p50_us_vs_goplugin`, `unary_p99_us_vs_goplugin`, `unary_rps_c16_vs_goplugin` | the leased call over a Unix socket, sequential and with 16 callers (group `peers`) | HashiCorp go-plugin with AutoMTLS (the anchor built by `cargo xtask bench --peers`) |
 //! | `renewals_per_s_vs_etcd` | renewals of 1,000 leases at capacity (group `peers`) | etcd 3.4's lease keepalives over mTLS, 1,000 leases on 16 streams (the anchor built by `cargo xtask bench --peers`) |
 //! | `via_core_p50_us` | the same call through the Core's gateway (`anima serve`) | direct leased call |
 //! | `handshake_ms` | new connection + mutual lease + first call | new mTLS connection + first call |
@@ -91,7 +92,7 @@ enum Command {
     Spin,
     /// The plain-tonic echo server the benchmark compares against.
     #[command(hide = true)]
-    PlainEcho(procs::CertFiles),
+    PlainEcho(procs::PlainArgs),
     /// The client side of `instructions`: calls the echo server at `addr`
     /// (leased or plain) when told to on stdin, for callgrind to count.
     #[command(hide = true)]
@@ -122,6 +123,7 @@ enum Command {
 const GROUPS: &[&str] = &[
     "unary",
     "rps",
+    "unix",
     "peers",
     "instructions",
     "handshake",

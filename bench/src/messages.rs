@@ -38,6 +38,7 @@ use anima_core::audit::Actor;
 use anima_module_sdk::CoreClient;
 use anima_module_sdk::messages::{Subscription, envelope, reply_to};
 use anima_protocol::pb::{Delivery, DeliveryMode, RcsEnvelope, ReplyTo};
+use anima_protocol::transport::Address;
 use anima_tests::echo::echo_client::EchoClient;
 
 use crate::Opts;
@@ -62,7 +63,7 @@ const PUBLISHERS: usize = 16;
 pub async fn run(setup: &Setup, opts: &Opts, report: &mut Report) -> Res<()> {
     let config = core_config_with(setup, "messages", Some(("", &grants())))?;
     let mut core = core_process(setup, &config).await?;
-    let result = measure(setup, opts, core.addr, report).await;
+    let result = measure(setup, opts, core.addr.clone(), report).await;
     core.stop().await;
     let (mut round_trip, rate) = result?;
     let mut journaled = journaled(setup, opts, &config, report).await?;
@@ -226,10 +227,10 @@ fn grants() -> String {
 async fn measure(
     setup: &Setup,
     opts: &Opts,
-    addr: std::net::SocketAddr,
+    addr: Address,
     report: &mut Report,
 ) -> Res<(Samples, f64)> {
-    let module = client(setup, addr, MODULE)?;
+    let module = client(setup, addr.clone(), MODULE)?;
     let operator = client(setup, addr, OPERATOR)?;
     // The Core leases the module after announcing readiness.
     let mut sub = subscribe_when_leased(&module, &[EVENT], 1024).await?;
@@ -268,14 +269,14 @@ async fn another_core(setup: &Setup, opts: &Opts, name: &str, text: &str) -> Res
     let config = setup.dir.path().join(format!("{name}.toml"));
     std::fs::write(&config, text)?;
     let mut core = core_process(setup, &config).await?;
-    let result = figures(setup, opts, core.addr).await;
+    let result = figures(setup, opts, core.addr.clone()).await;
     core.stop().await;
     result
 }
 
 /// The same round trips and throughput through another Core (journaled,
 /// or on NATS).
-async fn figures(setup: &Setup, opts: &Opts, addr: std::net::SocketAddr) -> Res<Rates> {
+async fn figures(setup: &Setup, opts: &Opts, addr: Address) -> Res<Rates> {
     let module = client(setup, addr, MODULE)?;
     let mut sub = subscribe_when_leased(&module, &[EVENT], 1024).await?;
     let (n, total) = counts(opts);
@@ -301,7 +302,7 @@ struct Rates {
     streamed: f64,
 }
 
-fn client(setup: &Setup, addr: std::net::SocketAddr, who: &str) -> Res<CoreClient> {
+fn client(setup: &Setup, addr: Address, who: &str) -> Res<CoreClient> {
     Ok(CoreClient::new(
         addr,
         urn(CORE)?,

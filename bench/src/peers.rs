@@ -91,8 +91,9 @@ pub(crate) fn median(xs: &[f64]) -> f64 {
 }
 
 /// `unary_p50_us_vs_goplugin`, `unary_p99_us_vs_goplugin` and
-/// `unary_rps_c16_vs_goplugin`: Anima's leased call (`leased`) against
-/// go-plugin's, or one `goplugin skipped=…` line.
+/// `unary_rps_c16_vs_goplugin`: Anima's leased call (`leased`, over a Unix
+/// socket as go-plugin's plugins are) against go-plugin's, or one
+/// `goplugin skipped=…` line.
 pub(crate) async fn goplugin(opts: &Opts, leased: &mut Caller, report: &mut Report) -> Res<()> {
     let Some(peer) = GoPlugin::find() else {
         report.add(
@@ -134,6 +135,7 @@ pub(crate) async fn goplugin(opts: &Opts, leased: &mut Caller, report: &mut Repo
                 .vs(v, base, 1)
                 .i("rounds", rounds)
                 .i("calls_per_round", calls as u64)
+                .s("transport", "unix")
                 .s("baseline_is", "goplugin")
                 .target("ratio<=1", v <= base),
         );
@@ -171,6 +173,7 @@ async fn goplugin_rps(opts: &Opts, peer: &GoPlugin, leased: &Caller) -> Res<Figu
     Ok(Figure::new("unary_rps_c16_vs_goplugin")
         .vs(v, base, 0)
         .i("rounds", rounds)
+        .s("transport", "unix")
         .s("baseline_is", "goplugin")
         .target("ratio>=1", v >= base))
 }

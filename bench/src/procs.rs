@@ -2,7 +2,6 @@
 //! fixtures, the plain-tonic echo server (this binary, `plain-echo`), and
 //! `anima serve`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -11,6 +10,7 @@ use std::time::Duration;
 use anima_certs::LeafSpec;
 use anima_protocol::launch::{DEFAULT_LISTEN, LaunchEnv, READY_PREFIX, parse_ready_line};
 use anima_protocol::lease::LeaseSigner;
+use anima_protocol::transport::{Address, Listener};
 use anima_protocol::{ClientTls, PeerPolicy, ServerTls, TlsIdentity, TrustRoot, Urn, UrnKind};
 use anima_tests::TestCa;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -127,6 +127,12 @@ impl Setup {
         }
     }
 
+    /// Where a process of this run named `name` listens on a Unix socket:
+    /// `<run dir>/name.sock` (the run's directory is 0700).
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.sock"))
+    }
+
     /// The launch environment of a module with identity `urn`.
     pub fn launch_env(&self, urn: &str, core: Option<&str>) -> Res<LaunchEnv> {
         let (cert, key) = self.files(urn)?;
@@ -156,8 +162,8 @@ pub struct Proc {
     /// Its stdout, after the ready line (kept open: a module must be able
     /// to write to it).
     _stdout: Lines<BufReader<ChildStdout>>,
-    /// The address it announced.
-    pub addr: SocketAddr,
+    /// The address it announced (TCP, or a Unix socket).
+    pub addr: Address,
     /// Its process id.
     pub pid: u32,
 }
@@ -171,7 +177,7 @@ impl Proc {
     pub async fn start(
         mut command: Command,
         ready: &str,
-        parse: impl Fn(&str) -> Option<SocketAddr>,
+        parse: impl Fn(&str) -> Option<Address>,
     ) -> Res<Self> {
         let mut child = command
             .stdout(Stdio::piped())
@@ -237,10 +243,33 @@ impl Proc {
 /// The command starting the echo fixture as `urn` with contract `extra`
 /// lines (`type = …`), bound to the bench Core when `bound`.
 pub fn module_command(setup: &Setup, urn: &str, extra: &str, bound: bool) -> Res<Command> {
+    module_command_on(setup, urn, extra, bound, Transport::Tcp)
+}
+
+/// What a benchmark's processes listen on: loopback TCP, or a Unix socket
+/// (the local transport the Core gives the modules it starts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `127.0.0.1:0`.
+    Tcp,
+    /// A socket in the run's directory.
+    Unix,
+}
+
+/// [`module_command`], listening on `transport`.
+pub fn module_command_on(
+    setup: &Setup,
+    urn: &str,
+    extra: &str,
+    bound: bool,
+    transport: Transport,
+) -> Res<Command> {
     let mut command = Command::new(setup.bin("anima-fixture-module")?);
-    setup
-        .launch_env(urn, bound.then_some(CORE))?
-        .apply(&mut command);
+    let mut env = setup.launch_env(urn, bound.then_some(CORE))?;
+    if transport == Transport::Unix {
+        env.listen_unix = Some(setup.socket(&urn.replace(':', "-")));
+    }
+    env.apply(&mut command);
     command
         .env("RUST_LOG", child_log())
         .env(
@@ -254,21 +283,38 @@ pub fn module_command(setup: &Setup, urn: &str, extra: &str, bound: bool) -> Res
 }
 
 /// Parses the launch protocol's ready line.
-pub fn module_ready(line: &str) -> Option<SocketAddr> {
-    parse_ready_line(line).ok().and_then(|(_, addr)| addr.tcp())
+pub fn module_ready(line: &str) -> Option<Address> {
+    parse_ready_line(line).ok().map(|(_, addr)| addr)
 }
 
 /// Starts the echo fixture as a module process (see [`module_command`]).
 pub async fn module_process(setup: &Setup, urn: &str, extra: &str, bound: bool) -> Res<Proc> {
-    let command = module_command(setup, urn, extra, bound)?;
+    module_process_on(setup, urn, extra, bound, Transport::Tcp).await
+}
+
+/// [`module_process`], listening on `transport`.
+pub async fn module_process_on(
+    setup: &Setup,
+    urn: &str,
+    extra: &str,
+    bound: bool,
+    transport: Transport,
+) -> Res<Proc> {
+    let command = module_command_on(setup, urn, extra, bound, transport)?;
     Proc::start(command, READY_PREFIX, module_ready).await
 }
 
 /// The plain echo server's ready line.
 pub const PLAIN_READY: &str = "BENCH-PLAIN READY";
 
-/// The command starting the plain echo server (this binary, `plain-echo`).
+/// The command starting the plain echo server (this binary, `plain-echo`)
+/// on TCP.
 pub fn plain_command(setup: &Setup) -> Res<Command> {
+    plain_command_on(setup, Transport::Tcp)
+}
+
+/// [`plain_command`], listening on `transport`.
+pub fn plain_command_on(setup: &Setup, transport: Transport) -> Res<Command> {
     let (cert, key) = setup.files(PLAIN)?;
     let mut command = Command::new(std::env::current_exe()?);
     command
@@ -280,17 +326,30 @@ pub fn plain_command(setup: &Setup) -> Res<Command> {
         .arg("--ca")
         .arg(setup.ca_file())
         .env("RUST_LOG", child_log());
+    if transport == Transport::Unix {
+        command.arg("--unix").arg(setup.socket("plain"));
+    }
     Ok(command)
 }
 
 /// Parses the plain echo server's ready line.
-pub fn plain_ready(line: &str) -> Option<SocketAddr> {
+pub fn plain_ready(line: &str) -> Option<Address> {
     line.strip_prefix(PLAIN_READY)?.trim().parse().ok()
 }
 
 /// Starts the plain echo server (see [`plain_command`]).
 pub async fn plain_process(setup: &Setup) -> Res<Proc> {
-    Proc::start(plain_command(setup)?, PLAIN_READY, plain_ready).await
+    plain_process_on(setup, Transport::Tcp).await
+}
+
+/// [`plain_process`], listening on `transport`.
+pub async fn plain_process_on(setup: &Setup, transport: Transport) -> Res<Proc> {
+    Proc::start(
+        plain_command_on(setup, transport)?,
+        PLAIN_READY,
+        plain_ready,
+    )
+    .await
 }
 
 /// Runs `command` to its end (at most `limit`; killed after) and returns
@@ -325,9 +384,6 @@ pub async fn core_process(setup: &Setup, config: &Path) -> Res<Proc> {
     .await
 }
 
-/// The plain-tonic echo server: the same `EchoService` behind the same
-/// `ServerTls`, with no lease, no gate and no SDK. Prints
-/// `BENCH-PLAIN READY <addr>` and serves until killed.
 /// A certificate, its key and the CA, as files (the hidden subcommands'
 /// `--cert`, `--key`, `--ca`).
 #[derive(Debug, Clone, clap::Args)]
@@ -343,8 +399,23 @@ pub struct CertFiles {
     pub ca: PathBuf,
 }
 
-pub fn serve_plain(files: &CertFiles) -> Res<()> {
-    let CertFiles { cert, key, ca } = files;
+/// The plain echo server's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlainArgs {
+    /// Its certificate, key and the CA.
+    #[command(flatten)]
+    pub files: CertFiles,
+    /// Listen on this Unix socket (created, removed on exit) instead of
+    /// `127.0.0.1:0`.
+    #[arg(long)]
+    pub unix: Option<PathBuf>,
+}
+
+/// The plain-tonic echo server: the same `EchoService` behind the same
+/// `ServerTls`, with no lease, no gate and no SDK. Prints
+/// `BENCH-PLAIN READY <addr>` and serves until killed.
+pub fn serve_plain(args: &PlainArgs) -> Res<()> {
+    let CertFiles { cert, key, ca } = &args.files;
     #[cfg(target_os = "linux")]
     {
         // Do not outlive the benchmark if it is killed.
@@ -363,8 +434,12 @@ pub fn serve_plain(files: &CertFiles) -> Res<()> {
             &trust,
             PeerPolicy::Kinds(vec![UrnKind::Core, UrnKind::User]),
         )?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let listen = match &args.unix {
+            Some(path) => Address::unix(path.clone())?,
+            None => Address::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        };
+        let listener = Listener::bind(&listen).await?;
+        let addr = listener.local_address()?;
         {
             use std::io::Write;
             let mut out = std::io::stdout().lock();

@@ -62,7 +62,7 @@ pub async fn sidecar_hop(setup: &Setup, opts: &Opts) -> Res<Figure> {
 /// caller of its gateway once the echo module answers through it.
 async fn gateway(setup: &Setup, cores: &mut Vec<Proc>, config: &std::path::Path) -> Res<Caller> {
     let core = core_process(setup, config).await?;
-    let addr = core.addr;
+    let addr = core.addr.clone();
     cores.push(core);
     let conn = setup
         .client_as(USER)

@@ -151,13 +151,16 @@ pub async fn run(opts: SoakOpts, anima: &Path) -> Res<bool> {
         TlsIdentity::from_pem_files(&certs.join("user-dev.pem"), &certs.join("user-dev.key"))?,
         TrustRoot::from_pem_file(&certs.join("ca.pem"))?,
     );
-    let dial = || client.dial_addr(core.addr, PeerPolicy::kind(UrnKind::Core));
+    let dial = || client.dial_addr(core.addr.clone(), PeerPolicy::kind(UrnKind::Core));
     let admin_conn = dial().await?;
     let mut admin = CoreAdminClient::new(admin_conn.channel());
     wait_all_leased(&mut admin).await?;
     eprintln!(
         "soak: anima serve (pid {}) at {}, {} minutes at {} calls/s",
-        core.pid, core.addr, opts.minutes, opts.rate
+        core.pid,
+        core.addr.clone(),
+        opts.minutes,
+        opts.rate
     );
     let shared = Arc::new(Shared {
         tally: Mutex::new(Tally::default()),

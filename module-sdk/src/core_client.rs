@@ -19,11 +19,10 @@
 //! # let _ = providers; Ok(()) }
 //! ```
 
-use std::net::SocketAddr;
-
 use anima_protocol::launch::LaunchEnv;
 use anima_protocol::pb::registry_client::RegistryClient;
 use anima_protocol::pb::{DiscoverRequest, Provider, RegistryWatchRequest, WatchItem};
+use anima_protocol::transport::Address;
 use anima_protocol::{ClientTls, PeerPolicy, TlsIdentity, TrustRoot, Urn};
 use tonic::transport::Channel;
 
@@ -41,7 +40,7 @@ pub const PIN_HEADER: &str = "anima-provider";
 /// serves a module's whole life. Cloning shares it.
 #[derive(Clone)]
 pub struct CoreClient {
-    addr: SocketAddr,
+    addr: Address,
     core: Urn,
     channel: Channel,
 }
@@ -59,13 +58,14 @@ impl CoreClient {
     /// A client of the Core `core` at `addr`, as `identity` (the module's
     /// own certificate), trusting `trust`.
     pub fn new(
-        addr: SocketAddr,
+        addr: impl Into<Address>,
         core: Urn,
         identity: TlsIdentity,
         trust: TrustRoot,
     ) -> Result<Self, SdkError> {
+        let addr = addr.into();
         let channel = ClientTls::new(identity, trust)
-            .reconnecting(addr, PeerPolicy::exactly(core.clone()))?;
+            .reconnecting(addr.clone(), PeerPolicy::exactly(core.clone()))?;
         Ok(CoreClient {
             addr,
             core,

@@ -381,7 +381,7 @@ subscribe = ["JOB"]
 pub(crate) fn client_as(core: &CoreProcess, stem: &str) -> CoreClient {
     let dir = core.dir.path().join("certs/dev");
     CoreClient::new(
-        core.admin.parse().unwrap(),
+        core.admin.parse::<std::net::SocketAddr>().unwrap(),
         "urn:anima:core:dev".parse().unwrap(),
         TlsIdentity::from_pem_files(
             &dir.join(format!("{stem}.pem")),
