@@ -1,9 +1,10 @@
 //! The Core's runtime directory: where the Type I and II modules it starts
 //! on this host listen, on Unix domain sockets (PROTOCOL.md §6.1).
 //!
-//! One directory per running Core, `anima/<pid>` under `$XDG_RUNTIME_DIR`
-//! (else `anima-<uid>/<pid>` under the system's temporary directory), mode
-//! 0700, so only this user reaches the sockets; TLS 1.3 with mutual
+//! One directory per running Core, `<pid>` under systemd's
+//! `$RUNTIME_DIRECTORY` for the service (`/run/anima`), else `anima/<pid>`
+//! under `$XDG_RUNTIME_DIR`, else `anima-<uid>/<pid>` under the system's
+//! temporary directory; mode 0700, so only this user reaches the sockets; TLS 1.3 with mutual
 //! certificates and leases still runs over each. A module removes its socket
 //! when it exits; the Core removes a socket its module left behind (killed)
 //! before starting it again, and the whole directory when it stops. A Core
@@ -81,13 +82,24 @@ impl Drop for RuntimeDir {
     }
 }
 
+/// systemd's `$RUNTIME_DIRECTORY` (the first, if it lists several), else
 /// `$XDG_RUNTIME_DIR/anima`, else `<temp>/anima-<uid>`.
 fn base() -> io::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        let dir = PathBuf::from(dir);
-        if dir.is_absolute() && dir.is_dir() {
-            return Ok(dir.join("anima"));
-        }
+    base_from(|name| std::env::var_os(name))
+}
+
+/// [`base`], with the environment read through `var`.
+fn base_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> io::Result<PathBuf> {
+    let dir = |name: &str| {
+        let value = var(name)?;
+        let first = value.to_str()?.split(':').next()?.to_owned();
+        Some(PathBuf::from(first)).filter(|d| d.is_absolute() && d.is_dir())
+    };
+    if let Some(service) = dir("RUNTIME_DIRECTORY") {
+        return Ok(service);
+    }
+    if let Some(user) = dir("XDG_RUNTIME_DIR") {
+        return Ok(user.join("anima"));
     }
     Ok(std::env::temp_dir().join(format!("anima-{}", own_uid()?)))
 }
@@ -236,6 +248,42 @@ mod tests {
         std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
         let e = RuntimeDir::create_in(&link, 7).unwrap_err();
         assert!(e.to_string().contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn the_service_runtime_directory_comes_first_then_the_user_one_then_tmp() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (service, user) = (tmp.path().join("run-anima"), tmp.path().join("user"));
+        std::fs::create_dir(&service).unwrap();
+        std::fs::create_dir(&user).unwrap();
+        let env = |vars: Vec<(&'static str, std::ffi::OsString)>| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+            }
+        };
+        let listed = format!("{}:/elsewhere", service.display());
+        let both = env(vec![
+            ("RUNTIME_DIRECTORY", listed.into()),
+            ("XDG_RUNTIME_DIR", user.clone().into()),
+        ]);
+        assert_eq!(base_from(both).unwrap(), service);
+        let only_user = env(vec![("XDG_RUNTIME_DIR", user.clone().into())]);
+        assert_eq!(base_from(only_user).unwrap(), user.join("anima"));
+        // Missing or relative directories are passed over.
+        let neither = env(vec![
+            ("RUNTIME_DIRECTORY", "relative".into()),
+            ("XDG_RUNTIME_DIR", tmp.path().join("missing").into()),
+        ]);
+        let fallback = base_from(neither).unwrap();
+        assert!(
+            fallback.starts_with(std::env::temp_dir()),
+            "{}",
+            fallback.display()
+        );
+        let name = fallback.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(name, format!("anima-{}", own_uid().unwrap()));
     }
 
     #[test]
