@@ -2,7 +2,6 @@
 //! purpose: it holds its copy of the lease (and so the proof key) and the raw
 //! control stream, so the tool can forge, replay, refuse and go silent.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use anima_protocol::control::{ControlStream, Elapsed, Granted, HandshakeError, SignedOffer};
@@ -16,6 +15,7 @@ use anima_protocol::pb::{
     ModuleStatus, ProbeReading, ReadRequest, Refusal, ShutdownRequest, SignedToken, StatusRequest,
     TouchRequest, WatchRequest,
 };
+use anima_protocol::transport::Address;
 use anima_protocol::{ClientTls, Connection, PeerPolicy, SystemClock, TlsIdentity, TrustRoot, Urn};
 use tonic::Status;
 
@@ -42,7 +42,11 @@ pub struct Actor {
 
 impl Actor {
     /// Dials the module, which must present `module`'s URN.
-    pub async fn dial(&self, addr: SocketAddr, module: &Urn) -> Result<Connection, ToolError> {
+    pub async fn dial(
+        &self,
+        addr: impl Into<Address>,
+        module: &Urn,
+    ) -> Result<Connection, ToolError> {
         Ok(ClientTls::new(self.identity.clone(), self.trust.clone())
             .connect_timeout(PATIENCE)
             .handshake_timeout(PATIENCE)

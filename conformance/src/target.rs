@@ -3,16 +3,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, SystemTime};
 
 use anima_certs::{CertAuthority, LeafSpec};
-use anima_protocol::launch::{
-    DEFAULT_LISTEN, LaunchEnv, READY_TIMEOUT, ReadyLineError, expect_ready_line,
-};
+use anima_protocol::launch::{DEFAULT_LISTEN, LaunchEnv, READY_TIMEOUT, expect_ready_line};
 use anima_protocol::transport::Address;
 use anima_protocol::{TlsIdentity, Urn};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -236,8 +233,9 @@ pub struct Running {
     child: Child,
     /// Its process id.
     pub pid: Option<u32>,
-    /// Where it listens (from its ready line).
-    pub addr: SocketAddr,
+    /// Where it listens (from its ready line): TCP, or the Unix socket
+    /// offered ([`start_offering`]).
+    pub addr: Address,
     exited: Option<ExitStatus>,
 }
 
@@ -249,6 +247,31 @@ pub async fn start(
     module: &Urn,
     core: Option<&Urn>,
     log: PathBuf,
+) -> Result<Running, ToolError> {
+    launch(command, ids, module, core, log, None).await
+}
+
+/// [`start`], offering the module the Unix socket `socket`
+/// (`ANIMA_LISTEN_UNIX`) as a Core offers it to the Type I and II modules it
+/// starts: the ready line names that socket or a TCP address.
+pub async fn start_offering(
+    command: &LaunchCommand,
+    ids: &Identities,
+    module: &Urn,
+    core: Option<&Urn>,
+    log: PathBuf,
+    socket: &Path,
+) -> Result<Running, ToolError> {
+    launch(command, ids, module, core, log, Some(socket)).await
+}
+
+async fn launch(
+    command: &LaunchCommand,
+    ids: &Identities,
+    module: &Urn,
+    core: Option<&Urn>,
+    log: PathBuf,
+    socket: Option<&Path>,
 ) -> Result<Running, ToolError> {
     let (program, args) = command.argv.split_first().ok_or(ToolError::NoCommand)?;
     let failed = |failure| ToolError::Launch {
@@ -269,8 +292,8 @@ pub async fn start(
         ca: ids.ca_file.clone(),
         core: core.cloned(),
         listen: DEFAULT_LISTEN,
-        // The checks speak to the module over TCP (raw TLS among them).
-        listen_unix: None,
+        // Most checks speak to the module over TCP (raw TLS among them).
+        listen_unix: socket.map(Path::to_path_buf),
         operators: vec![ids.operator.identity.urn().clone()],
         parent_pid: Some(std::process::id()),
         core_endpoint: None,
@@ -302,12 +325,7 @@ pub async fn start(
     };
     // Nothing may follow on stdout; drain it so the module never blocks.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    // No Unix socket was offered: the address is TCP, or refused above.
-    let addr = match expect_ready_line(&line, module, None) {
-        Ok(Address::Tcp(addr)) => addr,
-        Ok(unix) => return Err(failed(ReadyLineError::NotOffered(unix).into())),
-        Err(e) => return Err(failed(e.into())),
-    };
+    let addr = expect_ready_line(&line, module, socket).map_err(|e| failed(e.into()))?;
     Ok(Running {
         child,
         pid,

@@ -24,6 +24,11 @@ impl Run {
         self.row(id)["verdict"].as_str().unwrap_or("?")
     }
 
+    /// Whether `id`'s evidence mentions `needle`.
+    fn evidence_has(&self, id: &str, needle: &str) -> bool {
+        self.row(id)["evidence"].to_string().contains(needle)
+    }
+
     fn row(&self, id: &str) -> &Value {
         self.report["rows"]
             .as_array()
@@ -160,16 +165,34 @@ fn sample(name: &str) -> Run {
     )
 }
 
+/// A module built on the SDK takes the Unix socket offered and passes the
+/// local transport's T1 checks (PROTOCOL.md §6.1).
+fn assert_served_on_the_unix_socket(run: &Run) {
+    for needle in [
+        "the Unix socket offered is its owner's only",
+        "mutual TLS 1.3 and a lease on the Unix socket offered",
+        "removed its Unix socket when it exited",
+    ] {
+        assert!(
+            run.evidence_has("T1", needle),
+            "T1 lacks {needle:?}: {}",
+            run.row("T1")
+        );
+    }
+}
+
 #[test]
 fn o1_conformance_hasher_type1_passes_every_applicable_row() {
     let run = sample("hasher");
     run.assert_passes(&rows(&["E1", "E2", "E3", "E4", "E5", "E6", "E7"]));
+    assert_served_on_the_unix_socket(&run);
 }
 
 #[test]
 fn o1_conformance_kvstore_type2_passes_every_applicable_row() {
     let run = sample("kvstore");
     run.assert_passes(&rows(&["R1", "R2", "R3", "R4", "R5", "R6", "P1"]));
+    assert_served_on_the_unix_socket(&run);
 }
 
 /// P12: the ratelimit sample, a proxy sidecar, answers `Inspect` under a
@@ -273,6 +296,12 @@ fn o1_conformance_python_module_type1_passes_every_applicable_row() {
         "T1", "T2", "T3", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9", "Z1", "Z2", "Z3", "E1",
         "E2", "E3", "E4", "E5", "E6", "E7",
     ]);
+    // grpcio cannot tell connections apart on a Unix socket: it keeps to TCP.
+    assert!(
+        run.evidence_has("T1", "offered a Unix socket, it listens on TCP"),
+        "{}",
+        run.row("T1")
+    );
 }
 
 #[test]

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use anima_protocol::contract::{Contract, ModuleType};
 use anima_protocol::lease::Scope;
 use anima_protocol::pb::Refusal;
+use anima_protocol::transport::Address;
 use anima_protocol::{Connection, Urn};
 
 use crate::error::ToolError;
@@ -47,6 +48,7 @@ mod expiry;
 mod hostile;
 mod interface;
 mod lease;
+mod local;
 mod proofs;
 mod resident;
 mod system;
@@ -131,6 +133,10 @@ pub(crate) async fn run(plan: &Plan) -> Report {
             run.resident(&mut r).await;
         }
     }
+    // T1 on the local transport: what a Core offers the modules it starts.
+    if !matches!(plan.contract.module_type, ModuleType::ResidentShared) {
+        run.unix_socket_checks(&mut r).await;
+    }
     let not_type = |r: &mut Report, ids: &[&'static str], t: &str| {
         for id in ids {
             r.not_applicable(id, format!("applies to {t} modules"));
@@ -199,12 +205,16 @@ impl Run<'_> {
                     .workdir
                     .join(format!("module-{}.log", self.launches));
                 let running = start(command, self.ids(), &self.module, core, log).await?;
-                Ok((running.addr, Some(running)))
+                // No Unix socket was offered: the ready line named TCP.
+                let addr = running.addr.tcp().ok_or_else(|| {
+                    ToolError::Unexpected(format!("a socket not offered: {}", running.addr))
+                })?;
+                Ok((addr, Some(running)))
             }
         }
     }
 
-    async fn dial(&self, actor: &Actor, addr: SocketAddr) -> Result<Connection, ToolError> {
+    async fn dial(&self, actor: &Actor, addr: impl Into<Address>) -> Result<Connection, ToolError> {
         actor.dial(addr, &self.module).await
     }
 
@@ -212,7 +222,7 @@ impl Run<'_> {
     async fn open(
         &self,
         actor: &Actor,
-        addr: SocketAddr,
+        addr: impl Into<Address>,
         scope: &Scope,
         ttl: Duration,
     ) -> Result<Session, ToolError> {
