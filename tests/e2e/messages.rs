@@ -468,6 +468,47 @@ async fn m7_at_least_once_is_redelivered_with_backoff_up_to_its_retries_and_at_m
     assert!(quiet.is_err(), "something came again: {quiet:?}");
 }
 
+/// A delivery its subscriber neither acknowledges nor refuses is delivered
+/// again, as its next attempt, once the Core's `ack_wait` has passed — at
+/// that instant, not at an idle subscriber's next poll (on NATS, a second
+/// apart: a look after 1 s and after 2 s would miss the bound below).
+#[tokio::test]
+async fn m7_a_delivery_left_unanswered_is_delivered_again_when_ack_wait_has_passed() {
+    const ACK_WAIT: Duration = Duration::from_millis(1200);
+    let config = format!(
+        "{JOBS}\n[mediator]\nack_wait = \"{}ms\"\n",
+        ACK_WAIT.as_millis()
+    );
+    let core = start(&config).await;
+    let operator = client_as(&core, "user-dev");
+    let mut sub = client_as(&core, "module-kvstore")
+        .subscribe(&["JOB"], 8)
+        .await
+        .unwrap();
+    operator
+        .publish(job("unanswered", DeliveryMode::AtLeastOnce, 1))
+        .await
+        .unwrap();
+    let first = next(&mut sub).await;
+    let handed = tokio::time::Instant::now();
+    assert_eq!(first.attempt, 1);
+    let again = next(&mut sub).await;
+    let waited = handed.elapsed();
+    eprintln!("delivered again after {waited:?} (ack_wait {ACK_WAIT:?})");
+    assert_eq!((again.delivery, again.attempt), (first.delivery, 2));
+    assert_eq!(text_of(&again), "unanswered");
+    // The hand-out was before `handed`: a few ms of leeway below.
+    assert!(
+        waited + Duration::from_millis(50) >= ACK_WAIT,
+        "delivered again after {waited:?}, before ack_wait ({ACK_WAIT:?})"
+    );
+    assert!(
+        waited <= ACK_WAIT + Duration::from_millis(450),
+        "delivered again {waited:?} after the first, ack_wait {ACK_WAIT:?}"
+    );
+    sub.ack(&again).await.unwrap();
+}
+
 #[tokio::test]
 async fn m7_an_exactly_once_message_published_twice_is_delivered_once() {
     let core = start(JOBS).await;

@@ -89,6 +89,9 @@ struct Held {
     message: jetstream::Message,
     record: Record,
     attempt: u32,
+    /// When the server redelivers it unanswered (Unix ms): handed out
+    /// plus `ack_wait`.
+    redelivered_ms: u64,
 }
 
 /// The message space on JetStream. Cloning shares it.
@@ -534,8 +537,6 @@ impl NatsStore {
                 .await?;
             return Ok(None);
         }
-        // A held delivery's ack deadline is not tracked: the server
-        // redelivers it, and the subscriber's poll finds it.
         let attempt = before + 1;
         let handed = Handed {
             seq,
@@ -546,10 +547,12 @@ impl NatsStore {
         if d.at_most_once {
             message.ack().await.map_err(nats("ack"))?;
         } else {
+            let ack_wait = u64::try_from(self.inner.ack_wait.as_millis()).unwrap_or(u64::MAX);
             let held = Held {
                 message,
                 record,
                 attempt,
+                redelivered_ms: now_ms.saturating_add(ack_wait),
             };
             lock(&self.inner.held).insert((sub.to_owned(), seq), held);
         }
@@ -600,18 +603,29 @@ impl NatsStore {
     }
 
     /// When an idle subscriber of `subscriptions` looks again: at the next
-    /// redelivery this Core knows of, soon after one that is due (the
+    /// redelivery this Core knows of (a refusal's backoff, or the ack
+    /// deadline of a delivery it holds), soon after one that is due (the
     /// server makes it available), at the latest in [`POLL_MS`].
     fn next_due(&self, subscriptions: &[String], now_ms: u64) -> u64 {
-        let mut dues = lock(&self.inner.dues);
+        // What was due more than a poll ago has been looked for.
+        let since = now_ms.saturating_sub(POLL_MS);
+        let soon = |d: u64| if d <= now_ms { now_ms + 20 } else { d };
         let mut next = now_ms + POLL_MS;
-        for sub in subscriptions {
-            if let Some(set) = dues.get_mut(sub) {
-                // What was due more than a poll ago has been looked for.
-                *set = set.split_off(&now_ms.saturating_sub(POLL_MS));
-                if let Some(&d) = set.first() {
-                    next = next.min(if d <= now_ms { now_ms + 20 } else { d });
+        {
+            let mut dues = lock(&self.inner.dues);
+            for sub in subscriptions {
+                if let Some(set) = dues.get_mut(sub) {
+                    *set = set.split_off(&since);
+                    if let Some(&d) = set.first() {
+                        next = next.min(soon(d));
+                    }
                 }
+            }
+        }
+        let held = lock(&self.inner.held);
+        for ((sub, _), h) in held.iter() {
+            if h.redelivered_ms >= since && subscriptions.contains(sub) {
+                next = next.min(soon(h.redelivered_ms));
             }
         }
         next

@@ -530,6 +530,7 @@ impl Mediator for MediatorService {
             window: window as usize,
             outstanding: HashMap::new(),
             parked: None,
+            held_until: None,
             tx,
         };
         tokio::spawn(subscriber.run(inbound, link));
@@ -642,6 +643,12 @@ struct Subscriber {
     outstanding: HashMap<u64, (usize, bool)>,
     /// Parked with the store's writer ([`Hub::park`]): what it hands over.
     parked: Option<Direct>,
+    /// The earliest `ack_wait` deadline (Unix ms) of what was handed out
+    /// since the last look at the store: the store is looked at again
+    /// then, so a delivery left unanswered is delivered again in time
+    /// (M7). A look learns the deadlines of what it did not hand out
+    /// itself from the store.
+    held_until: Option<u64>,
     tx: mpsc::Sender<Result<SubscribeItem, Status>>,
 }
 
@@ -716,7 +723,11 @@ impl Subscriber {
                     .hub
                     .park(self.subscriptions.clone(), self.ack_wait_ms(), room);
             }
-            let wait = next_due.map_or(Duration::from_secs(3600), |due| {
+            let due = match (next_due, self.held_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wait = due.map_or(Duration::from_secs(3600), |due| {
                 let now = crate::audit::unix_ms(std::time::SystemTime::now());
                 Duration::from_millis(due.saturating_sub(now))
             });
@@ -769,6 +780,7 @@ impl Subscriber {
     /// the next is due (if known) once nothing more is, `None` when the
     /// window is full.
     async fn look(&mut self) -> Result<Option<Option<u64>>, End> {
+        self.held_until = None;
         // What the writer handed over before this is counted first: the
         // window holds.
         if let Some(handed) = self.unpark()
@@ -822,6 +834,11 @@ impl Subscriber {
         // Held from now on: what is not sent goes back when the stream ends.
         for (index, handed) in &taken {
             self.outstanding.insert(handed.seq, (*index, !handed.once));
+        }
+        if taken.iter().any(|(_, handed)| !handed.once) {
+            let now = crate::audit::unix_ms(std::time::SystemTime::now());
+            let deadline = now.saturating_add(self.ack_wait_ms());
+            self.held_until = Some(self.held_until.map_or(deadline, |d| d.min(deadline)));
         }
         for (_, handed) in taken {
             if !self.ctx.is_leased(&self.me) {
