@@ -471,7 +471,9 @@ async fn m7_at_least_once_is_redelivered_with_backoff_up_to_its_retries_and_at_m
 /// A delivery its subscriber neither acknowledges nor refuses is delivered
 /// again, as its next attempt, once the Core's `ack_wait` has passed — at
 /// that instant, not at an idle subscriber's next poll (on NATS, a second
-/// apart: a look after 1 s and after 2 s would miss the bound below).
+/// apart: a look after 1 s and after 2 s would miss the bound below) — even
+/// to a stream whose window it filled: a lapsed delivery is no longer
+/// outstanding.
 #[tokio::test]
 async fn m7_a_delivery_left_unanswered_is_delivered_again_when_ack_wait_has_passed() {
     const ACK_WAIT: Duration = Duration::from_millis(1200);
@@ -482,7 +484,7 @@ async fn m7_a_delivery_left_unanswered_is_delivered_again_when_ack_wait_has_pass
     let core = start(&config).await;
     let operator = client_as(&core, "user-dev");
     let mut sub = client_as(&core, "module-kvstore")
-        .subscribe(&["JOB"], 8)
+        .subscribe(&["JOB"], 1)
         .await
         .unwrap();
     operator
@@ -507,6 +509,44 @@ async fn m7_a_delivery_left_unanswered_is_delivered_again_when_ack_wait_has_pass
         "delivered again {waited:?} after the first, ack_wait {ACK_WAIT:?}"
     );
     sub.ack(&again).await.unwrap();
+}
+
+/// An `at_most_once` delivery needs no answer, so it is not outstanding: a
+/// subscriber that never answers one is still sent the next, whatever its
+/// window; an answer to one is taken and ignored (no error item).
+#[tokio::test]
+async fn m7_at_most_once_deliveries_need_no_answer_and_do_not_fill_the_window() {
+    let core = start(JOBS).await;
+    let operator = client_as(&core, "user-dev");
+    let mut sub = client_as(&core, "module-kvstore")
+        .subscribe(&["JOB"], 2)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        operator
+            .publish(job(&format!("once {i}"), DeliveryMode::AtMostOnce, 0))
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(next(&mut sub).await);
+    }
+    let texts: Vec<String> = got.iter().map(text_of).collect();
+    assert_eq!(
+        texts,
+        (0..5).map(|i| format!("once {i}")).collect::<Vec<_>>()
+    );
+    // Answered late, as a subscriber may: nothing comes back for it, and
+    // the stream goes on.
+    sub.ack(&got[0]).await.unwrap();
+    operator
+        .publish(job("after", DeliveryMode::AtLeastOnce, 0))
+        .await
+        .unwrap();
+    let after = next(&mut sub).await;
+    assert_eq!(text_of(&after), "after");
+    sub.ack(&after).await.unwrap();
 }
 
 #[tokio::test]

@@ -14,3 +14,4 @@ pub(crate) mod service;
 pub mod store;
 mod trace;
 mod watch;
+mod window;

@@ -9,7 +9,6 @@
 //! caller held unacknowledged is due again at once and the stream ends (M11).
 //! Every refusal is an EPS error (M10).
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +34,7 @@ use super::route::{Grants, module_of, subscription};
 use super::store::{Accepted, HandedOut};
 use super::trace;
 use super::watch::{WatchStream, Watchers};
+use super::window::{Named, Window};
 use crate::caller::Caller as Sender;
 use crate::metrics::Metrics;
 use crate::supervisor::CoreContext;
@@ -527,10 +527,8 @@ impl Mediator for MediatorService {
             waker: self.hub.waker(&me),
             me,
             subscriptions: subscriptions.into(),
-            window: window as usize,
-            outstanding: HashMap::new(),
+            window: Window::new(window as usize),
             parked: None,
-            held_until: None,
             tx,
         };
         tokio::spawn(subscriber.run(inbound, link));
@@ -623,6 +621,10 @@ impl MediatorService {
     }
 }
 
+fn now_ms() -> u64 {
+    crate::audit::unix_ms(std::time::SystemTime::now())
+}
+
 fn error_item(e: EpsError) -> SubscribeItem {
     SubscribeItem {
         item: Some(subscribe_item::Item::Error(e)),
@@ -637,18 +639,12 @@ struct Subscriber {
     waker: Arc<tokio::sync::Notify>,
     me: Urn,
     subscriptions: Arc<[String]>,
-    window: usize,
-    /// Delivery → the index of its subscription, and whether it awaits an
-    /// answer (not `at_most_once`).
-    outstanding: HashMap<u64, (usize, bool)>,
+    /// What was sent and not answered; when the next delivery left
+    /// unanswered lapses, the store is looked at again, so it is delivered
+    /// again in time (M7).
+    window: Window,
     /// Parked with the store's writer ([`Hub::park`]): what it hands over.
     parked: Option<Direct>,
-    /// The earliest `ack_wait` deadline (Unix ms) of what was handed out
-    /// since the last look at the store: the store is looked at again
-    /// then, so a delivery left unanswered is delivered again in time
-    /// (M7). A look learns the deadlines of what it did not hand out
-    /// itself from the store.
-    held_until: Option<u64>,
     tx: mpsc::Sender<Result<SubscribeItem, Status>>,
 }
 
@@ -717,19 +713,19 @@ impl Subscriber {
                     Err(end) => return end,
                 }
             }
-            if !look && self.parked.is_none() && self.outstanding.len() < self.window {
-                let room = (self.window - self.outstanding.len()).min(MAX_BATCH);
+            let room = self.window.room(now_ms());
+            if !look && self.parked.is_none() && room > 0 {
+                let room = room.min(MAX_BATCH);
                 self.parked = self
                     .hub
                     .park(self.subscriptions.clone(), self.ack_wait_ms(), room);
             }
-            let due = match (next_due, self.held_until) {
+            let due = match (next_due, self.window.next_lapse()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
             let wait = due.map_or(Duration::from_secs(3600), |due| {
-                let now = crate::audit::unix_ms(std::time::SystemTime::now());
-                Duration::from_millis(due.saturating_sub(now))
+                Duration::from_millis(due.saturating_sub(now_ms()))
             });
             let direct = async {
                 match self.parked.as_mut() {
@@ -760,7 +756,7 @@ impl Subscriber {
                 () = self.tx.closed() => return End::Gone,
                 request = inbound.message() => match request {
                     Ok(Some(request)) => {
-                        let full = self.outstanding.len() >= self.window;
+                        let full = room == 0;
                         let (requests, gone) = more_ready(inbound, request);
                         match self.answer(requests).await {
                             Ok(refused) => look |= full || refused,
@@ -780,7 +776,6 @@ impl Subscriber {
     /// the next is due (if known) once nothing more is, `None` when the
     /// window is full.
     async fn look(&mut self) -> Result<Option<Option<u64>>, End> {
-        self.held_until = None;
         // What the writer handed over before this is counted first: the
         // window holds.
         if let Some(handed) = self.unpark()
@@ -788,7 +783,7 @@ impl Subscriber {
         {
             return Err(end);
         }
-        while self.outstanding.len() < self.window {
+        while self.window.room(now_ms()) > 0 {
             if !self.ctx.is_leased(&self.me) {
                 return Err(End::NoLease);
             }
@@ -810,7 +805,7 @@ impl Subscriber {
     /// Hands out what is due, at most [`MAX_BATCH`] and what the window
     /// has room for, taken from the store at once.
     async fn hand_out(&mut self) -> Result<Batch, HubError> {
-        let room = (self.window - self.outstanding.len()).min(MAX_BATCH);
+        let room = self.window.room(now_ms()).min(MAX_BATCH);
         let (taken, idle) = self
             .hub
             .take(self.subscriptions.clone(), self.ack_wait_ms(), room)
@@ -832,13 +827,9 @@ impl Subscriber {
     /// holds (M11); how the stream ends, if it does.
     async fn send(&mut self, taken: HandedOut) -> Option<End> {
         // Held from now on: what is not sent goes back when the stream ends.
+        let lapses = now_ms().saturating_add(self.ack_wait_ms());
         for (index, handed) in &taken {
-            self.outstanding.insert(handed.seq, (*index, !handed.once));
-        }
-        if taken.iter().any(|(_, handed)| !handed.once) {
-            let now = crate::audit::unix_ms(std::time::SystemTime::now());
-            let deadline = now.saturating_add(self.ack_wait_ms());
-            self.held_until = Some(self.held_until.map_or(deadline, |d| d.min(deadline)));
+            self.window.sent(handed.seq, *index, handed.once, lapses);
         }
         for (_, handed) in taken {
             if !self.ctx.is_leased(&self.me) {
@@ -904,37 +895,43 @@ impl Subscriber {
                 return None;
             }
         };
-        let Some((index, awaits)) = self.outstanding.remove(&delivery) else {
-            let e = Invalid::new(
-                EpsCode::UnknownDelivery,
-                "",
-                format!("no delivery {delivery} is outstanding on this stream"),
-            );
-            let _ = self
-                .tx
-                .send(Ok(error_item(self.service.eps(&e, None))))
-                .await;
-            return None;
+        let index = match self.window.answer(delivery) {
+            Named::Held(index) => index,
+            // Taken and ignored: it needs no answer.
+            Named::Once => return None,
+            Named::Unknown => {
+                let e = Invalid::new(
+                    EpsCode::UnknownDelivery,
+                    "",
+                    format!("no delivery {delivery} is outstanding on this stream"),
+                );
+                let _ = self
+                    .tx
+                    .send(Ok(error_item(self.service.eps(&e, None))))
+                    .await;
+                return None;
+            }
         };
         let subscription = self.subscriptions[index].clone();
         let event_type = subscription.split_once(' ').map_or("", |(t, _)| t);
         let answer = if nack.is_some() { "nacked" } else { "acked" };
         self.service.count(event_type, answer);
-        awaits.then_some((subscription, delivery, nack))
+        Some((subscription, delivery, nack))
     }
 
     /// What the stream held unanswered is due again now (M11).
     async fn release(&mut self) {
+        // Handed over but not sent: back to the queue, whatever its mode.
         if let Some(handed) = self.unpark() {
             for (index, h) in handed {
-                self.outstanding.insert(h.seq, (index, true));
+                self.window.sent(h.seq, index, false, 0);
             }
         }
         let held: Vec<(String, u64)> = self
-            .outstanding
-            .drain()
-            .filter(|(_, (_, awaits))| *awaits)
-            .map(|(seq, (index, _))| (self.subscriptions[index].clone(), seq))
+            .window
+            .drain_held()
+            .into_iter()
+            .map(|(seq, index)| (self.subscriptions[index].clone(), seq))
             .collect();
         if held.is_empty() {
             return;
