@@ -406,6 +406,31 @@ fn job(text: &str, mode: DeliveryMode, retries: u32) -> RcsEnvelope {
     e
 }
 
+/// A Core with `permissions` (and what else its config needs), the
+/// operator's client, and kvstore's stream of JOB deliveries, `window` of
+/// them outstanding at most.
+async fn jobs_stream(permissions: &str, window: u32) -> (CoreProcess, CoreClient, Subscription) {
+    let core = start(permissions).await;
+    let operator = client_as(&core, "user-dev");
+    let sub = client_as(&core, "module-kvstore")
+        .subscribe(&["JOB"], window)
+        .await
+        .unwrap();
+    (core, operator, sub)
+}
+
+/// The operator publishes JOB `text` (`at_least_once`, no retries); it is
+/// the next delivery on `sub`, and is acknowledged.
+async fn handled(operator: &CoreClient, sub: &mut Subscription, text: &str) {
+    operator
+        .publish(job(text, DeliveryMode::AtLeastOnce, 0))
+        .await
+        .unwrap();
+    let got = next(sub).await;
+    assert_eq!(text_of(&got), text);
+    sub.ack(&got).await.unwrap();
+}
+
 /// The next delivery, within [`PATIENCE`].
 async fn next(sub: &mut Subscription) -> Delivery {
     tokio::time::timeout(PATIENCE, sub.next())
@@ -422,12 +447,7 @@ fn text_of(d: &Delivery) -> String {
 
 #[tokio::test]
 async fn m7_at_least_once_is_redelivered_with_backoff_up_to_its_retries_and_at_most_once_never() {
-    let core = start(JOBS).await;
-    let operator = client_as(&core, "user-dev");
-    let mut sub = client_as(&core, "module-kvstore")
-        .subscribe(&["JOB"], 8)
-        .await
-        .unwrap();
+    let (_core, operator, mut sub) = jobs_stream(JOBS, 8).await;
     operator
         .publish(job("retried", DeliveryMode::AtLeastOnce, 2))
         .await
@@ -457,13 +477,7 @@ async fn m7_at_least_once_is_redelivered_with_backoff_up_to_its_retries_and_at_m
     assert_eq!((text_of(&once), once.attempt), ("once".into(), 1));
     sub.nack(&once, "refused").await.unwrap();
     // A last message shows what is still queued: neither comes again.
-    operator
-        .publish(job("last", DeliveryMode::AtLeastOnce, 0))
-        .await
-        .unwrap();
-    let last = next(&mut sub).await;
-    assert_eq!(text_of(&last), "last");
-    sub.ack(&last).await.unwrap();
+    handled(&operator, &mut sub, "last").await;
     let quiet = tokio::time::timeout(Duration::from_millis(600), sub.next()).await;
     assert!(quiet.is_err(), "something came again: {quiet:?}");
 }
@@ -481,12 +495,7 @@ async fn m7_a_delivery_left_unanswered_is_delivered_again_when_ack_wait_has_pass
         "{JOBS}\n[mediator]\nack_wait = \"{}ms\"\n",
         ACK_WAIT.as_millis()
     );
-    let core = start(&config).await;
-    let operator = client_as(&core, "user-dev");
-    let mut sub = client_as(&core, "module-kvstore")
-        .subscribe(&["JOB"], 1)
-        .await
-        .unwrap();
+    let (_core, operator, mut sub) = jobs_stream(&config, 1).await;
     operator
         .publish(job("unanswered", DeliveryMode::AtLeastOnce, 1))
         .await
@@ -516,12 +525,7 @@ async fn m7_a_delivery_left_unanswered_is_delivered_again_when_ack_wait_has_pass
 /// window; an answer to one is taken and ignored (no error item).
 #[tokio::test]
 async fn m7_at_most_once_deliveries_need_no_answer_and_do_not_fill_the_window() {
-    let core = start(JOBS).await;
-    let operator = client_as(&core, "user-dev");
-    let mut sub = client_as(&core, "module-kvstore")
-        .subscribe(&["JOB"], 2)
-        .await
-        .unwrap();
+    let (_core, operator, mut sub) = jobs_stream(JOBS, 2).await;
     for i in 0..5 {
         operator
             .publish(job(&format!("once {i}"), DeliveryMode::AtMostOnce, 0))
@@ -540,13 +544,7 @@ async fn m7_at_most_once_deliveries_need_no_answer_and_do_not_fill_the_window() 
     // Answered late, as a subscriber may: nothing comes back for it, and
     // the stream goes on.
     sub.ack(&got[0]).await.unwrap();
-    operator
-        .publish(job("after", DeliveryMode::AtLeastOnce, 0))
-        .await
-        .unwrap();
-    let after = next(&mut sub).await;
-    assert_eq!(text_of(&after), "after");
-    sub.ack(&after).await.unwrap();
+    handled(&operator, &mut sub, "after").await;
 }
 
 #[tokio::test]
@@ -708,12 +706,7 @@ async fn dead_letters(core: &CoreProcess) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn m8_m4_spent_and_expired_messages_go_to_the_dead_letter_queue_which_operators_replay_and_purge()
  {
-    let core = start(JOBS).await;
-    let operator = client_as(&core, "user-dev");
-    let mut sub = client_as(&core, "module-kvstore")
-        .subscribe(&["JOB"], 8)
-        .await
-        .unwrap();
+    let (core, operator, mut sub) = jobs_stream(JOBS, 8).await;
     let mut broken = job("broken", DeliveryMode::AtLeastOnce, 0);
     broken
         .quality_of_service
