@@ -235,20 +235,14 @@ allow = ["urn:anima:module:tally"]
         ttl = TTL.as_secs(),
     );
     std::fs::write(dir.path().join("anima.toml"), config).unwrap();
-    let mut child = lan.spawn(
+    let child = lan.spawn(
         host,
         &bin_path("anima"),
         &["serve", "--config", "anima.toml"],
         &[],
         dir.path(),
     );
-    let admin = child.line("ANIMA-CORE READY").await;
-    CoreProcess {
-        child,
-        admin,
-        dir,
-        nats: None,
-    }
+    CoreProcess::ready(child, dir).await
 }
 
 /// Adds `by` to counter `visits` through `core`'s gateway; returns the

@@ -82,6 +82,14 @@ KVSTORE_URN = "{urn}"
 }
 
 impl Setup {
+    /// Notes may call kv on any provider ([`ANY_KV`]).
+    fn granted() -> Self {
+        Setup {
+            permissions: ANY_KV,
+            ..Setup::default()
+        }
+    }
+
     fn config(&self) -> String {
         let notes = if self.sample {
             format!(
@@ -135,6 +143,13 @@ impl Setup {
     }
 }
 
+/// A Core set up with [`Setup::granted`], and its endpoint as notes.
+async fn granted_notes() -> (CoreProcess, Connection) {
+    let core = Setup::granted().start().await;
+    let notes = as_notes(&core).await;
+    (core, notes)
+}
+
 /// The Core's endpoint as notes.
 async fn as_notes(core: &CoreProcess) -> Connection {
     user(core, "module-notes").await
@@ -178,13 +193,7 @@ async fn discover(conn: &Connection, range: &str) -> Result<Vec<Provider>, tonic
 
 #[tokio::test]
 async fn p4_a_module_discovers_the_providers_it_may_call_with_their_state_and_route() {
-    let core = Setup {
-        permissions: ANY_KV,
-        ..Setup::default()
-    }
-    .start()
-    .await;
-    let notes = as_notes(&core).await;
+    let (core, notes) = granted_notes().await;
     let found = discover(&notes, ">=1.0").await.unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     let kv = &found[0];
@@ -252,13 +261,7 @@ async fn p4_a_module_discovers_the_providers_it_may_call_with_their_state_and_ro
 
 #[tokio::test]
 async fn p5_a_watcher_sees_provider_events_in_order_and_resumes_without_missing_one() {
-    let core = Setup {
-        permissions: ANY_KV,
-        ..Setup::default()
-    }
-    .start()
-    .await;
-    let notes = as_notes(&core).await;
+    let (core, notes) = granted_notes().await;
     let watch = |since: u64, epoch: String| {
         let channel = notes.channel();
         async move {
@@ -428,13 +431,12 @@ provider = \"urn:anima:module:kvstore-b\"
 #[tokio::test]
 async fn p3_only_the_methods_the_interface_definition_lists_are_routed() {
     let core = Setup {
-        permissions: ANY_KV,
         definition: &[(
             "[[method]]\npath = \"/anima.sample.v1.KvStore/Get\"\nidempotent = true\ntimeout = \"5s\"\n\n\
              [method.retry]\nattempts = 3\nbackoff = \"20ms\"\n",
             "",
         )],
-        ..Setup::default()
+        ..Setup::granted()
     }
     .start()
     .await;
@@ -455,13 +457,7 @@ async fn p3_only_the_methods_the_interface_definition_lists_are_routed() {
 
 #[tokio::test]
 async fn p8_a_module_whose_lease_ended_cannot_call_others() {
-    let core = Setup {
-        permissions: ANY_KV,
-        ..Setup::default()
-    }
-    .start()
-    .await;
-    let notes = as_notes(&core).await;
+    let (core, notes) = granted_notes().await;
     KvStoreClient::new(notes.channel())
         .put(put("k", "before", 0))
         .await
@@ -489,12 +485,11 @@ async fn p8_a_module_whose_lease_ended_cannot_call_others() {
 #[tokio::test]
 async fn p10_the_interfaces_timeout_bounds_a_call_that_the_caller_lets_run_longer() {
     let core = Setup {
-        permissions: ANY_KV,
         definition: &[(
             "path = \"/anima.sample.v1.KvStore/Put\"\nidempotent = false\n",
             "path = \"/anima.sample.v1.KvStore/Put\"\nidempotent = false\ntimeout = \"300ms\"\n",
         )],
-        ..Setup::default()
+        ..Setup::granted()
     }
     .start()
     .await;
@@ -612,14 +607,13 @@ async fn put_revoked_mid_call(
 async fn p10_an_idempotent_method_is_retried_on_the_other_provider_and_no_other_is() {
     // The Core's copy of the definition makes Put idempotent, with retries.
     let retried = Setup {
-        permissions: ANY_KV,
         second: true,
         definition: &[(
             "path = \"/anima.sample.v1.KvStore/Put\"\nidempotent = false\n",
             "path = \"/anima.sample.v1.KvStore/Put\"\nidempotent = true\n\n\
              [method.retry]\nattempts = 2\nbackoff = \"10ms\"\n",
         )],
-        ..Setup::default()
+        ..Setup::granted()
     }
     .start()
     .await;
@@ -641,9 +635,8 @@ async fn p10_an_idempotent_method_is_retried_on_the_other_provider_and_no_other_
 
     // As published, Put is not idempotent: the same end is the caller's.
     let core = Setup {
-        permissions: ANY_KV,
         second: true,
-        ..Setup::default()
+        ..Setup::granted()
     }
     .start()
     .await;
@@ -721,10 +714,9 @@ async fn p9_a_killed_provider_loses_no_call_but_the_non_retriable_ones_in_flight
     const CALLS: usize = 1_000;
     const CONCURRENCY: usize = 16;
     let core = Setup {
-        permissions: ANY_KV,
         second: true,
         sample: true,
-        ..Setup::default()
+        ..Setup::granted()
     }
     .start()
     .await;

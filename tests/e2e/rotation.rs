@@ -200,7 +200,7 @@ allow = ["urn:anima:module:tally"]
         core = super::serve::core_and_admin("")
     );
     std::fs::write(dir.path().join("anima.toml"), config).unwrap();
-    let mut child = Child::spawn_env_in(
+    let child = Child::spawn_env_in(
         &bin_path("anima"),
         &[
             "serve",
@@ -212,13 +212,7 @@ allow = ["urn:anima:module:tally"]
         &[],
         dir.path(),
     );
-    let admin = child.line("ANIMA-CORE READY").await;
-    let core = CoreProcess {
-        child,
-        admin,
-        dir,
-        nats: None,
-    };
+    let core = CoreProcess::ready(child, dir).await;
     core.wait_leased("tally").await;
     let core_fp = core_cert_fingerprint(&core).to_string();
     let first = leased_under(&core, "tally", &core_fp, Some(&short_fp)).await;

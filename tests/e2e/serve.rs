@@ -56,7 +56,13 @@ impl CoreProcess {
             args.push(dir.path().join("anima.toml").to_string_lossy().into_owned());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = Child::spawn_env_in(&bin_path("anima"), &args, env, dir.path());
+        let child = Child::spawn_env_in(&bin_path("anima"), &args, env, dir.path());
+        CoreProcess::ready(child, dir).await
+    }
+
+    /// The Core `child` started in `dir`, once it has said where its
+    /// endpoint listens.
+    pub(crate) async fn ready(mut child: Child, dir: tempfile::TempDir) -> Self {
         let admin = child.line("ANIMA-CORE READY").await;
         CoreProcess {
             child,

@@ -1,7 +1,8 @@
 """A gateway client written with Python's grpcio, not with our Rust code.
 
 It calls the sample modules through the Core's gateway using hand-encoded
-protobuf (no generated code), so it depends on nothing of ours but the wire.
+protobuf (the Python module's encoder in module/anima_pymodule.py, no generated
+code), so it depends on nothing of our Rust code but the wire.
 
 usage: gateway_client.py MODE ADDR CA [CERT KEY]
   MODE ok      call each sample module and check the answers
@@ -12,58 +13,29 @@ Prints one line per check and exits 0 when every check holds.
 """
 
 import hashlib
+import os
 import sys
 
-import grpc
+# The protobuf wire format by hand: the Python module's encoder and its strict
+# decoder. Importing it sets GRPC_SSL_CIPHER_SUITES before grpc loads, so this
+# client too can complete only TLS 1.3 handshakes (PROTOCOL.md §1).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "module"))
+from anima_pymodule import dec_fields, enc_len, enc_varint  # noqa: E402
 
-
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+import grpc  # noqa: E402
 
 
 def field_str(number, text):
-    data = text.encode()
-    return varint(number << 3 | 2) + varint(len(data)) + data
+    return enc_len(number, text.encode())
 
 
 def field_int(number, value):
-    return varint(number << 3 | 0) + varint(value & 0xFFFFFFFFFFFFFFFF)
+    return enc_varint(number << 3) + enc_varint(value)
 
 
 def decode(data):
     """field number -> list of values (int or bytes)."""
-    fields, i = {}, 0
-    while i < len(data):
-        key, i = read_varint(data, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = read_varint(data, i)
-        elif wire == 2:
-            length, i = read_varint(data, i)
-            value, i = data[i : i + length], i + length
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-        fields.setdefault(number, []).append(value)
-    return fields
-
-
-def read_varint(data, i):
-    shift = result = 0
-    while True:
-        b = data[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return result, i
+    return {number: [value for _, value in values] for number, values in dec_fields(data).items()}
 
 
 def call(channel, method, request, timeout=10, metadata=None):
@@ -91,9 +63,8 @@ def main():
         assert reply[1][0].decode() == hashlib.sha256(b"abc").hexdigest(), reply
         print("hasher ok", reply[1][0].decode())
 
-        put = varint(1 << 3 | 2)  # entries: map<string,string> or repeated Entry -> field 1
-        entry = field_str(1, "k") + field_str(2, "v")
-        put += varint(len(entry)) + entry
+        # PutRequest.entries (field 1, a map): one entry, key (1) and value (2).
+        put = enc_len(1, field_str(1, "k") + field_str(2, "v"))
         call(channel, "/anima.sample.v1.KvStore/Put", put)
         got = decode(call(channel, "/anima.sample.v1.KvStore/Get", field_str(1, "k")))
         assert got.get(1, [0])[0] == 1 and got[2][0] == b"v", got
@@ -110,8 +81,7 @@ def main():
         # on a loaded machine could let the deadline pass before the call
         # reaches the Core at all).
         grpc.channel_ready_future(channel).result(timeout=10)
-        entry = field_str(1, "late") + field_str(2, "write")
-        put = varint(1 << 3 | 2) + varint(len(entry)) + entry + field_int(2, 1000)
+        put = enc_len(1, field_str(1, "late") + field_str(2, "write")) + field_int(2, 1000)
         try:
             call(channel, "/anima.sample.v1.KvStore/Put", put, timeout=0.05)
         except grpc.RpcError as e:

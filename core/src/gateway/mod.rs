@@ -346,15 +346,6 @@ impl Gateway {
         B: HttpBody<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Admitted {
-            user,
-            module,
-            method,
-            link,
-            lease_call,
-            slot,
-            plan,
-        } = admitted;
         let (trace_id, traceparent) = trace_context(request.headers().get("traceparent"));
         // Each message the caller streams is capped as it passes.
         let tripped = Arc::new(AtomicU64::new(0));
@@ -367,35 +358,35 @@ impl Gateway {
         });
         request.headers_mut().insert("traceparent", traceparent);
         request.headers_mut().remove(mediate::PIN_HEADER);
-        let deadline = deadline_in_force(&mut request, plan.as_ref());
+        let deadline = deadline_in_force(&mut request, admitted.plan.as_ref());
         // Logged however the call ends, even if the caller goes away first.
         let mut call = CallLog {
             metrics: self.metrics.clone(),
             trace_id,
-            lease_id: link.id().to_string(),
-            user: user.to_string(),
-            module: module.to_string(),
-            method,
+            lease_id: admitted.link.id().to_string(),
+            user: admitted.user.to_string(),
+            module: admitted.module.to_string(),
+            method: admitted.method,
             started,
             deadline: deadline.map(|d| started + d),
             done: false,
-            _slot: slot,
-            _lease_call: lease_call,
+            _slot: admitted.slot,
+            _lease_call: admitted.lease_call,
         };
-        if let Some(plan) = plan.filter(retry::applies) {
+        if let Some(plan) = admitted.plan.filter(retry::applies) {
             let retried = retry::Attempts {
                 ctx: &self.ctx,
                 plan: &plan,
                 tripped: &tripped,
             };
-            return match retried.run(request, link, &mut call).await {
+            return match retried.run(request, admitted.link, &mut call).await {
                 Ok((outcome, module)) => {
                     self.answer(outcome, tripped.load(Ordering::SeqCst), &module, call, true)
                 }
                 Err(response) => response,
             };
         }
-        let forward = link.channel().oneshot(request);
+        let forward = admitted.link.channel().oneshot(request);
         let outcome = match deadline {
             None => forward.await,
             Some(limit) => match tokio::time::timeout(limit, forward).await {
@@ -407,11 +398,11 @@ impl Gateway {
                 }
             },
         };
-        let mediated = user.kind() == UrnKind::Module;
+        let mediated = admitted.user.kind() == UrnKind::Module;
         self.answer(
             outcome,
             tripped.load(Ordering::SeqCst),
-            &module,
+            &admitted.module,
             call,
             mediated,
         )

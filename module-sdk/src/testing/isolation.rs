@@ -1003,28 +1003,32 @@ mod tests {
         assert_violated(check(&bed, &served).await, property, tenant);
     }
 
-    #[tokio::test]
-    async fn s4_a_process_wide_static_fails_naming_the_tenant_that_saw_the_other() {
-        // Tenant a touched once: tenant b, having touched nothing, reads 1.
-        caught(Keeping::Global, Property::S4, "b").await;
+    /// One test a way of keeping state: `NAME: KEEPING breaks PROPERTY for
+    /// TENANT` serves a module keeping its state that way, and the check
+    /// must fail PROPERTY naming TENANT.
+    macro_rules! caught {
+        ($(
+            $(#[doc = $doc:literal])*
+            $name:ident: $keeping:ident breaks $property:ident for $tenant:literal;
+        )*) => {$(
+            $(#[doc = $doc])*
+            #[tokio::test]
+            async fn $name() {
+                caught(Keeping::$keeping, Property::$property, $tenant).await;
+            }
+        )*};
     }
 
-    #[tokio::test]
-    async fn s9_state_keyed_by_core_identity_outlives_the_lease() {
-        // Isolated between Cores, but Core A's new lease finds its old touch.
-        caught(Keeping::ByCore, Property::S9, "a").await;
-    }
-
-    #[tokio::test]
-    async fn s5_evicting_every_tenant_when_one_lease_ends_fails_for_the_others() {
-        caught(Keeping::ByCoreEvictAll, Property::S5, "b").await;
-    }
-
-    #[tokio::test]
-    async fn s8_answers_from_a_module_wide_sequence_depend_on_other_tenants() {
-        // Tenant a's first lease got ticket 1; after tenant b's two, the
-        // same write under its new lease gets ticket 4.
-        caught(Keeping::Tickets, Property::S8, "a").await;
+    caught! {
+        /// Tenant a touched once: tenant b, having touched nothing, reads 1.
+        s4_a_process_wide_static_fails_naming_the_tenant_that_saw_the_other: Global breaks S4 for "b";
+        /// Isolated between Cores, but Core A's new lease finds its old touch.
+        s9_state_keyed_by_core_identity_outlives_the_lease: ByCore breaks S9 for "a";
+        /// The other tenants lose their state with one tenant's lease.
+        s5_evicting_every_tenant_when_one_lease_ends_fails_for_the_others: ByCoreEvictAll breaks S5 for "b";
+        /// Tenant a's first lease got ticket 1; after tenant b's two, the
+        /// same write under its new lease gets ticket 4.
+        s8_answers_from_a_module_wide_sequence_depend_on_other_tenants: Tickets breaks S8 for "a";
     }
 
     #[tokio::test]
