@@ -274,33 +274,27 @@ where
             return Err(IsolationError::TenantCount(0));
         };
         let baseline = self.read_as(first, first_lease).await?;
-        if let Some(before) = before_any
-            && &baseline != before
-        {
-            return Err(IsolationError::violated(
-                Property::S9,
-                first,
+        if let Some(before) = before_any {
+            read_as_before(Property::S9, first, &baseline, before, |read, before| {
                 format!(
-                    "once every lease had ended, a fresh lease read {}, but before any lease {}",
-                    shown(&baseline),
-                    shown(before)
-                ),
-            ));
+                    "once every lease had ended, a fresh lease read {read}, but before any lease {before}"
+                )
+            })?;
         }
         for (tenant, lease) in others {
             let fresh = self.read_as(tenant, lease).await?;
-            if fresh != baseline {
-                return Err(IsolationError::violated(
-                    Property::S8,
-                    tenant,
+            read_as_before(
+                Property::S8,
+                tenant,
+                &fresh,
+                &baseline,
+                |read, first_read| {
                     format!(
-                        "its fresh lease read {} where tenant {}'s fresh lease read {}",
-                        shown(&fresh),
-                        first.name,
-                        shown(&baseline)
-                    ),
-                ));
-            }
+                        "its fresh lease read {read} where tenant {}'s fresh lease read {first_read}",
+                        first.name
+                    )
+                },
+            )?;
         }
         Ok(baseline)
     }
@@ -328,18 +322,12 @@ where
                 }
                 let expected = seen.get(j).unwrap_or(baseline);
                 let now = self.read_as(tenant, lease).await?;
-                if &now != expected {
-                    return Err(IsolationError::violated(
-                        Property::S4,
-                        tenant,
-                        format!(
-                            "it read {} after tenant {} wrote, where it had read {}",
-                            shown(&now),
-                            writer.name,
-                            shown(expected)
-                        ),
-                    ));
-                }
+                read_as_before(Property::S4, tenant, &now, expected, |read, before| {
+                    format!(
+                        "it read {read} after tenant {} wrote, where it had read {before}",
+                        writer.name
+                    )
+                })?;
             }
             seen.push(own);
         }
@@ -380,18 +368,12 @@ where
                 }
                 Err(other) => return Err(other),
             };
-            if &now != expected {
-                return Err(IsolationError::violated(
-                    Property::S5,
-                    tenant,
-                    format!(
-                        "it read {} after tenant {}'s lease {ending}, where it had read {}",
-                        shown(&now),
-                        first.name,
-                        shown(expected)
-                    ),
-                ));
-            }
+            read_as_before(Property::S5, tenant, &now, expected, |read, before| {
+                format!(
+                    "it read {read} after tenant {}'s lease {ending}, where it had read {before}",
+                    first.name
+                )
+            })?;
         }
         Ok(())
     }
@@ -412,32 +394,20 @@ where
             .await
             .map_err(|e| IsolationError::harness(Some(first), e))?;
         let fresh = self.read_as(first, &again).await?;
-        if &fresh != baseline {
-            return Err(IsolationError::violated(
-                Property::S9,
-                first,
-                format!(
-                    "a new lease read {} after its last lease {ending}, where a fresh lease reads {}",
-                    shown(&fresh),
-                    shown(baseline)
-                ),
-            ));
-        }
+        read_as_before(Property::S9, first, &fresh, baseline, |read, fresh| {
+            format!(
+                "a new lease read {read} after its last lease {ending}, where a fresh lease reads {fresh}"
+            )
+        })?;
         self.write_as(first, &again).await?;
         let rewritten = self.read_as(first, &again).await?;
-        if let Some(before) = first_write
-            && &rewritten != before
-        {
-            return Err(IsolationError::violated(
-                Property::S8,
-                first,
+        if let Some(before) = first_write {
+            read_as_before(Property::S8, first, &rewritten, before, |read, before| {
                 format!(
-                    "after the same write its new lease read {} with other tenants holding state, \
-                     where its first lease read {} with none",
-                    shown(&rewritten),
-                    shown(before)
-                ),
-            ));
+                    "after the same write its new lease read {read} with other tenants holding state, \
+                     where its first lease read {before} with none"
+                )
+            })?;
         }
         Ok(again)
     }
@@ -500,6 +470,25 @@ async fn finish_step<T>(
 }
 
 /// `value`'s `Debug` form on one line, cut at [`MAX_SHOWN`] characters.
+/// `Ok` when `tenant` read what it read `before`; else `property` is
+/// violated, and `how` says how from the two reads as shown.
+fn read_as_before<O: PartialEq + std::fmt::Debug>(
+    property: Property,
+    tenant: &Tenant,
+    read: &O,
+    before: &O,
+    how: impl FnOnce(String, String) -> String,
+) -> Result<(), IsolationError> {
+    if read == before {
+        return Ok(());
+    }
+    Err(IsolationError::violated(
+        property,
+        tenant,
+        how(shown(read), shown(before)),
+    ))
+}
+
 fn shown(value: &impl std::fmt::Debug) -> String {
     let text = format!("{value:?}");
     match text.char_indices().nth(MAX_SHOWN) {
