@@ -109,7 +109,8 @@ struct Inner {
     limit: u64,
     ack_wait: Duration,
     consumers: Mutex<HashMap<(String, u8), consumer::PullConsumer>>,
-    held: Mutex<HashMap<(String, u64), Held>>,
+    /// What each subscription was handed and has not answered, by delivery.
+    held: Mutex<HashMap<String, HashMap<u64, Held>>>,
     /// Lease ends per delivery (M11): they do not count as attempts.
     released: Mutex<HashMap<(String, u64), u32>>,
     /// Instants (Unix ms, rounded up to [`DUE_GRAIN_MS`]) a redelivery this
@@ -554,7 +555,12 @@ impl NatsStore {
                 attempt,
                 redelivered_ms: now_ms.saturating_add(ack_wait),
             };
-            lock(&self.inner.held).insert((sub.to_owned(), seq), held);
+            let mut all = lock(&self.inner.held);
+            if let Some(subscription) = all.get_mut(sub) {
+                subscription.insert(seq, held);
+            } else {
+                all.insert(sub.to_owned(), HashMap::from([(seq, held)]));
+            }
         }
         Ok(Some(handed))
     }
@@ -623,8 +629,12 @@ impl NatsStore {
             }
         }
         let held = lock(&self.inner.held);
-        for ((sub, _), h) in held.iter() {
-            if h.redelivered_ms >= since && subscriptions.contains(sub) {
+        for h in subscriptions
+            .iter()
+            .filter_map(|sub| held.get(sub))
+            .flat_map(HashMap::values)
+        {
+            if h.redelivered_ms >= since {
                 next = next.min(soon(h.redelivered_ms));
             }
         }
@@ -632,7 +642,13 @@ impl NatsStore {
     }
 
     fn held(&self, sub: &str, seq: u64) -> Option<Held> {
-        lock(&self.inner.held).remove(&(sub.to_owned(), seq))
+        let mut all = lock(&self.inner.held);
+        let subscription = all.get_mut(sub)?;
+        let held = subscription.remove(&seq);
+        if subscription.is_empty() {
+            all.remove(sub);
+        }
+        held
     }
 
     /// The subscriber handled `seq`.

@@ -921,16 +921,14 @@ impl Subscriber {
 
     /// What the stream held unanswered is due again now (M11).
     async fn release(&mut self) {
-        // Handed over but not sent: back to the queue, whatever its mode.
-        if let Some(handed) = self.unpark() {
-            for (index, h) in handed {
-                self.window.sent(h.seq, index, false, 0);
-            }
-        }
-        let held: Vec<(String, u64)> = self
-            .window
-            .drain_held()
+        // Handed over but not sent: back to the queue too, whatever its mode.
+        let unsent = self
+            .unpark()
             .into_iter()
+            .flatten()
+            .map(|(index, h)| (h.seq, index));
+        let held: Vec<(String, u64)> = unsent
+            .chain(self.window.drain_held())
             .map(|(seq, index)| (self.subscriptions[index].clone(), seq))
             .collect();
         if held.is_empty() {
