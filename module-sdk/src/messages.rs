@@ -412,10 +412,12 @@ impl Backoff {
 /// ends is dropped unfinished and its message not acknowledged, so the Core
 /// delivers it again. A handler's `Err` refuses the message (it is retried
 /// as its quality of service says); `Ok` acknowledges it. When the Core
-/// refuses the subscription (a permission not granted yet, say), it tries
-/// again after [`RESUBSCRIBE_DELAY`], doubling the wait on each refusal in a
-/// row up to [`MAX_RESUBSCRIBE_DELAY`], and from the shortest again once a
-/// subscription was taken or the leases ended.
+/// refuses the subscription (a permission not granted yet, say: its error
+/// item comes before any delivery), it tries again after
+/// [`RESUBSCRIBE_DELAY`], doubling the wait on each refusal in a row up to
+/// [`MAX_RESUBSCRIBE_DELAY`], and from the shortest again once a delivery
+/// came or the leases ended. An error item after a delivery (an answer the
+/// Core did not know) is logged and the subscription goes on.
 pub async fn run_subscriber<F, Fut>(
     core: CoreClient,
     module: ModuleHandle,
@@ -437,10 +439,7 @@ pub async fn run_subscriber<F, Fut>(
             return;
         }
         let mut subscription = match core.subscribe(&types, window).await {
-            Ok(s) => {
-                backoff.reset();
-                s
-            }
+            Ok(s) => s,
             Err(status) => {
                 let wait = backoff.next();
                 tracing::warn!("subscribing to {types:?}: {status} (again in {wait:?})");
@@ -448,14 +447,28 @@ pub async fn run_subscriber<F, Fut>(
                 continue;
             }
         };
+        // Taken once a delivery comes; refused when the Core's error item
+        // came first (the Core ends the stream after a refused Open).
+        let (mut taken, mut refused) = (false, false);
         while let Some(item) = subscription.next().await {
             let delivery = match item {
                 Ok(d) => d,
+                // After a refused Open the stream ends; after an answer
+                // the Core did not know (`UNKNOWN_DELIVERY`) it goes on.
+                Err(e @ SubscriptionError::Refused(_)) => {
+                    tracing::warn!("subscription to {types:?}: {e}");
+                    refused |= !taken;
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!("subscription to {types:?}: {e}");
                     break;
                 }
             };
+            if !taken {
+                taken = true;
+                backoff.reset();
+            }
             if *leases.borrow() == 0 {
                 // No lease: the message is not handled; ending the stream
                 // gives it back to the Core.
@@ -474,7 +487,12 @@ pub async fn run_subscriber<F, Fut>(
                 break;
             }
         }
-        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+        let wait = if refused {
+            backoff.next()
+        } else {
+            RESUBSCRIBE_DELAY
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -570,6 +570,43 @@ async fn m7_an_exactly_once_message_published_twice_is_delivered_once() {
     assert_eq!(text_of(&next(&mut sub).await), "after");
 }
 
+/// A subscription the Core refuses is tried again after waits that double
+/// with each refusal in a row (the SDK's `run_subscriber`: 200 ms, 400 ms,
+/// 800 ms …), not every 200 ms. The logger, with no `[[permission]]` to
+/// receive anything, logs each refusal; by the Core's log's own timestamps,
+/// its first four span at least the first three waits.
+#[tokio::test]
+async fn m11_a_refused_subscription_is_tried_again_after_doubling_waits() {
+    let core = start("").await;
+    let log = core.dir.path().join("stderr.log");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let refusals = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        // Each line starts with the instant the Core logged it (RFC 3339).
+        let at: Vec<i64> = text
+            .lines()
+            .filter(|l| l.contains("subscription to") && l.contains("no [[permission]] lets"))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|t| anima_protocol::rcs::parse_utc_ms(t).unwrap())
+            .collect();
+        if at.len() >= 4 {
+            break at;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} refusals logged within {PATIENCE:?}",
+            at.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let span = refusals[3] - refusals[0];
+    // 200 + 400 + 800 ms, less what relaying the lines may shift them.
+    assert!(
+        span >= 1_300,
+        "four refusals within {span} ms ({refusals:?}): the waits did not double"
+    );
+}
+
 #[tokio::test]
 async fn m11_a_delivery_held_when_the_lease_ends_is_delivered_again_after_and_not_counted() {
     let core = start(JOBS).await;
