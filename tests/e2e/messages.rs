@@ -1350,6 +1350,15 @@ async fn m10_every_eps_error_goes_to_the_sender_and_to_the_error_handler() {
         "{LOGS}\n[mediator]\nerror_handler = \"{LOGGER}\"\n"
     ))
     .await;
+    // An operator watching EPS_ERROR sees it as it is queued (§13.10).
+    let operator = user(&core, "user-dev").await;
+    let mut watched = MediatorClient::new(operator.channel())
+        .watch(anima_protocol::pb::WatchMessagesRequest {
+            event_types: vec!["EPS_ERROR".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let kvstore = user(&core, "module-kvstore").await;
     let mut bad = log_message("refused");
     bad.message_metadata.as_mut().unwrap().correlation_id = anima_protocol::rcs::new_uuid_v4();
@@ -1357,6 +1366,18 @@ async fn m10_every_eps_error_goes_to_the_sender_and_to_the_error_handler() {
     let cause = bad.message_metadata.clone().unwrap();
     let eps = publish(&kvstore, bad).await.unwrap_err();
     assert_eq!(eps.code, "SIZE_MISMATCH");
+    let shown = tokio::time::timeout(PATIENCE, watched.message())
+        .await
+        .expect("the watcher is shown the error handler's message")
+        .unwrap()
+        .unwrap()
+        .envelope
+        .unwrap();
+    assert_eq!(shown.routing.unwrap().event_type, "EPS_ERROR");
+    assert_eq!(
+        shown.message_metadata.unwrap().correlation_id,
+        cause.correlation_id
+    );
     let kept = logged_until(&core, |k| k.iter().any(|m| m.event_type == "EPS_ERROR")).await;
     let handled = kept.iter().find(|m| m.event_type == "EPS_ERROR").unwrap();
     assert_eq!(handled.source_module, "urn:anima:core:dev");

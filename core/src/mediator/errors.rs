@@ -11,6 +11,7 @@ use super::hub::Publish;
 use super::record::{Delivery, rank};
 use super::route::subscription;
 use super::service::MediatorService;
+use super::store::Accepted;
 
 /// The event type of the messages the error handler receives.
 pub(crate) const EPS_ERROR: &str = "EPS_ERROR";
@@ -95,10 +96,21 @@ impl MediatorService {
             },
             subscriptions: vec![subscription(EPS_ERROR, handler)],
         };
+        self.queue(publish, envelope);
+    }
+
+    /// Stores the error handler's message in the background and shows it
+    /// to the Core's watchers once stored, like any message it accepts.
+    fn queue(&self, publish: Publish, envelope: RcsEnvelope) {
         let hub = self.hub().clone();
+        let watchers = self.watchers().clone();
         tokio::spawn(async move {
-            if let Err(e) = hub.publish(publish).await {
-                tracing::error!("mediator: the error handler's message was not stored: {e}");
+            match hub.publish(publish).await {
+                Ok(Accepted::Stored(_)) => watchers.accepted(&envelope),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("mediator: the error handler's message was not stored: {e}");
+                }
             }
         });
     }
