@@ -1,19 +1,21 @@
-//! Deadlines kept to the microsecond: one thread per process that sleeps
-//! until the earliest registered instant and wakes its waiter.
+//! Deadlines kept to the microsecond: two threads per process, each on its
+//! own CPU, that sleep until the earliest registered instant and wake its
+//! waiter.
 //!
 //! Tokio's timer wheel counts whole milliseconds and rounds every deadline
 //! up to its next tick, so a lease ended by `sleep_until` alone ends 0–2 ms
-//! after its instant (BENCHMARKS.md, `expiry_to_halt_us`). This thread
-//! waits on a condition variable with the remaining time, which the kernel
-//! keeps to its timer slack (50 µs by default), then wakes the task.
+//! after its instant (BENCHMARKS.md, `expiry_to_halt_us`). These threads
+//! wait on a condition variable with the remaining time, which the kernel
+//! keeps to its timer slack (50 µs by default); whichever wakes first wakes
+//! the task ([`WAITERS`] says why two).
 //!
 //! A [`Deadline`] wakes its task once its instant has passed on the
 //! process's real monotonic clock; it does not know tokio's paused test
 //! clock, so it is only ever raced against the runtime's own timer, never
-//! used alone. The thread starts with the first deadline, holds a few
-//! kilobytes and no lock while it sleeps; registering costs one lock and a
-//! map insertion, and wakes the thread only when the new deadline is
-//! the earliest.
+//! used alone. The threads start with the first deadline, hold a few
+//! kilobytes each and no lock while they sleep; registering costs one lock
+//! and a map insertion, and wakes the threads only when the new deadline
+//! is the earliest.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -44,8 +46,8 @@ impl Timers {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The process's timers, their thread started on first use; `None`
-    /// when the thread cannot be started (the runtime's timer then serves
+    /// The process's timers, their threads started on first use; `None`
+    /// when no thread can be started (the runtime's timer then serves
     /// alone).
     fn get() -> Option<&'static Timers> {
         static TIMERS: OnceLock<Option<&'static Timers>> = OnceLock::new();
@@ -54,18 +56,35 @@ impl Timers {
                 state: Mutex::new(State::default()),
                 changed: Condvar::new(),
             }));
-            std::thread::Builder::new()
-                .name("anima-deadlines".into())
-                .stack_size(64 * 1024)
-                .spawn(move || timers.run())
-                .map_err(|e| tracing::warn!(error = %e, "no deadline thread; lease ends follow the runtime's timer"))
-                .ok()
-                .map(|_| timers)
+            let cpus = waiter_cpus();
+            let mut started = 0;
+            for i in 0..cpus.len().max(1) {
+                let cpu = cpus.get(i).copied();
+                let spawned = std::thread::Builder::new()
+                    .name("anima-deadlines".into())
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        if let Some(cpu) = cpu {
+                            pin_to(cpu);
+                        }
+                        timers.run()
+                    });
+                match spawned {
+                    Ok(_) => started += 1,
+                    Err(e) => tracing::warn!(error = %e, "cannot start a deadline thread"),
+                }
+            }
+            if started == 0 {
+                tracing::warn!("no deadline thread; lease ends follow the runtime's timer");
+            }
+            (started > 0).then_some(timers)
         })
     }
 
-    /// The thread: wakes every deadline that has passed, then sleeps until
-    /// the earliest left (or until one is added).
+    /// A waiter thread: wakes every deadline that has passed, then sleeps
+    /// until the earliest left (or until an earlier one is added). Both
+    /// waiters sleep until the same instant; the first awake takes the
+    /// entries, the other finds none due.
     fn run(&self) {
         let mut state = self.lock();
         loop {
@@ -87,6 +106,52 @@ impl Timers {
             };
         }
     }
+}
+
+/// How many threads wait for the same deadlines, each on its own CPU.
+///
+/// A virtual machine's host may wake an idle vCPU late (on ours p99 about
+/// 2 ms, at most 4.4 ms: BENCHMARKS.md, 2026-12-03 "eighth"); a second
+/// waiter on another vCPU is late at the same instant far less often, and
+/// whichever wakes first wakes the task (with one waiter, 7 of 800 leases
+/// halted more than 2 ms late; with two, 1 and 2 of 800: "tenth"). The
+/// other finds nothing due and sleeps again: one more thread wake-up per
+/// deadline.
+const WAITERS: usize = 2;
+
+/// The CPUs the waiters are pinned to, one each: the first [`WAITERS`] this
+/// process may run on, or none (unpinned, one waiter) when it may run on
+/// only one or the set cannot be read.
+fn waiter_cpus() -> Vec<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::thread::{CpuSet, sched_getaffinity};
+        if let Ok(allowed) = sched_getaffinity(None) {
+            let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
+                .filter(|&cpu| allowed.is_set(cpu))
+                .take(WAITERS)
+                .collect();
+            if cpus.len() > 1 {
+                return cpus;
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// Keeps the calling thread on `cpu`; left where it is if it cannot be.
+fn pin_to(cpu: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::thread::{CpuSet, sched_setaffinity};
+        let mut only = CpuSet::new();
+        only.set(cpu);
+        if let Err(e) = sched_setaffinity(None, &only) {
+            tracing::debug!(cpu, error = %e, "a deadline thread stays unpinned");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cpu;
 }
 
 /// How long before an instant [`reached`] has its task woken. Waking a
@@ -154,7 +219,7 @@ impl Future for Deadline {
         this.key = Some(key);
         drop(state);
         if earliest {
-            timers.changed.notify_one();
+            timers.changed.notify_all();
         }
         Poll::Pending
     }
@@ -177,6 +242,23 @@ impl Drop for Deadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_waiters_are_pinned_to_distinct_cpus_the_process_may_use() {
+        let cpus = waiter_cpus();
+        assert!(cpus.len() <= WAITERS && cpus.len() != 1, "{cpus:?}");
+        let mut distinct = cpus.clone();
+        distinct.dedup();
+        assert_eq!(distinct, cpus, "ascending and distinct");
+        #[cfg(target_os = "linux")]
+        {
+            let allowed = rustix::thread::sched_getaffinity(None).expect("the affinity");
+            assert!(cpus.iter().all(|&cpu| allowed.is_set(cpu)), "{cpus:?}");
+            if allowed.count() >= 2 {
+                assert_eq!(cpus.len(), WAITERS);
+            }
+        }
+    }
 
     #[tokio::test]
     async fn a_deadline_completes_after_its_instant_and_not_before() {
