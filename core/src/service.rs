@@ -410,7 +410,7 @@ fn runtime_dir() -> Option<crate::runtime_dir::RuntimeDir> {
 
 /// The largest request or reply of `anima.v1.Mediator`: an envelope at the
 /// mediator's limits (1 MiB of payload, 64 KiB of the rest) and its framing.
-const MAX_MEDIATOR_MESSAGE: usize = (1 << 20) + (64 << 10) + 1024;
+pub(crate) const MAX_MEDIATOR_MESSAGE: usize = (1 << 20) + (64 << 10) + 1024;
 
 /// The mediator's store: the embedded one, opened (created when missing),
 /// or NATS JetStream, connected with the Core's certificate.

@@ -19,9 +19,9 @@ use anima_module_sdk::messages::{
 use anima_protocol::lease::Reason;
 use anima_protocol::pb::mediator_client::MediatorClient;
 use anima_protocol::pb::{
-    Delivery, DeliveryMode, EpsError, Observability, Open, Priority, PublishReply, PublishRequest,
-    Published, QualityOfService, RcsEnvelope, ReplyTo, SubscribeRequest, publish_reply,
-    subscribe_item, subscribe_request,
+    DeadLetterPosition, DeadLettersRequest, Delivery, DeliveryMode, EpsError, Observability, Open,
+    Priority, PublishReply, PublishRequest, Published, QualityOfService, RcsEnvelope, ReplyTo,
+    SubscribeRequest, publish_reply, subscribe_item, subscribe_request,
 };
 use anima_protocol::{Connection, TlsIdentity, TrustRoot};
 use anima_sample_modules::pb::logger_client::LoggerClient;
@@ -807,6 +807,73 @@ async fn m8_m4_spent_and_expired_messages_go_to_the_dead_letter_queue_which_oper
     assert!(dead_letters(&core).await.is_empty());
     let (code, _) = core.cli(&["dlq", "replay", &delivery]).await;
     assert_eq!(code, 1, "no such dead letter any more");
+}
+
+/// More dead letters than one reply can carry (three of 600 KB against the
+/// mediator's 1,115,136-byte reply) are listed page by page: `anima dlq
+/// list` shows them all, in order, and `ListDeadLetters` says when more
+/// follow.
+#[tokio::test]
+async fn m8_a_dead_letter_queue_larger_than_one_reply_is_listed_page_by_page() {
+    let (core, operator, mut sub) = jobs_stream(JOBS, 8).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let mut late = job(
+            &format!("{i}{}", "x".repeat(600_000)),
+            DeliveryMode::AtLeastOnce,
+            0,
+        );
+        late.quality_of_service.as_mut().unwrap().dead_letter_queue = Some(true);
+        let meta = late.message_metadata.as_mut().unwrap();
+        meta.expires_at = "2025-01-01T00:00:00Z".into();
+        ids.push(meta.message_id.clone());
+        operator.publish(late).await.unwrap();
+    }
+    operator
+        .publish(job("fine", DeliveryMode::AtLeastOnce, 0))
+        .await
+        .unwrap();
+    let fine = next(&mut sub).await;
+    assert_eq!(
+        text_of(&fine),
+        "fine",
+        "the expired messages were dead-lettered first"
+    );
+    sub.ack(&fine).await.unwrap();
+
+    let listed: Vec<String> = dead_letters(&core)
+        .await
+        .iter()
+        .map(|d| d["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, ids, "all three, by delivery");
+
+    let mut mediator = MediatorClient::new(user(&core, "user-dev").await.channel());
+    let first = mediator
+        .list_dead_letters(DeadLettersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        first.dead_letters.len(),
+        1,
+        "one 600 KB dead letter a page here"
+    );
+    assert!(first.more);
+    let last = first.dead_letters.last().unwrap();
+    let rest = mediator
+        .list_dead_letters(DeadLettersRequest {
+            after: Some(DeadLetterPosition {
+                event_type: last.event_type.clone(),
+                module: last.module.clone(),
+                delivery: last.delivery,
+            }),
+            ..DeadLettersRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.dead_letters[0].delivery, last.delivery + 1);
 }
 
 /// A JOB request whose reply is JOB_DONE within `timeout_ms`.

@@ -3,7 +3,7 @@
 //! or expired), listed, shown, queued again or deleted by an operator.
 
 use anima_protocol::pb::mediator_client::MediatorClient;
-use anima_protocol::pb::{DeadLetter, DeadLettersRequest};
+use anima_protocol::pb::{DeadLetter, DeadLetterPosition, DeadLettersRequest};
 use anima_protocol::rcs;
 use clap::Subcommand;
 use tonic::transport::Channel;
@@ -80,44 +80,66 @@ async fn client(
 
 /// `list`, or `show` when `delivery` is given.
 fn list(module: Option<String>, delivery: Option<u64>, target: &AdminTarget) -> CliResult {
-    let request = DeadLettersRequest {
+    let mut request = DeadLettersRequest {
         module: module.unwrap_or_default(),
         delivery: delivery.unwrap_or(0),
+        after: None,
     };
-    let dead = runtime()?.block_on(async {
-        client(target)
-            .await?
-            .list_dead_letters(request)
-            .await
-            .map_err(rpc_error)
-            .map(|r| r.into_inner().dead_letters)
-    })?;
-    if let Some(n) = delivery {
-        let d = dead.first().ok_or(format!("no dead letter {n}"))?;
-        let message = d
-            .envelope
-            .as_ref()
-            .and_then(rcs::to_json)
-            .ok_or("the dead letter's message cannot be written as JSON")?;
-        println!("{}", serde_json::to_string_pretty(&message)?);
-        return Ok(());
-    }
-    if target.json {
-        for d in &dead {
-            println!("{}", row_json(d));
+    runtime()?.block_on(async {
+        let mut client = client(target).await?;
+        if delivery.is_none() && !target.json {
+            println!(
+                "{:<10} {:<32} {:<24} {:>8} {:<24} REASON",
+                "DELIVERY", "MODULE", "EVENT TYPE", "ATTEMPTS", "SINCE"
+            );
         }
-        return Ok(());
-    }
-    println!(
-        "{:<10} {:<32} {:<24} {:>8} {:<24} REASON",
-        "DELIVERY", "MODULE", "EVENT TYPE", "ATTEMPTS", "SINCE"
-    );
-    for d in &dead {
-        println!(
-            "{:<10} {:<32} {:<24} {:>8} {:<24} {}",
-            d.delivery, d.module, d.event_type, d.attempts, d.since, d.reason
-        );
-    }
+        // Page by page (a reply carries about 1 MiB of dead letters), each
+        // printed as it comes.
+        loop {
+            let page = client
+                .list_dead_letters(request.clone())
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if let Some(n) = delivery {
+                return show(
+                    page.dead_letters
+                        .first()
+                        .ok_or(format!("no dead letter {n}"))?,
+                );
+            }
+            for d in &page.dead_letters {
+                if target.json {
+                    println!("{}", row_json(d));
+                } else {
+                    println!(
+                        "{:<10} {:<32} {:<24} {:>8} {:<24} {}",
+                        d.delivery, d.module, d.event_type, d.attempts, d.since, d.reason
+                    );
+                }
+            }
+            match page.dead_letters.last() {
+                Some(last) if page.more => {
+                    request.after = Some(DeadLetterPosition {
+                        event_type: last.event_type.clone(),
+                        module: last.module.clone(),
+                        delivery: last.delivery,
+                    });
+                }
+                _ => return Ok(()),
+            }
+        }
+    })
+}
+
+/// `show`: the dead letter's message as JSON.
+fn show(d: &DeadLetter) -> CliResult {
+    let message = d
+        .envelope
+        .as_ref()
+        .and_then(rcs::to_json)
+        .ok_or("the dead letter's message cannot be written as JSON")?;
+    println!("{}", serde_json::to_string_pretty(&message)?);
     Ok(())
 }
 
@@ -143,6 +165,7 @@ fn end(choice: Choice, replay: bool) -> CliResult {
     let request = DeadLettersRequest {
         module: choice.module.unwrap_or_default(),
         delivery: choice.delivery.unwrap_or(0),
+        after: None,
     };
     let count = runtime()?.block_on(async {
         let mut client = client(&choice.target).await?;

@@ -456,8 +456,7 @@ impl Mediator for MediatorService {
         &self,
         request: Request<DeadLettersRequest>,
     ) -> Result<Response<ListDeadLettersReply>, Status> {
-        let dead_letters = self.list_dead(request).await?;
-        Ok(Response::new(ListDeadLettersReply { dead_letters }))
+        self.list_dead(request).await.map(Response::new)
     }
 
     async fn replay_dead_letters(
