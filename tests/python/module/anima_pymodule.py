@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import datetime
 import hashlib
 import hmac
 import itertools
@@ -94,7 +95,7 @@ MAX_MESSAGE_BYTES = 64 * 1024  # any request or control frame; tokens are at mos
 MAX_SCOPE_METHODS = 256
 MAX_TEXT = 1024  # a claim string, a refusal detail, a shutdown reason
 RPC_WORKERS = 64  # each control stream holds one worker (plus a reader thread) for its lifetime
-TOMBSTONE_TTL_S = 120.0  # how long an ended lease still answers for its connection (see Module._lease_on)
+TOMBSTONE_TTL_S = 60.0  # how long an ended lease still answers for its connection (§2; see Module._lease_on)
 MAX_TOMBSTONES = 4096
 
 URN_RE = re.compile(r"urn:anima:(core|module|user):[a-z0-9][a-z0-9._-]{0,62}")  # §1
@@ -1318,9 +1319,13 @@ class Module:
 
     def _lease_on(self, conn: str) -> Lease | None:
         """The lease the connection holds: active, or ended (then calls on it are answered
-        LEASE_EXPIRED / LEASE_REVOKED, §4, and it blocks a second lease, §1). gRPC's Python
-        API does not say when a connection closes, so an ended lease is remembered for
-        TOMBSTONE_TTL_S only: `context.peer()` (ip:port) could be reused by a later connection."""
+        LEASE_EXPIRED / LEASE_REVOKED, §4, until a new lease is granted on it, §2). gRPC's
+        Python API names a connection only by `context.peer()` (ip:port) and does not say when
+        one closes, so an ended lease is remembered for TOMBSTONE_TTL_S, by an ip:port that a
+        new connection may reuse meanwhile (loopback reuses source ports within seconds). So
+        an ended lease never blocks an offer (`_live_lease_on`), and answers only calls that
+        carry a proof made under it (`admit`). A live lease's control stream is still open, and
+        so is its connection: its ip:port is its own."""
         lease = self.leases.get(conn)
         if lease is not None:
             return lease
@@ -1330,6 +1335,15 @@ class Module:
                 return entry[0]
             del self.tombstones[conn]
         return None
+
+    def _live_lease_on(self, conn: str) -> Lease | None:
+        """The connection's live lease, the only one that refuses an offer LEASE_EXISTS
+        (§2 *One lease per connection*, §3.1 step 0). An ended lease still attached to the
+        connection (see `_lease_on`) does not: an offer on a new control stream is accepted
+        like a first one and its lease replaces the ended one. Nor does the ended lease of
+        an earlier connection whose `context.peer()` a new connection reuses."""
+        lease = self.leases.get(conn)
+        return lease if lease is not None and self._valid(lease) else None
 
     def _valid(self, lease: Lease, now: float | None = None) -> bool:
         """§3.2: the lease is valid until its own monotonic expiry; ends it when past."""
@@ -1468,14 +1482,14 @@ class Module:
         try:
             claims = self.check_offer(session, jws)
             with self.lock:
-                if self._lease_on(session.conn) is not None:  # 8
+                if self._live_lease_on(session.conn) is not None:  # 8
                     raise Refused("LEASE_EXISTS", "this connection already holds a lease")
             lease, grant = self.make_grant(session, jws, claims, received)
             with self.lock:
                 # Re-checked atomically with the binding: another stream may have bound
                 # the module, or shutdown begun, while we verified.
                 self._check_may_lease(session.peer)
-                if self._lease_on(session.conn) is not None:
+                if self._live_lease_on(session.conn) is not None:
                     raise Refused("LEASE_EXISTS", "this connection already holds a lease")
                 if session.state != "verifying":
                     return  # the stream went away meanwhile
@@ -1607,17 +1621,21 @@ class Module:
         """§4: the method is declared (routing did that), the connection holds a lease, the
         lease is valid, the proof is present and genuine, not replayed, and in scope."""
         peer = self.peer_identity(context)
+        proofs = [v for k, v in context.invocation_metadata() if k == "anima-proof"]
         with self.lock:
             lease = self._lease_on(context.peer())
             if lease is not None and (peer is None or peer.fingerprint != lease.core.fingerprint):
                 lease = None  # a lease is the connection's and its Core's, nobody else's
+            if lease is not None and lease.state != "active" and proof_seq(proofs, lease.key, method) is None:
+                # An ended lease is remembered by ip:port, which a new connection may reuse
+                # (see _lease_on): it answers only the calls that prove they are under it.
+                lease = None
             if lease is None:
                 if self.resident and not self.leases:
                     raise Refused("STANDBY", "this module has no lease and takes no calls")
                 raise Refused("NO_LEASE", "this connection holds no lease")
             if not self._valid(lease):
                 raise Refused(lease.call_reason(), "the lease has ended", lease.lid)
-        proofs = [v for k, v in context.invocation_metadata() if k == "anima-proof"]
         if not proofs:
             raise Refused("NO_LEASE", "the call carries no anima-proof", lease.lid)
         seq = proof_seq(proofs, lease.key, method)
@@ -2206,6 +2224,12 @@ def self_test(protocol_md: str) -> int:
     wrong = [(r, v) for r, v, want in in_range if range_matches(parse_range(r), parse_version(v)) != want]
     check(f"§9 range matching{': wrong for ' + repr(wrong) if wrong else ''}", not wrong)
 
+    # §2 one lease per connection, on the module's own bookkeeping.
+    try:
+        check_one_lease_per_connection(check)
+    except Exception as e:  # noqa: BLE001 - a failure, not a crash
+        check(f"§2 one lease per connection: {e!r}", False)
+
     # PROTOCOL.md Appendix A, read from the document itself.
     try:
         with open(protocol_md, encoding="utf-8") as f:
@@ -2222,6 +2246,130 @@ def self_test(protocol_md: str) -> int:
         check("PROTOCOL.md has Appendix A vectors", False)
     print(f"{'FAILED' if failures else 'passed'}: {len(failures)} failure(s)")
     return 1 if failures else 0
+
+
+def check_one_lease_per_connection(check) -> None:
+    """§2 *One lease per connection*, through Module.on_offer and Module.admit with no
+    network: an offer on a connection whose lease is live is refused LEASE_EXISTS; once
+    that lease ended, calls under it are refused with the reason it ended, and an offer on
+    a new control stream of the connection is granted like a first one, its lease
+    replacing the ended one. `context.peer()` (ip:port) is all grpcio tells of a
+    connection, and a new connection may reuse an ended one's: so its offer is granted
+    too, and its calls without the ended lease's proof are answered as on a connection
+    without a lease (STANDBY here), not with the ended lease's reason."""
+
+    def issue(urn: str):
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, urn)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(urn)]), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return pem, key_pem, key
+
+    module_pem, module_key_pem, _ = issue("urn:anima:module:selftest")
+    core_pem, _, core_key = issue("urn:anima:core:selftest")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "module.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(
+                'urn = "urn:anima:module:selftest"\nversion = "0.1.0"\ntype = "resident-shared"\n'
+                f'methods = ["{TOUCH_METHOD}", "{READ_METHOD}"]\nmax_lease = "30s"\n'
+            )
+        module = Module(Contract(path), module_pem, module_key_pem, module_pem, {})
+    core = Identity(x509.load_pem_x509_certificate(core_pem))
+    core_signer = SigningKey(core_key)
+    conn = "ipv4:127.0.0.1:40000"
+
+    def offer():
+        """One offer on a new control stream of `conn`: the stream and the frames sent."""
+        now = int(time.time())
+        claims = {
+            "typ": "anima-offer+v1",
+            "lid": b64url(os.urandom(16)),
+            "con": core.urn,
+            "pro": module.identity.urn,
+            "scope": sorted(module.contract.methods),
+            "ttl_ms": 30_000,
+            "iat": now,
+            "exp": now + 30,
+            "cnf": {"iss_x5t#S256": core.fingerprint, "aud_x5t#S256": module.identity.fingerprint},
+            "kx": b64url(x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()),
+            "rev": REVOCATION_CONDITIONS,
+        }
+        session = Session(module, None, conn, core)
+        session.state = "verifying"  # as on_frame leaves it on a first frame that is an offer
+        module.on_offer(session, jws_sign(core_signer, claims), time.monotonic())
+        frames = []
+        while not session.out.empty():
+            item = session.out.get_nowait()
+            if item is not _CLOSE:
+                frames.append(decode_frame(item))
+        return session, [kind if kind != "refuse" else value[0] for kind, value in frames]
+
+    first, sent = offer()
+    check("§2 a first offer on a connection is granted", sent == ["grant"] and first.lease is not None)
+    second, sent = offer()
+    check(
+        "§2 an offer on a connection whose lease is live: LEASE_EXISTS, the lease lives on",
+        sent == ["LEASE_EXISTS"] and second.lease is None and first.lease.state == "active",
+    )
+
+    class Call:  # what Module.admit reads of a call's grpc.ServicerContext
+        def __init__(self, proof: str | None):
+            self.proof = proof
+
+        def peer(self):
+            return conn
+
+        def auth_context(self):
+            return {"x509_pem_cert": [core_pem]}
+
+        def invocation_metadata(self):
+            return [("anima-proof", self.proof)] if self.proof else []
+
+    def answer(proof: str | None) -> str:
+        try:
+            module.admit(READ_METHOD, Call(proof))
+        except Refused as r:
+            return r.reason
+        return "admitted"
+
+    def proof(lease: Lease, seq: int) -> str:
+        return f"v1.{seq}.{b64url(proof_tag(lease.key, seq, READ_METHOD))}"
+
+    check("§4 a call under the live lease is admitted", answer(proof(first.lease, 1)) == "admitted")
+    with module.lock:
+        module._end(first.lease, "revoked by the Core (LEASE_REVOKED)")
+    check(
+        "§2 a call under a lease that ended, on its connection: the reason it ended",
+        answer(proof(first.lease, 2)) == "LEASE_REVOKED",
+    )
+    check(
+        "§2 a call without that lease's proof (a new connection reusing the ip:port): STANDBY",
+        answer(None) == "STANDBY" and answer("v1.3." + "A" * 22) == "STANDBY",
+    )
+    third, sent = offer()
+    with module.lock:
+        attached = module._lease_on(conn)
+    check(
+        "§2 an offer on a connection whose lease ended is granted and replaces it",
+        sent == ["grant"] and third.lease is not None and attached is third.lease,
+    )
+    check(
+        "§4 a call under the lease that replaced it is admitted",
+        third.lease is not None and answer(proof(third.lease, 1)) == "admitted",
+    )
 
 
 def appendix_vectors(markdown: str) -> dict[str, str]:
