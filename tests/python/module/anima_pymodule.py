@@ -1476,14 +1476,13 @@ class Module:
         """§3.1 steps 0-7, in the documented order, with the documented reasons."""
         with self.lock:
             self._check_may_lease(session.peer)  # 0
+            if self._live_lease_on(session.conn) is not None:  # 0: §2, before the token
+                raise Refused("LEASE_EXISTS", "this connection already holds a lease")
         return check_offer_token(jws, session.peer, self.identity, self.contract.methods, time.time())
 
     def on_offer(self, session: Session, jws: str, received: float) -> None:
         try:
             claims = self.check_offer(session, jws)
-            with self.lock:
-                if self._live_lease_on(session.conn) is not None:  # 8
-                    raise Refused("LEASE_EXISTS", "this connection already holds a lease")
             lease, grant = self.make_grant(session, jws, claims, received)
             with self.lock:
                 # Re-checked atomically with the binding: another stream may have bound
@@ -1556,7 +1555,8 @@ class Module:
             elif kind == "rescope":
                 self.on_rescope(lease, value)
             elif kind == "offer":
-                # A second offer on this connection: the checks in order, then step 8.
+                # A second offer on this stream: step 0 refuses it LEASE_EXISTS while
+                # the lease is live (§3.1), and the refusal ends the lease (§2.5).
                 self.check_offer(session, value)
                 raise Refused("LEASE_EXISTS", "this connection already holds a lease")
             else:
