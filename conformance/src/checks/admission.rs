@@ -1,8 +1,10 @@
 //! Admission rows: A2 (what a grant states), A3 (both sides issue and
 //! validate the lease before any request: offers the module must refuse, a
-//! second offer on a leased connection) and A9 (a grant no longer than the
-//! contract's maximum). Also another Core's offer, refused by the module
-//! bound to its own (E2, E3 and R2, as the caller names the row).
+//! second offer on a leased connection, a new offer on a connection whose
+//! lease ended) and A9 (a grant no longer than the contract's maximum). Also
+//! A6 for a call under that ended lease, and another Core's offer, refused
+//! by the module bound to its own (E2, E3 and R2, as the caller names the
+//! row).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -181,6 +183,55 @@ impl Run<'_> {
         }
     }
 
+    /// A3 and A6: an ended lease stays attached to its connection but does
+    /// not hold it (PROTOCOL.md §2, *One lease per connection*). A fresh
+    /// lease is revoked; a call under it is refused `LEASE_REVOKED` (never
+    /// `NO_LEASE` or `STANDBY`, A6); an offer on a new control stream of
+    /// the same connection is granted like a first one, and a call under the
+    /// new lease runs (A3). The run's first lease stays live on another
+    /// connection meanwhile, so a Type I module is not at zero-lease and
+    /// does not terminate (§6.3: only its last lease ending counts).
+    pub(crate) async fn offer_after_end(&mut self, r: &mut Report, addr: SocketAddr) {
+        let Some(mut ended) = self.lease_of_a(r, addr, self.ttl()).await else {
+            return;
+        };
+        ended
+            .revoke_and_wait("conformance: revoked, its connection kept for a new offer")
+            .await;
+        let what = "revoked and still attached";
+        self.refused_after_end(r, &mut ended, "A6", &[Reason::LeaseRevoked], what)
+            .await;
+        let identity = self.ids().core_a.identity.clone();
+        let answer = session::offer(
+            ended.conn.clone(),
+            &identity,
+            &self.declared.clone(),
+            self.ttl(),
+            OfferKind::Honest,
+        )
+        .await;
+        let what = "an offer on a new control stream of a connection whose lease was revoked";
+        let Some(mut again) = granted(r, "A3", what, answer) else {
+            return;
+        };
+        match self.leased_call(&mut again).await {
+            Ok(()) => r.pass(
+                "A3",
+                format!("{what}: granted, and a call under the new lease ran"),
+            ),
+            Err(st) => r.fail(
+                "A3",
+                format!(
+                    "{what}: granted, but a call under the new lease failed: {}",
+                    describe(&st)
+                ),
+            ),
+        }
+        again
+            .revoke("conformance: re-lease on a kept connection done")
+            .await;
+    }
+
     /// A2: a sub-second grant states exactly what PROTOCOL.md §3.1–3.2 say.
     pub(crate) async fn grant_claims(&mut self, r: &mut Report, addr: SocketAddr) {
         let asked = Duration::from_millis(600).min(self.plan.contract.max_lease);
@@ -297,6 +348,26 @@ pub(crate) fn refused(
         ),
         Err(e) => r.fail(row, format!("{what}: {e}")),
     }
+}
+
+/// The session of an offer that must be granted, or a failed `row` saying
+/// what came instead.
+fn granted(
+    r: &mut Report,
+    row: &'static str,
+    what: &str,
+    answer: Result<Answer, ToolError>,
+) -> Option<Session> {
+    let got = match answer {
+        Ok(Answer::Granted(s)) => return Some(*s),
+        Ok(Answer::Refused(Refusal { reason, detail })) => {
+            format!("refused {reason} ({detail:.80})")
+        }
+        Ok(Answer::Other(other)) => other,
+        Err(e) => e.to_string(),
+    };
+    r.fail(row, format!("{what}: {got} (want a grant)"));
+    None
 }
 
 /// What a grant for `asked` states wrongly (PROTOCOL.md §3.1, §3.2).

@@ -1,8 +1,9 @@
 //! The misbehaving Core: tokens an honest Core never sends (forged,
 //! tampered, replayed, for another lease), a Core that never offers, a
-//! second offer on a leased connection, a proof made for another method, a
-//! renewal that shortens the lease, a user that offers, TLS 1.2 and a client
-//! without ALPN. Each decides its row from what the module does.
+//! second offer on a leased connection, a new offer on a connection whose
+//! lease it revoked, a proof made for another method, a renewal that
+//! shortens the lease, a user that offers, TLS 1.2 and a client without
+//! ALPN. Each decides its row from what the module does.
 //!
 //! This file runs them (each lives with its row family: `transport`,
 //! `admission`, `proofs`, `lease`) and decides A3 for a Core that opens the
@@ -49,6 +50,7 @@ impl Run<'_> {
         self.bad_offer_checks(r, addr, &core_a).await;
         self.user_offer(r, addr).await;
         self.second_offer(r, live).await;
+        self.offer_after_end(r, addr).await;
         self.grant_claims(r, addr).await;
         self.control_checks(r, addr).await;
         self.other_method_proof(r, addr).await;

@@ -7,7 +7,8 @@
 //!
 //! - `transport`: T1, T2, T3.
 //! - `interface`: I1, I2, I4, O1, and the declared type (E7, R1, S1).
-//! - `admission`: A2, A3, A9 (offers and grants), and another Core's offer
+//! - `admission`: A2, A3, A9 (offers and grants), A6 (a call under a lease
+//!   ended on a connection kept for a new offer), and another Core's offer
 //!   (E2, E3, R2).
 //! - `lease`: A3, A4, A6, A8, A9 on a lease that stays open.
 //! - `proofs`: A4, A7 (proofs and control steps an honest Core never sends).
