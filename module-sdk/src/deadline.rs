@@ -119,9 +119,9 @@ impl Timers {
 /// deadline.
 const WAITERS: usize = 2;
 
-/// The CPUs the waiters are pinned to, one each: the first [`WAITERS`] this
-/// process may run on, or none (unpinned, one waiter) when it may run on
-/// only one or the set cannot be read.
+/// The CPUs the waiters are pinned to, one each, of those this process may
+/// run on ([`spread`]); none (one waiter, unpinned) when it may run on only
+/// one or the set cannot be read.
 fn waiter_cpus() -> Vec<usize> {
     #[cfg(target_os = "linux")]
     {
@@ -129,14 +129,27 @@ fn waiter_cpus() -> Vec<usize> {
         if let Ok(allowed) = sched_getaffinity(None) {
             let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
                 .filter(|&cpu| allowed.is_set(cpu))
-                .take(WAITERS)
                 .collect();
-            if cpus.len() > 1 {
-                return cpus;
-            }
+            return spread(&cpus, std::process::id() as usize);
         }
     }
     Vec::new()
+}
+
+/// [`WAITERS`] of `allowed`, as far apart in it as they can be, starting at
+/// an index taken from `seed` (the process id), so that the module processes
+/// of a larger machine do not all wait on its first CPUs; none when fewer
+/// than two are allowed.
+fn spread(allowed: &[usize], seed: usize) -> Vec<usize> {
+    let n = allowed.len();
+    if n < 2 {
+        return Vec::new();
+    }
+    let mut cpus: Vec<usize> = (0..WAITERS.min(n))
+        .map(|i| allowed[(seed + i * n / WAITERS.min(n)) % n])
+        .collect();
+    cpus.sort_unstable();
+    cpus
 }
 
 /// Keeps the calling thread on `cpu`; left where it is if it cannot be.
@@ -258,6 +271,22 @@ mod tests {
                 assert_eq!(cpus.len(), WAITERS);
             }
         }
+    }
+
+    #[test]
+    fn the_waiters_spread_half_the_allowed_cpus_apart_from_the_process_id() {
+        assert_eq!(spread(&[], 7), Vec::<usize>::new());
+        assert_eq!(spread(&[3], 7), Vec::<usize>::new(), "one CPU: unpinned");
+        assert_eq!(spread(&[0, 1], 7), [0, 1]);
+        assert_eq!(spread(&[0, 1], 8), [0, 1]);
+        assert_eq!(spread(&[0, 1, 2], 0), [0, 1]);
+        assert_eq!(spread(&[0, 1, 2, 3, 4, 5, 6, 7], 3), [3, 7]);
+        assert_eq!(spread(&[0, 1, 2, 3, 4, 5, 6, 7], 6), [2, 6]);
+        assert_eq!(
+            spread(&[2, 5, 9, 11], 1),
+            [5, 11],
+            "of the allowed ones only"
+        );
     }
 
     #[tokio::test]
