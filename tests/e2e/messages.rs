@@ -732,6 +732,32 @@ async fn m12_m11_a_publish_stream_answers_each_message_and_ends_with_the_lease()
     assert_eq!(reason(&status), Some(Reason::NoLease), "{status:?}");
 }
 
+/// A JOB `text` for the dead-letter queue that expired before it was
+/// published: the Core dead-letters it when it comes to it (M4).
+fn expired_job(text: &str) -> RcsEnvelope {
+    let mut late = job(text, DeliveryMode::AtLeastOnce, 0);
+    late.quality_of_service.as_mut().unwrap().dead_letter_queue = Some(true);
+    late.message_metadata.as_mut().unwrap().expires_at = "2025-01-01T00:00:00Z".into();
+    late
+}
+
+/// The operator publishes JOB "fine"; it is the next delivery on `sub` (so
+/// no expired message published before it was delivered), and is
+/// acknowledged.
+async fn fine_comes_next(operator: &CoreClient, sub: &mut Subscription) {
+    operator
+        .publish(job("fine", DeliveryMode::AtLeastOnce, 0))
+        .await
+        .unwrap();
+    let fine = next(sub).await;
+    assert_eq!(
+        text_of(&fine),
+        "fine",
+        "an expired message is never delivered"
+    );
+    sub.ack(&fine).await.unwrap();
+}
+
 /// The dead letters as `anima dlq list --json` prints them.
 async fn dead_letters(core: &CoreProcess) -> Vec<serde_json::Value> {
     let out = core.cli_ok(&["dlq", "list", "--json"]).await;
@@ -755,21 +781,8 @@ async fn m8_m4_spent_and_expired_messages_go_to_the_dead_letter_queue_which_oper
     let got = next(&mut sub).await;
     sub.nack(&got, "cannot parse").await.unwrap();
     // Expired before it could be delivered (M4): dead-lettered, not handed out.
-    let mut late = job("late", DeliveryMode::AtLeastOnce, 0);
-    late.quality_of_service.as_mut().unwrap().dead_letter_queue = Some(true);
-    late.message_metadata.as_mut().unwrap().expires_at = "2025-01-01T00:00:00Z".into();
-    operator.publish(late).await.unwrap();
-    operator
-        .publish(job("fine", DeliveryMode::AtLeastOnce, 0))
-        .await
-        .unwrap();
-    let fine = next(&mut sub).await;
-    assert_eq!(
-        text_of(&fine),
-        "fine",
-        "the expired message is never delivered"
-    );
-    sub.ack(&fine).await.unwrap();
+    operator.publish(expired_job("late")).await.unwrap();
+    fine_comes_next(&operator, &mut sub).await;
 
     let dead = dead_letters(&core).await;
     let reasons: Vec<(&str, u64)> = dead
@@ -818,28 +831,11 @@ async fn m8_a_dead_letter_queue_larger_than_one_reply_is_listed_page_by_page() {
     let (core, operator, mut sub) = jobs_stream(JOBS, 8).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        let mut late = job(
-            &format!("{i}{}", "x".repeat(600_000)),
-            DeliveryMode::AtLeastOnce,
-            0,
-        );
-        late.quality_of_service.as_mut().unwrap().dead_letter_queue = Some(true);
-        let meta = late.message_metadata.as_mut().unwrap();
-        meta.expires_at = "2025-01-01T00:00:00Z".into();
-        ids.push(meta.message_id.clone());
+        let late = expired_job(&format!("{i}{}", "x".repeat(600_000)));
+        ids.push(late.message_metadata.as_ref().unwrap().message_id.clone());
         operator.publish(late).await.unwrap();
     }
-    operator
-        .publish(job("fine", DeliveryMode::AtLeastOnce, 0))
-        .await
-        .unwrap();
-    let fine = next(&mut sub).await;
-    assert_eq!(
-        text_of(&fine),
-        "fine",
-        "the expired messages were dead-lettered first"
-    );
-    sub.ack(&fine).await.unwrap();
+    fine_comes_next(&operator, &mut sub).await;
 
     let listed: Vec<String> = dead_letters(&core)
         .await
