@@ -228,11 +228,14 @@ fn open(
 ) -> Result<(Arc<LeaseSlot>, String), LeaseError> {
     state.admit_core(&peer.urn)?;
     #[cfg(anima_test_faults)]
-    let second_lease = state.faults.is(crate::fault::Fault::NoLeaseExists);
+    let (second_lease, ended_blocks) = (
+        state.faults.is(crate::fault::Fault::NoLeaseExists),
+        state.faults.is(crate::fault::Fault::EndedLeaseExists),
+    );
     #[cfg(not(anima_test_faults))]
-    let second_lease = false;
+    let (second_lease, ended_blocks) = (false, false);
     if let Some(existing) = state.slot(peer.connection)
-        && !existing.ended.is_cancelled()
+        && (!existing.ended.is_cancelled() || ended_blocks)
         && !second_lease
     {
         return Err(LeaseError::LeaseExists {

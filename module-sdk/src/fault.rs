@@ -24,6 +24,7 @@
 //! | `module-peer` | another module's identity may connect, call and open a lease, as if it were a Core | P6, T3 |
 //! | `no-offer-deadline` | waits for the Core's offer forever instead of refusing after 5 s | A3 |
 //! | `no-lease-exists` | grants an offer on a second control stream of a connection whose lease is live | A3 |
+//! | `ended-lease-exists` | refuses `LEASE_EXISTS` an offer on a new control stream of a connection whose lease ended, as if that lease were live | A3 |
 //! | `no-revoke-on-bad-proof` | refuses a call with a bad or replayed proof but leaves the lease open | A7 |
 //! | `unknown-method-bare` | refuses an undeclared method `UNIMPLEMENTED` without the `UNKNOWN_METHOD` reason | I2 |
 //!
@@ -106,6 +107,8 @@ faults! {
     NoOfferDeadline = "no-offer-deadline" breaks ["A3"],
     /// `no-lease-exists`: a second live lease on one connection (A3).
     NoLeaseExists = "no-lease-exists" breaks ["A3"],
+    /// `ended-lease-exists`: an ended lease still blocks its connection (A3).
+    EndedLeaseExists = "ended-lease-exists" breaks ["A3"],
     /// `no-revoke-on-bad-proof`: a bad proof leaves the lease open (A7).
     NoRevokeOnBadProof = "no-revoke-on-bad-proof" breaks ["A7"],
     /// `unknown-method-bare`: no `UNKNOWN_METHOD` reason (I2).

@@ -459,6 +459,9 @@ caught! {
     a3_conformance_catches_a_module_that_grants_a_second_lease_on_one_connection:
         FIXTURE_TYPE_III, "no-lease-exists"
             => "A3" by "a second offer on a connection whose lease is live";
+    a3_conformance_catches_a_module_whose_ended_lease_still_blocks_its_connection:
+        FIXTURE_TYPE_III, "ended-lease-exists"
+            => "A3" by "a connection whose lease was revoked: refused LEASE_EXISTS";
     a4_conformance_catches_a_module_that_takes_control_tokens_with_a_forged_signature:
         FIXTURE_TYPE_III, "control-signature"
             => "A4" by "a renewal authenticated with another renewal key";
