@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use anima_protocol::PeerInfo;
 #[cfg(anima_test_faults)]
 use anima_protocol::lease::Reason;
-use anima_protocol::lease::{LeaseError, PROOF_HEADER};
+use anima_protocol::lease::{LeaseError, PROOF_HEADER_NAME};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -37,6 +37,9 @@ const INFRASTRUCTURE: [&str; 3] = [
     "/anima.v1.ModuleAdmin/",
     "/grpc.health.v1.Health/",
 ];
+
+/// The W3C trace context header, logged with an admitted call.
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// What the gate checks in place of a proof header that cannot be one
 /// (several entries, or not text): it never verifies, so the call is refused
@@ -97,7 +100,7 @@ where
         }
         // Exactly one ASCII `anima-proof` entry; several, or one that is not
         // text, is a bad proof (PROTOCOL.md §4), never "no proof".
-        let mut proofs = request.headers().get_all(PROOF_HEADER).iter();
+        let mut proofs = request.headers().get_all(&PROOF_HEADER_NAME).iter();
         let proof = match (proofs.next(), proofs.next()) {
             (None, _) => None,
             (Some(one), None) => Some(one.to_str().unwrap_or(MALFORMED_PROOF)),
@@ -133,7 +136,7 @@ where
         };
         if let Some(trace) = request
             .headers()
-            .get("traceparent")
+            .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
         {
             let trace_id = trace.split('-').nth(1).unwrap_or("");

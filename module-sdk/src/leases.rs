@@ -6,13 +6,13 @@
 //! race against it.
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::clock::now;
 use crate::deadline;
+use crate::id_hash::IdMap;
 
 use anima_protocol::lease::{
     EndedBy, Lease, LeaseError, LeaseId, LeaseSigner, LeaseState, Reason, Scope,
@@ -81,7 +81,7 @@ pub enum LeaseEvent {
 }
 
 /// Per-lease handler state, by type; emptied when the lease ends.
-pub(crate) type TenantMap = HashMap<TypeId, Box<dyn Any + Send>>;
+pub(crate) type TenantMap = IdMap<TypeId, Box<dyn Any + Send>>;
 
 /// The end of a lease as its calls see it: a flag read without a lock on
 /// every call, and a token to wait on (only a call that has to wait
@@ -232,7 +232,7 @@ pub(crate) struct ModuleState {
     pub(crate) signers: Signers,
     /// Identities allowed to shut the module down besides its Core.
     operators: Mutex<Vec<Urn>>,
-    slots: Mutex<HashMap<ConnectionId, Arc<LeaseSlot>>>,
+    slots: Mutex<IdMap<ConnectionId, Arc<LeaseSlot>>>,
     events: broadcast::Sender<LeaseEvent>,
     active: watch::Sender<usize>,
     phase: watch::Sender<Phase>,
@@ -255,7 +255,7 @@ impl ModuleState {
             contract,
             signers: Signers::new(signer),
             operators: Mutex::new(operators),
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(IdMap::default()),
             events,
             active: watch::Sender::new(0),
             phase: watch::Sender::new(Phase::AwaitingLease),
@@ -383,7 +383,7 @@ impl ModuleState {
         }
     }
 
-    fn slots(&self) -> MutexGuard<'_, HashMap<ConnectionId, Arc<LeaseSlot>>> {
+    fn slots(&self) -> MutexGuard<'_, IdMap<ConnectionId, Arc<LeaseSlot>>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -421,7 +421,7 @@ impl ModuleState {
             connection: lease.connection(),
             signer,
             lease: Mutex::new(lease),
-            tenant: Mutex::new(HashMap::new()),
+            tenant: Mutex::new(TenantMap::default()),
             ended: LeaseEnd::new(),
             expiry_moved: tokio::sync::Notify::new(),
             outbound: Mutex::new(Some(outbound)),

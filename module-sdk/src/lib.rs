@@ -106,6 +106,7 @@ const _: () = assert!(
      anima-module-sdk itself never compiles fault hooks"
 );
 mod gate;
+mod id_hash;
 mod interval;
 mod leases;
 mod lifecycle;

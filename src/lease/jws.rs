@@ -195,10 +195,15 @@ pub fn b64(bytes: &[u8]) -> String {
 
 /// Decodes base64url without padding into exactly `N` bytes.
 pub fn b64_array<const N: usize>(text: &str, what: &'static str) -> Result<[u8; N], LeaseError> {
-    B64.decode(text)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| LeaseError::BadToken(format!("{what} is not {N} base64url bytes")))
+    // Straight into the array: a longer text fails as too big for it, a
+    // shorter one decodes fewer than `N` bytes.
+    let mut out = [0u8; N];
+    match B64.decode_slice(text, &mut out) {
+        Ok(n) if n == N => Ok(out),
+        _ => Err(LeaseError::BadToken(format!(
+            "{what} is not {N} base64url bytes"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +214,23 @@ mod tests {
     struct Claims {
         a: String,
         n: u64,
+    }
+
+    #[test]
+    fn b64_array_takes_exactly_n_canonical_bytes() {
+        let sixteen = b64(&[0xa5; 16]);
+        assert_eq!(b64_array::<16>(&sixteen, "t").unwrap(), [0xa5; 16]);
+        // Shorter, longer, padded, not base64url, non-canonical last bits.
+        for bad in [
+            b64(&[0xa5; 15]),
+            b64(&[0xa5; 17]),
+            format!("{sixteen}=="),
+            sixteen.replace('p', "+"),
+            format!("{}B", &sixteen[..21]),
+            String::new(),
+        ] {
+            assert!(b64_array::<16>(&bad, "t").is_err(), "{bad}");
+        }
     }
 
     fn key(seed: u8) -> SignKey {

@@ -6,14 +6,20 @@
 //! `HMAC-SHA256(key, "anima/v1 call" || 0x00 || seq as u64 big-endian || method)`.
 //! No public-key operation per request; the key never crosses the wire.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::hmac;
 use subtle::ConstantTimeEq;
 
 use super::error::LeaseError;
-use super::jws::{b64, b64_array};
+use super::jws::b64_array;
 
 /// The metadata key that carries the proof.
 pub const PROOF_HEADER: &str = "anima-proof";
+
+/// [`PROOF_HEADER`] as a header name: looked up or inserted without being
+/// parsed again on every call.
+pub static PROOF_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(PROOF_HEADER);
 
 const TAG_LEN: usize = 16;
 const LABEL: &[u8] = b"anima/v1 call\0";
@@ -43,7 +49,24 @@ impl ProofKey {
 
     /// The header value proving call number `seq` of `method`.
     pub fn proof(&self, seq: u64, method: &str) -> String {
-        format!("v1.{seq}.{}", b64(&self.tag(seq, method)))
+        // Written out by hand: this runs for every call the Core sends.
+        let mut out = String::with_capacity(MAX_PROOF_LEN);
+        out.push_str("v1.");
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = seq;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend(digits[at..].iter().copied().map(char::from));
+        out.push('.');
+        B64.encode_string(self.tag(seq, method), &mut out);
+        out
     }
 
     /// Checks a header value for `method` and returns its sequence number.
@@ -52,26 +75,37 @@ impl ProofKey {
         if header.len() > MAX_PROOF_LEN {
             return Err(LeaseError::BadProof("proof too long"));
         }
-        let mut parts = header.split('.');
-        let (Some("v1"), Some(seq), Some(tag), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(LeaseError::BadProof(
-                "malformed proof (expected v1.SEQ.TAG)",
-            ));
+        let malformed = LeaseError::BadProof("malformed proof (expected v1.SEQ.TAG)");
+        let Some(rest) = header.strip_prefix("v1.") else {
+            return Err(malformed);
         };
-        // Canonical decimal: digits only, no sign, no leading zero (one
-        // sequence number has one spelling).
-        if seq.is_empty()
-            || seq.len() > 20
-            || !seq.bytes().all(|b| b.is_ascii_digit())
-            || (seq.len() > 1 && seq.starts_with('0'))
-        {
-            return Err(LeaseError::BadProof("malformed sequence number"));
+        let Some(dot) = rest.bytes().position(|b| b == b'.') else {
+            return Err(malformed);
+        };
+        let (seq, tag) = (&rest[..dot], &rest[dot + 1..]);
+        if tag.bytes().any(|b| b == b'.') {
+            return Err(malformed);
         }
-        let seq: u64 = seq
-            .parse()
-            .map_err(|_| LeaseError::BadProof("malformed sequence number"))?;
+        // Canonical decimal: digits only, no sign, no leading zero (one
+        // sequence number has one spelling), at most 2^64 - 1.
+        let bad_seq = LeaseError::BadProof("malformed sequence number");
+        if seq.is_empty() || (seq.len() > 1 && seq.starts_with('0')) {
+            return Err(bad_seq);
+        }
+        let mut n: u64 = 0;
+        for b in seq.bytes() {
+            if !b.is_ascii_digit() {
+                return Err(bad_seq);
+            }
+            n = match n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            {
+                Some(n) => n,
+                None => return Err(bad_seq),
+            };
+        }
+        let seq = n;
         let tag: [u8; TAG_LEN] =
             b64_array(tag, "proof tag").map_err(|_| LeaseError::BadProof("malformed tag"))?;
         if bool::from(self.tag(seq, method).ct_eq(&tag)) {
@@ -206,6 +240,30 @@ mod tests {
         // The largest sequence number.
         let max = key.proof(u64::MAX, "/a.B/C");
         assert_eq!(key.check(&max, "/a.B/C").unwrap(), u64::MAX);
+        // One more does not fit in 64 bits, nor do longer spellings.
+        for over in [
+            "18446744073709551616",
+            "99999999999999999999",
+            "184467440737095516150",
+        ] {
+            let bad = format!("v1.{over}.{tag}");
+            assert_eq!(
+                key.check(&bad, "/a.B/C").unwrap_err(),
+                LeaseError::BadProof("malformed sequence number"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn proof_is_spelled_as_protocol_md_says() {
+        let key = ProofKey::new(&[7; 32]);
+        for seq in [0, 1, 9, 10, 1234567890, u64::MAX] {
+            let proof = key.proof(seq, "/a.B/C");
+            let tag = b64_array::<TAG_LEN>(proof.rsplit('.').next().unwrap(), "tag").unwrap();
+            assert_eq!(proof, format!("v1.{seq}.{}", B64.encode(tag)));
+            assert_eq!(tag, key.tag(seq, "/a.B/C"));
+        }
     }
 
     #[test]

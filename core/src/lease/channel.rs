@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use anima_protocol::lease::{LeaseError, PROOF_HEADER, reason_of};
+use anima_protocol::lease::{LeaseError, PROOF_HEADER_NAME, reason_of};
 use http::HeaderValue;
 use tonic::body::Body;
 use tonic::transport::Channel;
@@ -51,12 +51,15 @@ impl Service<http::Request<Body>> for LeasedChannel {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let link = self.link.clone();
+        // The proof's own bytes become the header value (no copy).
         let proof = link.proof_for(request.uri().path()).and_then(|p| {
-            HeaderValue::from_str(&p).map_err(|_| LeaseError::BadProof("unencodable proof"))
+            HeaderValue::try_from(p).map_err(|_| LeaseError::BadProof("unencodable proof"))
         });
         match proof {
             Ok(value) => {
-                request.headers_mut().insert(PROOF_HEADER, value);
+                request
+                    .headers_mut()
+                    .insert(PROOF_HEADER_NAME.clone(), value);
             }
             Err(e) => {
                 // Refused here: nothing reaches the module.
