@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anima_protocol::Connection;
 use anima_protocol::lease::{LeaseClaims, REVOCATION_CONDITIONS, Reason};
 use anima_protocol::pb::Refusal;
 
@@ -151,15 +152,7 @@ impl Run<'_> {
     /// A3: an offer on a second control stream of a leased connection is
     /// refused `LEASE_EXISTS`, and the lease lives on.
     pub(crate) async fn second_offer(&mut self, r: &mut Report, live: &mut Session) {
-        let identity = self.ids().core_a.identity.clone();
-        let answer = session::offer(
-            live.conn.clone(),
-            &identity,
-            &self.declared.clone(),
-            self.ttl(),
-            OfferKind::Honest,
-        )
-        .await;
+        let answer = self.honest_offer_on(live.conn.clone()).await;
         refused(
             r,
             "A3",
@@ -201,15 +194,7 @@ impl Run<'_> {
         let what = "revoked and still attached";
         self.refused_after_end(r, &mut ended, "A6", &[Reason::LeaseRevoked], what)
             .await;
-        let identity = self.ids().core_a.identity.clone();
-        let answer = session::offer(
-            ended.conn.clone(),
-            &identity,
-            &self.declared.clone(),
-            self.ttl(),
-            OfferKind::Honest,
-        )
-        .await;
+        let answer = self.honest_offer_on(ended.conn.clone()).await;
         let what = "an offer on a new control stream of a connection whose lease was revoked";
         let Some(mut again) = granted(r, "A3", what, answer) else {
             return;
@@ -230,6 +215,20 @@ impl Run<'_> {
         again
             .revoke("conformance: re-lease on a kept connection done")
             .await;
+    }
+
+    /// The module's own Core (`core_a`) offers the declared scope on a new
+    /// control stream of `conn`, a connection it already holds.
+    async fn honest_offer_on(&self, conn: Connection) -> Result<Answer, ToolError> {
+        let identity = &self.ids().core_a.identity;
+        session::offer(
+            conn,
+            identity,
+            &self.declared,
+            self.ttl(),
+            OfferKind::Honest,
+        )
+        .await
     }
 
     /// A2: a sub-second grant states exactly what PROTOCOL.md §3.1–3.2 say.
