@@ -56,7 +56,8 @@ impl Service<http::Request<Body>> for LeasedChannel {
             HeaderValue::try_from(p).map_err(|_| LeaseError::BadProof("unencodable proof"))
         });
         match proof {
-            Ok(value) => {
+            Ok(mut value) => {
+                value.set_sensitive(true);
                 request
                     .headers_mut()
                     .insert(PROOF_HEADER_NAME.clone(), value);
