@@ -412,7 +412,10 @@ pub struct PlainArgs {
 }
 
 /// The plain-tonic echo server: the same `EchoService` behind the same
-/// `ServerTls`, with no lease, no gate and no SDK. Prints
+/// `ServerTls`, with the HTTP/2 settings every Anima endpoint has (the
+/// keepalive of PROTOCOL.md §1 and a module's stream limit), and no lease,
+/// no gate and no SDK: what it saves against the module is what leasing
+/// costs, not what the transport does. Prints
 /// `BENCH-PLAIN READY <addr>` and serves until killed.
 pub fn serve_plain(args: &PlainArgs) -> Res<()> {
     let CertFiles { cert, key, ca } = &args.files;
@@ -447,6 +450,9 @@ pub fn serve_plain(args: &PlainArgs) -> Res<()> {
             out.flush()?;
         }
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(anima_module_sdk::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(anima_module_sdk::KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(anima_module_sdk::MAX_CONCURRENT_STREAMS)
             .add_service(anima_tests::echo::echo_server::EchoServer::new(
                 anima_tests::EchoService::default(),
             ))
