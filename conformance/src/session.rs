@@ -411,10 +411,17 @@ async fn call_empty_once(
     answers.message().await.map(|_| ())
 }
 
+/// Adds `proof` to a probe call as the Core sends it: an HPACK literal never
+/// indexed (PROTOCOL.md §4, *Header encoding*). The calls of
+/// [`call_empty`] send theirs as tonic does by default (indexed), so a run
+/// sends the proof both ways, and a module must take either.
 fn add_proof<T>(request: &mut tonic::Request<T>, proof: Option<String>) {
-    if let Some(p) = proof.and_then(|p| p.parse().ok()) {
-        request.metadata_mut().insert(PROOF_HEADER, p);
-    }
+    let Some(mut value) = proof.and_then(|p| p.parse::<tonic::metadata::AsciiMetadataValue>().ok())
+    else {
+        return;
+    };
+    value.set_sensitive(true);
+    request.metadata_mut().insert(PROOF_HEADER, value);
 }
 
 /// `ModuleAdmin/Status` on `conn`.
