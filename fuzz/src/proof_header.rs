@@ -4,7 +4,9 @@
 //!
 //! - selector < 0x80: the rest is the header value of one call of a declared
 //!   method (`DECLARED[selector % 3]`), given to the module's open lease as
-//!   the gate does (`Lease::admit`). Only a genuine, fresh proof may pass.
+//!   the gate does (`Lease::admit`). Only a genuine, fresh proof may pass,
+//!   and a header the proof key accepts must be that key's own spelling of
+//!   its sequence number, to the byte.
 //! - selector >= 0x80: the rest is a sequence of 3-byte arrivals
 //!   `[how, lo, hi]` of genuine proofs; each is checked (`ProofKey::check`
 //!   must return its sequence number, and refuse it for another method) and
@@ -44,6 +46,11 @@ fn one_call(method: &str, header: &str) {
         let lease = slot
             .get_or_insert_with(|| fixtures::handshake(fixtures::ed25519(), fixtures::start()).1);
         let now = fixtures::start();
+        // One sequence number has one spelling: whatever verifies is exactly
+        // what the key writes for it (a `v1.01.…` of a genuine tag for 1 too).
+        if let Ok(seq) = lease.proof_key().check(header, method) {
+            assert_eq!(header, lease.proof_key().proof(seq, method));
+        }
         assert!(matches!(
             lease.admit(method, None, now),
             Err(LeaseError::NoLease(_))
