@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime};
 use anima_certs::{CertAuthority, LeafSpec};
 use anima_protocol::control::{self, ControlStream, HandshakeError};
 use anima_protocol::lease::{
-    Lease, LeaseError, LeaseId, LeaseRequest, LeaseSigner, PROOF_HEADER, Reason, Scope,
+    Lease, LeaseError, LeaseId, LeaseRequest, LeaseSigner, PROOF_HEADER_NAME, Reason, Scope,
 };
 use anima_protocol::pb::{SignedToken, control_frame::Frame};
 use anima_protocol::{ClientTls, Connection, PeerPolicy, SystemClock, TlsIdentity, TrustRoot, Urn};
@@ -337,8 +337,12 @@ impl tower::Service<http::Request<Body>> for ProofChannel {
             .unwrap_or_else(|p| p.into_inner())
             .proof_key()
             .proof(seq, request.uri().path());
-        if let Ok(value) = http::HeaderValue::from_str(&proof) {
-            request.headers_mut().insert(PROOF_HEADER, value);
+        // As the Core sends it: never indexed (PROTOCOL.md §4).
+        if let Ok(mut value) = http::HeaderValue::try_from(proof) {
+            value.set_sensitive(true);
+            request
+                .headers_mut()
+                .insert(PROOF_HEADER_NAME.clone(), value);
         }
         self.inner.call(request)
     }
