@@ -33,6 +33,7 @@ use anima_certs::{CertAuthority, LeafSpec};
 use anima_protocol::control::{self, ControlStream, HandshakeError};
 use anima_protocol::lease::{
     Lease, LeaseError, LeaseId, LeaseRequest, LeaseSigner, PROOF_HEADER_NAME, Reason, Scope,
+    proof_header_value,
 };
 use anima_protocol::pb::{SignedToken, control_frame::Frame};
 use anima_protocol::{ClientTls, Connection, PeerPolicy, SystemClock, TlsIdentity, TrustRoot, Urn};
@@ -338,8 +339,7 @@ impl tower::Service<http::Request<Body>> for ProofChannel {
             .proof_key()
             .proof(seq, request.uri().path());
         // As the Core sends it: never indexed (PROTOCOL.md §4).
-        if let Ok(mut value) = http::HeaderValue::try_from(proof) {
-            value.set_sensitive(true);
+        if let Ok(value) = proof_header_value(proof) {
             request
                 .headers_mut()
                 .insert(PROOF_HEADER_NAME.clone(), value);

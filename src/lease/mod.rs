@@ -67,7 +67,7 @@ pub use jws::{
 };
 pub use keys::{LeaseSigner, PeerBinding, PeerKey};
 pub use lease::{Ended, EndedBy, Lease, LeaseId, LeaseState, Side};
-pub use proof::{PROOF_HEADER, PROOF_HEADER_NAME, ProofKey, ReplayWindow};
+pub use proof::{PROOF_HEADER, PROOF_HEADER_NAME, ProofKey, ReplayWindow, proof_header_value};
 pub use reason::{DOMAIN, Reason, reason_of, status_for};
 pub use renewal::RenewalKey;
 pub use scope::{Scope, check_method};

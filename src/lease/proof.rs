@@ -21,6 +21,21 @@ pub const PROOF_HEADER: &str = "anima-proof";
 /// parsed again on every call.
 pub static PROOF_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(PROOF_HEADER);
 
+/// `proof` as the Core sends its [`PROOF_HEADER`] value: its own bytes (no
+/// copy), marked never indexed, so HPACK neither stores nor looks up a value
+/// used once (PROTOCOL.md §4, *Header encoding*).
+///
+/// # Errors
+///
+/// When `proof` holds a byte a header value cannot (never for a proof
+/// [`ProofKey::proof`] wrote).
+pub fn proof_header_value(proof: String) -> Result<http::HeaderValue, LeaseError> {
+    let mut value = http::HeaderValue::try_from(proof)
+        .map_err(|_| LeaseError::BadProof("unencodable proof"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 const TAG_LEN: usize = 16;
 const LABEL: &[u8] = b"anima/v1 call\0";
 /// The longest header value accepted.
@@ -253,6 +268,18 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_cores_header_value_is_the_proof_never_indexed() {
+        let proof = ProofKey::new(&[7; 32]).proof(42, "/a.B/C");
+        let value = proof_header_value(proof.clone()).expect("a proof is a header value");
+        assert!(value.is_sensitive());
+        assert_eq!(value.as_bytes(), proof.as_bytes());
+        assert!(matches!(
+            proof_header_value("v1.1.\n".into()),
+            Err(LeaseError::BadProof(_))
+        ));
     }
 
     #[test]

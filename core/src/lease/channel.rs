@@ -5,8 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use anima_protocol::lease::{LeaseError, PROOF_HEADER_NAME, reason_of};
-use http::HeaderValue;
+use anima_protocol::lease::{LeaseError, PROOF_HEADER_NAME, proof_header_value, reason_of};
 use tonic::body::Body;
 use tonic::transport::Channel;
 use tower::Service;
@@ -51,13 +50,11 @@ impl Service<http::Request<Body>> for LeasedChannel {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let link = self.link.clone();
-        // The proof's own bytes become the header value (no copy).
-        let proof = link.proof_for(request.uri().path()).and_then(|p| {
-            HeaderValue::try_from(p).map_err(|_| LeaseError::BadProof("unencodable proof"))
-        });
+        let proof = link
+            .proof_for(request.uri().path())
+            .and_then(proof_header_value);
         match proof {
-            Ok(mut value) => {
-                value.set_sensitive(true);
+            Ok(value) => {
                 request
                     .headers_mut()
                     .insert(PROOF_HEADER_NAME.clone(), value);
