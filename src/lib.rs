@@ -135,6 +135,7 @@ const _: () = assert!(
 pub mod clock;
 pub mod contract;
 pub mod control;
+pub mod hex;
 pub mod identity;
 pub mod interface;
 pub mod launch;

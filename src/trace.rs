@@ -61,7 +61,7 @@ fn random_hex<const N: usize>() -> String {
         // failing is not a reason to drop a message.
         bytes[N - 1] = 1;
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::lower(&bytes)
 }
 
 #[cfg(test)]

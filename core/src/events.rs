@@ -218,7 +218,7 @@ fn new_epoch() -> String {
     if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
         bytes = unix_ms(SystemTime::now()).to_be_bytes();
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    anima_protocol::hex::lower(&bytes)
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 //! the value.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -18,6 +17,7 @@ use zeroize::Zeroizing;
 use super::doc_support::binding;
 use super::handshake::{hkdf_info, hkdf_renewal_info, hkdf_salt, lease_key_bytes, shared_secret};
 use super::*;
+use crate::hex::{decode as unhex, lower as hex};
 use crate::identity::Urn;
 use crate::transport::{ConnectionId, Fingerprint};
 
@@ -117,23 +117,6 @@ impl Appendix {
         text.parse()
             .unwrap_or_else(|e| panic!("PROTOCOL.md Appendix A: `{name}` {text:?}: {e}"))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
 }
 
 fn sha256(text: &str) -> [u8; 32] {

@@ -181,7 +181,7 @@ pub fn new_uuid_v4() -> String {
         .unwrap_or_else(|_| panic!("the system's random source failed"));
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = crate::hex::lower(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
@@ -347,7 +347,7 @@ fn payload(e: &RcsEnvelope) -> Result<(), Invalid> {
 /// The `checksum` of `data`: its SHA-256 in lower-case hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, data);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::lower(digest.as_ref())
 }
 
 /// `checksum`: 64 hex digits, the SHA-256 of `data`.
@@ -358,12 +358,15 @@ fn check_sum(checksum: &str, data: &[u8]) -> Result<(), Invalid> {
             "is not 64 hex digits (SHA-256)",
         ));
     }
-    let hex = sha256_hex(data);
-    if !checksum.eq_ignore_ascii_case(&hex) {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    if !crate::hex::spells(checksum, digest.as_ref()) {
         return Err(Invalid::new(
             EpsCode::ChecksumMismatch,
             "payload.checksum",
-            format!("the payload's SHA-256 is {hex}"),
+            format!(
+                "the payload's SHA-256 is {}",
+                crate::hex::lower(digest.as_ref())
+            ),
         ));
     }
     Ok(())

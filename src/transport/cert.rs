@@ -28,7 +28,7 @@ impl Fingerprint {
 
     /// Lowercase hex, 64 characters.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::lower(&self.0)
     }
 }
 

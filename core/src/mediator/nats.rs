@@ -137,37 +137,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// `subscription` as a subject token: lowercase hex of its bytes.
 pub fn token(subscription: &str) -> String {
-    hex(subscription.as_bytes())
+    anima_protocol::hex::lower(subscription.as_bytes())
 }
 
 /// The subscription a subject token names, when it is one.
 pub fn from_token(token: &str) -> Option<String> {
-    if !token.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+    String::from_utf8(anima_protocol::hex::decode(token)?).ok()
 }
 
 /// A short name for `subscription` where subjects are too long (consumer
 /// names, message ids): 32 hex digits of its SHA-256.
 pub fn hash(subscription: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, subscription.as_bytes());
-    hex(&digest.as_ref()[..16])
-}
-
-/// `bytes` in lowercase hex.
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    anima_protocol::hex::lower(&digest.as_ref()[..16])
 }
 
 impl NatsStore {
