@@ -9,6 +9,7 @@
 //! caller held unacknowledged is due again at once and the stream ends (M11).
 //! Every refusal is an EPS error (M10).
 
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,8 @@ use anima_protocol::pb::{
     SubscribeRequest, publish_reply, request_reply, subscribe_item, subscribe_request,
 };
 use anima_protocol::rcs::{self, EpsCode, Invalid, Limits};
+use futures_util::FutureExt as _;
+use futures_util::stream::{FuturesOrdered, StreamExt as _};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -995,18 +998,18 @@ struct Publishing {
 }
 
 impl Publishing {
+    /// Reads `inbound` and answers each request on `tx` in order, until
+    /// the stream, its reader or the sender's lease ends.
+    ///
+    /// The publishes in flight are futures of this one task (not a task
+    /// each): they wait on the store's commit groups together, and a reply
+    /// wakes nothing but this task.
     async fn run(
         self,
         mut inbound: Streaming<PublishRequest>,
         link: Option<crate::lease::LeaseLink>,
         tx: mpsc::Sender<Result<PublishReply, Status>>,
     ) {
-        let me = Arc::new(self);
-        // The answers in the order of the requests (and last, how the
-        // stream ends); at most PUBLISH_IN_FLIGHT, so a publisher that does
-        // not read its answers is not read either.
-        let (order, answers) = mpsc::channel(PUBLISH_IN_FLIGHT);
-        tokio::spawn(answer_in_order(answers, tx.clone()));
         let ended = async {
             match &link {
                 Some(link) => link.ended().await,
@@ -1014,62 +1017,66 @@ impl Publishing {
             }
         };
         tokio::pin!(ended);
-        loop {
-            let request = tokio::select! {
-                () = &mut ended => break,
+        // At most PUBLISH_IN_FLIGHT, and one answer waiting for room in
+        // `tx`: a publisher that does not read its answers is not read
+        // either.
+        let mut in_flight = FuturesOrdered::new();
+        let mut ready: Option<Result<PublishReply, Status>> = None;
+        let lease_ended = loop {
+            tokio::select! {
+                biased;
+                () = &mut ended => break true,
                 () = tx.closed() => return,
-                request = inbound.message() => request,
-            };
-            let Ok(Some(request)) = request else {
-                return;
-            };
-            if let Sender::Module(urn) = &me.sender
-                && !me.service.ctx.is_leased(urn)
-            {
-                break;
+                permit = tx.reserve(), if ready.is_some() => match (permit, ready.take()) {
+                    (Ok(permit), Some(reply)) => permit.send(reply),
+                    _ => return,
+                },
+                Some(reply) = in_flight.next(), if ready.is_none() => ready = Some(reply),
+                request = inbound.message(), if in_flight.len() < PUBLISH_IN_FLIGHT => {
+                    let Ok(Some(request)) = request else {
+                        break false;
+                    };
+                    if let Sender::Module(urn) = &self.sender
+                        && !self.service.ctx.is_leased(urn)
+                    {
+                        break true;
+                    }
+                    in_flight.push_back(self.publish(request));
+                }
             }
-            let publishing = me.clone();
-            let answer = tokio::spawn(async move {
-                let Publishing {
-                    service,
-                    sender,
-                    header,
-                } = &*publishing;
-                service
-                    .publish_one(sender, header.as_deref(), request)
-                    .await
-            });
-            if order.send(Ok(answer)).await.is_err() {
-                return;
-            }
-        }
-        // The lease ended: what was read is still answered, then the end.
-        let (Sender::Module(urn) | Sender::Operator(urn)) = &me.sender;
-        let status = status_for(
-            Reason::NoLease,
-            format!("{urn}'s lease from this Core ended"),
-            [],
-        );
-        let _ = order.send(Err(status)).await;
-    }
-}
-
-/// Sends each publish's answer when it comes, in the order of `answers`,
-/// then the status that ends the stream, if any.
-async fn answer_in_order(
-    mut answers: mpsc::Receiver<Result<tokio::task::JoinHandle<PublishReply>, Status>>,
-    tx: mpsc::Sender<Result<PublishReply, Status>>,
-) {
-    while let Some(answer) = answers.recv().await {
-        let reply = match answer {
-            Ok(publish) => publish
-                .await
-                .map_err(|_| Status::internal("a publish of this stream failed")),
-            Err(end) => Err(end),
         };
-        let last = reply.is_err();
-        if tx.send(reply).await.is_err() || last {
+        // What was read is still answered, in order; then, if the lease
+        // ended, the end.
+        if let Some(reply) = ready.take()
+            && tx.send(reply).await.is_err()
+        {
             return;
         }
+        while let Some(reply) = in_flight.next().await {
+            if tx.send(reply).await.is_err() {
+                return;
+            }
+        }
+        if lease_ended {
+            let (Sender::Module(urn) | Sender::Operator(urn)) = &self.sender;
+            let status = status_for(
+                Reason::NoLease,
+                format!("{urn}'s lease from this Core ended"),
+                [],
+            );
+            let _ = tx.send(Err(status)).await;
+        }
+    }
+
+    /// One request published; a panic answered as an internal error, as a
+    /// failed task would be.
+    async fn publish(&self, request: PublishRequest) -> Result<PublishReply, Status> {
+        let publishing = self
+            .service
+            .publish_one(&self.sender, self.header.as_deref(), request);
+        AssertUnwindSafe(publishing)
+            .catch_unwind()
+            .await
+            .map_err(|_| Status::internal("a publish of this stream failed"))
     }
 }
