@@ -11,21 +11,15 @@ const DIGITS: &[u8; 16] = b"0123456789abcdef";
 /// `bytes` in lower-case hex: two digits a byte, most significant first.
 pub fn lower(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
-    push_lower(&mut out, bytes);
-    out
-}
-
-/// Appends `bytes` to `out` in lower-case hex.
-pub fn push_lower(out: &mut String, bytes: &[u8]) {
-    out.reserve(bytes.len() * 2);
     for &b in bytes {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
+    out
 }
 
 /// The value of one hex digit, either case; `None` for anything else.
-pub fn digit(c: u8) -> Option<u8> {
+fn digit(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),
@@ -69,9 +63,6 @@ mod tests {
         let formatted: String = all.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(lower(&all), formatted);
         assert_eq!(lower(&[]), "");
-        let mut out = String::from("x-");
-        push_lower(&mut out, &[0x00, 0xab, 0xff]);
-        assert_eq!(out, "x-00abff");
     }
 
     #[test]

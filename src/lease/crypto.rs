@@ -203,10 +203,7 @@ mod tests {
                              5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b";
 
     fn hex(text: &str) -> Vec<u8> {
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
-            .collect()
+        crate::hex::decode(text).expect("hex")
     }
 
     fn ed25519_pkcs8_v1(seed: &[u8]) -> Vec<u8> {

@@ -62,7 +62,7 @@ mod tests {
         key[..4].copy_from_slice(b"Jefe");
         let tag = RenewalKey::new(&key).tag(b"what do ya want for nothing?");
         assert_eq!(
-            tag.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            crate::hex::lower(&tag),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
