@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anima_core::audit::Actor;
 use anima_core::lease::{LeaseLink, LeasedChannel, RenewalPolicy};
 use anima_protocol::transport::Address;
+use anima_protocol::transport::PeerChannel;
 use anima_protocol::{ClientTls, PeerPolicy, Urn};
 use anima_tests::echo::SayRequest;
 use anima_tests::echo::echo_client::EchoClient;
-use tonic::transport::Channel;
 
 use crate::Opts;
 use crate::link::LeaseOpener;
@@ -31,7 +31,7 @@ pub(crate) enum Caller {
     /// Through a lease (the proof is added per call).
     Leased(EchoClient<LeasedChannel>),
     /// Over a plain mTLS channel (to the plain server, or the gateway).
-    Plain(EchoClient<Channel>),
+    Plain(EchoClient<PeerChannel>),
 }
 
 impl Caller {

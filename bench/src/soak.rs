@@ -33,7 +33,7 @@ use crate::procs::{Proc, Res, child_log};
 use crate::stats::rss_kib;
 
 /// The Core's admin API, as an operator reaches it.
-type Admin = CoreAdminClient<tonic::transport::Channel>;
+type Admin = CoreAdminClient<anima_protocol::transport::PeerChannel>;
 
 /// The samples, in the order revokes and kills take them.
 const SAMPLES: [&str; 3] = ["hasher", "kvstore", "tally"];

@@ -36,10 +36,10 @@ use anima_protocol::lease::{
     proof_header_value,
 };
 use anima_protocol::pb::{SignedToken, control_frame::Frame};
+use anima_protocol::transport::{ChannelError, PeerChannel, ResponseFuture};
 use anima_protocol::{ClientTls, Connection, PeerPolicy, SystemClock, TlsIdentity, TrustRoot, Urn};
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
-use tonic::transport::Channel;
 
 use crate::error::SdkError;
 use crate::lifecycle::Exit;
@@ -316,15 +316,15 @@ impl FakeLease {
 /// A channel adding lease proofs; see [`FakeLease::channel`].
 #[derive(Clone)]
 pub struct ProofChannel {
-    inner: Channel,
+    inner: PeerChannel,
     lease: Arc<Mutex<Lease>>,
     seq: Arc<AtomicU64>,
 }
 
 impl tower::Service<http::Request<Body>> for ProofChannel {
     type Response = http::Response<Body>;
-    type Error = tonic::transport::Error;
-    type Future = <Channel as tower::Service<http::Request<Body>>>::Future;
+    type Error = ChannelError;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

@@ -1,10 +1,10 @@
 //! Dialling a mutually authenticated connection and running gRPC over it.
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
@@ -12,6 +12,7 @@ use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::cert::identity_of;
+use super::channel::PeerChannel;
 use super::error::TransportError;
 use super::peer::PeerInfo;
 use super::server::DEFAULT_HANDSHAKE_TIMEOUT;
@@ -126,26 +127,27 @@ impl ClientTls {
         expect: PeerPolicy,
     ) -> Result<Connection, TransportError> {
         let config = client_config(&self.identity, &self.trust, expect)?;
-        let (stream, peer) = self.handshake(&addr.into(), config).await?;
-        let slot = Arc::new(Mutex::new(Some(stream)));
-        let connector = tower::service_fn(move |_: Uri| {
-            let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            async move {
-                taken.map(TokioIo::new).ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::NotConnected,
-                        "connection closed; dial again to open a new connection and lease",
-                    )
-                })
-            }
-        });
-        let channel = Endpoint::from_static("http://anima.peer")
-            .http2_keep_alive_interval(self.keepalive_interval)
+        let addr = addr.into();
+        let (stream, peer) = self.handshake(&addr, config).await?;
+        let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(self.keepalive_interval)
             .keep_alive_timeout(self.keepalive_timeout)
             .keep_alive_while_idle(true)
-            .connect_with_connector(connector)
-            .await?;
-        Ok(Connection { channel, peer })
+            .handshake(TokioIo::new(stream));
+        let (send, connection) =
+            within("HTTP/2 handshake", &addr, self.handshake_timeout, handshake)
+                .await?
+                .map_err(TransportError::Http2)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+        Ok(Connection {
+            channel: PeerChannel::new(send),
+            peer,
+        })
     }
 
     /// A channel to `addr` that dials (TCP or a Unix socket, mutual TLS 1.3,
@@ -245,13 +247,13 @@ async fn within<T>(
 /// One authenticated connection and the gRPC channel running over it.
 #[derive(Debug, Clone)]
 pub struct Connection {
-    channel: Channel,
+    channel: PeerChannel,
     peer: PeerInfo,
 }
 
 impl Connection {
     /// The gRPC channel; clone it freely, all clones share the connection.
-    pub fn channel(&self) -> Channel {
+    pub fn channel(&self) -> PeerChannel {
         self.channel.clone()
     }
 

@@ -22,6 +22,7 @@
 
 mod admission;
 mod cert;
+mod channel;
 mod client;
 mod error;
 mod peer;
@@ -35,6 +36,7 @@ mod tls;
 
 pub use admission::{IdentityLimit, IdentitySlot};
 pub use cert::{CertIdentityError, CertPublicKey, Fingerprint, identity_of, not_after, public_key};
+pub use channel::{ChannelError, PeerChannel, ResponseFuture};
 pub use client::{
     ClientTls, Connection, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,

@@ -8,8 +8,8 @@ use anima_protocol::{
     ClientTls, Connection, PeerPolicy, RefusalReason, ServerTls, TlsIdentity, TransportError,
     TrustRoot, Urn, UrnKind,
 };
-use anima_tests::echo::SayRequest;
 use anima_tests::echo::echo_client::EchoClient;
+use anima_tests::echo::{SayRequest, SlowRequest};
 use anima_tests::{EchoServer, PATIENCE, TestCa};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
@@ -45,7 +45,13 @@ async fn dial_as_core(
         .await
 }
 
-async fn say(channel: Channel) -> Result<anima_tests::echo::SayReply, tonic::Status> {
+async fn say<T>(channel: T) -> Result<anima_tests::echo::SayReply, tonic::Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     EchoClient::new(channel)
         .say(SayRequest { text: "hi".into() })
         .await
@@ -55,7 +61,13 @@ async fn say(channel: Channel) -> Result<anima_tests::echo::SayReply, tonic::Sta
 /// The outcome of one call on a channel `dialled` tried to open: a refused
 /// peer fails at the handshake or, TLS 1.3 letting the client finish its side
 /// before the server's alert arrives, on the first call at the latest.
-async fn first_call<E: ToString>(dialled: Result<Channel, E>) -> Result<(), String> {
+async fn first_call<T, E: ToString>(dialled: Result<T, E>) -> Result<(), String>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     match dialled {
         Ok(channel) => say(channel).await.map(|_| ()).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -174,6 +186,36 @@ async fn t1_connection_does_not_silently_reconnect() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(failed, "calls fail once the connection is gone");
+    let channel = conn.channel();
+    tokio::time::timeout(PATIENCE, async {
+        while !channel.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the channel says its connection closed");
+    let status = say(channel).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
+
+#[tokio::test]
+async fn t1_a_call_ends_at_its_grpc_timeout() {
+    let ca = TestCa::new();
+    let server = module_server(&ca).await;
+    let conn = dial_as_core(&ca, &server, PeerPolicy::AnyIdentity)
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(SlowRequest { millis: 30_000 });
+    request.set_timeout(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let status = EchoClient::new(conn.channel())
+        .slow(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+    assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
+    // The connection serves on.
+    say(conn.channel()).await.unwrap();
 }
 
 #[tokio::test]

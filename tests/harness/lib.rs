@@ -410,7 +410,7 @@ impl RawCore {
     }
 
     /// An echo client on the raw connection.
-    fn client(&self) -> echo::echo_client::EchoClient<tonic::transport::Channel> {
+    fn client(&self) -> echo::echo_client::EchoClient<anima_protocol::transport::PeerChannel> {
         echo::echo_client::EchoClient::new(self.conn.channel())
     }
 

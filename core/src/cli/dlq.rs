@@ -5,8 +5,8 @@
 use anima_protocol::pb::mediator_client::MediatorClient;
 use anima_protocol::pb::{DeadLetter, DeadLetterPosition, DeadLettersRequest};
 use anima_protocol::rcs;
+use anima_protocol::transport::PeerChannel;
 use clap::Subcommand;
-use tonic::transport::Channel;
 
 use super::CliResult;
 use super::ops::{AdminTarget, endpoint, rpc_error, runtime};
@@ -74,7 +74,7 @@ pub fn run(cmd: DlqCommand) -> CliResult {
 
 async fn client(
     target: &AdminTarget,
-) -> Result<MediatorClient<Channel>, Box<dyn std::error::Error>> {
+) -> Result<MediatorClient<PeerChannel>, Box<dyn std::error::Error>> {
     Ok(MediatorClient::new(endpoint(target).await?))
 }
 

@@ -13,9 +13,9 @@ use anima_protocol::pb::{
     LeaseInfo, ListLeasesRequest, ListModulesRequest, ModuleInfo, ModuleRequest,
     RevokeLeaseRequest, WatchEventsRequest,
 };
+use anima_protocol::transport::PeerChannel;
 use anima_protocol::{ClientTls, PeerPolicy, TlsIdentity, TrustRoot, UrnKind};
 use clap::Args;
-use tonic::transport::Channel;
 
 use super::CliResult;
 
@@ -182,12 +182,14 @@ pub struct ModuleArg {
 
 async fn connect(
     target: &AdminTarget,
-) -> Result<CoreAdminClient<Channel>, Box<dyn std::error::Error>> {
+) -> Result<CoreAdminClient<PeerChannel>, Box<dyn std::error::Error>> {
     Ok(CoreAdminClient::new(endpoint(target).await?))
 }
 
 /// A channel to the Core's endpoint as the operator.
-pub(crate) async fn endpoint(target: &AdminTarget) -> Result<Channel, Box<dyn std::error::Error>> {
+pub(crate) async fn endpoint(
+    target: &AdminTarget,
+) -> Result<PeerChannel, Box<dyn std::error::Error>> {
     let target = target.resolve()?;
     let identity = TlsIdentity::from_pem_files(&target.cert, &target.key)?;
     let trust = TrustRoot::from_pem_file(&target.ca)?;
@@ -280,7 +282,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 /// the error.
 fn call<T>(
     target: &AdminTarget,
-    rpc: impl AsyncFnOnce(CoreAdminClient<Channel>) -> Result<tonic::Response<T>, tonic::Status>,
+    rpc: impl AsyncFnOnce(CoreAdminClient<PeerChannel>) -> Result<tonic::Response<T>, tonic::Status>,
 ) -> Result<T, Box<dyn std::error::Error>> {
     runtime()?.block_on(async {
         let reply = rpc(connect(target).await?).await.map_err(rpc_error)?;

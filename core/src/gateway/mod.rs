@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anima_protocol::lease::{Reason, status_for};
+use anima_protocol::transport::ChannelError;
 use anima_protocol::{PeerInfo, Urn, UrnKind};
 use http_body::Body as HttpBody;
 use tonic::Code;
@@ -414,7 +415,7 @@ impl Gateway {
     /// response, observed to its end.
     fn answer(
         &self,
-        outcome: Result<http::Response<Body>, tonic::transport::Error>,
+        outcome: Result<http::Response<Body>, ChannelError>,
         oversized: u64,
         module: &Urn,
         mut call: CallLog,

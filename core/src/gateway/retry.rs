@@ -29,7 +29,7 @@ use crate::lease::LeaseLink;
 use crate::supervisor::CoreContext;
 
 /// What one attempt gave: the provider's response, or the transport's error.
-pub(super) type Outcome = Result<http::Response<Body>, tonic::transport::Error>;
+pub(super) type Outcome = Result<http::Response<Body>, anima_protocol::transport::ChannelError>;
 
 /// Whether the plan's method is tried again on failure.
 pub(super) fn applies(plan: &Plan) -> bool {

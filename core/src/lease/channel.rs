@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anima_protocol::lease::{LeaseError, PROOF_HEADER_NAME, proof_header_value, reason_of};
+use anima_protocol::transport::{ChannelError, PeerChannel};
 use tonic::body::Body;
-use tonic::transport::Channel;
 use tower::Service;
 
 use super::link::LinkShared;
@@ -17,12 +17,12 @@ use crate::status::refusal;
 /// `EchoClient::new(link.channel())`.
 #[derive(Clone)]
 pub struct LeasedChannel {
-    inner: Channel,
+    inner: PeerChannel,
     link: Arc<LinkShared>,
 }
 
 impl LeasedChannel {
-    pub(crate) fn new(inner: Channel, link: Arc<LinkShared>) -> Self {
+    pub(crate) fn new(inner: PeerChannel, link: Arc<LinkShared>) -> Self {
         LeasedChannel { inner, link }
     }
 }
@@ -39,7 +39,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl Service<http::Request<Body>> for LeasedChannel {
     type Response = http::Response<Body>;
-    type Error = tonic::transport::Error;
+    type Error = ChannelError;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
