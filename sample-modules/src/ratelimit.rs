@@ -54,16 +54,40 @@ pub fn interface() -> Interface {
     .expect("the sidecar interface.toml is a valid definition")
 }
 
+/// A limit in the environment that is not a positive number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLimit {
+    /// The variable ([`RATE_ENV`] or [`BURST_ENV`]).
+    pub variable: &'static str,
+    /// What it held.
+    pub value: String,
+}
+
+impl std::fmt::Display for BadLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {:?} is not a positive number",
+            self.variable, self.value
+        )
+    }
+}
+
+impl std::error::Error for BadLimit {}
+
 /// The rate and burst from the environment; a value that is not a positive
 /// number is an error naming its variable.
-pub fn limits_from_env() -> Result<(f64, f64), String> {
-    let read = |name: &str| -> Result<Option<f64>, String> {
-        match std::env::var(name) {
+pub fn limits_from_env() -> Result<(f64, f64), BadLimit> {
+    let read = |variable: &'static str| -> Result<Option<f64>, BadLimit> {
+        match std::env::var(variable) {
             Err(_) => Ok(None),
             Ok(text) if text.is_empty() => Ok(None),
             Ok(text) => match text.parse::<f64>() {
                 Ok(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
-                _ => Err(format!("{name}: {text:?} is not a positive number")),
+                _ => Err(BadLimit {
+                    variable,
+                    value: text,
+                }),
             },
         }
     };

@@ -69,7 +69,7 @@ fn memory_check(meminfo: std::io::Result<String>) -> Value {
 /// Handles one `EXECUTE_SCRIPT` delivery: logs, runs, replies, logs. Only a
 /// reply the Core could not take is an error (the request is delivered
 /// again); one that came too late is not.
-pub async fn handle(core: &CoreClient, delivery: Delivery) -> Result<(), String> {
+async fn handle(core: &CoreClient, delivery: Delivery) -> Result<(), String> {
     let request = delivery.envelope.ok_or("a delivery without its message")?;
     let data = request.payload.as_ref().map_or(&[][..], |p| &p.data[..]);
     log(

@@ -30,7 +30,7 @@ pub mod words;
 pub use canonical::{CanonicalError, canonical};
 pub use eps::{EpsCode, Invalid, eps_json};
 pub use json::{BASE64, from_json, from_value, is_json, is_mime, to_json};
-pub use time::{format_utc_ms, parse_utc_ms};
+pub use time::{TimestampError, format_utc_ms, parse_utc_ms};
 pub use validate::{
     Checked, Limits, MAX_DELAY_MS, MAX_NAME, MAX_OPAQUE, MAX_RETRIES, MAX_TAGS, RCS_VERSION,
     SCHEMA_VERSION, is_event_type, is_uuid_v4, new_uuid_v4, sha256_hex, validate,

@@ -1,12 +1,24 @@
 //! RFC 3339 timestamps in UTC, as the envelope carries them
 //! (`YYYY-MM-DDTHH:MM:SS[.fraction]Z`), to and from Unix milliseconds.
 
+/// Why a text is not a timestamp [`parse_utc_ms`] takes; each carries the
+/// text's first 40 characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimestampError {
+    /// Not written as RFC 3339 in UTC.
+    #[error("{0:?} is not RFC 3339 in UTC (YYYY-MM-DDTHH:MM:SS.sssZ)")]
+    NotUtc(String),
+    /// Written so, but no such date and time (a 30 February, a 25th hour).
+    #[error("{0:?} is not a valid date and time")]
+    NoSuchInstant(String),
+}
+
 /// Unix milliseconds of `s`, an RFC 3339 timestamp in UTC: the date, `T`,
 /// the time with 0 to 9 fraction digits (past milliseconds truncated), and
 /// `Z` (`t` and `z` too, as RFC 3339 allows). A numeric offset, even
 /// `+00:00`, is refused: the specification asks for UTC written as `Z`.
-pub fn parse_utc_ms(s: &str) -> Result<i64, String> {
-    let bad = || format!("{s:.40?} is not RFC 3339 in UTC (YYYY-MM-DDTHH:MM:SS.sssZ)");
+pub fn parse_utc_ms(s: &str) -> Result<i64, TimestampError> {
+    let bad = || TimestampError::NotUtc(s.chars().take(40).collect());
     let b = s.as_bytes();
     if b.len() < 20 || b.len() > 30 {
         return Err(bad());
@@ -52,7 +64,7 @@ pub fn parse_utc_ms(s: &str) -> Result<i64, String> {
         || min > 59
         || sec > 60
     {
-        return Err(format!("{s:.40?} is not a valid date and time"));
+        return Err(TimestampError::NoSuchInstant(s.chars().take(40).collect()));
     }
     let millis = fraction
         .iter()

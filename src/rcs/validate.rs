@@ -131,14 +131,14 @@ fn metadata(e: &RcsEnvelope) -> Result<Checked, Invalid> {
     if m.created_at.is_empty() {
         return Err(missing("message_metadata.created_at"));
     }
-    let created_ms =
-        parse_utc_ms(&m.created_at).map_err(|why| invalid("message_metadata.created_at", why))?;
+    let created_ms = parse_utc_ms(&m.created_at)
+        .map_err(|why| invalid("message_metadata.created_at", why.to_string()))?;
     let expires_ms = if m.expires_at.is_empty() {
         None
     } else {
         Some(
             parse_utc_ms(&m.expires_at)
-                .map_err(|why| invalid("message_metadata.expires_at", why))?,
+                .map_err(|why| invalid("message_metadata.expires_at", why.to_string()))?,
         )
     };
     let priority = match m.priority {

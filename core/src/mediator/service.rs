@@ -722,13 +722,7 @@ impl Subscriber {
                     .hub
                     .park(self.subscriptions.clone(), self.ack_wait_ms(), room);
             }
-            let due = match (next_due, self.window.next_lapse()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let wait = due.map_or(Duration::from_secs(3600), |due| {
-                Duration::from_millis(due.saturating_sub(now_ms()))
-            });
+            let wait = self.wait(next_due);
             let direct = async {
                 match self.parked.as_mut() {
                     Some(rx) => rx.await.ok(),
@@ -772,6 +766,19 @@ impl Subscriber {
                 },
             }
         }
+    }
+
+    /// How long the stream may wait before it looks again: until the next
+    /// message is due (`next_due`) or the window's next lapse, whichever
+    /// comes first (an hour when neither is known).
+    fn wait(&self, next_due: Option<u64>) -> Duration {
+        let due = match (next_due, self.window.next_lapse()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        due.map_or(Duration::from_secs(3600), |due| {
+            Duration::from_millis(due.saturating_sub(now_ms()))
+        })
     }
 
     /// Hands out what is due while the window has room: `Some` with when
