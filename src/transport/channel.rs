@@ -228,6 +228,72 @@ mod tests {
         assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 
+    /// A channel to a bare HTTP/2 server, in memory, whose handler never
+    /// answers; the server's task is returned to end it.
+    async fn channel_to_a_silent_server() -> (PeerChannel, tokio::task::JoinHandle<()>) {
+        use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let serving = tokio::spawn(async move {
+            let silent = hyper::service::service_fn(|_: Request<hyper::body::Incoming>| {
+                std::future::pending::<Result<Response<Body>, std::convert::Infallible>>()
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server), silent)
+                .await;
+        });
+        let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(client))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        (PeerChannel::new(send), serving)
+    }
+
+    fn request(timeout: Option<&'static str>) -> Request<Body> {
+        let mut request = Request::new(Body::empty());
+        *request.uri_mut() = Uri::from_static("/x.v1.X/Do");
+        if let Some(t) = timeout {
+            request
+                .headers_mut()
+                .insert("grpc-timeout", HeaderValue::from_static(t));
+        }
+        request
+    }
+
+    #[tokio::test]
+    async fn a_call_ends_at_its_grpc_timeout_on_the_clients_side() {
+        let (mut channel, _serving) = channel_to_a_silent_server().await;
+        let started = tokio::time::Instant::now();
+        let e = channel.call(request(Some("50m"))).await.unwrap_err();
+        assert!(e.downcast_ref::<tonic::TimeoutExpired>().is_some(), "{e}");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(tonic::Status::from_error(e).code(), tonic::Code::Cancelled);
+    }
+
+    #[tokio::test]
+    async fn a_call_on_a_closed_connection_is_unavailable() {
+        let (mut channel, serving) = channel_to_a_silent_server().await;
+        serving.abort();
+        let _ = serving.await;
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !channel.is_closed() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the connection closes when the server goes");
+        std::future::poll_fn(|cx| channel.poll_ready(cx))
+            .await
+            .expect("always ready: the call says what went wrong");
+        let e = channel.call(request(None)).await.unwrap_err();
+        assert!(e.downcast_ref::<tonic::ConnectError>().is_some(), "{e}");
+        assert_eq!(
+            tonic::Status::from_error(e).code(),
+            tonic::Code::Unavailable
+        );
+    }
+
     #[test]
     fn the_origin_is_added_to_a_path() {
         let mut uri = Uri::from_static("/anima.test.v1.Echo/Say");
