@@ -713,6 +713,19 @@ const MISTAKES: &[Mistake] = &[
         count: Some(6),
     },
     Mistake {
+        name: "worker_threads_out_of_range_is_refused",
+        edits: &[(
+            "audit_log = \"audit.jsonl\"",
+            "audit_log = \"audit.jsonl\"\nworker_threads = 0",
+        )],
+        expected: &[(
+            "worker_threads",
+            "core.worker_threads",
+            "0 is out of range (1 to 1024)",
+        )],
+        count: Some(1),
+    },
+    Mistake {
         name: "m10_the_error_handler_is_a_module_here",
         edits: &[(
             "endpoint = \"127.0.0.1:7801\"",
@@ -738,6 +751,20 @@ fn each_mistake_is_reported_at_its_line_and_key() {
             assert_eq!(run.problems().len(), count, "{}", mistake.name);
         }
     }
+}
+
+#[test]
+fn worker_threads_sets_how_many_threads_run_the_core() {
+    let scratch = Scratch::new();
+    let origin = &scratch.path().join("anima.toml");
+    let one = edited(&[(
+        "audit_log = \"audit.jsonl\"",
+        "audit_log = \"audit.jsonl\"\nworker_threads = 1",
+    )]);
+    let config = anima_core::config::parse_str(&one, origin).expect("a valid file");
+    assert_eq!(config.core.worker_threads, Some(1));
+    let unset = anima_core::config::parse_str(&edited(&[]), origin).expect("a valid file");
+    assert_eq!(unset.core.worker_threads, None, "unset: one per CPU");
 }
 
 #[test]

@@ -478,6 +478,25 @@ backoff_max = "100ms"
     );
 }
 
+/// How many of `pid`'s threads are tokio's workers.
+fn tokio_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test]
+async fn serve_runs_as_many_workers_as_worker_threads_says() {
+    for n in [1, 3] {
+        let text = core_and_admin(&format!("worker_threads = {n}"));
+        let core = CoreProcess::start(Some(&text)).await;
+        let pid = core.child.child.id().expect("the Core runs");
+        assert_eq!(tokio_workers(pid), n, "worker_threads = {n}");
+    }
+}
+
 #[tokio::test]
 async fn serve_sigterm_revokes_stops_modules_and_exits_0() {
     let mut core = CoreProcess::start(Some(&config("30s", "always"))).await;

@@ -51,9 +51,11 @@ pub fn run(args: ServeArgs) -> CliResult {
     if let Some(addr) = args.admin_listen {
         config.admin.listen = addr;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.core.worker_threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(serve(
         config,
         anima_protocol::launch::shutdown_signal(),

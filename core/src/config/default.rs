@@ -58,6 +58,7 @@ pub fn embedded_default(base: &Path) -> Config {
             audit_log: None,
             // The samples' interface definitions, when run from a checkout.
             interfaces: Some(PathBuf::from("interfaces")).filter(|d| d.is_dir()),
+            worker_threads: None,
         },
         admin: AdminSection {
             listen: default_admin_listen(),

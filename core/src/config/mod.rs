@@ -94,8 +94,9 @@ pub use model::{
     AdminSection, Backend, Config, CoreCert, CoreSection, DEFAULT_ACK_WAIT, DEFAULT_ADMIN_LISTEN,
     DEFAULT_AUDIT_LOG, DEFAULT_LEASE_TTL, DEFAULT_MAX_STORE_BYTES, DEFAULT_MESSAGE_STORE,
     DEFAULT_NATS_STREAM, DEFAULT_RENEW_WHEN_LEFT, LeaseDefaults, MAX_SYNC_INTERVAL,
-    MediatorSection, MessageGrant, ModuleConfig, OperatorAccess, Permission, Policy, PolicyTarget,
-    RENEW_WHEN_LEFT_RANGE, RestartMode, RestartPolicy, StartMode, default_restart_mode,
+    MAX_WORKER_THREADS, MediatorSection, MessageGrant, ModuleConfig, OperatorAccess, Permission,
+    Policy, PolicyTarget, RENEW_WHEN_LEFT_RANGE, RestartMode, RestartPolicy, StartMode,
+    default_restart_mode,
 };
 pub use problem::Problem;
 pub(crate) use reference::markdown as reference_markdown;

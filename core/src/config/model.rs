@@ -202,7 +202,13 @@ pub struct CoreSection {
     /// module-to-module calls (`[core] interfaces`, or `interfaces` beside
     /// the file).
     pub interfaces: Option<PathBuf>,
+    /// How many threads run the Core's tasks (`[core] worker_threads`, 1
+    /// to [`MAX_WORKER_THREADS`]); `None`: one per CPU.
+    pub worker_threads: Option<usize>,
 }
+
+/// The most threads `[core] worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
 
 /// `[admin]`: the admin and user endpoint (mTLS).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -72,6 +72,7 @@ pub(super) struct Core {
     pub(super) endpoint_cert: Field<String>,
     pub(super) endpoint_key: Field<String>,
     pub(super) interfaces: Field<String>,
+    pub(super) worker_threads: Field<i64>,
 }
 
 /// `[admin]`.

@@ -149,6 +149,12 @@ pub(crate) const KEYS: &[Key] = &[
         "A directory of interface definitions (`NAMESPACE/NAME/VERSION/interface.toml`, PROTOCOL.md §9): the methods, timeouts and retry policies the Core applies to module-to-module calls. Unset: `interfaces` beside this file, if there is one.",
     ),
     key(
+        "core.worker_threads",
+        Kind::Integer,
+        Fallback::Unset,
+        "How many threads run the Core's tasks, 1 to 1024. Unset: one per CPU (or `TOKIO_WORKER_THREADS` from the environment). On a small machine one thread forwards a call sooner and with less CPU (no wake-ups across threads; BENCHMARKS.md, thirteenth entry), but the Core then uses at most one CPU for its calls and messages.",
+    ),
+    key(
         "admin",
         Kind::Table,
         Fallback::Unset,

@@ -21,9 +21,9 @@ use toml::Spanned;
 use super::check;
 use super::model::{
     AdminSection, Backend, Config, CoreSection, DEFAULT_ADMIN_LISTEN, DEFAULT_NATS_STREAM,
-    LeaseDefaults, MAX_SYNC_INTERVAL, MIN_ACK_WAIT, MIN_STORE_BYTES, MediatorSection, MessageGrant,
-    ModuleConfig, OperatorAccess, Permission, Policy, PolicyTarget, RestartPolicy, StartMode,
-    default_admin_listen,
+    LeaseDefaults, MAX_SYNC_INTERVAL, MAX_WORKER_THREADS, MIN_ACK_WAIT, MIN_STORE_BYTES,
+    MediatorSection, MessageGrant, ModuleConfig, OperatorAccess, Permission, Policy, PolicyTarget,
+    RestartPolicy, StartMode, default_admin_listen,
 };
 use super::problem::{Report, join, line_at};
 use super::raw::{self, BackendWord, Field, Strings, TypeWord};
@@ -232,6 +232,21 @@ impl<'t> Resolver<'t> {
             Ok(None) => Some(self.base.join("interfaces")).filter(|d| d.is_dir()),
             Err(Bad) => return None,
         };
+        let worker_threads =
+            match self.value("core.worker_threads", &c.worker_threads, Need::Optional) {
+                Ok(Some(&n)) => match usize::try_from(n) {
+                    Ok(n) if (1..=MAX_WORKER_THREADS).contains(&n) => Some(n),
+                    _ => {
+                        self.report.problem(
+                            "core.worker_threads",
+                            format!("{n} is out of range (1 to {MAX_WORKER_THREADS})"),
+                        );
+                        return None;
+                    }
+                },
+                Ok(None) => None,
+                Err(Bad) => return None,
+            };
         Some(CoreSection {
             urn: urn.ok()?,
             cert: cert.ok()?,
@@ -240,6 +255,7 @@ impl<'t> Resolver<'t> {
             audit_log: audit_log.ok().flatten(),
             endpoint_cert: endpoint,
             interfaces,
+            worker_threads,
         })
     }
 
