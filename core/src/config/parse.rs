@@ -446,7 +446,7 @@ mod tests {
                 "t:1: nope: unknown key (expected one of: core, admin, leases, module, policy, permission, mediator)",
                 "t:3: core.urn: must be a string, not integer",
                 "t:4: core.typo: unknown key (expected one of: urn, cert, key, ca, audit_log, \
-                 endpoint_cert, endpoint_key, interfaces)",
+                 endpoint_cert, endpoint_key, interfaces, worker_threads)",
                 "t:6: admin.operators[1]: must be a string, not integer",
                 "t:8: module[0].type: \"ephemral\" is not \"ephemeral\", \"resident-private\" \
                  or \"resident-shared\"",
