@@ -47,6 +47,7 @@ use std::time::Duration;
 
 use anima_module_sdk::launch::{ENV_CORE_ENDPOINT, LaunchEnvError};
 use anima_module_sdk::{Contract, CoreClient, SdkError};
+use anima_protocol::transport::parse_grpc_timeout;
 use ring::rand::{SecureRandom, SystemRandom};
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
@@ -214,26 +215,6 @@ fn kv_deadline(metadata: &MetadataMap) -> Duration {
         .unwrap_or(DEFAULT_KV_DEADLINE)
 }
 
-/// A `grpc-timeout` value: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`,
-/// `u`, `n`); `None` when malformed.
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let unit = value.chars().last()?;
-    let digits = &value[..value.len() - unit.len_utf8()];
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        'H' => Duration::from_secs(n * 3600),
-        'M' => Duration::from_secs(n * 60),
-        'S' => Duration::from_secs(n),
-        'm' => Duration::from_millis(n),
-        'u' => Duration::from_micros(n),
-        'n' => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 /// `message` as a request whose `grpc-timeout` is `deadline`, for the Core to
 /// enforce and forward.
 fn with_deadline<T>(message: T, deadline: Duration) -> Request<T> {
@@ -270,35 +251,6 @@ fn from_kv(status: &Status) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse_in_every_unit() {
-        let cases = [
-            ("1H", Duration::from_secs(3600)),
-            ("2M", Duration::from_secs(120)),
-            ("3S", Duration::from_secs(3)),
-            ("2500m", Duration::from_millis(2500)),
-            ("7u", Duration::from_micros(7)),
-            ("99999999n", Duration::from_nanos(99_999_999)),
-            ("0m", Duration::ZERO),
-        ];
-        for (value, expected) in cases {
-            assert_eq!(parse_grpc_timeout(value), Some(expected), "{value}");
-        }
-        for bad in [
-            "",
-            "S",
-            "10",
-            "10s",
-            "123456789S",
-            "-1S",
-            "1.5S",
-            "1 S",
-            "1é",
-        ] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn a_call_without_grpc_timeout_gets_the_default_deadline() {

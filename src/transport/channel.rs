@@ -183,11 +183,17 @@ fn set_origin(uri: &mut Uri) -> Result<(), ChannelError> {
     Ok(())
 }
 
-/// The caller's `grpc-timeout` (gRPC over HTTP/2: up to 8 digits and a
-/// unit), if it has a valid one; an invalid one is the server's to refuse.
+/// The caller's `grpc-timeout`, if it has a valid one; an invalid one is
+/// the server's to refuse.
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.as_bytes();
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value as gRPC over HTTP/2 writes it: 1 to 8 ASCII digits
+/// and a unit (`H`, `M`, `S`, `m`, `u`, `n`); `None` for anything else (a
+/// sign, a space, a ninth digit, another unit).
+pub fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    let (digits, unit) = text.as_bytes().split_at(text.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -211,21 +217,41 @@ mod tests {
 
     #[test]
     fn grpc_timeout_reads_every_unit_and_refuses_the_rest() {
-        let of = |v: &'static str| {
-            let mut h = http::HeaderMap::new();
-            h.insert("grpc-timeout", HeaderValue::from_static(v));
-            grpc_timeout(&h)
-        };
-        assert_eq!(of("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(of("3M"), Some(Duration::from_secs(180)));
-        assert_eq!(of("4S"), Some(Duration::from_secs(4)));
-        assert_eq!(of("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(of("99999999u"), Some(Duration::from_micros(99_999_999)));
-        assert_eq!(of("7n"), Some(Duration::from_nanos(7)));
-        for bad in ["", "m", "123456789m", "1x", "-1m", "1.5S", "+1S", " 1S"] {
-            assert_eq!(of(bad), None, "{bad:?}");
+        let cases = [
+            ("2H", Duration::from_secs(7200)),
+            ("3M", Duration::from_secs(180)),
+            ("4S", Duration::from_secs(4)),
+            ("250m", Duration::from_millis(250)),
+            ("2500m", Duration::from_millis(2500)),
+            ("99999999u", Duration::from_micros(99_999_999)),
+            ("99999999H", Duration::from_secs(99_999_999 * 3600)),
+            ("7n", Duration::from_nanos(7)),
+            ("0m", Duration::ZERO),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_grpc_timeout(text), Some(expected), "{text}");
         }
-        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+        for bad in [
+            "",
+            "m",
+            "S",
+            "10",
+            "10s",
+            "1x",
+            "123456789m",
+            "-1m",
+            "+1S",
+            "1.5S",
+            " 1S",
+            "1 S",
+            "1é",
+        ] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+        let mut h = http::HeaderMap::new();
+        assert_eq!(grpc_timeout(&h), None);
+        h.insert("grpc-timeout", HeaderValue::from_static("50m"));
+        assert_eq!(grpc_timeout(&h), Some(Duration::from_millis(50)));
     }
 
     /// A channel to a bare HTTP/2 server, in memory, whose handler never

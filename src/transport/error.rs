@@ -95,9 +95,6 @@ pub enum TransportError {
     /// The peer did not negotiate HTTP/2.
     #[error("peer {0} did not negotiate ALPN h2")]
     NoAlpn(Address),
-    /// The gRPC channel could not be set up on the connection.
-    #[error("gRPC channel: {0}")]
-    Channel(#[from] tonic::transport::Error),
     /// The HTTP/2 connection could not be set up on the TLS connection.
     #[error("HTTP/2 handshake: {0}")]
     Http2(#[source] hyper::Error),

@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anima_protocol::lease::{Reason, status_for};
-use anima_protocol::transport::ChannelError;
+use anima_protocol::transport::{ChannelError, parse_grpc_timeout};
 use anima_protocol::{PeerInfo, Urn, UrnKind};
 use http_body::Body as HttpBody;
 use tonic::Code;
@@ -52,7 +52,7 @@ use tower::ServiceExt;
 
 use self::cap::{MAX_MESSAGE_BYTES, MessageCap, too_large};
 use self::in_flight::{CallSlot, InFlight};
-use self::observe::{CallEnd, CallLog, Watched, parse_grpc_timeout, trace_context};
+use self::observe::{CallEnd, CallLog, Watched, trace_context};
 use self::policy::Policies;
 use crate::audit::{Actor, AuditEvent, AuditRecord};
 use crate::config::Policy;

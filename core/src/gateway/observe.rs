@@ -163,44 +163,9 @@ impl Watch for CallEnd {
     }
 }
 
-/// Parses a `grpc-timeout` header (`1..=8` digits and a unit: `H`, `M`, `S`,
-/// `m`, `u`, `n`).
-pub(crate) fn parse_grpc_timeout(text: &str) -> Option<std::time::Duration> {
-    use std::time::Duration;
-    if text.len() < 2 || text.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = text.split_at(text.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_timeouts() {
-        assert_eq!(
-            parse_grpc_timeout("50m"),
-            Some(std::time::Duration::from_millis(50))
-        );
-        assert_eq!(
-            parse_grpc_timeout("2S"),
-            Some(std::time::Duration::from_secs(2))
-        );
-        for bad in ["", "m", "50", "50x", "123456789m", "-5m"] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn trace_context_keeps_a_valid_header_and_makes_one_otherwise() {
