@@ -16,6 +16,7 @@
 //! | `unary_unix_p50_us`, `unary_unix_p99_us`, `unary_unix_rps_c16` | the same over Unix sockets, the transport of the modules a Core starts (group `unix`) | plain tonic over the same mTLS on a Unix socket |
 //! | `instructions_per_call` | instructions the leased module's process runs per unary call (callgrind) | the plain tonic server's |
 //! | `instructions_per_call_client` | instructions a client runs per unary call through a lease, the Core's side (callgrind, a process of its own) | a plain tonic client's |
+//! | (both) `sha256`, `ratio_sha256_excluded` | of those, the instructions in SHA-256's block function (the proof's HMAC: valgrind hides SHA-NI, so this part overstates the native cost), and the ratio without them | the baseline's |
 //! | `unary_p50_us_vs_goplugin`, `unary_p99_us_vs_goplugin`, `unary_rps_c16_vs_goplugin` | the leased call over a Unix socket, sequential and with 16 callers (group `peers`) | HashiCorp go-plugin with AutoMTLS (the anchor built by `cargo xtask bench --peers`) |
 //! | `renewals_per_s_vs_etcd` | renewals of 1,000 leases at capacity (group `peers`) | etcd 3.4's lease keepalives over mTLS, 1,000 leases on 16 streams (the anchor built by `cargo xtask bench --peers`) |
 //! | `via_core_p50_us` | the same call through the Core's gateway (`anima serve`) | direct leased call |
@@ -81,6 +82,11 @@ struct Cli {
     /// run, for the figures that must hold under load.
     #[arg(long)]
     noise: bool,
+    /// Keep the run's working folder (certificates, configurations, the
+    /// Core's logs, callgrind's dumps for `callgrind_annotate`) and print
+    /// where it is, instead of removing it at the end.
+    #[arg(long)]
+    keep: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -265,6 +271,9 @@ async fn run(cli: Cli) -> Res<bool> {
     let path = cli.json.unwrap_or_else(|| default_json(&setup));
     write_json(&report, &path, &opts, seconds)?;
     eprintln!("anima-bench: wrote {}", path.display());
+    if cli.keep {
+        eprintln!("anima-bench: kept {}", setup.dir.keep().display());
+    }
     Ok(ok)
 }
 
