@@ -193,7 +193,7 @@ impl LeaseSlot {
             .or_insert_with(|| Box::new(T::default()));
         let value = entry
             .downcast_mut::<T>()
-            .ok_or(LeaseError::Protocol("tenant state type confusion".into()))?;
+            .ok_or_else(|| LeaseError::Protocol("tenant state type confusion".into()))?;
         let out = f(value);
         drop(tenant);
         drop(lease);
