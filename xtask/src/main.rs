@@ -261,7 +261,9 @@ fn build_peer_anchors() -> Result<(), String> {
             ("MODES", "mtls"),
             ("PROBES", "0"),
             ("SECS", "1"),
-            ("KA_LEASES", "10"),
+            // Its keepalive phase runs 16 workers and refuses fewer leases
+            // than workers ("too few leases granted for keepalive phase").
+            ("KA_LEASES", "16"),
             ("RW_TRIALS", "1"),
             ("EXP_TRIALS", "1"),
             ("QUIET_WAIT_S", "0"),
