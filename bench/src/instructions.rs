@@ -275,8 +275,8 @@ struct Count {
     /// Those in SHA-256's block function (the proof's HMAC, on either side).
     /// Valgrind does not run the CPU's SHA instructions, so under it `ring`
     /// takes a vector path that runs about 2,100 instructions a block where
-    /// natively a handful of SHA-NI instructions do the work: this is the
-    /// part of `total` that overstates the native cost.
+    /// natively the CPU's SHA-NI instructions do the work: this is the part
+    /// of `total` that overstates the native cost.
     sha256: f64,
 }
 

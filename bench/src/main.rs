@@ -83,7 +83,7 @@ struct Cli {
     #[arg(long)]
     noise: bool,
     /// Keep the run's working folder (certificates, configurations, the
-    /// Core's logs, callgrind's dumps for `callgrind_annotate`) and print
+    /// Core's logs, callgrind's dumps) and print
     /// where it is, instead of removing it at the end.
     #[arg(long)]
     keep: bool,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anima_module_sdk::testing::{FakeLease, ServedModule, TestBed};
 use anima_module_sdk::{CoreClient, InitMode, ModuleType, Required};
+use anima_protocol::transport::parse_grpc_timeout;
 use anima_protocol::{PeerPolicy, ServerTls, Urn};
 use anima_sample_modules::notes::{self, Notes};
 use anima_sample_modules::pb::kv_store_server::{KvStore, KvStoreServer};
@@ -121,21 +122,11 @@ impl KvStore for FakeKv {
     }
 }
 
-/// The `grpc-timeout` a request arrived with (tonic writes whole units:
-/// `S`, `m`, `u` or `n`).
+/// The `grpc-timeout` a request arrived with; one that is there but not
+/// valid fails the test.
 fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        other => panic!("grpc-timeout unit {other:?}"),
-    })
+    Some(parse_grpc_timeout(value).unwrap_or_else(|| panic!("grpc-timeout {value:?}")))
 }
 
 /// The fake Core: serves `kv` over mutual TLS as [`KV_CORE`] to the notes

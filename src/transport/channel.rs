@@ -183,9 +183,9 @@ fn set_origin(uri: &mut Uri) -> Result<(), ChannelError> {
     Ok(())
 }
 
-/// The caller's `grpc-timeout`, if it has a valid one; an invalid one is
-/// the server's to refuse.
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+/// The `grpc-timeout` in `headers`, if there is a valid one (see
+/// [`parse_grpc_timeout`]); an invalid one is the server's to refuse.
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
 }
 

@@ -36,7 +36,7 @@ mod tls;
 
 pub use admission::{IdentityLimit, IdentitySlot};
 pub use cert::{CertIdentityError, CertPublicKey, Fingerprint, identity_of, not_after, public_key};
-pub use channel::{ChannelError, PeerChannel, ResponseFuture, parse_grpc_timeout};
+pub use channel::{ChannelError, PeerChannel, ResponseFuture, grpc_timeout, parse_grpc_timeout};
 pub use client::{
     ClientTls, Connection, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,

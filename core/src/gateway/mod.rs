@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anima_protocol::lease::{Reason, status_for};
-use anima_protocol::transport::{ChannelError, parse_grpc_timeout};
+use anima_protocol::transport::{ChannelError, grpc_timeout};
 use anima_protocol::{PeerInfo, Urn, UrnKind};
 use http_body::Body as HttpBody;
 use tonic::Code;
@@ -141,11 +141,7 @@ impl Gateway {
         }
         let (trace_id, traceparent) = trace_context(request.headers().get("traceparent"));
         request.headers_mut().insert("traceparent", traceparent);
-        let deadline = request
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
+        let deadline = grpc_timeout(request.headers());
         let inbound = sidecar::Inbound {
             module: &admitted.module,
             caller: &admitted.user,
@@ -499,11 +495,7 @@ fn deadline_in_force<B>(
     request: &mut http::Request<B>,
     plan: Option<&mediate::Plan>,
 ) -> Option<std::time::Duration> {
-    let asked = request
-        .headers()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout);
+    let asked = grpc_timeout(request.headers());
     match (asked, plan.and_then(mediate::Plan::timeout)) {
         (Some(asked), Some(limit)) if limit >= asked => Some(asked),
         (_, Some(limit)) => {
