@@ -273,3 +273,79 @@ fn one_verifier_checks_server_certificates() {
         "server certificates are verified only in src/transport/tls.rs",
     );
 }
+
+/// Whether `doc` names `name` as a file or folder: `name.rs`, `name/` or
+/// `` `name` ``, not as the tail of a longer word (`link.rs` is not named by
+/// `blink.rs`).
+fn names(doc: &str, name: &str) -> bool {
+    [
+        format!("{name}.rs"),
+        format!("{name}/"),
+        format!("`{name}`"),
+    ]
+    .iter()
+    .any(|needle| {
+        doc.match_indices(needle.as_str()).any(|(at, _)| {
+            needle.starts_with('`')
+                || !doc[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    })
+}
+
+#[test]
+fn the_code_map_names_every_source_file() {
+    // ARCHITECTURE.md's code map is where a reader looks a file up: a file it
+    // does not name is one the map no longer describes.
+    let root = root();
+    let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let crates = [
+        "src",
+        "core/src",
+        "module-sdk/src",
+        "certs/src",
+        "conformance/src",
+        "sample-modules/src",
+        "bench/src",
+        "xtask/src",
+    ];
+    let mut unnamed = Vec::new();
+    for dir in crates {
+        for path in files_under(&root.join(dir)) {
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let stem = path.file_stem().and_then(|s| s.to_str()).expect("a name");
+            let name = match stem {
+                "lib" | "main" => continue,
+                // A folder's module is named by the folder.
+                "mod" => path
+                    .parent()
+                    .and_then(Path::file_name)
+                    .and_then(|s| s.to_str())
+                    .expect("a folder"),
+                _ => stem,
+            };
+            if !names(&map, name) {
+                let relative = path.strip_prefix(&root).unwrap_or(&path);
+                unnamed.push(relative.display().to_string());
+            }
+        }
+    }
+    unnamed.sort();
+    assert_none(
+        unnamed,
+        "ARCHITECTURE.md's code map names every source file",
+    );
+}
+
+#[test]
+fn a_name_is_not_the_tail_of_a_longer_one() {
+    assert!(names("`link.rs` opens leases", "link"));
+    assert!(names("the `lease/` folder", "lease"));
+    assert!(names("`LeaseTable` (`table`)", "table"));
+    assert!(!names("`blink.rs` and a link", "link"));
+    assert!(!names("`sub_lease/`", "lease"));
+}
