@@ -108,6 +108,16 @@ impl ControlStream {
             .is_ok()
     }
 
+    /// Closes this side's half cleanly (HTTP/2 `END_STREAM` once the frames
+    /// already queued are sent), not by cancelling: what a Core does when its
+    /// copy of the lease expired (PROTOCOL.md §2, *Closing a half*). The
+    /// module's frames can still be read; later sends return false.
+    pub fn close(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        // Dropping the last sender ends the request stream.
+        drop(std::mem::replace(&mut self.outbound, closed));
+    }
+
     /// The module's next message: `Ok(None)` once it closed its half.
     pub async fn message(&mut self) -> Result<Option<ControlFrame>, Status> {
         self.inbound.message().await

@@ -244,6 +244,12 @@ impl Session {
         self.stream.send(frame).await
     }
 
+    /// Closes the tool's half of the control stream cleanly, with no
+    /// `revoke` before it: as a Core does when its copy of the lease expired.
+    pub fn close_half(&mut self) {
+        self.stream.close();
+    }
+
     /// The next control frame within `wait`: `Ok(Some)` a frame, `Ok(None)`
     /// the module closed the stream, `Err` nothing in time.
     pub async fn next_frame(&mut self, wait: Duration) -> Result<Option<Frame>, Elapsed> {

@@ -185,8 +185,9 @@ impl Run<'_> {
     }
 
     /// E6 (expiry mid-call), the Core's refusal, a refused scope, forged
-    /// and replayed proofs, and (with the probe's stream) streams whose lease
-    /// expires or is revoked: one process each, which must then exit (E5).
+    /// and replayed proofs, the Core's clean half-close, and (with the
+    /// probe's stream) streams whose lease expires or is revoked: one process
+    /// each, which must then exit (E5).
     async fn destructive_steps(
         &mut self,
         r: &mut Report,
@@ -194,8 +195,8 @@ impl Run<'_> {
         core_a: &Actor,
         exit_within: Duration,
     ) {
-        // Steps 5 and 6 need the probe's stream.
-        let steps = if self.watch { 7 } else { 5 };
+        // Steps 6 and 7 need the probe's stream.
+        let steps = if self.watch { 8 } else { 6 };
         for step in 0..steps {
             let (addr, mut p) = match self.start(Some(core_urn)).await {
                 Ok((addr, Some(p))) => (addr, p),
@@ -217,7 +218,8 @@ impl Run<'_> {
                     self.provoke_end(r, addr, core_a, Provocation::ALL[step - 1])
                         .await;
                 }
-                5 => {
+                5 => self.half_close_checks(r, addr, core_a).await,
+                6 => {
                     self.stream_checks(r, addr, core_a, Reason::LeaseExpired, "E6")
                         .await;
                 }
@@ -236,6 +238,7 @@ impl Run<'_> {
                     "after a refused scope",
                     "after a forged proof",
                     "after a replayed proof",
+                    "after the Core's clean half-close",
                     "after a stream's lease expired",
                     "after a stream's lease was revoked",
                 ][step],

@@ -1,8 +1,9 @@
 //! Rows of a lease that runs out or ends with a stream open: E6 and R6
 //! (expiry mid-execution halts the call, `LEASE_EXPIRED`, no side effect;
 //! A6 under Type III, as the caller names the row), A6 (calls after expiry
-//! refused), A5 (the control stream closes) and Z1 (a `Probe/Watch` stream
-//! ends with its revoked lease).
+//! refused), A5 (the control stream closes), the Core's clean half-close
+//! read as expiry (A5, A6) and Z1 (a `Probe/Watch` stream ends with its
+//! revoked lease).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -162,6 +163,33 @@ impl Run<'_> {
         }
         self.ended(r, &mut s, Reason::LeaseExpired, "expired").await;
         stream_closed(r, &mut s, "expiry").await;
+    }
+
+    /// PROTOCOL.md §2, *Which ending*: a Core closes its half of the control
+    /// stream without a `revoke` only when its copy of the lease expired, so
+    /// the module ends its copy at once as expired, whatever its own timer
+    /// says. Under a lease with most of its TTL left the tool closes its half
+    /// cleanly: the module closes its own (A5), and a call under the lease
+    /// is then refused `LEASE_EXPIRED`, not `LEASE_REVOKED` (A6).
+    pub(crate) async fn half_close_checks(
+        &mut self,
+        r: &mut Report,
+        addr: SocketAddr,
+        actor: &Actor,
+    ) {
+        let ttl = self.ttl();
+        let mut s = match self.open(actor, addr, &self.declared.clone(), ttl).await {
+            Ok(s) => s,
+            Err(e) => {
+                r.fail("A3", format!("a lease was not granted: {e}"));
+                return;
+            }
+        };
+        s.close_half();
+        // The module's half closing is the event that says its copy ended.
+        stream_closed(r, &mut s, "the Core's clean half-close").await;
+        self.refused_after_end(r, &mut s, "A6", &[Reason::LeaseExpired], "half-closed")
+            .await;
     }
 }
 

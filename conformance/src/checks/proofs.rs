@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use anima_protocol::Connection;
 use anima_protocol::control::Elapsed;
 use anima_protocol::lease::{
-    ControlClaims, PROOF_HEADER, ProofKey, Reason, RenewalKey, mac_claims, sign_claims,
+    ControlClaims, PROOF_HEADER, ProofKey, Reason, RenewalKey, TYP_REVOKE, mac_claims, sign_claims,
 };
 use anima_protocol::pb::control_frame::Frame;
 use anima_protocol::pb::{Refusal, SignedToken};
@@ -119,6 +119,11 @@ impl Run<'_> {
                 "a grant frame from the Core",
                 Reason::ProtocolViolation,
             ),
+            (
+                Misstep::RevokeWithoutDetail,
+                "a revoke without its detail claim",
+                Reason::BadToken,
+            ),
         ];
         for (misstep, what, want) in cases {
             let Some(mut s) = self.lease_of_a(r, addr, self.ttl()).await else {
@@ -193,6 +198,9 @@ enum Misstep {
     WrongFrame,
     /// A `grant` frame, which only a module sends.
     GrantFrame,
+    /// A `revoke` signed as it should be but without `detail`, which every
+    /// revocation carries (`""` when there is nothing to say; PROTOCOL.md §3).
+    RevokeWithoutDetail,
 }
 
 /// The frame that makes `misstep` on `s` (a replay first sends the honest
@@ -227,6 +235,17 @@ async fn misstep_frame(s: &mut Session, misstep: Misstep) -> Result<Frame, ToolE
         }
         Misstep::WrongFrame => Frame::Revoke(SignedToken { jws }),
         Misstep::GrantFrame => Frame::Grant(SignedToken { jws }),
+        Misstep::RevokeWithoutDetail => Frame::Revoke(SignedToken {
+            jws: sign_claims(
+                s.signer(),
+                &claims(|c| {
+                    c.typ = TYP_REVOKE.into();
+                    c.ttl_ms = None;
+                    c.reason = Some(Reason::LeaseRevoked.as_str().into());
+                    c.detail = None;
+                })?,
+            )?,
+        }),
     })
 }
 

@@ -143,6 +143,7 @@ impl Run<'_> {
         self.leased_checks(r, addr, &mut a, Reason::NoLease).await;
         let halt_row = if shared { "A6" } else { "R6" };
         self.expiry_checks(r, addr, core_a, halt_row).await;
+        self.half_close_checks(r, addr, core_a).await;
         self.stream_checks(r, addr, core_a, Reason::LeaseExpired, halt_row)
             .await;
         self.stream_checks(r, addr, core_a, Reason::LeaseRevoked, "Z1")

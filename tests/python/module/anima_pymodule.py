@@ -90,9 +90,9 @@ READ_METHOD = "/anima.v1.Probe/Read"
 
 EPHEMERAL, RESIDENT_PRIVATE, RESIDENT_SHARED = "ephemeral", "resident-private", "resident-shared"  # §6.2
 
-# Implementation limits (not from the protocol): every peer input is bounded.
+# Limits: every peer input is bounded (by the protocol's own limits where it sets one).
 MAX_MESSAGE_BYTES = 64 * 1024  # any request or control frame; tokens are at most 8 KiB anyway
-MAX_SCOPE_METHODS = 256
+MAX_SCOPE_METHODS = 1024  # distinct methods in a scope (§3.1; a repeated one counts once)
 MAX_TEXT = 1024  # a claim string, a refusal detail, a shutdown reason
 RPC_WORKERS = 64  # each control stream holds one worker (plus a reader thread) for its lifetime
 TOMBSTONE_TTL_S = 60.0  # how long an ended lease still answers for its connection (§2; see Module._lease_on)
@@ -566,7 +566,7 @@ def parse_claims(body: bytes, typ: str, required: set[str], optional: frozenset[
     return claims
 
 
-def claim_int(claims: dict, name: str, low: int = 0, high: int = 2**63 - 1) -> int:
+def claim_int(claims: dict, name: str, low: int = 0, high: int = 2**64 - 1) -> int:
     value = claims[name]
     if type(value) is not int or not low <= value <= high:
         raise Refused("BAD_TOKEN", f"{name} is not an integer in [{low}, {high}]")
@@ -592,12 +592,10 @@ def claim_b64(claims: dict, name: str, size: int) -> bytes:
 
 def claim_scope(claims: dict) -> list[str]:
     scope = claims["scope"]
-    if (
-        not isinstance(scope, list)
-        or len(scope) > MAX_SCOPE_METHODS
-        or not all(isinstance(m, str) and len(m) <= MAX_TEXT for m in scope)
-    ):
+    if not isinstance(scope, list) or not all(isinstance(m, str) and len(m) <= MAX_TEXT for m in scope):
         raise Refused("BAD_TOKEN", "scope is not an array of method paths")
+    if len(set(scope)) > MAX_SCOPE_METHODS:
+        raise Refused("BAD_TOKEN", f"scope names more than {MAX_SCOPE_METHODS} methods")
     return scope
 
 
@@ -678,7 +676,8 @@ def grant_token(signer: SigningKey, offer: str, claims: dict, core, own, ttl_ms:
 CORE_STEPS = {
     "anima-renew+v1": ({"ttl_ms"}, frozenset()),
     "anima-rescope+v1": ({"scope"}, frozenset()),
-    "anima-revoke+v1": ({"reason"}, frozenset({"detail"})),
+    # `detail` is always present, "" when there is nothing to say (§3).
+    "anima-revoke+v1": ({"reason", "detail"}, frozenset()),
 }
 
 
@@ -1430,10 +1429,18 @@ class Module:
             for raw in request_iterator:
                 if not self.on_frame(session, raw, time.monotonic()):
                     break
+            else:
+                # The Core closed its half cleanly, with no revoke or refuse before it:
+                # its copy expired, so this one ends as expired whatever its own timer
+                # says (§2 *Which ending*), and calls in flight get LEASE_EXPIRED. A
+                # broken stream raises instead, and is CONNECTION_LOST below.
+                with self.lock:
+                    if session.lease is not None and session.lease.state == "active":
+                        self._end(session.lease, "expired")
         except Exception as e:  # noqa: BLE001 - grpc.RpcError when the stream breaks; never crash on a peer
             if not isinstance(e, grpc.RpcError):
                 log(f"{session.conn}: control stream reader failed: {e!r}")
-        # The Core closed its half, or the stream broke: the lease ends (§2.6).
+        # The stream is over either way: a lease still live ends (§2.6).
         self.on_stream_gone(session)
 
     def on_frame(self, session: Session, raw: bytes, received: float) -> bool:
@@ -1544,10 +1551,9 @@ class Module:
                 with self.lock:
                     self._end(lease, f"refused by the Core ({shown(reason, 40)}: {shown(detail)})")
             elif kind == "revoke":
-                claims = self.verify_step(lease, value, "anima-revoke+v1", {"reason"}, frozenset({"detail"}))
+                claims = self.verify_step(lease, value, "anima-revoke+v1", {"reason", "detail"}, frozenset())
                 claim_str(claims, "reason")
-                if "detail" in claims:
-                    claim_str(claims, "detail")
+                claim_str(claims, "detail")
                 with self.lock:
                     self._end(lease, f"revoked by the Core ({shown(claims['reason'], 40)})")
             elif kind == "renew":
