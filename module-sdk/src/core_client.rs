@@ -18,6 +18,22 @@
 //! let _channel = core.channel();
 //! # let _ = providers; Ok(()) }
 //! ```
+//!
+//! **Errors a handler passes on.** An error from a call through the Core
+//! may carry an `ErrorInfo` of domain `anima` (`PROVIDER_LOST`,
+//! `POLICY_DENIED`, a `LEASE_EXPIRED` of this module's own lease, …) for
+//! your code to branch on. Do not answer your own caller with it as it is:
+//! the Core reads an `anima` reason in a module's answer as the module
+//! refusing the call's lease, and revokes that lease (PROTOCOL.md §4).
+//! Answer with its code and message only, as the `notes` sample does:
+//!
+//! ```
+//! fn passed_on(status: &tonic::Status) -> tonic::Status {
+//!     tonic::Status::new(status.code(), status.message())
+//! }
+//! # let reason = tonic::Status::unavailable("gone");
+//! # assert_eq!(passed_on(&reason).code(), tonic::Code::Unavailable);
+//! ```
 
 use anima_protocol::launch::LaunchEnv;
 use anima_protocol::pb::registry_client::RegistryClient;
