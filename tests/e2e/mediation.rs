@@ -55,6 +55,9 @@ struct Setup {
     /// notes is the notes sample (no contract file), which the dev user may
     /// call, instead of the fixture.
     sample: bool,
+    /// `kvstore-b` (with [`Setup::second`]) has the ratelimit sample as its
+    /// proxy sidecar.
+    proxied_b: bool,
 }
 
 /// A `[[permission]]` for notes on kv, from any provider.
@@ -64,14 +67,22 @@ module = \"urn:anima:module:notes\"
 interface = \"anima.sample/kv\"
 ";
 
-fn kvstore_entry(name: &str) -> String {
+/// The ratelimit sample, as a proxy sidecar (PROTOCOL.md §11.1).
+const RATELIMIT: &str = "urn:anima:module:ratelimit";
+
+fn kvstore_entry(name: &str, proxied: bool) -> String {
     let urn = format!("urn:anima:module:{name}");
+    let sidecars = if proxied {
+        format!("sidecars = [\"{RATELIMIT}\"]\n")
+    } else {
+        String::new()
+    };
     module_entry(
         name,
         &format!(
             r#"type = "resident-private"
 command = "{}"
-
+{sidecars}
 [module.env]
 KVSTORE_CACHE_LIMIT = "65536"
 KVSTORE_URN = "{urn}"
@@ -99,9 +110,19 @@ impl Setup {
         } else {
             super::interfaces::notes_settings(&notes_contract())
         };
-        let mut text = core_and_admin("interfaces = \"interfaces\"\n") + &kvstore_entry("kvstore");
+        let mut text =
+            core_and_admin("interfaces = \"interfaces\"\n") + &kvstore_entry("kvstore", false);
         if self.second {
-            text += &kvstore_entry("kvstore-b");
+            text += &kvstore_entry("kvstore-b", self.proxied_b);
+        }
+        if self.proxied_b {
+            text += &module_entry(
+                "ratelimit",
+                &format!(
+                    "type = \"resident-private\"\ncommand = \"{}\"\n[module.restart]\npolicy = \"never\"\n",
+                    sample("ratelimit")
+                ),
+            );
         }
         if self.sample {
             text += "\n[[policy]]\nuser = \"urn:anima:user:dev\"\nallow = [\"urn:anima:module:notes\"]\n";
@@ -648,6 +669,78 @@ async fn p10_an_idempotent_method_is_retried_on_the_other_provider_and_no_other_
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     assert_eq!(reason(&ended), Some(Reason::ProviderLost), "{ended:?}");
     assert_eq!(read_at(&notes, other, "k").await, None, "not retried");
+}
+
+/// P12 with P10: a retry that moves to another provider asks that
+/// provider's proxy sidecars first, as the first attempt asked the first
+/// provider's: a module is never reached around its proxy, not even by a
+/// retry.
+#[tokio::test]
+async fn p12_a_retry_on_another_provider_asks_that_providers_proxy_sidecar_first() {
+    let core = Setup {
+        second: true,
+        proxied_b: true,
+        definition: &[(
+            "path = \"/anima.sample.v1.KvStore/Put\"\nidempotent = false\n",
+            "path = \"/anima.sample.v1.KvStore/Put\"\nidempotent = true\n\n\
+             [method.retry]\nattempts = 2\nbackoff = \"10ms\"\n",
+        )],
+        ..Setup::granted()
+    }
+    .start()
+    .await;
+    let notes = as_notes(&core).await;
+    // The next unpinned call goes to kvstore, which has no sidecar.
+    let mut probes = 0;
+    while next_unpinned_goes_to(&notes, &format!("probe {probes}")).await != KVSTORE {
+        probes += 1;
+        assert!(probes < 4, "the Core takes the providers in turn");
+    }
+    // kvstore-b's proxy can no longer be asked: nothing may reach kvstore-b.
+    core.cli_ok(&["stop", "ratelimit"]).await;
+    core.wait_module("ratelimit", "stopped", |m| m["state"] == "stopped")
+        .await;
+    let call = tokio::spawn({
+        let channel = notes.channel();
+        let request = put("k", "around the proxy", 2_000);
+        async move { KvStoreClient::new(channel).put(request).await }
+    });
+    wait_in_flight(&core, KVSTORE).await;
+    // kvstore's lease ends under the call: the Core would retry on kvstore-b.
+    revoke(&core, KVSTORE).await;
+    let refused = call
+        .await
+        .unwrap()
+        .expect_err("kvstore-b's proxy cannot be asked");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        reason(&refused),
+        Some(Reason::SidecarUnavailable),
+        "{refused:?}"
+    );
+    // With its proxy back, kvstore-b is read: it never got the write.
+    core.cli_ok(&["restart", "ratelimit"]).await;
+    core.wait_leased("ratelimit").await;
+    let deadline = Instant::now() + PATIENCE;
+    let at_b = loop {
+        let read = KvStoreClient::new(notes.channel())
+            .get(pinned(GetRequest { key: "k".into() }, KVSTORE_B))
+            .await;
+        match read {
+            Ok(reply) => break reply.into_inner(),
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "kvstore-b is not reached again: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert!(
+        !at_b.found,
+        "kvstore-b was written around its proxy: {at_b:?}"
+    );
 }
 
 /// The embedded default, end to end with real modules: notes (no contract

@@ -374,6 +374,7 @@ impl Gateway {
             let retried = retry::Attempts {
                 ctx: &self.ctx,
                 plan: &plan,
+                caller: &admitted.user,
                 tripped: &tripped,
             };
             return match retried.run(request, admitted.link, &mut call).await {

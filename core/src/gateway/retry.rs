@@ -9,7 +9,9 @@
 //! provider in the plan (the same one when it is the only one); all attempts
 //! together stay within the call's deadline. Such a method is unary: the Core holds its one request
 //! message (at most [`MAX_MESSAGE_BYTES`](super::cap::MAX_MESSAGE_BYTES)) to
-//! send it again.
+//! send it again. An attempt that moves to another provider first asks that
+//! provider's proxy sidecars, as the first attempt asked the first's (P12):
+//! a module is never reached around its proxy, not even by a retry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,6 +26,7 @@ use tower::ServiceExt;
 use super::cap::{MAX_MESSAGE_BYTES, too_large};
 use super::mediate::Plan;
 use super::observe::CallLog;
+use super::sidecar::Inbound;
 use super::{deadline_exceeded, set_grpc_timeout};
 use crate::lease::LeaseLink;
 use crate::supervisor::CoreContext;
@@ -68,6 +71,8 @@ pub(super) fn lease_ended(response: &http::Response<Body>) -> Option<String> {
 pub(super) struct Attempts<'a> {
     pub(super) ctx: &'a CoreContext,
     pub(super) plan: &'a Plan,
+    /// The calling module, as the providers' proxy sidecars are told.
+    pub(super) caller: &'a Urn,
     /// Set by the message cap when the caller's message is over it.
     pub(super) tripped: &'a AtomicU64,
 }
@@ -128,10 +133,36 @@ impl Attempts<'_> {
             call.lease_id = next.id().to_string();
             call.module = next.module().to_string();
             call._lease_call = guard;
+            if next.module() != &provider
+                && let Err(refused) = self.ask_sidecars(next.module(), call).await
+            {
+                let reason = reason_of(&refused).unwrap_or(Reason::SidecarRefused);
+                call.metrics.refusal(reason.as_str());
+                call.finish(refused.code());
+                return Err(refused.into_http());
+            }
             link = next;
             index = at;
             attempt += 1;
         }
+    }
+
+    /// The verdict of `module`'s proxy sidecars on the call, before an
+    /// attempt moves to it: told the time the caller has left.
+    async fn ask_sidecars(&self, module: &Urn, call: &CallLog) -> Result<(), tonic::Status> {
+        if !self.ctx.sidecars.has(module) {
+            return Ok(());
+        }
+        let inbound = Inbound {
+            module,
+            caller: self.caller,
+            method: &call.method,
+            trace_id: &call.trace_id,
+            deadline: call
+                .deadline
+                .map(|at| at.saturating_duration_since(std::time::Instant::now())),
+        };
+        self.ctx.sidecars.inspect(self.ctx, &inbound).await
     }
 
     /// The caller's one message, whole, within the call's deadline.
