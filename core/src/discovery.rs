@@ -99,8 +99,16 @@ impl RegistryService {
         }
     }
 
-    /// The watched interfaces a module's event concerns, as `NAME VERSION`.
-    fn concerns(&self, event: &CoreEvent, watched: &[InterfaceName]) -> Vec<String> {
+    /// The watched interfaces a module's event concerns, as `NAME VERSION`:
+    /// those the module provides and the caller may call it for (a module
+    /// sees no event of a provider its permissions keep from it, as
+    /// `Discover` lists none).
+    fn concerns(
+        &self,
+        caller: &Caller,
+        event: &CoreEvent,
+        watched: &[InterfaceName],
+    ) -> Vec<String> {
         let Ok(urn) = event.module.parse::<Urn>() else {
             return Vec::new();
         };
@@ -111,6 +119,10 @@ impl RegistryService {
             .provides
             .iter()
             .filter(|p| watched.contains(&p.interface))
+            .filter(|p| match caller {
+                Caller::Operator(_) => true,
+                Caller::Module(me) => self.ctx.mediation.permits(me, &p.interface, &urn),
+            })
             .map(ToString::to_string)
             .collect()
     }
@@ -131,9 +143,15 @@ impl RegistryService {
         }
     }
 
-    /// The event as a watcher of `watched` sees it, if it concerns them.
-    fn item(&self, event: CoreEvent, watched: &[InterfaceName]) -> Option<WatchItem> {
-        let provides = self.concerns(&event, watched);
+    /// The event as `caller`, a watcher of `watched`, sees it, if it
+    /// concerns them.
+    fn item(
+        &self,
+        caller: &Caller,
+        event: CoreEvent,
+        watched: &[InterfaceName],
+    ) -> Option<WatchItem> {
+        let provides = self.concerns(caller, &event, watched);
         if provides.is_empty() {
             return None;
         }
@@ -243,7 +261,7 @@ impl RegistryService {
         }
         for event in past {
             last = event.revision;
-            if let Some(item) = self.item(event, &watched)
+            if let Some(item) = self.item(&caller, event, &watched)
                 && tx.send(Ok(item)).await.is_err()
             {
                 return;
@@ -270,7 +288,7 @@ impl RegistryService {
                 Ok(event) if event.revision <= last => continue,
                 Ok(event) => {
                     last = event.revision;
-                    self.item(event, &watched)
+                    self.item(&caller, event, &watched)
                 }
                 // Events were lost: what is now stands in for them.
                 Err(RecvError::Lagged(_)) => {

@@ -348,6 +348,58 @@ async fn p5_a_watcher_sees_provider_events_in_order_and_resumes_without_missing_
     );
 }
 
+/// P5 with P7: a module watching an interface sees the events of the
+/// providers its permissions let it call, and no others, as `Discover` and
+/// the snapshot list only those.
+#[tokio::test]
+async fn p5_p7_a_watcher_sees_no_event_of_a_provider_it_may_not_call() {
+    let core = Setup {
+        permissions: "
+[[permission]]
+module = \"urn:anima:module:notes\"
+interface = \"anima.sample/kv\"
+provider = \"urn:anima:module:kvstore-b\"
+",
+        second: true,
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let notes = as_notes(&core).await;
+    let mut stream = RegistryClient::new(notes.channel())
+        .watch(RegistryWatchRequest {
+            interfaces: vec![KV.into()],
+            since_revision: 0,
+            epoch: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // kvstore (not permitted) goes through a restart first, then kvstore-b.
+    core.cli_ok(&["restart", KVSTORE]).await;
+    core.wait_leased("kvstore").await;
+    core.cli_ok(&["restart", KVSTORE_B]).await;
+    let mut seen = Vec::new();
+    loop {
+        let item = tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .expect("the stream goes on");
+        let Some(watch_item::Item::Event(event)) = item.item else {
+            panic!("an event, not {item:?}");
+        };
+        seen.push((event.module.clone(), event.kind.clone()));
+        if event.module == KVSTORE_B && event.kind == "lease_issued" {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().all(|(module, _)| module == KVSTORE_B),
+        "only kvstore-b's events: {seen:?}"
+    );
+}
+
 #[tokio::test]
 async fn p6_a_module_refuses_a_connection_from_another_module() {
     let core = Setup::default().start().await;
