@@ -732,6 +732,50 @@ async fn m12_m11_a_publish_stream_answers_each_message_and_ends_with_the_lease()
     assert_eq!(reason(&status), Some(Reason::NoLease), "{status:?}");
 }
 
+/// A `PublishStream` request over the mediator's message size is refused
+/// by the gRPC layer: the requests before it are answered, then the stream
+/// ends with that error (`OUT_OF_RANGE`), not with `OK` as if the publisher
+/// had closed it, so nothing sent after it looks stored (M12).
+#[tokio::test]
+async fn m12_a_publish_stream_ends_with_an_error_at_an_oversized_request() {
+    let grants = format!("{JOBS}\n[[permission]]\nmodule = \"{KVSTORE}\"\npublish = [\"JOB\"]\n");
+    let core = start(&grants).await;
+    let conn = user(&core, "module-kvstore").await;
+    let oversized = {
+        let mut e = job("oversized", DeliveryMode::AtLeastOnce, 0);
+        // Over the mediator's 1,115,136-byte request limit.
+        e.payload.as_mut().unwrap().data = vec![b'x'; 1_200_000];
+        e
+    };
+    let requests = [
+        job("before", DeliveryMode::AtLeastOnce, 0),
+        oversized,
+        job("after", DeliveryMode::AtLeastOnce, 0),
+    ]
+    .map(|envelope| PublishRequest {
+        envelope: Some(envelope),
+    });
+    let mut replies = MediatorClient::new(conn.channel())
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(PATIENCE, replies.message())
+        .await
+        .expect("an answer in time")
+        .expect("the first request is answered")
+        .expect("the stream goes on");
+    assert!(
+        matches!(first.outcome, Some(publish_reply::Outcome::Published(_))),
+        "{first:?}"
+    );
+    let end = tokio::time::timeout(PATIENCE, replies.message())
+        .await
+        .expect("the end in time");
+    let status = end.expect_err("the stream ends with the oversized request's error");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+}
+
 /// A JOB `text` for the dead-letter queue that expired before it was
 /// published: the Core dead-letters it when it comes to it (M4).
 fn expired_job(text: &str) -> RcsEnvelope {

@@ -1029,10 +1029,12 @@ impl Publishing {
         // either.
         let mut in_flight = FuturesOrdered::new();
         let mut ready: Option<Result<PublishReply, Status>> = None;
-        let lease_ended = loop {
+        // How the stream ends, once what was read is answered: `None` when
+        // the publisher closed it; else the status it ends with.
+        let end: Option<Status> = loop {
             tokio::select! {
                 biased;
-                () = &mut ended => break true,
+                () = &mut ended => break Some(self.lease_ended()),
                 () = tx.closed() => return,
                 permit = tx.reserve(), if ready.is_some() => match (permit, ready.take()) {
                     (Ok(permit), Some(reply)) => permit.send(reply),
@@ -1040,20 +1042,25 @@ impl Publishing {
                 },
                 Some(reply) = in_flight.next(), if ready.is_none() => ready = Some(reply),
                 request = inbound.message(), if in_flight.len() < PUBLISH_IN_FLIGHT => {
-                    let Ok(Some(request)) = request else {
-                        break false;
+                    let request = match request {
+                        Ok(Some(request)) => request,
+                        Ok(None) => break None,
+                        // A request the gRPC layer refused (over the size
+                        // limit, not a message): it and what follows are
+                        // not read, and the stream says so at its end.
+                        Err(status) => break Some(status),
                     };
                     if let Sender::Module(urn) = &self.sender
                         && !self.service.ctx.is_leased(urn)
                     {
-                        break true;
+                        break Some(self.lease_ended());
                     }
                     in_flight.push_back(self.publish(request));
                 }
             }
         };
-        // What was read is still answered, in order; then, if the lease
-        // ended, the end.
+        // What was read is still answered, in order; then the end, unless
+        // the publisher closed the stream.
         if let Some(reply) = ready.take()
             && tx.send(reply).await.is_err()
         {
@@ -1064,15 +1071,19 @@ impl Publishing {
                 return;
             }
         }
-        if lease_ended {
-            let (Sender::Module(urn) | Sender::Operator(urn)) = &self.sender;
-            let status = status_for(
-                Reason::NoLease,
-                format!("{urn}'s lease from this Core ended"),
-                [],
-            );
+        if let Some(status) = end {
             let _ = tx.send(Err(status)).await;
         }
+    }
+
+    /// The end of a stream whose publisher's lease ended.
+    fn lease_ended(&self) -> Status {
+        let (Sender::Module(urn) | Sender::Operator(urn)) = &self.sender;
+        status_for(
+            Reason::NoLease,
+            format!("{urn}'s lease from this Core ended"),
+            [],
+        )
     }
 
     /// One request published; a panic answered as an internal error, as a
