@@ -1155,6 +1155,80 @@ async fn m13_anima_subscribe_shows_what_the_core_accepts_and_takes_nothing_from_
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 }
 
+/// M13: the event types of replies are the requesters' choice, so they are
+/// counted by name only when a permission names them; otherwise a module
+/// could add a metric label with every request (PROTOCOL.md §13.7).
+#[tokio::test]
+async fn m13_reply_types_no_permission_names_do_not_grow_the_metric_labels() {
+    let core = start(JOBS).await;
+    let operator = client_as(&core, "user-dev");
+    let kvstore = client_as(&core, "module-kvstore");
+    let mut sub = kvstore.subscribe(&["JOB"], 8).await.unwrap();
+    for i in 0..20 {
+        let mut request = job_request(&format!("job {i}"), 5_000);
+        let reply_type = format!("DONE_{i}");
+        request
+            .routing
+            .as_mut()
+            .unwrap()
+            .reply_to
+            .as_mut()
+            .unwrap()
+            .event_type = reply_type.clone();
+        let asked = tokio::spawn({
+            let operator = operator.clone();
+            async move { operator.request(request).await }
+        });
+        let got = next(&mut sub).await;
+        let reply = reply_to(got.envelope.as_ref().unwrap(), "text/plain", b"ok".to_vec()).unwrap();
+        assert_eq!(reply.routing.as_ref().unwrap().event_type, reply_type);
+        kvstore.publish(reply).await.unwrap();
+        sub.ack(&got).await.unwrap();
+        asked
+            .await
+            .unwrap()
+            .expect("the reply reached the requester");
+    }
+    let metrics = core_metrics(&core).await;
+    assert!(
+        !metrics.contains("DONE_"),
+        "a requester's reply types became labels:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("anima_messages_total{event_type=\"other\",outcome=\"reply\"} 20"),
+        "{metrics}"
+    );
+}
+
+/// `Open` naming one event type many times subscribes to it once: each
+/// message is delivered once, and the list costs the Core no more than the
+/// type named once.
+#[tokio::test]
+async fn m5_an_open_naming_a_type_many_times_subscribes_to_it_once() {
+    let core = start(JOBS).await;
+    let operator = client_as(&core, "user-dev");
+    let kvstore = client_as(&core, "module-kvstore");
+    let many = vec!["JOB"; 10_000];
+    let mut sub = kvstore.subscribe(&many, 8).await.unwrap();
+    for text in ["one", "two", "three", "end"] {
+        operator
+            .publish(job(text, DeliveryMode::AtLeastOnce, 0))
+            .await
+            .unwrap();
+    }
+    let mut texts = Vec::new();
+    while texts.last().map(String::as_str) != Some("end") && texts.len() < 8 {
+        let d = next(&mut sub).await;
+        texts.push(text_of(&d));
+        sub.ack(&d).await.unwrap();
+    }
+    assert_eq!(
+        texts,
+        ["one", "two", "three", "end"],
+        "each message once, in order"
+    );
+}
+
 #[tokio::test]
 async fn m9_a_reply_after_the_timeout_is_discarded_and_counted() {
     let core = start(JOBS).await;
@@ -1183,8 +1257,10 @@ async fn m9_a_reply_after_the_timeout_is_discarded_and_counted() {
         "{late:?}"
     );
     let metrics = core_metrics(&core).await;
+    // JOB_DONE, the requester's reply type, is named by no permission here:
+    // counted as `other` (PROTOCOL.md §13.7).
     assert!(
-        metrics.contains("anima_messages_total{event_type=\"JOB_DONE\",outcome=\"LATE_REPLY\"} 1"),
+        metrics.contains("anima_messages_total{event_type=\"other\",outcome=\"LATE_REPLY\"} 1"),
         "{metrics}"
     );
     assert!(

@@ -567,21 +567,18 @@ impl MediatorService {
         trace::adopt(&mut envelope, header);
         let outcome = match self.accept(sender, &mut envelope).await {
             Ok(published) => {
-                // A reply's event type is its request's: counted by name.
-                if published.reply {
-                    self.metrics.message(event_type_of(&envelope), "reply");
+                // A reply's event type is its requester's choice: counted
+                // by name only when a permission names it, as any other.
+                let outcome = if published.reply {
+                    "reply"
                 } else {
-                    self.count(event_type_of(&envelope), "published");
-                }
+                    "published"
+                };
+                self.count(event_type_of(&envelope), outcome);
                 publish_reply::Outcome::Published(published)
             }
             Err(invalid) => {
-                let code = invalid.code.as_str();
-                if invalid.code == EpsCode::LateReply {
-                    self.metrics.message(event_type_of(&envelope), code);
-                } else {
-                    self.count(event_type_of(&envelope), code);
-                }
+                self.count(event_type_of(&envelope), invalid.code.as_str());
                 publish_reply::Outcome::Error(self.eps(&invalid, Some(&envelope)))
             }
         };
@@ -603,7 +600,14 @@ impl MediatorService {
         let types: Vec<&str> = if open.event_types.is_empty() {
             allowed.clone()
         } else {
-            open.event_types.iter().map(String::as_str).collect()
+            // Each type once: a type named again adds nothing (and would
+            // hand its messages out again, and cost every look a scan).
+            let mut seen = std::collections::HashSet::new();
+            open.event_types
+                .iter()
+                .map(String::as_str)
+                .filter(|t| seen.insert(*t))
+                .collect()
         };
         if types.is_empty() {
             return Err(Invalid::new(
