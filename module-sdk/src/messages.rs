@@ -132,6 +132,18 @@ impl Publisher {
         {
             // Held while sending, so the answers' order is the requests'.
             let inner = self.inner.lock().await;
+            // Room first: dropped while it waits, this publish has left
+            // nothing behind. The waiter and the request then go in
+            // together, with no wait between them.
+            let Ok(room) = inner.requests.reserve().await else {
+                // The stream is gone; its reader fails what waits.
+                return Err(PublishError::Call(
+                    locked(&inner.state)
+                        .ended
+                        .clone()
+                        .unwrap_or_else(|| Status::unavailable("the publish stream ended")),
+                ));
+            };
             {
                 let mut state = locked(&inner.state);
                 if let Some(status) = &state.ended {
@@ -139,16 +151,9 @@ impl Publisher {
                 }
                 state.answers.push_back(tx);
             }
-            let request = PublishRequest {
+            room.send(PublishRequest {
                 envelope: Some(envelope),
-            };
-            if inner.requests.send(request).await.is_err() {
-                // The stream is gone; its reader fails what waits.
-                locked(&inner.state).answers.pop_back();
-                return Err(PublishError::Call(Status::unavailable(
-                    "the publish stream ended",
-                )));
-            }
+            });
         }
         match rx.await {
             Ok(answer) => answer,
@@ -511,5 +516,43 @@ mod tests {
         assert_eq!(waits[9], MAX_RESUBSCRIBE_DELAY);
         backoff.reset();
         assert_eq!(backoff.next(), RESUBSCRIBE_DELAY);
+    }
+
+    /// A publish dropped while it waits for room on the stream (a caller's
+    /// timeout, a handler halted by the end of its lease) leaves no waiter
+    /// behind: answers are matched to publishes by position, so one left
+    /// would hand every later publish the answer of the one before it.
+    #[tokio::test(start_paused = true)]
+    async fn m12_a_publish_dropped_before_it_is_sent_takes_no_answer() {
+        let (requests, _stream) = mpsc::channel(1);
+        let state = Arc::new(Mutex::new(Waiting::default()));
+        let publisher = Publisher {
+            inner: Arc::new(tokio::sync::Mutex::new(PublisherInner {
+                requests,
+                state: state.clone(),
+            })),
+        };
+        // The first is sent (the stream has room for one) and waits for
+        // its answer.
+        let first = tokio::spawn({
+            let publisher = publisher.clone();
+            async move { publisher.publish(RcsEnvelope::default()).await }
+        });
+        while locked(&state).answers.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // The second finds no room and is dropped.
+        let second = tokio::time::timeout(
+            Duration::from_millis(10),
+            publisher.publish(RcsEnvelope::default()),
+        )
+        .await;
+        assert!(second.is_err(), "the second publish waited for room");
+        assert_eq!(
+            locked(&state).answers.len(),
+            1,
+            "only the publish that was sent waits for an answer"
+        );
+        first.abort();
     }
 }
