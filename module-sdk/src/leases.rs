@@ -6,6 +6,7 @@
 //! race against it.
 
 use std::any::{Any, TypeId};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -235,6 +236,8 @@ pub(crate) struct ModuleState {
     slots: Mutex<IdMap<ConnectionId, Arc<LeaseSlot>>>,
     events: broadcast::Sender<LeaseEvent>,
     active: watch::Sender<usize>,
+    /// The open leases by the Core holding them (only Cores with one).
+    active_by_core: watch::Sender<BTreeMap<Urn, usize>>,
     phase: watch::Sender<Phase>,
     bound_core: Mutex<Option<Urn>>,
     exit: Mutex<Option<Exit>>,
@@ -258,6 +261,7 @@ impl ModuleState {
             slots: Mutex::new(IdMap::default()),
             events,
             active: watch::Sender::new(0),
+            active_by_core: watch::Sender::new(BTreeMap::new()),
             phase: watch::Sender::new(Phase::AwaitingLease),
             bound_core: Mutex::new(bound_core),
             exit: Mutex::new(None),
@@ -397,6 +401,10 @@ impl ModuleState {
 
     pub(crate) fn active(&self) -> watch::Receiver<usize> {
         self.active.subscribe()
+    }
+
+    pub(crate) fn active_by_core(&self) -> watch::Receiver<BTreeMap<Urn, usize>> {
+        self.active_by_core.subscribe()
     }
 
     pub(crate) fn slot(&self, connection: ConnectionId) -> Option<Arc<LeaseSlot>> {
@@ -549,12 +557,16 @@ impl ModuleState {
     }
 
     fn count_active(&self) {
-        let active = self
-            .slots()
-            .values()
-            .filter(|s| !s.ended.is_cancelled())
-            .count();
-        self.active.send_replace(active);
+        let mut by_core = BTreeMap::new();
+        for slot in self.slots().values().filter(|s| !s.ended.is_cancelled()) {
+            *by_core.entry(slot.consumer.clone()).or_insert(0) += 1;
+        }
+        self.active.send_replace(by_core.values().sum());
+        self.active_by_core.send_if_modified(|now| {
+            let changed = *now != by_core;
+            *now = by_core;
+            changed
+        });
     }
 
     /// Admits one call: declared method, a lease on this connection, a

@@ -16,11 +16,12 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anima_protocol::Urn;
 use anima_protocol::pb::mediator_client::MediatorClient;
 use anima_protocol::pb::{
     Ack, Delivery, EpsError, MessageMetadata, Nack, Observability, Open, Payload, PublishReply,
@@ -434,13 +435,17 @@ pub async fn run_subscriber<F, Fut>(
     Fut: Future<Output = Result<(), String>> + Send,
 {
     let types: Vec<&str> = event_types.iter().map(String::as_str).collect();
-    let mut leases = module.active_leases();
+    // The deliveries are this Core's: handled only under a lease from it,
+    // whatever leases other Cores hold (a Type III module's).
+    let from = core.core().clone();
+    let leased = |by_core: &BTreeMap<Urn, usize>| by_core.get(&from).is_some_and(|n| *n > 0);
+    let mut leases = module.active_leases_by_core();
     let mut backoff = Backoff::new();
     loop {
-        if *leases.borrow() == 0 {
+        if !leased(&leases.borrow()) {
             backoff.reset();
         }
-        if leases.wait_for(|n| *n > 0).await.is_err() {
+        if leases.wait_for(leased).await.is_err() {
             return;
         }
         let mut subscription = match core.subscribe(&types, window).await {
@@ -474,14 +479,14 @@ pub async fn run_subscriber<F, Fut>(
                 taken = true;
                 backoff.reset();
             }
-            if *leases.borrow() == 0 {
-                // No lease: the message is not handled; ending the stream
-                // gives it back to the Core.
+            if !leased(&leases.borrow()) {
+                // No lease from this Core: the message is not handled;
+                // ending the stream gives it back to the Core.
                 break;
             }
             let handled = tokio::select! {
                 outcome = handler(delivery.clone()) => Some(outcome),
-                _ = leases.wait_for(|n| *n == 0) => None,
+                _ = leases.wait_for(|m| !leased(m)) => None,
             };
             let answered = match handled {
                 Some(Ok(())) => subscription.ack(&delivery).await,

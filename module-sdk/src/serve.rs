@@ -1,5 +1,6 @@
 //! Serving a module: the one entry point module authors call.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::PathBuf;
@@ -547,6 +548,15 @@ impl ModuleHandle {
         self.state.active()
     }
 
+    /// The open leases by the Core holding them, updated as they change:
+    /// only Cores holding one are in the map. A Type III module leased by
+    /// several Cores tells here whether one Core's lease is still open
+    /// (what [`run_subscriber`](crate::messages::run_subscriber) needs
+    /// before it hands that Core's deliveries to a handler).
+    pub fn active_leases_by_core(&self) -> watch::Receiver<BTreeMap<Urn, usize>> {
+        self.state.active_by_core()
+    }
+
     /// The lifecycle phase, updated as it changes.
     pub fn phase(&self) -> watch::Receiver<Phase> {
         self.state.watch_phase()
@@ -629,6 +639,49 @@ mod tests {
             }
         }
         held.len()
+    }
+
+    /// A Type III module leased by two Cores counts each one's open leases
+    /// apart: the end of one Core's lease leaves the other's count as it
+    /// was (what `run_subscriber` waits on for its Core's deliveries).
+    #[tokio::test]
+    async fn s3_open_leases_are_counted_by_the_core_holding_them() {
+        let bed = TestBed::new(contract()).unwrap();
+        let served = bed.serve(|m| m.probe()).await.unwrap();
+        let mut by_core = served.handle.active_leases_by_core();
+        let (a, b) = (
+            bed.core("urn:anima:core:a").unwrap(),
+            bed.core("urn:anima:core:b").unwrap(),
+        );
+        let ttl = Duration::from_secs(10);
+        let from_a = a.lease(&served, ttl).await.unwrap();
+        let _from_b = b.lease(&served, ttl).await.unwrap();
+        let _again_b = b.lease(&served, ttl).await.unwrap();
+        let counts = |m: &std::collections::BTreeMap<anima_protocol::Urn, usize>| {
+            m.iter()
+                .map(|(core, n)| (core.to_string(), *n))
+                .collect::<Vec<_>>()
+        };
+        let both = by_core
+            .wait_for(|m| m.values().sum::<usize>() == 3)
+            .await
+            .map(|m| counts(&m))
+            .unwrap();
+        assert_eq!(
+            both,
+            [
+                ("urn:anima:core:a".to_owned(), 1),
+                ("urn:anima:core:b".to_owned(), 2)
+            ]
+        );
+        from_a.revoke().await.unwrap();
+        let after = by_core
+            .wait_for(|m| m.values().sum::<usize>() == 2)
+            .await
+            .map(|m| counts(&m))
+            .unwrap();
+        assert_eq!(after, [("urn:anima:core:b".to_owned(), 2)]);
+        assert_eq!(*served.handle.active_leases().borrow(), 2);
     }
 
     #[tokio::test]
