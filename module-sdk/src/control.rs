@@ -205,11 +205,13 @@ async fn retain_ended(
 ) {
     slot.close_outbound();
     drop(tx);
-    let drain = async {
-        while let Ok(Some(_)) = inbound.message().await {}
-        std::future::pending::<()>().await
-    };
-    let _ = tokio::time::timeout(ENDED_LEASE_RETENTION, drain).await;
+    let until = tokio::time::Instant::now() + ENDED_LEASE_RETENTION;
+    // What the Core still sends is read and dropped until its side ends;
+    // then the stream (and its read buffer) goes, the slot stays.
+    let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
+    let _ = tokio::time::timeout_at(until, drain).await;
+    drop(inbound);
+    tokio::time::sleep_until(until).await;
     state.forget(slot);
 }
 

@@ -540,11 +540,16 @@ impl ModuleState {
         });
     }
 
-    /// Drops an ended slot once its control stream has closed.
+    /// Drops an ended slot once its retention is over, unless another
+    /// lease took its connection meanwhile (that slot, even one whose Core
+    /// chose the same lease id again, is not this one).
     pub(crate) fn forget(&self, slot: &LeaseSlot) {
         {
             let mut slots = self.slots();
-            if slots.get(&slot.connection).is_some_and(|s| s.id == slot.id) {
+            if slots
+                .get(&slot.connection)
+                .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), slot))
+            {
                 slots.remove(&slot.connection);
             }
         }

@@ -133,4 +133,7 @@ pub use error::SdkError;
 pub use interval::watch_interval;
 pub use leases::LeaseEvent;
 pub use lifecycle::{Exit, Phase};
-pub use serve::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, ModuleHandle, ModuleServer, launch};
+pub use serve::{
+    INFRASTRUCTURE_MESSAGE_LIMIT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, ModuleHandle,
+    ModuleServer, launch,
+};

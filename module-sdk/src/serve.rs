@@ -323,15 +323,23 @@ impl ModuleServer {
         reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
+        // The lease-free services take small messages only (a token is at
+        // most 8 KiB): a peer cannot make them buffer tonic's default 4 MiB.
         let routes = routes
-            .add_service(LeaseControlServer::new(ControlService {
-                state: state.clone(),
-            }))
-            .add_service(ModuleAdminServer::new(AdminService {
-                state: state.clone(),
-                stop: stop.clone(),
-            }))
-            .add_service(health);
+            .add_service(
+                LeaseControlServer::new(ControlService {
+                    state: state.clone(),
+                })
+                .max_decoding_message_size(INFRASTRUCTURE_MESSAGE_LIMIT),
+            )
+            .add_service(
+                ModuleAdminServer::new(AdminService {
+                    state: state.clone(),
+                    stop: stop.clone(),
+                })
+                .max_decoding_message_size(INFRASTRUCTURE_MESSAGE_LIMIT),
+            )
+            .add_service(health.max_decoding_message_size(INFRASTRUCTURE_MESSAGE_LIMIT));
         tracing::info!(
             module = %state.contract.urn,
             module_type = %state.contract.module_type,
@@ -381,6 +389,11 @@ impl ModuleServer {
         Ok(state.take_exit().unwrap_or(Exit::Stopped))
     }
 }
+
+/// The largest message a module takes on `LeaseControl`, `ModuleAdmin` and
+/// `grpc.health.v1` (PROTOCOL.md §1): a larger one is not read, and its
+/// call ends (on the control stream, the lease with it).
+pub const INFRASTRUCTURE_MESSAGE_LIMIT: usize = 64 * 1024;
 
 /// The whole `main` of a module started under the launch protocol: reads
 /// the environment ([`anima_protocol::launch`](mod@anima_protocol::launch)), lets `configure` add services and
@@ -682,6 +695,54 @@ mod tests {
             .unwrap();
         assert_eq!(after, [("urn:anima:core:b".to_owned(), 2)]);
         assert_eq!(*served.handle.active_leases().borrow(), 2);
+    }
+
+    /// The control stream takes messages of up to
+    /// [`INFRASTRUCTURE_MESSAGE_LIMIT`](super::INFRASTRUCTURE_MESSAGE_LIMIT):
+    /// an oversized token within it is refused `BAD_TOKEN` as always, and a
+    /// frame over it ends the call unread, before the module buffers it.
+    #[tokio::test]
+    async fn t3_a_control_frame_over_the_limit_fails_the_call_unread() {
+        use anima_protocol::control::ControlStream;
+        use anima_protocol::pb::SignedToken;
+        use anima_protocol::pb::control_frame::Frame;
+        use anima_protocol::{ClientTls, PeerPolicy};
+        let bed = TestBed::new(contract()).unwrap();
+        let served = bed.serve(|m| m.probe()).await.unwrap();
+        let client = ClientTls::new(
+            bed.identity("urn:anima:core:a").unwrap(),
+            bed.trust().unwrap(),
+        );
+        let offer = |size: usize| {
+            Frame::Offer(SignedToken {
+                jws: "x".repeat(size),
+            })
+        };
+        let conn = client
+            .dial_addr(served.addr, PeerPolicy::exactly(served.urn.clone()))
+            .await
+            .unwrap();
+        // Over the token's 8 KiB, within the stream's limit: BAD_TOKEN.
+        let mut stream = ControlStream::open(&conn, Some(offer(9_000)))
+            .await
+            .unwrap();
+        match stream.message().await {
+            Ok(Some(frame)) => match frame.frame {
+                Some(Frame::Refuse(refusal)) => assert_eq!(refusal.reason, "BAD_TOKEN"),
+                other => panic!("a refusal, not {other:?}"),
+            },
+            other => panic!("a refusal, not {other:?}"),
+        }
+        // Over the stream's limit: the module never reads it (no refusal
+        // comes), and the call ends.
+        let mut stream =
+            ControlStream::open(&conn, Some(offer(super::INFRASTRUCTURE_MESSAGE_LIMIT + 1)))
+                .await
+                .unwrap();
+        match stream.message().await {
+            Ok(None) | Err(_) => {}
+            Ok(Some(frame)) => panic!("the frame was read: {frame:?}"),
+        }
     }
 
     #[tokio::test]
