@@ -27,9 +27,9 @@ struct Pending {
 #[derive(Default)]
 struct Inner {
     pending: HashMap<String, Pending>,
-    /// The reply event type of each request that timed out (or whose
-    /// requester went away), by request id.
-    late: HashMap<String, String>,
+    /// The reply event type and the responders of each request that timed
+    /// out (or whose requester went away), by request id.
+    late: HashMap<String, (String, Vec<String>)>,
     /// The ids in `late`, the oldest first: the first to be forgotten.
     timed_out: VecDeque<String>,
 }
@@ -142,7 +142,9 @@ impl Requests {
                 inner.late.remove(&oldest);
             }
             inner.timed_out.push_back(id.to_owned());
-            inner.late.insert(id.to_owned(), p.reply_type);
+            inner
+                .late
+                .insert(id.to_owned(), (p.reply_type, p.responders));
         }
     }
 
@@ -158,10 +160,12 @@ impl Requests {
             .routing
             .as_ref()
             .map_or("", |r| r.event_type.as_str());
+        let from = |responders: &[String]| responders.iter().any(|r| r == sender.as_str());
         let mut inner = self.lock();
-        let is_reply = inner.pending.get(id).is_some_and(|p| {
-            p.reply_type == event_type && p.responders.iter().any(|r| r == sender.as_str())
-        });
+        let is_reply = inner
+            .pending
+            .get(id)
+            .is_some_and(|p| p.reply_type == event_type && from(&p.responders));
         if is_reply {
             if let Some(p) = inner.pending.remove(id) {
                 // The requester may have gone; the reply then goes nowhere.
@@ -169,7 +173,13 @@ impl Requests {
             }
             return Reply::Delivered;
         }
-        if inner.late.get(id).is_some_and(|t| t == event_type) {
+        // Late only from a module the request went to: from anyone else
+        // the same ids make an ordinary message (PROTOCOL.md §13.6).
+        if inner
+            .late
+            .get(id)
+            .is_some_and(|(t, responders)| t == event_type && from(responders))
+        {
             return Reply::Late;
         }
         Reply::No
@@ -229,6 +239,8 @@ mod tests {
             Reply::Late
         );
         assert_eq!(requests.answer(&reply("r2", "OTHER"), &executor), Reply::No);
+        // Late only from a responder: from another module it is ordinary.
+        assert_eq!(requests.answer(&reply("r2", "DONE"), &other), Reply::No);
     }
 
     /// A requester that goes away (its call cancelled, the handler's future
@@ -273,7 +285,8 @@ mod tests {
         let requests = Requests::default();
         let executor: Urn = "urn:anima:module:executor".parse().unwrap();
         for i in 0..=TIMED_OUT_KEPT {
-            drop(requests.open(&format!("r{i}"), "DONE", Vec::new()).unwrap());
+            let responders = vec![executor.to_string()];
+            drop(requests.open(&format!("r{i}"), "DONE", responders).unwrap());
         }
         let inner = requests.lock();
         assert_eq!(inner.late.len(), TIMED_OUT_KEPT);
