@@ -101,6 +101,20 @@ impl Setup {
         }
     }
 
+    /// Two providers, and notes may call kv on kvstore-b only.
+    fn granted_from_b_only() -> Self {
+        Setup {
+            permissions: "
+[[permission]]
+module = \"urn:anima:module:notes\"
+interface = \"anima.sample/kv\"
+provider = \"urn:anima:module:kvstore-b\"
+",
+            second: true,
+            ..Setup::default()
+        }
+    }
+
     fn config(&self) -> String {
         let notes = if self.sample {
             format!(
@@ -190,6 +204,23 @@ fn pinned<T>(message: T, provider: &str) -> tonic::Request<T> {
         .metadata_mut()
         .insert("anima-provider", provider.parse().unwrap());
     request
+}
+
+/// The registry's `Watch` of kv, as `notes`, from `since` in `epoch`.
+async fn watch_kv(
+    notes: &Connection,
+    since: u64,
+    epoch: String,
+) -> tonic::Streaming<anima_protocol::pb::WatchItem> {
+    RegistryClient::new(notes.channel())
+        .watch(RegistryWatchRequest {
+            interfaces: vec![KV.into()],
+            since_revision: since,
+            epoch,
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// What `key` reads at `provider`, through the Core as notes.
@@ -283,20 +314,7 @@ async fn p4_a_module_discovers_the_providers_it_may_call_with_their_state_and_ro
 #[tokio::test]
 async fn p5_a_watcher_sees_provider_events_in_order_and_resumes_without_missing_one() {
     let (core, notes) = granted_notes().await;
-    let watch = |since: u64, epoch: String| {
-        let channel = notes.channel();
-        async move {
-            RegistryClient::new(channel)
-                .watch(RegistryWatchRequest {
-                    interfaces: vec![KV.into()],
-                    since_revision: since,
-                    epoch,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    };
+    let watch = |since: u64, epoch: String| watch_kv(&notes, since, epoch);
     let mut stream = watch(0, String::new()).await;
     // The provider stops and starts again: its events arrive in order.
     core.cli_ok(&["restart", KVSTORE]).await;
@@ -353,28 +371,9 @@ async fn p5_a_watcher_sees_provider_events_in_order_and_resumes_without_missing_
 /// the snapshot list only those.
 #[tokio::test]
 async fn p5_p7_a_watcher_sees_no_event_of_a_provider_it_may_not_call() {
-    let core = Setup {
-        permissions: "
-[[permission]]
-module = \"urn:anima:module:notes\"
-interface = \"anima.sample/kv\"
-provider = \"urn:anima:module:kvstore-b\"
-",
-        second: true,
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let core = Setup::granted_from_b_only().start().await;
     let notes = as_notes(&core).await;
-    let mut stream = RegistryClient::new(notes.channel())
-        .watch(RegistryWatchRequest {
-            interfaces: vec![KV.into()],
-            since_revision: 0,
-            epoch: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_kv(&notes, 0, String::new()).await;
     // kvstore (not permitted) goes through a restart first, then kvstore-b.
     core.cli_ok(&["restart", KVSTORE]).await;
     core.wait_leased("kvstore").await;
@@ -468,18 +467,7 @@ async fn p7_a_module_calls_only_what_a_permission_grants_and_a_denied_call_never
 
     // Granted only from kvstore-b: kvstore is refused, and its store shows
     // that the denied call never ran; kvstore-b answers.
-    let granted = Setup {
-        permissions: "
-[[permission]]
-module = \"urn:anima:module:notes\"
-interface = \"anima.sample/kv\"
-provider = \"urn:anima:module:kvstore-b\"
-",
-        second: true,
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let granted = Setup::granted_from_b_only().start().await;
     let notes = as_notes(&granted).await;
     let refused = KvStoreClient::new(notes.channel())
         .put(pinned(put("k", "v", 0), KVSTORE))
