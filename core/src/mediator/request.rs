@@ -74,6 +74,15 @@ pub(crate) struct Requests {
     inner: Mutex<Inner>,
 }
 
+/// Why a request's id cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// A request with this id waits for its reply.
+    Waiting,
+    /// A request with this id timed out: a reply to it may still come.
+    TimedOut,
+}
+
 /// What a published message is to the requests.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Reply {
@@ -102,16 +111,21 @@ impl Requests {
     }
 
     /// Waits for the reply to the request `id`, of type `reply_type`, from
-    /// one of `responders` (module URNs); `None` when `id` already waits.
+    /// one of `responders` (module URNs); refused when a request with this
+    /// id waits, or timed out and is still remembered: a reply to that one
+    /// must not go to a new requester that took its id.
     pub(crate) fn open(
         &self,
         id: &str,
         reply_type: &str,
         responders: Vec<String>,
-    ) -> Option<Waiting<'_>> {
+    ) -> Result<Waiting<'_>, Taken> {
         let mut inner = self.lock();
         if inner.pending.contains_key(id) {
-            return None;
+            return Err(Taken::Waiting);
+        }
+        if inner.late.contains_key(id) {
+            return Err(Taken::TimedOut);
         }
         let (reply, rx) = oneshot::channel();
         let pending = Pending {
@@ -120,7 +134,7 @@ impl Requests {
             reply,
         };
         inner.pending.insert(id.to_owned(), pending);
-        Some(Waiting {
+        Ok(Waiting {
             requests: self,
             id: id.to_owned(),
             rx,
@@ -213,8 +227,9 @@ mod tests {
         let mut waiting = requests
             .open("r1", "DONE", vec![executor.to_string()])
             .unwrap();
-        assert!(
-            requests.open("r1", "DONE", Vec::new()).is_none(),
+        assert_eq!(
+            requests.open("r1", "DONE", Vec::new()).err(),
+            Some(Taken::Waiting),
             "one wait per id"
         );
         assert_eq!(requests.answer(&reply("", "DONE"), &executor), Reply::No);
@@ -241,6 +256,12 @@ mod tests {
         assert_eq!(requests.answer(&reply("r2", "OTHER"), &executor), Reply::No);
         // Late only from a responder: from another module it is ordinary.
         assert_eq!(requests.answer(&reply("r2", "DONE"), &other), Reply::No);
+        // Its id is not taken again: a late reply to it would go to the
+        // new requester, who never asked the responders anything.
+        assert_eq!(
+            requests.open("r2", "DONE", vec![other.to_string()]).err(),
+            Some(Taken::TimedOut)
+        );
     }
 
     /// A requester that goes away (its call cancelled, the handler's future
@@ -275,7 +296,7 @@ mod tests {
             Reply::No
         );
         // Its id can be used again.
-        assert!(requests.open("refused", "DONE", Vec::new()).is_some());
+        assert!(requests.open("refused", "DONE", Vec::new()).is_ok());
     }
 
     /// At most `TIMED_OUT_KEPT` late ids are kept, the oldest forgotten

@@ -32,7 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::hub::{Direct, Hub, HubError, Publish};
 use super::record::{Delivery, rank};
-use super::request::{DEFAULT_TIMEOUT, Reply, Requests};
+use super::request::{DEFAULT_TIMEOUT, Reply, Requests, Taken};
 use super::route::{Grants, module_of, subscription};
 use super::store::{Accepted, HandedOut};
 use super::trace;
@@ -313,11 +313,16 @@ impl MediatorService {
         let mut waiting = self
             .requests
             .open(&id, &reply_to.event_type, responders)
-            .ok_or_else(|| {
+            .map_err(|taken| {
                 Invalid::new(
                     EpsCode::InvalidField,
                     "message_metadata.message_id",
-                    "a request with this id is waiting for its reply already",
+                    match taken {
+                        Taken::Waiting => "a request with this id is waiting for its reply already",
+                        Taken::TimedOut => {
+                            "a request with this id timed out: its id is not used again"
+                        }
+                    },
                 )
             })?;
         // Other Cores hand their replies over while it waits (on NATS).
