@@ -71,12 +71,18 @@ impl RegistryService {
             .iter()
             .flat_map(|m| m.provides.iter().map(move |p| (m, p)))
             .filter(|(_, p)| required.accepts(p))
-            .filter(|(m, _)| match caller {
-                Caller::Operator(_) => true,
-                Caller::Module(me) => self.ctx.mediation.permits(me, interface, &m.urn),
-            })
+            .filter(|(m, _)| self.may_see(caller, interface, &m.urn))
             .map(|(m, p)| self.provider(m, p))
             .collect()
+    }
+
+    /// Whether `caller` sees `provider` as a provider of `interface`:
+    /// operators see every one, a module those its permissions let it call.
+    fn may_see(&self, caller: &Caller, interface: &InterfaceName, provider: &Urn) -> bool {
+        match caller {
+            Caller::Operator(_) => true,
+            Caller::Module(me) => self.ctx.mediation.permits(me, interface, provider),
+        }
     }
 
     /// A provider's row: its state and how to call it through this Core.
@@ -119,10 +125,7 @@ impl RegistryService {
             .provides
             .iter()
             .filter(|p| watched.contains(&p.interface))
-            .filter(|p| match caller {
-                Caller::Operator(_) => true,
-                Caller::Module(me) => self.ctx.mediation.permits(me, &p.interface, &urn),
-            })
+            .filter(|p| self.may_see(caller, &p.interface, &urn))
             .map(ToString::to_string)
             .collect()
     }

@@ -223,6 +223,21 @@ async fn watch_kv(
         .into_inner()
 }
 
+/// The next item of a registry watch, which must be an event, in time.
+async fn next_event(
+    stream: &mut tonic::Streaming<anima_protocol::pb::WatchItem>,
+) -> anima_protocol::pb::RegistryEvent {
+    let item = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("an event in time")
+        .unwrap()
+        .expect("the stream goes on");
+    let Some(watch_item::Item::Event(event)) = item.item else {
+        panic!("an event, not {item:?}");
+    };
+    event
+}
+
 /// What `key` reads at `provider`, through the Core as notes.
 async fn read_at(conn: &Connection, provider: &str, key: &str) -> Option<(String, u64)> {
     let reply = KvStoreClient::new(conn.channel())
@@ -323,14 +338,7 @@ async fn p5_a_watcher_sees_provider_events_in_order_and_resumes_without_missing_
         .iter()
         .any(|(_, kind, _): &(u64, String, String)| kind == "lease_issued")
     {
-        let item = tokio::time::timeout(PATIENCE, stream.message())
-            .await
-            .expect("an event in time")
-            .unwrap()
-            .expect("the stream goes on");
-        let Some(watch_item::Item::Event(event)) = item.item else {
-            panic!("an event, not {item:?}");
-        };
+        let event = next_event(&mut stream).await;
         assert_eq!(event.module, KVSTORE);
         assert_eq!(event.provides, [format!("{KV} 1.0.0")]);
         seen.push((event.revision, event.kind, event.epoch));
@@ -380,14 +388,7 @@ async fn p5_p7_a_watcher_sees_no_event_of_a_provider_it_may_not_call() {
     core.cli_ok(&["restart", KVSTORE_B]).await;
     let mut seen = Vec::new();
     loop {
-        let item = tokio::time::timeout(PATIENCE, stream.message())
-            .await
-            .expect("an event in time")
-            .unwrap()
-            .expect("the stream goes on");
-        let Some(watch_item::Item::Event(event)) = item.item else {
-            panic!("an event, not {item:?}");
-        };
+        let event = next_event(&mut stream).await;
         seen.push((event.module.clone(), event.kind.clone()));
         if event.module == KVSTORE_B && event.kind == "lease_issued" {
             break;
@@ -599,6 +600,13 @@ async fn audited(core: &CoreProcess, event: &str) -> serde_json::Value {
     }
 }
 
+/// The Core's copy of the kv definition with Put idempotent, tried twice.
+const PUT_RETRIED: &[(&str, &str)] = &[(
+    "path = \"/anima.sample.v1.KvStore/Put\"\nidempotent = false\n",
+    "path = \"/anima.sample.v1.KvStore/Put\"\nidempotent = true\n\n\
+     [method.retry]\nattempts = 2\nbackoff = \"10ms\"\n",
+)];
+
 /// Which provider an unpinned call goes to: the Core takes the leased
 /// providers in turn, so after one unpinned call and two pinned ones the
 /// next unpinned call goes to the other provider than the first.
@@ -654,14 +662,30 @@ async fn put_revoked_mid_call(
 ) {
     let first = next_unpinned_goes_to(notes, "probe").await;
     let other = if first == KVSTORE { KVSTORE_B } else { KVSTORE };
+    (
+        first,
+        other,
+        put_revoked_at(core, notes, first, value).await,
+    )
+}
+
+/// Puts `value` at "k" (a 2 s write) through the Core as notes, unpinned,
+/// and revokes `provider`'s lease once the call is in flight there; what
+/// the caller got.
+async fn put_revoked_at(
+    core: &CoreProcess,
+    notes: &Connection,
+    provider: &str,
+    value: &str,
+) -> Result<tonic::Response<anima_sample_modules::pb::PutReply>, tonic::Status> {
     let call = tokio::spawn({
         let channel = notes.channel();
         let request = put("k", value, 2_000);
         async move { KvStoreClient::new(channel).put(request).await }
     });
-    wait_in_flight(core, first).await;
-    revoke(core, first).await;
-    (first, other, call.await.unwrap())
+    wait_in_flight(core, provider).await;
+    revoke(core, provider).await;
+    call.await.unwrap()
 }
 
 #[tokio::test]
@@ -669,11 +693,7 @@ async fn p10_an_idempotent_method_is_retried_on_the_other_provider_and_no_other_
     // The Core's copy of the definition makes Put idempotent, with retries.
     let retried = Setup {
         second: true,
-        definition: &[(
-            "path = \"/anima.sample.v1.KvStore/Put\"\nidempotent = false\n",
-            "path = \"/anima.sample.v1.KvStore/Put\"\nidempotent = true\n\n\
-             [method.retry]\nattempts = 2\nbackoff = \"10ms\"\n",
-        )],
+        definition: PUT_RETRIED,
         ..Setup::granted()
     }
     .start()
@@ -720,11 +740,7 @@ async fn p12_a_retry_on_another_provider_asks_that_providers_proxy_sidecar_first
     let core = Setup {
         second: true,
         proxied_b: true,
-        definition: &[(
-            "path = \"/anima.sample.v1.KvStore/Put\"\nidempotent = false\n",
-            "path = \"/anima.sample.v1.KvStore/Put\"\nidempotent = true\n\n\
-             [method.retry]\nattempts = 2\nbackoff = \"10ms\"\n",
-        )],
+        definition: PUT_RETRIED,
         ..Setup::granted()
     }
     .start()
@@ -740,17 +756,9 @@ async fn p12_a_retry_on_another_provider_asks_that_providers_proxy_sidecar_first
     core.cli_ok(&["stop", "ratelimit"]).await;
     core.wait_module("ratelimit", "stopped", |m| m["state"] == "stopped")
         .await;
-    let call = tokio::spawn({
-        let channel = notes.channel();
-        let request = put("k", "around the proxy", 2_000);
-        async move { KvStoreClient::new(channel).put(request).await }
-    });
-    wait_in_flight(&core, KVSTORE).await;
     // kvstore's lease ends under the call: the Core would retry on kvstore-b.
-    revoke(&core, KVSTORE).await;
-    let refused = call
+    let refused = put_revoked_at(&core, &notes, KVSTORE, "around the proxy")
         .await
-        .unwrap()
         .expect_err("kvstore-b's proxy cannot be asked");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert_eq!(

@@ -177,13 +177,8 @@ impl Run<'_> {
         addr: SocketAddr,
         actor: &Actor,
     ) {
-        let ttl = self.ttl();
-        let mut s = match self.open(actor, addr, &self.declared.clone(), ttl).await {
-            Ok(s) => s,
-            Err(e) => {
-                r.fail("A3", format!("a lease was not granted: {e}"));
-                return;
-            }
+        let Some(mut s) = self.lease_declared(r, actor, addr, self.ttl()).await else {
+            return;
         };
         s.close_half();
         // The module's half closing is the event that says its copy ended.

@@ -120,10 +120,7 @@ impl Gateway {
             Err(Refused(reason, message)) => return self.refuse(reason, message),
         };
         if let Err(refused) = self.ask_sidecars(&mut request, &admitted).await {
-            let reason =
-                anima_protocol::lease::reason_of(&refused).unwrap_or(Reason::SidecarRefused);
-            self.metrics.refusal(reason.as_str());
-            return refused.into_http();
+            return sidecar_refusal(&self.metrics, refused);
         }
         self.forward(request, admitted, started).await
     }
@@ -514,6 +511,14 @@ fn set_grpc_timeout<B>(request: &mut http::Request<B>, limit: std::time::Duratio
     if let Ok(value) = http::HeaderValue::from_str(&format!("{millis}m")) {
         request.headers_mut().insert("grpc-timeout", value);
     }
+}
+
+/// A proxy sidecar refused the call (or could not be asked): counted by its
+/// reason, answered as the sidecar's verdict says.
+fn sidecar_refusal(metrics: &Metrics, refused: tonic::Status) -> http::Response<Body> {
+    let reason = anima_protocol::lease::reason_of(&refused).unwrap_or(Reason::SidecarRefused);
+    metrics.refusal(reason.as_str());
+    refused.into_http()
 }
 
 /// The caller's deadline has passed: the call ends `DEADLINE_EXCEEDED`.

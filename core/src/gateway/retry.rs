@@ -27,7 +27,7 @@ use super::cap::{MAX_MESSAGE_BYTES, too_large};
 use super::mediate::Plan;
 use super::observe::CallLog;
 use super::sidecar::Inbound;
-use super::{deadline_exceeded, set_grpc_timeout};
+use super::{deadline_exceeded, set_grpc_timeout, sidecar_refusal};
 use crate::lease::LeaseLink;
 use crate::supervisor::CoreContext;
 
@@ -136,10 +136,8 @@ impl Attempts<'_> {
             if next.module() != &provider
                 && let Err(refused) = self.ask_sidecars(next.module(), call).await
             {
-                let reason = reason_of(&refused).unwrap_or(Reason::SidecarRefused);
-                call.metrics.refusal(reason.as_str());
                 call.finish(refused.code());
-                return Err(refused.into_http());
+                return Err(sidecar_refusal(&call.metrics, refused));
             }
             link = next;
             index = at;
@@ -150,9 +148,6 @@ impl Attempts<'_> {
     /// The verdict of `module`'s proxy sidecars on the call, before an
     /// attempt moves to it: told the time the caller has left.
     async fn ask_sidecars(&self, module: &Urn, call: &CallLog) -> Result<(), tonic::Status> {
-        if !self.ctx.sidecars.has(module) {
-            return Ok(());
-        }
         let inbound = Inbound {
             module,
             caller: self.caller,
